@@ -1,0 +1,35 @@
+"""Packaging for mindspeed_llm: a megatron-core plugin library for LLM pretraining."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mindspeed_llm",
+    version="0.1.0",
+    description="Megatron-core plugin library: HF<->Megatron conversion, data preprocessing, "
+    "pretraining on CPU, CUDA GPUs and Ascend NPUs",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mindspeed_llm", "mindspeed_llm.*"]),
+    py_modules=["convert_ckpt", "preprocess_data", "pretrain_gpt"],
+    install_requires=[
+        # torch is deliberately not pinned here: `make install` installs torch==2.13.0 (a CPU build
+        # on dev machines) first; a bare `torch` requirement would pull a multi-GB CUDA build.
+        "torch>=2.4",
+        # We patch megatron-core internals: the version is pinned exactly.
+        "megatron-core==0.16.1",
+        # megatron-core's checkpoint writer hangs without psutil, which its wheel does not declare.
+        "psutil",
+        "transformers>=4.45",
+        "safetensors",
+        "tokenizers",
+        "numpy",
+        "pyarrow",
+        "tqdm",
+        "packaging",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "ruff"],
+        "npu": ["torch_npu"],
+        "apex": ["apex"],
+        "tensorboard": ["tensorboard"],
+    },
+)
