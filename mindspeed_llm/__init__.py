@@ -5,7 +5,13 @@ Importing the package detects the accelerator and applies the base patches for i
 with :func:`enable_feature_patches` or :func:`enable_feature_patches_from_args`.
 """
 
-from mindspeed_llm.patches import apply_base_patches, describe, registry
+import warnings
+
+# megatron-core warns at import, once per module, that the optional fused kernels of Transformer
+# Engine and Apex are absent; our patch layer provides the kernels, so the noise is dropped.
+warnings.filterwarnings("ignore", message=r".*(Transformer Engine and Apex are not installed|Apex is not installed).*")
+
+from mindspeed_llm.patches import apply_base_patches, describe, registry  # noqa: E402
 
 __version__ = "0.1.0"
 

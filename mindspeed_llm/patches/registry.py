@@ -43,9 +43,8 @@ class Patch:
     wrapper: Callable[[Any], Any] | None = None
     group: str = "base"
     description: str = ""
-    # Where to look for `from module import name` copies to rebind; None means all of sys.modules
-    # whose name starts with one of these prefixes.
-    rebind_prefixes: tuple[str, ...] = ("megatron", "mindspeed_llm", "torch", "transformers")
+    # Modules (by name prefix) searched for `from module import name` copies to rebind.
+    rebind_prefixes: tuple[str, ...] = ("megatron", "mindspeed_llm")
     _original: Any = field(default=_MISSING, repr=False)
     _new: Any = field(default=_MISSING, repr=False)
     _rebound: list[tuple[Any, str]] = field(default_factory=list, repr=False)
@@ -74,8 +73,8 @@ class Patch:
             self._rebind(original, new, owner, attr)
 
     def _rebind(self, original: Any, new: Any, owner: Any, attr: str) -> None:
-        if isinstance(original, (int, float, str, bool, type(None))):
-            return  # constants are compared by value; never rebind them elsewhere
+        if not callable(original):
+            return  # only functions and classes are copied by `from x import f`; never rebind data
         for name, module in list(sys.modules.items()):
             if module is None or module is owner or not isinstance(module, types.ModuleType):
                 continue

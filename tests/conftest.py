@@ -1,0 +1,44 @@
+"""Shared test helpers: free ports and torchrun launches (real torch.distributed on gloo)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+HF_CONFIG_FIXTURES = SHARED_DIR / "fixtures" / "hf_configs"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300, env: dict | None = None,
+             extra_torchrun_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``script`` under torchrun on loopback with ``nproc`` processes; raise with output on failure."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra_torchrun_args,
+        str(script), *map(str, args),
+    ]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun {script} {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture
+def hf_config_dir() -> Path:
+    if not HF_CONFIG_FIXTURES.is_dir():
+        pytest.skip(f"{HF_CONFIG_FIXTURES} is missing: CI lays ../shared beside the checkout")
+    return HF_CONFIG_FIXTURES

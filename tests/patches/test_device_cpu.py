@@ -1,0 +1,135 @@
+"""The CPU device layer: what megatron-core asks of CUDA is answered by the CPU."""
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+from megatron.core.optimizer import clip_grads
+
+import mindspeed_llm  # noqa: F401
+
+
+def test_factories_and_moves_land_on_cpu() -> None:
+    assert torch.zeros(2, device="cuda").device.type == "cpu"
+    assert torch.empty(2, device=torch.cuda.current_device()).device.type == "cpu"
+    assert torch.tensor([1.0], device=torch.device("cuda", 0)).device.type == "cpu"
+    t = torch.ones(3)
+    assert t.cuda() is t
+    assert t.to("cuda").device.type == "cpu"
+    assert t.to("cuda", dtype=torch.float64).dtype == torch.float64
+    assert t.to(device="cuda:1").device.type == "cpu"
+    module = torch.nn.Linear(2, 2)
+    assert module.cuda() is module and module.to("cuda").weight.device.type == "cpu"
+    assert torch.ones(2, pin_memory=True).sum().item() == 2.0
+
+
+def test_type_strings_only_change_for_megatron_callers() -> None:
+    t = torch.ones(2)
+    assert t.type() == "torch.FloatTensor"  # our caller: unchanged
+    namespace = {"__name__": "megatron.core.optimizer.fake_caller"}
+    exec("def ask(t):\n    return t.type()", namespace)  # a caller whose module is megatron-core's
+    assert namespace["ask"](t) == "torch.cuda.FloatTensor"
+    assert namespace["ask"](t.bfloat16()) == "torch.cuda.BFloat16Tensor"
+    assert t.type(torch.float64).dtype == torch.float64
+
+
+def test_megatron_grad_clipping_runs_on_cpu() -> None:
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.full((4,), 2.0)
+    # Upstream asserts param.grad.type() == 'torch.cuda.FloatTensor' and scales on device='cuda'.
+    clip_grads.clip_grad_by_total_norm_fp32([p], max_norm=1.0, total_norm=4.0)
+    assert torch.allclose(p.grad, torch.full((4,), 0.5), rtol=1e-5)
+
+
+def test_cuda_rng_state_is_the_cpu_generator_and_tracker_forks() -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker, initialize_rng_tracker
+
+    torch.cuda.manual_seed(7)
+    a = torch.rand(3)
+    torch.cuda.manual_seed(7)
+    assert torch.equal(a, torch.rand(3))
+    state = torch.cuda.get_rng_state()
+    b = torch.rand(3)
+    torch.cuda.set_rng_state(state)
+    assert torch.equal(b, torch.rand(3))
+
+    initialize_rng_tracker(force_reset=True)
+    tracker = get_cuda_rng_tracker()
+    tracker.add("stream-a", 123)
+    outside = torch.get_rng_state()
+    with tracker.fork("stream-a"):
+        first = torch.rand(2)
+    assert torch.equal(torch.get_rng_state(), outside)  # the default stream is untouched
+    with tracker.fork("stream-a"):
+        second = torch.rand(2)
+    assert not torch.equal(first, second)  # the tracked stream advanced
+
+
+def test_streams_events_and_memory_stats_answer() -> None:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        pass
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    end.record()
+    assert end.elapsed_time(start) <= 0.0 <= start.elapsed_time(end)
+    torch.cuda.synchronize()
+    torch.cuda.set_device(0)
+    assert torch.cuda.memory_allocated() == 0 and torch.cuda.memory_stats() == {}
+    torch.cuda.nvtx.range_push("x")
+    torch.cuda.nvtx.range_pop()
+
+
+def _run(code: str, env_extra: dict | None = None, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
+
+
+def test_import_without_torch_npu_and_apex() -> None:
+    proc = _run("""
+        import importlib.util, sys
+        import mindspeed_llm
+        assert importlib.util.find_spec("torch_npu") is None and importlib.util.find_spec("apex") is None
+        assert "torch_npu" not in sys.modules
+        print(mindspeed_llm.DEVICE)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cpu"
+
+
+def test_import_with_an_unusable_torch_npu(tmp_path) -> None:
+    # Stand-in for a torch_npu wheel installed without Ascend's CANN: its import raises, as the real
+    # one does ("ImportError: libhccl.so"). Detection must treat that as "no NPU", not crash.
+    fake = tmp_path / "torch_npu"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("libhccl.so: cannot open shared object file (stand-in)")\n')
+    proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cpu"
+    (fake / "__init__.py").write_text('raise RuntimeError("Failed to load the backend extension (stand-in)")\n')
+    proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_device_override_is_validated() -> None:
+    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "tpu"})
+    assert proc.returncode != 0 and "MINDSPEED_LLM_DEVICE='tpu'" in proc.stderr
+
+
+def test_nccl_process_group_becomes_gloo(tmp_path) -> None:
+    proc = _run(f"""
+        import mindspeed_llm, torch
+        torch.distributed.init_process_group("nccl", init_method="file://{tmp_path}/pg", rank=0, world_size=1)
+        group = torch.distributed.new_group([0], backend="nccl")
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+        print(torch.distributed.get_backend(), torch.distributed.get_backend(group))
+        torch.distributed.destroy_process_group()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["gloo", "gloo"]
