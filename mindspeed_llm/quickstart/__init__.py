@@ -1,0 +1,1 @@
+"""The quick start: an offline, embedded default for the whole user journey."""
