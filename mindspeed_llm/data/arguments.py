@@ -1,0 +1,90 @@
+"""Command-line flags of ``preprocess_data.py`` (Megatron-LM / MindSpeed-LLM names)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from mindspeed_llm.data.errors import PreprocessError
+from mindspeed_llm.data.handlers import DEFAULT_KEYS, HANDLERS
+from mindspeed_llm.data.tokenizer import TOKENIZER_TYPES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for preprocess_data.py."""
+    parser = argparse.ArgumentParser(
+        prog="preprocess_data.py",
+        description="Tokenize raw text (parquet, csv, json, jsonl, txt, arrow) into megatron-core "
+        "indexed datasets <output-prefix>_<key>_document.{bin,idx}.",
+    )
+    group = parser.add_argument_group("input data")
+    group.add_argument("--input", required=True, help="a file, or a folder of files of one format")
+    group.add_argument(
+        "--json-keys", nargs="+", default=list(DEFAULT_KEYS),
+        help="columns to tokenize, one dataset per key (default: text)",
+    )
+    group.add_argument(
+        "--handler-name", default="GeneralPretrainHandler", choices=list(HANDLERS),
+        help="how rows become document text (default: GeneralPretrainHandler)",
+    )
+    group.add_argument(
+        "--skip-bad-rows", action="store_true",
+        help="skip rows that cannot be read (not UTF-8, invalid JSON, missing key) instead of stopping",
+    )
+    group = parser.add_argument_group("tokenizer")
+    group.add_argument("--tokenizer-type", default="PretrainedFromHF", choices=TOKENIZER_TYPES)
+    group.add_argument("--tokenizer-name-or-path", help="local HF model/tokenizer folder")
+    group.add_argument("--append-eod", action="store_true", help="append the tokenizer's EOS to every document")
+    group = parser.add_argument_group("output data")
+    group.add_argument("--output-prefix", required=True, help="path prefix of the output, e.g. ./dataset/alpaca")
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    group.add_argument(
+        "--n-subs", type=int, default=1,
+        help="split the input into this many contiguous subsets processed concurrently, then "
+        "merged in order (each subset gets workers/n-subs tokenizer processes)",
+    )
+    group.add_argument("--log-interval", type=int, default=1000, help="print throughput every N documents")
+    group.add_argument(
+        "--merge-group-keys", nargs="+", default=None,
+        help="merge mode: for each key, concatenate the datasets in the --input folder whose names "
+        "end in _<key>_document (or _<key>) into <output-prefix>_<key>_document",
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the flags; raises PreprocessError with the fix in the message."""
+    args = build_parser().parse_args(argv)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Check flag values that argparse cannot."""
+    if args.workers < 1:
+        raise PreprocessError(f"--workers {args.workers}: must be at least 1")
+    if args.n_subs < 1:
+        raise PreprocessError(f"--n-subs {args.n_subs}: must be at least 1")
+    if args.log_interval < 1:
+        raise PreprocessError(f"--log-interval {args.log_interval}: must be at least 1")
+    if args.merge_group_keys is None and not args.tokenizer_name_or_path:
+        raise PreprocessError("--tokenizer-name-or-path is required: point it at a local HF model folder")
+    prefix = args.output_prefix
+    if not prefix or prefix.endswith(("/", os.sep)):
+        raise PreprocessError(
+            f"--output-prefix {prefix!r}: must name a file prefix, not a folder: try {prefix.rstrip('/')}/data"
+        )
+    if prefix.endswith((".bin", ".idx")):
+        raise PreprocessError(
+            f"--output-prefix {prefix}: give the prefix without .bin/.idx: try {prefix[:-4]}"
+        )
+    keys = args.merge_group_keys or args.json_keys
+    for key in keys:
+        for suffix in (f"_{key}_document", "_document"):
+            if prefix.endswith(suffix):
+                raise PreprocessError(
+                    f"--output-prefix {prefix}: already ends in {suffix}, and the tool appends "
+                    f"_<key>_document itself: try --output-prefix {prefix[: -len(suffix)]}"
+                )

@@ -1,0 +1,387 @@
+"""The preprocessing pipeline: read -> handler -> tokenize (worker processes) -> write, in order.
+
+The main process reads the input in batches and writes the output; ``--workers`` processes
+tokenize. At most ``2 * workers + 2`` batches are in flight, so memory does not grow with the
+input, and results are written in input order whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mindspeed_llm.data.errors import PreprocessError
+from mindspeed_llm.data.handlers import build_handler
+from mindspeed_llm.data.indexed_writer import IndexedDatasetWriter, dataset_paths, read_index
+from mindspeed_llm.data.readers import (
+    InputSource,
+    available_columns,
+    discover_inputs,
+    iter_batches,
+    total_bytes,
+    total_rows,
+)
+from mindspeed_llm.data.tokenizer import DocumentTokenizer
+
+BATCH_ROWS = 1000
+TASK_CHARS = 2 << 20  # characters of text per tokenizer task
+_MAX_SKIPPED_SHOWN = 10
+
+_worker_tokenizer: DocumentTokenizer | None = None
+
+
+def _init_worker(path: str, append_eod: bool, single_threaded: bool) -> None:
+    global _worker_tokenizer
+    if single_threaded:
+        # the pool is the parallelism: one tokenizer thread per worker, no oversubscription
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if _worker_tokenizer is None or _worker_tokenizer.path != path:  # spawn: nothing inherited
+        _worker_tokenizer = DocumentTokenizer(path, append_eod)
+    _worker_tokenizer.append_eod = append_eod
+
+
+def _encode_task(task: dict[str, list[str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {key: _worker_tokenizer.encode(texts) for key, texts in task.items()}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Progress:
+    """Counts for the --log-interval lines and the final summary."""
+
+    log_interval: int
+    start: float = 0.0
+    documents: int = 0
+    tokens: int = 0
+    input_bytes: int = 0
+    skipped: int = 0
+    _next_log: int = 0
+
+    def __post_init__(self) -> None:
+        self.start = time.perf_counter()
+        self._next_log = self.log_interval
+
+    def rates(self) -> str:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return (
+            f"{self.documents / elapsed:.0f} docs/s, {self.tokens / elapsed:.0f} tokens/s, "
+            f"{self.input_bytes / elapsed / 2**20:.2f} MB/s"
+        )
+
+    def update(self, documents: int, tokens: int, input_bytes: int, write) -> None:
+        self.documents += documents
+        self.tokens += tokens
+        self.input_bytes += input_bytes
+        if self.documents >= self._next_log:
+            self._next_log = (self.documents // self.log_interval + 1) * self.log_interval
+            write(f"processed {self.documents} documents ({self.rates()})")
+
+
+def _split_tasks(texts: dict[str, list[str]], num_rows: int) -> Iterator[dict[str, list[str]]]:
+    """Cut one batch into tasks of about TASK_CHARS characters (long documents make small tasks)."""
+    first_key = next(iter(texts))
+    sizes = np.fromiter(map(len, texts[first_key]), dtype=np.int64, count=num_rows)
+    start = 0
+    while start < num_rows:
+        budget = np.searchsorted(np.cumsum(sizes[start:]), TASK_CHARS, side="right")
+        stop = start + max(1, int(budget))
+        yield {key: values[start:stop] for key, values in texts.items()}
+        start = stop
+
+
+def _ordered_results(pool, tasks: Iterable, max_pending: int) -> Iterator:
+    """pool.apply_async over tasks, results in task order, at most max_pending in flight."""
+    pending: deque = deque()
+    for task, meta in tasks:
+        pending.append((pool.apply_async(_encode_task, (task,)), meta))
+        if len(pending) >= max_pending:
+            result, meta = pending.popleft()
+            yield result.get(), meta
+    while pending:
+        result, meta = pending.popleft()
+        yield result.get(), meta
+
+
+def _mp_context() -> mp.context.BaseContext:
+    # fork: workers inherit the loaded tokenizer and imported modules (no re-import of torch)
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def encode_source(
+    source: InputSource,
+    args: argparse.Namespace,
+    tokenizer: DocumentTokenizer,
+    prefixes: dict[str, str],
+    show_progress: bool = True,
+) -> Progress:
+    """Tokenize every document of ``source`` into ``prefixes[key]`` datasets (temporary names until done)."""
+    global _worker_tokenizer
+    handler = build_handler(args.handler_name, args.json_keys)
+    columns = handler.input_columns(available_columns(source), source.files[0])
+    writers: dict[str, IndexedDatasetWriter] = {}
+    pool = None
+    progress = Progress(args.log_interval)
+    bar = None
+    try:
+        for key, prefix in prefixes.items():
+            writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
+        rows_total = total_rows(source)
+        if show_progress:
+            from tqdm import tqdm
+
+            if rows_total is not None:
+                bar = tqdm(total=rows_total, unit="doc", disable=None, dynamic_ncols=True)
+            else:
+                bar = tqdm(total=total_bytes(source), unit="B", unit_scale=True, disable=None, dynamic_ncols=True)
+        write = bar.write if bar is not None and not bar.disable else _log
+        skipped_shown = 0
+
+        def tasks() -> Iterator:
+            nonlocal skipped_shown
+            for batch in iter_batches(source, columns, BATCH_ROWS, args.skip_bad_rows):
+                for message in batch.skipped:
+                    progress.skipped += 1
+                    if skipped_shown < _MAX_SKIPPED_SHOWN:
+                        skipped_shown += 1
+                        write(f"skipped {message}")
+                if not batch.num_rows:
+                    if bar is not None and rows_total is None:
+                        bar.update(batch.bytes_read)
+                    continue
+                texts = handler.texts(batch.columns, batch.first_row, batch.source)
+                parts = list(_split_tasks(texts, batch.num_rows))
+                for i, part in enumerate(parts):
+                    yield part, (batch.bytes_read if i == len(parts) - 1 else 0)
+
+        _worker_tokenizer = tokenizer  # inherited by forked workers
+        pool = _mp_context().Pool(
+            args.workers,
+            initializer=_init_worker,
+            initargs=(tokenizer.path, tokenizer.append_eod, args.workers > 1),
+        )
+        for result, input_bytes in _ordered_results(pool, tasks(), 2 * args.workers + 2):
+            documents = tokens = 0
+            for key, (flat, lengths) in result.items():
+                writers[key].add_documents(flat, lengths)
+                documents, tokens = len(lengths), tokens + flat.size
+            progress.update(documents, tokens, input_bytes, write)
+            if bar is not None:
+                bar.update(documents if rows_total is not None else input_bytes)
+        pool.close()
+        pool.join()
+        pool = None
+        if bar is not None:
+            bar.close()
+            bar = None
+        if progress.documents == 0:
+            what = "every row was skipped as bad" if progress.skipped else "it holds no rows"
+            raise PreprocessError(f"--input {args.input}: no documents to write ({what}); check the input")
+        for writer in writers.values():
+            writer.finalize()
+        return progress
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if bar is not None:
+            bar.close()
+        for writer in writers.values():
+            writer.abort()
+        raise
+
+
+def output_prefixes(output_prefix: str, keys: Iterable[str]) -> dict[str, str]:
+    """``<output-prefix>_<key>_document`` for every key."""
+    return {key: f"{output_prefix}_{key}_document" for key in keys}
+
+
+def _ensure_output_dir(output_prefix: str) -> None:
+    folder = os.path.dirname(os.path.abspath(output_prefix))
+    if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise PreprocessError(f"--output-prefix {output_prefix}: {folder} exists and is not a folder")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise PreprocessError(
+                f"--output-prefix {output_prefix}: cannot create the folder {folder} ({exc.strerror}); "
+                "create it or choose another prefix"
+            ) from exc
+        _log(f"created output folder {folder}")
+
+
+def preprocess(args: argparse.Namespace) -> dict[str, str]:
+    """Run the whole tokenization described by ``args``; returns key -> dataset prefix written."""
+    source = discover_inputs(args.input)
+    _log(f"input {args.input}: {source.describe()}")
+    handler = build_handler(args.handler_name, args.json_keys)
+    handler.input_columns(available_columns(source), source.files[0])  # fail before any work
+    tokenizer = DocumentTokenizer(args.tokenizer_name_or_path, args.append_eod)
+    _log(
+        f"tokenizer {args.tokenizer_name_or_path}: {type(tokenizer.hf).__name__}, vocabulary "
+        f"{tokenizer.vocab_size} -> {tokenizer.dtype.name} tokens"
+        + (f", EOD id {tokenizer.eod}" if args.append_eod else "")
+    )
+    _ensure_output_dir(args.output_prefix)
+    prefixes = output_prefixes(args.output_prefix, handler.output_keys)
+    if args.n_subs > 1:
+        progress = _encode_subsets(source, args, tokenizer, prefixes)
+    else:
+        progress = encode_source(source, args, tokenizer, prefixes)
+    if progress.skipped:
+        _log(f"skipped {progress.skipped} bad rows (--skip-bad-rows)")
+    _log(f"done: {progress.documents} documents, {progress.tokens} tokens ({progress.rates()})")
+    for prefix in prefixes.values():
+        _log(f"wrote {prefix}.bin and {prefix}.idx")
+    return prefixes
+
+
+# ---------------------------------------------------------------- --n-subs
+
+
+def _split_files(files: list[str], parts: int) -> list[list[str]]:
+    """``parts`` contiguous, non-empty groups of files with about equal total size."""
+    sizes = [os.path.getsize(f) for f in files]
+    total = max(sum(sizes), 1)
+    groups: list[list[str]] = [[]]
+    done = 0
+    for i, (path, size) in enumerate(zip(files, sizes)):
+        must_split = len(files) - i <= parts - len(groups)
+        if groups[-1] and len(groups) < parts and (must_split or done >= total * len(groups) / parts):
+            groups.append([])
+        groups[-1].append(path)
+        done += size
+    return groups
+
+
+def _subset_main(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue) -> None:
+    try:
+        progress = encode_source(source, args, tokenizer, prefixes, show_progress=False)
+        queue.put(("ok", progress.documents, progress.tokens, progress.input_bytes, progress.skipped))
+    except PreprocessError as exc:
+        queue.put(("error", str(exc)))
+    except BaseException as exc:  # report, the parent cleans up
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _encode_subsets(
+    source: InputSource, args: argparse.Namespace, tokenizer: DocumentTokenizer, prefixes: dict[str, str]
+) -> Progress:
+    if len(source.files) < args.n_subs:
+        raise PreprocessError(
+            f"--n-subs {args.n_subs}: the input has {len(source.files)} file(s) and subsets are whole "
+            f"files; use --n-subs {len(source.files)} or less (or shard the input)"
+        )
+    groups = _split_files(source.files, args.n_subs)
+    sub_args = argparse.Namespace(**vars(args))
+    sub_args.workers = max(1, args.workers // len(groups))
+    ctx = _mp_context()
+    queue = ctx.Queue()
+    subs = []
+    sub_prefixes = [{k: f"{p}.sub{i}" for k, p in prefixes.items()} for i in range(len(groups))]
+    _log(f"--n-subs {len(groups)}: {sub_args.workers} tokenizer worker(s) per subset")
+    try:
+        for i, files in enumerate(groups):
+            proc = ctx.Process(
+                target=_subset_main,
+                args=(InputSource(source.format, files), sub_args, tokenizer, sub_prefixes[i], queue),
+            )
+            proc.start()
+            subs.append(proc)
+        progress = Progress(args.log_interval)
+        errors = []
+        for _ in subs:
+            status, *rest = queue.get()
+            if status == "error":
+                errors.append(rest[0])
+            else:
+                progress.documents += rest[0]
+                progress.tokens += rest[1]
+                progress.input_bytes += rest[2]
+                progress.skipped += rest[3]
+        for proc in subs:
+            proc.join()
+        if errors:
+            raise PreprocessError(errors[0].removeprefix("error: "))
+        for key, prefix in prefixes.items():
+            writer = IndexedDatasetWriter(prefix, tokenizer.dtype)
+            try:
+                for parts in sub_prefixes:
+                    writer.append_dataset(parts[key])
+                writer.finalize()
+            except BaseException:
+                writer.abort()
+                raise
+        return progress
+    finally:
+        for proc in subs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+        for parts in sub_prefixes:
+            for prefix in parts.values():
+                for path in dataset_paths(prefix):
+                    if os.path.exists(path):
+                        os.remove(path)
+
+
+# ---------------------------------------------------------------- --merge-group-keys
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
+    """Merge mode: concatenate the datasets of each key found in the --input folder, in name order."""
+    folder = args.input
+    if not os.path.isdir(folder):
+        raise PreprocessError(
+            f"--input {folder}: --merge-group-keys needs a folder holding the .bin/.idx datasets to merge"
+        )
+    _ensure_output_dir(args.output_prefix)
+    out_abs = os.path.abspath(args.output_prefix)
+    written = {}
+    for key in args.merge_group_keys:
+        target = f"{args.output_prefix}_{key}" if key.endswith("_document") else f"{args.output_prefix}_{key}_document"
+        names = []
+        for entry in os.listdir(folder):
+            if not entry.endswith(".idx"):
+                continue
+            stem = entry[:-4]
+            full = os.path.join(folder, stem)
+            if os.path.abspath(full) == os.path.abspath(target) or full.startswith(out_abs + "_"):
+                continue
+            if stem.endswith((f"_{key}_document", f"_{key}")) and os.path.exists(full + ".bin"):
+                names.append(stem)
+        if not names:
+            raise PreprocessError(
+                f"--merge-group-keys {key}: no dataset in {folder} ends in _{key}_document or _{key} "
+                "(with both .bin and .idx); check the key and the folder"
+            )
+        names.sort(key=_natural_key)
+        dtype = read_index(os.path.join(folder, names[0])).dtype
+        writer = IndexedDatasetWriter(target, dtype)
+        try:
+            for name in names:
+                writer.append_dataset(os.path.join(folder, name))
+            writer.finalize()
+        except BaseException:
+            writer.abort()
+            raise
+        _log(f"merged {len(names)} datasets ({', '.join(names)}) into {target}.bin/.idx: "
+             f"{writer.document_count} documents, {writer.token_count} tokens")
+        written[key] = target
+    return written

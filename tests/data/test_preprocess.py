@@ -1,0 +1,181 @@
+"""preprocess_data end to end: every format, workers 1 and 2, read back through megatron-core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from tests.data.conftest import ROWS
+from tests.data.helpers import (
+    FORMAT_WRITERS,
+    dataset_bytes,
+    expected_documents,
+    listing,
+    read_documents,
+    run,
+    write_jsonl,
+    write_parquet,
+)
+
+TEXTS = [r["text"] for r in ROWS]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("append_eod", [False, True])
+def test_all_formats_give_identical_bytes_and_hf_ids(tmp_path, bpe_tokenizer, workers, append_eod):
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    expected = expected_documents(hf, TEXTS, append_eod)
+    outputs = {}
+    for fmt, write in FORMAT_WRITERS.items():
+        src = write(ROWS, str(tmp_path / f"in_{fmt.replace('-', '_')}"))
+        prefix = tmp_path / "out" / fmt
+        extra = ["--append-eod"] if append_eod else []
+        rc = run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", prefix,
+                 "--tokenizer-type", "PretrainedFromHF", "--workers", workers, "--log-interval", 1, *extra)
+        assert rc == 0, fmt
+        out = f"{prefix}_text_document"
+        assert read_documents(out) == expected, fmt
+        outputs[fmt] = dataset_bytes(out)
+    reference = outputs["parquet"]
+    for fmt, data in outputs.items():
+        assert data == reference, f"{fmt} differs from parquet"
+
+
+def test_workers_and_batches_keep_document_order(tmp_path, bpe_tokenizer, monkeypatch):
+    import mindspeed_llm.data.preprocess as pre
+
+    monkeypatch.setattr(pre, "BATCH_ROWS", 7)
+    monkeypatch.setattr(pre, "TASK_CHARS", 300)  # many small tasks in flight
+    rng = np.random.default_rng(1)
+    words = ["alpha", "beta", "ünï", "中文", "fox", "\n", '"q"', ""]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 40))) for _ in range(300)]
+    src = write_jsonl([{"text": t} for t in texts], str(tmp_path / "in"))
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    results = []
+    for workers in (1, 2):
+        prefix = tmp_path / f"w{workers}"
+        assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", prefix,
+                   "--workers", workers, "--append-eod") == 0
+        results.append(dataset_bytes(f"{prefix}_text_document"))
+        assert read_documents(f"{prefix}_text_document") == expected_documents(hf, texts, True)
+    assert results[0] == results[1]
+
+
+def test_large_vocabulary_writes_int32(tmp_path, large_vocab_tokenizer):
+    src = write_parquet(ROWS, str(tmp_path / "in"))
+    prefix = tmp_path / "big"
+    assert run("--input", src, "--tokenizer-name-or-path", large_vocab_tokenizer, "--output-prefix", prefix,
+               "--append-eod") == 0
+    raw = (tmp_path / "big_text_document.idx").read_bytes()
+    assert raw[17] == 4  # int32 dtype code
+    hf = AutoTokenizer.from_pretrained(large_vocab_tokenizer)
+    docs = read_documents(f"{prefix}_text_document")
+    assert docs == expected_documents(hf, TEXTS, True)
+    assert max(max(d) for d in docs if d) > 65535
+
+
+def test_bos_tokenizer_keeps_empty_document_tokens(tmp_path, bos_tokenizer):
+    src = write_jsonl(ROWS, str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", bos_tokenizer, "--output-prefix", tmp_path / "o",
+               "--append-eod") == 0
+    hf = AutoTokenizer.from_pretrained(bos_tokenizer)
+    docs = read_documents(str(tmp_path / "o_text_document"))
+    assert docs == expected_documents(hf, TEXTS, True)
+    assert docs[4] == [hf.bos_token_id, hf.eos_token_id]  # the empty text
+
+
+def test_several_json_keys_write_one_dataset_each(tmp_path, bpe_tokenizer):
+    src = write_parquet(ROWS, str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
+               "--json-keys", "text", "other") == 0
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, TEXTS, False)
+    others = [r["other"] for r in ROWS]
+    assert read_documents(str(tmp_path / "o_other_document")) == expected_documents(hf, others, False)
+
+
+def test_txt_is_one_document_per_line(tmp_path, bpe_tokenizer):
+    content = "first line\nsecond, with ünï\r\n\nfourth \"quoted\"\nlast without newline"
+    (tmp_path / "in.txt").write_bytes(content.encode("utf-8"))
+    assert run("--input", tmp_path / "in.txt", "--tokenizer-name-or-path", bpe_tokenizer,
+               "--output-prefix", tmp_path / "o", "--append-eod") == 0
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    lines = ["first line", "second, with ünï", "", 'fourth "quoted"', "last without newline"]
+    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, lines, True)
+
+
+def test_folder_of_shards_in_name_order(tmp_path, bpe_tokenizer, capsys):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_parquet(ROWS[:3], str(folder / "part-00000"))
+    write_parquet(ROWS[3:], str(folder / "part-00001"))
+    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o") == 0
+    assert "part-00000.parquet, part-00001.parquet" in capsys.readouterr().err
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, TEXTS, False)
+
+
+def test_alpaca_handler_joins_instruction_input_output(tmp_path, bpe_tokenizer):
+    rows = [
+        {"instruction": "Give a word.", "input": "", "output": "Fox."},
+        {"instruction": "Translate.", "input": "café", "output": "coffee"},
+    ]
+    src = write_jsonl(rows, str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
+               "--handler-name", "AlpacaStylePretrainHandler") == 0
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    texts = ["Give a word.\n\nFox.", "Translate.\n\ncafé\n\ncoffee"]
+    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, texts, False)
+
+
+def test_alpaca_handler_prefers_text_column(tmp_path, bpe_tokenizer):
+    rows = [{"instruction": "i", "input": "", "output": "o", "text": "the full text"}]
+    src = write_parquet(rows, str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
+               "--handler-name", "AlpacaStylePretrainHandler") == 0
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, ["the full text"], False)
+
+
+def test_sharegpt_handler_renders_turns(tmp_path, bpe_tokenizer):
+    rows = [
+        {"system": "Be brief.", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+        {"system": None, "conversations": [{"from": "human", "value": "Bye"}]},
+    ]
+    for write in (write_jsonl, write_parquet):
+        src = write(rows, str(tmp_path / "in"))
+        prefix = tmp_path / f"o_{write.__name__}"
+        assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", prefix,
+                   "--handler-name", "SharegptStylePretrainHandler") == 0
+        hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+        texts = ["Be brief.\n\nhuman: Hi?\n\ngpt: Hello.", "human: Bye"]
+        assert read_documents(f"{prefix}_text_document") == expected_documents(hf, texts, False)
+
+
+def test_merge_group_keys_concatenates_in_name_order(tmp_path, bpe_tokenizer):
+    parts = tmp_path / "parts"
+    for i, rows in enumerate([ROWS[:2], ROWS[2:5], ROWS[5:]]):
+        src = write_jsonl(rows, str(tmp_path / f"in{i}"))
+        assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer,
+                   "--output-prefix", parts / f"shard{i}", "--append-eod") == 0
+    assert run("--input", parts, "--output-prefix", tmp_path / "merged", "--merge-group-keys", "text") == 0
+    src = write_jsonl(ROWS, str(tmp_path / "all"))
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "whole",
+               "--append-eod") == 0
+    assert dataset_bytes(str(tmp_path / "merged_text_document")) == dataset_bytes(str(tmp_path / "whole_text_document"))
+
+
+@pytest.mark.slow
+def test_n_subs_equals_single_pass(tmp_path, bpe_tokenizer):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        write_jsonl(ROWS[i * 3 : i * 3 + 3], str(folder / f"part{i}"))
+    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "one",
+               "--append-eod") == 0
+    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "subs",
+               "--append-eod", "--n-subs", 3, "--workers", 3) == 0
+    assert dataset_bytes(str(tmp_path / "one_text_document")) == dataset_bytes(str(tmp_path / "subs_text_document"))
+    assert listing(tmp_path).count("subs_text_document.bin") == 1
+    assert not [n for n in listing(tmp_path) if ".sub" in n or ".tmp" in n]
