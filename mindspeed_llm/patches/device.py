@@ -36,7 +36,7 @@ def _npu_available() -> bool:
     if torch_npu is None:
         return False
     try:
-        return bool(torch.npu.is_available())
+        return bool(torch_npu.npu.is_available())
     except Exception:  # noqa: BLE001
         return False
 

@@ -133,3 +133,40 @@ def test_nccl_process_group_becomes_gloo(tmp_path) -> None:
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["gloo", "gloo"]
+
+
+def _write_torch_npu_stand_in(root) -> None:
+    """A stand-in for torch_npu on a machine without Ascend hardware (NOT the real package).
+
+    It reports one NPU and records that ``torch_npu.contrib.transfer_to_npu`` was imported, so the
+    detection and redirect plumbing of the NPU path can be checked here.
+    """
+    pkg = root / "torch_npu"
+    (pkg / "contrib").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        '"""Stand-in for torch_npu in tests (no Ascend hardware here)."""\n'
+        "import types\n"
+        "npu = types.SimpleNamespace(is_available=lambda: True)\n"
+        "transfer_imported = False\n"
+    )
+    (pkg / "contrib" / "__init__.py").write_text("")
+    (pkg / "contrib" / "transfer_to_npu.py").write_text("import torch_npu\ntorch_npu.transfer_imported = True\n")
+
+
+def test_npu_detection_imports_torch_npus_redirect_and_uses_hccl(tmp_path) -> None:
+    _write_torch_npu_stand_in(tmp_path)
+    proc = _run("""
+        import torch, torch_npu, mindspeed_llm
+        from mindspeed_llm.patches.device import distributed_backend
+        print(mindspeed_llm.DEVICE, distributed_backend(), torch_npu.transfer_imported)
+        print(torch.cuda.current_device.__module__)  # the CPU layer is not applied on NPU
+    """, pythonpath=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first.split() == ["npu", "hccl", "True"]
+    assert second == "torch.cuda"
+
+
+def test_forcing_npu_without_torch_npu_is_a_clear_error() -> None:
+    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
+    assert proc.returncode != 0 and "torch_npu cannot be imported" in proc.stderr
