@@ -369,6 +369,10 @@ def _json_records(path: str, fmt: str) -> Iterator[tuple[int, object, int]]:
                 yield line_no, exc, len(raw)
 
 
+class _BrokenArray(json.JSONDecodeError):
+    """A syntax error in a JSON array: unlike a bad JSON line, reading cannot go on after it."""
+
+
 def _json_array_records(path: str) -> Iterator[tuple[int, object, int]]:
     """Stream the elements of a top-level JSON array without loading the whole file."""
     decoder = json.JSONDecoder()
@@ -387,13 +391,13 @@ def _json_array_records(path: str) -> Iterator[tuple[int, object, int]]:
                     need_more = end == len(text) and not eof  # a number may go on in the next chunk
                 except json.JSONDecodeError as exc:
                     if eof:
-                        yield line, exc, consumed
+                        yield line, _BrokenArray(exc.msg, exc.doc, exc.pos), consumed
                         return
                     need_more = True
             if need_more:
                 if eof:
                     if state != "done":
-                        yield line, json.JSONDecodeError("unexpected end of file in JSON array", text, pos), consumed
+                        yield line, _BrokenArray("unexpected end of file in JSON array", text, pos), consumed
                     return
                 chunk = f.read(_JSON_CHUNK)
                 consumed += len(chunk)
@@ -403,12 +407,12 @@ def _json_array_records(path: str) -> Iterator[tuple[int, object, int]]:
                 continue
             char = text[pos]
             if state == "done":
-                yield line, json.JSONDecodeError("extra data after the JSON array", text, pos), consumed
+                yield line, _BrokenArray("extra data after the JSON array", text, pos), consumed
                 return
             if state == "start" or (state == "sep" and char not in ",]"):
                 expected = "'['" if state == "start" else "',' or ']'"
                 if char != "[" or state != "start":
-                    yield line, json.JSONDecodeError(f"expected {expected}", text, pos), consumed
+                    yield line, _BrokenArray(f"expected {expected}", text, pos), consumed
                     return
                 state, pos = "first", pos + 1
                 continue
@@ -419,7 +423,7 @@ def _json_array_records(path: str) -> Iterator[tuple[int, object, int]]:
                 state, pos = "value", pos + 1
                 continue
             if char == "]":  # state == "value": "[..., ]"
-                yield line, json.JSONDecodeError("trailing comma in JSON array", text, pos), consumed
+                yield line, _BrokenArray("trailing comma in JSON array", text, pos), consumed
                 return
             yield line, record, consumed
             consumed = 0
@@ -452,6 +456,11 @@ def _iter_json(
         if first is None:
             first = line_no
         where = f"line {line_no}"
+        if isinstance(record, _BrokenArray):
+            raise PreprocessError(
+                f"--input {path}:{where}: invalid JSON array ({record.msg}); the rest of the file "
+                "cannot be read, so fix the file (or convert it to JSON lines)"
+            )
         if isinstance(record, json.JSONDecodeError):
             _bad_row(path, where, f"invalid JSON ({record.msg})", skip_bad_rows, skipped)
             continue
