@@ -1,0 +1,113 @@
+"""Command line of ``convert_ckpt.py`` (MindSpeed-LLM's flag names)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+from mindspeed_llm.checkpoint.errors import CheckpointError, VerificationError
+from mindspeed_llm.models.families import MODEL_TYPE_HF_CHOICES, UnsupportedModelError, parse_dtype
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)B?", text.strip().upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 5GB or 500MB")
+    return int(float(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2)])
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer counts (6,8,8,6)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (flags as MindSpeed-LLM's convert_ckpt.py)."""
+    p = argparse.ArgumentParser(
+        prog="convert_ckpt.py",
+        description="Convert checkpoints: HuggingFace <-> Megatron-mcore legacy layout, and mg -> mg resharding.",
+    )
+    p.add_argument("--use-mcore-models", action="store_true",
+                   help="accepted for MindSpeed compatibility; megatron-core models are the only kind written")
+    p.add_argument("--model-type", default="GPT", choices=["GPT"], help="only GPT (decoder-only) models")
+    p.add_argument("--load-model-type", required=True, choices=["hf", "mg"])
+    p.add_argument("--save-model-type", required=True, choices=["hf", "mg"])
+    p.add_argument("--load-dir", required=True, help="HF folder (hf) or Megatron checkpoint folder (mg)")
+    p.add_argument("--save-dir", required=True,
+                   help="output folder; for mg->hf an original HF folder means its mg2hf/ subfolder")
+    p.add_argument("--target-tensor-parallel-size", type=int, default=1)
+    p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    p.add_argument("--num-layer-list", type=_layer_list, default=None,
+                   help="layers per pipeline stage, e.g. 6,8,8,6 (default: even)")
+    p.add_argument("--add-qkv-bias", action="store_true", help="q/k/v projections have biases (Qwen2/2.5)")
+    p.add_argument("--model-type-hf", default=None, choices=MODEL_TYPE_HF_CHOICES,
+                   help="model family; checked against config.json's architecture")
+    p.add_argument("--params-dtype", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="convert the weights to this dtype (default: keep the source's)")
+    p.add_argument("--make-vocab-size-divisible-by", type=int, default=1,
+                   help="pad the vocabulary to a multiple of this x TP (default 1)")
+    p.add_argument("--padded-vocab-size", type=int, default=None, help="pad the vocabulary to exactly this size")
+    p.add_argument("--tokenizer-model", default=None, help="recorded in the checkpoint's args")
+    p.add_argument("--hf-dir", default=None,
+                   help="mg->hf: the original HF folder for config and tokenizer (default: the one recorded)")
+    p.add_argument("--load-iteration", default=None,
+                   help="mg sources: iteration to read (default: latest_checkpointed_iteration.txt)")
+    p.add_argument("--overwrite", action="store_true", help="replace a --save-dir that already holds files")
+    p.add_argument("--max-shard-size", type=_size, default=_size("5GB"), help="HF output shard size (5GB)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare logits of transformers' model and our megatron-core model after converting")
+    p.add_argument("--verify-tolerance", type=float, default=1e-4)
+    p.add_argument("--verify-tokens", type=int, default=16)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    """Parsed flags -> :class:`ConvertOptions`."""
+    iteration = args.load_iteration
+    if iteration is not None and iteration != "release":
+        iteration = int(iteration)
+    return ConvertOptions(
+        load_model_type=args.load_model_type,
+        save_model_type=args.save_model_type,
+        load_dir=args.load_dir,
+        save_dir=args.save_dir,
+        target_tp=args.target_tensor_parallel_size,
+        target_pp=args.target_pipeline_parallel_size,
+        num_layer_list=args.num_layer_list,
+        params_dtype=parse_dtype(args.params_dtype) if args.params_dtype else None,
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        padded_vocab_size=args.padded_vocab_size,
+        add_qkv_bias=args.add_qkv_bias,
+        model_type_hf=args.model_type_hf,
+        hf_dir=args.hf_dir,
+        tokenizer_model=args.tokenizer_model,
+        iteration=iteration,
+        overwrite=args.overwrite,
+        max_shard_size=args.max_shard_size,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a conversion; exit code 0 ok, 1 verification failed, 2 bad input."""
+    args = build_parser().parse_args(argv)
+    opts = options_from_args(args)
+    try:
+        written = convert(opts)
+        print(f"converted {opts.load_model_type} -> {opts.save_model_type}: {written}")
+        if args.verify:
+            from mindspeed_llm.checkpoint.verify import verify_after_convert
+
+            verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
+    except (CheckpointError, UnsupportedModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,350 @@
+"""hf->mg, mg->hf and mg->mg conversion, streaming one output pipeline stage at a time."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from mindspeed_llm.checkpoint import layout
+from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.checkpoint.hf_io import (
+    INDEX_FILENAME,
+    SINGLE_FILENAME,
+    HfShardWriter,
+    copy_tokenizer_files,
+)
+from mindspeed_llm.checkpoint.mapping import (
+    EMBEDDING,
+    FINAL_NORM,
+    LAYER_EXTRA_STATES,
+    OUTPUT_EXTRA_STATE,
+    OUTPUT_LAYER,
+    layer_mappings,
+    layers_per_stage,
+    mcore_to_hf,
+    pad_vocab,
+    padded_vocab_size,
+    shard,
+    stage_layers,
+)
+from mindspeed_llm.checkpoint.sources import HfSource, MgSource
+from mindspeed_llm.models.families import ModelConfig, check_model_type_hf, dtype_hf_name
+
+HF_TO_MG_ITERATION = 1
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``convert_ckpt.py`` passes down (flag names in comments)."""
+
+    load_model_type: str  # --load-model-type hf|mg
+    save_model_type: str  # --save-model-type hf|mg
+    load_dir: str  # --load-dir
+    save_dir: str  # --save-dir
+    target_tp: int = 1  # --target-tensor-parallel-size
+    target_pp: int = 1  # --target-pipeline-parallel-size
+    num_layer_list: list[int] | None = None  # --num-layer-list 6,8,8,6
+    params_dtype: torch.dtype | None = None  # --params-dtype (None: keep the source's)
+    make_vocab_size_divisible_by: int = 1  # --make-vocab-size-divisible-by
+    padded_vocab_size: int | None = None  # --padded-vocab-size
+    add_qkv_bias: bool | None = None  # --add-qkv-bias (hf sources: must match the weights)
+    model_type_hf: str | None = None  # --model-type-hf
+    hf_dir: str | None = None  # --hf-dir (mg->hf: config/tokenizer source)
+    tokenizer_model: str | None = None  # --tokenizer-model (recorded in args)
+    iteration: int | str | None = None  # --load-iteration (mg sources; default: the tracker's)
+    overwrite: bool = False  # --overwrite
+    max_shard_size: int = 5 * 1024**3  # --max-shard-size (hf output)
+    progress: bool = True
+
+
+# ---- output folder handling ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def staging_dir(target: str, *, overwrite: bool, flag: str = "--save-dir") -> Iterator[str]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``, on error it is removed."""
+    target = os.path.abspath(target)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise CheckpointError(f"{flag} {target} is a file: give a folder path")
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise CheckpointError(
+            f"{flag} {target} already holds files (another checkpoint?): choose an empty or new folder, "
+            "or pass --overwrite to replace it"
+        )
+    parent = os.path.dirname(target)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    except OSError as exc:
+        raise CheckpointError(
+            f"{flag} {target} is not writable ({exc.strerror}): choose a folder you can write to"
+        ) from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.isdir(target):
+        old = target + f".old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_hf_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and (
+        os.path.isfile(os.path.join(path, INDEX_FILENAME)) or os.path.isfile(os.path.join(path, SINGLE_FILENAME))
+        or any(n.endswith(".safetensors") for n in os.listdir(path))
+    )
+
+
+# ---- checks shared by every direction ------------------------------------------------------------------
+def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int] | None) -> list[int]:
+    """Validate TP/PP against the model; return the layers per stage."""
+    if tp < 1 or pp < 1:
+        raise CheckpointError("--target-tensor-parallel-size and --target-pipeline-parallel-size must be >= 1")
+    if cfg.num_attention_heads % tp:
+        raise CheckpointError(
+            f"--target-tensor-parallel-size {tp} does not divide num_attention_heads={cfg.num_attention_heads}: "
+            "pick a divisor"
+        )
+    if cfg.num_query_groups % tp:
+        raise CheckpointError(
+            f"--target-tensor-parallel-size {tp} does not divide num_key_value_heads={cfg.num_query_groups}: "
+            "pick a divisor"
+        )
+    if cfg.ffn_hidden_size % tp:
+        raise CheckpointError(
+            f"--target-tensor-parallel-size {tp} does not divide intermediate_size={cfg.ffn_hidden_size}"
+        )
+    if num_layer_list:
+        if len(num_layer_list) != pp:
+            raise CheckpointError(
+                f"--num-layer-list has {len(num_layer_list)} entries but --target-pipeline-parallel-size is {pp}: "
+                "give one layer count per stage"
+            )
+        if sum(num_layer_list) != cfg.num_layers or min(num_layer_list) < 1:
+            raise CheckpointError(
+                f"--num-layer-list {','.join(map(str, num_layer_list))} sums to {sum(num_layer_list)} but the "
+                f"model has {cfg.num_layers} layers (each stage needs >= 1): fix the list"
+            )
+    elif cfg.num_layers % pp:
+        raise CheckpointError(
+            f"--target-pipeline-parallel-size {pp} does not divide num_hidden_layers={cfg.num_layers}: pick a "
+            "divisor or give --num-layer-list"
+        )
+    return layers_per_stage(cfg.num_layers, pp, num_layer_list)
+
+
+def target_padded_vocab(cfg: ModelConfig, opts: ConvertOptions) -> int:
+    """Padded vocabulary size for the target TP, validated."""
+    rows = cfg.vocab_size
+    padded = padded_vocab_size(rows, opts.target_tp, opts.make_vocab_size_divisible_by, opts.padded_vocab_size)
+    if padded < rows:
+        raise CheckpointError(
+            f"--padded-vocab-size {padded} is smaller than the {rows} embedding rows: use at least {rows}"
+        )
+    if padded % opts.target_tp:
+        raise CheckpointError(
+            f"--padded-vocab-size {padded} is not divisible by --target-tensor-parallel-size {opts.target_tp}"
+        )
+    return padded
+
+
+def make_checkpoint_args(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], padded: int,
+                         opts: ConvertOptions, base: argparse.Namespace | None = None) -> argparse.Namespace:
+    """The ``args`` Namespace saved in every rank file (Megatron flag names; enough to check a launch)."""
+    args = copy.deepcopy(base) if base is not None else argparse.Namespace()
+    uneven = len(set(counts)) > 1
+    fields = dict(
+        use_mcore_models=True,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        num_layer_list=",".join(map(str, counts)) if uneven else None,
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        group_query_attention=cfg.num_query_groups != cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.kv_channels,
+        max_position_embeddings=cfg.max_position_embeddings,
+        position_embedding_type="rope",
+        rotary_base=cfg.rotary_base,
+        normalization="RMSNorm",
+        norm_epsilon=cfg.norm_epsilon,
+        swiglu=True,
+        add_bias_linear=False,
+        add_qkv_bias=cfg.add_qkv_bias,
+        untie_embeddings_and_output_weights=not cfg.tie_word_embeddings,
+        padded_vocab_size=padded,
+        hf_vocab_size=cfg.vocab_size,
+        make_vocab_size_divisible_by=opts.make_vocab_size_divisible_by,
+        params_dtype=cfg.params_dtype,
+        bf16=cfg.params_dtype == torch.bfloat16,
+        fp16=cfg.params_dtype == torch.float16,
+        hf_config=cfg.to_hf_config(),
+        hf_architecture=cfg.architecture,
+    )
+    for key, value in fields.items():
+        setattr(args, key, value)
+    if opts.load_model_type == "hf":
+        args.hf_dir = os.path.abspath(opts.load_dir)
+        args.model_type_hf = opts.model_type_hf
+        args.tokenizer_model = opts.tokenizer_model
+    return args
+
+
+# ---- writers -----------------------------------------------------------------------------------------------
+def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], pp_rank: int, padded: int,
+                dtype: torch.dtype, bar=None) -> list[dict]:
+    """The rank-local mcore state dicts of every TP rank of one pipeline stage."""
+    shards: list[dict] = [{} for _ in range(tp)]
+
+    def put(key: str, split, full: torch.Tensor) -> None:
+        for r, part in enumerate(shard(split, full.to(dtype), tp)):
+            shards[r][key] = part
+
+    if pp_rank == 0:
+        put(EMBEDDING.mcore, EMBEDDING.split, pad_vocab(source.embedding(), padded))
+    for local, global_layer in enumerate(stage_layers(counts, pp_rank)):
+        for m in layer_mappings(cfg):
+            put(f"decoder.layers.{local}.{m.mcore}", m.split, source.layer(global_layer, m))
+        for extra in LAYER_EXTRA_STATES:
+            for sd in shards:
+                sd[f"decoder.layers.{local}.{extra}"] = None
+        if bar is not None:
+            bar.update(1)
+    if pp_rank == pp - 1:
+        put(FINAL_NORM.mcore, FINAL_NORM.split, source.final_norm())
+        if not cfg.tie_word_embeddings:
+            put(OUTPUT_LAYER.mcore, OUTPUT_LAYER.split, pad_vocab(source.output_layer(), padded))
+        elif pp > 1:
+            # megatron-core's last stage keeps its own copy of the tied embedding.
+            put(OUTPUT_LAYER.mcore, OUTPUT_LAYER.split, pad_vocab(source.embedding(), padded))
+        for sd in shards:
+            sd[OUTPUT_EXTRA_STATE] = None
+    return shards
+
+
+def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration: int | str,
+                   base_args: argparse.Namespace | None = None) -> str:
+    """Write ``source`` as a legacy Megatron checkpoint at ``opts.save_dir``; returns the folder."""
+    tp, pp = opts.target_tp, opts.target_pp
+    counts = check_parallel(cfg, tp, pp, opts.num_layer_list)
+    padded = target_padded_vocab(cfg, opts)
+    dtype = opts.params_dtype or source.dtype
+    cfg = cfg.replace(params_dtype=dtype)
+    args = make_checkpoint_args(cfg, tp=tp, pp=pp, counts=counts, padded=padded, opts=opts, base=base_args)
+    with staging_dir(opts.save_dir, overwrite=opts.overwrite) as tmp:
+        for pp_rank in range(pp):
+            with tqdm(total=counts[pp_rank], desc=f"hf/mg -> mg stage {pp_rank + 1}/{pp}", unit="layer",
+                      disable=not opts.progress) as bar:
+                shards = build_stage(source, cfg, tp=tp, pp=pp, counts=counts, pp_rank=pp_rank, padded=padded,
+                                     dtype=dtype, bar=bar)
+                for tp_rank in range(tp):
+                    state = layout.make_rank_state(shards[tp_rank], args, iteration)
+                    layout.save_rank_state(tmp, iteration, tp_rank, pp_rank, pp, state)
+                    shards[tp_rank] = None
+        layout.write_tracker(tmp, iteration)
+    return os.path.abspath(opts.save_dir)
+
+
+def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_dir: str | None,
+             overwrite: bool, max_shard_size: int, progress: bool = True) -> str:
+    """Write ``source`` as an HF folder (config, generation config, tokenizer, sharded safetensors)."""
+    with staging_dir(save_dir, overwrite=overwrite) as tmp:
+        writer = HfShardWriter(tmp, max_shard_size)
+        writer.add(EMBEDDING.hf[0], source.embedding().to(dtype))
+        for layer in tqdm(range(cfg.num_layers), desc="mg -> hf", unit="layer", disable=not progress):
+            for m in layer_mappings(cfg):
+                for name, tensor in zip(m.hf, mcore_to_hf(m, source.layer(layer, m), cfg)):
+                    writer.add(name.format(i=layer), tensor.to(dtype))
+        writer.add(FINAL_NORM.hf[0], source.final_norm().to(dtype))
+        if not cfg.tie_word_embeddings:
+            writer.add(OUTPUT_LAYER.hf[0], source.output_layer().to(dtype))
+        writer.finish()
+        hf_config = cfg.to_hf_config()
+        if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
+            with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+                hf_config = json.load(f)
+        hf_config.pop("dtype", None)
+        hf_config["torch_dtype"] = dtype_hf_name(dtype)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+        copied = copy_tokenizer_files(hf_dir, tmp) if hf_dir and os.path.isdir(hf_dir) else []
+        if "generation_config.json" not in copied:
+            gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "_from_model_config": True}
+            with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+                json.dump(gen, f, indent=2)
+    return os.path.abspath(save_dir)
+
+
+# ---- entry points -----------------------------------------------------------------------------------------
+def convert_hf_to_mg(opts: ConvertOptions) -> str:
+    """HF folder -> legacy Megatron checkpoint at the target TP/PP; returns the save folder."""
+    source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
+    check_model_type_hf(opts.model_type_hf, source.cfg)
+    try:
+        return write_megatron(source, source.cfg, opts, iteration=HF_TO_MG_ITERATION)
+    finally:
+        source.close()
+
+
+def convert_mg_to_mg(opts: ConvertOptions) -> str:
+    """Reshard a legacy Megatron checkpoint to another TP/PP (same iteration)."""
+    source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
+    if opts.padded_vocab_size is None and opts.make_vocab_size_divisible_by == 1:
+        divisor = getattr(source.args, "make_vocab_size_divisible_by", 1) or 1
+        opts = copy.copy(opts)
+        opts.make_vocab_size_divisible_by = divisor
+    try:
+        return write_megatron(source, source.cfg, opts, iteration=source.iteration, base_args=source.args)
+    finally:
+        source.close()
+
+
+def mg_to_hf_target(save_dir: str) -> str:
+    """MindSpeed's form: a --save-dir that is the original HF folder means its ``mg2hf/`` subfolder."""
+    if os.path.isdir(save_dir) and _is_hf_folder(save_dir):
+        return os.path.join(save_dir, "mg2hf")
+    return save_dir
+
+
+def convert_mg_to_hf(opts: ConvertOptions) -> str:
+    """Legacy Megatron checkpoint (any TP/PP, any iteration) -> HF folder; returns the folder written."""
+    source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
+    hf_dir = source.hf_dir
+    target = mg_to_hf_target(opts.save_dir)
+    dtype = opts.params_dtype or source.dtype
+    try:
+        return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, overwrite=opts.overwrite,
+                        max_shard_size=opts.max_shard_size, progress=opts.progress)
+    finally:
+        source.close()
+
+
+def convert(opts: ConvertOptions) -> str:
+    """Dispatch on (load, save) model types; returns the folder written."""
+    pair = (opts.load_model_type, opts.save_model_type)
+    if pair == ("hf", "mg"):
+        return convert_hf_to_mg(opts)
+    if pair == ("mg", "hf"):
+        return convert_mg_to_hf(opts)
+    if pair == ("mg", "mg"):
+        return convert_mg_to_mg(opts)
+    raise CheckpointError(
+        f"--load-model-type {opts.load_model_type} --save-model-type {opts.save_model_type} is not supported: "
+        "use hf->mg, mg->hf or mg->mg"
+    )

@@ -1,0 +1,177 @@
+"""Megatron legacy checkpoint layout: tracker file, ``iter_XXXXXXX/mp_rank_TT[_PPP]/model_optim_rng.pt``.
+
+Shared by the converter and by training. Files are written under a temporary name and renamed; the
+tracker is written last, so a reader never sees a half-written iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any
+
+import torch
+
+from mindspeed_llm.checkpoint.errors import CheckpointError
+
+TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
+MODEL_FILENAME = "model_optim_rng.pt"
+CHECKPOINT_VERSION = 3.0
+RELEASE = "release"
+
+# Globals a legacy checkpoint may hold besides tensors and builtins (``torch.load(weights_only=True)``).
+_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+
+def register_safe_globals(*objects: Any) -> None:
+    """Allow more classes/functions in :func:`safe_torch_load` (e.g. training's own state objects)."""
+    for obj in objects:
+        if obj not in _SAFE_GLOBALS:
+            _SAFE_GLOBALS.append(obj)
+
+
+def _default_safe_globals() -> list[Any]:
+    extra: list[Any] = []
+    try:  # RNG states saved by training hold numpy arrays.
+        import numpy as np
+
+        extra += [np.ndarray, np.dtype, np.dtypes.UInt32DType]
+        try:
+            extra.append(np._core.multiarray._reconstruct)
+        except AttributeError:  # numpy < 2
+            extra.append(np.core.multiarray._reconstruct)
+    except ImportError:
+        pass
+    try:  # Megatron-written args carry this enum.
+        from megatron.core.enums import ModelType
+
+        extra.append(ModelType)
+    except ImportError:
+        pass
+    return extra
+
+
+def safe_torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` on CPU, with the allow-listed globals of legacy checkpoints."""
+    with torch.serialization.safe_globals(_SAFE_GLOBALS + _default_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
+    """``mp_rank_TT`` when pp_size is 1, else ``mp_rank_TT_PPP``."""
+    if pp_size == 1:
+        return f"mp_rank_{tp_rank:02d}"
+    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+
+
+def iteration_dir_name(iteration: int | str) -> str:
+    """``iter_0000001`` (or ``release``)."""
+    if iteration == RELEASE:
+        return RELEASE
+    return f"iter_{int(iteration):07d}"
+
+
+def checkpoint_dir_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
+                       pp_size: int) -> str:
+    """Folder of one rank's ``model_optim_rng.pt``."""
+    return os.path.join(os.fspath(root), iteration_dir_name(iteration), rank_dir_name(tp_rank, pp_rank, pp_size))
+
+
+def checkpoint_file_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
+                        pp_size: int) -> str:
+    """Path of one rank's ``model_optim_rng.pt``."""
+    return os.path.join(checkpoint_dir_for(root, iteration, tp_rank, pp_rank, pp_size), MODEL_FILENAME)
+
+
+def read_tracker(root: str | os.PathLike) -> int | str:
+    """The iteration named by ``latest_checkpointed_iteration.txt`` (an int, or ``"release"``)."""
+    path = os.path.join(os.fspath(root), TRACKER_FILENAME)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{path} not found: {root} is not a Megatron checkpoint folder (expected the folder that holds "
+            f"{TRACKER_FILENAME} and iter_XXXXXXX/)"
+        )
+    with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+    if text == RELEASE:
+        return RELEASE
+    try:
+        return int(text)
+    except ValueError:
+        raise CheckpointError(f"{path} holds {text!r}, expected an iteration number or 'release'") from None
+
+
+def write_tracker(root: str | os.PathLike, iteration: int | str) -> None:
+    """Write the tracker file atomically (call it after every rank's file is in place)."""
+    path = os.path.join(os.fspath(root), TRACKER_FILENAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(str(iteration))
+    os.replace(tmp, path)
+
+
+def save_rank_state(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int, pp_size: int,
+                    state: dict) -> str:
+    """Write one rank's state (``args``, ``checkpoint_version``, ``iteration``, ``model``, ...) atomically."""
+    folder = checkpoint_dir_for(root, iteration, tp_rank, pp_rank, pp_size)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, MODEL_FILENAME)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def make_rank_state(model: dict, args: argparse.Namespace, iteration: int | str) -> dict:
+    """The dictionary a legacy ``model_optim_rng.pt`` holds (model only, as converters write)."""
+    return {"args": args, "checkpoint_version": CHECKPOINT_VERSION,
+            "iteration": 0 if iteration == RELEASE else int(iteration), "model": model}
+
+
+def list_rank_dirs(root: str | os.PathLike, iteration: int | str) -> dict[tuple[int, int], str]:
+    """``{(tp_rank, pp_rank): file}`` for every rank file present in an iteration folder."""
+    it_dir = os.path.join(os.fspath(root), iteration_dir_name(iteration))
+    if not os.path.isdir(it_dir):
+        raise CheckpointError(f"{it_dir} not found, but {TRACKER_FILENAME} names it: the checkpoint is incomplete")
+    found = {}
+    for name in sorted(os.listdir(it_dir)):
+        m = re.fullmatch(r"mp_rank_(\d{2})(?:_(\d{3}))?", name)
+        if not m:
+            continue
+        path = os.path.join(it_dir, name, MODEL_FILENAME)
+        if os.path.isfile(path):
+            found[(int(m.group(1)), int(m.group(2) or 0))] = path
+    return found
+
+
+def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, int]:
+    """(TP, PP) of a checkpoint, checking that every rank file of that grid is present."""
+    found = list_rank_dirs(root, iteration)
+    if not found:
+        raise CheckpointError(
+            f"no mp_rank_*/{MODEL_FILENAME} under {os.path.join(os.fspath(root), iteration_dir_name(iteration))}"
+        )
+    first = safe_torch_load(found[min(found)], mmap=True)
+    args = first.get("args")
+    tp = getattr(args, "tensor_model_parallel_size", None) or (max(t for t, _ in found) + 1)
+    pp = getattr(args, "pipeline_model_parallel_size", None) or (max(p for _, p in found) + 1)
+    missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
+    if missing:
+        names = ", ".join(rank_dir_name(t, p, pp) for t, p in missing)
+        raise CheckpointError(
+            f"{root}: checkpoint with TP={tp} PP={pp} is missing rank folders {names} under "
+            f"{iteration_dir_name(iteration)}/; copy them from the training run"
+        )
+    return tp, pp
+
+
+def load_rank_state(root: str | os.PathLike, iteration: int | str | None, tp_rank: int, pp_rank: int,
+                    pp_size: int, *, mmap: bool = True) -> dict:
+    """Load one rank's ``model_optim_rng.pt`` (iteration None = the tracker's)."""
+    if iteration is None:
+        iteration = read_tracker(root)
+    path = checkpoint_file_for(root, iteration, tp_rank, pp_rank, pp_size)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}")
+    return safe_torch_load(path, mmap=mmap)

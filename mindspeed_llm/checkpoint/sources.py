@@ -1,0 +1,215 @@
+"""Where full (TP1, unpadded) mcore tensors come from: an HF folder or a Megatron legacy checkpoint.
+
+Both sources hand out one tensor at a time, so a conversion holds at most one output pipeline stage
+(plus the source tensors it is reading) in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections import OrderedDict
+
+import torch
+
+from mindspeed_llm.checkpoint import layout
+from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.checkpoint.hf_io import HfReader
+from mindspeed_llm.checkpoint.mapping import (
+    EMBEDDING,
+    FINAL_NORM,
+    OUTPUT_LAYER,
+    TensorMapping,
+    expected_hf_names,
+    hf_to_mcore,
+    layer_mappings,
+    unshard,
+)
+from mindspeed_llm.models.families import ModelConfig, parse_dtype
+
+
+def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of every HF tensor implied by config.json."""
+    h, d = cfg.hidden_size, cfg.kv_channels
+    q, kv, f = cfg.num_attention_heads * d, cfg.num_query_groups * d, cfg.ffn_hidden_size
+    per_layer = {
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h),
+        "mlp.down_proj.weight": (h, f),
+    }
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
+              "lm_head.weight": (cfg.vocab_size, h)}
+    for name in expected_hf_names(cfg):
+        m = re.fullmatch(r"model\.layers\.\d+\.(.*)", name)
+        if m:
+            shapes[name] = per_layer[m.group(1)]
+    return shapes
+
+
+class HfSource:
+    """Full mcore tensors computed from an HF safetensors folder, read lazily."""
+
+    def __init__(self, folder: str, *, add_qkv_bias: bool | None = None):
+        self.reader = HfReader(folder)
+        self.folder = folder
+        try:
+            cfg = ModelConfig.from_hf_config(folder)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {exc}") from None
+        names = self.reader.names()
+        has_bias = "model.layers.0.self_attn.q_proj.bias" in names
+        if add_qkv_bias is not None:
+            if add_qkv_bias and not has_bias:
+                raise CheckpointError(
+                    f"--add-qkv-bias was given but {folder} has no q/k/v biases "
+                    "(model.layers.0.self_attn.q_proj.bias): drop --add-qkv-bias"
+                )
+            if has_bias and not add_qkv_bias:
+                raise CheckpointError(
+                    f"{folder} has q/k/v biases (model.layers.0.self_attn.q_proj.bias) but --add-qkv-bias is "
+                    "missing: add --add-qkv-bias (Qwen2/Qwen2.5 need it)"
+                )
+        cfg.add_qkv_bias = has_bias
+        if cfg.tie_word_embeddings and "lm_head.weight" in names:
+            # Some tied folders also store the head; it must be the embedding, so ignore it.
+            pass
+        expected = expected_hf_names(cfg)
+        missing = [n for n in expected if n not in names]
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+            raise CheckpointError(
+                f"{folder}: config.json and the weights disagree, missing tensors: {shown}; "
+                "check that config.json belongs to these safetensors files"
+            )
+        shapes = expected_hf_shapes(cfg)
+        for name in expected:
+            got = self.reader.shape(name)
+            if tuple(got) != shapes[name]:
+                raise CheckpointError(
+                    f"{folder}: tensor {name} has shape {tuple(got)} but config.json implies {shapes[name]}; "
+                    "check that config.json belongs to these safetensors files"
+                )
+        self.cfg = cfg
+        self.dtype = self.reader.dtype()
+        self.num_layers = cfg.num_layers
+
+    def embedding(self) -> torch.Tensor:
+        """Unpadded word embeddings [vocab rows, hidden]."""
+        return self.reader.get(EMBEDDING.hf[0])
+
+    def final_norm(self) -> torch.Tensor:
+        return self.reader.get(FINAL_NORM.hf[0])
+
+    def output_layer(self) -> torch.Tensor:
+        """Unpadded output layer (untied models)."""
+        return self.reader.get(OUTPUT_LAYER.hf[0])
+
+    def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
+        """Full mcore tensor of one row for a global layer number."""
+        return hf_to_mcore(m, [self.reader.get(n.format(i=layer)) for n in m.hf], self.cfg)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def model_config_from_args(args: argparse.Namespace, hf_dir: str | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its args."""
+    if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
+        cfg = ModelConfig.from_hf_config(hf_dir)
+    elif getattr(args, "hf_config", None):
+        cfg = ModelConfig.from_hf_config(dict(args.hf_config))
+    else:
+        raise CheckpointError(
+            "the checkpoint's args carry no HF config: pass --hf-dir ORIGINAL_HF_FOLDER (holding config.json)"
+        )
+    cfg.add_qkv_bias = bool(getattr(args, "add_qkv_bias", cfg.add_qkv_bias))
+    if getattr(args, "params_dtype", None) is not None:
+        cfg.params_dtype = parse_dtype(args.params_dtype)
+    return cfg
+
+
+class MgSource:
+    """Full mcore tensors merged from a legacy Megatron checkpoint's TP shards (memory-mapped)."""
+
+    def __init__(self, root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
+        if not os.path.isdir(root):
+            raise CheckpointError(f"--load-dir {root} does not exist: point it at the Megatron checkpoint folder")
+        if not os.listdir(root):
+            raise CheckpointError(f"--load-dir {root} is empty: point it at a Megatron checkpoint folder")
+        self.root = root
+        self.iteration = layout.read_tracker(root) if iteration is None else iteration
+        self.tp, self.pp = layout.parallel_sizes(root, self.iteration)
+        first = self._load(0, 0)
+        if "model" not in first:
+            keys = ", ".join(k for k in first if k.startswith("model"))
+            raise CheckpointError(
+                f"{root}: rank files hold {keys or 'no model'} instead of 'model' "
+                "(virtual-pipeline checkpoints are not supported by the converter)"
+            )
+        self.args = first.get("args") or argparse.Namespace()
+        self.hf_dir = hf_dir or getattr(self.args, "hf_dir", None)
+        self.cfg = model_config_from_args(self.args, hf_dir)
+        self.dtype = first["model"][EMBEDDING.mcore].dtype
+        self.cfg.params_dtype = self.dtype
+        self.padded_vocab_size = first["model"][EMBEDDING.mcore].shape[0] * self.tp
+        # Layers per stage, from the keys (works for any --num-layer-list and for training's files).
+        self.stage_counts = []
+        for p in range(self.pp):
+            sd = self._load(0, p)["model"]
+            ids = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
+            self.stage_counts.append(len(ids))
+        if sum(self.stage_counts) != self.cfg.num_layers:
+            raise CheckpointError(
+                f"{root}: the rank files hold {sum(self.stage_counts)} layers {self.stage_counts} but the model "
+                f"config has {self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model"
+            )
+        self._cache: OrderedDict[int, list[dict]] = OrderedDict()
+
+    def _load(self, tp_rank: int, pp_rank: int) -> dict:
+        return layout.load_rank_state(self.root, self.iteration, tp_rank, pp_rank, self.pp, mmap=True)
+
+    def stage(self, pp_rank: int) -> list[dict]:
+        """The model state dicts of every TP rank of one stage (at most two stages stay cached)."""
+        if pp_rank in self._cache:
+            self._cache.move_to_end(pp_rank)
+            return self._cache[pp_rank]
+        sds = [self._load(t, pp_rank)["model"] for t in range(self.tp)]
+        self._cache[pp_rank] = sds
+        while len(self._cache) > 2:
+            self._cache.popitem(last=False)
+        return sds
+
+    def _gather(self, pp_rank: int, key: str, m: TensorMapping) -> torch.Tensor:
+        sds = self.stage(pp_rank)
+        try:
+            return unshard(m.split, [sd[key] for sd in sds])
+        except KeyError:
+            raise CheckpointError(
+                f"{self.root}: {key} missing from stage {pp_rank}'s rank files: the checkpoint is incomplete "
+                "or was written for another model"
+            ) from None
+
+    def embedding(self) -> torch.Tensor:
+        return self._gather(0, EMBEDDING.mcore, EMBEDDING)[: self.cfg.vocab_size]
+
+    def final_norm(self) -> torch.Tensor:
+        return self._gather(self.pp - 1, FINAL_NORM.mcore, FINAL_NORM)
+
+    def output_layer(self) -> torch.Tensor:
+        return self._gather(self.pp - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER)[: self.cfg.vocab_size]
+
+    def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
+        stage, start = 0, 0
+        while layer >= start + self.stage_counts[stage]:
+            start += self.stage_counts[stage]
+            stage += 1
+        return self._gather(stage, f"decoder.layers.{layer - start}.{m.mcore}", m)
+
+    def layer_mappings(self) -> list[TensorMapping]:
+        return layer_mappings(self.cfg)
+
+    def close(self) -> None:
+        self._cache.clear()

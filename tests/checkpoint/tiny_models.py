@@ -1,0 +1,89 @@
+"""Tiny random HF models (made by transformers, saved as safetensors) for conversion tests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+FIXTURES = os.environ.get("MINDSPEED_HF_CONFIG_FIXTURES", "/work/shared/fixtures/hf_configs")
+
+# Real key sets (fixtures), scaled down.
+_BASE = {
+    "qwen2": "qwen2.5-7b.json",
+    "qwen2_tied": "qwen2.5-0.5b.json",
+    "llama": "llama-3-8b.json",
+    "mistral": "mistral-7b-v0.1.json",
+}
+
+
+def tiny_hf_config(kind: str = "qwen2", *, vocab_size: int = 128, num_layers: int = 4, **changes) -> dict:
+    """A real model's config.json, scaled down (GQA 4 heads / 2 groups, hidden 64)."""
+    path = os.path.join(FIXTURES, _BASE[kind])
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    else:  # fixtures missing: the same keys, written out
+        arch = {"qwen2": "Qwen2ForCausalLM", "qwen2_tied": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+                "mistral": "MistralForCausalLM"}[kind]
+        cfg = {"architectures": [arch], "model_type": arch.replace("ForCausalLM", "").lower(),
+               "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1e6, "torch_dtype": "bfloat16",
+               "tie_word_embeddings": kind == "qwen2_tied"}
+    cfg.update(hidden_size=64, intermediate_size=96, num_hidden_layers=num_layers, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=256,
+               bos_token_id=1, eos_token_id=2)
+    for key in ("max_window_layers",):
+        if key in cfg:
+            cfg[key] = num_layers
+    if "sliding_window" in cfg:
+        cfg["sliding_window"] = 256
+    cfg.update(changes)
+    return cfg
+
+
+def save_tokenizer(folder: str, num_tokens: int) -> None:
+    """A word-level tokenizer with ``num_tokens`` entries (tokenizer.json + tokenizer_config.json)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for i in range(3, num_tokens):
+        vocab[f"w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(folder)
+
+
+def make_tiny_hf_model(folder: str, kind: str = "qwen2", *, dtype: torch.dtype = torch.float32, seed: int = 0,
+                       tokenizer_tokens: int | None = None, max_shard_size: str | None = None, **cfg_changes):
+    """Build a random HF model with transformers, save it (safetensors) with a tokenizer; return the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg_dict = tiny_hf_config(kind, **cfg_changes)
+    cfg_dict["torch_dtype"] = str(dtype).replace("torch.", "")
+    model_type = cfg_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg_dict.items() if k != "transformers_version"})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # norms start at 1: make them random so a mix-up shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    model = model.to(dtype)
+    kwargs = {"safe_serialization": True}
+    if max_shard_size:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(folder, **kwargs)
+    save_tokenizer(folder, tokenizer_tokens or cfg_dict["vocab_size"])
+    return load_hf_model(folder)
+
+
+def load_hf_model(folder: str, dtype: torch.dtype = torch.float32):
+    """The reference: transformers' model as loaded from ``folder`` (eager attention, eval mode)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager").eval()
