@@ -25,13 +25,19 @@ ROWS = [
 ]
 
 
-def build_bpe_tokenizer(folder, vocab_size: int = 400, eos: bool = True, bos: bool = False) -> str:
+def build_bpe_tokenizer(
+    folder, vocab_size: int = 400, eos: bool = True, bos: bool = False, nfc: bool = False
+) -> str:
     """Train a byte-level BPE on SENTENCES and save it as a transformers tokenizer folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if nfc:  # as Qwen2's tokenizer.json has
+        from tokenizers import normalizers
+
+        tok.normalizer = normalizers.NFC()
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<s>"]
     trainer = trainers.BpeTrainer(
@@ -90,6 +96,11 @@ def bos_tokenizer(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def no_eos_tokenizer(tmp_path_factory) -> str:
     return build_bpe_tokenizer(tmp_path_factory.mktemp("noeos_tok"), eos=False)
+
+
+@pytest.fixture(scope="session")
+def nfc_tokenizer(tmp_path_factory) -> str:
+    return build_bpe_tokenizer(tmp_path_factory.mktemp("nfc_tok"), nfc=True)
 
 
 @pytest.fixture(scope="session")

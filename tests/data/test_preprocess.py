@@ -179,3 +179,37 @@ def test_n_subs_equals_single_pass(tmp_path, bpe_tokenizer):
     assert dataset_bytes(str(tmp_path / "one_text_document")) == dataset_bytes(str(tmp_path / "subs_text_document"))
     assert listing(tmp_path).count("subs_text_document.bin") == 1
     assert not [n for n in listing(tmp_path) if ".sub" in n or ".tmp" in n]
+
+
+def test_normalizer_in_tokenizer_is_applied(tmp_path, nfc_tokenizer):
+    texts = ["cafe\u0301 (decomposed)", "café (composed)", "A\u030angstro\u0308m"]
+    src = write_jsonl([{"text": t} for t in texts], str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", nfc_tokenizer, "--output-prefix", tmp_path / "o") == 0
+    hf = AutoTokenizer.from_pretrained(nfc_tokenizer)
+    docs = read_documents(str(tmp_path / "o_text_document"))
+    assert docs == expected_documents(hf, texts, False)
+    assert docs[0][:4] == hf("café").input_ids[:4]
+
+
+@pytest.mark.slow
+def test_entry_script_as_the_seed_runs_it(tmp_path, bpe_tokenizer):
+    """The seed's command line, as a subprocess: output names, exit status 0; a bad input gives exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    (tmp_path / "dataset").mkdir()
+    src = write_parquet(ROWS, str(tmp_path / "dataset" / "train-00000-of-00001-a09b74b3ef9c3b56"))
+    cmd = [sys.executable, os.path.join(root, "preprocess_data.py"), "--input", src,
+           "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", "./dataset/alpaca",
+           "--tokenizer-type", "PretrainedFromHF", "--workers", "4", "--log-interval", "1000"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path / "dataset"))[:2] == ["alpaca_text_document.bin", "alpaca_text_document.idx"]
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    assert read_documents(str(tmp_path / "dataset" / "alpaca_text_document")) == expected_documents(hf, TEXTS, False)
+    bad = subprocess.run(cmd[:3] + ["missing.parquet"] + cmd[4:], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --input missing.parquet")
