@@ -1,0 +1,478 @@
+"""Megatron-LM's command line for ``pretrain_gpt.py``: parse, validate, build megatron-core configs.
+
+Flag names and defaults follow Megatron-LM (core_v0.16.x ``megatron/training/arguments.py``) for
+everything MindSpeed-LLM's pretrain scripts pass. A flag we parse either works or is rejected with
+a message; flags that only select CUDA/NPU kernels are recorded in :data:`KERNEL_ONLY_FLAGS` and
+reported once as no-ops where they mean nothing (see :func:`kernel_noop_flags`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+
+
+class ArgumentError(ValueError):
+    """A launch whose flags cannot work; the message names the flag and the fix."""
+
+
+# Flags that only choose a fused kernel or a communication overlap of CUDA/NPU libraries. On the
+# CPU they change nothing (our feature patches decide per device what --use-* means).
+KERNEL_ONLY_FLAGS = (
+    "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_dropout_fusion",
+    "no_bias_swiglu_fusion", "no_rope_fusion", "use_fused_ring_attention_update", "use_cp_send_recv_overlap",
+    "no_async_tensor_model_parallel_allreduce",
+)
+FEATURE_KERNEL_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
+
+
+def _str2list(value: str) -> list[int]:
+    return [int(v) for v in value.replace(" ", "").split(",") if v]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (Megatron-LM flag names)."""
+    p = argparse.ArgumentParser(
+        prog="pretrain_gpt.py", allow_abbrev=False,
+        description="Megatron-compatible GPT pretraining on megatron-core (CPU, CUDA, NPU).",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--use-mcore-models", action="store_true", help="accepted: models are always megatron-core")
+    g.add_argument("--use-legacy-models", action="store_true", help="rejected: only megatron-core models")
+    g.add_argument("--transformer-impl", default="local", choices=["local", "transformer_engine"])
+    g.add_argument("--num-layers", type=int, required=False)
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--ffn-hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--kv-channels", type=int)
+    g.add_argument("--group-query-attention", action="store_true")
+    g.add_argument("--num-query-groups", type=int, default=1)
+    g.add_argument("--max-position-embeddings", type=int)
+    g.add_argument("--position-embedding-type", default="rope", choices=["rope", "learned_absolute", "none"])
+    g.add_argument("--use-rotary-position-embeddings", action="store_true")
+    g.add_argument("--rotary-base", type=float, default=10000.0)
+    g.add_argument("--rotary-percent", type=float, default=1.0)
+    g.add_argument("--rope-scaling-type", choices=["llama3", "linear"], default=None)
+    g.add_argument("--rope-scaling-factor", type=float, default=None)
+    g.add_argument("--low-freq-factor", type=float, default=None)
+    g.add_argument("--high-freq-factor", type=float, default=None)
+    g.add_argument("--original-max-position-embeddings", type=int, default=None)
+    g.add_argument("--normalization", default="RMSNorm", choices=["RMSNorm", "LayerNorm"])
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--swiglu", action="store_true")
+    g.add_argument("--disable-bias-linear", action="store_true")
+    g.add_argument("--add-qkv-bias", action="store_true")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--hidden-dropout", type=float, default=0.1)
+    g.add_argument("--attention-softmax-in-fp32", action="store_true")
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--padded-vocab-size", type=int, default=None)
+    g.add_argument("--use-cpu-initialization", action="store_true")
+
+    g = p.add_argument_group("kernels (CUDA/NPU only; no-ops on CPU)")
+    g.add_argument("--use-flash-attn", action="store_true")
+    g.add_argument("--use-fused-rmsnorm", action="store_true")
+    g.add_argument("--use-fused-swiglu", action="store_true")
+    g.add_argument("--use-fused-rotary-pos-emb", action="store_true")
+    g.add_argument("--no-gradient-accumulation-fusion", action="store_true")
+    g.add_argument("--no-masked-softmax-fusion", action="store_true")
+    g.add_argument("--no-bias-dropout-fusion", action="store_true")
+    g.add_argument("--no-bias-swiglu-fusion", action="store_true")
+    g.add_argument("--no-rope-fusion", action="store_true")
+    g.add_argument("--no-async-tensor-model-parallel-allreduce", action="store_true")
+    g.add_argument("--use-fused-ring-attention-update", action="store_true")
+    g.add_argument("--use-cp-send-recv-overlap", action="store_true")
+
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--num-layer-list", type=str, default=None, help="layers per pipeline stage, e.g. 6,8,8,6")
+    g.add_argument("--context-parallel-size", type=int, default=1)
+    g.add_argument("--context-parallel-algo", default="megatron_cp_algo")
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--overlap-param-gather", action="store_true")
+    g.add_argument("--distributed-backend", default=None, choices=["nccl", "gloo", "hccl"],
+                   help="accepted for compatibility; the backend follows the device (gloo/nccl/hccl)")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--no-shared-storage", action="store_true",
+                   help="nodes do not share a file system: every node builds its own dataset index cache")
+    g.add_argument("--local-rank", "--local_rank", type=int, default=None, help="ignored: torchrun sets LOCAL_RANK")
+
+    g = p.add_argument_group("recompute")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None)
+    g.add_argument("--recompute-num-layers", type=int, default=None)
+    g.add_argument("--recompute-activations", action="store_true", help="= --recompute-granularity selective")
+
+    g = p.add_argument_group("precision")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true")
+    g.add_argument("--loss-scale", type=float, default=None)
+    g.add_argument("--initial-loss-scale", type=float, default=2**32)
+    g.add_argument("--min-loss-scale", type=float, default=1.0)
+    g.add_argument("--loss-scale-window", type=float, default=1000)
+    g.add_argument("--hysteresis", type=int, default=2)
+
+    g = p.add_argument_group("optimizer and schedule")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", default="linear",
+                   choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--lr-warmup-fraction", type=float, default=None)
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-warmup-init", type=float, default=0.0)
+    g.add_argument("--lr-wsd-decay-style", default="exponential",
+                   choices=["exponential", "linear", "cosine", "minus_sqrt"])
+    g.add_argument("--lr-wsd-decay-iters", type=int, default=None)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--start-weight-decay", type=float, default=None)
+    g.add_argument("--end-weight-decay", type=float, default=None)
+    g.add_argument("--weight-decay-incr-style", choices=["constant", "linear", "cosine"], default="constant")
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--sgd-momentum", type=float, default=0.9)
+    g.add_argument("--override-opt-param-scheduler", action="store_true")
+    g.add_argument("--use-checkpoint-opt-param-scheduler", action="store_true")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=1)
+    g.add_argument("--global-batch-size", type=int, default=None)
+    g.add_argument("--rampup-batch-size", nargs="*", default=None)
+    g.add_argument("--train-iters", type=int, default=None)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--exit-interval", type=int, default=None)
+    g.add_argument("--exit-duration-in-mins", type=float, default=None)
+
+    g = p.add_argument_group("data and tokenizer")
+    g.add_argument("--data-path", nargs="*", default=None,
+                   help="one prefix, or weight prefix weight prefix ... (blend)")
+    g.add_argument("--split", default="969, 30, 1")
+    g.add_argument("--seq-length", type=int, default=None)
+    g.add_argument("--tokenizer-type", default="PretrainedFromHF",
+                   choices=["PretrainedFromHF", "HuggingFaceTokenizer", "NullTokenizer"])
+    g.add_argument("--tokenizer-name-or-path", default=None)
+    g.add_argument("--tokenizer-model", default=None)
+    g.add_argument("--tokenizer-not-use-fast", action="store_true")
+    g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only: ids 0..N-1, EOD = N")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--no-mmap-bin-files", action="store_true")
+    g.add_argument("--reset-position-ids", action="store_true")
+    g.add_argument("--reset-attention-mask", action="store_true")
+    g.add_argument("--eod-mask-loss", action="store_true")
+    g.add_argument("--num-workers", type=int, default=2)
+    g.add_argument("--no-create-attention-mask-in-dataloader", action="store_true")
+
+    g = p.add_argument_group("checkpointing")
+    g.add_argument("--load", default=None)
+    g.add_argument("--save", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--no-save-optim", action="store_true")
+    g.add_argument("--no-save-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true")
+    g.add_argument("--ckpt-format", default="torch", choices=["torch", "torch_dist", "zarr"])
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true")
+
+    g = p.add_argument_group("logging and evaluation")
+    g.add_argument("--log-interval", type=int, default=100)
+    g.add_argument("--log-throughput", action="store_true")
+    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--tensorboard-log-interval", type=int, default=1)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, extra_args_provider=None) -> argparse.Namespace:
+    """Parse Megatron-style flags (``extra_args_provider(parser)`` may add more, as in Megatron-LM)."""
+    parser = build_parser()
+    if extra_args_provider is not None:
+        parser = extra_args_provider(parser) or parser
+    return parser.parse_args(argv)
+
+
+# ---- validation ----------------------------------------------------------------------------------------------
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = ["--" + n.replace("_", "-") for n in names if getattr(args, n) is None]
+    if missing:
+        raise ArgumentError(f"missing required flag(s): {' '.join(missing)}")
+
+
+def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
+    """Check the flags against each other and the world size; fill derived values (DP size, ...)."""
+    _need(args, "num_layers", "hidden_size", "num_attention_heads", "seq_length", "train_iters", "lr")
+    if args.use_legacy_models:
+        raise ArgumentError("--use-legacy-models is not supported: megatron-core models only (drop the flag)")
+    if args.transformer_impl != "local":
+        raise ArgumentError("--transformer-impl transformer_engine is not supported: use --transformer-impl local "
+                            "(our patch layer provides the fused kernels)")
+    if args.use_rotary_position_embeddings:
+        args.position_embedding_type = "rope"
+    if args.position_embedding_type != "rope":
+        raise ArgumentError(f"--position-embedding-type {args.position_embedding_type} is not supported: use rope")
+    if args.rotary_percent != 1.0:
+        raise ArgumentError("--rotary-percent other than 1.0 is not supported")
+    if args.normalization != "RMSNorm":
+        raise ArgumentError("--normalization LayerNorm is not supported: use --normalization RMSNorm")
+    if not args.swiglu:
+        raise ArgumentError("only SwiGLU MLPs are supported: add --swiglu")
+    if not args.disable_bias_linear:
+        raise ArgumentError("linear biases are not supported (except QKV): add --disable-bias-linear "
+                            "(and --add-qkv-bias for Qwen)")
+    if args.fp16:
+        raise ArgumentError("--fp16 is not supported: use --bf16 (or fp32, no flag)")
+    if args.ckpt_format != "torch":
+        raise ArgumentError(f"--ckpt-format {args.ckpt_format} is not supported: use --ckpt-format torch "
+                            "(Megatron's legacy layout, what convert_ckpt.py writes)")
+    if args.rampup_batch_size:
+        raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
+    if args.context_parallel_size != 1:
+        raise ArgumentError(f"--context-parallel-size {args.context_parallel_size} is not supported: use 1")
+    if args.exit_duration_in_mins is not None:
+        raise ArgumentError("--exit-duration-in-mins is not supported: use --exit-interval N")
+    if args.rope_scaling_type and args.rope_scaling_factor is None:
+        raise ArgumentError(f"--rope-scaling-type {args.rope_scaling_type} needs --rope-scaling-factor")
+
+    # Model shape.
+    if args.ffn_hidden_size is None:
+        # Megatron-LM's SwiGLU default: 2/3 of 4h, rounded up to a multiple of 64.
+        args.ffn_hidden_size = ((int(4 * args.hidden_size * 2 / 3) + 63) // 64) * 64
+    if args.kv_channels is None:
+        if args.hidden_size % args.num_attention_heads:
+            raise ArgumentError(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
+                                f"{args.num_attention_heads}: give --kv-channels")
+        args.kv_channels = args.hidden_size // args.num_attention_heads
+    if not args.group_query_attention:
+        args.num_query_groups = args.num_attention_heads
+    if args.num_attention_heads % args.num_query_groups:
+        raise ArgumentError(f"--num-attention-heads {args.num_attention_heads} is not divisible by "
+                            f"--num-query-groups {args.num_query_groups}")
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if args.recompute_activations:
+        args.recompute_granularity = "selective"
+    if args.recompute_granularity == "full" and args.recompute_method is None:
+        raise ArgumentError("--recompute-granularity full needs --recompute-method uniform|block "
+                            "and --recompute-num-layers N")
+    if args.recompute_method and args.recompute_num_layers is None:
+        args.recompute_num_layers = 1
+
+    # Parallel sizes.
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if world_size % (tp * pp):
+        raise ArgumentError(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+                            f"--pipeline-model-parallel-size {pp}: launch a multiple of {tp * pp} processes")
+    args.world_size = world_size
+    args.data_parallel_size = world_size // (tp * pp)
+    if args.num_attention_heads % tp or args.num_query_groups % tp:
+        raise ArgumentError(f"--num-attention-heads {args.num_attention_heads} and --num-query-groups "
+                            f"{args.num_query_groups} must be divisible by --tensor-model-parallel-size {tp}")
+    if args.sequence_parallel and tp == 1:
+        args.sequence_parallel = False  # Megatron-LM drops it silently at TP1; it means nothing there
+    args.num_layer_list_parsed = None
+    if args.num_layer_list:
+        counts = _str2list(args.num_layer_list)
+        if len(counts) != pp or sum(counts) != args.num_layers:
+            raise ArgumentError(f"--num-layer-list {args.num_layer_list} must have {pp} entries (one per pipeline "
+                                f"stage) that add up to --num-layers {args.num_layers}")
+        if args.num_layers_per_virtual_pipeline_stage:
+            raise ArgumentError("--num-layer-list cannot be combined with --num-layers-per-virtual-pipeline-stage")
+        args.num_layer_list_parsed = counts
+    elif args.num_layers % pp:
+        raise ArgumentError(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size "
+                            f"{pp}: change PP or give --num-layer-list (e.g. uneven layers per stage)")
+    args.virtual_pipeline_model_parallel_size = None
+    if args.num_layers_per_virtual_pipeline_stage:
+        if pp < 2:
+            raise ArgumentError("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2")
+        per_stage = args.num_layers // pp
+        if per_stage % args.num_layers_per_virtual_pipeline_stage:
+            raise ArgumentError(f"{per_stage} layers per pipeline stage are not divisible by "
+                                f"--num-layers-per-virtual-pipeline-stage {args.num_layers_per_virtual_pipeline_stage}")
+        args.virtual_pipeline_model_parallel_size = per_stage // args.num_layers_per_virtual_pipeline_stage
+
+    # Batch sizes.
+    dp = args.data_parallel_size
+    if args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * dp
+    if args.global_batch_size % (args.micro_batch_size * dp):
+        raise ArgumentError(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+                            f"{args.micro_batch_size} x data-parallel size {dp} (= world {world_size} / "
+                            f"(TP {tp} x PP {pp})): use a multiple of {args.micro_batch_size * dp}")
+    args.num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
+    if args.virtual_pipeline_model_parallel_size and args.num_microbatches % pp:
+        raise ArgumentError(f"the interleaved pipeline schedule needs the number of micro-batches "
+                            f"({args.num_microbatches}) to be a multiple of --pipeline-model-parallel-size {pp}")
+
+    # Precision: bf16 keeps fp32 main params and reduces gradients in fp32.
+    args.params_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    if args.bf16:
+        args.accumulate_allreduce_grads_in_fp32 = True
+    if args.overlap_param_gather and not args.use_distributed_optimizer:
+        raise ArgumentError("--overlap-param-gather needs --use-distributed-optimizer")
+    if args.overlap_param_gather and not args.overlap_grad_reduce:
+        raise ArgumentError("--overlap-param-gather needs --overlap-grad-reduce")
+
+    # Schedule.
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
+        raise ArgumentError("give only one of --lr-warmup-fraction and --lr-warmup-iters")
+    if args.start_weight_decay is None:
+        args.start_weight_decay = args.weight_decay
+    if args.end_weight_decay is None:
+        args.end_weight_decay = args.weight_decay
+    if args.min_lr > args.lr:
+        raise ArgumentError(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
+
+    # Data and tokenizer.
+    if args.tokenizer_type == "NullTokenizer":
+        if args.vocab_size is None:
+            raise ArgumentError("--tokenizer-type NullTokenizer needs --vocab-size N")
+    else:
+        args.tokenizer_name_or_path = args.tokenizer_name_or_path or args.tokenizer_model
+        if not args.tokenizer_name_or_path:
+            raise ArgumentError(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-name-or-path "
+                                "HF_MODEL_FOLDER (the folder with tokenizer.json)")
+    if not args.data_path:
+        raise ArgumentError("--data-path is required: the prefix preprocess_data.py printed, e.g. "
+                            "./dataset/alpaca_text_document")
+
+    # Checkpoints.
+    if args.save_interval is None and args.save:
+        args.save_interval = args.train_iters  # save once at the end
+    if args.save_interval is not None and args.save_interval <= 0:
+        raise ArgumentError(f"--save-interval must be positive, got {args.save_interval}")
+    if args.exit_interval is not None and args.exit_interval <= 0:
+        raise ArgumentError(f"--exit-interval must be positive, got {args.exit_interval}")
+    if args.tensorboard_dir:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ArgumentError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
+                                "pip install tensorboard, or drop the flag") from None
+    args.consumed_train_samples = 0
+    args.consumed_valid_samples = 0
+    return args
+
+
+def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
+    """Flags given on this launch that change nothing on ``device`` (logged once at start-up)."""
+    names = [n for n in KERNEL_ONLY_FLAGS if getattr(args, n, False)]
+    if device == "cpu":
+        # The feature patches run torch reference kernels on CPU; the flags are still applied.
+        pass
+    if not args.fp16 and args.initial_loss_scale != 2**32:
+        names.append("initial_loss_scale (only used with --fp16)")
+    if args.distributed_backend and args.distributed_backend != {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device]:
+        names.append(f"distributed_backend={args.distributed_backend} (the {device} backend is used)")
+    return ["--" + n.replace("_", "-") for n in names]
+
+
+# ---- megatron-core configs ------------------------------------------------------------------------------------
+def model_config_from_args(args: argparse.Namespace, vocab_rows: int, base: Any = None):
+    """Our :class:`ModelConfig` for the flags (``base``: a checkpoint's config, for HF names and ids)."""
+    from mindspeed_llm.models.families import ModelConfig
+
+    rope_scaling = None
+    if args.rope_scaling_type == "llama3":
+        rope_scaling = {"rope_type": "llama3", "factor": args.rope_scaling_factor,
+                        "low_freq_factor": args.low_freq_factor or 1.0,
+                        "high_freq_factor": args.high_freq_factor or 4.0,
+                        "original_max_position_embeddings": args.original_max_position_embeddings or 8192}
+    elif args.rope_scaling_type == "linear":
+        rope_scaling = {"rope_type": "linear", "factor": args.rope_scaling_factor}
+    fields = dict(
+        num_layers=args.num_layers, hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        kv_channels=args.kv_channels, vocab_size=vocab_rows, max_position_embeddings=args.max_position_embeddings,
+        rotary_base=args.rotary_base, rope_scaling=rope_scaling, norm_epsilon=args.norm_epsilon,
+        add_qkv_bias=args.add_qkv_bias, tie_word_embeddings=not args.untie_embeddings_and_output_weights,
+        params_dtype=args.params_dtype, attention_dropout=args.attention_dropout,
+    )
+    if base is not None:
+        return base.replace(**fields)
+    arch = "Qwen2ForCausalLM" if args.add_qkv_bias else "LlamaForCausalLM"
+    model_type = "qwen2" if args.add_qkv_bias else "llama"
+    return ModelConfig(architecture=arch, model_type=model_type, **fields)
+
+
+def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
+    """megatron-core ``TransformerConfig`` for the flags."""
+    overrides: dict[str, Any] = dict(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+        sequence_parallel=args.sequence_parallel,
+        params_dtype=args.params_dtype,
+        pipeline_dtype=args.params_dtype,
+        bf16=args.bf16,
+        fp16=False,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        attention_softmax_in_fp32=args.attention_softmax_in_fp32,
+        init_method_std=args.init_method_std,
+        use_cpu_initialization=args.use_cpu_initialization,
+        gradient_accumulation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        batch_p2p_comm=False,  # gloo, and VPP with batched p2p gives wrong gradients upstream
+        recompute_granularity=args.recompute_granularity,
+        recompute_method=args.recompute_method,
+        recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
+    )
+    if args.num_layer_list_parsed:
+        from mindspeed_llm.models.families import pipeline_layout
+
+        layout = pipeline_layout(args.num_layer_list_parsed)
+        if layout is not None:
+            overrides["pipeline_model_parallel_layout"] = layout
+    return model_config.to_transformer_config(**overrides)
+
+
+def ddp_config_from_args(args: argparse.Namespace):
+    """megatron-core ``DistributedDataParallelConfig`` for the flags."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=args.accumulate_allreduce_grads_in_fp32,
+        overlap_grad_reduce=args.overlap_grad_reduce,
+        overlap_param_gather=args.overlap_param_gather,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+
+
+def optimizer_config_from_args(args: argparse.Namespace):
+    """megatron-core ``OptimizerConfig`` for the flags."""
+    from megatron.core.optimizer import OptimizerConfig
+
+    return OptimizerConfig(
+        optimizer=args.optimizer, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        bf16=args.bf16, fp16=False, params_dtype=args.params_dtype,
+        loss_scale=args.loss_scale, initial_loss_scale=args.initial_loss_scale,
+        min_loss_scale=args.min_loss_scale, loss_scale_window=args.loss_scale_window, hysteresis=args.hysteresis,
+        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+        sgd_momentum=args.sgd_momentum, use_distributed_optimizer=args.use_distributed_optimizer,
+        overlap_param_gather=args.overlap_param_gather, clip_grad=args.clip_grad,
+    )
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer environment variable set by torchrun (or ``default``)."""
+    return int(os.environ.get(name, default))

@@ -1,0 +1,133 @@
+"""Start-up: process group from torchrun's environment, megatron-core parallel state, seeds, patches, logs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import random
+import socket
+import sys
+
+import numpy as np
+import torch
+
+from mindspeed_llm.training.arguments import kernel_noop_flags, parse_args, validate_args
+
+logger = logging.getLogger("mindspeed_llm.training")
+
+_STATE: dict = {}
+
+
+def get_args() -> argparse.Namespace:
+    """The arguments of this training run (for entry scripts such as pretrain_gpt.py)."""
+    if "args" not in _STATE:
+        raise RuntimeError("training arguments are not initialised: call initialize_megatron() first")
+    return _STATE["args"]
+
+
+def set_args(args: argparse.Namespace) -> None:
+    """Make ``args`` what :func:`get_args` returns."""
+    _STATE["args"] = args
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def initialize_distributed(timeout_minutes: int = 10) -> None:
+    """``init_process_group`` from torchrun's RANK/WORLD_SIZE/LOCAL_RANK (one process without torchrun)."""
+    from mindspeed_llm.patches.device import distributed_backend
+
+    if torch.distributed.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain `python pretrain_gpt.py ...`: a world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group(backend=distributed_backend(), rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def setup_logging(rank: int, world: int) -> None:
+    """Our INFO messages on the first and last rank (Megatron prints there); megatron-core's warnings only."""
+    level = logging.INFO if rank in (0, world - 1) else logging.WARNING
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("mindspeed_llm")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+
+
+def set_seed(seed: int) -> None:
+    """Megatron-LM's seeding: seed + 100 x pipeline rank, and the model-parallel RNG tracker."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    seed = seed + 100 * ps.get_pipeline_model_parallel_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def enable_feature_patches(args: argparse.Namespace) -> None:
+    """--use-flash-attn / --use-fused-* through the patch layer's features (when that module exists)."""
+    try:
+        from mindspeed_llm.patches.features import enable_feature_patches_from_args
+    except ImportError:
+        # CALL SITE for the kernels' feature patches: mindspeed_llm.patches.features is not there yet.
+        if any(getattr(args, n) for n in ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb",
+                                          "use_fused_swiglu")):
+            logger.info("NOTE: --use-flash-attn/--use-fused-* need mindspeed_llm.patches.features, which this "
+                        "install lacks; megatron-core's local kernels are used")
+        return
+    enable_feature_patches_from_args(args)
+
+
+def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
+                        args_defaults: dict | None = None) -> argparse.Namespace:
+    """Parse and validate flags, start the process group and parallel state, seed, enable patches."""
+    from megatron.core import parallel_state as ps
+
+    import mindspeed_llm
+
+    args = parse_args(argv, extra_args_provider)
+    for key, value in (args_defaults or {}).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    # Workaround (device layer): importing megatron-core's torch.compile'd fusions for the first time
+    # after init_process_group trips dynamo's rule map over the CPU layer's shared no-op function
+    # ("Duplicate torch object _noop"). Importing the model package first builds that map safely.
+    import megatron.core.models.gpt.gpt_layer_specs  # noqa: F401
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    setup_logging(int(os.environ.get("RANK", 0)), world)
+    validate_args(args, world)  # before the process group: a bad flag fails fast on every rank
+    initialize_distributed(args.distributed_timeout_minutes)
+    args.rank = torch.distributed.get_rank()
+    args.device = mindspeed_llm.DEVICE
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+        distributed_timeout_minutes=args.distributed_timeout_minutes,
+    )
+    set_seed(args.seed)
+    enable_feature_patches(args)
+    set_args(args)
+    noops = kernel_noop_flags(args, args.device)
+    if noops:
+        logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", args.device,
+                    ", ".join(noops))
+    logger.info("> initialized world of %d on %s: TP=%d PP=%d%s DP=%d, %d micro-batches of %d per step",
+                args.world_size, args.device, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                f" VPP={args.virtual_pipeline_model_parallel_size}" if args.virtual_pipeline_model_parallel_size
+                else "", args.data_parallel_size, args.num_microbatches, args.micro_batch_size)
+    return args

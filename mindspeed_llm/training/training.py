@@ -1,0 +1,349 @@
+"""The training loop: megatron-core model chunks, DDP, optimizer, schedule, evaluation, checkpoints.
+
+``pretrain`` has Megatron-LM's shape: the entry script gives a datasets provider, a model provider
+and a forward step; everything else (micro-batching, gradient reduction, clipping, LR schedule,
+evaluation, saving, resuming, logging) happens here with megatron-core's own parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.training import checkpointing
+from mindspeed_llm.training.arguments import (
+    ArgumentError,
+    ddp_config_from_args,
+    model_config_from_args,
+    optimizer_config_from_args,
+)
+from mindspeed_llm.training.initialize import initialize_megatron
+from mindspeed_llm.training.tokenizer import build_tokenizer
+from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
+
+logger = logging.getLogger("mindspeed_llm.training")
+
+_STATE: dict = {}
+
+
+def get_tokenizer():
+    """The tokenizer of this run (for dataset providers)."""
+    return _STATE["tokenizer"]
+
+
+def get_model_config():
+    """Our :class:`ModelConfig` of this run (for model providers)."""
+    return _STATE["model_config"]
+
+
+# ---- vocabulary and model -------------------------------------------------------------------------------------
+def padded_vocab_size(vocab: int, args: argparse.Namespace) -> int:
+    """Megatron-LM's padding: up to a multiple of ``--make-vocab-size-divisible-by`` x TP."""
+    tp = args.tensor_model_parallel_size
+    if args.padded_vocab_size is not None:
+        if args.padded_vocab_size < vocab:
+            raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is smaller than the tokenizer's "
+                                f"{vocab} tokens: use at least {vocab}")
+        if args.padded_vocab_size % tp:
+            raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is not divisible by "
+                                f"--tensor-model-parallel-size {tp}")
+        return args.padded_vocab_size
+    multiple = args.make_vocab_size_divisible_by * tp
+    return int(math.ceil(vocab / multiple) * multiple)
+
+
+def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) -> None:
+    """Check the launch against ``--load``'s checkpoint, settle the padded vocabulary, build ModelConfig."""
+    from mindspeed_llm.models.families import ModelConfig
+
+    base, rows = None, None
+    if ckpt_iteration is not None:
+        ckpt_args, where = checkpointing.read_checkpoint_args(args, ckpt_iteration)
+        checkpointing.check_checkpoint_args(args, ckpt_args, where)
+        checkpointing.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
+        if getattr(ckpt_args, "hf_config", None):
+            try:
+                base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))
+            except Exception:  # noqa: BLE001 - an unreadable HF config only loses names for mg->hf
+                base = None
+        rows = getattr(ckpt_args, "hf_vocab_size", None)
+    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
+    rows = min(rows or args.padded_vocab_size, args.padded_vocab_size)
+    model_config = model_config_from_args(args, rows, base)
+    # Recorded in every saved checkpoint so that convert_ckpt.py mg->hf can rebuild the HF config.
+    args.hf_config = model_config.to_hf_config()
+    args.hf_architecture = model_config.architecture
+    args.hf_vocab_size = rows
+    _STATE["model_config"] = model_config
+
+
+def get_model(model_provider: Callable, args: argparse.Namespace) -> list:
+    """Model chunks of this rank (one per virtual stage), Float16Module for bf16, wrapped in megatron DDP."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import DistributedDataParallel
+    from megatron.core.transformer.module import Float16Module
+
+    vpp = args.virtual_pipeline_model_parallel_size
+    chunks = []
+    for i in range(vpp or 1):
+        vp_stage = i if vpp else None
+        chunk = model_provider(
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            vp_stage=vp_stage,
+        )
+        chunks.append(chunk)
+    for chunk in chunks:
+        for param in chunk.parameters():
+            from megatron.core import tensor_parallel
+
+            tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
+    n_params = sum(p.numel() for c in chunks for p in c.parameters())
+    if ps.get_data_parallel_rank() == 0:
+        print(f" > number of parameters on (tensor, pipeline) model parallel rank "
+              f"({ps.get_tensor_model_parallel_rank()}, {ps.get_pipeline_model_parallel_rank()}): {n_params}",
+              flush=True)
+    config = chunks[0].config
+    if args.bf16:
+        chunks = [Float16Module(config, c) for c in chunks]
+    ddp_config = ddp_config_from_args(args)
+    return [DistributedDataParallel(config=config, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
+            for i, c in enumerate(chunks)]
+
+
+def get_scheduler(optimizer, args: argparse.Namespace):
+    """megatron-core ``OptimizerParamScheduler`` in samples, as Megatron-LM sets it up for --train-iters."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    gbs = args.global_batch_size
+    decay_steps = args.lr_decay_iters * gbs
+    if args.lr_warmup_fraction is not None:
+        warmup_steps = int(args.lr_warmup_fraction * decay_steps)
+    else:
+        warmup_steps = args.lr_warmup_iters * gbs
+    wsd_steps = args.lr_wsd_decay_iters * gbs if args.lr_wsd_decay_iters else None
+    return OptimizerParamScheduler(
+        optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=warmup_steps,
+        lr_decay_steps=decay_steps, lr_decay_style=args.lr_decay_style, start_wd=args.start_weight_decay,
+        end_wd=args.end_weight_decay, wd_incr_steps=args.train_iters * gbs, wd_incr_style=args.weight_decay_incr_style,
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
+        wsd_decay_steps=wsd_steps, lr_wsd_decay_style=args.lr_wsd_decay_style,
+    )
+
+
+def _wire_config_hooks(model: list, optimizer, args: argparse.Namespace):
+    """Grad scaling, finalize-grads and the overlapped DDP hooks on the model config (as Megatron-LM does)."""
+    from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+    from megatron.core.utils import get_model_config
+
+    config = get_model_config(model[0])
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    config.timers = None
+    if args.overlap_grad_reduce:
+        config.no_sync_func = [c.no_sync for c in model]
+        config.grad_sync_func = [c.start_grad_sync for c in model]
+        if len(model) == 1:
+            config.no_sync_func = config.no_sync_func[0]
+            config.grad_sync_func = config.grad_sync_func[0]
+    if args.overlap_param_gather:
+        config.param_sync_func = [c.start_param_sync for c in model]
+        if len(model) == 1:
+            config.param_sync_func = config.param_sync_func[0]
+    return config
+
+
+def _set_forward_pre_hooks(model: list, args: argparse.Namespace, enabled: bool) -> None:
+    """With --overlap-param-gather, parameters are gathered in forward pre-hooks: sync them for eval/save."""
+    if not args.overlap_param_gather:
+        return
+    for chunk in model:
+        if enabled:
+            chunk.enable_forward_pre_hook()
+        else:
+            chunk.disable_forward_pre_hook()
+
+
+# ---- steps ------------------------------------------------------------------------------------------------------
+def _reduce_losses(losses: list[dict]) -> dict[str, float]:
+    """Mean over micro-batches of each reported loss (only on the last pipeline stage, else {})."""
+    from megatron.core import parallel_state as ps
+
+    if not losses or not ps.is_pipeline_last_stage(ignore_virtual=True):
+        return {}
+    out = {}
+    for key in losses[0]:
+        out[key] = float(torch.stack([d[key].float() for d in losses]).mean().item())
+    return out
+
+
+def train_step(forward_step_func, data_iterator, model: list, optimizer, scheduler, args: argparse.Namespace):
+    """One global batch: forward/backward over the micro-batches, reduce, clip, step, schedule."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    forward_backward = get_forward_backward_func()
+    losses = forward_backward(
+        forward_step_func=forward_step_func, data_iterator=data_iterator, model=model,
+        num_microbatches=args.num_microbatches, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
+        decoder_seq_length=args.seq_length, forward_only=False,
+    )
+    update_successful, grad_norm, _ = optimizer.step()
+    if update_successful:
+        scheduler.step(increment=args.global_batch_size)
+    return _reduce_losses(losses), (None if grad_norm is None else float(grad_norm)), not update_successful
+
+
+def evaluate(forward_step_func, data_iterator, model: list, args: argparse.Namespace,
+             eval_iters: int) -> dict[str, float]:
+    """Mean validation losses over ``eval_iters`` global batches (forward only)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    for chunk in model:
+        chunk.eval()
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for _ in range(eval_iters):
+            losses = get_forward_backward_func()(
+                forward_step_func=forward_step_func, data_iterator=data_iterator, model=model,
+                num_microbatches=args.num_microbatches, seq_length=args.seq_length,
+                micro_batch_size=args.micro_batch_size, decoder_seq_length=args.seq_length, forward_only=True,
+            )
+            for key, value in _reduce_losses(losses).items():
+                totals[key] = totals.get(key, 0.0) + value
+            args.consumed_valid_samples += args.global_batch_size
+    for chunk in model:
+        chunk.train()
+    return {k: v / eval_iters for k, v in totals.items()}
+
+
+def _save(iteration, model, optimizer, scheduler, args, flops) -> None:
+    _set_forward_pre_hooks(model, args, enabled=False)
+    checkpointing.save_checkpoint(iteration, model, optimizer, scheduler, args, flops)
+    _set_forward_pre_hooks(model, args, enabled=True)
+
+
+def _evaluate_and_print(label, forward_step_func, iterator, model, args, log, iteration):
+    _set_forward_pre_hooks(model, args, enabled=False)
+    losses = evaluate(forward_step_func, iterator, model, args, args.eval_iters)
+    _set_forward_pre_hooks(model, args, enabled=True)
+    log.evaluation(label, losses, iteration)
+    return losses
+
+
+# ---- entry ------------------------------------------------------------------------------------------------------
+def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callable, model_type,
+             forward_step_func: Callable, extra_args_provider=None, args_defaults: dict | None = None,
+             argv: list[str] | None = None) -> dict:
+    """Megatron-LM's ``pretrain``: initialise, build model/optimizer/data, train, evaluate, save.
+
+    Returns a summary (iterations, last losses, mean throughput) on every rank.
+    """
+    from megatron.core import parallel_state as ps
+
+    args = initialize_megatron(argv, extra_args_provider, args_defaults)
+    args.model_type = getattr(model_type, "name", str(model_type))
+    tokenizer = build_tokenizer(args)
+    _STATE["tokenizer"] = tokenizer
+    ckpt_iteration = checkpointing.find_checkpoint(args)
+    prepare_model_config(args, tokenizer, ckpt_iteration)
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
+
+    model = get_model(model_provider, args)
+    from megatron.core.optimizer import get_megatron_optimizer
+
+    optimizer = get_megatron_optimizer(optimizer_config_from_args(args), model)
+    scheduler = get_scheduler(optimizer, args)
+    iteration, flops_so_far = checkpointing.load_checkpoint(model, optimizer, scheduler, args, ckpt_iteration)
+    _wire_config_hooks(model, optimizer, args)
+
+    from mindspeed_llm.training.data import build_data_iterator, train_valid_test_num_samples
+
+    train_ds, valid_ds, test_ds = train_valid_test_dataset_provider(train_valid_test_num_samples(args))
+
+    n_chunks = len(model)
+
+    def iterators(dataset, consumed, cyclic):
+        its = [build_data_iterator(dataset, consumed, args, cyclic=cyclic) for _ in range(n_chunks)]
+        return its if n_chunks > 1 else its[0]
+
+    train_iter = iterators(train_ds, args.consumed_train_samples, False)
+    valid_iter = iterators(valid_ds, args.consumed_valid_samples, True) if valid_ds is not None else None
+    do_valid = valid_iter is not None and args.eval_iters > 0 and args.eval_interval
+    log = TrainingLogger(args)
+    print_rank_last(f"training ... from iteration {iteration} to {args.train_iters}")
+
+    for chunk in model:
+        chunk.train()
+    last_losses: dict[str, float] = {}
+    exit_requested = False
+    saved_at = None
+    while iteration < args.train_iters:
+        t0 = time.time()
+        losses, grad_norm, skipped = train_step(forward_step_func, train_iter, model, optimizer, scheduler, args)
+        elapsed = time.time() - t0
+        iteration += 1
+        args.consumed_train_samples += args.global_batch_size
+        flops_so_far += num_floating_point_operations(args, args.global_batch_size)
+        if losses:
+            last_losses = losses
+        lr = optimizer.param_groups[0]["lr"]
+        log.step(iteration, losses, lr, grad_norm, optimizer.get_loss_scale().item(), skipped, elapsed)
+        if do_valid and iteration % args.eval_interval == 0:
+            _evaluate_and_print(f"validation loss at iteration {iteration}", forward_step_func, valid_iter, model,
+                                args, log, iteration)
+        if args.save and args.save_interval and iteration % args.save_interval == 0:
+            _save(iteration, model, optimizer, scheduler, args, flops_so_far)
+            saved_at = iteration
+        if args.exit_interval and iteration % args.exit_interval == 0:
+            if args.save and saved_at != iteration:
+                _save(iteration, model, optimizer, scheduler, args, flops_so_far)
+                saved_at = iteration
+            print_rank_last(f"exiting program at iteration {iteration} (--exit-interval {args.exit_interval})")
+            exit_requested = True
+            break
+
+    if not exit_requested:
+        if do_valid and iteration % args.eval_interval:
+            _evaluate_and_print("validation loss at the end of training", forward_step_func, valid_iter, model,
+                                args, log, iteration)
+        if args.save and saved_at != iteration and iteration > 0:
+            _save(iteration, model, optimizer, scheduler, args, flops_so_far)
+        if test_ds is not None and args.eval_iters > 0:
+            test_iter = iterators(test_ds, 0, True)
+            _evaluate_and_print("test loss at the end of training", forward_step_func, test_iter, model, args, log,
+                                iteration)
+    tokens_per_s = (args.global_batch_size * args.seq_length * log.total_iters / log.total_time / args.world_size
+                    if log.total_time > 0 else 0.0)
+    summary = {"iteration": iteration, "losses": last_losses, "tokens_per_s_per_device": tokens_per_s,
+               "consumed_train_samples": args.consumed_train_samples}
+    loss_text = " | ".join(f"{k}: {v:.6E}" for k, v in last_losses.items())
+    print_rank_last(f"[after training] iterations: {iteration} | consumed samples: {args.consumed_train_samples} | "
+                    f"mean throughput (tokens/s/device): {tokens_per_s:.1f}" + (f" | {loss_text}" if loss_text else ""))
+    log.close()
+    torch.distributed.barrier()
+    ps.destroy_model_parallel()
+    torch.distributed.destroy_process_group()
+    return summary
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run an entry point; user errors (bad flags, data paths, checkpoints) print one line and exit 1."""
+    import sys
+
+    try:
+        main()
+    except (ArgumentError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,0 +1,154 @@
+"""Megatron-LM-style training logs: the per-interval line, validation block, memory report, TensorBoard."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import sys
+import time
+
+import torch
+
+
+def print_rank_last(message: str) -> None:
+    """Print on the last rank (where Megatron-LM prints training progress: it holds the loss)."""
+    if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
+        print(message, flush=True)
+
+
+def print_rank_0(message: str) -> None:
+    """Print on global rank 0."""
+    if torch.distributed.get_rank() == 0:
+        print(message, flush=True)
+
+
+def num_floating_point_operations(args: argparse.Namespace, batch_size: int) -> float:
+    """FLOPs of one training step (forward + backward = 3 x forward) of the dense GQA SwiGLU model.
+
+    Per token and layer the forward pass does 2 FLOPs per weight of the QKV, output projection and
+    the three SwiGLU matrices, plus causal attention (QK^T and AV over half the sequence on average);
+    the output layer adds 2 x hidden x vocabulary.
+    """
+    h, s, layers = args.hidden_size, args.seq_length, args.num_layers
+    q = args.num_attention_heads * args.kv_channels
+    kv = 2 * args.num_query_groups * args.kv_channels
+    weights = h * (q + kv) + q * h + 3 * h * args.ffn_hidden_size
+    attention = 2 * q * s / 2  # QK^T and AV, causal
+    per_token = 2 * (layers * (weights + attention) + h * args.padded_vocab_size)
+    return 3.0 * per_token * batch_size * s
+
+
+def memory_report(iteration: int) -> str:
+    """``[Rank r] (after N iterations) memory (MB) | ...`` for this rank's device (RSS on the CPU)."""
+    rank = torch.distributed.get_rank()
+    if torch.cuda.is_available() and torch.cuda.memory_allocated() > 0:
+        mb = 1024 * 1024
+        return (f"[Rank {rank}] (after {iteration} iterations) memory (MB) | allocated: "
+                f"{torch.cuda.memory_allocated() / mb:.1f} | max allocated: {torch.cuda.max_memory_allocated() / mb:.1f} "
+                f"| reserved: {torch.cuda.memory_reserved() / mb:.1f} | max reserved: "
+                f"{torch.cuda.max_memory_reserved() / mb:.1f}")
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss / (1024 * 1024)
+    except ImportError:
+        rss = float("nan")
+    return f"[Rank {rank}] (after {iteration} iterations) memory (MB) | rss: {rss:.1f} | max rss: {max_rss:.1f}"
+
+
+class TrainingLogger:
+    """Accumulates per-iteration numbers and prints Megatron's log line every ``--log-interval``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.writer = None
+        if args.tensorboard_dir and torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=args.tensorboard_dir, max_queue=1000)
+        self._reset()
+        self.memory_reported = False
+        self.total_time = 0.0
+        self.total_iters = 0
+
+    def _reset(self) -> None:
+        self.loss_sum: dict[str, float] = {}
+        self.iters = 0
+        self.skipped = 0
+        self.nan = 0
+        self.elapsed = 0.0
+        self.t0 = time.time()
+
+    def step(self, iteration: int, loss: dict[str, float], lr: float, grad_norm: float | None,
+             loss_scale: float, skipped: bool, elapsed: float) -> None:
+        """Record one iteration; print the line when ``iteration`` closes a log interval."""
+        args = self.args
+        self.iters += 1
+        self.elapsed += elapsed
+        self.total_time += elapsed
+        self.total_iters += 1
+        self.skipped += int(skipped)
+        for key, value in loss.items():
+            if math.isnan(value) or math.isinf(value):
+                self.nan += 1
+            self.loss_sum[key] = self.loss_sum.get(key, 0.0) + value
+        if self.writer is not None and iteration % args.tensorboard_log_interval == 0:
+            samples = args.consumed_train_samples
+            self.writer.add_scalar("learning-rate", lr, iteration)
+            self.writer.add_scalar("batch-size", args.global_batch_size, iteration)
+            for key, value in loss.items():
+                self.writer.add_scalar(key, value, iteration)
+                self.writer.add_scalar(key + " vs samples", value, samples)
+            if grad_norm is not None:
+                self.writer.add_scalar("grad-norm", grad_norm, iteration)
+            self.writer.add_scalar("loss-scale", loss_scale, iteration)
+        if iteration % args.log_interval:
+            return
+        per_iter = self.elapsed / self.iters
+        tokens_per_s = args.global_batch_size * args.seq_length / per_iter / args.world_size
+        tflops = num_floating_point_operations(args, args.global_batch_size) / per_iter / args.world_size / 1e12
+        line = (f" [{time.strftime('%Y-%m-%d %H:%M:%S')}] iteration {iteration:8d}/{args.train_iters:8d} |"
+                f" consumed samples: {args.consumed_train_samples:12d} |"
+                f" elapsed time per iteration (ms): {per_iter * 1000:.1f} |"
+                f" throughput (tokens/s/device): {tokens_per_s:.1f} |"
+                f" TFLOP/s/device: {tflops:.3f} |"
+                f" learning rate: {lr:.6E} |"
+                f" global batch size: {args.global_batch_size:5d} |")
+        counted = max(self.iters - self.skipped, 1)
+        for key, total in self.loss_sum.items():
+            line += f" {key}: {total / counted:.6E} |"
+        line += f" loss scale: {loss_scale:.1f} |"
+        if grad_norm is not None:
+            line += f" grad norm: {grad_norm:.3f} |"
+        line += f" number of skipped iterations: {self.skipped:3d} | number of nan iterations: {self.nan:3d} |"
+        print_rank_last(line)
+        if self.writer is not None:
+            self.writer.add_scalar("throughput (tokens/s/device)", tokens_per_s, iteration)
+            self.writer.add_scalar("TFLOP/s/device", tflops, iteration)
+        if not self.memory_reported:
+            self.memory_reported = True
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            if rank in (0, world - 1):
+                print(memory_report(iteration), flush=True)
+        self._reset()
+
+    def evaluation(self, label: str, losses: dict[str, float], iteration: int) -> None:
+        """Megatron's validation block (loss and perplexity), and its TensorBoard scalars."""
+        text = f" {label} |"
+        for key, value in losses.items():
+            ppl = math.exp(min(20.0, value))
+            text += f" {key} value: {value:.6E} | {key} PPL: {ppl:.6E} |"
+            if self.writer is not None:
+                self.writer.add_scalar(f"{key} validation", value, iteration)
+                self.writer.add_scalar(f"{key} validation ppl", ppl, iteration)
+        bar = "-" * (len(text) + 1)
+        print_rank_last(f"{bar}\n{text}\n{bar}")
+
+    def close(self) -> None:
+        """Flush TensorBoard."""
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        sys.stdout.flush()
