@@ -1,0 +1,545 @@
+"""Core attention: a flash-style kernel with native GQA, per-device implementations, and a drop-in
+replacement for megatron-core's local ``DotProductAttention``.
+
+Conventions (megatron's): a boolean ``attn_mask`` is True where attention is *masked out*, and is
+broadcastable to ``[b, n_heads, s_q, s_k]``. ``causal`` means query ``i`` sees keys ``j <= i``
+(``s_q == s_k``). Query rows with no visible key give zeros (megatron's local attention, which fills
+masked scores with -10000, would average all values there instead; such rows carry no loss).
+
+Implementations, all taking ``[b, n, s, d]`` tensors with ``n_q`` a multiple of ``n_kv``:
+
+- :func:`blockwise_attention` - pure torch, flash-style: chunks over queries and keys with an online
+  softmax, saves only ``q, k, v, out`` and the row log-sum-exp, recomputes scores in backward.
+  GQA without repeating K/V (query heads of a group are folded into the rows of one matmul).
+  Supports dropout (a per-block counter-seeded mask, regenerated in backward). Runs anywhere.
+- :func:`sdpa_attention` - ``torch.nn.functional.scaled_dot_product_attention`` with ``enable_gqa``;
+  on CPU this reaches torch's flash kernel when there is no dropout (measured: the fastest and
+  most frugal choice, see docs/performance.md), on CUDA the flash/memory-efficient kernels.
+- :func:`flash_attn_cuda` - the ``flash-attn`` package when installed (CUDA, fp16/bf16, no mask).
+- :func:`npu_fusion_attention` - ``torch_npu.npu_fusion_attention``.
+- :func:`attention_math` - the textbook dense formula (materialises scores): the test reference.
+
+:func:`flash_attention` picks one per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import is_layer_window_attention
+from megatron.core.utils import divide
+from torch import Tensor
+
+from mindspeed_llm.ops.backend import resolve_backend
+from mindspeed_llm.ops.npu import require_torch_npu
+
+LAYOUTS = ("bnsd", "sbnd")
+# torch_npu's compressed causal mask for sparse_mode=2/3 is always 2048 x 2048 (True = masked).
+NPU_CAUSAL_MASK_SIZE = 2048
+_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: decorrelates per-block dropout seeds
+
+
+def _scale(softmax_scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention expects 4-d [b, n, s, d] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] != 0 or k.shape[1] != v.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]}, {v.shape[1]})")
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError(f"causal attention needs s_q == s_k, got {q.shape[2]} and {k.shape[2]}")
+
+
+def attention_math(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    attn_mask: Tensor | None = None,
+    softmax_scale: float | None = None,
+    dropout_keep: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Dense reference ``softmax(q k^T * scale, masked) v`` on ``[b, n, s, d]``; materialises the scores.
+
+    ``dropout_keep`` (bool, broadcastable to the scores) applies a given dropout mask scaled by
+    ``1 / (1 - dropout_p)``; used by tests to check the kernels' dropout exactly.
+    """
+    _check_shapes(query, key, value, causal)
+    rep = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    scores = (query @ key.transpose(-1, -2)) * _scale(softmax_scale, query.shape[-1])
+    masked = torch.zeros(scores.shape[-2:], dtype=torch.bool, device=scores.device)
+    if causal:
+        masked = torch.triu(torch.ones_like(masked), diagonal=1)
+    if attn_mask is not None:
+        masked = masked | attn_mask
+    scores = scores.masked_fill(masked, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows -> zeros
+    if dropout_keep is not None:
+        probs = probs * dropout_keep / (1.0 - dropout_p)
+    return probs @ value
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure-torch blockwise (flash-style) kernel
+# ----------------------------------------------------------------------------------------------
+
+
+def _block_mask(mask5: Tensor | None, i0: int, i1: int, j0: int, j1: int, causal: bool, device) -> Tensor | None | bool:
+    """The masked-out entries of one (query block, key block): None = nothing masked, True = all."""
+    block = None
+    if mask5 is not None:
+        block = mask5[..., i0:i1, j0:j1]
+        if bool(block.all()):
+            return True
+        if not bool(block.any()):
+            block = None
+    if causal and j1 - 1 > i0:  # some key in this block lies after some query
+        if j0 > i1 - 1:
+            return True
+        tri = torch.arange(i0, i1, device=device)[:, None] < torch.arange(j0, j1, device=device)[None, :]
+        block = tri if block is None else (block | tri)
+    return block
+
+
+def _dropout_scale(seed: int, block_id: int, shape, p: float, dtype, device) -> Tensor:
+    """The dropout multiplier of one score block: 0 where dropped, 1/(1-p) where kept (reproducible)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * _SEED_MIX + block_id) % (2**63 - 1))
+    return torch.rand(shape, generator=gen, dtype=dtype, device=device).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+def _as_mask5(attn_mask: Tensor | None, b: int, g: int, r: int, sq: int, sk: int) -> Tensor | None:
+    """View a mask broadcastable to [b, g*r, sq, sk] as [b|1, g|1, r|1, sq, sk] (no copy when possible)."""
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype != torch.bool:
+        raise TypeError(f"attn_mask must be a bool tensor (True = masked out), got {attn_mask.dtype}")
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    mb, mh = attn_mask.shape[0], attn_mask.shape[1]
+    attn_mask = attn_mask.expand(mb, mh, sq, sk)
+    if mh == 1:
+        return attn_mask.reshape(mb, 1, 1, sq, sk)
+    return attn_mask.reshape(mb, g, r, sq, sk)
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, causal, scale, dropout_p, seed, block_q, block_k):
+        b, hq, sq, d = q.shape
+        g, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+        r = hq // g
+        acc_dtype = torch.promote_types(q.dtype, torch.float32)
+        mask5 = _as_mask5(attn_mask, b, g, r, sq, sk)
+        qg = q.reshape(b, g, r, sq, d)
+        out = torch.empty(b, g, r, sq, dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(b, g, r, sq, dtype=acc_dtype, device=q.device)
+        n_kb = -(-sk // block_k)
+        for ib, i0 in enumerate(range(0, sq, block_q)):
+            i1 = min(i0 + block_q, sq)
+            bq = i1 - i0
+            qi = qg[:, :, :, i0:i1].reshape(b, g, r * bq, d)
+            m = torch.full((b, g, r * bq), float("-inf"), dtype=acc_dtype, device=q.device)
+            den = torch.zeros_like(m)
+            acc = torch.zeros(b, g, r * bq, dv, dtype=acc_dtype, device=q.device)
+            for jb, j0 in enumerate(range(0, sk, block_k)):
+                j1 = min(j0 + block_k, sk)
+                block = _block_mask(mask5, i0, i1, j0, j1, causal, q.device)
+                if block is True:
+                    continue
+                s = torch.matmul(qi, k[:, :, j0:j1].transpose(-1, -2)).to(acc_dtype).mul_(scale)
+                if block is not None:
+                    s = s.view(b, g, r, bq, j1 - j0).masked_fill_(block, float("-inf")).view(b, g, r * bq, j1 - j0)
+                m_new = torch.maximum(m, s.amax(dim=-1))
+                m_safe = m_new.masked_fill(torch.isinf(m_new), 0.0)
+                p = torch.exp_(s.sub_(m_safe.unsqueeze(-1)))
+                alpha = torch.exp(m - m_safe)
+                den.mul_(alpha).add_(p.sum(dim=-1))
+                if dropout_p > 0.0:
+                    p = p.mul_(_dropout_scale(seed, ib * n_kb + jb, p.shape, dropout_p, p.dtype, q.device))
+                acc.mul_(alpha.unsqueeze(-1)).add_(torch.matmul(p.to(v.dtype), v[:, :, j0:j1]))
+                m = m_new
+            m_safe = m.masked_fill(torch.isinf(m), 0.0)
+            empty = den == 0
+            out[:, :, :, i0:i1] = (acc / den.masked_fill(empty, 1.0).unsqueeze(-1)).view(b, g, r, bq, dv)
+            lse[:, :, :, i0:i1] = (m_safe + den.log()).masked_fill(empty, float("inf")).view(b, g, r, bq)
+        out = out.view(b, hq, sq, dv)
+        ctx.save_for_backward(q, k, v, out, lse, attn_mask)
+        ctx.args = (causal, scale, dropout_p, seed, block_q, block_k)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, attn_mask = ctx.saved_tensors
+        causal, scale, dropout_p, seed, block_q, block_k = ctx.args
+        b, hq, sq, d = q.shape
+        g, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+        r = hq // g
+        acc_dtype = torch.promote_types(q.dtype, torch.float32)
+        mask5 = _as_mask5(attn_mask, b, g, r, sq, sk)
+        grad_out = grad_out.contiguous()
+        # D_i = rowsum(dO_i * O_i): equals rowsum(P_i * dP_i) also with dropout.
+        delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(-1).view(b, g, r, sq)
+        qg, dog = q.reshape(b, g, r, sq, d), grad_out.view(b, g, r, sq, dv)
+        dq = torch.empty(b, g, r, sq, d, dtype=q.dtype, device=q.device)
+        dk = torch.zeros(b, g, sk, d, dtype=acc_dtype, device=q.device)
+        dvv = torch.zeros(b, g, sk, dv, dtype=acc_dtype, device=q.device)
+        n_kb = -(-sk // block_k)
+        for ib, i0 in enumerate(range(0, sq, block_q)):
+            i1 = min(i0 + block_q, sq)
+            bq = i1 - i0
+            qi = qg[:, :, :, i0:i1].reshape(b, g, r * bq, d)
+            doi = dog[:, :, :, i0:i1].reshape(b, g, r * bq, dv)
+            lse_i = lse[:, :, :, i0:i1].reshape(b, g, r * bq, 1)
+            delta_i = delta[:, :, :, i0:i1].reshape(b, g, r * bq, 1)
+            dqi = torch.zeros(b, g, r * bq, d, dtype=acc_dtype, device=q.device)
+            for jb, j0 in enumerate(range(0, sk, block_k)):
+                j1 = min(j0 + block_k, sk)
+                block = _block_mask(mask5, i0, i1, j0, j1, causal, q.device)
+                if block is True:
+                    continue
+                kj, vj = k[:, :, j0:j1], v[:, :, j0:j1]
+                s = torch.matmul(qi, kj.transpose(-1, -2)).to(acc_dtype).mul_(scale)
+                if block is not None:
+                    s = s.view(b, g, r, bq, j1 - j0).masked_fill_(block, float("-inf")).view(b, g, r * bq, j1 - j0)
+                p = torch.exp_(s.sub_(lse_i))
+                dp = torch.matmul(doi, vj.transpose(-1, -2)).to(acc_dtype)
+                if dropout_p > 0.0:
+                    z = _dropout_scale(seed, ib * n_kb + jb, p.shape, dropout_p, p.dtype, q.device)
+                    p_drop = p * z
+                    dp.mul_(z)
+                else:
+                    p_drop = p
+                dvv[:, :, j0:j1] += torch.matmul(p_drop.to(v.dtype).transpose(-1, -2), doi).to(acc_dtype)
+                ds = p.mul_(dp.sub_(delta_i)).mul_(scale).to(q.dtype)
+                dqi += torch.matmul(ds, kj).to(acc_dtype)
+                dk[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2), qi).to(acc_dtype)
+            dq[:, :, :, i0:i1] = dqi.view(b, g, r, bq, d)
+        return dq.view(b, hq, sq, d), dk.to(k.dtype), dvv.to(v.dtype), None, None, None, None, None, None, None
+
+
+def blockwise_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    block_q: int = 512,
+    block_k: int = 512,
+    seed: int | None = None,
+) -> Tensor:
+    """Flash-style attention in pure torch on ``[b, n, s, d]``; never holds more than one score block.
+
+    ``seed`` fixes the dropout mask; when None it is drawn from the default generator of the
+    query's device (so megatron's RNG tracker fork governs it, as it does for megatron's dropout).
+    """
+    _check_shapes(query, key, value, causal)
+    if dropout_p > 0.0 and seed is None:
+        seed = int(torch.randint(0, 2**62, (1,), device=query.device).item())
+    return _BlockwiseAttention.apply(
+        query, key, value, attn_mask, causal, _scale(softmax_scale, query.shape[-1]), float(dropout_p),
+        int(seed or 0), block_q, block_k,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Library kernels
+# ----------------------------------------------------------------------------------------------
+
+
+def sdpa_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` with native GQA on ``[b, n, s, d]``."""
+    _check_shapes(query, key, value, causal)
+    sdpa_mask = None
+    if attn_mask is not None:
+        sdpa_mask = ~attn_mask  # SDPA's boolean mask is True where attention is *allowed*
+        if causal:
+            n = query.shape[2]
+            sdpa_mask = sdpa_mask & ~torch.triu(torch.ones(n, n, dtype=torch.bool, device=query.device), 1)
+            causal = False
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p, is_causal=causal,
+        scale=_scale(softmax_scale, query.shape[-1]), enable_gqa=key.shape[1] != query.shape[1],
+    )
+
+
+def flash_attn_available() -> bool:
+    """True when the ``flash-attn`` package imports (CUDA only)."""
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken CUDA extension raises anything
+        return False
+    return True
+
+
+def flash_attn_cuda(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+) -> Tensor:
+    """The ``flash-attn`` package's kernel (fp16/bf16 CUDA, native GQA, no arbitrary mask) on ``[b, n, s, d]``."""
+    from flash_attn import flash_attn_func
+
+    out = flash_attn_func(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), dropout_p=dropout_p,
+        softmax_scale=_scale(softmax_scale, query.shape[-1]), causal=causal,
+    )
+    return out.transpose(1, 2)
+
+
+def npu_fusion_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    layout: str = "bnsd",
+    causal: bool = False,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    torch_npu: Any = None,
+) -> Tensor:
+    """``torch_npu.npu_fusion_attention`` for ``[b, n, s, d]`` ("BNSD") or ``[s, b, n, d]`` (as "SBH").
+
+    Causal uses ``sparse_mode=2`` with torch_npu's compressed 2048x2048 upper-triangular mask; a
+    causal call that also has a padding mask passes the combined full mask (``sparse_mode=0``).
+    """
+    npu = require_torch_npu(torch_npu, "npu_fusion_attention")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+    head_dim = query.shape[-1]
+    if layout == "sbnd":
+        s, b, n = query.shape[:3]
+        q, k, v = (t.reshape(t.shape[0], t.shape[1], -1) for t in (query, key, value))
+        input_layout, sq, sk = "SBH", s, key.shape[0]
+    else:
+        b, n, s = query.shape[:3]
+        q, k, v = query, key, value
+        input_layout, sq, sk = "BNSD", s, key.shape[2]
+    if causal and sq != sk:
+        raise ValueError(f"causal attention needs s_q == s_k, got {sq} and {sk}")
+    sparse_mode = 0
+    mask = attn_mask
+    if causal and attn_mask is None:
+        size = NPU_CAUSAL_MASK_SIZE
+        mask = torch.triu(torch.ones(size, size, dtype=torch.bool, device=query.device), diagonal=1)
+        sparse_mode = 2
+    elif causal:
+        mask = attn_mask | torch.triu(torch.ones(sq, sk, dtype=torch.bool, device=query.device), diagonal=1)
+    out = npu.npu_fusion_attention(
+        q, k, v, n, input_layout, atten_mask=mask, scale=_scale(softmax_scale, head_dim),
+        keep_prob=1.0 - dropout_p, sparse_mode=sparse_mode,
+    )[0]
+    if layout == "sbnd":
+        out = out.view(s, b, n, -1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch
+# ----------------------------------------------------------------------------------------------
+
+ATTENTION_IMPLS = ("auto", "blockwise", "sdpa", "flash_attn", "npu", "math")
+
+
+def select_attention_impl(query: Tensor, *, attn_mask: Tensor | None, dropout_p: float, backend: str | None = None) -> str:
+    """The implementation :func:`flash_attention` uses for these inputs.
+
+    NPU -> ``npu``; CUDA -> ``flash_attn`` (installed, fp16/bf16, no mask) else ``sdpa``; CPU ->
+    ``sdpa`` without dropout (torch's flash CPU kernel), else ``blockwise`` (torch's CPU flash
+    kernel has no dropout and SDPA would fall back to materialising the scores).
+    """
+    device = resolve_backend(query, backend)
+    if device == "npu":
+        return "npu"
+    if device == "cuda":
+        if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
+            return "flash_attn"
+        return "sdpa"
+    return "sdpa" if dropout_p == 0.0 else "blockwise"
+
+
+def flash_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    layout: str = "bnsd",
+    impl: str = "auto",
+    backend: str | None = None,
+    torch_npu: Any = None,
+) -> Tensor:
+    """Memory-efficient attention with native GQA; ``layout`` 'bnsd' or 'sbnd' (output in the same layout).
+
+    ``impl='auto'`` picks per device (:func:`select_attention_impl`); ``backend`` forces the device
+    kind ('torch', 'cuda', 'npu') and ``torch_npu`` supplies the module for the NPU path.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"impl={impl!r}: expected one of {ATTENTION_IMPLS}")
+    if impl == "auto":
+        impl = select_attention_impl(query, attn_mask=attn_mask, dropout_p=dropout_p, backend=backend)
+    if impl == "npu":
+        return npu_fusion_attention(
+            query, key, value, layout=layout, causal=causal, attn_mask=attn_mask, dropout_p=dropout_p,
+            softmax_scale=softmax_scale, torch_npu=torch_npu,
+        )
+    if layout == "sbnd":
+        query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+    kwargs = dict(causal=causal, softmax_scale=softmax_scale)
+    if impl == "flash_attn":
+        if attn_mask is not None:
+            raise ValueError("impl='flash_attn' takes no attn_mask: use impl='sdpa'")
+        out = flash_attn_cuda(query, key, value, dropout_p=dropout_p, **kwargs)
+    elif impl == "sdpa":
+        out = sdpa_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
+    elif impl == "blockwise":
+        out = blockwise_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, **kwargs)
+    else:
+        if dropout_p:
+            raise ValueError("impl='math' is the dropout-free test reference")
+        out = attention_math(query, key, value, attn_mask=attn_mask, **kwargs)
+    if layout == "sbnd":
+        out = out.permute(2, 0, 1, 3)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# megatron-core module
+# ----------------------------------------------------------------------------------------------
+
+
+def is_causal_mask(mask: Tensor, s_q: int, s_k: int) -> bool:
+    """True when a bool mask (True = masked) is exactly the causal mask for every batch and head."""
+    if s_q != s_k or mask.dtype != torch.bool or mask.shape[-2:] != (s_q, s_k):
+        return False
+    causal = torch.triu(torch.ones(s_q, s_k, dtype=torch.bool, device=mask.device), diagonal=1)
+    return bool(torch.equal(mask, causal.expand_as(mask)))
+
+
+class FlashDotProductAttention(MegatronModule):
+    """Drop-in for megatron-core 0.16.1's local ``DotProductAttention`` backed by :func:`flash_attention`.
+
+    Same constructor and forward signatures; inputs ``[s, b, n, d]`` (n = this rank's query heads
+    for ``query``, its query groups for ``key``/``value``), output ``[s, b, n * d]``. Causal masks
+    are applied without materialising scores; a given ``attention_mask`` is used as megatron uses
+    it (as the whole mask), and recognised as causal when it is one. Dropout runs under megatron's
+    model-parallel RNG tracker like megatron's own. Not supported (raises): context parallelism,
+    sliding windows, softmax types other than 'vanilla', packed sequences, attention bias.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection: ProcessGroupCollection | None = None,
+    ):
+        super().__init__(config=config)
+        self.config: TransformerConfig = config
+        if config.context_parallel_size != 1:
+            raise ValueError("FlashDotProductAttention: context parallelism is not supported; use --context-parallel-size 1")
+        if config.softmax_type != "vanilla":
+            raise NotImplementedError(
+                f"FlashDotProductAttention: softmax_type={config.softmax_type!r} is not supported; drop --use-flash-attn"
+            )
+        if is_layer_window_attention(config.window_size, config.window_attn_skip_freq, layer_number):
+            raise NotImplementedError("FlashDotProductAttention: sliding-window attention is not supported; drop --use-flash-attn")
+        self.layer_number = max(1, layer_number)
+        self.attn_mask_type = attn_mask_type
+        self.attention_type = attention_type
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+        self.pg_collection = pg_collection
+        self.tp_group = pg_collection.tp
+        world_size = pg_collection.tp.size()
+        projection_size = config.kv_channels * config.num_attention_heads
+        self.hidden_size_per_partition = divide(projection_size, world_size)
+        self.hidden_size_per_attention_head = divide(projection_size, config.num_attention_heads)
+        self.num_attention_heads_per_partition = divide(config.num_attention_heads, world_size)
+        self.num_query_groups_per_partition = divide(config.num_query_groups, world_size)
+        self.softmax_scale = (
+            1.0 / math.sqrt(self.hidden_size_per_attention_head) if softmax_scale is None else softmax_scale
+        )
+        # megatron divides the scale by the layer number and multiplies it back in fp32 softmax:
+        # the product is what the kernel needs.
+        self.kernel_softmax_scale = self.softmax_scale
+        if config.apply_query_key_layer_scaling:
+            self.softmax_scale /= self.layer_number
+        self.attention_dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.impl = "auto"
+
+    # None: kernels follow the tensors' device; the --use-flash-attn patch may pin 'torch'/'cuda'/'npu'.
+    backend: str | None = None
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: Tensor | None = None,
+        packed_seq_params: Any = None,
+    ) -> Tensor:
+        """Attention over ``[s, b, n, d]`` inputs; returns ``[s_q, b, n_q * d]``."""
+        if packed_seq_params is not None:
+            raise NotImplementedError("FlashDotProductAttention: packed sequences are not supported")
+        if attention_bias is not None:
+            raise NotImplementedError("FlashDotProductAttention: attention_bias is not supported")
+        mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        s_q, b = query.shape[0], query.shape[1]
+        s_k = key.shape[0]
+        causal = mask_type == AttnMaskType.causal and attention_mask is None and s_q > 1
+        mask = attention_mask
+        if mask is not None and mask_type == AttnMaskType.causal and is_causal_mask(mask, s_q, s_k):
+            causal, mask = True, None
+        dropout_p = self.attention_dropout_p if self.training else 0.0
+        rng = contextlib.nullcontext()
+        if dropout_p > 0.0 and not self.config.sequence_parallel:
+            rng = tensor_parallel.get_cuda_rng_tracker().fork()
+        with rng:
+            context = flash_attention(
+                query, key, value, causal=causal, attn_mask=mask, dropout_p=dropout_p,
+                softmax_scale=self.kernel_softmax_scale, layout="sbnd", impl=self.impl, backend=self.backend,
+            )
+        return context.reshape(s_q, b, self.hidden_size_per_partition)

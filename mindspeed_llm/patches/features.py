@@ -1,0 +1,201 @@
+"""Op patches: megatron-core's local-spec seams swapped for the kernels in :mod:`mindspeed_llm.ops`.
+
+Base patches (group ``ops``), applied by the device layer at ``import mindspeed_llm`` through
+:func:`apply_base_op_patches`:
+
+- ``LocalSpecProvider.layer_norm`` and ``torch_norm.WrappedTorchNorm`` (with every copy megatron
+  imported: the final layernorm of ``TransformerBlock``, the spec modules' ``LNImpl``) become
+  :class:`~mindspeed_llm.ops.rmsnorm.MegatronNorm`: the same LayerNorm/RMSNorm math, plus support
+  for ``sequence_parallel=True``, which megatron's torch norm rejects. Same state-dict keys.
+
+Feature patches (group ``features``), enabled from the training flags by
+:func:`enable_feature_patches` / :func:`enable_feature_patches_from_args`:
+
+- ``--use-flash-attn``: ``LocalSpecProvider.core_attention`` returns
+  :class:`~mindspeed_llm.ops.attention.FlashDotProductAttention`.
+- ``--use-fused-rmsnorm``: ``RMSNorm.kernel`` becomes the device's fused kernel
+  (``torch.nn.functional.rms_norm`` on CPU/CUDA, ``npu_rms_norm`` on Ascend).
+- ``--use-fused-rotary-pos-emb``: wraps ``rope_utils._apply_rotary_pos_emb_bshd`` (the unfused
+  RoPE that megatron uses without Transformer Engine); interleaved and MLA variants keep megatron's.
+- ``--use-fused-swiglu``: replaces ``fused_bias_swiglu.bias_swiglu_impl`` (and the copy in
+  ``transformer.mlp``). Megatron's MLP calls it only when ``config.bias_activation_fusion`` is
+  True: build the config with :func:`transformer_config_overrides` (as Megatron-LM does by default
+  for ``--swiglu``), or the flag changes nothing.
+
+Why flash attention is a flag and not a base patch: ``--use-flash-attn`` is the switch Megatron-LM
+and MindSpeed users know, and a base patch would make it a flag that does nothing. It also changes
+numerics that a user may compare against megatron (its dropout draws a different mask; rows with
+no visible key give zeros where megatron averages all values) and does not cover sliding windows or
+learnable softmax offsets. The norm swap is base because it is numerically megatron's own and is
+needed for ``--sequence-parallel`` to work at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from argparse import Namespace
+from collections.abc import Callable
+from typing import Any
+
+from mindspeed_llm.patches.registry import PatchRegistry, registry
+
+BASE_GROUP = "ops"
+FEATURE_GROUP = "features"
+FEATURE_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
+_DEVICE_TO_BACKEND = {"cpu": "torch", "cuda": "cuda", "npu": "npu"}
+
+LOCAL_SPEC = "megatron.core.models.backends.LocalSpecProvider"
+ROPE_BSHD = "megatron.core.models.common.embeddings.rope_utils._apply_rotary_pos_emb_bshd"
+BIAS_SWIGLU = "megatron.core.fusions.fused_bias_swiglu.bias_swiglu_impl"
+
+
+def _local_layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
+    """Which module to use for layer norm: ours, for LayerNorm and RMSNorm alike."""
+    from mindspeed_llm.ops.rmsnorm import MegatronNorm
+
+    return MegatronNorm
+
+
+def _local_core_attention(self) -> type:
+    """Which module to use for attention: the flash-style kernel."""
+    from mindspeed_llm.ops.attention import FlashDotProductAttention
+
+    return FlashDotProductAttention
+
+
+def _register_base(reg: PatchRegistry) -> None:
+    from mindspeed_llm.ops.rmsnorm import MegatronNorm
+
+    reg.register(f"{LOCAL_SPEC}.layer_norm", _local_layer_norm, group=BASE_GROUP,
+                 description="local-spec norms support sequence parallel")
+    reg.register("megatron.core.transformer.torch_norm.WrappedTorchNorm", MegatronNorm, group=BASE_GROUP,
+                 description="torch norm (final layernorm too) supports sequence parallel")
+
+
+def apply_base_op_patches(device: str, reg: PatchRegistry = registry) -> None:
+    """Apply the op patches every device gets at import (the sequence-parallel-capable norms)."""
+    if device not in _DEVICE_TO_BACKEND:
+        raise ValueError(f"device={device!r}: expected one of {', '.join(_DEVICE_TO_BACKEND)}")
+    if not reg.patches(BASE_GROUP):
+        _register_base(reg)
+    reg.apply(BASE_GROUP)
+
+
+def revert_base_op_patches(reg: PatchRegistry = registry) -> None:
+    """Undo :func:`apply_base_op_patches`."""
+    reg.revert(BASE_GROUP)
+
+
+def _rope_wrapper(backend: str | None) -> Callable[[Callable], Callable]:
+    def wrap(original: Callable) -> Callable:
+        from mindspeed_llm.ops.rope import apply_rotary_pos_emb
+
+        @functools.wraps(original)
+        def _apply_rotary_pos_emb_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0):
+            if rotary_interleaved or multi_latent_attention:
+                return original(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
+            return apply_rotary_pos_emb(t, freqs, mscale, backend=backend)
+
+        return _apply_rotary_pos_emb_bshd
+
+    return wrap
+
+
+def _swiglu_wrapper(backend: str | None) -> Callable[[Callable], Callable]:
+    def wrap(original: Callable) -> Callable:
+        from mindspeed_llm.ops.swiglu import bias_swiglu
+
+        @functools.wraps(original)
+        def bias_swiglu_impl(input, bias, fp8_input_store=False, cpu_offload_input=False):
+            if fp8_input_store or cpu_offload_input:
+                return original(input, bias, fp8_input_store, cpu_offload_input)
+            return bias_swiglu(input, bias, backend=backend)
+
+        return bias_swiglu_impl
+
+    return wrap
+
+
+def _fused_rms_kernel(backend: str | None) -> staticmethod:
+    from mindspeed_llm.ops.rmsnorm import rms_norm
+
+    def fused_rms_norm(x, weight, eps):
+        return rms_norm(x, weight, eps, backend=backend)
+
+    return staticmethod(fused_rms_norm)
+
+
+def _backend_for(device: str | None) -> str | None:
+    if device is None:
+        return None  # each call dispatches on its tensors' device
+    if device not in _DEVICE_TO_BACKEND:
+        raise ValueError(f"device={device!r}: expected one of {', '.join(_DEVICE_TO_BACKEND)} or None")
+    if device == "npu":
+        from mindspeed_llm.ops.npu import require_torch_npu
+
+        require_torch_npu(op="enable_feature_patches(device='npu')")
+    return _DEVICE_TO_BACKEND[device]
+
+
+def enable_feature_patches(
+    use_flash_attn: bool = False,
+    use_fused_rmsnorm: bool = False,
+    use_fused_rotary_pos_emb: bool = False,
+    use_fused_swiglu: bool = False,
+    device: str | None = None,
+    reg: PatchRegistry = registry,
+) -> list[str]:
+    """Apply the feature patches for the given flags (replacing any enabled before); return their targets.
+
+    ``device`` ('cpu', 'cuda', 'npu') pins the kernels to that device's implementation; None lets
+    each call follow its tensors' device.
+    """
+    backend = _backend_for(device)
+    disable_feature_patches(reg)
+    chosen = []
+    if use_flash_attn:
+        chosen.append(reg.register(f"{LOCAL_SPEC}.core_attention", _local_core_attention, group=FEATURE_GROUP,
+                                   description="--use-flash-attn: flash-style core attention"))
+        if backend is not None:
+            chosen.append(reg.register("mindspeed_llm.ops.attention.FlashDotProductAttention.backend", backend,
+                                       group=FEATURE_GROUP, description=f"attention kernels pinned to {device}"))
+    if use_fused_rmsnorm:
+        chosen.append(reg.register("mindspeed_llm.ops.rmsnorm.RMSNorm.kernel", _fused_rms_kernel(backend),
+                                   group=FEATURE_GROUP, description="--use-fused-rmsnorm"))
+    if use_fused_rotary_pos_emb:
+        chosen.append(reg.register(ROPE_BSHD, wrapper=_rope_wrapper(backend), group=FEATURE_GROUP,
+                                   description="--use-fused-rotary-pos-emb"))
+    if use_fused_swiglu:
+        chosen.append(reg.register(BIAS_SWIGLU, wrapper=_swiglu_wrapper(backend), group=FEATURE_GROUP,
+                                   description="--use-fused-swiglu (needs config.bias_activation_fusion)"))
+    for patch in chosen:
+        patch.apply()
+    return [patch.target for patch in chosen]
+
+
+def disable_feature_patches(reg: PatchRegistry = registry) -> None:
+    """Revert every feature patch, restoring megatron-core's (or the base patches') originals."""
+    reg.revert(FEATURE_GROUP)
+
+
+def _flags_from_args(args: Namespace) -> dict[str, bool]:
+    return {flag: bool(getattr(args, flag, False)) for flag in FEATURE_FLAGS}
+
+
+def enable_feature_patches_from_args(args: Namespace, device: str | None = None, reg: PatchRegistry = registry) -> list[str]:
+    """:func:`enable_feature_patches` from a parsed argparse Namespace (missing flags count as off)."""
+    flags = _flags_from_args(args)
+    if flags["use_fused_swiglu"] and getattr(args, "swiglu", True) is False:
+        raise ValueError("--use-fused-swiglu needs --swiglu (a gated SiLU MLP); add --swiglu or drop the flag")
+    position = getattr(args, "position_embedding_type", "rope")
+    if flags["use_fused_rotary_pos_emb"] and position not in ("rope", "yarn", "mrope"):
+        raise ValueError(
+            f"--use-fused-rotary-pos-emb needs rotary embeddings, got --position-embedding-type {position}"
+        )
+    return enable_feature_patches(**flags, device=device, reg=reg)
+
+
+def transformer_config_overrides(use_fused_swiglu: bool = False, **_: Any) -> dict[str, Any]:
+    """``TransformerConfig`` fields the feature flags need: ``--use-fused-swiglu`` routes megatron's
+    MLP through ``bias_swiglu_impl`` only with ``bias_activation_fusion=True``."""
+    return {"bias_activation_fusion": True} if use_fused_swiglu else {}
