@@ -10,6 +10,7 @@ import torch
 from mindspeed_llm.checkpoint.convert import ConvertOptions, build_stage, check_parallel
 from mindspeed_llm.checkpoint.errors import VerificationError
 from mindspeed_llm.checkpoint.sources import MgSource
+from mindspeed_llm.models.builder import build_gpt_model
 from mindspeed_llm.models.families import ModelConfig
 
 DEFAULT_TOLERANCE = 1e-4
@@ -70,8 +71,6 @@ def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = Non
     """float32 logits of our megatron-core model with the checkpoint's weights merged to TP1/PP1."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
-
-    from mindspeed_llm.models.builder import build_gpt_model
 
     source = MgSource(mg_root, iteration=iteration, hf_dir=hf_dir)
     cfg = source.cfg.replace(params_dtype=torch.float32)

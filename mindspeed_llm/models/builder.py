@@ -6,6 +6,11 @@ from typing import Any
 
 import torch
 
+# Imported here, not lazily: torch.distributed's init clears dynamo's rule cache, and megatron's
+# @jit_fuser modules then fail to import under the CPU device layer (see docs/checkpoint.md).
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
 from mindspeed_llm.models.families import ModelConfig
 
 
@@ -38,9 +43,6 @@ def build_gpt_model(
     ``transformer_config`` is used as given; otherwise one is made from ``model_config`` with the
     parallel sizes of ``parallel_state`` and ``config_overrides`` on top.
     """
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
     if transformer_config is None:
         overrides = parallel_overrides()
         overrides.update(config_overrides)
