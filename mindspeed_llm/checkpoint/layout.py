@@ -174,4 +174,8 @@ def load_rank_state(root: str | os.PathLike, iteration: int | str | None, tp_ran
     path = checkpoint_file_for(root, iteration, tp_rank, pp_rank, pp_size)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}")
-    return safe_torch_load(path, mmap=mmap)
+    try:
+        return safe_torch_load(path, mmap=mmap)
+    except (RuntimeError, EOFError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} cannot be read ({first_line}): the file is damaged; copy it again") from None
