@@ -255,6 +255,27 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
     torch.distributed.barrier()
 
 
+def _load_distributed_optimizer_state(optimizer, path: str) -> None:
+    """``load_parameter_state`` of megatron-core 0.16.1, working around two of its gaps without TE/Apex.
+
+    Native torch Adam keeps a per-parameter ``step`` that ``get_parameter_state_dp_zero`` does not
+    save, yet the loader copies every state key (KeyError 'step'); the step is already restored from
+    the param groups by ``load_state_dict`` (one tensor shared by all parameters, which torch Adam
+    would increment once per parameter), so it is set aside meanwhile and put back as copies. fp32 main params are views of
+    the model's leaf parameters, so the copies run under ``no_grad``.
+    """
+    inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
+    steps = [(state, state.pop("step")) for opt in inner for state in opt.state.values() if "step" in state]
+    try:
+        with torch.no_grad():
+            optimizer.load_parameter_state(path)
+    finally:
+        for state, step in steps:
+            # load_state_dict gave every parameter the *same* step tensor; torch Adam increments it in
+            # place once per parameter, so each needs its own copy for the resumed run to match.
+            state["step"] = step.clone()
+
+
 # ---- load --------------------------------------------------------------------------------------------------------
 def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
                     iteration: int | str | None) -> tuple[int, float]:
@@ -306,7 +327,7 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
             if not os.path.isfile(optim_path):
                 raise CheckpointError(f"{optim_path} not found: the checkpoint was saved without "
                                       "--use-distributed-optimizer; add --no-load-optim to load its weights")
-            optimizer.load_parameter_state(optim_path)
+            _load_distributed_optimizer_state(optimizer, optim_path)
         scheduler.load_state_dict(state["opt_param_scheduler"])
         optimizer_loaded = True
     if not optimizer_loaded and hasattr(optimizer, "reload_model_params"):

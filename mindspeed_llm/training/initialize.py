@@ -121,6 +121,10 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     )
     set_seed(args.seed)
     enable_feature_patches(args)
+    if args.sequence_parallel:
+        from mindspeed_llm.training.sequence_parallel import enable_sequence_parallel_norm
+
+        enable_sequence_parallel_norm()
     set_args(args)
     noops = kernel_noop_flags(args, args.device)
     if noops:

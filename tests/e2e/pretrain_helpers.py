@@ -1,0 +1,109 @@
+"""Helpers for the pretrain_gpt.py end-to-end tests: tiny data, tiny converted checkpoints, runs, log parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.conftest import REPO_ROOT, torchrun
+
+PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
+VOCAB = 128  # rows of the tiny HF models (tests/checkpoint/tiny_models.py)
+EOD = 2  # their tokenizer's </s>
+_LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")
+
+
+def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, seed: int = 0) -> str:
+    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data writes."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    for _ in range(docs):
+        n = int(rng.integers(16, 96))
+        ids = np.append(rng.integers(3, vocab, n), EOD).astype(np.int64)
+        builder.add_document(torch.from_numpy(ids), [len(ids)])
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
+
+
+def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.float32, num_layers: int = 4) -> Path:
+    """A tiny random HF model folder (with tokenizer), made by transformers."""
+    from tests.checkpoint.tiny_models import make_tiny_hf_model
+
+    make_tiny_hf_model(str(folder), kind, dtype=dtype, num_layers=num_layers)
+    return folder
+
+
+def convert_hf_to_mg(hf_dir: Path, save_dir: Path, tp: int = 1, pp: int = 1, **extra) -> Path:
+    """convert_ckpt.py hf -> mg (in this process, through its library function)."""
+    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    convert(ConvertOptions(load_model_type="hf", save_model_type="mg", load_dir=str(hf_dir), save_dir=str(save_dir),
+                           target_tp=tp, target_pp=pp, add_qkv_bias=cfg["architectures"][0] == "Qwen2ForCausalLM",
+                           progress=False, **extra))
+    return save_dir
+
+
+def model_flags(hf_dir: Path) -> list[str]:
+    """Megatron model flags that describe the HF model in ``hf_dir``."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    flags = [
+        "--use-mcore-models", "--num-layers", cfg["num_hidden_layers"], "--hidden-size", cfg["hidden_size"],
+        "--ffn-hidden-size", cfg["intermediate_size"], "--num-attention-heads", cfg["num_attention_heads"],
+        "--group-query-attention", "--num-query-groups", cfg["num_key_value_heads"],
+        "--max-position-embeddings", cfg["max_position_embeddings"], "--position-embedding-type", "rope",
+        "--rotary-base", cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        "--normalization", "RMSNorm", "--norm-epsilon", cfg["rms_norm_eps"], "--swiglu", "--disable-bias-linear",
+        "--attention-dropout", "0.0", "--hidden-dropout", "0.0", "--make-vocab-size-divisible-by", "1",
+    ]
+    if cfg["architectures"][0] == "Qwen2ForCausalLM":
+        flags.append("--add-qkv-bias")
+    if not cfg.get("tie_word_embeddings", False):
+        flags.append("--untie-embeddings-and-output-weights")
+    return [str(f) for f in flags]
+
+
+def train_flags(data: str, *, iters: int = 6, mbs: int = 1, gbs: int = 4, seq: int = 32, lr: float = 3e-3) -> list[str]:
+    """Training flags of the tiny runs (NullTokenizer: ids 0..126 and EOD 127; vocabulary 128)."""
+    return [str(f) for f in [
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", VOCAB - 1, "--data-path", data, "--split", "100,0,0",
+        "--seq-length", seq, "--micro-batch-size", mbs, "--global-batch-size", gbs, "--train-iters", iters,
+        "--lr", lr, "--min-lr", lr / 10, "--lr-decay-style", "cosine", "--lr-warmup-iters", 1, "--weight-decay", 0.1,
+        "--clip-grad", 1.0, "--adam-beta1", 0.9, "--adam-beta2", 0.95, "--seed", 1234, "--log-interval", 1,
+        "--eval-iters", 0, "--num-workers", 0,
+    ]]
+
+
+def run_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240) -> str:
+    """pretrain_gpt.py under torchrun; its stdout (raises with the output on failure)."""
+    return torchrun(PRETRAIN, *flags, nproc=nproc, env=env, timeout=timeout).stdout
+
+
+def losses(stdout: str) -> dict[int, float]:
+    """{iteration: lm loss} from Megatron's log lines."""
+    return {int(m.group(1)): float(m.group(2)) for m in _LOSS_LINE.finditer(stdout)}
+
+
+def loss_strings(stdout: str) -> dict[int, str]:
+    """{iteration: lm loss as printed} (for exact comparisons)."""
+    return {int(m.group(1)): m.group(2) for m in _LOSS_LINE.finditer(stdout)}
+
+
+def assert_close_losses(got: dict[int, float], want: dict[int, float], rel: float = 1e-5, label: str = "") -> None:
+    """Same iterations, each loss within ``rel`` relative difference."""
+    assert sorted(got) == sorted(want), f"{label}: iterations {sorted(got)} != {sorted(want)}"
+    for it in want:
+        diff = abs(got[it] - want[it]) / abs(want[it])
+        assert diff <= rel, f"{label}: iteration {it} loss {got[it]} vs {want[it]} (relative {diff:.2e})"
+
+
+def python() -> str:
+    return sys.executable

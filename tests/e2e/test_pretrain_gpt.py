@@ -1,0 +1,173 @@
+"""pretrain_gpt.py end to end on CPU/gloo: parallel layouts agree, resume is exact, saves survive SIGKILL,
+sequence parallelism, tied embeddings at PP2, bf16 back to HF. Tiny models converted by convert_ckpt."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, free_port
+from tests.e2e.pretrain_helpers import (
+    PRETRAIN,
+    assert_close_losses,
+    convert_hf_to_mg,
+    loss_strings,
+    losses,
+    make_hf_model,
+    make_indexed_dataset,
+    model_flags,
+    run_pretrain,
+    train_flags,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Qwen2 HF model, its TP1/TP2/PP2 conversions, and an indexed dataset."""
+    root = tmp_path_factory.mktemp("pretrain")
+    hf = make_hf_model(root / "hf")
+    ckpts = {(tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}pp{pp}", tp, pp) for tp, pp in [(1, 1), (2, 1), (1, 2)]}
+    data = make_indexed_dataset(root / "data" / "corpus_text_document")
+    return {"root": root, "hf": hf, "ckpts": ckpts, "data": data, "flags": model_flags(hf) + train_flags(data)}
+
+
+def _parallel(tp: int, pp: int) -> list[str]:
+    return ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny) -> dict[int, float]:
+    """Losses of iterations 1..6 on one process, TP1 PP1, from the converted weights."""
+    out = run_pretrain(*tiny["flags"], *_parallel(1, 1), "--load", str(tiny["ckpts"][1, 1]), "--finetune")
+    got = losses(out)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6], out[-3000:]
+    return got
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_tp2_and_pp2_match_one_process(tiny, baseline, layout):
+    tp, pp = (2, 1) if layout == "tp2" else (1, 2)
+    out = run_pretrain(*tiny["flags"], *_parallel(tp, pp), "--load", str(tiny["ckpts"][tp, pp]), "--finetune", nproc=2)
+    assert_close_losses(losses(out), baseline, label=layout)
+
+
+def test_dp2_distributed_optimizer_matches_and_resumes_exactly(tiny, baseline):
+    """DP2 (distributed optimizer, overlapped communication) equals TP1; resuming at 3 repeats 4..6 exactly."""
+    save = tiny["root"] / "dp2_save"
+    flags = [*tiny["flags"], *_parallel(1, 1), "--use-distributed-optimizer", "--overlap-grad-reduce",
+             "--overlap-param-gather"]
+    unbroken = run_pretrain(*flags, "--load", str(tiny["ckpts"][1, 1]), "--finetune", "--save", str(save),
+                            "--save-interval", "3", nproc=2)
+    assert_close_losses(losses(unbroken), baseline, label="dp2")
+    assert (save / "iter_0000003" / "mp_rank_00" / "distrib_optim.pt").is_file()
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+
+    at3 = tiny["root"] / "dp2_at3"
+    shutil.copytree(save / "iter_0000003", at3 / "iter_0000003")
+    (at3 / "latest_checkpointed_iteration.txt").write_text("3")
+    resumed = run_pretrain(*flags, "--load", str(at3), nproc=2)
+    assert "from iteration 3 to 6" in resumed
+    want = {it: s for it, s in loss_strings(unbroken).items() if it > 3}
+    assert loss_strings(resumed) == want
+
+
+def test_sequence_parallel_tp2_matches_tp1_and_norms_stay_identical(tiny, baseline):
+    save = tiny["root"] / "sp_save"
+    out = run_pretrain(*tiny["flags"], *_parallel(2, 1), "--sequence-parallel", "--load", str(tiny["ckpts"][2, 1]),
+                       "--finetune", "--save", str(save), nproc=2)
+    assert_close_losses(losses(out), baseline, label="tp2 + sequence parallel")
+    ranks = [torch.load(save / "iter_0000006" / f"mp_rank_0{r}" / "model_optim_rng.pt", weights_only=False)["model"]
+             for r in (0, 1)]
+    start = torch.load(tiny["ckpts"][2, 1] / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)["model"]
+    norms = [k for k in ranks[0] if k.endswith("layernorm.weight")]
+    assert len(norms) == 2 * 4 + 1
+    for key in norms:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        assert not torch.equal(ranks[0][key], start[key]), f"{key} did not train"
+
+
+def test_tied_embeddings_train_at_pp2_like_pp1(tmp_path):
+    hf = make_hf_model(tmp_path / "hf_tied", kind="qwen2_tied")
+    data = make_indexed_dataset(tmp_path / "data" / "tied_text_document", seed=1)
+    flags = model_flags(hf) + train_flags(data)
+    assert "--untie-embeddings-and-output-weights" not in flags
+    one = run_pretrain(*flags, "--load", str(convert_hf_to_mg(hf, tmp_path / "pp1")), "--finetune")
+    two = run_pretrain(*flags, *_parallel(1, 2), "--load", str(convert_hf_to_mg(hf, tmp_path / "pp2", 1, 2)),
+                       "--finetune", nproc=2)
+    assert len(losses(one)) == 6
+    assert_close_losses(losses(two), losses(one), label="tied pp2")
+
+
+def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path):
+    """The test hook pauses inside the save of iteration 4; SIGKILL there; iteration 2 still loads and resumes."""
+    save = tmp_path / "ckpt"
+    flags = [*tiny["flags"], "--load", str(save), "--save", str(save), "--save-interval", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+           "MINDSPEED_LLM_TEST_PAUSE_IN_SAVE": "4"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), str(PRETRAIN), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=REPO_ROOT, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "paused in checkpoint save at iteration 4" in line:
+                break
+        else:
+            pytest.fail("the run ended without pausing in the save:\n" + "".join(lines[-40:]))
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    killed = loss_strings("".join(lines))
+    assert "no checkpoint in" in "".join(lines)  # first start with --load == --save: fresh, and says so
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert list((save / "iter_0000004").rglob("*.tmp")), "the kill should land after the new files were begun"
+
+    # Resume from iteration 2 (the same auto-resume command); --exit-interval 4 saves and exits 0.
+    out = run_pretrain(*flags, "--exit-interval", "4")
+    assert "from iteration 2 to 6" in out
+    assert {it: s for it, s in loss_strings(out).items()} == {3: killed[3], 4: killed[4]}
+    assert "exiting program at iteration 4" in out
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+
+
+def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
+    """bf16 (fp32 main params, fp32 grad reduce) with the HF tokenizer; the trained checkpoint -> HF -> transformers."""
+    hf = make_hf_model(tmp_path / "hf", dtype=torch.bfloat16)
+    mg = convert_hf_to_mg(hf, tmp_path / "mg")
+    data = make_indexed_dataset(tmp_path / "data" / "small_text_document", docs=12, seed=2)  # few docs: learnable
+    flags = model_flags(hf) + train_flags(data, iters=12, lr=1e-2)
+    tok = flags.index("--tokenizer-type")
+    flags[tok:tok + 4] = ["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", str(hf)]
+    save = tmp_path / "trained"
+    out = run_pretrain(*flags, "--bf16", "--load", str(mg), "--finetune", "--save", str(save))
+    got = losses(out)
+    assert len(got) == 12
+    assert sum(list(got.values())[-3:]) / 3 < sum(list(got.values())[:3]) / 3 - 0.3, got
+
+    state = torch.load(save / "iter_0000012" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)
+    assert state["model"]["embedding.word_embeddings.weight"].dtype == torch.bfloat16
+    assert state["optimizer"]["fp32_from_fp16_params"][0][0].dtype == torch.float32
+
+    from transformers import AutoModelForCausalLM
+
+    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+
+    target = tmp_path / "back_to_hf"
+    convert(ConvertOptions(load_model_type="mg", save_model_type="hf", load_dir=str(save), save_dir=str(target),
+                           hf_dir=str(hf), progress=False))
+    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
+    trained = state["model"]["decoder.final_layernorm.weight"].float()
+    torch.testing.assert_close(model.model.norm.weight.detach(), trained)
+    ids = torch.randint(3, 120, (1, 16))
+    assert torch.isfinite(model(ids, labels=ids).loss)
