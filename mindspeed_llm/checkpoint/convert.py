@@ -256,7 +256,7 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
                 for tp_rank in range(tp):
                     state = layout.make_rank_state(shards[tp_rank], args, iteration)
                     layout.save_rank_state(tmp, iteration, tp_rank, pp_rank, pp, state)
-                    shards[tp_rank] = None
+                    shards[tp_rank] = state = None  # free this rank's tensors before the next
         layout.write_tracker(tmp, iteration)
     return os.path.abspath(opts.save_dir)
 

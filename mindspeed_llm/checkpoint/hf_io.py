@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mindspeed_llm.checkpoint.errors import CheckpointError
@@ -19,8 +19,37 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
 
+_ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def read_safetensors_header(path: str) -> tuple[dict, int]:
+    """(tensor entries of the JSON header, byte offset where the data starts) of one safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("shorter than 8 bytes")
+            n = struct.unpack("<Q", head)[0]
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
+    header.pop("__metadata__", None)
+    data_start = 8 + n
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if os.path.getsize(path) < data_start + end:
+        raise CheckpointError(f"{path} is truncated ({os.path.getsize(path)} bytes, header needs "
+                              f"{data_start + end}): re-download it")
+    return header, data_start
+
+
 class HfReader:
-    """Opens an HF folder's safetensors shards and reads one tensor at a time (nothing is preloaded)."""
+    """An HF folder's safetensors shards, read one tensor at a time with plain reads.
+
+    Plain ``readinto`` (not mmap) keeps exactly one copy of each tensor in memory and no file pages
+    mapped into the process, so peak memory follows what the converter holds, not what it has read.
+    """
 
     def __init__(self, folder: str):
         self.folder = folder
@@ -40,7 +69,7 @@ class HfReader:
                 raise CheckpointError(
                     f"{index_path} names shards that are missing: {', '.join(missing_files)}; re-download them"
                 )
-            self.weight_map = dict(weight_map)
+            files = sorted(set(weight_map.values()))
         else:
             files = sorted(e for e in entries if e.endswith(".safetensors"))
             if not files:
@@ -50,43 +79,51 @@ class HfReader:
                         "them to safetensors first (transformers: model.save_pretrained(dir, safe_serialization=True))"
                     )
                 raise CheckpointError(f"--load-dir {folder} has no *.safetensors weights (nor {INDEX_FILENAME})")
-            self.weight_map = {}
-            for name in files:
-                with safe_open(os.path.join(folder, name), framework="pt") as f:
-                    for key in f.keys():
-                        self.weight_map[key] = name
-        self._handles: dict[str, object] = {}
+        # name -> (file, dtype, shape, absolute begin, absolute end)
+        self._entries: dict[str, tuple[str, torch.dtype, list[int], int, int]] = {}
+        for name in files:
+            path = os.path.join(folder, name)
+            header, start = read_safetensors_header(path)
+            for key, e in header.items():
+                if e["dtype"] not in _ST_DTYPES:
+                    raise CheckpointError(f"{path}: tensor {key} has dtype {e['dtype']}, which is not supported")
+                b, end = e["data_offsets"]
+                self._entries[key] = (path, _ST_DTYPES[e["dtype"]], list(e["shape"]), start + b, start + end)
+        self._files: dict[str, object] = {}
 
     def names(self) -> set[str]:
         """All tensor names present."""
-        return set(self.weight_map)
+        return set(self._entries)
 
     def dtype(self) -> torch.dtype:
-        """dtype of the embedding (the checkpoint's dtype), from the header."""
-        name = "model.embed_tokens.weight"
-        code = self._handle(name).get_slice(name).get_dtype()
-        return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
-                "F64": torch.float64}[code]
-
-    def _handle(self, name: str):
-        file = self.weight_map[name]
-        handle = self._handles.get(file)
-        if handle is None:
-            handle = safe_open(os.path.join(self.folder, file), framework="pt")
-            self._handles[file] = handle
-        return handle
-
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor from its shard."""
-        return self._handle(name).get_tensor(name)
+        """dtype of the embedding (the checkpoint's dtype)."""
+        return self._entries["model.embed_tokens.weight"][1]
 
     def shape(self, name: str) -> list[int]:
-        """Shape of one tensor, from the file header only."""
-        return self._handle(name).get_slice(name).get_shape()
+        """Shape of one tensor, from the header."""
+        return self._entries[name][2]
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor into fresh memory."""
+        path, dtype, shape, begin, end = self._entries[name]
+        f = self._files.get(path)
+        if f is None:
+            f = open(path, "rb")  # noqa: SIM115 - kept open across calls, closed by close()
+            self._files[path] = f
+        tensor = torch.empty(shape, dtype=dtype)
+        buf = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
+        if buf is not None:
+            f.seek(begin)
+            got = f.readinto(memoryview(buf))
+            if got != end - begin:
+                raise CheckpointError(f"{path}: tensor {name} is truncated: re-download the file")
+        return tensor
 
     def close(self) -> None:
-        """Drop the open shard handles."""
-        self._handles.clear()
+        """Close the shard files."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
 
 class HfShardWriter:
