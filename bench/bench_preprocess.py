@@ -44,8 +44,12 @@ def _lexicon(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.array(sorted(words), dtype=object)
 
 
-def generate_corpus(path: str, size_mb: float, seed: int = 0) -> None:
-    """JSON lines of {"text": ...} documents, about size_mb MiB of text, deterministic."""
+def generate_corpus(path: str, size_mb: float, seed: int = 0, mean_words: float = 300.0) -> None:
+    """JSON lines of {"text": ...} documents, about size_mb MiB of text, deterministic.
+
+    Document lengths are log-normal with about ``mean_words`` words on average (300 words, about
+    2 KiB, is web-text-like; 40 is alpaca-like).
+    """
     rng = np.random.default_rng(seed)
     lexicon = _lexicon(rng, 400_000)
     ranks = np.arange(1, lexicon.size + 1, dtype=np.float64)
@@ -58,7 +62,8 @@ def generate_corpus(path: str, size_mb: float, seed: int = 0) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         while written < target:
             n_docs = 200
-            doc_words = np.clip(rng.lognormal(mean=5.3, sigma=0.9, size=n_docs).astype(int), 1, 20000)
+            mu = np.log(mean_words) - 0.9**2 / 2
+            doc_words = np.clip(rng.lognormal(mean=mu, sigma=0.9, size=n_docs).astype(int), 1, 20000)
             words = lexicon[rng.choice(lexicon.size, size=int(doc_words.sum()), p=probs)]
             seps = punct[rng.integers(0, punct.size, size=words.size)]
             pieces = np.empty(words.size * 2, dtype=object)
@@ -144,14 +149,20 @@ def run_baseline(corpus: str, tokenizer_path: str, prefix: str, workers: int) ->
 # ---------------------------------------------------------------- measurement
 
 
-def _measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS and peak PSS (MiB, summed over the process tree) of a command.
+def _measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, float]:
+    """Wall seconds, CPU seconds, peak RSS and peak PSS (MiB, summed over the process tree) of a command.
+
+    CPU seconds (user + sys of the command and every worker it waited for) are the fairer measure
+    on a machine shared with other work.
 
     Forked workers share the parent's pages, so summed RSS counts shared pages once per process;
     PSS splits each shared page among the processes that map it.
     """
+    import resource
+
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     parent = psutil.Process(proc.pid)
@@ -172,10 +183,12 @@ def _measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, flo
             pass
         time.sleep(0.1)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return elapsed, peak_rss / 2**20, peak_pss / 2**20
+    return elapsed, cpu, peak_rss / 2**20, peak_pss / 2**20
 
 
 def _count_tokens(prefix: str) -> int:
@@ -194,6 +207,8 @@ def _digest(prefix: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=200.0, help="corpus size in MiB (default 200)")
+    parser.add_argument("--mean-words", type=float, default=300.0,
+                        help="mean words per document (default 300, about 2 KiB: web-text-like)")
     parser.add_argument("--vocab", type=int, default=100_000, help="BPE vocabulary size (default 100000)")
     parser.add_argument("--train-mb", type=float, default=24.0, help="MiB of corpus to train the BPE on")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -211,11 +226,12 @@ def main() -> int:
         return 0
 
     os.makedirs(args.work_dir, exist_ok=True)
-    corpus = os.path.join(args.work_dir, f"corpus_{args.size_mb:g}mb.jsonl")
+    tag = "" if args.mean_words == 300.0 else f"_{args.mean_words:g}w"
+    corpus = os.path.join(args.work_dir, f"corpus_{args.size_mb:g}mb{tag}.jsonl")
     tok_dir = os.path.join(args.work_dir, f"bpe_{args.vocab}")
     t0 = time.perf_counter()
     if not os.path.exists(corpus):
-        generate_corpus(corpus, args.size_mb)
+        generate_corpus(corpus, args.size_mb, mean_words=args.mean_words)
     print(f"corpus {corpus}: {os.path.getsize(corpus) / 2**20:.1f} MiB ({time.perf_counter() - t0:.0f} s)",
           file=sys.stderr)
     if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
@@ -243,37 +259,41 @@ def main() -> int:
         for name, cmd in runs:
             prefix = cmd[cmd.index("--output-prefix") + 1] if "--output-prefix" in cmd else cmd[-2]
             print(f"running {name} --workers {workers}", file=sys.stderr)
-            elapsed, rss, pss = _measure(cmd)
+            elapsed, cpu, rss, pss = _measure(cmd)
             tokens = _count_tokens(prefix) // (2 if vocab < 65500 else 4)
             digests[(name, workers)] = _digest(prefix)
-            rows.append((name, workers, elapsed, tokens / elapsed, os.path.getsize(corpus) / 2**20 / elapsed, rss, pss))
+            rows.append((name, workers, elapsed, cpu, tokens, os.path.getsize(corpus) / 2**20 / elapsed, rss, pss))
     same = len(set(digests.values())) == 1
     flat_mb = args.flat_check_mb if args.flat_check_mb is not None else args.size_mb / 4
     if flat_mb > 0:
-        small = os.path.join(args.work_dir, f"corpus_{flat_mb:g}mb.jsonl")
+        small = os.path.join(args.work_dir, f"corpus_{flat_mb:g}mb{tag}.jsonl")
         if not os.path.exists(small):
-            generate_corpus(small, flat_mb)
+            generate_corpus(small, flat_mb, mean_words=args.mean_words)
         workers = max(args.workers)
         prefix = os.path.join(out, f"small_w{workers}")
         cmd = [sys.executable, os.path.join(ROOT, "preprocess_data.py"), "--input", small,
                "--tokenizer-name-or-path", tok_dir, "--output-prefix", prefix, "--workers", str(workers),
                "--append-eod", "--log-interval", "100000000"]
         print(f"running preprocess_data.py on {flat_mb:g} MiB", file=sys.stderr)
-        elapsed, rss, pss = _measure(cmd)
+        elapsed, cpu, rss, pss = _measure(cmd)
         tokens = _count_tokens(prefix) // (2 if vocab < 65500 else 4)
-        rows.append((f"preprocess_data.py, {os.path.getsize(small) / 2**20:.0f} MiB corpus", workers, elapsed,
-                     tokens / elapsed, os.path.getsize(small) / 2**20 / elapsed, rss, pss))
+        rows.append((f"preprocess_data.py, {os.path.getsize(small) / 2**20:.0f} MiB corpus", workers, elapsed, cpu,
+                     tokens, os.path.getsize(small) / 2**20 / elapsed, rss, pss))
     print(f"\n{os.path.getsize(corpus) / 2**20:.0f} MiB JSON lines, byte-level BPE vocabulary {vocab}, --append-eod; "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}; outputs byte-identical: {same}\n")
-    print("| tool | --workers | wall s | tokens/s | MiB/s | peak RSS MiB (sum) | peak PSS MiB (sum) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, workers, elapsed, tps, mbs, rss, pss in rows:
-        print(f"| {name} | {workers} | {elapsed:.1f} | {tps:,.0f} | {mbs:.2f} | {rss:.0f} | {pss:.0f} |")
-    base = {w: tps for n, w, _, tps, _, _, _ in rows if n.startswith("per-document")}
-    for name, workers, _, tps, _, _, _ in rows:
-        if name == "preprocess_data.py" and workers in base:
-            print(f"\nspeed-up at --workers {workers}: {tps / base[workers]:.2f}x", end="")
+    print("| tool | --workers | wall s | tokens/s (wall) | MiB/s (wall) | CPU s | tokens per CPU s "
+          "| peak RSS MiB (sum) | peak PSS MiB (sum) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, workers, elapsed, cpu, tokens, mbs, rss, pss in rows:
+        print(f"| {name} | {workers} | {elapsed:.1f} | {tokens / elapsed:,.0f} | {mbs:.2f} | {cpu:.1f} "
+              f"| {tokens / cpu:,.0f} | {rss:.0f} | {pss:.0f} |")
+    base = {w: (tokens / elapsed, tokens / cpu) for n, w, elapsed, cpu, tokens, *_ in rows if n.startswith("per-doc")}
     print()
+    for name, workers, elapsed, cpu, tokens, *_ in rows:
+        if name == "preprocess_data.py" and workers in base:
+            wall_x = tokens / elapsed / base[workers][0]
+            cpu_x = tokens / cpu / base[workers][1]
+            print(f"speed-up at --workers {workers}: {wall_x:.2f}x tokens/s (wall), {cpu_x:.2f}x tokens per CPU second")
     return 0 if same else 1
 
 
