@@ -33,6 +33,7 @@ needed for ``--sequence-parallel`` to work at all.
 from __future__ import annotations
 
 import functools
+import importlib
 from argparse import Namespace
 from collections.abc import Callable
 from typing import Any
@@ -63,9 +64,20 @@ def _local_core_attention(self) -> type:
     return FlashDotProductAttention
 
 
+# Modules that copy WrappedTorchNorm at import (`LNImpl = WrappedTorchNorm`): imported before the
+# patch applies, so the registry rebinds their copies and revert restores them.
+_NORM_COPY_HOLDERS = (
+    "megatron.core.models.backends",
+    "megatron.core.models.gpt.gpt_layer_specs",
+    "megatron.core.transformer.transformer_block",
+)
+
+
 def _register_base(reg: PatchRegistry) -> None:
     from mindspeed_llm.ops.rmsnorm import MegatronNorm
 
+    for module in _NORM_COPY_HOLDERS:
+        importlib.import_module(module)
     reg.register(f"{LOCAL_SPEC}.layer_norm", _local_layer_norm, group=BASE_GROUP,
                  description="local-spec norms support sequence parallel")
     reg.register("megatron.core.transformer.torch_norm.WrappedTorchNorm", MegatronNorm, group=BASE_GROUP,
