@@ -147,6 +147,9 @@ class IndexedDatasetWriter:
                 offset = ends[-1]
             idx.write(np.zeros(1, dtype=np.int64).tobytes())
             self._copy_chunks(self._doc_tmp, np.int64, idx)
+        # An old .idx goes first, so at no moment does a complete-looking .idx sit beside a .bin
+        # it does not describe.
+        self._remove(self.idx_path)
         os.replace(self._bin_tmp, self.bin_path)
         os.replace(self._idx_tmp, self.idx_path)
         self._remove(self._len_tmp, self._doc_tmp)

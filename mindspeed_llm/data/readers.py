@@ -129,10 +129,11 @@ def available_columns(source: InputSource) -> list[str]:
                 return next(csv.reader(f), [])
         if fmt == "txt":
             return [TXT_COLUMN]
-        for batch in _iter_json(path, fmt, columns=None, batch_rows=1, skip_bad_rows=True):
-            if batch.num_rows:
-                return list(batch.columns)
-        return []
+        for json_path in source.files:
+            for batch in _iter_json(json_path, fmt, columns=None, batch_rows=1, skip_bad_rows=True):
+                if batch.num_rows:
+                    return list(batch.columns)
+        raise PreprocessError(f"--input {path}: no JSON object found (empty input); check the file")
     except PreprocessError:
         raise
     except (OSError, pa.ArrowException) as exc:

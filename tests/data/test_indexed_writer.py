@@ -108,3 +108,11 @@ def test_append_dataset_concatenates(tmp_path):
     assert (tmp_path / "m.bin").read_bytes() == (tmp_path / "all.bin").read_bytes()
     index = read_index(str(tmp_path / "m"))
     assert index.document_indices.tolist() == [0, 1, 1, 2, 3, 4]
+
+
+def test_rewriting_replaces_an_existing_dataset(tmp_path):
+    _write(str(tmp_path / "d"), [[1, 2, 3], [4]], np.uint16)
+    _write(str(tmp_path / "d"), [[7]], np.uint16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin", "d.idx"]
+    ds = IndexedDataset(str(tmp_path / "d"))
+    assert len(ds) == 1 and ds[0].tolist() == [7]
