@@ -324,9 +324,12 @@ def mg_to_hf_target(save_dir: str) -> str:
 
 def convert_mg_to_hf(opts: ConvertOptions) -> str:
     """Legacy Megatron checkpoint (any TP/PP, any iteration) -> HF folder; returns the folder written."""
-    source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
-    hf_dir = source.hf_dir
     target = mg_to_hf_target(opts.save_dir)
+    hf_dir = opts.hf_dir
+    if hf_dir is None and target != opts.save_dir:
+        hf_dir = opts.save_dir  # MindSpeed's form: --save-dir is the original HF folder
+    source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=hf_dir)
+    hf_dir = source.hf_dir
     dtype = opts.params_dtype or source.dtype
     try:
         return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, overwrite=opts.overwrite,

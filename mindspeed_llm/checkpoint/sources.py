@@ -150,8 +150,9 @@ class MgSource:
                 "(virtual-pipeline checkpoints are not supported by the converter)"
             )
         self.args = first.get("args") or argparse.Namespace()
-        self.hf_dir = hf_dir or getattr(self.args, "hf_dir", None)
-        self.cfg = model_config_from_args(self.args, hf_dir)
+        recorded = getattr(self.args, "hf_dir", None)
+        self.hf_dir = hf_dir or (recorded if recorded and os.path.isdir(recorded) else None)
+        self.cfg = model_config_from_args(self.args, self.hf_dir)
         self.dtype = first["model"][EMBEDDING.mcore].dtype
         self.cfg.params_dtype = self.dtype
         self.padded_vocab_size = first["model"][EMBEDDING.mcore].shape[0] * self.tp
