@@ -192,3 +192,26 @@ def test_seed_command_works_as_written(hf_models, tmp_path):
     assert state["model"]["output_layer.weight"].dtype == torch.bfloat16
     assert state["args"].tokenizer_model.endswith("tokenizer.json")
     assert not [p for p in os.listdir(root.parent) if ".tmp-" in p]
+
+
+def test_mg_to_hf_reads_a_training_style_checkpoint(hf_models, tmp_path):
+    """Any iteration, optimizer/RNG state present (ignored), no hf_dir recorded: --hf-dir supplies the config."""
+    import numpy as np
+
+    from mindspeed_llm.checkpoint import save_rank_state, write_tracker
+
+    folder, ref_logits = hf_models["llama"]
+    mg = convert(_opts("hf", "mg", folder, str(tmp_path / "mg"), target_tp=2))
+    trained = str(tmp_path / "trained")
+    for tp in range(2):
+        state = load_rank_state(mg, 1, tp, 0, 1, mmap=False)
+        del state["args"].hf_dir, state["args"].hf_config
+        state.update(iteration=20, optimizer={"state": {0: {"exp_avg": torch.zeros(3)}}},
+                     opt_param_scheduler={"num_steps": 20},
+                     rng_state=[{"random_rng_state": ("x",), "np_rng_state": np.random.get_state(),
+                                 "torch_rng_state": torch.get_rng_state()}])
+        save_rank_state(trained, 20, tp, 0, 1, state)
+    write_tracker(trained, 20)
+    back = convert(_opts("mg", "hf", trained, str(tmp_path / "hf"), hf_dir=folder))
+    a, b = _hf_tensors(folder), _hf_tensors(back)
+    assert all(torch.equal(a[k], b[k]) for k in a)

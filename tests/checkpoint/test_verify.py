@@ -46,3 +46,19 @@ def test_verify_fails_loudly_on_a_corrupted_tensor(tmp_path, qwen):
     with pytest.raises(VerificationError, match="max \\|Δlogit\\|"):
         verify_checkpoint(qwen, mg, log=lambda s: None)
     assert os.path.isdir(mg)
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},  # Llama 3.1: megatron-core's built-in parameters
+    {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+     "original_max_position_embeddings": 64},  # other parameters: the builder recomputes inv_freq
+])
+def test_llama31_rope_scaling_verifies(tmp_path, scaling):
+    folder = str(tmp_path / "hf")
+    make_tiny_hf_model(folder, "llama", rope_scaling=scaling, rope_theta=500000.0)
+    mg = str(tmp_path / "mg")
+    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", folder, "--save-dir", mg,
+                 "--no-progress"]) == 0
+    diff = verify_checkpoint(folder, mg, log=lambda s: None)
+    assert diff is not None and diff <= 1e-4
