@@ -18,8 +18,12 @@ EOD = 2  # their tokenizer's </s>
 _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")
 
 
-def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, seed: int = 0) -> str:
-    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data writes."""
+def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, seed: int = 0,
+                         learnable: bool = False) -> str:
+    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data writes.
+
+    ``learnable``: each document counts up in steps of 7 from a random start (a bigram a model learns fast).
+    """
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -27,17 +31,20 @@ def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, s
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
     for _ in range(docs):
         n = int(rng.integers(16, 96))
-        ids = np.append(rng.integers(3, vocab, n), EOD).astype(np.int64)
+        body = 3 + (rng.integers(0, vocab - 3) + 7 * np.arange(n)) % (vocab - 3) if learnable else \
+            rng.integers(3, vocab, n)
+        ids = np.append(body, EOD).astype(np.int64)
         builder.add_document(torch.from_numpy(ids), [len(ids)])
     builder.finalize(f"{prefix}.idx")
     return str(prefix)
 
 
-def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.float32, num_layers: int = 4) -> Path:
+def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.float32, num_layers: int = 4,
+                  **kwargs) -> Path:
     """A tiny random HF model folder (with tokenizer), made by transformers."""
     from tests.checkpoint.tiny_models import make_tiny_hf_model
 
-    make_tiny_hf_model(str(folder), kind, dtype=dtype, num_layers=num_layers)
+    make_tiny_hf_model(str(folder), kind, dtype=dtype, num_layers=num_layers, **kwargs)
     return folder
 
 
