@@ -1,0 +1,51 @@
+"""Two "nodes" on loopback (two torchrun invocations, NNODES=2, NODE_RANK 0/1) train together.
+
+Each node has its own copy of the data and so its own dataset-cache folder: with --no-shared-storage
+every node's first process builds the index there (otherwise only global rank 0 would, and node 1
+would find no cache).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port
+from tests.e2e.pretrain_helpers import PRETRAIN, losses, make_indexed_dataset, train_flags
+
+pytestmark = pytest.mark.slow
+
+MODEL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
+         "--group-query-attention", "--num-query-groups", "2", "--swiglu", "--disable-bias-linear",
+         "--normalization", "RMSNorm", "--position-embedding-type", "rope", "--untie-embeddings-and-output-weights",
+         "--attention-dropout", "0", "--hidden-dropout", "0", "--make-vocab-size-divisible-by", "1"]
+
+
+def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
+    port = free_port()
+    procs, data = [], []
+    for node in (0, 1):
+        prefix = make_indexed_dataset(tmp_path / f"node{node}" / "dataset" / "corpus_text_document", seed=5)
+        data.append(prefix)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), str(PRETRAIN),
+               *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      cwd=tmp_path / f"node{node}"))
+    outs = []
+    for proc in procs:
+        try:
+            outs.append(proc.communicate(timeout=240)[0])
+        finally:
+            proc.kill()
+    for node, (proc, out) in enumerate(zip(procs, outs)):
+        assert proc.returncode == 0, f"node {node} failed:\n{out[-5000:]}"
+    assert "initialized world of 2" in outs[0] and "DP=2" in outs[0]
+    assert sorted(losses(outs[1])) == [1, 2, 3, 4]  # the last rank (node 1) prints the progress
+    for prefix in data:
+        cache = os.path.join(prefix, "cache", "GPTDataset_indices")  # megatron-core puts it under the prefix
+        assert any(name.endswith("shuffle_index.npy") for name in os.listdir(cache)), f"no index built in {cache}"
