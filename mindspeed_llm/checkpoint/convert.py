@@ -255,7 +255,7 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
                                      dtype=dtype, bar=bar)
                 for tp_rank in range(tp):
                     state = layout.make_rank_state(shards[tp_rank], args, iteration)
-                    layout.save_rank_state(tmp, iteration, tp_rank, pp_rank, pp, state)
+                    layout.save_rank_state(tmp, iteration, tp_rank, pp_rank, pp, state, crc32=False)
                     shards[tp_rank] = state = None  # free this rank's tensors before the next
         layout.write_tracker(tmp, iteration)
     return os.path.abspath(opts.save_dir)

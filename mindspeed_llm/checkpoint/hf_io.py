@@ -99,25 +99,38 @@ class HfReader:
         """dtype of the embedding (the checkpoint's dtype)."""
         return self._entries["model.embed_tokens.weight"][1]
 
+    def entry_dtype(self, name: str) -> torch.dtype:
+        """dtype of one tensor, from the header."""
+        return self._entries[name][1]
+
     def shape(self, name: str) -> list[int]:
         """Shape of one tensor, from the header."""
         return self._entries[name][2]
 
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor into fresh memory."""
+        _, dtype, shape, _, _ = self._entries[name]
+        tensor = torch.empty(shape, dtype=dtype)
+        self.read_rows_into(name, tensor, 0, shape[0] if shape else 1)
+        return tensor
+
+    def read_rows_into(self, name: str, out: torch.Tensor, start: int, stop: int) -> None:
+        """Read rows ``[start, stop)`` (dim 0) of a tensor straight into ``out`` (contiguous, same dtype)."""
         path, dtype, shape, begin, end = self._entries[name]
+        if out.dtype != dtype or not out.is_contiguous():
+            raise ValueError(f"read_rows_into({name}): out must be a contiguous {dtype} tensor")
+        if out.numel() == 0:
+            return
+        row_bytes = (end - begin) // (shape[0] if shape else 1)
         f = self._files.get(path)
         if f is None:
             f = open(path, "rb")  # noqa: SIM115 - kept open across calls, closed by close()
             self._files[path] = f
-        tensor = torch.empty(shape, dtype=dtype)
-        buf = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
-        if buf is not None:
-            f.seek(begin)
-            got = f.readinto(memoryview(buf))
-            if got != end - begin:
-                raise CheckpointError(f"{path}: tensor {name} is truncated: re-download the file")
-        return tensor
+        f.seek(begin + start * row_bytes)
+        want = (stop - start) * row_bytes
+        got = f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        if got != want:
+            raise CheckpointError(f"{path}: tensor {name} is truncated: re-download the file")
 
     def close(self) -> None:
         """Close the shard files."""

@@ -21,8 +21,8 @@ from mindspeed_llm.checkpoint.mapping import (
     FINAL_NORM,
     OUTPUT_LAYER,
     TensorMapping,
+    Transform,
     expected_hf_names,
-    hf_to_mcore,
     layer_mappings,
     unshard,
 )
@@ -108,8 +108,28 @@ class HfSource:
         return self.reader.get(OUTPUT_LAYER.hf[0])
 
     def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
-        """Full mcore tensor of one row for a global layer number."""
-        return hf_to_mcore(m, [self.reader.get(n.format(i=layer)) for n in m.hf], self.cfg)
+        """Full mcore tensor of one row for a global layer number.
+
+        QKV and gate/up are read straight into their megatron layout (no concatenation copies).
+        """
+        names = [n.format(i=layer) for n in m.hf]
+        if m.transform is Transform.COPY:
+            return self.reader.get(names[0])
+        shapes = [self.reader.shape(n) for n in names]
+        out = torch.empty([sum(s[0] for s in shapes), *shapes[0][1:]], dtype=self.reader.entry_dtype(names[0]))
+        if m.transform is Transform.GATE_UP:
+            rows = shapes[0][0]
+            self.reader.read_rows_into(names[0], out[:rows], 0, rows)
+            self.reader.read_rows_into(names[1], out[rows:], 0, shapes[1][0])
+            return out
+        d, groups = self.cfg.kv_channels, self.cfg.num_query_groups
+        q_rows = self.cfg.num_attention_heads // groups * d
+        row = 0
+        for g in range(groups):
+            for name, n in ((names[0], q_rows), (names[1], d), (names[2], d)):
+                self.reader.read_rows_into(name, out[row:row + n], g * n, (g + 1) * n)
+                row += n
+        return out
 
     def close(self) -> None:
         self.reader.close()
