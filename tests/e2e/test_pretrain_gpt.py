@@ -173,3 +173,13 @@ def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
     torch.testing.assert_close(model.model.norm.weight.detach(), trained)
     ids = torch.randint(3, 120, (1, 16))
     assert torch.isfinite(model(ids, labels=ids).loss)
+
+
+def test_cli_error_for_missing_load_folder_is_one_clear_line(tiny, tmp_path):
+    missing = tmp_path / "no_such_ckpt"
+    proc = subprocess.run([sys.executable, str(PRETRAIN), *tiny["flags"], "--load", str(missing)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 1
+    assert f"error: --load {missing}: the folder does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,88 @@
+"""Megatron flag parsing and validation: derived sizes and the errors a user can act on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mindspeed_llm.training.arguments import (
+    ArgumentError,
+    kernel_noop_flags,
+    model_config_from_args,
+    parse_args,
+    transformer_config_from_args,
+    validate_args,
+)
+
+BASE = ("--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
+        "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document")
+
+
+def args_for(extra: str = "", world: int = 1):
+    return validate_args(parse_args((BASE + " " + extra).split()), world)
+
+
+def test_data_parallel_size_and_micro_batches_are_derived():
+    args = args_for("--tensor-model-parallel-size 2 --micro-batch-size 2 --global-batch-size 16", world=8)
+    assert (args.data_parallel_size, args.num_microbatches) == (4, 2)
+    assert args.ffn_hidden_size == 192  # Megatron's SwiGLU default: 2/3 of 4h rounded up to 64
+    assert args.num_query_groups == 4 and args.kv_channels == 16
+
+
+@pytest.mark.parametrize("extra, world, words", [
+    ("--micro-batch-size 2 --global-batch-size 6", 2, ["--global-batch-size 6", "multiple of 4"]),
+    ("--pipeline-model-parallel-size 3", 3, ["--num-layers 4", "--num-layer-list"]),
+    ("--tensor-model-parallel-size 2", 3, ["world size 3", "multiple of 2"]),
+    ("--fp16", 1, ["--bf16"]),
+    ("--ckpt-format torch_dist", 1, ["--ckpt-format torch"]),
+    ("--context-parallel-size 2", 1, ["--context-parallel-size"]),
+    ("--transformer-impl transformer_engine", 1, ["--transformer-impl local"]),
+    ("--normalization LayerNorm", 1, ["RMSNorm"]),
+    ("--num-layer-list 1,2", 2, ["--num-layer-list 1,2", "add up to --num-layers 4"]),
+    ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
+])
+def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
+    with pytest.raises(ArgumentError) as err:
+        args_for(extra, world)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_missing_required_flags_are_listed():
+    with pytest.raises(ArgumentError, match="--train-iters"):
+        validate_args(parse_args("--num-layers 2 --hidden-size 8 --num-attention-heads 2 --seq-length 8 --lr 1".split()),
+                      1)
+
+
+def test_tensorboard_dir_without_tensorboard_is_a_clear_error():
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ArgumentError, match="pip install tensorboard"):
+            args_for("--tensorboard-dir tb")
+    else:
+        assert args_for("--tensorboard-dir tb").tensorboard_dir == "tb"
+
+
+def test_bf16_keeps_fp32_gradient_reduction():
+    args = args_for("--bf16")
+    assert args.params_dtype == torch.bfloat16 and args.accumulate_allreduce_grads_in_fp32
+
+
+def test_kernel_only_flags_are_reported_as_no_ops():
+    args = args_for("--no-gradient-accumulation-fusion --no-masked-softmax-fusion --distributed-backend nccl "
+                    "--initial-loss-scale 4096 --bf16")
+    noops = kernel_noop_flags(args, "cpu")
+    assert "--no-gradient-accumulation-fusion" in noops and "--no-masked-softmax-fusion" in noops
+    assert any("initial-loss-scale" in n for n in noops) and any("distributed-backend" in n for n in noops)
+
+
+def test_transformer_config_follows_the_flags():
+    args = args_for("--group-query-attention --num-query-groups 2 --add-qkv-bias --bf16 --recompute-granularity full "
+                    "--recompute-method uniform --recompute-num-layers 1 --attention-dropout 0 --hidden-dropout 0")
+    model = model_config_from_args(args, vocab_rows=101)
+    config = transformer_config_from_args(args, model)
+    assert (config.num_query_groups, config.add_qkv_bias, config.bf16) == (2, True, True)
+    assert config.params_dtype == torch.bfloat16 and config.recompute_granularity == "full"
+    assert model.architecture == "Qwen2ForCausalLM" and model.tie_word_embeddings
