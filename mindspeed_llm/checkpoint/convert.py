@@ -302,9 +302,19 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
         source.close()
 
 
+def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
+    """Flags given for an mg source must agree with the checkpoint (they are not needed: it knows)."""
+    check_model_type_hf(opts.model_type_hf, source.cfg)
+    if opts.add_qkv_bias and not source.cfg.add_qkv_bias:
+        raise CheckpointError(
+            f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop --add-qkv-bias"
+        )
+
+
 def convert_mg_to_mg(opts: ConvertOptions) -> str:
     """Reshard a legacy Megatron checkpoint to another TP/PP (same iteration)."""
     source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
+    check_mg_flags(source, opts)
     if opts.padded_vocab_size is None and opts.make_vocab_size_divisible_by == 1:
         divisor = getattr(source.args, "make_vocab_size_divisible_by", 1) or 1
         opts = copy.copy(opts)
@@ -329,6 +339,7 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
     if hf_dir is None and target != opts.save_dir:
         hf_dir = opts.save_dir  # MindSpeed's form: --save-dir is the original HF folder
     source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=hf_dir)
+    check_mg_flags(source, opts)
     hf_dir = source.hf_dir
     dtype = opts.params_dtype or source.dtype
     try:

@@ -38,11 +38,16 @@ def _available_memory() -> int:
         return 1 << 62
 
 
-def hf_logits(hf_dir: str, ids: torch.Tensor) -> torch.Tensor:
-    """float32 logits of transformers' model (eager attention) for ``ids``."""
+def weights_dtype(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The dtype both sides' weights are rounded to before computing in float32 (the narrower one)."""
+    return b if a == torch.float32 else a
+
+
+def hf_logits(hf_dir: str, ids: torch.Tensor, *, round_to: torch.dtype = torch.float32) -> torch.Tensor:
+    """float32 logits of transformers' model (eager attention), weights rounded to ``round_to`` first."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=round_to, attn_implementation="eager").float()
     model.eval()
     with torch.no_grad():
         return model(ids).logits[0].float()
@@ -67,7 +72,7 @@ def _ensure_single_process_parallel_state() -> bool:
 
 
 def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = None,
-                    iteration: int | str | None = None) -> torch.Tensor:
+                    iteration: int | str | None = None, round_to: torch.dtype = torch.float32) -> torch.Tensor:
     """float32 logits of our megatron-core model with the checkpoint's weights merged to TP1/PP1."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -76,7 +81,8 @@ def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = Non
     cfg = source.cfg.replace(params_dtype=torch.float32)
     counts = check_parallel(cfg, 1, 1, None)
     state = build_stage(source, cfg, tp=1, pp=1, counts=counts, pp_rank=0, padded=source.padded_vocab_size,
-                        dtype=torch.float32)[0]
+                        dtype=round_to)[0]
+    state = {k: v.float() if v is not None else None for k, v in state.items()}
     source.close()
     created = _ensure_single_process_parallel_state()
     try:
@@ -108,14 +114,16 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
     source = MgSource(mg_root, iteration=iteration, hf_dir=hf_dir)
     cfg = source.cfg
     source.close()
+    hf_dtype = ModelConfig.from_hf_config(hf_dir).params_dtype
+    round_to = weights_dtype(hf_dtype, source.dtype)  # e.g. fp32 HF converted with --params-dtype bf16
     need, have = _memory_needed(cfg), _available_memory()
     if need > have:
         log(f"verify: skipped: holding both models in float32 needs ~{need / 2**30:.1f} GiB, "
             f"{have / 2**30:.1f} GiB available")
         return None
     ids = verify_tokens(cfg, num_tokens)
-    ref = hf_logits(hf_dir, ids)
-    ours = megatron_logits(mg_root, ids, hf_dir=hf_dir, iteration=iteration)
+    ref = hf_logits(hf_dir, ids, round_to=round_to)
+    ours = megatron_logits(mg_root, ids, hf_dir=hf_dir, iteration=iteration, round_to=round_to)
     diff = (ref - ours).abs().max().item()
     log(f"verify: max |Δlogit| = {diff:.3e} over {num_tokens} tokens (tolerance {tolerance:.0e}) "
         f"between {os.path.abspath(hf_dir)} and {os.path.abspath(mg_root)}")

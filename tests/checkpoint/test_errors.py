@@ -150,3 +150,17 @@ def test_mg_load_dir_that_is_not_a_checkpoint(capsys, tmp_path, models):
     code, err = _run(capsys, "--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", models["qwen"],
                      "--save-dir", str(tmp_path / "hf"))
     assert code == 2 and "latest_checkpointed_iteration.txt" in err
+
+
+def test_mg_source_flags_must_agree_with_the_checkpoint(capsys, tmp_path, models):
+    base = ["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", models["mg"]]
+    code, err = _run(capsys, *base, "--save-dir", str(tmp_path / "a"), "--model-type-hf", "mistral")
+    assert code == 2 and "contradicts" in err
+    llama_mg = str(tmp_path / "llama_mg")
+    assert _run(capsys, *_hf2mg(models["llama"], llama_mg))[0] == 0
+    code, err = _run(capsys, "--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", llama_mg,
+                     "--save-dir", str(tmp_path / "b"), "--add-qkv-bias")
+    assert code == 2 and "drop --add-qkv-bias" in err
+    # MindSpeed's mg->hf form passes --model-type-hf llama2 --add-qkv-bias for Qwen: accepted
+    assert _run(capsys, *base, "--save-dir", str(tmp_path / "c"), "--model-type-hf", "llama2", "--add-qkv-bias")[0] == 0
+    _assert_clean(tmp_path)

@@ -62,3 +62,11 @@ def test_llama31_rope_scaling_verifies(tmp_path, scaling):
                  "--no-progress"]) == 0
     diff = verify_checkpoint(folder, mg, log=lambda s: None)
     assert diff is not None and diff <= 1e-4
+
+
+def test_verify_compares_at_the_converted_dtype(capsys, tmp_path, qwen):
+    """fp32 HF -> bf16 megatron: both sides' weights are rounded to bf16, then run in float32."""
+    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen,
+                 "--save-dir", str(tmp_path / "mg"), "--add-qkv-bias", "--params-dtype", "bf16", "--verify",
+                 "--no-progress"]) == 0
+    assert "verify: max |Δlogit| = " in capsys.readouterr().out

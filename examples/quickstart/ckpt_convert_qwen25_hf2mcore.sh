@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Quick start step 3: HF -> Megatron-mcore, TP1 PP2 (the seed's command with the quick start's paths).
+set -euo pipefail
+QS_OUT=${QS_OUT:-./quickstart_output}
+HF_DIR=${HF_DIR:-$QS_OUT/model_from_hf/qwen2.5-tiny-hf}
+python ./convert_ckpt.py \
+    --use-mcore-models \
+    --model-type GPT \
+    --load-model-type hf \
+    --save-model-type mg \
+    --target-tensor-parallel-size 1 \
+    --target-pipeline-parallel-size 2 \
+    --add-qkv-bias \
+    --load-dir "$HF_DIR/" \
+    --save-dir "$QS_OUT/model_weights/qwen2.5_mcore/" \
+    --tokenizer-model "$HF_DIR/tokenizer.json" \
+    --model-type-hf llama2 \
+    --overwrite

@@ -1,0 +1,47 @@
+"""The quick start's six steps, at a smaller size, offline (HF_HUB_OFFLINE=1), as `make quickstart` runs them."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from safetensors import safe_open
+
+from mindspeed_llm.quickstart.summary import losses_from_log
+from tests.conftest import REPO_ROOT, free_port
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
+    out = tmp_path / "qs"
+    env = {
+        **os.environ, "QS_OUT": str(out), "QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "LOG_INTERVAL": "1",
+        "SEQ_LEN": "64", "GBS": "2", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    for step in ("1-2/6", "3/6", "4/6", "5/6", "6/6"):
+        assert f"step {step}" in proc.stdout
+
+    hf_dir = out / "model_from_hf" / "qwen2.5-tiny-hf"
+    assert (out / "model_weights" / "qwen2.5_mcore" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert (out / "dataset" / "alpaca_text_document.idx").is_file()
+    ckpt = out / "ckpt" / "qwen2.5_tiny_pretrain"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    assert sorted(p.name for p in (ckpt / "iter_0000006").iterdir()) == ["mp_rank_00_000", "mp_rank_00_001"]
+
+    losses = losses_from_log((out / "logs" / "train_mcore_qwen25_tiny.log").read_text())
+    assert [it for it, _ in losses] == [2, 3, 4, 5, 6]  # resumed from the converted iteration 1
+    assert losses[-1][1] < losses[0][1]
+
+    # The trained model came back as an HF folder with the original tokenizer, in the training dtype.
+    back = hf_dir / "mg2hf"
+    config = json.loads((back / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["tie_word_embeddings"] is True
+    assert (back / "tokenizer.json").is_file()
+    shard = next(back.glob("*.safetensors"))
+    with safe_open(str(shard), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype.is_floating_point
+    assert "[generate] continuation" in proc.stdout
