@@ -4,7 +4,8 @@
         --head-dim 128] [--repeats 2] [--impls megatron ours blockwise]
 
 Qwen2.5-7B-like attention (28 query heads, 4 KV groups, head dim 128), batch 1, causal mask built
-by the module (``attention_mask=None``), dropout 0 (Qwen2.5's setting). Implementations:
+by the module (``attention_mask=None``), dropout 0 (Qwen2.5's setting; ``--dropout`` to change).
+Implementations:
 
 * ``megatron``: ``megatron.core.transformer.dot_product_attention.DotProductAttention``;
 * ``ours``: ``mindspeed_llm.ops.attention.FlashDotProductAttention`` as ``--use-flash-attn``
@@ -38,7 +39,8 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_case(impl: str, seq: int, dtype_name: str, heads: int, groups: int, head_dim: int, repeats: int) -> dict:
+def run_case(impl: str, seq: int, dtype_name: str, heads: int, groups: int, head_dim: int, repeats: int,
+             dropout: float = 0.0) -> dict:
     """One measurement in this process (called in a fresh subprocess by :func:`main`)."""
     import torch
     import torch.distributed as dist
@@ -57,7 +59,7 @@ def run_case(impl: str, seq: int, dtype_name: str, heads: int, groups: int, head
     model_parallel_cuda_manual_seed(1234)
     config = TransformerConfig(
         num_layers=1, hidden_size=heads * head_dim, num_attention_heads=heads, num_query_groups=groups,
-        kv_channels=head_dim, attention_dropout=0.0, bf16=dtype == torch.bfloat16, params_dtype=dtype,
+        kv_channels=head_dim, attention_dropout=dropout, bf16=dtype == torch.bfloat16, params_dtype=dtype,
     )
     cls = DotProductAttention if impl == "megatron" else FlashDotProductAttention
     module = cls(config=config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
@@ -93,7 +95,7 @@ def run_case(impl: str, seq: int, dtype_name: str, heads: int, groups: int, head
 def _spawn(args: argparse.Namespace, impl: str, seq: int, dtype: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--case", impl, str(seq), dtype,
            "--heads", str(args.heads), "--groups", str(args.groups), "--head-dim", str(args.head_dim),
-           "--repeats", str(args.repeats)]
+           "--repeats", str(args.repeats), "--dropout", str(args.dropout)]
     # Fixed mmap threshold: glibc then returns every large freed block to the OS at once, so RSS
     # follows live memory (its default dynamic threshold would keep freed blocks and hide peaks).
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -114,18 +116,21 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="attention dropout (ours then runs the blockwise kernel: SDPA's CPU flash has none)")
     parser.add_argument("--case", nargs=3, metavar=("IMPL", "SEQ", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         impl, seq, dtype = args.case
-        print(json.dumps(run_case(impl, int(seq), dtype, args.heads, args.groups, args.head_dim, args.repeats)))
+        print(json.dumps(run_case(impl, int(seq), dtype, args.heads, args.groups, args.head_dim, args.repeats,
+                                  args.dropout)))
         return
 
     import torch
 
     print(f"# bench_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), heads {args.heads}/{args.groups} kv, "
-          f"head dim {args.head_dim}, batch 1, causal, fwd+bwd, min of {args.repeats}")
+          f"head dim {args.head_dim}, batch 1, causal, dropout {args.dropout}, fwd+bwd, min of {args.repeats}")
     rows = []
     for dtype in args.dtypes:
         for seq in args.seqs:

@@ -241,8 +241,8 @@ def blockwise_attention(
     attn_mask: Tensor | None = None,
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
-    block_q: int = 512,
-    block_k: int = 512,
+    block_q: int = 256,
+    block_k: int = 256,
     seed: int | None = None,
 ) -> Tensor:
     """Flash-style attention in pure torch on ``[b, n, s, d]``; never holds more than one score block.
@@ -251,6 +251,9 @@ def blockwise_attention(
     query's device (so megatron's RNG tracker fork governs it, as it does for megatron's dropout).
     """
     _check_shapes(query, key, value, causal)
+    # Contiguous blocks keep the matmuls on oneDNN/MKL's fast paths (bf16 slices of a permuted
+    # [s, b, n, d] tensor were 10x slower); the copies are O(s * n * d), nothing next to the scores.
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     if dropout_p > 0.0 and seed is None:
         seed = int(torch.randint(0, 2**62, (1,), device=query.device).item())
     return _BlockwiseAttention.apply(
