@@ -70,3 +70,15 @@ def test_verify_compares_at_the_converted_dtype(capsys, tmp_path, qwen):
                  "--save-dir", str(tmp_path / "mg"), "--add-qkv-bias", "--params-dtype", "bf16", "--verify",
                  "--no-progress"]) == 0
     assert "verify: max |Δlogit| = " in capsys.readouterr().out
+
+
+def test_verify_says_why_it_skips_when_memory_is_short(tmp_path, qwen, monkeypatch):
+    import mindspeed_llm.checkpoint.verify as verify
+
+    mg = str(tmp_path / "mg")
+    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen, "--save-dir", mg,
+                 "--add-qkv-bias", "--no-progress"]) == 0
+    monkeypatch.setattr(verify, "_available_memory", lambda: 1024)
+    lines = []
+    assert verify.verify_checkpoint(qwen, mg, log=lines.append) is None
+    assert lines and lines[0].startswith("verify: skipped: holding both models in float32 needs")
