@@ -7,7 +7,9 @@ import os
 
 import torch
 
-FIXTURES = os.environ.get("MINDSPEED_HF_CONFIG_FIXTURES", "/work/shared/fixtures/hf_configs")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# CI lays ../shared beside the checkout (as tests/conftest.py expects); without it the keys are written out below.
+FIXTURES = os.path.join(os.path.dirname(_REPO), "shared", "fixtures", "hf_configs")
 
 # Real key sets (fixtures), scaled down.
 _BASE = {
