@@ -40,9 +40,12 @@ def _rss_mib() -> float:
 
 
 def run_case(impl: str, seq: int, dtype_name: str, heads: int, groups: int, head_dim: int, repeats: int,
-             dropout: float = 0.0) -> dict:
+             dropout: float = 0.0, threads: int = 0) -> dict:
     """One measurement in this process (called in a fresh subprocess by :func:`main`)."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -95,7 +98,8 @@ def run_case(impl: str, seq: int, dtype_name: str, heads: int, groups: int, head
 def _spawn(args: argparse.Namespace, impl: str, seq: int, dtype: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--case", impl, str(seq), dtype,
            "--heads", str(args.heads), "--groups", str(args.groups), "--head-dim", str(args.head_dim),
-           "--repeats", str(args.repeats), "--dropout", str(args.dropout)]
+           "--repeats", str(args.repeats), "--dropout", str(args.dropout),
+           "--threads", str(args.threads)]
     # Fixed mmap threshold: glibc then returns every large freed block to the OS at once, so RSS
     # follows live memory (its default dynamic threshold would keep freed blocks and hide peaks).
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -118,18 +122,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="attention dropout (ours then runs the blockwise kernel: SDPA's CPU flash has none)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per case (0: torch's default). On a machine shared with other "
+                             "work, 1 avoids OpenMP barrier stalls that penalise many-small-op kernels")
     parser.add_argument("--case", nargs=3, metavar=("IMPL", "SEQ", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         impl, seq, dtype = args.case
         print(json.dumps(run_case(impl, int(seq), dtype, args.heads, args.groups, args.head_dim, args.repeats,
-                                  args.dropout)))
+                                  args.dropout, args.threads)))
         return
 
     import torch
 
+    threads = args.threads or torch.get_num_threads()
     print(f"# bench_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), heads {args.heads}/{args.groups} kv, "
+          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({threads} threads), heads {args.heads}/{args.groups} kv, "
           f"head dim {args.head_dim}, batch 1, causal, dropout {args.dropout}, fwd+bwd, min of {args.repeats}")
     rows = []
     for dtype in args.dtypes:
