@@ -1,0 +1,111 @@
+"""Each model's example scripts agree with the model and with each other (dry runs, no training).
+
+For every model: the hf->mcore script's flags parse and pass the converter's checks against the
+model's real HF config (TP/PP divide heads, groups and layers; --model-type-hf and --add-qkv-bias
+fit the architecture); the mcore->hf script reads what hf->mcore wrote; the pretrain script's flags
+parse and validate for its world size, describe the same architecture as config.json, and load the
+converted checkpoint with the same TP/PP and padded vocabulary. Launchers are replaced by a
+recorder of their arguments (a stand-in for `python`/`torchrun`, not for anything under test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mindspeed_llm.checkpoint.cli import build_parser, options_from_args
+from mindspeed_llm.checkpoint.convert import check_parallel, target_padded_vocab
+from mindspeed_llm.models.families import ModelConfig, check_model_type_hf
+from mindspeed_llm.training.arguments import parse_args, validate_args
+from tests.conftest import HF_CONFIG_FIXTURES, REPO_ROOT, free_port
+
+EX = "examples/mcore"
+# Public Qwen2.5 shapes for the sizes without a fixture file (the 7B fixture's keys otherwise).
+QWEN25_SHAPES = {
+    "1point5b": dict(num_hidden_layers=28, hidden_size=1536, intermediate_size=8960, num_attention_heads=12,
+                     num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "14b": dict(num_hidden_layers=48, hidden_size=5120, intermediate_size=13824, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+    "32b": dict(num_hidden_layers=64, hidden_size=5120, intermediate_size=27648, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+    "72b": dict(num_hidden_layers=80, hidden_size=8192, intermediate_size=29568, num_attention_heads=64,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+}
+
+# model: (config.json source, hf2mcore, mcore2hf, pretrain)
+MODELS = {
+    "qwen2.5-0.5b": ("qwen2.5-0.5b.json", f"{EX}/qwen25/ckpt_convert_qwen25_0point5b_hf2mcore.sh",
+                     f"{EX}/qwen25/ckpt_convert_qwen25_0point5b_mcore2hf.sh",
+                     f"{EX}/qwen25/pretrain_qwen25_0point5b_32k_ptd.sh"),
+    "qwen2.5-7b": ("qwen2.5-7b.json", f"{EX}/qwen25/ckpt_convert_qwen25_hf2mcore.sh",
+                   f"{EX}/qwen25/ckpt_convert_qwen25_mcore2hf.sh", f"{EX}/qwen25/pretrain_qwen25_7b_32k_ptd.sh"),
+    **{f"qwen2.5-{size}": (size, f"{EX}/qwen25/ckpt_convert_qwen25_{size}_hf2mcore.sh",
+                           f"{EX}/qwen25/ckpt_convert_qwen25_{size}_mcore2hf.sh",
+                           f"{EX}/qwen25/pretrain_qwen25_{size}_32k_ptd.sh") for size in QWEN25_SHAPES},
+    "llama-2-7b": ("llama-2-7b.json", f"{EX}/llama2/ckpt_convert_llama2_hf2mcore.sh",
+                   f"{EX}/llama2/ckpt_convert_llama2_mcore2hf.sh", f"{EX}/llama2/pretrain_llama2_7b_ptd.sh"),
+    "llama-3-8b": ("llama-3-8b.json", f"{EX}/llama3/ckpt_convert_llama3_hf2mcore.sh",
+                   f"{EX}/llama3/ckpt_convert_llama3_mcore2hf.sh", f"{EX}/llama3/pretrain_llama3_8b_ptd.sh"),
+}
+
+
+def _hf_config(source: str) -> dict:
+    if source in QWEN25_SHAPES:
+        return {**json.loads((HF_CONFIG_FIXTURES / "qwen2.5-7b.json").read_text()), **QWEN25_SHAPES[source]}
+    return json.loads((HF_CONFIG_FIXTURES / source).read_text())
+
+
+def _recorded_argv(script: str, launcher: str, tmp_path: Path) -> list[str]:
+    """Run ``script`` with ``launcher`` (python or torchrun) replaced by a recorder; return its argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    recorder = bin_dir / launcher
+    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    recorder.chmod(0o755)
+    out = tmp_path / f"{launcher}.args"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(out),
+           "LOG_DIR": str(tmp_path / "logs"), "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO_ROOT)}
+    subprocess.run(["bash", str(REPO_ROOT / script)], check=True, env=env, cwd=REPO_ROOT, capture_output=True,
+                   timeout=120)
+    return [a for a in out.read_text().split("\n") if a]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> None:
+    if not HF_CONFIG_FIXTURES.is_dir():
+        pytest.skip(f"{HF_CONFIG_FIXTURES} is missing")
+    source, hf2mcore, mcore2hf, pretrain = MODELS[model]
+    cfg = ModelConfig.from_hf_config(_hf_config(source))
+
+    argv = _recorded_argv(hf2mcore, "python", tmp_path)
+    assert argv[0] == "convert_ckpt.py"
+    to_mg = options_from_args(build_parser().parse_args(argv[1:]))
+    assert (to_mg.load_model_type, to_mg.save_model_type) == ("hf", "mg")
+    check_parallel(cfg, to_mg.target_tp, to_mg.target_pp, to_mg.num_layer_list)
+    check_model_type_hf(to_mg.model_type_hf, cfg)
+    assert to_mg.add_qkv_bias == cfg.add_qkv_bias
+    padded = target_padded_vocab(cfg, to_mg)
+
+    back = options_from_args(build_parser().parse_args(_recorded_argv(mcore2hf, "python", tmp_path)[1:]))
+    assert (back.load_model_type, back.save_model_type) == ("mg", "hf")
+    assert Path(back.load_dir) == Path(to_mg.save_dir) and Path(back.save_dir) == Path(to_mg.load_dir)
+    check_model_type_hf(back.model_type_hf, cfg)
+
+    argv = _recorded_argv(pretrain, "torchrun", tmp_path)
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
+    args = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
+    assert (args.num_layers, args.hidden_size, args.ffn_hidden_size, args.num_attention_heads) == (
+        cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads)
+    groups = args.num_query_groups if args.group_query_attention else args.num_attention_heads
+    assert groups == cfg.num_query_groups
+    assert args.untie_embeddings_and_output_weights == (not cfg.tie_word_embeddings)
+    assert args.add_qkv_bias == cfg.add_qkv_bias
+    assert args.rotary_base == cfg.rotary_base and args.norm_epsilon == cfg.norm_epsilon
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
+    assert args.padded_vocab_size == padded
+    assert Path(args.load) == Path(to_mg.save_dir)
+    assert Path(args.tokenizer_name_or_path) == Path(to_mg.load_dir)
