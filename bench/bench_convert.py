@@ -2,7 +2,7 @@
 
 Reports wall time and peak RSS (``/usr/bin/time -v``) against a plain copy of the same bytes, and the
 largest output file (the memory floor: one stage must be built before ``torch.save`` writes it).
-Needs ~31 GB free under --workdir and several minutes, so it only runs when asked (``--run`` or
+Needs ~47 GB free under --workdir and several minutes, so it only runs when asked (``--run`` or
 BENCH_CONVERT=1); ``make bench`` and CI otherwise get a one-line skip.
 
     python bench/bench_convert.py --run [--workdir /tmp/bench_convert] [--keep]
@@ -100,14 +100,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", default="/tmp/bench_convert")
     parser.add_argument("--keep", action="store_true", help="keep the files (default: delete them)")
-    parser.add_argument("--run", action="store_true", help="run it (it needs ~31 GB of disk and minutes)")
+    parser.add_argument("--run", action="store_true", help="run it (it needs ~47 GB of disk and minutes)")
     args = parser.parse_args()
     if not (args.run or os.environ.get("BENCH_CONVERT") == "1"):
-        print("bench_convert: skipped (needs ~31 GB disk and minutes): python bench/bench_convert.py --run")
+        print("bench_convert: skipped (needs ~47 GB disk and minutes): python bench/bench_convert.py --run")
         return 0
     if not os.path.exists("/usr/bin/time"):
         sys.exit("/usr/bin/time is needed for peak RSS (apt-get install time)")
     hf, copy, mg = (os.path.join(args.workdir, n) for n in ("hf", "copy", "mg"))
+    if shutil.disk_usage(os.path.dirname(os.path.abspath(args.workdir))).free < 47e9:
+        sys.exit(f"bench_convert: needs ~47 GB free beside {args.workdir}")
     shutil.rmtree(args.workdir, ignore_errors=True)
     try:
         t0 = time.perf_counter()
@@ -121,11 +123,16 @@ def main() -> int:
                                   "--add-qkv-bias", "--model-type-hf", "llama2", "--load-dir", hf, "--save-dir", mg,
                                   "--no-progress"])
         largest = max(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(mg) for f in fs)
+        back = os.path.join(args.workdir, "back")
+        back_s, back_rss = timed([sys.executable, "convert_ckpt.py", "--load-model-type", "mg",
+                                  "--save-model-type", "hf", "--load-dir", mg, "--save-dir", back, "--no-progress"])
+        shutil.rmtree(mg)
         print()
         print("| step | wall time (s) | peak RSS (GB) |")
         print("|---|---|---|")
         print(f"| plain copy (`cp -r`, {total / 1e9:.1f} GB) | {copy_s:.1f} | {copy_rss / 1e9:.2f} |")
         print(f"| convert_ckpt.py hf -> mg TP1 PP4 | {conv_s:.1f} | {conv_rss / 1e9:.2f} |")
+        print(f"| convert_ckpt.py mg TP1 PP4 -> hf (5 GB shards) | {back_s:.1f} | {back_rss / 1e9:.2f} |")
         print()
         print(f"largest output file: {largest / 1e9:.2f} GB; peak RSS / largest file = {conv_rss / largest:.2f} "
               f"(goal <= 1.25); time / copy = {conv_s / copy_s:.2f} (goal <= 2)")

@@ -193,13 +193,13 @@ class MgSource:
         return layout.load_rank_state(self.root, self.iteration, tp_rank, pp_rank, self.pp, mmap=True)
 
     def stage(self, pp_rank: int) -> list[dict]:
-        """The model state dicts of every TP rank of one stage (at most two stages stay cached)."""
+        """The model state dicts of every TP rank of one stage (only the latest stage stays cached: reads go stage by stage)."""
         if pp_rank in self._cache:
             self._cache.move_to_end(pp_rank)
             return self._cache[pp_rank]
         sds = [self._load(t, pp_rank)["model"] for t in range(self.tp)]
         self._cache[pp_rank] = sds
-        while len(self._cache) > 2:
+        while len(self._cache) > 1:
             self._cache.popitem(last=False)
         return sds
 
