@@ -436,6 +436,10 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
     )
+    from mindspeed_llm.patches.features import transformer_config_overrides
+
+    # --use-fused-swiglu routes megatron's MLP through the fused kernel only with bias_activation_fusion.
+    overrides.update(transformer_config_overrides(use_fused_swiglu=args.use_fused_swiglu))
     if args.num_layer_list_parsed:
         from mindspeed_llm.models.families import pipeline_layout
 

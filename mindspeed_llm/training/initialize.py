@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from mindspeed_llm.training.arguments import kernel_noop_flags, parse_args, validate_args
+from mindspeed_llm.training.arguments import ArgumentError, kernel_noop_flags, parse_args, validate_args
 
 logger = logging.getLogger("mindspeed_llm.training")
 
@@ -77,18 +77,14 @@ def set_seed(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def enable_feature_patches(args: argparse.Namespace) -> None:
-    """--use-flash-attn / --use-fused-* through the patch layer's features (when that module exists)."""
+def enable_feature_patches(args: argparse.Namespace) -> list[str]:
+    """--use-flash-attn / --use-fused-* through the patch layer's feature patches, pinned to this device."""
+    from mindspeed_llm.patches.features import enable_feature_patches_from_args
+
     try:
-        from mindspeed_llm.patches.features import enable_feature_patches_from_args
-    except ImportError:
-        # CALL SITE for the kernels' feature patches: mindspeed_llm.patches.features is not there yet.
-        if any(getattr(args, n) for n in ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb",
-                                          "use_fused_swiglu")):
-            logger.info("NOTE: --use-flash-attn/--use-fused-* need mindspeed_llm.patches.features, which this "
-                        "install lacks; megatron-core's local kernels are used")
-        return
-    enable_feature_patches_from_args(args)
+        return enable_feature_patches_from_args(args, device=args.device)
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from None
 
 
 def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
@@ -120,12 +116,14 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     set_seed(args.seed)
-    enable_feature_patches(args)
+    features = enable_feature_patches(args)
     if args.sequence_parallel:
         from mindspeed_llm.training.sequence_parallel import enable_sequence_parallel_norm
 
         enable_sequence_parallel_norm()
     set_args(args)
+    if features:
+        logger.info("> feature patches: %s", ", ".join(features))
     noops = kernel_noop_flags(args, args.device)
     if noops:
         logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", args.device,

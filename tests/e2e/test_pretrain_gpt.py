@@ -183,3 +183,17 @@ def test_cli_error_for_missing_load_folder_is_one_clear_line(tiny, tmp_path):
     assert proc.returncode == 1
     assert f"error: --load {missing}: the folder does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_virtual_pipeline_saves_model_chunks_and_resumes_exactly(tiny, tmp_path):
+    """PP2 x 2 virtual stages from random weights: model0/model1 in the files; resuming at 3 repeats 4..6."""
+    save = tmp_path / "vpp"
+    flags = [*tiny["flags"], *_parallel(1, 2), "--num-layers-per-virtual-pipeline-stage", "1"]
+    unbroken = run_pretrain(*flags, "--save", str(save), "--save-interval", "3", nproc=2)
+    state = torch.load(save / "iter_0000003" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=False)
+    assert {"model0", "model1"} <= set(state) and "model" not in state
+    at3 = tmp_path / "vpp_at3"
+    shutil.copytree(save / "iter_0000003", at3 / "iter_0000003")
+    (at3 / "latest_checkpointed_iteration.txt").write_text("3")
+    resumed = run_pretrain(*flags, "--load", str(at3), nproc=2)
+    assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
