@@ -117,10 +117,6 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     )
     set_seed(args.seed)
     features = enable_feature_patches(args)
-    if args.sequence_parallel:
-        from mindspeed_llm.training.sequence_parallel import enable_sequence_parallel_norm
-
-        enable_sequence_parallel_norm()
     set_args(args)
     if features:
         logger.info("> feature patches: %s", ", ".join(features))
