@@ -142,8 +142,11 @@ def verify_resharded(src_root: str, dst_root: str, *, tolerance: float = DEFAULT
     source = MgSource(src_root, iteration=iteration, hf_dir=hf_dir)
     ids = verify_tokens(source.cfg, num_tokens)
     source.close()
-    a = megatron_logits(src_root, ids, hf_dir=hf_dir, iteration=iteration)
-    b = megatron_logits(dst_root, ids, hf_dir=hf_dir)
+    target = MgSource(dst_root, hf_dir=hf_dir)
+    round_to = weights_dtype(source.dtype, target.dtype)
+    target.close()
+    a = megatron_logits(src_root, ids, hf_dir=hf_dir, iteration=iteration, round_to=round_to)
+    b = megatron_logits(dst_root, ids, hf_dir=hf_dir, round_to=round_to)
     diff = (a - b).abs().max().item()
     log(f"verify: max |Δlogit| = {diff:.3e} between source {src_root} and resharded {dst_root}")
     if not diff <= tolerance:

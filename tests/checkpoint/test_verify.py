@@ -26,7 +26,7 @@ def test_verify_passes_for_hf_to_mg_mg_to_mg_and_mg_to_hf(capsys, tmp_path, qwen
     assert "verify: max |Δlogit| = " in capsys.readouterr().out
     assert main(["--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", mg,
                  "--save-dir", str(tmp_path / "mg2"), "--target-pipeline-parallel-size", "4", "--verify",
-                 "--no-progress"]) == 0
+                 "--params-dtype", "bf16", "--no-progress"]) == 0
     assert main(["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", mg,
                  "--save-dir", str(tmp_path / "hf"), "--verify", "--no-progress"]) == 0
     out = capsys.readouterr().out
