@@ -101,6 +101,7 @@ class HfSource:
         return self.reader.get(EMBEDDING.hf[0])
 
     def final_norm(self) -> torch.Tensor:
+        """The final RMSNorm weight."""
         return self.reader.get(FINAL_NORM.hf[0])
 
     def output_layer(self) -> torch.Tensor:
@@ -132,6 +133,7 @@ class HfSource:
         return out
 
     def close(self) -> None:
+        """Close the shard files."""
         self.reader.close()
 
 
@@ -214,15 +216,19 @@ class MgSource:
             ) from None
 
     def embedding(self) -> torch.Tensor:
+        """Word embeddings merged over TP, padding rows dropped."""
         return self._gather(0, EMBEDDING.mcore, EMBEDDING)[: self.cfg.vocab_size]
 
     def final_norm(self) -> torch.Tensor:
+        """The final RMSNorm weight (last stage)."""
         return self._gather(self.pp - 1, FINAL_NORM.mcore, FINAL_NORM)
 
     def output_layer(self) -> torch.Tensor:
+        """Output layer merged over TP, padding rows dropped (untied models)."""
         return self._gather(self.pp - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER)[: self.cfg.vocab_size]
 
     def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
+        """Full mcore tensor of one row for a global layer number, merged over TP."""
         stage, start = 0, 0
         while layer >= start + self.stage_counts[stage]:
             start += self.stage_counts[stage]
@@ -230,7 +236,9 @@ class MgSource:
         return self._gather(stage, f"decoder.layers.{layer - start}.{m.mcore}", m)
 
     def layer_mappings(self) -> list[TensorMapping]:
+        """The per-layer rows of this checkpoint's model."""
         return layer_mappings(self.cfg)
 
     def close(self) -> None:
+        """Drop the mapped stages."""
         self._cache.clear()
