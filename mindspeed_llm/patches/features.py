@@ -188,10 +188,7 @@ def enable_feature_patches(
 def disable_feature_patches(reg: PatchRegistry = registry) -> None:
     """Revert every feature patch, restoring megatron-core's (or the base patches') originals, and
     forget them: the registry then lists only what a later enable chooses."""
-    reg.revert(FEATURE_GROUP)
-    # The registry has no public removal (yet): drop the reverted entries of our own group.
-    for key in [key for key, patch in reg._patches.items() if patch.group == FEATURE_GROUP]:
-        del reg._patches[key]
+    reg.unregister(FEATURE_GROUP)
 
 
 def _flags_from_args(args: Namespace) -> dict[str, bool]:

@@ -142,6 +142,12 @@ class PatchRegistry:
         for patch in reversed(self.patches(group)):
             patch.revert()
 
+    def unregister(self, group: str) -> None:
+        """Revert and forget every patch of ``group`` (for groups rebuilt with new choices each time)."""
+        self.revert(group)
+        for key in [key for key, patch in self._patches.items() if patch.group == group]:
+            del self._patches[key]
+
     def is_active(self, target: str, group: str | None = None) -> bool:
         return any(p.active and p.target == target for p in self.patches(group))
 

@@ -90,3 +90,20 @@ def test_describe_lists_device_and_active_patches() -> None:
     assert "device: cpu" in text.splitlines()[0]
     assert "[device] replaces torch.cuda.current_device" in text
     assert "megatron.core.tensor_parallel.random.CudaRNGStatesTracker" in text
+
+
+def test_unregister_reverts_and_forgets_a_group() -> None:
+    import sys
+
+    module = types.ModuleType("mindspeed_llm._test_unregister")
+    module.g = lambda: "original"
+    sys.modules[module.__name__] = module
+    try:
+        reg = PatchRegistry()
+        reg.register("mindspeed_llm._test_unregister.g", lambda: "patched", group="tmp")
+        reg.apply("tmp")
+        assert module.g() == "patched"
+        reg.unregister("tmp")
+        assert module.g() == "original" and reg.patches("tmp") == []
+    finally:
+        del sys.modules[module.__name__]
