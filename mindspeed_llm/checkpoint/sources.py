@@ -154,7 +154,11 @@ def model_config_from_args(args: argparse.Namespace, hf_dir: str | None = None) 
 
 
 class MgSource:
-    """Full mcore tensors merged from a legacy Megatron checkpoint's TP shards (memory-mapped)."""
+    """Full mcore tensors merged from a legacy Megatron checkpoint's TP shards (memory-mapped).
+
+    Virtual-pipeline checkpoints (rank files holding ``model0..model{V-1}``) are read as PP x V stages in
+    Megatron's order: virtual stage ``s`` is chunk ``s // PP`` of pipeline rank ``s % PP``.
+    """
 
     def __init__(self, root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
         if not os.path.isdir(root):
@@ -165,23 +169,25 @@ class MgSource:
         self.iteration = layout.read_tracker(root) if iteration is None else iteration
         self.tp, self.pp = layout.parallel_sizes(root, self.iteration)
         first = self._load(0, 0)
-        if "model" not in first:
-            keys = ", ".join(k for k in first if k.startswith("model"))
-            raise CheckpointError(
-                f"{root}: rank files hold {keys or 'no model'} instead of 'model' "
-                "(virtual-pipeline checkpoints are not supported by the converter)"
-            )
+        if "model" in first:
+            self.chunk_keys = ["model"]
+        else:
+            self.chunk_keys = sorted((k for k in first if re.fullmatch(r"model\d+", k)), key=lambda k: int(k[5:]))
+            if not self.chunk_keys:
+                raise CheckpointError(f"{root}: rank files hold no 'model' (nor model0, model1, ...) entry")
+        self.num_stages = self.pp * len(self.chunk_keys)
         self.args = first.get("args") or argparse.Namespace()
         recorded = getattr(self.args, "hf_dir", None)
         self.hf_dir = hf_dir or (recorded if recorded and os.path.isdir(recorded) else None)
         self.cfg = model_config_from_args(self.args, self.hf_dir)
-        self.dtype = first["model"][EMBEDDING.mcore].dtype
+        embedding = first[self.chunk_keys[0]][EMBEDDING.mcore]
+        self.dtype = embedding.dtype
         self.cfg.params_dtype = self.dtype
-        self.padded_vocab_size = first["model"][EMBEDDING.mcore].shape[0] * self.tp
+        self.padded_vocab_size = embedding.shape[0] * self.tp
         # Layers per stage, from the keys (works for any --num-layer-list and for training's files).
         self.stage_counts = []
-        for p in range(self.pp):
-            sd = self._load(0, p)["model"]
+        for s in range(self.num_stages):
+            sd = self._load(0, s % self.pp)[self.chunk_keys[s // self.pp]]
             ids = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
             self.stage_counts.append(len(ids))
         if sum(self.stage_counts) != self.cfg.num_layers:
@@ -194,13 +200,14 @@ class MgSource:
     def _load(self, tp_rank: int, pp_rank: int) -> dict:
         return layout.load_rank_state(self.root, self.iteration, tp_rank, pp_rank, self.pp, mmap=True)
 
-    def stage(self, pp_rank: int) -> list[dict]:
-        """The model state dicts of every TP rank of one stage (only the latest stage stays cached: reads go stage by stage)."""
-        if pp_rank in self._cache:
-            self._cache.move_to_end(pp_rank)
-            return self._cache[pp_rank]
-        sds = [self._load(t, pp_rank)["model"] for t in range(self.tp)]
-        self._cache[pp_rank] = sds
+    def stage(self, stage: int) -> list[dict]:
+        """The model state dicts of every TP rank of one (virtual) stage; only the latest stays cached."""
+        if stage in self._cache:
+            self._cache.move_to_end(stage)
+            return self._cache[stage]
+        key = self.chunk_keys[stage // self.pp]
+        sds = [self._load(t, stage % self.pp)[key] for t in range(self.tp)]
+        self._cache[stage] = sds
         while len(self._cache) > 1:
             self._cache.popitem(last=False)
         return sds
@@ -221,11 +228,11 @@ class MgSource:
 
     def final_norm(self) -> torch.Tensor:
         """The final RMSNorm weight (last stage)."""
-        return self._gather(self.pp - 1, FINAL_NORM.mcore, FINAL_NORM)
+        return self._gather(self.num_stages - 1, FINAL_NORM.mcore, FINAL_NORM)
 
     def output_layer(self) -> torch.Tensor:
         """Output layer merged over TP, padding rows dropped (untied models)."""
-        return self._gather(self.pp - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER)[: self.cfg.vocab_size]
+        return self._gather(self.num_stages - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER)[: self.cfg.vocab_size]
 
     def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
         """Full mcore tensor of one row for a global layer number, merged over TP."""

@@ -215,3 +215,24 @@ def test_mg_to_hf_reads_a_training_style_checkpoint(hf_models, tmp_path):
     back = convert(_opts("mg", "hf", trained, str(tmp_path / "hf"), hf_dir=folder))
     a, b = _hf_tensors(folder), _hf_tensors(back)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mg_to_hf_reads_a_virtual_pipeline_checkpoint(hf_models, tmp_path):
+    """PP2 x VPP2 rank files (model0, model1), as training writes them, convert back bit-identically."""
+    from mindspeed_llm.checkpoint import save_rank_state, write_tracker
+
+    folder, _ = hf_models["qwen_tied"]
+    pp4 = convert(_opts("hf", "mg", folder, str(tmp_path / "pp4"), target_tp=2, target_pp=4, add_qkv_bias=True))
+    vpp = str(tmp_path / "vpp")
+    for tp in range(2):
+        for p in range(2):  # virtual stage s = chunk * PP + p
+            chunks = [load_rank_state(pp4, 1, tp, chunk * 2 + p, 4, mmap=False) for chunk in range(2)]
+            args = chunks[0]["args"]
+            args.pipeline_model_parallel_size, args.virtual_pipeline_model_parallel_size = 2, 2
+            state = {"args": args, "checkpoint_version": 3.0, "iteration": 5,
+                     "model0": chunks[0]["model"], "model1": chunks[1]["model"]}
+            save_rank_state(vpp, 5, tp, p, 2, state)
+    write_tracker(vpp, 5)
+    back = convert(_opts("mg", "hf", vpp, str(tmp_path / "hf")))
+    a, b = _hf_tensors(folder), _hf_tensors(back)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
