@@ -253,6 +253,9 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
 
     args = initialize_megatron(argv, extra_args_provider, args_defaults)
     args.model_type = getattr(model_type, "name", str(model_type))
+    from mindspeed_llm.training.data import parse_blend
+
+    parse_blend(args.data_path)  # a wrong --data-path fails now, not after the model is built
     tokenizer = build_tokenizer(args)
     _STATE["tokenizer"] = tokenizer
     ckpt_iteration = checkpointing.find_checkpoint(args)
