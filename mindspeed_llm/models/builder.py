@@ -5,9 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-# Imported here, not lazily: torch.distributed's init clears dynamo's rule cache, and megatron's
-# @jit_fuser modules then fail to import under the CPU device layer (see docs/checkpoint.md).
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import types
 from typing import Any
 
 import torch
+import torch.utils._device
 
 from mindspeed_llm.patches.registry import PatchRegistry
 
@@ -341,8 +343,22 @@ def _config_post_init(original):
     return __post_init__
 
 
+def _own_copy(fn: Any, name: str) -> Any:
+    """A distinct function object per patched name: torch._dynamo maps torch objects to their names
+    and refuses one object under two names ("Duplicate torch object")."""
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__doc__, copy.__qualname__ = fn.__doc__, f"cpu_{name}"
+    return copy
+
+
 def register_cpu_patches(registry: PatchRegistry) -> None:
     """Register (not apply) every CPU redirection in the ``device`` group."""
+    # torch caches the set of its factory functions on first use (device contexts such as
+    # `with torch.device("meta")`, which transformers uses to build models, consult it): fill the
+    # cache with the originals before they are wrapped, or the wrappers escape those contexts.
+    torch.utils._device._device_constructors()
     r = functools.partial(registry.register, group=GROUP)
     # 1. device
     cuda_constants = {
@@ -371,14 +387,16 @@ def register_cpu_patches(registry: PatchRegistry) -> None:
         "seed": _noop,
         "seed_all": _noop,
     }
-    for name, value in cuda_constants.items():
+    copies = {name: _own_copy(value, name) for name, value in cuda_constants.items()}
+    for name, value in copies.items():
         r(f"torch.cuda.{name}", value, description="CPU stands in for the CUDA device")
-    r("torch.cuda.random.get_rng_state", _get_rng_state)
-    r("torch.cuda.random.set_rng_state", _set_rng_state)
+    # In torch, torch.cuda.get/set_rng_state *are* torch.cuda.random's: keep one object for both names.
+    r("torch.cuda.random.get_rng_state", copies["get_rng_state"])
+    r("torch.cuda.random.set_rng_state", copies["set_rng_state"])
     r("torch.cuda.default_generators", (torch.default_generator,))
-    r("torch.cuda.nvtx.range_push", _zero)
-    r("torch.cuda.nvtx.range_pop", _zero)
-    r("torch.cuda.nvtx.mark", _noop)
+    r("torch.cuda.nvtx.range_push", _own_copy(_zero, "range_push"))
+    r("torch.cuda.nvtx.range_pop", _own_copy(_zero, "range_pop"))
+    r("torch.cuda.nvtx.mark", _own_copy(_noop, "mark"))
     r("torch.cuda.nvtx.range", _nvtx_range)
     # 2. factories and moves
     for name in _FACTORIES:

@@ -4,22 +4,18 @@ Usage: torchrun --nproc-per-node 4 parity_worker.py SPEC.json OUT_DIR
 SPEC lists cases {name, mg_root, ref, tp, pp}; OUT_DIR/<name>.json gets {"max_abs_diff": ...}.
 """
 
-import torch.utils._device
+import json
+import os
+import sys
 
-torch.utils._device._device_constructors()  # before mindspeed_llm wraps factories (see tests/models/__init__.py)
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
 
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from megatron.core import parallel_state as ps  # noqa: E402
-from megatron.core import tensor_parallel  # noqa: E402
-
-import mindspeed_llm  # noqa: E402, F401  (CPU device layer)
-from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args  # noqa: E402
-from mindspeed_llm.models import build_gpt_model, pipeline_layout  # noqa: E402
+import mindspeed_llm  # noqa: F401  (CPU device layer)
+from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args
+from mindspeed_llm.models import build_gpt_model, pipeline_layout
 
 
 def run_case(case: dict, ids: torch.Tensor, out_dir: str) -> None:

@@ -170,3 +170,45 @@ def test_npu_detection_imports_torch_npus_redirect_and_uses_hccl(tmp_path) -> No
 def test_forcing_npu_without_torch_npu_is_a_clear_error() -> None:
     proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
     assert proc.returncode != 0 and "torch_npu cannot be imported" in proc.stderr
+
+
+def test_transformers_builds_models_correctly_after_import(tmp_path) -> None:
+    # Regression: wrapping torch's factories before torch cached its list of them made transformers'
+    # meta-device model construction leak uninitialised memory into RoPE's inv_freq.
+    proc = _run(f"""
+        import mindspeed_llm, torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)
+        Qwen2ForCausalLM(config).save_pretrained("{tmp_path}/m")
+        model = Qwen2ForCausalLM.from_pretrained("{tmp_path}/m")
+        expected = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+        torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected)
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_megatron_fused_kernels_compile_after_process_group_init(tmp_path) -> None:
+    # Regression: one function object under several torch.cuda names made torch._dynamo refuse its map
+    # of torch objects ("Duplicate torch object _noop") when megatron's jit-fused SwiGLU first ran.
+    proc = _run(f"""
+        import mindspeed_llm, torch
+        import torch.nn.functional as F
+        torch.distributed.init_process_group("nccl", init_method="file://{tmp_path}/pg", rank=0, world_size=1)
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+        parallel_state.initialize_model_parallel(1, 1)
+        model_parallel_cuda_manual_seed(1)
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+        from megatron.core.transformer.transformer_config import TransformerConfig
+        config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4, gated_linear_unit=True,
+                                   activation_func=F.silu, bias_activation_fusion=True, add_bias_linear=False,
+                                   normalization="RMSNorm")
+        model = GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+                         vocab_size=64, max_sequence_length=16)
+        print(model(torch.randint(0, 64, (1, 8)), torch.arange(8)[None], None).shape)
+        torch.distributed.destroy_process_group()
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
