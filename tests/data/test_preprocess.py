@@ -213,3 +213,15 @@ def test_entry_script_as_the_seed_runs_it(tmp_path, bpe_tokenizer):
                          timeout=300)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --input missing.parquet")
+
+
+def test_log_interval_prints_rates(tmp_path, bpe_tokenizer, capsys, monkeypatch):
+    import mindspeed_llm.data.preprocess as pre
+
+    monkeypatch.setattr(pre, "BATCH_ROWS", 2)
+    src = write_jsonl(ROWS, str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
+               "--log-interval", 4) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("processed ")]
+    assert [ln.split()[1] for ln in lines] == ["4", "8"]
+    assert all("docs/s" in ln and "tokens/s" in ln and "MB/s" in ln for ln in lines)
