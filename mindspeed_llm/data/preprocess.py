@@ -39,11 +39,21 @@ _MAX_SKIPPED_SHOWN = 10
 _worker_tokenizer: DocumentTokenizer | None = None
 
 
-def _init_worker(path: str, append_eod: bool, single_threaded: bool) -> None:
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker(path: str, append_eod: bool, threads: int) -> None:
     global _worker_tokenizer
-    if single_threaded:
-        # the pool is the parallelism: one tokenizer thread per worker, no oversubscription
+    # Each worker's `tokenizers` may use `threads` threads for a batch (its rayon pool starts on
+    # first use, after this); with one thread per worker the pool alone is the parallelism.
+    if threads <= 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    else:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
     if _worker_tokenizer is None or _worker_tokenizer.path != path:  # spawn: nothing inherited
         _worker_tokenizer = DocumentTokenizer(path, append_eod)
     _worker_tokenizer.append_eod = append_eod
@@ -169,7 +179,7 @@ def encode_source(
         pool = _mp_context().Pool(
             args.workers,
             initializer=_init_worker,
-            initargs=(tokenizer.path, tokenizer.append_eod, args.workers > 1),
+            initargs=(tokenizer.path, tokenizer.append_eod, max(1, _usable_cpus() // args.workers)),
         )
         for result, input_bytes in _ordered_results(pool, tasks(), 2 * args.workers + 2):
             documents = tokens = 0
