@@ -362,7 +362,6 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
             f"--input {folder}: --merge-group-keys needs a folder holding the .bin/.idx datasets to merge"
         )
     _ensure_output_dir(args.output_prefix)
-    out_abs = os.path.abspath(args.output_prefix)
     written = {}
     for key in args.merge_group_keys:
         target = f"{args.output_prefix}_{key}" if key.endswith("_document") else f"{args.output_prefix}_{key}_document"
@@ -372,8 +371,8 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
                 continue
             stem = entry[:-4]
             full = os.path.join(folder, stem)
-            if os.path.abspath(full) == os.path.abspath(target) or full.startswith(out_abs + "_"):
-                continue
+            if os.path.abspath(full) == os.path.abspath(target):
+                continue  # the output of an earlier merge into this folder
             if stem.endswith((f"_{key}_document", f"_{key}")) and os.path.exists(full + ".bin"):
                 names.append(stem)
         if not names:

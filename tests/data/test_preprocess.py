@@ -160,6 +160,10 @@ def test_merge_group_keys_concatenates_in_name_order(tmp_path, bpe_tokenizer):
         assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer,
                    "--output-prefix", parts / f"shard{i}", "--append-eod") == 0
     assert run("--input", parts, "--output-prefix", tmp_path / "merged", "--merge-group-keys", "text") == 0
+    # merging into the input folder, twice: the earlier output is not taken as an input
+    for _ in range(2):
+        assert run("--input", parts, "--output-prefix", parts / "all", "--merge-group-keys", "text") == 0
+    assert dataset_bytes(str(parts / "all_text_document")) == dataset_bytes(str(tmp_path / "merged_text_document"))
     src = write_jsonl(ROWS, str(tmp_path / "all"))
     assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "whole",
                "--append-eod") == 0
