@@ -98,11 +98,6 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     for key, value in (args_defaults or {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    # Workaround (device layer): importing megatron-core's torch.compile'd fusions for the first time
-    # after init_process_group trips dynamo's rule map over the CPU layer's shared no-op function
-    # ("Duplicate torch object _noop"). Importing the model package first builds that map safely.
-    import megatron.core.models.gpt.gpt_layer_specs  # noqa: F401
-
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)), world)
     validate_args(args, world)  # before the process group: a bad flag fails fast on every rank
