@@ -33,9 +33,9 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
 def get_batch(data_iterator):
     """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch."""
     batch = next(data_iterator)
-    attention_mask = batch.get("attention_mask") if get_args().reset_attention_mask else None
-    return (batch["tokens"].cuda(), batch["labels"].cuda(), batch["loss_mask"].cuda(),
-            None if attention_mask is None else attention_mask.cuda(), batch["position_ids"].cuda())
+    # No attention mask: the model's causal mask applies (--reset-attention-mask is refused).
+    return (batch["tokens"].cuda(), batch["labels"].cuda(), batch["loss_mask"].cuda(), None,
+            batch["position_ids"].cuda())
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):

@@ -24,7 +24,7 @@ class ArgumentError(ValueError):
 KERNEL_ONLY_FLAGS = (
     "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_dropout_fusion",
     "no_bias_swiglu_fusion", "no_rope_fusion", "use_fused_ring_attention_update", "use_cp_send_recv_overlap",
-    "no_async_tensor_model_parallel_allreduce",
+    "no_async_tensor_model_parallel_allreduce", "no_create_attention_mask_in_dataloader",
 )
 FEATURE_KERNEL_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
 
@@ -244,6 +244,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         raise ArgumentError(f"--context-parallel-size {args.context_parallel_size} is not supported: use 1")
     if args.exit_duration_in_mins is not None:
         raise ArgumentError("--exit-duration-in-mins is not supported: use --exit-interval N")
+    if args.reset_attention_mask:
+        raise ArgumentError("--reset-attention-mask is not supported (the causal attention kernels take no "
+                            "per-document mask); drop it (--reset-position-ids and --eod-mask-loss work)")
     if args.rope_scaling_type and args.rope_scaling_factor is None:
         raise ArgumentError(f"--rope-scaling-type {args.rope_scaling_type} needs --rope-scaling-factor")
 

@@ -77,7 +77,7 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     tracker = os.path.join(load, layout.TRACKER_FILENAME)
     if os.path.isfile(tracker):
         return layout.read_tracker(load)
-    if same_folder(load, args.save):
+    if same_folder(load, args.save) and not getattr(args, "exit_on_missing_checkpoint", False):
         return None
     if not os.path.isdir(load):
         raise CheckpointError(

@@ -96,7 +96,7 @@ def gpt_dataset_config(args: argparse.Namespace, tokenizer):
         reset_position_ids=args.reset_position_ids,
         reset_attention_mask=args.reset_attention_mask,
         eod_mask_loss=args.eod_mask_loss,
-        create_attention_mask=args.reset_attention_mask,
+        create_attention_mask=False,  # the model builds its causal mask
     )
 
 

@@ -111,10 +111,10 @@ class TrainingLogger:
         tflops = num_floating_point_operations(args, args.global_batch_size) / per_iter / args.world_size / 1e12
         line = (f" [{time.strftime('%Y-%m-%d %H:%M:%S')}] iteration {iteration:8d}/{args.train_iters:8d} |"
                 f" consumed samples: {args.consumed_train_samples:12d} |"
-                f" elapsed time per iteration (ms): {per_iter * 1000:.1f} |"
-                f" throughput (tokens/s/device): {tokens_per_s:.1f} |"
-                f" TFLOP/s/device: {tflops:.3f} |"
-                f" learning rate: {lr:.6E} |"
+                f" elapsed time per iteration (ms): {per_iter * 1000:.1f} |")
+        if args.log_throughput:
+            line += f" throughput (tokens/s/device): {tokens_per_s:.1f} | TFLOP/s/device: {tflops:.3f} |"
+        line += (f" learning rate: {lr:.6E} |"
                 f" global batch size: {args.global_batch_size:5d} |")
         counted = max(self.iters - self.skipped, 1)
         for key, total in self.loss_sum.items():

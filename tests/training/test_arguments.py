@@ -40,6 +40,7 @@ def test_data_parallel_size_and_micro_batches_are_derived():
     ("--normalization LayerNorm", 1, ["RMSNorm"]),
     ("--num-layer-list 1,2", 2, ["--num-layer-list 1,2", "add up to --num-layers 4"]),
     ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
+    ("--reset-attention-mask", 1, ["--reset-attention-mask", "--reset-position-ids"]),
 ])
 def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
     with pytest.raises(ArgumentError) as err:

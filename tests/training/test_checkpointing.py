@@ -42,6 +42,12 @@ def test_load_equal_to_save_starts_fresh(tmp_path):
     assert find_checkpoint(ns(load=str(tmp_path / "c"), save=str(tmp_path / "c"))) is None
 
 
+def test_exit_on_missing_checkpoint_overrides_the_fresh_start(tmp_path):
+    args = ns(load=str(tmp_path / "c"), save=str(tmp_path / "c"), exit_on_missing_checkpoint=True)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_checkpoint(args)
+
+
 def test_tracker_iteration_is_returned(tmp_path):
     layout.write_tracker(tmp_path, 7)
     assert find_checkpoint(ns(load=str(tmp_path))) == 7
