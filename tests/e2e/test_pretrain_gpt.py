@@ -150,10 +150,12 @@ def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
     flags = model_flags(hf) + train_flags(data, iters=12, lr=1e-2, mbs=4, gbs=8)
     tok = flags.index("--tokenizer-type")
     flags[tok:tok + 4] = ["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", str(hf)]
+    flags += ["--split", "90,10,0", "--eval-interval", "6", "--eval-iters", "1"]  # later flags win
     save = tmp_path / "trained"
     out = run_pretrain(*flags, "--bf16", "--load", str(mg), "--finetune", "--save", str(save), "--log-throughput")
     assert "| throughput (tokens/s/device): " in out and "| TFLOP/s/device: " in out
     assert "[Rank 0] (after 1 iterations) memory (MB) | rss: " in out
+    assert "validation loss at iteration 6 | lm loss value: " in out and "lm loss PPL: " in out
     got = losses(out)
     assert len(got) == 12
     first, last = sum(got[i] for i in (1, 2, 3)) / 3, sum(got[i] for i in (10, 11, 12)) / 3
