@@ -65,6 +65,7 @@ def run_pretrain(args, dtype: str, workdir: Path) -> dict:
            "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb"]
     if dtype == "bf16":
         cmd.append("--bf16")
+    cmd += args.extra.split()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if out.returncode:
@@ -130,6 +131,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--mbs", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--extra", default="", help="more pretrain_gpt.py flags, e.g. '--cross-entropy-loss-fusion'")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.hf_worker:

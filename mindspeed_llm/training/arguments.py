@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     g.add_argument("--padded-vocab-size", type=int, default=None)
     g.add_argument("--use-cpu-initialization", action="store_true")
+    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
+                   help="megatron-core's fused (torch.compile'd) vocab-parallel cross entropy")
 
     g = p.add_argument_group("kernels (CUDA/NPU only; no-ops on CPU)")
     g.add_argument("--use-flash-attn", action="store_true")
@@ -434,6 +436,8 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
+        cross_entropy_loss_fusion=args.cross_entropy_loss_fusion,
+        cross_entropy_fusion_impl="native",
         batch_p2p_comm=False,  # gloo, and VPP with batched p2p gives wrong gradients upstream
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method,

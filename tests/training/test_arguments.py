@@ -81,9 +81,11 @@ def test_kernel_only_flags_are_reported_as_no_ops():
 
 def test_transformer_config_follows_the_flags():
     args = args_for("--group-query-attention --num-query-groups 2 --add-qkv-bias --bf16 --recompute-granularity full "
-                    "--recompute-method uniform --recompute-num-layers 1 --attention-dropout 0 --hidden-dropout 0")
+                    "--recompute-method uniform --recompute-num-layers 1 --attention-dropout 0 --hidden-dropout 0 "
+                    "--cross-entropy-loss-fusion")
     model = model_config_from_args(args, vocab_rows=101)
     config = transformer_config_from_args(args, model)
     assert (config.num_query_groups, config.add_qkv_bias, config.bf16) == (2, True, True)
     assert config.params_dtype == torch.bfloat16 and config.recompute_granularity == "full"
+    assert config.cross_entropy_loss_fusion
     assert model.architecture == "Qwen2ForCausalLM" and model.tie_word_embeddings
