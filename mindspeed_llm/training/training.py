@@ -154,10 +154,8 @@ def _wire_config_hooks(model: list, optimizer, args: argparse.Namespace):
         if len(model) == 1:
             config.no_sync_func = config.no_sync_func[0]
             config.grad_sync_func = config.grad_sync_func[0]
-    if args.overlap_param_gather:
-        config.param_sync_func = [c.start_param_sync for c in model]
-        if len(model) == 1:
-            config.param_sync_func = config.param_sync_func[0]
+    # --overlap-param-gather: the DDP forward pre-hooks gather parameters (Megatron-LM's default,
+    # align_param_gather off), so no param_sync_func is set.
     return config
 
 
