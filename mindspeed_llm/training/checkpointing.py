@@ -151,8 +151,22 @@ def read_checkpoint_args(args: argparse.Namespace, iteration: int | str) -> tupl
                                   f"the checkpoint in {args.load}")
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
                               f"{tp_rank}, PP rank {pp_rank}")
-    state = layout.safe_torch_load(path, mmap=True)
+    state = load_rank_file(path, mmap=True)
     return state.get("args") or argparse.Namespace(), f"the checkpoint {args.load} (iteration {iteration})"
+
+
+def load_rank_file(path: str, *, mmap: bool = False) -> dict:
+    """``torch.load(weights_only=True)`` of a rank file; an unknown pickled class becomes a clear error."""
+    import pickle
+
+    try:
+        return layout.safe_torch_load(path, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} holds objects that are not on the safe-load allow-list ({first}). If you trust the file, "
+            "allow the class with mindspeed_llm.checkpoint.layout.register_safe_globals(...) before loading"
+        ) from None
 
 
 # ---- RNG ---------------------------------------------------------------------------------------------------------
@@ -295,7 +309,7 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     pp_size = args.pipeline_model_parallel_size
     path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, pp_size)
-    state = layout.safe_torch_load(path)
+    state = load_rank_file(path)
     release = iteration == layout.RELEASE
     weights_only = release or args.finetune
 

@@ -87,3 +87,16 @@ def test_saved_args_load_with_weights_only(tmp_path):
     loaded = layout.safe_torch_load(path)["args"]
     assert loaded.params_dtype == torch.bfloat16 and loaded.hf_config == {"a": [1, 2]}
     assert not hasattr(loaded, "fn") and not hasattr(loaded, "obj")
+
+
+class _Foreign:
+    pass
+
+
+def test_foreign_classes_in_a_checkpoint_are_a_clear_error(tmp_path):
+    from mindspeed_llm.training.checkpointing import load_rank_file
+
+    path = tmp_path / "model_optim_rng.pt"
+    torch.save({"args": argparse.Namespace(thing=_Foreign())}, path)
+    with pytest.raises(CheckpointError, match="not on the safe-load allow-list.*register_safe_globals"):
+        load_rank_file(str(path))
