@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
 
 import torch
 
+from mindspeed_llm.checkpoint import mapping
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.training import checkpointing
 from mindspeed_llm.training.arguments import (
@@ -54,9 +54,7 @@ def padded_vocab_size(vocab: int, args: argparse.Namespace) -> int:
         if args.padded_vocab_size % tp:
             raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is not divisible by "
                                 f"--tensor-model-parallel-size {tp}")
-        return args.padded_vocab_size
-    multiple = args.make_vocab_size_divisible_by * tp
-    return int(math.ceil(vocab / multiple) * multiple)
+    return mapping.padded_vocab_size(vocab, tp, args.make_vocab_size_divisible_by, args.padded_vocab_size)
 
 
 def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) -> None:
