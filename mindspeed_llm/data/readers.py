@@ -192,6 +192,18 @@ def _bad_row(path: str, where: str, reason: str, skip: bool, skipped: list[str])
 # ---------------------------------------------------------------- Arrow-backed formats
 
 
+def _decode_utf8(values: list, bad: set[int]) -> list:
+    """Decode byte strings as UTF-8; a value that is not valid UTF-8 becomes None and its row joins ``bad``."""
+    decoded = []
+    for i, raw in enumerate(values):
+        try:
+            decoded.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad.add(i)
+            decoded.append(None)
+    return decoded
+
+
 def _arrow_columns(
     table: pa.RecordBatch | pa.Table, columns: list[str], path: str, first_row: int, skip: bool
 ) -> RowBatch:
@@ -205,28 +217,12 @@ def _arrow_columns(
             try:
                 array = array.cast(pa.large_string())  # validates UTF-8 in C++
             except pa.ArrowInvalid:
-                values = array.to_pylist()
-                decoded = []
-                for i, raw in enumerate(values):
-                    try:
-                        decoded.append(None if raw is None else raw.decode("utf-8"))
-                    except UnicodeDecodeError:
-                        bad.add(i)
-                        decoded.append(None)
-                out[name] = decoded
+                out[name] = _decode_utf8(array.to_pylist(), bad)
                 continue
         try:
             out[name] = array.to_pylist()
         except UnicodeDecodeError:
-            binary = array.cast(pa.large_binary()).to_pylist()
-            decoded = []
-            for i, raw in enumerate(binary):
-                try:
-                    decoded.append(None if raw is None else raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    bad.add(i)
-                    decoded.append(None)
-            out[name] = decoded
+            out[name] = _decode_utf8(array.cast(pa.large_binary()).to_pylist(), bad)
     num_rows = table.num_rows
     if bad:
         for i in sorted(bad):
