@@ -33,10 +33,13 @@ class _SwiGLUFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         gate, up = torch.chunk(x, 2, dim=-1)
-        sig = torch.sigmoid(gate)
-        grad_gate = grad_out * up * sig * (1 + gate * (1 - sig))
-        grad_up = grad_out * gate * sig
-        return torch.cat((grad_gate, grad_up), dim=-1)
+        # Both halves are written straight into one gradient tensor (no cat); aten's silu_backward
+        # computes d silu / d gate = sig * (1 + gate * (1 - sig)) in one pass, in float32 for bf16.
+        grad = torch.empty_like(x)
+        grad_gate, grad_up = torch.chunk(grad, 2, dim=-1)
+        torch.mul(grad_out, F.silu(gate), out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad_out * up, gate, grad_input=grad_gate)
+        return grad
 
 
 def swiglu_torch(x: Tensor) -> Tensor:

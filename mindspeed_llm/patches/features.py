@@ -7,6 +7,19 @@ Base patches (group ``ops``), applied by the device layer at ``import mindspeed_
   imported: the final layernorm of ``TransformerBlock``, the spec modules' ``LNImpl``) become
   :class:`~mindspeed_llm.ops.rmsnorm.MegatronNorm`: the same LayerNorm/RMSNorm math, plus support
   for ``sequence_parallel=True``, which megatron's torch norm rejects. Same state-dict keys.
+- ``megatron.core.optimizer.get_megatron_optimizer`` is wrapped so the torch Adam/AdamW megatron
+  falls back to without Transformer Engine or Apex runs torch's fused kernel
+  (:mod:`~mindspeed_llm.ops.fused_adam`), as Megatron-LM runs Apex's fused Adam on GPUs.
+- ``megatron.core.utils.local_multi_tensor_scale`` (megatron's stand-in for Apex's
+  ``multi_tensor_scale``: gradient clipping, main -> model parameter copies) runs on torch's
+  ``_foreach`` kernels (:mod:`~mindspeed_llm.ops.multi_tensor`), bit-identical and one pass.
+
+CPU base patches (group ``ops-cpu``), applied with the above when the device is the CPU:
+
+- ``tensor_parallel.vocab_parallel_cross_entropy`` becomes
+  :func:`~mindspeed_llm.ops.cross_entropy.vocab_parallel_cross_entropy`: megatron's float32 math
+  and all-reduces, computed over cache-sized blocks of rows instead of whole-tensor passes over a
+  float32 copy of the logits. CPU only: on a GPU its per-block Python loop would be launch-bound.
 
 Feature patches (group ``features``), enabled from the training flags by
 :func:`enable_feature_patches` / :func:`enable_feature_patches_from_args`:
@@ -41,6 +54,10 @@ from typing import Any
 from mindspeed_llm.patches.registry import PatchRegistry, registry
 
 BASE_GROUP = "ops"
+CPU_BASE_GROUP = "ops-cpu"
+CROSS_ENTROPY = "megatron.core.tensor_parallel.cross_entropy.vocab_parallel_cross_entropy"
+GET_OPTIMIZER = "megatron.core.optimizer.get_megatron_optimizer"
+LOCAL_MULTI_TENSOR_SCALE = "megatron.core.utils.local_multi_tensor_scale"
 FEATURE_GROUP = "features"
 FEATURE_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
 _DEVICE_TO_BACKEND = {"cpu": "torch", "cuda": "cuda", "npu": "npu"}
@@ -74,6 +91,8 @@ _NORM_COPY_HOLDERS = (
 
 
 def _register_base(reg: PatchRegistry) -> None:
+    from mindspeed_llm.ops.fused_adam import fused_adam_wrapper
+    from mindspeed_llm.ops.multi_tensor import foreach_multi_tensor_scale
     from mindspeed_llm.ops.rmsnorm import MegatronNorm
 
     for module in _NORM_COPY_HOLDERS:
@@ -82,19 +101,47 @@ def _register_base(reg: PatchRegistry) -> None:
                  description="local-spec norms support sequence parallel")
     reg.register("megatron.core.transformer.torch_norm.WrappedTorchNorm", MegatronNorm, group=BASE_GROUP,
                  description="torch norm (final layernorm too) supports sequence parallel")
+    reg.register(GET_OPTIMIZER, wrapper=fused_adam_wrapper, group=BASE_GROUP,
+                 description="torch Adam/AdamW fallback runs torch's fused kernel")
+    reg.register(LOCAL_MULTI_TENSOR_SCALE, foreach_multi_tensor_scale, group=BASE_GROUP,
+                 description="multi_tensor_scale fallback on torch _foreach kernels")
+
+
+def _cross_entropy_wrapper(original: Callable) -> Callable:
+    from mindspeed_llm.ops.cross_entropy import vocab_parallel_cross_entropy
+
+    @functools.wraps(original)
+    def blocked_vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing=0.0):
+        return vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing, megatron_impl=original)
+
+    return blocked_vocab_parallel_cross_entropy
+
+
+def _register_cpu_base(reg: PatchRegistry) -> None:
+    importlib.import_module("megatron.core.tensor_parallel")
+    reg.register(CROSS_ENTROPY, wrapper=_cross_entropy_wrapper, group=CPU_BASE_GROUP,
+                 description="vocab-parallel cross entropy in cache-sized blocks (CPU)")
 
 
 def apply_base_op_patches(device: str, reg: PatchRegistry = registry) -> None:
-    """Apply the op patches every device gets at import (the sequence-parallel-capable norms)."""
+    """Apply the op patches every device gets at import (sequence-parallel-capable norms, fused
+    Adam fallback), and on the CPU the blocked cross entropy."""
     if device not in _DEVICE_TO_BACKEND:
         raise ValueError(f"device={device!r}: expected one of {', '.join(_DEVICE_TO_BACKEND)}")
     if not reg.patches(BASE_GROUP):
         _register_base(reg)
     reg.apply(BASE_GROUP)
+    if device == "cpu":
+        if not reg.patches(CPU_BASE_GROUP):
+            _register_cpu_base(reg)
+        reg.apply(CPU_BASE_GROUP)
+    else:
+        reg.revert(CPU_BASE_GROUP)
 
 
 def revert_base_op_patches(reg: PatchRegistry = registry) -> None:
     """Undo :func:`apply_base_op_patches`."""
+    reg.revert(CPU_BASE_GROUP)
     reg.revert(BASE_GROUP)
 
 

@@ -115,6 +115,12 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     set_args(args)
     if features:
         logger.info("> feature patches: %s", ", ".join(features))
+    if args.device == "cpu":
+        from mindspeed_llm.patches import cpu_malloc
+
+        if cpu_malloc.keep_freed_memory():
+            logger.info("> host memory: freed blocks stay in the heap for reuse (glibc mmap/trim thresholds "
+                        "raised; %s=default keeps glibc's defaults)", cpu_malloc.ENV)
     noops = kernel_noop_flags(args, args.device)
     if noops:
         logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", args.device,
