@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 import torch
 
@@ -125,8 +126,14 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path)
                 break
         else:
             pytest.fail("the run ended without pausing in the save:\n" + "".join(lines[-40:]))
-        os.killpg(proc.pid, signal.SIGKILL)
+        # torchrun starts its workers in their own sessions: kill the agent and every descendant.
+        tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for process in tree:
+            process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(tree, timeout=60)
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     killed = loss_strings("".join(lines))
     assert "no checkpoint in" in "".join(lines)  # first start with --load == --save: fresh, and says so
