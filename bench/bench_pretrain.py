@@ -5,8 +5,10 @@ The model is Qwen2.5-shaped and ~55M parameters (8 layers, hidden 512, 8 heads /
 dtype, micro-batch and sequence length, each in its own subprocess; the first iterations are warm-up.
 
     python bench/bench_pretrain.py [--dtype bf16|fp32|both] [--threads 2] [--iters 8] [--warmup 2]
+                                   [--rounds 1] [--ablate]
 
-Reported: median and best per-iteration tokens/s (the best is the least disturbed by other load).
+Reported: median and best per-iteration tokens/s (the best is the least disturbed by other load),
+over the timed iterations of every round (``--rounds N`` repeats all runs, interleaved).
 Baseline: ``Qwen2ForCausalLM(attn_implementation="sdpa")``, ``torch.optim.AdamW`` (torch's defaults:
 the per-parameter loop on CPU), gradient clipping 1.0, random token batches. For bf16 the baseline
 holds bf16 parameters and AdamW state (plain ``model.to(bfloat16)``) while pretrain_gpt keeps fp32
@@ -50,7 +52,7 @@ def make_data(prefix: Path, tokens: int) -> None:
     builder.finalize(f"{prefix}.idx")
 
 
-def run_pretrain(args, dtype: str, workdir: Path) -> dict:
+def run_pretrain(args, dtype: str, workdir: Path, env: dict | None = None) -> dict:
     prefix = workdir / "bench_text_document"
     if not Path(f"{prefix}.bin").exists():
         make_data(prefix, (args.iters + 4) * args.mbs * args.seq * 2)
@@ -71,18 +73,18 @@ def run_pretrain(args, dtype: str, workdir: Path) -> dict:
     if dtype == "bf16":
         cmd.append("--bf16")
     cmd += args.extra.split()
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO), **(env or {})}
     env.update(item.split("=", 1) for item in args.env)
     out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if out.returncode:
         raise RuntimeError(f"pretrain_gpt.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     ms = [float(m.group(2)) for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
     notes = [line for line in out.stdout.splitlines() if line.startswith(("NOTE", "> feature", "> host memory"))]
-    return {**_rates(args, [m / 1000 for m in ms]), "notes": notes}
+    return {"seconds": [m / 1000 for m in ms], "notes": notes}
 
 
 def _rates(args, seconds: list[float]) -> dict:
-    """Median and best tokens/s over the timed iterations (the best is the least disturbed by other load)."""
+    """Median and best tokens/s over timed iterations (the best is the least disturbed by other load)."""
     ordered = sorted(seconds)
     median = ordered[len(ordered) // 2]
     tokens = args.mbs * args.seq
@@ -117,7 +119,7 @@ def hf_worker(args) -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in model.parameters())
-    return {**_rates(args, times[args.warmup:]), "params": params}
+    return {"seconds": times[args.warmup:], "params": params}
 
 
 def run_hf(args, dtype: str, tuned: bool = False) -> dict:
@@ -145,6 +147,9 @@ def main() -> None:
     p.add_argument("--extra", default="", help="more pretrain_gpt.py flags, e.g. '--cross-entropy-loss-fusion'")
     p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="environment for pretrain_gpt.py only, e.g. MINDSPEED_LLM_CPU_MALLOC=default")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the interleaved runs; iterations are pooled")
+    p.add_argument("--ablate", action="store_true",
+                   help="also run pretrain_gpt.py with MINDSPEED_LLM_CPU_MALLOC=default (glibc's malloc defaults)")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -152,29 +157,37 @@ def main() -> None:
         print(json.dumps(hf_worker(args)))
         return
     dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
-    rows = []
+    runs = {
+        "pretrain_gpt.py": lambda dtype, tmp: run_pretrain(args, dtype, tmp),
+        "HF Qwen2 sdpa + AdamW loop": lambda dtype, tmp: run_hf(args, dtype),
+        "HF loop + kept freed memory + fused AdamW": lambda dtype, tmp: run_hf(args, dtype, tuned=True),
+    }
+    if args.ablate:
+        runs["pretrain_gpt.py, glibc malloc defaults"] = lambda dtype, tmp: run_pretrain(
+            args, dtype, tmp, env={"MINDSPEED_LLM_CPU_MALLOC": "default"})
+    seconds: dict = {}
+    notes, params = [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in dtypes:
-            # Interleaved, so that a change of load on the machine hits all three alike.
-            ours = run_pretrain(args, dtype, Path(tmp))
-            hf = run_hf(args, dtype)
-            tuned = run_hf(args, dtype, tuned=True)
-            rows.append((dtype, ours, hf, tuned))
-    print(f"Qwen2.5-shaped {hf['params'] / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, "
-          f"{args.threads} threads, {args.iters - args.warmup} timed iterations after {args.warmup} warm-up")
-    print("| dtype | pretrain_gpt tokens/s median (best) | HF Qwen2 sdpa + AdamW median (best) | ratio median (best) "
-          "| HF + kept freed memory + fused AdamW median (best) | ratio to it median (best) |")
-    print("|---|---|---|---|---|---|")
-
-    def ratio(a, b):
-        return (f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x "
-                f"({a['best_tokens_per_s'] / b['best_tokens_per_s']:.2f}x)")
-
-    for dtype, ours, hf, tuned in rows:
-        print(f"| {dtype} | {ours['tokens_per_s']:.0f} ({ours['best_tokens_per_s']:.0f}) | "
-              f"{hf['tokens_per_s']:.0f} ({hf['best_tokens_per_s']:.0f}) | {ratio(ours, hf)} | "
-              f"{tuned['tokens_per_s']:.0f} ({tuned['best_tokens_per_s']:.0f}) | {ratio(ours, tuned)} |")
-    for note in rows[0][1]["notes"]:
+        # Rounds of interleaved runs, so that a change of load on the machine hits every run alike.
+        for _ in range(args.rounds):
+            for dtype in dtypes:
+                for name, run in runs.items():
+                    result = run(dtype, Path(tmp))
+                    seconds.setdefault((dtype, name), []).extend(result["seconds"])
+                    notes = notes or result.get("notes", [])
+                    params = result.get("params", params)
+    print(f"Qwen2.5-shaped {params / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, {args.threads} threads, "
+          f"{args.rounds} round(s) of {args.iters - args.warmup} timed iterations after {args.warmup} warm-up")
+    print("| dtype | run | tokens/s median (best) | vs the HF loop, median (best) |")
+    print("|---|---|---|---|")
+    for dtype in dtypes:
+        base = _rates(args, seconds[(dtype, "HF Qwen2 sdpa + AdamW loop")])
+        for name in runs:
+            rate = _rates(args, seconds[(dtype, name)])
+            print(f"| {dtype} | {name} | {rate['tokens_per_s']:.0f} ({rate['best_tokens_per_s']:.0f}) | "
+                  f"{rate['tokens_per_s'] / base['tokens_per_s']:.2f}x "
+                  f"({rate['best_tokens_per_s'] / base['best_tokens_per_s']:.2f}x) |")
+    for note in notes:
         print(note)
 
 
