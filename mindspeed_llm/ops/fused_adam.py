@@ -13,6 +13,7 @@ setting it there; a ``load_state_dict`` hook keeps it switched after a checkpoin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -72,7 +73,6 @@ def use_fused_adam(optimizer) -> int:
 
 def fused_adam_wrapper(get_megatron_optimizer):
     """Wrap megatron's ``get_megatron_optimizer``: what it builds runs torch's fused Adam."""
-    import functools
 
     @functools.wraps(get_megatron_optimizer)
     def get_megatron_optimizer_fused(*args, **kwargs):
