@@ -286,6 +286,10 @@ def sdpa_attention(
             n = query.shape[2]
             sdpa_mask = sdpa_mask & ~torch.triu(torch.ones(n, n, dtype=torch.bool, device=query.device), 1)
             causal = False
+    if query.device.type == "cpu":
+        # The CPU flash kernel is 5-15% faster (forward + backward) on [b, n, s, d]-contiguous inputs than on
+        # the permuted views of megatron's [s, b, n, d]; the copies cost less than that.
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p, is_causal=causal,
         scale=_scale(softmax_scale, query.shape[-1]), enable_gqa=key.shape[1] != query.shape[1],

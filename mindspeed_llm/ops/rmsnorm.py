@@ -2,7 +2,9 @@
 
 ``rms_norm_reference`` computes in float32 (float64 for float64 input) and casts back before the
 weight, like Llama/Qwen's reference ``RMSNorm``. The fused paths: ``torch.nn.functional.rms_norm``
-(one aten kernel; CPU and CUDA) and ``torch_npu.npu_rms_norm`` on Ascend.
+on CUDA, ``torch_npu.npu_rms_norm`` on Ascend, and on the CPU (where ``F.rms_norm`` is a composite of
+about a dozen autograd ops) :func:`rms_norm_torch_function`: one autograd function that computes in
+float32, keeps only the input and one ``rstd`` per row for backward, and rounds the output once.
 """
 
 from __future__ import annotations
@@ -26,8 +28,37 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def rms_norm_torch_fused(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
-    """``torch.nn.functional.rms_norm``: a single aten kernel (CPU and CUDA)."""
+    """``torch.nn.functional.rms_norm`` (the CUDA path)."""
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(compute)
+        mean_square = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        rstd = mean_square.add_(eps).rsqrt_()
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd).mul_(weight.to(compute)).to(torch.promote_types(x.dtype, weight.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        compute = rstd.dtype
+        normed = x * rstd  # in the compute dtype (type promotion)
+        grad = grad_out.to(compute, copy=True)
+        grad_weight = (grad * normed).sum(dim=tuple(range(grad.dim() - 1))).to(weight.dtype)
+        grad.mul_(weight.to(compute))  # d loss / d normed
+        # d normed_i / d x_j = rstd * (delta_ij - normed_i * normed_j / n)
+        dot = (grad * normed).mean(dim=-1, keepdim=True)
+        grad_x = grad.sub_(normed.mul_(dot)).mul_(rstd)
+        return grad_x.to(x.dtype), grad_weight, None
+
+
+def rms_norm_torch_function(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
+    """RMSNorm as one autograd function (the CPU path): float32 math, one rounding, small saved state."""
+    return _RMSNormFunction.apply(x, weight, eps)
 
 
 def rms_norm_npu(x: Tensor, weight: Tensor, eps: float = 1e-5, torch_npu: Any = None) -> Tensor:
@@ -41,7 +72,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-5, backend: str | None =
     kind = resolve_backend(x, backend)
     if kind == "npu":
         return rms_norm_npu(x, weight, eps, torch_npu=torch_npu)
-    return rms_norm_torch_fused(x, weight, eps)
+    if kind == "cuda":
+        return rms_norm_torch_fused(x, weight, eps)
+    return rms_norm_torch_function(x, weight, eps)
 
 
 class RMSNorm(torch.nn.Module):

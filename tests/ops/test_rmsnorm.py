@@ -11,6 +11,7 @@ from mindspeed_llm.ops.rmsnorm import (
     RMSNorm,
     rms_norm,
     rms_norm_reference,
+    rms_norm_torch_function,
     rms_norm_torch_fused,
 )
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
@@ -40,13 +41,34 @@ def _config(**overrides):
     return TransformerConfig(**kwargs)
 
 
-@pytest.mark.parametrize("fn", [rms_norm_reference, rms_norm_torch_fused, rms_norm])
+@pytest.mark.parametrize("fn", [rms_norm_reference, rms_norm_torch_fused, rms_norm_torch_function, rms_norm])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_paths_match_float64(fn, dtype):
     x, w = _inputs(dtype)
     out = fn(x, w, 1e-6)
     assert out.dtype == dtype
     assert _rel_err(out, _float64_rms(x, w, 1e-6)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_cpu_function_gradients_match_float64(dtype):
+    x, w = _inputs(dtype)
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    want_x, want_w = torch.autograd.grad(_float64_rms(x64, w64, 1e-6), (x64, w64), grad_out)
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = rms_norm_torch_function(xs, ws, 1e-6)
+    assert [t.shape for t in out.grad_fn.saved_tensors] == [x.shape, w.shape, (*x.shape[:-1], 1)]
+    got_x, got_w = torch.autograd.grad(out, (xs, ws), grad_out.to(dtype))
+    assert got_x.dtype == got_w.dtype == dtype
+    tol = {torch.float64: 1e-12, **TOL}[dtype]
+    assert _rel_err(got_x, want_x) <= tol and _rel_err(got_w, want_w) <= tol
+
+
+def test_cpu_dispatch_uses_the_function():
+    x, w = _inputs(torch.float32)
+    out = rms_norm(x.requires_grad_(), w)
+    assert type(out.grad_fn).__name__ == "_RMSNormFunctionBackward"
 
 
 def test_reference_equals_torch_rmsnorm_module():
