@@ -26,8 +26,8 @@ Feature patches (group ``features``), enabled from the training flags by
 
 - ``--use-flash-attn``: ``LocalSpecProvider.core_attention`` returns
   :class:`~mindspeed_llm.ops.attention.FlashDotProductAttention`.
-- ``--use-fused-rmsnorm``: ``RMSNorm.kernel`` becomes the device's fused kernel
-  (``torch.nn.functional.rms_norm`` on CPU/CUDA, ``npu_rms_norm`` on Ascend).
+- ``--use-fused-rmsnorm``: ``RMSNorm.kernel`` becomes the device's fused kernel (one autograd
+  function on the CPU, ``torch.nn.functional.rms_norm`` on CUDA, ``npu_rms_norm`` on Ascend).
 - ``--use-fused-rotary-pos-emb``: wraps ``rope_utils._apply_rotary_pos_emb_bshd`` (the unfused
   RoPE that megatron uses without Transformer Engine); interleaved and MLA variants keep megatron's.
 - ``--use-fused-swiglu``: replaces ``fused_bias_swiglu.bias_swiglu_impl`` (and the copy in
