@@ -18,8 +18,7 @@ def foreach_multi_tensor_scale(chunk_size, noop_flag, tensor_lists, scale) -> No
     srcs, dsts = list(tensor_lists[0]), list(tensor_lists[1])
     if not srcs:
         return
-    in_place = [s for s, d in zip(srcs, dsts) if s is d]
-    if len(in_place) == len(srcs):
+    if all(src is dst for src, dst in zip(srcs, dsts)):
         torch._foreach_mul_(dsts, scale)
         return
     if scale == 1.0:
