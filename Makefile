@@ -1,24 +1,60 @@
-PYTHON ?= python
+# Which Python runs everything:
+# - PYTHON=... on the command line or in the environment: that interpreter, as it is;
+# - an active virtual environment or conda env: its python;
+# - otherwise: ./.venv, created from python3 on first use and installed into once
+#   (again only when setup.py or pyproject.toml change).
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+VENV ?= .venv
+BOOTSTRAP_PYTHON ?= python3
 
-.PHONY: install test test-fast lint bench bench-quick quickstart clean
+ifeq ($(origin PYTHON),undefined)
+  ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+    PYTHON := python
+  else
+    PYTHON := $(VENV)/bin/python
+    OWN_VENV := 1
+  endif
+endif
 
-install:
+ifdef OWN_VENV
+# The stamp records that .venv holds this checkout's dependencies.
+ENV_READY := $(VENV)/.mindspeed_llm-installed
+
+$(VENV)/bin/python:
+	@echo "> creating $(VENV) with $(BOOTSTRAP_PYTHON) (no virtual environment is active; set PYTHON=... to use your own)"
+	@$(BOOTSTRAP_PYTHON) -m venv $(VENV) || { echo "error: '$(BOOTSTRAP_PYTHON) -m venv' failed: install python3-venv (Debian/Ubuntu) or run with PYTHON=/path/to/python"; exit 1; }
+
+$(ENV_READY): setup.py pyproject.toml | $(VENV)/bin/python
+	@$(MAKE) --no-print-directory install
+	@touch $@
+else
+# Someone else's environment: install into it only when the package or its test tools are missing.
+ENV_READY := env-check
+endif
+
+.PHONY: install env-check test test-fast lint bench bench-quick quickstart clean
+
+install: | $(if $(OWN_VENV),$(VENV)/bin/python)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -e ".[test]"
+	@$(if $(OWN_VENV),touch $(VENV)/.mindspeed_llm-installed)
 
-test:
+env-check:
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'megatron.core', 'mindspeed_llm', 'pytest', 'ruff')))" \
+		|| $(MAKE) --no-print-directory install
+
+test: $(ENV_READY)
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
-test-fast:
+test-fast: $(ENV_READY)
 	$(PYTHON) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
-lint:
+lint: $(ENV_READY)
 	$(PYTHON) -m ruff check .
 
 # The full-size runs recorded in docs/performance.md (tens of minutes; convert needs ~47 GB of disk).
-bench:
+bench: $(ENV_READY)
 	$(PYTHON) bench/bench_import.py
 	$(PYTHON) bench/bench_attention.py
 	$(PYTHON) bench/bench_pretrain.py
@@ -26,14 +62,15 @@ bench:
 	$(PYTHON) bench/bench_convert.py --run
 
 # A few minutes: the same benchmarks at smaller sizes, to see that they run.
-bench-quick:
+bench-quick: $(ENV_READY)
 	$(PYTHON) bench/bench_import.py --repeats 2
 	$(PYTHON) bench/bench_attention.py --seqs 1024 --dtypes fp32 --repeats 1
 	$(PYTHON) bench/bench_pretrain.py --iters 2 --warmup 1 --dtype fp32
 	$(PYTHON) bench/bench_preprocess.py --size-mb 5 --vocab 20000 --train-mb 2
 
-quickstart:
-	bash examples/quickstart/run_quickstart.sh
+# The scripts call python and torchrun: put the chosen interpreter's folder first on PATH.
+quickstart: $(ENV_READY)
+	PATH="$(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))):)$$PATH" bash examples/quickstart/run_quickstart.sh
 
 clean:
 	rm -rf quickstart_output .pytest_cache
