@@ -187,6 +187,7 @@ def make_checkpoint_args(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int
         swiglu=True,
         add_bias_linear=False,
         add_qkv_bias=cfg.add_qkv_bias,
+        qk_layernorm=cfg.qk_layernorm,
         untie_embeddings_and_output_weights=not cfg.tie_word_embeddings,
         padded_vocab_size=padded,
         hf_vocab_size=cfg.vocab_size,

@@ -38,10 +38,10 @@ class TensorMapping:
     hf: tuple[str, ...]
     transform: Transform
     split: Split
-    when: str | None = None  # "qkv_bias", "untied"; None = always
+    when: str | None = None  # "qkv_bias", "qk_layernorm", "untied"; None = always
 
 
-# Llama-style naming, shared by Qwen2, Llama and Mistral.
+# Llama-style naming, shared by Qwen2, Qwen3, Llama and Mistral (Qwen3 adds the per-head q/k norms).
 LLAMA_LIKE_LAYER: tuple[TensorMapping, ...] = (
     TensorMapping("input_layernorm.weight", ("model.layers.{i}.input_layernorm.weight",),
                   Transform.COPY, Split.REPLICATED),
@@ -53,6 +53,10 @@ LLAMA_LIKE_LAYER: tuple[TensorMapping, ...] = (
                   ("model.layers.{i}.self_attn.q_proj.bias", "model.layers.{i}.self_attn.k_proj.bias",
                    "model.layers.{i}.self_attn.v_proj.bias"),
                   Transform.QKV, Split.COLUMN, when="qkv_bias"),
+    TensorMapping("self_attention.q_layernorm.weight", ("model.layers.{i}.self_attn.q_norm.weight",),
+                  Transform.COPY, Split.REPLICATED, when="qk_layernorm"),
+    TensorMapping("self_attention.k_layernorm.weight", ("model.layers.{i}.self_attn.k_norm.weight",),
+                  Transform.COPY, Split.REPLICATED, when="qk_layernorm"),
     TensorMapping("self_attention.linear_proj.weight", ("model.layers.{i}.self_attn.o_proj.weight",),
                   Transform.COPY, Split.ROW),
     TensorMapping("pre_mlp_layernorm.weight", ("model.layers.{i}.post_attention_layernorm.weight",),
@@ -78,7 +82,8 @@ OUTPUT_EXTRA_STATE = "output_layer._extra_state"
 
 def layer_mappings(cfg: ModelConfig) -> list[TensorMapping]:
     """The per-layer rows that apply to this model."""
-    return [m for m in LLAMA_LIKE_LAYER if m.when != "qkv_bias" or cfg.add_qkv_bias]
+    enabled = {None, "qkv_bias" if cfg.add_qkv_bias else None, "qk_layernorm" if cfg.qk_layernorm else None}
+    return [m for m in LLAMA_LIKE_LAYER if m.when in enabled]
 
 
 def hf_names_for_layer(cfg: ModelConfig, layer: int) -> list[str]:

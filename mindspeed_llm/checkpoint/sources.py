@@ -37,7 +37,7 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
         "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
         "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
-        "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h),
+        "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,), "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h),
         "mlp.down_proj.weight": (h, f),
     }
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
@@ -148,6 +148,7 @@ def model_config_from_args(args: argparse.Namespace, hf_dir: str | None = None) 
             "the checkpoint's args carry no HF config: pass --hf-dir ORIGINAL_HF_FOLDER (holding config.json)"
         )
     cfg.add_qkv_bias = bool(getattr(args, "add_qkv_bias", cfg.add_qkv_bias))
+    cfg.qk_layernorm = bool(getattr(args, "qk_layernorm", cfg.qk_layernorm))
     if getattr(args, "params_dtype", None) is not None:
         cfg.params_dtype = parse_dtype(args.params_dtype)
     return cfg

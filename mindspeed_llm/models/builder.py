@@ -51,7 +51,7 @@ def build_gpt_model(
             f"padded_vocab_size {padded_vocab_size} is smaller than the model's {model_config.vocab_size} "
             "embedding rows"
         )
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model_config.qk_layernorm)
     model = GPTModel(
         config=transformer_config,
         transformer_layer_spec=spec,

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,39 +27,87 @@ class FamilySpec:
 
     architecture: str  # HF ``architectures[0]``
     model_type: str  # HF ``model_type``
-    qkv_bias: str  # "always" (Qwen2), or "attention_bias" (read that config key; Llama)
+    qkv_bias: bool  # q/k/v projections carry biases (Qwen2) or not
     aliases: tuple[str, ...]  # accepted values of ``--model-type-hf``
-    # HF config keys we understand but do not map onto megatron-core; kept verbatim for the round trip.
+    # HF config keys this family has beyond COMMON_KEYS; each is checked (see ``from_hf_config``) and kept
+    # verbatim for the round trip.
     passthrough_keys: tuple[str, ...] = ()
+    qk_layernorm: bool = False  # per-head RMSNorm on q and k (Qwen3)
+    # How HF decides which layers use the sliding window: "always" (Mistral: every layer when
+    # ``sliding_window`` is set), "use_sliding_window" (Qwen2/3: that flag, from layer ``max_window_layers``
+    # on), or None (no sliding window in this family).
+    sliding_window: str | None = None
 
+
+_QWEN_WINDOW_KEYS = ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types")
 
 FAMILIES: dict[str, FamilySpec] = {
     "Qwen2ForCausalLM": FamilySpec(
         architecture="Qwen2ForCausalLM",
         model_type="qwen2",
-        qkv_bias="always",
+        qkv_bias=True,
         aliases=("qwen2", "qwen25", "qwen2.5", "llama2"),
-        passthrough_keys=("use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout"),
+        passthrough_keys=_QWEN_WINDOW_KEYS,
+        sliding_window="use_sliding_window",
+    ),
+    "Qwen3ForCausalLM": FamilySpec(
+        architecture="Qwen3ForCausalLM",
+        model_type="qwen3",
+        qkv_bias=False,
+        aliases=("qwen3",),
+        passthrough_keys=("attention_bias", *_QWEN_WINDOW_KEYS),
+        qk_layernorm=True,
+        sliding_window="use_sliding_window",
     ),
     "LlamaForCausalLM": FamilySpec(
         architecture="LlamaForCausalLM",
         model_type="llama",
-        qkv_bias="attention_bias",
+        qkv_bias=False,
         aliases=("llama", "llama2", "llama3", "llama31"),
-        passthrough_keys=("pretraining_tp", "attention_dropout", "mlp_bias"),
+        passthrough_keys=("pretraining_tp", "attention_bias", "mlp_bias"),
     ),
     "MistralForCausalLM": FamilySpec(
         architecture="MistralForCausalLM",
         model_type="mistral",
-        qkv_bias="never",
+        qkv_bias=False,
         aliases=("mistral", "llama2"),
-        passthrough_keys=("sliding_window", "attention_dropout"),
+        passthrough_keys=("sliding_window", "layer_types"),
+        sliding_window="always",
     ),
 }
 
 # ``--model-type-hf`` values MindSpeed users pass. ``llama2`` is MindSpeed's catch-all for this family
 # of decoder-only RMSNorm/SwiGLU/RoPE models, Qwen2 included (with ``--add-qkv-bias``).
-MODEL_TYPE_HF_CHOICES = ("llama2", "llama3", "llama", "qwen2", "qwen25", "qwen2.5", "mistral")
+MODEL_TYPE_HF_CHOICES = ("llama2", "llama3", "llama", "qwen2", "qwen25", "qwen2.5", "qwen3", "mistral")
+
+# Keys every family reads into ModelConfig (docs/adding_a_model.md has the table of what each becomes).
+COMMON_KEYS = frozenset({
+    "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "hidden_act",
+    "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "tie_word_embeddings",
+    "torch_dtype", "dtype", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
+})
+# Keys that never change the model's output: transformers' and the hub's bookkeeping, generation defaults.
+# ``pretraining_tp`` > 1 only slices Llama's matmuls in old transformers (the same math).
+COSMETIC_KEYS = frozenset({
+    "transformers_version", "_name_or_path", "_commit_hash", "name_or_path", "use_cache", "initializer_range",
+    "id2label", "label2id", "output_attentions", "output_hidden_states", "return_dict", "problem_type",
+    "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class", "torchscript", "use_bfloat16",
+    "tf_legacy_loss", "pruned_heads", "finetuning_task", "task_specific_params", "cross_attention_hidden_size",
+    "add_cross_attention", "is_decoder", "prefix", "sep_token_id", "decoder_start_token_id",
+    "use_return_dict", "bad_words_ids", "num_return_sequences", "max_length", "min_length", "do_sample",
+    "early_stopping", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "typical_p", "diversity_penalty", "num_beam_groups", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "encoder_no_repeat_ngram_size",
+    "tie_encoder_decoder", "architectures_version", "quantization_config_version", "pretraining_tp",
+})
+# Sub-keys of rope_scaling / rope_parameters each supported RoPE type takes (rope_theta read separately).
+ROPE_TYPE_KEYS = {
+    "default": frozenset(),
+    "linear": frozenset({"factor"}),
+    "llama3": frozenset({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
+}
 
 _DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -95,20 +142,75 @@ def family_for(architecture: str) -> FamilySpec:
 
 
 def _read_rope(cfg: dict) -> tuple[float, dict | None]:
-    """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys."""
+    """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys; refuses what we cannot run."""
     params = cfg.get("rope_parameters") or {}
     base = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
     scaling = cfg.get("rope_scaling")
     if scaling is None and params:
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    partial = (scaling or {}).get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if partial is not None and float(partial) != 1.0:
+        raise UnsupportedModelError(
+            f"partial_rotary_factor={partial} is not supported (RoPE on part of each head): only 1.0")
     if scaling:
-        scaling = dict(scaling)
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        scaling["rope_type"] = kind
+        scaling = {k: v for k, v in scaling.items() if k not in ("partial_rotary_factor", "rope_theta")}
+        kind = scaling.pop("rope_type", scaling.pop("type", "default"))
         scaling.pop("type", None)
-        if kind == "default":
-            scaling = None
+        if kind not in ROPE_TYPE_KEYS:
+            raise UnsupportedModelError(
+                f"rope_scaling rope_type={kind!r} is not supported: only default, linear and llama3 are "
+                "implemented (yarn, dynamic, longrope are refused rather than run with other frequencies)")
+        unknown = sorted(set(scaling) - ROPE_TYPE_KEYS[kind])
+        if unknown:
+            raise UnsupportedModelError(
+                f"rope_scaling {unknown[0]}={scaling[unknown[0]]!r} is not supported for rope_type {kind!r} "
+                f"(understood: {', '.join(sorted(ROPE_TYPE_KEYS[kind])) or 'nothing'})")
+        if kind != "default" and scaling.get("factor") is None:
+            raise UnsupportedModelError(f"rope_scaling rope_type={kind!r} has no factor: add rope_scaling.factor")
+        scaling = {"rope_type": kind, **scaling} if kind != "default" else None
     return float(base), (scaling or None)
+
+
+def _check_keys(cfg: dict, fam: FamilySpec) -> None:
+    """Refuse any key that is neither read by us, known to the family, nor cosmetic (it might change the math)."""
+    known = COMMON_KEYS | COSMETIC_KEYS | set(fam.passthrough_keys)
+    for key in cfg:
+        if key not in known:
+            raise UnsupportedModelError(
+                f"config.json key {key}={cfg[key]!r} is not known for {fam.architecture}: it may change the "
+                "model's math, so it is refused (remove it if it is cosmetic, or add it to the family in "
+                "mindspeed_llm/models/families.py)")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise UnsupportedModelError(f"hidden_act={act!r} is not supported (only silu, i.e. SwiGLU)")
+    if cfg.get("mlp_bias"):
+        raise UnsupportedModelError("mlp_bias=True is not supported (megatron's MLP here has no biases)")
+    if cfg.get("attention_bias"):
+        raise UnsupportedModelError(
+            f"attention_bias=True is not supported for {fam.architecture} (it also puts a bias on o_proj, "
+            "which megatron's local attention cannot hold)")
+
+
+def _active_sliding_window(cfg: dict, fam: FamilySpec) -> int | None:
+    """The attention window of the layers that use one (HF's rules per family), or None when none does."""
+    window = cfg.get("sliding_window")
+    types = cfg.get("layer_types")
+    if types is not None:
+        odd = sorted(set(types) - {"full_attention", "sliding_attention"})
+        if odd:
+            raise UnsupportedModelError(f"layer_types entry {odd[0]!r} is not supported (only full_attention, "
+                                        "sliding_attention)")
+        uses = "sliding_attention" in types
+    elif fam.sliding_window == "always":
+        uses = True
+    elif fam.sliding_window == "use_sliding_window":
+        layers = int(cfg["num_hidden_layers"])
+        uses = bool(cfg.get("use_sliding_window")) and int(cfg.get("max_window_layers") or 0) < layers
+    else:
+        uses = False
+    if not uses or window is None:
+        return None
+    return int(window)
 
 
 @dataclass
@@ -129,6 +231,8 @@ class ModelConfig:
     rope_scaling: dict | None = None  # HF form, with "rope_type"
     norm_epsilon: float = 1e-6
     add_qkv_bias: bool = False
+    qk_layernorm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
+    sliding_window: int | None = None  # window of the layers that use one (HF), None: full attention everywhere
     tie_word_embeddings: bool = False
     params_dtype: torch.dtype = torch.float32
     attention_dropout: float = 0.0
@@ -159,20 +263,10 @@ class ModelConfig:
                     f"{', '.join(sorted(by_type))}"
                 )
         fam = family_for(arch)
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise UnsupportedModelError(f"hidden_act {act!r} is not supported (only silu / SwiGLU)")
-        if cfg.get("mlp_bias"):
-            raise UnsupportedModelError("mlp_bias=true is not supported (megatron linear layers are bias-free here)")
+        _check_keys(cfg, fam)
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         kv_channels = cfg.get("head_dim") or hidden // heads
-        if fam.qkv_bias == "always":
-            qkv_bias = True
-        elif fam.qkv_bias == "attention_bias":
-            qkv_bias = bool(cfg.get("attention_bias", False))
-        else:
-            qkv_bias = False
         base, scaling = _read_rope(cfg)
         dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
         return cls(
@@ -189,7 +283,9 @@ class ModelConfig:
             rotary_base=base,
             rope_scaling=scaling,
             norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
-            add_qkv_bias=qkv_bias,
+            add_qkv_bias=fam.qkv_bias,
+            qk_layernorm=fam.qk_layernorm,
+            sliding_window=_active_sliding_window(cfg, fam),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             params_dtype=parse_dtype(dtype),
             attention_dropout=float(cfg.get("attention_dropout", 0.0) or 0.0),
@@ -217,15 +313,15 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": dtype_hf_name(self.params_dtype),
             "vocab_size": self.vocab_size,
+            "attention_dropout": self.attention_dropout,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
         }
         if self.pad_token_id is not None:
             cfg["pad_token_id"] = self.pad_token_id
-        if self.kv_channels != self.hidden_size // self.num_attention_heads:
+        # Qwen3's transformers default head_dim is 128, not hidden / heads: always write it there.
+        if self.kv_channels != self.hidden_size // self.num_attention_heads or self.qk_layernorm:
             cfg["head_dim"] = self.kv_channels
-        if family_for(self.architecture).qkv_bias == "attention_bias":
-            cfg["attention_bias"] = self.add_qkv_bias
         cfg.update(copy.deepcopy(self.extra_hf))
         return cfg
 
@@ -288,6 +384,7 @@ class ModelConfig:
             activation_func=torch.nn.functional.silu,
             add_bias_linear=False,
             add_qkv_bias=self.add_qkv_bias,
+            qk_layernorm=self.qk_layernorm,
             hidden_dropout=0.0,
             attention_dropout=self.attention_dropout,
             params_dtype=self.params_dtype,
@@ -296,18 +393,18 @@ class ModelConfig:
             fp16=self.params_dtype == torch.float16,
         )
 
+    def check_sequence_length(self, length: int, what: str) -> None:
+        """Refuse sequences longer than an active sliding window (megatron's local attention has none)."""
+        if self.sliding_window is not None and length > self.sliding_window:
+            raise UnsupportedModelError(
+                f"config.json sliding_window={self.sliding_window} is active for {self.architecture} and "
+                f"{what} {length} is longer: megatron-core's local attention has no sliding window, so use "
+                f"{what} <= {self.sliding_window}")
+
     def to_transformer_config(self, **overrides: Any):
         """megatron-core ``TransformerConfig`` for this model; ``overrides`` win (parallel sizes, dtype, ...)."""
         from megatron.core.transformer import TransformerConfig
 
-        sw = self.extra_hf.get("sliding_window")
-        if sw and self.extra_hf.get("use_sliding_window", self.model_type == "mistral") and \
-                sw < self.max_position_embeddings:
-            warnings.warn(
-                f"{self.architecture}: sliding_window={sw} is not applied by megatron-core's local attention; "
-                f"results match HF only for sequences up to {sw} tokens",
-                stacklevel=2,
-            )
         kwargs = self.transformer_config_kwargs()
         kwargs.update(overrides)
         if "params_dtype" in overrides and "pipeline_dtype" not in overrides:

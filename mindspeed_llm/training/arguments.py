@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--swiglu", action="store_true")
     g.add_argument("--disable-bias-linear", action="store_true")
     g.add_argument("--add-qkv-bias", action="store_true")
+    g.add_argument("--qk-layernorm", action="store_true", help="per-head RMSNorm on queries and keys (Qwen3)")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true")
     g.add_argument("--attention-dropout", type=float, default=0.1)
     g.add_argument("--hidden-dropout", type=float, default=0.1)
@@ -389,30 +390,55 @@ def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
 
 
 # ---- megatron-core configs ------------------------------------------------------------------------------------
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def rope_scaling_from_args(args: argparse.Namespace, recorded: dict | None) -> dict | None:
+    """RoPE scaling of the run: the checkpoint's ``recorded`` one exactly, completed or contradicted by flags.
+
+    Without ``--rope-scaling-type`` the recorded scaling is used as it is (all of its parameters, e.g. a
+    Llama-3.1 ``original_max_position_embeddings``); flags that describe another scaling are refused.
+    """
+    kind = args.rope_scaling_type
+    if kind is None:
+        return dict(recorded) if recorded else None
+    rec = recorded if recorded and recorded.get("rope_type") == kind else {}
+    scaling: dict[str, Any] = {"rope_type": kind, "factor": args.rope_scaling_factor}
+    if kind == "llama3":
+        scaling.update(
+            low_freq_factor=_first(args.low_freq_factor, rec.get("low_freq_factor"), 1.0),
+            high_freq_factor=_first(args.high_freq_factor, rec.get("high_freq_factor"), 4.0),
+            original_max_position_embeddings=_first(args.original_max_position_embeddings,
+                                                    rec.get("original_max_position_embeddings"), 8192))
+    if recorded is not None and scaling != recorded:
+        raise ArgumentError(f"--rope-scaling-type {kind} gives rope_scaling {scaling} but the --load checkpoint "
+                            f"records {recorded}: drop the RoPE scaling flags (the checkpoint's are used)")
+    return scaling
+
+
 def model_config_from_args(args: argparse.Namespace, vocab_rows: int, base: Any = None):
     """Our :class:`ModelConfig` for the flags (``base``: a checkpoint's config, for HF names and ids)."""
     from mindspeed_llm.models.families import ModelConfig
 
-    rope_scaling = None
-    if args.rope_scaling_type == "llama3":
-        rope_scaling = {"rope_type": "llama3", "factor": args.rope_scaling_factor,
-                        "low_freq_factor": args.low_freq_factor or 1.0,
-                        "high_freq_factor": args.high_freq_factor or 4.0,
-                        "original_max_position_embeddings": args.original_max_position_embeddings or 8192}
-    elif args.rope_scaling_type == "linear":
-        rope_scaling = {"rope_type": "linear", "factor": args.rope_scaling_factor}
+    recorded = base.rope_scaling if base is not None else None
+    if base is None and args.rope_scaling_type is None and any(
+            v is not None for v in (args.low_freq_factor, args.high_freq_factor, args.original_max_position_embeddings)):
+        raise ArgumentError("--low-freq-factor/--high-freq-factor/--original-max-position-embeddings need "
+                            "--rope-scaling-type llama3")
     fields = dict(
         num_layers=args.num_layers, hidden_size=args.hidden_size, ffn_hidden_size=args.ffn_hidden_size,
         num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
         kv_channels=args.kv_channels, vocab_size=vocab_rows, max_position_embeddings=args.max_position_embeddings,
-        rotary_base=args.rotary_base, rope_scaling=rope_scaling, norm_epsilon=args.norm_epsilon,
-        add_qkv_bias=args.add_qkv_bias, tie_word_embeddings=not args.untie_embeddings_and_output_weights,
+        rotary_base=args.rotary_base, rope_scaling=rope_scaling_from_args(args, recorded),
+        norm_epsilon=args.norm_epsilon, add_qkv_bias=args.add_qkv_bias, qk_layernorm=args.qk_layernorm,
+        tie_word_embeddings=not args.untie_embeddings_and_output_weights,
         params_dtype=args.params_dtype, attention_dropout=args.attention_dropout,
     )
     if base is not None:
         return base.replace(**fields)
-    arch = "Qwen2ForCausalLM" if args.add_qkv_bias else "LlamaForCausalLM"
-    model_type = "qwen2" if args.add_qkv_bias else "llama"
+    arch, model_type = (("Qwen3ForCausalLM", "qwen3") if args.qk_layernorm else
+                        ("Qwen2ForCausalLM", "qwen2") if args.add_qkv_bias else ("LlamaForCausalLM", "llama"))
     return ModelConfig(architecture=arch, model_type=model_type, **fields)
 
 

@@ -42,7 +42,7 @@ PAUSE_IN_SAVE_ENV = "MINDSPEED_LLM_TEST_PAUSE_IN_SAVE"
 _SHAPE_ARGS = (
     ("num_layers", "--num-layers"), ("hidden_size", "--hidden-size"), ("ffn_hidden_size", "--ffn-hidden-size"),
     ("num_attention_heads", "--num-attention-heads"), ("num_query_groups", "--num-query-groups"),
-    ("kv_channels", "--kv-channels"), ("add_qkv_bias", "--add-qkv-bias"),
+    ("kv_channels", "--kv-channels"), ("add_qkv_bias", "--add-qkv-bias"), ("qk_layernorm", "--qk-layernorm"),
     ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights"),
 )
 _SAVED_TYPES = (bool, int, float, str, type(None), torch.dtype)

@@ -59,7 +59,7 @@ def padded_vocab_size(vocab: int, args: argparse.Namespace) -> int:
 
 def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) -> None:
     """Check the launch against ``--load``'s checkpoint, settle the padded vocabulary, build ModelConfig."""
-    from mindspeed_llm.models.families import ModelConfig
+    from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
 
     base, rows = None, None
     if ckpt_iteration is not None:
@@ -67,14 +67,18 @@ def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) ->
         checkpointing.check_checkpoint_args(args, ckpt_args, where)
         checkpointing.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
         if getattr(ckpt_args, "hf_config", None):
-            try:
+            try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
                 base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))
-            except Exception:  # noqa: BLE001 - an unreadable HF config only loses names for mg->hf
-                base = None
+            except (UnsupportedModelError, KeyError, ValueError) as exc:
+                raise CheckpointError(f"{where}: its recorded HF config is refused: {exc}") from None
         rows = getattr(ckpt_args, "hf_vocab_size", None)
     args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
     rows = min(rows or args.padded_vocab_size, args.padded_vocab_size)
     model_config = model_config_from_args(args, rows, base)
+    try:
+        model_config.check_sequence_length(args.seq_length, "--seq-length")
+    except UnsupportedModelError as exc:
+        raise ArgumentError(str(exc)) from None
     # Recorded in every saved checkpoint so that convert_ckpt.py mg->hf can rebuild the HF config.
     args.hf_config = model_config.to_hf_config()
     args.hf_architecture = model_config.architecture

@@ -22,6 +22,9 @@ MODELS = {
     "qwen_untied": ("qwen2", 128, 100, {}),  # more embedding rows than tokenizer tokens
     "qwen_tied": ("qwen2_tied", 127, 100, {"max_shard_size": "40KB"}),  # odd rows: TP2 pads; sharded input
     "llama": ("llama", 128, 128, {}),
+    "qwen3_untied": ("qwen3", 128, 128, {}),  # q/k norms, head_dim 32 != hidden / heads 16
+    "qwen3_tied": ("qwen3_tied", 127, 100, {}),
+    "mistral": ("mistral", 128, 128, {}),
 }
 LAYOUTS = [(1, 1, None), (2, 1, None), (1, 2, None), (2, 2, None), (1, 2, [1, 3])]
 
@@ -53,7 +56,7 @@ def _opts(load_type, save_type, load_dir, save_dir, **kw):
 @pytest.mark.parametrize("tp,pp,layer_list", LAYOUTS)
 def test_hf_mg_hf_round_trip(hf_models, tmp_path, name, tp, pp, layer_list):
     folder, ref_logits = hf_models[name]
-    bias = name.startswith("qwen")
+    bias = name.startswith("qwen_")
     mg = convert(_opts("hf", "mg", folder, str(tmp_path / "mg"), target_tp=tp, target_pp=pp,
                        num_layer_list=layer_list, add_qkv_bias=bias))
     assert read_tracker(mg) == 1 and parallel_sizes(mg, 1) == (tp, pp)

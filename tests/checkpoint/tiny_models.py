@@ -8,8 +8,9 @@ import os
 import torch
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# CI lays ../shared beside the checkout (as tests/conftest.py expects); without it the keys are written out below.
-FIXTURES = os.path.join(os.path.dirname(_REPO), "shared", "fixtures", "hf_configs")
+# The hub configs in tests/fixtures (older checkouts: ../shared); without them the keys are written out below.
+_FIXTURE_DIRS = (os.path.join(_REPO, "tests", "fixtures", "hf_configs"),
+                 os.path.join(os.path.dirname(_REPO), "shared", "fixtures", "hf_configs"))
 
 # Real key sets (fixtures), scaled down.
 _BASE = {
@@ -17,29 +18,41 @@ _BASE = {
     "qwen2_tied": "qwen2.5-0.5b.json",
     "llama": "llama-3-8b.json",
     "mistral": "mistral-7b-v0.1.json",
+    "qwen3": "qwen3-8b.json",  # untied
+    "qwen3_tied": "qwen3-0.6b.json",
 }
+_ARCH = {"qwen2": "Qwen2ForCausalLM", "qwen2_tied": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+         "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_tied": "Qwen3ForCausalLM"}
+
+
+def _fixture(name: str) -> str | None:
+    for folder in _FIXTURE_DIRS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
 
 
 def tiny_hf_config(kind: str = "qwen2", *, vocab_size: int = 128, num_layers: int = 4, **changes) -> dict:
     """A real model's config.json, scaled down (GQA 4 heads / 2 groups, hidden 64)."""
-    path = os.path.join(FIXTURES, _BASE[kind])
-    if os.path.isfile(path):
+    path = _fixture(_BASE[kind])
+    if path:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
     else:  # fixtures missing: the same keys, written out
-        arch = {"qwen2": "Qwen2ForCausalLM", "qwen2_tied": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
-                "mistral": "MistralForCausalLM"}[kind]
+        arch = _ARCH[kind]
         cfg = {"architectures": [arch], "model_type": arch.replace("ForCausalLM", "").lower(),
                "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1e6, "torch_dtype": "bfloat16",
-               "tie_word_embeddings": kind == "qwen2_tied"}
+               "tie_word_embeddings": kind.endswith("_tied")}
     cfg.update(hidden_size=64, intermediate_size=96, num_hidden_layers=num_layers, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=256,
                bos_token_id=1, eos_token_id=2)
     for key in ("max_window_layers",):
         if key in cfg:
             cfg[key] = num_layers
-    if "sliding_window" in cfg:
+    if cfg.get("sliding_window") is not None:
         cfg["sliding_window"] = 256
+    if "head_dim" in cfg:  # Qwen3: head_dim (32) is not hidden / heads (16), as in Qwen3-0.6B
+        cfg["head_dim"] = 32
     cfg.update(changes)
     return cfg
 

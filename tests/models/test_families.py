@@ -11,6 +11,7 @@ from mindspeed_llm.models.families import (
     check_model_type_hf,
     pipeline_layout,
 )
+from tests.conftest import REPO_ROOT
 
 EXPECTED = {
     # file: (arch, layers, hidden, ffn, heads, groups, vocab, base, eps, bias, tied, dtype)
@@ -118,3 +119,90 @@ def test_model_type_hf_aliases(hf_config_dir):
 def test_pipeline_layout():
     assert pipeline_layout([2, 2]) is None
     assert pipeline_layout([1, 3]) == [["embedding", "decoder"], ["decoder"] * 3 + ["loss"]]
+
+
+# ---- Qwen3 (hub configs in tests/fixtures/hf_configs) and the keys that are refused ---------------------------
+QWEN3_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"
+QWEN3 = {
+    # size: (layers, hidden, ffn, heads, groups, tied) -- all with head_dim 128, theta 1e6, eps 1e-6, vocab 151936
+    "0.6b": (28, 1024, 3072, 16, 8, True), "1.7b": (28, 2048, 6144, 16, 8, True), "4b": (36, 2560, 9728, 32, 8, True),
+    "8b": (36, 4096, 12288, 32, 8, False), "14b": (40, 5120, 17408, 40, 8, False),
+    "32b": (64, 5120, 25600, 64, 8, False),
+}
+
+
+@pytest.mark.parametrize("size", sorted(QWEN3))
+def test_reads_qwen3_hub_configs_both_transformers_spellings(size):
+    from transformers import AutoConfig
+
+    path = QWEN3_FIXTURES / f"qwen3-{size}.json"
+    cfg = ModelConfig.from_hf_config(path)
+    layers, hidden, ffn, heads, groups, tied = QWEN3[size]
+    assert _fields(cfg) == ("Qwen3ForCausalLM", layers, hidden, ffn, heads, groups, 151936, 1e6, 1e-6, False, tied,
+                            torch.bfloat16)
+    assert cfg.kv_channels == 128 and cfg.qk_layernorm and cfg.sliding_window is None and cfg.rope_scaling is None
+    tc = cfg.to_transformer_config(params_dtype=torch.float32)
+    assert tc.qk_layernorm and tc.kv_channels == 128 and not tc.add_qkv_bias
+    raw = json.loads(path.read_text())
+    model_type = raw.pop("model_type")
+    v5 = ModelConfig.from_hf_config(AutoConfig.for_model(model_type, **raw).to_dict())
+    assert _fields(v5) == _fields(cfg) and v5.kv_channels == 128 and v5.qk_layernorm
+    out = cfg.to_hf_config()  # transformers' Qwen3 default head_dim is 128 whatever hidden / heads: written
+    assert ModelConfig.from_hf_config(out) == cfg and out["head_dim"] == 128
+
+
+def test_qwen3_alias():
+    cfg = ModelConfig.from_hf_config(QWEN3_FIXTURES / "qwen3-8b.json")
+    check_model_type_hf("qwen3", cfg)
+    with pytest.raises(UnsupportedModelError, match="contradicts"):
+        check_model_type_hf("qwen25", cfg)
+
+
+def _qwen3(**changes):
+    raw = json.loads((QWEN3_FIXTURES / "qwen3-0.6b.json").read_text())
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
+     "rope_scaling rope_type='yarn' is not supported"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling rope_type='dynamic' is not supported"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "attention_factor": 0.5}},
+     "rope_scaling attention_factor=0.5 is not supported for rope_type 'linear'"),
+    ({"rope_scaling": {"rope_type": "llama3", "low_freq_factor": 1.0}}, "rope_scaling rope_type='llama3' has no factor"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5 is not supported"),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
+    ({"attention_bias": True}, "attention_bias=True is not supported for Qwen3ForCausalLM"),
+    ({"mlp_bias": True}, "config.json key mlp_bias=True is not known for Qwen3ForCausalLM"),
+    ({"use_mrope": True}, "config.json key use_mrope=True is not known"),
+    ({"layer_types": ["full_attention"] * 27 + ["chunked_attention"]}, "layer_types entry 'chunked_attention'"),
+])
+def test_keys_that_change_the_math_are_refused_by_name(changes, needle):
+    with pytest.raises(UnsupportedModelError) as err:
+        ModelConfig.from_hf_config(_qwen3(**changes))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_llama_attention_and_mlp_bias_are_refused(hf_config_dir):
+    raw = json.loads((hf_config_dir / "llama-3.1-8b.json").read_text())
+    with pytest.raises(UnsupportedModelError, match="attention_bias=True .* o_proj"):
+        ModelConfig.from_hf_config({**raw, "attention_bias": True})
+    with pytest.raises(UnsupportedModelError, match="mlp_bias=True"):
+        ModelConfig.from_hf_config({**raw, "mlp_bias": True})
+
+
+@pytest.mark.parametrize("changes,window", [
+    ({}, None),
+    ({"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 28}, None),  # no layer from 28 on
+    ({"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 20}, 4096),
+    ({"sliding_window": 512, "layer_types": ["sliding_attention"] * 28}, 512),
+])
+def test_sliding_window_is_active_by_hf_rules_and_checked_against_the_length(changes, window):
+    cfg = ModelConfig.from_hf_config(_qwen3(**changes))
+    assert cfg.sliding_window == window
+    if window:
+        cfg.check_sequence_length(window, "--seq-length")
+        with pytest.raises(UnsupportedModelError, match=f"sliding_window={window} is active .* --seq-length "
+                                                        f"{window + 1} is longer"):
+            cfg.check_sequence_length(window + 1, "--seq-length")

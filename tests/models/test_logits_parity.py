@@ -20,6 +20,8 @@ MODELS = {
     "qwen_untied": ("qwen2", 128, True),  # GQA (4 heads, 2 groups), qkv bias
     "qwen_tied": ("qwen2_tied", 127, True),  # tied embeddings, odd vocabulary padded at TP2
     "llama": ("llama", 128, False),
+    "qwen3_untied": ("qwen3", 128, False),  # q/k norms, head_dim 32 != hidden / heads
+    "qwen3_tied": ("qwen3_tied", 127, False),
 }
 LAYOUTS = [(1, 1, None), (2, 1, None), (1, 2, None), (2, 2, None)]
 TOLERANCE = 1e-4
