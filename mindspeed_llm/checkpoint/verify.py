@@ -114,6 +114,7 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
     source = MgSource(mg_root, iteration=iteration, hf_dir=hf_dir)
     cfg = source.cfg
     source.close()
+    cfg.check_sequence_length(num_tokens, "--verify-tokens")  # a longer sequence would differ from HF here
     hf_dtype = ModelConfig.from_hf_config(hf_dir).params_dtype
     round_to = weights_dtype(hf_dtype, source.dtype)  # e.g. fp32 HF converted with --params-dtype bf16
     need, have = _memory_needed(cfg), _available_memory()
