@@ -1,8 +1,12 @@
 """Convert checkpoints between HuggingFace and Megatron-mcore (see docs/checkpoint.md)."""
 
-import sys
+# Read by mindspeed_llm's __init__: the command line is checked before torch is imported (cli.main
+# applies the base patches after).
+MINDSPEED_LLM_LATE_PATCHES = True
 
-from mindspeed_llm.checkpoint.cli import main
+import sys  # noqa: E402
+
+from mindspeed_llm.checkpoint.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

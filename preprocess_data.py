@@ -1,8 +1,11 @@
 """Tokenize raw text into megatron-core indexed datasets (see docs/data.md)."""
 
-import sys
+# Read by mindspeed_llm's __init__: preprocessing needs no torch, and its command line answers at once.
+MINDSPEED_LLM_LATE_PATCHES = True
 
-from mindspeed_llm.data.cli import main
+import sys  # noqa: E402
+
+from mindspeed_llm.data.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,22 +2,33 @@
 
     torchrun --nproc-per-node 8 pretrain_gpt.py --tensor-model-parallel-size 2 ... --data-path DATA_text_document
 
-See docs/training.md. Import order matters: ``mindspeed_llm`` patches torch for the device first.
+See docs/training.md. Import order matters: the command line is checked before torch is imported
+(``--help`` and a bad flag answer at once), then ``mindspeed_llm`` patches torch for the device,
+then megatron-core is imported.
 """
 
-import mindspeed_llm  # noqa: F401, I001  (device layer first: megatron-core then runs on CPU, CUDA or NPU)
+# Read by mindspeed_llm's __init__: this script applies the base patches itself, after checking its flags.
+MINDSPEED_LLM_LATE_PATCHES = True
 
-from functools import partial
+import mindspeed_llm  # noqa: E402, I001  (torch-free until apply_base_patches)
+from mindspeed_llm.training.arguments import check_command_line  # noqa: E402
 
-import torch
-from megatron.core import parallel_state
-from megatron.core.enums import ModelType
+if __name__ == "__main__":
+    check_command_line()
 
-from mindspeed_llm.models.builder import build_gpt_model
-from mindspeed_llm.training.arguments import transformer_config_from_args
-from mindspeed_llm.training.data import build_gpt_datasets
-from mindspeed_llm.training.initialize import get_args
-from mindspeed_llm.training.training import get_model_config, get_tokenizer, pretrain, run_main
+mindspeed_llm.apply_base_patches()  # device layer first: megatron-core then runs on CPU, CUDA or NPU
+
+from functools import partial  # noqa: E402
+
+import torch  # noqa: E402
+from megatron.core import parallel_state  # noqa: E402
+from megatron.core.enums import ModelType  # noqa: E402
+
+from mindspeed_llm.models.builder import build_gpt_model  # noqa: E402
+from mindspeed_llm.training.arguments import transformer_config_from_args  # noqa: E402
+from mindspeed_llm.training.data import build_gpt_datasets  # noqa: E402
+from mindspeed_llm.training.initialize import get_args  # noqa: E402
+from mindspeed_llm.training.training import get_model_config, get_tokenizer, pretrain, run_main  # noqa: E402
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage: int | None = None):

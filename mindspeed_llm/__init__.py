@@ -3,8 +3,14 @@
 Importing the package detects the accelerator and applies the base patches for it (see
 ``mindspeed_llm.patches``). Feature patches that depend on training flags are enabled explicitly
 with :func:`enable_feature_patches` or :func:`enable_feature_patches_from_args`.
+
+The entry scripts (``pretrain_gpt.py``, ``convert_ckpt.py``, ``preprocess_data.py``) read their
+command line before torch is imported, so that ``--help`` and a bad flag answer at once: they set
+``MINDSPEED_LLM_LATE_PATCHES = True`` in ``__main__`` before importing the package, and call
+:func:`apply_base_patches` themselves once the command line is checked.
 """
 
+import sys
 import warnings
 
 # megatron-core warns at import, once per module, that the optional fused kernels of Transformer
@@ -13,10 +19,32 @@ warnings.filterwarnings("ignore", message=r".*(Transformer Engine and Apex are n
 # TransformerConfig's own default (cuda_graph_scope="full") triggers its deprecation warning on every build.
 warnings.filterwarnings("ignore", message=r"full scope is deprecated")
 
-from mindspeed_llm.patches import apply_base_patches, describe, registry  # noqa: E402
-
 __version__ = "0.1.0"
 
-DEVICE = apply_base_patches()
-
 __all__ = ["DEVICE", "apply_base_patches", "describe", "registry", "__version__"]
+
+_LAZY = ("apply_base_patches", "describe", "registry")
+
+
+def _late_patches() -> bool:
+    """True when the running entry script asked to apply the patches itself, after reading its flags."""
+    return bool(getattr(sys.modules.get("__main__"), "MINDSPEED_LLM_LATE_PATCHES", False))
+
+
+def __getattr__(name: str):
+    """``DEVICE`` and the patch-layer functions, imported (with torch) on first use."""
+    if name in _LAZY:
+        from mindspeed_llm import patches
+
+        return getattr(patches, name)
+    if name == "DEVICE":
+        from mindspeed_llm.patches import apply_base_patches
+
+        return apply_base_patches()  # idempotent: the device the patches were applied for
+    raise AttributeError(f"module 'mindspeed_llm' has no attribute {name!r}")
+
+
+if not _late_patches():
+    from mindspeed_llm.patches import apply_base_patches, describe, registry  # noqa: E402
+
+    DEVICE = apply_base_patches()

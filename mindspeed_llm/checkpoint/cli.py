@@ -1,14 +1,17 @@
-"""Command line of ``convert_ckpt.py`` (MindSpeed-LLM's flag names)."""
+"""Command line of ``convert_ckpt.py`` (MindSpeed-LLM's flag names).
+
+Parsing and the first checks import neither torch nor transformers: ``--help`` and a wrong
+``--load-dir`` answer at once; the converter is imported after.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
 
-from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
-from mindspeed_llm.checkpoint.errors import CheckpointError, VerificationError
-from mindspeed_llm.models.families import MODEL_TYPE_HF_CHOICES, UnsupportedModelError, parse_dtype
+from mindspeed_llm.checkpoint.errors import CheckpointError, VerificationError, check_load_dir
+from mindspeed_llm.console import print_error
+from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
 
 
 def _size(text: str) -> int:
@@ -66,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> ConvertOptions:
-    """Parsed flags -> :class:`ConvertOptions`."""
+def options_from_args(args: argparse.Namespace):
+    """Parsed flags -> :class:`~mindspeed_llm.checkpoint.convert.ConvertOptions`."""
+    from mindspeed_llm.checkpoint.convert import ConvertOptions
+    from mindspeed_llm.models.families import parse_dtype
+
     iteration = args.load_iteration
     if iteration is not None and iteration != "release":
         iteration = int(iteration)
@@ -96,6 +102,16 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
 def main(argv: list[str] | None = None) -> int:
     """Run a conversion; exit code 0 ok, 1 verification failed, 2 bad input."""
     args = build_parser().parse_args(argv)
+    try:
+        check_load_dir(args.load_dir, args.load_model_type)  # before the heavy imports: a typo answers at once
+        import mindspeed_llm
+        from mindspeed_llm.checkpoint.convert import convert
+        from mindspeed_llm.models.families import UnsupportedModelError
+
+        mindspeed_llm.apply_base_patches()
+    except CheckpointError as exc:
+        print_error(str(exc))
+        return 2
     opts = options_from_args(args)
     try:
         written = convert(opts)
@@ -105,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
             verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
     except (CheckpointError, UnsupportedModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     except VerificationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
     return 0

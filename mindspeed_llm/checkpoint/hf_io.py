@@ -10,7 +10,7 @@ import struct
 import torch
 from safetensors.torch import save_file
 
-from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.checkpoint.errors import CheckpointError, check_load_dir
 
 INDEX_FILENAME = "model.safetensors.index.json"
 SINGLE_FILENAME = "model.safetensors"
@@ -53,11 +53,8 @@ class HfReader:
 
     def __init__(self, folder: str):
         self.folder = folder
-        if not os.path.isdir(folder):
-            raise CheckpointError(f"--load-dir {folder} does not exist: point it at the HF model folder")
+        check_load_dir(folder, "hf")
         entries = os.listdir(folder)
-        if not entries:
-            raise CheckpointError(f"--load-dir {folder} is empty: download the HF model (config.json + *.safetensors) into it")
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise CheckpointError(f"{os.path.join(folder, 'config.json')} not found: --load-dir must be an HF model folder")
         index_path = os.path.join(folder, INDEX_FILENAME)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 
 from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.checkpoint.errors import CheckpointError, check_load_dir
 from mindspeed_llm.checkpoint.hf_io import HfReader
 from mindspeed_llm.checkpoint.mapping import (
     EMBEDDING,
@@ -162,10 +162,7 @@ class MgSource:
     """
 
     def __init__(self, root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
-        if not os.path.isdir(root):
-            raise CheckpointError(f"--load-dir {root} does not exist: point it at the Megatron checkpoint folder")
-        if not os.listdir(root):
-            raise CheckpointError(f"--load-dir {root} is empty: point it at a Megatron checkpoint folder")
+        check_load_dir(root, "mg")
         self.root = root
         self.iteration = layout.read_tracker(root) if iteration is None else iteration
         self.tp, self.pp = layout.parallel_sizes(root, self.iteration)

@@ -1,12 +1,20 @@
-"""Model families as data (HF config <-> megatron-core config) and the GPTModel builder."""
+"""Model families as data (HF config <-> megatron-core config) and the GPTModel builder.
 
-from mindspeed_llm.models.builder import build_gpt_model
-from mindspeed_llm.models.families import (
-    FAMILIES,
-    FamilySpec,
-    ModelConfig,
-    UnsupportedModelError,
-    pipeline_layout,
-)
+The names below are imported on first use (the command lines read :mod:`.names` without torch).
+"""
 
-__all__ = ["FAMILIES", "FamilySpec", "ModelConfig", "UnsupportedModelError", "build_gpt_model", "pipeline_layout"]
+import importlib
+
+_EXPORTS = {
+    "build_gpt_model": "builder", "FAMILIES": "families", "FamilySpec": "families", "ModelConfig": "families",
+    "UnsupportedModelError": "families", "pipeline_layout": "families",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import the submodule that defines ``name`` (see ``_EXPORTS``)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

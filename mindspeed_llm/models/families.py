@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
+
 
 class UnsupportedModelError(ValueError):
     """The HF config describes something our megatron-core model cannot represent."""
@@ -75,10 +77,6 @@ FAMILIES: dict[str, FamilySpec] = {
         sliding_window="always",
     ),
 }
-
-# ``--model-type-hf`` values MindSpeed users pass. ``llama2`` is MindSpeed's catch-all for this family
-# of decoder-only RMSNorm/SwiGLU/RoPE models, Qwen2 included (with ``--add-qkv-bias``).
-MODEL_TYPE_HF_CHOICES = ("llama2", "llama3", "llama", "qwen2", "qwen25", "qwen2.5", "qwen3", "mistral")
 
 # Keys every family reads into ModelConfig (docs/adding_a_model.md has the table of what each becomes).
 COMMON_KEYS = frozenset({

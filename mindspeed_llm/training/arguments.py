@@ -1,5 +1,8 @@
 """Megatron-LM's command line for ``pretrain_gpt.py``: parse, validate, build megatron-core configs.
 
+This module imports neither torch nor megatron-core: ``pretrain_gpt.py`` answers ``--help`` and
+refuses a bad launch (:func:`check_command_line`) before the heavy imports.
+
 Flag names and defaults follow Megatron-LM (core_v0.16.x ``megatron/training/arguments.py``) for
 everything MindSpeed-LLM's pretrain scripts pass. A flag we parse either works or is rejected with
 a message; flags that only select CUDA/NPU kernels are recorded in :data:`KERNEL_ONLY_FLAGS` and
@@ -9,10 +12,17 @@ reported once as no-ops where they mean nothing (see :func:`kernel_noop_flags`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
+import importlib.util
+import io
 import os
+import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
-import torch
+from mindspeed_llm.console import launch_rank, print_error
 
 
 class ArgumentError(ValueError):
@@ -216,7 +226,16 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Check the flags against each other and the world size; fill derived values (DP size, ...)."""
+    """Check the flags against each other and the world size; fill derived values (DP size, dtype, ...)."""
+    import torch
+
+    check_args(args, world_size)
+    args.params_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    return args
+
+
+def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
+    """:func:`validate_args` without torch: the flags against each other and the world size, derived values."""
     _need(args, "num_layers", "hidden_size", "num_attention_heads", "seq_length", "train_iters", "lr")
     if args.use_legacy_models:
         raise ArgumentError("--use-legacy-models is not supported: megatron-core models only (drop the flag)")
@@ -324,8 +343,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         raise ArgumentError(f"the interleaved pipeline schedule needs the number of micro-batches "
                             f"({args.num_microbatches}) to be a multiple of --pipeline-model-parallel-size {pp}")
 
-    # Precision: bf16 keeps fp32 main params and reduces gradients in fp32.
-    args.params_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    # Precision: bf16 keeps fp32 main params (params_dtype: validate_args) and reduces gradients in fp32.
     if args.bf16:
         args.accumulate_allreduce_grads_in_fp32 = True
     if args.overlap_param_gather and not args.use_distributed_optimizer:
@@ -365,14 +383,103 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
         raise ArgumentError(f"--save-interval must be positive, got {args.save_interval}")
     if args.exit_interval is not None and args.exit_interval <= 0:
         raise ArgumentError(f"--exit-interval must be positive, got {args.exit_interval}")
-    if args.tensorboard_dir:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ArgumentError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
-                                "pip install tensorboard, or drop the flag") from None
+    if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+        raise ArgumentError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
+                            "pip install tensorboard, or drop the flag")
     args.consumed_train_samples = 0
     args.consumed_valid_samples = 0
+    return args
+
+
+# ---- paths: checked before the process group and the heavy imports -------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def split_data_path(data_path: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """``--data-path`` -> (prefixes, weights as given or None): ``P``, ``P1 P2 ...`` or ``W1 P1 W2 P2 ...``."""
+    items = [s for item in data_path for s in item.split()]
+    if len(items) > 1 and len(items) % 2 == 0:
+        try:
+            [float(w) for w in items[0::2]]
+        except ValueError:
+            pass
+        else:
+            return items[1::2], items[0::2]
+    # One prefix, or several without weights (Megatron-LM reads them as equally weighted).
+    return items, None
+
+
+def _suggest_prefixes(prefix: str) -> list[str]:
+    folder = os.path.dirname(prefix) or "."
+    stem = os.path.basename(prefix)
+    found = sorted(glob.glob(os.path.join(folder, f"{stem}*.idx")))
+    if not found:
+        found = sorted(glob.glob(os.path.join(folder, "*.idx")))
+    return [f[: -len(".idx")] for f in found if os.path.isfile(f[: -len(".idx")] + ".bin")]
+
+
+def check_data_prefix(prefix: str) -> None:
+    """Raise a clear error unless ``prefix.bin`` and ``prefix.idx`` exist."""
+    if prefix.endswith((".bin", ".idx")):
+        raise ArgumentError(f"--data-path must be the prefix without .bin/.idx: try {prefix[:-4]}")
+    if os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx"):
+        return
+    candidates = _suggest_prefixes(prefix)
+    folder = os.path.dirname(prefix) or "."
+    if candidates:
+        existing = ", ".join(os.path.basename(c) + ".{bin,idx}" for c in candidates)
+        hint = f"files there: {existing}; use --data-path {candidates[0]}"
+        if not prefix.endswith("_document") and any(c.startswith(prefix) for c in candidates):
+            hint += " (preprocess_data.py appends _<json-key>_document, e.g. _text_document, to --output-prefix)"
+    elif os.path.isdir(folder):
+        hint = f"{folder} holds no .bin/.idx pair; run preprocess_data.py first"
+    else:
+        hint = f"{folder} does not exist"
+    raise ArgumentError(f"--data-path {prefix}: {prefix}.bin / {prefix}.idx not found; {hint}")
+
+
+def check_tokenizer_path(path: str) -> None:
+    """Raise a clear error unless ``path`` is a folder with HF tokenizer files."""
+    if not os.path.isdir(path) or not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ArgumentError(f"--tokenizer-name-or-path {path}: not a folder with tokenizer files "
+                            f"({', '.join(TOKENIZER_FILES)}); point it at the local HF model folder")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The data prefixes and the tokenizer folder of a checked launch exist."""
+    for prefix in split_data_path(args.data_path)[0]:
+        check_data_prefix(prefix)
+    if args.tokenizer_type != "NullTokenizer":
+        check_tokenizer_path(args.tokenizer_name_or_path)
+
+
+_QUIET_RANK_EXIT_DELAY_S = 2.0
+
+
+def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=None) -> argparse.Namespace:
+    """Parse and check a launch before torch is imported; a bad one prints one line on rank 0 and exits 1.
+
+    Flags, world size and paths are the same on every rank, so rank 0 alone speaks (also for
+    ``--help`` and argparse's usage errors) and the other ranks exit quietly with the same status.
+    """
+    rank, world = launch_rank()
+    quiet = contextlib.ExitStack()
+    if rank != 0:
+        quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    try:
+        with quiet:
+            args = parse_args(None if argv is None else list(argv), extra_args_provider)
+        check_args(args, world)
+        check_paths(args)
+    except (ArgumentError, SystemExit) as exc:
+        status = 1 if isinstance(exc, ArgumentError) else exc.code
+        if rank == 0 and isinstance(exc, ArgumentError):
+            print_error(str(exc))
+        elif rank != 0 and status:
+            # torchrun stops every rank as soon as one has failed: give rank 0 the time to say why.
+            time.sleep(_QUIET_RANK_EXIT_DELAY_S)
+        sys.exit(status)
     return args
 
 

@@ -9,68 +9,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import itertools
 import os
 from collections.abc import Iterator
 
 import torch
 
-from mindspeed_llm.training.arguments import ArgumentError
+from mindspeed_llm.training.arguments import check_data_prefix, split_data_path
 
 
 # ---- --data-path ------------------------------------------------------------------------------------------------
-def _suggest_prefixes(prefix: str) -> list[str]:
-    folder = os.path.dirname(prefix) or "."
-    stem = os.path.basename(prefix)
-    found = sorted(glob.glob(os.path.join(folder, f"{stem}*.idx")))
-    if not found:
-        found = sorted(glob.glob(os.path.join(folder, "*.idx")))
-    return [f[: -len(".idx")] for f in found if os.path.isfile(f[: -len(".idx")] + ".bin")]
-
-
-def check_data_prefix(prefix: str) -> None:
-    """Raise a clear error unless ``prefix.bin`` and ``prefix.idx`` exist."""
-    if prefix.endswith((".bin", ".idx")):
-        raise ArgumentError(f"--data-path must be the prefix without .bin/.idx: try {prefix[:-4]}")
-    if os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx"):
-        return
-    candidates = _suggest_prefixes(prefix)
-    folder = os.path.dirname(prefix) or "."
-    if candidates:
-        existing = ", ".join(os.path.basename(c) + ".{bin,idx}" for c in candidates)
-        hint = f"files there: {existing}; use --data-path {candidates[0]}"
-        if not prefix.endswith("_document") and any(c.startswith(prefix) for c in candidates):
-            hint += " (preprocess_data.py appends _<json-key>_document, e.g. _text_document, to --output-prefix)"
-    elif os.path.isdir(folder):
-        hint = f"{folder} holds no .bin/.idx pair; run preprocess_data.py first"
-    else:
-        hint = f"{folder} does not exist"
-    raise ArgumentError(f"--data-path {prefix}: {prefix}.bin / {prefix}.idx not found; {hint}")
-
-
 def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     """``[prefix]`` or ``[w1, p1, w2, p2, ...]`` -> (prefixes, weights or None), each prefix checked."""
     from megatron.core.datasets.utils import get_blend_from_list
 
-    items = [s for item in data_path for s in item.split()]
-    if len(items) > 1 and len(items) % 2 == 0:
-        try:
-            [float(w) for w in items[0::2]]
-        except ValueError:
-            pass
-        else:
-            prefixes, weights = get_blend_from_list(items)
-            for p in prefixes:
-                check_data_prefix(p)
-            return prefixes, weights
-    if len(items) > 1:
-        # Megatron-LM reads several prefixes without weights as equally weighted.
-        for p in items:
-            check_data_prefix(p)
-        return items, None
-    check_data_prefix(items[0])
-    return items, None
+    prefixes, weights = split_data_path(data_path)
+    for p in prefixes:
+        check_data_prefix(p)
+    if weights is None:
+        return prefixes, None
+    return get_blend_from_list([s for pair in zip(weights, prefixes) for s in pair])
 
 
 # ---- datasets ---------------------------------------------------------------------------------------------------

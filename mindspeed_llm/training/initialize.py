@@ -54,8 +54,8 @@ def initialize_distributed(timeout_minutes: int = 10) -> None:
 
 
 def setup_logging(rank: int, world: int) -> None:
-    """Our INFO messages on the first and last rank (Megatron prints there); megatron-core's warnings only."""
-    level = logging.INFO if rank in (0, world - 1) else logging.WARNING
+    """Our INFO messages on rank 0 only (they are the same on every rank); warnings everywhere."""
+    level = logging.INFO if rank == 0 else logging.WARNING
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     ours = logging.getLogger("mindspeed_llm")

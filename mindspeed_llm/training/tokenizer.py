@@ -13,9 +13,7 @@ import argparse
 import os
 from collections import OrderedDict
 
-from mindspeed_llm.training.arguments import ArgumentError
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+from mindspeed_llm.training.arguments import ArgumentError, check_tokenizer_path
 
 
 class TrainingTokenizer:
@@ -40,9 +38,7 @@ def build_tokenizer(args: argparse.Namespace) -> TrainingTokenizer:
         return TrainingTokenizer(args.vocab_size + 1, args.vocab_size,
                                  {"class": "NullTokenizer", "vocab_size": args.vocab_size})
     path = args.tokenizer_name_or_path
-    if not os.path.isdir(path) or not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
-        raise ArgumentError(f"--tokenizer-name-or-path {path}: not a folder with tokenizer files "
-                            f"({', '.join(_TOKENIZER_FILES)}); point it at the local HF model folder")
+    check_tokenizer_path(path)
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -8,8 +8,12 @@ evaluation, saving, resuming, logging) happens here with megatron-core's own par
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -17,6 +21,7 @@ import torch
 
 from mindspeed_llm.checkpoint import mapping
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.console import launch_rank, print_error
 from mindspeed_llm.training import checkpointing
 from mindspeed_llm.training.arguments import (
     ArgumentError,
@@ -341,12 +346,54 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     return summary
 
 
+# How long the first rank to report an error waits for the others to report the same one, and how long
+# those wait for its line before exiting (torchrun stops the whole group once one rank has exited).
+_GATHER_S = 3.0
+_PRINTED_WAIT_S = 10.0
+
+
+def _claim_error(store, key: str, world: int) -> tuple[bool, bool]:
+    """(this rank prints the error ``key``, every rank found it), agreed through the process group's store."""
+    if store.add(key, 1) != 1:
+        store.wait([key + "/printed"], datetime.timedelta(seconds=_PRINTED_WAIT_S))
+        return False, True
+    deadline = time.monotonic() + _GATHER_S
+    while store.add(key, 0) < world and time.monotonic() < deadline:
+        time.sleep(0.02)
+    everywhere = store.add(key, 0) >= world
+    return True, everywhere
+
+
+def report_error(message: str) -> None:
+    """Print a user error once, as one line: ``error: ...``, or ``[rank N] error: ...`` if only some ranks found it.
+
+    Before the process group exists the flags and world size are the same on every rank, so rank 0
+    prints. After, the ranks that hit the same message agree through the store who prints it.
+    """
+    dist = torch.distributed
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        if launch_rank()[0] == 0 or dist.is_initialized():
+            print_error(message)
+        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    key = "mindspeed_llm/error/" + hashlib.sha1(message.encode()).hexdigest()
+    store = None
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        mine, everywhere = _claim_error(store, key, world)
+    except Exception:  # noqa: BLE001 - no store (it lived in an exited rank): speak for this rank
+        mine, everywhere = True, False
+    if mine:
+        print_error(message, rank=None if everywhere else rank)
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.set(key + "/printed", "1")
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run an entry point; user errors (bad flags, data paths, checkpoints) print one line and exit 1."""
-    import sys
-
     try:
         main()
     except (ArgumentError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        report_error(str(exc))
         sys.exit(1)
