@@ -7,11 +7,17 @@ Parsing and the first checks import neither torch nor transformers: ``--help`` a
 from __future__ import annotations
 
 import argparse
+import os
 import re
+
+from typing import TYPE_CHECKING
 
 from mindspeed_llm.checkpoint.errors import CheckpointError, VerificationError, check_load_dir
 from mindspeed_llm.console import print_error
 from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
+
+if TYPE_CHECKING:
+    from mindspeed_llm.checkpoint.convert import ConvertOptions
 
 
 def _size(text: str) -> int:
@@ -99,6 +105,20 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
+def check_verify_length(opts: ConvertOptions, tokens: int) -> None:
+    """--verify from an HF folder: refuse more tokens than an active sliding window before anything is written."""
+    from mindspeed_llm.models.families import ModelConfig
+
+    config = os.path.join(opts.load_dir, "config.json")
+    if opts.load_model_type != "hf" or not os.path.isfile(config):
+        return
+    try:
+        cfg = ModelConfig.from_hf_config(config)
+    except (KeyError, ValueError):
+        return  # the conversion itself reports a bad config.json, with its path
+    cfg.check_sequence_length(tokens, "--verify-tokens")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a conversion; exit code 0 ok, 1 verification failed, 2 bad input."""
     args = build_parser().parse_args(argv)
@@ -114,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     opts = options_from_args(args)
     try:
+        if args.verify:
+            check_verify_length(opts, args.verify_tokens)
         written = convert(opts)
         print(f"converted {opts.load_model_type} -> {opts.save_model_type}: {written}")
         if args.verify:

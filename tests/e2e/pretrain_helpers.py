@@ -71,8 +71,12 @@ def model_flags(hf_dir: Path) -> list[str]:
         "--normalization", "RMSNorm", "--norm-epsilon", cfg["rms_norm_eps"], "--swiglu", "--disable-bias-linear",
         "--attention-dropout", "0.0", "--hidden-dropout", "0.0", "--make-vocab-size-divisible-by", "1",
     ]
+    heads = cfg["num_attention_heads"]
+    flags += ["--kv-channels", cfg.get("head_dim") or cfg["hidden_size"] // heads]
     if cfg["architectures"][0] == "Qwen2ForCausalLM":
         flags.append("--add-qkv-bias")
+    if cfg["architectures"][0] == "Qwen3ForCausalLM":
+        flags.append("--qk-layernorm")
     if not cfg.get("tie_word_embeddings", False):
         flags.append("--untie-embeddings-and-output-weights")
     return [str(f) for f in flags]
