@@ -50,13 +50,20 @@ MODELS = {
                    f"{EX}/llama2/ckpt_convert_llama2_mcore2hf.sh", f"{EX}/llama2/pretrain_llama2_7b_ptd.sh"),
     "llama-3-8b": ("llama-3-8b.json", f"{EX}/llama3/ckpt_convert_llama3_hf2mcore.sh",
                    f"{EX}/llama3/ckpt_convert_llama3_mcore2hf.sh", f"{EX}/llama3/pretrain_llama3_8b_ptd.sh"),
+    **{f"qwen3-{size}": (f"qwen3-{size}.json", f"{EX}/qwen3/ckpt_convert_qwen3_{tag}_hf2mcore.sh",
+                         f"{EX}/qwen3/ckpt_convert_qwen3_{tag}_mcore2hf.sh", f"{EX}/qwen3/pretrain_qwen3_{tag}_4K_ptd.sh")
+       for size, tag in [("0.6b", "0point6b"), ("1.7b", "1point7b"), ("4b", "4b"), ("8b", "8b"), ("14b", "14b"),
+                         ("32b", "32b")]},
 }
+# The hub configs kept in the repository (Qwen3's); the others come from HF_CONFIG_FIXTURES.
+REPO_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"
 
 
 def _hf_config(source: str) -> dict:
     if source in QWEN25_SHAPES:
         return {**json.loads((HF_CONFIG_FIXTURES / "qwen2.5-7b.json").read_text()), **QWEN25_SHAPES[source]}
-    return json.loads((HF_CONFIG_FIXTURES / source).read_text())
+    path = REPO_FIXTURES / source
+    return json.loads((path if path.is_file() else HF_CONFIG_FIXTURES / source).read_text())
 
 
 def _recorded_argv(script: str, launcher: str, tmp_path: Path) -> list[str]:
@@ -76,9 +83,9 @@ def _recorded_argv(script: str, launcher: str, tmp_path: Path) -> list[str]:
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> None:
-    if not HF_CONFIG_FIXTURES.is_dir():
-        pytest.skip(f"{HF_CONFIG_FIXTURES} is missing")
     source, hf2mcore, mcore2hf, pretrain = MODELS[model]
+    if not (REPO_FIXTURES / source).is_file() and not HF_CONFIG_FIXTURES.is_dir():
+        pytest.skip(f"{HF_CONFIG_FIXTURES} is missing")
     cfg = ModelConfig.from_hf_config(_hf_config(source))
 
     argv = _recorded_argv(hf2mcore, "python", tmp_path)
@@ -104,6 +111,7 @@ def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> N
     assert groups == cfg.num_query_groups
     assert args.untie_embeddings_and_output_weights == (not cfg.tie_word_embeddings)
     assert args.add_qkv_bias == cfg.add_qkv_bias
+    assert args.qk_layernorm == cfg.qk_layernorm and args.kv_channels == cfg.kv_channels
     assert args.rotary_base == cfg.rotary_base and args.norm_epsilon == cfg.norm_epsilon
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
     assert args.padded_vocab_size == padded

@@ -16,6 +16,8 @@ SCRIPTS = [
     "examples/mcore/qwen25/pretrain_qwen25_0point5b_32k_ptd.sh",
     "examples/mcore/llama3/pretrain_llama3_8b_ptd.sh",
     "examples/mcore/llama2/pretrain_llama2_7b_ptd.sh",
+    *[f"examples/mcore/qwen3/pretrain_qwen3_{size}_4K_ptd.sh" for size in ("0point6b", "1point7b", "4b", "8b", "14b",
+                                                                            "32b")],
 ]
 
 
@@ -32,10 +34,11 @@ def test_example_flags_parse_and_validate(script, tmp_path):
                    timeout=120)
     assert logs.is_dir()
     argv = (tmp_path / "args.txt").read_text().split("\n")
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
     argv = [a for a in argv[argv.index("pretrain_gpt.py") + 1:] if a]
-    args = validate_args(parse_args(argv), world_size=8)
+    args = validate_args(parse_args(argv), world_size=world)
     assert args.bf16 and args.data_parallel_size * args.tensor_model_parallel_size * \
-        args.pipeline_model_parallel_size == 8
+        args.pipeline_model_parallel_size == world
 
 
 def test_busy_port_stops_the_script_with_the_holder_named(tmp_path):

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Qwen3-8B: Megatron-mcore checkpoint (converted or trained, any TP/PP) -> HuggingFace folder.
+# --save-dir is the original HF folder, so the result goes to ./model_from_hf/qwen3-8b-hf/mg2hf/
+# (config and tokenizer are taken from that folder).
+set -euo pipefail
+python convert_ckpt.py \
+    --use-mcore-models \
+    --model-type GPT \
+    --load-model-type mg \
+    --save-model-type hf \
+    --model-type-hf qwen3 \
+    --load-dir ./model_weights/qwen3-8b_mcore/ \
+    --save-dir ./model_from_hf/qwen3-8b-hf/
