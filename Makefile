@@ -69,8 +69,10 @@ bench-quick: $(ENV_READY)
 	$(PYTHON) bench/bench_preprocess.py --size-mb 5 --vocab 20000 --train-mb 2
 
 # The scripts call python and torchrun: put the chosen interpreter's folder first on PATH.
+# MODEL=qwen3: the same journey with a tiny Qwen3 (default: Qwen2.5).
+MODEL ?= qwen25
 quickstart: $(ENV_READY)
-	PATH="$(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))):)$$PATH" bash examples/quickstart/run_quickstart.sh
+	PATH="$(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))):)$$PATH" QS_MODEL=$(MODEL) bash examples/quickstart/run_quickstart.sh
 
 clean:
 	rm -rf quickstart_output .pytest_cache

@@ -21,7 +21,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-MODEL_DIRNAME = "qwen2.5-tiny-hf"
+MODEL_DIRNAMES = {"qwen25": "qwen2.5-tiny-hf", "qwen3": "qwen3-tiny-hf"}
+MODEL_DIRNAME = MODEL_DIRNAMES["qwen25"]
 PARQUET_NAME = "alpaca_stdlib.parquet"
 
 # Qwen2.5-0.5B's config.json, scaled down in width and depth (keys and vocabulary kept).
@@ -49,6 +50,37 @@ TINY_QWEN25_CONFIG = {
     "use_sliding_window": False,
     "vocab_size": 151936,
 }
+
+# Qwen3-0.6B-Base's config.json, scaled down (keys and vocabulary kept): tied embeddings, per-head q/k RMSNorms,
+# head_dim 64 where hidden / heads is 32 (as 128 vs 64 in the 0.6B), no q/k/v biases.
+TINY_QWEN3_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 128,
+    "initializer_range": 0.02,
+    "intermediate_size": 384,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 4,
+    "model_type": "qwen3",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+TINY_CONFIGS = {"qwen25": TINY_QWEN25_CONFIG, "qwen3": TINY_QWEN3_CONFIG}
 
 # Modules whose public docstrings make the corpus (all in every CPython installation).
 STDLIB_MODULES = (
@@ -112,25 +144,28 @@ def write_alpaca_parquet(path: str | os.PathLike, max_rows: int | None = None) -
 
 
 def write_tiny_qwen25_folder(folder: str | os.PathLike, *, seed: int = 1234, config_overrides: dict | None = None,
-                             max_shard_size: str = "20MB") -> Path:
-    """Write a complete HF folder (config, generation config, tokenizer, sharded safetensors + index)."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+                             max_shard_size: str = "20MB", model: str = "qwen25") -> Path:
+    """Write a complete HF folder (config, generation config, tokenizer, sharded safetensors + index).
 
-    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen25_tokenizer
+    ``model``: "qwen25" (Qwen2.5 architecture and tokenizer) or "qwen3" (Qwen3's, same vocabulary).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen3_tokenizer, write_qwen25_tokenizer
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
     os.chmod(tmp, 0o755)
     try:
-        config_dict = {**TINY_QWEN25_CONFIG, **(config_overrides or {})}
-        config = Qwen2Config(**{k: v for k, v in config_dict.items() if k != "torch_dtype"})
+        config_dict = {**TINY_CONFIGS[model], **(config_overrides or {})}
+        config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "torch_dtype"})
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model = model.to(torch.bfloat16)
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
-        write_qwen25_tokenizer(tmp)
+        (write_qwen3_tokenizer if model == "qwen3" else write_qwen25_tokenizer)(tmp)
         # Keep the hub's key names (transformers 4.x style) as a real folder has them.
         written = json.loads((tmp / "config.json").read_text())
         written.update({k: v for k, v in config_dict.items()})
@@ -150,15 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=None, help="limit the corpus to this many rows")
     parser.add_argument("--num-layers", type=int, default=None, help="override the tiny model's layer count")
     parser.add_argument("--force", action="store_true", help="rebuild even if the files exist")
+    parser.add_argument("--model", choices=sorted(TINY_CONFIGS), default="qwen25",
+                        help="architecture of the tiny model (qwen25: Qwen2.5, qwen3: Qwen3)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
-    model_dir = out / "model_from_hf" / MODEL_DIRNAME
+    model_dir = out / "model_from_hf" / MODEL_DIRNAMES[args.model]
+    label = {"qwen25": "Qwen2.5", "qwen3": "Qwen3"}[args.model]
     parquet = out / "dataset" / PARQUET_NAME
     if args.force or not (model_dir / "config.json").is_file():
         overrides = {"num_hidden_layers": args.num_layers, "max_window_layers": args.num_layers} if args.num_layers else None
-        print(f"[assets] building a tiny Qwen2.5-architecture model with Qwen2.5's tokenizer -> {model_dir}", flush=True)
-        write_tiny_qwen25_folder(model_dir, config_overrides=overrides)
+        print(f"[assets] building a tiny {label}-architecture model with {label}'s tokenizer -> {model_dir}", flush=True)
+        write_tiny_qwen25_folder(model_dir, config_overrides=overrides, model=args.model)
     else:
         print(f"[assets] reusing {model_dir}", flush=True)
     if args.force or not parquet.is_file():

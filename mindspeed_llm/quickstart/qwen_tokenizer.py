@@ -32,6 +32,10 @@ QWEN25_ADDED_TOKENS = [
     ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
     ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
 ]
+# Qwen3 keeps Qwen2.5's vocabulary and added tokens and adds four more (ids 151665..151668).
+QWEN3_ADDED_TOKENS = QWEN25_ADDED_TOKENS + [
+    ("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False),
+]
 
 
 def qwen_ranks_file() -> Path:
@@ -86,8 +90,8 @@ def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, 
     return parts[0], parts[1]
 
 
-def build_tokenizer_json(ranks: dict[bytes, int]) -> dict:
-    """A ``tokenizer.json`` (tokenizers library format) equivalent to the ranked BPE plus Qwen2.5's added tokens."""
+def build_tokenizer_json(ranks: dict[bytes, int], added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS) -> dict:
+    """A ``tokenizer.json`` (tokenizers library format) equivalent to the ranked BPE plus the added tokens."""
     byte_map = _bytes_to_unicode()
 
     def to_str(b: bytes) -> str:
@@ -102,7 +106,7 @@ def build_tokenizer_json(ranks: dict[bytes, int]) -> dict:
     added = [
         {"id": FIRST_ADDED_ID + i, "content": content, "single_word": False, "lstrip": False,
          "rstrip": False, "normalized": False, "special": special}
-        for i, (content, special) in enumerate(QWEN25_ADDED_TOKENS)
+        for i, (content, special) in enumerate(added_tokens)
     ]
     return {
         "version": "1.0",
@@ -122,11 +126,12 @@ def build_tokenizer_json(ranks: dict[bytes, int]) -> dict:
     }
 
 
-def write_qwen25_tokenizer(folder: str | os.PathLike, model_max_length: int = 131072) -> Path:
+def write_qwen25_tokenizer(folder: str | os.PathLike, model_max_length: int = 131072,
+                           added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS) -> Path:
     """Write ``tokenizer.json`` + ``tokenizer_config.json`` (Qwen2Tokenizer, eos/pad <|endoftext|>) to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = build_tokenizer_json(load_ranks(qwen_ranks_file()))
+    data = build_tokenizer_json(load_ranks(qwen_ranks_file()), added_tokens)
     (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
@@ -142,3 +147,8 @@ def write_qwen25_tokenizer(folder: str | os.PathLike, model_max_length: int = 13
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return folder
+
+
+def write_qwen3_tokenizer(folder: str | os.PathLike) -> Path:
+    """Qwen3(-Base)'s tokenizer: Qwen2.5's plus <tool_response>, </tool_response>, <think>, </think>."""
+    return write_qwen25_tokenizer(folder, added_tokens=QWEN3_ADDED_TOKENS)

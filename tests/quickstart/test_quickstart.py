@@ -45,3 +45,34 @@ def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
     with safe_open(str(shard), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype.is_floating_point
     assert "[generate] continuation" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_qwen3_variant(tmp_path) -> None:
+    """make quickstart MODEL=qwen3: a tiny Qwen3 (q/k norms, head_dim 64 with hidden/heads 32) through all steps."""
+    out = tmp_path / "qs"
+    env = {
+        **os.environ, "QS_OUT": str(out), "QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4",
+        "LOG_INTERVAL": "1", "SEQ_LEN": "64", "GBS": "2", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert "tiny Qwen3 HF folder" in proc.stdout
+    losses = losses_from_log((out / "logs" / "train_mcore_qwen3_tiny.log").read_text())
+    assert [it for it, _ in losses] == [2, 3, 4]
+    back = out / "model_from_hf" / "qwen3-tiny-hf" / "mg2hf"
+    config = json.loads((back / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["head_dim"] == 64
+    with safe_open(str(next(back.glob("*.safetensors"))), "pt") as f:
+        assert "model.layers.0.self_attn.q_norm.weight" in set(f.keys())
+    assert "[generate] continuation" in proc.stdout
+
+
+def test_unknown_quickstart_model_is_refused(tmp_path) -> None:
+    env = {**os.environ, "QS_OUT": str(tmp_path / "qs"), "QS_MODEL": "qwen4"}
+    proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "QS_MODEL (make quickstart MODEL=...) must be qwen25 or qwen3" in proc.stderr
+    assert not (tmp_path / "qs").exists()

