@@ -117,11 +117,13 @@ def test_rank_files_hold_megatron_keys_and_shapes(hf_models, tmp_path):
     assert "output_layer.weight" not in sd and "output_layer._extra_state" in sd  # tied, one stage
 
 
-def test_mg_to_mg_equals_direct_conversion(hf_models, tmp_path):
-    folder, _ = hf_models["qwen_untied"]
-    tp2 = convert(_opts("hf", "mg", folder, str(tmp_path / "tp2"), target_tp=2, add_qkv_bias=True))
+@pytest.mark.parametrize("name", ["qwen_untied", "qwen3_tied"])
+def test_mg_to_mg_equals_direct_conversion(hf_models, tmp_path, name):
+    folder, _ = hf_models[name]
+    bias = name.startswith("qwen_")
+    tp2 = convert(_opts("hf", "mg", folder, str(tmp_path / "tp2"), target_tp=2, add_qkv_bias=bias))
     resharded = convert(_opts("mg", "mg", tp2, str(tmp_path / "pp2"), target_pp=2))
-    direct = convert(_opts("hf", "mg", folder, str(tmp_path / "direct"), target_pp=2, add_qkv_bias=True))
+    direct = convert(_opts("hf", "mg", folder, str(tmp_path / "direct"), target_pp=2, add_qkv_bias=bias))
     for pp in range(2):
         a = load_rank_state(resharded, 1, 0, pp, 2)
         b = load_rank_state(direct, 1, 0, pp, 2)
@@ -129,7 +131,8 @@ def test_mg_to_mg_equals_direct_conversion(hf_models, tmp_path):
         for key, value in a["model"].items():
             assert (value is None and b["model"][key] is None) or torch.equal(value, b["model"][key]), key
         for field in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "padded_vocab_size",
-                      "num_layers", "num_query_groups", "add_qkv_bias", "untie_embeddings_and_output_weights"):
+                      "num_layers", "num_query_groups", "add_qkv_bias", "qk_layernorm", "kv_channels",
+                      "untie_embeddings_and_output_weights"):
             assert getattr(a["args"], field) == getattr(b["args"], field), field
 
 

@@ -35,6 +35,32 @@ def test_verify_passes_for_hf_to_mg_mg_to_mg_and_mg_to_hf(capsys, tmp_path, qwen
     assert diff is not None and diff <= 1e-4
 
 
+def test_qwen3_verifies_in_every_direction_and_a_swapped_q_norm_fails(capsys, tmp_path):
+    """Qwen3 (q/k norms, head_dim 32 != hidden / heads, tied, --model-type-hf qwen3): hf->mg, mg->mg, mg->hf."""
+    hf = str(tmp_path / "qwen3")
+    make_tiny_hf_model(hf, "qwen3_tied")
+    mg = str(tmp_path / "mg")
+    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", hf, "--save-dir", mg,
+                 "--model-type-hf", "qwen3", "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size",
+                 "2", "--verify", "--no-progress"]) == 0
+    assert main(["--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", mg, "--save-dir",
+                 str(tmp_path / "mg2"), "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "4",
+                 "--verify", "--no-progress"]) == 0
+    assert main(["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", str(tmp_path / "mg2"),
+                 "--save-dir", str(tmp_path / "back"), "--model-type-hf", "qwen3", "--verify", "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("verify: max |Δlogit| = ") == 3
+    state = load_rank_state(mg, None, 1, 0, 2)
+    model = state["model"]
+    model["decoder.layers.0.self_attention.q_layernorm.weight"], model["decoder.layers.0.self_attention.k_layernorm.weight"] = (
+        model["decoder.layers.0.self_attention.k_layernorm.weight"], model["decoder.layers.0.self_attention.q_layernorm.weight"])
+    for tp_rank in (0, 1):  # replicated tensors: every TP rank holds the swap
+        rank_state = load_rank_state(mg, None, tp_rank, 0, 2)
+        rank_state["model"] = {**rank_state["model"], **{k: model[k] for k in model if "layernorm" in k}}
+        save_rank_state(mg, 1, tp_rank, 0, 2, rank_state)
+    with pytest.raises(VerificationError):
+        verify_checkpoint(hf, mg, log=lambda s: None)
+
+
 def test_verify_fails_loudly_on_a_corrupted_tensor(tmp_path, qwen):
     mg = str(tmp_path / "mg")
     assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen, "--save-dir", mg,

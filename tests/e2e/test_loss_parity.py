@@ -11,6 +11,7 @@ completed by the checkpoint (PP2).
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch
 from tests.e2e.pretrain_helpers import (
     VOCAB,
     convert_hf_to_mg,
+    loss_strings,
     losses,
     make_hf_model,
     model_flags,
@@ -104,3 +106,41 @@ def test_first_step_loss_equals_transformers(setup, name, layout):
     rel = abs(got[1] - m["ref"]) / m["ref"]
     print(f"{name} {layout}: pretrain_gpt {got[1]:.7e} transformers {m['ref']:.7e} relative {rel:.2e}")
     assert rel <= REL, (got[1], m["ref"], rel)
+
+
+def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
+    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; the q/k norms train and stay equal on
+    both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2 repeats 3..4 exactly."""
+    m = setup["models"]["qwen3_untied"]
+    flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=4, gbs=2, seq=SEQ, lr=3e-3)]
+
+    def run(layout, *extra):
+        tp, pp = LAYOUTS[layout]
+        return run_pretrain(*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size",
+                            str(pp), *extra, nproc=tp * pp)
+
+    one = losses(run("tp1", "--load", str(m["ckpts"]["tp1"]), "--finetune"))
+    assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
+    save = tmp_path / "tp2_save"
+    tp2_out = run("tp2", "--sequence-parallel", "--load", str(m["ckpts"]["tp2"]), "--finetune", "--save", str(save),
+                  "--save-interval", "2")
+    for name, got in (("tp2", losses(tp2_out)), ("pp2", losses(run("pp2", "--load", str(m["ckpts"]["pp2"]),
+                                                                    "--finetune")))):
+        assert sorted(got) == [1, 2, 3, 4]
+        for it in got:
+            assert abs(got[it] - one[it]) / one[it] <= REL, (name, it, got[it], one[it])
+    ranks = [torch.load(save / "iter_0000004" / f"mp_rank_0{r}" / "model_optim_rng.pt", weights_only=False)["model"]
+             for r in (0, 1)]
+    start = torch.load(m["ckpts"]["tp2"] / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)["model"]
+    qk = [k for k in ranks[0] if "q_layernorm" in k or "k_layernorm" in k]
+    assert len(qk) == 2 * 4
+    for key in qk:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        assert not torch.equal(ranks[0][key], start[key]), f"{key} did not train"
+
+    at2 = tmp_path / "at2"
+    shutil.copytree(save / "iter_0000002", at2 / "iter_0000002")
+    (at2 / "latest_checkpointed_iteration.txt").write_text("2")
+    resumed = run("tp2", "--sequence-parallel", "--load", str(at2))
+    assert loss_strings(resumed) == {it: s for it, s in loss_strings(tp2_out).items() if it > 2}
