@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-
 from typing import TYPE_CHECKING
 
 from mindspeed_llm.checkpoint.errors import CheckpointError, VerificationError, check_load_dir
