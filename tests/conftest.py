@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-HF_CONFIG_FIXTURES = SHARED_DIR / "fixtures" / "hf_configs"
+HF_CONFIG_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"  # hub config.json files (README there)
 
 
 def free_port() -> int:
@@ -39,6 +40,5 @@ def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
 
 @pytest.fixture
 def hf_config_dir() -> Path:
-    if not HF_CONFIG_FIXTURES.is_dir():
-        pytest.skip(f"{HF_CONFIG_FIXTURES} is missing: CI lays ../shared beside the checkout")
+    """The hub config.json files in tests/fixtures/hf_configs."""
     return HF_CONFIG_FIXTURES

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The hub configs in tests/fixtures (older checkouts: ../shared); without them the keys are written out below.
-_FIXTURE_DIRS = (os.path.join(_REPO, "tests", "fixtures", "hf_configs"),
-                 os.path.join(os.path.dirname(_REPO), "shared", "fixtures", "hf_configs"))
+from tests.conftest import HF_CONFIG_FIXTURES
 
-# Real key sets (fixtures), scaled down.
+# Real key sets (tests/fixtures/hf_configs), scaled down.
 _BASE = {
     "qwen2": "qwen2.5-7b.json",
     "qwen2_tied": "qwen2.5-0.5b.json",
@@ -21,28 +17,11 @@ _BASE = {
     "qwen3": "qwen3-8b.json",  # untied
     "qwen3_tied": "qwen3-0.6b.json",
 }
-_ARCH = {"qwen2": "Qwen2ForCausalLM", "qwen2_tied": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
-         "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_tied": "Qwen3ForCausalLM"}
-
-
-def _fixture(name: str) -> str | None:
-    for folder in _FIXTURE_DIRS:
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    return None
 
 
 def tiny_hf_config(kind: str = "qwen2", *, vocab_size: int = 128, num_layers: int = 4, **changes) -> dict:
     """A real model's config.json, scaled down (GQA 4 heads / 2 groups, hidden 64)."""
-    path = _fixture(_BASE[kind])
-    if path:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    else:  # fixtures missing: the same keys, written out
-        arch = _ARCH[kind]
-        cfg = {"architectures": [arch], "model_type": arch.replace("ForCausalLM", "").lower(),
-               "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1e6, "torch_dtype": "bfloat16",
-               "tie_word_embeddings": kind.endswith("_tied")}
+    cfg = json.loads((HF_CONFIG_FIXTURES / _BASE[kind]).read_text(encoding="utf-8"))
     cfg.update(hidden_size=64, intermediate_size=96, num_hidden_layers=num_layers, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=256,
                bos_token_id=1, eos_token_id=2)

@@ -11,8 +11,6 @@ from tests.e2e.pretrain_helpers import (
     train_flags,
 )
 
-pytest.importorskip("tensorboard", reason="the `tensorboard` extra is not installed")
-
 
 @pytest.mark.slow
 def test_tensorboard_scalars_match_the_log(tmp_path):

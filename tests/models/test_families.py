@@ -11,7 +11,7 @@ from mindspeed_llm.models.families import (
     check_model_type_hf,
     pipeline_layout,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import HF_CONFIG_FIXTURES
 
 EXPECTED = {
     # file: (arch, layers, hidden, ffn, heads, groups, vocab, base, eps, bias, tied, dtype)
@@ -122,7 +122,7 @@ def test_pipeline_layout():
 
 
 # ---- Qwen3 (hub configs in tests/fixtures/hf_configs) and the keys that are refused ---------------------------
-QWEN3_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"
+QWEN3_FIXTURES = HF_CONFIG_FIXTURES
 QWEN3 = {
     # size: (layers, hidden, ffn, heads, groups, tied) -- all with head_dim 128, theta 1e6, eps 1e-6, vocab 151936
     "0.6b": (28, 1024, 3072, 16, 8, True), "1.7b": (28, 2048, 6144, 16, 8, True), "4b": (36, 2560, 9728, 32, 8, True),

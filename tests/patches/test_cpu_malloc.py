@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import REPO_ROOT
 
 MIB_PER_STEP = 48 + 16 + 64 + 8
@@ -38,9 +36,11 @@ def _probe(**env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_freed_blocks_are_reused_without_page_faults():
     kept = _probe()
+    if not sys.platform.startswith("linux"):  # glibc's mallopt only: elsewhere the policy reports doing nothing
+        assert kept["applied"] is False
+        return
     default = _probe(MINDSPEED_LLM_CPU_MALLOC="default")
     assert kept["applied"] is True and default["applied"] is False
     pages = (MIB_PER_STEP << 20) // 4096

@@ -22,6 +22,7 @@ from mindspeed_llm.ops.attention import FlashDotProductAttention
 from mindspeed_llm.ops.rmsnorm import MegatronNorm, RMSNorm, rms_norm_reference
 from mindspeed_llm.patches import features
 from tests.ops.megatron_env import single_process_model_parallel
+from tests.skip_policy import skip_for_hardware
 
 ALL_FLAGS = dict(use_flash_attn=True, use_fused_rmsnorm=True, use_fused_rotary_pos_emb=True, use_fused_swiglu=True)
 
@@ -117,7 +118,7 @@ def test_npu_device_without_torch_npu_is_rejected():
     from mindspeed_llm.ops.npu import get_torch_npu
 
     if get_torch_npu() is not None:
-        pytest.skip("torch_npu is importable here")
+        skip_for_hardware("torch_npu is importable here: this checks the message on machines without it")
     with pytest.raises(RuntimeError, match="torch_npu"):
         features.enable_feature_patches(use_flash_attn=True, device="npu")
     with pytest.raises(ValueError, match="device="):
