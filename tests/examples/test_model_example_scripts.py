@@ -55,15 +55,12 @@ MODELS = {
        for size, tag in [("0.6b", "0point6b"), ("1.7b", "1point7b"), ("4b", "4b"), ("8b", "8b"), ("14b", "14b"),
                          ("32b", "32b")]},
 }
-# The hub configs kept in the repository (Qwen3's); the others come from HF_CONFIG_FIXTURES.
-REPO_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"
 
 
 def _hf_config(source: str) -> dict:
     if source in QWEN25_SHAPES:
         return {**json.loads((HF_CONFIG_FIXTURES / "qwen2.5-7b.json").read_text()), **QWEN25_SHAPES[source]}
-    path = REPO_FIXTURES / source
-    return json.loads((path if path.is_file() else HF_CONFIG_FIXTURES / source).read_text())
+    return json.loads((HF_CONFIG_FIXTURES / source).read_text())
 
 
 def _recorded_argv(script: str, launcher: str, tmp_path: Path) -> list[str]:
@@ -84,8 +81,6 @@ def _recorded_argv(script: str, launcher: str, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> None:
     source, hf2mcore, mcore2hf, pretrain = MODELS[model]
-    if not (REPO_FIXTURES / source).is_file() and not HF_CONFIG_FIXTURES.is_dir():
-        pytest.skip(f"{HF_CONFIG_FIXTURES} is missing")
     cfg = ModelConfig.from_hf_config(_hf_config(source))
 
     argv = _recorded_argv(hf2mcore, "python", tmp_path)
