@@ -11,8 +11,10 @@ from mindspeed_llm.ops.swiglu import swiglu_reference
 
 class FakeTorchNpuForTests:
     """Stands in for the absent Ascend hardware: implements the four torch_npu ops the NPU paths call,
-    with torch_npu's documented signatures, by recording every call's arguments in ``calls`` and
-    computing the result with the torch reference. It checks plumbing, not NPU numerics."""
+    with torch_npu's documented signatures, by recording every call's arguments (and, for the norm and
+    SwiGLU, what it returned) in ``calls`` and computing the result with the torch reference. It checks
+    plumbing, not NPU numerics: tests assert what the NPU path passes in and hands back, never that the
+    fake's own result equals the reference it was computed from."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
@@ -56,10 +58,11 @@ class FakeTorchNpuForTests:
         return out, empty, empty, empty, 0, 0, 0
 
     def npu_rms_norm(self, x, gamma, epsilon=1e-06):
-        self.calls.append(("npu_rms_norm", dict(x=x, gamma=gamma, epsilon=epsilon)))
         xf = x.float()
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + epsilon)
-        return rms_norm_reference(x, gamma, epsilon), rstd
+        returned = (rms_norm_reference(x, gamma, epsilon), rstd)
+        self.calls.append(("npu_rms_norm", dict(x=x, gamma=gamma, epsilon=epsilon, returned=returned)))
+        return returned
 
     def npu_rotary_mul(self, input, r1, r2, rotary_mode="half", rotate=None):
         self.calls.append(("npu_rotary_mul", dict(input=input, r1=r1, r2=r2, rotary_mode=rotary_mode)))
@@ -68,7 +71,8 @@ class FakeTorchNpuForTests:
         return input * r1 + torch.cat((-input[..., input.shape[-1] // 2:], input[..., : input.shape[-1] // 2]), -1) * r2
 
     def npu_swiglu(self, x, dim=-1):
-        self.calls.append(("npu_swiglu", dict(x=x, dim=dim)))
         assert dim == -1
-        return swiglu_reference(x)
+        returned = swiglu_reference(x)
+        self.calls.append(("npu_swiglu", dict(x=x, dim=dim, returned=returned)))
+        return returned
 

@@ -103,10 +103,17 @@ def test_layernorm_config_builds_torch_layernorm_that_supports_sequence_parallel
     assert set(norm.state_dict()) == {"weight", "bias"}
 
 
-def test_npu_path_plumbing():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_npu_path_passes_input_weight_and_epsilon_unchanged(dtype):
+    """What reaches torch_npu.npu_rms_norm: the [s, b, h] input and the weight as they are (no copy, no cast),
+    epsilon as given, once; the path returns the op's first output (the normalised tensor), not rstd."""
     fake = FakeTorchNpuForTests()
-    x, w = _inputs(torch.float32)
+    x, w = _inputs(dtype)
     out = rms_norm(x, w, 1e-6, backend="npu", torch_npu=fake)
+    assert [op for op, _ in fake.calls] == ["npu_rms_norm"]
     call = fake.last("npu_rms_norm")
-    assert call["x"] is x and call["gamma"] is w and call["epsilon"] == 1e-6
-    torch.testing.assert_close(out, rms_norm_reference(x, w, 1e-6))
+    assert call["x"] is x and call["gamma"] is w
+    assert call["x"].shape == (5, 3, 64) and call["gamma"].shape == (64,)
+    assert call["x"].dtype == call["gamma"].dtype == dtype
+    assert call["epsilon"] == 1e-6 and isinstance(call["epsilon"], float)
+    assert out is call["returned"][0]

@@ -50,10 +50,26 @@ def test_matches_megatron_swiglu_semantics():
     torch.testing.assert_close(bias_swiglu(x, bias), swiglu_reference(x + bias))
 
 
-def test_npu_path_plumbing():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_npu_path_passes_the_input_and_dim(dtype):
+    """What reaches torch_npu.npu_swiglu: the [s, b, 2f] input as it is (gate first, up second, no copy or
+    cast) with dim=-1, once; the path returns the op's output as it is."""
     fake = FakeTorchNpuForTests()
-    x = _x(torch.float32)
+    x = _x(dtype)
     out = swiglu(x, backend="npu", torch_npu=fake)
+    assert [op for op, _ in fake.calls] == ["npu_swiglu"]
     call = fake.last("npu_swiglu")
-    assert call["x"] is x and call["dim"] == -1
-    torch.testing.assert_close(out, swiglu_reference(x))
+    assert call["x"] is x and call["x"].shape == (6, 2, 48) and call["x"].dtype == dtype
+    assert call["dim"] == -1
+    assert out is call["returned"]
+
+
+def test_npu_bias_swiglu_adds_the_bias_before_the_kernel():
+    fake = FakeTorchNpuForTests()
+    x = _x(torch.float32).detach()
+    bias = torch.linspace(-1, 1, 48)
+    bias_swiglu(x, bias, backend="npu", torch_npu=fake)
+    call = fake.last("npu_swiglu")
+    assert call["dim"] == -1
+    assert torch.equal(call["x"], x + bias)
+    assert fake.calls and len(fake.calls) == 1
