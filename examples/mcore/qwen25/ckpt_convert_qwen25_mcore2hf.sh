@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Qwen2.5-7B: Megatron-mcore checkpoint (converted or trained, any TP/PP) -> HuggingFace folder.
+# Qwen2.5-7B: Megatron-mcore checkpoint trained by pretrain_qwen25_7b_32k_ptd.sh (any TP/PP) -> HuggingFace folder.
 # --save-dir is the original HF folder, so the result goes to ./model_from_hf/qwen2.5-7b-hf/mg2hf/
 # (config and tokenizer are taken from that folder).
+# The untrained conversion (./model_weights/qwen2.5_mcore/) converts back the same way.
 set -euo pipefail
 python convert_ckpt.py \
     --use-mcore-models \
@@ -9,5 +10,6 @@ python convert_ckpt.py \
     --load-model-type mg \
     --save-model-type hf \
     --model-type-hf llama2 \
-    --load-dir ./model_weights/qwen2.5_mcore/ \
+    --add-qkv-bias \
+    --load-dir ./ckpt/qwen2.5-7b/ \
     --save-dir ./model_from_hf/qwen2.5-7b-hf/

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Qwen3-8B: Megatron-mcore checkpoint (converted or trained, any TP/PP) -> HuggingFace folder.
+# Qwen3-8B: Megatron-mcore checkpoint trained by pretrain_qwen3_8b_4K_ptd.sh (any TP/PP) -> HuggingFace folder.
 # --save-dir is the original HF folder, so the result goes to ./model_from_hf/qwen3-8b-hf/mg2hf/
 # (config and tokenizer are taken from that folder).
+# The untrained conversion (./model_weights/qwen3-8b_mcore/) converts back the same way.
 set -euo pipefail
 python convert_ckpt.py \
     --use-mcore-models \
@@ -9,5 +10,5 @@ python convert_ckpt.py \
     --load-model-type mg \
     --save-model-type hf \
     --model-type-hf qwen3 \
-    --load-dir ./model_weights/qwen3-8b_mcore/ \
+    --load-dir ./ckpt/qwen3-8b/ \
     --save-dir ./model_from_hf/qwen3-8b-hf/
