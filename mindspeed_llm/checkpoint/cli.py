@@ -11,9 +11,16 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from mindspeed_llm.checkpoint.errors import CheckpointError, VerificationError, check_load_dir
+from mindspeed_llm.checkpoint.errors import (
+    CheckpointError,
+    OutputWriteError,
+    VerificationError,
+    VerificationUnavailable,
+    check_load_dir,
+)
 from mindspeed_llm.console import print_error
 from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
+from mindspeed_llm.signals import Terminated, exit_on_signals, exit_status
 
 if TYPE_CHECKING:
     from mindspeed_llm.checkpoint.convert import ConvertOptions
@@ -64,7 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mg->hf: the original HF folder for config and tokenizer (default: the one recorded)")
     p.add_argument("--load-iteration", default=None,
                    help="mg sources: iteration to read (default: latest_checkpointed_iteration.txt)")
-    p.add_argument("--overwrite", action="store_true", help="replace a --save-dir that already holds files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a --save-dir that holds an earlier output of the same kind (an HF export for "
+                        "mg->hf, a Megatron checkpoint without optimizer state for hf->mg and mg->mg)")
+    p.add_argument("--overwrite-training-checkpoint", action="store_true",
+                   help="also replace a --save-dir holding a training checkpoint (optimizer state, several "
+                        "iterations): that training state is deleted")
+    p.add_argument("--overwrite-hf-model", action="store_true",
+                   help="also replace a --save-dir holding an HF model this tool did not write: it is deleted")
     p.add_argument("--max-shard-size", type=_size, default=_size("5GB"), help="HF output shard size (5GB)")
     p.add_argument("--verify", action="store_true",
                    help="compare logits of transformers' model and our megatron-core model after converting")
@@ -99,6 +113,8 @@ def options_from_args(args: argparse.Namespace):
         tokenizer_model=args.tokenizer_model,
         iteration=iteration,
         overwrite=args.overwrite,
+        overwrite_training_checkpoint=args.overwrite_training_checkpoint,
+        overwrite_hf_model=args.overwrite_hf_model,
         max_shard_size=args.max_shard_size,
         progress=not args.no_progress,
     )
@@ -119,32 +135,50 @@ def check_verify_length(opts: ConvertOptions, tokens: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a conversion; exit code 0 ok, 1 verification failed, 2 bad input."""
+    """Run a conversion; exit 0 done, 1 verification failed or the output could not be written, 2 bad
+    input, 3 --verify could not run, 130 Ctrl-C, 143 SIGTERM (one line on stderr, never a traceback)."""
     args = build_parser().parse_args(argv)
-    try:
-        check_load_dir(args.load_dir, args.load_model_type)  # before the heavy imports: a typo answers at once
-        import mindspeed_llm
-        from mindspeed_llm.checkpoint.convert import convert
-        from mindspeed_llm.models.families import UnsupportedModelError
+    with exit_on_signals():
+        try:
+            check_load_dir(args.load_dir, args.load_model_type)  # before the heavy imports: a typo answers at once
+            import mindspeed_llm
+            from mindspeed_llm.models.families import UnsupportedModelError
 
-        mindspeed_llm.apply_base_patches()
-    except CheckpointError as exc:
-        print_error(str(exc))
-        return 2
-    opts = options_from_args(args)
-    try:
-        if args.verify:
-            check_verify_length(opts, args.verify_tokens)
-        written = convert(opts)
-        print(f"converted {opts.load_model_type} -> {opts.save_model_type}: {written}")
-        if args.verify:
-            from mindspeed_llm.checkpoint.verify import verify_after_convert
+            mindspeed_llm.apply_base_patches()
+        except CheckpointError as exc:
+            print_error(str(exc))
+            return 2
+        except (KeyboardInterrupt, Terminated) as exc:
+            return _interrupted(exc, None, args.save_dir)
+        written = None
+        try:
+            from mindspeed_llm.checkpoint.convert import convert
 
-            verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
-    except (CheckpointError, UnsupportedModelError) as exc:
-        print_error(str(exc))
-        return 2
-    except VerificationError as exc:
-        print_error(str(exc))
-        return 1
+            opts = options_from_args(args)
+            if args.verify:
+                check_verify_length(opts, args.verify_tokens)
+            written = convert(opts)
+            print(f"converted {opts.load_model_type} -> {opts.save_model_type}: {written}")
+            if args.verify:
+                from mindspeed_llm.checkpoint.verify import verify_after_convert
+
+                verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
+        except (CheckpointError, UnsupportedModelError) as exc:
+            print_error(str(exc))
+            return 2
+        except (VerificationError, OutputWriteError) as exc:
+            print_error(str(exc))
+            return 1
+        except VerificationUnavailable as exc:
+            print_error(f"--verify could not run: {exc}; {written} was written but is not verified")
+            return 3
+        except (KeyboardInterrupt, Terminated) as exc:
+            return _interrupted(exc, written, args.save_dir)
     return 0
+
+
+def _interrupted(exc: BaseException, written: str | None, save_dir: str) -> int:
+    what = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
+    kept = f"{written} is complete; --verify did not finish" if written else f"temporary files removed, {save_dir} unchanged"
+    print_error(f"{what}: {kept}")
+    return exit_status(exc)

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError
-from mindspeed_llm.checkpoint.hf_io import (
-    INDEX_FILENAME,
-    SINGLE_FILENAME,
-    HfShardWriter,
-    copy_tokenizer_files,
-)
+from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError
+from mindspeed_llm.checkpoint.hf_io import HfShardWriter, copy_tokenizer_files
 from mindspeed_llm.checkpoint.mapping import (
     EMBEDDING,
     FINAL_NORM,
@@ -37,6 +29,15 @@ from mindspeed_llm.checkpoint.mapping import (
     stage_layers,
 )
 from mindspeed_llm.checkpoint.sources import HfSource, MgSource
+from mindspeed_llm.checkpoint.target import (
+    MG2HF,
+    check_disjoint,
+    check_replace,
+    is_hf_export,
+    is_hf_folder,
+    mark_hf_export,
+    staging_dir,
+)
 from mindspeed_llm.models.families import ModelConfig, check_model_type_hf, dtype_hf_name
 
 HF_TO_MG_ITERATION = 1
@@ -61,52 +62,11 @@ class ConvertOptions:
     hf_dir: str | None = None  # --hf-dir (mg->hf: config/tokenizer source)
     tokenizer_model: str | None = None  # --tokenizer-model (recorded in args)
     iteration: int | str | None = None  # --load-iteration (mg sources; default: the tracker's)
-    overwrite: bool = False  # --overwrite
+    overwrite: bool = False  # --overwrite (an earlier output of the same kind)
+    overwrite_training_checkpoint: bool = False  # --overwrite-training-checkpoint
+    overwrite_hf_model: bool = False  # --overwrite-hf-model
     max_shard_size: int = 5 * 1024**3  # --max-shard-size (hf output)
     progress: bool = True
-
-
-# ---- output folder handling ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def staging_dir(target: str, *, overwrite: bool, flag: str = "--save-dir") -> Iterator[str]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``, on error it is removed."""
-    target = os.path.abspath(target)
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise CheckpointError(f"{flag} {target} is a file: give a folder path")
-    if os.path.isdir(target) and os.listdir(target) and not overwrite:
-        raise CheckpointError(
-            f"{flag} {target} already holds files (another checkpoint?): choose an empty or new folder, "
-            "or pass --overwrite to replace it"
-        )
-    parent = os.path.dirname(target)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    except OSError as exc:
-        raise CheckpointError(
-            f"{flag} {target} is not writable ({exc.strerror}): choose a folder you can write to"
-        ) from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.isdir(target):
-        old = target + f".old-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _is_hf_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and (
-        os.path.isfile(os.path.join(path, INDEX_FILENAME)) or os.path.isfile(os.path.join(path, SINGLE_FILENAME))
-        or any(n.endswith(".safetensors") for n in os.listdir(path))
-    )
 
 
 # ---- checks shared by every direction ------------------------------------------------------------------
@@ -248,7 +208,8 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
     dtype = opts.params_dtype or source.dtype
     cfg = cfg.replace(params_dtype=dtype)
     args = make_checkpoint_args(cfg, tp=tp, pp=pp, counts=counts, padded=padded, opts=opts, base=base_args)
-    with staging_dir(opts.save_dir, overwrite=opts.overwrite) as tmp:
+    check_target(opts, opts.save_dir, "mg")
+    with staging_dir(opts.save_dir) as tmp:
         for pp_rank in range(pp):
             with tqdm(total=counts[pp_rank], desc=f"hf/mg -> mg stage {pp_rank + 1}/{pp}", unit="layer",
                       disable=not opts.progress) as bar:
@@ -263,9 +224,13 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
 
 
 def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_dir: str | None,
-             overwrite: bool, max_shard_size: int, progress: bool = True) -> str:
-    """Write ``source`` as an HF folder (config, generation config, tokenizer, sharded safetensors)."""
-    with staging_dir(save_dir, overwrite=overwrite) as tmp:
+             max_shard_size: int, progress: bool = True, marker: dict | None = None) -> str:
+    """Write ``source`` as an HF folder (config, generation config, tokenizer, sharded safetensors).
+
+    Call :func:`mindspeed_llm.checkpoint.target.check_replace` first; ``marker`` is recorded in the
+    export marker file (what was converted).
+    """
+    with staging_dir(save_dir) as tmp:
         writer = HfShardWriter(tmp, max_shard_size)
         writer.add(EMBEDDING.hf[0], source.embedding().to(dtype))
         for layer in tqdm(range(cfg.num_layers), desc="mg -> hf", unit="layer", disable=not progress):
@@ -278,8 +243,7 @@ def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_
         writer.finish()
         hf_config = cfg.to_hf_config()
         if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
-            with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
-                hf_config = json.load(f)
+            hf_config = _read_json(os.path.join(hf_dir, "config.json"))
         hf_config.pop("dtype", None)
         hf_config["torch_dtype"] = dtype_hf_name(dtype)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
@@ -289,12 +253,29 @@ def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_
             gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "_from_model_config": True}
             with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
                 json.dump(gen, f, indent=2)
+        mark_hf_export(tmp, marker or {})
     return os.path.abspath(save_dir)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DamagedCheckpointError(f"{path} is not valid JSON ({str(exc).splitlines()[0][:80]})") from None
+
+
+def check_target(opts: ConvertOptions, target: str, output: str) -> None:
+    """The output may replace only an earlier output of its kind (see ``target.py``)."""
+    check_replace(target, output, overwrite=opts.overwrite,
+                  overwrite_training_checkpoint=opts.overwrite_training_checkpoint,
+                  overwrite_hf_model=opts.overwrite_hf_model)
 
 
 # ---- entry points -----------------------------------------------------------------------------------------
 def convert_hf_to_mg(opts: ConvertOptions) -> str:
     """HF folder -> legacy Megatron checkpoint at the target TP/PP; returns the save folder."""
+    check_disjoint(opts.save_dir, opts.load_dir)
     source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
     check_model_type_hf(opts.model_type_hf, source.cfg)
     try:
@@ -314,6 +295,7 @@ def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
 
 def convert_mg_to_mg(opts: ConvertOptions) -> str:
     """Reshard a legacy Megatron checkpoint to another TP/PP (same iteration)."""
+    check_disjoint(opts.save_dir, opts.load_dir, config_dir=opts.hf_dir)
     source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
     check_mg_flags(source, opts)
     if opts.padded_vocab_size is None and opts.make_vocab_size_divisible_by == 1:
@@ -327,9 +309,12 @@ def convert_mg_to_mg(opts: ConvertOptions) -> str:
 
 
 def mg_to_hf_target(save_dir: str) -> str:
-    """MindSpeed's form: a --save-dir that is the original HF folder means its ``mg2hf/`` subfolder."""
-    if os.path.isdir(save_dir) and _is_hf_folder(save_dir):
-        return os.path.join(save_dir, "mg2hf")
+    """MindSpeed's form: a --save-dir that is an HF model folder means its ``mg2hf/`` subfolder.
+
+    An earlier export of this tool is the target itself (replaced with ``--overwrite``).
+    """
+    if os.path.isdir(save_dir) and is_hf_folder(save_dir) and not is_hf_export(save_dir):
+        return os.path.join(save_dir, MG2HF)
     return save_dir
 
 
@@ -339,13 +324,17 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
     hf_dir = opts.hf_dir
     if hf_dir is None and target != opts.save_dir:
         hf_dir = opts.save_dir  # MindSpeed's form: --save-dir is the original HF folder
+    check_disjoint(target, opts.load_dir, config_dir=hf_dir)
     source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=hf_dir)
     check_mg_flags(source, opts)
     hf_dir = source.hf_dir
+    check_disjoint(target, opts.load_dir, config_dir=hf_dir)
+    check_target(opts, target, "hf")
     dtype = opts.params_dtype or source.dtype
+    marker = {"load_dir": os.path.abspath(opts.load_dir), "iteration": source.iteration}
     try:
-        return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, overwrite=opts.overwrite,
-                        max_shard_size=opts.max_shard_size, progress=opts.progress)
+        return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, max_shard_size=opts.max_shard_size,
+                        progress=opts.progress, marker=marker)
     finally:
         source.close()
 

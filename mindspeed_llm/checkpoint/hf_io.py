@@ -10,7 +10,12 @@ import struct
 import torch
 from safetensors.torch import save_file
 
-from mindspeed_llm.checkpoint.errors import CheckpointError, check_load_dir
+from mindspeed_llm.checkpoint.errors import (
+    CheckpointError,
+    DamagedCheckpointError,
+    check_load_dir,
+    os_error_of,
+)
 
 INDEX_FILENAME = "model.safetensors.index.json"
 SINGLE_FILENAME = "model.safetensors"
@@ -24,24 +29,84 @@ _ST_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32
               "BOOL": torch.bool}
 
 
+# safetensors' own limit on the JSON header.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def _damaged(path: str, what: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(f"{path}: {what}: the file is damaged; download it again")
+
+
 def read_safetensors_header(path: str) -> tuple[dict, int]:
-    """(tensor entries of the JSON header, byte offset where the data starts) of one safetensors file."""
+    """(tensor entries of the JSON header, byte offset where the data starts) of one safetensors file.
+
+    Every entry is checked (dtype, shape, ``data_offsets`` inside the file and matching the shape), so a
+    damaged header is one line naming the file, before anything is written.
+    """
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) != 8:
-                raise ValueError("shorter than 8 bytes")
+                raise _damaged(path, f"{len(head)} bytes, shorter than a safetensors header")
             n = struct.unpack("<Q", head)[0]
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise _damaged(path, f"the header claims {n} bytes but the file has {size}")
+            raw = f.read(n)
+    except OSError as exc:
+        raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(path, f"the header is not JSON ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, f"the header is a JSON {type(header).__name__}, not an object")
     header.pop("__metadata__", None)
     data_start = 8 + n
-    end = max((e["data_offsets"][1] for e in header.values()), default=0)
-    if os.path.getsize(path) < data_start + end:
-        raise CheckpointError(f"{path} is truncated ({os.path.getsize(path)} bytes, header needs "
-                              f"{data_start + end}): re-download it")
+    for key, e in header.items():
+        _check_entry(path, key, e, size - data_start)
     return header, data_start
+
+
+def _check_entry(path: str, key: str, e: object, data_bytes: int) -> None:
+    if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= set(e):
+        raise _damaged(path, f"header entry {key!r} lacks dtype, shape or data_offsets")
+    shape, offsets = e["shape"], e["data_offsets"]
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise _damaged(path, f"tensor {key} has shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise _damaged(path, f"tensor {key} has data_offsets {offsets!r}")
+    if e["dtype"] not in _ST_DTYPES:
+        raise CheckpointError(f"{path}: tensor {key} has dtype {e['dtype']}, which is not supported")
+    if offsets[1] > data_bytes:
+        raise DamagedCheckpointError(
+            f"{path} is truncated: tensor {key} ends at byte {offsets[1]} of the data but the file holds "
+            f"{data_bytes}: download it again"
+        )
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * _ST_DTYPES[e["dtype"]].itemsize != offsets[1] - offsets[0]:
+        raise _damaged(path, f"tensor {key}: shape {shape} {e['dtype']} does not fill data_offsets {offsets}")
+
+
+def read_index(path: str, folder: str) -> list[str]:
+    """The shard files named by ``model.safetensors.index.json`` (checked to exist)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(path, f"not valid JSON ({str(exc).splitlines()[0][:80]})") from None
+    except OSError as exc:
+        raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise _damaged(path, "no 'weight_map' object of tensor name -> shard file")
+    missing_files = sorted({v for v in weight_map.values() if not os.path.isfile(os.path.join(folder, v))})
+    if missing_files:
+        raise CheckpointError(f"{path} names shards that are missing: {', '.join(missing_files)}; re-download them")
+    return sorted(set(weight_map.values()))
 
 
 class HfReader:
@@ -59,14 +124,7 @@ class HfReader:
             raise CheckpointError(f"{os.path.join(folder, 'config.json')} not found: --load-dir must be an HF model folder")
         index_path = os.path.join(folder, INDEX_FILENAME)
         if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            missing_files = sorted({v for v in weight_map.values() if not os.path.isfile(os.path.join(folder, v))})
-            if missing_files:
-                raise CheckpointError(
-                    f"{index_path} names shards that are missing: {', '.join(missing_files)}; re-download them"
-                )
-            files = sorted(set(weight_map.values()))
+            files = read_index(index_path, folder)
         else:
             files = sorted(e for e in entries if e.endswith(".safetensors"))
             if not files:
@@ -82,8 +140,6 @@ class HfReader:
             path = os.path.join(folder, name)
             header, start = read_safetensors_header(path)
             for key, e in header.items():
-                if e["dtype"] not in _ST_DTYPES:
-                    raise CheckpointError(f"{path}: tensor {key} has dtype {e['dtype']}, which is not supported")
                 b, end = e["data_offsets"]
                 self._entries[key] = (path, _ST_DTYPES[e["dtype"]], list(e["shape"]), start + b, start + end)
         self._files: dict[str, object] = {}
@@ -119,13 +175,16 @@ class HfReader:
         if out.numel() == 0:
             return
         row_bytes = (end - begin) // (shape[0] if shape else 1)
-        f = self._files.get(path)
-        if f is None:
-            f = open(path, "rb")  # noqa: SIM115 - kept open across calls, closed by close()
-            self._files[path] = f
-        f.seek(begin + start * row_bytes)
-        want = (stop - start) * row_bytes
-        got = f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        try:
+            f = self._files.get(path)
+            if f is None:
+                f = open(path, "rb")  # noqa: SIM115 - kept open across calls, closed by close()
+                self._files[path] = f
+            f.seek(begin + start * row_bytes)
+            want = (stop - start) * row_bytes
+            got = f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+        except OSError as exc:
+            raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror}): tensor {name}") from None
         if got != want:
             raise CheckpointError(f"{path}: tensor {name} is truncated: re-download the file")
 
@@ -161,7 +220,13 @@ class HfShardWriter:
         if not self._pending:
             return
         index = len(self._shards)
-        save_file(self._pending, os.path.join(self.folder, f"shard-{index:05d}.tmp"), metadata={"format": "pt"})
+        try:
+            save_file(self._pending, os.path.join(self.folder, f"shard-{index:05d}.tmp"), metadata={"format": "pt"})
+        except Exception as exc:  # safetensors raises SafetensorError("... I/O error: ... (os error 28)")
+            os_err = os_error_of(exc)
+            if os_err is not None:
+                raise os_err from None
+            raise
         self._shards.append(list(self._pending))
         self._pending = {}
         self._pending_bytes = 0

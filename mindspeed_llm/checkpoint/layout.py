@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import re
 from typing import Any
 
 import torch
 
-from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError, os_error_of
+from mindspeed_llm.io_errors import interrupt_of
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
@@ -92,23 +94,39 @@ def read_tracker(root: str | os.PathLike) -> int | str:
             f"{path} not found: {root} is not a Megatron checkpoint folder (expected the folder that holds "
             f"{TRACKER_FILENAME} and iter_XXXXXXX/)"
         )
-    with open(path, encoding="utf-8") as f:
-        text = f.read().strip()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(64)
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DamagedCheckpointError(
+            f"{path} holds binary data, expected an iteration number or 'release': the file is damaged; write "
+            "the iteration of the newest complete iter_XXXXXXX/ folder into it"
+        ) from None
+    except OSError as exc:
+        raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
     if text == RELEASE:
         return RELEASE
-    try:
+    if re.fullmatch(r"\d{1,12}", text):
         return int(text)
-    except ValueError:
-        raise CheckpointError(f"{path} holds {text!r}, expected an iteration number or 'release'") from None
+    raise DamagedCheckpointError(
+        f"{path} holds {text[:40]!r}, expected an iteration number or 'release': write the iteration of the "
+        "newest complete iter_XXXXXXX/ folder into it"
+    )
 
 
 def write_tracker(root: str | os.PathLike, iteration: int | str) -> None:
     """Write the tracker file atomically (call it after every rank's file is in place)."""
     path = os.path.join(os.fspath(root), TRACKER_FILENAME)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(str(iteration))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(str(iteration))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_rank_state(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int, pp_size: int,
@@ -129,11 +147,24 @@ def save_rank_state(root: str | os.PathLike, iteration: int | str, tp_rank: int,
     if serialization_config:
         serialization_config.save.compute_crc32 = crc32
     try:
-        torch.save(state, tmp)
+        # Through a Python file object, so a failed write (disk full) surfaces as the OSError behind
+        # torch's "[enforce fail at inline_container.cc]" RuntimeError.
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, RuntimeError):  # torch wraps what its Python write callback raised
+            inner = interrupt_of(exc) or os_error_of(exc)
+            if inner is not None:
+                raise inner from None
+        raise
     finally:
         if serialization_config:
             serialization_config.save.compute_crc32 = previous
-    os.replace(tmp, path)
     return path
 
 
@@ -166,10 +197,15 @@ def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, 
         raise CheckpointError(
             f"no mp_rank_*/{MODEL_FILENAME} under {os.path.join(os.fspath(root), iteration_dir_name(iteration))}"
         )
-    first = safe_torch_load(found[min(found)], mmap=True)
+    first = load_rank_file(found[min(found)], mmap=True)
     args = first.get("args")
     tp = getattr(args, "tensor_model_parallel_size", None) or (max(t for t, _ in found) + 1)
     pp = getattr(args, "pipeline_model_parallel_size", None) or (max(p for _, p in found) + 1)
+    if not (isinstance(tp, int) and isinstance(pp, int) and 0 < tp <= 4096 and 0 < pp <= 4096):
+        raise DamagedCheckpointError(
+            f"{found[min(found)]}: args hold tensor_model_parallel_size={tp!r}, pipeline_model_parallel_size="
+            f"{pp!r}: the file is damaged or not a Megatron checkpoint"
+        )
     missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
     if missing:
         names = ", ".join(rank_dir_name(t, p, pp) for t, p in missing)
@@ -188,8 +224,28 @@ def load_rank_state(root: str | os.PathLike, iteration: int | str | None, tp_ran
     path = checkpoint_file_for(root, iteration, tp_rank, pp_rank, pp_size)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}")
+    return load_rank_file(path, mmap=mmap)
+
+
+def load_rank_file(path: str, *, mmap: bool = True) -> dict:
+    """``safe_torch_load`` of one ``model_optim_rng.pt``; a damaged or foreign file is one line naming it."""
     try:
-        return safe_torch_load(path, mmap=mmap)
-    except (RuntimeError, EOFError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} cannot be read ({first_line}): the file is damaged; copy it again") from None
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
+    if size == 0:
+        raise DamagedCheckpointError(f"{path} is empty (0 bytes): the save was interrupted; copy the file again")
+    try:
+        state = safe_torch_load(path, mmap=mmap)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, KeyError,
+            ImportError) as exc:
+        text = str(exc).strip()
+        first_line = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise DamagedCheckpointError(
+            f"{path} cannot be read ({first_line}): the file is damaged or not a Megatron checkpoint; copy it again"
+        ) from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpointError(
+            f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict ('args', 'model', ...)"
+        )
+    return state

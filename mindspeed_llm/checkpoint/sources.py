@@ -14,19 +14,20 @@ from collections import OrderedDict
 import torch
 
 from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError, check_load_dir
+from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError, check_load_dir
 from mindspeed_llm.checkpoint.hf_io import HfReader
 from mindspeed_llm.checkpoint.mapping import (
     EMBEDDING,
     FINAL_NORM,
     OUTPUT_LAYER,
+    Split,
     TensorMapping,
     Transform,
     expected_hf_names,
     layer_mappings,
     unshard,
 )
-from mindspeed_llm.models.families import ModelConfig, parse_dtype
+from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError, parse_dtype
 
 
 def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -55,10 +56,7 @@ class HfSource:
     def __init__(self, folder: str, *, add_qkv_bias: bool | None = None):
         self.reader = HfReader(folder)
         self.folder = folder
-        try:
-            cfg = ModelConfig.from_hf_config(folder)
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {exc}") from None
+        cfg = read_model_config(folder)
         names = self.reader.names()
         has_bias = "model.layers.0.self_attn.q_proj.bias" in names
         if add_qkv_bias is not None:
@@ -137,12 +135,28 @@ class HfSource:
         self.reader.close()
 
 
+def read_model_config(config: str | dict, where: str | None = None) -> ModelConfig:
+    """``ModelConfig.from_hf_config`` with a damaged or incomplete config as one line naming it."""
+    where = where or os.path.join(config, "config.json")
+    try:
+        return ModelConfig.from_hf_config(config)
+    except UnsupportedModelError as exc:  # a real model we cannot represent: not damage
+        raise CheckpointError(f"{where}: {exc}") from None
+    except KeyError as exc:
+        raise DamagedCheckpointError(f"{where}: the key {exc} is missing: use the model's original config.json") \
+            from None
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        raise DamagedCheckpointError(f"{where}: {exc}: use the model's original config.json") from None
+    except OSError as exc:
+        raise DamagedCheckpointError(f"{where} cannot be read ({exc.strerror})") from None
+
+
 def model_config_from_args(args: argparse.Namespace, hf_dir: str | None = None) -> ModelConfig:
     """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its args."""
     if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
-        cfg = ModelConfig.from_hf_config(hf_dir)
+        cfg = read_model_config(hf_dir)
     elif getattr(args, "hf_config", None):
-        cfg = ModelConfig.from_hf_config(dict(args.hf_config))
+        cfg = read_model_config(dict(args.hf_config), "the checkpoint's args.hf_config")
     else:
         raise CheckpointError(
             "the checkpoint's args carry no HF config: pass --hf-dir ORIGINAL_HF_FOLDER (holding config.json)"
@@ -175,17 +189,35 @@ class MgSource:
                 raise CheckpointError(f"{root}: rank files hold no 'model' (nor model0, model1, ...) entry")
         self.num_stages = self.pp * len(self.chunk_keys)
         self.args = first.get("args") or argparse.Namespace()
+        if not isinstance(self.args, argparse.Namespace):
+            raise DamagedCheckpointError(f"{self._path(0, 0)}: 'args' is a {type(self.args).__name__}, not a Namespace")
         recorded = getattr(self.args, "hf_dir", None)
         self.hf_dir = hf_dir or (recorded if recorded and os.path.isdir(recorded) else None)
         self.cfg = model_config_from_args(self.args, self.hf_dir)
-        embedding = first[self.chunk_keys[0]][EMBEDDING.mcore]
+        model = first[self.chunk_keys[0]]
+        embedding = model.get(EMBEDDING.mcore) if isinstance(model, dict) else None
+        if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
+            raise DamagedCheckpointError(
+                f"{self._path(0, 0)}: no 2-D {EMBEDDING.mcore} in '{self.chunk_keys[0]}': the file is not the first "
+                "pipeline stage of a GPT checkpoint"
+            )
+        if embedding.shape[1] != self.cfg.hidden_size:
+            raise DamagedCheckpointError(
+                f"{self._path(0, 0)}: {EMBEDDING.mcore} has shape {tuple(embedding.shape)} but the model has "
+                f"hidden_size={self.cfg.hidden_size}: the rank file belongs to another model"
+            )
         self.dtype = embedding.dtype
         self.cfg.params_dtype = self.dtype
         self.padded_vocab_size = embedding.shape[0] * self.tp
         # Layers per stage, from the keys (works for any --num-layer-list and for training's files).
         self.stage_counts = []
         for s in range(self.num_stages):
-            sd = self._load(0, s % self.pp)[self.chunk_keys[s // self.pp]]
+            sd = self._load(0, s % self.pp).get(self.chunk_keys[s // self.pp])
+            if not isinstance(sd, dict):
+                raise DamagedCheckpointError(
+                    f"{self._path(0, s % self.pp)}: no '{self.chunk_keys[s // self.pp]}' state dict: the rank file "
+                    "belongs to another checkpoint"
+                )
             ids = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
             self.stage_counts.append(len(ids))
         if sum(self.stage_counts) != self.cfg.num_layers:
@@ -194,6 +226,10 @@ class MgSource:
                 f"config has {self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model"
             )
         self._cache: OrderedDict[int, list[dict]] = OrderedDict()
+        self._hf_shapes = expected_hf_shapes(self.cfg)
+
+    def _path(self, tp_rank: int, pp_rank: int) -> str:
+        return layout.checkpoint_file_for(self.root, self.iteration, tp_rank, pp_rank, self.pp)
 
     def _load(self, tp_rank: int, pp_rank: int) -> dict:
         return layout.load_rank_state(self.root, self.iteration, tp_rank, pp_rank, self.pp, mmap=True)
@@ -204,33 +240,67 @@ class MgSource:
             self._cache.move_to_end(stage)
             return self._cache[stage]
         key = self.chunk_keys[stage // self.pp]
-        sds = [self._load(t, stage % self.pp)[key] for t in range(self.tp)]
+        sds = []
+        for t in range(self.tp):
+            sd = self._load(t, stage % self.pp).get(key)
+            if not isinstance(sd, dict):
+                raise DamagedCheckpointError(
+                    f"{self._path(t, stage % self.pp)}: no '{key}' state dict: the rank file belongs to another "
+                    "checkpoint"
+                )
+            sds.append(sd)
         self._cache[stage] = sds
         while len(self._cache) > 1:
             self._cache.popitem(last=False)
         return sds
 
-    def _gather(self, pp_rank: int, key: str, m: TensorMapping) -> torch.Tensor:
+    def _gather(self, pp_rank: int, key: str, m: TensorMapping, expected: tuple[int | None, ...]) -> torch.Tensor:
+        """One tensor merged over TP; its shape is checked (None: any size) so a foreign rank file is named."""
         sds = self.stage(pp_rank)
         try:
-            return unshard(m.split, [sd[key] for sd in sds])
+            parts = [sd[key] for sd in sds]
         except KeyError:
             raise CheckpointError(
                 f"{self.root}: {key} missing from stage {pp_rank}'s rank files: the checkpoint is incomplete "
                 "or was written for another model"
             ) from None
+        for t, part in enumerate(parts):
+            if not isinstance(part, torch.Tensor) or part.shape != parts[0].shape:
+                shape = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
+                raise DamagedCheckpointError(
+                    f"{self._path(t, pp_rank % self.pp)}: {key} has shape {shape} but TP rank 0 has "
+                    f"{tuple(parts[0].shape)}: the rank file belongs to another checkpoint"
+                )
+        full = unshard(m.split, parts)
+        if len(full.shape) != len(expected) or any(e is not None and e != g for e, g in zip(expected, full.shape)):
+            want = tuple("*" if e is None else e for e in expected)
+            raise DamagedCheckpointError(
+                f"{self._path(0, pp_rank % self.pp)}: {key} merged over TP has shape {tuple(full.shape)} but the "
+                f"model config implies {want}: the rank files belong to another model (or pass the right --hf-dir)"
+            )
+        return full
+
+    def _expected(self, m: TensorMapping) -> tuple[int | None, ...]:
+        """The full (TP1) mcore shape of one row, from the HF shapes config.json implies."""
+        shapes = self._hf_shapes
+        names = [n.format(i=0) for n in m.hf]
+        first = shapes[names[0]]
+        if m.split is Split.VOCAB:
+            return (None, first[1])
+        return (sum(shapes[n][0] for n in names), *first[1:])
 
     def embedding(self) -> torch.Tensor:
         """Word embeddings merged over TP, padding rows dropped."""
-        return self._gather(0, EMBEDDING.mcore, EMBEDDING)[: self.cfg.vocab_size]
+        return self._gather(0, EMBEDDING.mcore, EMBEDDING, self._expected(EMBEDDING))[: self.cfg.vocab_size]
 
     def final_norm(self) -> torch.Tensor:
         """The final RMSNorm weight (last stage)."""
-        return self._gather(self.num_stages - 1, FINAL_NORM.mcore, FINAL_NORM)
+        return self._gather(self.num_stages - 1, FINAL_NORM.mcore, FINAL_NORM, self._expected(FINAL_NORM))
 
     def output_layer(self) -> torch.Tensor:
         """Output layer merged over TP, padding rows dropped (untied models)."""
-        return self._gather(self.num_stages - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER)[: self.cfg.vocab_size]
+        out = self._gather(self.num_stages - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER, self._expected(OUTPUT_LAYER))
+        return out[: self.cfg.vocab_size]
 
     def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
         """Full mcore tensor of one row for a global layer number, merged over TP."""
@@ -238,7 +308,7 @@ class MgSource:
         while layer >= start + self.stage_counts[stage]:
             start += self.stage_counts[stage]
             stage += 1
-        return self._gather(stage, f"decoder.layers.{layer - start}.{m.mcore}", m)
+        return self._gather(stage, f"decoder.layers.{layer - start}.{m.mcore}", m, self._expected(m))
 
     def layer_mappings(self) -> list[TensorMapping]:
         """The per-layer rows of this checkpoint's model."""

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from mindspeed_llm.checkpoint.convert import ConvertOptions, build_stage, check_parallel
-from mindspeed_llm.checkpoint.errors import VerificationError
+from mindspeed_llm.checkpoint.errors import VerificationError, VerificationUnavailable
 from mindspeed_llm.checkpoint.sources import MgSource
 from mindspeed_llm.models.builder import build_gpt_model
 from mindspeed_llm.models.families import ModelConfig
@@ -106,10 +106,10 @@ def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = Non
 
 
 def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_TOLERANCE, num_tokens: int = 16,
-                      iteration: int | str | None = None, log: Callable[[str], None] = print) -> float | None:
+                      iteration: int | str | None = None, log: Callable[[str], None] = print) -> float:
     """Max |Δlogit| between the HF folder and the Megatron checkpoint; raises above ``tolerance``.
 
-    Returns None (and says why) when the machine has too little memory to hold both models.
+    Raises :class:`VerificationUnavailable` when the machine has too little memory to hold both models.
     """
     source = MgSource(mg_root, iteration=iteration, hf_dir=hf_dir)
     cfg = source.cfg
@@ -119,9 +119,10 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
     round_to = weights_dtype(hf_dtype, source.dtype)  # e.g. fp32 HF converted with --params-dtype bf16
     need, have = _memory_needed(cfg), _available_memory()
     if need > have:
-        log(f"verify: skipped: holding both models in float32 needs ~{need / 2**30:.1f} GiB, "
-            f"{have / 2**30:.1f} GiB available")
-        return None
+        raise VerificationUnavailable(
+            f"holding both models in float32 needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available: "
+            "run it on a machine with more memory (mindspeed_llm.checkpoint.verify.verify_checkpoint)"
+        )
     ids = verify_tokens(cfg, num_tokens)
     ref = hf_logits(hf_dir, ids, round_to=round_to)
     ours = megatron_logits(mg_root, ids, hf_dir=hf_dir, iteration=iteration, round_to=round_to)
@@ -156,7 +157,7 @@ def verify_resharded(src_root: str, dst_root: str, *, tolerance: float = DEFAULT
 
 
 def verify_after_convert(opts: ConvertOptions, written: str, *, tolerance: float = DEFAULT_TOLERANCE,
-                         num_tokens: int = 16, log: Callable[[str], None] = print) -> float | None:
+                         num_tokens: int = 16, log: Callable[[str], None] = print) -> float:
     """Pick the HF folder and Megatron checkpoint of a finished conversion and verify them."""
     if opts.load_model_type == "mg" and opts.save_model_type == "mg":
         return verify_resharded(opts.load_dir, written, tolerance=tolerance, num_tokens=num_tokens,
@@ -166,7 +167,6 @@ def verify_after_convert(opts: ConvertOptions, written: str, *, tolerance: float
     else:
         hf_dir, mg_root = written, opts.load_dir
     if not hf_dir or not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        log("verify: skipped: no HF folder to compare with (pass --hf-dir)")
-        return None
+        raise VerificationUnavailable(f"no HF folder to compare with ({hf_dir or 'none given'} holds no config.json)")
     return verify_checkpoint(hf_dir, mg_root, tolerance=tolerance, num_tokens=num_tokens,
                              iteration=opts.iteration if opts.save_model_type == "hf" else None, log=log)

@@ -20,14 +20,18 @@ at :meth:`IndexedDatasetWriter.finalize`; an interrupted run leaves no ``.idx`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from mindspeed_llm.data.errors import PreprocessError
+from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
+from mindspeed_llm.io_errors import describe_os_error
+from mindspeed_llm.signals import signals_deferred
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -74,6 +78,9 @@ class IndexedDatasetWriter:
 
     Empty documents are kept as documents with no sequence, exactly as Megatron-LM's tool does
     (``add_document([], [])``): the document index repeats the previous entry.
+
+    A failed write (disk full, read-only folder) raises :class:`OutputWriteError`; the caller then
+    calls :meth:`abort`, which removes every temporary file even when closing them fails again.
     """
 
     def __init__(self, prefix: str, dtype: np.dtype) -> None:
@@ -82,21 +89,46 @@ class IndexedDatasetWriter:
         if self.dtype not in DTYPE_CODES:
             raise PreprocessError(f"unsupported token dtype {self.dtype} for {prefix}")
         self.bin_path, self.idx_path = dataset_paths(prefix)
+        remove_stale_temporaries(prefix)
         pid = os.getpid()
         self._bin_tmp = f"{self.bin_path}.tmp{pid}"
         self._idx_tmp = f"{self.idx_path}.tmp{pid}"
         self._len_tmp = f"{self.prefix}.lengths.tmp{pid}"
         self._doc_tmp = f"{self.prefix}.docs.tmp{pid}"
-        self._bin = open(self._bin_tmp, "wb")
-        self._lengths = open(self._len_tmp, "wb")
-        self._docs = open(self._doc_tmp, "wb")  # sequence index at the end of each document
+        self._handles = []
         self.sequence_count = 0
         self.document_count = 0
         self.token_count = 0
         self._closed = False
+        self._prepared = False
+        with self._writing(self.bin_path):
+            self._bin = self._open(self._bin_tmp)
+            self._lengths = self._open(self._len_tmp)
+            self._docs = self._open(self._doc_tmp)  # sequence index at the end of each document
+
+    def _open(self, path: str):
+        handle = open(path, "wb")  # noqa: SIM115 - closed by finalize/abort
+        self._handles.append(handle)
+        return handle
+
+    @contextlib.contextmanager
+    def _writing(self, path: str) -> Iterator[None]:
+        """OSError while writing -> one line naming the file; temporary files are removed."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            raise OutputWriteError(
+                f"writing {path} failed ({describe_os_error(exc)}); temporary files removed, no earlier "
+                f"{os.path.basename(self.prefix)}.bin/.idx was changed"
+            ) from None
 
     def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append documents given as one flat token array and each document's length (0 = empty)."""
+        with self._writing(self.bin_path):
+            self._add_documents(tokens, lengths)
+
+    def _add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         lengths = np.asarray(lengths, dtype=np.int64)
         if int(lengths.sum()) != tokens.size:
             raise ValueError(f"lengths sum {int(lengths.sum())} != token count {tokens.size}")
@@ -119,22 +151,40 @@ class IndexedDatasetWriter:
                 f"{prefix}.idx holds {index.dtype} tokens but the merged dataset is {self.dtype}: "
                 "merge only datasets made with tokenizers of the same vocabulary size class"
             )
+        check_bin_size(prefix, index)
         with open(prefix + ".bin", "rb") as src:
-            while chunk := src.read(64 << 20):
-                self._bin.write(chunk)
-        self._lengths.write(index.sequence_lengths.astype(np.int32).tobytes())
-        self._docs.write((self.sequence_count + index.document_indices[1:].astype(np.int64)).tobytes())
+            while True:
+                try:
+                    chunk = src.read(64 << 20)
+                except OSError as exc:
+                    raise PreprocessError(f"{prefix}.bin cannot be read ({exc.strerror})") from None
+                if not chunk:
+                    break
+                with self._writing(self.bin_path):
+                    self._bin.write(chunk)
+        with self._writing(self.bin_path):
+            self._lengths.write(index.sequence_lengths.astype(np.int32).tobytes())
+            self._docs.write((self.sequence_count + index.document_indices[1:].astype(np.int64)).tobytes())
         self.sequence_count += int(index.sequence_lengths.size)
         self.document_count += int(index.document_indices.size - 1)
         self.token_count += int(index.sequence_lengths.sum(dtype=np.int64))
 
     def finalize(self) -> None:
         """Write the index and move both files to their final names (``.bin`` first, ``.idx`` last)."""
-        self._bin.close()
-        self._lengths.close()
-        self._docs.close()
+        self.prepare()
+        self.commit()
+
+    def prepare(self) -> None:
+        """Close the token file and write the complete index under its temporary name."""
+        with self._writing(self.idx_path):
+            self._prepare()
+        self._prepared = True
+
+    def _prepare(self) -> None:
+        for handle in self._handles:
+            handle.close()
         itemsize = np.int64(self.dtype.itemsize)
-        with open(self._idx_tmp, "wb") as idx:
+        with self._open(self._idx_tmp) as idx:
             idx.write(index_header(self.dtype, self.sequence_count, self.document_count + 1))
             self._copy_chunks(self._len_tmp, np.int32, idx)
             offset = np.int64(0)
@@ -147,11 +197,17 @@ class IndexedDatasetWriter:
                 offset = ends[-1]
             idx.write(np.zeros(1, dtype=np.int64).tobytes())
             self._copy_chunks(self._doc_tmp, np.int64, idx)
-        # An old .idx goes first, so at no moment does a complete-looking .idx sit beside a .bin
-        # it does not describe.
-        self._remove(self.idx_path)
-        os.replace(self._bin_tmp, self.bin_path)
-        os.replace(self._idx_tmp, self.idx_path)
+
+    def commit(self) -> None:
+        """Rename the prepared files into place; SIGINT/SIGTERM wait until both are renamed."""
+        if not self._prepared:
+            raise RuntimeError("commit() before prepare()")
+        with self._writing(self.bin_path), signals_deferred():
+            # An old .idx goes first, so at no moment does a complete-looking .idx sit beside a .bin
+            # it does not describe.
+            self._remove(self.idx_path)
+            os.replace(self._bin_tmp, self.bin_path)
+            os.replace(self._idx_tmp, self.idx_path)
         self._remove(self._len_tmp, self._doc_tmp)
         self._closed = True
 
@@ -159,10 +215,13 @@ class IndexedDatasetWriter:
         """Close and delete everything written so far (no output is left behind)."""
         if self._closed:
             return
-        for handle in (self._bin, self._lengths, self._docs):
-            handle.close()
-        self._remove(self._bin_tmp, self._idx_tmp, self._len_tmp, self._doc_tmp)
         self._closed = True
+        for handle in self._handles:
+            try:
+                handle.close()
+            except OSError:  # flushing the buffer fails again on a full disk; the file goes anyway
+                pass
+        self._discard(self._bin_tmp, self._idx_tmp, self._len_tmp, self._doc_tmp)
 
     @staticmethod
     def _read_chunks(path: str, dtype: type) -> Iterator[np.ndarray]:
@@ -181,10 +240,54 @@ class IndexedDatasetWriter:
     @staticmethod
     def _remove(*paths: str) -> None:
         for path in paths:
-            try:
+            if os.path.lexists(path):  # a read-only file system says EROFS even for a missing file
                 os.remove(path)
-            except FileNotFoundError:
-                pass
+
+    @staticmethod
+    def _discard(*paths: str) -> None:
+        """Best-effort removal while cleaning up after an error (the first error is the one reported)."""
+        for path in paths:
+            with contextlib.suppress(OSError):
+                IndexedDatasetWriter._remove(path)
+
+
+_TEMP_SUFFIX = re.compile(r"\.(?:bin|idx|lengths|docs)\.tmp(\d+)")
+
+
+def remove_stale_temporaries(prefix: str) -> None:
+    """Remove temporary files of ``prefix`` left by a run that was killed (kill -9): their PID is gone."""
+    folder, base = os.path.split(os.path.abspath(prefix))
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if not name.startswith(base):
+                continue
+            m = _TEMP_SUFFIX.fullmatch(name[len(base):])
+            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+                IndexedDatasetWriter._discard(os.path.join(folder, name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_bin_size(prefix: str, index: IndexArrays) -> None:
+    """The ``.bin`` must hold exactly the tokens its ``.idx`` describes."""
+    want = int(index.sequence_lengths.sum(dtype=np.int64)) * index.dtype.itemsize
+    try:
+        got = os.path.getsize(prefix + ".bin")
+    except OSError as exc:
+        raise PreprocessError(f"{prefix}.bin cannot be read ({exc.strerror}): rebuild the dataset") from None
+    if got != want:
+        raise PreprocessError(
+            f"{prefix}.bin holds {got} bytes but {prefix}.idx describes {want}: the pair does not match "
+            "(interrupted copy?); rebuild the dataset"
+        )
 
 
 @dataclass

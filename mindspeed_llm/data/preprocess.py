@@ -15,13 +15,18 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from mindspeed_llm.data.errors import PreprocessError
+from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.data.handlers import build_handler
-from mindspeed_llm.data.indexed_writer import IndexedDatasetWriter, dataset_paths, read_index
+from mindspeed_llm.data.indexed_writer import (
+    IndexedDatasetWriter,
+    dataset_paths,
+    read_index,
+    remove_stale_temporaries,
+)
 from mindspeed_llm.data.readers import (
     InputSource,
     available_columns,
@@ -31,6 +36,7 @@ from mindspeed_llm.data.readers import (
     total_rows,
 )
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
+from mindspeed_llm.signals import signals_deferred, worker_signals
 
 BATCH_ROWS = 1000
 TASK_CHARS = 2 << 20  # characters of text per tokenizer task
@@ -48,6 +54,7 @@ def _usable_cpus() -> int:
 
 def _init_worker(path: str, append_eod: bool, threads: int) -> None:
     global _worker_tokenizer
+    worker_signals()  # Ctrl-C is the main process's; its pool.terminate() ends workers quietly
     # Each worker's `tokenizers` may use `threads` threads for a batch (its rayon pool starts on
     # first use, after this); with one thread per worker the pool alone is the parallelism.
     if threads <= 1:
@@ -78,10 +85,19 @@ class Progress:
     input_bytes: int = 0
     skipped: int = 0
     _next_log: int = 0
+    nonempty: dict[str, int] = field(default_factory=dict)  # key -> documents whose text is not empty
+    key_tokens: dict[str, int] = field(default_factory=dict)  # key -> tokens written
 
     def __post_init__(self) -> None:
         self.start = time.perf_counter()
         self._next_log = self.log_interval
+
+    def add_counts(self, nonempty: dict[str, int], key_tokens: dict[str, int]) -> None:
+        """Add another part's per-key counts (``--n-subs``)."""
+        for key, n in nonempty.items():
+            self.nonempty[key] = self.nonempty.get(key, 0) + n
+        for key, n in key_tokens.items():
+            self.key_tokens[key] = self.key_tokens.get(key, 0) + n
 
     def rates(self) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -135,8 +151,12 @@ def encode_source(
     tokenizer: DocumentTokenizer,
     prefixes: dict[str, str],
     show_progress: bool = True,
+    require_tokens: bool = True,
 ) -> Progress:
-    """Tokenize every document of ``source`` into ``prefixes[key]`` datasets (temporary names until done)."""
+    """Tokenize every document of ``source`` into ``prefixes[key]`` datasets (temporary names until done).
+
+    ``require_tokens``: refuse to write a dataset without tokens (off for one ``--n-subs`` part).
+    """
     global _worker_tokenizer
     handler = build_handler(args.handler_name, args.json_keys)
     columns = handler.input_columns(available_columns(source), source.files[0])
@@ -171,6 +191,8 @@ def encode_source(
                         bar.update(batch.bytes_read)
                     continue
                 texts = handler.texts(batch.columns, batch.first_row, batch.source)
+                for key, values in texts.items():
+                    progress.nonempty[key] = progress.nonempty.get(key, 0) + sum(1 for t in values if t)
                 parts = list(_split_tasks(texts, batch.num_rows))
                 for i, part in enumerate(parts):
                     yield part, (batch.bytes_read if i == len(parts) - 1 else 0)
@@ -186,6 +208,7 @@ def encode_source(
             for key, (flat, lengths) in result.items():
                 writers[key].add_documents(flat, lengths)
                 documents, tokens = len(lengths), tokens + flat.size
+                progress.key_tokens[key] = progress.key_tokens.get(key, 0) + int(flat.size)
             progress.update(documents, tokens, input_bytes, write)
             if bar is not None:
                 bar.update(documents if rows_total is not None else input_bytes)
@@ -198,8 +221,9 @@ def encode_source(
         if progress.documents == 0:
             what = "every row was skipped as bad" if progress.skipped else "it holds no rows"
             raise PreprocessError(f"--input {args.input}: no documents to write ({what}); check the input")
-        for writer in writers.values():
-            writer.finalize()
+        if require_tokens:
+            check_tokens(progress, args, writers)
+        commit_all(writers.values())
         return progress
     except BaseException:
         if pool is not None:
@@ -210,6 +234,47 @@ def encode_source(
         for writer in writers.values():
             writer.abort()
         raise
+
+
+def check_tokens(progress: Progress, args: argparse.Namespace, writers: dict[str, IndexedDatasetWriter]) -> None:
+    """A dataset without a single token is refused: say whether the texts were empty or the tokenizer silent."""
+    for key, writer in writers.items():
+        if writer.token_count:
+            continue
+        nonempty = progress.nonempty.get(key, 0)
+        if nonempty == 0:
+            raise PreprocessError(
+                f"--input {args.input}: column {key!r} is empty or null in all {progress.documents} rows, so "
+                f"{os.path.basename(writer.prefix)} would hold no tokens; check --json-keys and the input"
+            )
+        raise PreprocessError(
+            f"--tokenizer-name-or-path {args.tokenizer_name_or_path} produced no token ids for the {nonempty} "
+            f"non-empty texts of column {key!r}, so {os.path.basename(writer.prefix)} would hold no tokens; "
+            "check that the tokenizer matches the text"
+        )
+
+
+def commit_all(writers: Iterable[IndexedDatasetWriter]) -> None:
+    """Write every index, then rename all datasets into place together (signals held back meanwhile)."""
+    writers = list(writers)
+    for writer in writers:
+        writer.prepare()
+    with signals_deferred():
+        for writer in writers:
+            writer.commit()
+
+
+def check_output_not_input(output_prefix: str, input_files: Iterable[str], prefixes: Iterable[str]) -> None:
+    """The output files (and their temporaries) must not be any input file (symlinks resolved)."""
+    inputs = {os.path.realpath(f): f for f in input_files}
+    for prefix in prefixes:
+        for path in dataset_paths(prefix):
+            real = os.path.realpath(path)
+            if real in inputs:
+                raise PreprocessError(
+                    f"--output-prefix {output_prefix} would write {path}, which is the input "
+                    f"{inputs[real]}: choose an output prefix that does not replace the input"
+                )
 
 
 def output_prefixes(output_prefix: str, keys: Iterable[str]) -> dict[str, str]:
@@ -246,6 +311,7 @@ def preprocess(args: argparse.Namespace) -> dict[str, str]:
     )
     _ensure_output_dir(args.output_prefix)
     prefixes = output_prefixes(args.output_prefix, handler.output_keys)
+    check_output_not_input(args.output_prefix, source.files, prefixes.values())
     if args.n_subs > 1:
         progress = _encode_subsets(source, args, tokenizer, prefixes)
     else:
@@ -278,12 +344,13 @@ def _split_files(files: list[str], parts: int) -> list[list[str]]:
 
 def _subset_main(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue) -> None:
     try:
-        progress = encode_source(source, args, tokenizer, prefixes, show_progress=False)
-        queue.put(("ok", progress.documents, progress.tokens, progress.input_bytes, progress.skipped))
-    except PreprocessError as exc:
-        queue.put(("error", str(exc)))
+        progress = encode_source(source, args, tokenizer, prefixes, show_progress=False, require_tokens=False)
+        queue.put(("ok", progress.documents, progress.tokens, progress.input_bytes, progress.skipped,
+                   progress.nonempty, progress.key_tokens))
+    except (PreprocessError, OutputWriteError) as exc:
+        queue.put(("error", type(exc).__name__, str(exc)))
     except BaseException as exc:  # report, the parent cleans up
-        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+        queue.put(("error", "PreprocessError", f"{type(exc).__name__}: {exc}"))
 
 
 def _encode_subsets(
@@ -315,25 +382,30 @@ def _encode_subsets(
         for _ in subs:
             status, *rest = queue.get()
             if status == "error":
-                errors.append(rest[0])
+                errors.append(rest)
             else:
                 progress.documents += rest[0]
                 progress.tokens += rest[1]
                 progress.input_bytes += rest[2]
                 progress.skipped += rest[3]
+                progress.add_counts(rest[4], rest[5])
         for proc in subs:
             proc.join()
         if errors:
-            raise PreprocessError(errors[0].removeprefix("error: "))
-        for key, prefix in prefixes.items():
-            writer = IndexedDatasetWriter(prefix, tokenizer.dtype)
-            try:
+            kind, message = errors[0]
+            raise (OutputWriteError if kind == "OutputWriteError" else PreprocessError)(message)
+        writers: dict[str, IndexedDatasetWriter] = {}
+        try:
+            for key, prefix in prefixes.items():
+                writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
                 for parts in sub_prefixes:
-                    writer.append_dataset(parts[key])
-                writer.finalize()
-            except BaseException:
+                    writers[key].append_dataset(parts[key])
+            check_tokens(progress, args, writers)
+            commit_all(writers.values())
+        except BaseException:
+            for writer in writers.values():
                 writer.abort()
-                raise
+            raise
         return progress
     finally:
         for proc in subs:
@@ -342,12 +414,27 @@ def _encode_subsets(
             proc.join()
         for parts in sub_prefixes:
             for prefix in parts.values():
+                remove_stale_temporaries(prefix)  # of parts that were ended by a signal
                 for path in dataset_paths(prefix):
                     if os.path.exists(path):
                         os.remove(path)
 
 
 # ---------------------------------------------------------------- --merge-group-keys
+
+
+def _check_earlier_merge(target: str, inputs: list[str], key: str) -> None:
+    """A target among the inputs is replaced only when it is an earlier merge of exactly these inputs."""
+    if not os.path.exists(target + ".idx"):
+        return
+    earlier = read_index(target)
+    documents = sum(read_index(p).document_indices.size - 1 for p in inputs)
+    if earlier.document_indices.size - 1 != documents:
+        raise PreprocessError(
+            f"--output-prefix: {target}.bin/.idx is in the --input folder and is not an earlier merge of the "
+            f"other _{key} datasets ({earlier.document_indices.size - 1} documents, they hold {documents}): "
+            "merging would replace an input; choose an --output-prefix outside the --input folder"
+        )
 
 
 def _natural_key(name: str) -> list:
@@ -371,8 +458,8 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
                 continue
             stem = entry[:-4]
             full = os.path.join(folder, stem)
-            if os.path.abspath(full) == os.path.abspath(target):
-                continue  # the output of an earlier merge into this folder
+            if os.path.realpath(full) == os.path.realpath(target):
+                continue  # the output of an earlier merge into this folder (checked below)
             if stem.endswith((f"_{key}_document", f"_{key}")) and os.path.exists(full + ".bin"):
                 names.append(stem)
         if not names:
@@ -381,11 +468,17 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
                 "(with both .bin and .idx); check the key and the folder"
             )
         names.sort(key=_natural_key)
+        _check_earlier_merge(target, [os.path.join(folder, n) for n in names], key)
         dtype = read_index(os.path.join(folder, names[0])).dtype
         writer = IndexedDatasetWriter(target, dtype)
         try:
             for name in names:
                 writer.append_dataset(os.path.join(folder, name))
+            if writer.token_count == 0:
+                raise PreprocessError(
+                    f"--merge-group-keys {key}: the datasets {', '.join(names)} in {folder} hold no tokens, so "
+                    f"{os.path.basename(target)} would be empty; rebuild them"
+                )
             writer.finalize()
         except BaseException:
             writer.abort()

@@ -139,6 +139,33 @@ def family_for(architecture: str) -> FamilySpec:
     return FAMILIES[architecture]
 
 
+_REQUIRED_POSITIVE_INTS = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+                           "vocab_size")
+_OPTIONAL_POSITIVE_INTS = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+_OPTIONAL_NUMBERS = ("rms_norm_eps", "rope_theta")
+
+
+def check_hf_config_values(cfg: dict) -> None:
+    """Sizes must be positive integers and numbers numbers (a damaged config.json is one ValueError)."""
+    for key in _REQUIRED_POSITIVE_INTS:
+        if key not in cfg:
+            raise KeyError(key)
+    for key in _REQUIRED_POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
+        value = cfg.get(key)
+        if value is None and key in _OPTIONAL_POSITIVE_INTS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{key} is {json.dumps(value)}, expected a positive integer")
+    for key in _OPTIONAL_NUMBERS:
+        if key in cfg and (isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0):
+            raise ValueError(f"{key} is {json.dumps(cfg[key])}, expected a positive number")
+    heads, groups = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    if heads % groups:
+        raise ValueError(f"num_key_value_heads={groups} does not divide num_attention_heads={heads}")
+    if not cfg.get("head_dim") and cfg["hidden_size"] % heads:
+        raise ValueError(f"num_attention_heads={heads} does not divide hidden_size={cfg['hidden_size']}")
+
+
 def _read_rope(cfg: dict) -> tuple[float, dict | None]:
     """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys; refuses what we cannot run."""
     params = cfg.get("rope_parameters") or {}
@@ -248,7 +275,13 @@ class ModelConfig:
             if os.path.isdir(path):
                 path = os.path.join(path, "config.json")
             with open(path, encoding="utf-8") as f:
-                config = json.load(f)
+                try:
+                    config = json.load(f)
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise ValueError(f"not valid JSON ({str(exc).splitlines()[0][:80]})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"holds a JSON {type(config).__name__}, expected an object of model settings")
+        check_hf_config_values(config)
         cfg = config
         archs = cfg.get("architectures") or []
         arch = archs[0] if archs else None

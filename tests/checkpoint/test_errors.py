@@ -3,13 +3,25 @@
 import json
 import os
 import shutil
+import signal
+import struct
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mindspeed_llm.checkpoint import load_rank_state
 from mindspeed_llm.checkpoint.cli import main
 from tests.checkpoint.tiny_models import make_tiny_hf_model
+from tests.tool_process import (
+    error_line,
+    leftovers,
+    read_only_dir,
+    run_tool,
+    signal_when,
+    start_tool,
+    tree_digest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +176,276 @@ def test_mg_source_flags_must_agree_with_the_checkpoint(capsys, tmp_path, models
     # MindSpeed's mg->hf form passes --model-type-hf llama2 --add-qkv-bias for Qwen: accepted
     assert _run(capsys, *base, "--save-dir", str(tmp_path / "c"), "--model-type-hf", "llama2", "--add-qkv-bias")[0] == 0
     _assert_clean(tmp_path)
+
+
+# ---- nothing lost: --overwrite never reaches what is read --------------------------------------------------
+def _mg2hf(load, save, *extra):
+    return ["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", str(load), "--save-dir", str(save),
+            *extra]
+
+
+def _mg2mg(load, save, *extra):
+    return ["--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", str(load), "--save-dir", str(save),
+            *extra]
+
+
+@pytest.mark.parametrize("direction,where", [
+    ("hf2mg", "same"), ("hf2mg", "inside"), ("hf2mg", "symlink"), ("hf2mg", "relative"),
+    ("mg2hf", "same"), ("mg2hf", "contains"), ("mg2mg", "same"), ("mg2mg", "inside"),
+])
+def test_save_dir_overlapping_load_dir_is_refused_even_with_overwrite(capsys, tmp_path, models, monkeypatch,
+                                                                      direction, where):
+    src = _copy(models["llama"] if direction == "hf2mg" else models["mg"], tmp_path / "src")
+    before = tree_digest(src)
+    save = {"same": src, "inside": os.path.join(src, "out"), "contains": str(tmp_path), "symlink": tmp_path / "link",
+            "relative": "src"}[where]
+    if where == "symlink":
+        os.symlink(src, save)
+    monkeypatch.chdir(tmp_path)
+    build = {"hf2mg": _hf2mg, "mg2hf": _mg2hf, "mg2mg": _mg2mg}[direction]
+    flags = ["--overwrite", "--overwrite-training-checkpoint", "--overwrite-hf-model"]
+    if direction == "mg2mg":
+        flags += ["--target-tensor-parallel-size", "1"]
+    code, err = _run(capsys, *build(src, save, *flags))
+    assert code == 2 and "--load-dir" in err and "would delete the source" in err, err
+    assert tree_digest(src) == before
+    assert leftovers(tmp_path) == []
+
+
+def _training_checkpoint(mg_from, dst):
+    """A converted checkpoint turned into what training leaves: optimizer state in every rank file."""
+    root = _copy(mg_from, dst)
+    for folder, _, files in os.walk(root):
+        if "model_optim_rng.pt" in files:
+            path = os.path.join(folder, "model_optim_rng.pt")
+            state = torch.load(path, weights_only=False)
+            state["optimizer"] = {"state": {}, "param_groups": [{"lr": 1e-4}]}
+            state["opt_param_scheduler"] = {"num_steps": 4}
+            torch.save(state, path)
+    return root
+
+
+def test_overwrite_never_replaces_a_training_checkpoint_unless_named(capsys, tmp_path, models):
+    target = _training_checkpoint(models["mg"], tmp_path / "train")
+    before = tree_digest(target)
+    code, err = _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite"))
+    assert code == 2 and "training checkpoint" in err and "--overwrite-training-checkpoint" in err, err
+    code, err = _run(capsys, *_mg2mg(models["mg"], target, "--overwrite"))
+    assert code == 2 and "--overwrite-training-checkpoint" in err
+    assert tree_digest(target) == before
+    assert _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite-training-checkpoint"))[0] == 0
+    assert "optimizer" not in load_rank_state(target, None, 0, 0, 1)
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_never_replaces_an_hf_model_unless_named(capsys, tmp_path, models):
+    target = _copy(models["llama"], tmp_path / "llama")
+    before = tree_digest(target)
+    code, err = _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite"))
+    assert code == 2 and "HF model" in err and "--overwrite-hf-model" in err, err
+    assert tree_digest(target) == before
+    assert _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite-hf-model"))[0] == 0
+    assert os.path.isfile(os.path.join(target, "latest_checkpointed_iteration.txt"))
+
+
+def test_overwrite_replaces_an_earlier_export_of_the_same_kind_only(capsys, tmp_path, models):
+    out = tmp_path / "export"
+    assert _run(capsys, *_mg2hf(models["mg"], out))[0] == 0
+    assert os.path.isfile(out / ".mindspeed_llm_export.json")
+    code, err = _run(capsys, *_mg2hf(models["mg"], out))
+    assert code == 2 and "--overwrite" in err
+    assert _run(capsys, *_mg2hf(models["mg"], out, "--overwrite"))[0] == 0
+    assert not os.path.exists(out / "mg2hf")  # replaced in place, not nested
+    # an HF export is not a Megatron output: hf->mg --overwrite refuses it; a folder of other files too
+    code, err = _run(capsys, *_hf2mg(models["qwen"], out, "--add-qkv-bias", "--overwrite"))
+    assert code == 2 and "holds an HF export" in err, err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    code, err = _run(capsys, *_hf2mg(models["qwen"], other, "--add-qkv-bias", "--overwrite"))
+    assert code == 2 and "holds files" in err and (other / "notes.txt").read_text() == "keep me"
+    assert leftovers(tmp_path) == []
+
+
+def test_read_only_target_keeps_the_earlier_output(capsys, tmp_path, models):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    assert _run(capsys, *_hf2mg(models["llama"], ro / "out"))[0] == 0
+    before = tree_digest(ro)
+    with read_only_dir(ro):
+        code, err = _run(capsys, *_hf2mg(models["llama"], ro / "out", "--overwrite"))
+        assert code == 2 and str(ro / "out") in err and "not writable" in err, err
+        code, err = _run(capsys, *_hf2mg(models["llama"], ro / "new"))
+        assert code == 2 and "not writable" in err
+        assert tree_digest(ro) == before
+
+
+# ---- damaged inputs: one line naming the file, exit 2 ------------------------------------------------------
+def _header(path):
+    data = open(path, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _write_header(path, header, payload):
+    raw = json.dumps(header).encode()
+    open(path, "wb").write(struct.pack("<Q", len(raw)) + raw + payload)
+
+
+def _damage_safetensors(folder, how):
+    path = os.path.join(folder, "model.safetensors")
+    header, payload = _header(path)
+    first = next(k for k in header if k != "__metadata__")
+    if how == "huge_length":
+        open(path, "r+b").write(struct.pack("<Q", 1 << 62))
+    elif how == "not_object":
+        _write_header(path, [1, 2, 3], payload)
+    elif how == "no_offsets":
+        del header[first]["data_offsets"]
+        _write_header(path, header, payload)
+    elif how == "offsets_beyond":
+        header[first]["data_offsets"] = [0, len(payload) + 4096]
+        _write_header(path, header, payload)
+    return path
+
+
+@pytest.mark.parametrize("how,needle", [
+    ("huge_length", "the header claims"), ("not_object", "not an object"),
+    ("no_offsets", "lacks dtype, shape or data_offsets"), ("offsets_beyond", "is truncated"),
+])
+def test_damaged_safetensors_header(capsys, tmp_path, models, how, needle):
+    load = _copy(models["llama"], tmp_path / "hf")
+    path = _damage_safetensors(load, how)
+    code, err = _run(capsys, *_hf2mg(load, tmp_path / "out"))
+    assert code == 2 and err.startswith(f"error: {path}") and needle in err, err
+    _assert_clean(tmp_path, tmp_path / "out")
+
+
+def test_truncated_safetensors_index(capsys, tmp_path):
+    load = str(tmp_path / "hf")
+    make_tiny_hf_model(load, "llama", max_shard_size="100KB")
+    index = os.path.join(load, "model.safetensors.index.json")
+    text = open(index).read()
+    open(index, "w").write(text[: len(text) // 2])
+    code, err = _run(capsys, *_hf2mg(load, tmp_path / "out"))
+    assert code == 2 and err.startswith(f"error: {index}") and "not valid JSON" in err, err
+    _assert_clean(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"num_attention_heads": 0}, "num_attention_heads is 0, expected a positive integer"),
+    ({"hidden_size": None}, "hidden_size is null"),
+    ({"rms_norm_eps": None}, "rms_norm_eps is null"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads=3 does not divide"),
+    ("truncated", "not valid JSON"),
+])
+def test_damaged_config_json(capsys, tmp_path, models, change, needle):
+    load = _copy(models["llama"], tmp_path / "hf")
+    path = os.path.join(load, "config.json")
+    if change == "truncated":
+        text = open(path).read()
+        open(path, "w").write(text[: len(text) // 3])
+    else:
+        cfg = json.load(open(path))
+        cfg.update(change)
+        json.dump(cfg, open(path, "w"))
+    code, err = _run(capsys, *_hf2mg(load, tmp_path / "out"))
+    assert code == 2 and path in err and needle in err, err
+    _assert_clean(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("how,needle", [
+    ("empty", "is empty (0 bytes)"), ("truncated", "cannot be read"), ("junk", "cannot be read"),
+    ("tensor", "not a Megatron checkpoint dict"),
+])
+def test_damaged_rank_file(capsys, tmp_path, models, how, needle):
+    mg = _copy(models["mg"], tmp_path / "mg")
+    path = os.path.join(mg, "iter_0000001", "mp_rank_00_000", "model_optim_rng.pt")
+    data = open(path, "rb").read()
+    if how == "empty":
+        open(path, "wb").close()
+    elif how == "truncated":
+        open(path, "wb").write(data[:1000])
+    elif how == "junk":
+        open(path, "wb").write(os.urandom(4096))
+    else:
+        torch.save(torch.zeros(3), path)
+    code, err = _run(capsys, *_mg2hf(mg, tmp_path / "hf"))
+    assert code == 2 and err.startswith(f"error: {path}") and needle in err, err
+    _assert_clean(tmp_path, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"\x00\xff\xfe\x89PNG", "holds binary data"), (b"", "holds ''"), (b"-3", "holds '-3'"),
+])
+def test_damaged_tracker(capsys, tmp_path, models, content, needle):
+    mg = _copy(models["mg"], tmp_path / "mg")
+    path = os.path.join(mg, "latest_checkpointed_iteration.txt")
+    open(path, "wb").write(content)
+    code, err = _run(capsys, *_mg2hf(mg, tmp_path / "hf"))
+    assert code == 2 and err.startswith(f"error: {path}") and needle in err, err
+    _assert_clean(tmp_path, tmp_path / "hf")
+
+
+def test_rank_file_of_another_model(capsys, tmp_path, models):
+    """A rank file copied in from a checkpoint of another model (llama, TP2 PP2 too): shapes disagree."""
+    mg = _copy(models["mg"], tmp_path / "mg")
+    other = str(tmp_path / "other")
+    wide = str(tmp_path / "wide_hf")
+    make_tiny_hf_model(wide, "qwen2", intermediate_size=192)
+    assert _run(capsys, *_hf2mg(wide, other, "--add-qkv-bias", "--target-tensor-parallel-size", "2",
+                                "--target-pipeline-parallel-size", "2"))[0] == 0
+    name = os.path.join("iter_0000001", "mp_rank_01_001", "model_optim_rng.pt")
+    shutil.copyfile(os.path.join(other, name), os.path.join(mg, name))
+    code, err = _run(capsys, *_mg2hf(mg, tmp_path / "hf"))
+    assert code == 2 and os.path.join(mg, name) in err and "another checkpoint" in err, err
+    _assert_clean(tmp_path, tmp_path / "hf")
+
+
+# ---- real processes: full disk (file-size limit) and signals ------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["hf2mg", "mg2hf"])
+def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):
+    """A 64 KiB file-size limit in the child: torch.save / safetensors writes fail with EFBIG."""
+    out = tmp_path / "out"
+    src = models["qwen"] if direction == "hf2mg" else models["mg"]
+    argv = _hf2mg(src, out, "--add-qkv-bias") if direction == "hf2mg" else _mg2hf(src, out)
+    assert run_tool("convert_ckpt.py", *argv, "--no-progress").returncode == 0
+    before, src_before = tree_digest(out), tree_digest(src)
+    proc = run_tool("convert_ckpt.py", *argv, "--overwrite", "--no-progress", fsize=64 * 1024)
+    line = error_line(proc.stderr)
+    assert proc.returncode == 1, proc.stderr
+    assert f"--save-dir {out}: writing failed (File too large; the file-size limit" in line and "nothing was replaced" in line
+    assert tree_digest(out) == before and tree_digest(src) == src_before
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def larger_hf(tmp_path_factory):
+    """Large enough (~40 MB) that writing its checkpoint takes many single steps."""
+    folder = str(tmp_path_factory.mktemp("larger") / "hf")
+    make_tiny_hf_model(folder, "llama", hidden_size=256, intermediate_size=512, num_layers=8, vocab_size=8192)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                           (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(tmp_path, larger_hf, sig, code, word):
+    out = tmp_path / "out"
+    argv = [*_hf2mg(larger_hf, out, "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"),
+            "--no-progress"]
+    assert run_tool("convert_ckpt.py", *argv).returncode == 0
+    before, src_before = tree_digest(out), tree_digest(larger_hf)
+
+    def writing() -> bool:  # the staging folder holds a finished rank file: the tool is mid-write
+        staged = [p for p in os.listdir(tmp_path) if p.startswith(".out.tmp-")]
+        return bool(staged) and any(os.path.isfile(os.path.join(tmp_path, staged[0], "iter_0000001", r,
+                                                                "model_optim_rng.pt"))
+                                    for r in ("mp_rank_00_000", "mp_rank_01_000"))
+
+    rc, err = signal_when(start_tool("convert_ckpt.py", *argv, "--overwrite"), writing, sig)
+    line = error_line(err)
+    assert rc == code and word in line and f"{out} unchanged" in line, err
+    assert tree_digest(out) == before and tree_digest(larger_hf) == src_before
+    assert leftovers(tmp_path) == []

@@ -98,13 +98,17 @@ def test_verify_compares_at_the_converted_dtype(capsys, tmp_path, qwen):
     assert "verify: max |Δlogit| = " in capsys.readouterr().out
 
 
-def test_verify_says_why_it_skips_when_memory_is_short(tmp_path, qwen, monkeypatch):
+def test_verify_that_cannot_run_exits_3_with_the_reason(tmp_path, qwen, monkeypatch, capsys):
+    """Too little memory (the machine's free memory is replaced by 1 KiB): exit 3, the output kept, not 0."""
     import mindspeed_llm.checkpoint.verify as verify
 
-    mg = str(tmp_path / "mg")
-    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen, "--save-dir", mg,
-                 "--add-qkv-bias", "--no-progress"]) == 0
     monkeypatch.setattr(verify, "_available_memory", lambda: 1024)
-    lines = []
-    assert verify.verify_checkpoint(qwen, mg, log=lines.append) is None
-    assert lines and lines[0].startswith("verify: skipped: holding both models in float32 needs")
+    mg = str(tmp_path / "mg")
+    code = main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen, "--save-dir", mg,
+                 "--add-qkv-bias", "--no-progress", "--verify"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1, err
+    assert err[0].startswith("error: --verify could not run: holding both models in float32 needs") and mg in err[0]
+    assert os.path.isfile(os.path.join(mg, "latest_checkpointed_iteration.txt"))
+    with pytest.raises(verify.VerificationUnavailable):
+        verify.verify_checkpoint(qwen, mg, log=lambda s: None)

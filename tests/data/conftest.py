@@ -106,3 +106,18 @@ def nfc_tokenizer(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def large_vocab_tokenizer(tmp_path_factory) -> str:
     return build_large_vocab_tokenizer(tmp_path_factory.mktemp("large_tok"))
+
+
+def build_silent_tokenizer(folder) -> str:
+    """A BPE tokenizer whose vocabulary holds only its EOS and that has no unknown token: every text -> []."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(vocab={"<eos>": 0}, merges=[]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def silent_tokenizer(tmp_path_factory) -> str:
+    return build_silent_tokenizer(tmp_path_factory.mktemp("silent_tok"))

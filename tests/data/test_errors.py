@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +15,7 @@ from transformers import AutoTokenizer
 
 from tests.data.conftest import ROWS
 from tests.data.helpers import (
+    dataset_bytes,
     expected_documents,
     listing,
     read_documents,
@@ -18,6 +23,15 @@ from tests.data.helpers import (
     write_csv,
     write_jsonl,
     write_parquet,
+)
+from tests.tool_process import (
+    error_line,
+    leftovers,
+    read_only_dir,
+    run_tool,
+    signal_when,
+    start_tool,
+    tree_digest,
 )
 
 
@@ -207,3 +221,146 @@ def test_n_subs_larger_than_file_count(tmp_path, bpe_tokenizer, capsys):
     assert rc == 2
     assert "--n-subs 2" in _error(capsys)
     assert _out_files(tmp_path) == []
+
+
+# ---- zero tokens: refused, with which column or which tokenizer -------------------------------------------
+def test_all_empty_texts_are_refused(tmp_path, bpe_tokenizer, capsys):
+    src = write_jsonl([{"text": ""}, {"text": ""}, {"text": ""}], str(tmp_path / "in"))
+    rc = run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
+             "--append-eod")
+    assert rc == 2
+    msg = _error(capsys)
+    assert "column 'text' is empty or null in all 3 rows" in msg and "o_text_document would hold no tokens" in msg
+    assert _out_files(tmp_path) == []
+
+
+def test_all_null_parquet_column_is_refused(tmp_path, bpe_tokenizer, capsys):
+    table = pa.table({"text": pa.array([None, None], pa.string()), "other": pa.array(["a", "b"])})
+    pq.write_table(table, tmp_path / "in.parquet")
+    rc = run("--input", tmp_path / "in.parquet", "--tokenizer-name-or-path", bpe_tokenizer,
+             "--output-prefix", tmp_path / "o", "--json-keys", "other", "text")
+    assert rc == 2
+    assert "column 'text' is empty or null in all 2 rows" in _error(capsys)
+    assert _out_files(tmp_path) == []  # the 'other' dataset, which has tokens, is not written either
+
+
+def test_tokenizer_without_ids_is_refused(tmp_path, silent_tokenizer, capsys):
+    src = write_jsonl(ROWS, str(tmp_path / "in"))
+    rc = run("--input", src, "--tokenizer-name-or-path", silent_tokenizer, "--output-prefix", tmp_path / "o")
+    assert rc == 2
+    msg = _error(capsys)
+    assert f"--tokenizer-name-or-path {silent_tokenizer} produced no token ids for the 7 non-empty texts" in msg
+    assert _out_files(tmp_path) == []
+
+
+def test_zero_tokens_with_n_subs_is_refused_after_the_parts(tmp_path, bpe_tokenizer, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        write_jsonl([{"text": ""}], str(folder / f"part{i}"))
+    rc = run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "out" / "o",
+             "--n-subs", 2)
+    assert rc == 2
+    assert "column 'text' is empty or null in all 2 rows" in _error(capsys)
+    assert listing(tmp_path / "out") == []
+
+
+# ---- merge: an input is never replaced; damaged .bin/.idx pairs -----------------------------------------
+def _shards(tmp_path, tokenizer, n=3):
+    parts = tmp_path / "parts"
+    for i in range(n):
+        src = write_jsonl(ROWS[i * 2:(i + 1) * 2], str(tmp_path / f"in{i}"))
+        assert run("--input", src, "--tokenizer-name-or-path", tokenizer, "--output-prefix", parts / f"shard{i}") == 0
+    return parts
+
+
+def test_merge_onto_an_input_shard_is_refused(tmp_path, bpe_tokenizer, capsys):
+    parts = _shards(tmp_path, bpe_tokenizer)
+    before = dataset_bytes(str(parts / "shard0_text_document"))
+    rc = run("--input", parts, "--output-prefix", parts / "shard0", "--merge-group-keys", "text")
+    assert rc == 2
+    msg = _error(capsys)
+    assert "shard0_text_document.bin/.idx is in the --input folder and is not an earlier merge" in msg
+    assert dataset_bytes(str(parts / "shard0_text_document")) == before
+
+
+def test_merge_input_whose_bin_does_not_match_its_idx(tmp_path, bpe_tokenizer, capsys):
+    parts = _shards(tmp_path, bpe_tokenizer)
+    with open(parts / "shard1_text_document.bin", "r+b") as f:
+        f.truncate(6)
+    rc = run("--input", parts, "--output-prefix", tmp_path / "merged", "--merge-group-keys", "text")
+    assert rc == 2
+    msg = _error(capsys)
+    assert f"{parts / 'shard1_text_document'}.bin holds 6 bytes but" in msg and "rebuild the dataset" in msg
+    assert [n for n in listing(tmp_path) if n.startswith("merged")] == []
+
+
+# ---- read-only output folder, full disk, signals, kill -9 --------------------------------------------------
+def test_read_only_output_folder_keeps_the_earlier_output(tmp_path, bpe_tokenizer, capsys):
+    src = write_jsonl(ROWS, str(tmp_path / "in"))
+    out = tmp_path / "out"
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
+    before = tree_digest(out)
+    with read_only_dir(out):
+        rc = run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o")
+        assert rc == 1
+        msg = _error(capsys)
+        assert f"writing {out / 'o_text_document.bin'} failed" in msg and "no earlier o_text_document" in msg, msg
+        assert tree_digest(out) == before
+
+
+def _corpus(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(rows):
+            f.write(json.dumps({"text": f"{ROWS[i % len(ROWS)]['text']} number {i}"}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_full_disk_keeps_the_earlier_output(tmp_path, bpe_tokenizer):
+    """A 64 KiB file-size limit in the child: writing the .bin fails with EFBIG as on a full disk."""
+    src = _corpus(tmp_path / "in.jsonl", 3000)
+    out = tmp_path / "out"
+    argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", "--workers", 2]
+    assert run_tool("preprocess_data.py", *argv).returncode == 0
+    before, src_before = tree_digest(out), tree_digest(tmp_path / "in.jsonl")
+    proc = run_tool("preprocess_data.py", *argv, fsize=64 * 1024)
+    line = error_line(proc.stderr)
+    assert proc.returncode == 1 and f"writing {out / 'o_text_document.bin'} failed (File too large" in line, line
+    assert tree_digest(out) == before and tree_digest(tmp_path / "in.jsonl") == src_before
+    assert leftovers(tmp_path) == []
+
+
+def _writing(folder):
+    def check() -> bool:  # the tool's temporary .bin holds tokens: it is mid-write
+        return any(".bin.tmp" in n and os.path.getsize(os.path.join(folder, n)) > 0 for n in os.listdir(folder))
+    return check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                           (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGKILL, -9, None)])
+def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word):
+    src = _corpus(tmp_path / "in.jsonl", 30000)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", "--workers", 2,
+            "--log-interval", 100000]
+    earlier = write_jsonl(ROWS, str(tmp_path / "small"))
+    assert run("--input", earlier, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
+    before = tree_digest(out)
+    rc, err = signal_when(start_tool("preprocess_data.py", *argv), _writing(out), sig)
+    assert rc == code, err
+    if word:
+        line = error_line(err)
+        assert word in line and "temporary files removed" in line
+        assert leftovers(tmp_path) == []
+    else:  # kill -9 cannot clean up: the temporaries stay until the next run on that prefix removes them
+        assert leftovers(out)
+    assert tree_digest(out) == {k: v for k, v in tree_digest(out).items() if ".tmp" in k} | before
+    if sig == signal.SIGKILL:
+        assert run_tool("preprocess_data.py", *argv).returncode == 0
+        assert leftovers(tmp_path) == []
+    time.sleep(0.2)  # pool workers end after their parent
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(src) in " ".join(p.info["cmdline"] or [])]
