@@ -73,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mg sources: iteration to read (default: latest_checkpointed_iteration.txt)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a --save-dir that holds an earlier output of the same kind (an HF export for "
-                        "mg->hf, a Megatron checkpoint without optimizer state for hf->mg and mg->mg)")
+                        "mg->hf, a converted Megatron checkpoint, model only, for hf->mg and mg->mg)")
     p.add_argument("--overwrite-training-checkpoint", action="store_true",
-                   help="also replace a --save-dir holding a training checkpoint (optimizer state, several "
-                        "iterations): that training state is deleted")
+                   help="also replace a --save-dir holding a training checkpoint (optimizer, scheduler or RNG "
+                        "state, several iterations): that training state is deleted")
     p.add_argument("--overwrite-hf-model", action="store_true",
                    help="also replace a --save-dir holding an HF model this tool did not write: it is deleted")
     p.add_argument("--max-shard-size", type=_size, default=_size("5GB"), help="HF output shard size (5GB)")

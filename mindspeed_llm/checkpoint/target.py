@@ -7,8 +7,8 @@ Rules (docs/checkpoint.md, "What happens when"):
   (``--hf-dir``) may not be replaced either; only its ``mg2hf/`` subfolder (MindSpeed's form) is written.
 * ``--overwrite`` replaces only an earlier output of the same kind: an HF export written by this tool
   (it carries :data:`EXPORT_MARKER`, or is the ``mg2hf/`` folder of an HF folder) for mg->hf, a Megatron
-  checkpoint without optimizer state for hf->mg and mg->mg. A training checkpoint (optimizer state,
-  several iterations) needs ``--overwrite-training-checkpoint``; an HF model this tool did not write
+  checkpoint without training state for hf->mg and mg->mg. A training checkpoint (optimizer, scheduler
+  or RNG state, several iterations) needs ``--overwrite-training-checkpoint``; an HF model this tool did not write
   needs ``--overwrite-hf-model``. Anything else is refused.
 * Output is staged in a hidden folder beside the target and swapped in at the end, with SIGINT/SIGTERM
   held back during the two renames; any failure removes the staging folder and leaves the target as it was.
@@ -99,7 +99,11 @@ def _rank_files(path: str) -> Iterator[tuple[str, list[str]]]:
 
 
 def _holds_optimizer_state(path: str) -> bool:
-    """True when any rank file of any iteration holds optimizer / scheduler state (or cannot be read)."""
+    """True when any rank file of any iteration holds training state (optimizer, scheduler, RNG) or cannot be read.
+
+    The converter writes only ``args``, ``checkpoint_version``, ``iteration`` and ``model``; a training run
+    saved with ``--no-save-optim`` still carries ``rng_state``, and its trained weights are worth keeping.
+    """
     from mindspeed_llm.checkpoint.layout import MODEL_FILENAME, load_rank_file
 
     iterations = {os.path.basename(os.path.dirname(d)) for d, _ in _rank_files(path)}
@@ -113,7 +117,7 @@ def _holds_optimizer_state(path: str) -> bool:
                 state = load_rank_file(os.path.join(rank_dir, MODEL_FILENAME))
             except DamagedCheckpointError:
                 return True  # cannot tell: treat as something to keep
-            if any(k in state for k in ("optimizer", "opt_param_scheduler")):
+            if any(k in state for k in ("optimizer", "opt_param_scheduler", "rng_state")):
                 return True
     return False
 

@@ -212,21 +212,24 @@ def test_save_dir_overlapping_load_dir_is_refused_even_with_overwrite(capsys, tm
     assert leftovers(tmp_path) == []
 
 
-def _training_checkpoint(mg_from, dst):
-    """A converted checkpoint turned into what training leaves: optimizer state in every rank file."""
+def _training_checkpoint(mg_from, dst, with_optimizer=True):
+    """A converted checkpoint turned into what training leaves: optimizer (or, --no-save-optim, RNG) state."""
     root = _copy(mg_from, dst)
     for folder, _, files in os.walk(root):
         if "model_optim_rng.pt" in files:
             path = os.path.join(folder, "model_optim_rng.pt")
             state = torch.load(path, weights_only=False)
-            state["optimizer"] = {"state": {}, "param_groups": [{"lr": 1e-4}]}
-            state["opt_param_scheduler"] = {"num_steps": 4}
+            if with_optimizer:
+                state["optimizer"] = {"state": {}, "param_groups": [{"lr": 1e-4}]}
+                state["opt_param_scheduler"] = {"num_steps": 4}
+            state["rng_state"] = [{"random_rng_state": (3, (1, 2), None)}]
             torch.save(state, path)
     return root
 
 
-def test_overwrite_never_replaces_a_training_checkpoint_unless_named(capsys, tmp_path, models):
-    target = _training_checkpoint(models["mg"], tmp_path / "train")
+@pytest.mark.parametrize("with_optimizer", [True, False])
+def test_overwrite_never_replaces_a_training_checkpoint_unless_named(capsys, tmp_path, models, with_optimizer):
+    target = _training_checkpoint(models["mg"], tmp_path / "train", with_optimizer)
     before = tree_digest(target)
     code, err = _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite"))
     assert code == 2 and "training checkpoint" in err and "--overwrite-training-checkpoint" in err, err
