@@ -90,6 +90,28 @@ def test_llama31_rope_scaling_verifies(tmp_path, scaling):
     assert diff is not None and diff <= 1e-4
 
 
+def test_linear_rope_scaling_verifies_where_it_matters(tmp_path):
+    """linear (factor 4) -> megatron's seq_len_interpolation_factor: logits equal transformers' over 96 tokens,
+    where the unscaled model's logits are far off (weights at 10x the usual init, so positions weigh)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = str(tmp_path / "hf")
+    make_tiny_hf_model(folder, "qwen3", rope_scaling={"rope_type": "linear", "factor": 4.0}, rope_theta=10000.0,
+                       initializer_range=0.2)
+    mg = str(tmp_path / "mg")
+    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", folder, "--save-dir", mg,
+                 "--no-progress"]) == 0
+    diff = verify_checkpoint(folder, mg, num_tokens=96, log=lambda s: None)
+    assert diff is not None and diff <= 1e-4
+    config = AutoConfig.from_pretrained(folder)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+    unscaled = AutoModelForCausalLM.from_pretrained(folder, config=config, attn_implementation="eager").eval()
+    scaled = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = torch.randint(0, 128, (1, 96), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (scaled(ids).logits - unscaled(ids).logits).abs().max() > 100 * 1e-4
+
+
 def test_verify_compares_at_the_converted_dtype(capsys, tmp_path, qwen):
     """fp32 HF -> bf16 megatron: both sides' weights are rounded to bf16, then run in float32."""
     assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen,

@@ -56,3 +56,16 @@ def test_argument_checks(one_process):
     with pytest.raises(TypeError, match="either transformer_config or config overrides"):
         build_gpt_model(cfg, padded_vocab_size=128, pre_process=True, post_process=True,
                         transformer_config=cfg.to_transformer_config(), use_cpu_initialization=True)
+
+
+def test_qwen3_q_and_k_norms_are_our_rmsnorm_over_head_dim(one_process):
+    """The local spec's q/k norms go through the patched norm (mindspeed_llm.ops.rmsnorm.RMSNorm), per head."""
+    from mindspeed_llm.ops.rmsnorm import RMSNorm
+
+    cfg = ModelConfig.from_hf_config(tiny_hf_config("qwen3", rms_norm_eps=1e-5))
+    attn = _build(cfg).decoder.layers[0].self_attention
+    for norm in (attn.q_layernorm, attn.k_layernorm):
+        assert isinstance(norm, RMSNorm) and norm.weight.shape == (32,) and norm.eps == 1e-5
+    x = torch.randn(5, 1, 4, 32)
+    ref = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * attn.q_layernorm.weight
+    torch.testing.assert_close(attn.q_layernorm(x), ref)
