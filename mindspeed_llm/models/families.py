@@ -93,12 +93,12 @@ COSMETIC_KEYS = frozenset({
     "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class", "torchscript", "use_bfloat16",
     "tf_legacy_loss", "pruned_heads", "finetuning_task", "task_specific_params", "cross_attention_hidden_size",
     "add_cross_attention", "is_decoder", "prefix", "sep_token_id", "decoder_start_token_id",
-    "use_return_dict", "bad_words_ids", "num_return_sequences", "max_length", "min_length", "do_sample",
+    "bad_words_ids", "num_return_sequences", "max_length", "min_length", "do_sample",
     "early_stopping", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty", "length_penalty",
     "no_repeat_ngram_size", "typical_p", "diversity_penalty", "num_beam_groups", "output_scores",
     "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "encoder_no_repeat_ngram_size",
-    "tie_encoder_decoder", "architectures_version", "quantization_config_version", "pretraining_tp",
+    "tie_encoder_decoder", "pretraining_tp",
 })
 # Sub-keys of rope_scaling / rope_parameters each supported RoPE type takes (rope_theta read separately).
 ROPE_TYPE_KEYS = {
