@@ -33,6 +33,12 @@ def _size(text: str) -> int:
     return int(float(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2)])
 
 
+def _iteration(text: str) -> str:
+    if text != "release" and not re.fullmatch(r"\d{1,12}", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an iteration number (e.g. 2000) or 'release'")
+    return text.strip()
+
+
 def _layer_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-model", default=None, help="recorded in the checkpoint's args")
     p.add_argument("--hf-dir", default=None,
                    help="mg->hf: the original HF folder for config and tokenizer (default: the one recorded)")
-    p.add_argument("--load-iteration", default=None,
+    p.add_argument("--load-iteration", default=None, type=_iteration,
                    help="mg sources: iteration to read (default: latest_checkpointed_iteration.txt)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a --save-dir that holds an earlier output of the same kind (an HF export for "

@@ -284,6 +284,12 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
         source.close()
 
 
+def check_hf_dir(hf_dir: str | None) -> None:
+    """A given --hf-dir must hold config.json (it is not silently replaced by the recorded config)."""
+    if hf_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise CheckpointError(f"--hf-dir {hf_dir} holds no config.json: point it at the original HF model folder")
+
+
 def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
     """Flags given for an mg source must agree with the checkpoint (they are not needed: it knows)."""
     check_model_type_hf(opts.model_type_hf, source.cfg)
@@ -295,6 +301,7 @@ def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
 
 def convert_mg_to_mg(opts: ConvertOptions) -> str:
     """Reshard a legacy Megatron checkpoint to another TP/PP (same iteration)."""
+    check_hf_dir(opts.hf_dir)
     check_disjoint(opts.save_dir, opts.load_dir, config_dir=opts.hf_dir)
     source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
     check_mg_flags(source, opts)
@@ -320,6 +327,7 @@ def mg_to_hf_target(save_dir: str) -> str:
 
 def convert_mg_to_hf(opts: ConvertOptions) -> str:
     """Legacy Megatron checkpoint (any TP/PP, any iteration) -> HF folder; returns the folder written."""
+    check_hf_dir(opts.hf_dir)
     target = mg_to_hf_target(opts.save_dir)
     hf_dir = opts.hf_dir
     if hf_dir is None and target != opts.save_dir:

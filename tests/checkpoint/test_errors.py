@@ -433,7 +433,8 @@ def larger_hf(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
-                                           (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+                                           (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGKILL, -9, None)])
 def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(tmp_path, larger_hf, sig, code, word):
     out = tmp_path / "out"
     argv = [*_hf2mg(larger_hf, out, "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"),
@@ -448,7 +449,21 @@ def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(t
                                     for r in ("mp_rank_00_000", "mp_rank_01_000"))
 
     rc, err = signal_when(start_tool("convert_ckpt.py", *argv, "--overwrite"), writing, sig)
-    line = error_line(err)
-    assert rc == code and word in line and f"{out} unchanged" in line, err
+    assert rc == code, err
     assert tree_digest(out) == before and tree_digest(larger_hf) == src_before
+    if word:
+        line = error_line(err)
+        assert word in line and f"{out} unchanged" in line, err
+    else:  # kill -9: the staging folder stays until the next run on that --save-dir removes it
+        assert [p for p in os.listdir(tmp_path) if p.startswith(".out.tmp-")]
+        assert run_tool("convert_ckpt.py", *argv, "--overwrite").returncode == 0
     assert leftovers(tmp_path) == []
+
+
+def test_bad_load_iteration_and_hf_dir_flags(capsys, tmp_path, models):
+    with pytest.raises(SystemExit) as exit_info:
+        main(_mg2hf(models["mg"], tmp_path / "a", "--load-iteration", "abc"))
+    assert exit_info.value.code == 2 and "'abc' is not an iteration number" in capsys.readouterr().err
+    code, err = _run(capsys, *_mg2hf(models["mg"], tmp_path / "b", "--hf-dir", str(tmp_path / "nope")))
+    assert code == 2 and f"--hf-dir {tmp_path / 'nope'} holds no config.json" in err
+    _assert_clean(tmp_path, tmp_path / "b")
