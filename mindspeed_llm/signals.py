@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -76,7 +77,23 @@ def exit_status(exc: BaseException) -> int:
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def worker_signals() -> None:
-    """In a worker process: Ctrl-C is the parent's to handle; SIGTERM (from the parent) ends it quietly."""
+    """In a worker process: Ctrl-C is the parent's to handle; SIGTERM (from the parent) ends it quietly.
+
+    On Linux the worker also gets SIGTERM when its parent dies (kill -9 of the tool), so no orphan is left
+    waiting on a queue nobody writes.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -36,7 +36,7 @@ from mindspeed_llm.data.readers import (
     total_rows,
 )
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
-from mindspeed_llm.signals import signals_deferred, worker_signals
+from mindspeed_llm.signals import exit_on_signals, signals_deferred, worker_signals
 
 BATCH_ROWS = 1000
 TASK_CHARS = 2 << 20  # characters of text per tokenizer task
@@ -343,6 +343,12 @@ def _split_files(files: list[str], parts: int) -> list[list[str]]:
 
 
 def _subset_main(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue) -> None:
+    # Its own signal owner: on the parent's SIGTERM it ends its tokenizer pool and removes its files itself.
+    with exit_on_signals():
+        _run_subset(source, args, tokenizer, prefixes, queue)
+
+
+def _run_subset(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue) -> None:
     try:
         progress = encode_source(source, args, tokenizer, prefixes, show_progress=False, require_tokens=False)
         queue.put(("ok", progress.documents, progress.tokens, progress.input_bytes, progress.skipped,

@@ -338,15 +338,20 @@ def _writing(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
-                                           (signal.SIGTERM, 143, "terminated (SIGTERM)"),
-                                           (signal.SIGKILL, -9, None)])
-def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word):
-    src = _corpus(tmp_path / "in.jsonl", 30000)
+@pytest.mark.parametrize("sig,code,word,n_subs", [(signal.SIGINT, 130, "interrupted (Ctrl-C)", 1),
+                                                  (signal.SIGTERM, 143, "terminated (SIGTERM)", 1),
+                                                  (signal.SIGTERM, 143, "terminated (SIGTERM)", 2),
+                                                  (signal.SIGKILL, -9, None, 1)])
+def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
+    """Real signals mid-write (--n-subs 2: two part processes with a tokenizer pool each); no process is left."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(n_subs):
+        _corpus(src / f"part{i}.jsonl", 30000 // n_subs)
     out = tmp_path / "out"
     out.mkdir()
     argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", "--workers", 2,
-            "--log-interval", 100000]
+            "--log-interval", 100000, "--n-subs", n_subs]
     earlier = write_jsonl(ROWS, str(tmp_path / "small"))
     assert run("--input", earlier, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
     before = tree_digest(out)
