@@ -33,5 +33,9 @@ setup(
         "npu": ["torch_npu"],
         "apex": ["apex"],
         "tensorboard": ["tensorboard"],
+        # Megatron-LM's own scripts (a clone's megatron/training on PYTHONPATH, with `import
+        # mindspeed_llm`): its tokenizer package imports six. Triton is not needed: without it the
+        # patch layer replaces megatron-core's Triton-only batch-invariant module (the flag refuses).
+        "megatron-lm": ["six"],
     },
 )

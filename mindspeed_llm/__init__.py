@@ -2,7 +2,9 @@
 
 Importing the package detects the accelerator and applies the base patches for it (see
 ``mindspeed_llm.patches``). Feature patches that depend on training flags are enabled explicitly
-with :func:`enable_feature_patches` or :func:`enable_feature_patches_from_args`.
+with :func:`enable_feature_patches` or :func:`enable_feature_patches_from_args`. If Megatron-LM's
+``megatron.training`` is imported later (its own ``pretrain_gpt.py``), the patches that let it run
+here apply then (``mindspeed_llm.patches.megatron_lm``, hooked by :func:`apply_base_patches`).
 
 The entry scripts (``pretrain_gpt.py``, ``convert_ckpt.py``, ``preprocess_data.py``) read their
 command line before torch is imported, so that ``--help`` and a bad flag answer at once: they set

@@ -28,7 +28,7 @@ from mindspeed_llm.checkpoint.mapping import (
     shard,
     stage_layers,
 )
-from mindspeed_llm.checkpoint.sources import HfSource, MgSource
+from mindspeed_llm.checkpoint.sources import HfSource, MgSource, open_mg_source
 from mindspeed_llm.checkpoint.target import (
     MG2HF,
     check_disjoint,
@@ -303,7 +303,7 @@ def convert_mg_to_mg(opts: ConvertOptions) -> str:
     """Reshard a legacy Megatron checkpoint to another TP/PP (same iteration)."""
     check_hf_dir(opts.hf_dir)
     check_disjoint(opts.save_dir, opts.load_dir, config_dir=opts.hf_dir)
-    source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
+    source = open_mg_source(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
     check_mg_flags(source, opts)
     if opts.padded_vocab_size is None and opts.make_vocab_size_divisible_by == 1:
         divisor = getattr(source.args, "make_vocab_size_divisible_by", 1) or 1
@@ -333,7 +333,7 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
     if hf_dir is None and target != opts.save_dir:
         hf_dir = opts.save_dir  # MindSpeed's form: --save-dir is the original HF folder
     check_disjoint(target, opts.load_dir, config_dir=hf_dir)
-    source = MgSource(opts.load_dir, iteration=opts.iteration, hf_dir=hf_dir)
+    source = open_mg_source(opts.load_dir, iteration=opts.iteration, hf_dir=hf_dir)
     check_mg_flags(source, opts)
     hf_dir = source.hf_dir
     check_disjoint(target, opts.load_dir, config_dir=hf_dir)

@@ -54,9 +54,14 @@ def _default_safe_globals() -> list[Any]:
     return extra
 
 
+def allowed_globals():
+    """Context manager: ``torch.load(weights_only=True)`` inside accepts the allow-listed checkpoint globals."""
+    return torch.serialization.safe_globals(_SAFE_GLOBALS + _default_safe_globals())
+
+
 def safe_torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` on CPU, with the allow-listed globals of legacy checkpoints."""
-    with torch.serialization.safe_globals(_SAFE_GLOBALS + _default_safe_globals()):
+    with allowed_globals():
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 

@@ -317,3 +317,12 @@ class MgSource:
     def close(self) -> None:
         """Drop the mapped stages."""
         self._cache.clear()
+
+
+def open_mg_source(root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
+    """The reader for a Megatron checkpoint folder: legacy rank files, or torch_dist (megatron-core's format)."""
+    from mindspeed_llm.checkpoint.dist_source import DistSource, is_dist_checkpoint_root
+
+    if os.path.isdir(root) and is_dist_checkpoint_root(root, iteration):
+        return DistSource(root, iteration=iteration, hf_dir=hf_dir)
+    return MgSource(root, iteration=iteration, hf_dir=hf_dir)

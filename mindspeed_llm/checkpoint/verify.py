@@ -9,7 +9,7 @@ import torch
 
 from mindspeed_llm.checkpoint.convert import ConvertOptions, build_stage, check_parallel
 from mindspeed_llm.checkpoint.errors import VerificationError, VerificationUnavailable
-from mindspeed_llm.checkpoint.sources import MgSource
+from mindspeed_llm.checkpoint.sources import open_mg_source
 from mindspeed_llm.models.builder import build_gpt_model
 from mindspeed_llm.models.families import ModelConfig
 
@@ -77,7 +77,7 @@ def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = Non
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    source = MgSource(mg_root, iteration=iteration, hf_dir=hf_dir)
+    source = open_mg_source(mg_root, iteration=iteration, hf_dir=hf_dir)
     cfg = source.cfg.replace(params_dtype=torch.float32)
     counts = check_parallel(cfg, 1, 1, None)
     state = build_stage(source, cfg, tp=1, pp=1, counts=counts, pp_rank=0, padded=source.padded_vocab_size,
@@ -111,7 +111,7 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
 
     Raises :class:`VerificationUnavailable` when the machine has too little memory to hold both models.
     """
-    source = MgSource(mg_root, iteration=iteration, hf_dir=hf_dir)
+    source = open_mg_source(mg_root, iteration=iteration, hf_dir=hf_dir)
     cfg = source.cfg
     source.close()
     cfg.check_sequence_length(num_tokens, "--verify-tokens")  # a longer sequence would differ from HF here
@@ -141,10 +141,10 @@ def verify_resharded(src_root: str, dst_root: str, *, tolerance: float = DEFAULT
                      iteration: int | str | None = None, hf_dir: str | None = None,
                      log: Callable[[str], None] = print) -> float:
     """mg->mg: logits of the source and the resharded checkpoint (both merged to TP1/PP1) must agree."""
-    source = MgSource(src_root, iteration=iteration, hf_dir=hf_dir)
+    source = open_mg_source(src_root, iteration=iteration, hf_dir=hf_dir)
     ids = verify_tokens(source.cfg, num_tokens)
     source.close()
-    target = MgSource(dst_root, hf_dir=hf_dir)
+    target = open_mg_source(dst_root, hf_dir=hf_dir)
     round_to = weights_dtype(source.dtype, target.dtype)
     target.close()
     a = megatron_logits(src_root, ids, hf_dir=hf_dir, iteration=iteration, round_to=round_to)

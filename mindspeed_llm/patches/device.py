@@ -81,6 +81,10 @@ def apply_base_patches(device: str | None = None) -> str:
     # On CUDA torch is left alone.
     registry.device = device
     _apply_base_op_patches(device)
+    # Megatron-LM's own training package (a clone on PYTHONPATH) is patched when it is imported.
+    from mindspeed_llm.patches.megatron_lm import install_import_hook
+
+    install_import_hook()
     logger.debug("mindspeed_llm base patches applied for %s", device)
     return device
 

@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-save-optim", action="store_true")
     g.add_argument("--no-save-rng", action="store_true")
     g.add_argument("--finetune", action="store_true")
-    g.add_argument("--ckpt-format", default="torch", choices=["torch", "torch_dist", "zarr"])
+    g.add_argument("--ckpt-format", default="torch", choices=["torch", "torch_dist", "zarr"],
+                   help="format of --save (torch: legacy per-rank files; torch_dist: megatron-core "
+                        "dist_checkpointing, Megatron-LM's default). --load reads either, whatever this says")
     g.add_argument("--exit-on-missing-checkpoint", action="store_true")
 
     g = p.add_argument_group("logging and evaluation")
@@ -257,9 +259,14 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
                             "(and --add-qkv-bias for Qwen)")
     if args.fp16:
         raise ArgumentError("--fp16 is not supported: use --bf16 (or fp32, no flag)")
-    if args.ckpt_format != "torch":
+    if args.ckpt_format not in ("torch", "torch_dist"):
         raise ArgumentError(f"--ckpt-format {args.ckpt_format} is not supported: use --ckpt-format torch "
-                            "(Megatron's legacy layout, what convert_ckpt.py writes)")
+                            "(Megatron's legacy layout, what convert_ckpt.py writes) or torch_dist "
+                            "(megatron-core's distributed checkpoint, Megatron-LM's default)")
+    if args.ckpt_format == "torch_dist" and args.save and args.no_shared_storage:
+        raise ArgumentError("--ckpt-format torch_dist with --no-shared-storage: a distributed checkpoint is one "
+                            "folder written by every rank, so --save must be on storage all nodes share; use "
+                            "--ckpt-format torch")
     if args.rampup_batch_size:
         raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
     if args.context_parallel_size != 1:

@@ -1,5 +1,9 @@
 """Save and load training checkpoints in Megatron's legacy layout (``--ckpt-format torch``).
 
+``--ckpt-format torch_dist`` saves through :mod:`mindspeed_llm.training.checkpointing_dist` instead;
+loading picks the reader from what the iteration folder holds, whatever ``--ckpt-format`` says
+(as Megatron-LM does), so either format resumes and a Megatron-LM checkpoint loads.
+
 One ``model_optim_rng.pt`` per (TP, PP) rank, written by data-parallel rank 0, holding ``args``,
 ``checkpoint_version`` (3.0), ``iteration``, ``model`` (``model0..N`` with virtual pipeline stages),
 ``optimizer``, ``opt_param_scheduler``, ``rng_state`` (one entry per DP rank) and the FLOP count.
@@ -32,6 +36,7 @@ import torch
 
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.training import checkpointing_dist
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +97,13 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     )
 
 
-def check_checkpoint_args(args: argparse.Namespace, ckpt_args: argparse.Namespace, where: str) -> None:
-    """Raise if the launch's parallel sizes or model shape differ from the checkpoint's."""
+def check_checkpoint_args(args: argparse.Namespace, ckpt_args: argparse.Namespace, where: str, *,
+                          reshardable: bool = False) -> None:
+    """Raise if the launch's model shape (or, unless ``reshardable``, its TP/PP sizes) differ from the checkpoint's."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     c_tp = getattr(ckpt_args, "tensor_model_parallel_size", tp)
     c_pp = getattr(ckpt_args, "pipeline_model_parallel_size", pp)
-    if (c_tp, c_pp) != (tp, pp):
+    if (c_tp, c_pp) != (tp, pp) and not reshardable:
         raise CheckpointError(
             f"{where} was saved with TP={c_tp} PP={c_pp} but this launch has --tensor-model-parallel-size {tp} "
             f"--pipeline-model-parallel-size {pp}: launch with TP={c_tp} PP={c_pp}, or reshard it with "
@@ -105,7 +111,7 @@ def check_checkpoint_args(args: argparse.Namespace, ckpt_args: argparse.Namespac
             f"--target-pipeline-parallel-size {pp}"
         )
     c_list = getattr(ckpt_args, "num_layer_list", None)
-    if c_list and pp > 1 and str(c_list).replace(" ", "") != str(args.num_layer_list or "").replace(" ", ""):
+    if c_list and pp > 1 and not reshardable and str(c_list).replace(" ", "") != str(args.num_layer_list or "").replace(" ", ""):
         raise CheckpointError(f"{where} has --num-layer-list {c_list}: pass the same --num-layer-list")
     wrong = []
     for attr, flag in _SHAPE_ARGS:
@@ -134,10 +140,19 @@ def adopt_padded_vocab(args: argparse.Namespace, ckpt_args: argparse.Namespace, 
     args.padded_vocab_size = padded
 
 
+def is_dist_checkpoint(args: argparse.Namespace, iteration: int | str) -> bool:
+    """True when ``--load``'s iteration folder is a torch_dist (megatron-core distributed) checkpoint."""
+    return checkpointing_dist.is_dist_checkpoint(args.load, iteration)
+
+
 def read_checkpoint_args(args: argparse.Namespace, iteration: int | str) -> tuple[argparse.Namespace, str]:
     """``args`` stored in this rank's checkpoint file, and a name for it in messages."""
     from megatron.core import parallel_state as ps
 
+    if is_dist_checkpoint(args, iteration):
+        common = checkpointing_dist.load_common(args.load, iteration)
+        return (common.get("args") or argparse.Namespace(),
+                f"the checkpoint {args.load} (iteration {iteration}, torch_dist)")
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, args.pipeline_model_parallel_size)
     if not os.path.isfile(path):
@@ -217,8 +232,13 @@ def _pause_for_test(iteration: int) -> None:
 
 def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: argparse.Namespace,
                     num_floating_point_operations_so_far: float = 0.0) -> None:
-    """Save iteration ``iteration`` under ``--save`` (collective: every rank calls it)."""
+    """Save iteration ``iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls it)."""
     from megatron.core import parallel_state as ps
+
+    if args.ckpt_format == checkpointing_dist.FORMAT:
+        checkpointing_dist.save_checkpoint(iteration, model, optimizer, scheduler, args,
+                                           num_floating_point_operations_so_far)
+        return
 
     t0 = time.time()
     save = args.save
@@ -278,16 +298,33 @@ def _load_distributed_optimizer_state(optimizer, path: str) -> None:
     would increment once per parameter), so it is set aside meanwhile and put back as copies. fp32 main params are views of
     the model's leaf parameters, so the copies run under ``no_grad``.
     """
-    inner = [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
-    steps = [(state, state.pop("step")) for opt in inner for state in opt.state.values() if "step" in state]
+    steps = [(state, state.pop("step")) for opt in inner_torch_optimizers(optimizer) for state in opt.state.values()
+             if "step" in state]
     try:
         with torch.no_grad():
             optimizer.load_parameter_state(path)
     finally:
         for state, step in steps:
-            # load_state_dict gave every parameter the *same* step tensor; torch Adam increments it in
-            # place once per parameter, so each needs its own copy for the resumed run to match.
-            state["step"] = step.clone()
+            state["step"] = step
+        untie_adam_steps(optimizer)
+
+
+def inner_torch_optimizers(optimizer) -> list:
+    """The torch optimizers inside megatron's (chained) optimizer."""
+    return [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
+def untie_adam_steps(optimizer) -> None:
+    """Give each parameter its own ``step`` tensor after megatron's distributed-optimizer load.
+
+    Without Apex/TE, ``DistributedOptimizer.load_state_dict`` gives every parameter the *same* step
+    tensor; torch Adam increments it in place once per parameter, so each needs its own copy for a
+    resumed run to match the unbroken one.
+    """
+    for opt in inner_torch_optimizers(optimizer):
+        for state in opt.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
 
 
 # ---- load --------------------------------------------------------------------------------------------------------
@@ -306,6 +343,8 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
         if args.load:
             logger.info("no checkpoint in %s yet (--load is the --save folder): starting from scratch", args.load)
         return 0, 0.0
+    if is_dist_checkpoint(args, iteration):
+        return checkpointing_dist.load_checkpoint(model, optimizer, scheduler, args, iteration)
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     pp_size = args.pipeline_model_parallel_size
     path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, pp_size)

@@ -69,7 +69,8 @@ def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) ->
     base, rows = None, None
     if ckpt_iteration is not None:
         ckpt_args, where = checkpointing.read_checkpoint_args(args, ckpt_iteration)
-        checkpointing.check_checkpoint_args(args, ckpt_args, where)
+        checkpointing.check_checkpoint_args(args, ckpt_args, where,
+                                            reshardable=checkpointing.is_dist_checkpoint(args, ckpt_iteration))
         checkpointing.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
         if getattr(ckpt_args, "hf_config", None):
             try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop

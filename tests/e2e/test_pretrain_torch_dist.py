@@ -1,0 +1,124 @@
+"""``--ckpt-format torch_dist`` end to end on CPU/gloo: Megatron-LM's layout, exact resume (DP2 with the
+distributed optimizer), a TP2 checkpoint loading at TP1, and convert_ckpt.py reading it like the legacy format."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, free_port
+from tests.e2e.pretrain_helpers import (
+    PRETRAIN,
+    assert_close_losses,
+    convert_hf_to_mg,
+    loss_strings,
+    losses,
+    make_hf_model,
+    make_indexed_dataset,
+    model_flags,
+    run_pretrain,
+    train_flags,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Qwen2 HF model, its TP1 and TP2 conversions, and an indexed dataset."""
+    root = tmp_path_factory.mktemp("torch_dist")
+    hf = make_hf_model(root / "hf")
+    ckpts = {tp: convert_hf_to_mg(hf, root / f"mg_tp{tp}", tp, 1) for tp in (1, 2)}
+    data = make_indexed_dataset(root / "data" / "corpus_text_document")
+    return {"root": root, "hf": hf, "ckpts": ckpts, "flags": model_flags(hf) + train_flags(data)}
+
+
+def _only_iteration(save, iteration: int, target):
+    """A copy of ``save`` holding only ``iteration`` (as if the run had stopped there)."""
+    name = f"iter_{iteration:07d}"
+    shutil.copytree(save / name, target / name)
+    (target / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+    return target
+
+
+def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
+    """DP2 + distributed optimizer, torch_dist: Megatron-LM's files; resuming at 3 repeats 4..6 bit for bit."""
+    save = tiny["root"] / "dp2_save"
+    flags = [*tiny["flags"], "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
+             "--ckpt-format", "torch_dist"]
+    unbroken = run_pretrain(*flags, "--load", str(tiny["ckpts"][1]), "--finetune", "--save", str(save),
+                            "--save-interval", "3", nproc=2)
+    it3 = save / "iter_0000003"
+    assert {"common.pt", "metadata.json", ".metadata"} <= {p.name for p in it3.iterdir()}
+    assert any(p.suffix == ".distcp" for p in it3.iterdir())
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    assert not list(save.glob("*.tmp"))
+
+    from megatron.core import dist_checkpointing
+
+    # megatron-core's own readers recognise and read it.
+    assert dist_checkpointing.check_is_distributed_checkpoint(str(it3))
+    common = dist_checkpointing.load_common_state_dict(str(it3))
+    assert common["iteration"] == 3 and common["args"].consumed_train_samples == 12
+    assert dist_checkpointing.load_content_metadata(str(it3))["distrib_optim_sharding_type"] == "dp_reshardable"
+
+    resumed = run_pretrain(*flags, "--load", str(_only_iteration(save, 3, tiny["root"] / "dp2_at3")), nproc=2)
+    assert "from iteration 3 to 6" in resumed
+    assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
+
+    # The distributed optimizer's state reshards only over DP: TP2 refuses it with one line, before training.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(PRETRAIN), *flags, "--tensor-model-parallel-size", "2", "--load", str(tiny["root"] / "dp2_at3")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
+                          env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "--no-load-optim" in errors[0] and "TP=1 PP=1" in errors[0], proc.stderr[-3000:]
+    assert "]: Traceback" not in proc.stderr  # no worker traceback (torchrun's own report of the exit follows)
+
+
+def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny):
+    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy format's."""
+    flags = [*tiny["flags"], "--tensor-model-parallel-size", "2", "--load", str(tiny["ckpts"][2]), "--finetune",
+             "--save-interval", "3"]
+    dist_save, torch_save = tiny["root"] / "tp2_dist", tiny["root"] / "tp2_torch"
+    unbroken = run_pretrain(*flags, "--save", str(dist_save), "--ckpt-format", "torch_dist", nproc=2)
+    legacy = run_pretrain(*flags, "--save", str(torch_save), nproc=2)
+    assert loss_strings(unbroken) == loss_strings(legacy)  # the format does not change training
+
+    at3 = _only_iteration(dist_save, 3, tiny["root"] / "tp2_dist_at3")
+    resumed = run_pretrain(*tiny["flags"], "--load", str(at3), nproc=1)
+    assert "saved at t 2 p 1, loaded at t 1 p 1" in resumed
+    # TP1 and TP2 sum partial products in another order: equal to float32 rounding, not bitwise.
+    assert_close_losses(losses(resumed), {it: v for it, v in losses(unbroken).items() if it > 3}, label="tp2->tp1")
+
+    from safetensors.torch import load_file
+
+    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+
+    def to_hf(load, name):
+        target = tiny["root"] / name
+        convert(ConvertOptions(load_model_type="mg", save_model_type="hf", load_dir=str(load), save_dir=str(target),
+                               progress=False))
+        return {k: v for f in sorted(target.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    from_dist, from_torch = to_hf(dist_save, "hf_from_dist"), to_hf(torch_save, "hf_from_torch")
+    assert from_dist.keys() == from_torch.keys()
+    for key in from_torch:
+        assert torch.equal(from_dist[key], from_torch[key]), key
+    # The trained weights changed: the comparison is not between two copies of the start.
+    start = to_hf(tiny["ckpts"][1], "hf_start")
+    assert not torch.equal(start["model.norm.weight"], from_dist["model.norm.weight"])
+
+    # mg->mg: torch_dist -> legacy at PP2, then -> HF: same tensors again.
+    pp2 = tiny["root"] / "pp2_from_dist"
+    convert(ConvertOptions(load_model_type="mg", save_model_type="mg", load_dir=str(dist_save), save_dir=str(pp2),
+                           target_tp=1, target_pp=2, progress=False))
+    assert (pp2 / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt").is_file()
+    via_pp2 = to_hf(pp2, "hf_via_pp2")
+    for key in from_torch:
+        assert torch.equal(via_pp2[key], from_torch[key]), key

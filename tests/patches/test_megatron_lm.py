@@ -1,0 +1,101 @@
+"""The patches for Megatron-LM's own training package, without a Megatron-LM clone.
+
+Tests may not depend on a clone, so the import hook is exercised on a stand-in ``megatron.training``
+written here (``tests/patches/megatron_lm_standin``: the four functions the patches target, with
+Megatron-LM core_v0.16.1's names and the behaviour that stops it off CUDA). The real check against a
+clone is ``bench/megatron_lm_dropin.py``. Everything else runs against the installed megatron-core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mindspeed_llm  # noqa: F401  (installs the import hook)
+from mindspeed_llm.patches import megatron_lm
+from tests.conftest import REPO_ROOT
+
+STANDIN = Path(__file__).parent / "megatron_lm_standin"
+
+
+def test_batch_invariant_module_without_triton_refuses_with_one_line():
+    if megatron_lm._have("triton"):
+        pytest.skip("triton is installed: megatron-core's own module is used")
+    from megatron.core.transformer.custom_layers import batch_invariant_kernels as bik
+
+    assert not bik.is_batch_invariant_mode_enabled()
+    bik.disable_batch_invariant_mode()
+    with bik.set_batch_invariant_mode(False):
+        pass
+    with pytest.raises(RuntimeError, match="--batch-invariant-mode needs Triton") as err:
+        bik.enable_batch_invariant_mode()
+    assert "\n" not in str(err.value)
+
+
+def _megatron_like_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of Megatron-LM core_v0.16.1's parser that the wrapper changes (same dests/defaults)."""
+    parser.add_argument("--transformer-impl", default="transformer_engine", choices=["local", "transformer_engine"])
+    parser.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
+    parser.add_argument("--no-gradient-accumulation-fusion", action="store_false",
+                        dest="gradient_accumulation_fusion")
+    parser.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "NullTokenizer"])
+    parser.add_argument("--tokenizer-model", default=None)
+    parser.add_argument("--use-flash-attn", action="store_true")
+    return parser
+
+
+def test_parser_wrapper_defaults_without_te_and_accepts_our_spellings():
+    if megatron_lm._have("transformer_engine") or megatron_lm._have("apex"):
+        pytest.skip("TE/Apex installed: Megatron-LM's defaults stay")
+    add = megatron_lm._add_megatron_arguments(_megatron_like_parser)
+    parser = add(argparse.ArgumentParser())
+    args = parser.parse_args([])
+    assert (args.transformer_impl, args.apply_rope_fusion, args.gradient_accumulation_fusion) == \
+        ("local", False, False)
+    args = parser.parse_args(["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", "/m",
+                              "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb"])
+    megatron_lm.translate_our_spellings(args)
+    assert (args.tokenizer_type, args.tokenizer_model) == ("HuggingFaceTokenizer", "/m")
+    assert args.use_fused_rmsnorm and args.use_fused_swiglu and args.use_fused_rotary_pos_emb
+    # Megatron-LM's own flags are untouched: --transformer-impl transformer_engine still parses.
+    assert parser.parse_args(["--transformer-impl", "transformer_engine"]).transformer_impl == "transformer_engine"
+
+
+def test_compile_helpers_is_skipped_when_the_wheel_ships_the_built_helper():
+    assert megatron_lm._have("megatron.core.datasets.helpers_cpp")
+
+    def make_in_wheel():
+        raise AssertionError("would run make")
+
+    megatron_lm._compile_helpers(make_in_wheel)()  # no make
+
+
+def test_import_hook_patches_megatron_training_when_it_is_imported(tmp_path):
+    """With the stand-in on PYTHONPATH: initialize_megatron runs off CUDA and turns on our feature patches."""
+    code = (
+        "import mindspeed_llm, sys\n"
+        "from mindspeed_llm.patches import megatron_lm\n"
+        "assert not mindspeed_llm.registry.patches(megatron_lm.GROUP)\n"
+        "import megatron.training\n"
+        "from megatron.training import initialize_megatron, get_args\n"
+        "initialize_megatron(['--use-fused-rmsnorm'])\n"
+        "print('ARGS', get_args().use_fused_rmsnorm)\n"
+        "from megatron.training.utils import get_device_arch_version\n"
+        "from megatron.legacy import fused_kernels\n"
+        "fused_kernels.load(get_args())\n"
+        "print('ARCH', get_device_arch_version())\n"
+        "print(mindspeed_llm.describe())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{REPO_ROOT}", "MINDSPEED_LLM_DEVICE": "cpu",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ARGS True" in proc.stdout and "ARCH 0" in proc.stdout
+    assert "> mindspeed_llm: feature patches: " in proc.stdout and "rmsnorm" in proc.stdout
+    assert "[megatron-lm] wraps megatron.training.initialize.initialize_megatron" in proc.stdout
