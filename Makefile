@@ -33,7 +33,7 @@ else
 ENV_READY := env-check
 endif
 
-.PHONY: install env-check test test-fast lint bench bench-quick quickstart clean
+.PHONY: install env-check test test-fast lint bench bench-quick device-check quickstart clean
 
 install: | $(if $(OWN_VENV),$(VENV)/bin/python)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -67,6 +67,11 @@ bench-quick: $(ENV_READY)
 	$(PYTHON) bench/bench_attention.py --seqs 1024 --dtypes fp32 --repeats 1
 	$(PYTHON) bench/bench_pretrain.py --iters 2 --warmup 1 --dtype fp32
 	$(PYTHON) bench/bench_preprocess.py --size-mb 5 --vocab 20000 --train-mb 2
+
+# One CUDA GPU, under 8 minutes: ops vs torch references, logits vs transformers, train + resume, MFU
+# (bench/device_check.py; DEVICE_CHECK_ARGS=--dry-run runs the same paths on the CPU at tiny sizes).
+device-check: $(ENV_READY)
+	$(PYTHON) bench/device_check.py $(DEVICE_CHECK_ARGS)
 
 # The scripts call python and torchrun: put the chosen interpreter's folder first on PATH.
 # MODEL=qwen3: the same journey with a tiny Qwen3 (default: Qwen2.5).

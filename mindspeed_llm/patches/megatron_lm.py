@@ -7,7 +7,9 @@ so nothing here is applied at import: an import hook applies the group ``megatro
 
 - **CUDA assumed**: ``initialize_megatron`` asserts ``torch.cuda.is_available()`` (passes
   ``allow_no_cuda=True`` off CUDA; the device layer stands in for CUDA); ``get_device_arch_version``
-  asks ``torch.cuda.get_device_properties`` (0 off CUDA: no architecture-specific path).
+  asks ``torch.cuda.get_device_properties`` (0 off CUDA: no architecture-specific path);
+  ``validate_args`` asserts ``CUDA_DEVICE_MAX_CONNECTIONS=1`` with TP > 1 (set off CUDA, where it
+  means nothing).
 - **Build steps**: ``compile_helpers()`` runs ``make`` in the wheel's datasets folder, which ships the
   built helper and no Makefile (skipped when ``helpers_cpp`` imports); ``megatron.legacy.fused_kernels.load``
   probes ``nvcc`` and builds no kernel in core_v0.16.1 (skipped).
@@ -32,6 +34,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -160,7 +163,12 @@ def translate_our_spellings(args: argparse.Namespace) -> None:
 
 def _validate_args(original: Callable) -> Callable:
     def validate_args(args: argparse.Namespace, *rest: Any, **kwargs: Any):
+        import torch
+
         translate_our_spellings(args)
+        if not torch.cuda.is_available():
+            # Megatron-LM asserts this CUDA hardware-queue setting with TP > 1; without CUDA it means nothing.
+            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
         return original(args, *rest, **kwargs)
 
     validate_args.__doc__ = "Megatron-LM's validate_args after translating our flag spellings."
