@@ -35,9 +35,10 @@ MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind
     bash examples/quickstart/pretrain_${NAME}_tiny_ptd.sh
 python -m mindspeed_llm.quickstart.summary --log "$QS_OUT/logs/train_mcore_${NAME}_tiny.log"
 
-step "6/6: convert the trained checkpoint back to HF and generate with transformers"
+step "6/6: convert the trained checkpoint back to HF; held-out loss before/after training and a generation"
 bash examples/quickstart/ckpt_convert_${NAME}_mcore2hf.sh
-python -m mindspeed_llm.quickstart.generate --model-dir "$HF_DIR/mg2hf" --max-new-tokens 16
+python -m mindspeed_llm.quickstart.generate --model-dir "$HF_DIR/mg2hf" --untrained-dir "$HF_DIR" \
+    --max-new-tokens 16 --seq-length "${SEQ_LEN:-128}"
 
 step "done"
 cat <<MSG

@@ -96,18 +96,22 @@ STDLIB_MODULES = (
     "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "zipfile", "zlib",
 )
 
+# Modules kept out of the corpus: the quick start measures the loss on their docstrings (held-out text).
+HELDOUT_MODULES = ("bz2", "cmath", "codecs", "filecmp", "graphlib", "numbers", "reprlib", "zipapp")
+
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes "
     "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"
 )
 
 
-def stdlib_docstring_rows(max_rows: int | None = None) -> list[dict[str, str]]:
+def stdlib_docstring_rows(max_rows: int | None = None,
+                          modules: tuple[str, ...] = STDLIB_MODULES) -> list[dict[str, str]]:
     """Alpaca-style rows (instruction, input, output, text) from standard-library docstrings, in a fixed order."""
     rows: list[dict[str, str]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for module_name in STDLIB_MODULES:
+        for module_name in modules:
             try:
                 module = importlib.import_module(module_name)
             except ImportError:
@@ -125,6 +129,17 @@ def stdlib_docstring_rows(max_rows: int | None = None) -> list[dict[str, str]]:
                              "text": ALPACA_PROMPT.format(instruction=instruction, output=doc)})
                 if max_rows is not None and len(rows) >= max_rows:
                     return rows
+    return rows
+
+
+def heldout_rows() -> list[dict[str, str]]:
+    """One alpaca-style row per :data:`HELDOUT_MODULES` module (its first docstring): text training never saw."""
+    rows, seen = [], set()
+    for row in stdlib_docstring_rows(modules=HELDOUT_MODULES):
+        module = row["instruction"].split("`")[1].rsplit(".", 1)[0]
+        if module not in seen:
+            seen.add(module)
+            rows.append(row)
     return rows
 
 

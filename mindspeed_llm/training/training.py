@@ -248,6 +248,19 @@ def _evaluate_and_print(label, forward_step_func, iterator, model, args, log, it
 
 
 # ---- entry ------------------------------------------------------------------------------------------------------
+def training_plan(loaded_iteration: int, train_iters: int) -> str:
+    """``training ... iterations A to B (N steps ...)``: the steps this run takes after what --load gave."""
+    steps = train_iters - loaded_iteration
+    if steps <= 0:
+        return (f"training ... nothing to do: the loaded checkpoint is at iteration {loaded_iteration} and "
+                f"--train-iters is {train_iters}")
+    text = f"training ... iterations {loaded_iteration + 1} to {train_iters} ({steps} steps"
+    if loaded_iteration:
+        # Megatron-LM continues after the loaded iteration; a converted checkpoint is iteration 1.
+        text += f"; continuing after the loaded checkpoint's iteration {loaded_iteration}, as Megatron-LM does"
+    return text + ")"
+
+
 def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callable, model_type,
              forward_step_func: Callable, extra_args_provider=None, args_defaults: dict | None = None,
              argv: list[str] | None = None) -> dict:
@@ -291,7 +304,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     valid_iter = iterators(valid_ds, args.consumed_valid_samples, True) if valid_ds is not None else None
     do_valid = valid_iter is not None and args.eval_iters > 0 and args.eval_interval
     log = TrainingLogger(args)
-    print_rank_last(f"training ... from iteration {iteration} to {args.train_iters}")
+    print_rank_last(training_plan(iteration, args.train_iters))
 
     for chunk in model:
         chunk.train()
@@ -337,9 +350,10 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
                     if log.total_time > 0 else 0.0)
     summary = {"iteration": iteration, "losses": last_losses, "tokens_per_s_per_device": tokens_per_s,
                "consumed_train_samples": args.consumed_train_samples}
-    loss_text = " | ".join(f"{k}: {v:.6E}" for k, v in last_losses.items())
+    # The losses are in the per-interval lines above (means over each --log-interval); one step's loss here
+    # would be a second, different "final loss".
     print_rank_last(f"[after training] iterations: {iteration} | consumed samples: {args.consumed_train_samples} | "
-                    f"mean throughput (tokens/s/device): {tokens_per_s:.1f}" + (f" | {loss_text}" if loss_text else ""))
+                    f"mean throughput (tokens/s/device): {tokens_per_s:.1f}")
     log.close()
     torch.distributed.barrier()
     ps.destroy_model_parallel()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -44,7 +45,17 @@ def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
     shard = next(back.glob("*.safetensors"))
     with safe_open(str(shard), "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype.is_floating_point
-    assert "[generate] continuation" in proc.stdout
+    # The output explains itself: one final-loss figure and what it averages, the steps as run, and the
+    # held-out loss of the untrained and the trained model side by side.
+    assert "[summary] 5 training steps ran, iterations 2-6: training continued after the converted checkpoint's " \
+        "iteration 1" in proc.stdout
+    final = f"[summary] final loss {losses[-1][1]:.3f}: the mean lm loss of iterations 6 (1 steps of 2 sequences)"
+    assert final in proc.stdout
+    assert "[after training]" in proc.stdout and "lm loss: " not in proc.stdout.split("[after training]")[1].split("\n")[0]
+    evaluated = re.search(r"untrained \(the converted starting point\): ([0-9.]+)   trained: ([0-9.]+)", proc.stdout)
+    assert evaluated and float(evaluated.group(2)) < float(evaluated.group(1))
+    assert "[generate] trained model's continuation (16 tokens, greedy)" in proc.stdout
+    assert "[generate] What to expect:" in proc.stdout
 
 
 @pytest.mark.slow
@@ -67,7 +78,7 @@ def test_quickstart_qwen3_variant(tmp_path) -> None:
     assert config["architectures"] == ["Qwen3ForCausalLM"] and config["head_dim"] == 64
     with safe_open(str(next(back.glob("*.safetensors"))), "pt") as f:
         assert "model.layers.0.self_attn.q_norm.weight" in set(f.keys())
-    assert "[generate] continuation" in proc.stdout
+    assert "[generate] trained model's continuation" in proc.stdout
 
 
 def test_unknown_quickstart_model_is_refused(tmp_path) -> None:
