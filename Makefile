@@ -23,7 +23,7 @@ ENV_READY := $(VENV)/.mindspeed_llm-installed
 
 $(VENV)/bin/python:
 	@echo "> creating $(VENV) with $(BOOTSTRAP_PYTHON) (no virtual environment is active; set PYTHON=... to use your own)"
-	@$(BOOTSTRAP_PYTHON) -m venv $(VENV) || { echo "error: '$(BOOTSTRAP_PYTHON) -m venv' failed: install python3-venv (Debian/Ubuntu) or run with PYTHON=/path/to/python"; exit 1; }
+	@$(BOOTSTRAP_PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "error: '$(BOOTSTRAP_PYTHON) -m venv' failed: install python3-venv (Debian/Ubuntu) or run with PYTHON=/path/to/python" >&2; exit 1; }
 
 $(ENV_READY): setup.py pyproject.toml | $(VENV)/bin/python
 	@$(MAKE) --no-print-directory install
@@ -35,6 +35,16 @@ endif
 
 .PHONY: install env-check test test-fast lint bench bench-quick device-check quickstart clean
 
+# The example scripts (and the tests that run them) call `python` and `torchrun`. Run them with a
+# `python` on PATH that is $(PYTHON) (a machine may have only python3), its environment's folder next.
+define with_python
+py="$$(command -v "$(PYTHON)")" || { echo "error: PYTHON=$(PYTHON) is not a command: set PYTHON=/path/to/python" >&2; exit 1; }; \
+case "$$py" in /*) ;; *) py="$$PWD/$$py" ;; esac; \
+bin="$$(mktemp -d)"; trap 'rm -rf "$$bin"' EXIT; \
+printf '#!/bin/sh\nexec "%s" "$$@"\n' "$$py" > "$$bin/python"; chmod +x "$$bin/python"; \
+PATH="$$bin:$$(dirname "$$py"):$$PATH"
+endef
+
 install: | $(if $(OWN_VENV),$(VENV)/bin/python)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -e ".[test]"
@@ -45,10 +55,10 @@ env-check:
 		|| $(MAKE) --no-print-directory install
 
 test: $(ENV_READY)
-	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	@$(with_python) $(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: $(ENV_READY)
-	$(PYTHON) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	@$(with_python) $(PYTHON) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 lint: $(ENV_READY)
 	$(PYTHON) -m ruff check .
@@ -73,11 +83,10 @@ bench-quick: $(ENV_READY)
 device-check: $(ENV_READY)
 	$(PYTHON) bench/device_check.py $(DEVICE_CHECK_ARGS)
 
-# The scripts call python and torchrun: put the chosen interpreter's folder first on PATH.
 # MODEL=qwen3: the same journey with a tiny Qwen3 (default: Qwen2.5).
 MODEL ?= qwen25
 quickstart: $(ENV_READY)
-	PATH="$(if $(findstring /,$(PYTHON)),$(abspath $(dir $(PYTHON))):)$$PATH" QS_MODEL=$(MODEL) bash examples/quickstart/run_quickstart.sh
+	@$(with_python) QS_MODEL=$(MODEL) bash examples/quickstart/run_quickstart.sh
 
 clean:
 	rm -rf quickstart_output .pytest_cache
