@@ -24,7 +24,7 @@ def _load():
     return module
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="hardware: this machine has CUDA, so the check would run")
 def test_without_cuda_it_fails_with_one_line():
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
