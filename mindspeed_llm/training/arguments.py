@@ -157,8 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam-beta2", type=float, default=0.999)
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--sgd-momentum", type=float, default=0.9)
-    g.add_argument("--override-opt-param-scheduler", action="store_true")
-    g.add_argument("--use-checkpoint-opt-param-scheduler", action="store_true")
+    # Megatron-LM spells these with an underscore in the middle; the all-dash spelling is accepted too.
+    g.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
+                   dest="override_opt_param_scheduler", action="store_true",
+                   help="resuming: take the LR/WD schedule from this launch's flags, not the checkpoint's")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", "--use-checkpoint-opt-param-scheduler",
+                   dest="use_checkpoint_opt_param_scheduler", action="store_true",
+                   help="resuming: keep the checkpoint's LR/WD schedule whatever the launch's flags say")
 
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=1)
@@ -168,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--exit-interval", type=int, default=None)
     g.add_argument("--exit-duration-in-mins", type=float, default=None)
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM: finish the current step, save a checkpoint, exit 0")
+    g.add_argument("--check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
+                   action="store_true", default=True,
+                   help="stop at the first NaN/Inf loss or gradient (the default)")
+    g.add_argument("--no-check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
+                   action="store_false", help="train on through NaN/Inf losses and gradients")
 
     g = p.add_argument_group("data and tokenizer")
     g.add_argument("--data-path", nargs="*", default=None,
@@ -295,6 +307,9 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
                             f"--num-query-groups {args.num_query_groups}")
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
+    if args.seq_length > args.max_position_embeddings:
+        raise ArgumentError(f"--seq-length {args.seq_length} is larger than --max-position-embeddings "
+                            f"{args.max_position_embeddings}: lower --seq-length or raise --max-position-embeddings")
     if args.recompute_activations:
         args.recompute_granularity = "selective"
     if args.recompute_granularity == "full" and args.recompute_method is None:
@@ -367,6 +382,9 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         args.start_weight_decay = args.weight_decay
     if args.end_weight_decay is None:
         args.end_weight_decay = args.weight_decay
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        raise ArgumentError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler contradict "
+                            "each other: give one (the launch's schedule, or the checkpoint's)")
     if args.min_lr > args.lr:
         raise ArgumentError(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
 

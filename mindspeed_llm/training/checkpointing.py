@@ -24,9 +24,13 @@ its kill inside a save every time; it has no other use.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import random
+import re
+import signal
 import sys
 import time
 from typing import Any
@@ -37,6 +41,7 @@ import torch
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.training import checkpointing_dist
+from mindspeed_llm.training.errors import NonFiniteError, SaveError, fail_together
 
 logger = logging.getLogger(__name__)
 
@@ -167,20 +172,37 @@ def read_checkpoint_args(args: argparse.Namespace, iteration: int | str) -> tupl
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
                               f"{tp_rank}, PP rank {pp_rank}")
     state = load_rank_file(path, mmap=True)
-    return state.get("args") or argparse.Namespace(), f"the checkpoint {args.load} (iteration {iteration})"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict")
+    return state.get("args") or argparse.Namespace(), f"the checkpoint file {path}"
 
 
 def load_rank_file(path: str, *, mmap: bool = False) -> dict:
     """``torch.load(weights_only=True)`` of a rank file; an unknown pickled class becomes a clear error."""
     import pickle
 
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): a copy or save that did not finish; restore the "
+                              f"file, or write an earlier iteration into {layout.TRACKER_FILENAME} to load that one")
     try:
-        return layout.safe_torch_load(path, mmap=mmap)
+        try:
+            return layout.safe_torch_load(path, mmap=mmap)
+        except RuntimeError as exc:
+            if not (mmap and "mmap can only be used" in str(exc)):
+                raise
+            return layout.safe_torch_load(path)  # a legacy (non-zip) torch file: readable without mmap
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} holds objects that are not on the safe-load allow-list ({first}). If you trust the file, "
             "allow the class with mindspeed_llm.checkpoint.layout.register_safe_globals(...) before loading"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        # torch's zip reader: "failed finding central directory", "Ran out of input", ... for a cut file.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise CheckpointError(
+            f"{path} is damaged or not a torch checkpoint ({reason}): restore the file, or write an earlier "
+            f"iteration into {layout.TRACKER_FILENAME} to load that one"
         ) from None
 
 
@@ -230,11 +252,97 @@ def _pause_for_test(iteration: int) -> None:
             time.sleep(1)
 
 
+def last_complete_checkpoint(save: str | None) -> str:
+    """``iteration N in SAVE`` as the tracker names it, for messages about what is kept."""
+    if not save:
+        return "no checkpoint (no --save)"
+    try:
+        return f"iteration {layout.read_tracker(save)} in {save}"
+    except CheckpointError:
+        return f"no complete checkpoint in {save}"
+
+
+def _write_failure(path: str, exc: BaseException) -> str:
+    """Why writing ``path`` failed, as far as can be told (torch's zip writer drops errno)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    import resource
+    import shutil
+
+    try:
+        if shutil.disk_usage(os.path.dirname(path) or ".").free < 64 * 1024 * 1024:
+            return "the disk is full"
+    except OSError:
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return "the file-size limit (ulimit -f) was reached"
+    return "write failed: disk full or quota reached?"
+
+
+def _write(path: str, write, args: argparse.Namespace) -> None:
+    """Run ``write()`` (which creates ``path``); a failed write removes ``path`` and raises SaveError."""
+    try:
+        write()
+    except (OSError, RuntimeError) as exc:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise SaveError(f"could not write {path} ({_write_failure(path, exc)}); removed it, the last complete "
+                        f"checkpoint stays: {last_complete_checkpoint(args.save)}. Free space there or give "
+                        "another --save") from None
+
+
+def check_weights_finite(model: list, iteration: int, save: str) -> None:
+    """Before saving: NonFiniteError on every rank when a weight of any rank holds NaN/Inf (collective)."""
+    bad = None
+    for i, chunk in enumerate(model):
+        for name, param in _unwrap(chunk).named_parameters():
+            if not torch.isfinite(param.detach()).all():
+                bad = f"{name}" + (f" (model chunk {i})" if len(model) > 1 else "")
+                break
+        if bad:
+            break
+    with fail_together():
+        if bad:
+            raise NonFiniteError(f"refusing to save iteration {iteration} into {save}: weight {bad} holds NaN/Inf "
+                                 f"on rank {torch.distributed.get_rank()}; kept: {last_complete_checkpoint(save)}")
+
+
+def _remove_partial_save(files: list[str], folders: list[str]) -> None:
+    """Delete this rank's temporary files and the folders it created for them (signals held meanwhile)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty: another rank's finished file keeps it
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def _makedirs(folder: str, created: list[str]) -> None:
+    """``os.makedirs`` that records, deepest last, the folders it created."""
+    missing = []
+    parent = folder
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(folder, exist_ok=True)
+    created.extend(missing)  # deepest first: rmdir order
+
+
 def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: argparse.Namespace,
                     num_floating_point_operations_so_far: float = 0.0) -> None:
-    """Save iteration ``iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls it)."""
+    """Save iteration ``iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls it).
+
+    Never saves NaN/Inf weights (NonFiniteError). A failed write, or a signal, removes this save's
+    temporary files and leaves the tracker naming the previous checkpoint.
+    """
     from megatron.core import parallel_state as ps
 
+    check_weights_finite(model, iteration, args.save)
     if args.ckpt_format == checkpointing_dist.FORMAT:
         checkpointing_dist.save_checkpoint(iteration, model, optimizer, scheduler, args,
                                            num_floating_point_operations_so_far)
@@ -254,39 +362,56 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
         torch.distributed.all_gather_object(rng_states, get_rng_state(), group=dp_group)
 
     renames: list[tuple[str, str]] = []
-    if args.use_distributed_optimizer and not args.no_save_optim:
-        os.makedirs(folder, exist_ok=True)
-        target = os.path.join(folder, DISTRIB_OPTIM_FILENAME)
-        optimizer.save_parameter_state(target + ".tmp")  # collective over the DP group; DP rank 0 writes
-        if dp_rank == 0:
-            renames.append((target + ".tmp", target))
-
-    if dp_rank == 0:
-        state: dict[str, Any] = {
-            "args": args_to_save(args), "checkpoint_version": layout.CHECKPOINT_VERSION, "iteration": iteration,
-            "num_floating_point_operations_so_far": num_floating_point_operations_so_far,
-        }
-        state.update(_model_state(model))
-        if not args.no_save_optim:
-            state["optimizer"] = optimizer.state_dict()
-            state["opt_param_scheduler"] = scheduler.state_dict()
-        if rng_states is not None:
-            state["rng_state"] = rng_states
-        os.makedirs(folder, exist_ok=True)
-        target = os.path.join(folder, layout.MODEL_FILENAME)
-        torch.save(state, target + ".tmp")
-        renames.append((target + ".tmp", target))
+    temporaries: list[str] = []
+    created: list[str] = []
+    try:
+        with fail_together():
+            if args.use_distributed_optimizer and not args.no_save_optim:
+                target = os.path.join(folder, DISTRIB_OPTIM_FILENAME)
+                _write(folder, lambda: _makedirs(folder, created), args)
+                if dp_rank == 0:
+                    temporaries.append(target + ".tmp")
+                # Collective over the DP group (the state is gathered first); DP rank 0 writes.
+                if dp_rank == 0:
+                    _write(target + ".tmp", lambda: optimizer.save_parameter_state(target + ".tmp"), args)
+                    renames.append((target + ".tmp", target))
+                else:
+                    optimizer.save_parameter_state(target + ".tmp")
+            if dp_rank == 0:
+                state: dict[str, Any] = {
+                    "args": args_to_save(args), "checkpoint_version": layout.CHECKPOINT_VERSION,
+                    "iteration": iteration,
+                    "num_floating_point_operations_so_far": num_floating_point_operations_so_far,
+                }
+                state.update(_model_state(model))
+                if not args.no_save_optim:
+                    state["optimizer"] = optimizer.state_dict()
+                    state["opt_param_scheduler"] = scheduler.state_dict()
+                if rng_states is not None:
+                    state["rng_state"] = rng_states
+                _write(folder, lambda: _makedirs(folder, created), args)
+                target = os.path.join(folder, layout.MODEL_FILENAME)
+                temporaries.append(target + ".tmp")
+                _write(target + ".tmp", lambda: torch.save(state, target + ".tmp"), args)
+                renames.append((target + ".tmp", target))
+        if torch.distributed.get_rank() == 0:
+            _pause_for_test(iteration)
+        with fail_together():
+            for tmp, final in renames:
+                _write(tmp, functools.partial(os.replace, tmp, final), args)
+        created.clear()  # the renamed files belong to a complete rank folder now
+        with fail_together():  # every rank's file is in place: the tracker may name this iteration
+            if torch.distributed.get_rank() == 0:
+                tracker = os.path.join(save, layout.TRACKER_FILENAME)
+                temporaries.append(tracker + ".tmp")
+                _write(tracker + ".tmp", lambda: layout.write_tracker(save, iteration), args)
+    except BaseException:
+        _remove_partial_save(temporaries, created)
+        raise
     if torch.distributed.get_rank() == 0:
-        _pause_for_test(iteration)
-    for tmp, final in renames:
-        os.replace(tmp, final)
-    torch.distributed.barrier()
-    if torch.distributed.get_rank() == 0:
-        layout.write_tracker(save, iteration)
         logger.info("  successfully saved checkpoint from iteration %7d to %s [ t %d/%d, p %d/%d ] (%.1f s)",
                     iteration, save, tp_rank + 1, args.tensor_model_parallel_size, pp_rank + 1, pp_size,
                     time.time() - t0)
-    torch.distributed.barrier()
 
 
 def _load_distributed_optimizer_state(optimizer, path: str) -> None:
@@ -347,8 +472,83 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
         return checkpointing_dist.load_checkpoint(model, optimizer, scheduler, args, iteration)
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     pp_size = args.pipeline_model_parallel_size
+    with fail_together():  # a damaged file on one rank stops every rank, with one line from that rank
+        start, flops = _load_rank_checkpoint(model, optimizer, scheduler, args, iteration)
+    if torch.distributed.get_rank() == 0:
+        logger.info("  successfully loaded checkpoint from %s [ t %d/%d, p %d/%d ] at iteration %s%s", args.load,
+                    tp_rank + 1, args.tensor_model_parallel_size, pp_rank + 1, pp_size, iteration,
+                    " (--finetune: weights only, starting at iteration 0)" if args.finetune else "")
+    sys.stdout.flush()
+    return start, flops
+
+
+def _load_weights(chunk, state_dict: dict, path: str, key: str, check_finite: bool) -> None:
+    """``load_state_dict(strict=True)``; a checkpoint of another model or with NaN/Inf weights is an error."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: '{key}' is not a state dict: the file is not a Megatron checkpoint")
+    try:
+        _unwrap(chunk).load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = (problems or [str(exc).splitlines()[0]])[0]
+        first = re.sub(r"copying a param with shape torch.Size\((\[[^]]*\])\) from checkpoint, the shape in "
+                       r"current model is torch.Size\((\[[^]]*\])\)\.?", r"checkpoint \1, model \2", first)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{path} does not fit this model: {first[:300]}{more}. It holds another model: fix "
+                              "the model flags, or point --load at this model's checkpoint") from None
+    if check_finite:
+        for name, tensor in state_dict.items():
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{path} holds NaN/Inf in {name} (a run that diverged saved it): load an "
+                                      f"earlier iteration (edit {layout.TRACKER_FILENAME}), or pass "
+                                      "--no-check-for-nan-in-loss-and-grad to load it anyway")
+
+
+_SCHEDULER_MISMATCH = re.compile(r"class input value (.*) and checkpoint ?value (.*) for (.*) do not match")
+
+
+def _load_scheduler(scheduler, state: dict, path: str) -> None:
+    """megatron-core's scheduler load; a schedule that differs from the launch's names both flags."""
+    try:
+        scheduler.load_state_dict(state)
+    except AssertionError as exc:
+        found = _SCHEDULER_MISMATCH.search(str(exc))
+        if not found:
+            raise
+        launch, saved, name = found.groups()
+        unit = " (in samples)" if "iterations" in name else ""
+        raise CheckpointError(
+            f"{path} was trained with another LR/WD schedule: {name}{unit} is {launch} in this launch but {saved} "
+            "in the checkpoint (e.g. another --train-iters, --lr, --lr-decay-iters or --lr-warmup-iters). Pass "
+            "--override-opt_param-scheduler to use this launch's schedule, or --use-checkpoint-opt_param-scheduler "
+            "to keep the checkpoint's"
+        ) from None
+
+
+def _check_zip_file(path: str) -> None:
+    """CheckpointError unless ``path`` is a non-empty torch zip file (before a collective load reads it)."""
+    import zipfile
+
+    if os.path.getsize(path) == 0 or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is empty or damaged (not a torch zip file): restore it, or write an "
+                              f"earlier iteration into {layout.TRACKER_FILENAME} to load that one")
+
+
+def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
+                          iteration: int | str) -> tuple[int, float]:
+    """This rank's part of :func:`load_checkpoint` (no collective outside the data-parallel group)."""
+    from megatron.core import parallel_state as ps
+
+    tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+    pp_size = args.pipeline_model_parallel_size
     path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, pp_size)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
+                              f"{tp_rank}, PP rank {pp_rank}")
     state = load_rank_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict")
+    check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
     release = iteration == layout.RELEASE
     weights_only = release or args.finetune
 
@@ -357,14 +557,14 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
             raise CheckpointError(f"{path} holds {', '.join(k for k in state if k.startswith('model'))} "
                                   "(virtual pipeline stages): launch with the same "
                                   "--num-layers-per-virtual-pipeline-stage")
-        _unwrap(model[0]).load_state_dict(state["model"], strict=True)
+        _load_weights(model[0], state["model"], path, "model", check_finite)
     else:
         for i, chunk in enumerate(model):
             if f"model{i}" not in state:
                 raise CheckpointError(f"{path} has no model{i}: it was saved without "
                                       "--num-layers-per-virtual-pipeline-stage (or with another value); "
                                       "launch without virtual pipeline stages")
-            _unwrap(chunk).load_state_dict(state[f"model{i}"], strict=True)
+            _load_weights(chunk, state[f"model{i}"], path, f"model{i}", check_finite)
 
     optimizer_loaded = False
     if not weights_only and not args.no_load_optim:
@@ -374,14 +574,23 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
                 "--no-load-optim --no-load-rng to continue from it with a fresh optimizer, or --finetune to "
                 "start at iteration 0"
             )
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"{path}: its optimizer state does not fit this model ({reason}): fix the "
+                                  "model and optimizer flags, or add --no-load-optim to load the weights only") from None
         if args.use_distributed_optimizer:
             optim_path = os.path.join(os.path.dirname(path), DISTRIB_OPTIM_FILENAME)
             if not os.path.isfile(optim_path):
                 raise CheckpointError(f"{optim_path} not found: the checkpoint was saved without "
                                       "--use-distributed-optimizer; add --no-load-optim to load its weights")
+            _check_zip_file(optim_path)
             _load_distributed_optimizer_state(optimizer, optim_path)
-        scheduler.load_state_dict(state["opt_param_scheduler"])
+        if "opt_param_scheduler" not in state:
+            raise CheckpointError(f"{path} holds no opt_param_scheduler: add --no-load-optim to load the weights "
+                                  "with a fresh optimizer and schedule")
+        _load_scheduler(scheduler, state["opt_param_scheduler"], path)
         optimizer_loaded = True
     if not optimizer_loaded and hasattr(optimizer, "reload_model_params"):
         optimizer.reload_model_params()  # main (fp32) params from the loaded weights
@@ -403,10 +612,4 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
         args.consumed_train_samples = int(getattr(ckpt_args, "consumed_train_samples", 0) or 0)
         args.consumed_valid_samples = int(getattr(ckpt_args, "consumed_valid_samples", 0) or 0)
         flops = float(state.get("num_floating_point_operations_so_far", 0.0))
-    torch.distributed.barrier()
-    if torch.distributed.get_rank() == 0:
-        logger.info("  successfully loaded checkpoint from %s [ t %d/%d, p %d/%d ] at iteration %s%s", args.load,
-                    tp_rank + 1, args.tensor_model_parallel_size, pp_rank + 1, pp_size, iteration,
-                    " (--finetune: weights only, starting at iteration 0)" if args.finetune else "")
-    sys.stdout.flush()
     return start, flops

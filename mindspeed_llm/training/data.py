@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from mindspeed_llm.training.arguments import check_data_prefix, split_data_path
+from mindspeed_llm.training.errors import DataError, fail_together
 
 
 # ---- --data-path ------------------------------------------------------------------------------------------------
@@ -29,6 +30,94 @@ def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     if weights is None:
         return prefixes, None
     return get_blend_from_list([s for pair in zip(weights, prefixes) for s in pair])
+
+
+# ---- what the files hold ------------------------------------------------------------------------------------
+REBUILD_HINT = "re-run preprocess_data.py to write the .bin and .idx together"
+# Scan every token at start-up up to this many bytes of .bin in total (measured: ~10 GB/s from the page
+# cache, 2-3 times that of a fast disk); bigger corpora are checked batch by batch as training reads them.
+TOKEN_SCAN_LIMIT_BYTES = 4 << 30
+_SCAN_CHUNK = 1 << 24  # tokens per numpy max() call: a few MB, cache-sized
+
+
+def _index_reader(prefix: str):
+    """megatron-core's reader of ``prefix.idx``; DataError when the file is damaged."""
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
+    try:
+        return _IndexReader(prefix + ".idx", multimodal=False)
+    except Exception as exc:  # noqa: BLE001 - a cut or foreign file fails in assert, struct, numpy or the dtype table
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise DataError(f"{prefix}.idx is damaged or not a megatron index ({reason}): {REBUILD_HINT}") from None
+
+
+def check_indexed_dataset(prefix: str) -> int:
+    """DataError unless ``prefix.idx`` reads and ``prefix.bin`` has the size it describes; returns the tokens.
+
+    O(1) in the size of the data: the header, the last document's pointer and length, the .bin's size.
+    """
+    if os.path.getsize(prefix + ".idx") == 0:
+        raise DataError(f"{prefix}.idx is empty (0 bytes): {REBUILD_HINT}")
+    index = _index_reader(prefix)
+    count = len(index.sequence_lengths)
+    bin_size = os.path.getsize(prefix + ".bin")
+    if count == 0:
+        raise DataError(f"{prefix}.bin/.idx hold no documents (0 tokens): preprocess a corpus that has text "
+                        "(check --json-keys and that the column is not empty), or drop it from --data-path")
+    expected = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size
+    if expected != bin_size:
+        raise DataError(f"{prefix}.bin has {bin_size} bytes but {prefix}.idx describes {expected} "
+                        f"({count} documents of {index.dtype.__name__}): the two files come from different runs or "
+                        f"one was cut short; {REBUILD_HINT}")
+    tokens = expected // index.dtype_size
+    if tokens == 0:
+        raise DataError(f"{prefix}.bin/.idx hold {count} documents but 0 tokens: preprocess a corpus that has "
+                        "text, or drop it from --data-path")
+    return tokens
+
+
+def largest_token_id(prefix: str) -> int:
+    """The largest id in ``prefix.bin`` (a chunked max over the memory-mapped file)."""
+    import numpy as np
+
+    index = _index_reader(prefix)
+    data = np.memmap(prefix + ".bin", dtype=index.dtype, mode="r")
+    largest = -1
+    for start in range(0, len(data), _SCAN_CHUNK):
+        largest = max(largest, int(data[start:start + _SCAN_CHUNK].max()))
+    del data
+    return largest
+
+
+def _too_large_id_error(prefix: str, largest: int, vocab: int) -> DataError:
+    return DataError(f"{prefix}.bin holds token id {largest}, but the model's vocabulary (padded) has {vocab} "
+                     f"rows (ids 0..{vocab - 1}): the data was tokenized with another tokenizer; re-run "
+                     "preprocess_data.py with this model's --tokenizer-name-or-path")
+
+
+def check_token_ids(prefixes: list[str], vocab: int, limit_bytes: int = TOKEN_SCAN_LIMIT_BYTES) -> bool:
+    """DataError naming the file when a .bin holds ids >= ``vocab``; False (not scanned) above ``limit_bytes``."""
+    if sum(os.path.getsize(p + ".bin") for p in set(prefixes)) > limit_bytes:
+        return False
+    for prefix in dict.fromkeys(prefixes):
+        largest = largest_token_id(prefix)
+        if largest >= vocab:
+            raise _too_large_id_error(prefix, largest, vocab)
+    return True
+
+
+def checked_batches(iterator: Iterator[dict], vocab: int, prefixes: list[str]) -> Iterator[dict]:
+    """Micro-batches of ``iterator``; a token id >= ``vocab`` (which the embedding cannot look up) is a DataError."""
+    for batch in iterator:
+        tokens = batch.get("tokens") if isinstance(batch, dict) else None
+        if tokens is not None and tokens.numel() and int(tokens.max()) >= vocab:
+            for prefix in dict.fromkeys(prefixes):  # name the file (a scan, only now that one is known bad)
+                largest = largest_token_id(prefix)
+                if largest >= vocab:
+                    raise _too_large_id_error(prefix, largest, vocab)
+            raise DataError(f"a training batch holds token id {int(tokens.max())}, but the model's vocabulary "
+                            f"(padded) has {vocab} rows: re-run preprocess_data.py with this model's tokenizer")
+        yield batch
 
 
 # ---- datasets ---------------------------------------------------------------------------------------------------
@@ -86,15 +175,21 @@ def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[in
     def build():
         return BlendedMegatronDatasetBuilder(dataset_cls, num_samples, lambda: True, config).build()
 
+    vocab = getattr(args, "padded_vocab_size", None)
+    prefixes = config.blend[0]
     if not torch.distributed.is_initialized():
+        if vocab:
+            check_token_ids(prefixes, vocab)
         return build()
     rank = torch.distributed.get_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     builds_cache = local_rank == 0 if args.no_shared_storage else rank == 0
-    if builds_cache:
-        with _as_single_process():
-            build()
-    torch.distributed.barrier()
+    with fail_together():  # the others wait here while the builder scans the ids and writes the cache
+        if builds_cache:
+            if vocab:
+                check_token_ids(prefixes, vocab)
+            with _as_single_process():
+                build()
     return build()
 
 
@@ -133,7 +228,9 @@ def build_data_iterator(dataset, consumed_samples: int, args: argparse.Namespace
                                       ps.get_data_parallel_world_size())
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
                                          persistent_workers=args.num_workers > 0)
-    return _cyclic(loader) if cyclic else iter(loader)
+    batches = _cyclic(loader) if cyclic else iter(loader)
+    vocab = getattr(args, "padded_vocab_size", None)
+    return checked_batches(batches, vocab, parse_blend(args.data_path)[0]) if vocab else batches
 
 
 def take(iterator, n: int) -> list:

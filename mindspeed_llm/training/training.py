@@ -22,12 +22,20 @@ import torch
 from mindspeed_llm.checkpoint import mapping
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.console import launch_rank, print_error
-from mindspeed_llm.training import checkpointing
+from mindspeed_llm.training import checkpointing, save_lock, signals
 from mindspeed_llm.training.arguments import (
     ArgumentError,
     ddp_config_from_args,
     model_config_from_args,
     optimizer_config_from_args,
+)
+from mindspeed_llm.training.errors import (
+    USER_ERRORS,
+    DataError,
+    NonFiniteError,
+    PeerFailed,
+    TrainingInterrupted,
+    fail_together,
 )
 from mindspeed_llm.training.initialize import initialize_megatron
 from mindspeed_llm.training.tokenizer import build_tokenizer
@@ -204,10 +212,60 @@ def train_step(forward_step_func, data_iterator, model: list, optimizer, schedul
         num_microbatches=args.num_microbatches, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
         decoder_seq_length=args.seq_length, forward_only=False,
     )
+    if getattr(args, "check_for_nan_in_loss_and_grad", True):
+        check_loss_and_grads_finite(losses, model, args)  # before the optimizer could apply them
     update_successful, grad_norm, _ = optimizer.step()
     if update_successful:
         scheduler.step(increment=args.global_batch_size)
     return _reduce_losses(losses), (None if grad_norm is None else float(grad_norm)), not update_successful
+
+
+def _non_finite(tensors) -> str | None:
+    """"NaN" or "Inf" when any of ``tensors`` holds one (NaN first), else None."""
+    kinds = set()
+    for t in tensors:
+        if t is None:
+            continue
+        t = t.detach()
+        if not torch.isfinite(t).all():
+            kinds.add("NaN" if torch.isnan(t).any() else "Inf")
+    return "NaN" if "NaN" in kinds else ("Inf" if kinds else None)
+
+
+def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.Namespace) -> None:
+    """Stop every rank when this step's loss or gradients hold NaN/Inf; one line from the first rank that saw it.
+
+    Megatron-LM's --check-for-nan-in-loss-and-grad. megatron-core's own check (DDP's check_for_nan_in_grad)
+    raises on the rank that sees it, a multi-line RuntimeError, while the others wait in the next
+    collective; here the ranks agree in one all-gather and all stop before the optimizer step, so the
+    weights in memory stay finite and nothing is saved.
+    """
+
+    loss_kind = _non_finite(v for d in losses for v in d.values() if torch.is_tensor(v))
+    grads = [buf.grad_data for chunk in model
+             for buf in (*getattr(chunk, "buffers", ()), *getattr(chunk, "expert_parallel_buffers", ()))]
+    grad_kind = _non_finite(grads)
+    code = {None: 0, "Inf": 1, "NaN": 2}
+    mine = torch.tensor([code[loss_kind], code[grad_kind]], dtype=torch.int32)
+    found = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(found, mine)
+    seen = [(rank, int(t[0]), int(t[1])) for rank, t in enumerate(found) if t.any()]
+    if not seen:
+        return
+    # Every rank raises the same line (run_main prints it once); it names the first rank that saw it.
+    rank, loss_code, grad_code = seen[0]
+    kind = {1: "Inf", 2: "NaN"}
+    what = (f"the loss is {kind[loss_code]}" if loss_code else f"the gradients hold {kind[grad_code]}")
+    if loss_code and grad_code:
+        what += f" (gradients: {kind[grad_code]})"
+    iteration = getattr(args, "curr_iteration", 0) + 1
+    from mindspeed_llm.training.checkpointing import last_complete_checkpoint
+
+    raise NonFiniteError(
+        f"iteration {iteration}: {what} on rank {rank}; stopped before the optimizer step, nothing saved "
+        f"(kept: {last_complete_checkpoint(args.save)}). Lower --lr or check the data before resuming; "
+        "--no-check-for-nan-in-loss-and-grad trains on"
+    )
 
 
 def evaluate(forward_step_func, data_iterator, model: list, args: argparse.Namespace,
@@ -268,19 +326,23 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
 
     Returns a summary (iterations, last losses, mean throughput) on every rank.
     """
-    from megatron.core import parallel_state as ps
 
     args = initialize_megatron(argv, extra_args_provider, args_defaults)
+    signals.configure(args.exit_signal_handler)
     args.model_type = getattr(model_type, "name", str(model_type))
-    from mindspeed_llm.training.data import parse_blend
+    from mindspeed_llm.training.data import check_indexed_dataset, parse_blend
 
-    parse_blend(args.data_path)  # a wrong --data-path fails now, not after the model is built
+    for prefix in parse_blend(args.data_path)[0]:  # a wrong --data-path fails now, not after the model is built
+        check_indexed_dataset(prefix)
     tokenizer = build_tokenizer(args)
     _STATE["tokenizer"] = tokenizer
     ckpt_iteration = checkpointing.find_checkpoint(args)
-    prepare_model_config(args, tokenizer, ckpt_iteration)
-    if args.save:
-        os.makedirs(args.save, exist_ok=True)
+    if _nothing_to_train(args, ckpt_iteration):
+        return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
+                        "consumed_train_samples": 0})
+    _lock_save_folder(args)
+    with fail_together():  # each rank reads its own checkpoint file
+        prepare_model_config(args, tokenizer, ckpt_iteration)
 
     model = get_model(model_provider, args)
     from megatron.core.optimizer import get_megatron_optimizer
@@ -293,6 +355,9 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     from mindspeed_llm.training.data import build_data_iterator, train_valid_test_num_samples
 
     train_ds, valid_ds, test_ds = train_valid_test_dataset_provider(train_valid_test_num_samples(args))
+    if train_ds is None and args.train_iters > iteration:
+        raise DataError(f"--split {args.split} leaves no training data in --data-path {' '.join(args.data_path)}: "
+                        "give the first (training) share a non-zero value, e.g. --split 969,30,1")
 
     n_chunks = len(model)
 
@@ -312,6 +377,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     exit_requested = False
     saved_at = None
     while iteration < args.train_iters:
+        args.curr_iteration = iteration
         t0 = time.time()
         losses, grad_norm, skipped = train_step(forward_step_func, train_iter, model, optimizer, scheduler, args)
         elapsed = time.time() - t0
@@ -328,6 +394,15 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
         if args.save and args.save_interval and iteration % args.save_interval == 0:
             _save(iteration, model, optimizer, scheduler, args, flops_so_far)
             saved_at = iteration
+        if signals.exit_requested():  # --exit-signal-handler and SIGTERM on some rank: save, exit 0
+            if args.save and saved_at != iteration:
+                _save(iteration, model, optimizer, scheduler, args, flops_so_far)
+                saved_at = iteration
+            print_rank_last(f"exiting program after receiving SIGTERM at iteration {iteration} "
+                            f"(--exit-signal-handler): " + (f"checkpoint saved in {args.save}" if args.save
+                                                            else "no --save, nothing saved"))
+            exit_requested = True
+            break
         if args.exit_interval and iteration % args.exit_interval == 0:
             if args.save and saved_at != iteration:
                 _save(iteration, model, optimizer, scheduler, args, flops_so_far)
@@ -355,7 +430,16 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     print_rank_last(f"[after training] iterations: {iteration} | consumed samples: {args.consumed_train_samples} | "
                     f"mean throughput (tokens/s/device): {tokens_per_s:.1f}")
     log.close()
+    return _finish(args, summary)
+
+
+def _finish(args: argparse.Namespace, summary: dict) -> dict:
+    """End of a run on every rank: release the --save lock, tear down the process group."""
+    from megatron.core import parallel_state as ps
+
     torch.distributed.barrier()
+    if args.save:
+        save_lock.release_save_folder(args.save)
     ps.destroy_model_parallel()
     torch.distributed.destroy_process_group()
     return summary
@@ -379,6 +463,11 @@ def _claim_error(store, key: str, world: int) -> tuple[bool, bool]:
     return True, everywhere
 
 
+def _error_key(message: str) -> str:
+    """The store key under which the ranks agree who prints ``message``."""
+    return "mindspeed_llm/error/" + hashlib.sha1(message.encode()).hexdigest()
+
+
 def report_error(message: str) -> None:
     """Print a user error once, as one line: ``error: ...``, or ``[rank N] error: ...`` if only some ranks found it.
 
@@ -391,7 +480,7 @@ def report_error(message: str) -> None:
             print_error(message)
         return
     rank, world = dist.get_rank(), dist.get_world_size()
-    key = "mindspeed_llm/error/" + hashlib.sha1(message.encode()).hexdigest()
+    key = _error_key(message)
     store = None
     try:
         store = dist.distributed_c10d._get_default_store()
@@ -405,10 +494,89 @@ def report_error(message: str) -> None:
                 store.set(key + "/printed", "1")
 
 
+def _nothing_to_train(args: argparse.Namespace, ckpt_iteration) -> bool:
+    """True (and says so) when --load's checkpoint is already at or past --train-iters: leave it as it is."""
+    if not isinstance(ckpt_iteration, int) or args.finetune or ckpt_iteration < args.train_iters:
+        return False
+    print_rank_last(f"nothing to train: the checkpoint in {args.load} is at iteration {ckpt_iteration} and "
+                    f"--train-iters is {args.train_iters}; it is left as it is (raise --train-iters above "
+                    f"{ckpt_iteration} to train on)")
+    return True
+
+
+def _lock_save_folder(args: argparse.Namespace) -> None:
+    """Take the --save lock (global rank 0, or every node's first process with --no-shared-storage)."""
+    if not args.save:
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank()))
+    takes_lock = local_rank == 0 if args.no_shared_storage else torch.distributed.get_rank() == 0
+    with fail_together():
+        if takes_lock:
+            save_lock.lock_save_folder(args.save)
+            save_lock.remove_stale_temporaries(args.save)
+    os.makedirs(args.save, exist_ok=True)
+
+
+# Messages of torch.distributed (gloo) when a peer process has gone away mid-collective.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket closed")
+
+
+def _interrupted_line(signum: int) -> str:
+    """One line for a run a signal ended: where it was and which checkpoint is kept."""
+    import signal as signal_module
+
+    from mindspeed_llm.training.checkpointing import last_complete_checkpoint
+    from mindspeed_llm.training.initialize import get_args
+
+    name = signal_module.Signals(signum).name + (" (Ctrl-C)" if signum == signal_module.SIGINT else "")
+    try:
+        args = get_args()
+    except RuntimeError:
+        return f"interrupted by {name} during start-up; nothing was written"
+    where = f"during iteration {args.curr_iteration + 1}" if hasattr(args, "curr_iteration") else "before training"
+    kept = last_complete_checkpoint(args.save)
+    return (f"interrupted by {name} {where}; no temporary files left, kept: {kept}"
+            + (f" (resume with --load {args.save})" if args.save and "iteration" in kept else ""))
+
+
 def run_main(main: Callable[[], object]) -> None:
-    """Run an entry point; user errors (bad flags, data paths, checkpoints) print one line and exit 1."""
+    """Run an entry point; user errors print one line and exit 1, a signal 128 + its number (130 for Ctrl-C)."""
+    rank = launch_rank()[0]
+    signals.install()
     try:
         main()
-    except (ArgumentError, CheckpointError) as exc:
+    except TrainingInterrupted as exc:
+        _exit_interrupted(exc.signum, rank)
+    except PeerFailed as exc:
+        _wait_for_report(exc.messages)  # the failing rank prints; torchrun stops the group once one rank exits
+        sys.exit(1)
+    except (ArgumentError, CheckpointError, *USER_ERRORS) as exc:
         report_error(str(exc))
         sys.exit(1)
+    except RuntimeError as exc:
+        if signals.interrupted_by() is not None:  # a collective the signal broke on the way out
+            _exit_interrupted(signals.interrupted_by(), rank)
+        if any(text in str(exc) for text in _PEER_GONE):
+            print_error(f"rank {rank} lost another rank mid-collective ({str(exc).splitlines()[0][:120]}): that "
+                        "rank ended first, its own message says why")
+            sys.exit(1)
+        raise
+    finally:
+        signals.uninstall()
+
+
+def _wait_for_report(messages: list[str]) -> None:
+    """Wait (a few seconds at most) until the rank that failed has printed its line."""
+    dist = torch.distributed
+    if not messages or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    with contextlib.suppress(Exception):  # no store any more: nothing to wait for
+        store = dist.distributed_c10d._get_default_store()
+        store.wait([_error_key(messages[0]) + "/printed"], datetime.timedelta(seconds=_PRINTED_WAIT_S))
+
+
+def _exit_interrupted(signum: int, rank: int) -> None:
+    """Print the interrupt line (global rank 0) and exit with 128 + signum."""
+    if rank == 0:
+        print_error(_interrupted_line(signum))
+    sys.exit(128 + signum)

@@ -1,0 +1,101 @@
+"""One training run per ``--save`` folder: an advisory lock file, and the debris of interrupted saves.
+
+The lock is ``fcntl.flock`` on ``SAVE/.mindspeed_llm_train.lock``, which holds the holder's host and
+PID for the error a second run prints. The kernel drops a flock when its process ends, however it
+ends (kill -9 included), so a dead run never keeps a folder locked; the file itself stays behind and
+means nothing without the flock. Global rank 0 takes it; with ``--no-shared-storage`` every node
+saves into its own folder, so the first process of every node takes the lock of its node's copy.
+flock works on local file systems and on NFS v4 (Linux emulates it with POSIX locks there).
+
+Whoever holds the lock knows no other run writes into the folder, so ``*.tmp`` files there are the
+debris of a save that was killed (kill -9 leaves them, nothing else does): they are removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import glob
+import logging
+import os
+import socket
+
+from mindspeed_llm.training.errors import SaveError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILENAME = ".mindspeed_llm_train.lock"
+_HELD: dict[str, int] = {}
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "the file system is read-only"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return exc.strerror or str(exc)
+
+
+def _holder(fd: int) -> str:
+    """``host H, PID P, since T`` as the holder wrote it (or what little can be read)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    fields = os.read(fd, 512).decode("utf-8", "replace").split()
+    if len(fields) >= 2:
+        since = f", since {fields[2]}" if len(fields) > 2 else ""
+        return f"host {fields[0]}, PID {fields[1]}{since}"
+    return "a process that has not written its name yet"
+
+
+def lock_save_folder(save: str) -> None:
+    """Create ``save`` if needed and hold its lock for the life of this process; SaveError if taken or unwritable."""
+    key = os.path.realpath(save)
+    if key in _HELD:
+        return
+    try:
+        os.makedirs(save, exist_ok=True)
+        fd = os.open(os.path.join(save, LOCK_FILENAME), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SaveError(f"--save {save} is not writable ({_why(exc)}): give a folder this user can write "
+                        "checkpoints into") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise SaveError(f"--save {save} is in use by another training run ({holder}): wait for it to end, or "
+                        "give this run another --save folder") from None
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()} {stamp}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise SaveError(f"--save {save} is not writable ({_why(exc)}): free space there or give another "
+                        "--save folder") from None
+    _HELD[key] = fd
+
+
+def release_save_folder(save: str) -> None:
+    """Drop the lock taken by :func:`lock_save_folder` (process exit drops it too)."""
+    fd = _HELD.pop(os.path.realpath(save), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def remove_stale_temporaries(save: str) -> list[str]:
+    """Delete ``*.tmp`` files an interrupted save left in ``save`` (call only while holding its lock)."""
+    patterns = ["*.tmp", os.path.join("iter_*", "*.tmp"), os.path.join("iter_*", "mp_rank_*", "*.tmp")]
+    removed = []
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(save), pattern)):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    if removed:
+        logger.info("> removed %d temporary file(s) an interrupted save left in %s", len(removed), save)
+    return removed
