@@ -192,6 +192,10 @@ def load_rank_file(path: str, *, mmap: bool = False) -> dict:
                 raise
             return layout.safe_torch_load(path)  # a legacy (non-zip) torch file: readable without mmap
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a class outside the allow-list: bytes that are no pickle
+            raise CheckpointError(f"{path} is damaged or not a torch checkpoint (unreadable pickle): restore the "
+                                  f"file, or write an earlier iteration into {layout.TRACKER_FILENAME} to load "
+                                  "that one") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} holds objects that are not on the safe-load allow-list ({first}). If you trust the file, "
@@ -574,6 +578,7 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
                 "--no-load-optim --no-load-rng to continue from it with a fresh optimizer, or --finetune to "
                 "start at iteration 0"
             )
+        launch_lrs = [(group.get("max_lr"), group.get("min_lr")) for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, IndexError, RuntimeError) as exc:
@@ -590,6 +595,12 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
         if "opt_param_scheduler" not in state:
             raise CheckpointError(f"{path} holds no opt_param_scheduler: add --no-load-optim to load the weights "
                                   "with a fresh optimizer and schedule")
+        if args.override_opt_param_scheduler:
+            # The param groups carry max_lr/min_lr too (megatron-core 0.16.1 sets them from --lr/--min-lr) and
+            # optimizer.load_state_dict brought back the checkpoint's: the launch's values are the ones asked for.
+            for group, (max_lr, min_lr) in zip(optimizer.param_groups, launch_lrs):
+                if max_lr is not None:
+                    group["max_lr"], group["min_lr"] = max_lr, min_lr
         _load_scheduler(scheduler, state["opt_param_scheduler"], path)
         optimizer_loaded = True
     if not optimizer_loaded and hasattr(optimizer, "reload_model_params"):

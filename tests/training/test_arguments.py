@@ -42,6 +42,9 @@ def test_data_parallel_size_and_micro_batches_are_derived():
     ("--num-layer-list 1,2", 2, ["--num-layer-list 1,2", "add up to --num-layers 4"]),
     ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
     ("--reset-attention-mask", 1, ["--reset-attention-mask", "--reset-position-ids"]),
+    ("--max-position-embeddings 16", 1, ["--seq-length 32", "--max-position-embeddings 16"]),
+    ("--override-opt_param-scheduler --use-checkpoint-opt_param-scheduler", 1,
+     ["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"]),
 ])
 def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
     with pytest.raises(ArgumentError) as err:
@@ -89,3 +92,14 @@ def test_transformer_config_follows_the_flags():
     assert config.params_dtype == torch.bfloat16 and config.recompute_granularity == "full"
     assert config.cross_entropy_loss_fusion
     assert model.architecture == "Qwen2ForCausalLM" and model.tie_word_embeddings
+
+
+def test_megatron_spellings_of_the_resilience_flags():
+    """Megatron-LM's names: NaN check on by default, the scheduler flags with their underscore, the signal flag."""
+    args = args_for()
+    assert args.check_for_nan_in_loss_and_grad and not args.exit_signal_handler
+    assert not args.override_opt_param_scheduler and not args.use_checkpoint_opt_param_scheduler
+    args = args_for("--no-check-for-nan-in-loss-and-grad --exit-signal-handler --override-opt_param-scheduler")
+    assert not args.check_for_nan_in_loss_and_grad and args.exit_signal_handler and args.override_opt_param_scheduler
+    assert args_for("--use-checkpoint-opt-param-scheduler").use_checkpoint_opt_param_scheduler
+    assert args_for("--check-for-nan-in-loss-and-grad").check_for_nan_in_loss_and_grad

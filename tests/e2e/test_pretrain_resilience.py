@@ -1,0 +1,393 @@
+"""Nothing lost: real training processes meet NaN, full disks, unwritable folders, a second run on one --save,
+damaged checkpoints and data, schedule changes and signals. Each run must end with the documented exit code,
+one ``error:`` line naming the culprit, no traceback, and the last complete checkpoint loadable with no
+temporary files beside it.
+
+One process without torchrun (a world of one) for most cases; the signal tests use real torchrun launches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from mindspeed_llm.checkpoint import layout
+from tests.conftest import REPO_ROOT, free_port
+from tests.e2e.pretrain_helpers import PRETRAIN, make_indexed_dataset, train_flags
+
+pytestmark = pytest.mark.slow
+
+MODEL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
+         "--group-query-attention", "--num-query-groups", "2", "--max-position-embeddings", "64", "--swiglu",
+         "--disable-bias-linear", "--normalization", "RMSNorm", "--attention-dropout", "0", "--hidden-dropout", "0",
+         "--make-vocab-size-divisible-by", "1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
+_LR_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? learning rate: ([0-9.E+-]+) \|")
+
+
+def _flags(data: str, iters: int = 4) -> list[str]:
+    return MODEL + train_flags(data, iters=iters, seq=16)
+
+
+def _run(*flags: str, preexec_fn=None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """pretrain_gpt.py as one process (no torchrun): its exit code, stdout and stderr."""
+    return subprocess.run([sys.executable, str(PRETRAIN), *flags], capture_output=True, text=True, env=ENV,
+                          cwd=REPO_ROOT, timeout=timeout, preexec_fn=preexec_fn)
+
+
+def _one_error_line(output: str, *words: str) -> str:
+    """The single ``error:`` line of ``output`` (which holds no traceback), checked to contain ``words``."""
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output[-3000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def _assert_last_complete(save: Path, iteration: int) -> None:
+    """The tracker names ``iteration``, its file loads with finite weights, and no temporary file is left."""
+    assert not [p for p in save.rglob("*") if p.name.endswith(".tmp")], sorted(save.rglob("*"))
+    assert layout.read_tracker(save) == iteration
+    state = layout.safe_torch_load(layout.checkpoint_file_for(save, iteration, 0, 0, 1))
+    assert state["iteration"] == iteration
+    assert all(torch.isfinite(t).all() for t in state["model"].values()
+               if torch.is_tensor(t) and t.is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Data and a 4-iteration run saved at iterations 2 and 4 (copied by each test that changes it)."""
+    root = tmp_path_factory.mktemp("resilience")
+    data = make_indexed_dataset(root / "data" / "corpus_text_document", docs=120)
+    save = root / "ckpt"
+    proc = _run(*_flags(data), "--save", str(save), "--save-interval", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    _assert_last_complete(save, 4)
+    return {"root": root, "data": data, "ckpt": save}
+
+
+def _copy(base, tmp_path: Path) -> Path:
+    target = tmp_path / "ckpt"
+    shutil.copytree(base["ckpt"], target)
+    return target
+
+
+# ---- NaN / Inf ----------------------------------------------------------------------------------------------------
+def test_nan_loss_stops_before_the_step_and_saves_nothing(base, tmp_path):
+    """lr 1e30 blows the weights up after iteration 5; iteration 6's check stops every rank, nothing saved."""
+    save = _copy(base, tmp_path)
+    proc = _run(*_flags(base["data"], iters=8), "--load", str(save), "--save", str(save), "--lr", "1e30",
+                "--override-opt_param-scheduler")
+    assert proc.returncode == 1
+    line = _one_error_line(proc.stderr, "iteration 6: ", "rank 0", f"kept: iteration 4 in {save}",
+                           "--no-check-for-nan-in-loss-and-grad")
+    assert "NaN" in line or "Inf" in line
+    _assert_last_complete(save, 4)
+    assert not (save / "iter_0000006").exists()
+
+
+def test_nan_weight_in_a_checkpoint_is_refused_on_load_and_never_saved(base, tmp_path):
+    save = _copy(base, tmp_path)
+    path = Path(layout.checkpoint_file_for(save, 4, 0, 0, 1))
+    state = torch.load(path, weights_only=False)
+    state["model"]["decoder.final_layernorm.weight"][3] = float("nan")
+    torch.save(state, path)
+    flags = [*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save), "--override-opt_param-scheduler"]
+    proc = _run(*flags)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, str(path), "NaN/Inf in decoder.final_layernorm.weight")
+    # With the check off it trains on NaN, but the save is refused: the tracker still names iteration 4.
+    proc = _run(*flags, "--no-check-for-nan-in-loss-and-grad")
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, f"refusing to save iteration 6 into {save}", "holds NaN/Inf",
+                    f"kept: iteration 4 in {save}")
+    assert layout.read_tracker(save) == 4 and not (save / "iter_0000006").exists()
+    assert not list(save.rglob("*.tmp"))
+
+
+# ---- disks and folders ------------------------------------------------------------------------------------------
+def _file_size_limit(limit: int):
+    def limit_writes():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_writes
+
+
+def test_full_disk_during_a_save_removes_the_temporary_and_keeps_the_last_checkpoint(base, tmp_path):
+    save = _copy(base, tmp_path)
+    size = os.path.getsize(layout.checkpoint_file_for(save, 4, 0, 0, 1))
+    proc = _run(*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
+                "--override-opt_param-scheduler", preexec_fn=_file_size_limit(size // 3))
+    assert proc.returncode == 1
+    assert "iteration        6/" in proc.stdout  # the failure is the save, after training
+    _one_error_line(proc.stderr, f"could not write {save}/iter_0000006/mp_rank_00/model_optim_rng.pt.tmp",
+                    "file-size limit", f"iteration 4 in {save}")
+    _assert_last_complete(save, 4)
+    assert not (save / "iter_0000006").exists()
+    # The same command without the limit resumes from 4 and saves 6.
+    proc = _run(*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
+                "--override-opt_param-scheduler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "from iteration 4 to 6" in proc.stdout
+    _assert_last_complete(save, 6)
+
+
+def test_unwritable_save_is_refused_before_training(base, tmp_path):
+    if os.geteuid() == 0:
+        target = "/sys/fs/mindspeed_llm_no_such_ckpt"  # sysfs refuses new folders even to root
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        target = str(tmp_path / "ro" / "ckpt")
+    proc = _run(*_flags(base["data"]), "--save", target)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, f"--save {target} is not writable")
+    assert "iteration " not in proc.stdout
+
+
+# ---- two runs, one folder; Ctrl-C --------------------------------------------------------------------------------
+def test_second_run_on_a_locked_save_is_refused_and_ctrl_c_leaves_no_debris(base, tmp_path):
+    save = _copy(base, tmp_path)
+    flags = [*_flags(base["data"], iters=100000), "--load", str(save), "--save", str(save), "--save-interval", "1",
+             "--override-opt_param-scheduler"]
+    first = subprocess.Popen([sys.executable, str(PRETRAIN), *flags], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO_ROOT)
+    try:
+        for line in first.stdout:
+            if "successfully saved checkpoint from iteration       6" in line:
+                break
+        else:
+            pytest.fail("the first run ended early: " + first.stderr.read()[-3000:])
+        second = _run(*flags)
+        assert second.returncode == 1
+        _one_error_line(second.stderr, f"--save {save} is in use by another training run",
+                        f"PID {first.pid}")
+        first.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 130
+    _one_error_line(err, "interrupted by SIGINT (Ctrl-C) during iteration", "no temporary files left")
+    last = layout.read_tracker(save)
+    assert last >= 6
+    _assert_last_complete(save, last)
+
+
+# ---- damaged checkpoints ----------------------------------------------------------------------------------------
+def _damage(save: Path, how: str, other: Path) -> Path:
+    rank_file = Path(layout.checkpoint_file_for(save, 4, 0, 0, 1))
+    if how == "truncated":
+        data = rank_file.read_bytes()
+        rank_file.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        rank_file.write_bytes(b"")
+    elif how == "tracker":
+        (save / layout.TRACKER_FILENAME).write_bytes(np.random.default_rng(0).bytes(64))
+        return save / layout.TRACKER_FILENAME
+    elif how == "other-model":
+        # Another model's weights under this run's args (as a copy from the wrong folder with args patched).
+        theirs = torch.load(layout.checkpoint_file_for(other, 2, 0, 0, 1), weights_only=False)
+        theirs["args"] = torch.load(rank_file, weights_only=False)["args"]
+        torch.save(theirs, rank_file)
+    return rank_file
+
+
+@pytest.fixture(scope="module")
+def other_model(base):
+    save = base["root"] / "other"
+    proc = _run(*_flags(base["data"], iters=2), "--hidden-size", "32", "--ffn-hidden-size", "64", "--save", str(save))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return save
+
+
+@pytest.mark.parametrize("how, words", [
+    ("truncated", ["is damaged or not a torch checkpoint"]),
+    ("empty", ["is empty (0 bytes)"]),
+    ("tracker", ["holds binary data, expected an iteration number"]),
+    ("other-model", ["does not fit this model: size mismatch for", "checkpoint [128, 32], model [128, 64]"]),
+])
+def test_damaged_checkpoint_is_one_line_naming_the_file(base, other_model, tmp_path, how, words):
+    save = _copy(base, tmp_path)
+    culprit = _damage(save, how, other_model)
+    proc = _run(*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
+                "--override-opt_param-scheduler")
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, str(culprit), *words)
+    assert "iteration " not in proc.stdout.replace("at iteration", "")
+    assert not (save / "iter_0000006").exists()
+
+
+# ---- longer, shorter: the LR schedule --------------------------------------------------------------------------
+def _cosine_lr(samples: int, warmup: int, decay: int, max_lr: float = 3e-3, min_lr: float = 3e-4) -> float:
+    """megatron's cosine decay, written out from its documented formula."""
+    ratio = (samples - warmup) / (decay - warmup)
+    return min_lr + (max_lr - min_lr) * 0.5 * (math.cos(math.pi * ratio) + 1.0)
+
+
+def _lrs(stdout: str) -> dict[int, float]:
+    return {int(m.group(1)): float(m.group(2)) for m in _LR_LINE.finditer(stdout)}
+
+
+def test_extending_a_run_needs_one_of_the_scheduler_flags_and_each_does_what_megatron_does(base, tmp_path):
+    save = _copy(base, tmp_path)
+    longer = [*_flags(base["data"], iters=8), "--load", str(save)]
+    proc = _run(*longer, "--save", str(save))
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, "--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler",
+                    "is 32 in this launch but 16 in the checkpoint")
+    _assert_last_complete(save, 4)
+    gbs = 4
+    # Override: the launch's schedule (decay over 8 iterations), continued from the checkpoint's step count.
+    proc = _run(*longer, "--override-opt_param-scheduler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = _lrs(proc.stdout)
+    assert sorted(got) == [5, 6, 7, 8]
+    for it, lr in got.items():
+        assert lr == pytest.approx(_cosine_lr(it * gbs, 1 * gbs, 8 * gbs), rel=1e-5), it
+    # Use the checkpoint's: its decay ended at iteration 4, so the rate stays at --min-lr.
+    proc = _run(*longer, "--use-checkpoint-opt_param-scheduler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _lrs(proc.stdout) == pytest.approx({5: 3e-4, 6: 3e-4, 7: 3e-4, 8: 3e-4})
+
+
+def test_train_iters_at_or_below_the_checkpoint_leaves_it_untouched(base, tmp_path):
+    save = _copy(base, tmp_path)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in save.rglob("*") if p.is_file()}
+    proc = _run(*_flags(base["data"], iters=3), "--load", str(save), "--save", str(save))
+    assert proc.returncode == 0
+    assert "nothing to train: the checkpoint in" in proc.stdout and "--train-iters is 3" in proc.stdout
+    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in save.rglob("*") if p.is_file()}
+    assert after == before
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def _dataset(prefix: Path, docs: list[list[int]]) -> str:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
+    for doc in docs:
+        builder.add_document(torch.tensor(doc), [len(doc)])
+    builder.finalize(f"{prefix}.idx")
+    return str(prefix)
+
+
+@pytest.mark.parametrize("case", ["empty", "ids", "split"])
+def test_bad_training_data_is_one_line_naming_the_file(base, tmp_path, case):
+    if case == "empty":
+        data, extra, words = _dataset(tmp_path / "empty_text_document", []), [], ["hold no documents"]
+    elif case == "ids":
+        data = _dataset(tmp_path / "wide_text_document", [[5] * 40 + [2]] * 30 + [[5, 700, 2]])
+        extra, words = [], ["wide_text_document.bin holds token id 700", "has 128 rows"]
+    else:
+        data, extra, words = base["data"], ["--split", "0,0,100"], ["--split 0,0,100 leaves no training data"]
+    proc = _run(*_flags(data), *extra, "--save", str(tmp_path / "ckpt"))
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, *words, *([data] if case != "split" else []))
+    assert "iteration " not in proc.stdout
+    assert not (tmp_path / "ckpt" / layout.TRACKER_FILENAME).exists()
+
+
+# ---- signals to torchrun workers --------------------------------------------------------------------------------
+def _torchrun(flags: list[str], log_dir: Path, env: dict | None = None) -> subprocess.Popen:
+    """A real torchrun launch of 2 processes whose workers write their output under ``log_dir``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3",
+           str(PRETRAIN), *flags]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**ENV, **(env or {})},
+                            cwd=REPO_ROOT, start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return
+    pytest.fail(f"the run ended before {text!r}:\n" + "".join(lines[-40:]))
+
+
+def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The training processes under the torchrun agent (torchrun starts them in their own sessions)."""
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain_gpt.py" in " ".join(p.cmdline())]
+
+
+def _finish(proc: subprocess.Popen, lines: list[str], timeout: int = 120) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # kill the agent and every descendant
+            for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                p.kill()
+            proc.wait(timeout=60)
+    return "".join(lines) + out
+
+
+def _worker_output(log_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted(log_dir.rglob("*.log")))
+
+
+def test_sigterm_with_exit_signal_handler_saves_and_exits_zero(base, tmp_path):
+    save = tmp_path / "ckpt"
+    flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--exit-signal-handler"]
+    proc, lines = _torchrun(flags, tmp_path / "logs"), []
+    _wait_for(proc, "iteration        3/", lines)
+    for worker in _workers(proc):
+        worker.send_signal(signal.SIGTERM)  # as a scheduler (SLURM) signals every task
+    out = _finish(proc, lines)
+    assert proc.returncode == 0, out[-3000:]
+    found = re.search(r"exiting program after receiving SIGTERM at iteration (\d+) \(--exit-signal-handler\): "
+                      r"checkpoint saved", out)
+    assert found, out[-3000:]
+    assert "Traceback" not in _worker_output(tmp_path / "logs")
+    _assert_last_complete(save, int(found.group(1)))
+
+
+def test_sigterm_during_a_save_removes_its_temporaries_and_exits_143(base, tmp_path):
+    """The test hook holds rank 0 inside the save of iteration 3 (its .tmp written); SIGTERM to both workers."""
+    save = tmp_path / "ckpt"
+    flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--save-interval", "1"]
+    proc, lines = _torchrun(flags, tmp_path / "logs", env={"MINDSPEED_LLM_TEST_PAUSE_IN_SAVE": "3"}), []
+    _wait_for(proc, "paused in checkpoint save at iteration 3", lines)
+    assert list((save / "iter_0000003").rglob("*.tmp"))
+    workers = _workers(proc)
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    out = _finish(proc, lines)
+    assert proc.returncode != 0
+    assert re.search(r"exitcode\s*:\s*143", out), out[-3000:]
+    _one_error_line(_worker_output(tmp_path / "logs"), "interrupted by SIGTERM during iteration 3",
+                    f"kept: iteration 2 in {save}")
+    _assert_last_complete(save, 2)
+    assert not (save / "iter_0000003").exists()
+
+
+def test_ctrl_c_to_torchrun_exits_130_and_keeps_the_last_checkpoint(base, tmp_path):
+    save = tmp_path / "ckpt"
+    flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--save-interval", "2"]
+    proc, lines = _torchrun(flags, tmp_path / "logs"), []
+    _wait_for(proc, "successfully saved checkpoint from iteration       4", lines)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the agent; it forwards SIGINT to its workers
+    out = _finish(proc, lines)
+    assert proc.returncode != 0
+    assert re.search(r"exitcode\s*:\s*130", out) or "SIGINT" in out, out[-3000:]
+    workers = _worker_output(tmp_path / "logs")
+    assert "Traceback" not in workers
+    last = layout.read_tracker(save)
+    assert last >= 4 and last % 2 == 0
+    _assert_last_complete(save, last)
