@@ -174,7 +174,7 @@ def read_checkpoint_args(args: argparse.Namespace, iteration: int | str) -> tupl
     state = load_rank_file(path, mmap=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict")
-    return state.get("args") or argparse.Namespace(), f"the checkpoint file {path}"
+    return state.get("args") or argparse.Namespace(), f"the checkpoint {args.load} (iteration {iteration})"
 
 
 def load_rank_file(path: str, *, mmap: bool = False) -> dict:

@@ -337,12 +337,12 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     tokenizer = build_tokenizer(args)
     _STATE["tokenizer"] = tokenizer
     ckpt_iteration = checkpointing.find_checkpoint(args)
-    if _nothing_to_train(args, ckpt_iteration):
-        return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
-                        "consumed_train_samples": 0})
-    _lock_save_folder(args)
     with fail_together():  # each rank reads its own checkpoint file
         prepare_model_config(args, tokenizer, ckpt_iteration)
+    if _nothing_to_train(args, ckpt_iteration):
+        return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
+                              "consumed_train_samples": 0})
+    _lock_save_folder(args)
 
     model = get_model(model_provider, args)
     from megatron.core.optimizer import get_megatron_optimizer
