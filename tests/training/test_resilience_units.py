@@ -95,7 +95,7 @@ def test_unwritable_save_folder_is_refused(tmp_path):
 
 # ---- damaged checkpoint files -----------------------------------------------------------------------------------
 def test_tracker_with_binary_junk_is_one_line(tmp_path):
-    (tmp_path / layout.TRACKER_FILENAME).write_bytes(bytes(range(256)) * 4)
+    (tmp_path / layout.TRACKER_FILENAME).write_bytes(bytes(range(128, 256)) * 4)
     with pytest.raises(CheckpointError, match=r"latest_checkpointed_iteration.txt holds binary data, expected an "
                                               r"iteration number"):
         layout.read_tracker(tmp_path)
