@@ -17,6 +17,7 @@ Rules (docs/checkpoint.md, "What happens when"):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -35,6 +36,9 @@ from mindspeed_llm.signals import signals_deferred
 EXPORT_MARKER = ".mindspeed_llm_export.json"
 MG2HF = "mg2hf"
 _MG_NAMES = re.compile(r"iter_\d{7}|release")
+
+# A target that exists but cannot take files now (exit 1), as opposed to a path that cannot be a folder.
+_CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 # Folder kinds (:func:`folder_kind`).
 MISSING, EMPTY, HF_EXPORT, HF_MODEL, MG_CONVERTED, MG_TRAINING, OTHER = (
@@ -220,9 +224,8 @@ def staging_dir(target: str) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     except OSError as exc:
-        raise CheckpointError(
-            f"--save-dir {target} is not writable ({describe_os_error(exc)})"
-        ) from None
+        error = OutputWriteError if exc.errno in _CANNOT_WRITE else CheckpointError  # exit 1 vs a bad path, 2
+        raise error(f"--save-dir {target} is not writable ({describe_os_error(exc)})") from None
     try:
         yield tmp
         with signals_deferred():

@@ -277,9 +277,9 @@ def test_read_only_target_keeps_the_earlier_output(capsys, tmp_path, models):
     before = tree_digest(ro)
     with read_only_dir(ro):
         code, err = _run(capsys, *_hf2mg(models["llama"], ro / "out", "--overwrite"))
-        assert code == 2 and str(ro / "out") in err and "not writable" in err, err
+        assert code == 1 and f"--save-dir {ro / 'out'} is not writable (" in err, err  # EROFS as root, EACCES otherwise
         code, err = _run(capsys, *_hf2mg(models["llama"], ro / "new"))
-        assert code == 2 and "not writable" in err
+        assert code == 1 and "not writable" in err
         assert tree_digest(ro) == before
 
 

@@ -369,3 +369,17 @@ def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
         assert leftovers(tmp_path) == []
     time.sleep(0.2)  # pool workers end after their parent
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(src) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, bpe_tokenizer, capsys):
+    """An output path that resolves to an input file (here through a symlink) is refused before any write."""
+    src = write_jsonl(ROWS, str(tmp_path / "in"))
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(src, out / "o_text_document.idx")
+    before = tree_digest(tmp_path)
+    rc = run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o")
+    assert rc == 2
+    msg = _error(capsys)
+    assert f"would write {out / 'o_text_document.idx'}, which is the input {src}" in msg
+    assert tree_digest(tmp_path) == before and leftovers(tmp_path) == []
