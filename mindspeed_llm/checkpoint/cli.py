@@ -179,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             print_error(f"--verify could not run: {exc}; {written} was written but is not verified")
             return 3
         except (KeyboardInterrupt, Terminated) as exc:
-            return _interrupted(exc, written, args.save_dir)
+            return _interrupted(exc, written or getattr(exc, "committed_output", None), args.save_dir)
     return 0
 
 
 def _interrupted(exc: BaseException, written: str | None, save_dir: str) -> int:
     what = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
-    kept = f"{written} is complete; --verify did not finish" if written else f"temporary files removed, {save_dir} unchanged"
+    kept = f"{written} is complete" if written else f"temporary files removed, {save_dir} unchanged"
     print_error(f"{what}: {kept}")
     return exit_status(exc)

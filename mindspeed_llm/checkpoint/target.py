@@ -226,6 +226,7 @@ def staging_dir(target: str) -> Iterator[str]:
     except OSError as exc:
         error = OutputWriteError if exc.errno in _CANNOT_WRITE else CheckpointError  # exit 1 vs a bad path, 2
         raise error(f"--save-dir {target} is not writable ({describe_os_error(exc)})") from None
+    committed = False
     try:
         yield tmp
         with signals_deferred():
@@ -239,17 +240,21 @@ def staging_dir(target: str) -> Iterator[str]:
                 if old:
                     os.replace(old, target)
                 raise
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+            committed = True
     except (CheckpointError, OutputWriteError):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     except OSError as exc:  # reads raise CheckpointError, so an OSError here is a write that failed
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failed(target, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if committed:  # a signal held back during the swap arrives now: the new output is complete
+            exc.committed_output = target
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def mark_hf_export(folder: str, info: dict) -> None:
