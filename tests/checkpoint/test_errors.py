@@ -38,8 +38,13 @@ def models(tmp_path_factory):
 
 
 def _run(capsys, *argv):
+    """(exit code, the error line); a failure prints exactly one ``error:`` line and no traceback."""
     code = main([*argv, "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
+    text = capsys.readouterr().err
+    err = text.strip().splitlines()
+    assert "Traceback" not in text
+    if code:
+        assert len([ln for ln in err if ln.startswith("error:")]) == 1, text
     return code, err[-1] if err else ""
 
 

@@ -36,9 +36,11 @@ from tests.tool_process import (
 
 
 def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    text = capsys.readouterr().err
+    err = text.strip().splitlines()
     assert err, "no error printed"
     assert err[-1].startswith("error: "), err
+    assert "Traceback" not in text and len([ln for ln in err if ln.startswith("error:")]) == 1, text
     return err[-1]
 
 
