@@ -554,7 +554,7 @@ def model_config_from_args(args: argparse.Namespace, vocab_rows: int, base: Any 
     from mindspeed_llm.models.families import ModelConfig
 
     recorded = base.rope_scaling if base is not None else None
-    if base is None and args.rope_scaling_type is None and any(
+    if args.rope_scaling_type is None and any(
             v is not None for v in (args.low_freq_factor, args.high_freq_factor, args.original_max_position_embeddings)):
         raise ArgumentError("--low-freq-factor/--high-freq-factor/--original-max-position-embeddings need "
                             "--rope-scaling-type llama3")

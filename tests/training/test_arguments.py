@@ -103,3 +103,26 @@ def test_megatron_spellings_of_the_resilience_flags():
     assert not args.check_for_nan_in_loss_and_grad and args.exit_signal_handler and args.override_opt_param_scheduler
     assert args_for("--use-checkpoint-opt-param-scheduler").use_checkpoint_opt_param_scheduler
     assert args_for("--check-for-nan-in-loss-and-grad").check_for_nan_in_loss_and_grad
+
+
+def test_rope_scaling_comes_from_the_checkpoint_and_flags_only_complete_it():
+    """A recorded llama3 scaling is used as it is; MindSpeed's type+factor flags are completed from it; flags
+    that describe another scaling, or llama3 parameters without --rope-scaling-type, are refused."""
+    from mindspeed_llm.models.families import ModelConfig
+    from tests.checkpoint.tiny_models import tiny_hf_config
+
+    scaling = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    base = ModelConfig.from_hf_config(tiny_hf_config("llama", rope_scaling=scaling))
+    assert model_config_from_args(args_for(), 100, base).rope_scaling == scaling
+    completed = args_for("--rope-scaling-type llama3 --rope-scaling-factor 4")
+    assert model_config_from_args(completed, 100, base).rope_scaling == scaling
+    with pytest.raises(ArgumentError, match="--rope-scaling-type llama3 gives rope_scaling .* but the --load "
+                                            "checkpoint records"):
+        model_config_from_args(args_for("--rope-scaling-type llama3 --rope-scaling-factor 8"), 100, base)
+    with pytest.raises(ArgumentError, match="need --rope-scaling-type llama3"):
+        model_config_from_args(args_for("--original-max-position-embeddings 64"), 100, base)
+    fresh = model_config_from_args(args_for("--rope-scaling-type llama3 --rope-scaling-factor 8"), 100)
+    assert fresh.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert model_config_from_args(args_for("--qk-layernorm"), 100).architecture == "Qwen3ForCausalLM"
