@@ -135,8 +135,13 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
     rng = None if args.no_save_rng else _rng_sharded_object(args)
     state = _state_dict(model, None if args.no_save_optim else optimizer, scheduler, rng, metadata,
                         is_loading=False, extra=extra)
-    dist_checkpointing.save(state, staging, get_default_save_sharded_strategy(FORMAT),
-                            content_metadata=_clean_metadata_for_serialization(metadata))
+    try:
+        dist_checkpointing.save(state, staging, get_default_save_sharded_strategy(FORMAT),
+                                content_metadata=_clean_metadata_for_serialization(metadata))
+    except BaseException:
+        if rank0:  # nothing half-written stays behind; the tracker still names the previous checkpoint
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     torch.distributed.barrier()
     if rank0:
         _pause_for_test(iteration)
@@ -228,7 +233,7 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
 
-    from mindspeed_llm.training.checkpointing import set_rng_state
+    from mindspeed_llm.training.checkpointing import _load_scheduler, _load_weights, set_rng_state
 
     folder = iteration_dir(args.load, iteration)
     where = f"the checkpoint {args.load} (iteration {iteration}, torch_dist)"
@@ -263,13 +268,15 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
                               _rng_sharded_object(args) if load_rng else None, metadata, is_loading=True)
         with layout.allowed_globals():
             state = dist_checkpointing.load(sharded, folder, get_default_load_sharded_strategy(folder))
+        check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
         for i, chunk in enumerate(model):
-            _unwrap(chunk).load_state_dict(state["model" if len(model) == 1 else f"model{i}"], strict=True)
+            key = "model" if len(model) == 1 else f"model{i}"
+            _load_weights(chunk, state[key], folder, key, check_finite)
         if load_optim:
             optimizer.load_state_dict(state["optimizer"])
             if args.use_distributed_optimizer:
                 _restore_adam_steps(optimizer)
-            scheduler.load_state_dict(state["opt_param_scheduler"])
+            _load_scheduler(scheduler, state["opt_param_scheduler"], folder)
         elif hasattr(optimizer, "reload_model_params"):
             optimizer.reload_model_params()  # main (fp32) params from the loaded weights
     if load_rng and "rng_state" in state:

@@ -67,7 +67,7 @@ def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
     assert dist_checkpointing.load_content_metadata(str(it3))["distrib_optim_sharding_type"] == "dp_reshardable"
 
     resumed = run_pretrain(*flags, "--load", str(_only_iteration(save, 3, tiny["root"] / "dp2_at3")), nproc=2)
-    assert "from iteration 3 to 6" in resumed
+    assert "iterations 4 to 6" in resumed
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
     # The distributed optimizer's state reshards only over DP: TP2 refuses it with one line, before training.
