@@ -267,9 +267,12 @@ def last_complete_checkpoint(save: str | None) -> str:
 
 
 def _write_failure(path: str, exc: BaseException) -> str:
-    """Why writing ``path`` failed, as far as can be told (torch's zip writer drops errno)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
+    """Why writing ``path`` failed, as far as can be told (torch's zip writer often drops errno)."""
+    from mindspeed_llm.io_errors import describe_os_error, os_error_of
+
+    os_error = os_error_of(exc)
+    if os_error is not None:
+        return describe_os_error(os_error)
     import resource
     import shutil
 
@@ -285,11 +288,16 @@ def _write_failure(path: str, exc: BaseException) -> str:
 
 def _write(path: str, write, args: argparse.Namespace) -> None:
     """Run ``write()`` (which creates ``path``); a failed write removes ``path`` and raises SaveError."""
+    from mindspeed_llm.io_errors import interrupt_of
+
     try:
         write()
     except (OSError, RuntimeError) as exc:
         with contextlib.suppress(OSError):
             os.remove(path)
+        interrupt = interrupt_of(exc)
+        if interrupt is not None:  # a signal torch.save wrapped in its RuntimeError: an interrupt, not a disk
+            raise interrupt from None
         raise SaveError(f"could not write {path} ({_write_failure(path, exc)}); removed it, the last complete "
                         f"checkpoint stays: {last_complete_checkpoint(args.save)}. Free space there or give "
                         "another --save") from None

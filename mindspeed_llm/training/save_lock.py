@@ -14,7 +14,6 @@ debris of a save that was killed (kill -9 leaves them, nothing else does): they 
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import glob
 import logging
@@ -30,13 +29,9 @@ _HELD: dict[str, int] = {}
 
 
 def _why(exc: OSError) -> str:
-    if exc.errno == errno.EROFS:
-        return "the file system is read-only"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    if exc.errno == errno.ENOSPC:
-        return "the disk is full"
-    return exc.strerror or str(exc)
+    from mindspeed_llm.io_errors import describe_os_error
+
+    return describe_os_error(exc)
 
 
 def _holder(fd: int) -> str:
@@ -58,8 +53,9 @@ def lock_save_folder(save: str) -> None:
         os.makedirs(save, exist_ok=True)
         fd = os.open(os.path.join(save, LOCK_FILENAME), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise SaveError(f"--save {save} is not writable ({_why(exc)}): give a folder this user can write "
-                        "checkpoints into") from None
+        why = _why(exc)
+        fix = "" if ";" in why else ": give a folder this user can write checkpoints into"
+        raise SaveError(f"--save {save} is not writable ({why}){fix}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
