@@ -326,7 +326,6 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
 
     Returns a summary (iterations, last losses, mean throughput) on every rank.
     """
-
     args = initialize_megatron(argv, extra_args_provider, args_defaults)
     signals.configure(args.exit_signal_handler)
     args.model_type = getattr(model_type, "name", str(model_type))

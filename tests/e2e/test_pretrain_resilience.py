@@ -142,7 +142,7 @@ def test_full_disk_during_a_save_removes_the_temporary_and_keeps_the_last_checkp
     proc = _run(*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
                 "--override-opt_param-scheduler")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "from iteration 4 to 6" in proc.stdout
+    assert "training ... iterations 5 to 6" in proc.stdout
     _assert_last_complete(save, 6)
 
 
