@@ -1,10 +1,12 @@
 """One training run per ``--save`` folder: an advisory lock file, and the debris of interrupted saves.
 
-The lock is ``fcntl.flock`` on ``SAVE/.mindspeed_llm_train.lock``, which holds the holder's host and
-PID for the error a second run prints. The kernel drops a flock when its process ends, however it
-ends (kill -9 included), so a dead run never keeps a folder locked; the file itself stays behind and
-means nothing without the flock. Global rank 0 takes it; with ``--no-shared-storage`` every node
-saves into its own folder, so the first process of every node takes the lock of its node's copy.
+The lock is ``fcntl.flock`` on ``SAVE/.mindspeed_llm_train.lock``, which holds the holder's host, PID,
+start time and run tag (torchrun's rendezvous address and run id) for the error a second run prints.
+The kernel drops a flock when its process ends, however it ends (kill -9 included), so a dead run never
+keeps a folder locked; the file itself stays behind and means nothing without the flock. Global rank 0
+takes it; with ``--no-shared-storage`` every node saves into its own folder, so the first process of
+every node takes the lock of its node's copy (a node that finds the folder held under its own run's tag
+goes on: the storage was shared after all).
 flock works on local file systems and on NFS v4 (Linux emulates it with POSIX locks there).
 
 Whoever holds the lock knows no other run writes into the folder, so ``*.tmp`` files there are the
@@ -34,14 +36,21 @@ def _why(exc: OSError) -> str:
     return describe_os_error(exc)
 
 
-def _holder(fd: int) -> str:
-    """``host H, PID P, since T`` as the holder wrote it (or what little can be read)."""
+def _run_tag() -> str:
+    """This launch's identity (torchrun's rendezvous address and run id); "-" without torchrun."""
+    if "MASTER_ADDR" not in os.environ or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return "-"
+    return f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}/{os.environ['TORCHELASTIC_RUN_ID']}"
+
+
+def _holder(fd: int) -> tuple[str, str]:
+    """(``host H, PID P, since T`` as the holder wrote it, its run tag)."""
     os.lseek(fd, 0, os.SEEK_SET)
     fields = os.read(fd, 512).decode("utf-8", "replace").split()
     if len(fields) >= 2:
         since = f", since {fields[2]}" if len(fields) > 2 else ""
-        return f"host {fields[0]}, PID {fields[1]}{since}"
-    return "a process that has not written its name yet"
+        return f"host {fields[0]}, PID {fields[1]}{since}", (fields[3] if len(fields) > 3 else "")
+    return "a process that has not written its name yet", ""
 
 
 def lock_save_folder(save: str) -> None:
@@ -59,14 +68,16 @@ def lock_save_folder(save: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _holder(fd)
+        holder, tag = _holder(fd)
         os.close(fd)
+        if tag != "-" and tag == _run_tag():
+            return  # --no-shared-storage on storage that is shared after all: another node of this run holds it
         raise SaveError(f"--save {save} is in use by another training run ({holder}): wait for it to end, or "
                         "give this run another --save folder") from None
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()} {stamp}\n".encode(), 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()} {stamp} {_run_tag()}\n".encode(), 0)
     except OSError as exc:
         os.close(fd)
         raise SaveError(f"--save {save} is not writable ({_why(exc)}): free space there or give another "

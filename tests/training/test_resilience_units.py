@@ -71,6 +71,25 @@ def test_a_second_holder_is_refused_with_host_and_pid_and_a_dead_one_holds_nothi
         save_lock.release_save_folder(str(save))
 
 
+def test_another_node_of_the_same_run_is_not_refused(tmp_path, monkeypatch):
+    """--no-shared-storage on a folder that is shared after all: the lock's run tag says it is one run."""
+    save = tmp_path / "ckpt"
+    run = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "6000", "TORCHELASTIC_RUN_ID": "job-7"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(save)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **run})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for key, value in run.items():
+            monkeypatch.setenv(key, value)
+        save_lock.lock_save_folder(str(save))  # same run: goes on without the lock
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-8")
+        with pytest.raises(SaveError, match="in use by another training run"):
+            save_lock.lock_save_folder(str(save))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+
+
 def test_stale_temporaries_are_removed_but_complete_files_stay(tmp_path):
     rank = tmp_path / "iter_0000004" / "mp_rank_00"
     rank.mkdir(parents=True)
