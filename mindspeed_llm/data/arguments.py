@@ -6,8 +6,14 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from mindspeed_llm.data.chat_templates import PROMPT_TYPES
 from mindspeed_llm.data.errors import PreprocessError
-from mindspeed_llm.data.handlers import DEFAULT_KEYS, HANDLERS
+from mindspeed_llm.data.handlers import (
+    DEFAULT_KEYS,
+    HANDLERS,
+    INSTRUCTION_HANDLER_NAMES,
+    is_instruction_handler,
+)
 from mindspeed_llm.data.tokenizer import TOKENIZER_TYPES
 
 
@@ -25,12 +31,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="columns to tokenize, one dataset per key (default: text)",
     )
     group.add_argument(
-        "--handler-name", default="GeneralPretrainHandler", choices=list(HANDLERS),
-        help="how rows become document text (default: GeneralPretrainHandler)",
+        "--handler-name", default="GeneralPretrainHandler", choices=[*HANDLERS, *INSTRUCTION_HANDLER_NAMES],
+        help="how rows become document text (default: GeneralPretrainHandler); the *InstructionHandler ones "
+        "write fine-tuning data (<prefix>_packed_{input_ids,attention_mask,labels}_document)",
     )
     group.add_argument(
         "--skip-bad-rows", action="store_true",
         help="skip rows that cannot be read (not UTF-8, invalid JSON, missing key) instead of stopping",
+    )
+    group = parser.add_argument_group("instruction data (AlpacaStyleInstructionHandler, SharegptStyleInstructionHandler)")
+    group.add_argument(
+        "--prompt-type", default=None, choices=list(PROMPT_TYPES),
+        help="chat template; chat_template = the tokenizer folder's own chat_template",
+    )
+    group.add_argument(
+        "--map-keys", default=None,
+        help="JSON dict renaming columns, MindSpeed name -> column, e.g. "
+        "'{\"prompt\":\"instruction\",\"query\":\"input\",\"response\":\"output\"}'",
+    )
+    group.add_argument(
+        "--seq-length", type=int, default=None,
+        help="samples of this many tokens or more are dropped (cut to seq-length - 1 with --neat-pack)",
+    )
+    group.add_argument("--pack", action="store_true", help="pack whole samples greedily into sequences of --seq-length")
+    group.add_argument(
+        "--neat-pack", action="store_true",
+        help="with --pack: the attention mask numbers the samples of a pack (1, 2, ...; 0 = padding)",
     )
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", default="PretrainedFromHF", choices=TOKENIZER_TYPES)
@@ -71,6 +97,7 @@ def validate_args(args: argparse.Namespace) -> None:
         raise PreprocessError(f"--log-interval {args.log_interval}: must be at least 1")
     if args.merge_group_keys is None and not args.tokenizer_name_or_path:
         raise PreprocessError("--tokenizer-name-or-path is required: point it at a local HF model folder")
+    validate_instruction_args(args)
     prefix = args.output_prefix
     if not prefix or prefix.endswith(("/", os.sep)):
         raise PreprocessError(
@@ -88,3 +115,38 @@ def validate_args(args: argparse.Namespace) -> None:
                     f"--output-prefix {prefix}: already ends in {suffix}, and the tool appends "
                     f"_<key>_document itself: try --output-prefix {prefix[: -len(suffix)]}"
                 )
+
+
+def validate_instruction_args(args: argparse.Namespace) -> None:
+    """The instruction flags: required with an instruction handler, refused without one."""
+    instruction = is_instruction_handler(args.handler_name) and args.merge_group_keys is None
+    given = [flag for flag, on in (
+        ("--prompt-type", args.prompt_type is not None), ("--map-keys", args.map_keys is not None),
+        ("--seq-length", args.seq_length is not None), ("--pack", args.pack), ("--neat-pack", args.neat_pack),
+    ) if on]
+    if not instruction:
+        if given:
+            raise PreprocessError(
+                f"{given[0]}: only instruction handlers use it; pass --handler-name AlpacaStyleInstructionHandler "
+                "or SharegptStyleInstructionHandler, or drop the flag"
+            )
+        return
+    if args.prompt_type is None:
+        raise PreprocessError(
+            f"--handler-name {args.handler_name} needs --prompt-type (the chat template): one of {', '.join(PROMPT_TYPES)}"
+        )
+    if list(args.json_keys) != list(DEFAULT_KEYS):
+        raise PreprocessError(
+            f"--json-keys: {args.handler_name} reads its columns by name; rename them with --map-keys instead"
+        )
+    if args.n_subs > 1:
+        raise PreprocessError(
+            f"--n-subs {args.n_subs}: not available with {args.handler_name} (samples are counted and packed over "
+            "the whole input); drop --n-subs and use --workers"
+        )
+    if args.seq_length is not None and args.seq_length < 2:
+        raise PreprocessError(f"--seq-length {args.seq_length}: must be at least 2")
+    if args.pack and args.seq_length is None:
+        raise PreprocessError("--pack needs --seq-length (the length of a packed sequence)")
+    if args.neat_pack and not args.pack:
+        raise PreprocessError("--neat-pack needs --pack")

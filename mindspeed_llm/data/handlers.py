@@ -178,11 +178,21 @@ HANDLERS = {
 }
 
 
+# Instruction (fine-tuning) handlers, in mindspeed_llm.data.instruction_handlers: they write
+# <prefix>_packed_{input_ids,attention_mask,labels}_document instead of one dataset per key.
+INSTRUCTION_HANDLER_NAMES = ("AlpacaStyleInstructionHandler", "SharegptStyleInstructionHandler")
+
+
+def is_instruction_handler(name: str) -> bool:
+    """Whether ``--handler-name`` names an instruction (fine-tuning) handler."""
+    return name in INSTRUCTION_HANDLER_NAMES
+
+
 def build_handler(name: str, json_keys: Sequence[str]):
-    """The handler named by ``--handler-name``."""
+    """The pretraining handler named by ``--handler-name``."""
     if name not in HANDLERS:
         raise PreprocessError(
             f"--handler-name {name}: unknown or not a pretraining handler; choose one of "
-            f"{', '.join(HANDLERS)} (instruction/fine-tuning handlers are not supported)"
+            f"{', '.join([*HANDLERS, *INSTRUCTION_HANDLER_NAMES])}"
         )
     return HANDLERS[name](json_keys)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
-from mindspeed_llm.data.handlers import build_handler
+from mindspeed_llm.data.handlers import build_handler, is_instruction_handler
 from mindspeed_llm.data.indexed_writer import (
     IndexedDatasetWriter,
     dataset_paths,
@@ -127,11 +127,12 @@ def _split_tasks(texts: dict[str, list[str]], num_rows: int) -> Iterator[dict[st
         start = stop
 
 
-def _ordered_results(pool, tasks: Iterable, max_pending: int) -> Iterator:
-    """pool.apply_async over tasks, results in task order, at most max_pending in flight."""
+def _ordered_results(pool, tasks: Iterable, max_pending: int, fn=None) -> Iterator:
+    """pool.apply_async(fn) over tasks, results in task order, at most max_pending in flight."""
+    fn = fn or _encode_task
     pending: deque = deque()
     for task, meta in tasks:
-        pending.append((pool.apply_async(_encode_task, (task,)), meta))
+        pending.append((pool.apply_async(fn, (task,)), meta))
         if len(pending) >= max_pending:
             result, meta = pending.popleft()
             yield result.get(), meta
@@ -301,6 +302,8 @@ def preprocess(args: argparse.Namespace) -> dict[str, str]:
     """Run the whole tokenization described by ``args``; returns key -> dataset prefix written."""
     source = discover_inputs(args.input)
     _log(f"input {args.input}: {source.describe()}")
+    if is_instruction_handler(args.handler_name):
+        return _preprocess_instruction(source, args)
     handler = build_handler(args.handler_name, args.json_keys)
     handler.input_columns(available_columns(source), source.files[0])  # fail before any work
     tokenizer = DocumentTokenizer(args.tokenizer_name_or_path, args.append_eod)
@@ -319,6 +322,34 @@ def preprocess(args: argparse.Namespace) -> dict[str, str]:
     if progress.skipped:
         _log(f"skipped {progress.skipped} bad rows (--skip-bad-rows)")
     _log(f"done: {progress.documents} documents, {progress.tokens} tokens ({progress.rates()})")
+    for prefix in prefixes.values():
+        _log(f"wrote {prefix}.bin and {prefix}.idx")
+    return prefixes
+
+
+def _preprocess_instruction(source: InputSource, args: argparse.Namespace) -> dict[str, str]:
+    """Instruction handlers: conversations -> the three ``_packed_*_document`` datasets."""
+    from mindspeed_llm.data.instruction import (
+        INSTRUCTION_HANDLERS,
+        instruction_prefixes,
+        parse_map_keys,
+        preprocess_instruction,
+        summary,
+    )
+
+    handler = INSTRUCTION_HANDLERS[args.handler_name](parse_map_keys(args.map_keys))
+    handler.input_columns(available_columns(source), source.files[0])  # fail before any work
+    tokenizer = DocumentTokenizer(args.tokenizer_name_or_path, args.append_eod)
+    _log(
+        f"tokenizer {args.tokenizer_name_or_path}: {type(tokenizer.hf).__name__}, --prompt-type {args.prompt_type}, "
+        "int32 tokens and labels (-100 on prompts)"
+    )
+    _ensure_output_dir(args.output_prefix)
+    prefixes = instruction_prefixes(args.output_prefix)
+    check_output_not_input(args.output_prefix, source.files, prefixes.values())
+    counts = preprocess_instruction(source, args, tokenizer, _log)
+    for line in summary(counts, args):
+        _log(line)
     for prefix in prefixes.values():
         _log(f"wrote {prefix}.bin and {prefix}.idx")
     return prefixes

@@ -207,15 +207,6 @@ def test_output_prefix_with_document_suffix(tmp_path, bpe_tokenizer, capsys):
     assert "_text_document" in msg and f"--output-prefix {tmp_path / 'alpaca'}" in msg
 
 
-def test_instruction_handler_is_rejected(tmp_path, bpe_tokenizer, capsys):
-    src = write_jsonl(ROWS, str(tmp_path / "in"))
-    with pytest.raises(SystemExit) as exit_info:
-        run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
-            "--handler-name", "AlpacaStyleInstructionHandler")
-    assert exit_info.value.code == 2
-    assert "--handler-name" in capsys.readouterr().err
-
-
 def test_n_subs_larger_than_file_count(tmp_path, bpe_tokenizer, capsys):
     src = write_jsonl(ROWS, str(tmp_path / "in"))
     rc = run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
