@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -137,34 +138,45 @@ class _Scratch:
         pid = os.getpid()
         self.paths = (f"{self.base}.bin.tmp{pid}", f"{self.base}.lengths.tmp{pid}")
         self.lengths: list[int] = []
-        self._files = [open(p, "wb") for p in self.paths]  # noqa: SIM115 - closed in close()/remove()
+        self._files = []
+        with self._writing():
+            for path in self.paths:
+                self._files.append(open(path, "wb"))  # noqa: SIM115 - closed in close()/remove()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """OSError (full disk, read-only folder) -> one line naming the file."""
+        try:
+            yield
+        except OSError as exc:
+            raise OutputWriteError(
+                f"writing {self.paths[0]} failed ({describe_os_error(exc)}); temporary files removed, "
+                "no earlier output was changed"
+            ) from None
 
     def add(self, ids: np.ndarray, labels: np.ndarray) -> None:
-        self._files[0].write(ids.tobytes())
-        self._files[1].write(labels.tobytes())
+        """Append one sample."""
+        with self._writing():
+            self._files[0].write(ids.tobytes())
+            self._files[1].write(labels.tobytes())
         self.lengths.append(ids.size)
 
     def close(self) -> tuple[np.ndarray, np.ndarray]:
         """Flush and map both files for reading."""
-        for f in self._files:
-            f.close()
-        if not self.lengths:
-            empty = np.zeros(0, dtype=TOKEN_DTYPE)
-            return empty, empty
+        with self._writing():
+            for f in self._files:
+                f.close()
         return tuple(np.memmap(p, dtype=TOKEN_DTYPE, mode="r") for p in self.paths)
 
     def remove(self) -> None:
+        """Close and delete both files (best effort: the first error is the one reported)."""
         for f in self._files:
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
         for p in self.paths:
-            if os.path.exists(p):
-                try:
+            with contextlib.suppress(OSError):
+                if os.path.exists(p):
                     os.remove(p)
-                except OSError:
-                    pass
 
 
 def greedy_packs(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -298,13 +310,7 @@ def preprocess_instruction(
                 counts.learned += learned
                 counts.no_answer += learned == 0
                 if scratch is not None:
-                    try:
-                        scratch.add(sample_ids, sample_labels)
-                    except OSError as exc:
-                        raise OutputWriteError(
-                            f"writing {scratch.paths[0]} failed ({describe_os_error(exc)}); temporary files "
-                            "removed, no earlier output was changed"
-                        ) from None
+                    scratch.add(sample_ids, sample_labels)
                 else:
                     _write_sample(writers, sample_ids, sample_labels, np.ones(sample_ids.size, dtype=TOKEN_DTYPE))
             progress.update(int(lengths.size), int(ids.size), input_bytes, log)

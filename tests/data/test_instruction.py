@@ -10,6 +10,7 @@ to it ends. Written files are read back with megatron-core's ``IndexedDataset``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 
@@ -341,3 +342,49 @@ def test_bad_conversation_names_the_row_or_is_skipped(tmp_path, bpe_tokenizer, c
     assert _sft(src, bpe_tokenizer, tmp_path / "o", *argv, "--skip-bad-rows") == 0
     assert "skipped 1 bad rows" in capsys.readouterr().err
     assert len(read_sft(tmp_path / "o")["input_ids"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack", [False, True])
+def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tokenizer, pack):
+    """A 64 KiB file-size limit in the child: the first write past it fails with EFBIG as on a full disk."""
+    from tests.tool_process import error_line, leftovers, run_tool, tree_digest
+
+    rows = [{"instruction": f"question {i} " + "word " * 20, "input": "", "output": "answer " * 30} for i in range(600)]
+    src = write_jsonl(rows, str(tmp_path / "big"))
+    out = tmp_path / "out"
+    argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", *ALPACA,
+            "--workers", 2] + (["--pack", "--seq-length", 512] if pack else [])
+    assert _sft(write_jsonl(ALPACA_ROWS, str(tmp_path / "small")), bpe_tokenizer, out / "o", *ALPACA) == 0
+    before = tree_digest(out)
+    proc = run_tool("preprocess_data.py", *argv, fsize=64 * 1024)
+    line = error_line(proc.stderr)
+    assert proc.returncode == 1 and "failed (File too large" in line and "temporary files removed" in line, line
+    assert tree_digest(out) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer):
+    """examples/mcore/qwen25/data_convert_qwen25_instruction.sh as a user runs it (quick start's parquet)."""
+    import shutil
+    import subprocess
+
+    from mindspeed_llm.quickstart.assets import write_alpaca_parquet
+    from tests.conftest import REPO_ROOT
+
+    script = "examples/mcore/qwen25/data_convert_qwen25_instruction.sh"
+    write_alpaca_parquet(tmp_path / "dataset" / "train-00000-of-00001-a09b74b3ef9c3b56.parquet", max_rows=20)
+    shutil.copytree(qwen_chat_tokenizer, tmp_path / "model_from_hf" / "qwen2.5-7b-hf")
+    (tmp_path / "preprocess_data.py").symlink_to(REPO_ROOT / "preprocess_data.py")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO_ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = read_sft(tmp_path / "finetune_dataset" / "alpaca")
+    assert len(got["input_ids"]) == 20
+    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(tmp_path / "dataset" / "train-00000-of-00001-a09b74b3ef9c3b56.parquet").to_pylist()[0]
+    ids, labels = expected_sample(tok, _alpaca_messages({**row, "system": None}))
+    assert got["input_ids"][0] == ids and got["labels"][0] == labels
