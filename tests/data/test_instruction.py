@@ -388,3 +388,40 @@ def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer
     row = pq.read_table(tmp_path / "dataset" / "train-00000-of-00001-a09b74b3ef9c3b56.parquet").to_pylist()[0]
     ids, labels = expected_sample(tok, _alpaca_messages({**row, "system": None}))
     assert got["input_ids"][0] == ids and got["labels"][0] == labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,word", [(2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)")])
+def test_signal_while_writing_packed_data(tmp_path, bpe_tokenizer, sig, code, word):
+    """A real signal once --pack's scratch file holds samples: one line, earlier output kept, nothing left."""
+    from tests.tool_process import error_line, leftovers, signal_when, start_tool, tree_digest
+
+    rows = [{"instruction": f"question {i} " + "word " * 20, "input": "", "output": "answer " * 30}
+            for i in range(20000)]
+    src = write_jsonl(rows, str(tmp_path / "big"))
+    out = tmp_path / "out"
+    assert _sft(write_jsonl(ALPACA_ROWS, str(tmp_path / "small")), bpe_tokenizer, out / "o", *ALPACA) == 0
+    before = tree_digest(out)
+
+    def writing() -> bool:
+        return any(".bin.tmp" in n and os.path.getsize(out / n) > 0 for n in os.listdir(out))
+
+    proc = start_tool("preprocess_data.py", "--input", src, "--tokenizer-name-or-path", bpe_tokenizer,
+                      "--output-prefix", out / "o", *ALPACA, "--workers", 2, "--pack", "--seq-length", 512)
+    rc, err = signal_when(proc, writing, sig)
+    assert rc == code, err
+    line = error_line(err)
+    assert word in line and "temporary files removed" in line
+    assert tree_digest(out) == before and leftovers(tmp_path) == []
+
+
+def test_tokenizers_without_offsets_split_prompt_and_answer_alike(qwen_chat_tokenizer):
+    """The per-piece path (slow tokenizers) gives the same ids and labels as the offsets path on ChatML."""
+    from mindspeed_llm.data.instruction import InstructionEncoder
+    from mindspeed_llm.data.tokenizer import DocumentTokenizer
+
+    encoder = InstructionEncoder(DocumentTokenizer(qwen_chat_tokenizer), "qwen", append_eod=False)
+    turns = list(SHAREGPT_TURNS)
+    fast = encoder.sample("Be kind.", turns)
+    encoder.fast = False
+    assert encoder.sample("Be kind.", turns) == fast
