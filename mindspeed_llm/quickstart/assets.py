@@ -177,9 +177,8 @@ def write_tiny_qwen25_folder(folder: str | os.PathLike, *, seed: int = 1234, con
         config_dict = {**TINY_CONFIGS[model], **(config_overrides or {})}
         config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if k != "torch_dtype"})
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model = model.to(torch.bfloat16)
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
+        hf_model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         (write_qwen3_tokenizer if model == "qwen3" else write_qwen25_tokenizer)(tmp)
         # Keep the hub's key names (transformers 4.x style) as a real folder has them.
         written = json.loads((tmp / "config.json").read_text())

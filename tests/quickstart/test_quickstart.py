@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 from safetensors import safe_open
+from transformers import AutoTokenizer
 
 from mindspeed_llm.quickstart.summary import losses_from_log
 from tests.conftest import REPO_ROOT, free_port
@@ -71,6 +72,8 @@ def test_quickstart_qwen3_variant(tmp_path) -> None:
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     assert "tiny Qwen3 HF folder" in proc.stdout
+    source_tokenizer = AutoTokenizer.from_pretrained(out / "model_from_hf" / "qwen3-tiny-hf")
+    assert source_tokenizer.convert_tokens_to_ids("<think>") == 151667  # Qwen3's tokenizer, not Qwen2.5's
     losses = losses_from_log((out / "logs" / "train_mcore_qwen3_tiny.log").read_text())
     assert [it for it, _ in losses] == [2, 3, 4]
     back = out / "model_from_hf" / "qwen3-tiny-hf" / "mg2hf"
