@@ -144,6 +144,7 @@ def main() -> None:
     p.add_argument("--layouts", default="tp1pp2,tp2pp1", help="comma-separated tpXppY")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None, help="kept when given (logs, checkpoints)")
+    p.add_argument("--extra", default="", help="more flags for both runs, e.g. --extra=--no-bias-swiglu-fusion")
     opts = p.parse_args()
     work = opts.workdir or Path(tempfile.mkdtemp(prefix="megatron_lm_dropin_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -154,14 +155,15 @@ def main() -> None:
     tag = subprocess.run(["git", "-C", str(megatron_lm), "describe", "--tags", "--always"], capture_output=True,
                          text=True).stdout.strip() or "unknown (not a git checkout)"
     print(f"Megatron-LM: {megatron_lm} ({tag}); mindspeed_llm: {REPO}; {opts.iters} iterations, fp32, "
-          f"{opts.nproc} processes, gbs 8, mbs 2, seq {SHAPE['seq']}")
+          f"{opts.nproc} processes, gbs 8, mbs 2, seq {SHAPE['seq']}" + (f"; extra flags: {opts.extra}" if opts.extra
+                                                                         else ""))
     for layout in opts.layouts.split(","):
         m = re.fullmatch(r"tp(\d+)pp(\d+)", layout.strip())
         if not m:
             sys.exit(f"error: --layouts {layout}: expected tpXppY, e.g. tp1pp2")
         tp, pp = int(m[1]), int(m[2])
         load = convert(hf, work / f"mg_{layout}", tp, pp)
-        args = flags(data, load, tp, pp, opts.iters)
+        args = flags(data, load, tp, pp, opts.iters) + opts.extra.split()
         theirs = run(script, script.parent, f"{script.parent}{os.pathsep}{REPO}", args, opts.nproc,
                      work / f"megatron_lm_{layout}.log")
         ours = run(REPO / "pretrain_gpt.py", REPO, str(REPO), args, opts.nproc, work / f"ours_{layout}.log")
