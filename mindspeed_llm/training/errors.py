@@ -43,10 +43,9 @@ class PeerFailed(RuntimeError):
 class TrainingInterrupted(BaseException):
     """SIGINT/SIGTERM without --exit-signal-handler (a BaseException, as KeyboardInterrupt is)."""
 
-    def __init__(self, signum: int, where: str = "") -> None:
+    def __init__(self, signum: int) -> None:
         self.signum = signum
-        self.where = where
-        super().__init__(f"{signal.Signals(signum).name}{where}")
+        super().__init__(signal.Signals(signum).name)
 
     @property
     def exit_code(self) -> int:
