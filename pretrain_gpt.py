@@ -21,12 +21,11 @@ mindspeed_llm.apply_base_patches()  # device layer first: megatron-core then run
 from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
-from megatron.core import parallel_state  # noqa: E402
 from megatron.core.enums import ModelType  # noqa: E402
 
 from mindspeed_llm.models.builder import build_gpt_model  # noqa: E402
 from mindspeed_llm.training.arguments import transformer_config_from_args  # noqa: E402
-from mindspeed_llm.training.data import build_gpt_datasets  # noqa: E402
+from mindspeed_llm.training.data import broadcast_batch, build_gpt_datasets  # noqa: E402
 from mindspeed_llm.training.initialize import get_args  # noqa: E402
 from mindspeed_llm.training.training import get_model_config, get_tokenizer, pretrain, run_main  # noqa: E402
 
@@ -42,22 +41,29 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
 
 
 def get_batch(data_iterator):
-    """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch."""
-    batch = next(data_iterator)
+    """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch (Nones on middle stages).
+
+    TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group.
+    """
+    batch = broadcast_batch(data_iterator)
+    if batch is None:
+        return None, None, None, None, None
     # No attention mask: the model's causal mask applies (--reset-attention-mask is refused).
-    return (batch["tokens"].cuda(), batch["labels"].cuda(), batch["loss_mask"].cuda(), None,
-            batch["position_ids"].cuda())
+    return batch["tokens"], batch["labels"], batch["loss_mask"], None, batch["position_ids"]
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Mean token loss of the micro-batch; reports it averaged over the data-parallel group."""
+    """Megatron-LM's GPT loss: the masked token losses' sum, their count, and both for the log.
+
+    The schedule divides the sum by the count and the micro-batch count (or, with
+    --calculate-per-token-loss, the gradients by the global batch's token count); the trainer
+    reports sum / count over the global batch and the data-parallel ranks.
+    """
     losses = output_tensor.float().view(-1)
     loss_mask = loss_mask.view(-1).float()
-    loss = torch.sum(losses * loss_mask) / loss_mask.sum().clamp(min=1)
-    reported = loss.detach().clone()  # the schedule divides `loss` in place by the micro-batch count
-    torch.distributed.all_reduce(reported, group=parallel_state.get_data_parallel_group())
-    reported /= parallel_state.get_data_parallel_world_size()
-    return loss, {"lm loss": reported}
+    loss = torch.sum(losses * loss_mask)
+    num_tokens = loss_mask.sum().clone().detach().to(torch.int)
+    return loss, num_tokens, {"lm loss": torch.cat([loss.clone().detach().view(1), num_tokens.view(1)])}
 
 
 def forward_step(data_iterator, model):

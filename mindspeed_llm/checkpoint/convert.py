@@ -38,7 +38,12 @@ from mindspeed_llm.checkpoint.target import (
     mark_hf_export,
     staging_dir,
 )
-from mindspeed_llm.models.families import ModelConfig, check_model_type_hf, dtype_hf_name
+from mindspeed_llm.models.families import (
+    ModelConfig,
+    check_model_type_hf,
+    dtype_hf_name,
+    rope_scaling_to_flags,
+)
 
 HF_TO_MG_ITERATION = 1
 
@@ -158,6 +163,8 @@ def make_checkpoint_args(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int
         hf_config=cfg.to_hf_config(),
         hf_architecture=cfg.architecture,
     )
+    # Every model-defining setting, under its Megatron flag's name: a launch that contradicts one is refused.
+    fields.update(rope_scaling_to_flags(cfg.rope_scaling))
     for key, value in fields.items():
         setattr(args, key, value)
     if opts.load_model_type == "hf":

@@ -164,6 +164,16 @@ def check_hf_config_values(cfg: dict) -> None:
         raise ValueError(f"num_key_value_heads={groups} does not divide num_attention_heads={heads}")
     if not cfg.get("head_dim") and cfg["hidden_size"] % heads:
         raise ValueError(f"num_attention_heads={heads} does not divide hidden_size={cfg['hidden_size']}")
+# Megatron/MindSpeed RoPE scaling flags (argument names) and the HF ``rope_scaling`` keys they set.
+ROPE_SCALING_FLAGS = (("rope_scaling_type", "rope_type"), ("rope_scaling_factor", "factor"),
+                      ("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor"),
+                      ("original_max_position_embeddings", "original_max_position_embeddings"))
+
+
+def rope_scaling_to_flags(rope_scaling: dict | None) -> dict:
+    """The RoPE scaling flags' values for an HF-form ``rope_scaling`` (all None without scaling)."""
+    scaling = rope_scaling or {}
+    return {attr: scaling.get(key) for attr, key in ROPE_SCALING_FLAGS}
 
 
 def _read_rope(cfg: dict) -> tuple[float, dict | None]:

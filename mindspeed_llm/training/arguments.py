@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-cpu-initialization", action="store_true")
     g.add_argument("--cross-entropy-loss-fusion", action="store_true",
                    help="megatron-core's fused (torch.compile'd) vocab-parallel cross entropy")
+    g.add_argument("--calculate-per-token-loss", action="store_true",
+                   help="scale gradients by the global batch's token count instead of per micro-batch means")
 
     g = p.add_argument_group("kernels (CUDA/NPU only; no-ops on CPU)")
     g.add_argument("--use-flash-attn", action="store_true")
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
     g.add_argument("--num-layer-list", type=str, default=None, help="layers per pipeline stage, e.g. 6,8,8,6")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=int, default=None,
+                   help="layers of the first pipeline stage (the others share the rest evenly)")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=int, default=None,
+                   help="layers of the last pipeline stage (the others share the rest evenly)")
     g.add_argument("--context-parallel-size", type=int, default=1)
     g.add_argument("--context-parallel-algo", default="megatron_cp_algo")
     g.add_argument("--sequence-parallel", action="store_true")
@@ -142,12 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-decay-style", default="linear",
                    choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"])
     g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--lr-decay-samples", type=int, default=None, help="with --train-samples")
+    g.add_argument("--lr-warmup-samples", type=int, default=0, help="with --train-samples")
     g.add_argument("--lr-warmup-fraction", type=float, default=None)
     g.add_argument("--lr-warmup-iters", type=int, default=0)
     g.add_argument("--lr-warmup-init", type=float, default=0.0)
     g.add_argument("--lr-wsd-decay-style", default="exponential",
                    choices=["exponential", "linear", "cosine", "minus_sqrt"])
     g.add_argument("--lr-wsd-decay-iters", type=int, default=None)
+    g.add_argument("--lr-wsd-decay-samples", type=int, default=None, help="with --train-samples")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--start-weight-decay", type=float, default=None)
     g.add_argument("--end-weight-decay", type=float, default=None)
@@ -170,9 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--global-batch-size", type=int, default=None)
     g.add_argument("--rampup-batch-size", nargs="*", default=None)
     g.add_argument("--train-iters", type=int, default=None)
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="train for this many samples (instead of --train-iters)")
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--exit-interval", type=int, default=None)
-    g.add_argument("--exit-duration-in-mins", type=float, default=None)
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="save (with --save) and exit once training has run this many minutes")
+    g.add_argument("--manual-gc", action="store_true",
+                   help="disable Python's automatic garbage collection; collect every --manual-gc-interval")
+    g.add_argument("--manual-gc-interval", type=int, default=0)
+    g.add_argument("--no-manual-gc-eval", action="store_false", dest="manual_gc_eval",
+                   help="with --manual-gc: no collection around evaluation")
+    g.add_argument("--empty-unused-memory-level", type=int, default=0, choices=[0, 1, 2],
+                   help="release cached accelerator memory after each step (1) and after the optimizer (2)")
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="on SIGTERM: finish the current step, save a checkpoint, exit 0")
     g.add_argument("--check-for-nan-in-loss-and-grad", dest="check_for_nan_in_loss_and_grad",
@@ -184,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data and tokenizer")
     g.add_argument("--data-path", nargs="*", default=None,
                    help="one prefix, or weight prefix weight prefix ... (blend)")
+    g.add_argument("--train-data-path", nargs="*", default=None, help="the training split's prefix or blend")
+    g.add_argument("--valid-data-path", nargs="*", default=None, help="the validation split's prefix or blend")
+    g.add_argument("--test-data-path", nargs="*", default=None, help="the test split's prefix or blend")
+    g.add_argument("--mock-data", action="store_true", help="megatron-core's synthetic MockGPTDataset")
+    g.add_argument("--dataloader-type", default=None, choices=["single", "cyclic", "external"])
     g.add_argument("--split", default="969, 30, 1")
     g.add_argument("--seq-length", type=int, default=None)
     g.add_argument("--tokenizer-type", default="PretrainedFromHF",
@@ -213,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format of --save (torch: legacy per-rank files; torch_dist: megatron-core "
                         "dist_checkpointing, Megatron-LM's default). --load reads either, whatever this says")
     g.add_argument("--exit-on-missing-checkpoint", action="store_true")
+    g.add_argument("--use-checkpoint-args", action="store_true",
+                   help="take the model's settings from the --load checkpoint's args")
+    g.add_argument("--ckpt-step", type=int, default=None, help="load this iteration instead of the tracker's")
 
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=100)
@@ -221,15 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-iters", type=int, default=100)
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--tensorboard-log-interval", type=int, default=1)
+    g.add_argument("--log-params-norm", action="store_true", help="log the L2 norm of the parameters")
+    g.add_argument("--log-num-zeros-in-grad", action="store_true", help="log the number of zero gradients")
     return p
 
 
 def parse_args(argv: list[str] | None = None, extra_args_provider=None) -> argparse.Namespace:
     """Parse Megatron-style flags (``extra_args_provider(parser)`` may add more, as in Megatron-LM)."""
+    from mindspeed_llm.training.state import RunArgs
+
     parser = build_parser()
     if extra_args_provider is not None:
         parser = extra_args_provider(parser) or parser
-    return parser.parse_args(argv)
+    return parser.parse_args(argv, namespace=RunArgs())
+
+
+def given_flags(argv: list[str] | None = None, extra_args_provider=None) -> set[str]:
+    """Destinations of the flags written on the command line (not left at their defaults)."""
+    import sys
+
+    parser = build_parser()
+    if extra_args_provider is not None:
+        parser = extra_args_provider(parser) or parser
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 # ---- validation ----------------------------------------------------------------------------------------------
@@ -250,7 +294,8 @@ def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespa
 
 def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     """:func:`validate_args` without torch: the flags against each other and the world size, derived values."""
-    _need(args, "num_layers", "hidden_size", "num_attention_heads", "seq_length", "train_iters", "lr")
+    _need(args, "num_layers", "hidden_size", "num_attention_heads", "seq_length", "lr")
+    _check_training_length(args)
     if args.use_legacy_models:
         raise ArgumentError("--use-legacy-models is not supported: megatron-core models only (drop the flag)")
     if args.transformer_impl != "local":
@@ -283,8 +328,18 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
     if args.context_parallel_size != 1:
         raise ArgumentError(f"--context-parallel-size {args.context_parallel_size} is not supported: use 1")
-    if args.exit_duration_in_mins is not None:
-        raise ArgumentError("--exit-duration-in-mins is not supported: use --exit-interval N")
+    if args.context_parallel_algo != "megatron_cp_algo":
+        raise ArgumentError(f"--context-parallel-algo {args.context_parallel_algo} only matters with "
+                            "--context-parallel-size > 1, which is not supported: drop the flag")
+    if args.dataloader_type is None:
+        args.dataloader_type = "single"
+    if args.dataloader_type != "single":
+        raise ArgumentError(f"--dataloader-type {args.dataloader_type} is not supported: pretraining reads "
+                            "consecutive global batches in the dataset's (already shuffled) order; use single")
+    if args.manual_gc_interval < 0:
+        raise ArgumentError(f"--manual-gc-interval must be >= 0, got {args.manual_gc_interval}")
+    if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
+        raise ArgumentError(f"--exit-duration-in-mins must be positive, got {args.exit_duration_in_mins}")
     if args.reset_attention_mask:
         raise ArgumentError("--reset-attention-mask is not supported (the causal attention kernels take no "
                             "per-document mask); drop it (--reset-position-ids and --eod-mask-loss work)")
@@ -331,6 +386,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # Megatron-LM drops it silently at TP1; it means nothing there
     args.num_layer_list_parsed = None
+    _first_last_stage_layers(args, pp)
     if args.num_layer_list:
         counts = _str2list(args.num_layer_list)
         if len(counts) != pp or sum(counts) != args.num_layers:
@@ -361,6 +417,8 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
                             f"{args.micro_batch_size} x data-parallel size {dp} (= world {world_size} / "
                             f"(TP {tp} x PP {pp})): use a multiple of {args.micro_batch_size * dp}")
     args.num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
+    if args.train_samples is not None:
+        args.train_iters = args.train_samples // args.global_batch_size  # Megatron-LM's update_train_iters
     if args.virtual_pipeline_model_parallel_size and args.num_microbatches % pp:
         raise ArgumentError(f"the interleaved pipeline schedule needs the number of micro-batches "
                             f"({args.num_microbatches}) to be a multiple of --pipeline-model-parallel-size {pp}")
@@ -373,11 +431,9 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.overlap_param_gather and not args.overlap_grad_reduce:
         raise ArgumentError("--overlap-param-gather needs --overlap-grad-reduce")
 
-    # Schedule.
-    if args.lr_decay_iters is None:
+    # Schedule (in samples when training is, see _check_training_length).
+    if args.train_samples is None and args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
-    if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
-        raise ArgumentError("give only one of --lr-warmup-fraction and --lr-warmup-iters")
     if args.start_weight_decay is None:
         args.start_weight_decay = args.weight_decay
     if args.end_weight_decay is None:
@@ -397,9 +453,14 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         if not args.tokenizer_name_or_path:
             raise ArgumentError(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-name-or-path "
                                 "HF_MODEL_FOLDER (the folder with tokenizer.json)")
-    if not args.data_path:
+    sources = [bool(args.data_path), any([args.train_data_path, args.valid_data_path, args.test_data_path]),
+               args.mock_data]
+    if sum(sources) > 1:
+        raise ArgumentError("give one data source: --data-path, or --train-data-path/--valid-data-path/"
+                            "--test-data-path, or --mock-data")
+    if not any(sources):
         raise ArgumentError("--data-path is required: the prefix preprocess_data.py printed, e.g. "
-                            "./dataset/alpaca_text_document")
+                            "./dataset/alpaca_text_document (or --mock-data for synthetic data)")
 
     # Checkpoints.
     if args.save_interval is None and args.save:
@@ -411,8 +472,6 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise ArgumentError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
                             "pip install tensorboard, or drop the flag")
-    args.consumed_train_samples = 0
-    args.consumed_valid_samples = 0
     return args
 
 
@@ -472,8 +531,9 @@ def check_tokenizer_path(path: str) -> None:
 
 def check_paths(args: argparse.Namespace) -> None:
     """The data prefixes and the tokenizer folder of a checked launch exist."""
-    for prefix in split_data_path(args.data_path)[0]:
-        check_data_prefix(prefix)
+    for paths in (args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path):
+        for prefix in split_data_path(paths or [])[0]:
+            check_data_prefix(prefix)
     if args.tokenizer_type != "NullTokenizer":
         check_tokenizer_path(args.tokenizer_name_or_path)
 
@@ -495,7 +555,8 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
     try:
         with quiet:
             args = parse_args(None if argv is None else list(argv), extra_args_provider)
-        check_args(args, world)
+        if not args.use_checkpoint_args:  # else the model flags come from the checkpoint (initialize_megatron)
+            check_args(args, world)
         check_paths(args)
     except (ArgumentError, SystemExit) as exc:
         status = 1 if isinstance(exc, ArgumentError) else exc.code
@@ -506,6 +567,57 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
             time.sleep(_QUIET_RANK_EXIT_DELAY_S)
         sys.exit(status)
     return args
+def _check_training_length(args: argparse.Namespace) -> None:
+    """Iteration- or sample-based training, never a mix (Megatron-LM's rules)."""
+    if (args.train_iters is None) == (args.train_samples is None):
+        raise ArgumentError("give exactly one of --train-iters N and --train-samples N")
+    if args.train_iters is not None:
+        mixed = [f for f, v in (("--lr-decay-samples", args.lr_decay_samples),
+                                ("--lr-warmup-samples", args.lr_warmup_samples or None),
+                                ("--lr-wsd-decay-samples", args.lr_wsd_decay_samples)) if v is not None]
+        if mixed:
+            raise ArgumentError(f"{' '.join(mixed)} go with --train-samples; with --train-iters use the "
+                                "-iters flags (--lr-decay-iters, --lr-warmup-iters, --lr-wsd-decay-iters)")
+        if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
+            raise ArgumentError("give only one of --lr-warmup-fraction and --lr-warmup-iters")
+    else:
+        mixed = [f for f, v in (("--lr-decay-iters", args.lr_decay_iters),
+                                ("--lr-warmup-iters", args.lr_warmup_iters or None),
+                                ("--lr-wsd-decay-iters", args.lr_wsd_decay_iters)) if v is not None]
+        if mixed:
+            raise ArgumentError(f"{' '.join(mixed)} go with --train-iters; with --train-samples use the "
+                                "-samples flags (--lr-decay-samples, --lr-warmup-samples, --lr-wsd-decay-samples)")
+        if args.lr_warmup_fraction is not None and args.lr_warmup_samples:
+            raise ArgumentError("give only one of --lr-warmup-fraction and --lr-warmup-samples")
+
+
+def _first_last_stage_layers(args: argparse.Namespace, pp: int) -> None:
+    """--decoder-first/last-pipeline-num-layers as a --num-layer-list (the other stages share the rest evenly)."""
+    first, last = args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers
+    if first is None and last is None:
+        return
+    flags = "--decoder-first-pipeline-num-layers/--decoder-last-pipeline-num-layers"
+    if pp < 2:
+        raise ArgumentError(f"{flags} need --pipeline-model-parallel-size >= 2")
+    if args.num_layer_list:
+        raise ArgumentError(f"{flags} cannot be combined with --num-layer-list: give one of them")
+    if args.num_layers_per_virtual_pipeline_stage:
+        raise ArgumentError(f"{flags} cannot be combined with --num-layers-per-virtual-pipeline-stage")
+    fixed = [n for n in (first, last) if n is not None]
+    if any(n < 0 for n in fixed):
+        raise ArgumentError(f"{flags} must not be negative")
+    rest, others = args.num_layers - sum(fixed), pp - len(fixed)
+    if rest < 0 or (others and rest % others) or (not others and rest):
+        raise ArgumentError(f"--num-layers {args.num_layers} minus {flags} ({rest} layers) cannot be split evenly "
+                            f"over the other {others} pipeline stages: adjust them, or give --num-layer-list")
+    middle = rest // others if others else 0
+    counts = [middle] * pp
+    if first is not None:
+        counts[0] = first
+    if last is not None:
+        counts[-1] = last
+    if len(set(counts)) > 1:  # even counts are the default split (no layout to record)
+        args.num_layer_list = ",".join(map(str, counts))
 
 
 def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
@@ -600,6 +712,7 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         recompute_granularity=args.recompute_granularity,
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
+        calculate_per_token_loss=args.calculate_per_token_loss,
     )
     from mindspeed_llm.patches.features import transformer_config_overrides
 
@@ -639,6 +752,7 @@ def optimizer_config_from_args(args: argparse.Namespace):
         adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
         sgd_momentum=args.sgd_momentum, use_distributed_optimizer=args.use_distributed_optimizer,
         overlap_param_gather=args.overlap_param_gather, clip_grad=args.clip_grad,
+        log_num_zeros_in_grad=args.log_num_zeros_in_grad,
     )
 
 

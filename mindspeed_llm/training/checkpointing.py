@@ -12,8 +12,10 @@ beside it as ``distrib_optim.pt``, as Megatron-LM does. Every file is written un
 and renamed; the tracker ``latest_checkpointed_iteration.txt`` is rewritten last, after a barrier,
 so a run killed during a save leaves the previous checkpoint as the one that loads.
 
-Consumed samples live in ``args`` (``consumed_train_samples``, ``consumed_valid_samples``), as in
-Megatron-LM, so a resumed run reads the data from where the saved one stopped.
+The run's state (:class:`~mindspeed_llm.training.state.TrainState`: iteration, consumed samples,
+FLOPs, RNG states) is saved where Megatron-LM keeps it: the consumed samples inside ``args``
+(``consumed_train_samples``, ``consumed_valid_samples``), so a resumed run reads the data from where
+the saved one stopped.
 
 Test-only hook: ``MINDSPEED_LLM_TEST_PAUSE_IN_SAVE=N`` makes the save of iteration N print
 ``MINDSPEED_LLM_TEST: paused in checkpoint save at iteration N`` once the new files are written under
@@ -28,33 +30,43 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import re
 import signal
 import sys
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.models.families import ROPE_SCALING_FLAGS, rope_scaling_to_flags
 from mindspeed_llm.training import checkpointing_dist
 from mindspeed_llm.training.errors import NonFiniteError, SaveError, fail_together
+from mindspeed_llm.training.state import TrainState, get_rng_state, public_items, set_rng_state
 
 logger = logging.getLogger(__name__)
 
 DISTRIB_OPTIM_FILENAME = "distrib_optim.pt"
 PAUSE_IN_SAVE_ENV = "MINDSPEED_LLM_TEST_PAUSE_IN_SAVE"
 
-# Args that describe the model and must match a checkpoint being loaded: (attribute, flag).
-_SHAPE_ARGS = (
-    ("num_layers", "--num-layers"), ("hidden_size", "--hidden-size"), ("ffn_hidden_size", "--ffn-hidden-size"),
-    ("num_attention_heads", "--num-attention-heads"), ("num_query_groups", "--num-query-groups"),
-    ("kv_channels", "--kv-channels"), ("add_qkv_bias", "--add-qkv-bias"), ("qk_layernorm", "--qk-layernorm"),
-    ("untie_embeddings_and_output_weights", "--untie-embeddings-and-output-weights"),
+# Args that define the model and must match a checkpoint being loaded (flag = "--" + name with dashes).
+_MODEL_ARGS = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+    "add_qkv_bias", "qk_layernorm", "untie_embeddings_and_output_weights", "position_embedding_type",
+    "rotary_base", "rotary_percent", "normalization", "norm_epsilon", "swiglu",
 )
+_ROPE_ARGS = tuple(attr for attr, _ in ROPE_SCALING_FLAGS)
+
+# --use-checkpoint-args, as Megatron-LM's load_args_from_checkpoint: "forced" ones always take the
+# checkpoint's value, the others only when the launch left them unset. Beyond Megatron-LM's list:
+# norm epsilon, QK layernorm and the RoPE scaling flags (also model-defining here).
+_CHECKPOINT_ARGS_FILL = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_attention_heads",
+                         "kv_channels", "max_position_embeddings", "padded_vocab_size")
+_CHECKPOINT_ARGS_FORCE = ("num_query_groups", "group_query_attention", "position_embedding_type",
+                          "use_rotary_position_embeddings", "rotary_base", "rotary_percent", "add_qkv_bias",
+                          "qk_layernorm", "swiglu", "untie_embeddings_and_output_weights", "normalization",
+                          "norm_epsilon", "attention_dropout", "hidden_dropout", *_ROPE_ARGS)
 _SAVED_TYPES = (bool, int, float, str, type(None), torch.dtype)
 
 
@@ -70,7 +82,7 @@ def _plain(value: Any) -> bool:
 
 def args_to_save(args: argparse.Namespace) -> argparse.Namespace:
     """The plain-data part of ``args`` (what ``torch.load(weights_only=True)`` can read back)."""
-    return argparse.Namespace(**{k: v for k, v in vars(args).items() if _plain(v)})
+    return argparse.Namespace(**{k: v for k, v in public_items(args).items() if _plain(v)})
 
 
 def same_folder(a: str | None, b: str | None) -> bool:
@@ -84,6 +96,8 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     load = args.load
     if not load:
         return None
+    if getattr(args, "ckpt_step", None) is not None:
+        return _checkpoint_step(load, args.ckpt_step)
     tracker = os.path.join(load, layout.TRACKER_FILENAME)
     if os.path.isfile(tracker):
         return layout.read_tracker(load)
@@ -102,6 +116,130 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     )
 
 
+def _checkpoint_step(load: str, step: int) -> int:
+    """--ckpt-step: that iteration's folder instead of the tracker's (as Megatron-LM)."""
+    folder = os.path.join(load, layout.iteration_dir_name(step))
+    if not os.path.isdir(folder):
+        have = sorted(d for d in os.listdir(load) if d.startswith("iter_")) if os.path.isdir(load) else []
+        raise CheckpointError(f"--ckpt-step {step}: {folder} does not exist (there: {', '.join(have) or 'nothing'}); "
+                              "pass one of those iterations or drop --ckpt-step")
+    return step
+
+
+def checkpoint_model_settings(ckpt_args: argparse.Namespace) -> dict:
+    """The model-defining settings a checkpoint records (flag attribute -> value).
+
+    Its ``args`` first; the RoPE and norm settings of older conversions, which only recorded the HF
+    config, come from that config.
+    """
+    found = {attr: getattr(ckpt_args, attr) for attr in (*_MODEL_ARGS, *_ROPE_ARGS) if hasattr(ckpt_args, attr)}
+    if "add_bias_linear" in vars(ckpt_args):
+        found["add_bias_linear"] = ckpt_args.add_bias_linear
+    hf_config = getattr(ckpt_args, "hf_config", None)
+    if hf_config and not hasattr(ckpt_args, "rope_scaling_type"):
+        from mindspeed_llm.models.families import ModelConfig
+
+        try:
+            cfg = ModelConfig.from_hf_config(dict(hf_config))
+        except Exception:  # noqa: BLE001 - an unreadable HF config just records less
+            return found
+        found.update(rope_scaling_to_flags(cfg.rope_scaling))
+        found.setdefault("rotary_base", cfg.rotary_base)
+        found.setdefault("norm_epsilon", cfg.norm_epsilon)
+    return found
+
+
+def _launch_setting(args: argparse.Namespace, attr: str):
+    """The value this launch uses for a model setting."""
+    if attr == "add_bias_linear":
+        return not args.disable_bias_linear
+    return getattr(args, attr, None)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _rope_contradictions(args: argparse.Namespace, recorded: dict) -> list[str]:
+    """RoPE scaling flags given at launch that differ from the recorded scaling.
+
+    Without ``--rope-scaling-type`` the checkpoint's scaling is used as it is (see
+    ``arguments.rope_scaling_from_args``); flags left unset are completed from it.
+    """
+    kind = getattr(args, "rope_scaling_type", None)
+    if kind is None or not any(attr in recorded for attr in _ROPE_ARGS):
+        return []
+    theirs = recorded.get("rope_scaling_type")
+    if kind != theirs:
+        return [f"--rope-scaling-type {kind} (checkpoint: {theirs})"]
+    return [f"--{attr.replace('_', '-')} {getattr(args, attr)} (checkpoint: {recorded.get(attr)})"
+            for attr in _ROPE_ARGS[1:] if getattr(args, attr) is not None and not _same(getattr(args, attr),
+                                                                                        recorded.get(attr))]
+
+
+def check_model_settings(args: argparse.Namespace, ckpt_args: argparse.Namespace, where: str) -> None:
+    """Refuse a launch whose model flags contradict what the checkpoint records (one line, every contradiction).
+
+    A flag left at its default counts as its default (a forgotten ``--rotary-base 1000000`` is refused).
+    """
+    recorded = checkpoint_model_settings(ckpt_args)
+    wrong = []
+    for attr, theirs in recorded.items():
+        if attr in _ROPE_ARGS:
+            continue
+        mine = _launch_setting(args, attr)
+        if not _same(mine, theirs):
+            flag = "--disable-bias-linear" if attr == "add_bias_linear" else "--" + attr.replace("_", "-")
+            if attr == "add_bias_linear":
+                mine, theirs = not mine, not theirs
+            wrong.append(f"{flag} {mine} (checkpoint: {theirs})")
+    wrong += _rope_contradictions(args, recorded)
+    if wrong:
+        raise CheckpointError(f"{where} was trained with other model settings than this launch: {'; '.join(wrong)}. "
+                              "Pass the checkpoint's values, or --use-checkpoint-args to take them from it")
+
+
+def load_args_from_checkpoint(args: argparse.Namespace) -> list[str]:
+    """--use-checkpoint-args: model settings from the ``--load`` checkpoint (Megatron-LM's rules).
+
+    Returns the names set. A missing checkpoint leaves the launch's flags as they are.
+    """
+    if not args.load:
+        raise CheckpointError("--use-checkpoint-args needs --load CHECKPOINT_DIR")
+    if args.ckpt_step is not None:
+        iteration = _checkpoint_step(args.load, args.ckpt_step)
+    elif os.path.isfile(os.path.join(args.load, layout.TRACKER_FILENAME)):
+        iteration = layout.read_tracker(args.load)
+    else:
+        logger.info("--use-checkpoint-args: no checkpoint in %s, using the launch's arguments", args.load)
+        return []
+    files = layout.list_rank_dirs(args.load, iteration)
+    if not files:
+        raise CheckpointError(f"--load {args.load}: no mp_rank_*/{layout.MODEL_FILENAME} under "
+                              f"{layout.iteration_dir_name(iteration)}")
+    ckpt_args = load_rank_file(files[min(files)], mmap=True).get("args")
+    if ckpt_args is None:
+        logger.info("--use-checkpoint-args: %s records no args, using the launch's arguments", args.load)
+        return []
+    values = dict(vars(ckpt_args))
+    values.update({k: v for k, v in checkpoint_model_settings(ckpt_args).items() if k not in values})
+    if "add_bias_linear" in values:
+        values["disable_bias_linear"] = not values["add_bias_linear"]
+    taken = []
+    for name in (*_CHECKPOINT_ARGS_FILL, *_CHECKPOINT_ARGS_FORCE, "disable_bias_linear"):
+        force = name not in _CHECKPOINT_ARGS_FILL
+        if values.get(name) is None or (not force and getattr(args, name, None) is not None):
+            continue
+        setattr(args, name, values[name])
+        taken.append(name)
+    if taken:
+        logger.info("--use-checkpoint-args: from %s: %s", args.load,
+                    ", ".join(f"{n}={getattr(args, n)}" for n in taken))
+    return taken
+
+
 def check_checkpoint_args(args: argparse.Namespace, ckpt_args: argparse.Namespace, where: str, *,
                           reshardable: bool = False) -> None:
     """Raise if the launch's model shape (or, unless ``reshardable``, its TP/PP sizes) differ from the checkpoint's."""
@@ -118,16 +256,7 @@ def check_checkpoint_args(args: argparse.Namespace, ckpt_args: argparse.Namespac
     c_list = getattr(ckpt_args, "num_layer_list", None)
     if c_list and pp > 1 and not reshardable and str(c_list).replace(" ", "") != str(args.num_layer_list or "").replace(" ", ""):
         raise CheckpointError(f"{where} has --num-layer-list {c_list}: pass the same --num-layer-list")
-    wrong = []
-    for attr, flag in _SHAPE_ARGS:
-        if not hasattr(ckpt_args, attr):
-            continue
-        mine, theirs = getattr(args, attr), getattr(ckpt_args, attr)
-        if mine != theirs:
-            wrong.append(f"{flag} {mine} (checkpoint: {theirs})")
-    if wrong:
-        raise CheckpointError(f"{where} holds another model than this launch describes: {'; '.join(wrong)}. "
-                              "Fix the model flags to the checkpoint's values")
+    check_model_settings(args, ckpt_args, where)
 
 
 def adopt_padded_vocab(args: argparse.Namespace, ckpt_args: argparse.Namespace, tokenizer_vocab: int,
@@ -208,31 +337,6 @@ def load_rank_file(path: str, *, mmap: bool = False) -> dict:
             f"{path} is damaged or not a torch checkpoint ({reason}): restore the file, or write an earlier "
             f"iteration into {layout.TRACKER_FILENAME} to load that one"
         ) from None
-
-
-# ---- RNG ---------------------------------------------------------------------------------------------------------
-def get_rng_state() -> dict:
-    """Python, numpy, torch and megatron's model-parallel RNG tracker states of this rank."""
-    from megatron.core import tensor_parallel
-
-    return {
-        "random_rng_state": random.getstate(),
-        "np_rng_state": np.random.get_state(),
-        "torch_rng_state": torch.get_rng_state(),
-        "cuda_rng_state": torch.cuda.get_rng_state(),
-        "rng_tracker_states": tensor_parallel.get_cuda_rng_tracker().get_states(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    from megatron.core import tensor_parallel
-
-    random.setstate(state["random_rng_state"])
-    np.random.set_state(state["np_rng_state"])
-    torch.set_rng_state(state["torch_rng_state"])
-    torch.cuda.set_rng_state(state["cuda_rng_state"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
 
 
 # ---- save --------------------------------------------------------------------------------------------------------
@@ -345,19 +449,18 @@ def _makedirs(folder: str, created: list[str]) -> None:
     created.extend(missing)  # deepest first: rmdir order
 
 
-def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: argparse.Namespace,
-                    num_floating_point_operations_so_far: float = 0.0) -> None:
-    """Save iteration ``iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls it).
+def save_checkpoint(state: TrainState, model: list, optimizer, scheduler, args: argparse.Namespace) -> None:
+    """Save the run at ``state.iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls it).
 
     Never saves NaN/Inf weights (NonFiniteError). A failed write, or a signal, removes this save's
     temporary files and leaves the tracker naming the previous checkpoint.
     """
     from megatron.core import parallel_state as ps
 
+    iteration = state.iteration
     check_weights_finite(model, iteration, args.save)
     if args.ckpt_format == checkpointing_dist.FORMAT:
-        checkpointing_dist.save_checkpoint(iteration, model, optimizer, scheduler, args,
-                                           num_floating_point_operations_so_far)
+        checkpointing_dist.save_checkpoint(state, model, optimizer, scheduler, args)
         return
 
     t0 = time.time()
@@ -390,21 +493,19 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
                 else:
                     optimizer.save_parameter_state(target + ".tmp")
             if dp_rank == 0:
-                state: dict[str, Any] = {
-                    "args": args_to_save(args), "checkpoint_version": layout.CHECKPOINT_VERSION,
-                    "iteration": iteration,
-                    "num_floating_point_operations_so_far": num_floating_point_operations_so_far,
-                }
-                state.update(_model_state(model))
+                saved_args = args_to_save(args)
+                ckpt: dict[str, Any] = {"args": saved_args, "checkpoint_version": layout.CHECKPOINT_VERSION,
+                                        **state.checkpoint_fields(saved_args)}
+                ckpt.update(_model_state(model))
                 if not args.no_save_optim:
-                    state["optimizer"] = optimizer.state_dict()
-                    state["opt_param_scheduler"] = scheduler.state_dict()
+                    ckpt["optimizer"] = optimizer.state_dict()
+                    ckpt["opt_param_scheduler"] = scheduler.state_dict()
                 if rng_states is not None:
-                    state["rng_state"] = rng_states
+                    ckpt["rng_state"] = rng_states
                 _write(folder, lambda: _makedirs(folder, created), args)
                 target = os.path.join(folder, layout.MODEL_FILENAME)
                 temporaries.append(target + ".tmp")
-                _write(target + ".tmp", lambda: torch.save(state, target + ".tmp"), args)
+                _write(target + ".tmp", lambda: torch.save(ckpt, target + ".tmp"), args)
                 renames.append((target + ".tmp", target))
         if torch.distributed.get_rank() == 0:
             _pause_for_test(iteration)
@@ -413,7 +514,7 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
                 _write(tmp, functools.partial(os.replace, tmp, final), args)
         created.clear()  # the renamed files belong to a complete rank folder now
         with fail_together():  # every rank's file is in place: the tracker may name this iteration
-            if torch.distributed.get_rank() == 0:
+            if _writes_tracker(args):
                 tracker = os.path.join(save, layout.TRACKER_FILENAME)
                 temporaries.append(tracker + ".tmp")
                 _write(tracker + ".tmp", lambda: layout.write_tracker(save, iteration), args)
@@ -424,6 +525,13 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
         logger.info("  successfully saved checkpoint from iteration %7d to %s [ t %d/%d, p %d/%d ] (%.1f s)",
                     iteration, save, tp_rank + 1, args.tensor_model_parallel_size, pp_rank + 1, pp_size,
                     time.time() - t0)
+
+
+def _writes_tracker(args: argparse.Namespace) -> bool:
+    """Global rank 0 writes the tracker; with --no-shared-storage the first process of every node does."""
+    if args.no_shared_storage:
+        return int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank())) == 0
+    return torch.distributed.get_rank() == 0
 
 
 def _load_distributed_optimizer_state(optimizer, path: str) -> None:
@@ -466,8 +574,8 @@ def untie_adam_steps(optimizer) -> None:
 
 # ---- load --------------------------------------------------------------------------------------------------------
 def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
-                    iteration: int | str | None) -> tuple[int, float]:
-    """Load ``--load`` into the model (strict), optimizer, scheduler and RNG; returns (iteration, FLOPs so far).
+                    iteration: int | str | None) -> TrainState:
+    """Load ``--load`` into the model (strict), optimizer, scheduler and RNG; returns the run's state.
 
     ``--finetune`` (and ``release`` checkpoints) load weights only and start at iteration 0. Otherwise
     training continues after the saved iteration, as Megatron-LM does: a converted checkpoint
@@ -479,19 +587,19 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
     if iteration is None:
         if args.load:
             logger.info("no checkpoint in %s yet (--load is the --save folder): starting from scratch", args.load)
-        return 0, 0.0
+        return TrainState()
     if is_dist_checkpoint(args, iteration):
         return checkpointing_dist.load_checkpoint(model, optimizer, scheduler, args, iteration)
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     pp_size = args.pipeline_model_parallel_size
     with fail_together():  # a damaged file on one rank stops every rank, with one line from that rank
-        start, flops = _load_rank_checkpoint(model, optimizer, scheduler, args, iteration)
+        run = _load_rank_checkpoint(model, optimizer, scheduler, args, iteration)
     if torch.distributed.get_rank() == 0:
         logger.info("  successfully loaded checkpoint from %s [ t %d/%d, p %d/%d ] at iteration %s%s", args.load,
                     tp_rank + 1, args.tensor_model_parallel_size, pp_rank + 1, pp_size, iteration,
                     " (--finetune: weights only, starting at iteration 0)" if args.finetune else "")
     sys.stdout.flush()
-    return start, flops
+    return run
 
 
 def _load_weights(chunk, state_dict: dict, path: str, key: str, check_finite: bool) -> None:
@@ -547,7 +655,7 @@ def _check_zip_file(path: str) -> None:
 
 
 def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
-                          iteration: int | str) -> tuple[int, float]:
+                          iteration: int | str) -> TrainState:
     """This rank's part of :func:`load_checkpoint` (no collective outside the data-parallel group)."""
     from megatron.core import parallel_state as ps
 
@@ -622,13 +730,8 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
         else:
             logger.info("%s holds no RNG state: keeping the seeded generators", path)
 
-    ckpt_args = state.get("args")
-    flops = 0.0
-    if weights_only:
-        start = 0
-    else:
-        start = int(state.get("iteration", iteration))
-        args.consumed_train_samples = int(getattr(ckpt_args, "consumed_train_samples", 0) or 0)
-        args.consumed_valid_samples = int(getattr(ckpt_args, "consumed_valid_samples", 0) or 0)
-        flops = float(state.get("num_floating_point_operations_so_far", 0.0))
-    return start, flops
+    run = TrainState()
+    if not weights_only:
+        run.restore({"iteration": iteration, **state})
+        run.count_older_checkpoint(args)
+    return run

@@ -27,6 +27,7 @@ import torch
 
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.training.state import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +111,8 @@ def _state_dict(model: list, optimizer, scheduler, rng, metadata: dict, *, is_lo
 
 
 # ---- save --------------------------------------------------------------------------------------------------------
-def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: argparse.Namespace,
-                    num_floating_point_operations_so_far: float = 0.0) -> None:
-    """Save iteration ``iteration`` under ``--save`` in Megatron-LM's torch_dist layout (collective)."""
+def save_checkpoint(run: TrainState, model: list, optimizer, scheduler, args: argparse.Namespace) -> None:
+    """Save the run at ``run.iteration`` under ``--save`` in Megatron-LM's torch_dist layout (collective)."""
     from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
@@ -121,6 +121,7 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
     from mindspeed_llm.training.checkpointing import _pause_for_test, args_to_save
 
     t0 = time.time()
+    iteration = run.iteration
     final = iteration_dir(args.save, iteration)
     staging = final + ".tmp"
     rank0 = torch.distributed.get_rank() == 0
@@ -130,8 +131,9 @@ def save_checkpoint(iteration: int, model: list, optimizer, scheduler, args: arg
     torch.distributed.barrier()
 
     metadata = sharded_metadata(args)
-    extra = {"args": args_to_save(args), "checkpoint_version": layout.CHECKPOINT_VERSION, "iteration": iteration,
-             "num_floating_point_operations_so_far": num_floating_point_operations_so_far}
+    saved_args = args_to_save(args)
+    extra = {"args": saved_args, "checkpoint_version": layout.CHECKPOINT_VERSION,
+             **run.checkpoint_fields(saved_args)}
     rng = None if args.no_save_rng else _rng_sharded_object(args)
     state = _state_dict(model, None if args.no_save_optim else optimizer, scheduler, rng, metadata,
                         is_loading=False, extra=extra)
@@ -222,8 +224,8 @@ def _restore_adam_steps(optimizer) -> None:
 
 
 def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
-                    iteration: int | str) -> tuple[int, float]:
-    """Load a torch_dist checkpoint into the model (any TP/PP), optimizer, scheduler and RNG.
+                    iteration: int | str) -> TrainState:
+    """Load a torch_dist checkpoint into the model (any TP/PP), optimizer, scheduler and RNG; the run's state.
 
     Same semantics as the legacy loader (``--finetune``/release: weights only, iteration 0; otherwise
     continue after the saved iteration). The RNG state loads only on the grid it was saved on, the
@@ -285,16 +287,12 @@ def load_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
         set_rng_state(rng[dp_rank] if getattr(args, "data_parallel_random_init", False) and len(rng) > dp_rank
                       else rng[0])
 
-    flops = 0.0
-    if weights_only:
-        start = 0
-    else:
-        start = int(state.get("iteration", iteration))
-        args.consumed_train_samples = int(getattr(ckpt_args, "consumed_train_samples", 0) or 0)
-        args.consumed_valid_samples = int(getattr(ckpt_args, "consumed_valid_samples", 0) or 0)
-        flops = float(state.get("num_floating_point_operations_so_far", 0.0))
+    run = TrainState()
+    if not weights_only:
+        run.restore({"iteration": iteration, "args": ckpt_args, **state})
+        run.count_older_checkpoint(args)
     torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
         logger.info("  successfully loaded checkpoint from %s [ torch_dist saved at t %d p %d, loaded at t %d p %d ] "
                     "at iteration %s", args.load, *saved_grid, *grid, iteration)
-    return start, flops
+    return run

@@ -1,5 +1,10 @@
 """Training data: ``--data-path`` checks, ``GPTDataset`` through ``BlendedMegatronDatasetBuilder``, iterators.
 
+Where data is read, as in Megatron-LM: only tensor-parallel rank 0 of the first and the last
+pipeline stage builds the datasets and reads batches (:func:`dataset_built_on_this_rank`); it
+broadcasts each micro-batch to the other TP ranks (:func:`broadcast_batch`), and middle stages read
+nothing.
+
 Who builds the dataset index cache (document/sample/shuffle ``.npy`` files): global rank 0 while the
 others wait, as in Megatron-LM; with ``--no-shared-storage`` the first process of every node builds
 its own copy, because the other nodes cannot see rank 0's files.
@@ -120,10 +125,34 @@ def checked_batches(iterator: Iterator[dict], vocab: int, prefixes: list[str]) -
         yield batch
 
 
+# ---- data sources ---------------------------------------------------------------------------------------------
+def _split_blends(args: argparse.Namespace) -> list | None:
+    """``blend_per_split`` of --train-data-path/--valid-data-path/--test-data-path (None without them)."""
+    paths = [args.train_data_path, args.valid_data_path, args.test_data_path]
+    if not any(paths):
+        return None
+    return [parse_blend(p) if p else None for p in paths]
+
+
+def data_prefixes(args: argparse.Namespace) -> list[str]:
+    """Every prefix the launch reads (--data-path or the per-split paths; none with --mock-data)."""
+    found = parse_blend(args.data_path)[0] if args.data_path else []
+    for blend in _split_blends(args) or []:
+        found += blend[0] if blend else []
+    return found
+
+
+def check_data_sources(args: argparse.Namespace) -> None:
+    """Check every data prefix now (a wrong path fails before the model is built)."""
+    if args.data_path:
+        parse_blend(args.data_path)
+    _split_blends(args)
+
+
 # ---- datasets ---------------------------------------------------------------------------------------------------
 def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
-    """Samples per split, as Megatron-LM computes them from the iteration counts."""
-    train = args.train_iters * args.global_batch_size
+    """Samples per split, as Megatron-LM computes them from the iteration (or sample) counts."""
+    train = args.train_samples if args.train_samples is not None else args.train_iters * args.global_batch_size
     eval_iters = (args.train_iters // args.eval_interval + 1) * args.eval_iters if args.eval_interval else 0
     return [train, eval_iters * args.global_batch_size, args.eval_iters * args.global_batch_size]
 
@@ -135,8 +164,9 @@ def gpt_dataset_config(args: argparse.Namespace, tokenizer):
     return GPTDatasetConfig(
         random_seed=args.seed,
         sequence_length=args.seq_length,
-        blend=parse_blend(args.data_path),
-        split=args.split,
+        blend=parse_blend(args.data_path) if args.data_path else None,
+        blend_per_split=_split_blends(args),
+        split=None if _split_blends(args) else args.split,
         path_to_cache=args.data_cache_path,
         mmap_bin_files=not args.no_mmap_bin_files,
         tokenizer=tokenizer,
@@ -163,20 +193,33 @@ def _as_single_process():
         torch.distributed.is_initialized = original
 
 
-def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int] | None = None, dataset_cls=None):
-    """(train, valid, test) ``GPTDataset`` (None for an empty split), built per the storage rule above."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset
+def dataset_built_on_this_rank() -> bool:
+    """Megatron-LM's rule: TP rank 0 of the first or the last pipeline stage reads the data."""
+    from megatron.core import parallel_state as ps
 
-    dataset_cls = dataset_cls or GPTDataset
+    if not ps.model_parallel_is_initialized():
+        return True
+    stage_reads = ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)
+    return stage_reads and ps.get_tensor_model_parallel_rank() == 0
+
+
+def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int] | None = None, dataset_cls=None):
+    """(train, valid, test) ``GPTDataset`` (None for an empty split and on ranks that read no data).
+
+    ``--mock-data``: megatron-core's ``MockGPTDataset`` (synthetic documents, no files).
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
+
+    dataset_cls = dataset_cls or (MockGPTDataset if args.mock_data else GPTDataset)
     config = gpt_dataset_config(args, tokenizer)
     num_samples = num_samples or train_valid_test_num_samples(args)
 
     def build():
-        return BlendedMegatronDatasetBuilder(dataset_cls, num_samples, lambda: True, config).build()
+        return BlendedMegatronDatasetBuilder(dataset_cls, num_samples, dataset_built_on_this_rank, config).build()
 
     vocab = getattr(args, "padded_vocab_size", None)
-    prefixes = config.blend[0]
+    prefixes = data_prefixes(args)
     if not torch.distributed.is_initialized():
         if vocab:
             check_token_ids(prefixes, vocab)
@@ -185,7 +228,7 @@ def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[in
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     builds_cache = local_rank == 0 if args.no_shared_storage else rank == 0
     with fail_together():  # the others wait here while the builder scans the ids and writes the cache
-        if builds_cache:
+        if builds_cache and not args.mock_data:
             if vocab:
                 check_token_ids(prefixes, vocab)
             with _as_single_process():
@@ -226,11 +269,66 @@ def build_data_iterator(dataset, consumed_samples: int, args: argparse.Namespace
     sampler = PretrainingBatchSampler(len(dataset), consumed_samples % len(dataset) if cyclic else consumed_samples,
                                       args.micro_batch_size, ps.get_data_parallel_rank(),
                                       ps.get_data_parallel_world_size())
+    # Its own generator: the DataLoader draws its workers' base seed when an iterator starts, and
+    # drawing from the default generator (on the CPU also the "CUDA" one that dropout uses) would
+    # shift the dropout masks of a resumed run against the unbroken one.
+    generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                                         persistent_workers=args.num_workers > 0)
+                                         persistent_workers=args.num_workers > 0, generator=generator)
     batches = _cyclic(loader) if cyclic else iter(loader)
     vocab = getattr(args, "padded_vocab_size", None)
-    return checked_batches(batches, vocab, parse_blend(args.data_path)[0]) if vocab else batches
+    return checked_batches(batches, vocab, data_prefixes(args)) if vocab else batches
+
+
+def build_data_iterators(provider, args: argparse.Namespace, state, n_chunks: int = 1):
+    """(train, valid, test) iterators of this rank (one per model chunk with virtual stages) and do_valid/do_test.
+
+    Every rank calls the datasets ``provider`` (the builder synchronises them); only the ranks of
+    :func:`dataset_built_on_this_rank` get datasets. Whether to validate and test is global rank
+    0's answer, broadcast, as in Megatron-LM.
+    """
+    train_ds, valid_ds, test_ds = provider(train_valid_test_num_samples(args))
+
+    def iterators(dataset, consumed, cyclic):
+        its = [build_data_iterator(dataset, consumed, args, cyclic=cyclic) for _ in range(n_chunks)]
+        return its if n_chunks > 1 else its[0]
+
+    flags = torch.tensor([int(train_ds is not None), int(valid_ds is not None and args.eval_iters > 0),
+                          int(test_ds is not None and args.eval_iters > 0)], dtype=torch.long)
+    if args.device != "cpu":
+        flags = flags.to(torch.cuda.current_device())
+    torch.distributed.broadcast(flags, 0)
+    do_train, do_valid, do_test = bool(flags[0]), bool(flags[1]), bool(flags[2])
+    if not do_train and args.train_iters > state.iteration:
+        source = (f"--split {args.split} leaves no training data in --data-path {' '.join(args.data_path)}: give "
+                  "the first (training) share a non-zero value, e.g. --split 969,30,1" if args.data_path else
+                  "there is no training data: give --train-data-path")
+        raise DataError(source)
+    return (iterators(train_ds, state.consumed_train_samples, False),
+            iterators(valid_ds, state.consumed_valid_samples, True) if do_valid else None,
+            iterators(test_ds, 0, True) if do_test else None, do_valid, do_test)
+
+
+_BATCH_DTYPES = (("tokens", torch.int64), ("labels", torch.int64), ("position_ids", torch.int64),
+                 ("loss_mask", torch.float32))
+
+
+def broadcast_batch(data_iterator) -> dict | None:
+    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle stages)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import broadcast_data
+
+    if not (ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)):
+        return None
+    batch = next(data_iterator) if ps.get_tensor_model_parallel_rank() == 0 else None
+    if ps.get_tensor_model_parallel_world_size() == 1:
+        return {key: batch[key].to(dtype).cuda() for key, dtype in _BATCH_DTYPES}
+    out: dict = {}
+    for dtype in (torch.int64, torch.float32):
+        keys = [key for key, d in _BATCH_DTYPES if d == dtype]
+        data = {key: batch[key].to(dtype) for key in keys} if batch is not None else None
+        out.update(broadcast_data(keys, data, dtype))
+    return out
 
 
 def take(iterator, n: int) -> list:

@@ -13,7 +13,13 @@ import sys
 import numpy as np
 import torch
 
-from mindspeed_llm.training.arguments import ArgumentError, kernel_noop_flags, parse_args, validate_args
+from mindspeed_llm.training.arguments import (
+    ArgumentError,
+    given_flags,
+    kernel_noop_flags,
+    parse_args,
+    validate_args,
+)
 
 logger = logging.getLogger("mindspeed_llm.training")
 
@@ -30,6 +36,11 @@ def get_args() -> argparse.Namespace:
 def set_args(args: argparse.Namespace) -> None:
     """Make ``args`` what :func:`get_args` returns."""
     _STATE["args"] = args
+
+
+def launch_flags() -> set[str]:
+    """Argument names written on this launch's command line (the others are defaults)."""
+    return _STATE.get("given", set())
 
 
 def _free_port() -> int:
@@ -95,11 +106,16 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     import mindspeed_llm
 
     args = parse_args(argv, extra_args_provider)
+    _STATE["given"] = given_flags(argv, extra_args_provider)
     for key, value in (args_defaults or {}).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)), world)
+    if args.use_checkpoint_args or (args_defaults or {}).get("use_checkpoint_args"):
+        from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
+
+        load_args_from_checkpoint(args)  # before validation, as Megatron-LM
     validate_args(args, world)  # before the process group: a bad flag fails fast on every rank
     initialize_distributed(args.distributed_timeout_minutes)
     args.rank = torch.distributed.get_rank()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gc
 import hashlib
 import logging
 import os
@@ -31,13 +32,13 @@ from mindspeed_llm.training.arguments import (
 )
 from mindspeed_llm.training.errors import (
     USER_ERRORS,
-    DataError,
     NonFiniteError,
     PeerFailed,
     TrainingInterrupted,
     fail_together,
 )
-from mindspeed_llm.training.initialize import initialize_megatron
+from mindspeed_llm.training.initialize import initialize_megatron, launch_flags
+from mindspeed_llm.training.state import TrainState, freeze_args
 from mindspeed_llm.training.tokenizer import build_tokenizer
 from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
 
@@ -93,6 +94,10 @@ def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) ->
         model_config.check_sequence_length(args.seq_length, "--seq-length")
     except UnsupportedModelError as exc:
         raise ArgumentError(str(exc)) from None
+    if base is not None and "max_position_embeddings" not in launch_flags():
+        # Not given: the launch's default (--seq-length) is no statement about the model; RoPE does
+        # not read it, and mg->hf must write back the checkpoint's value.
+        model_config = model_config.replace(max_position_embeddings=base.max_position_embeddings)
     # Recorded in every saved checkpoint so that convert_ckpt.py mg->hf can rebuild the HF config.
     args.hf_config = model_config.to_hf_config()
     args.hf_architecture = model_config.architecture
@@ -135,20 +140,33 @@ def get_model(model_provider: Callable, args: argparse.Namespace) -> list:
 
 
 def get_scheduler(optimizer, args: argparse.Namespace):
-    """megatron-core ``OptimizerParamScheduler`` in samples, as Megatron-LM sets it up for --train-iters."""
+    """megatron-core ``OptimizerParamScheduler`` in samples, set up as Megatron-LM core_v0.16.1 does.
+
+    The warm-up from ``--lr-warmup-fraction`` stays a float (fraction x decay samples), as there.
+    """
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     gbs = args.global_batch_size
-    decay_steps = args.lr_decay_iters * gbs
-    if args.lr_warmup_fraction is not None:
-        warmup_steps = int(args.lr_warmup_fraction * decay_steps)
-    else:
+    if args.train_samples is None:
+        decay_steps = args.lr_decay_iters * gbs
+        wd_incr_steps = args.train_iters * gbs
+        wsd_steps = args.lr_wsd_decay_iters * gbs if args.lr_wsd_decay_iters is not None else None
         warmup_steps = args.lr_warmup_iters * gbs
-    wsd_steps = args.lr_wsd_decay_iters * gbs if args.lr_wsd_decay_iters else None
+    else:
+        decay_steps = args.lr_decay_samples if args.lr_decay_samples is not None else args.train_samples
+        wd_incr_steps = args.train_samples
+        wsd_steps = args.lr_wsd_decay_samples
+        warmup_steps = args.lr_warmup_samples
+    if args.lr_warmup_fraction is not None:
+        warmup_steps = args.lr_warmup_fraction * decay_steps
+    if warmup_steps >= decay_steps:  # megatron-core asserts it
+        raise ArgumentError(f"the warm-up ({warmup_steps} samples) must be shorter than the decay ({decay_steps} "
+                            "samples): lower --lr-warmup-iters/-samples/-fraction or raise --lr-decay-iters/-samples "
+                            "(default: the whole run)")
     return OptimizerParamScheduler(
         optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=warmup_steps,
         lr_decay_steps=decay_steps, lr_decay_style=args.lr_decay_style, start_wd=args.start_weight_decay,
-        end_wd=args.end_weight_decay, wd_incr_steps=args.train_iters * gbs, wd_incr_style=args.weight_decay_incr_style,
+        end_wd=args.end_weight_decay, wd_incr_steps=wd_incr_steps, wd_incr_style=args.weight_decay_incr_style,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         wsd_decay_steps=wsd_steps, lr_wsd_decay_style=args.lr_wsd_decay_style,
@@ -187,20 +205,92 @@ def _set_forward_pre_hooks(model: list, args: argparse.Namespace, enabled: bool)
 
 
 # ---- steps ------------------------------------------------------------------------------------------------------
-def _reduce_losses(losses: list[dict]) -> dict[str, float]:
-    """Mean over micro-batches of each reported loss (only on the last pipeline stage, else {})."""
+def _loss_sums(losses: list[dict]) -> dict[str, torch.Tensor]:
+    """Per reported key, ``[sum, count]`` over the micro-batches, summed over the data-parallel ranks.
+
+    A ``[loss_sum, num_tokens]`` pair (Megatron-LM's GPT loss) is token-weighted over the global
+    batch; a single value (a legacy two-output loss function) is averaged over the micro-batches.
+    Only the last pipeline stage holds losses (``{}`` elsewhere).
+    """
     from megatron.core import parallel_state as ps
 
     if not losses or not ps.is_pipeline_last_stage(ignore_virtual=True):
         return {}
     out = {}
     for key in losses[0]:
-        out[key] = float(torch.stack([d[key].float() for d in losses]).mean().item())
+        values = [d[key].detach().float().view(-1) for d in losses]
+        if values[0].numel() == 2:
+            pair = torch.vstack(values).sum(dim=0)
+            torch.distributed.all_reduce(pair, group=ps.get_data_parallel_group())
+        elif values[0].numel() == 1:
+            pair = torch.stack([torch.cat(values).sum(), torch.tensor(float(len(values)))])
+        else:
+            raise ValueError(f"loss {key!r} has shape {tuple(losses[0][key].shape)}: report a scalar or "
+                             "[loss_sum, num_tokens]")
+        out[key] = pair
     return out
 
 
+def _reduce_losses(losses: list[dict]) -> dict[str, float]:
+    """The reported losses of one global batch (see :func:`_loss_sums`)."""
+    return {key: float(pair[0] / pair[1].clamp(min=1)) for key, pair in _loss_sums(losses).items()}
+
+
+def _empty_unused_memory(args: argparse.Namespace, level: int) -> None:
+    """--empty-unused-memory-level: hand cached accelerator memory back (nothing is cached on the CPU)."""
+    if args.empty_unused_memory_level >= level and args.device != "cpu":
+        torch.cuda.empty_cache()  # on NPUs torch_npu's transfer_to_npu routes this to torch.npu
+
+
+def params_l2_norm(model: list, args: argparse.Namespace) -> float:
+    """L2 norm of all parameters, each counted once (Megatron-LM's ``calc_params_l2_norm``).
+
+    TP duplicates and the last stage's copy of tied embeddings are skipped; with bf16 the fp32
+    main parameters are measured (summed over data-parallel ranks where the distributed optimizer
+    shards them).
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
+
+    dense = torch.zeros((), dtype=torch.float32)
+    sharded = torch.zeros((), dtype=torch.float32)
+    for chunk in model:
+        for param in chunk.parameters():
+            if not (param_is_not_tensor_parallel_duplicate(param) and param_is_not_shared(param)):
+                continue
+            main = getattr(param, "main_param", None) if args.bf16 else None
+            if args.bf16 and getattr(param, "main_param_sharded", False):
+                if main is not None:
+                    sharded += main.detach().float().pow(2).sum().cpu()
+            else:
+                data = main if main is not None else param.data
+                dense += data.detach().float().pow(2).sum().cpu()
+    sharded = sharded.to(torch.cuda.current_device()) if args.device != "cpu" else sharded
+    torch.distributed.all_reduce(sharded, group=ps.get_data_parallel_group())
+    total = dense.to(sharded.device) + sharded
+    torch.distributed.all_reduce(total, group=ps.get_model_parallel_group())
+    return float(total.sqrt())
+
+
+def _max_over_model_parallel(value: float | None, args: argparse.Namespace) -> float | None:
+    """Megatron-LM's ``reduce_max_stat_across_model_parallel_group`` (None where a rank has nothing)."""
+    from megatron.core import parallel_state as ps
+
+    if torch.distributed.get_world_size(group=ps.get_model_parallel_group()) == 1:
+        return value
+    t = torch.tensor([-1.0 if value is None else float(value)], dtype=torch.float32)
+    if args.device != "cpu":
+        t = t.to(torch.cuda.current_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=ps.get_model_parallel_group())
+    return None if float(t) < 0 else float(t)
+
+
 def train_step(forward_step_func, data_iterator, model: list, optimizer, scheduler, args: argparse.Namespace):
-    """One global batch: forward/backward over the micro-batches, reduce, clip, step, schedule."""
+    """One global batch: forward/backward over the micro-batches, reduce, clip, step, schedule.
+
+    Returns (losses, grad norm, skipped, number of zero gradients or None).
+    """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     for chunk in model:
@@ -212,12 +302,17 @@ def train_step(forward_step_func, data_iterator, model: list, optimizer, schedul
         num_microbatches=args.num_microbatches, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
         decoder_seq_length=args.seq_length, forward_only=False,
     )
+    _empty_unused_memory(args, 1)
     if getattr(args, "check_for_nan_in_loss_and_grad", True):
         check_loss_and_grads_finite(losses, model, args)  # before the optimizer could apply them
-    update_successful, grad_norm, _ = optimizer.step()
+    update_successful, grad_norm, num_zeros = optimizer.step()
+    grad_norm = _max_over_model_parallel(None if grad_norm is None else float(grad_norm), args)
+    if args.log_num_zeros_in_grad:
+        num_zeros = _max_over_model_parallel(None if num_zeros is None else float(num_zeros), args)
     if update_successful:
         scheduler.step(increment=args.global_batch_size)
-    return _reduce_losses(losses), (None if grad_norm is None else float(grad_norm)), not update_successful
+    _empty_unused_memory(args, 2)
+    return _reduce_losses(losses), grad_norm, not update_successful, num_zeros
 
 
 def _non_finite(tensors) -> str | None:
@@ -258,7 +353,7 @@ def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.
     what = (f"the loss is {kind[loss_code]}" if loss_code else f"the gradients hold {kind[grad_code]}")
     if loss_code and grad_code:
         what += f" (gradients: {kind[grad_code]})"
-    iteration = getattr(args, "curr_iteration", 0) + 1
+    iteration = iteration_in_progress()
     from mindspeed_llm.training.checkpointing import last_complete_checkpoint
 
     raise NonFiniteError(
@@ -270,12 +365,12 @@ def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.
 
 def evaluate(forward_step_func, data_iterator, model: list, args: argparse.Namespace,
              eval_iters: int) -> dict[str, float]:
-    """Mean validation losses over ``eval_iters`` global batches (forward only)."""
+    """Validation losses over ``eval_iters`` global batches (forward only), token-weighted as Megatron-LM."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     for chunk in model:
         chunk.eval()
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for _ in range(eval_iters):
             losses = get_forward_backward_func()(
@@ -283,26 +378,45 @@ def evaluate(forward_step_func, data_iterator, model: list, args: argparse.Names
                 num_microbatches=args.num_microbatches, seq_length=args.seq_length,
                 micro_batch_size=args.micro_batch_size, decoder_seq_length=args.seq_length, forward_only=True,
             )
-            for key, value in _reduce_losses(losses).items():
-                totals[key] = totals.get(key, 0.0) + value
-            args.consumed_valid_samples += args.global_batch_size
+            _empty_unused_memory(args, 1)
+            for key, pair in _loss_sums(losses).items():
+                totals[key] = totals[key] + pair if key in totals else pair
     for chunk in model:
         chunk.train()
-    return {k: v / eval_iters for k, v in totals.items()}
+    return {k: float(pair[0] / pair[1].clamp(min=1)) for k, pair in totals.items()}
 
 
-def _save(iteration, model, optimizer, scheduler, args, flops) -> None:
+def _save(state: TrainState, model, optimizer, scheduler, args) -> None:
     _set_forward_pre_hooks(model, args, enabled=False)
-    checkpointing.save_checkpoint(iteration, model, optimizer, scheduler, args, flops)
+    checkpointing.save_checkpoint(state, model, optimizer, scheduler, args)
     _set_forward_pre_hooks(model, args, enabled=True)
 
 
-def _evaluate_and_print(label, forward_step_func, iterator, model, args, log, iteration):
+def _evaluate_and_print(label, forward_step_func, iterator, model, args, log, state: TrainState,
+                        validation: bool = True):
+    """Evaluate ``--eval-iters`` batches and print them; validation batches count as consumed samples."""
+    if args.manual_gc and args.manual_gc_eval:
+        gc.collect()
     _set_forward_pre_hooks(model, args, enabled=False)
     losses = evaluate(forward_step_func, iterator, model, args, args.eval_iters)
     _set_forward_pre_hooks(model, args, enabled=True)
-    log.evaluation(label, losses, iteration)
+    if validation:
+        state.consumed_valid_samples += args.eval_iters * args.global_batch_size
+    log.evaluation(label, losses, state.iteration)
+    if args.manual_gc and args.manual_gc_eval:
+        gc.collect()
     return losses
+
+
+def _time_is_up(args: argparse.Namespace, started: float) -> bool:
+    """--exit-duration-in-mins: has any rank trained that long (Megatron-LM counts from the start)?"""
+    if args.exit_duration_in_mins is None:
+        return False
+    done = torch.tensor([int((time.time() - started) / 60.0 > args.exit_duration_in_mins)], dtype=torch.int)
+    if args.device != "cpu":
+        done = done.to(torch.cuda.current_device())
+    torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MAX)
+    return bool(done.item())
 
 
 # ---- entry ------------------------------------------------------------------------------------------------------
@@ -326,18 +440,21 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
 
     Returns a summary (iterations, last losses, mean throughput) on every rank.
     """
+    started = time.time()
     args = initialize_megatron(argv, extra_args_provider, args_defaults)
     signals.configure(args.exit_signal_handler)
     args.model_type = getattr(model_type, "name", str(model_type))
-    from mindspeed_llm.training.data import check_indexed_dataset, parse_blend
+    from mindspeed_llm.training.data import check_data_sources, check_indexed_dataset, data_prefixes
 
-    for prefix in parse_blend(args.data_path)[0]:  # a wrong --data-path fails now, not after the model is built
+    check_data_sources(args)  # a wrong --data-path fails now, not after the model is built
+    for prefix in data_prefixes(args):
         check_indexed_dataset(prefix)
     tokenizer = build_tokenizer(args)
     _STATE["tokenizer"] = tokenizer
     ckpt_iteration = checkpointing.find_checkpoint(args)
     with fail_together():  # each rank reads its own checkpoint file
         prepare_model_config(args, tokenizer, ckpt_iteration)
+    freeze_args(args)  # configuration is settled; what changes from here on lives in TrainState
     if _nothing_to_train(args, ckpt_iteration):
         return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
                               "consumed_train_samples": 0})
@@ -348,88 +465,92 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
 
     optimizer = get_megatron_optimizer(optimizer_config_from_args(args), model)
     scheduler = get_scheduler(optimizer, args)
-    iteration, flops_so_far = checkpointing.load_checkpoint(model, optimizer, scheduler, args, ckpt_iteration)
+    state = checkpointing.load_checkpoint(model, optimizer, scheduler, args, ckpt_iteration)
     _wire_config_hooks(model, optimizer, args)
 
-    from mindspeed_llm.training.data import build_data_iterator, train_valid_test_num_samples
+    from mindspeed_llm.training.data import build_data_iterators
 
-    train_ds, valid_ds, test_ds = train_valid_test_dataset_provider(train_valid_test_num_samples(args))
-    if train_ds is None and args.train_iters > iteration:
-        raise DataError(f"--split {args.split} leaves no training data in --data-path {' '.join(args.data_path)}: "
-                        "give the first (training) share a non-zero value, e.g. --split 969,30,1")
-
-    n_chunks = len(model)
-
-    def iterators(dataset, consumed, cyclic):
-        its = [build_data_iterator(dataset, consumed, args, cyclic=cyclic) for _ in range(n_chunks)]
-        return its if n_chunks > 1 else its[0]
-
-    train_iter = iterators(train_ds, args.consumed_train_samples, False)
-    valid_iter = iterators(valid_ds, args.consumed_valid_samples, True) if valid_ds is not None else None
-    do_valid = valid_iter is not None and args.eval_iters > 0 and args.eval_interval
+    train_iter, valid_iter, test_iter, do_valid, do_test = build_data_iterators(
+        train_valid_test_dataset_provider, args, state, n_chunks=len(model))
     log = TrainingLogger(args)
-    print_rank_last(training_plan(iteration, args.train_iters))
+    print_rank_last(training_plan(state.iteration, args.train_iters))
 
     for chunk in model:
         chunk.train()
+    if args.manual_gc:
+        # Megatron-LM: collections at the same iterations on every rank, not when Python decides.
+        gc.disable()
+        gc.collect()
     last_losses: dict[str, float] = {}
     exit_requested = False
     saved_at = None
-    while iteration < args.train_iters:
-        args.curr_iteration = iteration
+    while state.iteration < args.train_iters:
+        _STATE["step"] = state.iteration + 1  # what messages name: the iteration in progress, its save included
         t0 = time.time()
-        losses, grad_norm, skipped = train_step(forward_step_func, train_iter, model, optimizer, scheduler, args)
+        losses, grad_norm, skipped, num_zeros = train_step(forward_step_func, train_iter, model, optimizer,
+                                                           scheduler, args)
         elapsed = time.time() - t0
-        iteration += 1
-        args.consumed_train_samples += args.global_batch_size
-        flops_so_far += num_floating_point_operations(args, args.global_batch_size)
+        state.iteration += 1
+        state.consumed_train_samples += args.global_batch_size
+        state.floating_point_operations_so_far += num_floating_point_operations(args, args.global_batch_size)
+        iteration = state.iteration
         if losses:
             last_losses = losses
+        params_norm = params_l2_norm(model, args) if args.log_params_norm else None
         lr = optimizer.param_groups[0]["lr"]
-        log.step(iteration, losses, lr, grad_norm, optimizer.get_loss_scale().item(), skipped, elapsed)
-        if do_valid and iteration % args.eval_interval == 0:
+        log.step(state, losses, lr, grad_norm, optimizer.get_loss_scale().item(), skipped, elapsed,
+                 num_zeros=num_zeros, params_norm=params_norm)
+        if do_valid and args.eval_interval and iteration % args.eval_interval == 0:
             _evaluate_and_print(f"validation loss at iteration {iteration}", forward_step_func, valid_iter, model,
-                                args, log, iteration)
+                                args, log, state)
         if args.save and args.save_interval and iteration % args.save_interval == 0:
-            _save(iteration, model, optimizer, scheduler, args, flops_so_far)
+            _save(state, model, optimizer, scheduler, args)
             saved_at = iteration
+        reason = None
         if signals.exit_requested():  # --exit-signal-handler and SIGTERM on some rank: save, exit 0
+            reason = (f"exiting program after receiving SIGTERM at iteration {iteration} (--exit-signal-handler): "
+                      + (f"checkpoint saved in {args.save}" if args.save else "no --save, nothing saved"))
+        elif _time_is_up(args, started):
+            reason = f"exiting program after {args.exit_duration_in_mins} minutes (--exit-duration-in-mins)"
+        elif args.exit_interval and iteration % args.exit_interval == 0:
+            reason = f"exiting program at iteration {iteration} (--exit-interval {args.exit_interval})"
+        if reason:
             if args.save and saved_at != iteration:
-                _save(iteration, model, optimizer, scheduler, args, flops_so_far)
+                _save(state, model, optimizer, scheduler, args)
                 saved_at = iteration
-            print_rank_last(f"exiting program after receiving SIGTERM at iteration {iteration} "
-                            f"(--exit-signal-handler): " + (f"checkpoint saved in {args.save}" if args.save
-                                                            else "no --save, nothing saved"))
+            print_rank_last(reason)
             exit_requested = True
             break
-        if args.exit_interval and iteration % args.exit_interval == 0:
-            if args.save and saved_at != iteration:
-                _save(iteration, model, optimizer, scheduler, args, flops_so_far)
-                saved_at = iteration
-            print_rank_last(f"exiting program at iteration {iteration} (--exit-interval {args.exit_interval})")
-            exit_requested = True
-            break
+        if args.manual_gc and args.manual_gc_interval and iteration % args.manual_gc_interval == 0:
+            gc.collect()
 
     if not exit_requested:
-        if do_valid and iteration % args.eval_interval:
-            _evaluate_and_print("validation loss at the end of training", forward_step_func, valid_iter, model,
-                                args, log, iteration)
-        if args.save and saved_at != iteration and iteration > 0:
-            _save(iteration, model, optimizer, scheduler, args, flops_so_far)
-        if test_ds is not None and args.eval_iters > 0:
-            test_iter = iterators(test_ds, 0, True)
-            _evaluate_and_print("test loss at the end of training", forward_step_func, test_iter, model, args, log,
-                                iteration)
+        # Megatron-LM's order: the last save, then validation and test (the saved run state excludes them).
+        if args.save and saved_at != state.iteration and state.iteration > 0:
+            _save(state, model, optimizer, scheduler, args)
+        if do_valid:
+            _evaluate_and_print(f"validation loss at iteration {state.iteration} on validation set",
+                                forward_step_func, valid_iter, model, args, log, state)
+        if do_test:
+            _evaluate_and_print(f"validation loss at iteration {state.iteration} on test set", forward_step_func,
+                                test_iter, model, args, log, state, validation=False)
+    if args.manual_gc:
+        gc.enable()
     tokens_per_s = (args.global_batch_size * args.seq_length * log.total_iters / log.total_time / args.world_size
                     if log.total_time > 0 else 0.0)
-    summary = {"iteration": iteration, "losses": last_losses, "tokens_per_s_per_device": tokens_per_s,
-               "consumed_train_samples": args.consumed_train_samples}
+    summary = {"iteration": state.iteration, "losses": last_losses, "tokens_per_s_per_device": tokens_per_s,
+               "consumed_train_samples": state.consumed_train_samples}
     # The losses are in the per-interval lines above (means over each --log-interval); one step's loss here
     # would be a second, different "final loss".
-    print_rank_last(f"[after training] iterations: {iteration} | consumed samples: {args.consumed_train_samples} | "
-                    f"mean throughput (tokens/s/device): {tokens_per_s:.1f}")
+    print_rank_last(f"[after training] iterations: {state.iteration} | consumed samples: "
+                    f"{state.consumed_train_samples} | mean throughput (tokens/s/device): {tokens_per_s:.1f}")
     log.close()
     return _finish(args, summary)
+
+
+def iteration_in_progress() -> int | None:
+    """The iteration being trained (or saved) now; None before the training loop."""
+    return _STATE.get("step")
 
 
 def _finish(args: argparse.Namespace, summary: dict) -> dict:
@@ -532,7 +653,7 @@ def _interrupted_line(signum: int) -> str:
         args = get_args()
     except RuntimeError:
         return f"interrupted by {name} during start-up; nothing was written"
-    where = f"during iteration {args.curr_iteration + 1}" if hasattr(args, "curr_iteration") else "before training"
+    where = f"during iteration {iteration_in_progress()}" if "step" in _STATE else "before training"
     kept = last_complete_checkpoint(args.save)
     return (f"interrupted by {name} {where}; no temporary files left, kept: {kept}"
             + (f" (resume with --load {args.save})" if args.save and "iteration" in kept else ""))

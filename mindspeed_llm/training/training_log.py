@@ -81,10 +81,12 @@ class TrainingLogger:
         self.elapsed = 0.0
         self.t0 = time.time()
 
-    def step(self, iteration: int, loss: dict[str, float], lr: float, grad_norm: float | None,
-             loss_scale: float, skipped: bool, elapsed: float) -> None:
-        """Record one iteration; print the line when ``iteration`` closes a log interval."""
+    def step(self, state, loss: dict[str, float], lr: float, grad_norm: float | None,
+             loss_scale: float, skipped: bool, elapsed: float, *, num_zeros: float | None = None,
+             params_norm: float | None = None) -> None:
+        """Record one iteration (``state``: the run's TrainState); print the line when it closes a log interval."""
         args = self.args
+        iteration = state.iteration
         self.iters += 1
         self.elapsed += elapsed
         self.total_time += elapsed
@@ -95,7 +97,7 @@ class TrainingLogger:
                 self.nan += 1
             self.loss_sum[key] = self.loss_sum.get(key, 0.0) + value
         if self.writer is not None and iteration % args.tensorboard_log_interval == 0:
-            samples = args.consumed_train_samples
+            samples = state.consumed_train_samples
             self.writer.add_scalar("learning-rate", lr, iteration)
             self.writer.add_scalar("batch-size", args.global_batch_size, iteration)
             for key, value in loss.items():
@@ -103,6 +105,10 @@ class TrainingLogger:
                 self.writer.add_scalar(key + " vs samples", value, samples)
             if grad_norm is not None:
                 self.writer.add_scalar("grad-norm", grad_norm, iteration)
+            if num_zeros is not None:
+                self.writer.add_scalar("num-zeros", num_zeros, iteration)
+            if params_norm is not None:
+                self.writer.add_scalar("params-norm", params_norm, iteration)
             self.writer.add_scalar("loss-scale", loss_scale, iteration)
         if iteration % args.log_interval:
             return
@@ -110,7 +116,7 @@ class TrainingLogger:
         tokens_per_s = args.global_batch_size * args.seq_length / per_iter / args.world_size
         tflops = num_floating_point_operations(args, args.global_batch_size) / per_iter / args.world_size / 1e12
         line = (f" [{time.strftime('%Y-%m-%d %H:%M:%S')}] iteration {iteration:8d}/{args.train_iters:8d} |"
-                f" consumed samples: {args.consumed_train_samples:12d} |"
+                f" consumed samples: {state.consumed_train_samples:12d} |"
                 f" elapsed time per iteration (ms): {per_iter * 1000:.1f} |")
         if args.log_throughput:
             line += f" throughput (tokens/s/device): {tokens_per_s:.1f} | TFLOP/s/device: {tflops:.3f} |"
@@ -122,6 +128,10 @@ class TrainingLogger:
         line += f" loss scale: {loss_scale:.1f} |"
         if grad_norm is not None:
             line += f" grad norm: {grad_norm:.3f} |"
+        if num_zeros is not None:
+            line += f" num zeros: {int(num_zeros)} |"
+        if params_norm is not None:
+            line += f" params norm: {params_norm:.3f} |"
         line += f" number of skipped iterations: {self.skipped:3d} | number of nan iterations: {self.nan:3d} |"
         print_rank_last(line)
         if self.writer is not None:

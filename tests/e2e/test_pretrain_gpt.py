@@ -4,6 +4,7 @@ sequence parallelism, tied embeddings at PP2, bf16 back to HF. Tiny models conve
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,52 @@ def test_dp2_distributed_optimizer_matches_and_resumes_exactly(tiny, baseline):
     assert "training ... iterations 4 to 6" in resumed
     want = {it: s for it, s in loss_strings(unbroken).items() if it > 3}
     assert loss_strings(resumed) == want
+
+
+DROPOUT = ["--attention-dropout", "0.1", "--hidden-dropout", "0.1"]  # Megatron-LM's defaults (later flags win)
+
+
+@pytest.mark.parametrize("layout", ["tp1pp2", "tp2", "dp2-distributed-optimizer"])
+def test_resume_with_dropout_repeats_the_unbroken_run_bitwise(tiny, baseline, tmp_path, layout):
+    """Dropout 0.1: save at 3, resume from it (--ckpt-step 3 of a folder whose tracker says 6), same losses 4..6."""
+    tp, pp, extra = {"tp1pp2": (1, 2, []), "tp2": (2, 1, []),
+                     "dp2-distributed-optimizer": (1, 1, ["--use-distributed-optimizer"])}[layout]
+    flags = [*tiny["flags"], *DROPOUT, *_parallel(tp, pp), *extra]
+    save = tmp_path / "save"
+    unbroken = run_pretrain(*flags, "--load", str(tiny["ckpts"][tp, pp]), "--finetune", "--save", str(save),
+                            "--save-interval", "3", nproc=2)
+    assert max(abs(losses(unbroken)[it] - baseline[it]) for it in baseline) > 1e-3, "dropout should change the losses"
+    resumed = run_pretrain(*flags, "--load", str(save), "--ckpt-step", "3", nproc=2)
+    assert "iterations 4 to 6" in resumed
+    assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
+
+
+def test_launch_contradicting_the_checkpoint_is_refused_before_training(tiny):
+    """The converted Qwen2 has rope_theta 1e6 and eps 1e-6: other values (or a scaling) are one error line, exit 1."""
+    flags = [*tiny["flags"], "--rotary-base", "10000", "--norm-epsilon", "1e-5", "--rope-scaling-type", "linear",
+             "--rope-scaling-factor", "2", "--load", str(tiny["ckpts"][1, 1]), "--finetune"]
+    proc = subprocess.run([sys.executable, str(PRETRAIN), *flags], capture_output=True, text=True, timeout=180,
+                          cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for part in ("--rotary-base 10000.0 (checkpoint: 1000000.0)", "--norm-epsilon 1e-05 (checkpoint: 1e-06)",
+                 "--rope-scaling-type linear (checkpoint: None)"):
+        assert part in errors[0]
+    assert "Traceback" not in proc.stderr and "iteration" not in proc.stdout.replace("(iteration 1)", "")
+
+
+def test_use_checkpoint_args_and_resuming_a_converted_checkpoint_skip_its_samples(tiny):
+    """No model flags but --use-checkpoint-args; iteration 1 without --finetune counts 1 x GBS as consumed."""
+    model = set(tiny["flags"][:tiny["flags"].index("--tokenizer-type")])
+    flags = [f for f in tiny["flags"][tiny["flags"].index("--tokenizer-type"):]]
+    assert "--num-layers" in model and "--num-layers" not in flags
+    out = run_pretrain(*flags, "--use-checkpoint-args", "--attention-dropout", "0", "--hidden-dropout", "0",
+                       "--make-vocab-size-divisible-by", "1", "--load", str(tiny["ckpts"][1, 1]), "--no-load-optim",
+                       "--no-load-rng", "--train-iters", "3", nproc=1)
+    assert "iterations 2 to 3" in out
+    assert re.search(r"iteration\s+2/\s+3 \| consumed samples:\s+8 \|", out), out[-2000:]
+    assert sorted(losses(out)) == [2, 3]
 
 
 def test_sequence_parallel_tp2_matches_tp1_and_norms_stay_identical(tiny, baseline):
@@ -199,9 +246,9 @@ def test_cli_error_for_missing_load_folder_is_one_clear_line(tiny, tmp_path):
 
 
 def test_virtual_pipeline_saves_model_chunks_and_resumes_exactly(tiny, tmp_path):
-    """PP2 x 2 virtual stages from random weights: model0/model1 in the files; resuming at 3 repeats 4..6."""
+    """PP2 x 2 virtual stages, dropout 0.1, random weights: model0/model1 in the files; resuming at 3 repeats 4..6."""
     save = tmp_path / "vpp"
-    flags = [*tiny["flags"], *_parallel(1, 2), "--num-layers-per-virtual-pipeline-stage", "1"]
+    flags = [*tiny["flags"], *DROPOUT, *_parallel(1, 2), "--num-layers-per-virtual-pipeline-stage", "1"]
     unbroken = run_pretrain(*flags, "--save", str(save), "--save-interval", "3", nproc=2)
     state = torch.load(save / "iter_0000003" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=False)
     assert {"model0", "model1"} <= set(state) and "model" not in state

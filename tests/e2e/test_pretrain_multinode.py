@@ -2,7 +2,8 @@
 
 Each node has its own copy of the data and so its own dataset-cache folder: with --no-shared-storage
 every node's first process builds the index there (otherwise only global rank 0 would, and node 1
-would find no cache).
+would find no cache), and writes the checkpoint tracker into its own --save folder (so a resume on
+that node finds it).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
         data.append(prefix)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), str(PRETRAIN),
-               *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage"]
+               *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage", "--save", "ckpt"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       cwd=tmp_path / f"node{node}"))
@@ -46,6 +47,9 @@ def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
         assert proc.returncode == 0, f"node {node} failed:\n{out[-5000:]}"
     assert "initialized world of 2" in outs[0] and "DP=2" in outs[0]
     assert sorted(losses(outs[1])) == [1, 2, 3, 4]  # the last rank (node 1) prints the progress
+    for node in (0, 1):  # --save ckpt is node-local: each node's first process writes the tracker there
+        tracker = tmp_path / f"node{node}" / "ckpt" / "latest_checkpointed_iteration.txt"
+        assert tracker.read_text().strip() == "4", f"node {node} has no tracker"
     for prefix in data:
         cache = os.path.join(prefix, "cache", "GPTDataset_indices")  # megatron-core puts it under the prefix
         assert any(name.endswith("shuffle_index.npy") for name in os.listdir(cache)), f"no index built in {cache}"

@@ -126,3 +126,68 @@ def test_rope_scaling_comes_from_the_checkpoint_and_flags_only_complete_it():
     assert fresh.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     assert model_config_from_args(args_for("--qk-layernorm"), 100).architecture == "Qwen3ForCausalLM"
+
+
+# ---- Megatron-LM flags: sample-based training, uneven first/last stages, refusals --------------------------
+def test_train_samples_sets_the_iterations_as_megatron_does():
+    flags = (BASE.replace("--train-iters 5", "--train-samples 50") + " --global-batch-size 8 --micro-batch-size 2 "
+             "--lr-warmup-samples 16 --lr-decay-samples 40").split()
+    args = validate_args(parse_args(flags), 2)
+    assert args.train_iters == 6  # 50 // 8, Megatron-LM's update_train_iters
+    assert (args.lr_warmup_samples, args.lr_decay_samples) == (16, 40)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("--lr-warmup-samples 16", ["--lr-warmup-samples", "--train-samples"]),
+    ("--lr-decay-samples 40", ["--lr-decay-samples", "--lr-decay-iters"]),
+    ("--train-samples 40", ["exactly one of --train-iters N and --train-samples N"]),
+    ("--dataloader-type cyclic", ["--dataloader-type cyclic", "single"]),
+    ("--context-parallel-algo ulysses_cp_algo", ["--context-parallel-algo ulysses_cp_algo", "drop the flag"]),
+    ("--mock-data", ["one data source"]),
+    ("--train-data-path t_text_document", ["one data source"]),
+    ("--manual-gc-interval -1", ["--manual-gc-interval"]),
+])
+def test_megatron_flags_refused_with_a_line(extra, words):
+    with pytest.raises(ArgumentError) as err:
+        args_for(extra)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_sample_based_training_refuses_iteration_schedule_flags():
+    flags = (BASE.replace("--train-iters 5", "--train-samples 40") + " --lr-warmup-iters 2").split()
+    with pytest.raises(ArgumentError, match="--lr-warmup-iters go with --train-iters"):
+        validate_args(parse_args(flags), 1)
+
+
+def test_decoder_first_and_last_stage_layers_become_a_layer_list():
+    args = args_for("--num-layers 10 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 1 "
+                    "--decoder-last-pipeline-num-layers 3", world=4)
+    assert args.num_layer_list_parsed == [1, 3, 3, 3]
+    args = args_for("--pipeline-model-parallel-size 2 --decoder-last-pipeline-num-layers 1", world=2)
+    assert args.num_layer_list_parsed == [3, 1]
+    with pytest.raises(ArgumentError, match="cannot be split evenly"):
+        args_for("--num-layers 9 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 2", world=4)
+
+
+def test_per_split_data_paths_and_mock_data_replace_data_path():
+    flags = BASE.replace("--data-path d_text_document", "--mock-data").split()
+    assert validate_args(parse_args(flags), 1).mock_data
+    flags = BASE.replace("--data-path d_text_document", "--train-data-path t_text_document").split()
+    assert validate_args(parse_args(flags), 1).train_data_path == ["t_text_document"]
+
+
+def test_args_are_frozen_after_validation():
+    from mindspeed_llm.training.state import FrozenArgsError, freeze_args
+
+    args = freeze_args(args_for())
+    with pytest.raises(FrozenArgsError, match="cannot set lr"):
+        args.lr = 1.0
+    assert args.lr == 1e-3
+
+
+def test_given_flags_are_told_apart_from_defaults():
+    from mindspeed_llm.training.arguments import given_flags
+
+    given = given_flags((BASE + " --rotary-base 10000").split())
+    assert "rotary_base" in given and "norm_epsilon" not in given and "seq_length" in given

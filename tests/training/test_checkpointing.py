@@ -100,3 +100,102 @@ def test_foreign_classes_in_a_checkpoint_are_a_clear_error(tmp_path):
     torch.save({"args": argparse.Namespace(thing=_Foreign())}, path)
     with pytest.raises(CheckpointError, match="not on the safe-load allow-list.*register_safe_globals"):
         load_rank_file(str(path))
+
+
+# ---- the checkpoint is the truth about the model --------------------------------------------------------------
+LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+LAUNCH = ("--num-layers 4 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads 4 --group-query-attention "
+          "--num-query-groups 2 --swiglu --disable-bias-linear --untie-embeddings-and-output-weights --seq-length 32 "
+          "--train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 --data-path d_text_document")
+MATCHING = " --rotary-base 1000000 --norm-epsilon 1e-6 --rope-scaling-type llama3 --rope-scaling-factor 8"
+
+
+def _converted_args():
+    """``args`` as convert_ckpt.py hf -> mg records them for a Llama-3.1-style config (real converter code)."""
+    from mindspeed_llm.checkpoint.convert import ConvertOptions, make_checkpoint_args
+    from mindspeed_llm.models.families import ModelConfig
+    from tests.checkpoint.tiny_models import tiny_hf_config
+
+    cfg = ModelConfig.from_hf_config(tiny_hf_config("llama", rope_theta=1e6, rms_norm_eps=1e-6,
+                                                    rope_scaling=dict(LLAMA31_ROPE), tie_word_embeddings=False))
+    return make_checkpoint_args(cfg, tp=1, pp=1, counts=[4], padded=128,
+                                opts=ConvertOptions("hf", "mg", "hf_dir", "mg_dir"))
+
+
+def _launch(flags: str):
+    from mindspeed_llm.training.arguments import parse_args, validate_args
+
+    return validate_args(parse_args(flags.split()), 1)
+
+
+def test_converter_records_rope_scaling_and_a_matching_launch_passes():
+    ckpt = _converted_args()
+    assert (ckpt.rope_scaling_type, ckpt.rope_scaling_factor, ckpt.original_max_position_embeddings) == \
+        ("llama3", 8.0, 8192)
+    check_checkpoint_args(_launch(LAUNCH + MATCHING), ckpt, "ckpt")
+
+
+def test_launch_contradicting_rope_and_norm_is_refused_in_one_line():
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint_args(_launch(LAUNCH + " --rope-scaling-type linear --rope-scaling-factor 8"),
+                              _converted_args(), "the checkpoint c (iteration 1)")
+    text = str(err.value)
+    assert "\n" not in text
+    for part in ("--rotary-base 10000.0 (checkpoint: 1000000.0)", "--norm-epsilon 1e-05 (checkpoint: 1e-06)",
+                 "--rope-scaling-type linear (checkpoint: llama3)", "--use-checkpoint-args"):
+        assert part in text, text
+    with pytest.raises(CheckpointError, match=r"--rope-scaling-factor 4.0 \(checkpoint: 8.0\)"):
+        check_checkpoint_args(_launch(LAUNCH + MATCHING.replace("factor 8", "factor 4")), _converted_args(), "c")
+
+
+def test_rope_scaling_flags_left_out_take_the_recorded_scaling():
+    """No --rope-scaling-type: the checkpoint's scaling is the run's (arguments.rope_scaling_from_args)."""
+    from mindspeed_llm.models.families import ModelConfig
+    from mindspeed_llm.training.arguments import model_config_from_args
+
+    ckpt = _converted_args()
+    args = _launch(LAUNCH + " --rotary-base 1000000 --norm-epsilon 1e-6")
+    check_checkpoint_args(args, ckpt, "c")
+    config = model_config_from_args(args, 128, ModelConfig.from_hf_config(dict(ckpt.hf_config)))
+    assert config.rope_scaling == LLAMA31_ROPE
+
+
+def test_older_conversions_are_checked_through_their_hf_config():
+    ckpt = _converted_args()
+    for name in ("rope_scaling_type", "rope_scaling_factor", "low_freq_factor", "high_freq_factor",
+                 "original_max_position_embeddings", "rotary_base"):
+        delattr(ckpt, name)
+    with pytest.raises(CheckpointError) as err:
+        check_checkpoint_args(_launch(LAUNCH + " --norm-epsilon 1e-6 --rope-scaling-type linear "
+                                      "--rope-scaling-factor 8"), ckpt, "c")
+    assert "--rotary-base 10000.0 (checkpoint: 1000000.0); --rope-scaling-type linear (checkpoint: llama3)" in \
+        str(err.value)
+
+
+def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
+    from mindspeed_llm.training.arguments import parse_args, validate_args
+    from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
+
+    layout.save_rank_state(tmp_path, 1, 0, 0, 1, {"args": _converted_args(), "iteration": 1})
+    layout.write_tracker(tmp_path, 1)
+    flags = ("--seq-length 32 --train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 "
+             f"--data-path d_text_document --use-checkpoint-args --load {tmp_path} --hidden-size 32 --norm-epsilon 1e-5")
+    args = parse_args(flags.split())
+    load_args_from_checkpoint(args)
+    args = validate_args(args, 1)
+    assert (args.num_layers, args.ffn_hidden_size, args.num_query_groups, args.rotary_base) == (4, 96, 2, 1e6)
+    assert (args.rope_scaling_type, args.rope_scaling_factor, args.norm_epsilon) == ("llama3", 8.0, 1e-6)
+    assert args.untie_embeddings_and_output_weights and args.swiglu and args.disable_bias_linear
+    assert args.hidden_size == 32  # Megatron-LM fills --hidden-size only when the launch left it unset
+    with pytest.raises(CheckpointError, match=r"--hidden-size 32 \(checkpoint: 64\)"):
+        check_checkpoint_args(args, _converted_args(), "c")
+
+
+def test_ckpt_step_picks_an_iteration_or_names_the_ones_there(tmp_path):
+    layout.write_tracker(tmp_path, 6)
+    for it in (3, 6):
+        (tmp_path / layout.iteration_dir_name(it)).mkdir()
+    assert find_checkpoint(ns(load=str(tmp_path), ckpt_step=3)) == 3
+    with pytest.raises(CheckpointError, match=r"--ckpt-step 4: .* \(there: iter_0000003, iter_0000006\)"):
+        find_checkpoint(ns(load=str(tmp_path), ckpt_step=4))
