@@ -7,6 +7,7 @@ tracker is written last, so a reader never sees a half-written iteration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import re
@@ -54,9 +55,17 @@ def _default_safe_globals() -> list[Any]:
     return extra
 
 
+@contextlib.contextmanager
 def allowed_globals():
-    """Context manager: ``torch.load(weights_only=True)`` inside accepts the allow-listed checkpoint globals."""
-    return torch.serialization.safe_globals(_SAFE_GLOBALS + _default_safe_globals())
+    """Context manager: ``torch.load(weights_only=True)`` inside accepts the allow-listed checkpoint globals.
+
+    They are registered process-wide, as megatron-core's own ``register_safe_globals`` does: torch's
+    ``safe_globals`` context would restore the list on exit and so also drop what code run inside
+    registered for good (megatron-core registers its globals when a module is first imported, which
+    can happen during a load), breaking later ``torch.load`` calls of megatron's readers.
+    """
+    torch.serialization.add_safe_globals(_SAFE_GLOBALS + _default_safe_globals())
+    yield
 
 
 def safe_torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:

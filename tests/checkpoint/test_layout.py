@@ -66,3 +66,14 @@ def test_tracker_errors(tmp_path):
         read_tracker(tmp_path)
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("release")
     assert read_tracker(tmp_path) == "release"
+
+
+def test_allowed_globals_keep_registrations_made_inside():
+    """megatron-core registers its safe globals on first import, possibly during one of our loads: they stay."""
+    from mindspeed_llm.checkpoint.layout import allowed_globals
+
+    with allowed_globals():
+        from megatron.core import safe_globals
+
+        safe_globals.register_safe_globals()
+    assert argparse.Namespace in torch.serialization.get_safe_globals()
