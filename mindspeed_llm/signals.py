@@ -72,6 +72,17 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (signal 0 probes without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def exit_status(exc: BaseException) -> int:
     """Shell convention: 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

@@ -31,7 +31,7 @@ from mindspeed_llm.checkpoint.errors import (
     describe_os_error,
     os_error_of,
 )
-from mindspeed_llm.signals import signals_deferred
+from mindspeed_llm.signals import process_alive, signals_deferred
 
 EXPORT_MARKER = ".mindspeed_llm_export.json"
 MG2HF = "mg2hf"
@@ -181,16 +181,6 @@ def check_replace(target: str, output: str, *, overwrite: bool, overwrite_traini
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_staging(target: str) -> None:
     """Remove staging folders of earlier runs on ``target`` that were killed (kill -9, power loss)."""
     parent, base = os.path.split(target)
@@ -198,7 +188,7 @@ def remove_stale_staging(target: str) -> None:
     with contextlib.suppress(OSError):
         for name in os.listdir(parent):
             m = pattern.fullmatch(name)
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 

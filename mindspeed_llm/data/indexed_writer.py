@@ -31,7 +31,7 @@ import numpy as np
 
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.io_errors import describe_os_error
-from mindspeed_llm.signals import signals_deferred
+from mindspeed_llm.signals import process_alive, signals_deferred
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -262,18 +262,8 @@ def remove_stale_temporaries(prefix: str) -> None:
             if not name.startswith(base):
                 continue
             m = _TEMP_SUFFIX.fullmatch(name[len(base):])
-            if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
                 IndexedDatasetWriter._discard(os.path.join(folder, name))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_bin_size(prefix: str, index: IndexArrays) -> None:

@@ -672,7 +672,7 @@ def run_main(main: Callable[[], object]) -> None:
         sys.exit(1)
     except (ArgumentError, CheckpointError, *USER_ERRORS) as exc:
         report_error(str(exc))
-        sys.exit(1)
+        _exit(1)
     except RuntimeError as exc:
         if signals.interrupted_by() is not None:  # a collective the signal broke on the way out
             _exit_interrupted(signals.interrupted_by(), rank)
@@ -683,6 +683,17 @@ def run_main(main: Callable[[], object]) -> None:
         raise
     finally:
         signals.uninstall()
+
+
+def _exit(code: int) -> None:
+    """Leave after a user error was reported: the process group is torn down first, not by the interpreter's exit
+    (gloo's threads torn down in static destruction aborted a process once in CI: exit -6 after its line)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if torch.distributed.is_initialized():
+        with contextlib.suppress(Exception):
+            torch.distributed.destroy_process_group()
+    sys.exit(code)
 
 
 def _wait_for_report(messages: list[str]) -> None:
