@@ -63,3 +63,40 @@ def swiglu(x: Tensor, backend: str | None = None, torch_npu: Any = None) -> Tens
 def bias_swiglu(x: Tensor, bias: Tensor | None = None, backend: str | None = None, torch_npu: Any = None) -> Tensor:
     """``swiglu(x + bias)`` (no bias when None)."""
     return swiglu(x if bias is None else x + bias, backend=backend, torch_npu=torch_npu)
+
+
+# megatron's fused SwiGLU kernels (fusions/fused_bias_swiglu.py) go through torch.compile, which on
+# the CPU builds C++ for seconds per process and again for each new shape. These are the same four
+# functions in eager torch, computed as the compiled kernels compute them: in float32, rounded to the
+# input's dtype once at the end. Measured against megatron's compiled kernels (torch 2.13, CPU): equal
+# bit for bit in bf16, and in fp32 when the last dimension is a multiple of the vector width (16);
+# odd widths differ by one ulp where the compiled kernel takes its scalar tail path.
+
+
+def megatron_swiglu(y: Tensor) -> Tensor:
+    """megatron's ``swiglu``: ``silu(y1) * y2`` in float32, one rounding."""
+    y_1, y_2 = torch.chunk(y.float(), 2, -1)
+    return (F.silu(y_1) * y_2).to(y.dtype)
+
+
+def megatron_bias_swiglu(y: Tensor, bias: Tensor) -> Tensor:
+    """megatron's ``bias_swiglu``: the bias is added in float32, not rounded before the SwiGLU."""
+    y_1, y_2 = torch.chunk(y.float() + bias.float(), 2, -1)
+    return (F.silu(y_1) * y_2).to(y.dtype)
+
+
+def _megatron_swiglu_back_fp32(g: Tensor, y: Tensor) -> Tensor:
+    y_1, y_2 = torch.chunk(y, 2, -1)
+    sig = torch.sigmoid(y_1)
+    # megatron's formula and evaluation order (left to right), not aten's silu_backward.
+    return torch.cat((g * sig * (1 + y_1 * (1 - sig)) * y_2, g * F.silu(y_1)), -1)
+
+
+def megatron_swiglu_back(g: Tensor, y: Tensor) -> Tensor:
+    """megatron's ``swiglu_back``: d/dy of ``swiglu(y)`` times ``g``, in float32, one rounding."""
+    return _megatron_swiglu_back_fp32(g.float(), y.float()).to(y.dtype)
+
+
+def megatron_bias_swiglu_back(g: Tensor, y: Tensor, bias: Tensor) -> Tensor:
+    """megatron's ``bias_swiglu_back``: :func:`megatron_swiglu_back` at ``y + bias`` (sum in float32)."""
+    return _megatron_swiglu_back_fp32(g.float(), y.float() + bias.float()).to(y.dtype)

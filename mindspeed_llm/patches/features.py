@@ -20,6 +20,11 @@ CPU base patches (group ``ops-cpu``), applied with the above when the device is 
   :func:`~mindspeed_llm.ops.cross_entropy.vocab_parallel_cross_entropy`: megatron's float32 math
   and all-reduces, computed over cache-sized blocks of rows instead of whole-tensor passes over a
   float32 copy of the logits. CPU only: on a GPU its per-block Python loop would be launch-bound.
+- The four kernels behind megatron's fused SwiGLU (``fused_bias_swiglu.swiglu``, ``bias_swiglu``,
+  ``swiglu_back``, ``bias_swiglu_back``; used when ``config.bias_activation_fusion`` is True, which
+  ``--swiglu`` gives by default as in Megatron-LM) become eager torch with the same math
+  (:func:`~mindspeed_llm.ops.swiglu.megatron_swiglu` and friends). megatron compiles them with
+  torch.compile, which on the CPU needs a C++ compiler and seconds per process and per new shape.
 
 Feature patches (group ``features``), enabled from the training flags by
 :func:`enable_feature_patches` / :func:`enable_feature_patches_from_args`:
@@ -65,6 +70,7 @@ _DEVICE_TO_BACKEND = {"cpu": "torch", "cuda": "cuda", "npu": "npu"}
 LOCAL_SPEC = "megatron.core.models.backends.LocalSpecProvider"
 ROPE_BSHD = "megatron.core.models.common.embeddings.rope_utils._apply_rotary_pos_emb_bshd"
 BIAS_SWIGLU = "megatron.core.fusions.fused_bias_swiglu.bias_swiglu_impl"
+FUSED_SWIGLU_MODULE = "megatron.core.fusions.fused_bias_swiglu"
 
 
 def _local_layer_norm(self, rms_norm: bool = False, for_qk: bool = False) -> type:
@@ -118,14 +124,20 @@ def _cross_entropy_wrapper(original: Callable) -> Callable:
 
 
 def _register_cpu_base(reg: PatchRegistry) -> None:
+    from mindspeed_llm.ops import swiglu
+
     importlib.import_module("megatron.core.tensor_parallel")
     reg.register(CROSS_ENTROPY, wrapper=_cross_entropy_wrapper, group=CPU_BASE_GROUP,
                  description="vocab-parallel cross entropy in cache-sized blocks (CPU)")
+    importlib.import_module(FUSED_SWIGLU_MODULE)
+    for name in ("swiglu", "bias_swiglu", "swiglu_back", "bias_swiglu_back"):
+        reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"), group=CPU_BASE_GROUP,
+                     description=f"fused SwiGLU's {name} in eager torch (no torch.compile on the CPU)")
 
 
 def apply_base_op_patches(device: str, reg: PatchRegistry = registry) -> None:
     """Apply the op patches every device gets at import (sequence-parallel-capable norms, fused
-    Adam fallback), and on the CPU the blocked cross entropy."""
+    Adam fallback), and on the CPU the blocked cross entropy and the eager fused-SwiGLU kernels."""
     if device not in _DEVICE_TO_BACKEND:
         raise ValueError(f"device={device!r}: expected one of {', '.join(_DEVICE_TO_BACKEND)}")
     if not reg.patches(BASE_GROUP):

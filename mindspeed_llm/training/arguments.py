@@ -33,7 +33,7 @@ class ArgumentError(ValueError):
 # CPU they change nothing (our feature patches decide per device what --use-* means).
 KERNEL_ONLY_FLAGS = (
     "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_dropout_fusion",
-    "no_bias_swiglu_fusion", "no_rope_fusion", "use_fused_ring_attention_update", "use_cp_send_recv_overlap",
+    "no_rope_fusion", "use_fused_ring_attention_update", "use_cp_send_recv_overlap",
     "no_async_tensor_model_parallel_allreduce", "no_create_attention_mask_in_dataloader",
 )
 FEATURE_KERNEL_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-gradient-accumulation-fusion", action="store_true")
     g.add_argument("--no-masked-softmax-fusion", action="store_true")
     g.add_argument("--no-bias-dropout-fusion", action="store_true")
-    g.add_argument("--no-bias-swiglu-fusion", action="store_true")
+    g.add_argument("--no-bias-swiglu-fusion", action="store_true",
+                   help="plain silu(x1) * x2 with autograd instead of megatron's fused SwiGLU (Megatron-LM's flag)")
     g.add_argument("--no-rope-fusion", action="store_true")
     g.add_argument("--no-async-tensor-model-parallel-allreduce", action="store_true")
     g.add_argument("--use-fused-ring-attention-update", action="store_true")
@@ -705,6 +706,9 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         gradient_accumulation_fusion=False,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
+        # Megatron-LM's default for --swiglu: megatron's fused SwiGLU (its own forward/backward math;
+        # on the CPU its compiled kernels are the eager ones of the ops-cpu patches).
+        bias_activation_fusion=not args.no_bias_swiglu_fusion,
         apply_rope_fusion=False,
         cross_entropy_loss_fusion=args.cross_entropy_loss_fusion,
         cross_entropy_fusion_impl="native",

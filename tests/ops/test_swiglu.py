@@ -73,3 +73,29 @@ def test_npu_bias_swiglu_adds_the_bias_before_the_kernel():
     assert call["dim"] == -1
     assert torch.equal(call["x"], x + bias)
     assert fake.calls and len(fake.calls) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_fused_swiglu_equals_megatrons_compiled_kernels_bit_for_bit(dtype):
+    """The ops-cpu patch replaces megatron's torch.compile'd fused-SwiGLU kernels by eager torch; the
+    reference is megatron's own compiled kernels (the patch's originals), with and without a bias,
+    forward and backward, at a width that is a multiple of the vector length (as model sizes are)."""
+    from megatron.core.fusions import fused_bias_swiglu as fused
+
+    from mindspeed_llm.patches.features import CPU_BASE_GROUP, FUSED_SWIGLU_MODULE
+    from mindspeed_llm.patches.registry import registry
+
+    patched = {p.target.rsplit(".", 1)[1]: p for p in registry.patches(CPU_BASE_GROUP)
+               if p.target.startswith(FUSED_SWIGLU_MODULE) and p.active}
+    assert sorted(patched) == ["bias_swiglu", "bias_swiglu_back", "swiglu", "swiglu_back"]
+    assert fused.swiglu is not patched["swiglu"]._original  # megatron's module calls the eager kernels
+    gen = torch.Generator().manual_seed(3)
+    y = (torch.randn(8, 2, 64, generator=gen) * 3).to(dtype)
+    g = torch.randn(8, 2, 32, generator=gen).to(dtype)
+    bias = torch.randn(64, generator=gen).to(dtype)
+    for name, args in [("swiglu", (y,)), ("bias_swiglu", (y, bias)), ("swiglu_back", (g, y)),
+                       ("bias_swiglu_back", (g, y, bias))]:
+        want = patched[name]._original(*args)
+        got = getattr(fused, name)(*args)
+        assert got.dtype == want.dtype and torch.equal(got, want), name

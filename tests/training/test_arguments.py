@@ -92,6 +92,11 @@ def test_transformer_config_follows_the_flags():
     assert config.params_dtype == torch.bfloat16 and config.recompute_granularity == "full"
     assert config.cross_entropy_loss_fusion
     assert model.architecture == "Qwen2ForCausalLM" and model.tie_word_embeddings
+    # Megatron-LM's --swiglu default: megatron's fused SwiGLU; its --no-bias-swiglu-fusion: the plain one.
+    assert config.bias_activation_fusion
+    args = args_for("--no-bias-swiglu-fusion")
+    assert not transformer_config_from_args(args, model_config_from_args(args, vocab_rows=101)).bias_activation_fusion
+    assert "--no-bias-swiglu-fusion" not in kernel_noop_flags(args, "cpu")
 
 
 def test_megatron_spellings_of_the_resilience_flags():
