@@ -68,35 +68,62 @@ def bias_swiglu(x: Tensor, bias: Tensor | None = None, backend: str | None = Non
 # megatron's fused SwiGLU kernels (fusions/fused_bias_swiglu.py) go through torch.compile, which on
 # the CPU builds C++ for seconds per process and again for each new shape. These are the same four
 # functions in eager torch, computed as the compiled kernels compute them: in float32, rounded to the
-# input's dtype once at the end. Measured against megatron's compiled kernels (torch 2.13, CPU): equal
-# bit for bit in bf16, and in fp32 when the last dimension is a multiple of the vector width (16);
-# odd widths differ by one ulp where the compiled kernel takes its scalar tail path.
+# input's dtype once at the end, over blocks of rows (the compiled kernel's single pass keeps its
+# temporaries in registers; here they stay cache-sized instead of whole float32 copies). Measured
+# against megatron's compiled kernels (torch 2.13, CPU): equal bit for bit in bf16, and in fp32 when
+# the last dimension is a multiple of the vector width (16); odd widths differ by one ulp where the
+# compiled kernel takes its scalar tail path.
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def _row_blocks(rows: int, width: int):
+    step = max(1, _BLOCK_ELEMENTS // max(width, 1))
+    return ((i, min(i + step, rows)) for i in range(0, rows, step))
+
+
+def _megatron_swiglu_fwd(y: Tensor, bias: Tensor | None) -> Tensor:
+    f = y.shape[-1] // 2
+    y2d = y.reshape(-1, y.shape[-1])
+    out = torch.empty(y2d.shape[0], f, dtype=y.dtype, device=y.device)
+    for i, j in _row_blocks(y2d.shape[0], y.shape[-1]):
+        block = y2d[i:j].float() if bias is None else y2d[i:j].float() + bias.float()
+        result = F.silu(block[:, :f])
+        out[i:j] = result.mul_(block[:, f:])
+    return out.view(*y.shape[:-1], f)
+
+
+def _megatron_swiglu_bwd(g: Tensor, y: Tensor, bias: Tensor | None) -> Tensor:
+    f = y.shape[-1] // 2
+    y2d, g2d = y.reshape(-1, y.shape[-1]), g.reshape(-1, f)
+    out = torch.empty_like(y2d)
+    for i, j in _row_blocks(y2d.shape[0], y.shape[-1]):
+        block = y2d[i:j].float() if bias is None else y2d[i:j].float() + bias.float()
+        grad = g2d[i:j].float()
+        gate, up = block[:, :f], block[:, f:]
+        sig = torch.sigmoid(gate)
+        # megatron's formula, g * sig * (1 + gate * (1 - sig)) * up, left to right (not aten's
+        # silu_backward, which rounds differently); products are commutative, so in place is exact.
+        slope = torch.rsub(sig, 1).mul_(gate).add_(1)
+        out[i:j, :f] = sig.mul_(grad).mul_(slope).mul_(up)
+        out[i:j, f:] = F.silu(gate).mul_(grad)
+    return out.view(y.shape)
 
 
 def megatron_swiglu(y: Tensor) -> Tensor:
     """megatron's ``swiglu``: ``silu(y1) * y2`` in float32, one rounding."""
-    y_1, y_2 = torch.chunk(y.float(), 2, -1)
-    return (F.silu(y_1) * y_2).to(y.dtype)
+    return _megatron_swiglu_fwd(y, None)
 
 
 def megatron_bias_swiglu(y: Tensor, bias: Tensor) -> Tensor:
     """megatron's ``bias_swiglu``: the bias is added in float32, not rounded before the SwiGLU."""
-    y_1, y_2 = torch.chunk(y.float() + bias.float(), 2, -1)
-    return (F.silu(y_1) * y_2).to(y.dtype)
-
-
-def _megatron_swiglu_back_fp32(g: Tensor, y: Tensor) -> Tensor:
-    y_1, y_2 = torch.chunk(y, 2, -1)
-    sig = torch.sigmoid(y_1)
-    # megatron's formula and evaluation order (left to right), not aten's silu_backward.
-    return torch.cat((g * sig * (1 + y_1 * (1 - sig)) * y_2, g * F.silu(y_1)), -1)
+    return _megatron_swiglu_fwd(y, bias)
 
 
 def megatron_swiglu_back(g: Tensor, y: Tensor) -> Tensor:
     """megatron's ``swiglu_back``: d/dy of ``swiglu(y)`` times ``g``, in float32, one rounding."""
-    return _megatron_swiglu_back_fp32(g.float(), y.float()).to(y.dtype)
+    return _megatron_swiglu_bwd(g, y, None)
 
 
 def megatron_bias_swiglu_back(g: Tensor, y: Tensor, bias: Tensor) -> Tensor:
     """megatron's ``bias_swiglu_back``: :func:`megatron_swiglu_back` at ``y + bias`` (sum in float32)."""
-    return _megatron_swiglu_back_fp32(g.float(), y.float() + bias.float()).to(y.dtype)
+    return _megatron_swiglu_bwd(g, y, bias)

@@ -91,9 +91,9 @@ def test_cpu_fused_swiglu_equals_megatrons_compiled_kernels_bit_for_bit(dtype):
     assert sorted(patched) == ["bias_swiglu", "bias_swiglu_back", "swiglu", "swiglu_back"]
     assert fused.swiglu is not patched["swiglu"]._original  # megatron's module calls the eager kernels
     gen = torch.Generator().manual_seed(3)
-    y = (torch.randn(8, 2, 64, generator=gen) * 3).to(dtype)
-    g = torch.randn(8, 2, 32, generator=gen).to(dtype)
-    bias = torch.randn(64, generator=gen).to(dtype)
+    y = (torch.randn(40, 2, 1024, generator=gen) * 3).to(dtype)  # several row blocks
+    g = torch.randn(40, 2, 512, generator=gen).to(dtype)
+    bias = torch.randn(1024, generator=gen).to(dtype)
     for name, args in [("swiglu", (y,)), ("bias_swiglu", (y, bias)), ("swiglu_back", (g, y)),
                        ("bias_swiglu_back", (g, y, bias))]:
         want = patched[name]._original(*args)
