@@ -467,7 +467,8 @@ class FlashDotProductAttention(MegatronModule):
     are applied without materialising scores; a given ``attention_mask`` is used as megatron uses
     it (as the whole mask), and recognised as causal when it is one. Dropout runs under megatron's
     model-parallel RNG tracker like megatron's own. Not supported (raises): context parallelism,
-    sliding windows, softmax types other than 'vanilla', packed sequences, attention bias.
+    sliding windows, softmax types other than 'vanilla', attention bias. Packed sequences
+    (document-packed ``packed_seq_params``) go to :func:`~mindspeed_llm.ops.document_attention.document_core_attention`.
     """
 
     def __init__(
@@ -529,10 +530,15 @@ class FlashDotProductAttention(MegatronModule):
         packed_seq_params: Any = None,
     ) -> Tensor:
         """Attention over ``[s, b, n, d]`` inputs; returns ``[s_q, b, n_q * d]``."""
-        if packed_seq_params is not None:
-            raise NotImplementedError("FlashDotProductAttention: packed sequences are not supported")
         if attention_bias is not None:
             raise NotImplementedError("FlashDotProductAttention: attention_bias is not supported")
+        dropout_p = self.attention_dropout_p if self.training else 0.0
+        if packed_seq_params is not None:  # packed samples: causal within each document
+            from mindspeed_llm.ops.document_attention import document_core_attention
+
+            return document_core_attention(self, query, key, value, attention_mask, packed_seq_params,
+                                           softmax_scale=self.kernel_softmax_scale, dropout_p=dropout_p,
+                                           backend=self.backend)
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
         s_q, b = query.shape[0], query.shape[1]
         s_k = key.shape[0]
@@ -540,7 +546,6 @@ class FlashDotProductAttention(MegatronModule):
         mask = attention_mask
         if mask is not None and mask_type == AttnMaskType.causal and is_causal_mask(mask, s_q, s_k):
             causal, mask = True, None
-        dropout_p = self.attention_dropout_p if self.training else 0.0
         rng = contextlib.nullcontext()
         if dropout_p > 0.0 and not self.config.sequence_parallel:
             rng = tensor_parallel.get_cuda_rng_tracker().fork()

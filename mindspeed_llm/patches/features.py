@@ -13,6 +13,9 @@ Base patches (group ``ops``), applied by the device layer at ``import mindspeed_
 - ``megatron.core.utils.local_multi_tensor_scale`` (megatron's stand-in for Apex's
   ``multi_tensor_scale``: gradient clipping, main -> model parameter copies) runs on torch's
   ``_foreach`` kernels (:mod:`~mindspeed_llm.ops.multi_tensor`), bit-identical and one pass.
+- Packed samples (:mod:`mindspeed_llm.patches.packed`): with document-packed ``packed_seq_params``
+  megatron's local ``DotProductAttention`` attends within each document (it asserts otherwise) and
+  ``GPTModel._preprocess`` restarts RoPE positions per document; without them both are megatron's.
 
 CPU base patches (group ``ops-cpu``), applied with the above when the device is the CPU:
 
@@ -100,6 +103,7 @@ def _register_base(reg: PatchRegistry) -> None:
     from mindspeed_llm.ops.fused_adam import fused_adam_wrapper
     from mindspeed_llm.ops.multi_tensor import foreach_multi_tensor_scale
     from mindspeed_llm.ops.rmsnorm import MegatronNorm
+    from mindspeed_llm.patches.packed import register_packed_sequence_patches
 
     for module in _NORM_COPY_HOLDERS:
         importlib.import_module(module)
@@ -111,6 +115,7 @@ def _register_base(reg: PatchRegistry) -> None:
                  description="torch Adam/AdamW fallback runs torch's fused kernel")
     reg.register(LOCAL_MULTI_TENSOR_SCALE, foreach_multi_tensor_scale, group=BASE_GROUP,
                  description="multi_tensor_scale fallback on torch _foreach kernels")
+    register_packed_sequence_patches(reg, BASE_GROUP)
 
 
 def _cross_entropy_wrapper(original: Callable) -> Callable:

@@ -32,7 +32,11 @@ class FakeTorchNpuForTests:
         self.calls.append(("npu_fusion_attention", dict(
             query=query, key=key, value=value, head_num=head_num, input_layout=input_layout,
             atten_mask=atten_mask, scale=scale, keep_prob=keep_prob, sparse_mode=sparse_mode,
-            pre_tockens=pre_tockens, next_tockens=next_tockens)))
+            pre_tockens=pre_tockens, next_tockens=next_tockens, actual_seq_qlen=actual_seq_qlen,
+            actual_seq_kvlen=actual_seq_kvlen)))
+        if input_layout == "TND":
+            return self._varlen_tnd(query, key, value, atten_mask, scale, keep_prob, actual_seq_qlen,
+                                    actual_seq_kvlen, sparse_mode, next_tockens)
         if input_layout == "SBH":
             s, b, h = query.shape
             d = h // head_num
@@ -42,7 +46,7 @@ class FakeTorchNpuForTests:
         elif input_layout == "BNSD":
             q, k, v = query, key, value
         else:
-            raise NotImplementedError(f"fake supports SBH and BNSD, got {input_layout}")
+            raise NotImplementedError(f"fake supports SBH, BNSD and TND, got {input_layout}")
         sq, sk = q.shape[2], k.shape[2]
         if sparse_mode == 2:  # leftUpCausal: the compressed 2048x2048 mask stands for the causal mask
             assert atten_mask is not None and atten_mask.shape == (2048, 2048)
@@ -54,6 +58,24 @@ class FakeTorchNpuForTests:
         out = attention_math(q, k, v, attn_mask=mask, softmax_scale=scale)
         if input_layout == "SBH":
             out = out.permute(2, 0, 1, 3).reshape(sq, b, -1)
+        empty = torch.empty(0)
+        return out, empty, empty, empty, 0, 0, 0
+
+    @staticmethod
+    def _varlen_tnd(query, key, value, atten_mask, scale, keep_prob, actual_seq_qlen, actual_seq_kvlen,
+                    sparse_mode, next_tockens):
+        """TND ([tokens, heads, dim]): each segment ending at ``actual_seq_qlen[i]`` (cumulative ends, as
+        torch_npu documents them) attends to itself; band mode 4 with ``next_tockens=0`` is causal."""
+        assert actual_seq_qlen == actual_seq_kvlen and isinstance(actual_seq_qlen, list)
+        assert actual_seq_qlen[-1] == query.shape[0], "the last cumulative end must be the token count"
+        assert sparse_mode == 4 and next_tockens == 0 and atten_mask.shape == (2048, 2048)
+        assert keep_prob == 1.0, "the fake computes no dropout"
+        out = torch.empty(query.shape[0], query.shape[1], value.shape[2], dtype=query.dtype)
+        start = 0
+        for end in actual_seq_qlen:
+            q, k, v = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (query, key, value))
+            out[start:end] = attention_math(q, k, v, causal=True, softmax_scale=scale)[0].transpose(0, 1)
+            start = end
         empty = torch.empty(0)
         return out, empty, empty, empty, 0, 0, 0
 
