@@ -5,12 +5,12 @@ boundaries over the flattened ``b * s`` tokens (sample-major; see :mod:`mindspee
 
 Implementations (:func:`select_document_attention_impl` picks one per device):
 
-- ``per_document`` (CPU): one causal kernel call per document on the token-major view: torch's
-  SDPA (its CPU flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention.blockwise_attention`
+- ``per_document`` (CPU; CUDA without flash-attn): one causal kernel call per document on the
+  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention.blockwise_attention`
   with it. Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
   document's kernel state; measured fastest on the CPU (docs/performance.md).
 - ``sdpa_mask``: SDPA over whole samples with a block-diagonal causal bool mask ``[b, 1, s, s]`` (one mask
-  per sample, shared by the heads). The CUDA path without flash-attn.
+  per sample, shared by the heads; SDPA computes every block).
 - ``blockwise_mask``: the blockwise kernel with that mask (it skips blocks no document covers).
 - ``flash_attn_varlen`` (CUDA, fp16/bf16, flash-attn installed): ``flash_attn_varlen_func`` with cu_seqlens.
 - ``npu``: ``torch_npu.npu_fusion_attention`` in layout "TND" with ``actual_seq_qlen``/``actual_seq_kvlen``
@@ -131,14 +131,16 @@ def npu_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens
 
 
 def select_document_attention_impl(query: Tensor, *, backend: str | None = None) -> str:
-    """NPU -> ``npu``; CUDA -> ``flash_attn_varlen`` (installed, fp16/bf16) else ``sdpa_mask``; CPU -> ``per_document``."""
+    """NPU -> ``npu``; CUDA -> ``flash_attn_varlen`` (installed, fp16/bf16); else ``per_document``.
+
+    Not ``sdpa_mask`` on CUDA without flash-attn: SDPA keeps its mask for backward (as a float bias on the
+    memory-efficient kernel), ``b * s * s`` per layer, where one SDPA call per document keeps nothing ``s x s``.
+    """
     device = resolve_backend(query, backend)
     if device == "npu":
         return "npu"
-    if device == "cuda":
-        if query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
-            return "flash_attn_varlen"
-        return "sdpa_mask"
+    if device == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and flash_attn_available():
+        return "flash_attn_varlen"
     return "per_document"
 
 
@@ -176,6 +178,9 @@ def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tens
     from mindspeed_llm.models.packing import check_document_packed
 
     config = module.config
+    if packed_seq_params.qkv_format != "sbhd":
+        raise ValueError(f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer Engine: "
+                         "build them with mindspeed_llm.models.packing.document_packed_seq_params (qkv_format 'sbhd')")
     if config.context_parallel_size != 1:
         raise ValueError("packed sequences (document-masked attention) do not support context parallelism: "
                          "use --context-parallel-size 1")

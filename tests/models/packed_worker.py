@@ -25,13 +25,16 @@ from mindspeed_llm.patches import features
 
 def packed_logits(mg_root: str, ids: torch.Tensor, position_ids: torch.Tensor, *, flash: bool = False,
                   sequence_parallel: bool = False) -> torch.Tensor | None:
-    """Logits of this rank's model on a packed batch (None off the last pipeline stage); parallel state set up."""
+    """Logits of this rank's model on a packed batch (None off the last pipeline stage); parallel state set up.
+
+    ``flash``: with ``--use-flash-attn`` and ``--use-fused-rotary-pos-emb``'s patches (else megatron's own).
+    """
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     pp = ps.get_pipeline_model_parallel_world_size()
     state = load_rank_state(mg_root, None, tp_rank, pp_rank, pp)
     args = state["args"]
     cfg = model_config_from_args(args).replace(params_dtype=torch.float32)
-    features.enable_feature_patches(use_flash_attn=flash)
+    features.enable_feature_patches(use_flash_attn=flash, use_fused_rotary_pos_emb=flash)
     try:
         model = build_gpt_model(cfg, padded_vocab_size=args.padded_vocab_size, pre_process=ps.is_pipeline_first_stage(),
                                 post_process=ps.is_pipeline_last_stage(), parallel_output=False,

@@ -56,7 +56,7 @@ def _max_diff(logits, expected):
     return (logits[..., :VOCAB].float() - expected).abs().max().item()
 
 
-@pytest.mark.parametrize("flash", [False, True], ids=["local_attention", "flash_attention"])
+@pytest.mark.parametrize("flash", [False, True], ids=["local_attention", "flash_attention_fused_rope"])
 def test_packed_batch_equals_each_document_alone(converted, flash):
     ids, position_ids = _batch()
     created = _ensure_single_process_parallel_state()

@@ -130,8 +130,8 @@ def test_selection_per_device():
     q = torch.zeros(4, 1, 2, 8)
     assert select_document_attention_impl(q) == "per_document"
     assert select_document_attention_impl(q, backend="npu") == "npu"
-    assert select_document_attention_impl(q, backend="cuda") in ("sdpa_mask", "flash_attn_varlen")
-    assert select_document_attention_impl(q.float(), backend="cuda") == "sdpa_mask"  # flash-attn: fp16/bf16 only
+    assert select_document_attention_impl(q.bfloat16(), backend="cuda") in ("per_document", "flash_attn_varlen")
+    assert select_document_attention_impl(q.float(), backend="cuda") == "per_document"  # flash-attn: fp16/bf16 only
 
 
 def test_npu_path_passes_tnd_and_cumulative_ends():
@@ -148,3 +148,18 @@ def test_npu_path_passes_tnd_and_cumulative_ends():
     assert call["sparse_mode"] == 4 and call["next_tockens"] == 0 and call["atten_mask"].shape == (2048, 2048)
     assert out.shape == q.shape
     assert _rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5
+
+
+def test_core_attention_refuses_context_parallelism_and_thd():
+    from types import SimpleNamespace
+
+    from mindspeed_llm.ops.document_attention import document_core_attention
+
+    module = SimpleNamespace(config=SimpleNamespace(context_parallel_size=2, sequence_parallel=False))
+    psp = document_packed_seq_params(_position_ids())
+    q, k, v = (t.detach() for t in _qkv(torch.float32))
+    with pytest.raises(ValueError, match="--context-parallel-size 1"):
+        document_core_attention(module, q, k, v, None, psp, softmax_scale=0.3, dropout_p=0.0)
+    psp.qkv_format = "thd"
+    with pytest.raises(ValueError, match="needs Transformer Engine"):
+        document_core_attention(module, q, k, v, None, psp, softmax_scale=0.3, dropout_p=0.0)
