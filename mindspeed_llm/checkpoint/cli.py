@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-tolerance", type=float, default=1e-4)
     p.add_argument("--verify-tokens", type=int, default=16)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--lora-load", default=None,
+                   help="LoRA adapter: hf->mg a peft adapter folder (written beside the base weights); mg->hf / mg->mg "
+                        "a Megatron adapter checkpoint (a LoRA run's --save; default: the adapter inside --load-dir)")
+    p.add_argument("--save-lora-to-hf", action="store_true",
+                   help="mg->hf: write only the adapter, as a peft folder (without it: merged HF weights)")
     return p
 
 
@@ -123,6 +128,8 @@ def options_from_args(args: argparse.Namespace):
         overwrite_hf_model=args.overwrite_hf_model,
         max_shard_size=args.max_shard_size,
         progress=not args.no_progress,
+        lora_load=args.lora_load,
+        save_lora_to_hf=args.save_lora_to_hf,
     )
 
 
@@ -140,6 +147,16 @@ def check_verify_length(opts: ConvertOptions, tokens: int) -> None:
     cfg.check_sequence_length(tokens, "--verify-tokens")
 
 
+def check_lora_flags(args: argparse.Namespace) -> None:
+    """--lora-load names a folder; --save-lora-to-hf is an mg->hf option."""
+    if args.save_lora_to_hf and (args.load_model_type, args.save_model_type) != ("mg", "hf"):
+        raise CheckpointError("--save-lora-to-hf writes a peft adapter from a Megatron checkpoint: use it with "
+                              "--load-model-type mg --save-model-type hf")
+    if args.lora_load and not os.path.isdir(args.lora_load):
+        raise CheckpointError(f"--lora-load {args.lora_load} is not a folder: give a peft adapter folder (hf->mg) or "
+                              "a LoRA run's --save folder (mg->hf, mg->mg)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a conversion; exit 0 done, 1 verification failed or the output could not be written, 2 bad
     input, 3 --verify could not run, 130 Ctrl-C, 143 SIGTERM (one line on stderr, never a traceback)."""
@@ -147,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     with exit_on_signals():
         try:
             check_load_dir(args.load_dir, args.load_model_type)  # before the heavy imports: a typo answers at once
+            check_lora_flags(args)
             import mindspeed_llm
             from mindspeed_llm.models.families import UnsupportedModelError
 

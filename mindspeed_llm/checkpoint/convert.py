@@ -14,6 +14,14 @@ from tqdm import tqdm
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError
 from mindspeed_llm.checkpoint.hf_io import HfShardWriter, copy_tokenizer_files
+from mindspeed_llm.checkpoint.lora import (
+    ADAPTER_CONFIG,
+    MergedSource,
+    adapter_stage_tensors,
+    read_mg_adapter,
+    read_peft_adapter,
+    write_peft_adapter,
+)
 from mindspeed_llm.checkpoint.mapping import (
     EMBEDDING,
     FINAL_NORM,
@@ -30,6 +38,7 @@ from mindspeed_llm.checkpoint.mapping import (
 )
 from mindspeed_llm.checkpoint.sources import HfSource, MgSource, open_mg_source
 from mindspeed_llm.checkpoint.target import (
+    EXPORT_MARKER,
     MG2HF,
     check_disjoint,
     check_replace,
@@ -72,6 +81,8 @@ class ConvertOptions:
     overwrite_hf_model: bool = False  # --overwrite-hf-model
     max_shard_size: int = 5 * 1024**3  # --max-shard-size (hf output)
     progress: bool = True
+    lora_load: str | None = None  # --lora-load: hf->mg a peft adapter folder; mg->* a Megatron adapter checkpoint
+    save_lora_to_hf: bool = False  # --save-lora-to-hf: mg->hf writes the adapter as a peft folder
 
 
 # ---- checks shared by every direction ------------------------------------------------------------------
@@ -176,7 +187,7 @@ def make_checkpoint_args(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int
 
 # ---- writers -----------------------------------------------------------------------------------------------
 def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], pp_rank: int, padded: int,
-                dtype: torch.dtype, bar=None) -> list[dict]:
+                dtype: torch.dtype, bar=None, adapter=None) -> list[dict]:
     """The rank-local mcore state dicts of every TP rank of one pipeline stage."""
     shards: list[dict] = [{} for _ in range(tp)]
 
@@ -203,11 +214,14 @@ def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int]
             put(OUTPUT_LAYER.mcore, OUTPUT_LAYER.split, pad_vocab(source.embedding(), padded))
         for sd in shards:
             sd[OUTPUT_EXTRA_STATE] = None
+    if adapter is not None:  # LoRA tensors keep their own dtype (an fp32 adapter on a bf16 base stays fp32)
+        for sd, extra in zip(shards, adapter_stage_tensors(adapter, stage_layers(counts, pp_rank), tp)):
+            sd.update(extra)
     return shards
 
 
 def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration: int | str,
-                   base_args: argparse.Namespace | None = None) -> str:
+                   base_args: argparse.Namespace | None = None, adapter=None) -> str:
     """Write ``source`` as a legacy Megatron checkpoint at ``opts.save_dir``; returns the folder."""
     tp, pp = opts.target_tp, opts.target_pp
     counts = check_parallel(cfg, tp, pp, opts.num_layer_list)
@@ -215,13 +229,16 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
     dtype = opts.params_dtype or source.dtype
     cfg = cfg.replace(params_dtype=dtype)
     args = make_checkpoint_args(cfg, tp=tp, pp=pp, counts=counts, padded=padded, opts=opts, base=base_args)
+    if adapter is not None:  # what a launch continuing this adapter passes (docs/lora.md)
+        args.lora_r, args.lora_alpha, args.lora_dropout = adapter.r, adapter.alpha, adapter.dropout
+        args.lora_target_modules = list(adapter.target_modules)
     check_target(opts, opts.save_dir, "mg")
     with staging_dir(opts.save_dir) as tmp:
         for pp_rank in range(pp):
             with tqdm(total=counts[pp_rank], desc=f"hf/mg -> mg stage {pp_rank + 1}/{pp}", unit="layer",
                       disable=not opts.progress) as bar:
                 shards = build_stage(source, cfg, tp=tp, pp=pp, counts=counts, pp_rank=pp_rank, padded=padded,
-                                     dtype=dtype, bar=bar)
+                                     dtype=dtype, bar=bar, adapter=adapter)
                 for tp_rank in range(tp):
                     state = layout.make_rank_state(shards[tp_rank], args, iteration)
                     layout.save_rank_state(tmp, iteration, tp_rank, pp_rank, pp, state, crc32=False)
@@ -286,7 +303,8 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
     source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
     check_model_type_hf(opts.model_type_hf, source.cfg)
     try:
-        return write_megatron(source, source.cfg, opts, iteration=HF_TO_MG_ITERATION)
+        adapter = read_peft_adapter(opts.lora_load, source.cfg) if opts.lora_load else None
+        return write_megatron(source, source.cfg, opts, iteration=HF_TO_MG_ITERATION, adapter=adapter)
     finally:
         source.close()
 
@@ -317,7 +335,9 @@ def convert_mg_to_mg(opts: ConvertOptions) -> str:
         opts = copy.copy(opts)
         opts.make_vocab_size_divisible_by = divisor
     try:
-        return write_megatron(source, source.cfg, opts, iteration=source.iteration, base_args=source.args)
+        adapter = mg_adapter(source, opts)
+        return write_megatron(source, source.cfg, opts, iteration=source.iteration, base_args=source.args,
+                              adapter=adapter)
     finally:
         source.close()
 
@@ -348,10 +368,46 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
     dtype = opts.params_dtype or source.dtype
     marker = {"load_dir": os.path.abspath(opts.load_dir), "iteration": source.iteration}
     try:
+        adapter = mg_adapter(source, opts)
+        if opts.save_lora_to_hf:
+            if adapter is None:
+                raise CheckpointError(f"--save-lora-to-hf: {opts.lora_load or opts.load_dir} holds no LoRA adapter "
+                                      "tensors: give the adapter checkpoint with --lora-load")
+            return write_peft_folder(adapter, source.cfg, target, opts, hf_dir)
+        if adapter is not None:
+            source = MergedSource(source, adapter)  # merged weights, in the base model's dtype
+            marker["lora_load"] = os.path.abspath(opts.lora_load or opts.load_dir)
         return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, max_shard_size=opts.max_shard_size,
                         progress=opts.progress, marker=marker)
     finally:
         source.close()
+
+
+def mg_adapter(source, opts: ConvertOptions):
+    """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or None)."""
+    if opts.lora_load:
+        adapter = read_mg_adapter(opts.lora_load, source.cfg)
+        if adapter is None:
+            raise CheckpointError(f"--lora-load {opts.lora_load} holds no LoRA adapter tensors: give the --save folder "
+                                  "of a LoRA run")
+        return adapter
+    if isinstance(source, MgSource):
+        return read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
+    return None
+
+
+def write_peft_folder(adapter, cfg: ModelConfig, target: str, opts: ConvertOptions, hf_dir: str | None) -> str:
+    """--save-lora-to-hf: a peft adapter folder (adapter_config.json, adapter_model.safetensors)."""
+    if os.path.isdir(target) and os.listdir(target):
+        if not (opts.overwrite and os.path.isfile(os.path.join(target, ADAPTER_CONFIG))
+                and os.path.isfile(os.path.join(target, EXPORT_MARKER))):
+            raise CheckpointError(f"--save-dir {target} is not empty: give a new folder (or --overwrite to replace "
+                                  "an adapter this tool exported)")
+    with staging_dir(target) as tmp:
+        write_peft_adapter(adapter, cfg, tmp, os.path.abspath(hf_dir) if hf_dir else None)
+        with open(os.path.join(tmp, EXPORT_MARKER), "w", encoding="utf-8") as f:
+            json.dump({"load_dir": os.path.abspath(opts.load_dir), "lora_load": opts.lora_load}, f)
+    return os.path.abspath(target)
 
 
 def convert(opts: ConvertOptions) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mindspeed_llm.console import launch_rank, print_error
+from mindspeed_llm.models.names import LORA_TARGET_MODULES
 
 
 class ArgumentError(ValueError):
@@ -242,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the model's settings from the --load checkpoint's args")
     g.add_argument("--ckpt-step", type=int, default=None, help="load this iteration instead of the tracker's")
 
+    g = p.add_argument_group("LoRA (docs/lora.md)")
+    g.add_argument("--lora-target-modules", nargs="+", default=[], choices=LORA_TARGET_MODULES,
+                   help="add LoRA adapters to these linear layers and freeze every other weight")
+    g.add_argument("--lora-r", type=int, default=16, help="LoRA rank (16)")
+    g.add_argument("--lora-alpha", type=float, default=32, help="LoRA alpha; the adapter is scaled by alpha / r (32)")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (0.0)")
+    g.add_argument("--lora-load", default=None,
+                   help="an adapter checkpoint (a --save folder of a LoRA run): --load gives the base weights, "
+                        "this folder the adapter, optimizer, scheduler and iteration")
+    g.add_argument("--lora-ckpt-filter", action="store_true",
+                   help="--save writes only the adapter tensors (plus optimizer, scheduler, RNG, iteration)")
+
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=100)
     g.add_argument("--log-throughput", action="store_true")
@@ -325,6 +338,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError("--ckpt-format torch_dist with --no-shared-storage: a distributed checkpoint is one "
                             "folder written by every rank, so --save must be on storage all nodes share; use "
                             "--ckpt-format torch")
+    _check_lora(args)
     if args.rampup_batch_size:
         raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
     if args.context_parallel_size != 1:
@@ -474,6 +488,30 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
                             "pip install tensorboard, or drop the flag")
     return args
+
+
+def _check_lora(args: argparse.Namespace) -> None:
+    """The LoRA flags against each other (--lora-* without --lora-target-modules would do nothing)."""
+    if not args.lora_target_modules:
+        given = [flag for flag, on in (("--lora-load", args.lora_load), ("--lora-ckpt-filter", args.lora_ckpt_filter))
+                 if on]
+        if given:
+            raise ArgumentError(f"{' '.join(given)} without --lora-target-modules: name the adapted layers, e.g. "
+                                "--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2")
+        return
+    if args.lora_r <= 0:
+        raise ArgumentError(f"--lora-r must be positive, got {args.lora_r}")
+    if args.lora_alpha <= 0:
+        raise ArgumentError(f"--lora-alpha must be positive, got {args.lora_alpha}")
+    if not 0.0 <= args.lora_dropout < 1.0:
+        raise ArgumentError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
+    if args.ckpt_format != "torch":
+        raise ArgumentError(f"--lora-target-modules with --ckpt-format {args.ckpt_format}: LoRA checkpoints use "
+                            "the legacy layout; use --ckpt-format torch")
+    if args.lora_load and not args.load:
+        raise ArgumentError(f"--lora-load {args.lora_load} needs --load BASE (the base model's checkpoint)")
+    if args.lora_load and not os.path.isdir(args.lora_load):
+        raise ArgumentError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run")
 
 
 # ---- paths: checked before the process group and the heavy imports -------------------------------------------

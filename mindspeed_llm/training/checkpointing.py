@@ -116,6 +116,19 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     )
 
 
+def find_lora_checkpoint(args: argparse.Namespace) -> int | str | None:
+    """--lora-load's tracker iteration; None for a fresh adapter (only when --lora-load == --save, no tracker yet)."""
+    lora_load = getattr(args, "lora_load", None)
+    if not lora_load:
+        return None
+    if os.path.isfile(os.path.join(lora_load, layout.TRACKER_FILENAME)):
+        return layout.read_tracker(lora_load)
+    if same_folder(lora_load, args.save):
+        return None
+    raise CheckpointError(f"--lora-load {lora_load}: no {layout.TRACKER_FILENAME} there: give the --save folder of "
+                          "a LoRA run (or the same folder as --save to start a new adapter and resume it later)")
+
+
 def _checkpoint_step(load: str, step: int) -> int:
     """--ckpt-step: that iteration's folder instead of the tracker's (as Megatron-LM)."""
     folder = os.path.join(load, layout.iteration_dir_name(step))
@@ -346,10 +359,17 @@ def _unwrap(chunk):
     return unwrap_model(chunk)
 
 
-def _model_state(model: list) -> dict:
+def _model_state(model: list, adapter_only: bool = False) -> dict:
+    """``model`` (or ``model0..`` per virtual stage) state dicts; ``adapter_only``: the LoRA tensors alone."""
+    from mindspeed_llm.models.lora import lora_state_dict
+
+    def one(chunk) -> dict:
+        sd = _unwrap(chunk).state_dict()
+        return lora_state_dict(sd) if adapter_only else sd
+
     if len(model) == 1:
-        return {"model": _unwrap(model[0]).state_dict()}
-    return {f"model{i}": _unwrap(chunk).state_dict() for i, chunk in enumerate(model)}
+        return {"model": one(model[0])}
+    return {f"model{i}": one(chunk) for i, chunk in enumerate(model)}
 
 
 def _pause_for_test(iteration: int) -> None:
@@ -496,7 +516,7 @@ def save_checkpoint(state: TrainState, model: list, optimizer, scheduler, args: 
                 saved_args = args_to_save(args)
                 ckpt: dict[str, Any] = {"args": saved_args, "checkpoint_version": layout.CHECKPOINT_VERSION,
                                         **state.checkpoint_fields(saved_args)}
-                ckpt.update(_model_state(model))
+                ckpt.update(_model_state(model, adapter_only=bool(getattr(args, "lora_ckpt_filter", False))))
                 if not args.no_save_optim:
                     ckpt["optimizer"] = optimizer.state_dict()
                     ckpt["opt_param_scheduler"] = scheduler.state_dict()
@@ -654,6 +674,54 @@ def _check_zip_file(path: str) -> None:
                               f"earlier iteration into {layout.TRACKER_FILENAME} to load that one")
 
 
+def _read_rank_state(path: str) -> dict:
+    """One rank file as a dict (CheckpointError otherwise)."""
+    state = load_rank_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict")
+    return state
+
+
+def _chunk_state(state: dict, path: str, key: str, n_chunks: int) -> dict:
+    """The state dict of one model chunk (``model`` or ``model{i}``) of a rank file."""
+    if key in state:
+        return state[key]
+    if n_chunks == 1:
+        raise CheckpointError(f"{path} holds {', '.join(k for k in state if k.startswith('model'))} "
+                              "(virtual pipeline stages): launch with the same --num-layers-per-virtual-pipeline-stage")
+    raise CheckpointError(f"{path} has no {key}: it was saved without --num-layers-per-virtual-pipeline-stage (or "
+                          "with another value); launch without virtual pipeline stages")
+
+
+def _with_adapter(chunk, weights: dict, path: str, adapter: tuple[str, dict] | None, key: str,
+                  n_chunks: int) -> dict:
+    """The weights to load into a LoRA model: --load's base tensors plus the adapter's.
+
+    The adapter comes from --lora-load's file, else from --load's own file when it holds one (a full
+    LoRA checkpoint), else it keeps its initial values (a base checkpoint: the adapter starts fresh).
+    """
+    from mindspeed_llm.models.lora import is_lora_key
+
+    if not isinstance(weights, dict):
+        return weights  # _load_weights names the problem
+    base = {k: v for k, v in weights.items() if not is_lora_key(k)}
+    if weights and not any(k.endswith(".weight") for k in base):
+        raise CheckpointError(f"{path} holds only LoRA adapter tensors (saved with --lora-ckpt-filter): pass the "
+                              "base model's checkpoint as --load and this folder as --lora-load")
+    if adapter is not None:
+        lora_path, lora_state = adapter
+        lora = _chunk_state(lora_state, lora_path, key, n_chunks)
+        lora = {k: v for k, v in lora.items() if is_lora_key(k)} if isinstance(lora, dict) else {}
+        if not lora:
+            raise CheckpointError(f"{lora_path} holds no LoRA adapter tensors: --lora-load must be the --save folder "
+                                  "of a LoRA run (--lora-target-modules)")
+        return {**base, **lora}
+    if len(base) < len(weights):
+        return weights  # a full LoRA checkpoint: loaded strictly, adapter included
+    own = {k: v for k, v in _unwrap(chunk).state_dict().items() if is_lora_key(k)}
+    return {**base, **own}
+
+
 def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
                           iteration: int | str) -> TrainState:
     """This rank's part of :func:`load_checkpoint` (no collective outside the data-parallel group)."""
@@ -665,26 +733,31 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
                               f"{tp_rank}, PP rank {pp_rank}")
-    state = load_rank_file(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict")
+    state = _read_rank_state(path)
     check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
+    lora_on = bool(getattr(args, "lora_target_modules", None))
+    adapter = None
+    if lora_on and getattr(args, "lora_load", None):
+        lora_iteration = find_lora_checkpoint(args)
+        if lora_iteration is not None:
+            lora_path = layout.checkpoint_file_for(args.lora_load, lora_iteration, tp_rank, pp_rank, pp_size)
+            if not os.path.isfile(lora_path):
+                raise CheckpointError(f"{lora_path} not found: the adapter checkpoint in {args.lora_load} is "
+                                      f"incomplete for TP rank {tp_rank}, PP rank {pp_rank} (or was saved at "
+                                      "another TP/PP)")
+            adapter = (lora_path, _read_rank_state(lora_path))
+            iteration = lora_iteration  # the run continues from the adapter checkpoint
     release = iteration == layout.RELEASE
     weights_only = release or args.finetune
 
-    if len(model) == 1:
-        if "model" not in state:
-            raise CheckpointError(f"{path} holds {', '.join(k for k in state if k.startswith('model'))} "
-                                  "(virtual pipeline stages): launch with the same "
-                                  "--num-layers-per-virtual-pipeline-stage")
-        _load_weights(model[0], state["model"], path, "model", check_finite)
-    else:
-        for i, chunk in enumerate(model):
-            if f"model{i}" not in state:
-                raise CheckpointError(f"{path} has no model{i}: it was saved without "
-                                      "--num-layers-per-virtual-pipeline-stage (or with another value); "
-                                      "launch without virtual pipeline stages")
-            _load_weights(chunk, state[f"model{i}"], path, f"model{i}", check_finite)
+    for i, chunk in enumerate(model):
+        key = "model" if len(model) == 1 else f"model{i}"
+        weights = _chunk_state(state, path, key, len(model))
+        if lora_on:
+            weights = _with_adapter(chunk, weights, path, adapter, key, len(model))
+        _load_weights(chunk, weights, path, key, check_finite)
+    if adapter is not None:
+        path, state = adapter  # optimizer, scheduler, RNG and iteration come from the adapter checkpoint
 
     optimizer_loaded = False
     if not weights_only and not args.no_load_optim:

@@ -121,6 +121,7 @@ def get_model(model_provider: Callable, args: argparse.Namespace) -> list:
             vp_stage=vp_stage,
         )
         chunks.append(chunk)
+    add_lora_adapters(chunks, args)
     for chunk in chunks:
         for param in chunk.parameters():
             from megatron.core import tensor_parallel
@@ -128,15 +129,27 @@ def get_model(model_provider: Callable, args: argparse.Namespace) -> list:
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
     n_params = sum(p.numel() for c in chunks for p in c.parameters())
     if ps.get_data_parallel_rank() == 0:
+        trainable = sum(p.numel() for c in chunks for p in c.parameters() if p.requires_grad)
         print(f" > number of parameters on (tensor, pipeline) model parallel rank "
-              f"({ps.get_tensor_model_parallel_rank()}, {ps.get_pipeline_model_parallel_rank()}): {n_params}",
-              flush=True)
+              f"({ps.get_tensor_model_parallel_rank()}, {ps.get_pipeline_model_parallel_rank()}): {n_params}"
+              + (f" (trainable LoRA parameters: {trainable})" if trainable != n_params else ""), flush=True)
     config = chunks[0].config
     if args.bf16:
         chunks = [Float16Module(config, c) for c in chunks]
     ddp_config = ddp_config_from_args(args)
     return [DistributedDataParallel(config=config, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
             for i, c in enumerate(chunks)]
+
+
+def add_lora_adapters(chunks: list, args: argparse.Namespace) -> None:
+    """--lora-target-modules: adapters on the named linear layers, every other weight frozen (before DDP)."""
+    from mindspeed_llm.models.lora import apply_lora, lora_config_from_args
+
+    cfg = lora_config_from_args(args)
+    if cfg is None:
+        return
+    for chunk in chunks:
+        apply_lora(chunk, cfg)
 
 
 def get_scheduler(optimizer, args: argparse.Namespace):
@@ -455,7 +468,8 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     with fail_together():  # each rank reads its own checkpoint file
         prepare_model_config(args, tokenizer, ckpt_iteration)
     freeze_args(args)  # configuration is settled; what changes from here on lives in TrainState
-    if _nothing_to_train(args, ckpt_iteration):
+    resume_iteration = checkpointing.find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
+    if _nothing_to_train(args, resume_iteration):
         return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
                               "consumed_train_samples": 0})
     _lock_save_folder(args)
@@ -618,7 +632,7 @@ def _nothing_to_train(args: argparse.Namespace, ckpt_iteration) -> bool:
     """True (and says so) when --load's checkpoint is already at or past --train-iters: leave it as it is."""
     if not isinstance(ckpt_iteration, int) or args.finetune or ckpt_iteration < args.train_iters:
         return False
-    print_rank_last(f"nothing to train: the checkpoint in {args.load} is at iteration {ckpt_iteration} and "
+    print_rank_last(f"nothing to train: the checkpoint in {getattr(args, 'lora_load', None) or args.load} is at iteration {ckpt_iteration} and "
                     f"--train-iters is {args.train_iters}; it is left as it is (raise --train-iters above "
                     f"{ckpt_iteration} to train on)")
     return True
