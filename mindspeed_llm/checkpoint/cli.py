@@ -19,7 +19,7 @@ from mindspeed_llm.checkpoint.errors import (
     check_load_dir,
 )
 from mindspeed_llm.console import print_error
-from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
+from mindspeed_llm.models.names import LORA_TARGET_MODULES, MODEL_TYPE_HF_CHOICES
 from mindspeed_llm.signals import Terminated, exit_on_signals, exit_status
 
 if TYPE_CHECKING:
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "a Megatron adapter checkpoint (a LoRA run's --save; default: the adapter inside --load-dir)")
     p.add_argument("--save-lora-to-hf", action="store_true",
                    help="mg->hf: write only the adapter, as a peft folder (without it: merged HF weights)")
+    p.add_argument("--lora-r", type=int, default=None,
+                   help="checked against the adapter checkpoint, which records it (MindSpeed's scripts pass it)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="checked against the adapter checkpoint")
+    p.add_argument("--lora-target-modules", nargs="+", default=None, choices=LORA_TARGET_MODULES,
+                   help="checked against the adapter checkpoint")
     return p
 
 
@@ -130,6 +135,9 @@ def options_from_args(args: argparse.Namespace):
         progress=not args.no_progress,
         lora_load=args.lora_load,
         save_lora_to_hf=args.save_lora_to_hf,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_target_modules=tuple(args.lora_target_modules) if args.lora_target_modules else None,
     )
 
 
@@ -152,6 +160,10 @@ def check_lora_flags(args: argparse.Namespace) -> None:
     if args.save_lora_to_hf and (args.load_model_type, args.save_model_type) != ("mg", "hf"):
         raise CheckpointError("--save-lora-to-hf writes a peft adapter from a Megatron checkpoint: use it with "
                               "--load-model-type mg --save-model-type hf")
+    given = [f for f, v in (("--lora-r", args.lora_r), ("--lora-alpha", args.lora_alpha),
+                            ("--lora-target-modules", args.lora_target_modules)) if v is not None]
+    if given and args.load_model_type != "mg":
+        raise CheckpointError(f"{' '.join(given)}: a peft adapter folder records these; drop them for hf->mg")
     if args.lora_load and not os.path.isdir(args.lora_load):
         raise CheckpointError(f"--lora-load {args.lora_load} is not a folder: give a peft adapter folder (hf->mg) or "
                               "a LoRA run's --save folder (mg->hf, mg->mg)")

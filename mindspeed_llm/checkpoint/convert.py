@@ -83,6 +83,9 @@ class ConvertOptions:
     progress: bool = True
     lora_load: str | None = None  # --lora-load: hf->mg a peft adapter folder; mg->* a Megatron adapter checkpoint
     save_lora_to_hf: bool = False  # --save-lora-to-hf: mg->hf writes the adapter as a peft folder
+    lora_r: int | None = None  # --lora-r, --lora-alpha, --lora-target-modules: checked against the adapter
+    lora_alpha: float | None = None
+    lora_target_modules: tuple[str, ...] | None = None
 
 
 # ---- checks shared by every direction ------------------------------------------------------------------
@@ -385,15 +388,23 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
 
 def mg_adapter(source, opts: ConvertOptions):
     """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or None)."""
+    adapter = None
     if opts.lora_load:
         adapter = read_mg_adapter(opts.lora_load, source.cfg)
         if adapter is None:
             raise CheckpointError(f"--lora-load {opts.lora_load} holds no LoRA adapter tensors: give the --save folder "
                                   "of a LoRA run")
-        return adapter
-    if isinstance(source, MgSource):
-        return read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
-    return None
+    elif isinstance(source, MgSource):
+        adapter = read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
+    where = opts.lora_load or opts.load_dir
+    for flag, given, recorded in (("--lora-r", opts.lora_r, adapter and adapter.r),
+                                  ("--lora-alpha", opts.lora_alpha, adapter and adapter.alpha),
+                                  ("--lora-target-modules", opts.lora_target_modules and sorted(opts.lora_target_modules),
+                                   adapter and sorted(adapter.target_modules))):
+        if given is not None and given != recorded:
+            raise CheckpointError(f"{flag} {given} contradicts the adapter in {where} ({recorded if adapter else 'none'}): "
+                                  "drop the flag (the checkpoint records it) or point --lora-load at the right adapter")
+    return adapter
 
 
 def write_peft_folder(adapter, cfg: ModelConfig, target: str, opts: ConvertOptions, hf_dir: str | None) -> str:

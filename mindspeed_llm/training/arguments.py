@@ -510,8 +510,10 @@ def _check_lora(args: argparse.Namespace) -> None:
                             "the legacy layout; use --ckpt-format torch")
     if args.lora_load and not args.load:
         raise ArgumentError(f"--lora-load {args.lora_load} needs --load BASE (the base model's checkpoint)")
-    if args.lora_load and not os.path.isdir(args.lora_load):
-        raise ArgumentError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run")
+    same_as_save = bool(args.save) and os.path.realpath(args.lora_load or "") == os.path.realpath(args.save)
+    if args.lora_load and not os.path.isdir(args.lora_load) and not same_as_save:
+        raise ArgumentError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run (or "
+                            "the same folder as --save, to start a new adapter there and resume it on a relaunch)")
 
 
 # ---- paths: checked before the process group and the heavy imports -------------------------------------------

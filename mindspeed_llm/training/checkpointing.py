@@ -722,6 +722,19 @@ def _with_adapter(chunk, weights: dict, path: str, adapter: tuple[str, dict] | N
     return {**base, **own}
 
 
+def _check_lora_alpha(args: argparse.Namespace, source: tuple[str, dict]) -> None:
+    """An adapter trained with another --lora-alpha would load and silently scale differently: refuse it."""
+    from mindspeed_llm.models.lora import is_lora_key
+
+    path, state = source
+    recorded = getattr(state.get("args"), "lora_alpha", None)
+    holds_adapter = any(is_lora_key(k) for name, sd in state.items() if name.startswith("model") and isinstance(sd, dict)
+                        for k in sd)
+    if holds_adapter and recorded is not None and float(recorded) != float(args.lora_alpha):
+        raise CheckpointError(f"{path} holds an adapter trained with --lora-alpha {recorded:g}, this launch has "
+                              f"--lora-alpha {args.lora_alpha:g}: pass --lora-alpha {recorded:g}")
+
+
 def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Namespace,
                           iteration: int | str) -> TrainState:
     """This rank's part of :func:`load_checkpoint` (no collective outside the data-parallel group)."""
@@ -748,13 +761,17 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
             adapter = (lora_path, _read_rank_state(lora_path))
             iteration = lora_iteration  # the run continues from the adapter checkpoint
     release = iteration == layout.RELEASE
-    weights_only = release or args.finetune
+    # With --lora-load, --load is the base (weights only) and the run's state is the adapter checkpoint's:
+    # none there yet (--lora-load is the --save folder of a new run) starts at iteration 0, fresh optimizer.
+    fresh_adapter = lora_on and bool(getattr(args, "lora_load", None)) and adapter is None
+    weights_only = release or args.finetune or fresh_adapter
 
     for i, chunk in enumerate(model):
         key = "model" if len(model) == 1 else f"model{i}"
         weights = _chunk_state(state, path, key, len(model))
         if lora_on:
             weights = _with_adapter(chunk, weights, path, adapter, key, len(model))
+            _check_lora_alpha(args, adapter or (path, state))
         _load_weights(chunk, weights, path, key, check_finite)
     if adapter is not None:
         path, state = adapter  # optimizer, scheduler, RNG and iteration come from the adapter checkpoint

@@ -114,3 +114,34 @@ def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> N
     assert Path(args.load) == Path(to_mg.save_dir)
     assert Path(back.load_dir) == Path(args.save)  # mcore->hf converts what training saved
     assert Path(args.tokenizer_name_or_path) == Path(to_mg.load_dir)
+
+
+def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path) -> None:
+    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters on what the hf->mcore script writes (same TP/PP, model),
+    resumes from its own --save through --lora-load, and ckpt_convert_qwen25_mcore2hf_lora.sh exports that
+    adapter with the same LoRA settings."""
+    cfg = ModelConfig.from_hf_config(_hf_config("qwen2.5-7b.json"))
+    to_mg = options_from_args(build_parser().parse_args(
+        _recorded_argv(f"{EX}/qwen25/ckpt_convert_qwen25_hf2mcore.sh", "python", tmp_path)[1:]))
+    argv = _recorded_argv(f"{EX}/qwen25/tune_qwen25_7b_4k_lora_ptd.sh", "torchrun", tmp_path)
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
+    args = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
+    assert (args.num_layers, args.hidden_size, args.ffn_hidden_size) == (cfg.num_layers, cfg.hidden_size,
+                                                                         cfg.ffn_hidden_size)
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
+    assert Path(args.load) == Path(to_mg.save_dir)
+    assert Path(args.lora_load) == Path(args.save) and args.lora_ckpt_filter
+    assert sorted(args.lora_target_modules) == ["linear_fc1", "linear_fc2", "linear_proj", "linear_qkv"]
+    for env in ({}, {"SAVE_LORA_TO_HF": "1"}):
+        os.environ.update(env)
+        try:
+            export = options_from_args(build_parser().parse_args(
+                _recorded_argv(f"{EX}/qwen25/ckpt_convert_qwen25_mcore2hf_lora.sh", "python", tmp_path)[1:]))
+        finally:
+            for key in env:
+                os.environ.pop(key)
+        assert (export.load_model_type, export.save_model_type) == ("mg", "hf")
+        assert Path(export.load_dir) == Path(args.load) and Path(export.lora_load) == Path(args.save)
+        assert (export.lora_r, export.lora_alpha) == (args.lora_r, args.lora_alpha)
+        assert sorted(export.lora_target_modules) == sorted(args.lora_target_modules)
+        assert export.save_lora_to_hf == bool(env)

@@ -59,8 +59,9 @@ def lora_runs(tmp_path_factory):
     flags = [*model_flags(hf), *train_flags(data, iters=4, seq=16), *LORA, "--tensor-model-parallel-size", "2",
              "--use-distributed-optimizer", "--lora-ckpt-filter"]
     save_a, save_b = tmp / "run_a", tmp / "run_b"
-    out_a = run_pretrain(*flags, "--load", mg[2, 1], "--finetune", "--save", str(save_a), "--save-interval", "2",
-                         nproc=2)
+    # --lora-load == --save with nothing there yet: a new run at iteration 0 (the adapter --load holds: peft's).
+    out_a = run_pretrain(*flags, "--load", mg[2, 1], "--lora-load", str(save_a), "--save", str(save_a),
+                         "--save-interval", "2", nproc=2)
     at_2 = tmp / "adapter_at_2"
     shutil.copytree(save_a / "iter_0000002", at_2 / "iter_0000002")
     layout.write_tracker(at_2, 2)
