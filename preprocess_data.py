@@ -5,7 +5,9 @@ MINDSPEED_LLM_LATE_PATCHES = True
 
 import sys  # noqa: E402
 
+import mindspeed_llm  # noqa: E402
 from mindspeed_llm.data.cli import main  # noqa: E402
 
 if __name__ == "__main__":
+    mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit
     sys.exit(main())

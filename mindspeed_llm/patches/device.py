@@ -6,8 +6,12 @@ reports a device), then CUDA, then CPU.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -66,27 +70,69 @@ def apply_base_patches(device: str | None = None) -> str:
     if registry.device is not None and device in (None, registry.device):
         return registry.device
     device = device or detect_device()
-    if device == "cpu":
-        from mindspeed_llm.patches.device_cpu import GROUP, register_cpu_patches
+    with megatron_jit_compiles_on_first_call():  # the CPU layer and the op patches import megatron-core
+        if device == "cpu":
+            from mindspeed_llm.patches.device_cpu import GROUP, register_cpu_patches
 
-        if not registry.patches(GROUP):
-            register_cpu_patches(registry)
-        registry.apply(GROUP)
-    elif device == "npu":
-        torch_npu = import_torch_npu()
-        if torch_npu is None:
-            raise RuntimeError(f"{DEVICE_ENV}=npu but torch_npu cannot be imported: install torch_npu and CANN")
-        # torch_npu's own redirect of torch.cuda.* / 'cuda' / nccl to the NPU.
-        from torch_npu.contrib import transfer_to_npu  # noqa: F401
-    # On CUDA torch is left alone.
-    registry.device = device
-    _apply_base_op_patches(device)
+            if not registry.patches(GROUP):
+                register_cpu_patches(registry)
+            registry.apply(GROUP)
+        elif device == "npu":
+            torch_npu = import_torch_npu()
+            if torch_npu is None:
+                raise RuntimeError(f"{DEVICE_ENV}=npu but torch_npu cannot be imported: install torch_npu and CANN")
+            # torch_npu's own redirect of torch.cuda.* / 'cuda' / nccl to the NPU.
+            from torch_npu.contrib import transfer_to_npu  # noqa: F401
+        # On CUDA torch is left alone.
+        registry.device = device
+        _apply_base_op_patches(device)
+        import megatron.core  # noqa: F401  (on every device under the deferral; the entry scripts need it next)
     # Megatron-LM's own training package (a clone on PYTHONPATH) is patched when it is imported.
     from mindspeed_llm.patches.megatron_lm import install_import_hook
 
     install_import_hook()
     logger.debug("mindspeed_llm base patches applied for %s", device)
     return device
+
+
+def compile_on_first_call(compile_fn: Callable) -> Callable:
+    """``torch.compile`` that defers: the function it decorates is compiled by ``compile_fn`` on its first call."""
+
+    def deferred_compile(model: Callable | None = None, **options):
+        if model is None:  # @torch.compile(**options)
+            return functools.partial(deferred_compile, **options)
+        compiled = None
+
+        @functools.wraps(model)
+        def call(*args, **kwargs):
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_fn(model, **options)
+            return compiled(*args, **kwargs)
+
+        return call
+
+    return deferred_compile
+
+
+@contextlib.contextmanager
+def megatron_jit_compiles_on_first_call() -> Iterator[None]:
+    """While megatron-core is first imported, ``torch.compile`` defers (and is torch's own again after).
+
+    megatron-core binds ``megatron.core.jit.jit_fuser = torch.compile`` at import, and ~40 functions of its
+    ``fusions`` modules are decorated with it at import: the first decoration loads TorchDynamo and Inductor,
+    about 40% of a CPU process's start-up, for fused functions that most runs (every CPU run) never call.
+    Deferred, a function that is called compiles then, as torch.compile's own wrapper does on a first call.
+    """
+    if "megatron.core.jit" in sys.modules:  # imported before us: its jit_fuser is torch's
+        yield
+        return
+    original = torch.compile
+    torch.compile = compile_on_first_call(original)
+    try:
+        yield
+    finally:
+        torch.compile = original
 
 
 def _apply_base_op_patches(device: str) -> None:

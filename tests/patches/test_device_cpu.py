@@ -97,10 +97,35 @@ def test_import_without_torch_npu_and_apex() -> None:
         import mindspeed_llm
         assert importlib.util.find_spec("torch_npu") is None and importlib.util.find_spec("apex") is None
         assert "torch_npu" not in sys.modules
+        # megatron-core's import-time torch.compile decorations are deferred: no TorchDynamo loaded yet,
+        # and torch.compile is torch's own again.
+        import torch, megatron.core.jit
+        assert "torch._dynamo" not in sys.modules, "megatron-core's import loaded TorchDynamo"
+        assert torch.compile.__module__ == "torch" and megatron.core.jit.jit_fuser is not torch.compile
         print(mindspeed_llm.DEVICE)
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cpu"
+
+
+def test_deferred_torch_compile_compiles_on_the_first_call() -> None:
+    from mindspeed_llm.patches.device import compile_on_first_call
+
+    calls = []
+
+    def recording_compile(fn, **options):
+        calls.append(options)
+        return torch.compile(fn, **options)
+
+    @compile_on_first_call(recording_compile)(backend="eager")
+    def gated(x):
+        return torch.nn.functional.silu(x) * 2
+
+    assert calls == [] and gated.__name__ == "gated"
+    x = torch.randn(5)
+    torch.testing.assert_close(gated(x), x * torch.sigmoid(x) * 2)
+    torch.testing.assert_close(gated(x + 1), (x + 1) * torch.sigmoid(x + 1) * 2)
+    assert calls == [{"backend": "eager"}]  # compiled once, with the decorator's options
 
 
 def test_import_with_an_unusable_torch_npu(tmp_path) -> None:
