@@ -46,10 +46,10 @@ def get_batch(data_iterator):
 
     TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group.
     """
-    batch = broadcast_batch(data_iterator)
+    batch = broadcast_batch(data_iterator, every_stage=get_args().reset_attention_mask)
     if batch is None:
         return None, None, None, None, None
-    # No attention mask: the model's causal mask applies (--reset-attention-mask is refused).
+    # No attention mask: the model's causal mask applies (per document with --reset-attention-mask).
     return batch["tokens"], batch["labels"], batch["loss_mask"], None, batch["position_ids"]
 
 
@@ -70,12 +70,17 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 def forward_step(data_iterator, model):
     """One micro-batch forward; returns the per-token losses and how to reduce them."""
     tokens, labels, loss_mask, attention_mask, position_ids = get_batch(data_iterator)
-    output_tensor = model(tokens, position_ids, attention_mask, labels=labels)
+    extra = {}
+    if get_args().reset_attention_mask:  # packed samples: each attends within itself, positions restart
+        from mindspeed_llm.models.packing import document_packed_seq_params
+
+        extra["packed_seq_params"] = document_packed_seq_params(position_ids)
+    output_tensor = model(tokens, position_ids, attention_mask, labels=labels, **extra)
     return output_tensor, partial(loss_func, loss_mask)
 
 
 def train_valid_test_datasets_provider(train_val_test_num_samples):
-    """GPTDataset train/valid/test splits of --data-path."""
+    """GPTDataset train/valid/test splits of --data-path (instruction data with --is-instruction-dataset)."""
     return build_gpt_datasets(get_args(), get_tokenizer(), train_val_test_num_samples)
 
 

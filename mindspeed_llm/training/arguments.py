@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mindspeed_llm.console import launch_rank, print_error
+from mindspeed_llm.data.chat_templates import PROMPT_TYPES
 from mindspeed_llm.models.names import LORA_TARGET_MODULES
 
 
@@ -226,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, default=2)
     g.add_argument("--no-create-attention-mask-in-dataloader", action="store_true")
 
+    g = p.add_argument_group("instruction fine-tuning (posttrain_gpt.py --stage sft, MindSpeed-LLM's flags)")
+    g.add_argument("--stage", default=None, choices=["sft"],
+                   help="sft: instruction fine-tuning on preprocess_data.py's instruction data (--data-path PREFIX)")
+    g.add_argument("--is-instruction-dataset", action="store_true",
+                   help="--data-path is instruction data: PREFIX_packed_{input_ids,attention_mask,labels}_document")
+    g.add_argument("--prompt-type", default=None, choices=list(PROMPT_TYPES),
+                   help="the chat template the data was preprocessed with (recorded in the checkpoint's args)")
+    g.add_argument("--no-pad-to-seq-lengths", action="store_true",
+                   help="pad each micro-batch to its longest sample (rounded up to --pad-to-multiple-of), "
+                        "not to --seq-length")
+    g.add_argument("--variable-seq-lengths", action="store_true",
+                   help="pipeline stages exchange each micro-batch's shape; implies --no-pad-to-seq-lengths")
+    g.add_argument("--pad-to-multiple-of", type=int, default=8,
+                   help="with --no-pad-to-seq-lengths: micro-batch lengths are rounded up to a multiple of this")
+
     g = p.add_argument_group("checkpointing")
     g.add_argument("--load", default=None)
     g.add_argument("--save", default=None)
@@ -355,9 +371,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError(f"--manual-gc-interval must be >= 0, got {args.manual_gc_interval}")
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
         raise ArgumentError(f"--exit-duration-in-mins must be positive, got {args.exit_duration_in_mins}")
-    if args.reset_attention_mask:
-        raise ArgumentError("--reset-attention-mask is not supported (the causal attention kernels take no "
-                            "per-document mask); drop it (--reset-position-ids and --eod-mask-loss work)")
+    _check_instruction_flags(args)
     if args.rope_scaling_type and args.rope_scaling_factor is None:
         raise ArgumentError(f"--rope-scaling-type {args.rope_scaling_type} needs --rope-scaling-factor")
 
@@ -400,6 +414,10 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
                             f"{args.num_query_groups} must be divisible by --tensor-model-parallel-size {tp}")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # Megatron-LM drops it silently at TP1; it means nothing there
+    if args.no_pad_to_seq_lengths and args.sequence_parallel and args.pad_to_multiple_of % tp:
+        raise ArgumentError(f"--pad-to-multiple-of {args.pad_to_multiple_of} with --sequence-parallel at "
+                            f"--tensor-model-parallel-size {tp}: micro-batch lengths must split evenly over the "
+                            f"TP ranks; use a multiple of {tp}, e.g. --pad-to-multiple-of {tp * 8}")
     args.num_layer_list_parsed = None
     _first_last_stage_layers(args, pp)
     if args.num_layer_list:
@@ -570,9 +588,47 @@ def check_tokenizer_path(path: str) -> None:
                             f"({', '.join(TOKENIZER_FILES)}); point it at the local HF model folder")
 
 
+_PACKED_SUFFIX = "_packed_{}_document"
+_PACKED_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def check_instruction_prefix(prefix: str) -> None:
+    """Raise a clear error unless the three instruction datasets of ``--data-path PREFIX`` exist."""
+    from mindspeed_llm.data.instruction import instruction_prefixes
+
+    if prefix.endswith((".bin", ".idx")):
+        prefix = prefix[:-4]
+    for key in _PACKED_KEYS:
+        if prefix.endswith(_PACKED_SUFFIX.format(key)):
+            raise ArgumentError(f"--data-path {prefix}: give the prefix without _packed_{key}_document (the three "
+                                f"datasets share it): try --data-path {prefix[:-len(_PACKED_SUFFIX.format(key))]}")
+    paths = instruction_prefixes(prefix)
+    present = [key for key, p in paths.items() if os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx")]
+    if len(present) == len(paths):
+        return
+    if present:
+        missing = ", ".join(paths[k] + ".{bin,idx}" for k in paths if k not in present)
+        raise ArgumentError(f"--data-path {prefix}: {missing} not found (only {', '.join(present)} is there): "
+                            "preprocess_data.py writes the three datasets together; re-run it")
+    if os.path.isfile(prefix + "_text_document.idx") or os.path.isfile(prefix + ".idx"):
+        raise ArgumentError(f"--data-path {prefix} is pretraining data (no _packed_*_document datasets): "
+                            "preprocess the instructions with preprocess_data.py --handler-name "
+                            "AlpacaStyleInstructionHandler --prompt-type TYPE, or train with pretrain_gpt.py")
+    folder = os.path.dirname(prefix) or "."
+    stem = "_packed_input_ids_document.idx"
+    found = sorted(f[: -len(stem)] for f in glob.glob(os.path.join(folder, "*" + stem)))
+    hint = (f"instruction data there: --data-path {found[0]}" if found else
+            f"{folder} does not exist" if not os.path.isdir(folder) else
+            f"{folder} holds no instruction data; run preprocess_data.py --handler-name ... first")
+    raise ArgumentError(f"--data-path {prefix}: {paths['input_ids']}.bin/.idx not found; {hint}")
+
+
 def check_paths(args: argparse.Namespace) -> None:
     """The data prefixes and the tokenizer folder of a checked launch exist."""
-    for paths in (args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path):
+    instruction = (args.is_instruction_dataset or args.stage == "sft") and args.data_path
+    if instruction:
+        check_instruction_prefix(split_data_path(args.data_path)[0][0])
+    for paths in (None if instruction else args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path):
         for prefix in split_data_path(paths or [])[0]:
             check_data_prefix(prefix)
     if args.tokenizer_type != "NullTokenizer":
@@ -582,7 +638,8 @@ def check_paths(args: argparse.Namespace) -> None:
 _QUIET_RANK_EXIT_DELAY_S = 2.0
 
 
-def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=None) -> argparse.Namespace:
+def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=None,
+                       require_stage: bool = False) -> argparse.Namespace:
     """Parse and check a launch before torch is imported; a bad one prints one line on rank 0 and exits 1.
 
     Flags, world size and paths are the same on every rank, so rank 0 alone speaks (also for
@@ -596,6 +653,9 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
     try:
         with quiet:
             args = parse_args(None if argv is None else list(argv), extra_args_provider)
+        if require_stage and args.stage is None:
+            raise ArgumentError("posttrain_gpt.py needs --stage sft (instruction fine-tuning on preprocess_data.py's "
+                                "instruction data); pretraining is pretrain_gpt.py")
         if not args.use_checkpoint_args:  # else the model flags come from the checkpoint (initialize_megatron)
             check_args(args, world)
         check_paths(args)
@@ -608,6 +668,62 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
             time.sleep(_QUIET_RANK_EXIT_DELAY_S)
         sys.exit(status)
     return args
+PACKING_MODULE = "mindspeed_llm.models.packing"  # document-masked attention for packed samples
+
+
+def _document_masking_available() -> bool:
+    """Whether the model side of --reset-attention-mask (per-document attention and positions) is installed."""
+    try:
+        return importlib.util.find_spec(PACKING_MODULE) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _check_instruction_flags(args: argparse.Namespace) -> None:
+    """MindSpeed-LLM's fine-tuning flags: --stage sft, --is-instruction-dataset and what needs them."""
+    if args.stage == "sft":
+        args.is_instruction_dataset = True  # posttrain_gpt.py --stage sft trains on instruction data
+    if args.is_instruction_dataset:
+        # Token-weighted over the global batch: gradients divided by all its learned tokens (summed over
+        # DP), not a mean of micro-batch means, so how samples fall into micro-batches (packed or not)
+        # does not change a step.
+        args.calculate_per_token_loss = True
+    if args.variable_seq_lengths or args.no_pad_to_seq_lengths:
+        # MindSpeed-LLM turns --variable-seq-lengths on with --no-pad-to-seq-lengths; either gives both here.
+        args.variable_seq_lengths = args.no_pad_to_seq_lengths = True
+    if args.pad_to_multiple_of < 1:
+        raise ArgumentError(f"--pad-to-multiple-of must be >= 1, got {args.pad_to_multiple_of}")
+    if not args.is_instruction_dataset:
+        needs = [flag for flag, on in (("--prompt-type", args.prompt_type is not None),
+                                       ("--no-pad-to-seq-lengths", args.no_pad_to_seq_lengths),
+                                       ("--reset-attention-mask", args.reset_attention_mask)) if on]
+        if needs:
+            raise ArgumentError(f"{' '.join(needs)} only apply to instruction data: fine-tune with "
+                                "posttrain_gpt.py --stage sft (or add --is-instruction-dataset) and --data-path "
+                                "PREFIX of preprocess_data.py --handler-name ...InstructionHandler")
+        return
+    if args.mock_data or args.train_data_path or args.valid_data_path or args.test_data_path:
+        raise ArgumentError("instruction data is read from one --data-path PREFIX (preprocess_data.py's "
+                            "--output-prefix; --split divides it): drop --mock-data/--train-data-path/"
+                            "--valid-data-path/--test-data-path")
+    if args.data_path and len(split_data_path(args.data_path)[0]) != 1:
+        raise ArgumentError(f"--data-path {' '.join(args.data_path)}: instruction data takes one PREFIX, not a "
+                            "blend; preprocess the sources into one dataset")
+    if args.reset_attention_mask and not _document_masking_available():
+        raise ArgumentError("--reset-attention-mask is not supported yet (document-masked attention for packed "
+                            "samples is not installed): drop it, or fine-tune on unpacked data (preprocess "
+                            "without --pack)")
+    if args.reset_attention_mask:
+        args.reset_position_ids = True  # the attention kernel numbers positions per document
+    elif args.reset_position_ids:
+        raise ArgumentError("--reset-position-ids without --reset-attention-mask changes nothing for RoPE "
+                            "models (megatron-core numbers positions 0..s-1): add --reset-attention-mask for "
+                            "packed data, or drop --reset-position-ids")
+    if args.eod_mask_loss:
+        raise ArgumentError("--eod-mask-loss does not apply to instruction data (labels -100 mark what is not "
+                            "learned; the closing tokens of answers are learned): drop it")
+
+
 def _check_training_length(args: argparse.Namespace) -> None:
     """Iteration- or sample-based training, never a mix (Megatron-LM's rules)."""
     if (args.train_iters is None) == (args.train_samples is None):
@@ -768,7 +884,11 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         layout = pipeline_layout(args.num_layer_list_parsed)
         if layout is not None:
             overrides["pipeline_model_parallel_layout"] = layout
-    return model_config.to_transformer_config(**overrides)
+    config = model_config.to_transformer_config(**overrides)
+    # Set after validation, as MindSpeed-LLM does: megatron-core 0.16.1 refuses variable_seq_lengths with its
+    # default MoE token dispatcher even for dense models, which have no dispatcher.
+    config.variable_seq_lengths = bool(getattr(args, "variable_seq_lengths", False))
+    return config
 
 
 def ddp_config_from_args(args: argparse.Namespace):

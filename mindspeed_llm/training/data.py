@@ -135,7 +135,14 @@ def _split_blends(args: argparse.Namespace) -> list | None:
 
 
 def data_prefixes(args: argparse.Namespace) -> list[str]:
-    """Every prefix the launch reads (--data-path or the per-split paths; none with --mock-data)."""
+    """Every prefix the launch reads (--data-path or the per-split paths; none with --mock-data).
+
+    Instruction data (``--is-instruction-dataset``): the three datasets of the one ``--data-path`` prefix.
+    """
+    if getattr(args, "is_instruction_dataset", False):
+        from mindspeed_llm.training.instruction_data import instruction_paths
+
+        return list(instruction_paths(split_data_path(args.data_path)[0][0]).values())
     found = parse_blend(args.data_path)[0] if args.data_path else []
     for blend in _split_blends(args) or []:
         found += blend[0] if blend else []
@@ -144,6 +151,11 @@ def data_prefixes(args: argparse.Namespace) -> list[str]:
 
 def check_data_sources(args: argparse.Namespace) -> None:
     """Check every data prefix now (a wrong path fails before the model is built)."""
+    if getattr(args, "is_instruction_dataset", False):
+        from mindspeed_llm.training.arguments import check_instruction_prefix
+
+        check_instruction_prefix(split_data_path(args.data_path)[0][0])
+        return
     if args.data_path:
         parse_blend(args.data_path)
     _split_blends(args)
@@ -193,14 +205,33 @@ def _as_single_process():
         torch.distributed.is_initialized = original
 
 
-def dataset_built_on_this_rank() -> bool:
-    """Megatron-LM's rule: TP rank 0 of the first or the last pipeline stage reads the data."""
+def dataset_built_on_this_rank(every_stage: bool = False) -> bool:
+    """Megatron-LM's rule: TP rank 0 of the first or the last pipeline stage reads the data.
+
+    ``every_stage`` (packed instruction data with --reset-attention-mask): middle stages read too, because
+    their attention needs the document boundaries of each micro-batch.
+    """
     from megatron.core import parallel_state as ps
 
     if not ps.model_parallel_is_initialized():
         return True
-    stage_reads = ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)
+    stage_reads = (every_stage or ps.is_pipeline_first_stage(ignore_virtual=True)
+                   or ps.is_pipeline_last_stage(ignore_virtual=True))
     return stage_reads and ps.get_tensor_model_parallel_rank() == 0
+
+
+def _instruction_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int]) -> list:
+    """The instruction datasets; global rank 0 scans the token ids first, and the ranks fail together."""
+    from mindspeed_llm.training.instruction_data import build_instruction_datasets
+
+    vocab = getattr(args, "padded_vocab_size", None)
+    first = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    guard = fail_together() if torch.distributed.is_initialized() else contextlib.nullcontext()
+    with guard:
+        if first and vocab:
+            check_token_ids(data_prefixes(args)[:1], vocab)  # input_ids (labels hold the same ids or -100)
+        return build_instruction_datasets(args, tokenizer, num_samples,
+                                          dataset_built_on_this_rank(every_stage=args.reset_attention_mask))
 
 
 def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int] | None = None, dataset_cls=None):
@@ -211,6 +242,8 @@ def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[in
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
 
+    if getattr(args, "is_instruction_dataset", False) and dataset_cls is None:
+        return _instruction_datasets(args, tokenizer, num_samples or train_valid_test_num_samples(args))
     dataset_cls = dataset_cls or (MockGPTDataset if args.mock_data else GPTDataset)
     config = gpt_dataset_config(args, tokenizer)
     num_samples = num_samples or train_valid_test_num_samples(args)
@@ -274,7 +307,8 @@ def build_data_iterator(dataset, consumed_samples: int, args: argparse.Namespace
     # shift the dropout masks of a resumed run against the unbroken one.
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                                         persistent_workers=args.num_workers > 0, generator=generator)
+                                         persistent_workers=args.num_workers > 0, generator=generator,
+                                         collate_fn=getattr(dataset, "collate_fn", None))
     batches = _cyclic(loader) if cyclic else iter(loader)
     vocab = getattr(args, "padded_vocab_size", None)
     return checked_batches(batches, vocab, data_prefixes(args)) if vocab else batches
@@ -313,12 +347,16 @@ _BATCH_DTYPES = (("tokens", torch.int64), ("labels", torch.int64), ("position_id
                  ("loss_mask", torch.float32))
 
 
-def broadcast_batch(data_iterator) -> dict | None:
-    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle stages)."""
+def broadcast_batch(data_iterator, every_stage: bool = False) -> dict | None:
+    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle stages).
+
+    ``every_stage``: middle pipeline stages read their micro-batch too (see :func:`dataset_built_on_this_rank`).
+    """
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import broadcast_data
 
-    if not (ps.is_pipeline_first_stage(ignore_virtual=True) or ps.is_pipeline_last_stage(ignore_virtual=True)):
+    if not (every_stage or ps.is_pipeline_first_stage(ignore_virtual=True)
+            or ps.is_pipeline_last_stage(ignore_virtual=True)):
         return None
     batch = next(data_iterator) if ps.get_tensor_model_parallel_rank() == 0 else None
     if ps.get_tensor_model_parallel_world_size() == 1:
