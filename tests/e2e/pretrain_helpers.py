@@ -39,6 +39,20 @@ def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, s
     return str(prefix)
 
 
+def write_instruction_data(prefix, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
+    """``prefix_packed_{input_ids,attention_mask,labels}_document`` (int32), one document per row."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for key, col in (("input_ids", 0), ("attention_mask", 1), ("labels", 2)):
+        path = f"{prefix}_packed_{key}_document"
+        builder = IndexedDatasetBuilder(f"{path}.bin", dtype=np.int32)
+        for row in rows:
+            builder.add_document(torch.from_numpy(np.asarray(row[col], dtype=np.int64)), [len(row[col])])
+        builder.finalize(f"{path}.idx")
+    return str(prefix)
+
+
 def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.float32, num_layers: int = 4,
                   **kwargs) -> Path:
     """A tiny random HF model folder (with tokenizer), made by transformers."""

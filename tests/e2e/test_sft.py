@@ -18,7 +18,14 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT, torchrun
-from tests.e2e.pretrain_helpers import VOCAB, convert_hf_to_mg, losses, make_hf_model, model_flags
+from tests.e2e.pretrain_helpers import (
+    VOCAB,
+    convert_hf_to_mg,
+    losses,
+    make_hf_model,
+    model_flags,
+    write_instruction_data,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,20 +45,6 @@ def _samples(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         labels = np.concatenate([np.full(prompt, -100), ids[prompt:]])
         out.append((ids, labels))
     return out
-
-
-def write_instruction_data(prefix, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
-    """``prefix_packed_{input_ids,attention_mask,labels}_document`` (int32), one document per row."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    for key, col in (("input_ids", 0), ("attention_mask", 1), ("labels", 2)):
-        path = f"{prefix}_packed_{key}_document"
-        builder = IndexedDatasetBuilder(f"{path}.bin", dtype=np.int32)
-        for row in rows:
-            builder.add_document(torch.from_numpy(np.asarray(row[col], dtype=np.int64)), [len(row[col])])
-        builder.finalize(f"{path}.idx")
-    return str(prefix)
 
 
 def hf_token_loss(hf_dir, samples, cut: int = SEQ) -> tuple[float, float]:
@@ -74,7 +67,7 @@ def sft_flags(hf_dir, data: str, *, lr: float = 0.0, gbs: int = len(LENGTHS), mb
     return [*model_flags(hf_dir), *[str(f) for f in [
         "--stage", "sft", "--prompt-type", "qwen", "--tokenizer-type", "NullTokenizer",
         "--vocab-size", VOCAB - 1, "--data-path", data, "--split", "100,0,0", "--seq-length", SEQ,
-        "--micro-batch-size", mbs, "--global-batch-size", gbs, "--train-iters", 1, "--lr", lr, "--min-lr", 0.0,
+        "--micro-batch-size", mbs, "--global-batch-size", gbs, "--train-iters", 1, "--lr", lr, "--min-lr", lr,
         "--lr-warmup-iters", 0, "--weight-decay", 0.0, "--clip-grad", 0.0, "--seed", 1234, "--log-interval", 1,
         "--eval-iters", 0, "--num-workers", 0, "--finetune",
     ]]]
@@ -90,13 +83,13 @@ def sft(tmp_path_factory):
     hf = make_hf_model(root / "hf", kind="qwen2", initializer_range=0.2)
     samples = _samples()
     data = write_instruction_data(root / "data" / "alpaca", [(i, np.ones_like(i), lab) for i, lab in samples])
-    ckpts = {lay: convert_hf_to_mg(hf, root / f"mg_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()}
+    ckpts = {lay: convert_hf_to_mg(hf, root / f"mg_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()}  # one each
     total, count = hf_token_loss(hf, samples)
     return {"root": root, "hf": hf, "samples": samples, "data": data, "ckpts": ckpts, "ref": total / count}
 
 
-@pytest.mark.parametrize("layout, extra", [("tp1", ()), ("tp2", ("--no-pad-to-seq-lengths",)),
-                                           ("pp2", ("--no-pad-to-seq-lengths",))])
+# TP1 (padded to --seq-length) is the unpacked run of the packed test below (its loss is taken before the step).
+@pytest.mark.parametrize("layout, extra", [("tp2", ("--no-pad-to-seq-lengths",)), ("pp2", ("--no-pad-to-seq-lengths",))])
 def test_first_step_loss_equals_transformers(sft, layout, extra):
     tp, pp = LAYOUTS[layout]
     out = run_posttrain(*sft_flags(sft["hf"], sft["data"]), *extra, "--tensor-model-parallel-size", str(tp),
@@ -107,3 +100,93 @@ def test_first_step_loss_equals_transformers(sft, layout, extra):
     print(f"{layout} {extra}: posttrain_gpt {got[1]:.7e} transformers {sft['ref']:.7e} relative {rel:.2e}")
     assert rel <= REL, (got[1], sft["ref"], rel)
     assert re.search(rf"1 samples are longer than --seq-length {SEQ} \(the longest {SEQ + 10} tokens\)", out), out
+
+
+# ---- packed = unpacked; one SGD step = transformers' gradient; back to HF ---------------------------------------
+PACK_LENGTHS = [(9, 30), (20, 17), (5, 8), (6, 14)]  # packs [39 + 13], [37 + 20] of at most SEQ - 1 tokens
+PACKS = [(0, 2), (1, 3)]
+LR = 1.0  # SGD: the first step is w - LR * gradient (the momentum buffer starts as the gradient)
+
+
+def _neat_packs(samples) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The packs preprocess_data.py --pack --neat-pack writes: samples numbered 1, 2 in the mask, padding 0 / -100."""
+    rows = []
+    for pack in PACKS:
+        ids = np.full(SEQ, VOCAB - 1)
+        labels = np.full(SEQ, -100)
+        mask = np.zeros(SEQ, dtype=np.int64)
+        at = 0
+        for number, i in enumerate(pack, start=1):
+            sample_ids, sample_labels = samples[i]
+            ids[at:at + sample_ids.size] = sample_ids
+            labels[at:at + sample_ids.size] = sample_labels
+            mask[at:at + sample_ids.size] = number
+            at += sample_ids.size
+        rows.append((ids, mask, labels))
+    return rows
+
+
+def _hf_sgd_step(hf_dir, samples) -> dict[str, torch.Tensor]:
+    """transformers: the weights after one SGD step (LR) on the token-weighted loss of all samples."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    total, count = 0.0, 0
+    for ids, labels in samples:
+        logits = model(torch.tensor(ids)[None]).logits[0, :-1]
+        target = torch.tensor(labels[1:])
+        total = total + torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+        count += int((target != -100).sum())
+    (total / count).backward()
+    return {name: (p - LR * p.grad).detach() for name, p in model.named_parameters()}
+
+
+def test_packed_equals_unpacked_and_one_step_is_transformers_sgd_step(sft, tmp_path):
+    """Packed (--reset-attention-mask) and unpacked runs of the same samples: the same loss, the same weights
+    after one SGD step, and those weights are transformers' (token-weighted gradient); the checkpoint converts
+    back to HF and generates."""
+    from transformers import AutoModelForCausalLM
+
+    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+
+    samples = _pack_samples()
+    unpacked = write_instruction_data(tmp_path / "unpacked" / "d", [(i, np.ones_like(i), lab) for i, lab in samples])
+    packed = write_instruction_data(tmp_path / "packed" / "d", _neat_packs(samples))
+    sgd = ["--optimizer", "sgd", "--load", str(sft["ckpts"]["tp1"])]
+    runs = {}
+    for name, data, gbs, extra in (("unpacked", unpacked, 4, ()), ("packed", packed, 2, ("--reset-attention-mask",))):
+        save = tmp_path / f"save_{name}"
+        out = run_posttrain(*sft_flags(sft["hf"], data, lr=LR, gbs=gbs), *sgd, *extra, "--save", str(save))
+        weights = torch.load(save / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)["model"]
+        runs[name] = (losses(out), weights, save)
+    total, count = hf_token_loss(sft["hf"], samples)
+    for name, (got, _, _) in runs.items():
+        assert list(got) == [1]
+        assert abs(got[1] - total / count) / (total / count) <= REL, (name, got, total / count)
+    for key, value in runs["unpacked"][1].items():
+        if isinstance(value, torch.Tensor) and not key.endswith("_extra_state"):
+            torch.testing.assert_close(runs["packed"][1][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+    hf_back = tmp_path / "hf_back"
+    convert(ConvertOptions(load_model_type="mg", save_model_type="hf", load_dir=str(runs["unpacked"][2]),
+                           save_dir=str(hf_back), hf_dir=str(sft["hf"]), progress=False))
+    model = AutoModelForCausalLM.from_pretrained(str(hf_back), dtype=torch.float32).eval()
+    want = _hf_sgd_step(sft["hf"], samples)
+    start = dict(AutoModelForCausalLM.from_pretrained(sft["hf"], dtype=torch.float32).named_parameters())
+    moved = 0.0
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), want[name], rtol=1e-4, atol=1e-5, msg=name)
+        moved = max(moved, float((want[name] - start[name]).abs().max()))
+    assert moved > 1e-2, moved  # the step is large against the tolerance: the comparison has teeth
+    prompt = torch.tensor(samples[0][0][:9])[None]
+    generated = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=VOCAB - 1)
+    assert generated.shape == (1, 15) and int(generated.max()) < VOCAB
+
+
+def _pack_samples() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    out = []
+    for prompt, answer in PACK_LENGTHS:
+        ids = rng.integers(3, VOCAB - 1, prompt + answer)
+        out.append((ids, np.concatenate([np.full(prompt, -100), ids[prompt:]])))
+    return out

@@ -41,7 +41,7 @@ def test_data_parallel_size_and_micro_batches_are_derived():
     ("--normalization LayerNorm", 1, ["RMSNorm"]),
     ("--num-layer-list 1,2", 2, ["--num-layer-list 1,2", "add up to --num-layers 4"]),
     ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
-    ("--reset-attention-mask", 1, ["--reset-attention-mask", "--reset-position-ids"]),
+    ("--reset-attention-mask", 1, ["--reset-attention-mask", "posttrain_gpt.py --stage sft"]),
     ("--max-position-embeddings 16", 1, ["--seq-length 32", "--max-position-embeddings 16"]),
     ("--override-opt_param-scheduler --use-checkpoint-opt_param-scheduler", 1,
      ["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"]),
