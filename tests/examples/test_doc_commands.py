@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT
 from tests.examples.test_model_example_scripts import _recorded_argv
 
 PARSERS = {"convert_ckpt.py": convert_parser, "preprocess_data.py": preprocess_parser,
-           "pretrain_gpt.py": pretrain_parser}
+           "pretrain_gpt.py": pretrain_parser, "posttrain_gpt.py": pretrain_parser}  # posttrain: the same flags
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 _ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)$")

@@ -145,3 +145,42 @@ def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path
         assert (export.lora_r, export.lora_alpha) == (args.lora_r, args.lora_alpha)
         assert sorted(export.lora_target_modules) == sorted(args.lora_target_modules)
         assert export.save_lora_to_hf == bool(env)
+
+
+# model: (the MODELS entry whose conversion it fine-tunes, instruction data script, tune script, --prompt-type)
+TUNE = {
+    "qwen2.5-7b": ("qwen2.5-7b", f"{EX}/qwen25/data_convert_qwen25_instruction.sh",
+                   f"{EX}/qwen25/tune_qwen25_7b_4k_full_ptd.sh", "qwen"),
+    "qwen3-8b": ("qwen3-8b", f"{EX}/qwen3/data_convert_qwen3_instruction.sh",
+                 f"{EX}/qwen3/tune_qwen3_8b_4K_full_ptd.sh", "qwen3"),
+}
+
+
+@pytest.mark.parametrize("model", sorted(TUNE))
+def test_tune_scripts_fine_tune_the_converted_model_on_the_instruction_data(model: str, tmp_path: Path) -> None:
+    """The SFT script: posttrain_gpt.py --stage sft, the model of config.json, the hf->mcore checkpoint (same
+    TP/PP), the data script's output prefix and chat template, and a save folder of its own."""
+    from mindspeed_llm.data.arguments import build_parser as preprocess_parser
+
+    base, data_script, tune, prompt_type = TUNE[model]
+    source, hf2mcore, _, pretrain = MODELS[base]
+    cfg = ModelConfig.from_hf_config(_hf_config(source))
+    to_mg = options_from_args(build_parser().parse_args(_recorded_argv(hf2mcore, "python", tmp_path)[1:]))
+    data = preprocess_parser().parse_args(_recorded_argv(data_script, "python", tmp_path)[1:])
+    assert data.handler_name == "AlpacaStyleInstructionHandler" and data.prompt_type == prompt_type
+
+    argv = _recorded_argv(tune, "torchrun", tmp_path)
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
+    args = validate_args(parse_args(argv[argv.index("posttrain_gpt.py") + 1:]), world_size=world)
+    assert args.stage == "sft" and args.is_instruction_dataset and args.finetune
+    assert args.prompt_type == prompt_type and args.no_pad_to_seq_lengths
+    assert args.data_path == [data.output_prefix]
+    assert (args.num_layers, args.hidden_size, args.ffn_hidden_size, args.num_attention_heads) == (
+        cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads)
+    assert args.qk_layernorm == cfg.qk_layernorm and args.add_qkv_bias == cfg.add_qkv_bias
+    assert args.rotary_base == cfg.rotary_base and args.kv_channels == cfg.kv_channels
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
+    assert args.padded_vocab_size == target_padded_vocab(cfg, to_mg)
+    assert Path(args.load) == Path(to_mg.save_dir) and Path(args.tokenizer_name_or_path) == Path(to_mg.load_dir)
+    pretrain_argv = _recorded_argv(pretrain, "torchrun", tmp_path)
+    assert Path(args.save) != Path(parse_args(pretrain_argv[pretrain_argv.index("pretrain_gpt.py") + 1:]).save)

@@ -2,9 +2,10 @@
 # Tokenize the alpaca parquet as instruction (fine-tuning) data in Qwen2.5's chat format (ChatML):
 # prompts get label -100, only the answers are learned.
 # Writes ./finetune_dataset/alpaca_packed_{input_ids,attention_mask,labels}_document.bin and .idx
-# (see docs/data.md); fine-tune with DATA_PATH=./finetune_dataset/alpaca.
+# (see docs/data.md); fine-tune with tune_qwen25_7b_4k_full_ptd.sh (DATA_PATH=./finetune_dataset/alpaca).
 # Put the HF tokenizer files in ./model_from_hf/qwen2.5-7b-hf/ and the parquet in ./dataset/;
-# paths are relative to the repository root. Add --pack --seq-length 4096 to pack samples.
+# paths are relative to the repository root. Add --pack --neat-pack --seq-length 4096 to pack samples
+# (then fine-tune with --reset-attention-mask: each sample attends only within itself).
 set -euo pipefail
 mkdir -p ./finetune_dataset
 
