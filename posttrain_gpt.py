@@ -16,6 +16,7 @@ from mindspeed_llm.training.arguments import check_command_line  # noqa: E402
 
 if __name__ == "__main__":
     check_command_line(require_stage=True)
+    mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit (seconds per process)
 
 mindspeed_llm.apply_base_patches()  # device layer first: megatron-core then runs on CPU, CUDA or NPU
 
