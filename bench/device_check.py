@@ -424,4 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import mindspeed_llm
+
+    mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit
     sys.exit(main())

@@ -78,4 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import mindspeed_llm
+
+    mindspeed_llm.freeze_heap_at_exit()  # `python -m` imported the package, torch and megatron-core with it
     sys.exit(main())

@@ -4,6 +4,8 @@ Usage: torchrun --nproc-per-node 4 parity_worker.py SPEC.json OUT_DIR
 SPEC lists cases {name, mg_root, ref, tp, pp}; OUT_DIR/<name>.json gets {"max_abs_diff": ...}.
 """
 
+import mindspeed_llm  # noqa: F401 - first: the CPU device layer, megatron-core imported under it
+
 import json
 import os
 import sys
@@ -13,7 +15,6 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
-import mindspeed_llm  # noqa: F401  (CPU device layer)
 from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args
 from mindspeed_llm.models import build_gpt_model, pipeline_layout
 
@@ -66,4 +67,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit
     main()

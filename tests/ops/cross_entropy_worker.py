@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import mindspeed_llm  # noqa: F401 - first: the CPU device layer, megatron-core imported under it
+
 import sys
 from pathlib import Path
 
 import torch
 from megatron.core import parallel_state
 
-import mindspeed_llm  # noqa: F401  (CPU device layer)
 from mindspeed_llm.ops.cross_entropy import chunked_vocab_parallel_cross_entropy
 
 
@@ -28,4 +29,5 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
+    mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit
     main(Path(sys.argv[1]))
