@@ -18,6 +18,7 @@ from mindspeed_llm.checkpoint.lora import (
     ADAPTER_CONFIG,
     MergedSource,
     adapter_stage_tensors,
+    check_not_adapter_only,
     read_mg_adapter,
     read_peft_adapter,
     write_peft_adapter,
@@ -331,6 +332,7 @@ def convert_mg_to_mg(opts: ConvertOptions) -> str:
     """Reshard a legacy Megatron checkpoint to another TP/PP (same iteration)."""
     check_hf_dir(opts.hf_dir)
     check_disjoint(opts.save_dir, opts.load_dir, config_dir=opts.hf_dir)
+    check_not_adapter_only(opts.load_dir, opts.iteration)
     source = open_mg_source(opts.load_dir, iteration=opts.iteration, hf_dir=opts.hf_dir)
     check_mg_flags(source, opts)
     if opts.padded_vocab_size is None and opts.make_vocab_size_divisible_by == 1:
@@ -363,6 +365,7 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
     if hf_dir is None and target != opts.save_dir:
         hf_dir = opts.save_dir  # MindSpeed's form: --save-dir is the original HF folder
     check_disjoint(target, opts.load_dir, config_dir=hf_dir)
+    check_not_adapter_only(opts.load_dir, opts.iteration)
     source = open_mg_source(opts.load_dir, iteration=opts.iteration, hf_dir=hf_dir)
     check_mg_flags(source, opts)
     hf_dir = source.hf_dir

@@ -151,6 +151,22 @@ def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None 
                    target_modules=modules, tensors=tensors)
 
 
+def check_not_adapter_only(root: str, iteration: int | str | None = None) -> None:
+    """A --load-dir holding only adapter tensors (a --lora-ckpt-filter save) is no base: say what to pass."""
+    if not os.path.isfile(os.path.join(root, layout.TRACKER_FILENAME)) and iteration is None:
+        return  # not a legacy checkpoint folder: its reader names the problem
+    try:
+        iteration = layout.read_tracker(root) if iteration is None else iteration
+        found = layout.list_rank_dirs(root, iteration)
+        state = layout.load_rank_file(found[min(found)], mmap=True) if found else {}
+    except CheckpointError:
+        return  # the reader reports it
+    models = [sd for name, sd in state.items() if name.startswith("model") and isinstance(sd, dict)]
+    if models and all(sd and all(_LORA_KEY.fullmatch(k) for k in sd) for sd in models):
+        raise CheckpointError(f"--load-dir {root} holds only LoRA adapter tensors (saved with --lora-ckpt-filter): "
+                              "pass the base model's checkpoint as --load-dir and this folder as --lora-load")
+
+
 def adapter_stage_tensors(adapter: Adapter, layers: range, tp: int) -> list[dict]:
     """The rank-local adapter tensors (state-dict keys with stage-local layer numbers) of one stage."""
     out: list[dict] = [{} for _ in range(tp)]

@@ -3,7 +3,8 @@ gradients at TP1, TP2 and PP2; a few trained steps later the exported peft adapt
 export is peft's merge_and_unload() tensor for tensor (fp32 and bf16 bases); --lora-ckpt-filter saves only the
 adapter and --lora-load resumes exactly.
 
-Shared launches: two pretrain_gpt.py runs (TP2, distributed optimizer) and one worker launch for every layout.
+Shared launches: two pretrain_gpt.py runs (TP2 + sequence parallel, recompute, distributed optimizer) and one
+worker launch for every layout.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def _convert(src: Path, dst: Path, **kw) -> str:
 
 @pytest.fixture(scope="module")
 def lora_runs(tmp_path_factory):
-    """peft adapter -> Megatron at TP1/TP2/PP2, a 4-step LoRA run (TP2, adapter-only saves at 2 and 4), its
-    resume from 2 through --lora-load, and one worker launch (first-step gradients per layout; trained logits)."""
+    """peft adapter -> Megatron at TP1/TP2/PP2, a 4-step LoRA run (TP2 with sequence parallelism, full recompute,
+    the distributed optimizer; adapter-only saves at 2 and 4), its resume from 2 through --lora-load, and one
+    worker launch (first-step gradients per layout; trained logits)."""
     tmp = tmp_path_factory.mktemp("lora")
     hf, adapter = tmp / "hf", tmp / "peft"
     make_tiny_hf_model(str(hf), "qwen2", num_layers=2)
@@ -57,7 +59,8 @@ def lora_runs(tmp_path_factory):
                               target_pp=pp, add_qkv_bias=True, lora_load=str(adapter))
     data = make_indexed_dataset(tmp / "data" / "d_text_document")
     flags = [*model_flags(hf), *train_flags(data, iters=4, seq=16), *LORA, "--tensor-model-parallel-size", "2",
-             "--use-distributed-optimizer", "--lora-ckpt-filter"]
+             "--sequence-parallel", "--recompute-granularity", "full", "--recompute-method", "uniform",
+             "--recompute-num-layers", "1", "--use-distributed-optimizer", "--lora-ckpt-filter"]
     save_a, save_b = tmp / "run_a", tmp / "run_b"
     # --lora-load == --save with nothing there yet: a new run at iteration 0 (the adapter --load holds: peft's).
     out_a = run_pretrain(*flags, "--load", mg[2, 1], "--lora-load", str(save_a), "--save", str(save_a),
@@ -177,6 +180,11 @@ def test_exported_peft_adapter_gives_our_logits_and_merged_export_equals_peft_me
     merged = _convert(Path(lora_runs["mg"][2, 1]), tmp / "merged", load_model_type="mg", save_model_type="hf",
                       lora_load=str(lora_runs["save_a"]), hf_dir=str(lora_runs["hf"]))
     _assert_merged_equal(merged, peft_model.merge_and_unload())
+    with pytest.raises(CheckpointError, match="holds only LoRA adapter tensors.*--lora-load"):
+        _convert(lora_runs["save_a"], tmp / "x", load_model_type="mg", save_model_type="hf")
+    with pytest.raises(CheckpointError, match="--lora-r 8 contradicts the adapter"):
+        _convert(Path(lora_runs["mg"][2, 1]), tmp / "y", load_model_type="mg", save_model_type="hf",
+                 lora_load=str(lora_runs["save_a"]), lora_r=8)
 
 
 def _assert_merged_equal(folder: str, reference) -> None:
@@ -226,3 +234,23 @@ def test_import_refuses_separate_a_matrices_and_partial_targets(tmp_path):
     with pytest.raises(CheckpointError, match="adapts q_proj but not all of q_proj, k_proj, v_proj"):
         _convert(hf, tmp_path / "mg2", load_model_type="hf", save_model_type="mg", lora_load=str(adapter))
     assert not (tmp_path / "mg").exists() and not (tmp_path / "mg2").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("--lora-load /x", ["--lora-load", "without --lora-target-modules"]),
+    ("--lora-ckpt-filter", ["--lora-ckpt-filter", "without --lora-target-modules"]),
+    ("--lora-target-modules linear_qkv --lora-r 0", ["--lora-r must be positive"]),
+    ("--lora-target-modules linear_qkv --lora-dropout 1.0", ["--lora-dropout"]),
+    ("--lora-target-modules linear_qkv --ckpt-format torch_dist", ["--ckpt-format torch"]),
+    ("--lora-target-modules linear_qkv --lora-load /nonexistent/adapter --load /b", ["--lora-load", "not a folder"]),
+    ("--lora-target-modules linear_qkv --lora-load /a", ["--lora-load /a needs --load"]),
+])
+def test_lora_flags_refused_with_a_line(extra, words):
+    from mindspeed_llm.training.arguments import ArgumentError, parse_args, validate_args
+
+    base = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
+            "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document")
+    with pytest.raises(ArgumentError) as exc:
+        validate_args(parse_args(f"{base} {extra}".split()), 1)
+    assert all(w in str(exc.value) for w in words), str(exc.value)
+    assert "\n" not in str(exc.value)
