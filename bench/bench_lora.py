@@ -5,7 +5,7 @@ The model is Qwen2-shaped and ~100M parameters (12 layers, hidden 768, 12 heads 
 linear layer of the decoder (megatron's linear_qkv linear_proj linear_fc1 linear_fc2 = peft's q/k/v/o/
 gate/up/down_proj).
 
-    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--skip-time]
+    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16] [--skip-time]
 
 Memory (one process, megatron-core DDP and optimizer built as pretrain_gpt.py builds them, after one
 step so Adam's state exists): the bytes of DDP's gradient buffers and of the optimizer's state tensors,
@@ -15,6 +15,8 @@ Step time: pretrain_gpt.py with the LoRA flags (and --use-flash-attn --use-fused
 (``get_peft_model`` on ``Qwen2ForCausalLM(attn_implementation="sdpa")``, ``torch.optim.AdamW`` over
 the adapter, gradient clipping 1.0), same thread count, micro-batch 1, same sequence length, both
 reading the token stream of the same dataset file; each in its own process, first iterations warm-up.
+``--dtype bf16``: pretrain_gpt.py ``--bf16`` (bf16 adapters, fp32 main weights) against peft on the model in
+bf16 (peft keeps its adapters in fp32 by default, ``autocast_adapter_dtype``).
 A second peft column (``tuned``) gives peft's loop the two CPU settings pretrain_gpt has
 (glibc keeps freed blocks, ``AdamW(fused=True)``).
 """
@@ -116,6 +118,8 @@ def run_ours(args, prefix: Path) -> list[float]:
            "--log-interval", "1", "--eval-iters", "0", "--num-workers", "0",
            "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb",
            "--lora-r", R, "--lora-alpha", ALPHA, "--lora-target-modules", *TARGETS]
+    if args.dtype == "bf16":
+        cmd.append("--bf16")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if out.returncode:
@@ -132,7 +136,8 @@ def peft_worker(args) -> list[float]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM._from_config(hf_config(), attn_implementation="sdpa").float()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = Qwen2ForCausalLM._from_config(hf_config(), attn_implementation="sdpa").to(dtype)
     model = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=PEFT_TARGETS))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -154,7 +159,7 @@ def peft_worker(args) -> list[float]:
 
 def run_peft(args, prefix: Path, tuned: bool) -> list[float]:
     cmd = [sys.executable, __file__, "--peft-worker", "--prefix", str(prefix), "--threads", str(args.threads),
-           "--iters", str(args.iters), "--warmup", str(args.warmup), "--seq", str(args.seq)]
+           "--iters", str(args.iters), "--warmup", str(args.warmup), "--seq", str(args.seq), "--dtype", args.dtype]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     if tuned:
         cmd.append("--tuned")
@@ -166,32 +171,8 @@ def run_peft(args, prefix: Path, tuned: bool) -> list[float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--skip-time", action="store_true", help="only the memory table")
-    p.add_argument("--peft-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--memory-worker", choices=["full", "lora"], help=argparse.SUPPRESS)
-    p.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--prefix", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.peft_worker:
-        print(json.dumps(peft_worker(args)))
-        return
-    if args.memory_worker:
-        import mindspeed_llm  # noqa: F401  (CPU device layer)
-
-        print(json.dumps(memory_worker(args.memory_worker == "lora", 128)))
-        return
-
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
+def print_memory(args, env: dict) -> None:
+    """Gradient + optimizer-state memory, full vs LoRA (two fresh processes)."""
     mem = {}
     for kind in ("full", "lora"):
         out = subprocess.run([sys.executable, __file__, "--memory-worker", kind], capture_output=True, text=True,
@@ -210,6 +191,38 @@ def main() -> None:
     full = mem["full"]["grad_bytes"] + mem["full"]["state_bytes"]
     lora = mem["lora"]["grad_bytes"] + mem["lora"]["state_bytes"]
     print(f"\nLoRA / full (gradients + optimizer state): {100 * lora / full:.2f}%")
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="step-time runs (memory: fp32)")
+    p.add_argument("--skip-time", action="store_true", help="only the memory table")
+    p.add_argument("--skip-memory", action="store_true", help="only the step times")
+    p.add_argument("--peft-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--memory-worker", choices=["full", "lora"], help=argparse.SUPPRESS)
+    p.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.peft_worker:
+        print(json.dumps(peft_worker(args)))
+        return
+    if args.memory_worker:
+        import mindspeed_llm  # noqa: F401  (CPU device layer)
+
+        print(json.dumps(memory_worker(args.memory_worker == "lora", 128)))
+        return
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
+    if not args.skip_memory:
+        print_memory(args, env)
     if args.skip_time:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,7 +231,7 @@ def main() -> None:
         ours = run_ours(args, prefix)
         plain = run_peft(args, prefix, tuned=False)
         tuned = run_peft(args, prefix, tuned=True)
-    print(f"\nstep time, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations (after {args.warmup}):")
+    print(f"\nstep time, {args.dtype}, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations (after {args.warmup}):")
     print("\n| | s/step | tokens/s | ours vs it |\n|---|---|---|---|")
     for name, xs in (("pretrain_gpt.py --lora-*", ours), ("peft + transformers", plain), ("peft + transformers, tuned", tuned)):
         print(f"| {name} | {_median(xs):.3f} | {args.seq / _median(xs):.0f} | {_median(xs) / _median(ours):.2f}x |")
