@@ -117,15 +117,21 @@ def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> N
 
 
 def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path) -> None:
-    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters on what the hf->mcore script writes (same TP/PP, model),
-    resumes from its own --save through --lora-load, and ckpt_convert_qwen25_mcore2hf_lora.sh exports that
-    adapter with the same LoRA settings."""
+    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters (SFT on the instruction data) on what the hf->mcore script
+    writes (same TP/PP, model), resumes from its own --save through --lora-load, and
+    ckpt_convert_qwen25_mcore2hf_lora.sh exports that adapter with the same LoRA settings."""
+    from mindspeed_llm.data.arguments import build_parser as preprocess_parser
+
     cfg = ModelConfig.from_hf_config(_hf_config("qwen2.5-7b.json"))
     to_mg = options_from_args(build_parser().parse_args(
         _recorded_argv(f"{EX}/qwen25/ckpt_convert_qwen25_hf2mcore.sh", "python", tmp_path)[1:]))
+    data = preprocess_parser().parse_args(
+        _recorded_argv(f"{EX}/qwen25/data_convert_qwen25_instruction.sh", "python", tmp_path)[1:])
     argv = _recorded_argv(f"{EX}/qwen25/tune_qwen25_7b_4k_lora_ptd.sh", "torchrun", tmp_path)
     world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
-    args = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
+    args = validate_args(parse_args(argv[argv.index("posttrain_gpt.py") + 1:]), world_size=world)
+    assert args.stage == "sft" and args.is_instruction_dataset and not args.finetune
+    assert args.data_path == [data.output_prefix] and args.prompt_type == data.prompt_type
     assert (args.num_layers, args.hidden_size, args.ffn_hidden_size) == (cfg.num_layers, cfg.hidden_size,
                                                                          cfg.ffn_hidden_size)
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)

@@ -3,7 +3,7 @@ gradients at TP1, TP2 and PP2; a few trained steps later the exported peft adapt
 export is peft's merge_and_unload() tensor for tensor (fp32 and bf16 bases); --lora-ckpt-filter saves only the
 adapter and --lora-load resumes exactly.
 
-Shared launches: two pretrain_gpt.py runs (TP2 + sequence parallel, recompute, distributed optimizer) and one
+Shared launches: two posttrain_gpt.py --stage sft runs (TP2 + sequence parallel, recompute, distributed optimizer) and one
 worker launch for every layout.
 """
 
@@ -23,17 +23,12 @@ from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.checkpoint.mapping import qkv_interleave
 from mindspeed_llm.models.families import ModelConfig
 from tests.checkpoint.tiny_models import make_tiny_hf_model
-from tests.conftest import torchrun
-from tests.e2e.pretrain_helpers import (
-    loss_strings,
-    make_indexed_dataset,
-    model_flags,
-    run_pretrain,
-    train_flags,
-)
+from tests.conftest import REPO_ROOT, torchrun
+from tests.e2e.pretrain_helpers import loss_strings, model_flags, train_flags, write_instruction_data
 from tests.models.lora_helpers import load_peft_model, make_peft_adapter, peft_loss_and_grads
 
 WORKER = Path(__file__).with_name("lora_worker.py")
+POSTTRAIN = REPO_ROOT / "posttrain_gpt.py"
 IDS = [[1, 5, 9, 23, 42, 77, 3, 99, 64, 12, 7, 88, 31, 2, 50, 17]]
 REL = 1e-5
 LORA = ["--lora-target-modules", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "--lora-r", "4",
@@ -46,8 +41,8 @@ def _convert(src: Path, dst: Path, **kw) -> str:
 
 @pytest.fixture(scope="module")
 def lora_runs(tmp_path_factory):
-    """peft adapter -> Megatron at TP1/TP2/PP2, a 4-step LoRA run (TP2 with sequence parallelism, full recompute,
-    the distributed optimizer; adapter-only saves at 2 and 4), its resume from 2 through --lora-load, and one
+    """peft adapter -> Megatron at TP1/TP2/PP2, a 4-step LoRA SFT run (posttrain_gpt.py --stage sft on instruction
+    data; TP2 with sequence parallelism, full recompute, the distributed optimizer; adapter-only saves at 2 and 4), its resume from 2 through --lora-load, and one
     worker launch (first-step gradients per layout; trained logits)."""
     tmp = tmp_path_factory.mktemp("lora")
     hf, adapter = tmp / "hf", tmp / "peft"
@@ -57,18 +52,20 @@ def lora_runs(tmp_path_factory):
     for tp, pp in ((1, 1), (2, 1), (1, 2)):
         mg[tp, pp] = _convert(hf, tmp / f"mg_tp{tp}_pp{pp}", load_model_type="hf", save_model_type="mg", target_tp=tp,
                               target_pp=pp, add_qkv_bias=True, lora_load=str(adapter))
-    data = make_indexed_dataset(tmp / "data" / "d_text_document")
-    flags = [*model_flags(hf), *train_flags(data, iters=4, seq=16), *LORA, "--tensor-model-parallel-size", "2",
+    data = _instruction_data(tmp / "data" / "sft")
+    flags = [*model_flags(hf), *train_flags(data, iters=4, seq=16), "--stage", "sft", "--prompt-type", "qwen", *LORA,
+             "--tensor-model-parallel-size", "2",
              "--sequence-parallel", "--recompute-granularity", "full", "--recompute-method", "uniform",
              "--recompute-num-layers", "1", "--use-distributed-optimizer", "--lora-ckpt-filter"]
     save_a, save_b = tmp / "run_a", tmp / "run_b"
     # --lora-load == --save with nothing there yet: a new run at iteration 0 (the adapter --load holds: peft's).
-    out_a = run_pretrain(*flags, "--load", mg[2, 1], "--lora-load", str(save_a), "--save", str(save_a),
-                         "--save-interval", "2", nproc=2)
+    out_a = torchrun(POSTTRAIN, *flags, "--load", mg[2, 1], "--lora-load", str(save_a), "--save", str(save_a),
+                     "--save-interval", "2", nproc=2, timeout=300).stdout
     at_2 = tmp / "adapter_at_2"
     shutil.copytree(save_a / "iter_0000002", at_2 / "iter_0000002")
     layout.write_tracker(at_2, 2)
-    out_b = run_pretrain(*flags, "--load", mg[2, 1], "--lora-load", str(at_2), "--save", str(save_b), nproc=2)
+    out_b = torchrun(POSTTRAIN, *flags, "--load", mg[2, 1], "--lora-load", str(at_2), "--save", str(save_b), nproc=2,
+                     timeout=300).stdout
 
     cases = [{"name": f"grads_tp{tp}_pp{pp}", "kind": "grads", "mg_root": mg[tp, pp], "tp": tp, "pp": pp}
              for tp, pp in mg]
@@ -81,6 +78,19 @@ def lora_runs(tmp_path_factory):
     reference = peft_loss_and_grads(str(hf), str(adapter), IDS)
     return {"reference": reference, "tmp": tmp, "hf": hf, "adapter": adapter, "mg": mg, "save_a": save_a, "save_b": save_b,
             "out_a": out_a, "out_b": out_b, "out": out}
+
+
+def _instruction_data(prefix: Path) -> str:
+    """SFT samples as preprocess_data.py writes them: ids, attention mask, labels -100 on the prompt."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(48):
+        prompt, answer = int(rng.integers(3, 9)), int(rng.integers(4, 12))
+        ids = rng.integers(3, 128, prompt + answer)
+        rows.append((ids, np.ones_like(ids), np.concatenate([np.full(prompt, -100), ids[prompt:]])))
+    return write_instruction_data(prefix, rows)
 
 
 def _fused_reference(grads: dict, cfg: ModelConfig, layer: int) -> dict[str, torch.Tensor]:

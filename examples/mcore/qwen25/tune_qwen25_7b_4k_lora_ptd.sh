@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Qwen2.5-7B LoRA fine-tuning, 4k sequence, bf16 (docs/lora.md): adapters r=8 alpha=16 on every linear
-# layer, the base weights frozen; --save holds only the adapter (--lora-ckpt-filter). --load is the base
-# (weights only); --lora-load is the save folder: the first launch starts a new adapter at iteration 0, a
-# relaunch resumes it (adapter, optimizer, scheduler, iteration).
+# Qwen2.5-7B LoRA instruction fine-tuning (SFT), 4K sequence, bf16, TP1 PP4 (docs/lora.md): adapters r=8
+# alpha=16 on every linear layer, the base weights frozen; --save holds only the adapter (--lora-ckpt-filter).
+# --load is the base (weights only); --lora-load is the save folder: the first launch starts a new adapter at
+# iteration 0, a relaunch resumes it (adapter, optimizer, scheduler, iteration).
 # Every variable below can be overridden from the environment, e.g. `TP=2 PP=2 bash examples/mcore/qwen25/tune_qwen25_7b_4k_lora_ptd.sh`
 # (the base checkpoint must then be converted at that TP/PP).
-# Inputs: a checkpoint from ckpt_convert_qwen25_hf2mcore.sh and data from data_convert_qwen25_pretrain.sh.
-# Export (merged HF weights or a peft adapter): ckpt_convert_qwen25_mcore2hf_lora.sh.
+# Inputs: a checkpoint from ckpt_convert_qwen25_hf2mcore.sh and instruction data from data_convert_qwen25_instruction.sh
+# (--prompt-type qwen). Export (merged HF weights or a peft adapter): ckpt_convert_qwen25_mcore2hf_lora.sh.
 set -euo pipefail
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
@@ -20,15 +20,15 @@ WORLD_SIZE=$((NPUS_PER_NODE * NNODES))
 # please fill these path configurations
 CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-"./model_weights/qwen2.5_mcore/"}
 CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-"./ckpt/qwen2.5-7b-lora/"}
-DATA_PATH=${DATA_PATH:-"./dataset/alpaca_text_document"}
+DATA_PATH=${DATA_PATH:-"./finetune_dataset/alpaca"}
 TOKENIZER_PATH=${TOKENIZER_PATH:-"./model_from_hf/qwen2.5-7b-hf/"}
 
 TP=${TP:-1}
 PP=${PP:-4}
 SEQ_LEN=${SEQ_LEN:-4096}
 MBS=${MBS:-1}
-GBS=${GBS:-16}
-TRAIN_ITERS=${TRAIN_ITERS:-1000}
+GBS=${GBS:-32}
+TRAIN_ITERS=${TRAIN_ITERS:-2000}
 LOG_DIR=${LOG_DIR:-./logs}
 
 # torchrun's agent binds MASTER_PORT before our code runs: say which process holds a busy port.
@@ -82,7 +82,6 @@ GPT_ARGS="
     --lr 1e-4 \
     --min-lr 1e-5 \
     --lr-decay-style cosine \
-    --lr-warmup-fraction 0.01 \
     --weight-decay 1e-1 \
     --clip-grad 1.0 \
     --adam-beta1 0.9 \
@@ -98,6 +97,20 @@ GPT_ARGS="
     --bf16
 "
 
+DATA_ARGS="
+    --data-path $DATA_PATH \
+    --split 100,0,0
+"
+
+OUTPUT_ARGS="
+    --log-interval 1 \
+    --save-interval 500 \
+    --eval-interval ${TRAIN_ITERS} \
+    --eval-iters 0
+"
+
+# LoRA: no --finetune: --load is read as weights only, and --lora-load decides where the run starts (a new
+# adapter at iteration 0, or the saved one resumed).
 LORA_ARGS="
     --lora-r 8 \
     --lora-alpha 16 \
@@ -106,24 +119,23 @@ LORA_ARGS="
     --lora-load ${CKPT_SAVE_DIR}
 "
 
-DATA_ARGS="
-    --data-path $DATA_PATH \
-    --split 100,0,0
+# MindSpeed-LLM's fine-tuning flags: --stage sft reads DATA_PATH as instruction data
+# (PREFIX_packed_{input_ids,attention_mask,labels}_document); --no-pad-to-seq-lengths pads each micro-batch only
+# to its longest sample. For packed data (data_convert_* with --pack --neat-pack) use --reset-attention-mask
+# instead of --no-pad-to-seq-lengths.
+TUNE_ARGS="
+    --stage sft \
+    --is-instruction-dataset \
+    --prompt-type qwen \
+    --no-pad-to-seq-lengths
 "
 
-OUTPUT_ARGS="
-    --log-interval 1 \
-    --log-throughput \
-    --save-interval 500 \
-    --eval-interval 1000 \
-    --eval-iters 0
-"
-
-torchrun $DISTRIBUTED_ARGS pretrain_gpt.py \
+torchrun $DISTRIBUTED_ARGS posttrain_gpt.py \
     $GPT_ARGS \
-    $LORA_ARGS \
     $DATA_ARGS \
     $OUTPUT_ARGS \
+    $TUNE_ARGS \
+    $LORA_ARGS \
     --distributed-backend nccl \
     --load ${CKPT_LOAD_DIR} \
     --save ${CKPT_SAVE_DIR} \
