@@ -96,19 +96,21 @@ def test_document_mask_is_block_diagonal_causal():
 
 
 @pytest.mark.parametrize("impl", ["per_document", "sdpa_mask", "blockwise_mask"])
-def test_kernels_equal_each_document_alone(impl):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_equal_each_document_alone(impl, dtype):
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
     cu = document_packed_seq_params(_position_ids()).cu_seqlens_q
     q64, k64, v64 = _qkv(torch.float64)
     ref = _per_document_reference(q64, k64, v64, 0.3)
     grad = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, (q64, k64, v64), grad)
-    q, k, v = _qkv(torch.float32)
+    q, k, v = _qkv(dtype)
     out = document_attention(q, k, v, cu, softmax_scale=0.3, impl=impl)
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    grads = torch.autograd.grad(out, (q, k, v), grad.float())
-    assert _rel_err(out, ref) <= 1e-5
+    assert out.shape == ref.shape and out.dtype == dtype
+    grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
+    assert _rel_err(out, ref) <= tol
     for got, want in zip(grads, ref_grads):
-        assert _rel_err(got, want) <= 1e-5
+        assert _rel_err(got, want) <= tol * (1 if dtype == torch.float32 else 3)
 
 
 def test_per_document_dropout_keeps_documents_apart():
