@@ -38,6 +38,38 @@ def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
     return proc
 
 
+class Started:
+    """A process started now and waited for later: independent single-process runs of a test module overlap
+    on the machine's two cores (serially, one core would sit idle). Output goes to files, not pipes, so a
+    child never blocks on a full pipe while nobody reads it."""
+
+    def __init__(self, cmd: list[str], *, env: dict, cwd: Path | str = REPO_ROOT, timeout: int = 300,
+                 preexec_fn=None):
+        import tempfile
+
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, env=env, cwd=cwd,
+                                      preexec_fn=preexec_fn)
+        self._timeout, self._result = timeout, None
+
+    def result(self) -> subprocess.CompletedProcess:
+        """The finished process (exit code, stdout, stderr), whatever its status."""
+        if self._result is None:
+            try:
+                self._proc.wait(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+                raise
+            outputs = []
+            for f in (self._out, self._err):
+                f.seek(0)
+                outputs.append(f.read())
+                f.close()
+            self._result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode, *outputs)
+        return self._result
+
+
 @pytest.fixture
 def hf_config_dir() -> Path:
     """The hub config.json files in tests/fixtures/hf_configs."""
