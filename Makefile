@@ -67,6 +67,7 @@ lint: $(ENV_READY)
 bench: $(ENV_READY)
 	$(PYTHON) bench/bench_import.py
 	$(PYTHON) bench/bench_attention.py
+	$(PYTHON) bench/bench_document_attention.py
 	$(PYTHON) bench/bench_pretrain.py
 	$(PYTHON) bench/bench_preprocess.py
 	$(PYTHON) bench/bench_convert.py --run
@@ -75,6 +76,7 @@ bench: $(ENV_READY)
 bench-quick: $(ENV_READY)
 	$(PYTHON) bench/bench_import.py --repeats 2
 	$(PYTHON) bench/bench_attention.py --seqs 1024 --dtypes fp32 --repeats 1
+	$(PYTHON) bench/bench_document_attention.py --seqs 1024 --repeats 1 --impls causal per_document
 	$(PYTHON) bench/bench_pretrain.py --iters 2 --warmup 1 --dtype fp32
 	$(PYTHON) bench/bench_preprocess.py --size-mb 5 --vocab 20000 --train-mb 2
 
