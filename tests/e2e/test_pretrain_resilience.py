@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from mindspeed_llm.checkpoint import layout
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, Started, free_port
 from tests.e2e.pretrain_helpers import PRETRAIN, make_indexed_dataset, train_flags
 
 pytestmark = pytest.mark.slow
@@ -40,6 +40,11 @@ _LR_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? learning rate: ([0-9.E+-]
 
 def _flags(data: str, iters: int = 4) -> list[str]:
     return MODEL + train_flags(data, iters=iters, seq=16)
+
+
+def _start(*flags: str) -> Started:
+    """pretrain_gpt.py as one process (no torchrun), started now: independent runs overlap on the two cores."""
+    return Started([sys.executable, str(PRETRAIN), *flags], env=ENV, timeout=240)
 
 
 def _run(*flags: str, preexec_fn=None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -215,17 +220,29 @@ def other_model(base):
     return save
 
 
+DAMAGES = ("truncated", "empty", "tracker", "other-model")
+
+
+@pytest.fixture(scope="module")
+def damaged_runs(base, other_model, tmp_path_factory) -> dict:
+    """{how: (save folder, culprit, the finished run)}: one damaged copy each, the four runs started together."""
+    started = {}
+    for how in DAMAGES:
+        save = _copy(base, tmp_path_factory.mktemp(f"damaged_{how}"))
+        culprit = _damage(save, how, other_model)
+        started[how] = (save, culprit, _start(*_flags(base["data"], iters=6), "--load", str(save), "--save",
+                                              str(save), "--override-opt_param-scheduler"))
+    return {how: (save, culprit, run.result()) for how, (save, culprit, run) in started.items()}
+
+
 @pytest.mark.parametrize("how, words", [
     ("truncated", ["is damaged or not a torch checkpoint"]),
     ("empty", ["is empty (0 bytes)"]),
     ("tracker", ["holds binary data, expected an iteration number"]),
     ("other-model", ["does not fit this model: size mismatch for", "checkpoint [128, 32], model [128, 64]"]),
 ])
-def test_damaged_checkpoint_is_one_line_naming_the_file(base, other_model, tmp_path, how, words):
-    save = _copy(base, tmp_path)
-    culprit = _damage(save, how, other_model)
-    proc = _run(*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
-                "--override-opt_param-scheduler")
+def test_damaged_checkpoint_is_one_line_naming_the_file(damaged_runs, how, words):
+    save, culprit, proc = damaged_runs[how]
     assert proc.returncode == 1
     _one_error_line(proc.stderr, str(culprit), *words)
     assert "iteration " not in proc.stdout.replace("at iteration", "")
@@ -246,23 +263,27 @@ def _lrs(stdout: str) -> dict[int, float]:
 def test_extending_a_run_needs_one_of_the_scheduler_flags_and_each_does_what_megatron_does(base, tmp_path):
     save = _copy(base, tmp_path)
     longer = [*_flags(base["data"], iters=8), "--load", str(save)]
-    proc = _run(*longer, "--save", str(save))
+    # Three independent launches, started together: only the first has --save (the two others only read).
+    refused, override, use_checkpoint = (_start(*longer, "--save", str(save)),
+                                         _start(*longer, "--override-opt_param-scheduler"),
+                                         _start(*longer, "--use-checkpoint-opt_param-scheduler"))
+    proc = refused.result()
     assert proc.returncode == 1
     _one_error_line(proc.stderr, "--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler",
                     "is 32 in this launch but 16 in the checkpoint")
-    _assert_last_complete(save, 4)
     gbs = 4
     # Override: the launch's schedule (decay over 8 iterations), continued from the checkpoint's step count.
-    proc = _run(*longer, "--override-opt_param-scheduler")
+    proc = override.result()
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = _lrs(proc.stdout)
     assert sorted(got) == [5, 6, 7, 8]
     for it, lr in got.items():
         assert lr == pytest.approx(_cosine_lr(it * gbs, 1 * gbs, 8 * gbs), rel=1e-5), it
     # Use the checkpoint's: its decay ended at iteration 4, so the rate stays at --min-lr.
-    proc = _run(*longer, "--use-checkpoint-opt_param-scheduler")
+    proc = use_checkpoint.result()
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _lrs(proc.stdout) == pytest.approx({5: 3e-4, 6: 3e-4, 7: 3e-4, 8: 3e-4})
+    _assert_last_complete(save, 4)  # the refused launch wrote nothing
 
 
 def test_train_iters_at_or_below_the_checkpoint_leaves_it_untouched(base, tmp_path):
@@ -287,16 +308,26 @@ def _dataset(prefix: Path, docs: list[list[int]]) -> str:
     return str(prefix)
 
 
+@pytest.fixture(scope="module")
+def bad_data_runs(base, tmp_path_factory) -> dict:
+    """{case: (folder, data prefix, expected words, the finished run)}: the three runs started together."""
+    started = {}
+    for case in ("empty", "ids", "split"):
+        tmp_path = tmp_path_factory.mktemp(f"bad_data_{case}")
+        if case == "empty":
+            data, extra, words = _dataset(tmp_path / "empty_text_document", []), [], ["hold no documents"]
+        elif case == "ids":
+            data = _dataset(tmp_path / "wide_text_document", [[5] * 40 + [2]] * 30 + [[5, 700, 2]])
+            extra, words = [], ["wide_text_document.bin holds token id 700", "has 128 rows"]
+        else:
+            data, extra, words = base["data"], ["--split", "0,0,100"], ["--split 0,0,100 leaves no training data"]
+        started[case] = (tmp_path, data, words, _start(*_flags(data), *extra, "--save", str(tmp_path / "ckpt")))
+    return {case: (tmp_path, data, words, run.result()) for case, (tmp_path, data, words, run) in started.items()}
+
+
 @pytest.mark.parametrize("case", ["empty", "ids", "split"])
-def test_bad_training_data_is_one_line_naming_the_file(base, tmp_path, case):
-    if case == "empty":
-        data, extra, words = _dataset(tmp_path / "empty_text_document", []), [], ["hold no documents"]
-    elif case == "ids":
-        data = _dataset(tmp_path / "wide_text_document", [[5] * 40 + [2]] * 30 + [[5, 700, 2]])
-        extra, words = [], ["wide_text_document.bin holds token id 700", "has 128 rows"]
-    else:
-        data, extra, words = base["data"], ["--split", "0,0,100"], ["--split 0,0,100 leaves no training data"]
-    proc = _run(*_flags(data), *extra, "--save", str(tmp_path / "ckpt"))
+def test_bad_training_data_is_one_line_naming_the_file(bad_data_runs, case):
+    tmp_path, data, words, proc = bad_data_runs[case]
     assert proc.returncode == 1
     _one_error_line(proc.stderr, *words, *([data] if case != "split" else []))
     assert "iteration " not in proc.stdout
