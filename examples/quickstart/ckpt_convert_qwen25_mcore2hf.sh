@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Quick start step 6a: the trained Megatron checkpoint -> HF folder (written to <original HF folder>/mg2hf/).
+# Quick start steps 6 and 9: a trained Megatron checkpoint -> HF folder (into <HF_DIR>/mg2hf/ when SAVE_DIR
+# is the original HF folder, else into SAVE_DIR itself; the tokenizer comes from HF_DIR).
 set -euo pipefail
 QS_OUT=${QS_OUT:-./quickstart_output}
 HF_DIR=${HF_DIR:-$QS_OUT/model_from_hf/qwen2.5-tiny-hf}
+LOAD_DIR=${LOAD_DIR:-$QS_OUT/ckpt/qwen2.5_tiny_pretrain/}  # step 9 converts the fine-tuned one
+SAVE_DIR=${SAVE_DIR:-$HF_DIR/}
 python ./convert_ckpt.py \
     --use-mcore-models \
     --model-type GPT \
@@ -10,6 +13,7 @@ python ./convert_ckpt.py \
     --save-model-type hf \
     --model-type-hf llama2 \
     --add-qkv-bias \
-    --load-dir "$QS_OUT/ckpt/qwen2.5_tiny_pretrain/" \
-    --save-dir "$HF_DIR/" \
+    --load-dir "$LOAD_DIR" \
+    --save-dir "$SAVE_DIR" \
+    --hf-dir "$HF_DIR/" \
     --overwrite

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Quick start step 6a: the trained Megatron checkpoint -> HF folder (written to <original HF folder>/mg2hf/).
+# Quick start steps 6 and 9: a trained Megatron checkpoint -> HF folder (into <HF_DIR>/mg2hf/ when SAVE_DIR
+# is the original HF folder, else into SAVE_DIR itself; the tokenizer comes from HF_DIR).
 set -euo pipefail
 QS_OUT=${QS_OUT:-./quickstart_output}
 HF_DIR=${HF_DIR:-$QS_OUT/model_from_hf/qwen3-tiny-hf}
+LOAD_DIR=${LOAD_DIR:-$QS_OUT/ckpt/qwen3_tiny_pretrain/}  # step 9 converts the fine-tuned one
+SAVE_DIR=${SAVE_DIR:-$HF_DIR/}
 python ./convert_ckpt.py \
     --use-mcore-models \
     --model-type GPT \
     --load-model-type mg \
     --save-model-type hf \
     --model-type-hf qwen3 \
-    --load-dir "$QS_OUT/ckpt/qwen3_tiny_pretrain/" \
-    --save-dir "$HF_DIR/" \
+    --load-dir "$LOAD_DIR" \
+    --save-dir "$SAVE_DIR" \
+    --hf-dir "$HF_DIR/" \
     --overwrite

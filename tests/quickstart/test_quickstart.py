@@ -18,13 +18,13 @@ def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
     out = tmp_path / "qs"
     env = {
         **os.environ, "QS_OUT": str(out), "QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "LOG_INTERVAL": "1",
-        "SEQ_LEN": "64", "GBS": "2", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
+        "SEQ_LEN": "64", "GBS": "2", "SFT_ITERS": "3", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(REPO_ROOT),
     }
     proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    for step in ("1-2/6", "3/6", "4/6", "5/6", "6/6"):
+    for step in ("1-2/9", "3/9", "4/9", "5/9", "6/9", "7/9", "8/9", "9/9"):
         assert f"step {step}" in proc.stdout
 
     hf_dir = out / "model_from_hf" / "qwen2.5-tiny-hf"
@@ -58,6 +58,18 @@ def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
     assert "[generate] trained model's continuation (16 tokens, greedy)" in proc.stdout
     assert "[generate] What to expect:" in proc.stdout
 
+    # SFT leg: the pretrained checkpoint fine-tuned on the same rows as ChatML data, back to HF, asked in ChatML.
+    assert (out / "finetune_dataset" / "alpaca_packed_labels_document.idx").is_file()
+    sft_losses = losses_from_log((out / "logs" / "tune_mcore_qwen25_tiny.log").read_text())
+    assert [it for it, _ in sft_losses] == [1, 2, 3]  # --finetune: from iteration 0
+    assert (out / "ckpt" / "qwen2.5_tiny_sft" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert "> instruction data " in proc.stdout and "prompt type qwen" in proc.stdout
+    chat = "[chat] prompt (qwen chat format): '<|im_start|>system\\nYou are Qwen"
+    assert chat in proc.stdout and "<|im_start|>assistant\\n'" in proc.stdout
+    assert "[chat] fine-tuned model's answer (24 tokens, greedy)" in proc.stdout
+    assert json.loads((out / "model_from_hf" / "qwen2.5-tiny-sft-hf" / "config.json").read_text())[
+        "architectures"] == ["Qwen2ForCausalLM"]
+
 
 @pytest.mark.slow
 def test_quickstart_qwen3_variant(tmp_path) -> None:
@@ -66,7 +78,7 @@ def test_quickstart_qwen3_variant(tmp_path) -> None:
     env = {
         **os.environ, "QS_OUT": str(out), "QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4",
         "LOG_INTERVAL": "1", "SEQ_LEN": "64", "GBS": "2", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONPATH": str(REPO_ROOT), "QS_SFT": "0",  # the SFT leg runs in the Qwen2.5 test; its script: below
     }
     proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -90,3 +102,30 @@ def test_unknown_quickstart_model_is_refused(tmp_path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "QS_MODEL (make quickstart MODEL=...) must be qwen25 or qwen3" in proc.stderr
     assert not (tmp_path / "qs").exists()
+
+
+@pytest.mark.parametrize("name, prompt_type", [("qwen25", "qwen"), ("qwen3", "qwen3")])
+def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, name, prompt_type) -> None:
+    """Steps 7-8 (dry): the tune script is posttrain_gpt.py --stage sft on the data script's output, from the
+    pretraining script's save, with the pretraining model flags; the data script uses the same chat format."""
+    from mindspeed_llm.data.arguments import build_parser as preprocess_parser
+    from mindspeed_llm.training.arguments import parse_args, validate_args
+    from tests.examples.test_model_example_scripts import _recorded_argv
+
+    env = {"QS_OUT": str(tmp_path / "qs")}
+    os.environ.update(env)
+    try:
+        data = preprocess_parser().parse_args(
+            _recorded_argv(f"examples/quickstart/data_convert_{name}_instruction.sh", "python", tmp_path)[1:])
+        tune = _recorded_argv(f"examples/quickstart/tune_{name}_tiny_ptd.sh", "torchrun", tmp_path)
+        pre = _recorded_argv(f"examples/quickstart/pretrain_{name}_tiny_ptd.sh", "torchrun", tmp_path)
+    finally:
+        os.environ.pop("QS_OUT")
+    args = validate_args(parse_args(tune[tune.index("posttrain_gpt.py") + 1:]), world_size=2)
+    pretrain = validate_args(parse_args(pre[pre.index("pretrain_gpt.py") + 1:]), world_size=2)
+    assert args.stage == "sft" and args.finetune and args.prompt_type == prompt_type == data.prompt_type
+    assert args.data_path == [data.output_prefix] and data.handler_name == "AlpacaStyleInstructionHandler"
+    assert args.load == pretrain.save and args.save != pretrain.save
+    for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_query_groups", "kv_channels", "qk_layernorm",
+                 "add_qkv_bias", "padded_vocab_size", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        assert getattr(args, flag) == getattr(pretrain, flag), flag

@@ -136,3 +136,21 @@ def test_posttrain_without_stage_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: posttrain_gpt.py needs --stage sft (instruction fine-tuning on "
                                    "preprocess_data.py's instruction data); pretraining is pretrain_gpt.py")
+
+
+def test_sample_order_depends_on_the_seed_only_and_covers_every_sample_each_epoch(tmp_path):
+    """The data position in a checkpoint is a sample count: resuming needs the same order in a new process."""
+    from mindspeed_llm.training.data import PretrainingBatchSampler
+    from mindspeed_llm.training.instruction_data import InstructionDataset
+
+    rows = [(np.arange(3, 3 + n), np.ones(n, dtype=np.int64), np.arange(3, 3 + n)) for n in (4, 5, 6, 7, 8)]
+    prefix = write_instruction_data(tmp_path / "d", rows)
+    docs = np.arange(5)
+    a, b = InstructionDataset(prefix, docs, 12, seed=7, name="train"), InstructionDataset(prefix, docs, 12, 7, "t")
+    assert len(a) == 15 and a.order.tolist() == b.order.tolist()
+    assert InstructionDataset(prefix, docs, 12, seed=8, name="train").order.tolist() != a.order.tolist()
+    for epoch in range(3):
+        assert sorted(a.order[5 * epoch:5 * epoch + 5].tolist()) == list(range(5))
+    assert a[0]["input_ids"].size == rows[a.order[0]][0].size
+    unbroken = list(PretrainingBatchSampler(len(a), 0, 2, 0, 1))
+    assert list(PretrainingBatchSampler(len(a), 6, 2, 0, 1)) == unbroken[3:]  # resumed after 6 samples

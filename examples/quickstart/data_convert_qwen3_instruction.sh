@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quick start step 7: the same alpaca-style parquet as instruction data in Qwen3's chat format
+# (--prompt-type qwen3): <prefix>_packed_{input_ids,attention_mask,labels}_document, labels -100 on the prompts.
+set -euo pipefail
+QS_OUT=${QS_OUT:-./quickstart_output}
+HF_DIR=${HF_DIR:-$QS_OUT/model_from_hf/qwen3-tiny-hf}
+mkdir -p "$QS_OUT/finetune_dataset"
+python ./preprocess_data.py \
+    --input "$QS_OUT/dataset/alpaca_stdlib.parquet" \
+    --tokenizer-name-or-path "$HF_DIR/" \
+    --output-prefix "$QS_OUT/finetune_dataset/alpaca" \
+    --handler-name AlpacaStyleInstructionHandler \
+    --prompt-type qwen3 \
+    --tokenizer-type PretrainedFromHF \
+    --workers 2 \
+    --log-interval 500
