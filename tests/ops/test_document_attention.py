@@ -165,3 +165,37 @@ def test_core_attention_refuses_context_parallelism_and_thd():
     psp.qkv_format = "thd"
     with pytest.raises(ValueError, match="needs Transformer Engine"):
         document_core_attention(module, q, k, v, None, psp, softmax_scale=0.3, dropout_p=0.0)
+
+
+class FlashAttnStandInForTests:
+    """Stands in for the ``flash_attn`` package (CUDA only, absent here): records what
+    ``flash_attn_varlen_func`` receives and computes each ``cu_seqlens`` segment with the dense reference."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def flash_attn_varlen_func(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                               softmax_scale=None, causal=False, **_):
+        self.calls.append(dict(q=q, k=k, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                               max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal))
+        out = torch.empty_like(q)
+        bounds = cu_seqlens_q.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            qd, kd, vd = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            out[start:end] = attention_math(qd, kd, vd, causal=causal, softmax_scale=softmax_scale)[0].transpose(0, 1)
+        return out
+
+
+def test_flash_attn_varlen_path_passes_token_major_tensors_and_cu_seqlens(monkeypatch):
+    import sys
+
+    stand_in = FlashAttnStandInForTests()
+    monkeypatch.setitem(sys.modules, "flash_attn", stand_in)
+    psp = document_packed_seq_params(_position_ids())
+    q, k, v = (t.detach() for t in _qkv(torch.float32))
+    out = document_attention(q, k, v, psp.cu_seqlens_q, psp.max_seqlen_q, softmax_scale=0.3, impl="flash_attn_varlen")
+    call = stand_in.calls[-1]
+    assert call["q"].shape == (3 * S, HQ, D) and call["k"].shape == (3 * S, G, D) and call["causal"] is True
+    assert call["cu_seqlens_q"].dtype == torch.int32 and call["cu_seqlens_q"].tolist() == psp.cu_seqlens_q.tolist()
+    assert call["max_seqlen_q"] == call["max_seqlen_k"] == 17
+    assert _rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5
