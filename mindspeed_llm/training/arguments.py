@@ -313,11 +313,14 @@ def _need(args: argparse.Namespace, *names: str) -> None:
         raise ArgumentError(f"missing required flag(s): {' '.join(missing)}")
 
 
-def validate_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """Check the flags against each other and the world size; fill derived values (DP size, dtype, ...)."""
+def validate_args(args: argparse.Namespace, world_size: int, check=None) -> argparse.Namespace:
+    """Check the flags against each other and the world size; fill derived values (DP size, dtype, ...).
+
+    ``check`` replaces :func:`check_args` (another entry's rules, e.g. inference.py's).
+    """
     import torch
 
-    check_args(args, world_size)
+    (check or check_args)(args, world_size)
     args.params_dtype = torch.bfloat16 if args.bf16 else torch.float32
     return args
 
@@ -639,11 +642,12 @@ _QUIET_RANK_EXIT_DELAY_S = 2.0
 
 
 def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=None,
-                       require_stage: bool = False) -> argparse.Namespace:
+                       require_stage: bool = False, check=None) -> argparse.Namespace:
     """Parse and check a launch before torch is imported; a bad one prints one line on rank 0 and exits 1.
 
     Flags, world size and paths are the same on every rank, so rank 0 alone speaks (also for
     ``--help`` and argparse's usage errors) and the other ranks exit quietly with the same status.
+    ``check`` replaces :func:`check_args` (another entry's rules, e.g. inference.py's).
     """
     rank, world = launch_rank()
     quiet = contextlib.ExitStack()
@@ -657,7 +661,7 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
             raise ArgumentError("posttrain_gpt.py needs --stage sft (instruction fine-tuning on preprocess_data.py's "
                                 "instruction data); pretraining is pretrain_gpt.py")
         if not args.use_checkpoint_args:  # else the model flags come from the checkpoint (initialize_megatron)
-            check_args(args, world)
+            (check or check_args)(args, world)
         check_paths(args)
     except (ArgumentError, SystemExit) as exc:
         status = 1 if isinstance(exc, ArgumentError) else exc.code

@@ -99,8 +99,11 @@ def enable_feature_patches(args: argparse.Namespace) -> list[str]:
 
 
 def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
-                        args_defaults: dict | None = None) -> argparse.Namespace:
-    """Parse and validate flags, start the process group and parallel state, seed, enable patches."""
+                        args_defaults: dict | None = None, check=None) -> argparse.Namespace:
+    """Parse and validate flags, start the process group and parallel state, seed, enable patches.
+
+    ``check`` replaces the training rules of ``arguments.check_args`` (inference.py passes its own).
+    """
     from megatron.core import parallel_state as ps
 
     import mindspeed_llm
@@ -116,7 +119,7 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
         from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
 
         load_args_from_checkpoint(args)  # before validation, as Megatron-LM
-    validate_args(args, world)  # before the process group: a bad flag fails fast on every rank
+    validate_args(args, world, check)  # before the process group: a bad flag fails fast on every rank
     initialize_distributed(args.distributed_timeout_minutes)
     args.rank = torch.distributed.get_rank()
     args.device = mindspeed_llm.DEVICE
