@@ -14,7 +14,7 @@ import os
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
 from mindspeed_llm.training.arguments import ArgumentError, check_args
 
-TASKS = ("generate", "chat")
+TASKS = ("greedy", "do_sample", "chat")
 
 # Parser groups of the training command line whose flags shape no part of generation: a training
 # script's flag block is accepted as it is (MindSpeed-LLM's generate scripts carry such flags) and
@@ -36,8 +36,10 @@ def add_inference_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.prog = "inference.py"
     parser.description = "Generate text from a Megatron checkpoint (any TP/PP) with megatron-core's KV cache."
     g = parser.add_argument_group("inference")
-    g.add_argument("--task", choices=TASKS, default="generate",
-                   help="generate: continue each prompt; chat: a conversation through --prompt-type's template")
+    g.add_argument("--task", choices=TASKS, nargs="+", default=None,
+                   help="greedy / do_sample: continue each prompt (both: one after the other, as MindSpeed-LLM); "
+                        "chat: a conversation through --prompt-type's template. Default: do_sample when "
+                        "--temperature/--top-k/--top-p is given, else greedy")
     g.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="a prompt (repeatable: one batch; with --task chat, the user turns in order)")
     g.add_argument("--prompts-file", default=None, metavar="PATH",
@@ -45,7 +47,7 @@ def add_inference_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per prompt at most")
     g.add_argument("--max-batch-size", type=int, default=8, help="prompts generated together (one KV cache)")
     g.add_argument("--temperature", type=float, default=None,
-                   help="sample at this temperature (0 or unset: greedy unless --top-k/--top-p is given)")
+                   help="sampling temperature (default 1.0; 0 with --task do_sample is refused: use greedy)")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, default=None, help="sample within the top-p probability mass")
     g.add_argument("--history-turns", type=int, default=3,
@@ -58,9 +60,24 @@ def add_inference_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def sampling_requested(args: argparse.Namespace) -> bool:
-    """True when --temperature > 0, --top-k or --top-p asks for sampling instead of greedy decoding."""
-    return bool(args.temperature) or args.top_k is not None or args.top_p is not None
+def sampling_flags_given(args: argparse.Namespace) -> bool:
+    """True when --temperature, --top-k or --top-p is on the command line."""
+    return args.temperature is not None or args.top_k is not None or args.top_p is not None
+
+
+def _check_tasks(args: argparse.Namespace) -> None:
+    """--task: default from the sampling flags; chat alone; sampling flags only where something samples."""
+    if args.task is None:
+        args.task = ["do_sample" if sampling_flags_given(args) else "greedy"]
+    args.task = list(dict.fromkeys(args.task))  # each once, in the order given
+    if "chat" in args.task and len(args.task) > 1:
+        raise ArgumentError(f"--task {' '.join(args.task)}: chat runs alone (it samples when --temperature/--top-k/"
+                            "--top-p is given, else it is greedy)")
+    if args.task == ["greedy"] and sampling_flags_given(args):
+        raise ArgumentError("--temperature/--top-k/--top-p mean nothing with --task greedy: add --task do_sample "
+                            "(or drop --task), or drop them")
+    if args.temperature is not None and args.temperature <= 0:
+        raise ArgumentError(f"--temperature must be > 0, got {args.temperature} (greedy decoding is --task greedy)")
 
 
 def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
@@ -95,8 +112,7 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
         raise ArgumentError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.max_batch_size < 1:
         raise ArgumentError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
-    if args.temperature is not None and args.temperature < 0:
-        raise ArgumentError(f"--temperature must be >= 0, got {args.temperature}")
+    _check_tasks(args)
     if args.top_k is not None and args.top_k < 1:
         raise ArgumentError(f"--top-k must be at least 1, got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
@@ -106,7 +122,7 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
     if args.tokenizer_type == "NullTokenizer":
         raise ArgumentError("--tokenizer-type NullTokenizer cannot turn text into tokens: give "
                             "--tokenizer-type PretrainedFromHF --tokenizer-name-or-path HF_MODEL_FOLDER")
-    if args.task == "chat":
+    if args.task == ["chat"]:
         if args.prompt_type is None:
             raise ArgumentError(f"--task chat needs --prompt-type (the template the model was fine-tuned with: "
                                 f"{', '.join(PROMPT_TYPES)})")
@@ -114,7 +130,7 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
             raise ArgumentError("--task chat takes the user turns from --prompt (or stdin), not --prompts-file")
     elif args.prompt_type is not None:
         raise ArgumentError("--prompt-type applies to --task chat: add --task chat, or drop --prompt-type")
-    if args.task == "generate" and not (args.prompt or args.prompts_file):
+    if args.task != ["chat"] and not (args.prompt or args.prompts_file):
         raise ArgumentError("nothing to generate: give --prompt TEXT (repeatable) or --prompts-file PATH, "
                             "or --task chat --prompt-type TYPE for a conversation")
     if args.prompts_file and not os.path.isfile(args.prompts_file):

@@ -21,7 +21,7 @@ from mindspeed_llm.data.chat_templates import ASSISTANT, USER, build_template, t
 from mindspeed_llm.inference.arguments import (
     add_inference_args,
     check_inference_args,
-    sampling_requested,
+    sampling_flags_given,
     training_only_flags,
 )
 from mindspeed_llm.inference.generation import Generator, SamplingParams
@@ -214,14 +214,27 @@ def main() -> None:
     model, model_config = load_model(args, tokenizer)
     generator = Generator(model, vocab_size=model_config.vocab_size, pad_id=tokenizer.eod,
                           use_kv_cache=args.use_kv_cache)
-    sampling = SamplingParams(greedy=not sampling_requested(args), temperature=args.temperature or 1.0,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     rank0 = torch.distributed.get_rank() == 0
     max_length = model_config.max_position_embeddings
-    if args.task == "chat":
-        run_chat(args, generator, tokenizer, sampling, max_length, rank0)
-    else:
-        stop_ids = stop_ids_for(args.tokenizer_name_or_path, tokenizer.hf_tokenizer)
-        run_generate(args, generator, tokenizer.hf_tokenizer, sampling, stop_ids, max_length, rank0)
+    if args.task == ["chat"]:
+        run_chat(args, generator, tokenizer, sampling_params(args, sampling_flags_given(args)), max_length, rank0)
+        return _finish()
+    stop_ids = stop_ids_for(args.tokenizer_name_or_path, tokenizer.hf_tokenizer)
+    for task in args.task:
+        if len(args.task) > 1 and rank0:
+            write_line(f"=============== {task} ===============")
+        run_generate(args, generator, tokenizer.hf_tokenizer, sampling_params(args, task == "do_sample"), stop_ids,
+                     max_length, rank0)
+    _finish()
+
+
+def sampling_params(args: argparse.Namespace, sample: bool) -> SamplingParams:
+    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens) and --seed."""
+    return SamplingParams(greedy=not sample, temperature=args.temperature or 1.0, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed)
+
+
+def _finish() -> None:
+    """Every rank leaves together."""
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
