@@ -1,0 +1,51 @@
+"""inference.py's command line: generation flags, and one-line refusals (torch-free, no launch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args, training_only_flags
+from mindspeed_llm.training.arguments import ArgumentError, build_parser, given_flags, parse_args
+
+MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--max-position-embeddings", "256",
+         "--swiglu", "--disable-bias-linear", "--load", "/ckpt", "--tokenizer-name-or-path", "/tok"]
+
+
+def _check(*flags: str, world: int = 1):
+    return check_inference_args(parse_args([*MODEL, *flags], add_inference_args), world)
+
+
+def test_generate_launch_fills_what_training_needs() -> None:
+    args = _check("--prompt", "hi", "--prompt", "there")
+    assert args.task == ["greedy"] and args.prompt == ["hi", "there"]
+    assert args.seq_length == 256 and args.use_kv_cache
+    assert _check("--prompt", "hi", "--top-k", "5").task == ["do_sample"]
+    assert _check("--prompt", "hi", "--task", "greedy", "do_sample", "--top-p", "0.9").task == ["greedy", "do_sample"]
+    assert not _check("--prompt", "hi", "--no-kv-cache").use_kv_cache
+
+
+@pytest.mark.parametrize("flags,needle", [
+    ([], "nothing to generate"),
+    (["--prompt", "x", "--task", "greedy", "--temperature", "0.7"], "--task greedy"),
+    (["--prompt", "x", "--temperature", "0"], "--temperature must be > 0"),
+    (["--prompt", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--prompt", "x", "--top-k", "0"], "--top-k must be at least 1"),
+    (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--task", "chat"], "--task chat needs --prompt-type"),
+    (["--task", "chat", "greedy", "--prompt-type", "qwen"], "chat runs alone"),
+    (["--prompt", "x", "--prompt-type", "qwen"], "--prompt-type applies to --task chat"),
+    (["--prompt", "x", "--data-path", "d_text_document"], "reads no dataset"),
+    (["--prompt", "x", "--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file"),
+    (["--prompt", "x", "--sequence-parallel", "--tensor-model-parallel-size", "2"], "--sequence-parallel"),
+])
+def test_refusals_name_the_flag(flags, needle) -> None:
+    with pytest.raises(ArgumentError) as err:
+        _check(*flags, world=2 if "--tensor-model-parallel-size" in flags else 1)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_training_only_flags_are_named() -> None:
+    argv = [*MODEL, "--prompt", "x", "--micro-batch-size", "4", "--no-load-optim", "--seed", "3", "--lr", "1e-4"]
+    parser = add_inference_args(build_parser())
+    assert training_only_flags(parser, given_flags(argv, add_inference_args)) == [
+        "--lr", "--micro-batch-size", "--no-load-optim"]
