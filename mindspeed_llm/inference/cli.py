@@ -145,6 +145,7 @@ def run_generate(args, generator: Generator, hf_tokenizer, sampling: SamplingPar
         elif rank0:
             for prompt, tokens in zip(batch, out):
                 write_line(f"You:\n{prompt}\n\nMindSpeed-LLM:\n{answer_text(hf_tokenizer, tokens, stop_ids)}\n")
+                write_line("")
 
 
 def _generate(generator: Generator, ids, args, sampling, stop_ids, max_length, on_token=None) -> list[list[int]]:

@@ -190,3 +190,39 @@ def test_tune_scripts_fine_tune_the_converted_model_on_the_instruction_data(mode
     assert Path(args.load) == Path(to_mg.save_dir) and Path(args.tokenizer_name_or_path) == Path(to_mg.load_dir)
     pretrain_argv = _recorded_argv(pretrain, "torchrun", tmp_path)
     assert Path(args.save) != Path(parse_args(pretrain_argv[pretrain_argv.index("pretrain_gpt.py") + 1:]).save)
+
+
+# model: generate script (inference.py), checked against the model's pretrain script.
+GENERATE = {
+    "qwen2.5-7b": f"{EX}/qwen25/generate_qwen25_7b_ptd.sh",
+    "qwen3-8b": f"{EX}/qwen3/generate_qwen3_8b_ptd.sh",
+    "llama-3-8b": f"{EX}/llama3/generate_llama3_8b_ptd.sh",
+}
+
+
+@pytest.mark.parametrize("model", sorted(GENERATE))
+def test_generate_script_loads_what_pretraining_saves(model: str, tmp_path: Path) -> None:
+    """The generate script's flags pass inference.py's checks for its world size, describe the model of
+    config.json, and load the pretrain script's --save with its TP/PP and padded vocabulary."""
+    from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args
+
+    source, _, _, pretrain = MODELS[model]
+    cfg = ModelConfig.from_hf_config(_hf_config(source))
+    argv = _recorded_argv(pretrain, "torchrun", tmp_path)
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
+    train = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
+
+    argv = _recorded_argv(GENERATE[model], "torchrun", tmp_path)
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
+    gen = check_inference_args(parse_args(argv[argv.index("inference.py") + 1:], add_inference_args), world)
+    assert world == gen.tensor_model_parallel_size * gen.pipeline_model_parallel_size  # one process per shard
+    assert (gen.tensor_model_parallel_size, gen.pipeline_model_parallel_size) == (
+        train.tensor_model_parallel_size, train.pipeline_model_parallel_size)
+    assert (gen.num_layers, gen.hidden_size, gen.ffn_hidden_size, gen.num_attention_heads, gen.num_query_groups) == (
+        cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads, cfg.num_query_groups)
+    for attr in ("untie_embeddings_and_output_weights", "add_qkv_bias", "qk_layernorm", "kv_channels",
+                 "rotary_base", "norm_epsilon", "padded_vocab_size", "bf16"):
+        assert getattr(gen, attr) == getattr(train, attr), attr
+    assert Path(gen.load) == Path(train.save)
+    assert Path(gen.tokenizer_name_or_path) == Path(train.tokenizer_name_or_path)
+    assert gen.task == ["greedy"] and gen.prompt

@@ -1,0 +1,130 @@
+"""Decode speed of inference.py's generator: with the KV cache, without it, and transformers' ``generate``.
+
+One process, fp32, CPU. A random Qwen2.5-shaped HF model (made by transformers, saved, converted to
+a Megatron checkpoint by convert_ckpt.py's library function, loaded into megatron-core's GPTModel):
+the same weights on both sides. A batch of prompts of --context tokens each; decode tokens/s is
+``batch x new tokens / (time(1 + new tokens) - time(1 token))``, so the prefill is not counted. The
+three are measured interleaved, --repeats times each, and the medians are reported (on a shared
+machine the ratios hold better than the absolute figures). Greedy, no stop token.
+
+    OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import mindspeed_llm  # noqa: E402, F401  (device patches)
+
+SHAPE = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=2, vocab_size=32000)
+
+
+def make_models(folder: str):
+    """(transformers model, megatron GPTModel) with the same random weights."""
+    from megatron.core import parallel_state as ps
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mindspeed_llm.checkpoint import layout
+    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.models.builder import build_gpt_model
+    from mindspeed_llm.models.families import ModelConfig
+    from mindspeed_llm.training.checkpointing import load_rank_file
+    from mindspeed_llm.training.initialize import initialize_distributed
+
+    config = AutoConfig.for_model("qwen2", **SHAPE, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
+                                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    hf_dir, mg_dir = os.path.join(folder, "hf"), os.path.join(folder, "mg")
+    hf.save_pretrained(hf_dir, safe_serialization=True)
+    convert(ConvertOptions(load_model_type="hf", save_model_type="mg", load_dir=hf_dir, save_dir=mg_dir,
+                           add_qkv_bias=True, progress=False))
+    initialize_distributed()
+    ps.initialize_model_parallel()
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    model_parallel_cuda_manual_seed(0)
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        model_config = ModelConfig.from_hf_config(json.load(f))
+    mg = build_gpt_model(model_config, padded_vocab_size=SHAPE["vocab_size"], pre_process=True, post_process=True,
+                         hidden_dropout=0.0, attention_dropout=0.0)
+    state = load_rank_file(layout.checkpoint_file_for(mg_dir, layout.read_tracker(mg_dir), 0, 0, 1))
+    mg.load_state_dict(state["model"], strict=True)
+    return hf.eval(), mg.eval()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=512, help="prompt tokens per sequence")
+    parser.add_argument("--new-tokens", type=int, default=16, help="decode steps measured")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from mindspeed_llm.inference.generation import Generator, SamplingParams
+    from mindspeed_llm.patches.inference import enable_inference_patches
+
+    enable_inference_patches(mindspeed_llm.registry, mindspeed_llm.DEVICE)
+    with tempfile.TemporaryDirectory() as folder:
+        hf, mg = make_models(folder)
+    torch.manual_seed(1)
+    prompts = torch.randint(3, SHAPE["vocab_size"], (args.batch, args.context))
+    greedy = SamplingParams()
+    runners = {
+        "megatron, KV cache": Generator(mg, vocab_size=SHAPE["vocab_size"], pad_id=2, use_kv_cache=True),
+        "megatron, no KV cache": Generator(mg, vocab_size=SHAPE["vocab_size"], pad_id=2, use_kv_cache=False),
+    }
+
+    def ours(gen: Generator, n: int):
+        return lambda: gen.generate(prompts.tolist(), max_new_tokens=n, sampling=greedy)
+
+    def transformers_generate(n: int):
+        def run():
+            with torch.no_grad():
+                hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
+                            do_sample=False, eos_token_id=None, pad_token_id=0)
+        return run
+
+    cases = {name: (ours(gen, 1), ours(gen, 1 + args.new_tokens)) for name, gen in runners.items()}
+    cases["transformers generate"] = (transformers_generate(1), transformers_generate(1 + args.new_tokens))
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):  # interleaved: a load spike hits all three alike
+        for name, (prefill, full) in cases.items():
+            decode_s = timed(full) - timed(prefill)
+            rates[name].append(args.batch * args.new_tokens / decode_s)
+
+    # The two implementations agree on what they generate (a sanity check of "same model").
+    same = runners["megatron, KV cache"].generate(prompts.tolist(), max_new_tokens=8, sampling=greedy)
+    with torch.no_grad():
+        ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=8, min_new_tokens=8,
+                          do_sample=False, eos_token_id=None, pad_token_id=0)[:, args.context:].tolist()
+    median = {name: statistics.median(r) for name, r in rates.items()}
+    base = median["megatron, KV cache"]
+    print(f"decode, fp32, {torch.get_num_threads()} thread(s), batch {args.batch}, context {args.context}, "
+          f"{args.new_tokens} new tokens, median of {args.repeats} (interleaved)")
+    print(f"{'':24} {'tokens/s':>10} {'KV cache is':>12}")
+    for name, value in median.items():
+        print(f"{name:24} {value:10.1f} {base / value:11.2f}x")
+    print(f"greedy tokens equal to transformers' (8 steps, whole batch): {same == ref}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
