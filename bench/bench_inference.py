@@ -5,7 +5,9 @@ a Megatron checkpoint by convert_ckpt.py's library function, loaded into megatro
 the same weights on both sides. A batch of prompts of --context tokens each; decode tokens/s is
 ``batch x new tokens / (time(1 + new tokens) - time(1 token))``, so the prefill is not counted. The
 three are measured interleaved, --repeats times each, and the medians are reported (on a shared
-machine the ratios hold better than the absolute figures). Greedy, no stop token.
+machine the ratios hold better than the absolute figures). Greedy, no stop token. megatron runs with
+the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm --use-fused-rotary-pos-emb
+--use-fused-swiglu``: SDPA with native GQA on the CPU); transformers with its default attention (SDPA).
 
     OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
 """
@@ -79,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mindspeed_llm.inference.generation import Generator, SamplingParams
+    from mindspeed_llm.patches.features import enable_feature_patches
     from mindspeed_llm.patches.inference import enable_inference_patches
 
     enable_inference_patches(mindspeed_llm.registry, mindspeed_llm.DEVICE)
+    enable_feature_patches(use_flash_attn=True, use_fused_rmsnorm=True, use_fused_rotary_pos_emb=True,
+                           use_fused_swiglu=True)
     with tempfile.TemporaryDirectory() as folder:
         hf, mg = make_models(folder)
     torch.manual_seed(1)

@@ -1,4 +1,4 @@
-"""README.md and docs/*.md: every command block that runs convert_ckpt.py, preprocess_data.py or pretrain_gpt.py
+"""README.md and docs/*.md: every command block that runs convert_ckpt.py, preprocess_data.py, pretrain_gpt.py or inference.py
 parses with that script's own parser (paths are not checked), and a block that stands for an example script
 (README names the script just before the block) parses to the same flags as the script."""
 
@@ -15,12 +15,14 @@ import pytest
 
 from mindspeed_llm.checkpoint.cli import build_parser as convert_parser
 from mindspeed_llm.data.arguments import build_parser as preprocess_parser
+from mindspeed_llm.inference.arguments import add_inference_args
 from mindspeed_llm.training.arguments import build_parser as pretrain_parser
 from tests.conftest import REPO_ROOT
 from tests.examples.test_model_example_scripts import _recorded_argv
 
 PARSERS = {"convert_ckpt.py": convert_parser, "preprocess_data.py": preprocess_parser,
-           "pretrain_gpt.py": pretrain_parser, "posttrain_gpt.py": pretrain_parser}  # posttrain: the same flags
+           "pretrain_gpt.py": pretrain_parser, "posttrain_gpt.py": pretrain_parser,  # posttrain: the same flags
+           "inference.py": lambda: add_inference_args(pretrain_parser())}
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 _ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)$")
