@@ -3,7 +3,8 @@
 One process, fp32, CPU. A random Qwen2.5-shaped HF model (made by transformers, saved, converted to
 a Megatron checkpoint by convert_ckpt.py's library function, loaded into megatron-core's GPTModel):
 the same weights on both sides. A batch of prompts of --context tokens each; decode tokens/s is
-``batch x new tokens / (time(1 + new tokens) - time(1 token))``, so the prefill is not counted. The
+``batch x new tokens / time`` from the first generated token to the last (both sides report each token as
+it is chosen: our ``on_token`` callback, transformers' ``streamer``), so the prefill is not counted. The
 three are measured interleaved, --repeats times each, and the medians are reported (on a shared
 machine the ratios hold better than the absolute figures). Greedy, no stop token. megatron runs with
 the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm --use-fused-rotary-pos-emb
@@ -66,10 +67,24 @@ def make_models(folder: str):
     return hf.eval(), mg.eval()
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+class StepClock:
+    """Times of the first and the last generation step (our on_token callback, transformers' streamer)."""
+
+    def __init__(self) -> None:
+        self.first = self.last = None
+        self.calls = 0
+
+    def __call__(self, *_) -> None:
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+
+    def put(self, value) -> None:  # transformers' streamer: the prompt first, then each step's tokens
+        self.calls += 1
+        if self.calls > 1:
+            self()
+
+    def end(self) -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,23 +112,33 @@ def main(argv: list[str] | None = None) -> int:
         "megatron, no KV cache": Generator(mg, vocab_size=SHAPE["vocab_size"], pad_id=2, use_kv_cache=False),
     }
 
-    def ours(gen: Generator, n: int):
-        return lambda: gen.generate(prompts.tolist(), max_new_tokens=n, sampling=greedy)
+    n = 1 + args.new_tokens  # the first token ends the prefill; the clock runs from it to the last
 
-    def transformers_generate(n: int):
-        def run():
-            with torch.no_grad():
-                hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False, eos_token_id=None, pad_token_id=0)
+    def ours(gen: Generator):
+        def run(clock: StepClock):
+            rows = set()  # one tick per step: the callback fires for every row
+
+            def tick(row: int, token: int) -> None:
+                if row in rows or not rows:
+                    rows.clear()
+                    clock()
+                rows.add(row)
+            gen.generate(prompts.tolist(), max_new_tokens=n, sampling=greedy, on_token=tick)
         return run
 
-    cases = {name: (ours(gen, 1), ours(gen, 1 + args.new_tokens)) for name, gen in runners.items()}
-    cases["transformers generate"] = (transformers_generate(1), transformers_generate(1 + args.new_tokens))
+    def transformers_generate(clock: StepClock):
+        with torch.no_grad():
+            hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
+                        do_sample=False, eos_token_id=None, pad_token_id=0, streamer=clock)
+
+    cases = {name: ours(gen) for name, gen in runners.items()}
+    cases["transformers generate"] = transformers_generate
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):  # interleaved: a load spike hits all three alike
-        for name, (prefill, full) in cases.items():
-            decode_s = timed(full) - timed(prefill)
-            rates[name].append(args.batch * args.new_tokens / decode_s)
+        for name, run in cases.items():
+            clock = StepClock()
+            run(clock)
+            rates[name].append(args.batch * args.new_tokens / (clock.last - clock.first))
 
     # The two implementations agree on what they generate (a sanity check of "same model").
     same = runners["megatron, KV cache"].generate(prompts.tolist(), max_new_tokens=8, sampling=greedy)
