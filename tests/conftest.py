@@ -23,19 +23,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300, env: dict | None = None,
-             extra_torchrun_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run ``script`` under torchrun on loopback with ``nproc`` processes; raise with output on failure."""
+def _torchrun_command(script: str | Path, args, nproc: int, env: dict | None,
+                      extra_torchrun_args: tuple[str, ...]) -> tuple[list[str], dict]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra_torchrun_args,
         str(script), *map(str, args),
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO_ROOT)
+    return cmd, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+
+
+def _check_torchrun(proc: subprocess.CompletedProcess, script, args) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         raise AssertionError(f"torchrun {script} {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300, env: dict | None = None,
+             extra_torchrun_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``script`` under torchrun on loopback with ``nproc`` processes; raise with output on failure."""
+    cmd, full_env = _torchrun_command(script, args, nproc, env, extra_torchrun_args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO_ROOT)
+    return _check_torchrun(proc, script, args)
+
+
+class StartedTorchrun:
+    """:func:`torchrun` started now; ``result()`` waits (and raises with the output on failure)."""
+
+    def __init__(self, script: str | Path, *args: str, nproc: int = 2, timeout: int = 300, env: dict | None = None):
+        cmd, full_env = _torchrun_command(script, args, nproc, env, ())
+        self._script, self._args = script, args
+        self._started = Started(cmd, env=full_env, timeout=timeout)
+
+    def result(self) -> subprocess.CompletedProcess:
+        return _check_torchrun(self._started.result(), self._script, self._args)
 
 
 class Started:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.conftest import REPO_ROOT, torchrun
+from tests.conftest import REPO_ROOT, StartedTorchrun, torchrun
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
 VOCAB = 128  # rows of the tiny HF models (tests/checkpoint/tiny_models.py)
@@ -110,6 +110,11 @@ def train_flags(data: str, *, iters: int = 6, mbs: int = 1, gbs: int = 4, seq: i
 def run_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240) -> str:
     """pretrain_gpt.py under torchrun; its stdout (raises with the output on failure)."""
     return torchrun(PRETRAIN, *flags, nproc=nproc, env=env, timeout=timeout).stdout
+
+
+def start_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240) -> StartedTorchrun:
+    """:func:`run_pretrain` started now (independent runs overlap on the two cores); ``.result().stdout``."""
+    return StartedTorchrun(PRETRAIN, *flags, nproc=nproc, env=env, timeout=timeout)
 
 
 def losses(stdout: str) -> dict[int, float]:

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, Started, free_port
 from tests.e2e.pretrain_helpers import (
     PRETRAIN,
     assert_close_losses,
@@ -25,6 +25,7 @@ from tests.e2e.pretrain_helpers import (
     make_indexed_dataset,
     model_flags,
     run_pretrain,
+    start_pretrain,
     train_flags,
 )
 
@@ -45,10 +46,37 @@ def _parallel(tp: int, pp: int) -> list[str]:
     return ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
 
 
+CONTRADICTING = ["--rotary-base", "10000", "--norm-epsilon", "1e-5", "--rope-scaling-type", "linear",
+                 "--rope-scaling-factor", "2"]
+
+
 @pytest.fixture(scope="module")
-def baseline(tiny) -> dict[int, float]:
+def singles(tiny) -> dict:
+    """The module's independent single-process launches, started together (they share the two cores): the
+    baseline, a launch contradicting the checkpoint, --use-checkpoint-args, and a --load folder that is missing."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    model = set(tiny["flags"][:tiny["flags"].index("--tokenizer-type")])
+    no_model = [f for f in tiny["flags"][tiny["flags"].index("--tokenizer-type"):]]
+    assert "--num-layers" in model and "--num-layers" not in no_model
+    missing = tiny["root"] / "no_such_ckpt"
+    started = {
+        "baseline": start_pretrain(*tiny["flags"], *_parallel(1, 1), "--load", str(tiny["ckpts"][1, 1]), "--finetune"),
+        "contradicting": Started([sys.executable, str(PRETRAIN), *tiny["flags"], *CONTRADICTING, "--load",
+                                  str(tiny["ckpts"][1, 1]), "--finetune"], env=env, timeout=180),
+        "checkpoint_args": start_pretrain(
+            *no_model, "--use-checkpoint-args", "--attention-dropout", "0", "--hidden-dropout", "0",
+            "--make-vocab-size-divisible-by", "1", "--load", str(tiny["ckpts"][1, 1]), "--no-load-optim",
+            "--no-load-rng", "--train-iters", "3", nproc=1),
+        "missing_load": Started([sys.executable, str(PRETRAIN), *tiny["flags"], "--load", str(missing)], env=env,
+                                timeout=120),
+    }
+    return {"missing": missing, **started}  # each test waits for its own run
+
+
+@pytest.fixture(scope="module")
+def baseline(singles) -> dict[int, float]:
     """Losses of iterations 1..6 on one process, TP1 PP1, from the converted weights."""
-    out = run_pretrain(*tiny["flags"], *_parallel(1, 1), "--load", str(tiny["ckpts"][1, 1]), "--finetune")
+    out = singles["baseline"].result().stdout
     got = losses(out)
     assert sorted(got) == [1, 2, 3, 4, 5, 6], out[-3000:]
     return got
@@ -99,12 +127,9 @@ def test_resume_with_dropout_repeats_the_unbroken_run_bitwise(tiny, baseline, tm
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
 
-def test_launch_contradicting_the_checkpoint_is_refused_before_training(tiny):
+def test_launch_contradicting_the_checkpoint_is_refused_before_training(singles):
     """The converted Qwen2 has rope_theta 1e6 and eps 1e-6: other values (or a scaling) are one error line, exit 1."""
-    flags = [*tiny["flags"], "--rotary-base", "10000", "--norm-epsilon", "1e-5", "--rope-scaling-type", "linear",
-             "--rope-scaling-factor", "2", "--load", str(tiny["ckpts"][1, 1]), "--finetune"]
-    proc = subprocess.run([sys.executable, str(PRETRAIN), *flags], capture_output=True, text=True, timeout=180,
-                          cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+    proc = singles["contradicting"].result()
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
@@ -114,14 +139,9 @@ def test_launch_contradicting_the_checkpoint_is_refused_before_training(tiny):
     assert "Traceback" not in proc.stderr and "iteration" not in proc.stdout.replace("(iteration 1)", "")
 
 
-def test_use_checkpoint_args_and_resuming_a_converted_checkpoint_skip_its_samples(tiny):
+def test_use_checkpoint_args_and_resuming_a_converted_checkpoint_skip_its_samples(singles):
     """No model flags but --use-checkpoint-args; iteration 1 without --finetune counts 1 x GBS as consumed."""
-    model = set(tiny["flags"][:tiny["flags"].index("--tokenizer-type")])
-    flags = [f for f in tiny["flags"][tiny["flags"].index("--tokenizer-type"):]]
-    assert "--num-layers" in model and "--num-layers" not in flags
-    out = run_pretrain(*flags, "--use-checkpoint-args", "--attention-dropout", "0", "--hidden-dropout", "0",
-                       "--make-vocab-size-divisible-by", "1", "--load", str(tiny["ckpts"][1, 1]), "--no-load-optim",
-                       "--no-load-rng", "--train-iters", "3", nproc=1)
+    out = singles["checkpoint_args"].result().stdout
     assert "iterations 2 to 3" in out
     assert re.search(r"iteration\s+2/\s+3 \| consumed samples:\s+8 \|", out), out[-2000:]
     assert sorted(losses(out)) == [2, 3]
@@ -148,9 +168,10 @@ def test_tied_embeddings_train_at_pp2_like_pp1(tmp_path):
     data = make_indexed_dataset(tmp_path / "data" / "tied_text_document", seed=1)
     flags = model_flags(hf) + train_flags(data)
     assert "--untie-embeddings-and-output-weights" not in flags
-    one = run_pretrain(*flags, "--load", str(convert_hf_to_mg(hf, tmp_path / "pp1")), "--finetune")
+    one_run = start_pretrain(*flags, "--load", str(convert_hf_to_mg(hf, tmp_path / "pp1")), "--finetune")
     two = run_pretrain(*flags, *_parallel(1, 2), "--load", str(convert_hf_to_mg(hf, tmp_path / "pp2", 1, 2)),
                        "--finetune", nproc=2)
+    one = one_run.result().stdout
     assert len(losses(one)) == 6
     assert_close_losses(losses(two), losses(one), label="tied pp2")
 
@@ -235,11 +256,8 @@ def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
     assert torch.isfinite(model(ids, labels=ids).loss)
 
 
-def test_cli_error_for_missing_load_folder_is_one_clear_line(tiny, tmp_path):
-    missing = tmp_path / "no_such_ckpt"
-    proc = subprocess.run([sys.executable, str(PRETRAIN), *tiny["flags"], "--load", str(missing)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
+def test_cli_error_for_missing_load_folder_is_one_clear_line(singles):
+    missing, proc = singles["missing"], singles["missing_load"].result()
     assert proc.returncode == 1
     assert f"error: --load {missing}: the folder does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
