@@ -25,6 +25,7 @@ from tests.e2e.pretrain_helpers import (
     make_hf_model,
     model_flags,
     run_pretrain,
+    start_pretrain,
     train_flags,
 )
 
@@ -79,7 +80,21 @@ def setup(tmp_path_factory):
         hf = make_hf_model(root / name, kind=kind, initializer_range=0.2, **changes)
         ckpts = {lay: convert_hf_to_mg(hf, root / f"{name}_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()}
         out[name] = {"hf": hf, "ckpts": ckpts, "ref": _hf_loss(hf, ids)}
-    return {"data": data, "ids": ids, "models": out}
+    setup = {"data": data, "ids": ids, "models": out}
+    # The single-process (TP1) launches start now, together: they share the two cores.
+    setup["tp1_runs"] = {name: start_pretrain(*_first_step_flags(setup, name, "tp1")) for name in MODELS}
+    return setup
+
+
+def _first_step_flags(setup, name: str, layout: str) -> list[str]:
+    """One step at lr 0 of ``name``'s checkpoint converted for ``layout``."""
+    m = setup["models"][name]
+    tp, pp = LAYOUTS[layout]
+    flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=1, gbs=1, seq=SEQ, lr=0.0), "--lr-warmup-iters", "0"]
+    if name == "llama31_scaled" and layout == "pp2":  # MindSpeed's flags; the rest comes from the checkpoint
+        flags += ["--rope-scaling-type", "llama3", "--rope-scaling-factor", "4"]
+    return [*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
+            "--load", str(m["ckpts"][layout]), "--finetune"]
 
 
 def test_llama3_parameters_matter_for_this_sequence(setup):
@@ -96,11 +111,10 @@ def test_llama3_parameters_matter_for_this_sequence(setup):
 def test_first_step_loss_equals_transformers(setup, name, layout):
     m = setup["models"][name]
     tp, pp = LAYOUTS[layout]
-    flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=1, gbs=1, seq=SEQ, lr=0.0), "--lr-warmup-iters", "0"]
-    if name == "llama31_scaled" and layout == "pp2":  # MindSpeed's flags; the rest comes from the checkpoint
-        flags += ["--rope-scaling-type", "llama3", "--rope-scaling-factor", "4"]
-    out = run_pretrain(*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
-                       "--load", str(m["ckpts"][layout]), "--finetune", nproc=tp * pp)
+    if layout == "tp1":
+        out = setup["tp1_runs"][name].result().stdout
+    else:
+        out = run_pretrain(*_first_step_flags(setup, name, layout), nproc=tp * pp)
     got = losses(out)
     assert list(got) == [1], out[-3000:]
     rel = abs(got[1] - m["ref"]) / m["ref"]
@@ -114,18 +128,20 @@ def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
     m = setup["models"]["qwen3_untied"]
     flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=4, gbs=2, seq=SEQ, lr=3e-3)]
 
-    def run(layout, *extra):
+    def run(layout, *extra, launch=run_pretrain):
         tp, pp = LAYOUTS[layout]
-        return run_pretrain(*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size",
-                            str(pp), *extra, nproc=tp * pp)
+        return launch(*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size",
+                      str(pp), *extra, nproc=tp * pp)
 
-    one = losses(run("tp1", "--load", str(m["ckpts"]["tp1"]), "--finetune"))
-    assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
+    # TP1 and PP2 start in the background while TP2 runs (independent launches share the two cores).
+    tp1_run = run("tp1", "--load", str(m["ckpts"]["tp1"]), "--finetune", launch=start_pretrain)
+    pp2_run = run("pp2", "--load", str(m["ckpts"]["pp2"]), "--finetune", launch=start_pretrain)
     save = tmp_path / "tp2_save"
     tp2_out = run("tp2", "--sequence-parallel", "--load", str(m["ckpts"]["tp2"]), "--finetune", "--save", str(save),
                   "--save-interval", "2")
-    for name, got in (("tp2", losses(tp2_out)), ("pp2", losses(run("pp2", "--load", str(m["ckpts"]["pp2"]),
-                                                                    "--finetune")))):
+    one = losses(tp1_run.result().stdout)
+    assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
+    for name, got in (("tp2", losses(tp2_out)), ("pp2", losses(pp2_run.result().stdout))):
         assert sorted(got) == [1, 2, 3, 4]
         for it in got:
             assert abs(got[it] - one[it]) / one[it] <= REL, (name, it, got[it], one[it])
