@@ -8,6 +8,8 @@ the loss (last stage), and what DDP and the optimizer hold. "logits": TP rank 0 
 the full logits of ``ids``.
 """
 
+import mindspeed_llm  # noqa: F401 - first: the CPU device layer, megatron-core imported under it
+
 import json
 import os
 import sys
@@ -17,7 +19,6 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
-import mindspeed_llm  # noqa: F401  (CPU device layer)
 from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args
 from mindspeed_llm.models import build_gpt_model
 from mindspeed_llm.models.lora import LoraConfig, apply_lora, is_lora_key
@@ -125,4 +126,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit
     main()
