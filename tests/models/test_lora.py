@@ -264,3 +264,19 @@ def test_lora_flags_refused_with_a_line(extra, words):
         validate_args(parse_args(f"{base} {extra}".split()), 1)
     assert all(w in str(exc.value) for w in words), str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_training_load_refuses_an_adapter_only_base_and_another_alpha():
+    import argparse
+
+    from mindspeed_llm.training.checkpointing import _check_lora_alpha, _with_adapter
+
+    adapter_only = {"decoder.layers.0.mlp.linear_fc1.lora_A.weight": torch.zeros(2, 4),
+                    "decoder.layers.0.mlp.linear_fc1.lora_B.weight": torch.zeros(4, 2)}
+    with pytest.raises(CheckpointError, match="holds only LoRA adapter tensors.*as --load and this folder as --lora-load"):
+        _with_adapter(None, adapter_only, "/ckpt/f.pt", None, "model", 1)
+    state = {"args": argparse.Namespace(lora_alpha=16.0), "model": adapter_only}
+    with pytest.raises(CheckpointError, match="trained with --lora-alpha 16, this launch has --lora-alpha 8: pass "
+                                              "--lora-alpha 16"):
+        _check_lora_alpha(argparse.Namespace(lora_alpha=8.0), ("/ckpt/f.pt", state))
+    _check_lora_alpha(argparse.Namespace(lora_alpha=16.0), ("/ckpt/f.pt", state))
