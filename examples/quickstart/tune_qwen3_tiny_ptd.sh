@@ -21,7 +21,7 @@ PP=${PP:-2}
 SEQ_LEN=${SEQ_LEN:-128}
 MBS=${MBS:-1}
 GBS=${GBS:-4}
-TRAIN_ITERS=${SFT_ITERS:-20}  # SFT_ITERS: the pretraining step reads TRAIN_ITERS
+TRAIN_ITERS=${SFT_ITERS:-10}  # SFT_ITERS: the pretraining step reads TRAIN_ITERS
 LOG_INTERVAL=${LOG_INTERVAL:-5}
 LOG_DIR=${LOG_DIR:-$QS_OUT/logs}
 
