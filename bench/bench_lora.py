@@ -5,7 +5,8 @@ The model is Qwen2-shaped and ~100M parameters (12 layers, hidden 768, 12 heads 
 linear layer of the decoder (megatron's linear_qkv linear_proj linear_fc1 linear_fc2 = peft's q/k/v/o/
 gate/up/down_proj).
 
-    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16] [--skip-time]
+    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16] [--rounds 1]
+                               [--skip-time] [--skip-memory]
 
 Memory (one process, megatron-core DDP and optimizer built as pretrain_gpt.py builds them, after one
 step so Adam's state exists): the bytes of DDP's gradient buffers and of the optimizer's state tensors,
@@ -15,6 +16,8 @@ Step time: pretrain_gpt.py with the LoRA flags (and --use-flash-attn --use-fused
 (``get_peft_model`` on ``Qwen2ForCausalLM(attn_implementation="sdpa")``, ``torch.optim.AdamW`` over
 the adapter, gradient clipping 1.0), same thread count, micro-batch 1, same sequence length, both
 reading the token stream of the same dataset file; each in its own process, first iterations warm-up.
+``--rounds N`` repeats the three runs interleaved (ours, peft, peft tuned, ours, ...) and pools the timed
+iterations, so that load from other processes falls on every side alike; each round's ratio is printed.
 ``--dtype bf16``: pretrain_gpt.py ``--bf16`` (bf16 adapters, fp32 main weights) against peft on the model in
 bf16 (peft keeps its adapters in fp32 by default, ``autocast_adapter_dtype``).
 A second peft column (``tuned``) gives peft's loop the two CPU settings pretrain_gpt has
@@ -204,6 +207,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="step-time runs (memory: fp32)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of the step-time runs")
     p.add_argument("--skip-time", action="store_true", help="only the memory table")
     p.add_argument("--skip-memory", action="store_true", help="only the step times")
     p.add_argument("--peft-worker", action="store_true", help=argparse.SUPPRESS)
@@ -228,9 +232,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "bench_text_document"
         make_data(prefix, (args.iters + 4) * args.seq * 2)
-        ours = run_ours(args, prefix)
-        plain = run_peft(args, prefix, tuned=False)
-        tuned = run_peft(args, prefix, tuned=True)
+        ours, plain, tuned = [], [], []
+        for r in range(args.rounds):
+            o, p_, t = run_ours(args, prefix), run_peft(args, prefix, tuned=False), run_peft(args, prefix, tuned=True)
+            print(f"round {r + 1}: s/step ours {_median(o):.3f}, peft {_median(p_):.3f}, peft tuned {_median(t):.3f} "
+                  f"(ours vs peft {_median(p_) / _median(o):.2f}x)", flush=True)
+            ours, plain, tuned = ours + o, plain + p_, tuned + t
     print(f"\nstep time, {args.dtype}, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations (after {args.warmup}):")
     print("\n| | s/step | tokens/s | ours vs it |\n|---|---|---|---|")
     for name, xs in (("pretrain_gpt.py --lora-*", ours), ("peft + transformers", plain), ("peft + transformers, tuned", tuned)):
