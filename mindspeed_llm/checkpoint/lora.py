@@ -116,6 +116,9 @@ def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None 
     first = layout.load_rank_state(root, iteration, 0, 0, pp)
     chunk_keys = _chunks(first, layout.checkpoint_file_for(root, iteration, 0, 0, pp))
     args = first.get("args") or argparse.Namespace()
+    if not any(isinstance(first.get(key), dict) and any(_LORA_KEY.fullmatch(k) for k in first[key])
+               for key in chunk_keys):
+        return None  # adapters sit in every layer: none in the first rank file means none at all (no second pass)
     pieces: dict[tuple[int, str], list[list]] = {}
     offset = 0
     for stage in range(pp * len(chunk_keys)):
