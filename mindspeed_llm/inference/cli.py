@@ -56,7 +56,7 @@ def load_model(args: argparse.Namespace, tokenizer):
     with fail_together():
         prepare_model_config(args, tokenizer, iteration)
     # Weights only: no optimizer, scheduler or RNG state is read, whatever the checkpoint holds.
-    args.finetune, args.no_load_optim, args.no_load_rng = True, True, True
+    args.no_load_optim, args.no_load_rng = True, True
     model_config = get_model_config()
     model = model_provider(args, model_config, ps.is_pipeline_first_stage(ignore_virtual=True),
                            ps.is_pipeline_last_stage(ignore_virtual=True))
