@@ -169,6 +169,8 @@ def user_turns(args: argparse.Namespace, rank0: bool) -> Callable[[], str | None
             sys.stdout.flush()
             line = sys.stdin.readline()
             text = line.rstrip("\n") if line and line.strip() not in ("exit", "quit") else None
+            if text is None:
+                write_line("")  # end the prompt's line
         shared = [text]
         torch.distributed.broadcast_object_list(shared, src=0)  # every rank runs the same steps
         return shared[0]
