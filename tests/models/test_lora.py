@@ -280,3 +280,19 @@ def test_training_load_refuses_an_adapter_only_base_and_another_alpha():
                                               "--lora-alpha 16"):
         _check_lora_alpha(argparse.Namespace(lora_alpha=8.0), ("/ckpt/f.pt", state))
     _check_lora_alpha(argparse.Namespace(lora_alpha=16.0), ("/ckpt/f.pt", state))
+
+
+def test_inference_model_carries_the_adapter_the_lora_flags_name():
+    from mindspeed_llm.inference.cli import model_provider
+    from mindspeed_llm.training.arguments import model_config_from_args, parse_args, validate_args
+    from tests.ops.megatron_env import single_process_model_parallel
+
+    args = validate_args(parse_args(
+        "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 --swiglu "
+        "--disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document "
+        "--lora-target-modules linear_qkv linear_fc2 --lora-r 4".split()), 1)
+    args.padded_vocab_size = 100
+    with single_process_model_parallel():
+        model = model_provider(args, model_config_from_args(args, 100), True, True)
+    keys = [k for k in model.state_dict() if ".lora_" in k]
+    assert len(keys) == 2 * 2 * 2 and all("linear_qkv" in k or "linear_fc2" in k for k in keys)
