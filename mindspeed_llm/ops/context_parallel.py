@@ -1,0 +1,405 @@
+"""Context parallelism: causal self-attention over a sequence split across the ranks of a CP group.
+
+Layout (megatron-core's ``get_batch_on_this_cp_rank``, which also slices RoPE): the sequence is cut
+into ``2 * CP`` equal chunks and CP rank ``r`` holds chunks ``r`` and ``2 * CP - 1 - r``, in that
+order, so every rank does the same causal work. Both algorithms take and return this layout.
+
+- ``megatron_cp_algo`` (:func:`ring_attention`): K/V blocks travel around the CP ring
+  (``isend``/``irecv``, the next block in flight while the current one is computed); each step
+  runs a local kernel that returns the row log-sum-exp and the partial outputs are merged with an
+  online softmax. With the chunk pairs, step ``i`` (K/V of rank ``src = r - i``) is: ``i = 0``
+  causal over the local pair; ``src < r`` all local queries against the first K/V chunk;
+  ``src > r`` the second local query chunk against both K/V chunks (everything else is masked).
+  Backward recomputes each block with the final output and log-sum-exp (flash-attention's rule);
+  dQ stays local, dK/dV travel with their K/V block and arrive home after CP hops.
+- ``ulysses_cp_algo`` (:func:`ulysses_attention`): an all-to-all turns the sequence split into a
+  head split (each rank: the whole sequence, ``1/CP`` of the heads), the chunks are put back in
+  sequence order, the project's :func:`~mindspeed_llm.ops.attention.flash_attention` runs causal,
+  and the inverse all-to-all restores the sequence split. Query heads must divide by CP; with GQA,
+  K/V heads not divisible by CP are repeated by the smallest factor of the group size that makes
+  them divisible (at worst to one K/V head per query head).
+
+Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
+kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
+or ``kernel='blockwise'``) the project's pure-torch blockwise kernel; on NPU
+``torch_npu.npu_fusion_attention`` / ``npu_fusion_attention_grad`` with ``softmax_max`` /
+``softmax_sum`` (an LSE is passed as max = LSE, sum = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.utils import divide
+from torch import Tensor
+
+from mindspeed_llm.ops.attention import _BlockwiseAttention, flash_attention
+from mindspeed_llm.ops.backend import resolve_backend
+from mindspeed_llm.ops.npu import require_torch_npu
+
+CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+# megatron-core's TransformerConfig.cp_comm_type spelling of each algorithm.
+CP_COMM_TYPES = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a"}
+RING_KERNELS = ("auto", "cpu_flash", "blockwise", "npu")
+_NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry each row's value 8 times
+
+
+# ----------------------------------------------------------------------------------------------
+# Local kernels returning the log-sum-exp
+# ----------------------------------------------------------------------------------------------
+
+
+class _SavedArgs:
+    """What ``_BlockwiseAttention`` keeps on its autograd ctx (its forward/backward are called directly)."""
+
+    def save_for_backward(self, *tensors: Tensor) -> None:
+        self.saved_tensors = tensors
+
+
+def _repeat_kv(k: Tensor, n_q: int) -> Tensor:
+    return k if k.shape[1] == n_q else k.repeat_interleave(n_q // k.shape[1], dim=1)
+
+
+def _fold_kv_grad(dk: Tensor, n_kv: int) -> Tensor:
+    """Sum the gradients of repeated K/V heads back onto their ``n_kv`` heads."""
+    b, n, s, d = dk.shape
+    return dk if n == n_kv else dk.view(b, n_kv, n // n_kv, s, d).sum(2)
+
+
+def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = None) -> str:
+    """The local kernel the ring runs: NPU -> 'npu', CPU -> 'cpu_flash', else (CUDA) 'blockwise'."""
+    if kernel not in RING_KERNELS:
+        raise ValueError(f"kernel={kernel!r}: expected one of {RING_KERNELS}")
+    if kernel != "auto":
+        return kernel
+    device = resolve_backend(q, backend)
+    if device == "npu":
+        return "npu"
+    return "cpu_flash" if q.device.type == "cpu" else "blockwise"
+
+
+def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, kernel: str,
+                       torch_npu: Any = None) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of softmax attention on ``[b, n, s, d]`` (GQA allowed); lse fp32 ``[b, n_q, s_q]``."""
+    if kernel == "cpu_flash":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1]), 0.0, causal, scale=scale)
+        return out, lse.float()
+    if kernel == "blockwise":
+        ctx = _SavedArgs()
+        out = _BlockwiseAttention.forward(ctx, q, k, v, None, causal, scale, 0.0, 0, 256, 256)
+        return out, ctx.saved_tensors[4].reshape(q.shape[:3]).float()
+    if kernel == "npu":
+        npu = require_torch_npu(torch_npu, "ring attention")
+        out, smax, ssum = _npu_forward(npu, q, k, v, causal, scale)
+        return out, (smax[..., 0] + ssum[..., 0].log()).float()
+    raise ValueError(f"kernel={kernel!r}: expected one of {RING_KERNELS[1:]}")
+
+
+def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
+                                causal: bool, scale: float, kernel: str,
+                                torch_npu: Any = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
+    if kernel == "cpu_flash":
+        n_q, n_kv = q.shape[1], k.shape[1]
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dout, q, _repeat_kv(k, n_q), _repeat_kv(v, n_q), out, lse, 0.0, causal, scale=scale)
+        return dq, _fold_kv_grad(dk, n_kv), _fold_kv_grad(dv, n_kv)
+    if kernel == "blockwise":
+        ctx = _SavedArgs()
+        b, g = k.shape[:2]
+        ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
+        ctx.args = (causal, scale, 0.0, 0, 256, 256)
+        dq, dk, dv = _BlockwiseAttention.backward(ctx, dout)[:3]
+        return dq, dk, dv
+    if kernel == "npu":
+        npu = require_torch_npu(torch_npu, "ring attention")
+        return _npu_backward(npu, dout, q, k, v, out, lse, causal, scale)
+    raise ValueError(f"kernel={kernel!r}: expected one of {RING_KERNELS[1:]}")
+
+
+def _npu_causal_args(q: Tensor, causal: bool) -> dict:
+    if not causal:
+        return {"atten_mask": None, "sparse_mode": 0}
+    size = 2048  # torch_npu's compressed causal mask (sparse_mode=2, left-up causal)
+    return {"atten_mask": torch.triu(torch.ones(size, size, dtype=torch.bool, device=q.device), 1), "sparse_mode": 2}
+
+
+def _npu_forward(npu: Any, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float):
+    out, smax, ssum = npu.npu_fusion_attention(q, k, v, q.shape[1], "BNSD", scale=scale, keep_prob=1.0,
+                                               **_npu_causal_args(q, causal))[:3]
+    return out, smax, ssum
+
+
+def _npu_backward(npu: Any, dout, q, k, v, out, lse, causal: bool, scale: float):
+    # p = exp(s - max) / sum: max = LSE and sum = 1 give the merged softmax of the whole ring.
+    smax = lse.unsqueeze(-1).expand(*lse.shape, _NPU_STAT_WIDTH).contiguous()
+    ssum = torch.ones_like(smax)
+    dq, dk, dv = npu.npu_fusion_attention_grad(
+        q, k, v, dout, q.shape[1], "BNSD", softmax_max=smax, softmax_sum=ssum, attention_in=out,
+        scale_value=scale, keep_prob=1.0, **_npu_causal_args(q, causal))[:3]
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Ring attention (megatron_cp_algo)
+# ----------------------------------------------------------------------------------------------
+
+
+def _ring_shift(tensor: Tensor, group, tag: int) -> tuple[list, Tensor]:
+    """Start sending ``tensor`` to the next CP rank and receiving the previous one's; (requests, buffer)."""
+    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    nxt = dist.get_global_rank(group, (rank + 1) % size)
+    prv = dist.get_global_rank(group, (rank - 1) % size)
+    recv = torch.empty_like(tensor)
+    # Even ranks send first, odd ranks receive first: no rank waits on a send nobody receives yet.
+    if rank % 2 == 0:
+        reqs = [dist.isend(tensor, nxt, group=group, tag=tag), dist.irecv(recv, prv, group=group, tag=tag)]
+    else:
+        reqs = [dist.irecv(recv, prv, group=group, tag=tag), dist.isend(tensor, nxt, group=group, tag=tag)]
+    return reqs, recv
+
+
+def _wait(reqs: list) -> None:
+    for req in reqs:
+        req.wait()
+
+
+def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:
+    """Online softmax: fold one block's ``(out, lse)`` into the running fp32 ``out`` / ``lse`` in place."""
+    new = torch.logaddexp(lse, block_lse)
+    out.mul_(torch.exp(lse - new).unsqueeze(-1)).add_(block_out.float() * torch.exp(block_lse - new).unsqueeze(-1))
+    lse.copy_(new)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, group, kernel, torch_npu):
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        half = q.shape[2] // 2
+        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        kv = torch.stack([k, v])
+        kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
+        for step in range(size):
+            reqs, nxt = _ring_shift(kv, group, tag=0) if step < size - 1 else ([], None)
+            src = (rank - step) % size
+            kb, vb = kv[0], kv[1]
+            if step == 0:
+                o, m = attention_with_lse(q, kb, vb, causal=True, **kw)
+                _merge(out, lse, o, m)
+            elif src < rank:
+                o, m = attention_with_lse(q, kb[:, :, :half], vb[:, :, :half], causal=False, **kw)
+                _merge(out, lse, o, m)
+            else:
+                o, m = attention_with_lse(q[:, :, half:], kb, vb, causal=False, **kw)
+                _merge(out[:, :, half:], lse[:, :, half:], o, m)
+            _wait(reqs)
+            kv = nxt
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (scale, group, kernel, torch_npu)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, group, kernel, torch_npu = ctx.args
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        half = q.shape[2] // 2
+        dout = dout.contiguous()
+        kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        kv = torch.stack([k, v])
+        dkv = torch.zeros(kv.shape, dtype=torch.float32, device=q.device)
+        dkv_reqs: list = []
+        dkv_next = dkv
+        for step in range(size):
+            reqs, nxt = _ring_shift(kv, group, tag=0) if step < size - 1 else ([], None)
+            src = (rank - step) % size
+            kb, vb = kv[0], kv[1]
+            if step == 0:
+                gq, gk, gv = attention_with_lse_backward(dout, q, kb, vb, out, lse, causal=True, **kw)
+                rows, cols = slice(None), slice(None)
+            elif src < rank:
+                rows, cols = slice(None), slice(0, half)
+                gq, gk, gv = attention_with_lse_backward(dout, q, kb[:, :, cols], vb[:, :, cols], out, lse,
+                                                         causal=False, **kw)
+            else:
+                rows, cols = slice(half, None), slice(None)
+                gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb, vb, out[:, :, rows],
+                                                         lse[:, :, rows], causal=False, **kw)
+            dq[:, :, rows] += gq
+            if step > 0:  # the dK/dV accumulated so far for this K/V block, from the previous rank
+                _wait(dkv_reqs)
+                dkv = dkv_next
+            dkv[0][:, :, cols] += gk
+            dkv[1][:, :, cols] += gv
+            dkv_reqs, dkv_next = _ring_shift(dkv, group, tag=1)
+            _wait(reqs)
+            kv = nxt
+        _wait(dkv_reqs)  # after CP hops every block's dK/dV is back on its own rank
+        return dq.to(q.dtype), dkv_next[0].to(k.dtype), dkv_next[1].to(v.dtype), None, None, None, None
+
+
+def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
+                   kernel: str = "auto", backend: str | None = None, torch_npu: Any = None) -> Tensor:
+    """Causal attention of this CP rank's chunk pair ``[b, n, s_local, d]`` against the whole sequence."""
+    if q.shape[2] % 2:
+        raise ValueError(f"ring attention needs an even local sequence (two chunks), got {q.shape[2]}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    kernel = select_ring_kernel(q, kernel, backend)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return _RingAttention.apply(q, k, v, scale, group, kernel, torch_npu)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ulysses (ulysses_cp_algo)
+# ----------------------------------------------------------------------------------------------
+
+
+def _seq_to_head(x: Tensor, group) -> Tensor:
+    """``[s_local, b, n, d]`` -> ``[cp * s_local, b, n / cp, d]`` (rank-major sequence)."""
+    cp = dist.get_world_size(group)
+    s, b, n, d = x.shape
+    send = x.view(s, b, cp, n // cp, d).permute(2, 0, 1, 3, 4).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv.view(cp * s, b, n // cp, d)
+
+
+def _head_to_seq(x: Tensor, group) -> Tensor:
+    """Inverse of :func:`_seq_to_head`: ``[cp * s_local, b, n / cp, d]`` -> ``[s_local, b, n, d]``."""
+    cp = dist.get_world_size(group)
+    s_all, b, n_part, d = x.shape
+    send = x.contiguous().view(cp, s_all // cp, b, n_part, d)
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv.permute(1, 2, 0, 3, 4).reshape(s_all // cp, b, cp * n_part, d)
+
+
+class _SeqToHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _seq_to_head(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _head_to_seq(grad, ctx.group), None
+
+
+class _HeadToSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _head_to_seq(x, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _seq_to_head(grad, ctx.group), None
+
+
+def chunk_order(cp: int) -> tuple[Tensor, Tensor]:
+    """(to_natural, to_ranks): index maps between the ranks' chunk pairs laid end to end and sequence order."""
+    ranks = [c for r in range(cp) for c in (r, 2 * cp - 1 - r)]  # chunk held at each gathered position
+    to_natural = torch.tensor([ranks.index(c) for c in range(2 * cp)])
+    return to_natural, torch.tensor(ranks)
+
+
+def _reorder_chunks(x: Tensor, index: Tensor) -> Tensor:
+    n_chunks = index.numel()
+    chunks = x.view(n_chunks, x.shape[0] // n_chunks, *x.shape[1:])
+    return chunks.index_select(0, index.to(x.device)).view(x.shape)
+
+
+def ulysses_kv_repeat(n_q: int, n_kv: int, cp: int) -> int:
+    """How many times each K/V head is repeated so that CP divides the K/V heads (1 when it does)."""
+    if n_q % cp:
+        raise ValueError(f"ulysses_cp_algo needs the attention heads per TP rank ({n_q}) divisible by "
+                         f"--context-parallel-size {cp}")
+    group = n_q // n_kv
+    return next(r for r in range(1, group + 1) if group % r == 0 and (n_kv * r) % cp == 0)
+
+
+def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
+                      impl: str = "auto", backend: str | None = None) -> Tensor:
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out."""
+    cp = dist.get_world_size(group)
+    rep = ulysses_kv_repeat(q.shape[2], k.shape[2], cp)
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    to_natural, to_ranks = chunk_order(cp)
+    q, k, v = (_reorder_chunks(_SeqToHead.apply(t, group), to_natural) for t in (q, k, v))
+    out = flash_attention(q, k, v, causal=True, softmax_scale=softmax_scale, layout="sbnd", impl=impl,
+                          backend=backend)
+    return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
+
+
+# ----------------------------------------------------------------------------------------------
+# megatron-core module
+# ----------------------------------------------------------------------------------------------
+
+
+class ContextParallelAttention(MegatronModule):
+    """megatron-core's local ``DotProductAttention`` slot for ``context_parallel_size > 1``.
+
+    ``cp_comm_type`` 'p2p' (``megatron_cp_algo``) runs :func:`ring_attention`, 'a2a'
+    (``ulysses_cp_algo``) :func:`ulysses_attention`. Causal self-attention only: no explicit
+    attention mask, no dropout, no packed sequences (the training flags refuse those with CP).
+    """
+
+    # None: kernels follow the tensors' device; tests may pin 'torch'/'cuda'/'npu'.
+    backend: str | None = None
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str, attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection: ProcessGroupCollection | None = None):
+        super().__init__(config=config)
+        self.config: TransformerConfig = config
+        comm = cp_comm_type or "p2p"
+        if comm not in CP_COMM_TYPES.values():
+            raise NotImplementedError(f"ContextParallelAttention: cp_comm_type={comm!r} is not supported; use "
+                                      "--context-parallel-algo megatron_cp_algo or ulysses_cp_algo")
+        if attn_mask_type != AttnMaskType.causal or attention_type != "self":
+            raise NotImplementedError("ContextParallelAttention: causal self-attention only")
+        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        if dropout:
+            raise NotImplementedError("ContextParallelAttention: attention dropout is not supported with context "
+                                      "parallelism; use --attention-dropout 0")
+        self.comm = comm
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
+        self.cp_group = pg_collection.cp
+        tp = pg_collection.tp.size()
+        projection = config.kv_channels * config.num_attention_heads
+        self.hidden_size_per_partition = divide(projection, tp)
+        head_dim = divide(projection, config.num_attention_heads)
+        # megatron folds layer-number scaling in and out again in fp32 softmax: the kernel needs the plain scale.
+        self.softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                attn_mask_type: AttnMaskType | None = None, attention_bias: Tensor | None = None,
+                packed_seq_params: Any = None) -> Tensor:
+        """Attention over this rank's ``[s_local, b, n, d]`` chunk pair; returns ``[s_local, b, n_q * d]``."""
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("ContextParallelAttention: packed sequences and attention bias are not supported")
+        if attention_mask is not None:
+            raise NotImplementedError("ContextParallelAttention: an explicit attention mask is not supported "
+                                      "(context parallelism is causal only; drop --reset-attention-mask)")
+        s, b = query.shape[:2]
+        if self.comm == "a2a":
+            out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
+                                    backend=self.backend)
+        else:
+            q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+            out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend)
+            out = out.permute(2, 0, 1, 3)
+        return out.reshape(s, b, self.hidden_size_per_partition)

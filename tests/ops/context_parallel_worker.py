@@ -1,0 +1,81 @@
+"""torchrun worker (4 processes, gloo) for tests/ops/test_context_parallel.py.
+
+Every case draws the whole sequence's q, k, v on every rank (same seed), takes this rank's chunk
+pair with megatron-core's own ``get_batch_on_this_cp_rank``, runs ring or Ulysses attention over a
+CP group and compares the output and dQ/dK/dV with the dense reference (``attention_math`` in
+float64 on the whole sequence, autograd for the gradients). Prints ``CASE <name> ok <max error>``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+import mindspeed_llm  # noqa: F401  (device layer: gloo on the CPU)
+from mindspeed_llm.ops.attention import attention_math
+from mindspeed_llm.ops.context_parallel import ring_attention, ulysses_attention
+
+
+def _local(t: torch.Tensor, group) -> torch.Tensor:
+    """This rank's chunk pair of ``[b, n, S, d]`` as megatron-core's batch splitter cuts it (seq dim 1)."""
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    return get_batch_on_this_cp_rank({"x": t.transpose(1, 2)}, cp_group=group)["x"].transpose(1, 2)
+
+
+def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel: str = "auto", tol: float) -> None:
+    """One comparison on ``group``; raises AssertionError with the case name on a mismatch."""
+    torch.manual_seed(1234)
+    b, s, d = 2, 64, 16
+    q, k, v = (torch.randn(b, n, s, d, dtype=torch.float64) for n in (n_q, n_kv, n_kv))
+    w = torch.randn(b, n_q, s, d, dtype=torch.float64)
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = attention_math(*ref_in, causal=True, softmax_scale=0.3)
+    (ref * w).sum().backward()
+    local = [_local(t, group).to(dtype).requires_grad_() for t in (q, k, v)]
+    if algo == "ring":
+        out = ring_attention(*local, group, softmax_scale=0.3, kernel=kernel)
+    else:  # ulysses takes megatron's [s, b, n, d]
+        sbnd = [t.permute(2, 0, 1, 3) for t in local]
+        out = ulysses_attention(*sbnd, group, softmax_scale=0.3).permute(1, 2, 0, 3)
+    (out.double() * _local(w, group)).sum().backward()
+    pairs = [(out, ref)] + [(t.grad, r.grad) for t, r in zip(local, ref_in)]
+    worst = 0.0
+    for label, (got, want) in zip(("out", "dq", "dk", "dv"), pairs):
+        want = _local(want, group)
+        err = float((got.detach().double() - want).abs().max() / want.abs().max())
+        worst = max(worst, err)
+        assert err <= tol, f"{name}: {label} differs by {err:.3g} (relative to max) > {tol}"
+    if dist.get_rank() == 0:
+        print(f"CASE {name} ok {worst:.3g}", flush=True)
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    assert dist.get_world_size() == 4, "run with --nproc-per-node 4"
+    world = dist.new_group([0, 1, 2, 3])
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    cp2 = pairs[rank // 2]
+    f32, bf16 = torch.float32, torch.bfloat16
+    cases = [
+        ("ring_cp2_mha", "ring", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
+        ("ring_cp4_gqa", "ring", world, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5)),
+        ("ring_cp4_blockwise", "ring", world, dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise", tol=1e-5)),
+        ("ring_cp2_bf16", "ring", cp2, dict(n_q=4, n_kv=2, dtype=bf16, tol=3e-2)),
+        ("ulysses_cp2_mha", "ulysses", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
+        ("ulysses_cp4_gqa", "ulysses", world, dict(n_q=8, n_kv=4, dtype=f32, tol=1e-5)),
+        ("ulysses_cp4_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5)),
+    ]
+    only = set(sys.argv[1:])
+    for name, algo, group, kw in cases:
+        if not only or name in only:
+            run_case(name, algo, group, **kw)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Ring and Ulysses attention across real gloo ranks equal dense causal attention (output and gradients).
+
+One 4-process torchrun launch (tests/ops/context_parallel_worker.py) runs every case on CP groups of
+2 and 4; each test reads its case's line. The reference is ``attention_math`` in float64 on the
+whole sequence; the chunk pairs are cut by megatron-core's ``get_batch_on_this_cp_rank``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mindspeed_llm.ops.context_parallel import chunk_order, ulysses_kv_repeat
+from tests.conftest import torchrun
+
+WORKER = Path(__file__).with_name("context_parallel_worker.py")
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, str]:
+    """The worker's ``CASE name ok err`` lines by name (one launch for the module)."""
+    proc = torchrun(WORKER, nproc=4, timeout=400)
+    return {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("CASE ")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ring_cp2_mha", "ring_cp4_gqa", "ring_cp4_blockwise", "ring_cp2_bf16"])
+def test_ring_attention_equals_full_attention(cases, name):
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ulysses_cp2_mha", "ulysses_cp4_gqa", "ulysses_cp4_kv_repeat"])
+def test_ulysses_attention_equals_full_attention(cases, name):
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+def test_chunk_order_is_megatrons_pairing():
+    # CP 2: ranks hold chunks (0, 3) and (1, 2); laid end to end: 0 3 1 2.
+    to_natural, to_ranks = chunk_order(2)
+    assert to_ranks.tolist() == [0, 3, 1, 2]
+    assert to_ranks[to_natural].tolist() == [0, 1, 2, 3]
+
+
+def test_ulysses_kv_repeat_rule():
+    assert ulysses_kv_repeat(8, 8, 4) == 1
+    assert ulysses_kv_repeat(8, 2, 4) == 2  # 2 K/V heads -> 4, one per CP rank
+    assert ulysses_kv_repeat(4, 1, 4) == 4
+    assert ulysses_kv_repeat(12, 3, 2) == 2
+    with pytest.raises(ValueError, match="divisible by --context-parallel-size"):
+        ulysses_kv_repeat(6, 2, 4)
