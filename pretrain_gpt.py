@@ -23,6 +23,7 @@ from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 from megatron.core.enums import ModelType  # noqa: E402
+from megatron.core.utils import get_batch_on_this_cp_rank  # noqa: E402
 
 from mindspeed_llm.models.builder import build_gpt_model  # noqa: E402
 from mindspeed_llm.training.arguments import transformer_config_from_args  # noqa: E402
@@ -44,11 +45,13 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
 def get_batch(data_iterator):
     """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch (Nones on middle stages).
 
-    TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group.
+    TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group; with
+    --context-parallel-size each CP rank keeps its pair of sequence chunks (megatron-core's split).
     """
     batch = broadcast_batch(data_iterator, every_stage=get_args().reset_attention_mask)
     if batch is None:
         return None, None, None, None, None
+    batch = get_batch_on_this_cp_rank(batch)  # a no-op at CP 1 (CP refuses --reset-attention-mask)
     # No attention mask: the model's causal mask applies (per document with --reset-attention-mask).
     return batch["tokens"], batch["labels"], batch["loss_mask"], None, batch["position_ids"]
 

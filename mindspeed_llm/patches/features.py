@@ -34,6 +34,9 @@ Feature patches (group ``features``), enabled from the training flags by
 
 - ``--use-flash-attn``: ``LocalSpecProvider.core_attention`` returns
   :class:`~mindspeed_llm.ops.attention.FlashDotProductAttention`.
+- ``--context-parallel-size`` > 1: ``LocalSpecProvider.core_attention`` returns
+  :class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention` (ring or Ulysses attention,
+  by ``TransformerConfig.cp_comm_type``), with or without ``--use-flash-attn``.
 - ``--use-fused-rmsnorm``: ``RMSNorm.kernel`` becomes the device's fused kernel (one autograd
   function on the CPU, ``torch.nn.functional.rms_norm`` on CUDA, ``npu_rms_norm`` on Ascend).
 - ``--use-fused-rotary-pos-emb``: wraps ``rope_utils._apply_rotary_pos_emb_bshd`` (the unfused
@@ -88,6 +91,13 @@ def _local_core_attention(self) -> type:
     from mindspeed_llm.ops.attention import FlashDotProductAttention
 
     return FlashDotProductAttention
+
+
+def _context_parallel_core_attention(self) -> type:
+    """Which module to use for attention with context parallelism: ring or Ulysses attention."""
+    from mindspeed_llm.ops.context_parallel import ContextParallelAttention
+
+    return ContextParallelAttention
 
 
 # Modules that copy WrappedTorchNorm at import (`LNImpl = WrappedTorchNorm`): imported before the
@@ -220,16 +230,25 @@ def enable_feature_patches(
     use_fused_swiglu: bool = False,
     device: str | None = None,
     reg: PatchRegistry = registry,
+    context_parallel: bool = False,
 ) -> list[str]:
     """Apply the feature patches for the given flags (replacing any enabled before); return their targets.
 
     ``device`` ('cpu', 'cuda', 'npu') pins the kernels to that device's implementation; None lets
-    each call follow its tensors' device.
+    each call follow its tensors' device. ``context_parallel`` (``--context-parallel-size`` > 1)
+    makes the core attention ring/Ulysses attention, whatever ``use_flash_attn`` says (megatron's
+    local attention asserts with CP; the CP module runs the flash-style kernels itself).
     """
     backend = _backend_for(device)
     disable_feature_patches(reg)
     chosen = []
-    if use_flash_attn:
+    if context_parallel:
+        chosen.append(reg.register(f"{LOCAL_SPEC}.core_attention", _context_parallel_core_attention,
+                                   group=FEATURE_GROUP, description="--context-parallel-size > 1: ring/Ulysses attention"))
+        if backend is not None:
+            chosen.append(reg.register("mindspeed_llm.ops.context_parallel.ContextParallelAttention.backend", backend,
+                                       group=FEATURE_GROUP, description=f"CP attention kernels pinned to {device}"))
+    elif use_flash_attn:
         chosen.append(reg.register(f"{LOCAL_SPEC}.core_attention", _local_core_attention, group=FEATURE_GROUP,
                                    description="--use-flash-attn: flash-style core attention"))
         if backend is not None:
@@ -269,7 +288,8 @@ def enable_feature_patches_from_args(args: Namespace, device: str | None = None,
         raise ValueError(
             f"--use-fused-rotary-pos-emb needs rotary embeddings, got --position-embedding-type {position}"
         )
-    return enable_feature_patches(**flags, device=device, reg=reg)
+    context_parallel = int(getattr(args, "context_parallel_size", 1) or 1) > 1
+    return enable_feature_patches(**flags, device=device, reg=reg, context_parallel=context_parallel)
 
 
 def transformer_config_overrides(use_fused_swiglu: bool = False, **_: Any) -> dict[str, Any]:

@@ -325,6 +325,32 @@ def validate_args(args: argparse.Namespace, world_size: int, check=None) -> argp
     return args
 
 
+CONTEXT_PARALLEL_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+
+
+def _check_context_parallel(args: argparse.Namespace) -> None:
+    """--context-parallel-size / --context-parallel-algo: what ring and Ulysses attention support."""
+    cp, algo = args.context_parallel_size, args.context_parallel_algo
+    if cp < 1:
+        raise ArgumentError(f"--context-parallel-size must be >= 1, got {cp}")
+    if algo == "hybrid_cp_algo":
+        raise ArgumentError("--context-parallel-algo hybrid_cp_algo is not supported: use megatron_cp_algo (ring) "
+                            "or ulysses_cp_algo (all-to-all)")
+    if algo not in CONTEXT_PARALLEL_ALGOS:
+        raise ArgumentError(f"--context-parallel-algo {algo} is not known: use megatron_cp_algo or ulysses_cp_algo")
+    if cp == 1:
+        return
+    if args.seq_length % (2 * cp):
+        raise ArgumentError(f"--seq-length {args.seq_length} must be divisible by 2 x --context-parallel-size {cp} "
+                            f"(each CP rank holds two of {2 * cp} equal chunks): use a multiple of {2 * cp}")
+    if args.reset_attention_mask:
+        raise ArgumentError("--reset-attention-mask is not supported with --context-parallel-size > 1 (ring and "
+                            "Ulysses attention are causal only): drop one of them")
+    if args.attention_dropout:
+        raise ArgumentError(f"--attention-dropout {args.attention_dropout} is not supported with "
+                            "--context-parallel-size > 1: use --attention-dropout 0")
+
+
 def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     """:func:`validate_args` without torch: the flags against each other and the world size, derived values."""
     _need(args, "num_layers", "hidden_size", "num_attention_heads", "seq_length", "lr")
@@ -360,11 +386,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     _check_lora(args)
     if args.rampup_batch_size:
         raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
-    if args.context_parallel_size != 1:
-        raise ArgumentError(f"--context-parallel-size {args.context_parallel_size} is not supported: use 1")
-    if args.context_parallel_algo != "megatron_cp_algo":
-        raise ArgumentError(f"--context-parallel-algo {args.context_parallel_algo} only matters with "
-                            "--context-parallel-size > 1, which is not supported: drop the flag")
+    _check_context_parallel(args)
     if args.dataloader_type is None:
         args.dataloader_type = "single"
     if args.dataloader_type != "single":
@@ -406,15 +428,21 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         args.recompute_num_layers = 1
 
     # Parallel sizes.
-    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    if world_size % (tp * pp):
+    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
+    if world_size % (tp * pp * cp):
+        cp_part = f" x --context-parallel-size {cp}" if cp > 1 else ""
         raise ArgumentError(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
-                            f"--pipeline-model-parallel-size {pp}: launch a multiple of {tp * pp} processes")
+                            f"--pipeline-model-parallel-size {pp}{cp_part}: launch a multiple of {tp * pp * cp} "
+                            "processes")
     args.world_size = world_size
-    args.data_parallel_size = world_size // (tp * pp)
+    args.data_parallel_size = world_size // (tp * pp * cp)
     if args.num_attention_heads % tp or args.num_query_groups % tp:
         raise ArgumentError(f"--num-attention-heads {args.num_attention_heads} and --num-query-groups "
                             f"{args.num_query_groups} must be divisible by --tensor-model-parallel-size {tp}")
+    if cp > 1 and args.context_parallel_algo == "ulysses_cp_algo" and (args.num_attention_heads // tp) % cp:
+        raise ArgumentError(f"--context-parallel-algo ulysses_cp_algo splits the attention heads of each TP rank "
+                            f"({args.num_attention_heads // tp}) over --context-parallel-size {cp}: they must divide "
+                            "evenly; use megatron_cp_algo or another CP size")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # Megatron-LM drops it silently at TP1; it means nothing there
     if args.no_pad_to_seq_lengths and args.sequence_parallel and args.pad_to_multiple_of % tp:
@@ -451,7 +479,8 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.global_batch_size % (args.micro_batch_size * dp):
         raise ArgumentError(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
                             f"{args.micro_batch_size} x data-parallel size {dp} (= world {world_size} / "
-                            f"(TP {tp} x PP {pp})): use a multiple of {args.micro_batch_size * dp}")
+                            f"(TP {tp} x PP {pp}{f' x CP {cp}' if cp > 1 else ''})): use a multiple of "
+                            f"{args.micro_batch_size * dp}")
     args.num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
     if args.train_samples is not None:
         args.train_iters = args.train_samples // args.global_batch_size  # Megatron-LM's update_train_iters
@@ -877,7 +906,10 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers if args.recompute_granularity == "full" else None,
         calculate_per_token_loss=args.calculate_per_token_loss,
+        context_parallel_size=args.context_parallel_size,
     )
+    if args.context_parallel_size > 1:  # megatron-core's spelling of the algorithm, read by the attention module
+        overrides["cp_comm_type"] = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a"}[args.context_parallel_algo]
     from mindspeed_llm.patches.features import transformer_config_overrides
 
     # --use-fused-swiglu routes megatron's MLP through the fused kernel only with bias_activation_fusion.

@@ -486,14 +486,16 @@ def save_checkpoint(state: TrainState, model: list, optimizer, scheduler, args: 
     t0 = time.time()
     save = args.save
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
-    dp_group = ps.get_data_parallel_group()
-    dp_rank = ps.get_data_parallel_rank()
+    # Megatron-LM's rule: the CP ranks of a data-parallel replica hold the same weights, so rank 0 of
+    # the data-parallel x CP group writes them (and the distributed optimizer shards over that group).
+    dp_group = ps.get_data_parallel_group(with_context_parallel=True)
+    dp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
     pp_size = args.pipeline_model_parallel_size
     folder = layout.checkpoint_dir_for(save, iteration, tp_rank, pp_rank, pp_size)
 
     rng_states = None
     if not args.no_save_rng:
-        rng_states = [None] * ps.get_data_parallel_world_size()
+        rng_states = [None] * ps.get_data_parallel_world_size(with_context_parallel=True)
         torch.distributed.all_gather_object(rng_states, get_rng_state(), group=dp_group)
 
     renames: list[tuple[str, str]] = []
@@ -815,7 +817,7 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
     if not weights_only and not args.no_load_rng:
         rng = state.get("rng_state")
         if rng:
-            dp_rank = ps.get_data_parallel_rank()
+            dp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
             set_rng_state(rng[dp_rank] if len(rng) > dp_rank else rng[0])
         else:
             logger.info("%s holds no RNG state: keeping the seeded generators", path)

@@ -127,6 +127,7 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+        context_parallel_size=args.context_parallel_size,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
     set_seed(args.seed)
@@ -144,8 +145,9 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     if noops:
         logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", args.device,
                     ", ".join(noops))
-    logger.info("> initialized world of %d on %s: TP=%d PP=%d%s DP=%d, %d micro-batches of %d per step",
+    logger.info("> initialized world of %d on %s: TP=%d PP=%d%s%s DP=%d, %d micro-batches of %d per step",
                 args.world_size, args.device, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                 f" VPP={args.virtual_pipeline_model_parallel_size}" if args.virtual_pipeline_model_parallel_size
-                else "", args.data_parallel_size, args.num_microbatches, args.micro_batch_size)
+                else "", f" CP={args.context_parallel_size} ({args.context_parallel_algo})"
+                if args.context_parallel_size > 1 else "", args.data_parallel_size, args.num_microbatches, args.micro_batch_size)
     return args

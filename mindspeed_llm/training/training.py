@@ -234,7 +234,8 @@ def _loss_sums(losses: list[dict]) -> dict[str, torch.Tensor]:
         values = [d[key].detach().float().view(-1) for d in losses]
         if values[0].numel() == 2:
             pair = torch.vstack(values).sum(dim=0)
-            torch.distributed.all_reduce(pair, group=ps.get_data_parallel_group())
+            # With CP each rank holds part of every sequence's tokens: the sums cover the CP ranks too.
+            torch.distributed.all_reduce(pair, group=ps.get_data_parallel_group(with_context_parallel=True))
         elif values[0].numel() == 1:
             pair = torch.stack([torch.cat(values).sum(), torch.tensor(float(len(values)))])
         else:
@@ -280,7 +281,8 @@ def params_l2_norm(model: list, args: argparse.Namespace) -> float:
                 data = main if main is not None else param.data
                 dense += data.detach().float().pow(2).sum().cpu()
     sharded = sharded.to(torch.cuda.current_device()) if args.device != "cpu" else sharded
-    torch.distributed.all_reduce(sharded, group=ps.get_data_parallel_group())
+    # The distributed optimizer shards the main parameters over the data-parallel and CP ranks together.
+    torch.distributed.all_reduce(sharded, group=ps.get_data_parallel_group(with_context_parallel=True))
     total = dense.to(sharded.device) + sharded
     torch.distributed.all_reduce(total, group=ps.get_model_parallel_group())
     return float(total.sqrt())
