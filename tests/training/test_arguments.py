@@ -53,6 +53,29 @@ def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
         assert word in str(err.value)
 
 
+def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel():
+    args = args_for("--tensor-model-parallel-size 2 --context-parallel-size 2 --context-parallel-algo "
+                    "ulysses_cp_algo --attention-dropout 0", world=8)
+    assert (args.data_parallel_size, args.context_parallel_size) == (2, 2)
+
+
+@pytest.mark.parametrize("extra, world, words", [
+    ("--context-parallel-size 2 --attention-dropout 0", 3, ["world size 3", "--context-parallel-size 2", "multiple of 2"]),
+    ("--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0", 2,
+     ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
+    ("--context-parallel-size 2 --reset-attention-mask --attention-dropout 0", 2, ["--reset-attention-mask", "--context-parallel-size"]),
+    ("--context-parallel-size 2 --attention-dropout 0.1", 2, ["--attention-dropout 0.1", "--attention-dropout 0"]),
+    ("--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
+     "--attention-dropout 0", 8,
+     ["ulysses_cp_algo", "(2)", "--context-parallel-size 4", "megatron_cp_algo"]),
+])
+def test_context_parallel_refusals_name_the_flag_and_the_fix(extra, world, words):
+    with pytest.raises(ArgumentError) as err:
+        args_for(extra, world)
+    for word in words:
+        assert word in str(err.value)
+
+
 def test_missing_required_flags_are_listed():
     with pytest.raises(ArgumentError, match="--train-iters"):
         validate_args(parse_args("--num-layers 2 --hidden-size 8 --num-attention-heads 2 --seq-length 8 --lr 1".split()),
@@ -147,7 +170,8 @@ def test_train_samples_sets_the_iterations_as_megatron_does():
     ("--lr-decay-samples 40", ["--lr-decay-samples", "--lr-decay-iters"]),
     ("--train-samples 40", ["exactly one of --train-iters N and --train-samples N"]),
     ("--dataloader-type cyclic", ["--dataloader-type cyclic", "single"]),
-    ("--context-parallel-algo ulysses_cp_algo", ["--context-parallel-algo ulysses_cp_algo", "drop the flag"]),
+    ("--context-parallel-algo hybrid_cp_algo", ["--context-parallel-algo hybrid_cp_algo", "megatron_cp_algo"]),
+    ("--context-parallel-algo ring", ["--context-parallel-algo ring", "ulysses_cp_algo"]),
     ("--mock-data", ["one data source"]),
     ("--train-data-path t_text_document", ["one data source"]),
     ("--manual-gc-interval -1", ["--manual-gc-interval"]),
