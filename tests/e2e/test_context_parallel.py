@@ -1,9 +1,9 @@
 """--context-parallel-size 2 trains like CP 1: losses and gradient norms (fp32, relative 1e-5) at sequence 4096.
 
 A tiny Qwen2 (2 layers, hidden 64, 4 heads, 2 K/V groups: GQA) converted from one HF model at TP1 and
-TP2, three steps at sequence 4096: the CP 1 run (flash-style SDPA attention) is the reference for ring
-(megatron_cp_algo) and Ulysses (ulysses_cp_algo) at CP 2, and for both at CP 2 x TP 2 (4 processes;
-Ulysses there with the distributed optimizer, sharded over the data-parallel x CP group). The gradient
+TP2 and PP2, three steps at sequence 4096: the CP 1 run (flash-style SDPA attention) is the reference for
+ring (megatron_cp_algo) and Ulysses (ulysses_cp_algo) at CP 2, for ring at CP 2 x TP 2 and for Ulysses at
+CP 2 x PP 2 with the distributed optimizer (sharded over the data-parallel x CP group; 4 processes each). The gradient
 norms are read from the runs' tensorboard events (the log prints three decimals). The ring run saves at
 step 3 and a CP 1 launch resumes it: steps 4 and 5 equal the unbroken CP 1 run's.
 """
@@ -49,18 +49,20 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp")
     hf = make_hf_model(root / "hf", num_layers=2)
     data = make_indexed_dataset(root / "data" / "cp_text_document", docs=500, seed=5)
-    ckpt = {tp: convert_hf_to_mg(hf, root / f"mg_tp{tp}", tp=tp) for tp in (1, 2)}
+    ckpt = {(tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}_pp{pp}", tp=tp, pp=pp) for tp, pp in ((1, 1), (2, 1),
+                                                                                                 (1, 2))}
     base = [*model_flags(hf), "--max-position-embeddings", str(SEQ), "--use-flash-attn"]
 
-    def run(name, tp=1, cp=1, algo="megatron_cp_algo", stop=3, extra=(), load=None):
+    def run(name, tp=1, cp=1, algo="megatron_cp_algo", stop=3, extra=(), load=None, pp=1):
         board = root / f"tb_{name}"
         # One 5-step schedule for every run; the CP 2 runs stop after step 3 (--exit-interval).
         flags = [*base, *train_flags(data, iters=5, gbs=1, seq=SEQ), "--exit-interval", str(stop),
                  "--tensorboard-dir", str(board),
-                 "--tensor-model-parallel-size", str(tp), "--context-parallel-size", str(cp),
+                 "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
+                 "--context-parallel-size", str(cp),
                  "--context-parallel-algo", algo, *extra]
-        flags += ["--load", str(load)] if load else ["--load", str(ckpt[tp]), "--finetune"]
-        out = run_pretrain(*flags, nproc=tp * cp, timeout=400)
+        flags += ["--load", str(load)] if load else ["--load", str(ckpt[tp, pp]), "--finetune"]
+        out = run_pretrain(*flags, nproc=tp * pp * cp, timeout=400)
         return losses(out), _grad_norms(board), out
 
     saved = root / "cp2_save"
@@ -69,13 +71,13 @@ def runs(tmp_path_factory):
         "ring": run("ring", cp=2, extra=("--save", str(saved), "--save-interval", "3")),
         "ulysses": run("ulysses", cp=2, algo="ulysses_cp_algo"),
         "ring_tp2": run("ring_tp2", tp=2, cp=2),
-        "ulysses_tp2_distopt": run("ulysses_tp2_distopt", tp=2, cp=2, algo="ulysses_cp_algo",
+        "ulysses_pp2_distopt": run("ulysses_pp2_distopt", pp=2, cp=2, algo="ulysses_cp_algo",
                                    extra=("--use-distributed-optimizer",)),
         "resume_cp1": run("resume_cp1", stop=5, load=saved),
     }
 
 
-@pytest.mark.parametrize("name", ["ring", "ulysses", "ring_tp2", "ulysses_tp2_distopt"])
+@pytest.mark.parametrize("name", ["ring", "ulysses", "ring_tp2", "ulysses_pp2_distopt"])
 def test_cp2_equals_cp1(runs, name):
     got_loss, got_norm, out = runs[name]
     want_loss, want_norm, _ = runs["cp1"]

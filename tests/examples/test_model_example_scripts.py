@@ -226,3 +226,26 @@ def test_generate_script_loads_what_pretraining_saves(model: str, tmp_path: Path
     assert Path(gen.load) == Path(train.save)
     assert Path(gen.tokenizer_name_or_path) == Path(train.tokenizer_name_or_path)
     assert gen.task == ["greedy"] and gen.prompt
+
+
+@pytest.mark.parametrize("algo", ["", "ulysses_cp_algo"])
+@pytest.mark.parametrize("script, tp_pp_cp", [
+    (f"{EX}/qwen25/pretrain_qwen25_7b_32k_ptd.sh", (1, 4, 2)),
+    ("examples/quickstart/pretrain_qwen25_tiny_long_cp_ptd.sh", (1, 2, 2)),
+])
+def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(script, tp_pp_cp, algo, tmp_path):
+    """The 32k Qwen2.5-7B script and the quick start's long-sequence run validate with CP 2 (ring by default,
+    CP_ALGO=ulysses_cp_algo for Ulysses) for their world size, and load what the quick start / hf->mcore
+    conversion writes (the same TP/PP as the script without CP)."""
+    if algo:
+        os.environ["CP_ALGO"] = algo
+    try:
+        argv = _recorded_argv(script, "torchrun", tmp_path)
+    finally:
+        os.environ.pop("CP_ALGO", None)
+    world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
+    args = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size) == tp_pp_cp
+    assert args.context_parallel_algo == (algo or "megatron_cp_algo")
+    assert args.seq_length >= 4096 and args.seq_length % (2 * args.context_parallel_size) == 0
+    assert args.data_parallel_size == world // (tp_pp_cp[0] * tp_pp_cp[1] * tp_pp_cp[2])

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import mindspeed_llm  # noqa: F401  (device layer: gloo on the CPU)
 from mindspeed_llm.ops.attention import attention_math
 from mindspeed_llm.ops.context_parallel import ring_attention, ulysses_attention
+from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
 
 def _local(t: torch.Tensor, group) -> torch.Tensor:
@@ -25,7 +26,8 @@ def _local(t: torch.Tensor, group) -> torch.Tensor:
     return get_batch_on_this_cp_rank({"x": t.transpose(1, 2)}, cp_group=group)["x"].transpose(1, 2)
 
 
-def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel: str = "auto", tol: float) -> None:
+def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel: str = "auto", tol: float,
+             torch_npu=None) -> None:
     """One comparison on ``group``; raises AssertionError with the case name on a mismatch."""
     torch.manual_seed(1234)
     b, s, d = 2, 64, 16
@@ -36,7 +38,7 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
     (ref * w).sum().backward()
     local = [_local(t, group).to(dtype).requires_grad_() for t in (q, k, v)]
     if algo == "ring":
-        out = ring_attention(*local, group, softmax_scale=0.3, kernel=kernel)
+        out = ring_attention(*local, group, softmax_scale=0.3, kernel=kernel, torch_npu=torch_npu)
     else:  # ulysses takes megatron's [s, b, n, d]
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = ulysses_attention(*sbnd, group, softmax_scale=0.3).permute(1, 2, 0, 3)
@@ -50,6 +52,10 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
         assert err <= tol, f"{name}: {label} differs by {err:.3g} (relative to max) > {tol}"
     if dist.get_rank() == 0:
         print(f"CASE {name} ok {worst:.3g}", flush=True)
+    if torch_npu is not None:  # the ring fed the op its merged statistics: max = LSE, sum = 1
+        grad = torch_npu.last("npu_fusion_attention_grad")
+        assert grad["input_layout"] == "BNSD" and grad["softmax_sum"].eq(1).all()
+        assert grad["softmax_max"].shape == (*grad["query"].shape[:3], 8)
 
 
 def main() -> None:
@@ -65,6 +71,9 @@ def main() -> None:
         ("ring_cp4_gqa", "ring", world, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5)),
         ("ring_cp4_blockwise", "ring", world, dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise", tol=1e-5)),
         ("ring_cp2_bf16", "ring", cp2, dict(n_q=4, n_kv=2, dtype=bf16, tol=3e-2)),
+        # No Ascend hardware here: the NPU ops come from the test stand-in (tests/ops/fake_torch_npu.py).
+        ("ring_cp4_npu_stand_in", "ring", world, dict(n_q=4, n_kv=2, dtype=f32, kernel="npu", tol=1e-5,
+                                                      torch_npu=FakeTorchNpuForTests())),
         ("ulysses_cp2_mha", "ulysses", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_gqa", "ulysses", world, dict(n_q=8, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5)),

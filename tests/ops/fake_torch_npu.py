@@ -10,7 +10,7 @@ from mindspeed_llm.ops.swiglu import swiglu_reference
 
 
 class FakeTorchNpuForTests:
-    """Stands in for the absent Ascend hardware: implements the four torch_npu ops the NPU paths call,
+    """Stands in for the absent Ascend hardware: implements the torch_npu ops the NPU paths call,
     with torch_npu's documented signatures, by recording every call's arguments (and, for the norm and
     SwiGLU, what it returned) in ``calls`` and computing the result with the torch reference. It checks
     plumbing, not NPU numerics: tests assert what the NPU path passes in and hands back, never that the
@@ -56,10 +56,55 @@ class FakeTorchNpuForTests:
             mask = atten_mask
         assert keep_prob == 1.0, "the fake computes no dropout"
         out = attention_math(q, k, v, attn_mask=mask, softmax_scale=scale)
-        if input_layout == "SBH":
-            out = out.permute(2, 0, 1, 3).reshape(sq, b, -1)
         empty = torch.empty(0)
-        return out, empty, empty, empty, 0, 0, 0
+        if input_layout == "SBH":
+            return out.permute(2, 0, 1, 3).reshape(sq, b, -1), empty, empty, empty, 0, 0, 0
+        # BNSD: softmax_max / softmax_sum per row, repeated 8 times along the last dim as torch_npu returns them.
+        scores = self._scores(q, k, mask, scale)
+        smax = scores.amax(-1, keepdim=True)
+        ssum = torch.exp(scores - smax).sum(-1, keepdim=True)
+        return out, smax.expand(*smax.shape[:3], 8).float(), ssum.expand(*ssum.shape[:3], 8).float(), empty, 0, 0, 0
+
+    @staticmethod
+    def _scores(q, k, mask, scale):
+        """Masked scaled scores ``[b, n_q, s_q, s_k]`` in float64 (K heads repeated for GQA)."""
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        scores = (q.double() @ k.double().transpose(-1, -2)) * scale
+        return scores if mask is None else scores.masked_fill(mask, float("-inf"))
+
+    def npu_fusion_attention_grad(self, query, key, value, dy, head_num, input_layout, *, pse=None,
+                                  padding_mask=None, atten_mask=None, softmax_max=None, softmax_sum=None,
+                                  softmax_in=None, attention_in=None, scale_value=1.0, keep_prob=1.0,
+                                  pre_tockens=2147483647, next_tockens=2147483647, inner_precise=0, seed=0,
+                                  offset=0, numels=0, prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None,
+                                  sparse_mode=0, gen_mask_parallel=True, sync=False):
+        """BNSD only: flash backward from the given softmax statistics, ``p = exp(s - max) / sum``, and the
+        forward output ``attention_in`` (``D = rowsum(dy * attention_in)``), as torch_npu documents the op."""
+        self.calls.append(("npu_fusion_attention_grad", dict(
+            query=query, key=key, value=value, dy=dy, head_num=head_num, input_layout=input_layout,
+            atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum, attention_in=attention_in,
+            scale_value=scale_value, keep_prob=keep_prob, sparse_mode=sparse_mode)))
+        assert input_layout == "BNSD" and keep_prob == 1.0
+        sq, sk = query.shape[2], key.shape[2]
+        mask = atten_mask
+        if sparse_mode == 2:
+            assert atten_mask is not None and atten_mask.shape == (2048, 2048)
+            mask = torch.triu(torch.ones(sq, sk, dtype=torch.bool), diagonal=1)
+        else:
+            assert sparse_mode == 0
+        rep = query.shape[1] // key.shape[1]
+        k, v = (t.double().repeat_interleave(rep, dim=1) for t in (key, value))
+        p = torch.exp(self._scores(query, key, mask, scale_value) - softmax_max[..., :1].double())
+        p = p / softmax_sum[..., :1].double()
+        do = dy.double()
+        dv = p.transpose(-1, -2) @ do
+        dp = do @ v.transpose(-1, -2)
+        ds = p * (dp - (do * attention_in.double()).sum(-1, keepdim=True)) * scale_value
+        dq = ds @ k
+        dk = ds.transpose(-1, -2) @ query.double()
+        b, n_kv = key.shape[:2]
+        dk, dv = (t.view(b, n_kv, rep, sk, -1).sum(2) for t in (dk, dv))
+        return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), torch.empty(0)
 
     @staticmethod
     def _varlen_tnd(query, key, value, atten_mask, scale, keep_prob, actual_seq_qlen, actual_seq_kvlen,

@@ -25,7 +25,8 @@ def cases() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ring_cp2_mha", "ring_cp4_gqa", "ring_cp4_blockwise", "ring_cp2_bf16"])
+@pytest.mark.parametrize("name", ["ring_cp2_mha", "ring_cp4_gqa", "ring_cp4_blockwise", "ring_cp2_bf16",
+                                  "ring_cp4_npu_stand_in"])
 def test_ring_attention_equals_full_attention(cases, name):
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
 

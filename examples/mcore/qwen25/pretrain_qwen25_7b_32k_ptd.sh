@@ -3,6 +3,8 @@
 # Pretrain with torchrun (single node, or multi node: run it on every node with NNODES and NODE_RANK set).
 # Every variable below can be overridden from the environment, e.g. `TP=2 PP=2 bash examples/mcore/qwen25/pretrain_qwen25_7b_32k_ptd.sh`.
 # Inputs: a checkpoint from ckpt_convert_qwen25_hf2mcore.sh and data from data_convert_qwen25_pretrain.sh.
+# Context parallelism splits each 32k sequence over CP ranks (TP x PP x CP processes per model replica):
+# CP_ALGO=megatron_cp_algo (ring attention) or ulysses_cp_algo (all-to-all; 28 heads / TP must divide by CP).
 set -euo pipefail
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
@@ -21,6 +23,8 @@ TOKENIZER_PATH=${TOKENIZER_PATH:-"./model_from_hf/qwen2.5-7b-hf/"}
 
 TP=${TP:-1}
 PP=${PP:-4}
+CP=${CP:-2}
+CP_ALGO=${CP_ALGO:-megatron_cp_algo}
 SEQ_LEN=${SEQ_LEN:-32768}
 MBS=${MBS:-1}
 GBS=${GBS:-32}
@@ -45,6 +49,8 @@ GPT_ARGS="
     --use-mcore-models \
     --tensor-model-parallel-size ${TP} \
     --pipeline-model-parallel-size ${PP} \
+    --context-parallel-size ${CP} \
+    --context-parallel-algo ${CP_ALGO} \
     --sequence-parallel \
     --use-distributed-optimizer \
     --overlap-grad-reduce \

@@ -1,0 +1,187 @@
+"""Context parallelism on the CPU: time and peak memory per rank, one attention layer and a full training step.
+
+    python bench/bench_cp.py [--seqs 8192 16384 32768] [--cps 1 2 4] [--algos megatron_cp_algo ulysses_cp_algo]
+        [--parts attention step] [--heads 4 --groups 2 --head-dim 64] [--repeats 2]
+
+``attention``: causal self-attention forward + backward of one layer (batch 1, fp32, ``--heads`` query heads,
+``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the project's
+``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel.ring_attention`
+or :func:`~mindspeed_llm.ops.context_parallel.ulysses_attention` on each rank's ``seq / CP`` tokens. Reported per
+rank (the slowest and the largest): time (min of ``--repeats``) and peak memory (rise of peak RSS over RSS
+before the timed passes, glibc's mmap threshold fixed so freed blocks return); "work per token vs CP 1" is
+``CP x time / time at CP 1``: the ring's overhead when every rank has its own core (1.0 = none).
+
+``step``: a full ``pretrain_gpt.py`` step (``--mock-data``, a 2-layer Qwen2.5-shaped model, hidden 256, 4 heads /
+2 groups, vocabulary 1024, fp32, ``--use-flash-attn``): the log's elapsed time per iteration (the last of 3) and
+the max RSS its memory report prints for rank 0, less the same launch's at sequence 256 x CP (imports, model,
+optimizer: what does not grow with the sequence).
+
+Every case is a fresh torchrun launch with ``OMP_NUM_THREADS=1``. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def attention_worker(args: argparse.Namespace) -> None:
+    """One rank of an attention case: prints a JSON line per rank."""
+    import torch
+    import torch.distributed as dist
+
+    import mindspeed_llm  # noqa: F401  (gloo on the CPU)
+    from mindspeed_llm.ops.attention import flash_attention
+    from mindspeed_llm.ops.context_parallel import ring_attention, ulysses_attention
+
+    dist.init_process_group("gloo")
+    cp, rank = dist.get_world_size(), dist.get_rank()
+    group = dist.new_group(list(range(cp)))
+
+    def step(q, k, v):
+        if cp == 1:
+            out = flash_attention(q, k, v, causal=True, layout="sbnd")
+        elif args.algo == "ulysses_cp_algo":
+            out = ulysses_attention(q, k, v, group)
+        else:
+            out = ring_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), group).permute(2, 0, 1, 3)
+        out.backward(torch.ones_like(out))
+
+    def tensors(s):
+        shapes = [(s, 1, args.heads, args.head_dim)] + [(s, 1, args.groups, args.head_dim)] * 2
+        return [torch.randn(*shape, requires_grad=True) for shape in shapes]
+
+    step(*tensors(64 * cp))  # warm-up: kernels, thread pools, the gloo pairs
+    q, k, v = tensors(args.seq // cp)
+    base = _rss_mib()
+    times = []
+    for _ in range(args.repeats):
+        q.grad = k.grad = v.grad = None
+        dist.barrier(group)
+        start = time.perf_counter()
+        step(q, k, v)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results = [None] * cp
+    dist.all_gather_object(results, {"rank": rank, "time_s": min(times), "peak_mib": peak - base})
+    if rank == 0:
+        print("RESULT " + json.dumps(results), flush=True)
+    dist.destroy_process_group()
+
+
+def _torchrun(nproc: int, *cmd: str, timeout: int) -> str:
+    port = 29000 + (os.getpid() + int(time.time())) % 20000
+    full = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+            "127.0.0.1", "--master-port", str(port), *cmd]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run(full, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def attention_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
+    """Slowest rank's time and largest rank's peak memory of one attention case."""
+    out = _torchrun(cp, os.path.abspath(__file__), "--worker", "--seq", str(seq), "--algo", algo, "--heads",
+                    str(args.heads), "--groups", str(args.groups), "--head-dim", str(args.head_dim), "--repeats",
+                    str(args.repeats), timeout=args.timeout)
+    ranks = next(json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT "))
+    return {"time_s": max(r["time_s"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks)}
+
+
+def step_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
+    """Elapsed time per iteration and the rise of rank 0's max RSS over the same launch at seq 256 * CP."""
+    run, base = _step_run(args, seq, cp, algo), _step_run(args, 256 * cp, cp, algo)
+    return {"time_s": run["time_s"], "peak_mib": run["peak_mib"] - base["peak_mib"]}
+
+
+def _step_run(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
+    """Elapsed time per iteration and rank 0's max RSS of a 3-step pretrain_gpt.py run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        flags = ["--num-layers", "2", "--hidden-size", "256", "--ffn-hidden-size", "512", "--num-attention-heads", "4",
+                 "--group-query-attention", "--num-query-groups", "2", "--seq-length", str(seq),
+                 "--max-position-embeddings", str(seq), "--position-embedding-type", "rope", "--normalization",
+                 "RMSNorm", "--swiglu", "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0",
+                 "--tokenizer-type", "NullTokenizer", "--vocab-size", "1023", "--mock-data", "--micro-batch-size", "1",
+                 "--global-batch-size", "1", "--train-iters", "3", "--lr", "1e-4", "--log-interval", "1",
+                 "--eval-iters", "0", "--use-flash-attn", "--context-parallel-size", str(cp),
+                 "--context-parallel-algo", algo, "--data-cache-path", tmp]
+        out = _torchrun(cp, os.path.join(ROOT, "pretrain_gpt.py"), *flags, timeout=args.timeout)
+    times = [float(m) for m in re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+)", out)]
+    rss = [float(m) for m in re.findall(r"\[Rank 0\].*max rss: ([0-9.]+)", out)]
+    return {"time_s": times[-1] / 1000, "peak_mib": rss[-1] if rss else float("nan")}
+
+
+def _table(title: str, rows: list[tuple], memory_label: str) -> None:
+    print(f"\n{title}\n")
+    print(f"| seq | CP | algorithm | time per rank (s) | {memory_label} | memory vs CP 1 | work per token vs CP 1 |")
+    print("|---|---|---|---|---|---|---|")
+    for seq, cp, algo, r, ref in rows:
+        mem = r["peak_mib"] / ref["peak_mib"] if ref else float("nan")
+        work = cp * r["time_s"] / ref["time_s"] if ref else float("nan")
+        print(f"| {seq} | {cp} | {algo if cp > 1 else '-'} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {mem:.2f} | "
+              f"{work:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seqs", type=int, nargs="+", default=[8192, 16384, 32768])
+    parser.add_argument("--cps", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--parts", nargs="+", default=["attention", "step"], choices=["attention", "step"])
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--algo", default="megatron_cp_algo", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        attention_worker(args)
+        return
+
+    import torch
+
+    print(f"# bench_cp: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}, torch {torch.__version__}, OMP_NUM_THREADS=1 per rank, fp32, batch 1, "
+          f"{time.strftime('%Y-%m-%d')}")
+    for part, case, label in (("attention", attention_case, "peak memory per rank (MiB)"),
+                              ("step", step_case, "max RSS rise rank 0 (MiB)")):
+        if part not in args.parts:
+            continue
+        rows = []
+        for seq in args.seqs:
+            ref = None
+            for cp in args.cps:
+                for algo in (args.algos if cp > 1 else args.algos[:1]):
+                    r = case(args, seq, cp, algo)
+                    ref = ref or (r if cp == 1 else None)
+                    rows.append((seq, cp, algo, r, ref))
+                    print(f"  {part} seq {seq} CP {cp} {algo}: {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB",
+                          file=sys.stderr, flush=True)
+        title = (f"one attention layer, fwd+bwd ({args.heads} heads / {args.groups} groups, head dim {args.head_dim})"
+                 if part == "attention" else "full pretrain_gpt.py step (2 layers, hidden 256, vocabulary 1024)")
+        _table(title, rows, label)
+
+
+if __name__ == "__main__":
+    main()

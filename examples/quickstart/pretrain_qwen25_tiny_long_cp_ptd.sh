@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Long sequences on the quick start's tiny Qwen2.5: 4096-token samples split over 2 context-parallel
+# ranks (each holds 2048 tokens: chunks r and 3 - r of four), x PP 2 = 4 CPU processes. Run after the
+# quick start (it trains from the same converted checkpoint and data); CP_ALGO=ulysses_cp_algo for Ulysses.
+set -euo pipefail
+
+NPUS_PER_NODE=${NPUS_PER_NODE:-4}      # processes per node (NPUs, GPUs or, here, CPU processes)
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+MASTER_PORT=${MASTER_PORT:-6000}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+WORLD_SIZE=$((NPUS_PER_NODE * NNODES))
+
+QS_OUT=${QS_OUT:-./quickstart_output}
+CKPT_LOAD_DIR=${CKPT_LOAD_DIR:-$QS_OUT/model_weights/qwen2.5_mcore/}
+CKPT_SAVE_DIR=${CKPT_SAVE_DIR:-$QS_OUT/ckpt/qwen2.5_tiny_long_cp/}
+DATA_PATH=${DATA_PATH:-$QS_OUT/dataset/alpaca_text_document}
+TOKENIZER_PATH=${TOKENIZER_PATH:-$QS_OUT/model_from_hf/qwen2.5-tiny-hf/}
+
+TP=${TP:-1}
+PP=${PP:-2}
+CP=${CP:-2}
+CP_ALGO=${CP_ALGO:-megatron_cp_algo}
+SEQ_LEN=${SEQ_LEN:-4096}
+MBS=${MBS:-1}
+GBS=${GBS:-2}
+TRAIN_ITERS=${TRAIN_ITERS:-10}
+LOG_INTERVAL=${LOG_INTERVAL:-1}
+LOG_DIR=${LOG_DIR:-$QS_OUT/logs}
+
+# torchrun's agent binds MASTER_PORT before any of our code runs: name the holder of a busy port.
+if [ "$NODE_RANK" = "0" ]; then
+    python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
+fi
+mkdir -p "$LOG_DIR"
+
+DISTRIBUTED_ARGS="
+    --nproc_per_node $NPUS_PER_NODE \
+    --nnodes $NNODES \
+    --node_rank $NODE_RANK \
+    --master_addr $MASTER_ADDR \
+    --master_port $MASTER_PORT
+"
+
+GPT_ARGS="
+    --use-mcore-models \
+    --tensor-model-parallel-size ${TP} \
+    --pipeline-model-parallel-size ${PP} \
+    --context-parallel-size ${CP} \
+    --context-parallel-algo ${CP_ALGO} \
+    --sequence-parallel \
+    --use-flash-attn \
+    --use-fused-rotary-pos-emb \
+    --use-fused-swiglu \
+    --use-fused-rmsnorm \
+    --num-layers 4 \
+    --hidden-size 128 \
+    --ffn-hidden-size 352 \
+    --num-attention-heads 4 \
+    --max-position-embeddings 32768 \
+    --seq-length ${SEQ_LEN} \
+    --disable-bias-linear \
+    --add-qkv-bias \
+    --group-query-attention \
+    --num-query-groups 2 \
+    --position-embedding-type rope \
+    --rotary-base 1000000 \
+    --normalization RMSNorm \
+    --norm-epsilon 1e-6 \
+    --swiglu \
+    --make-vocab-size-divisible-by 1 \
+    --padded-vocab-size 151936 \
+    --tokenizer-type PretrainedFromHF \
+    --tokenizer-name-or-path ${TOKENIZER_PATH} \
+    --micro-batch-size ${MBS} \
+    --global-batch-size ${GBS} \
+    --train-iters ${TRAIN_ITERS} \
+    --lr 3e-3 \
+    --min-lr 3e-4 \
+    --lr-decay-style cosine \
+    --lr-warmup-fraction 0.1 \
+    --weight-decay 0.01 \
+    --clip-grad 1.0 \
+    --adam-beta1 0.9 \
+    --adam-beta2 0.95 \
+    --init-method-std 0.02 \
+    --attention-dropout 0.0 \
+    --hidden-dropout 0.0 \
+    --no-gradient-accumulation-fusion \
+    --no-masked-softmax-fusion \
+    --attention-softmax-in-fp32 \
+    --seed 1234 \
+    --bf16
+"
+
+DATA_ARGS="
+    --data-path $DATA_PATH \
+    --split 100,0,0
+"
+
+OUTPUT_ARGS="
+    --log-interval ${LOG_INTERVAL} \
+    --save-interval ${TRAIN_ITERS} \
+    --eval-interval ${TRAIN_ITERS} \
+    --eval-iters 0 \
+    --log-throughput \
+    --no-load-optim \
+    --no-load-rng
+"
+
+torchrun $DISTRIBUTED_ARGS pretrain_gpt.py \
+    $GPT_ARGS \
+    $DATA_ARGS \
+    $OUTPUT_ARGS \
+    --distributed-backend nccl \
+    --load ${CKPT_LOAD_DIR} \
+    --save ${CKPT_SAVE_DIR} \
+    2>&1 | tee "$LOG_DIR/train_mcore_qwen25_tiny_long_cp.log"
+exit "${PIPESTATUS[0]}"
