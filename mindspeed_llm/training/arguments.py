@@ -449,6 +449,12 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError(f"--pad-to-multiple-of {args.pad_to_multiple_of} with --sequence-parallel at "
                             f"--tensor-model-parallel-size {tp}: micro-batch lengths must split evenly over the "
                             f"TP ranks; use a multiple of {tp}, e.g. --pad-to-multiple-of {tp * 8}")
+    split = 2 * cp * (tp if args.sequence_parallel else 1)
+    if cp > 1 and args.no_pad_to_seq_lengths and args.pad_to_multiple_of % split:
+        raise ArgumentError(f"--pad-to-multiple-of {args.pad_to_multiple_of} with --context-parallel-size {cp}: "
+                            f"micro-batch lengths must split into {2 * cp} equal chunks per sequence"
+                            f"{' and over the TP ranks' if split > 2 * cp else ''}; use a multiple of {split}, "
+                            f"e.g. --pad-to-multiple-of {split * 8}")
     args.num_layer_list_parsed = None
     _first_last_stage_layers(args, pp)
     if args.num_layer_list:

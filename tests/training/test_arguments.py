@@ -65,6 +65,8 @@ def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel
      ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 2 --reset-attention-mask --attention-dropout 0", 2, ["--reset-attention-mask", "--context-parallel-size"]),
     ("--context-parallel-size 2 --attention-dropout 0.1", 2, ["--attention-dropout 0.1", "--attention-dropout 0"]),
+    ("--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
+     "--pad-to-multiple-of 2", 2, ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
      "--attention-dropout 0", 8,
      ["ulysses_cp_algo", "(2)", "--context-parallel-size 4", "megatron_cp_algo"]),
