@@ -86,7 +86,11 @@ def attention_worker(args: argparse.Namespace) -> None:
 
 
 def _torchrun(nproc: int, *cmd: str, timeout: int) -> str:
-    port = 29000 + (os.getpid() + int(time.time())) % 20000
+    import socket
+
+    with socket.socket() as sock:  # a free port (a fixed one collides with other launches on a shared machine)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     full = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
             "127.0.0.1", "--master-port", str(port), *cmd]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",

@@ -63,16 +63,6 @@ class _SavedArgs:
         self.saved_tensors = tensors
 
 
-def _repeat_kv(k: Tensor, n_q: int) -> Tensor:
-    return k if k.shape[1] == n_q else k.repeat_interleave(n_q // k.shape[1], dim=1)
-
-
-def _fold_kv_grad(dk: Tensor, n_kv: int) -> Tensor:
-    """Sum the gradients of repeated K/V heads back onto their ``n_kv`` heads."""
-    b, n, s, d = dk.shape
-    return dk if n == n_kv else dk.view(b, n_kv, n // n_kv, s, d).sum(2)
-
-
 def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = None) -> str:
     """The local kernel the ring runs: NPU -> 'npu', CPU -> 'cpu_flash', else (CUDA) 'blockwise'."""
     if kernel not in RING_KERNELS:
@@ -89,8 +79,8 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
                        torch_npu: Any = None) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of softmax attention on ``[b, n, s, d]`` (GQA allowed); lse fp32 ``[b, n_q, s_q]``."""
     if kernel == "cpu_flash":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1]), 0.0, causal, scale=scale)
+        # torch's CPU flash kernel takes fewer K/V heads than query heads (GQA) as they are.
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse.float()
     if kernel == "blockwise":
         ctx = _SavedArgs()
@@ -108,10 +98,9 @@ def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
                                 torch_npu: Any = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
     if kernel == "cpu_flash":
-        n_q, n_kv = q.shape[1], k.shape[1]
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dout, q, _repeat_kv(k, n_q), _repeat_kv(v, n_q), out, lse, 0.0, causal, scale=scale)
-        return dq, _fold_kv_grad(dk, n_kv), _fold_kv_grad(dv, n_kv)
+            dout, q, k, v, out, lse, 0.0, causal, scale=scale)
+        return dq, dk, dv
     if kernel == "blockwise":
         ctx = _SavedArgs()
         b, g = k.shape[:2]
@@ -175,7 +164,9 @@ def _wait(reqs: list) -> None:
 def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:
     """Online softmax: fold one block's ``(out, lse)`` into the running fp32 ``out`` / ``lse`` in place."""
     new = torch.logaddexp(lse, block_lse)
-    out.mul_(torch.exp(lse - new).unsqueeze(-1)).add_(block_out.float() * torch.exp(block_lse - new).unsqueeze(-1))
+    out.mul_(torch.exp(lse - new).unsqueeze(-1))
+    block_out = block_out.float() if block_out.dtype != torch.float32 else block_out
+    out.add_(block_out.mul_(torch.exp(block_lse - new).unsqueeze(-1)))  # the block's output is not needed after
     lse.copy_(new)
 
 
@@ -184,17 +175,16 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, scale, group, kernel, torch_npu):
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         half = q.shape[2] // 2
-        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        out = lse = None
         kv = torch.stack([k, v])
         kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
         for step in range(size):
             reqs, nxt = _ring_shift(kv, group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
             kb, vb = kv[0], kv[1]
-            if step == 0:
-                o, m = attention_with_lse(q, kb, vb, causal=True, **kw)
-                _merge(out, lse, o, m)
+            if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
+                o, lse = attention_with_lse(q, kb, vb, causal=True, **kw)
+                out = o.float() if o.dtype != torch.float32 else o
             elif src < rank:
                 o, m = attention_with_lse(q, kb[:, :, :half], vb[:, :, :half], causal=False, **kw)
                 _merge(out, lse, o, m)
