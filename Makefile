@@ -71,6 +71,7 @@ bench: $(ENV_READY)
 	$(PYTHON) bench/bench_pretrain.py
 	$(PYTHON) bench/bench_preprocess.py
 	$(PYTHON) bench/bench_convert.py --run
+	$(PYTHON) bench/bench_sft.py
 
 # A few minutes: the same benchmarks at smaller sizes, to see that they run.
 bench-quick: $(ENV_READY)
@@ -79,6 +80,7 @@ bench-quick: $(ENV_READY)
 	$(PYTHON) bench/bench_document_attention.py --seqs 1024 --repeats 1 --impls causal per_document
 	$(PYTHON) bench/bench_pretrain.py --iters 2 --warmup 1 --dtype fp32
 	$(PYTHON) bench/bench_preprocess.py --size-mb 5 --vocab 20000 --train-mb 2
+	$(PYTHON) bench/bench_sft.py --rounds 1 --iters 2 --warmup 1 --seq 256 --mbs 2 --rows 200
 
 # One CUDA GPU, under 8 minutes: ops vs torch references, logits vs transformers, train + resume, MFU
 # (bench/device_check.py; DEVICE_CHECK_ARGS=--dry-run runs the same paths on the CPU at tiny sizes).
