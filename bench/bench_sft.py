@@ -26,7 +26,7 @@ every step whatever the samples, so their rate is the mean real tokens per seque
 x micro-batch / median step time (step times parsed from the training log, after --warmup iterations);
 the transformers loop counts the real tokens of the batches it timed over their total time.
 
-    python bench/bench_sft.py [--rounds 3] [--iters 6] [--warmup 2] [--seq 512] [--mbs 4] [--dtype bf16|fp32]
+    python bench/bench_sft.py [--rounds 5] [--iters 4] [--warmup 1] [--seq 512] [--mbs 2] [--dtype bf16|fp32]
 """
 
 from __future__ import annotations
@@ -210,14 +210,14 @@ def describe_data(args, prep: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (padded, packed, transformers)")
-    p.add_argument("--iters", type=int, default=6)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (padded, packed, transformers)")
+    p.add_argument("--iters", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seq", type=int, default=512, help="--seq-length of both datasets and runs")
-    p.add_argument("--mbs", type=int, default=4, help="micro-batch (= global batch) of every run")
+    p.add_argument("--mbs", type=int, default=2, help="micro-batch (= global batch) of every run")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rows", type=int, default=2000, help="synthetic alpaca-shaped rows")
+    p.add_argument("--rows", type=int, default=400, help="synthetic alpaca-shaped rows")
     p.add_argument("--max-answer", type=int, default=300, help="longest answer in words")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--hf-dir", help=argparse.SUPPRESS)
