@@ -10,17 +10,19 @@ import time
 
 import torch
 
+from mindspeed_llm.console import write_line
+
 
 def print_rank_last(message: str) -> None:
     """Print on the last rank (where Megatron-LM prints training progress: it holds the loss)."""
     if torch.distributed.get_rank() == torch.distributed.get_world_size() - 1:
-        print(message, flush=True)
+        write_line(message)  # one write: another rank's line cannot land between the text and its newline
 
 
 def print_rank_0(message: str) -> None:
     """Print on global rank 0."""
     if torch.distributed.get_rank() == 0:
-        print(message, flush=True)
+        write_line(message)
 
 
 def num_floating_point_operations(args: argparse.Namespace, batch_size: int) -> float:
@@ -141,7 +143,7 @@ class TrainingLogger:
             self.memory_reported = True
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
             if rank in (0, world - 1):
-                print(memory_report(iteration), flush=True)
+                write_line(memory_report(iteration))
         self._reset()
 
     def evaluation(self, label: str, losses: dict[str, float], iteration: int) -> None:

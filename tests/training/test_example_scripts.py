@@ -38,7 +38,7 @@ def test_example_flags_parse_and_validate(script, tmp_path):
     argv = [a for a in argv[argv.index("pretrain_gpt.py") + 1:] if a]
     args = validate_args(parse_args(argv), world_size=world)
     assert args.bf16 and args.data_parallel_size * args.tensor_model_parallel_size * \
-        args.pipeline_model_parallel_size == world
+        args.pipeline_model_parallel_size * args.context_parallel_size == world
 
 
 def test_busy_port_stops_the_script_with_the_holder_named(tmp_path):
