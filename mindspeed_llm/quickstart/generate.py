@@ -67,9 +67,10 @@ def chat_prompt(tokenizer, prompt_type: str, question: str, path: str = "") -> s
     return text[:spans[-1][0]]  # the answer starts where the learned span does
 
 
-CHAT_EXPECT = ("What to expect: a model this small fine-tuned for a few steps answers with a few frequent tokens, "
-               "not with content; what fine-tuning did shows in the falling loss of its log (only answer tokens "
-               "count there: the prompts carry label -100).")
+CHAT_EXPECT = ("What to expect: a model this small fine-tuned for 10 steps answers with a few frequent tokens, not "
+               "with content: this leg shows the path (instruction data, SFT, back to HF, the chat template), not a "
+               "better model. Its log's loss counts only answer tokens (the prompts carry label -100); "
+               "longer fine-tuning (SFT_ITERS=N make quickstart) is what lowers it.")
 
 
 def main(argv: list[str] | None = None) -> int:
