@@ -90,19 +90,11 @@ def memory_worker(lora: bool, seq: int) -> dict:
 
 # ---- step time ----------------------------------------------------------------------------------------
 def make_data(prefix: Path, tokens: int) -> None:
-    """An indexed dataset of random documents (what both sides read)."""
-    import numpy as np
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    """An indexed dataset of random documents (what both sides read): bench_pretrain's, at this vocabulary."""
+    sys.path.insert(0, str(REPO))
+    from bench.bench_pretrain import make_data as random_documents
 
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
-    done = 0
-    while done < tokens:
-        n = int(rng.integers(200, 2000))
-        builder.add_document(torch.from_numpy(rng.integers(0, SHAPE["vocab"] - 1, n).astype(np.int64)), [n])
-        done += n
-    builder.finalize(f"{prefix}.idx")
+    random_documents(prefix, tokens, vocab=SHAPE["vocab"])
 
 
 def run_ours(args, prefix: Path) -> list[float]:

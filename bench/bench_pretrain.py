@@ -37,7 +37,8 @@ SHAPE = dict(layers=8, hidden=512, heads=8, groups=2, ffn=1408, vocab=32000)
 _ELAPSED = re.compile(r"iteration\s+(\d+)/.*?elapsed time per iteration \(ms\): ([0-9.]+)")
 
 
-def make_data(prefix: Path, tokens: int) -> None:
+def make_data(prefix: Path, tokens: int, vocab: int = SHAPE["vocab"]) -> None:
+    """An indexed dataset of random documents of 200-2000 tokens below ``vocab``."""
     import numpy as np
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -47,7 +48,7 @@ def make_data(prefix: Path, tokens: int) -> None:
     done = 0
     while done < tokens:
         n = int(rng.integers(200, 2000))
-        builder.add_document(torch.from_numpy(rng.integers(0, SHAPE["vocab"] - 1, n).astype(np.int64)), [n])
+        builder.add_document(torch.from_numpy(rng.integers(0, vocab - 1, n).astype(np.int64)), [n])
         done += n
     builder.finalize(f"{prefix}.idx")
 
