@@ -76,17 +76,21 @@ def bias_swiglu(x: Tensor, bias: Tensor | None = None, backend: str | None = Non
 _BLOCK_ELEMENTS = 1 << 16
 
 
-def _row_blocks(rows: int, width: int):
+def _float32_row_blocks(y2d: Tensor, bias: Tensor | None):
+    """(start, end, rows start:end of ``y2d`` in float32 plus the bias): cache-sized blocks of rows."""
+    rows, width = y2d.shape
     step = max(1, _BLOCK_ELEMENTS // max(width, 1))
-    return ((i, min(i + step, rows)) for i in range(0, rows, step))
+    bias32 = None if bias is None else bias.float()
+    for i in range(0, rows, step):
+        block = y2d[i:i + step].float()
+        yield i, i + block.shape[0], block if bias32 is None else block + bias32
 
 
 def _megatron_swiglu_fwd(y: Tensor, bias: Tensor | None) -> Tensor:
     f = y.shape[-1] // 2
     y2d = y.reshape(-1, y.shape[-1])
     out = torch.empty(y2d.shape[0], f, dtype=y.dtype, device=y.device)
-    for i, j in _row_blocks(y2d.shape[0], y.shape[-1]):
-        block = y2d[i:j].float() if bias is None else y2d[i:j].float() + bias.float()
+    for i, j, block in _float32_row_blocks(y2d, bias):
         result = F.silu(block[:, :f])
         out[i:j] = result.mul_(block[:, f:])
     return out.view(*y.shape[:-1], f)
@@ -96,8 +100,7 @@ def _megatron_swiglu_bwd(g: Tensor, y: Tensor, bias: Tensor | None) -> Tensor:
     f = y.shape[-1] // 2
     y2d, g2d = y.reshape(-1, y.shape[-1]), g.reshape(-1, f)
     out = torch.empty_like(y2d)
-    for i, j in _row_blocks(y2d.shape[0], y.shape[-1]):
-        block = y2d[i:j].float() if bias is None else y2d[i:j].float() + bias.float()
+    for i, j, block in _float32_row_blocks(y2d, bias):
         grad = g2d[i:j].float()
         gate, up = block[:, :f], block[:, f:]
         sig = torch.sigmoid(gate)
