@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Long sequences on the quick start's tiny Qwen2.5: 4096-token samples split over 2 context-parallel
 # ranks (each holds 2048 tokens: chunks r and 3 - r of four), x PP 2 = 4 CPU processes. Run after the
-# quick start (it trains from the same converted checkpoint and data); CP_ALGO=ulysses_cp_algo for Ulysses.
+# quick start (it trains from the same converted checkpoint and data); CP_ALGO=ulysses_cp_algo for Ulysses,
+# `CP=4 PP=1 CP_ALGO=hybrid_cp_algo` for hybrid (2-way Ulysses x 2-way ring; ULYSSES=2).
 set -euo pipefail
 
 NPUS_PER_NODE=${NPUS_PER_NODE:-4}      # processes per node (NPUs, GPUs or, here, CPU processes)
@@ -21,6 +22,7 @@ TP=${TP:-1}
 PP=${PP:-2}
 CP=${CP:-2}
 CP_ALGO=${CP_ALGO:-megatron_cp_algo}
+ULYSSES=${ULYSSES:-2}                  # hybrid_cp_algo only: Ulysses ranks per ring rank (divides CP, 1 < U < CP)
 SEQ_LEN=${SEQ_LEN:-4096}
 MBS=${MBS:-1}
 GBS=${GBS:-2}
@@ -33,6 +35,11 @@ if [ "$NODE_RANK" = "0" ]; then
     python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
 fi
 mkdir -p "$LOG_DIR"
+
+HYBRID_ARGS=""
+if [ "$CP_ALGO" = "hybrid_cp_algo" ]; then
+    HYBRID_ARGS="--ulysses-degree-in-cp ${ULYSSES}"
+fi
 
 DISTRIBUTED_ARGS="
     --nproc_per_node $NPUS_PER_NODE \
@@ -48,6 +55,7 @@ GPT_ARGS="
     --pipeline-model-parallel-size ${PP} \
     --context-parallel-size ${CP} \
     --context-parallel-algo ${CP_ALGO} \
+    ${HYBRID_ARGS} \
     --sequence-parallel \
     --use-flash-attn \
     --use-fused-rotary-pos-emb \

@@ -2,7 +2,7 @@
 
 Layout (megatron-core's ``get_batch_on_this_cp_rank``, which also slices RoPE): the sequence is cut
 into ``2 * CP`` equal chunks and CP rank ``r`` holds chunks ``r`` and ``2 * CP - 1 - r``, in that
-order, so every rank does the same causal work. Both algorithms take and return this layout.
+order, so every rank does the same causal work. All algorithms take and return this layout.
 
 - ``megatron_cp_algo`` (:func:`ring_attention`): K/V blocks travel around the CP ring
   (``isend``/``irecv``, the next block in flight while the current one is computed); each step
@@ -18,6 +18,11 @@ order, so every rank does the same causal work. Both algorithms take and return 
   and the inverse all-to-all restores the sequence split. Query heads must divide by CP; with GQA,
   K/V heads not divisible by CP are repeated by the smallest factor of the group size that makes
   them divisible (at worst to one K/V head per query head).
+- ``hybrid_cp_algo`` (:func:`hybrid_attention`, ``--ulysses-degree-in-cp U``): the CP group splits
+  into ``CP / U`` Ulysses sub-groups of ``U`` consecutive CP ranks and ``U`` ring sub-groups of
+  every ``U``-th rank. Ulysses' all-to-all inside a sub-group gathers ``U`` chunk pairs that are,
+  put in order, the ring's load-balanced pair of a ``2 * CP / U`` split; ring attention then runs
+  over the ring sub-group on ``1/U`` of the heads, and the inverse all-to-all comes back.
 
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
@@ -44,9 +49,9 @@ from mindspeed_llm.ops.attention import _BlockwiseAttention, flash_attention
 from mindspeed_llm.ops.backend import resolve_backend
 from mindspeed_llm.ops.npu import require_torch_npu
 
-CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
-# megatron-core's TransformerConfig.cp_comm_type spelling of each algorithm.
-CP_COMM_TYPES = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a"}
+CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo")
+# megatron-core's TransformerConfig.cp_comm_type spelling of each algorithm ('a2a+p2p': its hierarchical CP).
+CP_COMM_TYPES = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a", "hybrid_cp_algo": "a2a+p2p"}
 RING_KERNELS = ("auto", "cpu_flash", "blockwise", "npu")
 _NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry each row's value 8 times
 
@@ -334,6 +339,75 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
 
 
 # ----------------------------------------------------------------------------------------------
+# Hybrid (hybrid_cp_algo): Ulysses inside sub-groups of U ranks, ring across them
+# ----------------------------------------------------------------------------------------------
+
+
+def hybrid_cp_rank_groups(cp_ranks: list[int], ulysses_degree: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(Ulysses groups, ring groups) of one CP group: consecutive runs of U ranks, and every U-th rank.
+
+    CP rank ``c`` is Ulysses rank ``c % U`` and ring rank ``c // U`` (MindSpeed's layout, and
+    megatron-core's ``hierarchical_context_parallel_sizes=[U, CP / U]``).
+    """
+    cp = len(cp_ranks)
+    if ulysses_degree < 1 or cp % ulysses_degree:
+        raise ValueError(f"ulysses degree {ulysses_degree} must divide the CP size {cp}")
+    ulysses = [cp_ranks[i:i + ulysses_degree] for i in range(0, cp, ulysses_degree)]
+    ring = [cp_ranks[u::ulysses_degree] for u in range(ulysses_degree)]
+    return ulysses, ring
+
+
+def initialize_hybrid_cp_groups(ulysses_degree: int, tensor_model_parallel_size: int,
+                                pipeline_model_parallel_size: int, context_parallel_size: int) -> list:
+    """Create the Ulysses and ring sub-groups of every CP group; returns this rank's ``[ulysses, ring]``.
+
+    They go where megatron-core keeps ``hierarchical_context_parallel_sizes=[U, CP / U]``'s groups
+    (``parallel_state``'s hierarchical CP groups, ``ProcessGroupCollection.hcp``): megatron-core
+    builds those with einops, which it does not depend on, so they are built here the same way.
+    Call after ``initialize_model_parallel``; every rank creates every group, in the same order.
+    """
+    import megatron.core.parallel_state as ps
+
+    world = dist.get_world_size()
+    tp, pp, cp = tensor_model_parallel_size, pipeline_model_parallel_size, context_parallel_size
+    # The rank generator initialize_model_parallel used (its default order): the same CP groups.
+    generator = ps.RankGenerator(tp=tp, ep=1, dp=world // (tp * pp * cp), pp=pp, cp=cp, order="tp-cp-ep-dp-pp")
+    rank, mine = dist.get_rank(), None
+    for cp_ranks in generator.get_ranks("cp"):
+        ulysses, ring = hybrid_cp_rank_groups(cp_ranks, ulysses_degree)
+        groups = [(ranks, dist.new_group(ranks)) for ranks in ulysses + ring]
+        if rank in cp_ranks:
+            if cp_ranks != list(ps.get_context_parallel_global_ranks()):
+                raise RuntimeError(f"hybrid CP groups: CP ranks {cp_ranks} differ from megatron-core's "
+                                   f"{ps.get_context_parallel_global_ranks()}")
+            mine = [g for ranks, g in groups if rank in ranks]
+    ps._HIERARCHICAL_CONTEXT_PARALLEL_GROUPS = mine  # noqa: SLF001 (megatron-core's slot for these groups)
+    return mine
+
+
+def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group, *,
+                     softmax_scale: float | None = None, kernel: str = "auto", backend: str | None = None,
+                     torch_npu: Any = None) -> Tensor:
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same layout out.
+
+    With ``U`` Ulysses and ``R`` ring ranks, Ulysses sub-group ``m`` holds chunks ``mU .. mU+U-1``
+    and ``2CP-1-mU-(U-1) .. 2CP-1-mU`` of the ``2CP``-chunk split: after the all-to-all and
+    :func:`chunk_order` of ``U`` these are blocks ``m`` and ``2R-1-m`` of a ``2R``-block split, in
+    order, which is the ring's own load-balanced layout for ring rank ``m``.
+    """
+    u = dist.get_world_size(ulysses_group)
+    rep = ulysses_kv_repeat(q.shape[2], k.shape[2], u)
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    to_natural, to_ranks = chunk_order(u)
+    q, k, v = (_reorder_chunks(_SeqToHead.apply(t, ulysses_group), to_natural).permute(1, 2, 0, 3)
+               for t in (q, k, v))
+    out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
+                         torch_npu=torch_npu)
+    return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)
+
+
+# ----------------------------------------------------------------------------------------------
 # megatron-core module
 # ----------------------------------------------------------------------------------------------
 
@@ -342,7 +416,8 @@ class ContextParallelAttention(MegatronModule):
     """megatron-core's local ``DotProductAttention`` slot for ``context_parallel_size > 1``.
 
     ``cp_comm_type`` 'p2p' (``megatron_cp_algo``) runs :func:`ring_attention`, 'a2a'
-    (``ulysses_cp_algo``) :func:`ulysses_attention`. Causal self-attention only: no explicit
+    (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
+    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention only: no explicit
     attention mask, no dropout, no packed sequences (the training flags refuse those with CP).
     """
 
@@ -357,7 +432,7 @@ class ContextParallelAttention(MegatronModule):
         comm = cp_comm_type or "p2p"
         if comm not in CP_COMM_TYPES.values():
             raise NotImplementedError(f"ContextParallelAttention: cp_comm_type={comm!r} is not supported; use "
-                                      "--context-parallel-algo megatron_cp_algo or ulysses_cp_algo")
+                                      "--context-parallel-algo megatron_cp_algo, ulysses_cp_algo or hybrid_cp_algo")
         if attn_mask_type != AttnMaskType.causal or attention_type != "self":
             raise NotImplementedError("ContextParallelAttention: causal self-attention only")
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -366,8 +441,12 @@ class ContextParallelAttention(MegatronModule):
                                       "parallelism; use --attention-dropout 0")
         self.comm = comm
         if pg_collection is None:
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp", "hcp"])
         self.cp_group = pg_collection.cp
+        self.hcp_groups = getattr(pg_collection, "hcp", None)
+        if comm == "a2a+p2p" and (not self.hcp_groups or len(self.hcp_groups) != 2):
+            raise RuntimeError("ContextParallelAttention: hybrid_cp_algo needs the [ulysses, ring] sub-groups of the "
+                               "CP group: call initialize_hybrid_cp_groups after initialize_model_parallel")
         tp = pg_collection.tp.size()
         projection = config.kv_channels * config.num_attention_heads
         self.hidden_size_per_partition = divide(projection, tp)
@@ -388,6 +467,9 @@ class ContextParallelAttention(MegatronModule):
         if self.comm == "a2a":
             out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
                                     backend=self.backend)
+        elif self.comm == "a2a+p2p":
+            out = hybrid_attention(query, key, value, *self.hcp_groups, softmax_scale=self.softmax_scale,
+                                   backend=self.backend)
         else:
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
             out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend)

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layers of the last pipeline stage (the others share the rest evenly)")
     g.add_argument("--context-parallel-size", type=int, default=1)
     g.add_argument("--context-parallel-algo", default="megatron_cp_algo")
+    g.add_argument("--ulysses-degree-in-cp", type=int, default=None,
+                   help="hybrid_cp_algo: Ulysses (all-to-all) ranks inside each ring rank of the CP group")
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
@@ -325,7 +327,8 @@ def validate_args(args: argparse.Namespace, world_size: int, check=None) -> argp
     return args
 
 
-CONTEXT_PARALLEL_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+# megatron-core's TransformerConfig.cp_comm_type of each --context-parallel-algo ('a2a+p2p': hierarchical CP).
+CONTEXT_PARALLEL_ALGOS = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a", "hybrid_cp_algo": "a2a+p2p"}
 
 
 def _check_context_parallel(args: argparse.Namespace) -> None:
@@ -333,13 +336,16 @@ def _check_context_parallel(args: argparse.Namespace) -> None:
     cp, algo = args.context_parallel_size, args.context_parallel_algo
     if cp < 1:
         raise ArgumentError(f"--context-parallel-size must be >= 1, got {cp}")
-    if algo == "hybrid_cp_algo":
-        raise ArgumentError("--context-parallel-algo hybrid_cp_algo is not supported: use megatron_cp_algo (ring) "
-                            "or ulysses_cp_algo (all-to-all)")
     if algo not in CONTEXT_PARALLEL_ALGOS:
-        raise ArgumentError(f"--context-parallel-algo {algo} is not known: use megatron_cp_algo or ulysses_cp_algo")
+        raise ArgumentError(f"--context-parallel-algo {algo} is not known: use megatron_cp_algo, ulysses_cp_algo "
+                            "or hybrid_cp_algo")
+    if args.ulysses_degree_in_cp is not None and algo != "hybrid_cp_algo":
+        raise ArgumentError(f"--ulysses-degree-in-cp is for --context-parallel-algo hybrid_cp_algo, not {algo}: "
+                            "drop it or use hybrid_cp_algo")
     if cp == 1:
         return
+    if algo == "hybrid_cp_algo":
+        _check_hybrid_degree(cp, args.ulysses_degree_in_cp)
     if args.seq_length % (2 * cp):
         raise ArgumentError(f"--seq-length {args.seq_length} must be divisible by 2 x --context-parallel-size {cp} "
                             f"(each CP rank holds two of {2 * cp} equal chunks): use a multiple of {2 * cp}")
@@ -349,6 +355,19 @@ def _check_context_parallel(args: argparse.Namespace) -> None:
     if args.attention_dropout:
         raise ArgumentError(f"--attention-dropout {args.attention_dropout} is not supported with "
                             "--context-parallel-size > 1: use --attention-dropout 0")
+
+
+def _check_hybrid_degree(cp: int, ulysses: int | None) -> None:
+    """hybrid_cp_algo: --ulysses-degree-in-cp U splits the CP group into CP / U rings of U Ulysses ranks."""
+    if ulysses is None:
+        raise ArgumentError(f"--context-parallel-algo hybrid_cp_algo needs --ulysses-degree-in-cp U (U divides "
+                            f"--context-parallel-size {cp}, 1 < U < {cp})")
+    if ulysses <= 1 or ulysses >= cp or cp % ulysses:
+        fix = ("use megatron_cp_algo" if ulysses == 1 else "use ulysses_cp_algo" if ulysses == cp
+               else f"use a divisor of {cp} between 2 and {cp // 2}")
+        raise ArgumentError(f"--ulysses-degree-in-cp {ulysses} with --context-parallel-size {cp}: hybrid_cp_algo "
+                            f"needs a divisor of the CP size strictly between 1 and {cp} (both Ulysses and ring "
+                            f"parts larger than 1); {fix}")
 
 
 def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
@@ -443,6 +462,11 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError(f"--context-parallel-algo ulysses_cp_algo splits the attention heads of each TP rank "
                             f"({args.num_attention_heads // tp}) over --context-parallel-size {cp}: they must divide "
                             "evenly; use megatron_cp_algo or another CP size")
+    ulysses = args.ulysses_degree_in_cp
+    if cp > 1 and args.context_parallel_algo == "hybrid_cp_algo" and (args.num_attention_heads // tp) % ulysses:
+        raise ArgumentError(f"--context-parallel-algo hybrid_cp_algo splits the attention heads of each TP rank "
+                            f"({args.num_attention_heads // tp}) over --ulysses-degree-in-cp {ulysses}: they must "
+                            "divide evenly; use a smaller --ulysses-degree-in-cp or megatron_cp_algo")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # Megatron-LM drops it silently at TP1; it means nothing there
     if args.no_pad_to_seq_lengths and args.sequence_parallel and args.pad_to_multiple_of % tp:
@@ -915,7 +939,10 @@ def transformer_config_from_args(args: argparse.Namespace, model_config) -> Any:
         context_parallel_size=args.context_parallel_size,
     )
     if args.context_parallel_size > 1:  # megatron-core's spelling of the algorithm, read by the attention module
-        overrides["cp_comm_type"] = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a"}[args.context_parallel_algo]
+        overrides["cp_comm_type"] = CONTEXT_PARALLEL_ALGOS[args.context_parallel_algo]
+        if args.context_parallel_algo == "hybrid_cp_algo":  # [Ulysses (a2a), ring (p2p)] sizes, megatron's order
+            ulysses = args.ulysses_degree_in_cp
+            overrides["hierarchical_context_parallel_sizes"] = [ulysses, args.context_parallel_size // ulysses]
     from mindspeed_llm.patches.features import transformer_config_overrides
 
     # --use-fused-swiglu routes megatron's MLP through the fused kernel only with bias_activation_fusion.

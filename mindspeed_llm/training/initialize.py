@@ -49,6 +49,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _cp_algo_words(args: argparse.Namespace) -> str:
+    """The CP algorithm for the start-up line; hybrid_cp_algo with its Ulysses x ring split."""
+    if args.context_parallel_algo != "hybrid_cp_algo":
+        return args.context_parallel_algo
+    ulysses = args.ulysses_degree_in_cp
+    return f"hybrid_cp_algo: Ulysses {ulysses} x ring {args.context_parallel_size // ulysses}"
+
+
 def initialize_distributed(timeout_minutes: int = 10) -> None:
     """``init_process_group`` from torchrun's RANK/WORLD_SIZE/LOCAL_RANK (one process without torchrun)."""
     from mindspeed_llm.patches.device import distributed_backend
@@ -130,6 +138,11 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
         context_parallel_size=args.context_parallel_size,
         distributed_timeout_minutes=args.distributed_timeout_minutes,
     )
+    if args.context_parallel_size > 1 and args.context_parallel_algo == "hybrid_cp_algo":
+        from mindspeed_llm.ops.context_parallel import initialize_hybrid_cp_groups
+
+        initialize_hybrid_cp_groups(args.ulysses_degree_in_cp, args.tensor_model_parallel_size,
+                                    args.pipeline_model_parallel_size, args.context_parallel_size)
     set_seed(args.seed)
     features = enable_feature_patches(args)
     set_args(args)
@@ -148,6 +161,6 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     logger.info("> initialized world of %d on %s: TP=%d PP=%d%s%s DP=%d, %d micro-batches of %d per step",
                 args.world_size, args.device, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                 f" VPP={args.virtual_pipeline_model_parallel_size}" if args.virtual_pipeline_model_parallel_size
-                else "", f" CP={args.context_parallel_size} ({args.context_parallel_algo})"
+                else "", f" CP={args.context_parallel_size} ({_cp_algo_words(args)})"
                 if args.context_parallel_size > 1 else "", args.data_parallel_size, args.num_microbatches, args.micro_batch_size)
     return args

@@ -228,24 +228,28 @@ def test_generate_script_loads_what_pretraining_saves(model: str, tmp_path: Path
     assert gen.task == ["greedy"] and gen.prompt
 
 
-@pytest.mark.parametrize("algo", ["", "ulysses_cp_algo"])
+@pytest.mark.parametrize("algo", ["", "ulysses_cp_algo", "hybrid_cp_algo"])
 @pytest.mark.parametrize("script, tp_pp_cp", [
     (f"{EX}/qwen25/pretrain_qwen25_7b_32k_ptd.sh", (1, 4, 2)),
     ("examples/quickstart/pretrain_qwen25_tiny_long_cp_ptd.sh", (1, 2, 2)),
 ])
-def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(script, tp_pp_cp, algo, tmp_path):
+def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(script, tp_pp_cp, algo, tmp_path,
+                                                                             monkeypatch):
     """The 32k Qwen2.5-7B script and the quick start's long-sequence run validate with CP 2 (ring by default,
-    CP_ALGO=ulysses_cp_algo for Ulysses) for their world size, and load what the quick start / hf->mcore
-    conversion writes (the same TP/PP as the script without CP)."""
+    CP_ALGO=ulysses_cp_algo for Ulysses; hybrid_cp_algo with CP 4 and half the PP, as their comments say)
+    for their world size, and load what the quick start / hf->mcore conversion writes (the same TP/PP as
+    the script without CP)."""
     if algo:
-        os.environ["CP_ALGO"] = algo
-    try:
-        argv = _recorded_argv(script, "torchrun", tmp_path)
-    finally:
-        os.environ.pop("CP_ALGO", None)
+        monkeypatch.setenv("CP_ALGO", algo)
+    if algo == "hybrid_cp_algo":
+        tp_pp_cp = (tp_pp_cp[0], tp_pp_cp[1] // 2, 4)
+        monkeypatch.setenv("CP", "4")
+        monkeypatch.setenv("PP", str(tp_pp_cp[1]))
+    argv = _recorded_argv(script, "torchrun", tmp_path)
     world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
     args = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size) == tp_pp_cp
     assert args.context_parallel_algo == (algo or "megatron_cp_algo")
+    assert args.ulysses_degree_in_cp == (2 if algo == "hybrid_cp_algo" else None)
     assert args.seq_length >= 4096 and args.seq_length % (2 * args.context_parallel_size) == 0
     assert args.data_parallel_size == world // (tp_pp_cp[0] * tp_pp_cp[1] * tp_pp_cp[2])

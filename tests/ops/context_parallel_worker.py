@@ -1,8 +1,8 @@
 """torchrun worker (4 processes, gloo) for tests/ops/test_context_parallel.py.
 
 Every case draws the whole sequence's q, k, v on every rank (same seed), takes this rank's chunk
-pair with megatron-core's own ``get_batch_on_this_cp_rank``, runs ring or Ulysses attention over a
-CP group and compares the output and dQ/dK/dV with the dense reference (``attention_math`` in
+pair with megatron-core's own ``get_batch_on_this_cp_rank``, runs ring, Ulysses or hybrid attention
+over a CP group and compares the output and dQ/dK/dV with the dense reference (``attention_math`` in
 float64 on the whole sequence, autograd for the gradients). Prints ``CASE <name> ok <max error>``.
 """
 
@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 import mindspeed_llm  # noqa: F401  (device layer: gloo on the CPU)
 from mindspeed_llm.ops.attention import attention_math
-from mindspeed_llm.ops.context_parallel import ring_attention, ulysses_attention
+from mindspeed_llm.ops.context_parallel import hybrid_attention, ring_attention, ulysses_attention
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
 
@@ -29,6 +29,8 @@ def _local(t: torch.Tensor, group) -> torch.Tensor:
 def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel: str = "auto", tol: float,
              torch_npu=None) -> None:
     """One comparison on ``group``; raises AssertionError with the case name on a mismatch."""
+    if algo == "hybrid":  # group: (CP group, Ulysses sub-group, ring sub-group)
+        group, *sub_groups = group
     torch.manual_seed(1234)
     b, s, d = 2, 64, 16
     q, k, v = (torch.randn(b, n, s, d, dtype=torch.float64) for n in (n_q, n_kv, n_kv))
@@ -39,9 +41,12 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
     local = [_local(t, group).to(dtype).requires_grad_() for t in (q, k, v)]
     if algo == "ring":
         out = ring_attention(*local, group, softmax_scale=0.3, kernel=kernel, torch_npu=torch_npu)
-    else:  # ulysses takes megatron's [s, b, n, d]
+    elif algo == "ulysses":  # ulysses and hybrid take megatron's [s, b, n, d]
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = ulysses_attention(*sbnd, group, softmax_scale=0.3).permute(1, 2, 0, 3)
+    else:
+        sbnd = [t.permute(2, 0, 1, 3) for t in local]
+        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, kernel=kernel).permute(1, 2, 0, 3)
     (out.double() * _local(w, group)).sum().backward()
     pairs = [(out, ref)] + [(t.grad, r.grad) for t, r in zip(local, ref_in)]
     worst = 0.0
@@ -65,6 +70,9 @@ def main() -> None:
     world = dist.new_group([0, 1, 2, 3])
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
     cp2 = pairs[rank // 2]
+    # hybrid_cp_algo at CP 4 with U = 2 (MindSpeed's layout): Ulysses {0,1} {2,3}, ring {0,2} {1,3}.
+    strided = [dist.new_group([0, 2]), dist.new_group([1, 3])]
+    hybrid = (world, cp2, strided[rank % 2])
     f32, bf16 = torch.float32, torch.bfloat16
     cases = [
         ("ring_cp2_mha", "ring", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
@@ -77,6 +85,9 @@ def main() -> None:
         ("ulysses_cp2_mha", "ulysses", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_gqa", "ulysses", world, dict(n_q=8, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5)),
+        ("hybrid_cp4_u2_gqa", "hybrid", hybrid, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5)),
+        ("hybrid_cp4_u2_kv_repeat_blockwise", "hybrid", hybrid, dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise",
+                                                                     tol=1e-5)),
     ]
     only = set(sys.argv[1:])
     for name, algo, group, kw in cases:

@@ -1,4 +1,4 @@
-"""Ring and Ulysses attention across real gloo ranks equal dense causal attention (output and gradients).
+"""Ring, Ulysses and hybrid attention across real gloo ranks equal dense causal attention (output and gradients).
 
 One 4-process torchrun launch (tests/ops/context_parallel_worker.py) runs every case on CP groups of
 2 and 4; each test reads its case's line. The reference is ``attention_math`` in float64 on the
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mindspeed_llm.ops.context_parallel import chunk_order, ulysses_kv_repeat
+from mindspeed_llm.ops.context_parallel import chunk_order, hybrid_cp_rank_groups, ulysses_kv_repeat
 from tests.conftest import torchrun
 
 WORKER = Path(__file__).with_name("context_parallel_worker.py")
@@ -35,6 +35,22 @@ def test_ring_attention_equals_full_attention(cases, name):
 @pytest.mark.parametrize("name", ["ulysses_cp2_mha", "ulysses_cp4_gqa", "ulysses_cp4_kv_repeat"])
 def test_ulysses_attention_equals_full_attention(cases, name):
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hybrid_cp4_u2_gqa", "hybrid_cp4_u2_kv_repeat_blockwise"])
+def test_hybrid_attention_equals_full_attention(cases, name):
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+def test_hybrid_groups_are_mindspeeds_layout():
+    # MindSpeed's hybrid_cp_algo: Ulysses over consecutive CP ranks, ring over every U-th one.
+    ulysses, ring = hybrid_cp_rank_groups([1, 3, 5, 7, 9, 11, 13, 15], 2)  # a CP group at TP 2
+    assert ulysses == [[1, 3], [5, 7], [9, 11], [13, 15]]
+    assert ring == [[1, 5, 9, 13], [3, 7, 11, 15]]
+    ulysses, ring = hybrid_cp_rank_groups(list(range(8)), 4)
+    assert ulysses == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert ring == [[0, 4], [1, 5], [2, 6], [3, 7]]
 
 
 def test_chunk_order_is_megatrons_pairing():

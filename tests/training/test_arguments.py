@@ -78,6 +78,34 @@ def test_context_parallel_refusals_name_the_flag_and_the_fix(extra, world, words
         assert word in str(err.value)
 
 
+def test_hybrid_cp_sets_megatrons_hierarchical_sizes():
+    args = args_for("--tensor-model-parallel-size 2 --context-parallel-size 4 --context-parallel-algo hybrid_cp_algo "
+                    "--ulysses-degree-in-cp 2 --attention-dropout 0", world=16)
+    assert (args.data_parallel_size, args.ulysses_degree_in_cp) == (2, 2)
+    config = transformer_config_from_args(args, model_config_from_args(args, vocab_rows=101))
+    # megatron-core's hierarchical CP: level 0 all-to-all (Ulysses), level 1 p2p (ring).
+    assert config.cp_comm_type == "a2a+p2p" and config.hierarchical_context_parallel_sizes == [2, 2]
+
+
+HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context-parallel-size "
+
+
+@pytest.mark.parametrize("extra, world, words", [
+    (HYBRID + "4", 4, ["hybrid_cp_algo needs --ulysses-degree-in-cp"]),
+    (HYBRID + "4 --ulysses-degree-in-cp 4", 4, ["--ulysses-degree-in-cp 4", "use ulysses_cp_algo"]),
+    (HYBRID + "4 --ulysses-degree-in-cp 1", 4, ["--ulysses-degree-in-cp 1", "use megatron_cp_algo"]),
+    (HYBRID + "8 --ulysses-degree-in-cp 3 --seq-length 48 --max-position-embeddings 48", 8,
+     ["--ulysses-degree-in-cp 3", "divisor of 8 between 2 and 4"]),
+    (HYBRID + "8 --ulysses-degree-in-cp 4 --tensor-model-parallel-size 2", 16,
+     ["hybrid_cp_algo", "(2)", "--ulysses-degree-in-cp 4"]),
+])
+def test_hybrid_cp_refusals_name_the_flag_and_the_fix(extra, world, words):
+    with pytest.raises(ArgumentError) as err:
+        args_for(extra, world)
+    for word in words:
+        assert word in str(err.value)
+
+
 def test_missing_required_flags_are_listed():
     with pytest.raises(ArgumentError, match="--train-iters"):
         validate_args(parse_args("--num-layers 2 --hidden-size 8 --num-attention-heads 2 --seq-length 8 --lr 1".split()),
@@ -172,7 +200,7 @@ def test_train_samples_sets_the_iterations_as_megatron_does():
     ("--lr-decay-samples 40", ["--lr-decay-samples", "--lr-decay-iters"]),
     ("--train-samples 40", ["exactly one of --train-iters N and --train-samples N"]),
     ("--dataloader-type cyclic", ["--dataloader-type cyclic", "single"]),
-    ("--context-parallel-algo hybrid_cp_algo", ["--context-parallel-algo hybrid_cp_algo", "megatron_cp_algo"]),
+    ("--context-parallel-algo ulysses_cp_algo --ulysses-degree-in-cp 2", ["--ulysses-degree-in-cp", "hybrid_cp_algo"]),
     ("--context-parallel-algo ring", ["--context-parallel-algo ring", "ulysses_cp_algo"]),
     ("--mock-data", ["one data source"]),
     ("--train-data-path t_text_document", ["one data source"]),

@@ -4,7 +4,9 @@
 # Every variable below can be overridden from the environment, e.g. `TP=2 PP=2 bash examples/mcore/qwen25/pretrain_qwen25_7b_32k_ptd.sh`.
 # Inputs: a checkpoint from ckpt_convert_qwen25_hf2mcore.sh and data from data_convert_qwen25_pretrain.sh.
 # Context parallelism splits each 32k sequence over CP ranks (TP x PP x CP processes per model replica):
-# CP_ALGO=megatron_cp_algo (ring attention) or ulysses_cp_algo (all-to-all; 28 heads / TP must divide by CP).
+# CP_ALGO=megatron_cp_algo (ring attention), ulysses_cp_algo (all-to-all; 28 heads / TP must divide by CP) or
+# hybrid_cp_algo (ULYSSES-way all-to-all inside CP / ULYSSES ring ranks; 28 heads / TP must divide by ULYSSES),
+# e.g. `CP=4 CP_ALGO=hybrid_cp_algo ULYSSES=2 PP=2` on 8 processes.
 set -euo pipefail
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
@@ -25,6 +27,7 @@ TP=${TP:-1}
 PP=${PP:-4}
 CP=${CP:-2}
 CP_ALGO=${CP_ALGO:-megatron_cp_algo}
+ULYSSES=${ULYSSES:-2}                  # hybrid_cp_algo only: Ulysses ranks per ring rank (divides CP, 1 < U < CP)
 SEQ_LEN=${SEQ_LEN:-32768}
 MBS=${MBS:-1}
 GBS=${GBS:-32}
@@ -36,6 +39,11 @@ if [ "$NODE_RANK" = "0" ]; then
     python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
 fi
 mkdir -p "$LOG_DIR"
+
+HYBRID_ARGS=""
+if [ "$CP_ALGO" = "hybrid_cp_algo" ]; then
+    HYBRID_ARGS="--ulysses-degree-in-cp ${ULYSSES}"
+fi
 
 DISTRIBUTED_ARGS="
     --nproc_per_node $NPUS_PER_NODE \
@@ -51,6 +59,7 @@ GPT_ARGS="
     --pipeline-model-parallel-size ${PP} \
     --context-parallel-size ${CP} \
     --context-parallel-algo ${CP_ALGO} \
+    ${HYBRID_ARGS} \
     --sequence-parallel \
     --use-distributed-optimizer \
     --overlap-grad-reduce \
