@@ -1,12 +1,15 @@
 """Context parallelism on the CPU: time and peak memory per rank, one attention layer and a full training step.
 
-    python bench/bench_cp.py [--seqs 8192 16384 32768] [--cps 1 2 4] [--algos megatron_cp_algo ulysses_cp_algo]
+    python bench/bench_cp.py [--seqs 8192 16384 32768] [--cps 1 2 4]
+        [--algos megatron_cp_algo ulysses_cp_algo hybrid_cp_algo] [--ulysses-degree 2]
         [--parts attention step] [--heads 4 --groups 2 --head-dim 64] [--repeats 2]
 
 ``attention``: causal self-attention forward + backward of one layer (batch 1, fp32, ``--heads`` query heads,
 ``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the project's
-``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel.ring_attention`
-or :func:`~mindspeed_llm.ops.context_parallel.ulysses_attention` on each rank's ``seq / CP`` tokens. Reported per
+``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel.ring_attention`,
+:func:`~mindspeed_llm.ops.context_parallel.ulysses_attention` or
+:func:`~mindspeed_llm.ops.context_parallel.hybrid_attention` (``--ulysses-degree`` U, only where 1 < U < CP) on
+each rank's ``seq / CP`` tokens. Reported per
 rank (the slowest and the largest): time (min of ``--repeats``) and peak memory (rise of peak RSS over RSS
 before the timed passes, glibc's mmap threshold fixed so freed blocks return); "work per token vs CP 1" is
 ``CP x time / time at CP 1``: the ring's overhead when every rank has its own core (1.0 = none).
@@ -33,7 +36,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALGOS = ("megatron_cp_algo", "ulysses_cp_algo")
+ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo")
 
 
 def _rss_mib() -> float:
@@ -48,17 +51,28 @@ def attention_worker(args: argparse.Namespace) -> None:
 
     import mindspeed_llm  # noqa: F401  (gloo on the CPU)
     from mindspeed_llm.ops.attention import flash_attention
-    from mindspeed_llm.ops.context_parallel import ring_attention, ulysses_attention
+    from mindspeed_llm.ops.context_parallel import (
+        hybrid_attention,
+        hybrid_cp_rank_groups,
+        ring_attention,
+        ulysses_attention,
+    )
 
     dist.init_process_group("gloo")
     cp, rank = dist.get_world_size(), dist.get_rank()
     group = dist.new_group(list(range(cp)))
+    sub_groups = []
+    if args.algo == "hybrid_cp_algo":  # this rank's [Ulysses, ring] sub-groups (every rank creates every group)
+        ulysses, ring = hybrid_cp_rank_groups(list(range(cp)), args.ulysses_degree)
+        sub_groups = [g for ranks, g in ((r, dist.new_group(r)) for r in ulysses + ring) if rank in ranks]
 
     def step(q, k, v):
         if cp == 1:
             out = flash_attention(q, k, v, causal=True, layout="sbnd")
         elif args.algo == "ulysses_cp_algo":
             out = ulysses_attention(q, k, v, group)
+        elif args.algo == "hybrid_cp_algo":
+            out = hybrid_attention(q, k, v, *sub_groups)
         else:
             out = ring_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), group).permute(2, 0, 1, 3)
         out.backward(torch.ones_like(out))
@@ -105,7 +119,7 @@ def attention_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> di
     """Slowest rank's time and largest rank's peak memory of one attention case."""
     out = _torchrun(cp, os.path.abspath(__file__), "--worker", "--seq", str(seq), "--algo", algo, "--heads",
                     str(args.heads), "--groups", str(args.groups), "--head-dim", str(args.head_dim), "--repeats",
-                    str(args.repeats), timeout=args.timeout)
+                    str(args.repeats), "--ulysses-degree", str(args.ulysses_degree), timeout=args.timeout)
     ranks = next(json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT "))
     return {"time_s": max(r["time_s"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks)}
 
@@ -127,6 +141,8 @@ def _step_run(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
                  "--global-batch-size", "1", "--train-iters", "3", "--lr", "1e-4", "--log-interval", "1",
                  "--eval-iters", "0", "--use-flash-attn", "--context-parallel-size", str(cp),
                  "--context-parallel-algo", algo, "--data-cache-path", tmp]
+        if algo == "hybrid_cp_algo":
+            flags += ["--ulysses-degree-in-cp", str(args.ulysses_degree)]
         out = _torchrun(cp, os.path.join(ROOT, "pretrain_gpt.py"), *flags, timeout=args.timeout)
     times = [float(m) for m in re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+)", out)]
     rss = [float(m) for m in re.findall(r"\[Rank 0\].*max rss: ([0-9.]+)", out)]
@@ -144,6 +160,12 @@ def _table(title: str, rows: list[tuple], memory_label: str) -> None:
               f"{work:.2f} |")
 
 
+def _algos_at(args: argparse.Namespace, cp: int) -> list[str]:
+    """The algorithms that run at this CP size (hybrid needs 1 < U < CP with U dividing CP)."""
+    u = args.ulysses_degree
+    return [a for a in args.algos if a != "hybrid_cp_algo" or (1 < u < cp and cp % u == 0)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seqs", type=int, nargs="+", default=[8192, 16384, 32768])
@@ -153,6 +175,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--groups", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--ulysses-degree", type=int, default=2, help="hybrid_cp_algo's --ulysses-degree-in-cp")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -176,7 +199,7 @@ def main() -> None:
         for seq in args.seqs:
             ref = None
             for cp in args.cps:
-                for algo in (args.algos if cp > 1 else args.algos[:1]):
+                for algo in (_algos_at(args, cp) if cp > 1 else args.algos[:1]):
                     r = case(args, seq, cp, algo)
                     ref = ref or (r if cp == 1 else None)
                     rows.append((seq, cp, algo, r, ref))

@@ -446,6 +446,17 @@ def flash_attention(
     return out
 
 
+def attention_dropout_rng(config: TransformerConfig, dropout_p: float) -> contextlib.AbstractContextManager:
+    """The RNG attention dropout draws from: megatron's model-parallel tracker (one stream per TP rank).
+
+    megatron-core's local attention forks the tracker unless ``sequence_parallel`` (then the default
+    generator); with no dropout nothing is drawn and nothing is forked.
+    """
+    if dropout_p > 0.0 and not config.sequence_parallel:
+        return tensor_parallel.get_cuda_rng_tracker().fork()
+    return contextlib.nullcontext()
+
+
 # ----------------------------------------------------------------------------------------------
 # megatron-core module
 # ----------------------------------------------------------------------------------------------
@@ -546,10 +557,7 @@ class FlashDotProductAttention(MegatronModule):
         mask = attention_mask
         if mask is not None and mask_type == AttnMaskType.causal and is_causal_mask(mask, s_q, s_k):
             causal, mask = True, None
-        rng = contextlib.nullcontext()
-        if dropout_p > 0.0 and not self.config.sequence_parallel:
-            rng = tensor_parallel.get_cuda_rng_tracker().fork()
-        with rng:
+        with attention_dropout_rng(self.config, dropout_p):
             context = flash_attention(
                 query, key, value, causal=causal, attn_mask=mask, dropout_p=dropout_p,
                 softmax_scale=self.kernel_softmax_scale, layout="sbnd", impl=self.impl, backend=self.backend,

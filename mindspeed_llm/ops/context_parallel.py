@@ -17,7 +17,8 @@ order, so every rank does the same causal work. All algorithms take and return t
   sequence order, the project's :func:`~mindspeed_llm.ops.attention.flash_attention` runs causal,
   and the inverse all-to-all restores the sequence split. Query heads must divide by CP; with GQA,
   K/V heads not divisible by CP are repeated by the smallest factor of the group size that makes
-  them divisible (at worst to one K/V head per query head).
+  them divisible (at worst to one K/V head per query head). Attention dropout is the local kernel's,
+  drawn from the caller's RNG (the module forks megatron's model-parallel tracker).
 - ``hybrid_cp_algo`` (:func:`hybrid_attention`, ``--ulysses-degree-in-cp U``): the CP group splits
   into ``CP / U`` Ulysses sub-groups of ``U`` consecutive CP ranks and ``U`` ring sub-groups of
   every ``U``-th rank. Ulysses' all-to-all inside a sub-group gathers ``U`` chunk pairs that are,
@@ -45,7 +46,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 from torch import Tensor
 
-from mindspeed_llm.ops.attention import _BlockwiseAttention, flash_attention
+from mindspeed_llm.ops.attention import _BlockwiseAttention, attention_dropout_rng, flash_attention
 from mindspeed_llm.ops.backend import resolve_backend
 from mindspeed_llm.ops.npu import require_torch_npu
 
@@ -325,16 +326,20 @@ def ulysses_kv_repeat(n_q: int, n_kv: int, cp: int) -> int:
 
 
 def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                      impl: str = "auto", backend: str | None = None) -> Tensor:
-    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out."""
+                      dropout_p: float = 0.0, impl: str = "auto", backend: str | None = None) -> Tensor:
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
+
+    ``dropout_p`` is the local kernel's attention dropout (each rank holds whole sequences for its
+    heads); it draws from the current generator, so the caller chooses the RNG.
+    """
     cp = dist.get_world_size(group)
     rep = ulysses_kv_repeat(q.shape[2], k.shape[2], cp)
     if rep > 1:
         k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     to_natural, to_ranks = chunk_order(cp)
     q, k, v = (_reorder_chunks(_SeqToHead.apply(t, group), to_natural) for t in (q, k, v))
-    out = flash_attention(q, k, v, causal=True, softmax_scale=softmax_scale, layout="sbnd", impl=impl,
-                          backend=backend)
+    out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
+                          impl=impl, backend=backend)
     return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
 
 
@@ -418,7 +423,8 @@ class ContextParallelAttention(MegatronModule):
     ``cp_comm_type`` 'p2p' (``megatron_cp_algo``) runs :func:`ring_attention`, 'a2a'
     (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
     :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention only: no explicit
-    attention mask, no dropout, no packed sequences (the training flags refuse those with CP).
+    attention mask, no packed sequences (the training flags refuse those with CP). Attention dropout
+    with Ulysses only, drawn from megatron's model-parallel RNG like its local attention.
     """
 
     # None: kernels follow the tensors' device; tests may pin 'torch'/'cuda'/'npu'.
@@ -436,9 +442,10 @@ class ContextParallelAttention(MegatronModule):
         if attn_mask_type != AttnMaskType.causal or attention_type != "self":
             raise NotImplementedError("ContextParallelAttention: causal self-attention only")
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout:
-            raise NotImplementedError("ContextParallelAttention: attention dropout is not supported with context "
-                                      "parallelism; use --attention-dropout 0")
+        if dropout and comm != "a2a":
+            raise NotImplementedError("ContextParallelAttention: attention dropout is supported with context "
+                                      "parallelism only for ulysses_cp_algo; use --attention-dropout 0")
+        self.attention_dropout_p = dropout
         self.comm = comm
         if pg_collection is None:
             pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp", "hcp"])
@@ -465,8 +472,10 @@ class ContextParallelAttention(MegatronModule):
                                       "(context parallelism is causal only; drop --reset-attention-mask)")
         s, b = query.shape[:2]
         if self.comm == "a2a":
-            out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
-                                    backend=self.backend)
+            dropout_p = self.attention_dropout_p if self.training else 0.0
+            with attention_dropout_rng(self.config, dropout_p):
+                out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
+                                        dropout_p=dropout_p, backend=self.backend)
         elif self.comm == "a2a+p2p":
             out = hybrid_attention(query, key, value, *self.hcp_groups, softmax_scale=self.softmax_scale,
                                    backend=self.backend)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 import mindspeed_llm  # noqa: F401  (device layer: gloo on the CPU)
-from mindspeed_llm.ops.attention import attention_math
+from mindspeed_llm.ops.attention import attention_dropout_rng, attention_math, blockwise_attention
 from mindspeed_llm.ops.context_parallel import hybrid_attention, ring_attention, ulysses_attention
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
@@ -63,6 +63,52 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
         assert grad["softmax_max"].shape == (*grad["query"].shape[:3], 8)
 
 
+def run_dropout_case(name: str, group, *, n_q: int, n_kv: int, p: float = 0.3) -> None:
+    """Ulysses with attention dropout under megatron's model-parallel RNG equals, for every CP rank's head
+    group, the local kernel on the whole sequence with dropout forked from that same (TP rank 0) stream."""
+    from types import SimpleNamespace
+
+    from megatron.core import tensor_parallel
+
+    def seed_tracker():
+        tensor_parallel.model_parallel_cuda_manual_seed(77, tp_rank=0, ep_rank=0, etp_rank=0)
+
+    cp = dist.get_world_size(group)
+    torch.manual_seed(1234)
+    b, s, d = 2, 64, 16
+    q, k, v = (torch.randn(b, n, s, d) for n in (n_q, n_kv, n_kv))
+    w = torch.randn(b, n_q, s, d)
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    outs = []
+    for i in range(cp):  # CP rank i's heads after the all-to-all, with the tracker's state as every rank has it
+        seed_tracker()
+        hq, hk = slice(i * n_q // cp, (i + 1) * n_q // cp), slice(i * n_kv // cp, (i + 1) * n_kv // cp)
+        with tensor_parallel.get_cuda_rng_tracker().fork():
+            outs.append(blockwise_attention(ref_in[0][:, hq], ref_in[1][:, hk], ref_in[2][:, hk], causal=True,
+                                            dropout_p=p, softmax_scale=0.3))
+    ref = torch.cat(outs, dim=1)
+    (ref * w).sum().backward()
+    seed_tracker()
+    default_state = torch.get_rng_state()
+    local = [_local(t, group).requires_grad_() for t in (q, k, v)]
+    sbnd = [t.permute(2, 0, 1, 3) for t in local]
+    with attention_dropout_rng(SimpleNamespace(sequence_parallel=False), p):
+        out = ulysses_attention(*sbnd, group, softmax_scale=0.3, dropout_p=p).permute(1, 2, 0, 3)
+    (out * _local(w, group)).sum().backward()
+    assert torch.equal(torch.get_rng_state(), default_state), f"{name}: dropout drew from the default generator"
+    clean = _local(attention_math(q.double(), k.double(), v.double(), causal=True, softmax_scale=0.3), group)
+    assert (out.detach().double() - clean).abs().max() > 0.1, f"{name}: no dropout applied"
+    worst = 0.0
+    for label, got, want in zip(("out", "dq", "dk", "dv"), [out, *(t.grad for t in local)],
+                                [ref, *(t.grad for t in ref_in)]):
+        want = _local(want.detach(), group)
+        err = float((got.detach() - want).abs().max() / want.abs().max())
+        worst = max(worst, err)
+        assert err <= 1e-5, f"{name}: {label} differs by {err:.3g} (relative to max) > 1e-5"
+    if dist.get_rank() == 0:
+        print(f"CASE {name} ok {worst:.3g}", flush=True)
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -93,6 +139,10 @@ def main() -> None:
     for name, algo, group, kw in cases:
         if not only or name in only:
             run_case(name, algo, group, **kw)
+    for name, group, kw in [("ulysses_cp2_dropout_gqa", cp2, dict(n_q=4, n_kv=2)),
+                            ("ulysses_cp4_dropout", world, dict(n_q=4, n_kv=4))]:
+        if not only or name in only:
+            run_dropout_case(name, group, **kw)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -57,6 +57,11 @@ def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel
     args = args_for("--tensor-model-parallel-size 2 --context-parallel-size 2 --context-parallel-algo "
                     "ulysses_cp_algo --attention-dropout 0", world=8)
     assert (args.data_parallel_size, args.context_parallel_size) == (2, 2)
+    # Ulysses attends over whole sequences per head: megatron's attention dropout applies (default 0.1).
+    assert args_for("--context-parallel-size 2 --context-parallel-algo ulysses_cp_algo", world=2).attention_dropout == 0.1
+
+
+HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context-parallel-size "
 
 
 @pytest.mark.parametrize("extra, world, words", [
@@ -64,7 +69,10 @@ def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel
     ("--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0", 2,
      ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 2 --reset-attention-mask --attention-dropout 0", 2, ["--reset-attention-mask", "--context-parallel-size"]),
-    ("--context-parallel-size 2 --attention-dropout 0.1", 2, ["--attention-dropout 0.1", "--attention-dropout 0"]),
+    ("--context-parallel-size 2 --attention-dropout 0.1", 2, ["--attention-dropout 0.1", "megatron_cp_algo",
+                                                              "--attention-dropout 0", "ulysses_cp_algo"]),
+    (HYBRID.replace("--attention-dropout 0", "") + "4 --ulysses-degree-in-cp 2", 4,
+     ["--attention-dropout 0.1", "hybrid_cp_algo"]),
     ("--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
      "--pad-to-multiple-of 2", 2, ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
@@ -87,7 +95,6 @@ def test_hybrid_cp_sets_megatrons_hierarchical_sizes():
     assert config.cp_comm_type == "a2a+p2p" and config.hierarchical_context_parallel_sizes == [2, 2]
 
 
-HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context-parallel-size "
 
 
 @pytest.mark.parametrize("extra, world, words", [
