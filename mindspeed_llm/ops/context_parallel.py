@@ -148,18 +148,30 @@ def _npu_backward(npu: Any, dout, q, k, v, out, lse, causal: bool, scale: float)
 # ----------------------------------------------------------------------------------------------
 
 
-def _ring_shift(tensor: Tensor, group, tag: int) -> tuple[list, Tensor]:
-    """Start sending ``tensor`` to the next CP rank and receiving the previous one's; (requests, buffer)."""
+def _peers(group) -> tuple[int, int]:
+    """Global ranks of the next and the previous CP rank on the ring."""
     size, rank = dist.get_world_size(group), dist.get_rank(group)
-    nxt = dist.get_global_rank(group, (rank + 1) % size)
-    prv = dist.get_global_rank(group, (rank - 1) % size)
-    recv = torch.empty_like(tensor)
-    # Even ranks send first, odd ranks receive first: no rank waits on a send nobody receives yet.
-    if rank % 2 == 0:
-        reqs = [dist.isend(tensor, nxt, group=group, tag=tag), dist.irecv(recv, prv, group=group, tag=tag)]
-    else:
-        reqs = [dist.irecv(recv, prv, group=group, tag=tag), dist.isend(tensor, nxt, group=group, tag=tag)]
-    return reqs, recv
+    return dist.get_global_rank(group, (rank + 1) % size), dist.get_global_rank(group, (rank - 1) % size)
+
+
+def _send_next(tensors: list[Tensor], group, tag: int) -> list:
+    """Start sending ``tensors`` to the next CP rank (tags ``tag, tag + 1, ...``); the requests."""
+    nxt = _peers(group)[0]
+    return [dist.isend(t, nxt, group=group, tag=tag + i) for i, t in enumerate(tensors)]
+
+
+def _recv_prev(like: list[Tensor], group, tag: int) -> tuple[list, list[Tensor]]:
+    """Start receiving tensors shaped like ``like`` from the previous CP rank; (requests, buffers)."""
+    prv = _peers(group)[1]
+    bufs = [torch.empty_like(t) for t in like]
+    return [dist.irecv(b, prv, group=group, tag=tag + i) for i, b in enumerate(bufs)], bufs
+
+
+def _ring_shift(tensors: list[Tensor], group, tag: int) -> tuple[list, list[Tensor]]:
+    """Start sending ``tensors`` to the next CP rank and receiving the previous one's; (requests, buffers)."""
+    # Receives are posted before sends on every rank: no rank blocks on a send nobody receives yet.
+    reqs, bufs = _recv_prev(tensors, group, tag)
+    return reqs + _send_next(tensors, group, tag), bufs
 
 
 def _wait(reqs: list) -> None:
@@ -176,29 +188,35 @@ def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> No
     lse.copy_(new)
 
 
+def _block_slices(step: int, src: int, rank: int, half: int) -> tuple[slice, slice, bool]:
+    """(query rows, K/V columns, causal) of ring step ``step`` whose K/V came from CP rank ``src``."""
+    if step == 0:
+        return slice(None), slice(None), True
+    if src < rank:  # every local query against the first K/V chunk of an earlier rank
+        return slice(None), slice(0, half), False
+    return slice(half, None), slice(None), False  # the second local query chunk against a later rank's pair
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, group, kernel, torch_npu):
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         half = q.shape[2] // 2
         out = lse = None
-        kv = torch.stack([k, v])
+        kb, vb = k, v  # K/V travel as they are: their GQA head count, two buffers (no stacked copy)
         kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
         for step in range(size):
-            reqs, nxt = _ring_shift(kv, group, tag=0) if step < size - 1 else ([], None)
+            reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
-            kb, vb = kv[0], kv[1]
+            rows, cols, causal = _block_slices(step, src, rank, half)
+            o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal, **kw)
             if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
-                o, lse = attention_with_lse(q, kb, vb, causal=True, **kw)
-                out = o.float() if o.dtype != torch.float32 else o
-            elif src < rank:
-                o, m = attention_with_lse(q, kb[:, :, :half], vb[:, :, :half], causal=False, **kw)
-                _merge(out, lse, o, m)
+                out, lse = (o.float() if o.dtype != torch.float32 else o), m
             else:
-                o, m = attention_with_lse(q[:, :, half:], kb, vb, causal=False, **kw)
-                _merge(out[:, :, half:], lse[:, :, half:], o, m)
+                _merge(out[:, :, rows], lse[:, :, rows], o, m)
+            del o, m
             _wait(reqs)
-            kv = nxt
+            kb, vb = nxt or (None, None)  # the block just used is freed here (step > 0)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (scale, group, kernel, torch_npu)
@@ -212,37 +230,42 @@ class _RingAttention(torch.autograd.Function):
         half = q.shape[2] // 2
         dout = dout.contiguous()
         kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        kv = torch.stack([k, v])
-        dkv = torch.zeros(kv.shape, dtype=torch.float32, device=q.device)
-        dkv_reqs: list = []
-        dkv_next = dkv
+        dq = None
+        kb, vb = k, v
+        sending: list = []  # the dK/dV this rank accumulated last step, on their way to the next rank
         for step in range(size):
-            reqs, nxt = _ring_shift(kv, group, tag=0) if step < size - 1 else ([], None)
+            reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
-            kb, vb = kv[0], kv[1]
-            if step == 0:
-                gq, gk, gv = attention_with_lse_backward(dout, q, kb, vb, out, lse, causal=True, **kw)
-                rows, cols = slice(None), slice(None)
-            elif src < rank:
-                rows, cols = slice(None), slice(0, half)
-                gq, gk, gv = attention_with_lse_backward(dout, q, kb[:, :, cols], vb[:, :, cols], out, lse,
-                                                         causal=False, **kw)
+            rows, cols, causal = _block_slices(step, src, rank, half)
+            gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb[:, :, cols], vb[:, :, cols],
+                                                     out[:, :, rows], lse[:, :, rows], causal=causal, **kw)
+            if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype
+                dq = gq.float() if gq.dtype != torch.float32 else gq
+                acc = [gk.to(k.dtype).contiguous(), gv.to(v.dtype).contiguous()]  # sent: gloo needs dense
             else:
-                rows, cols = slice(half, None), slice(None)
-                gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb, vb, out[:, :, rows],
-                                                         lse[:, :, rows], causal=False, **kw)
-            dq[:, :, rows] += gq
-            if step > 0:  # the dK/dV accumulated so far for this K/V block, from the previous rank
-                _wait(dkv_reqs)
-                dkv = dkv_next
-            dkv[0][:, :, cols] += gk
-            dkv[1][:, :, cols] += gv
-            dkv_reqs, dkv_next = _ring_shift(dkv, group, tag=1)
+                dq[:, :, rows] += gq
+                del gq
+                _wait(reqs)
+                reqs, kb, vb = [], None, None  # this step's K/V block is done: free it before dK/dV arrive
+                acc = _accumulated_dkv(k, v, sending, group)
+                acc[0][:, :, cols] += gk
+                acc[1][:, :, cols] += gv
+            del gk, gv
+            sending = _send_next(acc, group, tag=2)
+            del acc
             _wait(reqs)
-            kv = nxt
-        _wait(dkv_reqs)  # after CP hops every block's dK/dV is back on its own rank
-        return dq.to(q.dtype), dkv_next[0].to(k.dtype), dkv_next[1].to(v.dtype), None, None, None, None
+            kb, vb = nxt or (None, None)
+        dk, dv = _accumulated_dkv(k, v, sending, group)  # after CP hops each block's dK/dV is back home
+        return dq.to(q.dtype), dk, dv, None, None, None, None
+
+
+def _accumulated_dkv(k: Tensor, v: Tensor, sending: list, group) -> list[Tensor]:
+    """Receive the previous rank's dK/dV for the block in hand once this rank's last ones have left."""
+    # The receive is posted before waiting on the send: the next rank's matching receive waits for the same.
+    reqs, bufs = _recv_prev([k, v], group, tag=2)
+    _wait(sending)
+    _wait(reqs)
+    return bufs
 
 
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
