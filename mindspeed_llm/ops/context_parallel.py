@@ -11,7 +11,10 @@ order, so every rank does the same causal work. All algorithms take and return t
   causal over the local pair; ``src < r`` all local queries against the first K/V chunk;
   ``src > r`` the second local query chunk against both K/V chunks (everything else is masked).
   Backward recomputes each block with the final output and log-sum-exp (flash-attention's rule);
-  dQ stays local, dK/dV travel with their K/V block and arrive home after CP hops.
+  dQ stays local, dK/dV travel with their K/V block and arrive home after CP hops. Memory: K/V and
+  dK/dV travel as separate tensors at their GQA head count and in K/V's dtype; past step 0 every
+  kernel call is one chunk against one chunk; per rank one K/V block is in hand and one in flight,
+  and one dK/dV block accumulates (docs/performance.md#context-parallelism).
 - ``ulysses_cp_algo`` (:func:`ulysses_attention`): an all-to-all turns the sequence split into a
   head split (each rank: the whole sequence, ``1/CP`` of the heads), the chunks are put back in
   sequence order, the project's :func:`~mindspeed_llm.ops.attention.flash_attention` runs causal,
@@ -154,17 +157,29 @@ def _peers(group) -> tuple[int, int]:
     return dist.get_global_rank(group, (rank + 1) % size), dist.get_global_rank(group, (rank - 1) % size)
 
 
+def _dense_view(t: Tensor) -> Tensor:
+    """A contiguous view of a tensor whose strides are a permutation of a contiguous one (gloo sends those only)."""
+    if t.is_contiguous():
+        return t
+    view = t.permute(sorted(range(t.dim()), key=lambda i: -t.stride(i)))
+    if not view.is_contiguous():
+        raise ValueError(f"ring attention: cannot send a tensor of strides {t.stride()} without a copy")
+    return view
+
+
 def _send_next(tensors: list[Tensor], group, tag: int) -> list:
     """Start sending ``tensors`` to the next CP rank (tags ``tag, tag + 1, ...``); the requests."""
     nxt = _peers(group)[0]
-    return [dist.isend(t, nxt, group=group, tag=tag + i) for i, t in enumerate(tensors)]
+    return [dist.isend(_dense_view(t), nxt, group=group, tag=tag + i) for i, t in enumerate(tensors)]
 
 
-def _recv_prev(like: list[Tensor], group, tag: int) -> tuple[list, list[Tensor]]:
-    """Start receiving tensors shaped like ``like`` from the previous CP rank; (requests, buffers)."""
+def _recv_prev(like: list, group, tag: int) -> tuple[list, list[Tensor]]:
+    """Start receiving tensors laid out like ``like`` (tensors or ``(tensor, strides)``) from the previous CP rank."""
     prv = _peers(group)[1]
-    bufs = [torch.empty_like(t) for t in like]
-    return [dist.irecv(b, prv, group=group, tag=tag + i) for i, b in enumerate(bufs)], bufs
+    bufs = [torch.empty_like(t) if isinstance(t, Tensor) else torch.empty_strided(t[0].shape, t[1], dtype=t[0].dtype,
+                                                                                     device=t[0].device)
+            for t in like]
+    return [dist.irecv(_dense_view(b), prv, group=group, tag=tag + i) for i, b in enumerate(bufs)], bufs
 
 
 def _ring_shift(tensors: list[Tensor], group, tag: int) -> tuple[list, list[Tensor]]:
@@ -175,8 +190,10 @@ def _ring_shift(tensors: list[Tensor], group, tag: int) -> tuple[list, list[Tens
 
 
 def _wait(reqs: list) -> None:
+    """Wait for the requests and drop them: a finished request still holds its tensor."""
     for req in reqs:
         req.wait()
+    reqs.clear()
 
 
 def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> None:
@@ -188,13 +205,18 @@ def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> No
     lse.copy_(new)
 
 
-def _block_slices(step: int, src: int, rank: int, half: int) -> tuple[slice, slice, bool]:
-    """(query rows, K/V columns, causal) of ring step ``step`` whose K/V came from CP rank ``src``."""
-    if step == 0:
-        return slice(None), slice(None), True
-    if src < rank:  # every local query against the first K/V chunk of an earlier rank
-        return slice(None), slice(0, half), False
-    return slice(half, None), slice(None), False  # the second local query chunk against a later rank's pair
+def _blocks(step: int, src: int, rank: int, half: int) -> list[tuple[slice, slice, bool]]:
+    """(query rows, K/V columns, causal) of the kernel calls of ring step ``step`` (K/V of CP rank ``src``).
+
+    Past step 0 every call is one chunk against one chunk: the kernels' outputs and gradients are
+    then a quarter of the pair's, instead of half.
+    """
+    first, second = slice(0, half), slice(half, None)
+    if step == 0:  # the local pair, causal
+        return [(slice(None), slice(None), True)]
+    if src < rank:  # both local query chunks against the first K/V chunk of an earlier rank
+        return [(first, first, False), (second, first, False)]
+    return [(second, first, False), (second, second, False)]  # the second local chunk against a later pair
 
 
 class _RingAttention(torch.autograd.Function):
@@ -208,13 +230,13 @@ class _RingAttention(torch.autograd.Function):
         for step in range(size):
             reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
-            rows, cols, causal = _block_slices(step, src, rank, half)
-            o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal, **kw)
-            if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
-                out, lse = (o.float() if o.dtype != torch.float32 else o), m
-            else:
-                _merge(out[:, :, rows], lse[:, :, rows], o, m)
-            del o, m
+            for rows, cols, causal in _blocks(step, src, rank, half):
+                o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal, **kw)
+                if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
+                    out, lse = (o.float() if o.dtype != torch.float32 else o), m
+                else:
+                    _merge(out[:, :, rows], lse[:, :, rows], o, m)
+                del o, m
             _wait(reqs)
             kb, vb = nxt or (None, None)  # the block just used is freed here (step > 0)
         out = out.to(q.dtype)
@@ -233,36 +255,38 @@ class _RingAttention(torch.autograd.Function):
         dq = None
         kb, vb = k, v
         sending: list = []  # the dK/dV this rank accumulated last step, on their way to the next rank
+        layout: list = []  # dK/dV buffers take the strides the kernel gave the local block's gradients
         for step in range(size):
             reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
-            rows, cols, causal = _block_slices(step, src, rank, half)
-            gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb[:, :, cols], vb[:, :, cols],
-                                                     out[:, :, rows], lse[:, :, rows], causal=causal, **kw)
-            if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype
-                dq = gq.float() if gq.dtype != torch.float32 else gq
-                acc = [gk.to(k.dtype).contiguous(), gv.to(v.dtype).contiguous()]  # sent: gloo needs dense
-            else:
-                dq[:, :, rows] += gq
-                del gq
-                _wait(reqs)
-                reqs, kb, vb = [], None, None  # this step's K/V block is done: free it before dK/dV arrive
-                acc = _accumulated_dkv(k, v, sending, group)
-                acc[0][:, :, cols] += gk
-                acc[1][:, :, cols] += gv
-            del gk, gv
+            # Past step 0 the dK/dV accumulated so far for this block arrive first and the kernel's gradients
+            # are added as each call returns (the exchange is small next to the block's compute).
+            acc = _accumulated_dkv(layout, sending, group) if step > 0 else None
+            for rows, cols, causal in _blocks(step, src, rank, half):
+                gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb[:, :, cols],
+                                                         vb[:, :, cols], out[:, :, rows], lse[:, :, rows],
+                                                         causal=causal, **kw)
+                if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
+                    dq = gq.float() if gq.dtype != torch.float32 else gq
+                    acc = [gk.to(k.dtype), gv.to(v.dtype)]
+                    layout = [(k, acc[0].stride()), (v, acc[1].stride())]  # the same on every CP rank
+                else:
+                    dq[:, :, rows] += gq
+                    acc[0][:, :, cols] += gk
+                    acc[1][:, :, cols] += gv
+                del gq, gk, gv
             sending = _send_next(acc, group, tag=2)
             del acc
             _wait(reqs)
             kb, vb = nxt or (None, None)
-        dk, dv = _accumulated_dkv(k, v, sending, group)  # after CP hops each block's dK/dV is back home
+        dk, dv = _accumulated_dkv(layout, sending, group)  # after CP hops each block's dK/dV is back home
         return dq.to(q.dtype), dk, dv, None, None, None, None
 
 
-def _accumulated_dkv(k: Tensor, v: Tensor, sending: list, group) -> list[Tensor]:
+def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
     """Receive the previous rank's dK/dV for the block in hand once this rank's last ones have left."""
     # The receive is posted before waiting on the send: the next rank's matching receive waits for the same.
-    reqs, bufs = _recv_prev([k, v], group, tag=2)
+    reqs, bufs = _recv_prev(layout, group, tag=2)
     _wait(sending)
     _wait(reqs)
     return bufs
