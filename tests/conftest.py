@@ -23,14 +23,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _torchrun_command(script: str | Path, args, nproc: int, env: dict | None,
-                      extra_torchrun_args: tuple[str, ...]) -> tuple[list[str], dict]:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra_torchrun_args,
-        str(script), *map(str, args),
-    ]
-    return cmd, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+def _rank_env(rank: int, nproc: int, port: int, env: dict | None) -> dict:
+    """What torchrun's agent puts in the environment of worker ``rank`` of a one-node world of ``nproc``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {}),
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
 def _check_torchrun(proc: subprocess.CompletedProcess, script, args) -> subprocess.CompletedProcess:
@@ -39,24 +36,64 @@ def _check_torchrun(proc: subprocess.CompletedProcess, script, args) -> subproce
     return proc
 
 
-def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300, env: dict | None = None,
-             extra_torchrun_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """Run ``script`` under torchrun on loopback with ``nproc`` processes; raise with output on failure."""
-    cmd, full_env = _torchrun_command(script, args, nproc, env, extra_torchrun_args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO_ROOT)
-    return _check_torchrun(proc, script, args)
-
-
 class StartedTorchrun:
-    """:func:`torchrun` started now; ``result()`` waits (and raises with the output on failure)."""
+    """``script`` started now as the ``nproc`` worker processes torchrun would start on one node (real
+    torch.distributed on gloo, rank 0 hosting the rendezvous store at MASTER_PORT), without torchrun's agent:
+    the agent is one more interpreter that imports torch per launch (~1.5 CPU s of the ~100 launches' start-up,
+    docs/performance.md). Like torchrun, the ranks run ``python -u`` and share one stdout and one stderr, and
+    when one fails the others are stopped. Tests of torchrun itself (rank output, signals, multi-node) build
+    its command. ``result()`` waits and raises with the output on failure."""
 
     def __init__(self, script: str | Path, *args: str, nproc: int = 2, timeout: int = 300, env: dict | None = None):
-        cmd, full_env = _torchrun_command(script, args, nproc, env, ())
-        self._script, self._args = script, args
-        self._started = Started(cmd, env=full_env, timeout=timeout)
+        import tempfile
+
+        self._script, self._args, self._timeout, self._result = script, args, timeout, None
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        port = free_port()
+        cmd = [sys.executable, "-u", str(script), *map(str, args)]
+        self._procs = [subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, cwd=REPO_ROOT,
+                                        env=_rank_env(rank, nproc, port, env)) for rank in range(nproc)]
+
+    def _wait(self) -> int:
+        """Every rank's end (the others are terminated once one fails); the first failing exit status, else 0."""
+        import time
+
+        deadline = time.monotonic() + self._timeout
+        while any(p.poll() is None for p in self._procs):
+            failed = [p for p in self._procs if p.returncode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                for p in self._procs:
+                    if p.poll() is None:
+                        p.terminate()
+                for p in self._procs:
+                    try:
+                        p.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+                if not failed:
+                    raise subprocess.TimeoutExpired([str(self._script), *self._args], self._timeout)
+                break
+            time.sleep(0.05)
+        return next((p.returncode for p in self._procs if p.returncode != 0), 0)
 
     def result(self) -> subprocess.CompletedProcess:
-        return _check_torchrun(self._started.result(), self._script, self._args)
+        if self._result is None:
+            code = self._wait()
+            outputs = []
+            for f in (self._out, self._err):
+                f.seek(0)
+                outputs.append(f.read())
+                f.close()
+            self._result = subprocess.CompletedProcess([str(self._script), *self._args], code, *outputs)
+        return _check_torchrun(self._result, self._script, self._args)
+
+
+def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``script`` as torchrun's ``nproc`` workers on loopback (:class:`StartedTorchrun`) and wait; raise
+    with the output on failure."""
+    return StartedTorchrun(script, *args, nproc=nproc, timeout=timeout, env=env).result()
 
 
 class Started:
