@@ -10,19 +10,33 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from mindspeed_llm.quickstart.summary import losses_from_log
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, Started, free_port
+
+
+def _start_quickstart(out, **settings: str) -> Started:
+    """run_quickstart.sh into ``out`` with ``settings`` (offline, its own MASTER_PORT), started now."""
+    env = {**os.environ, "QS_OUT": str(out), "LOG_INTERVAL": "1", "SEQ_LEN": "64", "GBS": "2",
+           "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), **settings}
+    return Started(["bash", "examples/quickstart/run_quickstart.sh"], env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def quickstarts(tmp_path_factory) -> dict:
+    """{model: (output folder, the run)}: the Qwen2.5 and Qwen3 journeys, started together (their one-process
+    steps, conversions, preprocessing, generation, leave a core idle when the two run one after the other)."""
+    runs = {}
+    for model, settings in (("qwen25", {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3"}),
+                            # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
+                            ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"})):
+        out = tmp_path_factory.mktemp(f"quickstart_{model}") / "qs"
+        runs[model] = (out, _start_quickstart(out, **settings))
+    return runs
 
 
 @pytest.mark.slow
-def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
-    out = tmp_path / "qs"
-    env = {
-        **os.environ, "QS_OUT": str(out), "QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "LOG_INTERVAL": "1",
-        "SEQ_LEN": "64", "GBS": "2", "SFT_ITERS": "3", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
+    out, run = quickstarts["qwen25"]
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     for step in ("1-2/9", "3/9", "4/9", "5/9", "6/9", "7/9", "8/9", "9/9"):
         assert f"step {step}" in proc.stdout
@@ -72,16 +86,10 @@ def test_quickstart_runs_offline_end_to_end(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_quickstart_qwen3_variant(tmp_path) -> None:
+def test_quickstart_qwen3_variant(quickstarts) -> None:
     """make quickstart MODEL=qwen3: a tiny Qwen3 (q/k norms, head_dim 64 with hidden/heads 32) through all steps."""
-    out = tmp_path / "qs"
-    env = {
-        **os.environ, "QS_OUT": str(out), "QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4",
-        "LOG_INTERVAL": "1", "SEQ_LEN": "64", "GBS": "2", "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO_ROOT), "QS_SFT": "0",  # the SFT leg runs in the Qwen2.5 test; its script: below
-    }
-    proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    out, run = quickstarts["qwen3"]
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     assert "tiny Qwen3 HF folder" in proc.stdout
     source_tokenizer = AutoTokenizer.from_pretrained(out / "model_from_hf" / "qwen3-tiny-hf")
