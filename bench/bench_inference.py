@@ -5,11 +5,14 @@ a Megatron checkpoint by convert_ckpt.py's library function, loaded into megatro
 the same weights on both sides. A batch of prompts of --context tokens each; decode tokens/s is
 ``batch x new tokens / time`` from the first generated token to the last (both sides report each token as
 it is chosen: our ``on_token`` callback, transformers' ``streamer``), so the prefill is not counted. The
-three are measured interleaved, --repeats rounds, and reported as medians, as the median and range of
-each round's ratios, and as best against best (on a loaded machine the best round is the one least
-disturbed). Greedy, no stop token. megatron runs with
-the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm --use-fused-rotary-pos-emb
---use-fused-swiglu``: SDPA with native GQA on the CPU); transformers with its default attention (SDPA).
+same clock reads the process's CPU time (``time.process_time``): with one thread, the CPU time per
+decode step is what a load spike on a shared machine disturbs least. The three are measured
+interleaved, --repeats rounds, and reported as medians, as the median and range of each round's ratios
+(the runs of a round ran back to back), and as best against best. Greedy, no stop token. megatron runs
+with the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm
+--use-fused-rotary-pos-emb --use-fused-swiglu``: SDPA with native GQA on the CPU) and inference.py's
+patches (``mindspeed_llm.patches.inference``: rotated keys in the static KV cache, no autograd
+functions around the forward math); transformers with its default attention (SDPA).
 
     OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
 """
@@ -69,14 +72,15 @@ def make_models(folder: str):
 
 
 class StepClock:
-    """Times of the first and the last generation step (our on_token callback, transformers' streamer)."""
+    """Wall and CPU times of the first and the last generation step (our on_token callback, transformers'
+    streamer)."""
 
     def __init__(self) -> None:
-        self.first = self.last = None
+        self.first = self.last = None  # (wall, cpu) seconds
         self.calls = 0
 
     def __call__(self, *_) -> None:
-        self.last = time.perf_counter()
+        self.last = (time.perf_counter(), time.process_time())
         self.first = self.first or self.last
 
     def put(self, value) -> None:  # transformers' streamer: the prompt first, then each step's tokens
@@ -134,28 +138,34 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = {name: ours(gen) for name, gen in runners.items()}
     cases["transformers generate"] = transformers_generate
-    rates: dict[str, list[float]] = {name: [] for name in cases}
+    rates: dict[str, list[float]] = {name: [] for name in cases}  # wall tokens/s
+    cpu_ms: dict[str, list[float]] = {name: [] for name in cases}  # CPU ms per decode step (whole batch)
     for _ in range(args.repeats):  # interleaved: a load spike hits all three alike
         for name, run in cases.items():
             clock = StepClock()
             run(clock)
-            rates[name].append(args.batch * args.new_tokens / (clock.last - clock.first))
+            rates[name].append(args.batch * args.new_tokens / (clock.last[0] - clock.first[0]))
+            cpu_ms[name].append(1000 * (clock.last[1] - clock.first[1]) / args.new_tokens)
 
     # The two implementations agree on what they generate (a sanity check of "same model").
     same = runners["megatron, KV cache"].generate(prompts.tolist(), max_new_tokens=8, sampling=greedy)
     with torch.no_grad():
         ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=8, min_new_tokens=8,
                           do_sample=False, eos_token_id=None, pad_token_id=0)[:, args.context:].tolist()
-    median = {name: statistics.median(r) for name, r in rates.items()}
-    base = rates["megatron, KV cache"]
     print(f"decode, fp32, {torch.get_num_threads()} thread(s), batch {args.batch}, context {args.context}, "
-          f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds")
-    print(f"{'':24} {'tokens/s median (best)':>23} {'KV cache is: median of rounds (range), best vs best':>54}")
-    best_base = max(base)
-    for name, values in rates.items():
-        ratios = sorted(b / v for b, v in zip(base, values))  # each round's two runs ran back to back
-        print(f"{name:24} {median[name]:12.1f} ({max(values):7.1f}) {statistics.median(ratios):15.2f}x "
-              f"({ratios[0]:.2f}-{ratios[-1]:.2f}), {best_base / max(values):.2f}x")
+          f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    print(f"{'':24} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} {'KV cache is (CPU)':>30}")
+    print(f"{'':24} {'median (best)':>22} {'median of rounds (range)':>30} {'median (best)':>18} "
+          f"{'median of rounds (range)':>30}")
+    base, base_cpu = rates["megatron, KV cache"], cpu_ms["megatron, KV cache"]
+    for name in cases:
+        wall = sorted(b / v for b, v in zip(base, rates[name]))  # each round's runs ran back to back
+        cpu = sorted(v / b for b, v in zip(base_cpu, cpu_ms[name]))
+        print(f"{name:24} {statistics.median(rates[name]):12.1f} ({max(rates[name]):7.1f}) "
+              f"{statistics.median(wall):15.2f}x ({wall[0]:.2f}-{wall[-1]:.2f}) "
+              f"{statistics.median(cpu_ms[name]):9.2f} ({min(cpu_ms[name]):6.2f}) "
+              f"{statistics.median(cpu):15.2f}x ({cpu[0]:.2f}-{cpu[-1]:.2f})")
     print(f"greedy tokens equal to transformers' (8 steps, whole batch): {same == ref}")
     return 0
 

@@ -127,6 +127,8 @@ class Generator:
                 context.reset()  # forget every cached position: the whole sequence is computed again
                 start = 0
             window = wrapper.get_batch_for_context_window(inputs, start, end)
+            if start > 0:  # a decode step: its rows see every cached position, a mask of nothing masked
+                window["attention_mask"] = None
             logits = wrapper.run_one_forward_step(window)
             chosen = (choose_tokens(logits[:, -1, : self.vocab_size], sampling, rng) if last_stage
                       else None)

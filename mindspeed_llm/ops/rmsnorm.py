@@ -32,15 +32,21 @@ def rms_norm_torch_fused(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
+def _rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(the normalised output, rstd per row): float32 math, one rounding."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(compute)
+    mean_square = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+    rstd = mean_square.add_(eps).rsqrt_()
+    return (xf * rstd).mul_(weight.to(compute)).to(torch.promote_types(x.dtype, weight.dtype)), rstd
+
+
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        compute = torch.promote_types(x.dtype, torch.float32)
-        xf = x.to(compute)
-        mean_square = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1])
-        rstd = mean_square.add_(eps).rsqrt_()
+        out, rstd = _rms_norm_forward(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
-        return (xf * rstd).mul_(weight.to(compute)).to(torch.promote_types(x.dtype, weight.dtype))
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -58,6 +64,8 @@ class _RMSNormFunction(torch.autograd.Function):
 
 def rms_norm_torch_function(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
     """RMSNorm as one autograd function (the CPU path): float32 math, one rounding, small saved state."""
+    if not torch.is_grad_enabled():  # inference: the same math without the autograd function's overhead
+        return _rms_norm_forward(x, weight, eps)[0]
     return _RMSNormFunction.apply(x, weight, eps)
 
 

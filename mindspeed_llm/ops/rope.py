@@ -28,6 +28,8 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def _cos_sin(freqs: Tensor, mscale: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    if mscale == 1.0:  # the usual case: no scaling pass (x * 1.0 is x)
+        return torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype)
     return (torch.cos(freqs) * mscale).to(dtype), (torch.sin(freqs) * mscale).to(dtype)
 
 
@@ -78,6 +80,8 @@ def rotary_torch(t: Tensor, freqs: Tensor, mscale: float = 1.0) -> Tensor:
     if freqs.shape[-1] % 2:
         return rotary_reference(t, freqs, mscale)
     cos, sin = _cos_sin(freqs, mscale, t.dtype)
+    if not torch.is_grad_enabled():  # inference: the same rotation without the autograd function's overhead
+        return _rotate(t, cos, sin, inverse=False)
     return _RotateHalfFunction.apply(t, cos, sin)
 
 

@@ -1,20 +1,44 @@
-"""megatron-core's inference pieces off CUDA (group ``inference``, applied by inference.py).
+"""megatron-core's inference pieces off CUDA, and a static KV cache of rotated keys (group ``inference``,
+applied by inference.py).
 
 megatron-core 0.16.1's ``inference/communication_utils`` asserts ``tensor.is_cuda`` before it
 broadcasts from the last pipeline stage; on the CPU (and on NPUs, whose tensors are not CUDA
-tensors) the check becomes "on the device this process computes on". Nothing else in the pieces
-inference.py uses (``GPTInferenceWrapper``, ``StaticInferenceContext``, the p2p helpers) needs more
-than the device layer's redirections.
+tensors) the check becomes "on the device this process computes on".
+
+Its static KV cache (``StaticInferenceContext``, unless ``flash_decode``) stores keys *before* RoPE:
+``Attention._adjust_key_value_for_inference`` writes the new keys into the cache and hands back the
+whole cached prefix with the angles of all its positions, and ``Attention.forward`` then rotates that
+prefix again, at every decode step in every layer (a step at 512 tokens of context rotates 512
+positions' keys to compute one). The wrapper here rotates the new positions' query and keys (the same
+angles: in the static path both are the positions being computed), stores the keys rotated, and hands
+back no angles, so the forward rotates nothing more and the cached keys stay as they are. RoPE acts on
+each position on its own, so attention sees the same numbers. It acts only under a static inference
+context with RoPE (never in training, nor on the dynamic or flash-decode paths, which already cache
+rotated keys).
+
+A decode step is a few small matrix products per layer, so per-call overhead shows: with gradients
+off (``torch.inference_mode``, as inference.py generates) megatron's column/row-parallel linear runs
+its forward math (the same ``matmul`` and bias add) without the autograd function around it, which
+exists only to save inputs for backward, and the tensor-parallel region entries and exits are their
+forwards (the input itself; the all-reduce; the logits' all-gather: nothing at TP 1). With sequence
+parallelism (an all-gather in the linear's forward) or gradients on, megatron's own functions run.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from mindspeed_llm.patches.registry import PatchRegistry
 
 GROUP = "inference"
-_TARGET = "megatron.core.inference.communication_utils._is_cuda"
+_IS_CUDA = "megatron.core.inference.communication_utils._is_cuda"
+_ADJUST_KV = "megatron.core.transformer.attention.Attention._adjust_key_value_for_inference"
+_LINEAR = "megatron.core.tensor_parallel.layers.linear_with_grad_accumulation_and_async_allreduce"
+_COPY_TO_TP = "megatron.core.tensor_parallel.mappings.copy_to_tensor_model_parallel_region"
+_REDUCE_FROM_TP = "megatron.core.tensor_parallel.mappings.reduce_from_tensor_model_parallel_region"
+_GATHER_FROM_TP = "megatron.core.tensor_parallel.mappings.gather_from_tensor_model_parallel_region"
 
 
 def _on_device(device: str):
@@ -27,12 +51,104 @@ def _on_device(device: str):
     return is_on_device
 
 
+def _caches_rotated_keys(attention, context, rotary_pos_emb) -> bool:
+    """Whether this call is the static-batching, RoPE, non-flash-decode inference path the patch changes."""
+    return (context is not None and not attention.training and context.is_static_batching()
+            and not attention.config.flash_decode and isinstance(rotary_pos_emb, tuple)
+            and rotary_pos_emb[0] is not None and rotary_pos_emb[1] is not None)
+
+
+def _rotated_key_cache(original):
+    """``_adjust_key_value_for_inference`` that caches keys rotated at their own positions."""
+    import megatron.core.transformer.attention as attention_module
+
+    def adjust_key_value_for_inference(self, inference_context, query, key, value, rotary_pos_emb,
+                                       rotary_pos_cos=None, rotary_pos_sin=None, rotary_pos_cos_sin=None,
+                                       sequence_len_offset=None, *, inference_params=None):
+        context = inference_context if inference_context is not None else inference_params
+        if not _caches_rotated_keys(self, context, rotary_pos_emb):
+            return original(self, inference_context, query, key, value, rotary_pos_emb, rotary_pos_cos,
+                            rotary_pos_sin, rotary_pos_cos_sin, sequence_len_offset,
+                            inference_params=inference_params)
+        start = context.sequence_len_offset
+        query = _rotate(self, query, rotary_pos_emb[0][start: start + query.size(0)])
+        key = _rotate(self, key, rotary_pos_emb[1][start: start + key.size(0)])
+        query, key, value, _, mask_type, block_table = original(
+            self, context, query, key, value, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, rotary_pos_cos_sin,
+            sequence_len_offset)
+        return query, key, value, None, mask_type, block_table  # None: query and keys are rotated
+
+    def _rotate(attention, t, freqs):
+        """megatron's RoPE of ``t`` at ``freqs`` (looked up at call time: --use-fused-rotary-pos-emb's kernel)."""
+        return attention_module.apply_rotary_pos_emb(
+            t, freqs, config=attention.config, cu_seqlens=None,
+            mscale=attention_module._yarn_get_concentration_factor_from_config(attention.config),
+            cp_group=attention.pg_collection.cp)
+
+    return adjust_key_value_for_inference
+
+
+def _linear_without_autograd(original):
+    """megatron's parallel linear that, with gradients off and no sequence parallelism, is its forward math."""
+
+    @functools.wraps(original)  # with its attributes: megatron's body reads and sets its own ``.warned``
+    def linear(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, *args,
+               **kwargs):
+        if torch.is_grad_enabled() or sequence_parallel:
+            return original(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,
+                            *args, **kwargs)
+        output = torch.matmul(input, weight.t())  # megatron's forward: matmul, then the bias
+        return output + bias if bias is not None else output
+
+    return linear
+
+
+def _copy_without_autograd(original):
+    """megatron's entry to a tensor-parallel region: with gradients off its forward, the input itself."""
+
+    @functools.wraps(original)
+    def copy_to_tensor_model_parallel_region(input_, group=None):
+        return original(input_, group) if torch.is_grad_enabled() else input_
+
+    return copy_to_tensor_model_parallel_region
+
+
+def _forward_without_autograd(forward_name: str):
+    """A wrapper factory: megatron's ``*_tensor_model_parallel_region`` that, with gradients off, is its
+    autograd function's forward (``mappings.<forward_name>(input, group)``)."""
+
+    def wrapper(original):
+        from megatron.core.tensor_parallel import mappings
+        from megatron.core.utils import get_tensor_model_parallel_group_if_none
+
+        @functools.wraps(original)
+        def region(input_, group=None):
+            if torch.is_grad_enabled():
+                return original(input_, group)
+            return getattr(mappings, forward_name)(input_, get_tensor_model_parallel_group_if_none(group))
+
+        return region
+
+    return wrapper
+
+
 def enable_inference_patches(registry: PatchRegistry, device: str) -> list[str]:
-    """Apply the inference group for ``device`` (nothing on CUDA); returns the patched targets."""
-    if device == "cuda":
-        return []
+    """Apply the inference group for ``device`` (the broadcast check only off CUDA); returns the targets."""
+    targets = [_ADJUST_KV, _LINEAR, _COPY_TO_TP, _REDUCE_FROM_TP, _GATHER_FROM_TP]
+    targets += [] if device == "cuda" else [_IS_CUDA]
     if not registry.patches(GROUP):
-        registry.register(_TARGET, _on_device(device), group=GROUP,
-                          description="inference broadcasts accept tensors of the compute device")
+        registry.register(_ADJUST_KV, wrapper=_rotated_key_cache, group=GROUP,
+                          description="the static KV cache holds rotated keys; each step rotates its new ones")
+        registry.register(_LINEAR, wrapper=_linear_without_autograd, group=GROUP,
+                          description="parallel linear without its autograd function when gradients are off")
+        registry.register(_COPY_TO_TP, wrapper=_copy_without_autograd, group=GROUP,
+                          description="TP region entry without its autograd function when gradients are off")
+        registry.register(_REDUCE_FROM_TP, wrapper=_forward_without_autograd("_reduce"), group=GROUP,
+                          description="TP region exit (all-reduce) without its autograd function when gradients are off")
+        registry.register(_GATHER_FROM_TP, wrapper=_forward_without_autograd("_gather_along_last_dim"), group=GROUP,
+                          description="TP logits gather without its autograd function when gradients are off")
+        if device != "cuda":
+            registry.register(_IS_CUDA, _on_device(device), group=GROUP,
+                              description="inference broadcasts accept tensors of the compute device")
     registry.apply(GROUP)
-    return [_TARGET]
+    return targets

@@ -1,0 +1,104 @@
+"""The inference patch group in one process: the static KV cache holds rotated keys (transformers' cache is the
+reference), greedy tokens equal transformers' ``generate``, and training's forward/backward is untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+# megatron's modules imported before patching, so the registry sees (and restores) their copies.
+from megatron.core.tensor_parallel import layers, mappings  # noqa: F401
+from megatron.core.transformer import attention  # noqa: F401
+
+from mindspeed_llm.patches.inference import GROUP, enable_inference_patches
+from mindspeed_llm.patches.registry import PatchRegistry
+from tests.ops.megatron_env import single_process_model_parallel
+
+PROMPT_LEN, NEW_TOKENS = 24, 6
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(transformers' model, megatron's GPTModel) with the same random weights (a converted tiny Qwen2.5)."""
+    from mindspeed_llm.checkpoint import layout
+    from mindspeed_llm.models.builder import build_gpt_model
+    from mindspeed_llm.models.families import ModelConfig
+    from mindspeed_llm.training.checkpointing import load_rank_file
+    from tests.checkpoint.tiny_models import make_tiny_hf_model
+    from tests.e2e.pretrain_helpers import convert_hf_to_mg
+
+    root = tmp_path_factory.mktemp("patched")
+    hf = make_tiny_hf_model(str(root / "hf"), "qwen2", num_layers=2)
+    mg_dir = convert_hf_to_mg(root / "hf", root / "mg")
+    with single_process_model_parallel():
+        model_config = ModelConfig.from_hf_config(json.loads((root / "hf" / "config.json").read_text()))
+        mg = build_gpt_model(model_config, padded_vocab_size=hf.config.vocab_size, pre_process=True,
+                             post_process=True, hidden_dropout=0.0, attention_dropout=0.0)
+        state = load_rank_file(layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0, 1))
+        mg.load_state_dict(state["model"], strict=True)
+        yield hf, mg.eval(), model_config
+
+
+@pytest.fixture
+def patched():
+    """The inference group applied on a registry of its own, reverted after the test."""
+    registry = PatchRegistry()
+    enable_inference_patches(registry, "cpu")
+    yield registry
+    registry.revert(GROUP)
+
+
+def _prompts(vocab: int) -> list[list[int]]:
+    torch.manual_seed(3)
+    return torch.randint(3, vocab, (2, PROMPT_LEN)).tolist()
+
+
+def test_static_cache_holds_rotated_keys_and_greedy_equals_transformers(models, patched) -> None:
+    from mindspeed_llm.inference.generation import Generator, SamplingParams
+
+    hf, mg, model_config = models
+    prompts = _prompts(model_config.vocab_size)
+    generator = Generator(mg, vocab_size=model_config.vocab_size, pad_id=0)
+    contexts = []
+    wrapper = generator._wrapper
+    generator._wrapper = lambda *a: contexts.append(wrapper(*a)) or contexts[-1]  # keep the context to read
+    ours = generator.generate(prompts, max_new_tokens=NEW_TOKENS, sampling=SamplingParams())
+
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
+                          min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)
+    assert ours == out.sequences[:, PROMPT_LEN:].tolist()
+
+    # transformers' cache holds keys after RoPE, [batch, groups, positions, head dim]; megatron's static cache
+    # is [positions, batch, groups * head dim]-shaped per layer. The last chosen token is never fed back.
+    cached = PROMPT_LEN + NEW_TOKENS - 1
+    context = contexts[0][1]
+    for layer in range(hf.config.num_hidden_layers):
+        ref = out.past_key_values.layers[layer].keys[:, :, :cached]
+        keys = context.key_value_memory_dict[layer + 1][0][:cached]
+        torch.testing.assert_close(keys.reshape(cached, len(prompts), *ref.shape[1:2], -1).permute(1, 2, 0, 3), ref,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_training_forward_and_backward_untouched(models, patched) -> None:
+    """With gradients on (training), the patched functions are megatron's: same loss, same gradients."""
+    _, mg, model_config = models
+    tokens = torch.tensor(_prompts(model_config.vocab_size))
+    positions = torch.arange(PROMPT_LEN).expand_as(tokens)
+
+    def loss_and_grads():
+        mg.train()
+        mg.zero_grad(set_to_none=True)
+        loss = mg(tokens, positions, None, labels=tokens).float().mean()
+        loss.backward()
+        mg.eval()
+        return loss.detach(), {n: p.grad.clone() for n, p in mg.named_parameters()}
+
+    loss, grads = loss_and_grads()
+    patched.revert(GROUP)
+    ref_loss, ref_grads = loss_and_grads()
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys() and all(torch.equal(grads[n], ref_grads[n]) for n in grads)
