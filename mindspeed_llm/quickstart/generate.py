@@ -5,7 +5,6 @@ was converted to Megatron) are scored on held-out text, docstrings of standard-l
 are not in the training corpus, and the trained one writes a greedy continuation of a prompt.
 
     python -m mindspeed_llm.quickstart.generate --model-dir TRAINED_HF --untrained-dir ORIGINAL_HF
-    python -m mindspeed_llm.quickstart.generate --model-dir FINE_TUNED_HF --chat qwen   (after the SFT steps)
 """
 
 from __future__ import annotations
@@ -58,21 +57,6 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 16) -> str:
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=False)
 
 
-def chat_prompt(tokenizer, prompt_type: str, question: str, path: str = "") -> str:
-    """``question`` as a user turn in the ``--prompt-type`` chat format, up to the assistant's header."""
-    from mindspeed_llm.data.chat_templates import ASSISTANT, USER, build_template, template_specials
-
-    text, spans = build_template(prompt_type, tokenizer, path).render(
-        "", [(USER, question), (ASSISTANT, "")], template_specials(tokenizer))
-    return text[:spans[-1][0]]  # the answer starts where the learned span does
-
-
-CHAT_EXPECT = ("What to expect: a model this small fine-tuned for 10 steps answers with a few frequent tokens, not "
-               "with content: this leg shows the path (instruction data, SFT, back to HF, the chat template), not a "
-               "better model. Its log's loss counts only answer tokens (the prompts carry label -100); "
-               "longer fine-tuning (SFT_ITERS=N make quickstart) is what lowers it.")
-
-
 def main(argv: list[str] | None = None) -> int:
     from mindspeed_llm.quickstart.assets import HELDOUT_MODULES, heldout_rows
 
@@ -83,18 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--seq-length", type=int, default=128, help="tokens scored per held-out text (as trained)")
-    parser.add_argument("--chat", metavar="PROMPT_TYPE", default=None,
-                        help="a fine-tuned model: ask --question in this chat format (preprocess's --prompt-type)")
-    parser.add_argument("--question", default="Explain what `json.dumps` does in Python.")
     args = parser.parse_args(argv)
-    if args.chat:
-        tokenizer, model = load(args.model_dir)
-        prompt = chat_prompt(tokenizer, args.chat, args.question, args.model_dir)
-        print(f"[chat] prompt ({args.chat} chat format): {prompt!r}")
-        print(f"[chat] fine-tuned model's answer ({args.max_new_tokens} tokens, greedy): "
-              f"{generate(model, tokenizer, prompt, args.max_new_tokens)!r}")
-        print(f"[chat] {CHAT_EXPECT}")
-        return 0
 
     texts = [row["text"] for row in heldout_rows()]
     tokenizer, trained = load(args.model_dir)

@@ -12,6 +12,8 @@ from transformers import AutoTokenizer
 from mindspeed_llm.quickstart.summary import losses_from_log
 from tests.conftest import REPO_ROOT, Started, free_port
 
+CHAT_TOKENS = 12  # the chat step's --max-new-tokens in the test
+
 
 def _start_quickstart(out, **settings: str) -> Started:
     """run_quickstart.sh into ``out`` with ``settings`` (offline, its own MASTER_PORT), started now."""
@@ -25,7 +27,8 @@ def quickstarts(tmp_path_factory) -> dict:
     """{model: (output folder, the run)}: the Qwen2.5 and Qwen3 journeys, started together (their one-process
     steps, conversions, preprocessing, generation, leave a core idle when the two run one after the other)."""
     runs = {}
-    for model, settings in (("qwen25", {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3"}),
+    for model, settings in (("qwen25", {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3",
+                                        "MAX_NEW_TOKENS": str(CHAT_TOKENS)}),
                             # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
                             ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"})):
         out = tmp_path_factory.mktemp(f"quickstart_{model}") / "qs"
@@ -38,7 +41,7 @@ def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
     out, run = quickstarts["qwen25"]
     proc = run.result()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    for step in ("1-2/9", "3/9", "4/9", "5/9", "6/9", "7/9", "8/9", "9/9"):
+    for step in ("1-2/10", "3/10", "4/10", "5/10", "6/10", "7/10", "8/10", "9/10", "10/10"):
         assert f"step {step}" in proc.stdout
 
     hf_dir = out / "model_from_hf" / "qwen2.5-tiny-hf"
@@ -78,11 +81,34 @@ def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
     assert [it for it, _ in sft_losses] == [1, 2, 3]  # --finetune: from iteration 0
     assert (out / "ckpt" / "qwen2.5_tiny_sft" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     assert "> instruction data " in proc.stdout and "prompt type qwen" in proc.stdout
-    chat = "[chat] prompt (qwen chat format): '<|im_start|>system\\nYou are Qwen"
-    assert chat in proc.stdout and "<|im_start|>assistant\\n'" in proc.stdout
-    assert "[chat] fine-tuned model's answer (24 tokens, greedy)" in proc.stdout
-    assert json.loads((out / "model_from_hf" / "qwen2.5-tiny-sft-hf" / "config.json").read_text())[
-        "architectures"] == ["Qwen2ForCausalLM"]
+    sft_hf = out / "model_from_hf" / "qwen2.5-tiny-sft-hf"
+    assert json.loads((sft_hf / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    _chat_answer_equals_transformers(proc.stdout, sft_hf)
+
+
+def _chat_answer_equals_transformers(stdout: str, sft_hf) -> None:
+    """Step 10: inference.py's chat answer (the SFT checkpoint at TP1 PP2) is what transformers' generate says on the
+    same weights converted to HF, given Qwen2.5-Instruct's ChatML written out by hand, greedy, stopping at
+    <|im_end|> or EOS: the same tokens, and the same reason to stop."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    question = "Explain what `json.dumps` does in Python."
+    chat = re.search(r"You:\n(.*?)\n\nMindSpeed-LLM:\n(.*?)\n\[chat\] inference.py rendered", stdout.split("step 10/10")[1],
+                     re.S)
+    assert chat and chat.group(1) == question, stdout[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(sft_hf)
+    model = AutoModelForCausalLM.from_pretrained(sft_hf, dtype=torch.float32).eval()
+    prompt = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+              f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    stops = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    with torch.no_grad():
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=CHAT_TOKENS, do_sample=False,
+                             eos_token_id=stops, pad_token_id=stops[0])[0, ids.shape[1]:].tolist()
+    stopped = new[-1] in stops
+    assert chat.group(2) == tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True)
+    assert stopped or len(new) == CHAT_TOKENS
 
 
 @pytest.mark.slow
@@ -127,6 +153,7 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
             _recorded_argv(f"examples/quickstart/data_convert_{name}_instruction.sh", "python", tmp_path)[1:])
         tune = _recorded_argv(f"examples/quickstart/tune_{name}_tiny_ptd.sh", "torchrun", tmp_path)
         pre = _recorded_argv(f"examples/quickstart/pretrain_{name}_tiny_ptd.sh", "torchrun", tmp_path)
+        chat = _recorded_argv(f"examples/quickstart/generate_{name}_tiny_ptd.sh", "torchrun", tmp_path)
     finally:
         os.environ.pop("QS_OUT")
     args = validate_args(parse_args(tune[tune.index("posttrain_gpt.py") + 1:]), world_size=2)
@@ -137,3 +164,13 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
     for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_query_groups", "kv_channels", "qk_layernorm",
                  "add_qkv_bias", "padded_vocab_size", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
         assert getattr(args, flag) == getattr(pretrain, flag), flag
+
+    # Step 10 (dry): inference.py chats through the same template with the fine-tuned checkpoint, as trained.
+    from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args
+
+    gen = check_inference_args(parse_args(chat[chat.index("inference.py") + 1:], add_inference_args), 2)
+    assert gen.task == ["chat"] and gen.prompt_type == prompt_type and gen.load == args.save and gen.prompt
+    for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                 "kv_channels", "qk_layernorm", "add_qkv_bias", "padded_vocab_size", "rotary_base", "norm_epsilon",
+                 "tokenizer_name_or_path", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        assert getattr(gen, flag) == getattr(args, flag), flag
