@@ -11,7 +11,9 @@ Implementations, all taking ``[b, n, s, d]`` tensors with ``n_q`` a multiple of 
 - :func:`blockwise_attention` - pure torch, flash-style: chunks over queries and keys with an online
   softmax, saves only ``q, k, v, out`` and the row log-sum-exp, recomputes scores in backward.
   GQA without repeating K/V (query heads of a group are folded into the rows of one matmul).
-  Supports dropout (a per-block counter-seeded mask, regenerated in backward). Runs anywhere.
+  Supports dropout: the mask is a hash of (seed, batch row, head, query position, key position)
+  (:func:`dropout_multiplier`), regenerated in backward and independent of the block sizes and of
+  how a sequence is split (ring attention gives each block its global positions). Runs anywhere.
 - :func:`sdpa_attention` - ``torch.nn.functional.scaled_dot_product_attention`` with ``enable_gqa``;
   on CPU this reaches torch's flash kernel when there is no dropout (measured: the fastest and
   most frugal choice, see docs/performance.md), on CUDA the flash/memory-efficient kernels.
@@ -45,7 +47,10 @@ from mindspeed_llm.ops.npu import require_torch_npu
 LAYOUTS = ("bnsd", "sbnd")
 # torch_npu's compressed causal mask for sparse_mode=2/3 is always 2048 x 2048 (True = masked).
 NPU_CAUSAL_MASK_SIZE = 2048
-_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: decorrelates per-block dropout seeds
+# Dropout hash: murmur3's 64-bit finaliser constants and the golden-ratio step, as wrapping int64.
+_FMIX1, _FMIX2, _GOLDEN = (c - 2**64 for c in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x9E3779B97F4A7C15))
+_FMIX32_1, _FMIX32_2 = (c - 2**32 for c in (0x85EBCA6B, 0xC2B2AE35))
+_LOW31 = 2**31 - 1
 
 
 def _scale(softmax_scale: float | None, head_dim: int) -> float:
@@ -115,11 +120,59 @@ def _block_mask(mask5: Tensor | None, i0: int, i1: int, j0: int, j1: int, causal
     return block
 
 
-def _dropout_scale(seed: int, block_id: int, shape, p: float, dtype, device) -> Tensor:
-    """The dropout multiplier of one score block: 0 where dropped, 1/(1-p) where kept (reproducible)."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed((seed * _SEED_MIX + block_id) % (2**63 - 1))
-    return torch.rand(shape, generator=gen, dtype=dtype, device=device).ge_(p).mul_(1.0 / (1.0 - p))
+def _fmix64(x: Tensor) -> Tensor:
+    """murmur3's 64-bit finaliser on int64 tensors (logical right shifts, wrapping products)."""
+    x = x ^ ((x >> 33) & _LOW31)
+    x = x * _FMIX1
+    x = x ^ ((x >> 33) & _LOW31)
+    x = x * _FMIX2
+    return x ^ ((x >> 33) & _LOW31)
+
+
+def _fmix32(x: Tensor) -> Tensor:
+    """murmur3's 32-bit finaliser on an int32 tensor, in place (logical right shifts, wrapping products)."""
+    x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+    x.mul_(_FMIX32_1)
+    x.bitwise_xor_((x >> 13).bitwise_and_(0x7FFFF))
+    x.mul_(_FMIX32_2)
+    return x.bitwise_xor_((x >> 16).bitwise_and_(0xFFFF))
+
+
+def dropout_multiplier(seed: int, batch: int, heads: Tensor, q_pos: Tensor, k_pos: Tensor, p: float,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
+    """Dropout multiplier ``[batch, len(heads), len(q_pos), len(k_pos)]``: 0 where dropped, ``1/(1-p)`` kept.
+
+    Each entry is a hash of ``(seed, batch row, head, query position, key position)``, so the same
+    attention score gets the same decision whatever block or CP rank computes it.
+    """
+    dev = q_pos.device
+    b = torch.arange(batch, dtype=torch.int64, device=dev).view(-1, 1, 1)
+    h = heads.to(device=dev, dtype=torch.int64).view(1, -1, 1)
+    key = _fmix64(torch.tensor(seed, device=dev))
+    rows = _fmix64(((b * 65536 + h) * 2**32 + q_pos.to(torch.int64).view(1, 1, -1)) ^ key)
+    cols = _fmix64(k_pos.to(device=dev, dtype=torch.int64) * _GOLDEN + key)
+    # Rows and columns are hashed once each in 64 bits; each score mixes their 32-bit halves (int32 is
+    # half the memory traffic of int64 on the s x s tile: the mask costs about what torch.rand did).
+    x = torch.bitwise_xor(rows.to(torch.int32).unsqueeze(-1), cols.to(torch.int32))
+    x = _fmix32(x)
+    keep = x.bitwise_and_(_LOW31) >= round(p * 2**31)
+    return keep.to(dtype).mul_(1.0 / (1.0 - p))
+
+
+def _dropout_tile(seed: int, pos: tuple, b: int, g: int, r: int, i0: int, i1: int, j0: int, j1: int, p: float,
+                  dtype) -> Tensor:
+    """The multiplier of the kernel's score tile ``[b, g, r * (i1 - i0), j1 - j0]`` (heads g-major)."""
+    q_pos, k_pos, head0 = pos
+    heads = torch.arange(head0, head0 + g * r, device=q_pos.device)
+    z = dropout_multiplier(seed, b, heads, q_pos[i0:i1], k_pos[j0:j1], p, dtype)
+    return z.view(b, g, r * (i1 - i0), j1 - j0)
+
+
+def _dropout_positions(pos: tuple | None, sq: int, sk: int, device) -> tuple:
+    """(query positions, key positions, first head) of the dropout hash; default: 0.. of this call."""
+    if pos is not None:
+        return pos
+    return torch.arange(sq, device=device), torch.arange(sk, device=device), 0
 
 
 def _as_mask5(attn_mask: Tensor | None, b: int, g: int, r: int, sq: int, sk: int) -> Tensor | None:
@@ -139,24 +192,24 @@ def _as_mask5(attn_mask: Tensor | None, b: int, g: int, r: int, sq: int, sk: int
 
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, attn_mask, causal, scale, dropout_p, seed, block_q, block_k):
+    def forward(ctx, q, k, v, attn_mask, causal, scale, dropout_p, seed, block_q, block_k, dropout_pos=None):
         b, hq, sq, d = q.shape
         g, sk, dv = k.shape[1], k.shape[2], v.shape[3]
         r = hq // g
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
         mask5 = _as_mask5(attn_mask, b, g, r, sq, sk)
+        pos = _dropout_positions(dropout_pos, sq, sk, q.device) if dropout_p > 0.0 else None
         qg = q.reshape(b, g, r, sq, d)
         out = torch.empty(b, g, r, sq, dv, dtype=q.dtype, device=q.device)
         lse = torch.empty(b, g, r, sq, dtype=acc_dtype, device=q.device)
-        n_kb = -(-sk // block_k)
-        for ib, i0 in enumerate(range(0, sq, block_q)):
+        for i0 in range(0, sq, block_q):
             i1 = min(i0 + block_q, sq)
             bq = i1 - i0
             qi = qg[:, :, :, i0:i1].reshape(b, g, r * bq, d)
             m = torch.full((b, g, r * bq), float("-inf"), dtype=acc_dtype, device=q.device)
             den = torch.zeros_like(m)
             acc = torch.zeros(b, g, r * bq, dv, dtype=acc_dtype, device=q.device)
-            for jb, j0 in enumerate(range(0, sk, block_k)):
+            for j0 in range(0, sk, block_k):
                 j1 = min(j0 + block_k, sk)
                 block = _block_mask(mask5, i0, i1, j0, j1, causal, q.device)
                 if block is True:
@@ -170,7 +223,7 @@ class _BlockwiseAttention(torch.autograd.Function):
                 alpha = torch.exp(m - m_safe)
                 den.mul_(alpha).add_(p.sum(dim=-1))
                 if dropout_p > 0.0:
-                    p = p.mul_(_dropout_scale(seed, ib * n_kb + jb, p.shape, dropout_p, p.dtype, q.device))
+                    p = p.mul_(_dropout_tile(seed, pos, b, g, r, i0, i1, j0, j1, dropout_p, p.dtype))
                 acc.mul_(alpha.unsqueeze(-1)).add_(torch.matmul(p.to(v.dtype), v[:, :, j0:j1]))
                 m = m_new
             m_safe = m.masked_fill(torch.isinf(m), 0.0)
@@ -180,6 +233,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         out = out.view(b, hq, sq, dv)
         ctx.save_for_backward(q, k, v, out, lse, attn_mask)
         ctx.args = (causal, scale, dropout_p, seed, block_q, block_k)
+        ctx.dropout_pos = pos
         return out
 
     @staticmethod
@@ -191,6 +245,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         r = hq // g
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
         mask5 = _as_mask5(attn_mask, b, g, r, sq, sk)
+        pos = getattr(ctx, "dropout_pos", None)
         grad_out = grad_out.contiguous()
         # D_i = rowsum(dO_i * O_i): equals rowsum(P_i * dP_i) also with dropout.
         delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(-1).view(b, g, r, sq)
@@ -198,8 +253,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         dq = torch.empty(b, g, r, sq, d, dtype=q.dtype, device=q.device)
         dk = torch.zeros(b, g, sk, d, dtype=acc_dtype, device=q.device)
         dvv = torch.zeros(b, g, sk, dv, dtype=acc_dtype, device=q.device)
-        n_kb = -(-sk // block_k)
-        for ib, i0 in enumerate(range(0, sq, block_q)):
+        for i0 in range(0, sq, block_q):
             i1 = min(i0 + block_q, sq)
             bq = i1 - i0
             qi = qg[:, :, :, i0:i1].reshape(b, g, r * bq, d)
@@ -207,7 +261,7 @@ class _BlockwiseAttention(torch.autograd.Function):
             lse_i = lse[:, :, :, i0:i1].reshape(b, g, r * bq, 1)
             delta_i = delta[:, :, :, i0:i1].reshape(b, g, r * bq, 1)
             dqi = torch.zeros(b, g, r * bq, d, dtype=acc_dtype, device=q.device)
-            for jb, j0 in enumerate(range(0, sk, block_k)):
+            for j0 in range(0, sk, block_k):
                 j1 = min(j0 + block_k, sk)
                 block = _block_mask(mask5, i0, i1, j0, j1, causal, q.device)
                 if block is True:
@@ -219,7 +273,7 @@ class _BlockwiseAttention(torch.autograd.Function):
                 p = torch.exp_(s.sub_(lse_i))
                 dp = torch.matmul(doi, vj.transpose(-1, -2)).to(acc_dtype)
                 if dropout_p > 0.0:
-                    z = _dropout_scale(seed, ib * n_kb + jb, p.shape, dropout_p, p.dtype, q.device)
+                    z = _dropout_tile(seed, pos, b, g, r, i0, i1, j0, j1, dropout_p, p.dtype)
                     p_drop = p * z
                     dp.mul_(z)
                 else:
@@ -229,7 +283,7 @@ class _BlockwiseAttention(torch.autograd.Function):
                 dqi += torch.matmul(ds, kj).to(acc_dtype)
                 dk[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2), qi).to(acc_dtype)
             dq[:, :, :, i0:i1] = dqi.view(b, g, r, bq, d)
-        return dq.view(b, hq, sq, d), dk.to(k.dtype), dvv.to(v.dtype), None, None, None, None, None, None, None
+        return dq.view(b, hq, sq, d), dk.to(k.dtype), dvv.to(v.dtype), None, None, None, None, None, None, None, None
 
 
 def blockwise_attention(
@@ -247,8 +301,9 @@ def blockwise_attention(
 ) -> Tensor:
     """Flash-style attention in pure torch on ``[b, n, s, d]``; never holds more than one score block.
 
-    ``seed`` fixes the dropout mask; when None it is drawn from the default generator of the
-    query's device (so megatron's RNG tracker fork governs it, as it does for megatron's dropout).
+    ``seed`` fixes the dropout mask (:func:`dropout_multiplier` of the call's positions 0..s-1);
+    when None it is drawn from the default generator of the query's device (so megatron's RNG
+    tracker fork governs it, as it does for megatron's dropout).
     """
     _check_shapes(query, key, value, causal)
     # Contiguous blocks keep the matmuls on oneDNN/MKL's fast paths (bf16 slices of a permuted

@@ -72,10 +72,16 @@ class _SavedArgs:
         self.saved_tensors = tensors
 
 
-def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = None) -> str:
-    """The local kernel the ring runs: NPU -> 'npu', CPU -> 'cpu_flash', else (CUDA) 'blockwise'."""
+def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = None, dropout_p: float = 0.0) -> str:
+    """The local kernel the ring runs: NPU -> 'npu', CPU -> 'cpu_flash', else (CUDA) 'blockwise'.
+
+    With dropout every device runs 'blockwise': its mask is keyed by global positions, so the
+    backward's recompute and any other split of the sequence draw the same mask.
+    """
     if kernel not in RING_KERNELS:
         raise ValueError(f"kernel={kernel!r}: expected one of {RING_KERNELS}")
+    if kernel == "auto" and dropout_p > 0.0:
+        return "blockwise"
     if kernel != "auto":
         return kernel
     device = resolve_backend(q, backend)
@@ -85,15 +91,23 @@ def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = No
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, kernel: str,
-                       torch_npu: Any = None) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` of softmax attention on ``[b, n, s, d]`` (GQA allowed); lse fp32 ``[b, n_q, s_q]``."""
+                       torch_npu: Any = None, dropout: tuple | None = None) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of softmax attention on ``[b, n, s, d]`` (GQA allowed); lse fp32 ``[b, n_q, s_q]``.
+
+    ``dropout``: ``(p, seed, (q positions, k positions, first head))`` for the blockwise kernel's
+    position-keyed mask (:func:`~mindspeed_llm.ops.attention.dropout_multiplier`); lse is then the
+    undropped rows' log-sum-exp, so blocks merge as without dropout.
+    """
+    if dropout is not None and kernel != "blockwise":
+        raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         # torch's CPU flash kernel takes fewer K/V heads than query heads (GQA) as they are.
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse.float()
     if kernel == "blockwise":
         ctx = _SavedArgs()
-        out = _BlockwiseAttention.forward(ctx, q, k, v, None, causal, scale, 0.0, 0, 256, 256)
+        p, seed, pos = dropout or (0.0, 0, None)
+        out = _BlockwiseAttention.forward(ctx, q, k, v, None, causal, scale, p, seed, 256, 256, pos)
         return out, ctx.saved_tensors[4].reshape(q.shape[:3]).float()
     if kernel == "npu":
         npu = require_torch_npu(torch_npu, "ring attention")
@@ -103,9 +117,11 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
 
 
 def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
-                                causal: bool, scale: float, kernel: str,
-                                torch_npu: Any = None) -> tuple[Tensor, Tensor, Tensor]:
+                                causal: bool, scale: float, kernel: str, torch_npu: Any = None,
+                                dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
+    if dropout is not None and kernel != "blockwise":
+        raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout, q, k, v, out, lse, 0.0, causal, scale=scale)
@@ -114,7 +130,8 @@ def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
         ctx = _SavedArgs()
         b, g = k.shape[:2]
         ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
-        ctx.args = (causal, scale, 0.0, 0, 256, 256)
+        p, seed, ctx.dropout_pos = dropout or (0.0, 0, None)
+        ctx.args = (causal, scale, p, seed, 256, 256)
         dq, dk, dv = _BlockwiseAttention.backward(ctx, dout)[:3]
         return dq, dk, dv
     if kernel == "npu":
@@ -219,11 +236,27 @@ def _blocks(step: int, src: int, rank: int, half: int) -> list[tuple[slice, slic
     return [(second, first, False), (second, second, False)]  # the second local chunk against a later pair
 
 
+def _pair_positions(rank: int, size: int, half: int, device) -> Tensor:
+    """Sequence positions of CP rank ``rank``'s chunk pair (chunks ``rank`` and ``2 * size - 1 - rank``)."""
+    first = torch.arange(rank * half, (rank + 1) * half, device=device)
+    return torch.cat([first, first + (2 * size - 1 - 2 * rank) * half])
+
+
+def _block_dropout(drop: tuple | None, src: int, rows: slice, cols: slice, q_pos: Tensor) -> tuple | None:
+    """The blockwise kernel's dropout argument for one ring block (global positions of its rows and columns)."""
+    if drop is None:
+        return None
+    p, seed, size, head0 = drop
+    k_pos = _pair_positions(src, size, q_pos.numel() // 2, q_pos.device)
+    return p, seed, (q_pos[rows], k_pos[cols], head0)
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, group, kernel, torch_npu):
+    def forward(ctx, q, k, v, scale, group, kernel, torch_npu, drop):
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         half = q.shape[2] // 2
+        q_pos = _pair_positions(rank, size, half, q.device)
         out = lse = None
         kb, vb = k, v  # K/V travel as they are: their GQA head count, two buffers (no stacked copy)
         kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
@@ -231,7 +264,8 @@ class _RingAttention(torch.autograd.Function):
             reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
             for rows, cols, causal in _blocks(step, src, rank, half):
-                o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal, **kw)
+                o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal,
+                                          dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
                     out, lse = (o.float() if o.dtype != torch.float32 else o), m
                 else:
@@ -241,15 +275,16 @@ class _RingAttention(torch.autograd.Function):
             kb, vb = nxt or (None, None)  # the block just used is freed here (step > 0)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (scale, group, kernel, torch_npu)
+        ctx.args = (scale, group, kernel, torch_npu, drop)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        scale, group, kernel, torch_npu = ctx.args
+        scale, group, kernel, torch_npu, drop = ctx.args
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         half = q.shape[2] // 2
+        q_pos = _pair_positions(rank, size, half, q.device)
         dout = dout.contiguous()
         kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
         dq = None
@@ -265,7 +300,8 @@ class _RingAttention(torch.autograd.Function):
             for rows, cols, causal in _blocks(step, src, rank, half):
                 gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb[:, :, cols],
                                                          vb[:, :, cols], out[:, :, rows], lse[:, :, rows],
-                                                         causal=causal, **kw)
+                                                         causal=causal,
+                                                         dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
                 if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
                     dq = gq.float() if gq.dtype != torch.float32 else gq
                     acc = [gk.to(k.dtype), gv.to(v.dtype)]
@@ -280,7 +316,7 @@ class _RingAttention(torch.autograd.Function):
             _wait(reqs)
             kb, vb = nxt or (None, None)
         dk, dv = _accumulated_dkv(layout, sending, group)  # after CP hops each block's dK/dV is back home
-        return dq.to(q.dtype), dk, dv, None, None, None, None
+        return dq.to(q.dtype), dk, dv, None, None, None, None, None
 
 
 def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
@@ -293,14 +329,27 @@ def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
 
 
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                   kernel: str = "auto", backend: str | None = None, torch_npu: Any = None) -> Tensor:
-    """Causal attention of this CP rank's chunk pair ``[b, n, s_local, d]`` against the whole sequence."""
+                   kernel: str = "auto", backend: str | None = None, torch_npu: Any = None, dropout_p: float = 0.0,
+                   seed: int | None = None, head_offset: int = 0) -> Tensor:
+    """Causal attention of this CP rank's chunk pair ``[b, n, s_local, d]`` against the whole sequence.
+
+    ``dropout_p``: attention dropout with the blockwise kernel's position-keyed mask; ``seed`` (the
+    same on every CP rank) defaults to a draw from the device's default generator (megatron's RNG
+    tracker fork when the caller holds it); ``head_offset`` is the global index of ``q``'s first head
+    in the mask's hash. The mask of a (query, key) pair does not depend on the CP size: CP 1's
+    :func:`~mindspeed_llm.ops.attention.blockwise_attention` with the same seed drops the same scores.
+    """
     if q.shape[2] % 2:
         raise ValueError(f"ring attention needs an even local sequence (two chunks), got {q.shape[2]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
-    kernel = select_ring_kernel(q, kernel, backend)
+    kernel = select_ring_kernel(q, kernel, backend, dropout_p)
+    drop = None
+    if dropout_p > 0.0:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), device=q.device).item())
+        drop = (float(dropout_p), int(seed), dist.get_world_size(group), int(head_offset))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return _RingAttention.apply(q, k, v, scale, group, kernel, torch_npu)
+    return _RingAttention.apply(q, k, v, scale, group, kernel, torch_npu, drop)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,7 +520,8 @@ class ContextParallelAttention(MegatronModule):
     (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
     :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention only: no explicit
     attention mask, no packed sequences (the training flags refuse those with CP). Attention dropout
-    with Ulysses only, drawn from megatron's model-parallel RNG like its local attention.
+    with the ring and with Ulysses, drawn from megatron's model-parallel RNG like its local attention
+    (the ring's seed is the same on every CP rank: its masks are keyed by global positions).
     """
 
     # None: kernels follow the tensors' device; tests may pin 'torch'/'cuda'/'npu'.
@@ -489,9 +539,10 @@ class ContextParallelAttention(MegatronModule):
         if attn_mask_type != AttnMaskType.causal or attention_type != "self":
             raise NotImplementedError("ContextParallelAttention: causal self-attention only")
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout and comm != "a2a":
+        if dropout and comm not in ("p2p", "a2a"):
             raise NotImplementedError("ContextParallelAttention: attention dropout is supported with context "
-                                      "parallelism only for ulysses_cp_algo; use --attention-dropout 0")
+                                      "parallelism only for megatron_cp_algo and ulysses_cp_algo; use "
+                                      "--attention-dropout 0")
         self.attention_dropout_p = dropout
         self.comm = comm
         if pg_collection is None:
@@ -528,6 +579,9 @@ class ContextParallelAttention(MegatronModule):
                                    backend=self.backend)
         else:
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-            out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend)
+            dropout_p = self.attention_dropout_p if self.training else 0.0
+            with attention_dropout_rng(self.config, dropout_p):
+                out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend,
+                                     dropout_p=dropout_p)
             out = out.permute(2, 0, 1, 3)
         return out.reshape(s, b, self.hidden_size_per_partition)

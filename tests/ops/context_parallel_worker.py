@@ -4,6 +4,8 @@ Every case draws the whole sequence's q, k, v on every rank (same seed), takes t
 pair with megatron-core's own ``get_batch_on_this_cp_rank``, runs ring, Ulysses or hybrid attention
 over a CP group and compares the output and dQ/dK/dV with the dense reference (``attention_math`` in
 float64 on the whole sequence, autograd for the gradients). Prints ``CASE <name> ok <max error>``.
+Dropout cases give the reference the mask rebuilt explicitly for every (query, key) pair of the whole
+sequence (``dropout_multiplier`` on global positions) and also compare with CP 1's blockwise kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import torch
 import torch.distributed as dist
 
 import mindspeed_llm  # noqa: F401  (device layer: gloo on the CPU)
-from mindspeed_llm.ops.attention import attention_dropout_rng, attention_math, blockwise_attention
+from mindspeed_llm.ops.attention import (
+    attention_dropout_rng,
+    attention_math,
+    blockwise_attention,
+    dropout_multiplier,
+)
 from mindspeed_llm.ops.context_parallel import hybrid_attention, ring_attention, ulysses_attention
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
@@ -27,20 +34,33 @@ def _local(t: torch.Tensor, group) -> torch.Tensor:
 
 
 def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel: str = "auto", tol: float,
-             torch_npu=None) -> None:
+             torch_npu=None, dropout_p: float = 0.0) -> None:
     """One comparison on ``group``; raises AssertionError with the case name on a mismatch."""
     if algo == "hybrid":  # group: (CP group, Ulysses sub-group, ring sub-group)
         group, *sub_groups = group
     torch.manual_seed(1234)
     b, s, d = 2, 64, 16
+    seed = 4321
     q, k, v = (torch.randn(b, n, s, d, dtype=torch.float64) for n in (n_q, n_kv, n_kv))
     w = torch.randn(b, n_q, s, d, dtype=torch.float64)
     ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
-    ref = attention_math(*ref_in, causal=True, softmax_scale=0.3)
+    keep = None
+    if dropout_p:  # the mask of every (query, key) pair of the whole sequence, rebuilt explicitly
+        pos = torch.arange(s)
+        keep = dropout_multiplier(seed, b, torch.arange(n_q), pos, pos, dropout_p, torch.float64)
+    ref = attention_math(*ref_in, causal=True, softmax_scale=0.3, dropout_keep=keep)
     (ref * w).sum().backward()
+    if dropout_p:
+        plain = attention_math(q, k, v, causal=True, softmax_scale=0.3)
+        assert float((ref - plain).abs().max()) > 0.1, f"{name}: the dropout mask changed nothing"
+        cp1 = blockwise_attention(q.float(), k.float(), v.float(), causal=True, softmax_scale=0.3,
+                                  dropout_p=dropout_p, seed=seed, block_q=16, block_k=16)
+        err = float((cp1.double() - ref).abs().max() / ref.abs().max())
+        assert err <= tol, f"{name}: CP 1 blockwise differs from the reference by {err:.3g}"
     local = [_local(t, group).to(dtype).requires_grad_() for t in (q, k, v)]
     if algo == "ring":
-        out = ring_attention(*local, group, softmax_scale=0.3, kernel=kernel, torch_npu=torch_npu)
+        out = ring_attention(*local, group, softmax_scale=0.3, kernel=kernel, torch_npu=torch_npu,
+                             dropout_p=dropout_p, seed=seed)
     elif algo == "ulysses":  # ulysses and hybrid take megatron's [s, b, n, d]
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = ulysses_attention(*sbnd, group, softmax_scale=0.3).permute(1, 2, 0, 3)
@@ -128,6 +148,8 @@ def main() -> None:
         # No Ascend hardware here: the NPU ops come from the test stand-in (tests/ops/fake_torch_npu.py).
         ("ring_cp4_npu_stand_in", "ring", world, dict(n_q=4, n_kv=2, dtype=f32, kernel="npu", tol=1e-5,
                                                       torch_npu=FakeTorchNpuForTests())),
+        ("ring_cp2_dropout", "ring", cp2, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
+        ("ring_cp4_dropout", "ring", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5, dropout_p=0.3)),
         ("ulysses_cp2_mha", "ulysses", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_gqa", "ulysses", world, dict(n_q=8, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5)),

@@ -8,9 +8,9 @@ import torch
 
 from mindspeed_llm.ops.attention import (
     FlashDotProductAttention,
-    _dropout_scale,
     attention_math,
     blockwise_attention,
+    dropout_multiplier,
     flash_attention,
     is_causal_mask,
     npu_fusion_attention,
@@ -94,16 +94,16 @@ def test_gqa_equals_repeated_heads():
 
 
 def _full_dropout_scale(seed, p, b, g, r, s):
-    """The dropout multiplier the single-block kernel draws, laid out as [b, g*r, s, s]."""
-    z = _dropout_scale(seed, 0, (b, g, r * s, s), p, torch.float64, torch.device("cpu"))
-    return z.view(b, g, r, s, s).reshape(b, g * r, s, s)
+    """The dropout multiplier of every (query, key) pair, laid out as [b, g*r, s, s]."""
+    pos = torch.arange(s)
+    return dropout_multiplier(seed, b, torch.arange(g * r), pos, pos, p, torch.float64)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_dropout_is_exact_against_reference_with_the_same_mask(causal):
     p, seed = 0.3, 1234
     q, k, v = _qkv(torch.float64)
-    out = blockwise_attention(q, k, v, causal=causal, dropout_p=p, seed=seed, block_q=64, block_k=64)
+    out = blockwise_attention(q, k, v, causal=causal, dropout_p=p, seed=seed, block_q=16, block_k=32)
     z = _full_dropout_scale(seed, p, B, G, HQ // G, S)
     ref = attention_math(q, k, v, causal=causal, dropout_keep=z, dropout_p=0.0)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -114,9 +114,13 @@ def test_dropout_is_exact_against_reference_with_the_same_mask(causal):
 
 def test_dropout_statistics_and_seed():
     p = 0.25
-    z = _dropout_scale(7, 3, (64, 512), p, torch.float32, torch.device("cpu"))
+    z = dropout_multiplier(7, 2, torch.arange(4), torch.arange(64), torch.arange(512), p)
     dropped = (z == 0).float().mean().item()
     assert abs(dropped - p) < 0.01
+    # Neighbouring rows, columns and heads decide independently (no shared pattern).
+    for a, b in ((z[:, :, 1:], z[:, :, :-1]), (z[..., 1:], z[..., :-1]), (z[:, 1:], z[:, :-1]), (z[1:], z[:-1])):
+        both = ((a == 0) & (b == 0)).float().mean().item()
+        assert abs(both - p * p) < 0.01
     assert torch.allclose(z[z != 0], torch.tensor(1 / (1 - p)))
     q, k, v = _qkv(torch.float32)
     a = blockwise_attention(q, k, v, causal=True, dropout_p=p, seed=11, block_q=16, block_k=16)

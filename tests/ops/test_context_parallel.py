@@ -2,7 +2,8 @@
 
 One 4-process torchrun launch (tests/ops/context_parallel_worker.py) runs every case on CP groups of
 2 and 4; each test reads its case's line. The reference is ``attention_math`` in float64 on the
-whole sequence; the chunk pairs are cut by megatron-core's ``get_batch_on_this_cp_rank``.
+whole sequence (with dropout: given the mask rebuilt for every global (query, key) pair); the chunk
+pairs are cut by megatron-core's ``get_batch_on_this_cp_rank``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def cases() -> dict[str, str]:
 @pytest.mark.parametrize("name", ["ring_cp2_mha", "ring_cp4_gqa", "ring_cp4_blockwise", "ring_cp2_bf16",
                                   "ring_cp4_npu_stand_in"])
 def test_ring_attention_equals_full_attention(cases, name):
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ring_cp2_dropout", "ring_cp4_dropout"])
+def test_ring_attention_dropout_equals_attention_with_the_rebuilt_mask(cases, name):
+    # The worker also checked that CP 1's blockwise kernel with the same seed gives the same output.
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
 
 

@@ -64,13 +64,16 @@ def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel
 HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context-parallel-size "
 
 
+def test_ring_context_parallel_takes_attention_dropout():
+    # The ring draws position-keyed masks: megatron's default attention dropout (0.1) is accepted.
+    assert args_for("--context-parallel-size 2 --context-parallel-algo megatron_cp_algo", world=2).attention_dropout == 0.1
+
+
 @pytest.mark.parametrize("extra, world, words", [
     ("--context-parallel-size 2 --attention-dropout 0", 3, ["world size 3", "--context-parallel-size 2", "multiple of 2"]),
     ("--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0", 2,
      ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 2 --reset-attention-mask --attention-dropout 0", 2, ["--reset-attention-mask", "--context-parallel-size"]),
-    ("--context-parallel-size 2 --attention-dropout 0.1", 2, ["--attention-dropout 0.1", "megatron_cp_algo",
-                                                              "--attention-dropout 0", "ulysses_cp_algo"]),
     (HYBRID.replace("--attention-dropout 0", "") + "4 --ulysses-degree-in-cp 2", 4,
      ["--attention-dropout 0.1", "hybrid_cp_algo"]),
     ("--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
