@@ -10,6 +10,9 @@ Rows of the table it prints (fails with one line on a machine without CUDA, unle
    and bf16: attention (``flash_attention``, causal GQA), RoPE, RMSNorm, SwiGLU, megatron's
    vocab-parallel cross entropy as the patch layer leaves it, and Adam (torch's fused kernel, which
    the patch layer switches megatron's fallback to) against the per-parameter reference loop.
+   **ring kernel**: ring attention's local kernel with log-sum-exp (CUDA: torch's memory-efficient kernel,
+   opt-in ``kernel='cuda_efficient'``; dry run: the CPU flash kernel) against the blockwise kernel, the
+   ring's CUDA default: forward, log-sum-exp and backward, fp32 and bf16, and their times.
 2. **logits**: a random Qwen2.5-shaped HF model (transformers) converted by convert_ckpt.py; both
    forward the same tokens on the device in fp32 (``mindspeed_llm.checkpoint.verify``'s model build).
 3. **train + resume**: pretrain_gpt.py under torchrun (1 process) for 6 iterations saving at 3, then
@@ -140,6 +143,55 @@ def check_ops(device: str, tiny: bool) -> list[Row]:
                 tol = 1e-2  # the loss is float32 math on bf16 logits
             rows.append(_compare(name, fn, ref, inputs, dtype, tol))
     rows.append(check_fused_adam(device, tiny))
+    return rows
+
+
+def _ring_block(kernel: str, q, k, v, dout, causal: bool, device: str):
+    """(out, lse, grads, seconds) of one ring block's forward + backward with ``kernel``; the second of two runs."""
+    import torch
+
+    from mindspeed_llm.ops.context_parallel import attention_with_lse, attention_with_lse_backward
+
+    kw = dict(causal=causal, scale=q.shape[-1] ** -0.5, kernel=kernel)
+    for _ in range(2):  # the first run warms the kernel up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.time()
+        out, lse = attention_with_lse(q, k, v, **kw)
+        grads = attention_with_lse_backward(dout, q, k, v, out, lse, **kw)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return out, lse, grads, time.time() - start
+
+
+def check_ring_kernel(device: str, tiny: bool) -> list[Row]:
+    """Ring attention's local kernel with log-sum-exp on this device against the blockwise kernel.
+
+    CUDA: torch's memory-efficient kernel (``kernel='cuda_efficient'``, opt-in until this row passes on a
+    GPU); the CPU dry run: torch's CPU flash kernel (the CPU ring's default). Blocks as the ring runs them:
+    causal square, and a non-causal chunk of queries against twice its keys; GQA; forward (out, lse) and the
+    backward given the merged out / lse; fp32 and bf16; the time of both kernels (forward + backward).
+    """
+    import torch
+
+    kernel = "cuda_efficient" if device == "cuda" else "cpu_flash"
+    b, n, g, s, d = (1, 4, 2, 64, 32) if tiny else (1, 12, 2, 4096, 128)
+    gen = torch.Generator().manual_seed(3)
+    rows = []
+    for dtype, tol in ((torch.float32, 2e-5), (torch.bfloat16, 2e-2)):
+        for causal, sq in ((True, s), (False, s // 2)):
+            t0 = time.time()
+            q = torch.randn(b, n, sq, d, generator=gen).to(device, dtype)
+            k, v = (torch.randn(b, g, s, d, generator=gen).to(device, dtype) for _ in range(2))
+            dout = torch.randn(b, n, sq, d, generator=gen).to(device, dtype)
+            out, lse, grads, secs = _ring_block(kernel, q, k, v, dout, causal, device)
+            ref_out, ref_lse, ref_grads, ref_secs = _ring_block("blockwise", q, k, v, dout, causal, device)
+            errs = [_rel(out, ref_out), _rel(lse, ref_lse)] + [_rel(x, r) for x, r in zip(grads, ref_grads)]
+            worst = max(errs)
+            label = f"ring kernel {kernel} {'causal' if causal else 'chunk x 2 chunks'} {str(dtype)[6:]}"
+            rows.append(Row(label, worst <= tol, f"max rel err vs blockwise {worst:.1e} (tol {tol:.0e}); "
+                            f"fwd+bwd {secs:.3f} s vs blockwise {ref_secs:.3f} s",
+                            time.time() - t0))
     return rows
 
 
@@ -410,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label}: done in {time.time() - t0:.1f} s", flush=True)
 
     attempt("ops", lambda: check_ops(device, tiny))
+    attempt("ring kernel", lambda: check_ring_kernel(device, tiny))
     attempt("logits", lambda: _logits_parity(device, work, tiny))
     attempt("train + resume", lambda: check_resume(work, tiny, run_limit))
     attempt("throughput", lambda: check_throughput(work, tiny, opts.layers, opts.steps,

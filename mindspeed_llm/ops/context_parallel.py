@@ -30,7 +30,9 @@ order, so every rank does the same causal work. All algorithms take and return t
 
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
-or ``kernel='blockwise'``) the project's pure-torch blockwise kernel; on NPU
+or ``kernel='blockwise'``) the project's pure-torch blockwise kernel (``kernel='cuda_efficient'``,
+torch's memory-efficient CUDA kernel with its log-sum-exp, is opt-in until a GPU has run
+bench/device_check.py's comparison); on NPU
 ``torch_npu.npu_fusion_attention`` / ``npu_fusion_attention_grad`` with ``softmax_max`` /
 ``softmax_sum`` (an LSE is passed as max = LSE, sum = 1).
 """
@@ -56,7 +58,9 @@ from mindspeed_llm.ops.npu import require_torch_npu
 CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo")
 # megatron-core's TransformerConfig.cp_comm_type spelling of each algorithm ('a2a+p2p': its hierarchical CP).
 CP_COMM_TYPES = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a", "hybrid_cp_algo": "a2a+p2p"}
-RING_KERNELS = ("auto", "cpu_flash", "blockwise", "npu")
+RING_KERNELS = ("auto", "cpu_flash", "blockwise", "npu", "cuda_efficient")
+# torch's memory-efficient CUDA kernel pads its log-sum-exp rows to a multiple of this (its backward takes them so).
+_EFFICIENT_LSE_ALIGN = 32
 _NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry each row's value 8 times
 
 
@@ -113,6 +117,11 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
         npu = require_torch_npu(torch_npu, "ring attention")
         out, smax, ssum = _npu_forward(npu, q, k, v, causal, scale)
         return out, (smax[..., 0] + ssum[..., 0].log()).float()
+    if kernel == "cuda_efficient":  # not the default: no GPU has run it yet (bench/device_check.py compares it)
+        ke, ve = _expand_kv(q, k, v)
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, ke, ve, None, True, 0.0, causal,
+                                                                          scale=scale)[:2]
+        return out, lse[..., :q.shape[2]]
     raise ValueError(f"kernel={kernel!r}: expected one of {RING_KERNELS[1:]}")
 
 
@@ -137,7 +146,29 @@ def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
     if kernel == "npu":
         npu = require_torch_npu(torch_npu, "ring attention")
         return _npu_backward(npu, dout, q, k, v, out, lse, causal, scale)
+    if kernel == "cuda_efficient":
+        return _efficient_backward(dout, q, k, v, out, lse, causal, scale)
     raise ValueError(f"kernel={kernel!r}: expected one of {RING_KERNELS[1:]}")
+
+
+def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """K/V repeated to the query heads (torch's CUDA kernels want as many K/V heads as query heads)."""
+    rep = q.shape[1] // k.shape[1]
+    return (k, v) if rep == 1 else (k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1))
+
+
+def _efficient_backward(dout, q, k, v, out, lse, causal: bool, scale: float):
+    """torch's memory-efficient CUDA backward of one block with the merged ``out`` / ``lse``; GQA summed back."""
+    ke, ve = _expand_kv(q, k, v)
+    pad = -q.shape[2] % _EFFICIENT_LSE_ALIGN
+    lse = torch.nn.functional.pad(lse, (0, pad)) if pad else lse.contiguous()
+    unused = torch.zeros((), dtype=torch.int64, device=q.device)  # philox seed / offset: no dropout here
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        dout, q, ke, ve, None, out, lse, unused, unused, 0.0, [True, True, True, False], causal, scale=scale)[:3]
+    b, g = k.shape[:2]
+    if ke is not k:
+        dk, dv = (t.view(b, g, -1, *t.shape[2:]).sum(2) for t in (dk, dv))
+    return dq, dk, dv
 
 
 def _npu_causal_args(q: Tensor, causal: bool) -> dict:
