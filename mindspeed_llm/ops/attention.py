@@ -298,12 +298,13 @@ def blockwise_attention(
     block_q: int = 256,
     block_k: int = 256,
     seed: int | None = None,
+    head_offset: int = 0,
 ) -> Tensor:
     """Flash-style attention in pure torch on ``[b, n, s, d]``; never holds more than one score block.
 
-    ``seed`` fixes the dropout mask (:func:`dropout_multiplier` of the call's positions 0..s-1);
-    when None it is drawn from the default generator of the query's device (so megatron's RNG
-    tracker fork governs it, as it does for megatron's dropout).
+    ``seed`` fixes the dropout mask (:func:`dropout_multiplier` of the call's positions 0..s-1 and
+    heads ``head_offset``..); when None it is drawn from the default generator of the query's device
+    (so megatron's RNG tracker fork governs it, as it does for megatron's dropout).
     """
     _check_shapes(query, key, value, causal)
     # Contiguous blocks keep the matmuls on oneDNN/MKL's fast paths (bf16 slices of a permuted
@@ -311,9 +312,13 @@ def blockwise_attention(
     query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     if dropout_p > 0.0 and seed is None:
         seed = int(torch.randint(0, 2**62, (1,), device=query.device).item())
+    pos = None
+    if head_offset:
+        pos = (torch.arange(query.shape[2], device=query.device), torch.arange(key.shape[2], device=query.device),
+               int(head_offset))
     return _BlockwiseAttention.apply(
         query, key, value, attn_mask, causal, _scale(softmax_scale, query.shape[-1]), float(dropout_p),
-        int(seed or 0), block_q, block_k,
+        int(seed or 0), block_q, block_k, pos,
     )
 
 

@@ -20,13 +20,14 @@ order, so every rank does the same causal work. All algorithms take and return t
   sequence order, the project's :func:`~mindspeed_llm.ops.attention.flash_attention` runs causal,
   and the inverse all-to-all restores the sequence split. Query heads must divide by CP; with GQA,
   K/V heads not divisible by CP are repeated by the smallest factor of the group size that makes
-  them divisible (at worst to one K/V head per query head). Attention dropout is the local kernel's,
-  drawn from the caller's RNG (the module forks megatron's model-parallel tracker).
+  them divisible (at worst to one K/V head per query head). Attention dropout is the local kernel's;
+  the blockwise kernel (CPU) hashes the rank's global head index into its position-keyed mask.
 - ``hybrid_cp_algo`` (:func:`hybrid_attention`, ``--ulysses-degree-in-cp U``): the CP group splits
   into ``CP / U`` Ulysses sub-groups of ``U`` consecutive CP ranks and ``U`` ring sub-groups of
   every ``U``-th rank. Ulysses' all-to-all inside a sub-group gathers ``U`` chunk pairs that are,
   put in order, the ring's load-balanced pair of a ``2 * CP / U`` split; ring attention then runs
-  over the ring sub-group on ``1/U`` of the heads, and the inverse all-to-all comes back.
+  over the ring sub-group on ``1/U`` of the heads (dropout: the ring's, with the global head index),
+  and the inverse all-to-all comes back.
 
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
@@ -51,7 +52,13 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 from torch import Tensor
 
-from mindspeed_llm.ops.attention import _BlockwiseAttention, attention_dropout_rng, flash_attention
+from mindspeed_llm.ops.attention import (
+    _BlockwiseAttention,
+    attention_dropout_rng,
+    blockwise_attention,
+    flash_attention,
+    select_attention_impl,
+)
 from mindspeed_llm.ops.backend import resolve_backend
 from mindspeed_llm.ops.npu import require_torch_npu
 
@@ -452,21 +459,41 @@ def ulysses_kv_repeat(n_q: int, n_kv: int, cp: int) -> int:
     return next(r for r in range(1, group + 1) if group % r == 0 and (n_kv * r) % cp == 0)
 
 
+def _dropout_seed(dropout_p: float, seed: int | None, device) -> int | None:
+    """The dropout seed: given, or one draw from the current generator (the same on every CP rank of a TP rank)."""
+    if dropout_p <= 0.0 or seed is not None:
+        return seed
+    return int(torch.randint(0, 2**62, (1,), device=device).item())
+
+
 def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                      dropout_p: float = 0.0, impl: str = "auto", backend: str | None = None) -> Tensor:
+                      dropout_p: float = 0.0, seed: int | None = None, impl: str = "auto",
+                      backend: str | None = None) -> Tensor:
     """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
 
-    ``dropout_p`` is the local kernel's attention dropout (each rank holds whole sequences for its
-    heads); it draws from the current generator, so the caller chooses the RNG.
+    ``dropout_p``: the local kernel's attention dropout (each rank holds whole sequences for its
+    heads). Where that kernel is the blockwise one (CPU), its mask is keyed by (seed, head, query
+    and key position) with this rank's global head index, so any CP size drops what CP 1's
+    :func:`~mindspeed_llm.ops.attention.blockwise_attention` drops with the same ``seed`` (default:
+    a draw from the current generator, the same on every CP rank). Other kernels draw their own.
     """
     cp = dist.get_world_size(group)
     rep = ulysses_kv_repeat(q.shape[2], k.shape[2], cp)
     if rep > 1:
         k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     to_natural, to_ranks = chunk_order(cp)
+    heads = q.shape[2] // cp  # query heads per rank after the all-to-all
     q, k, v = (_reorder_chunks(_SeqToHead.apply(t, group), to_natural) for t in (q, k, v))
-    out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
-                          impl=impl, backend=backend)
+    if impl == "auto":
+        impl = select_attention_impl(q, attn_mask=None, dropout_p=dropout_p, backend=backend)
+    if dropout_p > 0.0 and impl == "blockwise":
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+        out = blockwise_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                                  seed=_dropout_seed(dropout_p, seed, q.device),
+                                  head_offset=dist.get_rank(group) * heads).permute(2, 0, 1, 3)
+    else:
+        out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
+                              impl=impl, backend=backend)
     return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
 
 
@@ -519,15 +546,17 @@ def initialize_hybrid_cp_groups(ulysses_degree: int, tensor_model_parallel_size:
 
 def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group, *,
                      softmax_scale: float | None = None, kernel: str = "auto", backend: str | None = None,
-                     torch_npu: Any = None) -> Tensor:
+                     torch_npu: Any = None, dropout_p: float = 0.0, seed: int | None = None) -> Tensor:
     """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same layout out.
 
     With ``U`` Ulysses and ``R`` ring ranks, Ulysses sub-group ``m`` holds chunks ``mU .. mU+U-1``
     and ``2CP-1-mU-(U-1) .. 2CP-1-mU`` of the ``2CP``-chunk split: after the all-to-all and
     :func:`chunk_order` of ``U`` these are blocks ``m`` and ``2R-1-m`` of a ``2R``-block split, in
-    order, which is the ring's own load-balanced layout for ring rank ``m``.
+    order, which is the ring's own load-balanced layout for ring rank ``m``. Dropout is the ring's
+    (position-keyed, with this Ulysses rank's global head index): the same mask as at CP 1.
     """
     u = dist.get_world_size(ulysses_group)
+    heads = q.shape[2] // u  # query heads per rank after the all-to-all
     rep = ulysses_kv_repeat(q.shape[2], k.shape[2], u)
     if rep > 1:
         k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
@@ -535,7 +564,8 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
     q, k, v = (_reorder_chunks(_SeqToHead.apply(t, ulysses_group), to_natural).permute(1, 2, 0, 3)
                for t in (q, k, v))
     out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
-                         torch_npu=torch_npu)
+                         torch_npu=torch_npu, dropout_p=dropout_p, seed=_dropout_seed(dropout_p, seed, q.device),
+                         head_offset=dist.get_rank(ulysses_group) * heads)
     return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)
 
 
@@ -551,8 +581,8 @@ class ContextParallelAttention(MegatronModule):
     (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
     :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention only: no explicit
     attention mask, no packed sequences (the training flags refuse those with CP). Attention dropout
-    with the ring and with Ulysses, drawn from megatron's model-parallel RNG like its local attention
-    (the ring's seed is the same on every CP rank: its masks are keyed by global positions).
+    with every algorithm, drawn from megatron's model-parallel RNG like its local attention (the seed
+    is the same on every CP rank: the masks are keyed by global positions and heads).
     """
 
     # None: kernels follow the tensors' device; tests may pin 'torch'/'cuda'/'npu'.
@@ -570,10 +600,6 @@ class ContextParallelAttention(MegatronModule):
         if attn_mask_type != AttnMaskType.causal or attention_type != "self":
             raise NotImplementedError("ContextParallelAttention: causal self-attention only")
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout and comm not in ("p2p", "a2a"):
-            raise NotImplementedError("ContextParallelAttention: attention dropout is supported with context "
-                                      "parallelism only for megatron_cp_algo and ulysses_cp_algo; use "
-                                      "--attention-dropout 0")
         self.attention_dropout_p = dropout
         self.comm = comm
         if pg_collection is None:
@@ -606,8 +632,10 @@ class ContextParallelAttention(MegatronModule):
                 out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
                                         dropout_p=dropout_p, backend=self.backend)
         elif self.comm == "a2a+p2p":
-            out = hybrid_attention(query, key, value, *self.hcp_groups, softmax_scale=self.softmax_scale,
-                                   backend=self.backend)
+            dropout_p = self.attention_dropout_p if self.training else 0.0
+            with attention_dropout_rng(self.config, dropout_p):
+                out = hybrid_attention(query, key, value, *self.hcp_groups, softmax_scale=self.softmax_scale,
+                                       backend=self.backend, dropout_p=dropout_p)
         else:
             q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
             dropout_p = self.attention_dropout_p if self.training else 0.0

@@ -352,10 +352,6 @@ def _check_context_parallel(args: argparse.Namespace) -> None:
     if args.reset_attention_mask:
         raise ArgumentError("--reset-attention-mask is not supported with --context-parallel-size > 1 (ring and "
                             "Ulysses attention are causal only): drop one of them")
-    if args.attention_dropout and algo not in ("megatron_cp_algo", "ulysses_cp_algo"):
-        raise ArgumentError(f"--attention-dropout {args.attention_dropout} is not supported with --context-parallel-size "
-                            f"{cp} and --context-parallel-algo {algo}: use --attention-dropout 0 (or megatron_cp_algo "
-                            "or ulysses_cp_algo)")
 
 
 def _check_hybrid_degree(cp: int, ulysses: int | None) -> None:

@@ -1,11 +1,13 @@
-"""--attention-dropout with ring attention (megatron_cp_algo): the same training as CP 1 and an exact resume.
+"""--attention-dropout with ring attention (megatron_cp_algo): the same training as CP 1 and an exact resume;
+Ulysses at CP 2 and hybrid at CP 4 (Ulysses 2 x ring 2) train like CP 1 with dropout too.
 
 A tiny Qwen2 (2 layers, hidden 64, GQA) converted from one HF model trains 6 steps at sequence 256 (a learnable
 corpus) with attention dropout 0.3: at CP 1 (flash-style attention: the blockwise kernel with dropout) and with the ring
 at CP 2, saving at steps 3 and 6. The dropout mask is a hash of global positions and the seed comes from megatron's
 model-parallel RNG tracker, so CP 2 drops what CP 1 drops: the losses agree (fp32, relative 1e-5). A CP 2
 launch resumes the step-3 checkpoint (its RNG state restores the tracker) and repeats steps 4-6 exactly.
-A one-step CP 1 run without dropout shows that the dropout runs changed the loss.
+A one-step CP 1 run without dropout shows that the dropout runs changed the loss. Ulysses and hybrid key the
+mask by the global head index as well, so their 3 steps equal CP 1's (relative 1e-5).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def runs(tmp_path_factory):
         "cp1": start_pretrain(*flags(1)),
         "cp2": start_pretrain(*flags(2, "--save", str(saved), "--save-interval", "3"), nproc=2),
         "cp1_no_dropout": start_pretrain(*flags(1, "--exit-interval", "1", "--attention-dropout", "0")),
+        "ulysses_cp2": start_pretrain(*flags(2, "--context-parallel-algo", "ulysses_cp_algo", "--exit-interval", "3"),
+                                      nproc=2),
+        "hybrid_cp4": start_pretrain(*flags(4, "--context-parallel-algo", "hybrid_cp_algo", "--ulysses-degree-in-cp",
+                                            "2", "--exit-interval", "3"), nproc=4),
     }
     out = {name: run.result().stdout for name, run in started.items()}
     out["resume"] = run_pretrain(*flags(2, "--ckpt-step", "3", load=saved), nproc=2)
@@ -74,3 +80,11 @@ def test_ring_dropout_resume_at_cp2_is_exact(runs):
     resumed, unbroken = loss_strings(runs["resume"]), loss_strings(runs["cp2"])
     assert sorted(resumed) == [4, 5, 6], runs["resume"][-3000:]
     assert resumed == {step: unbroken[step] for step in (4, 5, 6)}
+
+
+@pytest.mark.parametrize("name", ["ulysses_cp2", "hybrid_cp4"])
+def test_ulysses_and_hybrid_dropout_train_like_cp1(runs, name):
+    got = losses(runs[name])
+    assert sorted(got) == [1, 2, 3], runs[name][-3000:]
+    cp1 = losses(runs["cp1"])
+    assert_close_losses(got, {step: cp1[step] for step in (1, 2, 3)}, rel=1e-5, label=f"{name} vs CP 1, dropout 0.3")

@@ -63,10 +63,11 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
                              dropout_p=dropout_p, seed=seed)
     elif algo == "ulysses":  # ulysses and hybrid take megatron's [s, b, n, d]
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = ulysses_attention(*sbnd, group, softmax_scale=0.3).permute(1, 2, 0, 3)
+        out = ulysses_attention(*sbnd, group, softmax_scale=0.3, dropout_p=dropout_p, seed=seed).permute(1, 2, 0, 3)
     else:
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, kernel=kernel).permute(1, 2, 0, 3)
+        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, kernel=kernel, dropout_p=dropout_p,
+                               seed=seed).permute(1, 2, 0, 3)
     (out.double() * _local(w, group)).sum().backward()
     pairs = [(out, ref)] + [(t.grad, r.grad) for t, r in zip(local, ref_in)]
     worst = 0.0
@@ -83,9 +84,9 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
         assert grad["softmax_max"].shape == (*grad["query"].shape[:3], 8)
 
 
-def run_dropout_case(name: str, group, *, n_q: int, n_kv: int, p: float = 0.3) -> None:
-    """Ulysses with attention dropout under megatron's model-parallel RNG equals, for every CP rank's head
-    group, the local kernel on the whole sequence with dropout forked from that same (TP rank 0) stream."""
+def run_rng_case(name: str, group, *, n_q: int, n_kv: int, p: float = 0.3) -> None:
+    """Ulysses with attention dropout under megatron's model-parallel RNG (the module's rule) equals CP 1's
+    local kernel on the whole sequence with dropout forked from that same (TP rank 0) stream."""
     from types import SimpleNamespace
 
     from megatron.core import tensor_parallel
@@ -93,20 +94,14 @@ def run_dropout_case(name: str, group, *, n_q: int, n_kv: int, p: float = 0.3) -
     def seed_tracker():
         tensor_parallel.model_parallel_cuda_manual_seed(77, tp_rank=0, ep_rank=0, etp_rank=0)
 
-    cp = dist.get_world_size(group)
     torch.manual_seed(1234)
     b, s, d = 2, 64, 16
     q, k, v = (torch.randn(b, n, s, d) for n in (n_q, n_kv, n_kv))
     w = torch.randn(b, n_q, s, d)
     ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
-    outs = []
-    for i in range(cp):  # CP rank i's heads after the all-to-all, with the tracker's state as every rank has it
-        seed_tracker()
-        hq, hk = slice(i * n_q // cp, (i + 1) * n_q // cp), slice(i * n_kv // cp, (i + 1) * n_kv // cp)
-        with tensor_parallel.get_cuda_rng_tracker().fork():
-            outs.append(blockwise_attention(ref_in[0][:, hq], ref_in[1][:, hk], ref_in[2][:, hk], causal=True,
-                                            dropout_p=p, softmax_scale=0.3))
-    ref = torch.cat(outs, dim=1)
+    seed_tracker()
+    with tensor_parallel.get_cuda_rng_tracker().fork():  # CP 1's local attention under TP rank 0's stream
+        ref = blockwise_attention(*ref_in, causal=True, dropout_p=p, softmax_scale=0.3)
     (ref * w).sum().backward()
     seed_tracker()
     default_state = torch.get_rng_state()
@@ -156,15 +151,16 @@ def main() -> None:
         ("hybrid_cp4_u2_gqa", "hybrid", hybrid, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5)),
         ("hybrid_cp4_u2_kv_repeat_blockwise", "hybrid", hybrid, dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise",
                                                                      tol=1e-5)),
+        ("ulysses_cp2_dropout", "ulysses", cp2, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
+        ("ulysses_cp4_dropout_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5, dropout_p=0.3)),
+        ("hybrid_cp4_u2_dropout", "hybrid", hybrid, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
     ]
     only = set(sys.argv[1:])
     for name, algo, group, kw in cases:
         if not only or name in only:
             run_case(name, algo, group, **kw)
-    for name, group, kw in [("ulysses_cp2_dropout_gqa", cp2, dict(n_q=4, n_kv=2)),
-                            ("ulysses_cp4_dropout", world, dict(n_q=4, n_kv=4))]:
-        if not only or name in only:
-            run_dropout_case(name, group, **kw)
+    if not only or "ulysses_cp2_dropout_rng" in only:
+        run_rng_case("ulysses_cp2_dropout_rng", cp2, n_q=4, n_kv=2)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -51,6 +51,20 @@ def test_hybrid_attention_equals_full_attention(cases, name):
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ulysses_cp2_dropout", "ulysses_cp4_dropout_kv_repeat", "hybrid_cp4_u2_dropout"])
+def test_ulysses_and_hybrid_dropout_equal_attention_with_the_rebuilt_mask(cases, name):
+    # The mask is keyed by global heads and positions: any CP size drops what CP 1 drops with the seed.
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+@pytest.mark.slow
+def test_ulysses_dropout_draws_from_megatrons_model_parallel_rng(cases):
+    # Under the module's RNG rule (the tracker fork) CP 2 equals CP 1's local attention with dropout,
+    # and the default generator is untouched.
+    assert "ulysses_cp2_dropout_rng" in cases, sorted(cases)
+
+
 def test_hybrid_groups_are_mindspeeds_layout():
     # MindSpeed's hybrid_cp_algo: Ulysses over consecutive CP ranks, ring over every U-th one.
     ulysses, ring = hybrid_cp_rank_groups([1, 3, 5, 7, 9, 11, 13, 15], 2)  # a CP group at TP 2

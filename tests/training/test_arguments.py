@@ -67,6 +67,8 @@ HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context
 def test_ring_context_parallel_takes_attention_dropout():
     # The ring draws position-keyed masks: megatron's default attention dropout (0.1) is accepted.
     assert args_for("--context-parallel-size 2 --context-parallel-algo megatron_cp_algo", world=2).attention_dropout == 0.1
+    hybrid = HYBRID.replace("--attention-dropout 0", "") + "4 --ulysses-degree-in-cp 2"
+    assert args_for(hybrid, world=4).attention_dropout == 0.1  # Ulysses around the ring: the same masks
 
 
 @pytest.mark.parametrize("extra, world, words", [
@@ -74,8 +76,6 @@ def test_ring_context_parallel_takes_attention_dropout():
     ("--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0", 2,
      ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 2 --reset-attention-mask --attention-dropout 0", 2, ["--reset-attention-mask", "--context-parallel-size"]),
-    (HYBRID.replace("--attention-dropout 0", "") + "4 --ulysses-degree-in-cp 2", 4,
-     ["--attention-dropout 0.1", "hybrid_cp_algo"]),
     ("--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
      "--pad-to-multiple-of 2", 2, ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
