@@ -16,10 +16,11 @@ before the timed passes, glibc's mmap threshold fixed so freed blocks return); "
 
 ``step``: a full ``pretrain_gpt.py`` step (``--mock-data``, a 2-layer Qwen2.5-shaped model, hidden 256, 4 heads /
 2 groups, vocabulary 1024, fp32, ``--use-flash-attn``): the log's elapsed time per iteration (the last of 3) and
-the max RSS its memory report prints for rank 0, less the same launch's at sequence 256 x CP (imports, model,
-optimizer: what does not grow with the sequence).
+the max RSS its memory report prints (after step 1; the larger of the first and last rank), less the same
+launch's at sequence 256 x CP (imports, model, optimizer: what does not grow with the sequence).
 
-Every case is a fresh torchrun launch with ``OMP_NUM_THREADS=1``. Prints markdown tables.
+Every case is a fresh torchrun launch with ``OMP_NUM_THREADS=1``. Prints markdown tables with the load average
+at each case's start; ``--results FILE`` keeps measured cases so a sweep can run in pieces.
 """
 
 from __future__ import annotations
@@ -102,14 +103,17 @@ def attention_worker(args: argparse.Namespace) -> None:
 def _torchrun(nproc: int, *cmd: str, timeout: int) -> str:
     import socket
 
-    with socket.socket() as sock:  # a free port (a fixed one collides with other launches on a shared machine)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    full = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-            "127.0.0.1", "--master-port", str(port), *cmd]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
            "MALLOC_MMAP_THRESHOLD_": "131072"}
-    proc = subprocess.run(full, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    for _ in range(3):  # another launch on the shared machine may take the free port between pick and bind
+        with socket.socket() as sock:  # a free port (a fixed one collides with other launches)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        full = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+                "127.0.0.1", "--master-port", str(port), *cmd]
+        proc = subprocess.run(full, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+        if "EADDRINUSE" not in proc.stderr:
+            break
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout
@@ -125,13 +129,13 @@ def attention_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> di
 
 
 def step_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
-    """Elapsed time per iteration and the rise of rank 0's max RSS over the same launch at seq 256 * CP."""
+    """Elapsed time per iteration and the rise of the max RSS (largest reporting rank) over the launch at 256 * CP."""
     run, base = _step_run(args, seq, cp, algo), _step_run(args, 256 * cp, cp, algo)
     return {"time_s": run["time_s"], "peak_mib": run["peak_mib"] - base["peak_mib"]}
 
 
 def _step_run(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
-    """Elapsed time per iteration and rank 0's max RSS of a 3-step pretrain_gpt.py run."""
+    """Elapsed time per iteration and the max RSS of the first and last rank (the larger) of a 3-step run."""
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--num-layers", "2", "--hidden-size", "256", "--ffn-hidden-size", "512", "--num-attention-heads", "4",
                  "--group-query-attention", "--num-query-groups", "2", "--seq-length", str(seq),
@@ -145,19 +149,31 @@ def _step_run(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
             flags += ["--ulysses-degree-in-cp", str(args.ulysses_degree)]
         out = _torchrun(cp, os.path.join(ROOT, "pretrain_gpt.py"), *flags, timeout=args.timeout)
     times = [float(m) for m in re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+)", out)]
-    rss = [float(m) for m in re.findall(r"\[Rank 0\].*max rss: ([0-9.]+)", out)]
-    return {"time_s": times[-1] / 1000, "peak_mib": rss[-1] if rss else float("nan")}
+    rss = [float(m) for m in re.findall(r"\[Rank \d+\].*max rss: ([0-9.]+)", out)]  # the first and last rank
+    return {"time_s": times[-1] / 1000, "peak_mib": max(rss) if rss else float("nan")}
 
 
 def _table(title: str, rows: list[tuple], memory_label: str) -> None:
     print(f"\n{title}\n")
-    print(f"| seq | CP | algorithm | time per rank (s) | {memory_label} | memory vs CP 1 | work per token vs CP 1 |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| seq | CP | algorithm | time per rank (s) | {memory_label} | memory vs CP 1 | work per token vs CP 1 "
+          "| load average |")
+    print("|---|---|---|---|---|---|---|---|")
     for seq, cp, algo, r, ref in rows:
         mem = r["peak_mib"] / ref["peak_mib"] if ref else float("nan")
         work = cp * r["time_s"] / ref["time_s"] if ref else float("nan")
-        print(f"| {seq} | {cp} | {algo if cp > 1 else '-'} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {mem:.2f} | "
-              f"{work:.2f} |")
+        print(f"| {seq} | {cp} | {algo} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {mem:.2f} | {work:.2f} | "
+              f"{r.get('load', float('nan')):.1f} |")
+
+
+def _case_key(part: str, seq: int, cp: int, algo: str) -> str:
+    return f"{part} {seq} {cp} {algo if cp > 1 else '-'}"
+
+
+def _load_results(path: str | None) -> dict:
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
 
 
 def _algos_at(args: argparse.Namespace, cp: int) -> list[str]:
@@ -178,6 +194,9 @@ def main() -> None:
     parser.add_argument("--ulysses-degree", type=int, default=2, help="hybrid_cp_algo's --ulysses-degree-in-cp")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--results", default=None,
+                        help="JSON file of measured cases: cases already in it are not rerun, new ones are added "
+                             "(a sweep can be run in pieces; CP 1 rows serve as the reference of later CP rows)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--algo", default="megatron_cp_algo", help=argparse.SUPPRESS)
@@ -191,20 +210,26 @@ def main() -> None:
     print(f"# bench_cp: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}, torch {torch.__version__}, OMP_NUM_THREADS=1 per rank, fp32, batch 1, "
           f"{time.strftime('%Y-%m-%d')}")
+    results = _load_results(args.results)
     for part, case, label in (("attention", attention_case, "peak memory per rank (MiB)"),
-                              ("step", step_case, "max RSS rise rank 0 (MiB)")):
+                              ("step", step_case, "max RSS rise, largest rank (MiB)")):
         if part not in args.parts:
             continue
         rows = []
         for seq in args.seqs:
-            ref = None
             for cp in args.cps:
                 for algo in (_algos_at(args, cp) if cp > 1 else args.algos[:1]):
-                    r = case(args, seq, cp, algo)
-                    ref = ref or (r if cp == 1 else None)
-                    rows.append((seq, cp, algo, r, ref))
-                    print(f"  {part} seq {seq} CP {cp} {algo}: {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB",
+                    key = _case_key(part, seq, cp, algo)
+                    if key not in results:
+                        load = os.getloadavg()[0]
+                        results[key] = {**case(args, seq, cp, algo), "load": load}
+                        if args.results:
+                            with open(args.results, "w") as f:
+                                json.dump(results, f, indent=1)
+                    r = results[key]
+                    print(f"  {key}: {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB load {r['load']:.1f}",
                           file=sys.stderr, flush=True)
+                    rows.append((seq, cp, algo if cp > 1 else "-", r, results.get(_case_key(part, seq, 1, "-"))))
         title = (f"one attention layer, fwd+bwd ({args.heads} heads / {args.groups} groups, head dim {args.head_dim})"
                  if part == "attention" else "full pretrain_gpt.py step (2 layers, hidden 256, vocabulary 1024)")
         _table(title, rows, label)
