@@ -54,28 +54,35 @@ class StartedTorchrun:
         self._procs = [subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, cwd=REPO_ROOT,
                                         env=_rank_env(rank, nproc, port, env)) for rank in range(nproc)]
 
+    def _stop(self) -> None:
+        """Terminate the ranks still running (SIGKILL after 15 s) and reap them all."""
+        for p in self._procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self._procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
     def _wait(self) -> int:
-        """Every rank's end (the others are terminated once one fails); the first failing exit status, else 0."""
+        """Every rank's end (the others are stopped once one fails); the first failing exit status, else 0.
+        On a timeout, or an exception here (Ctrl-C, pytest-timeout), no rank is left behind."""
         import time
 
-        deadline = time.monotonic() + self._timeout
-        while any(p.poll() is None for p in self._procs):
-            failed = [p for p in self._procs if p.returncode not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                for p in self._procs:
-                    if p.poll() is None:
-                        p.terminate()
-                for p in self._procs:
-                    try:
-                        p.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
-                if not failed:
+        deadline, failed = time.monotonic() + self._timeout, 0
+        try:
+            while any(p.poll() is None for p in self._procs):
+                failed = next((p.returncode for p in self._procs if p.returncode not in (None, 0)), 0)
+                if failed:
+                    break
+                if time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired([str(self._script), *self._args], self._timeout)
-                break
-            time.sleep(0.05)
-        return next((p.returncode for p in self._procs if p.returncode != 0), 0)
+                time.sleep(0.05)
+        finally:
+            self._stop()
+        return failed or next((p.returncode for p in self._procs if p.returncode != 0), 0)
 
     def result(self) -> subprocess.CompletedProcess:
         if self._result is None:
