@@ -447,11 +447,14 @@ def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(t
     assert main(argv) == 0  # the earlier output (in this process: only the next run is signalled)
     before, src_before = tree_digest(out), tree_digest(larger_hf)
 
-    def writing() -> bool:  # the staging folder holds a finished rank file: the tool is mid-write
+    def writing() -> bool:  # the staging folder holds some finished rank files, not all 4: the tool is mid-write
         staged = [p for p in os.listdir(tmp_path) if p.startswith(".out.tmp-")]
-        return bool(staged) and any(os.path.isfile(os.path.join(tmp_path, staged[0], "iter_0000001", r,
-                                                                "model_optim_rng.pt"))
-                                    for r in ("mp_rank_00_000", "mp_rank_01_000"))
+        if not staged:
+            return False
+        done = [os.path.isfile(os.path.join(tmp_path, staged[0], "iter_0000001", r, "model_optim_rng.pt"))
+                for r in ("mp_rank_00_000", "mp_rank_01_000", "mp_rank_00_001", "mp_rank_01_001")]
+        # With all 4 written only the commit is left: a signal then could land after it (the run exits 0).
+        return any(done) and not all(done)
 
     rc, err = signal_when(start_tool("convert_ckpt.py", *argv, "--overwrite"), writing, sig)
     assert rc == code, err
