@@ -4,11 +4,13 @@
 set -euo pipefail
 QS_OUT=${QS_OUT:-./quickstart_output}
 HF_DIR=${HF_DIR:-$QS_OUT/model_from_hf/qwen2.5-tiny-hf}
-mkdir -p "$QS_OUT/finetune_dataset"
+INPUT=${INPUT:-$QS_OUT/dataset/alpaca_stdlib.parquet}   # alpaca-style rows (parquet, json, jsonl, ...)
+OUTPUT_PREFIX=${OUTPUT_PREFIX:-$QS_OUT/finetune_dataset/alpaca}
+mkdir -p "$(dirname "$OUTPUT_PREFIX")"
 python ./preprocess_data.py \
-    --input "$QS_OUT/dataset/alpaca_stdlib.parquet" \
+    --input "$INPUT" \
     --tokenizer-name-or-path "$HF_DIR/" \
-    --output-prefix "$QS_OUT/finetune_dataset/alpaca" \
+    --output-prefix "$OUTPUT_PREFIX" \
     --handler-name AlpacaStyleInstructionHandler \
     --prompt-type qwen \
     --tokenizer-type PretrainedFromHF \

@@ -22,6 +22,8 @@ SEQ_LEN=${SEQ_LEN:-128}
 MBS=${MBS:-1}
 GBS=${GBS:-4}
 TRAIN_ITERS=${SFT_ITERS:-10}  # SFT_ITERS: the pretraining step reads TRAIN_ITERS
+LR=${LR:-3e-3}          # peak, after the warmup; cosine decay to MIN_LR
+MIN_LR=${MIN_LR:-3e-4}
 LOG_INTERVAL=${LOG_INTERVAL:-5}
 LOG_DIR=${LOG_DIR:-$QS_OUT/logs}
 
@@ -71,8 +73,8 @@ GPT_ARGS="
     --micro-batch-size ${MBS} \
     --global-batch-size ${GBS} \
     --train-iters ${TRAIN_ITERS} \
-    --lr 3e-3 \
-    --min-lr 3e-4 \
+    --lr ${LR} \
+    --min-lr ${MIN_LR} \
     --lr-decay-style cosine \
     --lr-warmup-fraction 0.1 \
     --weight-decay 0.01 \

@@ -86,29 +86,107 @@ def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
     _chat_answer_equals_transformers(proc.stdout, sft_hf)
 
 
+QWEN_CHATML = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+               "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")  # Qwen2.5-Instruct's, by hand
+
+
+def _transformers_chat(hf_dir, questions: list[str], max_new_tokens: int) -> list[tuple[str, str | None, int]]:
+    """transformers' greedy generate on each question in the ChatML above, stopping at <|im_end|> or EOS:
+    (the answer's text, the stop token or None, the number of new tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    stops = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    answers = []
+    for question in questions:
+        ids = tokenizer(QWEN_CHATML.format(question), return_tensors="pt").input_ids
+        with torch.no_grad():
+            new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=stops, pad_token_id=stops[0])[0, ids.shape[1]:].tolist()
+        stop = tokenizer.convert_ids_to_tokens(new[-1]) if new[-1] in stops else None
+        answers.append((tokenizer.decode(new[:-1] if stop else new, skip_special_tokens=True), stop, len(new)))
+    return answers
+
+
 def _chat_answer_equals_transformers(stdout: str, sft_hf) -> None:
     """Step 10: inference.py's chat answer (the SFT checkpoint at TP1 PP2) is what transformers' generate says on the
     same weights converted to HF, given Qwen2.5-Instruct's ChatML written out by hand, greedy, stopping at
     <|im_end|> or EOS: the same tokens, and the same reason to stop."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     question = "Explain what `json.dumps` does in Python."
     chat = re.search(r"You:\n(.*?)\n\nMindSpeed-LLM:\n(.*?)\n\[chat\] inference.py rendered", stdout.split("step 10/10")[1],
                      re.S)
     assert chat and chat.group(1) == question, stdout[-3000:]
-    tokenizer = AutoTokenizer.from_pretrained(sft_hf)
-    model = AutoModelForCausalLM.from_pretrained(sft_hf, dtype=torch.float32).eval()
-    prompt = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-              f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    stops = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
-    with torch.no_grad():
-        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=CHAT_TOKENS, do_sample=False,
-                             eos_token_id=stops, pad_token_id=stops[0])[0, ids.shape[1]:].tolist()
-    stopped = new[-1] in stops
-    assert chat.group(2) == tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True)
-    assert stopped or len(new) == CHAT_TOKENS
+    [(text, stop, new_tokens)] = _transformers_chat(sft_hf, [question], CHAT_TOKENS)
+    assert chat.group(2) == text
+    assert stop or new_tokens == CHAT_TOKENS
+
+
+# Questions whose trained answers are one or two tokens: the end of turn is a third of the learnt tokens (with
+# the quick start's long docstring answers it is rare, and a few SFT steps never teach the tiny model to stop).
+SHORT_QA = (("What is the capital of France?", "Paris"), ("Which animal barks?", "Dog"), ("Add two and two.", "4"),
+            ("What colour is a clear sky?", "Blue"), ("How many days are in a week?", "Seven"),
+            ("Who wrote Hamlet?", "Shakespeare"))
+# Measured: 100 steps leave two questions with another trained answer; lr 1e-2 with 6 rows a step plateaus.
+SHORT_QA_TUNE = {"SFT_ITERS": "150", "GBS": "2", "LR": "5e-3", "MIN_LR": "5e-4"}
+SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|im_end|>
+
+
+@pytest.fixture(scope="module")
+def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
+    """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data and
+    step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question."""
+    from tests.conftest import torchrun
+    from tests.examples.test_model_example_scripts import _recorded_argv
+    from tests.inference.helpers import parse_outputs
+
+    out, run = quickstarts["qwen25"]
+    assert run.result().returncode == 0, "the Qwen2.5 quick start failed: see test_quickstart_runs_offline_end_to_end"
+    root = tmp_path_factory.mktemp("short_answer_chat")
+    rows = root / "short_qa.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in SHORT_QA))
+    env = {**os.environ, "QS_OUT": str(out), "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "LOG_DIR": str(root / "logs")}
+    steps = (("data_convert_qwen25_instruction.sh", {"INPUT": str(rows), "OUTPUT_PREFIX": str(root / "data" / "qa")}),
+             ("tune_qwen25_tiny_ptd.sh", {"DATA_PATH": str(root / "data" / "qa"), "CKPT_SAVE_DIR": str(root / "sft"),
+                                          "SEQ_LEN": "64", "LOG_INTERVAL": "1", "MASTER_PORT": str(free_port()),
+                                          **SHORT_QA_TUNE}),
+             ("ckpt_convert_qwen25_mcore2hf.sh", {"LOAD_DIR": str(root / "sft"), "SAVE_DIR": str(root / "sft_hf")}))
+    for script, settings in steps:
+        proc = subprocess.run(["bash", f"examples/quickstart/{script}"], cwd=REPO_ROOT, env={**env, **settings},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{script}: " + proc.stdout[-4000:] + proc.stderr[-4000:]
+    settings = {"QS_OUT": str(out), "CHECKPOINT": str(root / "sft"), "MAX_NEW_TOKENS": str(SHORT_QA_TOKENS)}
+    os.environ.update(settings)
+    try:
+        argv = _recorded_argv("examples/quickstart/generate_qwen25_tiny_ptd.sh", "torchrun", root)
+    finally:
+        for name in settings:
+            os.environ.pop(name)
+    flags = argv[argv.index("inference.py") + 1:]
+    del flags[flags.index("--prompt"): flags.index("--prompt") + 2]  # the script's one question: ours instead
+    # Each question alone, as trained (single-turn rows): no earlier exchange in what the model sees.
+    chat = torchrun(REPO_ROOT / "inference.py", *flags, "--history-turns", "0",
+                    *[a for q, _ in SHORT_QA for a in ("--prompt", q)], nproc=2, timeout=600)
+    return {"flags": flags, "answers": parse_outputs(chat.stdout), "hf": root / "sft_hf",
+            "losses": losses_from_log((root / "logs" / "tune_mcore_qwen25_tiny.log").read_text())}
+
+
+@pytest.mark.slow
+def test_chat_on_short_answer_sft_model_stops_at_im_end(short_answer_chat) -> None:
+    """Issue 16: chat with the qwen template on an SFT-trained quick-start model answers through the template and
+    stops at <|im_end|>. inference.py answers every trained question with its trained answer; transformers, on the
+    same weights converted to HF and given the ChatML written out by hand, says the same and ends each answer
+    by generating <|im_end|> (not EOS, not the token limit)."""
+    assert short_answer_chat["flags"][short_answer_chat["flags"].index("--prompt-type") + 1] == "qwen"
+    losses = short_answer_chat["losses"]
+    assert [it for it, _ in losses] == list(range(1, int(SHORT_QA_TUNE["SFT_ITERS"]) + 1))
+    assert short_answer_chat["answers"] == list(SHORT_QA)
+    reference = _transformers_chat(short_answer_chat["hf"], [q for q, _ in SHORT_QA], SHORT_QA_TOKENS)
+    for (question, answer), (text, stop, new_tokens) in zip(SHORT_QA, reference):
+        assert (text, stop) == (answer, "<|im_end|>"), question
+        assert new_tokens < SHORT_QA_TOKENS
 
 
 @pytest.mark.slow
