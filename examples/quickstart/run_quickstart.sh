@@ -64,8 +64,9 @@ cat <<NOTE
 [chat] or EOS, or after ${MAX_NEW_TOKENS:-48} new tokens. What to expect: this 4-layer model, fine-tuned for
 [chat] ${SFT_ITERS:-10} steps, has learned which answer tokens are frequent, not where an answer ends, so its answer is
 [chat] usually one frequent token repeated up to the limit. The stop itself works: on a model that does end its
-[chat] turn, inference.py stops there (tests/inference). This leg shows the path (instruction data, SFT, the
-[chat] template at inference), not a better model.
+[chat] turn, inference.py stops there (tests/inference; tests/quickstart fine-tunes this model on one-word answers
+[chat] for 150 steps, and it then ends each answer with <|im_end|>). This leg shows the path (instruction data,
+[chat] SFT, the template at inference), not a better model.
 NOTE
 fi
 
