@@ -140,10 +140,3 @@ def hf_config_dir() -> Path:
     """The hub config.json files in tests/fixtures/hf_configs."""
     return HF_CONFIG_FIXTURES
 
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """Files with multi-process (``slow``) tests first, each file's tests kept together and in order: with
-    ``make test``'s two xdist workers taking whole files, the many short files then fill the end of the run
-    instead of one long file running alone on one core while the other core idles."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
