@@ -5,9 +5,10 @@
 #   (again only when setup.py or pyproject.toml change).
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` / `make test-fast`, each taking whole test files (their module fixtures
-# run once); PYTEST_WORKERS=0 runs the suite in this process, one test after the other.
-PYTEST_WORKERS ?= 2
+# pytest-xdist workers for `make test` / `make test-fast` (whole test files each, so module fixtures run once).
+# 0, the default: one process. PYTEST_WORKERS=2 is not yet safe: a preprocessing test forks its worker pool
+# inside an xdist worker, whose threads the fork copies, and once hung (docs/performance.md).
+PYTEST_WORKERS ?= 0
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 
