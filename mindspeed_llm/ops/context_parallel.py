@@ -466,6 +466,20 @@ def _dropout_seed(dropout_p: float, seed: int | None, device) -> int | None:
     return int(torch.randint(0, 2**62, (1,), device=device).item())
 
 
+def _heads_to_ranks(q: Tensor, k: Tensor, v: Tensor, group) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Ulysses' all-to-all: ``[s_local, b, n, d]`` chunk pairs -> the whole sequence (in order) for ``1/size``
+    of the heads (K/V repeated first where their heads do not divide); also the chunk order back and this
+    rank's first global query head."""
+    size = dist.get_world_size(group)
+    rep = ulysses_kv_repeat(q.shape[2], k.shape[2], size)
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    to_natural, to_ranks = chunk_order(size)
+    head_offset = dist.get_rank(group) * (q.shape[2] // size)
+    q, k, v = (_reorder_chunks(_SeqToHead.apply(t, group), to_natural) for t in (q, k, v))
+    return q, k, v, to_ranks, head_offset
+
+
 def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
                       dropout_p: float = 0.0, seed: int | None = None, impl: str = "auto",
                       backend: str | None = None) -> Tensor:
@@ -477,20 +491,14 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
     :func:`~mindspeed_llm.ops.attention.blockwise_attention` drops with the same ``seed`` (default:
     a draw from the current generator, the same on every CP rank). Other kernels draw their own.
     """
-    cp = dist.get_world_size(group)
-    rep = ulysses_kv_repeat(q.shape[2], k.shape[2], cp)
-    if rep > 1:
-        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-    to_natural, to_ranks = chunk_order(cp)
-    heads = q.shape[2] // cp  # query heads per rank after the all-to-all
-    q, k, v = (_reorder_chunks(_SeqToHead.apply(t, group), to_natural) for t in (q, k, v))
+    q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, group)
     if impl == "auto":
         impl = select_attention_impl(q, attn_mask=None, dropout_p=dropout_p, backend=backend)
     if dropout_p > 0.0 and impl == "blockwise":
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
         out = blockwise_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale,
                                   seed=_dropout_seed(dropout_p, seed, q.device),
-                                  head_offset=dist.get_rank(group) * heads).permute(2, 0, 1, 3)
+                                  head_offset=head_offset).permute(2, 0, 1, 3)
     else:
         out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
                               impl=impl, backend=backend)
@@ -555,17 +563,11 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
     order, which is the ring's own load-balanced layout for ring rank ``m``. Dropout is the ring's
     (position-keyed, with this Ulysses rank's global head index): the same mask as at CP 1.
     """
-    u = dist.get_world_size(ulysses_group)
-    heads = q.shape[2] // u  # query heads per rank after the all-to-all
-    rep = ulysses_kv_repeat(q.shape[2], k.shape[2], u)
-    if rep > 1:
-        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-    to_natural, to_ranks = chunk_order(u)
-    q, k, v = (_reorder_chunks(_SeqToHead.apply(t, ulysses_group), to_natural).permute(1, 2, 0, 3)
-               for t in (q, k, v))
+    q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, ulysses_group)
+    q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
     out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
                          torch_npu=torch_npu, dropout_p=dropout_p, seed=_dropout_seed(dropout_p, seed, q.device),
-                         head_offset=dist.get_rank(ulysses_group) * heads)
+                         head_offset=head_offset)
     return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)
 
 
