@@ -36,6 +36,16 @@ def _check_torchrun(proc: subprocess.CompletedProcess, script, args) -> subproce
     return proc
 
 
+def _read_and_close(*files) -> list[str]:
+    """The whole text of each temporary output file, which is then closed (and so removed)."""
+    texts = []
+    for f in files:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return texts
+
+
 class StartedTorchrun:
     """``script`` started now as the ``nproc`` worker processes torchrun would start on one node (real
     torch.distributed on gloo, rank 0 hosting the rendezvous store at MASTER_PORT), without torchrun's agent:
@@ -87,12 +97,8 @@ class StartedTorchrun:
     def result(self) -> subprocess.CompletedProcess:
         if self._result is None:
             code = self._wait()
-            outputs = []
-            for f in (self._out, self._err):
-                f.seek(0)
-                outputs.append(f.read())
-                f.close()
-            self._result = subprocess.CompletedProcess([str(self._script), *self._args], code, *outputs)
+            self._result = subprocess.CompletedProcess([str(self._script), *self._args], code,
+                                                       *_read_and_close(self._out, self._err))
         return _check_torchrun(self._result, self._script, self._args)
 
 
@@ -126,12 +132,8 @@ class Started:
                 self._proc.kill()
                 self._proc.wait()
                 raise
-            outputs = []
-            for f in (self._out, self._err):
-                f.seek(0)
-                outputs.append(f.read())
-                f.close()
-            self._result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode, *outputs)
+            self._result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode,
+                                                       *_read_and_close(self._out, self._err))
         return self._result
 
 
