@@ -62,8 +62,12 @@ class Generator:
     """Generates continuations of token-id prompts with one rank's model chunk (any TP/PP)."""
 
     def __init__(self, model: torch.nn.Module, *, vocab_size: int, pad_id: int, use_kv_cache: bool = True) -> None:
+        """Takes ``model`` for inference: its linear weights are stored transposed for decoding (same values)."""
         from megatron.core.utils import get_model_config
 
+        from mindspeed_llm.patches.inference import lay_out_weights_for_decode
+
+        lay_out_weights_for_decode(model)
         self.model = model
         self.config = get_model_config(model)
         self.vocab_size = vocab_size  # the real embedding rows: padded rows are never chosen

@@ -22,6 +22,12 @@ its forward math (the same ``matmul`` and bias add) without the autograd functio
 exists only to save inputs for backward, and the tensor-parallel region entries and exits are their
 forwards (the input itself; the all-reduce; the logits' all-gather: nothing at TP 1). With sequence
 parallelism (an all-gather in the linear's forward) or gradients on, megatron's own functions run.
+
+The largest cost of a decode step is not Python but the linears' products of a few rows by a large
+weight (the output layer alone is half of the step at hidden 256, vocabulary 32000): MKL runs
+``input @ weight.t()`` faster when ``weight.t()`` is contiguous. ``lay_out_weights_for_decode``,
+which the generator calls once on its model, stores the weights that way: the same values and shape,
+swapped strides. Training never calls it.
 """
 
 from __future__ import annotations
@@ -130,6 +136,40 @@ def _forward_without_autograd(forward_name: str):
         return region
 
     return wrapper
+
+
+def _linear_weights(model: torch.nn.Module):
+    """The 2-D weights ``model``'s column/row-parallel linears multiply by (the output layer's shared
+    embedding weight included), each once."""
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    seen = set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None) if isinstance(module, (ColumnParallelLinear, RowParallelLinear)) else None
+        if weight is None and getattr(module, "share_embeddings_and_output_weights", False) \
+                and getattr(module, "post_process", False):
+            weight = module.shared_embedding_or_output_weight()
+        if weight is not None and weight.dim() == 2 and id(weight) not in seen:
+            seen.add(id(weight))
+            yield weight
+
+
+def lay_out_weights_for_decode(model: torch.nn.Module) -> int:
+    """Store each linear weight of ``model`` transposed in memory (same values, same shape); returns how many.
+
+    megatron's linears compute ``input @ weight.t()``. With ``weight.t()`` contiguous, MKL's products
+    of a few rows (a decode step: one row per sequence) run faster: 1.7x for an output layer of hidden
+    256 x vocabulary 32000 at batch 4, 1.3x for an 11008 x 4096 MLP weight; prefill is unchanged
+    (docs/performance.md). The values and the shape stay, so the state dict, the TP shards and every
+    op that reads the weight see the same tensor; the generator lays out its model this way once.
+    """
+    count = 0
+    with torch.no_grad():
+        for weight in _linear_weights(model):
+            if weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()
+                count += 1
+    return count
 
 
 def enable_inference_patches(registry: PatchRegistry, device: str) -> list[str]:

@@ -19,9 +19,9 @@ from tests.ops.megatron_env import single_process_model_parallel
 PROMPT_LEN, NEW_TOKENS = 24, 6
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """(transformers' model, megatron's GPTModel) with the same random weights (a converted tiny Qwen2.5)."""
+def _converted(root, kind: str = "qwen2", num_layers: int = 2):
+    """(transformers' model, megatron's GPTModel, ModelConfig) with the same random weights (a converted tiny
+    model); call within ``single_process_model_parallel``."""
     from mindspeed_llm.checkpoint import layout
     from mindspeed_llm.models.builder import build_gpt_model
     from mindspeed_llm.models.families import ModelConfig
@@ -29,16 +29,21 @@ def models(tmp_path_factory):
     from tests.checkpoint.tiny_models import make_tiny_hf_model
     from tests.e2e.pretrain_helpers import convert_hf_to_mg
 
-    root = tmp_path_factory.mktemp("patched")
-    hf = make_tiny_hf_model(str(root / "hf"), "qwen2", num_layers=2)
+    hf = make_tiny_hf_model(str(root / "hf"), kind, num_layers=num_layers)
     mg_dir = convert_hf_to_mg(root / "hf", root / "mg")
+    model_config = ModelConfig.from_hf_config(json.loads((root / "hf" / "config.json").read_text()))
+    mg = build_gpt_model(model_config, padded_vocab_size=hf.config.vocab_size, pre_process=True,
+                         post_process=True, hidden_dropout=0.0, attention_dropout=0.0)
+    state = load_rank_file(layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0, 1))
+    mg.load_state_dict(state["model"], strict=True)
+    return hf, mg.eval(), model_config
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(transformers' model, megatron's GPTModel) with the same random weights (a converted tiny Qwen2.5)."""
     with single_process_model_parallel():
-        model_config = ModelConfig.from_hf_config(json.loads((root / "hf" / "config.json").read_text()))
-        mg = build_gpt_model(model_config, padded_vocab_size=hf.config.vocab_size, pre_process=True,
-                             post_process=True, hidden_dropout=0.0, attention_dropout=0.0)
-        state = load_rank_file(layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0, 1))
-        mg.load_state_dict(state["model"], strict=True)
-        yield hf, mg.eval(), model_config
+        yield _converted(tmp_path_factory.mktemp("patched"))
 
 
 @pytest.fixture
@@ -86,6 +91,8 @@ def test_static_cache_holds_rotated_keys_and_greedy_equals_transformers(models, 
 def test_training_forward_and_backward_untouched(models, patched) -> None:
     """With gradients on (training), the patched functions are megatron's: same loss, same gradients."""
     _, mg, model_config = models
+    for p in mg.parameters():  # training's layout: only the generator re-lays the weights for decoding
+        p.data = p.data.contiguous()
     tokens = torch.tensor(_prompts(model_config.vocab_size))
     positions = torch.arange(PROMPT_LEN).expand_as(tokens)
 
@@ -102,3 +109,64 @@ def test_training_forward_and_backward_untouched(models, patched) -> None:
     ref_loss, ref_grads = loss_and_grads()
     assert torch.equal(loss, ref_loss)
     assert grads.keys() == ref_grads.keys() and all(torch.equal(grads[n], ref_grads[n]) for n in grads)
+
+
+def _hf_greedy(hf, prompts: list[list[int]]):
+    """transformers' greedy ``generate`` of NEW_TOKENS: the output with each step's logits."""
+    ids = torch.tensor(prompts)
+    with torch.no_grad():
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
+                           min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0, output_logits=True,
+                           return_dict_in_generate=True)
+
+
+def test_decode_layout_keeps_values_and_logits(models, patched) -> None:
+    """The generator stores the linear weights transposed; each step's logits are those of megatron's own layout
+    and transformers'."""
+    from mindspeed_llm.inference.generation import Generator, SamplingParams
+
+    hf, mg, model_config = models
+    for p in mg.parameters():  # megatron's layout, whatever an earlier test left
+        p.data = p.data.contiguous()
+    generator = Generator(mg, vocab_size=model_config.vocab_size, pad_id=0)
+    linears = [mg.output_layer.weight] + [w for layer in mg.decoder.layers for w in (
+        layer.self_attention.linear_qkv.weight, layer.self_attention.linear_proj.weight, layer.mlp.linear_fc1.weight,
+        layer.mlp.linear_fc2.weight)]
+    assert all(w.t().is_contiguous() and not w.is_contiguous() for w in linears)
+    assert torch.equal(mg.output_layer.weight, hf.lm_head.weight)  # the same values, the same shape
+    assert torch.equal(mg.decoder.layers[1].self_attention.linear_proj.weight, hf.model.layers[1].self_attn.o_proj.weight)
+
+    captured: list[torch.Tensor] = []
+    hook = mg.output_layer.register_forward_hook(lambda _m, _i, out: captured.append(out[0][-1].clone()))
+    prompts = _prompts(model_config.vocab_size)
+    try:
+        ours = generator.generate(prompts, max_new_tokens=NEW_TOKENS, sampling=SamplingParams())
+        relaid, captured[:] = list(captured), []
+        for p in mg.parameters():
+            p.data = p.data.contiguous()
+        plain_tokens = generator.generate(prompts, max_new_tokens=NEW_TOKENS, sampling=SamplingParams())
+    finally:
+        hook.remove()
+    out = _hf_greedy(hf, prompts)
+    assert ours == plain_tokens == out.sequences[:, PROMPT_LEN:].tolist()
+    assert len(relaid) == len(captured) == NEW_TOKENS
+    for step, (a, b, ref) in enumerate(zip(relaid, captured, out.logits)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"step {step}: layouts differ")
+        torch.testing.assert_close(a[:, : model_config.vocab_size], ref, rtol=1e-4, atol=1e-4,
+                                   msg=f"step {step}: transformers' logits differ")
+
+
+def test_decode_layout_of_tied_embeddings_greedy_equals_transformers(tmp_path, patched) -> None:
+    """With the output layer sharing the embedding weight, that one weight is re-laid (lookups read it too)."""
+    from mindspeed_llm.inference.generation import Generator, SamplingParams
+    from mindspeed_llm.patches.inference import lay_out_weights_for_decode
+
+    with single_process_model_parallel():
+        hf, mg, model_config = _converted(tmp_path, "qwen3_tied", num_layers=1)
+        assert mg.share_embeddings_and_output_weights and mg.output_layer.weight is None
+        generator = Generator(mg, vocab_size=model_config.vocab_size, pad_id=0)
+        assert mg.embedding.word_embeddings.weight.t().is_contiguous()
+        assert lay_out_weights_for_decode(mg) == 0  # laid out once: nothing left to do
+        prompts = _prompts(model_config.vocab_size)
+        ours = generator.generate(prompts, max_new_tokens=NEW_TOKENS, sampling=SamplingParams())
+    assert ours == _hf_greedy(hf, prompts).sequences[:, PROMPT_LEN:].tolist()
