@@ -6,13 +6,15 @@ the same weights on both sides. A batch of prompts of --context tokens each; dec
 ``batch x new tokens / time`` from the first generated token to the last (both sides report each token as
 it is chosen: our ``on_token`` callback, transformers' ``streamer``), so the prefill is not counted. The
 same clock reads the process's CPU time (``time.process_time``): with one thread, the CPU time per
-decode step is what a load spike on a shared machine disturbs least. The three are measured
+decode step is what a load spike on a shared machine disturbs least. The cases are measured
 interleaved, --repeats rounds, and reported as medians, as the median and range of each round's ratios
 (the runs of a round ran back to back), and as best against best. Greedy, no stop token. megatron runs
 with the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm
 --use-fused-rotary-pos-emb --use-fused-swiglu``: SDPA with native GQA on the CPU) and inference.py's
 patches (``mindspeed_llm.patches.inference``: rotated keys in the static KV cache, no autograd
-functions around the forward math); transformers with its default attention (SDPA).
+functions around the forward math) and the generator's weight layout (``lay_out_weights_for_decode``:
+linear weights stored transposed); a fourth case runs the KV cache with the weights laid out as training
+keeps them (contiguous), to show what the layout gives. transformers with its default attention (SDPA).
 
     OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
 """
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mindspeed_llm.inference.generation import Generator, SamplingParams
     from mindspeed_llm.patches.features import enable_feature_patches
-    from mindspeed_llm.patches.inference import enable_inference_patches
+    from mindspeed_llm.patches.inference import enable_inference_patches, lay_out_weights_for_decode
 
     enable_inference_patches(mindspeed_llm.registry, mindspeed_llm.DEVICE)
     enable_feature_patches(use_flash_attn=True, use_fused_rmsnorm=True, use_fused_rotary_pos_emb=True,
@@ -136,11 +138,21 @@ def main(argv: list[str] | None = None) -> int:
             hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
                         do_sample=False, eos_token_id=None, pad_token_id=0, streamer=clock)
 
+    def as_trained(clock: StepClock):
+        """The KV cache run with megatron's own (contiguous) weight layout, re-laid for decoding afterwards."""
+        for p in mg.parameters():
+            p.data = p.data.contiguous()
+        try:
+            ours(runners["megatron, KV cache"])(clock)
+        finally:
+            lay_out_weights_for_decode(mg)
+
     cases = {name: ours(gen) for name, gen in runners.items()}
+    cases["KV cache, layout as trained"] = as_trained
     cases["transformers generate"] = transformers_generate
     rates: dict[str, list[float]] = {name: [] for name in cases}  # wall tokens/s
     cpu_ms: dict[str, list[float]] = {name: [] for name in cases}  # CPU ms per decode step (whole batch)
-    for _ in range(args.repeats):  # interleaved: a load spike hits all three alike
+    for _ in range(args.repeats):  # interleaved: a load spike hits all cases alike
         for name, run in cases.items():
             clock = StepClock()
             run(clock)
@@ -155,14 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decode, fp32, {torch.get_num_threads()} thread(s), batch {args.batch}, context {args.context}, "
           f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
-    print(f"{'':24} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} {'KV cache is (CPU)':>30}")
-    print(f"{'':24} {'median (best)':>22} {'median of rounds (range)':>30} {'median (best)':>18} "
+    print(f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} {'KV cache is (CPU)':>30}")
+    print(f"{'':27} {'median (best)':>22} {'median of rounds (range)':>30} {'median (best)':>18} "
           f"{'median of rounds (range)':>30}")
     base, base_cpu = rates["megatron, KV cache"], cpu_ms["megatron, KV cache"]
     for name in cases:
         wall = sorted(b / v for b, v in zip(base, rates[name]))  # each round's runs ran back to back
         cpu = sorted(v / b for b, v in zip(base_cpu, cpu_ms[name]))
-        print(f"{name:24} {statistics.median(rates[name]):12.1f} ({max(rates[name]):7.1f}) "
+        print(f"{name:27} {statistics.median(rates[name]):12.1f} ({max(rates[name]):7.1f}) "
               f"{statistics.median(wall):15.2f}x ({wall[0]:.2f}-{wall[-1]:.2f}) "
               f"{statistics.median(cpu_ms[name]):9.2f} ({min(cpu_ms[name]):6.2f}) "
               f"{statistics.median(cpu):15.2f}x ({cpu[0]:.2f}-{cpu[-1]:.2f})")
