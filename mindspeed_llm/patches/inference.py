@@ -26,8 +26,8 @@ parallelism (an all-gather in the linear's forward) or gradients on, megatron's 
 The largest cost of a decode step is not Python but the linears' products of a few rows by a large
 weight (the output layer alone is half of the step at hidden 256, vocabulary 32000): MKL runs
 ``input @ weight.t()`` faster when ``weight.t()`` is contiguous. ``lay_out_weights_for_decode``,
-which the generator calls once on its model, stores the weights that way: the same values and shape,
-swapped strides. Training never calls it.
+which the generator calls once on its model, stores the CPU weights that way: the same values and
+shape, swapped strides. Training never calls it.
 """
 
 from __future__ import annotations
@@ -161,12 +161,13 @@ def lay_out_weights_for_decode(model: torch.nn.Module) -> int:
     of a few rows (a decode step: one row per sequence) run faster: 1.7x for an output layer of hidden
     256 x vocabulary 32000 at batch 4, 1.3x for an 11008 x 4096 MLP weight; prefill is unchanged
     (docs/performance.md). The values and the shape stay, so the state dict, the TP shards and every
-    op that reads the weight see the same tensor; the generator lays out its model this way once.
+    op that reads the weight see the same tensor; the generator lays out its model this way once. Only
+    CPU weights: the gain is MKL's, and an accelerator's BLAS was not measured with this layout.
     """
     count = 0
     with torch.no_grad():
         for weight in _linear_weights(model):
-            if weight.is_contiguous():
+            if weight.device.type == "cpu" and weight.is_contiguous():
                 weight.data = weight.data.t().contiguous().t()
                 count += 1
     return count
