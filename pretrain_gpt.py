@@ -48,12 +48,30 @@ def get_batch(data_iterator):
     TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group; with
     --context-parallel-size each CP rank keeps its pair of sequence chunks (megatron-core's split).
     """
-    batch = broadcast_batch(data_iterator, every_stage=get_args().reset_attention_mask)
+    return get_batch_and_documents(data_iterator)[:5]
+
+
+def get_batch_and_documents(data_iterator):
+    """:func:`get_batch` and, with --reset-attention-mask, the documents of the micro-batch (PackedSeqParams).
+
+    The documents are read from the whole sequence's position ids before the CP split: a CP rank's
+    chunk pair alone cannot tell where a document that crosses its chunks begins.
+    """
+    args = get_args()
+    batch = broadcast_batch(data_iterator, every_stage=args.reset_attention_mask)
     if batch is None:
-        return None, None, None, None, None
-    batch = get_batch_on_this_cp_rank(batch)  # a no-op at CP 1 (CP refuses --reset-attention-mask)
+        return None, None, None, None, None, None
+    documents = None
+    if args.reset_attention_mask:  # packed samples: each attends within itself, positions restart
+        from megatron.core import parallel_state as ps
+
+        from mindspeed_llm.models.packing import document_packed_seq_params
+
+        cp_group = ps.get_context_parallel_group() if args.context_parallel_size > 1 else None
+        documents = document_packed_seq_params(batch["position_ids"], cp_group=cp_group)
+    batch = get_batch_on_this_cp_rank(batch)  # a no-op at CP 1
     # No attention mask: the model's causal mask applies (per document with --reset-attention-mask).
-    return batch["tokens"], batch["labels"], batch["loss_mask"], None, batch["position_ids"]
+    return batch["tokens"], batch["labels"], batch["loss_mask"], None, batch["position_ids"], documents
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -72,12 +90,8 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def forward_step(data_iterator, model):
     """One micro-batch forward; returns the per-token losses and how to reduce them."""
-    tokens, labels, loss_mask, attention_mask, position_ids = get_batch(data_iterator)
-    extra = {}
-    if get_args().reset_attention_mask:  # packed samples: each attends within itself, positions restart
-        from mindspeed_llm.models.packing import document_packed_seq_params
-
-        extra["packed_seq_params"] = document_packed_seq_params(position_ids)
+    tokens, labels, loss_mask, attention_mask, position_ids, documents = get_batch_and_documents(data_iterator)
+    extra = {} if documents is None else {"packed_seq_params": documents}
     output_tensor = model(tokens, position_ids, attention_mask, labels=labels, **extra)
     return output_tensor, partial(loss_func, loss_mask)
 

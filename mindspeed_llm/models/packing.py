@@ -6,6 +6,12 @@ orders them): document ``i`` is tokens ``cu_seqlens[i]:cu_seqlens[i + 1]``. A do
 sample boundary. With these parameters the GPTModel attends causally within each document only
 (:mod:`mindspeed_llm.ops.document_attention`) and RoPE positions restart at each document
 (:mod:`mindspeed_llm.patches.packed`).
+
+With context parallelism (``cp_group`` of more than one rank) the parameters describe the *whole*
+``[b, s]`` batch as it was before megatron-core's ``get_batch_on_this_cp_rank`` split it, while the
+activations hold this rank's chunk pair: the attention (:mod:`mindspeed_llm.ops.context_parallel`)
+masks every block by its tokens' document ids, and RoPE takes this rank's tokens' positions inside
+their documents, cut from the whole batch's positions as megatron-core cuts the batch.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from torch import Tensor
 QKV_FORMAT = "sbhd"
 
 
-def document_packed_seq_params(position_ids: Tensor) -> PackedSeqParams:
+def document_packed_seq_params(position_ids: Tensor, cp_group=None) -> PackedSeqParams:
     """Documents of a packed ``[b, s]`` batch: one starts where ``position_ids == 0`` and at each sample's start.
 
     Returns ``PackedSeqParams(qkv_format='sbhd')`` with int32 ``cu_seqlens`` over the flattened ``b * s``
-    tokens (same tensor for queries and keys) and the longest document as ``max_seqlen``.
+    tokens (same tensor for queries and keys) and the longest document as ``max_seqlen``. With
+    ``cp_group`` (context parallelism), ``position_ids`` must be the whole batch's, before the CP split.
     """
     if position_ids.dim() != 2:
         raise ValueError(f"position_ids must be [batch, seq], got shape {tuple(position_ids.shape)}")
@@ -32,8 +39,16 @@ def document_packed_seq_params(position_ids: Tensor) -> PackedSeqParams:
     total = torch.tensor([b * s], dtype=begins.dtype, device=begins.device)
     cu_seqlens = torch.cat([begins, total]).to(torch.int32)
     max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if cp_group is not None and cp_group.size() == 1:
+        cp_group = None
     return PackedSeqParams(qkv_format=QKV_FORMAT, cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                           max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+                           max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen, cp_group=cp_group)
+
+
+def context_parallel_size(packed_seq_params: PackedSeqParams) -> int:
+    """How many CP ranks share the sequences the parameters describe (1: the activations hold them whole)."""
+    group = packed_seq_params.cp_group
+    return 1 if group is None else group.size()
 
 
 def is_document_packed(packed_seq_params: PackedSeqParams | None) -> bool:
@@ -64,6 +79,22 @@ def check_document_packed(packed_seq_params: PackedSeqParams, batch: int, seq: i
     return cu
 
 
+def document_ids(cu_seqlens: Tensor, batch: int, seq: int) -> Tensor:
+    """Each token's document number ``[batch, seq]`` (int64, counted over the flattened tokens from 0)."""
+    doc = torch.zeros(batch * seq, dtype=torch.int64, device=cu_seqlens.device)
+    doc[cu_seqlens[1:-1].long()] = 1
+    return doc.cumsum_(0).view(batch, seq)
+
+
+def cp_rank_tokens(x: Tensor, cp_group) -> Tensor:
+    """This CP rank's chunk pair of a ``[b, s]`` tensor, cut as megatron-core's ``get_batch_on_this_cp_rank`` cuts."""
+    if cp_group is None or cp_group.size() == 1:
+        return x
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    return get_batch_on_this_cp_rank({"x": x}, cp_group=cp_group)["x"]
+
+
 def document_positions(cu_seqlens: Tensor) -> Tensor:
     """Each token's position inside its document, over the flattened tokens (``[cu_seqlens[-1]]``, int64)."""
     cu = cu_seqlens.to(torch.int64)
@@ -72,9 +103,15 @@ def document_positions(cu_seqlens: Tensor) -> Tensor:
     return torch.arange(total, device=cu.device) - torch.repeat_interleave(cu[:-1], lengths, output_size=total)
 
 
-def document_rotary_freqs(freqs: Tensor, cu_seqlens: Tensor, seq: int) -> Tensor:
-    """RoPE angles restarting at each document: ``freqs`` ``[L, 1, 1, d]`` (positions 0..L-1) -> ``[seq, b, 1, d]``."""
+def document_rotary_freqs(freqs: Tensor, cu_seqlens: Tensor, seq: int, cp_group=None) -> Tensor:
+    """RoPE angles restarting at each document: ``freqs`` ``[L, 1, 1, d]`` (positions 0..L-1) -> ``[seq, b, 1, d]``.
+
+    With ``cp_group`` (``cu_seqlens`` of the whole batch, ``seq`` the local length) the angles are those
+    of this CP rank's chunk pair: positions inside their documents of the whole sequence, then cut.
+    """
+    cp = 1 if cp_group is None else cp_group.size()
     positions = document_positions(cu_seqlens).to(freqs.device)
-    batch = positions.numel() // seq
+    batch = positions.numel() // (seq * cp)
+    positions = cp_rank_tokens(positions.view(batch, seq * cp), cp_group)
     table = freqs.reshape(freqs.shape[0], freqs.shape[-1])
     return table[positions].view(batch, seq, 1, -1).transpose(0, 1)

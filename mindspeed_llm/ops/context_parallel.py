@@ -52,6 +52,12 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import divide
 from torch import Tensor
 
+from mindspeed_llm.models.packing import (
+    check_document_packed,
+    context_parallel_size,
+    document_ids,
+    is_document_packed,
+)
 from mindspeed_llm.ops.attention import (
     _BlockwiseAttention,
     attention_dropout_rng,
@@ -102,15 +108,18 @@ def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = No
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, kernel: str,
-                       torch_npu: Any = None, dropout: tuple | None = None) -> tuple[Tensor, Tensor]:
+                       torch_npu: Any = None, dropout: tuple | None = None,
+                       attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of softmax attention on ``[b, n, s, d]`` (GQA allowed); lse fp32 ``[b, n_q, s_q]``.
 
     ``dropout``: ``(p, seed, (q positions, k positions, first head))`` for the blockwise kernel's
     position-keyed mask (:func:`~mindspeed_llm.ops.attention.dropout_multiplier`); lse is then the
-    undropped rows' log-sum-exp, so blocks merge as without dropout.
+    undropped rows' log-sum-exp, so blocks merge as without dropout. ``attn_mask`` (bool, True = masked
+    out, broadcastable to the scores; the blockwise kernel): a row with no visible key gets output 0 and
+    lse ``-inf``, so merging it changes nothing.
     """
-    if dropout is not None and kernel != "blockwise":
-        raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
+    if (dropout is not None or attn_mask is not None) and kernel != "blockwise":
+        raise ValueError(f"attention dropout or a mask in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         # torch's CPU flash kernel takes fewer K/V heads than query heads (GQA) as they are.
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
@@ -118,8 +127,11 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
     if kernel == "blockwise":
         ctx = _SavedArgs()
         p, seed, pos = dropout or (0.0, 0, None)
-        out = _BlockwiseAttention.forward(ctx, q, k, v, None, causal, scale, p, seed, 256, 256, pos)
-        return out, ctx.saved_tensors[4].reshape(q.shape[:3]).float()
+        out = _BlockwiseAttention.forward(ctx, q, k, v, attn_mask, causal, scale, p, seed, 256, 256, pos)
+        lse = ctx.saved_tensors[4].reshape(q.shape[:3]).float()
+        if attn_mask is not None:  # the kernel marks rows without a visible key +inf (its backward's choice)
+            lse = lse.masked_fill(lse == float("inf"), float("-inf"))
+        return out, lse
     if kernel == "npu":
         npu = require_torch_npu(torch_npu, "ring attention")
         out, smax, ssum = _npu_forward(npu, q, k, v, causal, scale)
@@ -134,10 +146,11 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
 
 def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
                                 causal: bool, scale: float, kernel: str, torch_npu: Any = None,
-                                dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                                dropout: tuple | None = None,
+                                attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
-    if dropout is not None and kernel != "blockwise":
-        raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
+    if (dropout is not None or attn_mask is not None) and kernel != "blockwise":
+        raise ValueError(f"attention dropout or a mask in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout, q, k, v, out, lse, 0.0, causal, scale=scale)
@@ -145,7 +158,7 @@ def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
     if kernel == "blockwise":
         ctx = _SavedArgs()
         b, g = k.shape[:2]
-        ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
+        ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), attn_mask)
         p, seed, ctx.dropout_pos = dropout or (0.0, 0, None)
         ctx.args = (causal, scale, p, seed, 256, 256)
         dq, dk, dv = _BlockwiseAttention.backward(ctx, dout)[:3]
@@ -280,6 +293,33 @@ def _pair_positions(rank: int, size: int, half: int, device) -> Tensor:
     return torch.cat([first, first + (2 * size - 1 - 2 * rank) * half])
 
 
+def _document_block_mask(docs: Tensor | None, q_pos: Tensor, k_pos: Tensor) -> Tensor | bool | None:
+    """The document mask of one ring block (``docs``: ``[b, S]`` document ids of the whole sequence).
+
+    None: every query and key of each sample lie in one document (nothing to mask); True: no query
+    shares a document with a key (the block is skipped); else ``[b, 1, s_q, s_k]`` bool, True = masked.
+    """
+    if docs is None:
+        return None
+    q_doc, k_doc = docs[:, q_pos], docs[:, k_pos]
+    # Document ids never decrease along a sequence and positions are sorted: first and last are min and max.
+    first = q_doc[:, 0]
+    if all(torch.equal(first, t) for t in (q_doc[:, -1], k_doc[:, 0], k_doc[:, -1])):
+        return None
+    masked = q_doc[:, :, None] != k_doc[:, None, :]
+    return True if bool(masked.all()) else masked.unsqueeze(1)
+
+
+def _ring_block(kernel: str, docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: slice,
+                cols: slice) -> tuple[str, Tensor | bool | None]:
+    """(kernel, document mask) of one ring block: blocks that mask part of a document run the blockwise kernel."""
+    if docs is None:
+        return kernel, None
+    k_pos = _pair_positions(src, size, q_pos.numel() // 2, q_pos.device)
+    mask = _document_block_mask(docs, q_pos[rows], k_pos[cols])
+    return ("blockwise" if isinstance(mask, Tensor) else kernel), mask
+
+
 def _block_dropout(drop: tuple | None, src: int, rows: slice, cols: slice, q_pos: Tensor) -> tuple | None:
     """The blockwise kernel's dropout argument for one ring block (global positions of its rows and columns)."""
     if drop is None:
@@ -291,19 +331,22 @@ def _block_dropout(drop: tuple | None, src: int, rows: slice, cols: slice, q_pos
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, group, kernel, torch_npu, drop):
+    def forward(ctx, q, k, v, scale, group, kernel, torch_npu, drop, docs):
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         half = q.shape[2] // 2
         q_pos = _pair_positions(rank, size, half, q.device)
         out = lse = None
         kb, vb = k, v  # K/V travel as they are: their GQA head count, two buffers (no stacked copy)
-        kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
         for step in range(size):
             reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
             for rows, cols, causal in _blocks(step, src, rank, half):
-                o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal,
-                                          dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
+                block_kernel, mask = _ring_block(kernel, docs, q_pos, src, size, rows, cols)
+                if mask is True:  # step 0 always computes: every query sees itself
+                    continue
+                o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal, scale=scale,
+                                          kernel=block_kernel, torch_npu=torch_npu, attn_mask=mask,
+                                          dropout=_block_dropout(drop, src, rows, cols, q_pos))
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
                     out, lse = (o.float() if o.dtype != torch.float32 else o), m
                 else:
@@ -313,18 +356,17 @@ class _RingAttention(torch.autograd.Function):
             kb, vb = nxt or (None, None)  # the block just used is freed here (step > 0)
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (scale, group, kernel, torch_npu, drop)
+        ctx.args = (scale, group, kernel, torch_npu, drop, docs)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        scale, group, kernel, torch_npu, drop = ctx.args
+        scale, group, kernel, torch_npu, drop, docs = ctx.args
         size, rank = dist.get_world_size(group), dist.get_rank(group)
         half = q.shape[2] // 2
         q_pos = _pair_positions(rank, size, half, q.device)
         dout = dout.contiguous()
-        kw = dict(scale=scale, kernel=kernel, torch_npu=torch_npu)
         dq = None
         kb, vb = k, v
         sending: list = []  # the dK/dV this rank accumulated last step, on their way to the next rank
@@ -336,13 +378,19 @@ class _RingAttention(torch.autograd.Function):
             # are added as each call returns (the exchange is small next to the block's compute).
             acc = _accumulated_dkv(layout, sending, group) if step > 0 else None
             for rows, cols, causal in _blocks(step, src, rank, half):
+                block_kernel, mask = _ring_block(kernel, docs, q_pos, src, size, rows, cols)
+                if mask is True:  # no query of this block shares a document with its keys: no gradient
+                    continue
                 gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb[:, :, cols],
                                                          vb[:, :, cols], out[:, :, rows], lse[:, :, rows],
-                                                         causal=causal,
-                                                         dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
+                                                         causal=causal, scale=scale, kernel=block_kernel,
+                                                         torch_npu=torch_npu, attn_mask=mask,
+                                                         dropout=_block_dropout(drop, src, rows, cols, q_pos))
                 if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
                     dq = gq.float() if gq.dtype != torch.float32 else gq
                     acc = [gk.to(k.dtype), gv.to(v.dtype)]
+                    if docs is not None:  # step 0's kernel may differ between ranks (masked or not): one layout
+                        acc = [t.contiguous() for t in acc]
                     layout = [(k, acc[0].stride()), (v, acc[1].stride())]  # the same on every CP rank
                 else:
                     dq[:, :, rows] += gq
@@ -354,7 +402,7 @@ class _RingAttention(torch.autograd.Function):
             _wait(reqs)
             kb, vb = nxt or (None, None)
         dk, dv = _accumulated_dkv(layout, sending, group)  # after CP hops each block's dK/dV is back home
-        return dq.to(q.dtype), dk, dv, None, None, None, None, None
+        return dq.to(q.dtype), dk, dv, None, None, None, None, None, None
 
 
 def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
@@ -368,7 +416,7 @@ def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
 
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
                    kernel: str = "auto", backend: str | None = None, torch_npu: Any = None, dropout_p: float = 0.0,
-                   seed: int | None = None, head_offset: int = 0) -> Tensor:
+                   seed: int | None = None, head_offset: int = 0, document_ids: Tensor | None = None) -> Tensor:
     """Causal attention of this CP rank's chunk pair ``[b, n, s_local, d]`` against the whole sequence.
 
     ``dropout_p``: attention dropout with the blockwise kernel's position-keyed mask; ``seed`` (the
@@ -376,6 +424,12 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: flo
     tracker fork when the caller holds it); ``head_offset`` is the global index of ``q``'s first head
     in the mask's hash. The mask of a (query, key) pair does not depend on the CP size: CP 1's
     :func:`~mindspeed_llm.ops.attention.blockwise_attention` with the same seed drops the same scores.
+
+    ``document_ids`` (packed samples): ``[b, S]`` document numbers of the *whole* sequence (the same on
+    every CP rank, non-decreasing along each sample; :func:`~mindspeed_llm.models.packing.document_ids`):
+    a query then sees only earlier keys of its own document. Each block is masked by its rows' and
+    columns' ids: blocks inside one document run the usual kernel, blocks without a shared document
+    are skipped, the others run the blockwise kernel with the mask (rows without a visible key add nothing).
     """
     if q.shape[2] % 2:
         raise ValueError(f"ring attention needs an even local sequence (two chunks), got {q.shape[2]}")
@@ -387,7 +441,13 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: flo
             seed = int(torch.randint(0, 2**62, (1,), device=q.device).item())
         drop = (float(dropout_p), int(seed), dist.get_world_size(group), int(head_offset))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return _RingAttention.apply(q, k, v, scale, group, kernel, torch_npu, drop)
+    if document_ids is not None:
+        expect = (q.shape[0], q.shape[2] * dist.get_world_size(group))
+        if tuple(document_ids.shape) != expect:
+            raise ValueError(f"ring attention: document_ids must be [batch, whole sequence] = {expect}, got "
+                             f"{tuple(document_ids.shape)}")
+        document_ids = document_ids.to(device=q.device, dtype=torch.int64)
+    return _RingAttention.apply(q, k, v, scale, group, kernel, torch_npu, drop, document_ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,7 +542,8 @@ def _heads_to_ranks(q: Tensor, k: Tensor, v: Tensor, group) -> tuple[Tensor, Ten
 
 def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
                       dropout_p: float = 0.0, seed: int | None = None, impl: str = "auto",
-                      backend: str | None = None) -> Tensor:
+                      backend: str | None = None, cu_seqlens: Tensor | None = None,
+                      max_seqlen: int | None = None) -> Tensor:
     """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
 
     ``dropout_p``: the local kernel's attention dropout (each rank holds whole sequences for its
@@ -490,8 +551,19 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
     and key position) with this rank's global head index, so any CP size drops what CP 1's
     :func:`~mindspeed_llm.ops.attention.blockwise_attention` drops with the same ``seed`` (default:
     a draw from the current generator, the same on every CP rank). Other kernels draw their own.
+
+    ``cu_seqlens`` (packed samples): the documents of the *whole* ``[b, S]`` batch (over its ``b * S``
+    tokens, :func:`~mindspeed_llm.models.packing.document_packed_seq_params`); each rank then runs
+    :func:`~mindspeed_llm.ops.document_attention.document_attention` over the whole sequence for its heads.
     """
     q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, group)
+    if cu_seqlens is not None:
+        if dropout_p > 0.0:
+            raise NotImplementedError("ulysses_attention: attention dropout with packed documents is not supported")
+        from mindspeed_llm.ops.document_attention import document_attention
+
+        out = document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale, backend=backend)
+        return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
     if impl == "auto":
         impl = select_attention_impl(q, attn_mask=None, dropout_p=dropout_p, backend=backend)
     if dropout_p > 0.0 and impl == "blockwise":
@@ -554,7 +626,8 @@ def initialize_hybrid_cp_groups(ulysses_degree: int, tensor_model_parallel_size:
 
 def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group, *,
                      softmax_scale: float | None = None, kernel: str = "auto", backend: str | None = None,
-                     torch_npu: Any = None, dropout_p: float = 0.0, seed: int | None = None) -> Tensor:
+                     torch_npu: Any = None, dropout_p: float = 0.0, seed: int | None = None,
+                     document_ids: Tensor | None = None) -> Tensor:
     """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same layout out.
 
     With ``U`` Ulysses and ``R`` ring ranks, Ulysses sub-group ``m`` holds chunks ``mU .. mU+U-1``
@@ -562,12 +635,14 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
     :func:`chunk_order` of ``U`` these are blocks ``m`` and ``2R-1-m`` of a ``2R``-block split, in
     order, which is the ring's own load-balanced layout for ring rank ``m``. Dropout is the ring's
     (position-keyed, with this Ulysses rank's global head index): the same mask as at CP 1.
+    ``document_ids`` (packed samples, ``[b, S]`` of the whole sequence) go to the ring unchanged: its
+    blocks' positions are those of the ``2R``-block split.
     """
     q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, ulysses_group)
     q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
     out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
                          torch_npu=torch_npu, dropout_p=dropout_p, seed=_dropout_seed(dropout_p, seed, q.device),
-                         head_offset=head_offset)
+                         head_offset=head_offset, document_ids=document_ids)
     return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)
 
 
@@ -581,10 +656,13 @@ class ContextParallelAttention(MegatronModule):
 
     ``cp_comm_type`` 'p2p' (``megatron_cp_algo``) runs :func:`ring_attention`, 'a2a'
     (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
-    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention only: no explicit
-    attention mask, no packed sequences (the training flags refuse those with CP). Attention dropout
-    with every algorithm, drawn from megatron's model-parallel RNG like its local attention (the seed
-    is the same on every CP rank: the masks are keyed by global positions and heads).
+    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention, no explicit
+    attention mask; packed samples (``--reset-attention-mask``) with document-packed ``packed_seq_params``
+    whose ``cu_seqlens`` describe the whole batch before the CP split
+    (:func:`~mindspeed_llm.models.packing.document_packed_seq_params` with the CP group): each document
+    attends causally within itself. Attention dropout with every algorithm (not with packed samples),
+    drawn from megatron's model-parallel RNG like its local attention (the seed is the same on every CP
+    rank: the masks are keyed by global positions and heads).
     """
 
     # None: kernels follow the tensors' device; tests may pin 'torch'/'cuda'/'npu'.
@@ -622,27 +700,45 @@ class ContextParallelAttention(MegatronModule):
                 attn_mask_type: AttnMaskType | None = None, attention_bias: Tensor | None = None,
                 packed_seq_params: Any = None) -> Tensor:
         """Attention over this rank's ``[s_local, b, n, d]`` chunk pair; returns ``[s_local, b, n_q * d]``."""
-        if packed_seq_params is not None or attention_bias is not None:
-            raise NotImplementedError("ContextParallelAttention: packed sequences and attention bias are not supported")
+        if attention_bias is not None:
+            raise NotImplementedError("ContextParallelAttention: attention bias is not supported")
         if attention_mask is not None:
             raise NotImplementedError("ContextParallelAttention: an explicit attention mask is not supported "
-                                      "(context parallelism is causal only; drop --reset-attention-mask)")
+                                      "(context parallelism is causal, or per document with packed samples)")
         s, b = query.shape[:2]
-        if self.comm == "a2a":
-            dropout_p = self.attention_dropout_p if self.training else 0.0
-            with attention_dropout_rng(self.config, dropout_p):
+        dropout_p = self.attention_dropout_p if self.training else 0.0
+        documents = self._documents(packed_seq_params, b, s, dropout_p)
+        with attention_dropout_rng(self.config, dropout_p):
+            if self.comm == "a2a":
+                cu, max_seqlen = documents or (None, None)
                 out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
-                                        dropout_p=dropout_p, backend=self.backend)
-        elif self.comm == "a2a+p2p":
-            dropout_p = self.attention_dropout_p if self.training else 0.0
-            with attention_dropout_rng(self.config, dropout_p):
+                                        dropout_p=dropout_p, backend=self.backend, cu_seqlens=cu, max_seqlen=max_seqlen)
+            elif self.comm == "a2a+p2p":
+                ids = None if documents is None else document_ids(documents[0], b, s * self.cp_group.size())
                 out = hybrid_attention(query, key, value, *self.hcp_groups, softmax_scale=self.softmax_scale,
-                                       backend=self.backend, dropout_p=dropout_p)
-        else:
-            q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-            dropout_p = self.attention_dropout_p if self.training else 0.0
-            with attention_dropout_rng(self.config, dropout_p):
+                                       backend=self.backend, dropout_p=dropout_p, document_ids=ids)
+            else:
+                ids = None if documents is None else document_ids(documents[0], b, s * self.cp_group.size())
+                q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
                 out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend,
-                                     dropout_p=dropout_p)
-            out = out.permute(2, 0, 1, 3)
+                                     dropout_p=dropout_p, document_ids=ids).permute(2, 0, 1, 3)
         return out.reshape(s, b, self.hidden_size_per_partition)
+
+    def _documents(self, packed_seq_params: Any, b: int, s: int, dropout_p: float) -> tuple[Tensor, int] | None:
+        """(cu_seqlens of the whole batch, longest document) of document-packed parameters, checked; else None."""
+        if packed_seq_params is None:
+            return None
+        if not is_document_packed(packed_seq_params):
+            raise NotImplementedError("ContextParallelAttention: packed_seq_params must be document-packed (qkv_format "
+                                      "'sbhd' with cu_seqlens): build them with document_packed_seq_params")
+        cp = self.cp_group.size()
+        if context_parallel_size(packed_seq_params) != cp:
+            raise ValueError(f"ContextParallelAttention: packed_seq_params describe sequences split over "
+                             f"{context_parallel_size(packed_seq_params)} CP ranks, this CP group has {cp}: build them "
+                             "from the whole batch's position ids with document_packed_seq_params(position_ids, "
+                             "cp_group) before get_batch_on_this_cp_rank")
+        if dropout_p > 0.0:
+            raise NotImplementedError("ContextParallelAttention: attention dropout with packed samples is not "
+                                      "supported: use --attention-dropout 0")
+        cu = check_document_packed(packed_seq_params, b, s * cp)
+        return cu, packed_seq_params.max_seqlen_q

@@ -63,9 +63,9 @@ def _from_tokens(t: Tensor, s: int, b: int) -> Tensor:
 
 def document_mask(cu_seqlens: Tensor, s: int, b: int) -> Tensor:
     """The block-diagonal causal mask ``[b, 1, s, s]`` (True = masked out) of the documents."""
-    doc = torch.zeros(b * s, dtype=torch.int64, device=cu_seqlens.device)
-    doc[cu_seqlens[1:-1].long()] = 1
-    doc = doc.cumsum(0).view(b, s)
+    from mindspeed_llm.models.packing import document_ids
+
+    doc = document_ids(cu_seqlens, b, s)
     same = doc[:, :, None] == doc[:, None, :]
     causal = torch.ones(s, s, dtype=torch.bool, device=doc.device).tril_()
     return ~(same & causal).unsqueeze(1)

@@ -10,7 +10,8 @@ uses positions ``0..max_seqlen-1`` for every sample. With document-packed parame
   is megatron's own. ``FlashDotProductAttention`` (``--use-flash-attn``) does the same natively.
 - ``GPTModel._preprocess`` return RoPE angles gathered per token at its position inside its document
   (``[s, b, 1, d]``, which megatron's rotate-half broadcasts over heads), so positions restart at each
-  document as they do when each document runs alone.
+  document as they do when each document runs alone. With context parallelism (parameters carrying the
+  CP group, ``cu_seqlens`` of the whole batch) the angles are this CP rank's chunk pair's.
 
 Both only change what megatron refused or computed for the whole sample: calls without document-packed
 parameters run megatron's code unchanged.
@@ -18,6 +19,7 @@ parameters run megatron's code unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -55,7 +57,7 @@ def _dot_product_attention_wrapper(original: Callable) -> Callable:
 
 
 def _rotary_seq_length(model, decoder_input) -> int:
-    """The full sequence length of this stage's activations (sequence-parallel shards gathered)."""
+    """The sequence length of this rank's activations (sequence-parallel shards gathered; one CP rank's pair)."""
     hidden = decoder_input if decoder_input is not None else model.decoder.input_tensor
     seq = hidden.shape[0]
     if model.config.sequence_parallel:
@@ -69,13 +71,17 @@ def _preprocess_wrapper(original: Callable) -> Callable:
     @functools.wraps(original)
     def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,
                     packed_seq_params=None, padding_mask=None):
+        packed = is_document_packed(packed_seq_params)
+        # 'thd' tells megatron's RoPE the table is indexed per token: positions 0..max_seqlen-1, never cut
+        # per CP rank (megatron's get_pos_emb_on_this_cp_rank); the tokens' own positions are gathered below.
+        table_params = dataclasses.replace(packed_seq_params, qkv_format="thd") if packed else packed_seq_params
         out = original(self, input_ids=input_ids, position_ids=position_ids, decoder_input=decoder_input,
-                       inference_context=inference_context, packed_seq_params=packed_seq_params,
+                       inference_context=inference_context, packed_seq_params=table_params,
                        padding_mask=padding_mask)
-        if not is_document_packed(packed_seq_params) or out[1] is None or self.position_embedding_type not in _ROTARY_TYPES:
+        if not packed or out[1] is None or self.position_embedding_type not in _ROTARY_TYPES:
             return out
         seq = _rotary_seq_length(self, out[0])
-        freqs = document_rotary_freqs(out[1], packed_seq_params.cu_seqlens_q, seq)
+        freqs = document_rotary_freqs(out[1], packed_seq_params.cu_seqlens_q, seq, packed_seq_params.cp_group)
         return (out[0], freqs) + tuple(out[2:])
 
     return _preprocess

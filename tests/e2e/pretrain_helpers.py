@@ -135,5 +135,14 @@ def assert_close_losses(got: dict[int, float], want: dict[int, float], rel: floa
         assert diff <= rel, f"{label}: iteration {it} loss {got[it]} vs {want[it]} (relative {diff:.2e})"
 
 
+def grad_norms(board) -> dict[int, float]:
+    """{iteration: grad-norm} from a run's --tensorboard-dir (the log prints three decimals)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(board))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("grad-norm")}
+
+
 def python() -> str:
     return sys.executable

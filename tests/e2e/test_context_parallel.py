@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.pretrain_helpers import (
     convert_hf_to_mg,
+    grad_norms,
     losses,
     make_hf_model,
     make_indexed_dataset,
@@ -28,14 +29,6 @@ pytestmark = pytest.mark.slow
 
 SEQ = 4096
 REL = 1e-5
-
-
-def _grad_norms(board) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(board))
-    events.Reload()
-    return {e.step: e.value for e in events.Scalars("grad-norm")}
 
 
 def _close(got: dict[int, float], want: dict[int, float], label: str) -> None:
@@ -65,7 +58,7 @@ def runs(tmp_path_factory):
                  "--context-parallel-algo", algo, *extra]
         flags += ["--load", str(load)] if load else ["--load", str(ckpt[tp, pp]), "--finetune"]
         out = run_pretrain(*flags, nproc=tp * pp * cp, timeout=400)
-        return losses(out), _grad_norms(board), out
+        return losses(out), grad_norms(board), out
 
     saved = root / "cp2_save"
     return {

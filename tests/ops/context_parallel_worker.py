@@ -6,6 +6,8 @@ over a CP group and compares the output and dQ/dK/dV with the dense reference (`
 float64 on the whole sequence, autograd for the gradients). Prints ``CASE <name> ok <max error>``.
 Dropout cases give the reference the mask rebuilt explicitly for every (query, key) pair of the whole
 sequence (``dropout_multiplier`` on global positions) and also compare with CP 1's blockwise kernel.
+Document (packed-sample) cases compare with torch's own SDPA run causally on each document alone
+(float64), the documents given to the code under test as ids / cu_seqlens of the whole sequence.
 """
 
 from __future__ import annotations
@@ -84,6 +86,68 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
         assert grad["softmax_max"].shape == (*grad["query"].shape[:3], 8)
 
 
+# Per-sample document lengths of the 64-token document cases (CP 2: chunks of 16; CP 4: chunks of 8):
+# several documents per chunk, documents of 1 and 2 tokens, documents crossing chunks and ranks (sample 1's
+# first crosses CP 2's ranks 0 -> 1), boundaries exactly at chunk boundaries (16, 32, 48), so that at CP 2
+# rank 0's step-1 blocks share no document (skipped) and rank 1's step-1 block has rows without a visible key.
+DOCUMENTS = [[5, 11, 3, 20, 9, 16], [30, 2, 1, 15, 10, 6]]
+
+
+def per_document_reference(q, k, v, documents, scale: float):
+    """torch's SDPA (causal, GQA) on each document alone, written back in place: ``[b, n, s, d]``."""
+    out = torch.zeros_like(q)
+    for bi, lengths in enumerate(documents):
+        start = 0
+        for n in lengths:
+            sl = slice(start, start + n)
+            out[bi:bi + 1, :, sl] = torch.nn.functional.scaled_dot_product_attention(
+                q[bi:bi + 1, :, sl], k[bi:bi + 1, :, sl], v[bi:bi + 1, :, sl], is_causal=True, scale=scale,
+                enable_gqa=True)
+            start += n
+    return out
+
+
+def run_document_case(name: str, algo: str, group, *, n_q: int, n_kv: int, documents=DOCUMENTS,
+                      tol: float = 1e-5) -> None:
+    """Packed samples: ring / Ulysses / hybrid with the documents of the whole sequence vs per-document SDPA."""
+    from mindspeed_llm.models.packing import document_ids, document_packed_seq_params
+
+    if algo == "hybrid":
+        group, *sub_groups = group
+    torch.manual_seed(99)
+    b, s, d = len(documents), sum(documents[0]), 16
+    q, k, v = (torch.randn(b, n, s, d, dtype=torch.float64) for n in (n_q, n_kv, n_kv))
+    w = torch.randn(b, n_q, s, d, dtype=torch.float64)
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = per_document_reference(*ref_in, documents, 0.3)
+    (ref * w).sum().backward()
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in documents])
+    packed = document_packed_seq_params(position_ids)  # the whole sequence's documents (before the CP split)
+    ids = document_ids(packed.cu_seqlens_q, b, s)
+    local = [_local(t, group).float().requires_grad_() for t in (q, k, v)]
+    if algo == "ring":
+        out = ring_attention(*local, group, softmax_scale=0.3, document_ids=ids)
+    elif algo == "ulysses":
+        sbnd = [t.permute(2, 0, 1, 3) for t in local]
+        out = ulysses_attention(*sbnd, group, softmax_scale=0.3, cu_seqlens=packed.cu_seqlens_q,
+                                max_seqlen=packed.max_seqlen_q).permute(1, 2, 0, 3)
+    else:
+        sbnd = [t.permute(2, 0, 1, 3) for t in local]
+        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids).permute(1, 2, 0, 3)
+    (out.double() * _local(w, group)).sum().backward()
+    worst = 0.0
+    for label, got, want in zip(("out", "dq", "dk", "dv"), [out, *(t.grad for t in local)],
+                                [ref, *(t.grad for t in ref_in)]):
+        want = _local(want.detach(), group)
+        got = got.detach().double()
+        assert torch.isfinite(got).all(), f"{name}: {label} has non-finite values"
+        err = float((got - want).abs().max() / want.abs().max())
+        worst = max(worst, err)
+        assert err <= tol, f"{name}: {label} differs by {err:.3g} (relative to max) > {tol}"
+    if dist.get_rank() == 0:
+        print(f"CASE {name} ok {worst:.3g}", flush=True)
+
+
 def run_rng_case(name: str, group, *, n_q: int, n_kv: int, p: float = 0.3) -> None:
     """Ulysses with attention dropout under megatron's model-parallel RNG (the module's rule) equals CP 1's
     local kernel on the whole sequence with dropout forked from that same (TP rank 0) stream."""
@@ -155,10 +219,21 @@ def main() -> None:
         ("ulysses_cp4_dropout_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5, dropout_p=0.3)),
         ("hybrid_cp4_u2_dropout", "hybrid", hybrid, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
     ]
+    document_cases = [
+        ("ring_cp2_documents_gqa", "ring", cp2, dict(n_q=4, n_kv=2)),
+        ("ring_cp4_documents_mqa", "ring", world, dict(n_q=4, n_kv=1)),
+        ("ring_cp2_one_document_per_sample", "ring", cp2, dict(n_q=4, n_kv=2, documents=[[64], [64]])),
+        ("ulysses_cp2_documents_gqa", "ulysses", cp2, dict(n_q=4, n_kv=2)),
+        ("ulysses_cp4_documents_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1)),
+        ("hybrid_cp4_u2_documents_gqa", "hybrid", hybrid, dict(n_q=4, n_kv=2)),
+    ]
     only = set(sys.argv[1:])
     for name, algo, group, kw in cases:
         if not only or name in only:
             run_case(name, algo, group, **kw)
+    for name, algo, group, kw in document_cases:
+        if not only or name in only:
+            run_document_case(name, algo, group, **kw)
     if not only or "ulysses_cp2_dropout_rng" in only:
         run_rng_case("ulysses_cp2_dropout_rng", cp2, n_q=4, n_kv=2)
     dist.barrier()

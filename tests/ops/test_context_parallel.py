@@ -3,7 +3,8 @@
 One 4-process torchrun launch (tests/ops/context_parallel_worker.py) runs every case on CP groups of
 2 and 4; each test reads its case's line. The reference is ``attention_math`` in float64 on the
 whole sequence (with dropout: given the mask rebuilt for every global (query, key) pair); the chunk
-pairs are cut by megatron-core's ``get_batch_on_this_cp_rank``.
+pairs are cut by megatron-core's ``get_batch_on_this_cp_rank``. Packed samples (documents): the
+reference is torch's SDPA on each document alone (float64).
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from mindspeed_llm.ops.context_parallel import chunk_order, hybrid_cp_rank_groups, ulysses_kv_repeat
+from mindspeed_llm.ops.context_parallel import (
+    _document_block_mask,
+    _pair_positions,
+    chunk_order,
+    hybrid_cp_rank_groups,
+    ulysses_kv_repeat,
+)
 from tests.conftest import torchrun
 
 WORKER = Path(__file__).with_name("context_parallel_worker.py")
@@ -63,6 +71,37 @@ def test_ulysses_dropout_draws_from_megatrons_model_parallel_rng(cases):
     # Under the module's RNG rule (the tracker fork) CP 2 equals CP 1's local attention with dropout,
     # and the default generator is untouched.
     assert "ulysses_cp2_dropout_rng" in cases, sorted(cases)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ring_cp2_documents_gqa", "ring_cp4_documents_mqa", "ring_cp2_one_document_per_sample",
+                                  "ulysses_cp2_documents_gqa", "ulysses_cp4_documents_kv_repeat",
+                                  "hybrid_cp4_u2_documents_gqa"])
+def test_attention_over_packed_documents_equals_per_document_attention(cases, name):
+    # Forward and dQ/dK/dV with the whole sequence's documents, finite everywhere (rows without a visible key
+    # in a block add nothing), against SDPA on each document alone.
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+def _ids(lengths_per_sample):
+    return torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lengths_per_sample])
+
+
+def test_document_block_masks_of_the_ring():
+    # The worker's documents at CP 2 (chunks of 16): sample 0 [5, 11, 3, 20, 9, 16], sample 1 [30, 2, 1, 15, 10, 6].
+    docs = _ids([[5, 11, 3, 20, 9, 16], [30, 2, 1, 15, 10, 6]])
+    rank0, rank1 = _pair_positions(0, 2, 16, "cpu"), _pair_positions(1, 2, 16, "cpu")  # chunks (0, 3), (1, 2)
+    # Rank 0's second chunk (48..63) against rank 1's chunks: both samples start a document at 48: skipped.
+    assert _document_block_mask(docs, rank0[16:], rank1[:16]) is True
+    assert _document_block_mask(docs, rank0[16:], rank1[16:]) is True
+    # Rank 1's first chunk (16..31) against chunk 0: sample 0 starts a document at 16 (all masked); sample 1's
+    # first document runs to 29, so rows 30 and 31 see no key of chunk 0 while rows 16..29 see all of them.
+    mask = _document_block_mask(docs, rank1[:16], rank0[:16])
+    assert mask.shape == (2, 1, 16, 16)
+    assert mask[0].all() and mask[1, 0, 14:].all() and not mask[1, 0, :14].any()
+    # One document per sample: nothing to mask.
+    one = _ids([[64], [64]])
+    assert _document_block_mask(one, rank1, rank0[:16]) is None
 
 
 def test_hybrid_groups_are_mindspeeds_layout():
