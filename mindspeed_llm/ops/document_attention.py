@@ -182,8 +182,8 @@ def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tens
         raise ValueError(f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer Engine: "
                          "build them with mindspeed_llm.models.packing.document_packed_seq_params (qkv_format 'sbhd')")
     if config.context_parallel_size != 1:
-        raise ValueError("packed sequences (document-masked attention) do not support context parallelism: "
-                         "use --context-parallel-size 1")
+        raise ValueError("packed sequences with context parallelism run in ContextParallelAttention (the core "
+                         "attention --context-parallel-size selects), not in this local attention")
     if attention_mask is not None:
         raise ValueError("packed sequences take attention_mask=None: the documents in packed_seq_params are the mask")
     s, b = query.shape[:2]
