@@ -2,7 +2,7 @@
 
     python bench/bench_cp.py [--seqs 8192 16384 32768] [--cps 1 2 4]
         [--algos megatron_cp_algo ulysses_cp_algo hybrid_cp_algo] [--ulysses-degree 2]
-        [--parts attention step] [--heads 4 --groups 2 --head-dim 64] [--repeats 2]
+        [--parts attention step] [--heads 4 --groups 2 --head-dim 64] [--repeats 2] [--doc-length N]
 
 ``attention``: causal self-attention forward + backward of one layer (batch 1, fp32, ``--heads`` query heads,
 ``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the project's
@@ -13,6 +13,9 @@ each rank's ``seq / CP`` tokens. Reported per
 rank (the slowest and the largest): time (min of ``--repeats``) and peak memory (rise of peak RSS over RSS
 before the timed passes, glibc's mmap threshold fixed so freed blocks return); "work per token vs CP 1" is
 ``CP x time / time at CP 1``: the ring's overhead when every rank has its own core (1.0 = none).
+``--doc-length N`` (attention only): packed samples, documents of ``N / 2 .. 3N / 2`` tokens (seeded) attending
+within themselves: CP 1 runs :func:`~mindspeed_llm.ops.document_attention.document_attention`, CP > 1 the
+algorithms with the whole sequence's documents (``document_ids`` / ``cu_seqlens``).
 
 ``step``: a full ``pretrain_gpt.py`` step (``--mock-data``, a 2-layer Qwen2.5-shaped model, hidden 256, 4 heads /
 2 groups, vocabulary 1024, fp32, ``--use-flash-attn``): the log's elapsed time per iteration (the last of 3) and
@@ -51,6 +54,7 @@ def attention_worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import mindspeed_llm  # noqa: F401  (gloo on the CPU)
+    from mindspeed_llm.models.packing import document_ids, document_packed_seq_params
     from mindspeed_llm.ops.attention import flash_attention
     from mindspeed_llm.ops.context_parallel import (
         hybrid_attention,
@@ -58,6 +62,7 @@ def attention_worker(args: argparse.Namespace) -> None:
         ring_attention,
         ulysses_attention,
     )
+    from mindspeed_llm.ops.document_attention import document_attention
 
     dist.init_process_group("gloo")
     cp, rank = dist.get_world_size(), dist.get_rank()
@@ -67,30 +72,46 @@ def attention_worker(args: argparse.Namespace) -> None:
         ulysses, ring = hybrid_cp_rank_groups(list(range(cp)), args.ulysses_degree)
         sub_groups = [g for ranks, g in ((r, dist.new_group(r)) for r in ulysses + ring) if rank in ranks]
 
-    def step(q, k, v):
+    def step(q, k, v, docs=None):
+        cu, ids = docs or (None, None)
         if cp == 1:
-            out = flash_attention(q, k, v, causal=True, layout="sbnd")
+            out = flash_attention(q, k, v, causal=True, layout="sbnd") if cu is None else \
+                document_attention(q, k, v, cu)
         elif args.algo == "ulysses_cp_algo":
-            out = ulysses_attention(q, k, v, group)
+            out = ulysses_attention(q, k, v, group, cu_seqlens=cu)
         elif args.algo == "hybrid_cp_algo":
-            out = hybrid_attention(q, k, v, *sub_groups)
+            out = hybrid_attention(q, k, v, *sub_groups, document_ids=ids)
         else:
-            out = ring_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), group).permute(2, 0, 1, 3)
+            out = ring_attention(*(t.permute(1, 2, 0, 3) for t in (q, k, v)), group,
+                                 document_ids=ids).permute(2, 0, 1, 3)
         out.backward(torch.ones_like(out))
+
+    def documents(s):
+        """(cu_seqlens, document ids) of one packed sample of ``s`` tokens, or None without --doc-length."""
+        if not args.doc_length:
+            return None
+        gen, lengths = torch.Generator().manual_seed(0), []
+        while sum(lengths) < s:
+            lengths.append(int(torch.randint(max(1, args.doc_length // 2), args.doc_length * 3 // 2 + 1, (1,),
+                                             generator=gen)))
+        lengths[-1] -= sum(lengths) - s
+        psp = document_packed_seq_params(torch.cat([torch.arange(n) for n in lengths])[None])
+        return psp.cu_seqlens_q, document_ids(psp.cu_seqlens_q, 1, s)
 
     def tensors(s):
         shapes = [(s, 1, args.heads, args.head_dim)] + [(s, 1, args.groups, args.head_dim)] * 2
         return [torch.randn(*shape, requires_grad=True) for shape in shapes]
 
-    step(*tensors(64 * cp))  # warm-up: kernels, thread pools, the gloo pairs
+    step(*tensors(64 * cp), documents(64 * cp * cp))  # warm-up: kernels, thread pools, the gloo pairs
     q, k, v = tensors(args.seq // cp)
+    docs = documents(args.seq)
     base = _rss_mib()
     times = []
     for _ in range(args.repeats):
         q.grad = k.grad = v.grad = None
         dist.barrier(group)
         start = time.perf_counter()
-        step(q, k, v)
+        step(q, k, v, docs)
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results = [None] * cp
@@ -123,7 +144,8 @@ def attention_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> di
     """Slowest rank's time and largest rank's peak memory of one attention case."""
     out = _torchrun(cp, os.path.abspath(__file__), "--worker", "--seq", str(seq), "--algo", algo, "--heads",
                     str(args.heads), "--groups", str(args.groups), "--head-dim", str(args.head_dim), "--repeats",
-                    str(args.repeats), "--ulysses-degree", str(args.ulysses_degree), timeout=args.timeout)
+                    str(args.repeats), "--ulysses-degree", str(args.ulysses_degree), "--doc-length",
+                    str(args.doc_length), timeout=args.timeout)
     ranks = next(json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT "))
     return {"time_s": max(r["time_s"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks)}
 
@@ -194,6 +216,8 @@ def main() -> None:
     parser.add_argument("--ulysses-degree", type=int, default=2, help="hybrid_cp_algo's --ulysses-degree-in-cp")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--doc-length", type=int, default=0,
+                        help="attention only: packed documents of about N tokens (0: one causal sequence)")
     parser.add_argument("--results", default=None,
                         help="JSON file of measured cases: cases already in it are not rerun, new ones are added "
                              "(a sweep can be run in pieces; CP 1 rows serve as the reference of later CP rows)")
@@ -204,6 +228,8 @@ def main() -> None:
     if args.worker:
         attention_worker(args)
         return
+    if args.doc_length and "step" in args.parts:
+        parser.error("--doc-length measures the attention layer only: add --parts attention")
 
     import torch
 
@@ -219,7 +245,7 @@ def main() -> None:
         for seq in args.seqs:
             for cp in args.cps:
                 for algo in (_algos_at(args, cp) if cp > 1 else args.algos[:1]):
-                    key = _case_key(part, seq, cp, algo)
+                    key = _case_key(part, seq, cp, algo) + (f" docs {args.doc_length}" if args.doc_length else "")
                     if key not in results:
                         load = os.getloadavg()[0]
                         results[key] = {**case(args, seq, cp, algo), "load": load}
@@ -229,8 +255,11 @@ def main() -> None:
                     r = results[key]
                     print(f"  {key}: {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB load {r['load']:.1f}",
                           file=sys.stderr, flush=True)
-                    rows.append((seq, cp, algo if cp > 1 else "-", r, results.get(_case_key(part, seq, 1, "-"))))
-        title = (f"one attention layer, fwd+bwd ({args.heads} heads / {args.groups} groups, head dim {args.head_dim})"
+                    ref = _case_key(part, seq, 1, "-") + (f" docs {args.doc_length}" if args.doc_length else "")
+                    rows.append((seq, cp, algo if cp > 1 else "-", r, results.get(ref)))
+        docs = f", packed documents of ~{args.doc_length} tokens" if args.doc_length else ""
+        title = (f"one attention layer, fwd+bwd ({args.heads} heads / {args.groups} groups, head dim {args.head_dim}"
+                 f"{docs})"
                  if part == "attention" else "full pretrain_gpt.py step (2 layers, hidden 256, vocabulary 1024)")
         _table(title, rows, label)
 

@@ -108,18 +108,15 @@ def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = No
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, kernel: str,
-                       torch_npu: Any = None, dropout: tuple | None = None,
-                       attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                       torch_npu: Any = None, dropout: tuple | None = None) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of softmax attention on ``[b, n, s, d]`` (GQA allowed); lse fp32 ``[b, n_q, s_q]``.
 
     ``dropout``: ``(p, seed, (q positions, k positions, first head))`` for the blockwise kernel's
     position-keyed mask (:func:`~mindspeed_llm.ops.attention.dropout_multiplier`); lse is then the
-    undropped rows' log-sum-exp, so blocks merge as without dropout. ``attn_mask`` (bool, True = masked
-    out, broadcastable to the scores; the blockwise kernel): a row with no visible key gets output 0 and
-    lse ``-inf``, so merging it changes nothing.
+    undropped rows' log-sum-exp, so blocks merge as without dropout.
     """
-    if (dropout is not None or attn_mask is not None) and kernel != "blockwise":
-        raise ValueError(f"attention dropout or a mask in the ring runs the blockwise kernel, not kernel={kernel!r}")
+    if dropout is not None and kernel != "blockwise":
+        raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         # torch's CPU flash kernel takes fewer K/V heads than query heads (GQA) as they are.
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
@@ -127,11 +124,8 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
     if kernel == "blockwise":
         ctx = _SavedArgs()
         p, seed, pos = dropout or (0.0, 0, None)
-        out = _BlockwiseAttention.forward(ctx, q, k, v, attn_mask, causal, scale, p, seed, 256, 256, pos)
-        lse = ctx.saved_tensors[4].reshape(q.shape[:3]).float()
-        if attn_mask is not None:  # the kernel marks rows without a visible key +inf (its backward's choice)
-            lse = lse.masked_fill(lse == float("inf"), float("-inf"))
-        return out, lse
+        out = _BlockwiseAttention.forward(ctx, q, k, v, None, causal, scale, p, seed, 256, 256, pos)
+        return out, ctx.saved_tensors[4].reshape(q.shape[:3]).float()
     if kernel == "npu":
         npu = require_torch_npu(torch_npu, "ring attention")
         out, smax, ssum = _npu_forward(npu, q, k, v, causal, scale)
@@ -146,11 +140,10 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
 
 def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
                                 causal: bool, scale: float, kernel: str, torch_npu: Any = None,
-                                dropout: tuple | None = None,
-                                attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                                dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
-    if (dropout is not None or attn_mask is not None) and kernel != "blockwise":
-        raise ValueError(f"attention dropout or a mask in the ring runs the blockwise kernel, not kernel={kernel!r}")
+    if dropout is not None and kernel != "blockwise":
+        raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dout, q, k, v, out, lse, 0.0, causal, scale=scale)
@@ -158,7 +151,7 @@ def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
     if kernel == "blockwise":
         ctx = _SavedArgs()
         b, g = k.shape[:2]
-        ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), attn_mask)
+        ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
         p, seed, ctx.dropout_pos = dropout or (0.0, 0, None)
         ctx.args = (causal, scale, p, seed, 256, 256)
         dq, dk, dv = _BlockwiseAttention.backward(ctx, dout)[:3]
@@ -293,31 +286,63 @@ def _pair_positions(rank: int, size: int, half: int, device) -> Tensor:
     return torch.cat([first, first + (2 * size - 1 - 2 * rank) * half])
 
 
-def _document_block_mask(docs: Tensor | None, q_pos: Tensor, k_pos: Tensor) -> Tensor | bool | None:
-    """The document mask of one ring block (``docs``: ``[b, S]`` document ids of the whole sequence).
+def _runs(ids: Tensor) -> list[tuple[int, int, int]]:
+    """(value, start, end) of the runs of equal values of a 1-d tensor."""
+    starts = [0, *((ids[1:] != ids[:-1]).nonzero().flatten() + 1).tolist()]
+    values = ids[starts].tolist()
+    return list(zip(values, starts, [*starts[1:], ids.numel()]))
 
-    None: every query and key of each sample lie in one document (nothing to mask); True: no query
-    shares a document with a key (the block is skipped); else ``[b, 1, s_q, s_k]`` bool, True = masked.
+
+def _document_pieces(q_doc: Tensor, k_doc: Tensor) -> list[tuple[int, slice, slice]] | None:
+    """(sample, query rows, key columns) of each document a ring block's rows and columns share.
+
+    ``q_doc`` / ``k_doc``: ``[b, s_q]`` / ``[b, s_k]`` document ids of the block's rows and columns, in
+    sequence order (ids never decrease along a sample, so each document is one run of rows and one of
+    columns). None when every sample's rows and columns lie in one document (the block needs no pieces).
     """
-    if docs is None:
-        return None
-    q_doc, k_doc = docs[:, q_pos], docs[:, k_pos]
-    # Document ids never decrease along a sequence and positions are sorted: first and last are min and max.
     first = q_doc[:, 0]
     if all(torch.equal(first, t) for t in (q_doc[:, -1], k_doc[:, 0], k_doc[:, -1])):
         return None
-    masked = q_doc[:, :, None] != k_doc[:, None, :]
-    return True if bool(masked.all()) else masked.unsqueeze(1)
+    pieces = []
+    for b in range(q_doc.shape[0]):
+        cols = {doc: slice(c0, c1) for doc, c0, c1 in _runs(k_doc[b])}
+        pieces += [(b, slice(r0, r1), cols[doc]) for doc, r0, r1 in _runs(q_doc[b]) if doc in cols]
+    return pieces
 
 
-def _ring_block(kernel: str, docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: slice,
-                cols: slice) -> tuple[str, Tensor | bool | None]:
-    """(kernel, document mask) of one ring block: blocks that mask part of a document run the blockwise kernel."""
+def _ring_pieces(docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: slice,
+                 cols: slice) -> list[tuple[int, slice, slice]] | None:
+    """:func:`_document_pieces` of one ring block (``docs``: ``[b, S]`` ids of the whole sequence); None: no documents."""
     if docs is None:
-        return kernel, None
+        return None
     k_pos = _pair_positions(src, size, q_pos.numel() // 2, q_pos.device)
-    mask = _document_block_mask(docs, q_pos[rows], k_pos[cols])
-    return ("blockwise" if isinstance(mask, Tensor) else kernel), mask
+    return _document_pieces(docs[:, q_pos[rows]], docs[:, k_pos[cols]])
+
+
+def _pieces_forward(q: Tensor, k: Tensor, v: Tensor, pieces: list, **kw) -> tuple[Tensor, Tensor]:
+    """``(out, lse)`` of a block computed one document piece at a time; rows no piece covers: 0 and ``-inf``."""
+    b, n, s_q = q.shape[:3]
+    out = q.new_zeros(b, n, s_q, v.shape[-1])
+    lse = torch.full((b, n, s_q), float("-inf"), dtype=torch.float32, device=q.device)
+    for i, rows, cols in pieces:
+        o, m = attention_with_lse(q[i:i + 1, :, rows], k[i:i + 1, :, cols], v[i:i + 1, :, cols], **kw)
+        out[i:i + 1, :, rows] = o
+        lse[i:i + 1, :, rows] = m
+    return out, lse
+
+
+def _pieces_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pieces: list,
+                     **kw) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of a block computed one document piece at a time (zero outside the pieces)."""
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for i, rows, cols in pieces:
+        gq, gk, gv = attention_with_lse_backward(dout[i:i + 1, :, rows], q[i:i + 1, :, rows], k[i:i + 1, :, cols],
+                                                 v[i:i + 1, :, cols], out[i:i + 1, :, rows], lse[i:i + 1, :, rows],
+                                                 **kw)
+        dq[i:i + 1, :, rows] += gq
+        dk[i:i + 1, :, cols] += gk
+        dv[i:i + 1, :, cols] += gv
+    return dq, dk, dv
 
 
 def _block_dropout(drop: tuple | None, src: int, rows: slice, cols: slice, q_pos: Tensor) -> tuple | None:
@@ -341,12 +366,15 @@ class _RingAttention(torch.autograd.Function):
             reqs, nxt = _ring_shift([kb, vb], group, tag=0) if step < size - 1 else ([], None)
             src = (rank - step) % size
             for rows, cols, causal in _blocks(step, src, rank, half):
-                block_kernel, mask = _ring_block(kernel, docs, q_pos, src, size, rows, cols)
-                if mask is True:  # step 0 always computes: every query sees itself
+                kw = dict(causal=causal, scale=scale, kernel=kernel, torch_npu=torch_npu)
+                pieces = _ring_pieces(docs, q_pos, src, size, rows, cols)
+                if pieces is None:
+                    o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols],
+                                              dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
+                elif pieces:
+                    o, m = _pieces_forward(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, **kw)
+                else:  # no query of the block shares a document with its keys (never at step 0: each sees itself)
                     continue
-                o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], causal=causal, scale=scale,
-                                          kernel=block_kernel, torch_npu=torch_npu, attn_mask=mask,
-                                          dropout=_block_dropout(drop, src, rows, cols, q_pos))
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
                     out, lse = (o.float() if o.dtype != torch.float32 else o), m
                 else:
@@ -378,18 +406,21 @@ class _RingAttention(torch.autograd.Function):
             # are added as each call returns (the exchange is small next to the block's compute).
             acc = _accumulated_dkv(layout, sending, group) if step > 0 else None
             for rows, cols, causal in _blocks(step, src, rank, half):
-                block_kernel, mask = _ring_block(kernel, docs, q_pos, src, size, rows, cols)
-                if mask is True:  # no query of this block shares a document with its keys: no gradient
+                kw = dict(causal=causal, scale=scale, kernel=kernel, torch_npu=torch_npu)
+                block = (dout[:, :, rows], q[:, :, rows], kb[:, :, cols], vb[:, :, cols], out[:, :, rows],
+                         lse[:, :, rows])
+                pieces = _ring_pieces(docs, q_pos, src, size, rows, cols)
+                if pieces is None:
+                    gq, gk, gv = attention_with_lse_backward(
+                        *block, dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
+                elif pieces:
+                    gq, gk, gv = _pieces_backward(*block, pieces, **kw)
+                else:  # no query of the block shares a document with its keys: no gradient
                     continue
-                gq, gk, gv = attention_with_lse_backward(dout[:, :, rows], q[:, :, rows], kb[:, :, cols],
-                                                         vb[:, :, cols], out[:, :, rows], lse[:, :, rows],
-                                                         causal=causal, scale=scale, kernel=block_kernel,
-                                                         torch_npu=torch_npu, attn_mask=mask,
-                                                         dropout=_block_dropout(drop, src, rows, cols, q_pos))
                 if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
                     dq = gq.float() if gq.dtype != torch.float32 else gq
                     acc = [gk.to(k.dtype), gv.to(v.dtype)]
-                    if docs is not None:  # step 0's kernel may differ between ranks (masked or not): one layout
+                    if docs is not None:  # step 0 may run pieces on one rank and not on another: one layout
                         acc = [t.contiguous() for t in acc]
                     layout = [(k, acc[0].stride()), (v, acc[1].stride())]  # the same on every CP rank
                 else:
@@ -427,9 +458,11 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: flo
 
     ``document_ids`` (packed samples): ``[b, S]`` document numbers of the *whole* sequence (the same on
     every CP rank, non-decreasing along each sample; :func:`~mindspeed_llm.models.packing.document_ids`):
-    a query then sees only earlier keys of its own document. Each block is masked by its rows' and
-    columns' ids: blocks inside one document run the usual kernel, blocks without a shared document
-    are skipped, the others run the blockwise kernel with the mask (rows without a visible key add nothing).
+    a query then sees only earlier keys of its own document. A block inside one document runs as without
+    documents; a block whose rows share no document with its columns is skipped; otherwise the local
+    kernel runs once per shared document on its rows and columns (causal at step 0, where rows and
+    columns are the same tokens; else every key precedes every query), and rows no document piece
+    covers add nothing to the merged softmax (output 0, log-sum-exp ``-inf``). No dropout with documents.
     """
     if q.shape[2] % 2:
         raise ValueError(f"ring attention needs an even local sequence (two chunks), got {q.shape[2]}")
@@ -442,6 +475,8 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: flo
         drop = (float(dropout_p), int(seed), dist.get_world_size(group), int(head_offset))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if document_ids is not None:
+        if drop is not None:
+            raise NotImplementedError("ring attention: attention dropout with document_ids is not supported")
         expect = (q.shape[0], q.shape[2] * dist.get_world_size(group))
         if tuple(document_ids.shape) != expect:
             raise ValueError(f"ring attention: document_ids must be [batch, whole sequence] = {expect}, got "

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mindspeed_llm.ops.context_parallel import (
-    _document_block_mask,
+    _document_pieces,
     _pair_positions,
     chunk_order,
     hybrid_cp_rank_groups,
@@ -87,21 +87,27 @@ def _ids(lengths_per_sample):
     return torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lengths_per_sample])
 
 
-def test_document_block_masks_of_the_ring():
+def test_document_pieces_of_the_ring_blocks():
     # The worker's documents at CP 2 (chunks of 16): sample 0 [5, 11, 3, 20, 9, 16], sample 1 [30, 2, 1, 15, 10, 6].
     docs = _ids([[5, 11, 3, 20, 9, 16], [30, 2, 1, 15, 10, 6]])
     rank0, rank1 = _pair_positions(0, 2, 16, "cpu"), _pair_positions(1, 2, 16, "cpu")  # chunks (0, 3), (1, 2)
-    # Rank 0's second chunk (48..63) against rank 1's chunks: both samples start a document at 48: skipped.
-    assert _document_block_mask(docs, rank0[16:], rank1[:16]) is True
-    assert _document_block_mask(docs, rank0[16:], rank1[16:]) is True
-    # Rank 1's first chunk (16..31) against chunk 0: sample 0 starts a document at 16 (all masked); sample 1's
-    # first document runs to 29, so rows 30 and 31 see no key of chunk 0 while rows 16..29 see all of them.
-    mask = _document_block_mask(docs, rank1[:16], rank0[:16])
-    assert mask.shape == (2, 1, 16, 16)
-    assert mask[0].all() and mask[1, 0, 14:].all() and not mask[1, 0, :14].any()
-    # One document per sample: nothing to mask.
+
+    def pieces(q_pos, k_pos):
+        found = _document_pieces(docs[:, q_pos], docs[:, k_pos])
+        return found if found is None else [(b, (r.start, r.stop), (c.start, c.stop)) for b, r, c in found]
+
+    # Rank 0's second chunk (48..63) against rank 1's chunks: both samples start a document at 48: nothing shared.
+    assert pieces(rank0[16:], rank1[:16]) == [] and pieces(rank0[16:], rank1[16:]) == []
+    # Rank 1's first chunk (16..31) against chunk 0: sample 0 starts a document at 16; sample 1's first document
+    # runs to 29: its rows 0..13 (positions 16..29) see all of chunk 0, rows 14 and 15 see nothing there.
+    assert pieces(rank1[:16], rank0[:16]) == [(1, (0, 14), (0, 16))]
+    # Step 0 of rank 1 (chunks 1 and 2 against themselves): one causal piece per document of each sample.
+    assert pieces(rank1, rank1) == [(0, (0, 3), (0, 3)), (0, (3, 23), (3, 23)), (0, (23, 32), (23, 32)),
+                                    (1, (0, 14), (0, 14)), (1, (14, 16), (14, 16)), (1, (16, 17), (16, 17)),
+                                    (1, (17, 32), (17, 32))]
+    # One document per sample: the block runs whole.
     one = _ids([[64], [64]])
-    assert _document_block_mask(one, rank1, rank0[:16]) is None
+    assert _document_pieces(one[:, rank1], one[:, rank0[:16]]) is None
 
 
 def test_hybrid_groups_are_mindspeeds_layout():
