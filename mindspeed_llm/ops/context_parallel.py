@@ -29,6 +29,12 @@ order, so every rank does the same causal work. All algorithms take and return t
   over the ring sub-group on ``1/U`` of the heads (dropout: the ring's, with the global head index),
   and the inverse all-to-all comes back.
 
+Packed samples (``--reset-attention-mask``): the documents of the *whole* sequence are known on every CP
+rank (read before the CP split). The ring cuts each block into the documents its rows and columns share
+and runs the local kernel once per piece (blocks inside one document run whole, blocks sharing none are
+skipped); Ulysses runs :func:`~mindspeed_llm.ops.document_attention.document_attention` over the whole
+sequence after its all-to-all; hybrid hands the documents to its ring.
+
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
 or ``kernel='blockwise'``) the project's pure-torch blockwise kernel (``kernel='cuda_efficient'``,
