@@ -160,7 +160,7 @@ def test_core_attention_refuses_context_parallelism_and_thd():
     module = SimpleNamespace(config=SimpleNamespace(context_parallel_size=2, sequence_parallel=False))
     psp = document_packed_seq_params(_position_ids())
     q, k, v = (t.detach() for t in _qkv(torch.float32))
-    with pytest.raises(ValueError, match="--context-parallel-size 1"):
+    with pytest.raises(ValueError, match="run in ContextParallelAttention"):
         document_core_attention(module, q, k, v, None, psp, softmax_scale=0.3, dropout_p=0.0)
     psp.qkv_format = "thd"
     with pytest.raises(ValueError, match="needs Transformer Engine"):
