@@ -6,6 +6,11 @@ that remove temporary files run as for any error. After the first signal both si
 so a second Ctrl-C cannot cut the cleanup short. Forked children ignore Ctrl-C (the parent cleans up
 and ends them) and die at once on SIGTERM. :func:`signals_deferred` holds signals back while
 finished files are renamed into place, so a completed output is either all old or all new.
+
+The handler's exception is not always seen: when it runs inside Python code that C code called and whose
+errors it clears (the pickler calling ``copyreg`` while ``torch.save`` writes a rank file), it is dropped
+and the tool would run on to a complete output and exit 0. So the handler also records the signal, and
+:func:`signals_deferred` raises a recorded one before the renames it guards.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class Terminated(BaseException):
 
 
 _owner_pid: int | None = None
+_received: int | None = None  # the signal that arrived in this exit_on_signals block, if any
+_deferring = 0  # depth of signals_deferred blocks: the handler records and returns instead of raising
 
 
 def _handler(signum: int, frame) -> None:
@@ -35,11 +42,24 @@ def _handler(signum: int, frame) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
         return
+    global _received
+    _received = signum
     for sig in _SIGNALS:  # cleanup must finish: later signals are ignored
         signal.signal(sig, signal.SIG_IGN)
+    if not _deferring:
+        _raise(signum)
+
+
+def _raise(signum: int) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated
+
+
+def _raise_received() -> None:
+    """Raise the recorded signal, unless an exception (maybe that very signal's) is already unwinding."""
+    if _received is not None and sys.exc_info()[0] is None:
+        _raise(_received)
 
 
 @contextlib.contextmanager
@@ -48,28 +68,40 @@ def exit_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _owner_pid
-    owner, _owner_pid = _owner_pid, os.getpid()
+    global _owner_pid, _received
+    owner, _owner_pid, _received = _owner_pid, os.getpid(), None
     previous = {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _owner_pid = owner
+        _owner_pid, _received = owner, None
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back during the block (a short sequence of renames); they arrive after it."""
+    """Hold SIGINT/SIGTERM back during the block (a short sequence of renames); they arrive after it.
+
+    A signal that arrived earlier but whose exception was lost is raised here, before the block.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _deferring
+    if not _deferring:
+        _raise_received()
+    # The mask alone is not enough: the kernel hands a process-wide signal to any thread that does not
+    # block it (torch's worker threads), and Python then runs the handler in the main thread mid-block.
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    _deferring += 1
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _deferring -= 1
+    if not _deferring:
+        _raise_received()
 
 
 def process_alive(pid: int) -> bool:

@@ -348,7 +348,7 @@ def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
     earlier = write_jsonl(ROWS, str(tmp_path / "small"))
     assert run("--input", earlier, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
     before = tree_digest(out)
-    rc, err = signal_when(start_tool("preprocess_data.py", *argv), _writing(out), sig)
+    rc, err = signal_when(lambda: start_tool("preprocess_data.py", *argv), _writing(out), sig)
     assert rc == code, err
     if word:
         line = error_line(err)

@@ -406,9 +406,9 @@ def test_signal_while_writing_packed_data(tmp_path, bpe_tokenizer, sig, code, wo
     def writing() -> bool:
         return any(".bin.tmp" in n and os.path.getsize(out / n) > 0 for n in os.listdir(out))
 
-    proc = start_tool("preprocess_data.py", "--input", src, "--tokenizer-name-or-path", bpe_tokenizer,
-                      "--output-prefix", out / "o", *ALPACA, "--workers", 2, "--pack", "--seq-length", 512)
-    rc, err = signal_when(proc, writing, sig)
+    argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", *ALPACA,
+            "--workers", 2, "--pack", "--seq-length", 512]
+    rc, err = signal_when(lambda: start_tool("preprocess_data.py", *argv), writing, sig)
     assert rc == code, err
     line = error_line(err)
     assert word in line and "temporary files removed" in line
