@@ -53,6 +53,14 @@ _FMIX32_1, _FMIX32_2 = (c - 2**32 for c in (0x85EBCA6B, 0xC2B2AE35))
 _LOW31 = 2**31 - 1
 
 
+def dropout_seed(dropout_p: float, seed: int | None, device) -> int | None:
+    """The dropout hash's seed: given, or one draw from the device's current generator (megatron's RNG
+    tracker fork when the caller holds it: the same on every CP rank of a TP rank); None without dropout."""
+    if dropout_p <= 0.0 or seed is not None:
+        return seed
+    return int(torch.randint(0, 2**62, (1,), device=device).item())
+
+
 def _scale(softmax_scale: float | None, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if softmax_scale is None else float(softmax_scale)
 
@@ -139,14 +147,15 @@ def _fmix32(x: Tensor) -> Tensor:
 
 
 def dropout_multiplier(seed: int, batch: int, heads: Tensor, q_pos: Tensor, k_pos: Tensor, p: float,
-                       dtype: torch.dtype = torch.float32) -> Tensor:
+                       dtype: torch.dtype = torch.float32, batch_offset: int = 0) -> Tensor:
     """Dropout multiplier ``[batch, len(heads), len(q_pos), len(k_pos)]``: 0 where dropped, ``1/(1-p)`` kept.
 
     Each entry is a hash of ``(seed, batch row, head, query position, key position)``, so the same
-    attention score gets the same decision whatever block or CP rank computes it.
+    attention score gets the same decision whatever block or CP rank computes it; the batch rows are
+    ``batch_offset ..`` (a call on one sample of a batch keys it by its row in the batch).
     """
     dev = q_pos.device
-    b = torch.arange(batch, dtype=torch.int64, device=dev).view(-1, 1, 1)
+    b = torch.arange(batch_offset, batch_offset + batch, dtype=torch.int64, device=dev).view(-1, 1, 1)
     h = heads.to(device=dev, dtype=torch.int64).view(1, -1, 1)
     key = _fmix64(torch.tensor(seed, device=dev))
     rows = _fmix64(((b * 65536 + h) * 2**32 + q_pos.to(torch.int64).view(1, 1, -1)) ^ key)
@@ -162,14 +171,15 @@ def dropout_multiplier(seed: int, batch: int, heads: Tensor, q_pos: Tensor, k_po
 def _dropout_tile(seed: int, pos: tuple, b: int, g: int, r: int, i0: int, i1: int, j0: int, j1: int, p: float,
                   dtype) -> Tensor:
     """The multiplier of the kernel's score tile ``[b, g, r * (i1 - i0), j1 - j0]`` (heads g-major)."""
-    q_pos, k_pos, head0 = pos
+    q_pos, k_pos, head0 = pos[:3]
+    batch0 = pos[3] if len(pos) > 3 else 0
     heads = torch.arange(head0, head0 + g * r, device=q_pos.device)
-    z = dropout_multiplier(seed, b, heads, q_pos[i0:i1], k_pos[j0:j1], p, dtype)
+    z = dropout_multiplier(seed, b, heads, q_pos[i0:i1], k_pos[j0:j1], p, dtype, batch_offset=batch0)
     return z.view(b, g, r * (i1 - i0), j1 - j0)
 
 
 def _dropout_positions(pos: tuple | None, sq: int, sk: int, device) -> tuple:
-    """(query positions, key positions, first head) of the dropout hash; default: 0.. of this call."""
+    """(query positions, key positions, first head[, first batch row]) of the dropout hash; default: 0.. of this call."""
     if pos is not None:
         return pos
     return torch.arange(sq, device=device), torch.arange(sk, device=device), 0
@@ -299,21 +309,23 @@ def blockwise_attention(
     block_k: int = 256,
     seed: int | None = None,
     head_offset: int = 0,
+    dropout_pos: tuple | None = None,
 ) -> Tensor:
     """Flash-style attention in pure torch on ``[b, n, s, d]``; never holds more than one score block.
 
-    ``seed`` fixes the dropout mask (:func:`dropout_multiplier` of the call's positions 0..s-1 and
-    heads ``head_offset``..); when None it is drawn from the default generator of the query's device
-    (so megatron's RNG tracker fork governs it, as it does for megatron's dropout).
+    ``seed`` fixes the dropout mask (:func:`dropout_multiplier` of the call's positions 0..s-1, batch
+    rows 0..b-1 and heads ``head_offset``..); when None it is drawn from the default generator of the
+    query's device (so megatron's RNG tracker fork governs it, as it does for megatron's dropout).
+    ``dropout_pos`` ``(query positions, key positions, first head, first batch row)`` replaces those
+    keys: a call on a piece of a sequence (one document, one CP block) then drops what the whole would.
     """
     _check_shapes(query, key, value, causal)
     # Contiguous blocks keep the matmuls on oneDNN/MKL's fast paths (bf16 slices of a permuted
     # [s, b, n, d] tensor were 10x slower); the copies are O(s * n * d), nothing next to the scores.
     query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-    if dropout_p > 0.0 and seed is None:
-        seed = int(torch.randint(0, 2**62, (1,), device=query.device).item())
-    pos = None
-    if head_offset:
+    seed = dropout_seed(dropout_p, seed, query.device)
+    pos = dropout_pos
+    if pos is None and head_offset:
         pos = (torch.arange(query.shape[2], device=query.device), torch.arange(key.shape[2], device=query.device),
                int(head_offset))
     return _BlockwiseAttention.apply(

@@ -33,7 +33,9 @@ Packed samples (``--reset-attention-mask``): the documents of the *whole* sequen
 rank (read before the CP split). The ring cuts each block into the documents its rows and columns share
 and runs the local kernel once per piece (blocks inside one document run whole, blocks sharing none are
 skipped); Ulysses runs :func:`~mindspeed_llm.ops.document_attention.document_attention` over the whole
-sequence after its all-to-all; hybrid hands the documents to its ring.
+sequence after its all-to-all; hybrid hands the documents to its ring. Attention dropout keys each piece's
+mask by its sample's batch row, global head and global positions (the blockwise kernel's hash), as CP 1's
+per-document kernel does with the same seed: any CP size drops the same scores.
 
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
@@ -68,6 +70,7 @@ from mindspeed_llm.ops.attention import (
     _BlockwiseAttention,
     attention_dropout_rng,
     blockwise_attention,
+    dropout_seed,
     flash_attention,
     select_attention_impl,
 )
@@ -325,26 +328,36 @@ def _ring_pieces(docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: 
     return _document_pieces(docs[:, q_pos[rows]], docs[:, k_pos[cols]])
 
 
-def _pieces_forward(q: Tensor, k: Tensor, v: Tensor, pieces: list, **kw) -> tuple[Tensor, Tensor]:
+def _piece_dropout(drop: tuple | None, i: int, rows: slice, cols: slice) -> tuple | None:
+    """A block's dropout argument narrowed to one document piece: its sample ``i``'s row, its rows and columns."""
+    if drop is None:
+        return None
+    p, seed, (q_pos, k_pos, head0) = drop
+    return p, seed, (q_pos[rows], k_pos[cols], head0, i)
+
+
+def _pieces_forward(q: Tensor, k: Tensor, v: Tensor, pieces: list, dropout: tuple | None = None,
+                    **kw) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of a block computed one document piece at a time; rows no piece covers: 0 and ``-inf``."""
     b, n, s_q = q.shape[:3]
     out = q.new_zeros(b, n, s_q, v.shape[-1])
     lse = torch.full((b, n, s_q), float("-inf"), dtype=torch.float32, device=q.device)
     for i, rows, cols in pieces:
-        o, m = attention_with_lse(q[i:i + 1, :, rows], k[i:i + 1, :, cols], v[i:i + 1, :, cols], **kw)
+        o, m = attention_with_lse(q[i:i + 1, :, rows], k[i:i + 1, :, cols], v[i:i + 1, :, cols],
+                                  dropout=_piece_dropout(dropout, i, rows, cols), **kw)
         out[i:i + 1, :, rows] = o
         lse[i:i + 1, :, rows] = m
     return out, lse
 
 
 def _pieces_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, pieces: list,
-                     **kw) -> tuple[Tensor, Tensor, Tensor]:
+                     dropout: tuple | None = None, **kw) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)`` of a block computed one document piece at a time (zero outside the pieces)."""
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for i, rows, cols in pieces:
         gq, gk, gv = attention_with_lse_backward(dout[i:i + 1, :, rows], q[i:i + 1, :, rows], k[i:i + 1, :, cols],
                                                  v[i:i + 1, :, cols], out[i:i + 1, :, rows], lse[i:i + 1, :, rows],
-                                                 **kw)
+                                                 dropout=_piece_dropout(dropout, i, rows, cols), **kw)
         dq[i:i + 1, :, rows] += gq
         dk[i:i + 1, :, cols] += gk
         dv[i:i + 1, :, cols] += gv
@@ -374,11 +387,11 @@ class _RingAttention(torch.autograd.Function):
             for rows, cols, causal in _blocks(step, src, rank, half):
                 kw = dict(causal=causal, scale=scale, kernel=kernel, torch_npu=torch_npu)
                 pieces = _ring_pieces(docs, q_pos, src, size, rows, cols)
+                dropout = _block_dropout(drop, src, rows, cols, q_pos)
                 if pieces is None:
-                    o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols],
-                                              dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
+                    o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], dropout=dropout, **kw)
                 elif pieces:
-                    o, m = _pieces_forward(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, **kw)
+                    o, m = _pieces_forward(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, dropout, **kw)
                 else:  # no query of the block shares a document with its keys (never at step 0: each sees itself)
                     continue
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
@@ -416,11 +429,11 @@ class _RingAttention(torch.autograd.Function):
                 block = (dout[:, :, rows], q[:, :, rows], kb[:, :, cols], vb[:, :, cols], out[:, :, rows],
                          lse[:, :, rows])
                 pieces = _ring_pieces(docs, q_pos, src, size, rows, cols)
+                dropout = _block_dropout(drop, src, rows, cols, q_pos)
                 if pieces is None:
-                    gq, gk, gv = attention_with_lse_backward(
-                        *block, dropout=_block_dropout(drop, src, rows, cols, q_pos), **kw)
+                    gq, gk, gv = attention_with_lse_backward(*block, dropout=dropout, **kw)
                 elif pieces:
-                    gq, gk, gv = _pieces_backward(*block, pieces, **kw)
+                    gq, gk, gv = _pieces_backward(*block, pieces, dropout, **kw)
                 else:  # no query of the block shares a document with its keys: no gradient
                     continue
                 if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
@@ -468,7 +481,9 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: flo
     documents; a block whose rows share no document with its columns is skipped; otherwise the local
     kernel runs once per shared document on its rows and columns (causal at step 0, where rows and
     columns are the same tokens; else every key precedes every query), and rows no document piece
-    covers add nothing to the merged softmax (output 0, log-sum-exp ``-inf``). No dropout with documents.
+    covers add nothing to the merged softmax (output 0, log-sum-exp ``-inf``). With dropout each piece
+    is keyed by its sample's batch row and its global positions: CP 1's
+    :func:`~mindspeed_llm.ops.document_attention.per_document_attention` with the same seed drops the same.
     """
     if q.shape[2] % 2:
         raise ValueError(f"ring attention needs an even local sequence (two chunks), got {q.shape[2]}")
@@ -476,13 +491,10 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: flo
     kernel = select_ring_kernel(q, kernel, backend, dropout_p)
     drop = None
     if dropout_p > 0.0:
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,), device=q.device).item())
-        drop = (float(dropout_p), int(seed), dist.get_world_size(group), int(head_offset))
+        drop = (float(dropout_p), dropout_seed(dropout_p, seed, q.device), dist.get_world_size(group),
+                int(head_offset))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if document_ids is not None:
-        if drop is not None:
-            raise NotImplementedError("ring attention: attention dropout with document_ids is not supported")
         expect = (q.shape[0], q.shape[2] * dist.get_world_size(group))
         if tuple(document_ids.shape) != expect:
             raise ValueError(f"ring attention: document_ids must be [batch, whole sequence] = {expect}, got "
@@ -560,13 +572,6 @@ def ulysses_kv_repeat(n_q: int, n_kv: int, cp: int) -> int:
     return next(r for r in range(1, group + 1) if group % r == 0 and (n_kv * r) % cp == 0)
 
 
-def _dropout_seed(dropout_p: float, seed: int | None, device) -> int | None:
-    """The dropout seed: given, or one draw from the current generator (the same on every CP rank of a TP rank)."""
-    if dropout_p <= 0.0 or seed is not None:
-        return seed
-    return int(torch.randint(0, 2**62, (1,), device=device).item())
-
-
 def _heads_to_ranks(q: Tensor, k: Tensor, v: Tensor, group) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Ulysses' all-to-all: ``[s_local, b, n, d]`` chunk pairs -> the whole sequence (in order) for ``1/size``
     of the heads (K/V repeated first where their heads do not divide); also the chunk order back and this
@@ -595,22 +600,23 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
 
     ``cu_seqlens`` (packed samples): the documents of the *whole* ``[b, S]`` batch (over its ``b * S``
     tokens, :func:`~mindspeed_llm.models.packing.document_packed_seq_params`); each rank then runs
-    :func:`~mindspeed_llm.ops.document_attention.document_attention` over the whole sequence for its heads.
+    :func:`~mindspeed_llm.ops.document_attention.document_attention` over the whole sequence for its heads,
+    its dropout (CPU: per document, blockwise) keyed by the global head index as well.
     """
     q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, group)
     if cu_seqlens is not None:
-        if dropout_p > 0.0:
-            raise NotImplementedError("ulysses_attention: attention dropout with packed documents is not supported")
         from mindspeed_llm.ops.document_attention import document_attention
 
-        out = document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale, backend=backend)
+        out = document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale, backend=backend,
+                                 dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
+                                 head_offset=head_offset)
         return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
     if impl == "auto":
         impl = select_attention_impl(q, attn_mask=None, dropout_p=dropout_p, backend=backend)
     if dropout_p > 0.0 and impl == "blockwise":
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
         out = blockwise_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale,
-                                  seed=_dropout_seed(dropout_p, seed, q.device),
+                                  seed=dropout_seed(dropout_p, seed, q.device),
                                   head_offset=head_offset).permute(2, 0, 1, 3)
     else:
         out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
@@ -682,7 +688,7 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
     q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, ulysses_group)
     q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
     out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
-                         torch_npu=torch_npu, dropout_p=dropout_p, seed=_dropout_seed(dropout_p, seed, q.device),
+                         torch_npu=torch_npu, dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
                          head_offset=head_offset, document_ids=document_ids)
     return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)
 
@@ -701,7 +707,7 @@ class ContextParallelAttention(MegatronModule):
     attention mask; packed samples (``--reset-attention-mask``) with document-packed ``packed_seq_params``
     whose ``cu_seqlens`` describe the whole batch before the CP split
     (:func:`~mindspeed_llm.models.packing.document_packed_seq_params` with the CP group): each document
-    attends causally within itself. Attention dropout with every algorithm (not with packed samples),
+    attends causally within itself. Attention dropout with every algorithm (packed samples too),
     drawn from megatron's model-parallel RNG like its local attention (the seed is the same on every CP
     rank: the masks are keyed by global positions and heads).
     """
@@ -748,7 +754,7 @@ class ContextParallelAttention(MegatronModule):
                                       "(context parallelism is causal, or per document with packed samples)")
         s, b = query.shape[:2]
         dropout_p = self.attention_dropout_p if self.training else 0.0
-        documents = self._documents(packed_seq_params, b, s, dropout_p)
+        documents = self._documents(packed_seq_params, b, s)
         with attention_dropout_rng(self.config, dropout_p):
             if self.comm == "a2a":
                 cu, max_seqlen = documents or (None, None)
@@ -765,7 +771,7 @@ class ContextParallelAttention(MegatronModule):
                                      dropout_p=dropout_p, document_ids=ids).permute(2, 0, 1, 3)
         return out.reshape(s, b, self.hidden_size_per_partition)
 
-    def _documents(self, packed_seq_params: Any, b: int, s: int, dropout_p: float) -> tuple[Tensor, int] | None:
+    def _documents(self, packed_seq_params: Any, b: int, s: int) -> tuple[Tensor, int] | None:
         """(cu_seqlens of the whole batch, longest document) of document-packed parameters, checked; else None."""
         if packed_seq_params is None:
             return None
@@ -778,8 +784,5 @@ class ContextParallelAttention(MegatronModule):
                              f"{context_parallel_size(packed_seq_params)} CP ranks, this CP group has {cp}: build them "
                              "from the whole batch's position ids with document_packed_seq_params(position_ids, "
                              "cp_group) before get_batch_on_this_cp_rank")
-        if dropout_p > 0.0:
-            raise NotImplementedError("ContextParallelAttention: attention dropout with packed samples is not "
-                                      "supported: use --attention-dropout 0")
         cu = check_document_packed(packed_seq_params, b, s * cp)
         return cu, packed_seq_params.max_seqlen_q

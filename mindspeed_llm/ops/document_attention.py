@@ -7,7 +7,8 @@ Implementations (:func:`select_document_attention_impl` picks one per device):
 
 - ``per_document`` (CPU; CUDA without flash-attn): one causal kernel call per document on the
   token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention.blockwise_attention`
-  with it. Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
+  with it (one seed per call; each document keyed by its batch row and positions in the sample, so the
+  mask is the whole batch's and context parallelism draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
   document's kernel state; measured fastest on the CPU (docs/performance.md).
 - ``sdpa_mask``: SDPA over whole samples with a block-diagonal causal bool mask ``[b, 1, s, s]`` (one mask
   per sample, shared by the heads; SDPA computes every block).
@@ -20,7 +21,6 @@ Implementations (:func:`select_document_attention_impl` picks one per device):
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -29,7 +29,9 @@ from torch import Tensor
 from mindspeed_llm.ops.attention import (
     NPU_CAUSAL_MASK_SIZE,
     _scale,
+    attention_dropout_rng,
     blockwise_attention,
+    dropout_seed,
     flash_attn_available,
     sdpa_attention,
 )
@@ -72,16 +74,27 @@ def document_mask(cu_seqlens: Tensor, s: int, b: int) -> Tensor:
 
 
 def per_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, *,
-                           softmax_scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
-    """One causal kernel call per document (SDPA; blockwise with dropout) on ``[s, b, n, d]``."""
+                           softmax_scale: float | None = None, dropout_p: float = 0.0, seed: int | None = None,
+                           head_offset: int = 0) -> Tensor:
+    """One causal kernel call per document (SDPA; blockwise with dropout) on ``[s, b, n, d]``.
+
+    Dropout: one ``seed`` for the call (drawn when None), each document keyed by its sample's batch row
+    and its tokens' positions in the sample (heads from ``head_offset``): the mask of the whole batch
+    (:func:`~mindspeed_llm.ops.attention.dropout_multiplier`), whatever splits the sequence.
+    """
     s, b = query.shape[:2]
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    starts = cu_seqlens[:-1].tolist()
     pieces = [_tokens(t).split(lengths) for t in (query, key, value)]
+    seed = dropout_seed(dropout_p, seed, query.device)
     outs = []
-    for q, k, v in zip(*pieces):
+    for start, q, k, v in zip(starts, *pieces):
         q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, n, len, d]
         if dropout_p > 0.0:
-            out = blockwise_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale)
+            row, first = divmod(start, s)  # documents never cross samples
+            pos = torch.arange(first, first + q.shape[2], device=q.device)
+            out = blockwise_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                                      seed=seed, dropout_pos=(pos, pos, int(head_offset), row))
         else:
             out = sdpa_attention(q, k, v, causal=True, softmax_scale=softmax_scale)
         outs.append(out[0].transpose(0, 1))
@@ -89,15 +102,21 @@ def per_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens
 
 
 def masked_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, *, kernel: str,
-                              softmax_scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
-    """Whole samples with the block-diagonal causal mask, through SDPA or the blockwise kernel."""
+                              softmax_scale: float | None = None, dropout_p: float = 0.0, seed: int | None = None,
+                              head_offset: int = 0) -> Tensor:
+    """Whole samples with the block-diagonal causal mask, through SDPA or the blockwise kernel.
+
+    The blockwise kernel's dropout is keyed by (batch row, head from ``head_offset``, positions in the
+    sample): with the same ``seed`` it drops what :func:`per_document_attention` drops. SDPA draws its own.
+    """
     s, b = query.shape[:2]
     mask = document_mask(cu_seqlens, s, b)
     q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
     if kernel == "sdpa":
         out = sdpa_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
     else:
-        out = blockwise_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale)
+        out = blockwise_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                                  seed=seed, head_offset=head_offset)
     return out.permute(2, 0, 1, 3)
 
 
@@ -146,14 +165,21 @@ def select_document_attention_impl(query: Tensor, *, backend: str | None = None)
 
 def document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_seqlen: int | None = None,
                        *, softmax_scale: float | None = None, dropout_p: float = 0.0, impl: str = "auto",
-                       backend: str | None = None, torch_npu: Any = None) -> Tensor:
-    """Causal attention within each document of ``[s, b, n, d]`` q/k/v; returns ``[s, b, n_q, d]``."""
+                       backend: str | None = None, torch_npu: Any = None, seed: int | None = None,
+                       head_offset: int = 0) -> Tensor:
+    """Causal attention within each document of ``[s, b, n, d]`` q/k/v; returns ``[s, b, n_q, d]``.
+
+    Dropout in ``per_document`` and ``blockwise_mask``: one mask per call keyed by (``seed``, batch row,
+    head from ``head_offset``, query and key position in the sample), ``seed`` drawn from the current
+    generator when None; the library kernels (``sdpa_mask``, ``flash_attn_varlen``, ``npu``) draw their own.
+    """
     if impl not in DOCUMENT_ATTENTION_IMPLS:
         raise ValueError(f"impl={impl!r}: expected one of {DOCUMENT_ATTENTION_IMPLS}")
     _check(query, key, value, cu_seqlens)
     if impl == "auto":
         impl = select_document_attention_impl(query, backend=backend)
     kwargs = dict(softmax_scale=softmax_scale, dropout_p=dropout_p)
+    keyed = dict(seed=seed, head_offset=head_offset)
     if impl == "npu":
         return npu_document_attention(query, key, value, cu_seqlens, torch_npu=torch_npu, **kwargs)
     if impl == "flash_attn_varlen":
@@ -161,8 +187,10 @@ def document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Te
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         return flash_attn_varlen_documents(query, key, value, cu_seqlens, max_seqlen, **kwargs)
     if impl == "per_document":
-        return per_document_attention(query, key, value, cu_seqlens, **kwargs)
-    return masked_document_attention(query, key, value, cu_seqlens, kernel=impl.split("_")[0], **kwargs)
+        return per_document_attention(query, key, value, cu_seqlens, **kwargs, **keyed)
+    if impl == "blockwise_mask":
+        return masked_document_attention(query, key, value, cu_seqlens, kernel="blockwise", **kwargs, **keyed)
+    return masked_document_attention(query, key, value, cu_seqlens, kernel="sdpa", **kwargs)
 
 
 def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
@@ -173,8 +201,6 @@ def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tens
     Shared by megatron's local ``DotProductAttention`` (patched) and ``FlashDotProductAttention``;
     dropout runs under megatron's model-parallel RNG tracker as the modules' own dropout does.
     """
-    from megatron.core import tensor_parallel
-
     from mindspeed_llm.models.packing import check_document_packed
 
     config = module.config
@@ -188,10 +214,7 @@ def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tens
         raise ValueError("packed sequences take attention_mask=None: the documents in packed_seq_params are the mask")
     s, b = query.shape[:2]
     cu_seqlens = check_document_packed(packed_seq_params, b, s)
-    rng = contextlib.nullcontext()
-    if dropout_p > 0.0 and not config.sequence_parallel:
-        rng = tensor_parallel.get_cuda_rng_tracker().fork()
-    with rng:
+    with attention_dropout_rng(config, dropout_p):  # one seed per call, drawn as the unpacked path draws it
         out = document_attention(query, key, value, cu_seqlens, packed_seq_params.max_seqlen_q,
                                  softmax_scale=softmax_scale, dropout_p=dropout_p, impl=impl, backend=backend)
     return out.reshape(s, b, -1)

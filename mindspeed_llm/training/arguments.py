@@ -349,10 +349,6 @@ def _check_context_parallel(args: argparse.Namespace) -> None:
     if args.seq_length % (2 * cp):
         raise ArgumentError(f"--seq-length {args.seq_length} must be divisible by 2 x --context-parallel-size {cp} "
                             f"(each CP rank holds two of {2 * cp} equal chunks): use a multiple of {2 * cp}")
-    if args.reset_attention_mask and args.attention_dropout > 0.0:
-        # Packed samples' per-document dropout draws are not the ring's position-keyed masks (CP would not equal CP 1).
-        raise ArgumentError(f"--attention-dropout {args.attention_dropout} with --reset-attention-mask and "
-                            f"--context-parallel-size {cp} is not supported: use --attention-dropout 0 (or CP 1)")
 
 
 def _check_hybrid_degree(cp: int, ulysses: int | None) -> None:

@@ -7,7 +7,9 @@ float64 on the whole sequence, autograd for the gradients). Prints ``CASE <name>
 Dropout cases give the reference the mask rebuilt explicitly for every (query, key) pair of the whole
 sequence (``dropout_multiplier`` on global positions) and also compare with CP 1's blockwise kernel.
 Document (packed-sample) cases compare with torch's own SDPA run causally on each document alone
-(float64), the documents given to the code under test as ids / cu_seqlens of the whole sequence.
+(float64), the documents given to the code under test as ids / cu_seqlens of the whole sequence; with
+dropout, with ``attention_math`` on each document given the whole batch's rebuilt mask cut to it, which
+CP 1's packed path (per-document and masked blockwise kernels) must also match.
 """
 
 from __future__ import annotations
@@ -107,33 +109,72 @@ def per_document_reference(q, k, v, documents, scale: float):
     return out
 
 
+def per_document_dropout_reference(q, k, v, documents, scale: float, seed: int, p: float):
+    """``attention_math`` causal on each document alone with the mask ``dropout_multiplier`` gives the whole
+    batch's (batch row, head, position in the sample) keys, cut to the document: ``[b, n, s, d]``."""
+    b, n_q, s = q.shape[:3]
+    pos = torch.arange(s)
+    keep = dropout_multiplier(seed, b, torch.arange(n_q), pos, pos, p, torch.float64) != 0
+    out = torch.zeros_like(q)
+    for bi, lengths in enumerate(documents):
+        start = 0
+        for n in lengths:
+            sl = slice(start, start + n)
+            out[bi:bi + 1, :, sl] = attention_math(q[bi:bi + 1, :, sl], k[bi:bi + 1, :, sl], v[bi:bi + 1, :, sl],
+                                                   causal=True, softmax_scale=scale,
+                                                   dropout_keep=keep[bi:bi + 1, :, sl, sl], dropout_p=p)
+            start += n
+    return out
+
+
+def _check_cp1_packed_dropout(name: str, q, k, v, documents, cu_seqlens, ref, seed: int, p: float) -> None:
+    """CP 1's packed path (per-document blockwise; the masked blockwise kernel too) drops the reference's mask."""
+    from mindspeed_llm.ops.document_attention import document_attention
+
+    sbnd = [t.float().permute(2, 0, 1, 3) for t in (q, k, v)]
+    plain = per_document_reference(q, k, v, documents, 0.3)
+    assert float((ref - plain).abs().max()) > 0.1, f"{name}: the dropout mask changed nothing"
+    for impl in ("per_document", "blockwise_mask"):
+        got = document_attention(*sbnd, cu_seqlens, softmax_scale=0.3, dropout_p=p, seed=seed, impl=impl)
+        err = float((got.permute(1, 2, 0, 3).double() - ref).abs().max() / ref.abs().max())
+        assert err <= 1e-5, f"{name}: CP 1 {impl} with dropout differs from the reference by {err:.3g}"
+
+
 def run_document_case(name: str, algo: str, group, *, n_q: int, n_kv: int, documents=DOCUMENTS,
-                      tol: float = 1e-5) -> None:
-    """Packed samples: ring / Ulysses / hybrid with the documents of the whole sequence vs per-document SDPA."""
+                      tol: float = 1e-5, dropout_p: float = 0.0) -> None:
+    """Packed samples: ring / Ulysses / hybrid with the documents of the whole sequence vs per-document SDPA
+    (with dropout: per-document ``attention_math`` with the rebuilt mask; CP 1's packed path checked too)."""
     from mindspeed_llm.models.packing import document_ids, document_packed_seq_params
 
     if algo == "hybrid":
         group, *sub_groups = group
     torch.manual_seed(99)
     b, s, d = len(documents), sum(documents[0]), 16
+    seed = 2468
     q, k, v = (torch.randn(b, n, s, d, dtype=torch.float64) for n in (n_q, n_kv, n_kv))
     w = torch.randn(b, n_q, s, d, dtype=torch.float64)
     ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
-    ref = per_document_reference(*ref_in, documents, 0.3)
+    if dropout_p:
+        ref = per_document_dropout_reference(*ref_in, documents, 0.3, seed, dropout_p)
+    else:
+        ref = per_document_reference(*ref_in, documents, 0.3)
     (ref * w).sum().backward()
     position_ids = torch.stack([torch.cat([torch.arange(n) for n in lengths]) for lengths in documents])
     packed = document_packed_seq_params(position_ids)  # the whole sequence's documents (before the CP split)
     ids = document_ids(packed.cu_seqlens_q, b, s)
+    if dropout_p:
+        _check_cp1_packed_dropout(name, q, k, v, documents, packed.cu_seqlens_q, ref.detach(), seed, dropout_p)
     local = [_local(t, group).float().requires_grad_() for t in (q, k, v)]
+    drop = dict(dropout_p=dropout_p, seed=seed)
     if algo == "ring":
-        out = ring_attention(*local, group, softmax_scale=0.3, document_ids=ids)
+        out = ring_attention(*local, group, softmax_scale=0.3, document_ids=ids, **drop)
     elif algo == "ulysses":
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = ulysses_attention(*sbnd, group, softmax_scale=0.3, cu_seqlens=packed.cu_seqlens_q,
-                                max_seqlen=packed.max_seqlen_q).permute(1, 2, 0, 3)
+                                max_seqlen=packed.max_seqlen_q, **drop).permute(1, 2, 0, 3)
     else:
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids).permute(1, 2, 0, 3)
+        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids, **drop).permute(1, 2, 0, 3)
     (out.double() * _local(w, group)).sum().backward()
     worst = 0.0
     for label, got, want in zip(("out", "dq", "dk", "dv"), [out, *(t.grad for t in local)],
@@ -226,6 +267,11 @@ def main() -> None:
         ("ulysses_cp2_documents_gqa", "ulysses", cp2, dict(n_q=4, n_kv=2)),
         ("ulysses_cp4_documents_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1)),
         ("hybrid_cp4_u2_documents_gqa", "hybrid", hybrid, dict(n_q=4, n_kv=2)),
+        ("ring_cp2_documents_dropout", "ring", cp2, dict(n_q=4, n_kv=2, dropout_p=0.3)),
+        ("ring_cp4_documents_dropout_mqa", "ring", world, dict(n_q=4, n_kv=1, dropout_p=0.3)),
+        ("ulysses_cp2_documents_dropout", "ulysses", cp2, dict(n_q=4, n_kv=2, dropout_p=0.3)),
+        ("ulysses_cp4_documents_dropout_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dropout_p=0.3)),
+        ("hybrid_cp4_u2_documents_dropout", "hybrid", hybrid, dict(n_q=4, n_kv=2, dropout_p=0.3)),
     ]
     only = set(sys.argv[1:])
     for name, algo, group, kw in cases:

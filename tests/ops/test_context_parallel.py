@@ -4,7 +4,8 @@ One 4-process torchrun launch (tests/ops/context_parallel_worker.py) runs every 
 2 and 4; each test reads its case's line. The reference is ``attention_math`` in float64 on the
 whole sequence (with dropout: given the mask rebuilt for every global (query, key) pair); the chunk
 pairs are cut by megatron-core's ``get_batch_on_this_cp_rank``. Packed samples (documents): the
-reference is torch's SDPA on each document alone (float64).
+reference is torch's SDPA on each document alone (float64); with dropout ``attention_math`` on each document
+given the whole batch's rebuilt mask.
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ def test_ulysses_dropout_draws_from_megatrons_model_parallel_rng(cases):
 def test_attention_over_packed_documents_equals_per_document_attention(cases, name):
     # Forward and dQ/dK/dV with the whole sequence's documents, finite everywhere (rows without a visible key
     # in a block add nothing), against SDPA on each document alone.
+    assert name in cases, f"case {name} did not report: {sorted(cases)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ring_cp2_documents_dropout", "ring_cp4_documents_dropout_mqa",
+                                  "ulysses_cp2_documents_dropout", "ulysses_cp4_documents_dropout_kv_repeat",
+                                  "hybrid_cp4_u2_documents_dropout"])
+def test_packed_documents_with_dropout_equal_the_per_document_rebuilt_mask(cases, name):
+    # Forward and dQ/dK/dV against attention_math on each document with dropout_multiplier's mask of the whole
+    # batch cut to it; the worker also checked CP 1's packed path (per-document and masked blockwise) against it.
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
 
 

@@ -75,8 +75,6 @@ def test_ring_context_parallel_takes_attention_dropout():
     ("--context-parallel-size 2 --attention-dropout 0", 3, ["world size 3", "--context-parallel-size 2", "multiple of 2"]),
     ("--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0", 2,
      ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
-    ("--context-parallel-size 2 --stage sft --reset-attention-mask", 2,
-     ["--attention-dropout 0.1", "--reset-attention-mask", "--context-parallel-size 2", "use --attention-dropout 0"]),
     ("--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
      "--pad-to-multiple-of 2", 2, ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"]),
     ("--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
@@ -92,10 +90,12 @@ def test_context_parallel_refusals_name_the_flag_and_the_fix(extra, world, words
 
 @pytest.mark.parametrize("algo", ["megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo --ulysses-degree-in-cp 2"])
 def test_context_parallel_takes_packed_samples(algo):
-    # --reset-attention-mask (packed SFT data) with every CP algorithm; documents cross the CP split.
-    args = args_for(f"--context-parallel-size 4 --context-parallel-algo {algo} --stage sft --reset-attention-mask "
-                    "--attention-dropout 0", world=4)
+    # --reset-attention-mask (packed SFT data) with every CP algorithm; documents cross the CP split; with
+    # megatron's default attention dropout (0.1) too: the packed masks are position-keyed like the ring's.
+    args = args_for(f"--context-parallel-size 4 --context-parallel-algo {algo} --stage sft --reset-attention-mask",
+                    world=4)
     assert args.reset_attention_mask and args.reset_position_ids and args.context_parallel_size == 4
+    assert args.attention_dropout == 0.1
 
 
 def test_hybrid_cp_sets_megatrons_hierarchical_sizes():
