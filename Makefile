@@ -59,10 +59,10 @@ env-check:
 		|| $(MAKE) --no-print-directory install
 
 test: $(ENV_READY)
-	@$(with_python) $(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@$(with_python) $(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(ENV_READY)
-	@$(with_python) $(PYTHON) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	@$(with_python) $(PYTHON) -m pytest tests -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(ENV_READY)
 	$(PYTHON) -m ruff check .

@@ -16,6 +16,34 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HF_CONFIG_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"  # hub config.json files (README there)
 
 
+# `make test` runs two pytest-xdist workers, each taking whole files in this order (--no-loadscope-reorder):
+# the files that take longest start first, then the other files with slow (multi-process) tests, then the
+# in-process ones, so the run ends on short files rather than on one worker still in a long one
+# (docs/performance.md, the suite's time). A serial run's total time does not depend on the order.
+LONGEST_FIRST = (
+    "tests/quickstart/test_quickstart.py",
+    "tests/e2e/test_pretrain_resilience.py",
+    "tests/e2e/test_pretrain_gpt.py",
+    "tests/models/test_lora.py",
+    "tests/e2e/test_context_parallel.py",
+    "tests/e2e/test_loss_parity.py",
+    "tests/e2e/test_pretrain_torch_dist.py",
+    "tests/ops/test_context_parallel.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Whole files, longest first (LONGEST_FIRST), then files with slow tests, then the rest; else as collected."""
+    files: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        rank = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST) + 1
+        if item.get_closest_marker("slow") and path not in LONGEST_FIRST:
+            rank = len(LONGEST_FIRST)
+        files[path] = min(files.get(path, rank), rank)
+    items.sort(key=lambda item: files[item.nodeid.split("::")[0]])  # stable: a file's tests stay together
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -142,8 +142,22 @@ def _ordered_results(pool, tasks: Iterable, max_pending: int, fn=None) -> Iterat
 
 
 def _mp_context() -> mp.context.BaseContext:
-    # fork: workers inherit the loaded tokenizer and imported modules (no re-import of torch)
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    """fork while this process runs no other Python thread, else forkserver (spawn where neither exists).
+
+    fork: workers inherit the loaded tokenizer and the imported modules. With another Python thread running
+    (a test runner's, tqdm's monitor), the fork copies whatever interpreter-level lock that thread holds at
+    that instant and a worker can wait on it forever (seen under pytest-xdist); the fork server is one
+    single-threaded process that imports this package once, and its workers load the tokenizer by path.
+    """
+    methods = mp.get_all_start_methods()
+    # Every thread that runs Python code, also those started without `threading` (execnet's, under xdist).
+    if "fork" in methods and len(sys._current_frames()) == 1:
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["mindspeed_llm.data.preprocess", "mindspeed_llm.data.instruction"])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def encode_source(
@@ -168,6 +182,13 @@ def encode_source(
     try:
         for key, prefix in prefixes.items():
             writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
+        _worker_tokenizer = tokenizer  # inherited by forked workers
+        # Before the progress bar: its monitor thread would make _mp_context() choose the fork server.
+        pool = _mp_context().Pool(
+            args.workers,
+            initializer=_init_worker,
+            initargs=(tokenizer.path, tokenizer.append_eod, max(1, _usable_cpus() // args.workers)),
+        )
         rows_total = total_rows(source)
         if show_progress:
             from tqdm import tqdm
@@ -198,12 +219,6 @@ def encode_source(
                 for i, part in enumerate(parts):
                     yield part, (batch.bytes_read if i == len(parts) - 1 else 0)
 
-        _worker_tokenizer = tokenizer  # inherited by forked workers
-        pool = _mp_context().Pool(
-            args.workers,
-            initializer=_init_worker,
-            initargs=(tokenizer.path, tokenizer.append_eod, max(1, _usable_cpus() // args.workers)),
-        )
         for result, input_bytes in _ordered_results(pool, tasks(), 2 * args.workers + 2):
             documents = tokens = 0
             for key, (flat, lengths) in result.items():

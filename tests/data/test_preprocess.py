@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from tests.conftest import REPO_ROOT
 from tests.data.conftest import ROWS
 from tests.data.helpers import (
     FORMAT_WRITERS,
@@ -60,6 +63,36 @@ def test_workers_and_batches_keep_document_order(tmp_path, bpe_tokenizer, monkey
         results.append(dataset_bytes(f"{prefix}_text_document"))
         assert read_documents(f"{prefix}_text_document") == expected_documents(hf, texts, True)
     assert results[0] == results[1]
+
+
+def test_pool_started_beside_another_python_thread_uses_the_fork_server(tmp_path, bpe_tokenizer):
+    """A fork copies the locks other threads hold at that instant (a pool forked inside a pytest-xdist worker
+    once hung): with another Python thread running, the workers come from the fork server, load the tokenizer
+    by path and write the same documents; a lone main thread still forks."""
+    import subprocess
+    import sys
+    import threading
+
+    import mindspeed_llm.data.preprocess as pre
+
+    alone = subprocess.run([sys.executable, "-c", "import mindspeed_llm.data.preprocess as p; "
+                            "print(p._mp_context().get_start_method())"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert alone.stdout.strip() == "fork", alone.stderr  # (this pytest process may run a leftover tqdm monitor)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        assert pre._mp_context().get_start_method() == "forkserver"
+        src = write_jsonl(ROWS, str(tmp_path / "in"))
+        prefix = tmp_path / "o"
+        assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", prefix,
+                   "--workers", 2, "--append-eod") == 0
+    finally:
+        stop.set()
+        other.join()
+    hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
+    assert read_documents(f"{prefix}_text_document") == expected_documents(hf, TEXTS, True)
 
 
 def test_large_vocabulary_writes_int32(tmp_path, large_vocab_tokenizer):
