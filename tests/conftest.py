@@ -32,6 +32,16 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, one torch thread per worker: two workers share the two cores, and two threads each
+    would oversubscribe them (the launched processes get OMP_NUM_THREADS=1 from the tests already)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Whole files, longest first (LONGEST_FIRST), then files with slow tests, then the rest; else as collected."""
     files: dict[str, int] = {}
