@@ -5,10 +5,11 @@
 #   (again only when setup.py or pyproject.toml change).
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` / `make test-fast` (whole test files each, so module fixtures run once).
-# 0, the default: one process. PYTEST_WORKERS=2 is not yet safe: a preprocessing test forks its worker pool
-# inside an xdist worker, whose threads the fork copies, and once hung (docs/performance.md).
-PYTEST_WORKERS ?= 0
+# pytest-xdist workers for `make test` / `make test-fast`: whole test files each (so a module fixture runs once),
+# the longest files first (tests/conftest.py). 2, the default: the suite is mostly process launches, and one
+# pytest process left a core idle; preprocessing's pool uses the fork server when started beside other
+# Python threads, as inside an xdist worker (docs/performance.md). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 

@@ -20,15 +20,17 @@ HF_CONFIG_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf_configs"  # hub conf
 # the files that take longest start first, then the other files with slow (multi-process) tests, then the
 # in-process ones, so the run ends on short files rather than on one worker still in a long one
 # (docs/performance.md, the suite's time). A serial run's total time does not depend on the order.
-LONGEST_FIRST = (
+LONGEST_FIRST = (  # by a worker's wall time in a two-worker run (docs/performance.md)
     "tests/quickstart/test_quickstart.py",
-    "tests/e2e/test_pretrain_resilience.py",
     "tests/e2e/test_pretrain_gpt.py",
-    "tests/models/test_lora.py",
-    "tests/e2e/test_context_parallel.py",
+    "tests/e2e/test_pretrain_resilience.py",
     "tests/e2e/test_loss_parity.py",
+    "tests/e2e/test_context_parallel.py",
+    "tests/e2e/test_context_parallel_packed.py",
+    "tests/data/test_instruction.py",
+    "tests/models/test_lora.py",
     "tests/e2e/test_pretrain_torch_dist.py",
-    "tests/ops/test_context_parallel.py",
+    "tests/data/test_preprocess.py",
 )
 
 
