@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -56,11 +57,39 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: files[item.nodeid.split("::")[0]])  # stable: a file's tests stay together
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local side of outgoing connections (Linux; its default elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on loopback that nothing listens on right now, below the ephemeral range.
+
+    A port the kernel hands out for binding port 0 comes from the ephemeral range, which gloo's rank-to-rank
+    connections also draw from: with launches running side by side (pytest-xdist), one launch's store port
+    was taken by another's connection in the moment between choosing and binding it (EADDRINUSE). Below
+    the range, only another free_port() can pick it, at random among thousands of ports.
+    """
+    low = min(_ephemeral_ports()[0], 32768)
+    if low < 16000:  # a machine whose ephemeral range starts low: the kernel's choice, as before
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    pick = random.SystemRandom()
+    for _ in range(100):
+        port = pick.randrange(15000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port between 15000 and {low} on 127.0.0.1")
 
 
 def _rank_env(rank: int, nproc: int, port: int, env: dict | None) -> dict:

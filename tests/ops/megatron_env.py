@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 
 import torch
 import torch.distributed as dist
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
 
 
 @contextlib.contextmanager
@@ -25,7 +20,7 @@ def single_process_model_parallel(seed: int = 1234):
 
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     owns_state = not parallel_state.model_parallel_is_initialized()
     if owns_state:
         parallel_state.initialize_model_parallel(1, 1)
