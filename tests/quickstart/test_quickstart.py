@@ -136,10 +136,14 @@ SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|
 @pytest.fixture(scope="module")
 def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data and
-    step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question."""
+    step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question.
+
+    In one process (TP1 PP1, the pretrained checkpoint re-laid by convert_ckpt.py mg -> mg): 150 steps at the
+    quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10 at PP2."""
     from tests.conftest import torchrun
     from tests.examples.test_model_example_scripts import _recorded_argv
     from tests.inference.helpers import parse_outputs
+    from tests.tool_process import run_tool
 
     out, run = quickstarts["qwen25"]
     assert run.result().returncode == 0, "the Qwen2.5 quick start failed: see test_quickstart_runs_offline_end_to_end"
@@ -148,16 +152,23 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     rows.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in SHORT_QA))
     env = {**os.environ, "QS_OUT": str(out), "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "LOG_DIR": str(root / "logs")}
+    pretrained = root / "pretrained_pp1"
+    relaid = run_tool("convert_ckpt.py", "--load-model-type", "mg", "--save-model-type", "mg", "--load-dir",
+                      out / "ckpt" / "qwen2.5_tiny_pretrain", "--save-dir", pretrained,
+                      "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1", "--no-progress")
+    assert relaid.returncode == 0, relaid.stderr[-4000:]
+    one_process = {"NPUS_PER_NODE": "1", "TP": "1", "PP": "1"}
     steps = (("data_convert_qwen25_instruction.sh", {"INPUT": str(rows), "OUTPUT_PREFIX": str(root / "data" / "qa")}),
-             ("tune_qwen25_tiny_ptd.sh", {"DATA_PATH": str(root / "data" / "qa"), "CKPT_SAVE_DIR": str(root / "sft"),
-                                          "SEQ_LEN": "64", "LOG_INTERVAL": "1", "MASTER_PORT": str(free_port()),
-                                          **SHORT_QA_TUNE}),
+             ("tune_qwen25_tiny_ptd.sh", {"DATA_PATH": str(root / "data" / "qa"), "CKPT_LOAD_DIR": str(pretrained),
+                                          "CKPT_SAVE_DIR": str(root / "sft"), "SEQ_LEN": "64", "LOG_INTERVAL": "1",
+                                          "MASTER_PORT": str(free_port()), **one_process, **SHORT_QA_TUNE}),
              ("ckpt_convert_qwen25_mcore2hf.sh", {"LOAD_DIR": str(root / "sft"), "SAVE_DIR": str(root / "sft_hf")}))
     for script, settings in steps:
         proc = subprocess.run(["bash", f"examples/quickstart/{script}"], cwd=REPO_ROOT, env={**env, **settings},
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{script}: " + proc.stdout[-4000:] + proc.stderr[-4000:]
-    settings = {"QS_OUT": str(out), "CHECKPOINT": str(root / "sft"), "MAX_NEW_TOKENS": str(SHORT_QA_TOKENS)}
+    settings = {"QS_OUT": str(out), "CHECKPOINT": str(root / "sft"), "MAX_NEW_TOKENS": str(SHORT_QA_TOKENS),
+                **one_process}
     os.environ.update(settings)
     try:
         argv = _recorded_argv("examples/quickstart/generate_qwen25_tiny_ptd.sh", "torchrun", root)
@@ -168,7 +179,7 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     del flags[flags.index("--prompt"): flags.index("--prompt") + 2]  # the script's one question: ours instead
     # Each question alone, as trained (single-turn rows): no earlier exchange in what the model sees.
     chat = torchrun(REPO_ROOT / "inference.py", *flags, "--history-turns", "0",
-                    *[a for q, _ in SHORT_QA for a in ("--prompt", q)], nproc=2, timeout=600)
+                    *[a for q, _ in SHORT_QA for a in ("--prompt", q)], nproc=1, timeout=600)
     return {"flags": flags, "answers": parse_outputs(chat.stdout), "hf": root / "sft_hf",
             "losses": losses_from_log((root / "logs" / "tune_mcore_qwen25_tiny.log").read_text())}
 
