@@ -69,14 +69,19 @@ def exit_on_signals() -> Iterator[None]:
         yield
         return
     global _owner_pid, _received
-    owner, _owner_pid, _received = _owner_pid, os.getpid(), None
+    nested = _owner_pid == os.getpid()  # a signal recorded in an inner block stays the outer block's to raise
+    owner, _owner_pid = _owner_pid, os.getpid()
+    if not nested:
+        _received = None
     previous = {sig: signal.signal(sig, _handler) for sig in _SIGNALS}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _owner_pid, _received = owner, None
+        _owner_pid = owner
+        if not nested:
+            _received = None
 
 
 @contextlib.contextmanager

@@ -81,3 +81,15 @@ def test_a_signal_raised_normally_is_not_raised_again_by_cleanup():
                     cleaned.append("removed temporaries")
                 raise
     assert cleaned == ["removed temporaries"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the exception __del__ dropped
+def test_a_dropped_signal_of_an_inner_block_stops_the_outer_blocks_commit():
+    renamed = []
+    with exit_on_signals():  # preprocess_data.py's command line wraps the library call, which wraps its own work
+        with exit_on_signals():
+            _SignalledWhileDeleted()
+        with pytest.raises(Terminated):
+            with signals_deferred():
+                renamed.append("commit")
+    assert renamed == []
