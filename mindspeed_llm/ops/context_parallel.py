@@ -755,17 +755,17 @@ class ContextParallelAttention(MegatronModule):
         s, b = query.shape[:2]
         dropout_p = self.attention_dropout_p if self.training else 0.0
         documents = self._documents(packed_seq_params, b, s)
+        # The ring (also hybrid's) masks by per-token document ids; Ulysses takes the cu_seqlens themselves.
+        ids = None if documents is None or self.comm == "a2a" else document_ids(documents[0], b, s * self.cp_group.size())
         with attention_dropout_rng(self.config, dropout_p):
             if self.comm == "a2a":
                 cu, max_seqlen = documents or (None, None)
                 out = ulysses_attention(query, key, value, self.cp_group, softmax_scale=self.softmax_scale,
                                         dropout_p=dropout_p, backend=self.backend, cu_seqlens=cu, max_seqlen=max_seqlen)
             elif self.comm == "a2a+p2p":
-                ids = None if documents is None else document_ids(documents[0], b, s * self.cp_group.size())
                 out = hybrid_attention(query, key, value, *self.hcp_groups, softmax_scale=self.softmax_scale,
                                        backend=self.backend, dropout_p=dropout_p, document_ids=ids)
             else:
-                ids = None if documents is None else document_ids(documents[0], b, s * self.cp_group.size())
                 q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
                 out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend,
                                      dropout_p=dropout_p, document_ids=ids).permute(2, 0, 1, 3)
