@@ -57,14 +57,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: files[item.nodeid.split("::")[0]])  # stable: a file's tests stay together
 
 
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range for the local side of outgoing connections (Linux; its default elsewhere)."""
+def _ephemeral_floor() -> int:
+    """The lowest port of the kernel's range for the local side of outgoing connections (Linux; else 32768)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = map(int, f.read().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
+            return min(int(f.read().split()[0]), 32768)
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
@@ -75,7 +74,7 @@ def free_port() -> int:
     was taken by another's connection in the moment between choosing and binding it (EADDRINUSE). Below
     the range, only another free_port() can pick it, at random among thousands of ports.
     """
-    low = min(_ephemeral_ports()[0], 32768)
+    low = _ephemeral_floor()
     if low < 16000:  # a machine whose ephemeral range starts low: the kernel's choice, as before
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
