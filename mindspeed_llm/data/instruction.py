@@ -28,7 +28,7 @@ from mindspeed_llm.data.chat_templates import build_template, template_specials
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.data.indexed_writer import IndexedDatasetWriter, remove_stale_temporaries
 from mindspeed_llm.data.instruction_handlers import INSTRUCTION_HANDLERS, BadRow, parse_map_keys
-from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results
+from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
 from mindspeed_llm.data.readers import InputSource, available_columns, iter_batches
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
 from mindspeed_llm.io_errors import describe_os_error
@@ -323,8 +323,7 @@ def preprocess_instruction(
         return counts
     except BaseException:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            stop_pool(pool)
         for writer in writers.values():
             writer.abort()
         raise

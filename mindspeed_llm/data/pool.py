@@ -1,5 +1,6 @@
 """The tokenizer pool and the bookkeeping that plain and instruction preprocessing share: the pool's start
-method, its results in task order, the progress counts, and committing the finished datasets together.
+method, its results in task order, stopping it on an error, the progress counts, and committing the
+finished datasets together.
 
 :mod:`mindspeed_llm.data.preprocess` (``--handler-name`` of a text handler, ``--n-subs``, merging) and
 :mod:`mindspeed_llm.data.instruction` (the instruction handlers) both build on this module.
@@ -8,7 +9,9 @@ method, its results in task order, the progress counts, and committing the finis
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.pool
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -94,6 +97,32 @@ def mp_context() -> mp.context.BaseContext:
                                     "transformers.tokenization_utils_fast"])
         return ctx
     return mp.get_context("spawn")
+
+
+# How long stop_pool waits for the pool's own threads once the workers are told to end (a few ms as a rule).
+STOP_WAIT_S = 10.0
+
+
+def stop_pool(pool: multiprocessing.pool.Pool, wait: float = STOP_WAIT_S) -> None:
+    """End the pool's workers now (an error or a signal stops the run), waiting at most ``wait`` seconds.
+
+    ``Pool.terminate()`` can wait forever (python/cpython#96995): it ends the workers before its task thread
+    puts its last message on the result queue, and a worker ended while it held that queue's lock leaves the
+    lock held (a full-disk test hung there about one run in four on a loaded machine). So terminate runs in
+    a thread of its own; past ``wait`` the workers are ended here and the pool's (daemon) threads are left.
+    """
+    workers = list(pool._pool)  # noqa: SLF001 (the worker processes terminate() ends)
+    stopper = threading.Thread(target=pool.terminate, name="stop-pool", daemon=True)
+    stopper.start()
+    stopper.join(wait)
+    if not stopper.is_alive():
+        pool.join()
+        return
+    for worker in workers:
+        if worker.exitcode is None:
+            worker.terminate()
+    for worker in workers:
+        worker.join()
 
 
 def commit_all(writers: Iterable[IndexedDatasetWriter]) -> None:

@@ -23,7 +23,7 @@ from mindspeed_llm.data.indexed_writer import (
     read_index,
     remove_stale_temporaries,
 )
-from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results
+from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
 from mindspeed_llm.data.readers import (
     InputSource,
     available_columns,
@@ -51,7 +51,7 @@ def _usable_cpus() -> int:
 
 def _init_worker(path: str, append_eod: bool, threads: int) -> None:
     global _worker_tokenizer
-    worker_signals()  # Ctrl-C is the main process's; its pool.terminate() ends workers quietly
+    worker_signals()  # Ctrl-C is the main process's; its stop_pool() ends workers quietly
     # Each worker's `tokenizers` may use `threads` threads for a batch (its rayon pool starts on
     # first use, after this); with one thread per worker the pool alone is the parallelism.
     if threads <= 1:
@@ -166,8 +166,7 @@ def encode_source(
         return progress
     except BaseException:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            stop_pool(pool)
         if bar is not None:
             bar.close()
         for writer in writers.values():
