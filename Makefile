@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` / `make test-fast`: whole test files each (so a module fixture runs once),
 # the longest files first (tests/conftest.py). 2, the default: the suite is mostly process launches, and one
 # pytest process left a core idle; preprocessing's pool uses the fork server when started beside other
-# Python threads, as inside an xdist worker (docs/performance.md). PYTEST_WORKERS=0: one process.
+# Python threads, as inside an xdist worker (docs/performance_journal.md). PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 2
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3

@@ -65,7 +65,7 @@ def get_batch_and_documents(data_iterator):
     if args.reset_attention_mask:  # packed samples: each attends within itself, positions restart
         from megatron.core import parallel_state as ps
 
-        from mindspeed_llm.models.packing import document_packed_seq_params
+        from mindspeed_llm.ops.packing import document_packed_seq_params
 
         cp_group = ps.get_context_parallel_group() if args.context_parallel_size > 1 else None
         documents = document_packed_seq_params(batch["position_ids"], cp_group=cp_group)

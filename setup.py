@@ -9,7 +9,8 @@ setup(
     "pretraining on CPU, CUDA GPUs and Ascend NPUs",
     python_requires=">=3.10",
     packages=find_packages(include=["mindspeed_llm", "mindspeed_llm.*"]),
-    py_modules=["convert_ckpt", "preprocess_data", "pretrain_gpt"],
+    # The entry scripts (tests/test_package_structure.py checks that every one is here).
+    py_modules=["convert_ckpt", "inference", "posttrain_gpt", "preprocess_data", "pretrain_gpt"],
     install_requires=[
         # torch is deliberately not pinned here: `make install` installs torch==2.13.0 (a CPU build
         # on dev machines) first; a bare `torch` requirement would pull a multi-GB CUDA build.

@@ -6,9 +6,9 @@
 
 ``attention``: causal self-attention forward + backward of one layer (batch 1, fp32, ``--heads`` query heads,
 ``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the project's
-``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel.ring_attention`,
-:func:`~mindspeed_llm.ops.context_parallel.ulysses_attention` or
-:func:`~mindspeed_llm.ops.context_parallel.hybrid_attention` (``--ulysses-degree`` U, only where 1 < U < CP) on
+``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel_kernels.ring_attention`,
+:func:`~mindspeed_llm.ops.context_parallel_kernels.ulysses_attention` or
+:func:`~mindspeed_llm.ops.context_parallel_kernels.hybrid_attention` (``--ulysses-degree`` U, only where 1 < U < CP) on
 each rank's ``seq / CP`` tokens. Reported per
 rank (the slowest and the largest): time (min of ``--repeats``) and peak memory (rise of peak RSS over RSS
 before the timed passes, glibc's mmap threshold fixed so freed blocks return); "work per token vs CP 1" is
@@ -54,15 +54,15 @@ def attention_worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import mindspeed_llm  # noqa: F401  (gloo on the CPU)
-    from mindspeed_llm.models.packing import document_ids, document_packed_seq_params
-    from mindspeed_llm.ops.attention import flash_attention
-    from mindspeed_llm.ops.context_parallel import (
+    from mindspeed_llm.ops.attention_kernels import flash_attention
+    from mindspeed_llm.ops.context_parallel_kernels import (
         hybrid_attention,
         hybrid_cp_rank_groups,
         ring_attention,
         ulysses_attention,
     )
-    from mindspeed_llm.ops.document_attention import document_attention
+    from mindspeed_llm.ops.document_attention import document_attention, ulysses_document_attention
+    from mindspeed_llm.ops.packing import document_ids, document_packed_seq_params
 
     dist.init_process_group("gloo")
     cp, rank = dist.get_world_size(), dist.get_rank()
@@ -78,7 +78,7 @@ def attention_worker(args: argparse.Namespace) -> None:
             out = flash_attention(q, k, v, causal=True, layout="sbnd") if cu is None else \
                 document_attention(q, k, v, cu)
         elif args.algo == "ulysses_cp_algo":
-            out = ulysses_attention(q, k, v, group, cu_seqlens=cu)
+            out = ulysses_attention(q, k, v, group) if cu is None else ulysses_document_attention(q, k, v, group, cu)
         elif args.algo == "hybrid_cp_algo":
             out = hybrid_attention(q, k, v, *sub_groups, document_ids=ids)
         else:

@@ -54,7 +54,7 @@ def run_case(impl: str, seq: int, dtype_name: str, args: argparse.Namespace) -> 
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mindspeed_llm.ops.attention import flash_attention
+    from mindspeed_llm.ops.attention_kernels import flash_attention
     from mindspeed_llm.ops.document_attention import document_attention
 
     dtype = getattr(torch, DTYPES[dtype_name])

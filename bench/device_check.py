@@ -96,7 +96,7 @@ def check_ops(device: str, tiny: bool) -> list[Row]:
     import torch
     import torch.nn.functional as F
 
-    from mindspeed_llm.ops.attention import attention_math, flash_attention
+    from mindspeed_llm.ops.attention_kernels import attention_math, flash_attention
     from mindspeed_llm.ops.rmsnorm import rms_norm, rms_norm_reference
     from mindspeed_llm.ops.rope import apply_rotary_pos_emb, rotary_reference
     from mindspeed_llm.ops.swiglu import swiglu, swiglu_reference
@@ -150,7 +150,7 @@ def _ring_block(kernel: str, q, k, v, dout, causal: bool, device: str):
     """(out, lse, grads, seconds) of one ring block's forward + backward with ``kernel``; the second of two runs."""
     import torch
 
-    from mindspeed_llm.ops.context_parallel import attention_with_lse, attention_with_lse_backward
+    from mindspeed_llm.ops.context_parallel_kernels import attention_with_lse, attention_with_lse_backward
 
     kw = dict(causal=causal, scale=q.shape[-1] ** -0.5, kernel=kernel)
     for _ in range(2):  # the first run warms the kernel up

@@ -28,6 +28,7 @@ from mindspeed_llm.data.chat_templates import build_template, template_specials
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.data.indexed_writer import IndexedDatasetWriter, remove_stale_temporaries
 from mindspeed_llm.data.instruction_handlers import INSTRUCTION_HANDLERS, BadRow, parse_map_keys
+from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
 from mindspeed_llm.data.readers import InputSource, available_columns, iter_batches
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
 from mindspeed_llm.io_errors import describe_os_error
@@ -260,8 +261,6 @@ def preprocess_instruction(
 ) -> SftCounts:
     """Encode every conversation of ``source`` into the three datasets (temporary names until done)."""
     global _worker_encoder
-    from mindspeed_llm.data.preprocess import Progress, _mp_context, _ordered_results, commit_all
-
     handler = INSTRUCTION_HANDLERS[args.handler_name](parse_map_keys(args.map_keys))
     columns = handler.input_columns(available_columns(source), source.files[0])
     encoder = InstructionEncoder(tokenizer, args.prompt_type, args.append_eod)
@@ -290,10 +289,10 @@ def preprocess_instruction(
         for key, prefix in prefixes.items():
             writers[key] = IndexedDatasetWriter(prefix, TOKEN_DTYPE)
         _worker_encoder = encoder  # inherited by forked workers
-        pool = _mp_context().Pool(
+        pool = mp_context().Pool(
             args.workers, initializer=_init_worker, initargs=(tokenizer.path, args.prompt_type, args.append_eod)
         )
-        for (ids, labels, lengths), input_bytes in _ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+        for (ids, labels, lengths), input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
             bounds = np.concatenate([[0], np.cumsum(lengths)])
             for k in range(lengths.size):
                 a, b = int(bounds[k]), int(bounds[k + 1])
@@ -324,8 +323,7 @@ def preprocess_instruction(
         return counts
     except BaseException:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            stop_pool(pool)
         for writer in writers.values():
             writer.abort()
         raise

@@ -8,14 +8,10 @@ input, and results are written in input order whatever the number of workers.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import re
 import sys
-import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +23,7 @@ from mindspeed_llm.data.indexed_writer import (
     read_index,
     remove_stale_temporaries,
 )
+from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
 from mindspeed_llm.data.readers import (
     InputSource,
     available_columns,
@@ -36,7 +33,7 @@ from mindspeed_llm.data.readers import (
     total_rows,
 )
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
-from mindspeed_llm.signals import exit_on_signals, signals_deferred, worker_signals
+from mindspeed_llm.signals import exit_on_signals, worker_signals
 
 BATCH_ROWS = 1000
 TASK_CHARS = 2 << 20  # characters of text per tokenizer task
@@ -54,7 +51,7 @@ def _usable_cpus() -> int:
 
 def _init_worker(path: str, append_eod: bool, threads: int) -> None:
     global _worker_tokenizer
-    worker_signals()  # Ctrl-C is the main process's; its pool.terminate() ends workers quietly
+    worker_signals()  # Ctrl-C is the main process's; its stop_pool() ends workers quietly
     # Each worker's `tokenizers` may use `threads` threads for a batch (its rayon pool starts on
     # first use, after this); with one thread per worker the pool alone is the parallelism.
     if threads <= 1:
@@ -74,47 +71,6 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@dataclass
-class Progress:
-    """Counts for the --log-interval lines and the final summary."""
-
-    log_interval: int
-    start: float = 0.0
-    documents: int = 0
-    tokens: int = 0
-    input_bytes: int = 0
-    skipped: int = 0
-    _next_log: int = 0
-    nonempty: dict[str, int] = field(default_factory=dict)  # key -> documents whose text is not empty
-    key_tokens: dict[str, int] = field(default_factory=dict)  # key -> tokens written
-
-    def __post_init__(self) -> None:
-        self.start = time.perf_counter()
-        self._next_log = self.log_interval
-
-    def add_counts(self, nonempty: dict[str, int], key_tokens: dict[str, int]) -> None:
-        """Add another part's per-key counts (``--n-subs``)."""
-        for key, n in nonempty.items():
-            self.nonempty[key] = self.nonempty.get(key, 0) + n
-        for key, n in key_tokens.items():
-            self.key_tokens[key] = self.key_tokens.get(key, 0) + n
-
-    def rates(self) -> str:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return (
-            f"{self.documents / elapsed:.0f} docs/s, {self.tokens / elapsed:.0f} tokens/s, "
-            f"{self.input_bytes / elapsed / 2**20:.2f} MB/s"
-        )
-
-    def update(self, documents: int, tokens: int, input_bytes: int, write) -> None:
-        self.documents += documents
-        self.tokens += tokens
-        self.input_bytes += input_bytes
-        if self.documents >= self._next_log:
-            self._next_log = (self.documents // self.log_interval + 1) * self.log_interval
-            write(f"processed {self.documents} documents ({self.rates()})")
-
-
 def _split_tasks(texts: dict[str, list[str]], num_rows: int) -> Iterator[dict[str, list[str]]]:
     """Cut one batch into tasks of about TASK_CHARS characters (long documents make small tasks)."""
     first_key = next(iter(texts))
@@ -125,44 +81,6 @@ def _split_tasks(texts: dict[str, list[str]], num_rows: int) -> Iterator[dict[st
         stop = start + max(1, int(budget))
         yield {key: values[start:stop] for key, values in texts.items()}
         start = stop
-
-
-def _ordered_results(pool, tasks: Iterable, max_pending: int, fn=None) -> Iterator:
-    """pool.apply_async(fn) over tasks, results in task order, at most max_pending in flight."""
-    fn = fn or _encode_task
-    pending: deque = deque()
-    for task, meta in tasks:
-        pending.append((pool.apply_async(fn, (task,)), meta))
-        if len(pending) >= max_pending:
-            result, meta = pending.popleft()
-            yield result.get(), meta
-    while pending:
-        result, meta = pending.popleft()
-        yield result.get(), meta
-
-
-def _mp_context() -> mp.context.BaseContext:
-    """fork while this process runs no other Python thread, else forkserver (spawn where neither exists).
-
-    fork: workers inherit the loaded tokenizer and the imported modules. With another Python thread running
-    (a test runner's, tqdm's monitor), the fork copies whatever interpreter-level lock that thread holds at
-    that instant and a worker can wait on it forever (seen under pytest-xdist); the fork server is one
-    single-threaded process that imports this package once, and its workers load the tokenizer by path.
-    """
-    methods = mp.get_all_start_methods()
-    # Every thread that runs Python code, also those started without `threading` (execnet's, under xdist).
-    if "fork" in methods and len(sys._current_frames()) == 1:
-        return mp.get_context("fork")
-    if "forkserver" in methods:
-        ctx = mp.get_context("forkserver")
-        # transformers' tokenizer modules too: imported in the server once, not in every worker of every pool
-        # (2.4 s each); a name this transformers lacks is skipped (the server ignores ImportError).
-        ctx.set_forkserver_preload(["mindspeed_llm.data.preprocess", "mindspeed_llm.data.instruction",
-                                    "transformers.models.auto.tokenization_auto",
-                                    "transformers.tokenization_utils_tokenizers",
-                                    "transformers.tokenization_utils_fast"])
-        return ctx
-    return mp.get_context("spawn")
 
 
 def encode_source(
@@ -188,8 +106,8 @@ def encode_source(
         for key, prefix in prefixes.items():
             writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
         _worker_tokenizer = tokenizer  # inherited by forked workers
-        # Before the progress bar: its monitor thread would make _mp_context() choose the fork server.
-        pool = _mp_context().Pool(
+        # Before the progress bar: its monitor thread would make mp_context() choose the fork server.
+        pool = mp_context().Pool(
             args.workers,
             initializer=_init_worker,
             initargs=(tokenizer.path, tokenizer.append_eod, max(1, _usable_cpus() // args.workers)),
@@ -224,7 +142,7 @@ def encode_source(
                 for i, part in enumerate(parts):
                     yield part, (batch.bytes_read if i == len(parts) - 1 else 0)
 
-        for result, input_bytes in _ordered_results(pool, tasks(), 2 * args.workers + 2):
+        for result, input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
             documents = tokens = 0
             for key, (flat, lengths) in result.items():
                 writers[key].add_documents(flat, lengths)
@@ -248,8 +166,7 @@ def encode_source(
         return progress
     except BaseException:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            stop_pool(pool)
         if bar is not None:
             bar.close()
         for writer in writers.values():
@@ -273,16 +190,6 @@ def check_tokens(progress: Progress, args: argparse.Namespace, writers: dict[str
             f"non-empty texts of column {key!r}, so {os.path.basename(writer.prefix)} would hold no tokens; "
             "check that the tokenizer matches the text"
         )
-
-
-def commit_all(writers: Iterable[IndexedDatasetWriter]) -> None:
-    """Write every index, then rename all datasets into place together (signals held back meanwhile)."""
-    writers = list(writers)
-    for writer in writers:
-        writer.prepare()
-    with signals_deferred():
-        for writer in writers:
-            writer.commit()
 
 
 def check_output_not_input(output_prefix: str, input_files: Iterable[str], prefixes: Iterable[str]) -> None:
@@ -419,9 +326,9 @@ def _encode_subsets(
             f"files; use --n-subs {len(source.files)} or less (or shard the input)"
         )
     groups = _split_files(source.files, args.n_subs)
-    sub_args = argparse.Namespace(**vars(args))
-    sub_args.workers = max(1, args.workers // len(groups))
-    ctx = _mp_context()
+    # Each subset's own arguments: the tokenizer workers shared out among the subsets (args stays as parsed).
+    sub_args = argparse.Namespace(**{**vars(args), "workers": max(1, args.workers // len(groups))})
+    ctx = mp_context()
     queue = ctx.Queue()
     subs = []
     sub_prefixes = [{k: f"{p}.sub{i}" for k, p in prefixes.items()} for i in range(len(groups))]

@@ -1,15 +1,23 @@
 """Document-masked (packed-sample) causal attention: each document attends causally within itself only.
 
 Inputs are megatron's ``[s, b, n, d]`` tensors (n_q a multiple of n_kv) and ``cu_seqlens``, the document
-boundaries over the flattened ``b * s`` tokens (sample-major; see :mod:`mindspeed_llm.models.packing`).
+boundaries over the flattened ``b * s`` tokens (sample-major; see :mod:`mindspeed_llm.ops.packing`).
+
+A layer above the kernels: it runs :mod:`~mindspeed_llm.ops.attention_kernels` per document and, over a
+CP group, Ulysses of :mod:`~mindspeed_llm.ops.context_parallel_kernels`
+(:func:`ulysses_document_attention`); neither imports this module or :mod:`~mindspeed_llm.ops.packing`.
+The megatron-core modules (:class:`~mindspeed_llm.ops.attention.FlashDotProductAttention`,
+:class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`, megatron's own local attention
+through :mod:`mindspeed_llm.patches.packed`) call it for document-packed ``packed_seq_params``.
 
 Implementations (:func:`select_document_attention_impl` picks one per device):
 
 - ``per_document`` (CPU; CUDA without flash-attn): one causal kernel call per document on the
-  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention.blockwise_attention`
+  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention`
   with it (one seed per call; each document keyed by its batch row and positions in the sample, so the
   mask is the whole batch's and context parallelism draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
-  document's kernel state; measured fastest on the CPU (docs/performance.md).
+  document's kernel state; measured fastest on the CPU (docs/performance_journal.md,
+  "Document-masked attention").
 - ``sdpa_mask``: SDPA over whole samples with a block-diagonal causal bool mask ``[b, 1, s, s]`` (one mask
   per sample, shared by the heads; SDPA computes every block).
 - ``blockwise_mask``: the blockwise kernel with that mask (it skips blocks no document covers).
@@ -26,17 +34,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mindspeed_llm.ops.attention import (
+from mindspeed_llm.ops.attention_kernels import (
     NPU_CAUSAL_MASK_SIZE,
-    _scale,
     attention_dropout_rng,
     blockwise_attention,
     dropout_seed,
     flash_attn_available,
+    resolve_softmax_scale,
     sdpa_attention,
 )
 from mindspeed_llm.ops.backend import resolve_backend
+from mindspeed_llm.ops.context_parallel_kernels import ulysses_attention
 from mindspeed_llm.ops.npu import require_torch_npu
+from mindspeed_llm.ops.packing import check_document_packed, document_ids
 
 DOCUMENT_ATTENTION_IMPLS = ("auto", "per_document", "sdpa_mask", "blockwise_mask", "flash_attn_varlen", "npu")
 
@@ -65,8 +75,6 @@ def _from_tokens(t: Tensor, s: int, b: int) -> Tensor:
 
 def document_mask(cu_seqlens: Tensor, s: int, b: int) -> Tensor:
     """The block-diagonal causal mask ``[b, 1, s, s]`` (True = masked out) of the documents."""
-    from mindspeed_llm.models.packing import document_ids
-
     doc = document_ids(cu_seqlens, b, s)
     same = doc[:, :, None] == doc[:, None, :]
     causal = torch.ones(s, s, dtype=torch.bool, device=doc.device).tril_()
@@ -80,7 +88,7 @@ def per_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens
 
     Dropout: one ``seed`` for the call (drawn when None), each document keyed by its sample's batch row
     and its tokens' positions in the sample (heads from ``head_offset``): the mask of the whole batch
-    (:func:`~mindspeed_llm.ops.attention.dropout_multiplier`), whatever splits the sequence.
+    (:func:`~mindspeed_llm.ops.attention_kernels.dropout_multiplier`), whatever splits the sequence.
     """
     s, b = query.shape[:2]
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
@@ -129,7 +137,7 @@ def flash_attn_varlen_documents(query: Tensor, key: Tensor, value: Tensor, cu_se
     cu = cu_seqlens.to(device=query.device, dtype=torch.int32)
     out = flash_attn_varlen_func(
         _tokens(query), _tokens(key), _tokens(value), cu, cu, max_seqlen, max_seqlen, dropout_p=dropout_p,
-        softmax_scale=_scale(softmax_scale, query.shape[-1]), causal=True,
+        softmax_scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), causal=True,
     )
     return _from_tokens(out, s, b)
 
@@ -143,7 +151,7 @@ def npu_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens
     mask = torch.triu(torch.ones(NPU_CAUSAL_MASK_SIZE, NPU_CAUSAL_MASK_SIZE, dtype=torch.bool, device=query.device), 1)
     out = npu.npu_fusion_attention(
         _tokens(query), _tokens(key), _tokens(value), n, "TND", atten_mask=mask,
-        scale=_scale(softmax_scale, query.shape[-1]), keep_prob=1.0 - dropout_p, pre_tockens=s * b, next_tockens=0,
+        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), keep_prob=1.0 - dropout_p, pre_tockens=s * b, next_tockens=0,
         actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=4,
     )[0]
     return _from_tokens(out, s, b)
@@ -193,6 +201,25 @@ def document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Te
     return masked_document_attention(query, key, value, cu_seqlens, kernel="sdpa", **kwargs)
 
 
+def ulysses_document_attention(query: Tensor, key: Tensor, value: Tensor, group, cu_seqlens: Tensor,
+                               max_seqlen: int | None = None, *, softmax_scale: float | None = None,
+                               dropout_p: float = 0.0, seed: int | None = None,
+                               backend: str | None = None) -> Tensor:
+    """Ulysses over a CP group with :func:`document_attention` as its local attention; ``[s_local, b, n, d]``.
+
+    ``cu_seqlens``: the documents of the *whole* ``[b, S]`` batch (over its ``b * S`` tokens,
+    :func:`~mindspeed_llm.ops.packing.document_packed_seq_params` with the CP group); after the all-to-all
+    each rank attends within the documents of the whole sequence for its heads, its dropout (CPU: per
+    document, blockwise) keyed by the global head index (``seed`` drawn then, the same on every CP rank).
+    """
+    def local(q: Tensor, k: Tensor, v: Tensor, head_offset: int) -> Tensor:
+        return document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale, backend=backend,
+                                  dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
+                                  head_offset=head_offset)
+
+    return ulysses_attention(query, key, value, group, local_attention=local)
+
+
 def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                             packed_seq_params: Any, *, softmax_scale: float, dropout_p: float,
                             impl: str = "auto", backend: str | None = None) -> Tensor:
@@ -201,12 +228,10 @@ def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tens
     Shared by megatron's local ``DotProductAttention`` (patched) and ``FlashDotProductAttention``;
     dropout runs under megatron's model-parallel RNG tracker as the modules' own dropout does.
     """
-    from mindspeed_llm.models.packing import check_document_packed
-
     config = module.config
     if packed_seq_params.qkv_format != "sbhd":
         raise ValueError(f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer Engine: "
-                         "build them with mindspeed_llm.models.packing.document_packed_seq_params (qkv_format 'sbhd')")
+                         "build them with mindspeed_llm.ops.packing.document_packed_seq_params (qkv_format 'sbhd')")
     if config.context_parallel_size != 1:
         raise ValueError("packed sequences with context parallelism run in ContextParallelAttention (the core "
                          "attention --context-parallel-size selects), not in this local attention")

@@ -4,7 +4,7 @@ glibc's malloc serves every block over its mmap threshold (128 KiB, raised dynam
 with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step allocates and frees
 the same activation, gradient and logits tensors every iteration, hundreds of MB of them, so on the
 CPU each step pays a page fault and a kernel page-zeroing for every 4 KiB of them again. On the
-2-core bench machine (docs/performance.md) keeping them made pretrain_gpt.py's steps 8-12% (fp32)
+2-core bench machine (docs/performance_journal.md) keeping them made pretrain_gpt.py's steps 8-12% (fp32)
 and 11-18% (bf16) faster, and a plain HF training loop's up to 25% faster.
 
 :func:`keep_freed_memory` raises the mmap threshold and the trim threshold, so freed blocks stay in

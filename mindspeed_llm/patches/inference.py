@@ -160,7 +160,7 @@ def lay_out_weights_for_decode(model: torch.nn.Module) -> int:
     megatron's linears compute ``input @ weight.t()``. With ``weight.t()`` contiguous, MKL's products
     of a few rows (a decode step: one row per sequence) run faster: 1.7x for an output layer of hidden
     256 x vocabulary 32000 at batch 4, 1.3x for an 11008 x 4096 MLP weight; prefill is unchanged
-    (docs/performance.md). The values and the shape stay, so the state dict, the TP shards and every
+    (docs/performance_journal.md). The values and the shape stay, so the state dict, the TP shards and every
     op that reads the weight see the same tensor; the generator lays out its model this way once. Only
     CPU weights: the gain is MKL's, and an accelerator's BLAS was not measured with this layout. Each
     weight is copied once, one at a time (the memory of the largest weight, transiently).

@@ -66,7 +66,7 @@ def _rotary_seq_length(model, decoder_input) -> int:
 
 
 def _preprocess_wrapper(original: Callable) -> Callable:
-    from mindspeed_llm.models.packing import document_rotary_freqs, is_document_packed
+    from mindspeed_llm.ops.packing import document_rotary_freqs, is_document_packed
 
     @functools.wraps(original)
     def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,

@@ -725,7 +725,7 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
             time.sleep(_QUIET_RANK_EXIT_DELAY_S)
         sys.exit(status)
     return args
-PACKING_MODULE = "mindspeed_llm.models.packing"  # document-masked attention for packed samples
+PACKING_MODULE = "mindspeed_llm.ops.packing"  # document-masked attention for packed samples
 
 
 def _document_masking_available() -> bool:

@@ -73,17 +73,17 @@ def test_pool_started_beside_another_python_thread_uses_the_fork_server(tmp_path
     import sys
     import threading
 
-    import mindspeed_llm.data.preprocess as pre
+    from mindspeed_llm.data.pool import mp_context
 
-    alone = subprocess.run([sys.executable, "-c", "import mindspeed_llm.data.preprocess as p; "
-                            "print(p._mp_context().get_start_method())"], capture_output=True, text=True,
+    alone = subprocess.run([sys.executable, "-c", "import mindspeed_llm.data.pool as p; "
+                            "print(p.mp_context().get_start_method())"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert alone.stdout.strip() == "fork", alone.stderr  # (this pytest process may run a leftover tqdm monitor)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True)
     other.start()
     try:
-        assert pre._mp_context().get_start_method() == "forkserver"
+        assert mp_context().get_start_method() == "forkserver"
         src = write_jsonl(ROWS, str(tmp_path / "in"))
         prefix = tmp_path / "o"
         assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", prefix,

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.conftest import REPO_ROOT, StartedTorchrun, torchrun
+from tests.helpers.launch import StartedTorchrun, torchrun
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (the e2e tests import them from here)
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
-VOCAB = 128  # rows of the tiny HF models (tests/checkpoint/tiny_models.py)
+VOCAB = 128  # rows of the tiny HF models (tests/helpers/tiny.py)
 EOD = 2  # their tokenizer's </s>
 _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")
 
@@ -51,26 +53,6 @@ def write_instruction_data(prefix, rows: list[tuple[np.ndarray, np.ndarray, np.n
             builder.add_document(torch.from_numpy(np.asarray(row[col], dtype=np.int64)), [len(row[col])])
         builder.finalize(f"{path}.idx")
     return str(prefix)
-
-
-def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.float32, num_layers: int = 4,
-                  **kwargs) -> Path:
-    """A tiny random HF model folder (with tokenizer), made by transformers."""
-    from tests.checkpoint.tiny_models import make_tiny_hf_model
-
-    make_tiny_hf_model(str(folder), kind, dtype=dtype, num_layers=num_layers, **kwargs)
-    return folder
-
-
-def convert_hf_to_mg(hf_dir: Path, save_dir: Path, tp: int = 1, pp: int = 1, **extra) -> Path:
-    """convert_ckpt.py hf -> mg (in this process, through its library function)."""
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
-
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    convert(ConvertOptions(load_model_type="hf", save_model_type="mg", load_dir=str(hf_dir), save_dir=str(save_dir),
-                           target_tp=tp, target_pp=pp, add_qkv_bias=cfg["architectures"][0] == "Qwen2ForCausalLM",
-                           progress=False, **extra))
-    return save_dir
 
 
 def model_flags(hf_dir: Path) -> list[str]:

@@ -14,7 +14,6 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, Started, free_port
 from tests.e2e.pretrain_helpers import (
     PRETRAIN,
     assert_close_losses,
@@ -28,6 +27,9 @@ from tests.e2e.pretrain_helpers import (
     start_pretrain,
     train_flags,
 )
+from tests.helpers.launch import Started, torchrun_command
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.tiny import tiny_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +38,7 @@ pytestmark = pytest.mark.slow
 def tiny(tmp_path_factory):
     """A tiny Qwen2 HF model, its TP1/TP2/PP2 conversions, and an indexed dataset."""
     root = tmp_path_factory.mktemp("pretrain")
-    hf = make_hf_model(root / "hf")
-    ckpts = {(tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}pp{pp}", tp, pp) for tp, pp in [(1, 1), (2, 1), (1, 2)]}
+    hf, ckpts = tiny_checkpoints(root, [(1, 1), (2, 1), (1, 2)])
     data = make_indexed_dataset(root / "data" / "corpus_text_document")
     return {"root": root, "hf": hf, "ckpts": ckpts, "data": data, "flags": model_flags(hf) + train_flags(data)}
 
@@ -182,8 +183,7 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path)
     flags = [*tiny["flags"], "--load", str(save), "--save", str(save), "--save-interval", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
            "MINDSPEED_LLM_TEST_PAUSE_IN_SAVE": "4"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(PRETRAIN), *flags]
+    cmd = torchrun_command(PRETRAIN, *flags, nproc=1)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=REPO_ROOT, start_new_session=True)
     lines = []

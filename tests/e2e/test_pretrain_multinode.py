@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.pretrain_helpers import PRETRAIN, losses, make_indexed_dataset, train_flags
+from tests.helpers.launch import free_port, torchrun_command
+from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,8 @@ def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
     for node in (0, 1):
         prefix = make_indexed_dataset(tmp_path / f"node{node}" / "dataset" / "corpus_text_document", seed=5)
         data.append(prefix)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), str(PRETRAIN),
-               *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage", "--save", "ckpt"]
+        cmd = torchrun_command(PRETRAIN, *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage",
+                               "--save", "ckpt", nproc=1, port=port, nnodes=2, node_rank=node)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       cwd=tmp_path / f"node{node}"))

@@ -25,8 +25,9 @@ import pytest
 import torch
 
 from mindspeed_llm.checkpoint import layout
-from tests.conftest import REPO_ROOT, Started, free_port
 from tests.e2e.pretrain_helpers import PRETRAIN, make_indexed_dataset, train_flags
+from tests.helpers.launch import Started, torchrun_command
+from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -337,9 +338,8 @@ def test_bad_training_data_is_one_line_naming_the_file(bad_data_runs, case):
 # ---- signals to torchrun workers --------------------------------------------------------------------------------
 def _torchrun(flags: list[str], log_dir: Path, env: dict | None = None) -> subprocess.Popen:
     """A real torchrun launch of 2 processes whose workers write their output under ``log_dir``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "--log-dir", str(log_dir), "--redirects", "3", "--tee", "3",
-           str(PRETRAIN), *flags]
+    cmd = torchrun_command(PRETRAIN, *flags, nproc=2,
+                           torchrun_args=("--log-dir", str(log_dir), "--redirects", "3", "--tee", "3"))
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**ENV, **(env or {})},
                             cwd=REPO_ROOT, start_new_session=True)
 

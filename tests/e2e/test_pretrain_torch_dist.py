@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.pretrain_helpers import (
     PRETRAIN,
     assert_close_losses,
-    convert_hf_to_mg,
     loss_strings,
     losses,
-    make_hf_model,
     make_indexed_dataset,
     model_flags,
     run_pretrain,
     train_flags,
 )
+from tests.helpers.launch import torchrun_command
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.tiny import tiny_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +30,7 @@ pytestmark = pytest.mark.slow
 def tiny(tmp_path_factory):
     """A tiny Qwen2 HF model, its TP1 and TP2 conversions, and an indexed dataset."""
     root = tmp_path_factory.mktemp("torch_dist")
-    hf = make_hf_model(root / "hf")
-    ckpts = {tp: convert_hf_to_mg(hf, root / f"mg_tp{tp}", tp, 1) for tp in (1, 2)}
+    hf, ckpts = tiny_checkpoints(root, {1: (1, 1), 2: (2, 1)})
     data = make_indexed_dataset(root / "data" / "corpus_text_document")
     return {"root": root, "hf": hf, "ckpts": ckpts, "flags": model_flags(hf) + train_flags(data)}
 
@@ -71,8 +69,8 @@ def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
     # The distributed optimizer's state reshards only over DP: TP2 refuses it with one line, before training.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           str(PRETRAIN), *flags, "--tensor-model-parallel-size", "2", "--load", str(tiny["root"] / "dp2_at3")]
+    cmd = torchrun_command(PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load", tiny["root"] / "dp2_at3",
+                           nproc=2)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
                           env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
 from tests.e2e.pretrain_helpers import PRETRAIN, make_indexed_dataset, train_flags
+from tests.helpers.launch import torchrun_command
+from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,7 @@ MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4
 
 def _torchrun(*flags: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
     """pretrain_gpt.py under torchrun; the finished process, whatever its status."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(free_port()), str(PRETRAIN), *flags]
+    cmd = torchrun_command(PRETRAIN, *flags, nproc=nproc)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
 

@@ -1,33 +1,17 @@
-"""Tiny converted checkpoints, word-level tokenizers and inference.py launches for the inference tests."""
+"""inference.py launches and their printed answers, and transformers' greedy reference, for the inference tests."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 
-from tests.conftest import REPO_ROOT, torchrun
+from tests.helpers.launch import torchrun
+from tests.helpers.paths import REPO_ROOT
 
 INFERENCE = REPO_ROOT / "inference.py"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _BLOCK = re.compile(r"You:\n(.*?)\n\nMindSpeed-LLM:\n(.*?)\n", re.S)
-
-
-def save_word_tokenizer(folder: Path, num_words: int, specials: tuple[str, ...] = ()) -> None:
-    """A word-level tokenizer (``<unk>``, ``<s>``, ``</s>``, w3.., then ``specials``) in its own folder.
-
-    Its own folder: next to a Qwen config.json, transformers 5 would load it as Qwen's BPE tokenizer.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, num_words)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   additional_special_tokens=list(specials))
-    fast.save_pretrained(str(folder))
 
 
 def parse_outputs(stdout: str) -> list[tuple[str, str]]:

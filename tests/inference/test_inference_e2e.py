@@ -15,15 +15,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.e2e.pretrain_helpers import convert_hf_to_mg, model_flags
-from tests.inference.helpers import (
-    IM_END,
-    IM_START,
-    hf_continuation,
-    run_inference,
-    run_tasks,
+from tests.e2e.pretrain_helpers import model_flags
+from tests.helpers.tiny import (
+    convert_hf_to_mg,
+    load_hf_model,
+    make_tiny_hf_model,
     save_word_tokenizer,
+    tiny_checkpoints,
 )
+from tests.inference.helpers import IM_END, IM_START, hf_continuation, run_inference, run_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +35,10 @@ SAMPLING = ["--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--seed",
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """The HF model, its tokenizer folder and its TP1 / TP2 / PP2 conversions."""
-    from tests.checkpoint.tiny_models import make_tiny_hf_model
-
     root = tmp_path_factory.mktemp("inference")
-    hf = root / "hf"
-    model = make_tiny_hf_model(str(hf), "qwen2", num_layers=2)
+    hf, ckpts = tiny_checkpoints(root, {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}, num_layers=2)
     save_word_tokenizer(root / "tok", 120)
-    ckpts = {name: convert_hf_to_mg(hf, root / name, tp=tp, pp=pp)
-             for name, tp, pp in (("tp1", 1, 1), ("tp2", 2, 1), ("pp2", 1, 2))}
-    return {"model": model, "hf": hf, "tok": root / "tok", "ckpts": ckpts}
+    return {"model": load_hf_model(str(hf)), "hf": hf, "tok": root / "tok", "ckpts": ckpts}
 
 
 _LAYOUT = {"tp1": ([], 1), "tp2": (["--tensor-model-parallel-size", "2"], 2),
@@ -110,8 +105,6 @@ def _force_chain(model, chain: dict[int, int]) -> None:
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory) -> dict:
-    from tests.checkpoint.tiny_models import make_tiny_hf_model
-
     root = tmp_path_factory.mktemp("chat")
     model = make_tiny_hf_model(str(root / "hf0"), "qwen2", num_layers=2)
     _force_chain(model, CHAIN)

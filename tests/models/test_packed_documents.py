@@ -13,7 +13,7 @@ from megatron.core import parallel_state as ps
 
 from mindspeed_llm.checkpoint import ConvertOptions, convert
 from mindspeed_llm.checkpoint.verify import _ensure_single_process_parallel_state
-from mindspeed_llm.models.packing import document_packed_seq_params
+from mindspeed_llm.ops.packing import document_packed_seq_params
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 from tests.conftest import torchrun
 from tests.models.packed_worker import packed_logits

@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 
 import mindspeed_llm  # noqa: F401  (device layer: gloo on the CPU)
-from mindspeed_llm.ops.attention import (
+from mindspeed_llm.ops.attention_kernels import (
     attention_dropout_rng,
     attention_math,
     blockwise_attention,
     dropout_multiplier,
 )
-from mindspeed_llm.ops.context_parallel import hybrid_attention, ring_attention, ulysses_attention
+from mindspeed_llm.ops.context_parallel_kernels import hybrid_attention, ring_attention, ulysses_attention
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
 
@@ -144,7 +144,8 @@ def run_document_case(name: str, algo: str, group, *, n_q: int, n_kv: int, docum
                       tol: float = 1e-5, dropout_p: float = 0.0) -> None:
     """Packed samples: ring / Ulysses / hybrid with the documents of the whole sequence vs per-document SDPA
     (with dropout: per-document ``attention_math`` with the rebuilt mask; CP 1's packed path checked too)."""
-    from mindspeed_llm.models.packing import document_ids, document_packed_seq_params
+    from mindspeed_llm.ops.document_attention import ulysses_document_attention
+    from mindspeed_llm.ops.packing import document_ids, document_packed_seq_params
 
     if algo == "hybrid":
         group, *sub_groups = group
@@ -170,8 +171,8 @@ def run_document_case(name: str, algo: str, group, *, n_q: int, n_kv: int, docum
         out = ring_attention(*local, group, softmax_scale=0.3, document_ids=ids, **drop)
     elif algo == "ulysses":
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = ulysses_attention(*sbnd, group, softmax_scale=0.3, cu_seqlens=packed.cu_seqlens_q,
-                                max_seqlen=packed.max_seqlen_q, **drop).permute(1, 2, 0, 3)
+        out = ulysses_document_attention(*sbnd, group, packed.cu_seqlens_q, packed.max_seqlen_q, softmax_scale=0.3,
+                                         **drop).permute(1, 2, 0, 3)
     else:
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids, **drop).permute(1, 2, 0, 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mindspeed_llm.ops.attention import attention_math
+from mindspeed_llm.ops.attention_kernels import attention_math
 from mindspeed_llm.ops.rmsnorm import rms_norm_reference
 from mindspeed_llm.ops.swiglu import swiglu_reference
 

@@ -6,23 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mindspeed_llm.ops.attention import (
-    FlashDotProductAttention,
+from mindspeed_llm.ops.attention import FlashDotProductAttention, is_causal_mask
+from mindspeed_llm.ops.attention_kernels import (
     attention_math,
     blockwise_attention,
     dropout_multiplier,
     flash_attention,
-    is_causal_mask,
     npu_fusion_attention,
     sdpa_attention,
     select_attention_impl,
 )
+from tests.helpers.numerics import DTYPE_TOL, rel_err
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 from tests.ops.megatron_env import single_process_model_parallel
 from tests.skip_policy import skip_for_hardware
 
 B, HQ, G, S, D = 2, 6, 2, 40, 16
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
 def _qkv(dtype=torch.float64, s=S, seed=0):
@@ -39,10 +38,6 @@ def _padding_mask(s=S):
     mask[1, :, :, s - 7:] = True
     mask[1, :, 0, :] = True
     return mask
-
-
-def _rel_err(actual, expected):
-    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
 IMPLS = {
@@ -68,10 +63,10 @@ def test_matches_float64_reference(impl, dtype, case):
     out = IMPLS[impl](q, k, v, causal=causal, attn_mask=mask, softmax_scale=0.3)
     assert out.dtype == dtype and out.shape == ref.shape
     grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
-    assert _rel_err(out, ref) <= TOL[dtype]
+    assert rel_err(out, ref) <= DTYPE_TOL[dtype]
     for got, want in zip(grads, ref_grads):
         assert got.shape == want.shape
-        assert _rel_err(got, want) <= TOL[dtype] * (3 if dtype == torch.bfloat16 else 1)
+        assert rel_err(got, want) <= DTYPE_TOL[dtype] * (3 if dtype == torch.bfloat16 else 1)
 
 
 def test_fully_masked_rows_give_zeros_and_no_nan():
@@ -269,7 +264,7 @@ def test_module_bf16_close_to_megatron(megatron_env):
     q, k, v = (_sbnd(s, b, n, 16, i, torch.bfloat16) for i, n in ((1, 8), (2, 2), (3, 2)))
     want, got = megatron(q, k, v, None), ours(q, k, v, None)
     assert got.dtype == torch.bfloat16
-    assert _rel_err(got, want.double()) <= 1e-2
+    assert rel_err(got, want.double()) <= 1e-2
 
 
 def test_module_dropout_uses_megatron_rng_tracker(megatron_env):

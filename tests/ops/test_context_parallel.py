@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mindspeed_llm.ops.context_parallel import (
+from mindspeed_llm.ops.context_parallel_kernels import (
     _document_pieces,
     _pair_positions,
     chunk_order,

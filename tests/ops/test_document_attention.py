@@ -7,18 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mindspeed_llm.models.packing import (
-    check_document_packed,
-    document_packed_seq_params,
-    document_positions,
-    document_rotary_freqs,
-)
-from mindspeed_llm.ops.attention import attention_math
+from mindspeed_llm.ops.attention_kernels import attention_math
 from mindspeed_llm.ops.document_attention import (
     document_attention,
     document_mask,
     select_document_attention_impl,
 )
+from mindspeed_llm.ops.packing import (
+    check_document_packed,
+    document_packed_seq_params,
+    document_positions,
+    document_rotary_freqs,
+)
+from tests.helpers.numerics import rel_err
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
 HQ, G, D = 6, 2, 16
@@ -49,10 +50,6 @@ def _per_document_reference(q, k, v, scale):
             out[sl, bi] = attention_math(qd, kd, vd, causal=True, softmax_scale=scale)[0].transpose(0, 1)
             start += n
     return out
-
-
-def _rel_err(actual, expected):
-    return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
 def test_packed_seq_params_from_position_ids():
@@ -108,9 +105,9 @@ def test_kernels_equal_each_document_alone(impl, dtype):
     out = document_attention(q, k, v, cu, softmax_scale=0.3, impl=impl)
     assert out.shape == ref.shape and out.dtype == dtype
     grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
-    assert _rel_err(out, ref) <= tol
+    assert rel_err(out, ref) <= tol
     for got, want in zip(grads, ref_grads):
-        assert _rel_err(got, want) <= tol * (1 if dtype == torch.float32 else 3)
+        assert rel_err(got, want) <= tol * (1 if dtype == torch.float32 else 3)
 
 
 def test_per_document_dropout_keeps_documents_apart():
@@ -149,7 +146,7 @@ def test_npu_path_passes_tnd_and_cumulative_ends():
     assert call["actual_seq_qlen"] == call["actual_seq_kvlen"] == [7, 8, 13, 17, 34, 35, 36, 45, 51]
     assert call["sparse_mode"] == 4 and call["next_tockens"] == 0 and call["atten_mask"].shape == (2048, 2048)
     assert out.shape == q.shape
-    assert _rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5
+    assert rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5
 
 
 def test_core_attention_refuses_context_parallelism_and_thd():
@@ -198,4 +195,4 @@ def test_flash_attn_varlen_path_passes_token_major_tensors_and_cu_seqlens(monkey
     assert call["q"].shape == (3 * S, HQ, D) and call["k"].shape == (3 * S, G, D) and call["causal"] is True
     assert call["cu_seqlens_q"].dtype == torch.int32 and call["cu_seqlens_q"].tolist() == psp.cu_seqlens_q.tolist()
     assert call["max_seqlen_q"] == call["max_seqlen_k"] == 17
-    assert _rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5
+    assert rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5

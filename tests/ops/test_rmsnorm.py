@@ -14,9 +14,8 @@ from mindspeed_llm.ops.rmsnorm import (
     rms_norm_torch_function,
     rms_norm_torch_fused,
 )
+from tests.helpers.numerics import DTYPE_TOL, rel_err
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
-
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
 def _float64_rms(x, w, eps):
@@ -31,10 +30,6 @@ def _inputs(dtype, seed=0):
     return x.to(dtype), w.to(dtype)
 
 
-def _rel_err(actual, expected):
-    return ((actual.double() - expected).norm() / expected.norm()).item()
-
-
 def _config(**overrides):
     kwargs = dict(num_layers=1, hidden_size=64, num_attention_heads=4, normalization="RMSNorm")
     kwargs.update(overrides)
@@ -47,7 +42,7 @@ def test_paths_match_float64(fn, dtype):
     x, w = _inputs(dtype)
     out = fn(x, w, 1e-6)
     assert out.dtype == dtype
-    assert _rel_err(out, _float64_rms(x, w, 1e-6)) <= TOL[dtype]
+    assert rel_err(out, _float64_rms(x, w, 1e-6)) <= DTYPE_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -61,8 +56,8 @@ def test_cpu_function_gradients_match_float64(dtype):
     assert [t.shape for t in out.grad_fn.saved_tensors] == [x.shape, w.shape, (*x.shape[:-1], 1)]
     got_x, got_w = torch.autograd.grad(out, (xs, ws), grad_out.to(dtype))
     assert got_x.dtype == got_w.dtype == dtype
-    tol = {torch.float64: 1e-12, **TOL}[dtype]
-    assert _rel_err(got_x, want_x) <= tol and _rel_err(got_w, want_w) <= tol
+    tol = {torch.float64: 1e-12, **DTYPE_TOL}[dtype]
+    assert rel_err(got_x, want_x) <= tol and rel_err(got_w, want_w) <= tol
 
 
 def test_cpu_dispatch_uses_the_function():

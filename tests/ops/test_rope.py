@@ -7,10 +7,10 @@ import torch
 from megatron.core.models.common.embeddings import rope_utils
 
 from mindspeed_llm.ops.rope import apply_rotary_pos_emb, rotary_cuda, rotary_reference, rotary_torch
+from tests.helpers.numerics import DTYPE_TOL, rel_err
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
 
 S, B, N, D = 12, 2, 3, 16
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
 def _megatron_rope_original():
@@ -28,10 +28,6 @@ def _inputs(rot_dim=D, seed=0):
     return t, freqs
 
 
-def _rel_err(actual, expected):
-    return ((actual.double() - expected).norm() / expected.norm()).item()
-
-
 @pytest.mark.parametrize("rot_dim", [D, D // 2])
 @pytest.mark.parametrize("mscale", [1.0, 1.3])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
@@ -43,7 +39,7 @@ def test_reference_matches_megatron(rot_dim, mscale, dtype):
     if dtype == torch.float64:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
     else:
-        assert _rel_err(got, want) <= TOL[dtype]
+        assert rel_err(got, want) <= DTYPE_TOL[dtype]
 
 
 @pytest.mark.parametrize("rot_dim", [D, D // 2])
@@ -63,8 +59,8 @@ def test_torch_function_forward_and_backward_match_megatron(rot_dim, mscale, dty
         torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
         torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-13)
     else:
-        assert _rel_err(got, want) <= TOL[dtype]
-        assert _rel_err(got_grad, want_grad) <= TOL[dtype]
+        assert rel_err(got, want) <= DTYPE_TOL[dtype]
+        assert rel_err(got_grad, want_grad) <= DTYPE_TOL[dtype]
 
 
 def test_torch_function_keeps_only_the_tables_for_backward():

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from mindspeed_llm.ops.swiglu import bias_swiglu, swiglu, swiglu_reference, swiglu_torch
+from tests.helpers.numerics import DTYPE_TOL, rel_err
 from tests.ops.fake_torch_npu import FakeTorchNpuForTests
-
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
 def _float64_swiglu(x):
@@ -19,10 +18,6 @@ def _float64_swiglu(x):
 def _x(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(6, 2, 48, generator=gen, dtype=torch.float64) * 2).to(dtype).requires_grad_()
-
-
-def _rel_err(actual, expected):
-    return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
 @pytest.mark.parametrize("fn", [swiglu_reference, swiglu_torch, swiglu])
@@ -36,8 +31,8 @@ def test_forward_backward_match_float64(fn, dtype):
     out = fn(x)
     (got_grad,) = torch.autograd.grad(out, x, grad.to(dtype))
     assert out.dtype == dtype and out.shape == (6, 2, 24)
-    assert _rel_err(out, want) <= TOL[dtype]
-    assert _rel_err(got_grad, want_grad) <= TOL[dtype]
+    assert rel_err(out, want) <= DTYPE_TOL[dtype]
+    assert rel_err(got_grad, want_grad) <= DTYPE_TOL[dtype]
 
 
 def test_matches_megatron_swiglu_semantics():

@@ -4,8 +4,9 @@ A packed batch keeps megatron's ``[s, b, ...]`` activations (``qkv_format='sbhd'
 given by ``cu_seqlens`` over the *flattened* ``b * s`` tokens (sample-major, as ``position_ids.flatten()``
 orders them): document ``i`` is tokens ``cu_seqlens[i]:cu_seqlens[i + 1]``. A document never crosses a
 sample boundary. With these parameters the GPTModel attends causally within each document only
-(:mod:`mindspeed_llm.ops.document_attention`) and RoPE positions restart at each document
-(:mod:`mindspeed_llm.patches.packed`).
+(:mod:`mindspeed_llm.ops.document_attention`, which builds on this module) and RoPE positions restart at
+each document (:mod:`mindspeed_llm.patches.packed`). This module imports no other part of ``ops``: the
+attention kernels take the documents as plain tensors (``cu_seqlens``, per-token document ids).
 
 With context parallelism (``cp_group`` of more than one rank) the parameters describe the *whole*
 ``[b, s]`` batch as it was before megatron-core's ``get_batch_on_this_cp_rank`` split it, while the

@@ -1,0 +1,180 @@
+"""Launching test processes: free ports, torchrun's workers without its agent, torchrun's own command, and
+single processes started now and waited for later (real torch.distributed on gloo, never mocked)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.paths import REPO_ROOT
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port of the kernel's range for the local side of outgoing connections (Linux; else
+    32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return min(int(f.read().split()[0]), 32768)
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now, below the ephemeral range.
+
+    A port the kernel hands out for binding port 0 comes from the ephemeral range, which gloo's rank-to-rank
+    connections also draw from: with launches running side by side (pytest-xdist), one launch's store port
+    was taken by another's connection in the moment between choosing and binding it (EADDRINUSE). Below
+    the range, only another free_port() can pick it, at random among thousands of ports.
+    """
+    low = _ephemeral_floor()
+    if low < 16000:  # a machine whose ephemeral range starts low: the kernel's choice, as before
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    pick = random.SystemRandom()
+    for _ in range(100):
+        port = pick.randrange(15000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port between 15000 and {low} on 127.0.0.1")
+
+
+def _rank_env(rank: int, nproc: int, port: int, env: dict | None) -> dict:
+    """What torchrun's agent puts in the environment of worker ``rank`` of a one-node world of ``nproc``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {}),
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _check_torchrun(proc: subprocess.CompletedProcess, script, args) -> subprocess.CompletedProcess:
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun {script} {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def _read_and_close(*files) -> list[str]:
+    """The whole text of each temporary output file, which is then closed (and so removed)."""
+    texts = []
+    for f in files:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return texts
+
+
+class StartedTorchrun:
+    """``script`` started now as the ``nproc`` worker processes torchrun would start on one node (real
+    torch.distributed on gloo, rank 0 hosting the rendezvous store at MASTER_PORT), without torchrun's
+    agent: the agent is one more interpreter that imports torch per launch (~1.5 CPU s of the ~100
+    launches' start-up, docs/performance_journal.md). Like torchrun, the ranks run ``python -u`` and share
+    one stdout and one stderr, and when one fails the others are stopped. Tests of torchrun itself (rank
+    output, signals, multi-node) build its command (:func:`torchrun_command`). ``result()`` waits and
+    raises with the output on failure."""
+
+    def __init__(self, script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
+                 env: dict | None = None):
+        import tempfile
+
+        self._script, self._args, self._timeout, self._result = script, args, timeout, None
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        port = free_port()
+        cmd = [sys.executable, "-u", str(script), *map(str, args)]
+        self._procs = [subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, cwd=REPO_ROOT,
+                                        env=_rank_env(rank, nproc, port, env)) for rank in range(nproc)]
+
+    def _stop(self) -> None:
+        """Terminate the ranks still running (SIGKILL after 15 s) and reap them all."""
+        for p in self._procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self._procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def _wait(self) -> int:
+        """Every rank's end (the others are stopped once one fails); the first failing exit status, else 0.
+        On a timeout, or an exception here (Ctrl-C, pytest-timeout), no rank is left behind."""
+        import time
+
+        deadline, failed = time.monotonic() + self._timeout, 0
+        try:
+            while any(p.poll() is None for p in self._procs):
+                failed = next((p.returncode for p in self._procs if p.returncode not in (None, 0)), 0)
+                if failed:
+                    break
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired([str(self._script), *self._args], self._timeout)
+                time.sleep(0.05)
+        finally:
+            self._stop()
+        return failed or next((p.returncode for p in self._procs if p.returncode != 0), 0)
+
+    def result(self) -> subprocess.CompletedProcess:
+        if self._result is None:
+            code = self._wait()
+            self._result = subprocess.CompletedProcess([str(self._script), *self._args], code,
+                                                       *_read_and_close(self._out, self._err))
+        return _check_torchrun(self._result, self._script, self._args)
+
+
+def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``script`` as torchrun's ``nproc`` workers on loopback (:class:`StartedTorchrun`) and wait; raise
+    with the output on failure."""
+    return StartedTorchrun(script, *args, nproc=nproc, timeout=timeout, env=env).result()
+
+
+class Started:
+    """A process started now and waited for later: independent single-process runs of a test module overlap
+    on the machine's two cores (serially, one core would sit idle). Output goes to files, not pipes, so a
+    child never blocks on a full pipe while nobody reads it."""
+
+    def __init__(self, cmd: list[str], *, env: dict, cwd: Path | str = REPO_ROOT, timeout: int = 300,
+                 preexec_fn=None):
+        import tempfile
+
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, env=env, cwd=cwd,
+                                      preexec_fn=preexec_fn)
+        self._timeout, self._result = timeout, None
+
+    def result(self) -> subprocess.CompletedProcess:
+        """The finished process (exit code, stdout, stderr), whatever its status."""
+        if self._result is None:
+            try:
+                self._proc.wait(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+                raise
+            self._result = subprocess.CompletedProcess(self._proc.args, self._proc.returncode,
+                                                       *_read_and_close(self._out, self._err))
+        return self._result
+
+
+def torchrun_command(script: str | Path, *args: str, nproc: int = 1, port: int | None = None, nnodes: int = 1,
+                     node_rank: int = 0, torchrun_args: tuple[str, ...] = ()) -> list[str]:
+    """torchrun's own command (its agent starting ``nproc`` workers of ``script``) on loopback, for tests of
+    torchrun itself (signals, rank output, several nodes, its exit report); ``port``: :func:`free_port`
+    when None.
+
+    ``nnodes`` > 1: one node's command (``node_rank``); every node takes the same ``port``.
+    ``torchrun_args``: more of torchrun's own flags (``--log-dir``, ``--redirects``, ...), before the script.
+    """
+    nodes = ["--nnodes", str(nnodes), "--node-rank", str(node_rank)] if nnodes != 1 else []
+    return [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc-per-node", str(nproc),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port() if port is None else port),
+            *torchrun_args, str(script), *map(str, args)]
