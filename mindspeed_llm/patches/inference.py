@@ -174,23 +174,45 @@ def lay_out_weights_for_decode(model: torch.nn.Module) -> int:
     return count
 
 
+_REGION_SIGNATURE = "(input_, group=None)"
+
+
+def register_inference_patches(registry: PatchRegistry, device: str) -> None:
+    """Register (not apply) the inference group for ``device`` (the broadcast check only off CUDA)."""
+    r = functools.partial(registry.register, group=GROUP)
+    r(_ADJUST_KV, wrapper=_rotated_key_cache,
+      signature="(self, inference_context, query, key, value, rotary_pos_emb, rotary_pos_cos=None, "
+                "rotary_pos_sin=None, rotary_pos_cos_sin=None, sequence_len_offset=None, *, inference_params=None)",
+      relies_on={"megatron.core.transformer.attention.apply_rotary_pos_emb":
+                 "(t, freqs, config, cu_seqlens=None, mscale=1.0, cp_group=None)",
+                 "megatron.core.transformer.attention._yarn_get_concentration_factor_from_config": "(config)"},
+      description="the static KV cache holds rotated keys; each step rotates its new ones (private method)")
+    r(_LINEAR, wrapper=_linear_without_autograd,
+      signature="(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, "
+                "grad_output_buffer=None, wgrad_deferral_limit=0, async_grad_allreduce=None, tp_group=None)",
+      description="parallel linear without its autograd function when gradients are off")
+    r(_COPY_TO_TP, wrapper=_copy_without_autograd, signature=_REGION_SIGNATURE,
+      description="TP region entry without its autograd function when gradients are off")
+    r(_REDUCE_FROM_TP, wrapper=_forward_without_autograd("_reduce"), signature=_REGION_SIGNATURE,
+      relies_on={"megatron.core.tensor_parallel.mappings._reduce": "(input_, group)",
+                 "megatron.core.utils.get_tensor_model_parallel_group_if_none":
+                 "(tp_group, is_expert=False, check_initialized=True)"},
+      description="TP region exit (all-reduce) without its autograd function when gradients are off")
+    r(_GATHER_FROM_TP, wrapper=_forward_without_autograd("_gather_along_last_dim"), signature=_REGION_SIGNATURE,
+      relies_on={"megatron.core.tensor_parallel.mappings._gather_along_last_dim": "(input_, group)",
+                 "megatron.core.utils.get_tensor_model_parallel_group_if_none":
+                 "(tp_group, is_expert=False, check_initialized=True)"},
+      description="TP logits gather without its autograd function when gradients are off")
+    if device != "cuda":
+        r(_IS_CUDA, _on_device(device), signature="(tensor)",
+          description="inference broadcasts accept tensors of the compute device (private check: is_cuda)")
+
+
 def enable_inference_patches(registry: PatchRegistry, device: str) -> list[str]:
     """Apply the inference group for ``device`` (the broadcast check only off CUDA); returns the targets."""
     targets = [_ADJUST_KV, _LINEAR, _COPY_TO_TP, _REDUCE_FROM_TP, _GATHER_FROM_TP]
     targets += [] if device == "cuda" else [_IS_CUDA]
     if not registry.patches(GROUP):
-        registry.register(_ADJUST_KV, wrapper=_rotated_key_cache, group=GROUP,
-                          description="the static KV cache holds rotated keys; each step rotates its new ones")
-        registry.register(_LINEAR, wrapper=_linear_without_autograd, group=GROUP,
-                          description="parallel linear without its autograd function when gradients are off")
-        registry.register(_COPY_TO_TP, wrapper=_copy_without_autograd, group=GROUP,
-                          description="TP region entry without its autograd function when gradients are off")
-        registry.register(_REDUCE_FROM_TP, wrapper=_forward_without_autograd("_reduce"), group=GROUP,
-                          description="TP region exit (all-reduce) without its autograd function when gradients are off")
-        registry.register(_GATHER_FROM_TP, wrapper=_forward_without_autograd("_gather_along_last_dim"), group=GROUP,
-                          description="TP logits gather without its autograd function when gradients are off")
-        if device != "cuda":
-            registry.register(_IS_CUDA, _on_device(device), group=GROUP,
-                              description="inference broadcasts accept tensors of the compute device")
+        register_inference_patches(registry, device)
     registry.apply(GROUP)
     return targets

@@ -90,6 +90,11 @@ def _preprocess_wrapper(original: Callable) -> Callable:
 def register_packed_sequence_patches(reg: PatchRegistry, group: str) -> None:
     """Register the two packed-sample patches in ``group`` (applied with the base op patches)."""
     reg.register(DOT_PRODUCT_ATTENTION_FORWARD, wrapper=_dot_product_attention_wrapper, group=group,
-                 description="local attention: document-masked with packed_seq_params")
+                 signature="(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, "
+                           "packed_seq_params=None)",
+                 description="local attention: document-masked with packed_seq_params (megatron's asserts)")
     reg.register(GPT_PREPROCESS, wrapper=_preprocess_wrapper, group=group,
-                 description="GPTModel RoPE positions restart per document with packed_seq_params")
+                 signature="(self, input_ids, position_ids, decoder_input=None, inference_context=None, "
+                           "packed_seq_params=None, padding_mask=None)",
+                 description="GPTModel RoPE positions restart per document with packed_seq_params (private "
+                             "_preprocess: the one place the RoPE angles and packed parameters meet)")

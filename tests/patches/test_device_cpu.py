@@ -137,9 +137,17 @@ def test_import_with_an_unusable_torch_npu(tmp_path) -> None:
     proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cpu"
+    # Said, not swallowed: one warning naming the error.
+    assert ("NpuUnusableWarning: torch_npu is installed but does not import (ImportError: libhccl.so: cannot open "
+            "shared object file (stand-in)): running without an NPU") in proc.stderr
     (fake / "__init__.py").write_text('raise RuntimeError("Failed to load the backend extension (stand-in)")\n')
     proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
+    assert "does not import (RuntimeError: Failed to load the backend extension (stand-in))" in proc.stderr
+    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"}, pythonpath=str(tmp_path))
+    assert proc.returncode != 0
+    assert ("MINDSPEED_LLM_DEVICE=npu but torch_npu cannot be imported (RuntimeError: Failed to load the backend "
+            "extension (stand-in)): install torch_npu and Ascend CANN") in proc.stderr
 
 
 def test_device_override_is_validated() -> None:
@@ -194,7 +202,7 @@ def test_npu_detection_imports_torch_npus_redirect_and_uses_hccl(tmp_path) -> No
 
 def test_forcing_npu_without_torch_npu_is_a_clear_error() -> None:
     proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
-    assert proc.returncode != 0 and "torch_npu cannot be imported" in proc.stderr
+    assert proc.returncode != 0 and "torch_npu cannot be imported (not installed)" in proc.stderr
 
 
 def test_transformers_builds_models_correctly_after_import(tmp_path) -> None:
