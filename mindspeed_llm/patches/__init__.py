@@ -18,5 +18,5 @@ def describe() -> str:
     return registry.describe()
 
 
-__all__ = ["MEGATRON_CORE_VERSION", "ImportHook", "Patch", "PatchError", "PatchRegistry", "PatchSignatureError",
-           "apply_base_patches", "describe", "detect_device", "registry"]
+__all__ = ["MEGATRON_CORE_VERSION", "ImportHook", "Patch", "PatchError", "PatchRegistry",
+           "PatchSignatureError", "apply_base_patches", "describe", "detect_device", "registry"]

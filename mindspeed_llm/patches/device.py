@@ -52,7 +52,8 @@ def torch_npu_import_error() -> str | None:
     except Exception as err:  # noqa: BLE001 - a torch_npu without CANN raises anything, not only ImportError
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         warnings.warn(f"torch_npu is installed but does not import ({reason}): running without an NPU; "
-                      "install Ascend CANN (set_env.sh) or uninstall torch_npu", NpuUnusableWarning, stacklevel=2)
+                      "install Ascend CANN (set_env.sh) or uninstall torch_npu", NpuUnusableWarning,
+                      stacklevel=2)
         return reason
     return None
 
@@ -112,7 +113,7 @@ def apply_base_patches(device: str | None = None) -> str:
 
 
 def compile_on_first_call(compile_fn: Callable) -> Callable:
-    """``torch.compile`` that defers: the function it decorates is compiled by ``compile_fn`` on its first call."""
+    """``torch.compile`` that defers: what it decorates is compiled by ``compile_fn`` on its first call."""
 
     def deferred_compile(model: Callable | None = None, **options):
         if model is None:  # @torch.compile(**options)

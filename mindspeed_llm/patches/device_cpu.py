@@ -85,7 +85,8 @@ def _tensor_to(original):
     return to
 
 
-def _tensor_cuda(self: torch.Tensor, device: Any = None, non_blocking: bool = False, **kwargs) -> torch.Tensor:
+def _tensor_cuda(self: torch.Tensor, device: Any = None, non_blocking: bool = False,
+                 **kwargs) -> torch.Tensor:
     """``Tensor.cuda()`` on the CPU device layer: the tensor stays where it is (the CPU)."""
     memory_format = kwargs.get("memory_format")
     if memory_format is not None:
@@ -166,7 +167,8 @@ class CpuStream:
 class CpuEvent:
     """Stands in for ``torch.cuda.Event``: records wall time so ``elapsed_time`` is meaningful."""
 
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> None:
+    def __init__(self, enable_timing: bool = False, blocking: bool = False,
+                 interprocess: bool = False) -> None:
         self._time: float | None = None
 
     def record(self, stream: Any = None) -> None:
@@ -242,7 +244,8 @@ def _manual_seed(seed: int) -> None:
     torch.default_generator.manual_seed(int(seed))
 
 
-def _megatron_get_cuda_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+def _megatron_get_cuda_rng_state(device: Any = "cuda", clone: bool = False,
+                                 graph_safe: bool = False) -> torch.Tensor:
     """Replaces ``tensor_parallel.random._get_cuda_rng_state``: the state of the CPU generator."""
     return torch.default_generator.get_state()
 
@@ -397,10 +400,11 @@ def register_cpu_patches(registry: PatchRegistry) -> None:
       description="the CUDA RNG state is the CPU generator's (same object as torch.cuda.set_rng_state)")
     r("torch.cuda.default_generators", (torch.default_generator,),
       description="the one 'CUDA' generator is the CPU generator (megatron's RNG tracker reads it)")
-    r("torch.cuda.nvtx.range_push", _own_copy(_zero, "range_push"), description="no NVTX profiler ranges on the CPU")
-    r("torch.cuda.nvtx.range_pop", _own_copy(_zero, "range_pop"), description="no NVTX profiler ranges on the CPU")
+    no_ranges = "no NVTX profiler ranges on the CPU"
+    r("torch.cuda.nvtx.range_push", _own_copy(_zero, "range_push"), description=no_ranges)
+    r("torch.cuda.nvtx.range_pop", _own_copy(_zero, "range_pop"), description=no_ranges)
     r("torch.cuda.nvtx.mark", _own_copy(_noop, "mark"), description="no NVTX profiler marks on the CPU")
-    r("torch.cuda.nvtx.range", _nvtx_range, description="no NVTX profiler ranges on the CPU")
+    r("torch.cuda.nvtx.range", _nvtx_range, description=no_ranges)
     # 2. factories and moves
     for name in _FACTORIES:
         if hasattr(torch, name):

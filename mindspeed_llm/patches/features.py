@@ -125,10 +125,11 @@ def _register_base(reg: PatchRegistry) -> None:
                 "normalization='LayerNorm')",
       description="torch norm (final layernorm too) supports sequence parallel; same math and keys")
     r(GET_OPTIMIZER, wrapper=fused_adam_wrapper,
-      signature="(config, model_chunks, config_overrides=None, use_gloo_process_groups=True, pg_collection=None, "
-                "dump_param_to_param_group_map=None)",
+      signature="(config, model_chunks, config_overrides=None, use_gloo_process_groups=True, "
+                "pg_collection=None, dump_param_to_param_group_map=None)",
       description="torch Adam/AdamW fallback (no TE/Apex) runs torch's fused kernel")
-    r(LOCAL_MULTI_TENSOR_SCALE, foreach_multi_tensor_scale, signature="(chunk_size, noop_flag, tensor_lists, scale)",
+    r(LOCAL_MULTI_TENSOR_SCALE, foreach_multi_tensor_scale,
+      signature="(chunk_size, noop_flag, tensor_lists, scale)",
       description="multi_tensor_scale fallback (no Apex) on torch _foreach kernels, bit-identical")
     register_packed_sequence_patches(reg, BASE_GROUP)
 
@@ -138,7 +139,8 @@ def _cross_entropy_wrapper(original: Callable) -> Callable:
 
     @functools.wraps(original)
     def blocked_vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing=0.0):
-        return vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing, megatron_impl=original)
+        return vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing,
+                                            megatron_impl=original)
 
     return blocked_vocab_parallel_cross_entropy
 
@@ -156,8 +158,8 @@ def _register_cpu_base(reg: PatchRegistry) -> None:
                  description="vocab-parallel cross entropy in cache-sized blocks (CPU)")
     importlib.import_module(FUSED_SWIGLU_MODULE)
     for name, signature in _SWIGLU_SIGNATURES.items():
-        reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"), group=CPU_BASE_GROUP,
-                     signature=signature,
+        reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"),
+                     group=CPU_BASE_GROUP, signature=signature,
                      description=f"fused SwiGLU's {name} in eager torch (no torch.compile on the CPU)")
 
 
@@ -188,7 +190,8 @@ def _rope_wrapper(backend: str | None) -> Callable[[Callable], Callable]:
         from mindspeed_llm.ops.rope import apply_rotary_pos_emb
 
         @functools.wraps(original)
-        def _apply_rotary_pos_emb_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0):
+        def _apply_rotary_pos_emb_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False,
+                                       mscale=1.0):
             if rotary_interleaved or multi_latent_attention:
                 return original(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
             return apply_rotary_pos_emb(t, freqs, mscale, backend=backend)
@@ -257,7 +260,8 @@ def register_feature_patches(
     chosen = []
     if context_parallel:
         chosen.append(r(f"{LOCAL_SPEC}.core_attention", _context_parallel_core_attention, signature="(self)",
-                        description="--context-parallel-size > 1: ring/Ulysses attention (megatron's asserts)"))
+                        description="--context-parallel-size > 1: ring/Ulysses attention "
+                                    "(megatron's asserts)"))
         if backend is not None:
             chosen.append(r("mindspeed_llm.ops.context_parallel.ContextParallelAttention.backend", backend,
                             description=f"CP attention kernels pinned to {device}"))
@@ -272,10 +276,12 @@ def register_feature_patches(
                         description="--use-fused-rmsnorm: the device's fused RMSNorm kernel"))
     if use_fused_rotary_pos_emb:
         chosen.append(r(ROPE_BSHD, wrapper=_rope_wrapper(backend), signature=_ROPE_BSHD_SIGNATURE,
-                        description="--use-fused-rotary-pos-emb: the device's fused RoPE (interleaved/MLA: megatron's)"))
+                        description="--use-fused-rotary-pos-emb: the device's fused RoPE "
+                                    "(interleaved/MLA: megatron's)"))
     if use_fused_swiglu:
         chosen.append(r(BIAS_SWIGLU, wrapper=_swiglu_wrapper(backend), signature=_BIAS_SWIGLU_SIGNATURE,
-                        description="--use-fused-swiglu: the device's fused SwiGLU (needs config.bias_activation_fusion)"))
+                        description="--use-fused-swiglu: the device's fused SwiGLU "
+                                    "(needs config.bias_activation_fusion)"))
     return chosen
 
 
@@ -313,11 +319,13 @@ def _flags_from_args(args: Namespace) -> dict[str, bool]:
     return {flag: bool(getattr(args, flag, False)) for flag in FEATURE_FLAGS}
 
 
-def enable_feature_patches_from_args(args: Namespace, device: str | None = None, reg: PatchRegistry = registry) -> list[str]:
+def enable_feature_patches_from_args(args: Namespace, device: str | None = None,
+                                     reg: PatchRegistry = registry) -> list[str]:
     """:func:`enable_feature_patches` from a parsed argparse Namespace (missing flags count as off)."""
     flags = _flags_from_args(args)
     if flags["use_fused_swiglu"] and getattr(args, "swiglu", True) is False:
-        raise ValueError("--use-fused-swiglu needs --swiglu (a gated SiLU MLP); add --swiglu or drop the flag")
+        raise ValueError("--use-fused-swiglu needs --swiglu (a gated SiLU MLP); "
+                         "add --swiglu or drop the flag")
     position = getattr(args, "position_embedding_type", "rope")
     if flags["use_fused_rotary_pos_emb"] and position not in ("rope", "yarn", "mrope"):
         raise ValueError(

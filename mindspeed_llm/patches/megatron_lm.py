@@ -71,7 +71,7 @@ def _device() -> str:
     return registry.device or "cpu"
 
 
-# ---- initialisation ------------------------------------------------------------------------------------------
+# ---- initialisation -------------------------------------------------------------------------------------
 def _initialize_megatron(original: Callable) -> Callable:
     def initialize_megatron(*args: Any, **kwargs: Any):
         import torch
@@ -120,7 +120,7 @@ def _compile_helpers(original: Callable) -> Callable:
             return  # the wheel ships the built helper (and no Makefile)
         original()
 
-    compile_helpers.__doc__ = "megatron-core's dataset helper build, skipped when the built helper is present."
+    compile_helpers.__doc__ = "megatron-core's dataset helper build, skipped when the built one is present."
     return compile_helpers
 
 
@@ -128,7 +128,7 @@ def _fused_kernels_load(args: Any) -> None:
     """No-op: Megatron-LM core_v0.16.1's ``fused_kernels.load`` only probes nvcc; it builds no kernel."""
 
 
-# ---- arguments -----------------------------------------------------------------------------------------------
+# ---- arguments ------------------------------------------------------------------------------------------
 def _add_megatron_arguments(original: Callable) -> Callable:
     def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = original(parser)
@@ -139,25 +139,27 @@ def _add_megatron_arguments(original: Callable) -> Callable:
         if not _have("transformer_engine") and not _have("apex"):
             parser.set_defaults(gradient_accumulation_fusion=False)  # Apex/TE wgrad kernels
         for action in parser._actions:  # argparse has no public way to widen a flag's choices
-            if action.dest == "tokenizer_type" and action.choices and HF_TOKENIZER_ALIAS not in action.choices:
+            widen = action.dest == "tokenizer_type" and action.choices
+            if widen and HF_TOKENIZER_ALIAS not in action.choices:
                 action.choices = [*action.choices, HF_TOKENIZER_ALIAS]
         group = parser.add_argument_group("mindspeed_llm")
         known = {s for a in parser._actions for s in a.option_strings}
         for flag in OUR_FUSED_FLAGS:
             if flag not in known:
-                group.add_argument(flag, action="store_true", help="mindspeed_llm's fused kernel (patch layer)")
+                group.add_argument(flag, action="store_true",
+                                   help="mindspeed_llm's fused kernel (patch layer)")
         if "--tokenizer-name-or-path" not in known:
             group.add_argument("--tokenizer-name-or-path", default=None,
                                help="MindSpeed-LLM's spelling of --tokenizer-model for --tokenizer-type "
                                     f"{HF_TOKENIZER_ALIAS} (HuggingFaceTokenizer)")
         return parser
 
-    add_megatron_arguments.__doc__ = "Megatron-LM's parser, with TE/Apex-free defaults and our flag spellings."
+    add_megatron_arguments.__doc__ = "Megatron-LM's parser with TE/Apex-free defaults and our spellings."
     return add_megatron_arguments
 
 
 def translate_our_spellings(args: argparse.Namespace) -> None:
-    """MindSpeed-LLM's tokenizer spelling -> Megatron-LM's (``HuggingFaceTokenizer`` + ``--tokenizer-model``)."""
+    """MindSpeed-LLM's tokenizer spelling -> Megatron-LM's (HuggingFaceTokenizer, ``--tokenizer-model``)."""
     if getattr(args, "tokenizer_type", None) == HF_TOKENIZER_ALIAS:
         args.tokenizer_type = "HuggingFaceTokenizer"
     name = getattr(args, "tokenizer_name_or_path", None)
@@ -179,7 +181,7 @@ def _validate_args(original: Callable) -> Callable:
     return validate_args
 
 
-# ---- import hooks ---------------------------------------------------------------------------------------------
+# ---- import hooks ---------------------------------------------------------------------------------------
 BATCH_INVARIANT_STAND_IN = str(Path(__file__).with_name("batch_invariant_without_triton.py"))
 
 
@@ -203,9 +205,9 @@ def register_megatron_lm_patches(reg: PatchRegistry) -> None:
     r = functools.partial(reg.register, group=GROUP)
     r("megatron.training.initialize.initialize_megatron", wrapper=_initialize_megatron,
       description="allow_no_cuda=True off CUDA (our device layer stands in); our speed patches after it",
-      signature="(extra_args_provider=None, args_defaults={}, ignore_unknown_args=False, allow_no_cuda=False, "
-                "skip_mpu_initialization=False, get_embedding_ranks=None, get_position_embedding_ranks=None, "
-                "parsed_args=None, store=None)")
+      signature="(extra_args_provider=None, args_defaults={}, ignore_unknown_args=False, "
+                "allow_no_cuda=False, skip_mpu_initialization=False, get_embedding_ranks=None, "
+                "get_position_embedding_ranks=None, parsed_args=None, store=None)")
     r("megatron.training.arguments.add_megatron_arguments", wrapper=_add_megatron_arguments,
       description="TE/Apex-free defaults (local transformer, no RoPE / wgrad fusion); --use-fused-*, "
                   "--tokenizer-type PretrainedFromHF, --tokenizer-name-or-path",
@@ -232,7 +234,7 @@ def apply_megatron_lm_patches(reg: PatchRegistry = registry) -> bool:
 
 
 def apply_import_hooks(reg: PatchRegistry = registry) -> None:
-    """Apply the group ``import-hooks`` (registering it first); ``megatron.training`` already imported: now."""
+    """Apply the group ``import-hooks`` (registering it first); with ``megatron.training`` imported: now."""
     if not reg.patches(HOOK_GROUP):
         register_import_hooks(reg)
     reg.apply(HOOK_GROUP)

@@ -117,7 +117,7 @@ def _matches(expected: str, obj: Any) -> tuple[bool, str]:
 
 
 def installed_megatron_core() -> str | None:
-    """The installed megatron-core's version if megatron-core is imported, else None (nothing imported here)."""
+    """The installed megatron-core's version if megatron-core is imported, else None (imports nothing)."""
     module = sys.modules.get("megatron.core")
     return getattr(module, "__version__", None) if module is not None else None
 
@@ -221,9 +221,9 @@ class Patch:
             if not ok:
                 installed = installed_megatron_core() or "(not imported)"
                 what = "" if path == self.target else f" relies on {path}, which"
-                return (f"patch [{self.group}] {self.target}{what} expects {expected} (written against megatron-core "
-                        f"{self.megatron_core}) but found {found} (installed megatron-core {installed}): "
-                        f"{_fix_for(path, self.megatron_core)}")
+                return (f"patch [{self.group}] {self.target}{what} expects {expected} (written against "
+                        f"megatron-core {self.megatron_core}) but found {found} (installed megatron-core "
+                        f"{installed}): {_fix_for(path, self.megatron_core)}")
         return None
 
     def check(self) -> None:
@@ -366,7 +366,8 @@ class ImportHook:
             sys.meta_path.remove(self._finder)
         self._finder = None
         module = sys.modules.get(self.target)
-        if self.stand_in is not None and module is not None and getattr(module, "__file__", None) == self.stand_in:
+        served = module is not None and getattr(module, "__file__", None) == self.stand_in
+        if self.stand_in is not None and served:
             del sys.modules[self.target]
             parent, _, leaf = self.target.rpartition(".")
             if parent in sys.modules and getattr(sys.modules[parent], leaf, None) is module:
@@ -421,7 +422,8 @@ class PatchRegistry:
         return patch
 
     def register_import_hook(self, target: str, *, group: str, description: str,
-                             then: Callable[[types.ModuleType], None] | None = None, stand_in: str | None = None,
+                             then: Callable[[types.ModuleType], None] | None = None,
+                             stand_in: str | None = None,
                              stand_in_when: Callable[[], bool] | None = None) -> ImportHook:
         """Register (not apply) an :class:`ImportHook` on module ``target``."""
         hook = ImportHook(target, group, description, then, stand_in, stand_in_when or (lambda: True))
@@ -448,7 +450,7 @@ class PatchRegistry:
 
     @contextlib.contextmanager
     def scoped(self, group: str) -> Iterator[None]:
-        """Apply ``group`` (scoped patches included) inside a ``with`` block and revert what it applied after."""
+        """Apply ``group`` (scoped patches included) inside a ``with`` block; revert what it applied after."""
         pending = [p for p in self.patches(group) if not p.active]
         self._apply(pending)
         try:
@@ -474,8 +476,8 @@ class PatchRegistry:
     def describe(self) -> str:
         """A human-readable list of the device and every active patch, for logs and bug reports."""
         installed = installed_megatron_core() or "not imported"
-        lines = [f"mindspeed_llm patches (device: {self.device or 'undetected'}; written against megatron-core "
-                 f"{MEGATRON_CORE_VERSION}, installed {installed})"]
+        lines = [f"mindspeed_llm patches (device: {self.device or 'undetected'}; written against "
+                 f"megatron-core {MEGATRON_CORE_VERSION}, installed {installed})"]
         active = [p for p in self._patches.values() if p.active]
         if not active:
             lines.append("  (none active)")

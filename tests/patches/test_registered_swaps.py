@@ -29,7 +29,8 @@ def test_torch_compile_deferral_is_scoped_listed_and_reverted() -> None:
         register_jit_deferral(registry)
     registry.apply(JIT_DEFERRAL_GROUP)  # apply() never applies a scoped patch
     assert torch.compile is original
-    assert "scoped, inside registry.scoped('megatron-import') only: wraps torch.compile" in mindspeed_llm.describe()
+    scoped_line = "scoped, inside registry.scoped('megatron-import') only: wraps torch.compile"
+    assert scoped_line in mindspeed_llm.describe()
     with registry.scoped(JIT_DEFERRAL_GROUP):
         assert torch.compile is not original and torch.compile.__qualname__.endswith("deferred_compile")
         assert "[megatron-import] wraps torch.compile - compiles on each function's first call" in \
@@ -40,8 +41,10 @@ def test_torch_compile_deferral_is_scoped_listed_and_reverted() -> None:
 def test_single_process_scope_reverts_even_on_error() -> None:
     original = torch.distributed.is_initialized
     with as_single_process():
-        assert torch.distributed.is_initialized is not original and torch.distributed.is_initialized() is False
-        assert f"[{SINGLE_PROCESS_GROUP}] replaces torch.distributed.is_initialized" in mindspeed_llm.describe()
+        assert torch.distributed.is_initialized is not original
+        assert torch.distributed.is_initialized() is False
+        active_line = f"[{SINGLE_PROCESS_GROUP}] replaces torch.distributed.is_initialized"
+        assert active_line in mindspeed_llm.describe()
     assert torch.distributed.is_initialized is original
     with pytest.raises(KeyError), as_single_process():
         raise KeyError("inside")

@@ -70,8 +70,8 @@ def test_installed_megatron_core_is_the_recorded_version() -> None:
 
 def test_every_recorded_signature_matches_the_installed_megatron_core(megatron_originals) -> None:
     patches = [p for reg in _every_group() for p in reg.patches()]
-    assert {p.group for p in patches} >= {"device", "ops", "ops-cpu", "features", "inference", "single-process",
-                                          "megatron-import", "import-hooks"}
+    assert {p.group for p in patches} >= {"device", "ops", "ops-cpu", "features", "inference",
+                                          "single-process", "megatron-import", "import-hooks"}
     checked = [p for p in patches if isinstance(p, Patch) and (p.signature or p.relies_on)]
     assert len(checked) >= 25
     mismatches = [error for error in (p.mismatch() for p in checked) if error is not None]
@@ -102,7 +102,8 @@ def test_every_patch_says_what_it_replaces_and_why() -> None:
 def test_a_changed_recorded_signature_makes_apply_fail_with_one_line(megatron_originals) -> None:
     reg = PatchRegistry()
     rope, rms = None, None
-    for patch in features.register_feature_patches(reg, use_fused_rmsnorm=True, use_fused_rotary_pos_emb=True):
+    for patch in features.register_feature_patches(reg, use_fused_rmsnorm=True,
+                                                   use_fused_rotary_pos_emb=True):
         rope = patch if patch.target == features.ROPE_BSHD else rope
         rms = patch if patch.target.endswith("RMSNorm.kernel") else rms
     owner, attr = resolve_owner(features.ROPE_BSHD)
@@ -128,8 +129,9 @@ def test_a_changed_member_signature_of_a_replaced_class_fails_apply(megatron_ori
     device_cpu.register_cpu_patches(reg)
     tracker = next(p for p in reg.patches() if p.target.endswith("CudaRNGStatesTracker"))
     tracker.relies_on = {**tracker.relies_on, ".fork": "(self, name='model-parallel-rng', extra=None)"}
-    with pytest.raises(PatchSignatureError, match=r"CudaRNGStatesTracker relies on .*CudaRNGStatesTracker\.fork, "
-                                                  r"which expects .* but found \(self, name='model-parallel-rng'\)"):
+    expected = (r"CudaRNGStatesTracker relies on .*CudaRNGStatesTracker\.fork, which expects .* but found "
+                r"\(self, name='model-parallel-rng'\)")
+    with pytest.raises(PatchSignatureError, match=expected):
         tracker.apply()
     assert not tracker.active
 
@@ -158,8 +160,8 @@ def test_a_patch_needs_a_description() -> None:
 def test_another_megatron_core_version_warns_once_and_applies(megatron_originals) -> None:
     """A version difference alone warns (the signatures decide): a patch recorded against another version."""
     reg = PatchRegistry()
-    patch = reg.add(Patch(features.ROPE_BSHD, wrapper=lambda f: f, group="t", description="test of the warning",
-                          megatron_core="0.15.0"))
+    patch = reg.add(Patch(features.ROPE_BSHD, wrapper=lambda f: f, group="t",
+                          description="test of the warning", megatron_core="0.15.0"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reg.apply("t")
@@ -167,9 +169,9 @@ def test_another_megatron_core_version_warns_once_and_applies(megatron_originals
         reg.apply("t")
     try:
         lines = [str(w.message) for w in caught if issubclass(w.category, MegatronCoreVersionWarning)]
-        assert lines == [f"megatron-core {megatron.core.__version__} is installed; mindspeed_llm's patches are "
-                         "written against 0.15.0 and their signatures match this one, but bodies they track may "
-                         "differ: pip install megatron-core==0.15.0"]
+        assert lines == [f"megatron-core {megatron.core.__version__} is installed; mindspeed_llm's patches "
+                         "are written against 0.15.0 and their signatures match this one, but bodies they "
+                         "track may differ: pip install megatron-core==0.15.0"]
         assert patch.active
     finally:
         reg.revert("t")

@@ -7,9 +7,11 @@ from megatron.training.utils import get_device_arch_version
 
 def add_megatron_arguments(parser):
     """Megatron-LM's defaults that need Transformer Engine / Apex."""
-    parser.add_argument("--transformer-impl", default="transformer_engine", choices=["local", "transformer_engine"])
+    parser.add_argument("--transformer-impl", default="transformer_engine",
+                        choices=["local", "transformer_engine"])
     parser.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
-    parser.add_argument("--no-gradient-accumulation-fusion", action="store_false", dest="gradient_accumulation_fusion")
+    parser.add_argument("--no-gradient-accumulation-fusion", action="store_false",
+                        dest="gradient_accumulation_fusion")
     parser.add_argument("--use-flash-attn", action="store_true")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=2)
     return parser
