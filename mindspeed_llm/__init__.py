@@ -17,7 +17,8 @@ import warnings
 
 # megatron-core warns at import, once per module, that the optional fused kernels of Transformer
 # Engine and Apex are absent; our patch layer provides the kernels, so the noise is dropped.
-warnings.filterwarnings("ignore", message=r".*(Transformer Engine and Apex are not installed|Apex is not installed).*")
+warnings.filterwarnings(
+    "ignore", message=r".*(Transformer Engine and Apex are not installed|Apex is not installed).*")
 # TransformerConfig's own default (cuda_graph_scope="full") triggers its deprecation warning on every build.
 warnings.filterwarnings("ignore", message=r"full scope is deprecated")
 

@@ -85,7 +85,8 @@ def _tensor_to(original):
     return to
 
 
-def _tensor_cuda(self: torch.Tensor, device: Any = None, non_blocking: bool = False, **kwargs) -> torch.Tensor:
+def _tensor_cuda(self: torch.Tensor, device: Any = None, non_blocking: bool = False,
+                 **kwargs) -> torch.Tensor:
     """``Tensor.cuda()`` on the CPU device layer: the tensor stays where it is (the CPU)."""
     memory_format = kwargs.get("memory_format")
     if memory_format is not None:
@@ -166,7 +167,8 @@ class CpuStream:
 class CpuEvent:
     """Stands in for ``torch.cuda.Event``: records wall time so ``elapsed_time`` is meaningful."""
 
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> None:
+    def __init__(self, enable_timing: bool = False, blocking: bool = False,
+                 interprocess: bool = False) -> None:
         self._time: float | None = None
 
     def record(self, stream: Any = None) -> None:
@@ -242,7 +244,8 @@ def _manual_seed(seed: int) -> None:
     torch.default_generator.manual_seed(int(seed))
 
 
-def _megatron_get_cuda_rng_state(device: Any = "cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+def _megatron_get_cuda_rng_state(device: Any = "cuda", clone: bool = False,
+                                 graph_safe: bool = False) -> torch.Tensor:
     """Replaces ``tensor_parallel.random._get_cuda_rng_state``: the state of the CPU generator."""
     return torch.default_generator.get_state()
 
@@ -391,31 +394,44 @@ def register_cpu_patches(registry: PatchRegistry) -> None:
     for name, value in copies.items():
         r(f"torch.cuda.{name}", value, description="CPU stands in for the CUDA device")
     # In torch, torch.cuda.get/set_rng_state *are* torch.cuda.random's: keep one object for both names.
-    r("torch.cuda.random.get_rng_state", copies["get_rng_state"])
-    r("torch.cuda.random.set_rng_state", copies["set_rng_state"])
-    r("torch.cuda.default_generators", (torch.default_generator,))
-    r("torch.cuda.nvtx.range_push", _own_copy(_zero, "range_push"))
-    r("torch.cuda.nvtx.range_pop", _own_copy(_zero, "range_pop"))
-    r("torch.cuda.nvtx.mark", _own_copy(_noop, "mark"))
-    r("torch.cuda.nvtx.range", _nvtx_range)
+    r("torch.cuda.random.get_rng_state", copies["get_rng_state"],
+      description="the CUDA RNG state is the CPU generator's (same object as torch.cuda.get_rng_state)")
+    r("torch.cuda.random.set_rng_state", copies["set_rng_state"],
+      description="the CUDA RNG state is the CPU generator's (same object as torch.cuda.set_rng_state)")
+    r("torch.cuda.default_generators", (torch.default_generator,),
+      description="the one 'CUDA' generator is the CPU generator (megatron's RNG tracker reads it)")
+    no_ranges = "no NVTX profiler ranges on the CPU"
+    r("torch.cuda.nvtx.range_push", _own_copy(_zero, "range_push"), description=no_ranges)
+    r("torch.cuda.nvtx.range_pop", _own_copy(_zero, "range_pop"), description=no_ranges)
+    r("torch.cuda.nvtx.mark", _own_copy(_noop, "mark"), description="no NVTX profiler marks on the CPU")
+    r("torch.cuda.nvtx.range", _nvtx_range, description=no_ranges)
     # 2. factories and moves
     for name in _FACTORIES:
         if hasattr(torch, name):
             r(f"torch.{name}", wrapper=_redirect_factory, description="device='cuda' -> cpu")
     r("torch.Tensor.to", wrapper=_tensor_to, description="'cuda' -> cpu")
-    r("torch.Tensor.cuda", _tensor_cuda)
-    r("torch.Tensor.pin_memory", _tensor_pin_memory)
-    r("torch.nn.Module.cuda", _module_cuda)
+    r("torch.Tensor.cuda", _tensor_cuda, description="Tensor.cuda() keeps the tensor on the CPU")
+    r("torch.Tensor.pin_memory", _tensor_pin_memory, description="no pinned memory without a CUDA driver")
+    r("torch.nn.Module.cuda", _module_cuda, description="Module.cuda() keeps the parameters on the CPU")
     # 3. type strings (narrow: megatron-core callers only)
     r("torch.Tensor.type", wrapper=_tensor_type, description="CUDA type names for megatron-core callers")
     # 4. RNG
-    r("megatron.core.tensor_parallel.random._get_cuda_rng_state", _megatron_get_cuda_rng_state)
-    r("megatron.core.tensor_parallel.random._set_cuda_rng_state", _megatron_set_cuda_rng_state)
+    r("megatron.core.tensor_parallel.random._get_cuda_rng_state", _megatron_get_cuda_rng_state,
+      signature="(device='cuda', clone=False, graph_safe=False)",
+      description="megatron's private CUDA RNG getter reads the CPU generator")
+    r("megatron.core.tensor_parallel.random._set_cuda_rng_state", _megatron_set_cuda_rng_state,
+      signature="(new_state, device=-1, graph_safe=False)",
+      description="megatron's private CUDA RNG setter (CUDA's lazy init) sets the CPU generator")
     r("megatron.core.tensor_parallel.random.CudaRNGStatesTracker", _cpu_rng_tracker_class(),
-      description="RNG tracker on the CPU generator")
+      signature="(use_cudagraphable_rng=False, is_inference_rng_tracker=False)",
+      relies_on={".fork": "(self, name='model-parallel-rng')", ".add": "(self, name, seed)"},
+      description="RNG tracker on the CPU generator (its fork tracks 0.16.1's)")
     # 5. collectives
     r("megatron.core.model_parallel_config.ModelParallelConfig.__post_init__", wrapper=_config_post_init,
-      description="batch_p2p_comm=False (gloo)")
-    r("torch.distributed.init_process_group", wrapper=_init_process_group, description="nccl -> gloo")
-    r("torch.distributed.new_group", wrapper=_new_group, description="nccl -> gloo")
-    r("torch.distributed.barrier", wrapper=_barrier)
+      signature="(self)", description="batch_p2p_comm=False (gloo)")
+    # torch is not pinned: the wrappers rely only on the leading parameters, the same in every torch >= 2.4.
+    r("torch.distributed.init_process_group", wrapper=_init_process_group,
+      signature="(backend=None, init_method=None, ...)", description="nccl -> gloo")
+    r("torch.distributed.new_group", wrapper=_new_group,
+      signature="(ranks=None, timeout=None, backend=None, ...)", description="nccl -> gloo")
+    r("torch.distributed.barrier", wrapper=_barrier, description="no device_ids (gloo rejects them)")

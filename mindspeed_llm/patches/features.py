@@ -117,14 +117,20 @@ def _register_base(reg: PatchRegistry) -> None:
 
     for module in _NORM_COPY_HOLDERS:
         importlib.import_module(module)
-    reg.register(f"{LOCAL_SPEC}.layer_norm", _local_layer_norm, group=BASE_GROUP,
-                 description="local-spec norms support sequence parallel")
-    reg.register("megatron.core.transformer.torch_norm.WrappedTorchNorm", MegatronNorm, group=BASE_GROUP,
-                 description="torch norm (final layernorm too) supports sequence parallel")
-    reg.register(GET_OPTIMIZER, wrapper=fused_adam_wrapper, group=BASE_GROUP,
-                 description="torch Adam/AdamW fallback runs torch's fused kernel")
-    reg.register(LOCAL_MULTI_TENSOR_SCALE, foreach_multi_tensor_scale, group=BASE_GROUP,
-                 description="multi_tensor_scale fallback on torch _foreach kernels")
+    r = functools.partial(reg.register, group=BASE_GROUP)
+    r(f"{LOCAL_SPEC}.layer_norm", _local_layer_norm, signature="(self, rms_norm=False, for_qk=False)",
+      description="local-spec norms support sequence parallel (megatron's torch norm rejects it)")
+    r("megatron.core.transformer.torch_norm.WrappedTorchNorm", MegatronNorm,
+      signature="(config, hidden_size, eps=1e-05, persist_layer_norm=False, zero_centered_gamma=False, "
+                "normalization='LayerNorm')",
+      description="torch norm (final layernorm too) supports sequence parallel; same math and keys")
+    r(GET_OPTIMIZER, wrapper=fused_adam_wrapper,
+      signature="(config, model_chunks, config_overrides=None, use_gloo_process_groups=True, "
+                "pg_collection=None, dump_param_to_param_group_map=None)",
+      description="torch Adam/AdamW fallback (no TE/Apex) runs torch's fused kernel")
+    r(LOCAL_MULTI_TENSOR_SCALE, foreach_multi_tensor_scale,
+      signature="(chunk_size, noop_flag, tensor_lists, scale)",
+      description="multi_tensor_scale fallback (no Apex) on torch _foreach kernels, bit-identical")
     register_packed_sequence_patches(reg, BASE_GROUP)
 
 
@@ -133,9 +139,14 @@ def _cross_entropy_wrapper(original: Callable) -> Callable:
 
     @functools.wraps(original)
     def blocked_vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing=0.0):
-        return vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing, megatron_impl=original)
+        return vocab_parallel_cross_entropy(vocab_parallel_logits, target, label_smoothing,
+                                            megatron_impl=original)
 
     return blocked_vocab_parallel_cross_entropy
+
+
+_SWIGLU_SIGNATURES = {"swiglu": "(y)", "bias_swiglu": "(y, bias)", "swiglu_back": "(g, y)",
+                      "bias_swiglu_back": "(g, y, bias)"}
 
 
 def _register_cpu_base(reg: PatchRegistry) -> None:
@@ -143,10 +154,12 @@ def _register_cpu_base(reg: PatchRegistry) -> None:
 
     importlib.import_module("megatron.core.tensor_parallel")
     reg.register(CROSS_ENTROPY, wrapper=_cross_entropy_wrapper, group=CPU_BASE_GROUP,
+                 signature="(vocab_parallel_logits, target, label_smoothing=0.0)",
                  description="vocab-parallel cross entropy in cache-sized blocks (CPU)")
     importlib.import_module(FUSED_SWIGLU_MODULE)
-    for name in ("swiglu", "bias_swiglu", "swiglu_back", "bias_swiglu_back"):
-        reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"), group=CPU_BASE_GROUP,
+    for name, signature in _SWIGLU_SIGNATURES.items():
+        reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"),
+                     group=CPU_BASE_GROUP, signature=signature,
                      description=f"fused SwiGLU's {name} in eager torch (no torch.compile on the CPU)")
 
 
@@ -177,7 +190,8 @@ def _rope_wrapper(backend: str | None) -> Callable[[Callable], Callable]:
         from mindspeed_llm.ops.rope import apply_rotary_pos_emb
 
         @functools.wraps(original)
-        def _apply_rotary_pos_emb_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0):
+        def _apply_rotary_pos_emb_bshd(t, freqs, rotary_interleaved=False, multi_latent_attention=False,
+                                       mscale=1.0):
             if rotary_interleaved or multi_latent_attention:
                 return original(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
             return apply_rotary_pos_emb(t, freqs, mscale, backend=backend)
@@ -223,6 +237,54 @@ def _backend_for(device: str | None) -> str | None:
     return _DEVICE_TO_BACKEND[device]
 
 
+_ROPE_BSHD_SIGNATURE = "(t, freqs, rotary_interleaved=False, multi_latent_attention=False, mscale=1.0)"
+_BIAS_SWIGLU_SIGNATURE = "(input, bias, fp8_input_store=False, cpu_offload_input=False)"
+
+
+def register_feature_patches(
+    reg: PatchRegistry,
+    use_flash_attn: bool = False,
+    use_fused_rmsnorm: bool = False,
+    use_fused_rotary_pos_emb: bool = False,
+    use_fused_swiglu: bool = False,
+    device: str | None = None,
+    context_parallel: bool = False,
+) -> list:
+    """Register (not apply) the feature patches for the given flags in ``reg``; return them.
+
+    ``device`` ('cpu', 'cuda', 'npu') pins the kernels to that device's implementation; None lets
+    each call follow its tensors' device. ``context_parallel`` wins over ``use_flash_attn``.
+    """
+    backend = _backend_for(device)
+    r = functools.partial(reg.register, group=FEATURE_GROUP)
+    chosen = []
+    if context_parallel:
+        chosen.append(r(f"{LOCAL_SPEC}.core_attention", _context_parallel_core_attention, signature="(self)",
+                        description="--context-parallel-size > 1: ring/Ulysses attention "
+                                    "(megatron's asserts)"))
+        if backend is not None:
+            chosen.append(r("mindspeed_llm.ops.context_parallel.ContextParallelAttention.backend", backend,
+                            description=f"CP attention kernels pinned to {device}"))
+    elif use_flash_attn:
+        chosen.append(r(f"{LOCAL_SPEC}.core_attention", _local_core_attention, signature="(self)",
+                        description="--use-flash-attn: flash-style core attention (blockwise, native GQA)"))
+        if backend is not None:
+            chosen.append(r("mindspeed_llm.ops.attention.FlashDotProductAttention.backend", backend,
+                            description=f"attention kernels pinned to {device}"))
+    if use_fused_rmsnorm:
+        chosen.append(r("mindspeed_llm.ops.rmsnorm.RMSNorm.kernel", _fused_rms_kernel(backend),
+                        description="--use-fused-rmsnorm: the device's fused RMSNorm kernel"))
+    if use_fused_rotary_pos_emb:
+        chosen.append(r(ROPE_BSHD, wrapper=_rope_wrapper(backend), signature=_ROPE_BSHD_SIGNATURE,
+                        description="--use-fused-rotary-pos-emb: the device's fused RoPE "
+                                    "(interleaved/MLA: megatron's)"))
+    if use_fused_swiglu:
+        chosen.append(r(BIAS_SWIGLU, wrapper=_swiglu_wrapper(backend), signature=_BIAS_SWIGLU_SIGNATURE,
+                        description="--use-fused-swiglu: the device's fused SwiGLU "
+                                    "(needs config.bias_activation_fusion)"))
+    return chosen
+
+
 def enable_feature_patches(
     use_flash_attn: bool = False,
     use_fused_rmsnorm: bool = False,
@@ -239,32 +301,11 @@ def enable_feature_patches(
     makes the core attention ring/Ulysses attention, whatever ``use_flash_attn`` says (megatron's
     local attention asserts with CP; the CP module runs the flash-style kernels itself).
     """
-    backend = _backend_for(device)
+    _backend_for(device)  # a wrong device is refused before the enabled patches are dropped
     disable_feature_patches(reg)
-    chosen = []
-    if context_parallel:
-        chosen.append(reg.register(f"{LOCAL_SPEC}.core_attention", _context_parallel_core_attention,
-                                   group=FEATURE_GROUP, description="--context-parallel-size > 1: ring/Ulysses attention"))
-        if backend is not None:
-            chosen.append(reg.register("mindspeed_llm.ops.context_parallel.ContextParallelAttention.backend", backend,
-                                       group=FEATURE_GROUP, description=f"CP attention kernels pinned to {device}"))
-    elif use_flash_attn:
-        chosen.append(reg.register(f"{LOCAL_SPEC}.core_attention", _local_core_attention, group=FEATURE_GROUP,
-                                   description="--use-flash-attn: flash-style core attention"))
-        if backend is not None:
-            chosen.append(reg.register("mindspeed_llm.ops.attention.FlashDotProductAttention.backend", backend,
-                                       group=FEATURE_GROUP, description=f"attention kernels pinned to {device}"))
-    if use_fused_rmsnorm:
-        chosen.append(reg.register("mindspeed_llm.ops.rmsnorm.RMSNorm.kernel", _fused_rms_kernel(backend),
-                                   group=FEATURE_GROUP, description="--use-fused-rmsnorm"))
-    if use_fused_rotary_pos_emb:
-        chosen.append(reg.register(ROPE_BSHD, wrapper=_rope_wrapper(backend), group=FEATURE_GROUP,
-                                   description="--use-fused-rotary-pos-emb"))
-    if use_fused_swiglu:
-        chosen.append(reg.register(BIAS_SWIGLU, wrapper=_swiglu_wrapper(backend), group=FEATURE_GROUP,
-                                   description="--use-fused-swiglu (needs config.bias_activation_fusion)"))
-    for patch in chosen:
-        patch.apply()
+    chosen = register_feature_patches(reg, use_flash_attn, use_fused_rmsnorm, use_fused_rotary_pos_emb,
+                                      use_fused_swiglu, device, context_parallel)
+    reg.apply(FEATURE_GROUP)
     return [patch.target for patch in chosen]
 
 
@@ -278,11 +319,13 @@ def _flags_from_args(args: Namespace) -> dict[str, bool]:
     return {flag: bool(getattr(args, flag, False)) for flag in FEATURE_FLAGS}
 
 
-def enable_feature_patches_from_args(args: Namespace, device: str | None = None, reg: PatchRegistry = registry) -> list[str]:
+def enable_feature_patches_from_args(args: Namespace, device: str | None = None,
+                                     reg: PatchRegistry = registry) -> list[str]:
     """:func:`enable_feature_patches` from a parsed argparse Namespace (missing flags count as off)."""
     flags = _flags_from_args(args)
     if flags["use_fused_swiglu"] and getattr(args, "swiglu", True) is False:
-        raise ValueError("--use-fused-swiglu needs --swiglu (a gated SiLU MLP); add --swiglu or drop the flag")
+        raise ValueError("--use-fused-swiglu needs --swiglu (a gated SiLU MLP); "
+                         "add --swiglu or drop the flag")
     position = getattr(args, "position_embedding_type", "rope")
     if flags["use_fused_rotary_pos_emb"] and position not in ("rope", "yarn", "mrope"):
         raise ValueError(

@@ -80,12 +80,12 @@ def _rotated_key_cache(original):
         query = _rotate(self, query, rotary_pos_emb[0][start: start + query.size(0)])
         key = _rotate(self, key, rotary_pos_emb[1][start: start + key.size(0)])
         query, key, value, _, mask_type, block_table = original(
-            self, context, query, key, value, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin, rotary_pos_cos_sin,
-            sequence_len_offset)
+            self, context, query, key, value, rotary_pos_emb, rotary_pos_cos, rotary_pos_sin,
+            rotary_pos_cos_sin, sequence_len_offset)
         return query, key, value, None, mask_type, block_table  # None: query and keys are rotated
 
     def _rotate(attention, t, freqs):
-        """megatron's RoPE of ``t`` at ``freqs`` (looked up at call time: --use-fused-rotary-pos-emb's kernel)."""
+        """megatron's RoPE of ``t`` at ``freqs`` (looked up at call time: --use-fused-rotary-pos-emb's)."""
         return attention_module.apply_rotary_pos_emb(
             t, freqs, config=attention.config, cu_seqlens=None,
             mscale=attention_module._yarn_get_concentration_factor_from_config(attention.config),
@@ -95,14 +95,14 @@ def _rotated_key_cache(original):
 
 
 def _linear_without_autograd(original):
-    """megatron's parallel linear that, with gradients off and no sequence parallelism, is its forward math."""
+    """megatron's parallel linear that, with gradients off and no sequence parallelism, is its forward."""
 
     @functools.wraps(original)  # with its attributes: megatron's body reads and sets its own ``.warned``
     def linear(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, *args,
                **kwargs):
         if torch.is_grad_enabled() or sequence_parallel:
-            return original(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel,
-                            *args, **kwargs)
+            return original(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad,
+                            sequence_parallel, *args, **kwargs)
         output = torch.matmul(input, weight.t())  # megatron's forward: matmul, then the bias
         return output + bias if bias is not None else output
 
@@ -145,7 +145,8 @@ def _linear_weights(model: torch.nn.Module):
 
     seen = set()
     for module in model.modules():
-        weight = getattr(module, "weight", None) if isinstance(module, (ColumnParallelLinear, RowParallelLinear)) else None
+        linear = isinstance(module, (ColumnParallelLinear, RowParallelLinear))
+        weight = getattr(module, "weight", None) if linear else None
         if weight is None and getattr(module, "share_embeddings_and_output_weights", False) \
                 and getattr(module, "post_process", False):
             weight = module.shared_embedding_or_output_weight()
@@ -174,23 +175,48 @@ def lay_out_weights_for_decode(model: torch.nn.Module) -> int:
     return count
 
 
+_REGION_SIGNATURE = "(input_, group=None)"
+
+
+def register_inference_patches(registry: PatchRegistry, device: str) -> None:
+    """Register (not apply) the inference group for ``device`` (the broadcast check only off CUDA)."""
+    r = functools.partial(registry.register, group=GROUP)
+    r(_ADJUST_KV, wrapper=_rotated_key_cache,
+      signature="(self, inference_context, query, key, value, rotary_pos_emb, rotary_pos_cos=None, "
+                "rotary_pos_sin=None, rotary_pos_cos_sin=None, sequence_len_offset=None, *, "
+                "inference_params=None)",
+      relies_on={"megatron.core.transformer.attention.apply_rotary_pos_emb":
+                 "(t, freqs, config, cu_seqlens=None, mscale=1.0, cp_group=None)",
+                 "megatron.core.transformer.attention._yarn_get_concentration_factor_from_config":
+                 "(config)"},
+      description="the static KV cache holds rotated keys; each step rotates its new ones (private method)")
+    r(_LINEAR, wrapper=_linear_without_autograd,
+      signature="(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, "
+                "grad_output_buffer=None, wgrad_deferral_limit=0, async_grad_allreduce=None, tp_group=None)",
+      description="parallel linear without its autograd function when gradients are off")
+    r(_COPY_TO_TP, wrapper=_copy_without_autograd, signature=_REGION_SIGNATURE,
+      description="TP region entry without its autograd function when gradients are off")
+    r(_REDUCE_FROM_TP, wrapper=_forward_without_autograd("_reduce"), signature=_REGION_SIGNATURE,
+      relies_on={"megatron.core.tensor_parallel.mappings._reduce": "(input_, group)",
+                 "megatron.core.utils.get_tensor_model_parallel_group_if_none":
+                 "(tp_group, is_expert=False, check_initialized=True)"},
+      description="TP region exit (all-reduce) without its autograd function when gradients are off")
+    r(_GATHER_FROM_TP, wrapper=_forward_without_autograd("_gather_along_last_dim"),
+      signature=_REGION_SIGNATURE,
+      relies_on={"megatron.core.tensor_parallel.mappings._gather_along_last_dim": "(input_, group)",
+                 "megatron.core.utils.get_tensor_model_parallel_group_if_none":
+                 "(tp_group, is_expert=False, check_initialized=True)"},
+      description="TP logits gather without its autograd function when gradients are off")
+    if device != "cuda":
+        r(_IS_CUDA, _on_device(device), signature="(tensor)",
+          description="inference broadcasts accept tensors of the compute device (private check: is_cuda)")
+
+
 def enable_inference_patches(registry: PatchRegistry, device: str) -> list[str]:
     """Apply the inference group for ``device`` (the broadcast check only off CUDA); returns the targets."""
     targets = [_ADJUST_KV, _LINEAR, _COPY_TO_TP, _REDUCE_FROM_TP, _GATHER_FROM_TP]
     targets += [] if device == "cuda" else [_IS_CUDA]
     if not registry.patches(GROUP):
-        registry.register(_ADJUST_KV, wrapper=_rotated_key_cache, group=GROUP,
-                          description="the static KV cache holds rotated keys; each step rotates its new ones")
-        registry.register(_LINEAR, wrapper=_linear_without_autograd, group=GROUP,
-                          description="parallel linear without its autograd function when gradients are off")
-        registry.register(_COPY_TO_TP, wrapper=_copy_without_autograd, group=GROUP,
-                          description="TP region entry without its autograd function when gradients are off")
-        registry.register(_REDUCE_FROM_TP, wrapper=_forward_without_autograd("_reduce"), group=GROUP,
-                          description="TP region exit (all-reduce) without its autograd function when gradients are off")
-        registry.register(_GATHER_FROM_TP, wrapper=_forward_without_autograd("_gather_along_last_dim"), group=GROUP,
-                          description="TP logits gather without its autograd function when gradients are off")
-        if device != "cuda":
-            registry.register(_IS_CUDA, _on_device(device), group=GROUP,
-                              description="inference broadcasts accept tensors of the compute device")
+        register_inference_patches(registry, device)
     registry.apply(GROUP)
     return targets

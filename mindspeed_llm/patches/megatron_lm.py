@@ -16,33 +16,38 @@ so nothing here is applied at import: an import hook applies the group ``megatro
 - **Transformer Engine / Apex absent**: the parser defaults ``--transformer-impl local``,
   ``--no-rope-fusion``, ``--no-gradient-accumulation-fusion`` (the fused kernels they need are TE's and
   Apex's), and, without Triton, ``megatron.core``'s batch-invariant kernels module (imported by
-  ``initialize.py``, Triton-only) is replaced by one whose ``enable_batch_invariant_mode`` refuses
-  with a line (``--batch-invariant-mode`` needs Triton on a CUDA GPU).
+  ``initialize.py``, Triton-only) is served by :mod:`mindspeed_llm.patches.batch_invariant_without_triton`,
+  whose ``enable_batch_invariant_mode`` refuses with a line (``--batch-invariant-mode`` needs Triton on a
+  CUDA GPU).
 - **Our flag spellings**: ``--use-fused-rmsnorm``, ``--use-fused-rotary-pos-emb``, ``--use-fused-swiglu``
   (our kernels), ``--tokenizer-type PretrainedFromHF`` with ``--tokenizer-name-or-path`` (Megatron-LM's
   ``HuggingFaceTokenizer`` with ``--tokenizer-model``).
 - **Speed patches of our entry point**: after ``initialize_megatron``, the flag-driven feature patches
   (``--use-flash-attn``, ``--use-fused-*``) and, on the CPU, the allocator policy of
   :mod:`mindspeed_llm.patches.cpu_malloc`.
+
+Both import hooks (the one on ``megatron.training`` and the batch-invariant stand-in) are registered
+patches of group ``import-hooks`` (:class:`~mindspeed_llm.patches.registry.ImportHook`), applied with the
+base patches, listed by ``describe()`` and removed by ``revert``. The signatures recorded for Megatron-LM's
+functions are core_v0.16.1's; they are checked when the group applies, against the clone on the path.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import logging
 import os
 import sys
-import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mindspeed_llm.patches.registry import PatchRegistry, registry
 
 GROUP = "megatron-lm"
+HOOK_GROUP = "import-hooks"
 TRAINING_PACKAGE = "megatron.training"
 BATCH_INVARIANT_MODULE = "megatron.core.transformer.custom_layers.batch_invariant_kernels"
 HF_TOKENIZER_ALIAS = "PretrainedFromHF"
@@ -51,17 +56,22 @@ logger = logging.getLogger(__name__)
 
 
 def _have(module: str) -> bool:
+    """Whether ``module`` is installed (its parent packages are imported to look; their errors propagate)."""
+    if sys.modules.get(module) is not None:
+        return True
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    except ModuleNotFoundError as err:  # a parent package is not installed: neither is the module
+        if err.name and module.startswith(err.name + "."):
+            return False
+        raise
 
 
 def _device() -> str:
     return registry.device or "cpu"
 
 
-# ---- initialisation ------------------------------------------------------------------------------------------
+# ---- initialisation -------------------------------------------------------------------------------------
 def _initialize_megatron(original: Callable) -> Callable:
     def initialize_megatron(*args: Any, **kwargs: Any):
         import torch
@@ -110,7 +120,7 @@ def _compile_helpers(original: Callable) -> Callable:
             return  # the wheel ships the built helper (and no Makefile)
         original()
 
-    compile_helpers.__doc__ = "megatron-core's dataset helper build, skipped when the built helper is present."
+    compile_helpers.__doc__ = "megatron-core's dataset helper build, skipped when the built one is present."
     return compile_helpers
 
 
@@ -118,42 +128,38 @@ def _fused_kernels_load(args: Any) -> None:
     """No-op: Megatron-LM core_v0.16.1's ``fused_kernels.load`` only probes nvcc; it builds no kernel."""
 
 
-# ---- arguments -----------------------------------------------------------------------------------------------
-def _set_default(parser: argparse.ArgumentParser, dest: str, value: Any) -> None:
-    for action in parser._actions:
-        if action.dest == dest:
-            action.default = value
-    parser.set_defaults(**{dest: value})
-
-
+# ---- arguments ------------------------------------------------------------------------------------------
 def _add_megatron_arguments(original: Callable) -> Callable:
     def add_megatron_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = original(parser)
+        # The parser is this call's own object (megatron builds a new one per parse): what is changed
+        # here is part of this registered wrapper's result and nothing of it outlives the parser.
         if not _have("transformer_engine"):
-            _set_default(parser, "transformer_impl", "local")
-            _set_default(parser, "apply_rope_fusion", False)  # TE's fused RoPE
+            parser.set_defaults(transformer_impl="local", apply_rope_fusion=False)  # TE's fused RoPE
         if not _have("transformer_engine") and not _have("apex"):
-            _set_default(parser, "gradient_accumulation_fusion", False)  # Apex/TE wgrad kernels
-        for action in parser._actions:
-            if action.dest == "tokenizer_type" and action.choices and HF_TOKENIZER_ALIAS not in action.choices:
+            parser.set_defaults(gradient_accumulation_fusion=False)  # Apex/TE wgrad kernels
+        for action in parser._actions:  # argparse has no public way to widen a flag's choices
+            widen = action.dest == "tokenizer_type" and action.choices
+            if widen and HF_TOKENIZER_ALIAS not in action.choices:
                 action.choices = [*action.choices, HF_TOKENIZER_ALIAS]
         group = parser.add_argument_group("mindspeed_llm")
         known = {s for a in parser._actions for s in a.option_strings}
         for flag in OUR_FUSED_FLAGS:
             if flag not in known:
-                group.add_argument(flag, action="store_true", help="mindspeed_llm's fused kernel (patch layer)")
+                group.add_argument(flag, action="store_true",
+                                   help="mindspeed_llm's fused kernel (patch layer)")
         if "--tokenizer-name-or-path" not in known:
             group.add_argument("--tokenizer-name-or-path", default=None,
                                help="MindSpeed-LLM's spelling of --tokenizer-model for --tokenizer-type "
                                     f"{HF_TOKENIZER_ALIAS} (HuggingFaceTokenizer)")
         return parser
 
-    add_megatron_arguments.__doc__ = "Megatron-LM's parser, with TE/Apex-free defaults and our flag spellings."
+    add_megatron_arguments.__doc__ = "Megatron-LM's parser with TE/Apex-free defaults and our spellings."
     return add_megatron_arguments
 
 
 def translate_our_spellings(args: argparse.Namespace) -> None:
-    """MindSpeed-LLM's tokenizer spelling -> Megatron-LM's (``HuggingFaceTokenizer`` + ``--tokenizer-model``)."""
+    """MindSpeed-LLM's tokenizer spelling -> Megatron-LM's (HuggingFaceTokenizer, ``--tokenizer-model``)."""
     if getattr(args, "tokenizer_type", None) == HF_TOKENIZER_ALIAS:
         args.tokenizer_type = "HuggingFaceTokenizer"
     name = getattr(args, "tokenizer_name_or_path", None)
@@ -175,86 +181,46 @@ def _validate_args(original: Callable) -> Callable:
     return validate_args
 
 
-# ---- Triton-only module ----------------------------------------------------------------------------------------
-def _batch_invariant_module(name: str) -> types.ModuleType:
-    """Stands in for megatron-core's Triton batch-invariant kernels where Triton is not installed."""
-    module = types.ModuleType(name, "Batch-invariant mode needs Triton: not installed here (mindspeed_llm).")
-
-    def enable_batch_invariant_mode() -> None:
-        raise RuntimeError("--batch-invariant-mode needs Triton's kernels on a CUDA GPU, and triton is not "
-                           "installed: pip install triton, or drop --batch-invariant-mode")
-
-    def set_batch_invariant_mode(enabled: bool = True):
-        import contextlib
-
-        if enabled:
-            enable_batch_invariant_mode()
-        return contextlib.nullcontext()
-
-    module.enable_batch_invariant_mode = enable_batch_invariant_mode
-    module.set_batch_invariant_mode = set_batch_invariant_mode
-    module.disable_batch_invariant_mode = lambda: None
-    module.is_batch_invariant_mode_enabled = lambda: False
-    module.__all__ = ["set_batch_invariant_mode", "is_batch_invariant_mode_enabled",
-                      "disable_batch_invariant_mode", "enable_batch_invariant_mode"]
-    return module
+# ---- import hooks ---------------------------------------------------------------------------------------
+BATCH_INVARIANT_STAND_IN = str(Path(__file__).with_name("batch_invariant_without_triton.py"))
 
 
-class _ModuleLoader(importlib.abc.Loader):
-    def __init__(self, factory: Callable[[str], types.ModuleType]):
-        self.factory = factory
-
-    def create_module(self, spec):
-        return self.factory(spec.name)
-
-    def exec_module(self, module) -> None:
-        pass
-
-
-class _ThenApply(importlib.abc.Loader):
-    """Runs the real loader of ``megatron.training``, then applies this group's patches."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self.loader.exec_module(module)
-        apply_megatron_lm_patches()
-
-
-class _ImportHook(importlib.abc.MetaPathFinder):
-    """Applies the group when ``megatron.training`` is imported; supplies the Triton-free module."""
-
-    def find_spec(self, name: str, path=None, target=None):
-        if name == BATCH_INVARIANT_MODULE and not _have("triton"):
-            return importlib.machinery.ModuleSpec(name, _ModuleLoader(_batch_invariant_module))
-        if name == TRAINING_PACKAGE:
-            spec = importlib.machinery.PathFinder.find_spec(name, path)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _ThenApply(spec.loader)
-            return spec
-        return None
-
-
-_HOOK = _ImportHook()
+def register_import_hooks(reg: PatchRegistry) -> None:
+    """Register (not apply) the two import hooks of group ``import-hooks``."""
+    reg.register_import_hook(
+        TRAINING_PACKAGE, group=HOOK_GROUP, then=lambda module: apply_megatron_lm_patches(),
+        description=f"applies group {GROUP!r} when Megatron-LM's training package (a clone) is imported")
+    reg.register_import_hook(
+        BATCH_INVARIANT_MODULE, group=HOOK_GROUP, stand_in=BATCH_INVARIANT_STAND_IN,
+        stand_in_when=lambda: not _have("triton"),
+        description="without Triton (its kernels need it): a module whose enable_batch_invariant_mode "
+                    "refuses --batch-invariant-mode with one line, so Megatron-LM's initialize.py imports")
 
 
 def register_megatron_lm_patches(reg: PatchRegistry) -> None:
-    """Register (not apply) the patches on Megatron-LM's training package (needs it importable)."""
+    """Register (not apply) the patches on Megatron-LM's training package (needs it importable).
+
+    Signatures are Megatron-LM core_v0.16.1's (and megatron-core 0.16.1's ``compile_helpers``).
+    """
     r = functools.partial(reg.register, group=GROUP)
     r("megatron.training.initialize.initialize_megatron", wrapper=_initialize_megatron,
-      description="allow_no_cuda off CUDA; our speed patches after initialisation")
+      description="allow_no_cuda=True off CUDA (our device layer stands in); our speed patches after it",
+      signature="(extra_args_provider=None, args_defaults={}, ignore_unknown_args=False, "
+                "allow_no_cuda=False, skip_mpu_initialization=False, get_embedding_ranks=None, "
+                "get_position_embedding_ranks=None, parsed_args=None, store=None)")
     r("megatron.training.arguments.add_megatron_arguments", wrapper=_add_megatron_arguments,
-      description="TE/Apex-free defaults; --use-fused-*, PretrainedFromHF")
-    r("megatron.training.arguments.validate_args", wrapper=_validate_args, description="our spellings")
+      description="TE/Apex-free defaults (local transformer, no RoPE / wgrad fusion); --use-fused-*, "
+                  "--tokenizer-type PretrainedFromHF, --tokenizer-name-or-path",
+      signature="(parser)")
+    r("megatron.training.arguments.validate_args", wrapper=_validate_args,
+      description="our flag spellings translated to Megatron-LM's; CUDA_DEVICE_MAX_CONNECTIONS set off CUDA",
+      signature="(args, defaults={})")
     r("megatron.training.utils.get_device_arch_version", wrapper=_device_arch_version,
-      description="0 without a CUDA GPU")
+      description="0 without a CUDA GPU (it asks torch.cuda for the GPU's properties)", signature="()")
     r("megatron.core.datasets.utils.compile_helpers", wrapper=_compile_helpers,
-      description="no make when the built helper ships")
-    r("megatron.legacy.fused_kernels.load", _fused_kernels_load, description="no nvcc probe")
+      description="no make when the wheel ships the built helper (and no Makefile)", signature="()")
+    r("megatron.legacy.fused_kernels.load", _fused_kernels_load,
+      description="no nvcc probe: core_v0.16.1's load builds no kernel", signature="(args)")
 
 
 def apply_megatron_lm_patches(reg: PatchRegistry = registry) -> bool:
@@ -267,9 +233,8 @@ def apply_megatron_lm_patches(reg: PatchRegistry = registry) -> bool:
     return True
 
 
-def install_import_hook() -> None:
-    """Apply the group when ``megatron.training`` is imported (now, if it already is)."""
-    if _HOOK not in sys.meta_path:
-        sys.meta_path.insert(0, _HOOK)
-    if TRAINING_PACKAGE in sys.modules:
-        apply_megatron_lm_patches()
+def apply_import_hooks(reg: PatchRegistry = registry) -> None:
+    """Apply the group ``import-hooks`` (registering it first); with ``megatron.training`` imported: now."""
+    if not reg.patches(HOOK_GROUP):
+        register_import_hooks(reg)
+    reg.apply(HOOK_GROUP)

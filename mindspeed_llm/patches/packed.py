@@ -50,14 +50,16 @@ def _dot_product_attention_wrapper(original: Callable) -> Callable:
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
         if packed_seq_params is None:
-            return original(self, query, key, value, attention_mask, attn_mask_type, attention_bias, packed_seq_params)
-        return _local_document_attention(self, query, key, value, attention_mask, attention_bias, packed_seq_params)
+            return original(self, query, key, value, attention_mask, attn_mask_type, attention_bias,
+                            packed_seq_params)
+        return _local_document_attention(self, query, key, value, attention_mask, attention_bias,
+                                         packed_seq_params)
 
     return forward
 
 
 def _rotary_seq_length(model, decoder_input) -> int:
-    """The sequence length of this rank's activations (sequence-parallel shards gathered; one CP rank's pair)."""
+    """The sequence length of this rank's activations (sequence-parallel shards gathered; a CP rank's)."""
     hidden = decoder_input if decoder_input is not None else model.decoder.input_tensor
     seq = hidden.shape[0]
     if model.config.sequence_parallel:
@@ -74,7 +76,8 @@ def _preprocess_wrapper(original: Callable) -> Callable:
         packed = is_document_packed(packed_seq_params)
         # 'thd' tells megatron's RoPE the table is indexed per token: positions 0..max_seqlen-1, never cut
         # per CP rank (megatron's get_pos_emb_on_this_cp_rank); the tokens' own positions are gathered below.
-        table_params = dataclasses.replace(packed_seq_params, qkv_format="thd") if packed else packed_seq_params
+        table_params = (dataclasses.replace(packed_seq_params, qkv_format="thd") if packed
+                        else packed_seq_params)
         out = original(self, input_ids=input_ids, position_ids=position_ids, decoder_input=decoder_input,
                        inference_context=inference_context, packed_seq_params=table_params,
                        padding_mask=padding_mask)
@@ -90,6 +93,11 @@ def _preprocess_wrapper(original: Callable) -> Callable:
 def register_packed_sequence_patches(reg: PatchRegistry, group: str) -> None:
     """Register the two packed-sample patches in ``group`` (applied with the base op patches)."""
     reg.register(DOT_PRODUCT_ATTENTION_FORWARD, wrapper=_dot_product_attention_wrapper, group=group,
-                 description="local attention: document-masked with packed_seq_params")
+                 signature="(self, query, key, value, attention_mask, attn_mask_type=None, "
+                           "attention_bias=None, packed_seq_params=None)",
+                 description="local attention: document-masked with packed_seq_params (megatron's asserts)")
     reg.register(GPT_PREPROCESS, wrapper=_preprocess_wrapper, group=group,
-                 description="GPTModel RoPE positions restart per document with packed_seq_params")
+                 signature="(self, input_ids, position_ids, decoder_input=None, inference_context=None, "
+                           "packed_seq_params=None, padding_mask=None)",
+                 description="GPTModel RoPE positions restart per document with packed_seq_params (private "
+                             "_preprocess: the one place the RoPE angles and packed parameters meet)")

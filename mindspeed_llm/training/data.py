@@ -189,20 +189,15 @@ def gpt_dataset_config(args: argparse.Namespace, tokenizer):
     )
 
 
-@contextlib.contextmanager
-def _as_single_process():
+def _as_single_process() -> contextlib.AbstractContextManager:
     """Let megatron-core's dataset code build and write its index cache as if it were alone.
 
     GPTDataset writes its cache only on global rank 0. A node leader without shared storage must
-    write its own; inside this context ``torch.distributed.is_initialized()`` answers False, so no
-    collective is entered and the cache is written here. Restored on exit.
+    write its own: the registered scoped patch of :mod:`mindspeed_llm.patches.single_process`.
     """
-    original = torch.distributed.is_initialized
-    torch.distributed.is_initialized = lambda: False
-    try:
-        yield
-    finally:
-        torch.distributed.is_initialized = original
+    from mindspeed_llm.patches.single_process import as_single_process
+
+    return as_single_process()
 
 
 def dataset_built_on_this_rank(every_stage: bool = False) -> bool:

@@ -32,13 +32,14 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 def _probe(**env) -> dict:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     full_env.update(PYTHONPATH=str(REPO_ROOT), **env)
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=full_env, check=True)
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=full_env,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_freed_blocks_are_reused_without_page_faults():
     kept = _probe()
-    if not sys.platform.startswith("linux"):  # glibc's mallopt only: elsewhere the policy reports doing nothing
+    if not sys.platform.startswith("linux"):  # glibc's mallopt only: elsewhere the policy does nothing
         assert kept["applied"] is False
         return
     default = _probe(MINDSPEED_LLM_CPU_MALLOC="default")

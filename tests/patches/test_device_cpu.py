@@ -82,13 +82,15 @@ def test_streams_events_and_memory_stats_answer() -> None:
     torch.cuda.nvtx.range_pop()
 
 
-def _run(code: str, env_extra: dict | None = None, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+def _run(code: str, env_extra: dict | None = None,
+         pythonpath: str | None = None) -> subprocess.CompletedProcess:
     import os
 
     env = {**os.environ, **(env_extra or {})}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env)
 
 
 def test_import_without_torch_npu_and_apex() -> None:
@@ -133,13 +135,23 @@ def test_import_with_an_unusable_torch_npu(tmp_path) -> None:
     # one does ("ImportError: libhccl.so"). Detection must treat that as "no NPU", not crash.
     fake = tmp_path / "torch_npu"
     fake.mkdir()
-    (fake / "__init__.py").write_text('raise ImportError("libhccl.so: cannot open shared object file (stand-in)")\n')
+    (fake / "__init__.py").write_text(
+        'raise ImportError("libhccl.so: cannot open shared object file (stand-in)")\n')
     proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cpu"
-    (fake / "__init__.py").write_text('raise RuntimeError("Failed to load the backend extension (stand-in)")\n')
+    # Said, not swallowed: one warning naming the error.
+    assert ("NpuUnusableWarning: torch_npu is installed but does not import (ImportError: libhccl.so: "
+            "cannot open shared object file (stand-in)): running without an NPU") in proc.stderr
+    (fake / "__init__.py").write_text(
+        'raise RuntimeError("Failed to load the backend extension (stand-in)")\n')
     proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
+    assert "does not import (RuntimeError: Failed to load the backend extension (stand-in))" in proc.stderr
+    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"}, pythonpath=str(tmp_path))
+    assert proc.returncode != 0
+    assert ("MINDSPEED_LLM_DEVICE=npu but torch_npu cannot be imported (RuntimeError: Failed to load the "
+            "backend extension (stand-in)): install torch_npu and Ascend CANN") in proc.stderr
 
 
 def test_device_override_is_validated() -> None:
@@ -175,7 +187,8 @@ def _write_torch_npu_stand_in(root) -> None:
         "transfer_imported = False\n"
     )
     (pkg / "contrib" / "__init__.py").write_text("")
-    (pkg / "contrib" / "transfer_to_npu.py").write_text("import torch_npu\ntorch_npu.transfer_imported = True\n")
+    (pkg / "contrib" / "transfer_to_npu.py").write_text(
+        "import torch_npu\ntorch_npu.transfer_imported = True\n")
 
 
 def test_npu_detection_imports_torch_npus_redirect_and_uses_hccl(tmp_path) -> None:
@@ -194,7 +207,7 @@ def test_npu_detection_imports_torch_npus_redirect_and_uses_hccl(tmp_path) -> No
 
 def test_forcing_npu_without_torch_npu_is_a_clear_error() -> None:
     proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
-    assert proc.returncode != 0 and "torch_npu cannot be imported" in proc.stderr
+    assert proc.returncode != 0 and "torch_npu cannot be imported (not installed)" in proc.stderr
 
 
 def test_transformers_builds_models_correctly_after_import(tmp_path) -> None:
@@ -228,11 +241,12 @@ def test_megatron_fused_kernels_compile_after_process_group_init(tmp_path) -> No
         from megatron.core.models.gpt import GPTModel
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
         from megatron.core.transformer.transformer_config import TransformerConfig
-        config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4, gated_linear_unit=True,
-                                   activation_func=F.silu, bias_activation_fusion=True, add_bias_linear=False,
+        config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4,
+                                   gated_linear_unit=True, activation_func=F.silu,
+                                   bias_activation_fusion=True, add_bias_linear=False,
                                    normalization="RMSNorm")
-        model = GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
-                         vocab_size=64, max_sequence_length=16)
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        model = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=64, max_sequence_length=16)
         print(model(torch.randint(0, 64, (1, 8)), torch.arange(8)[None], None).shape)
         torch.distributed.destroy_process_group()
     """)

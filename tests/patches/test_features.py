@@ -24,7 +24,8 @@ from mindspeed_llm.patches import features
 from tests.ops.megatron_env import single_process_model_parallel
 from tests.skip_policy import skip_for_hardware
 
-ALL_FLAGS = dict(use_flash_attn=True, use_fused_rmsnorm=True, use_fused_rotary_pos_emb=True, use_fused_swiglu=True)
+ALL_FLAGS = dict(use_flash_attn=True, use_fused_rmsnorm=True, use_fused_rotary_pos_emb=True,
+                 use_fused_swiglu=True)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,8 @@ def test_base_patch_round_trip_restores_megatron():
         assert LocalSpecProvider.__dict__["layer_norm"] is not patched_layer_norm
         assert torch_norm.WrappedTorchNorm is not MegatronNorm
         assert transformer_block.LayerNormImpl is torch_norm.WrappedTorchNorm
-        assert get_gpt_layer_local_spec(normalization="RMSNorm").submodules.input_layernorm is torch_norm.WrappedTorchNorm
+        norm = get_gpt_layer_local_spec(normalization="RMSNorm").submodules.input_layernorm
+        assert norm is torch_norm.WrappedTorchNorm
     finally:
         features.apply_base_op_patches("cpu")
     assert LocalSpecProvider.__dict__["layer_norm"] is patched_layer_norm
@@ -86,10 +88,12 @@ def test_feature_round_trip():
     assert "[features]" in described and "core_attention" in described and "--use-fused-swiglu" in described
 
     features.disable_feature_patches()
-    assert _self_attention(get_gpt_layer_local_spec(normalization="RMSNorm")).core_attention is DotProductAttention
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    assert _self_attention(spec).core_attention is DotProductAttention
     assert LocalSpecProvider.__dict__["core_attention"] is originals["core_attention"]
     assert rope_utils._apply_rotary_pos_emb_bshd is originals["rope"]
-    assert fused_bias_swiglu.bias_swiglu_impl is originals["swiglu"] and mlp.bias_swiglu_impl is originals["mlp_swiglu"]
+    assert fused_bias_swiglu.bias_swiglu_impl is originals["swiglu"]
+    assert mlp.bias_swiglu_impl is originals["mlp_swiglu"]
     assert RMSNorm.__dict__["kernel"] is originals["kernel"]
     assert "[features]" not in mindspeed_llm.describe()
 
@@ -105,12 +109,14 @@ def test_enable_twice_and_with_other_flags_replaces():
 
 def test_from_args_reads_megatron_flag_names():
     args = Namespace(use_flash_attn=True, use_fused_rmsnorm=False, swiglu=True)
-    assert features.enable_feature_patches_from_args(args) == ["megatron.core.models.backends.LocalSpecProvider.core_attention"]
+    assert features.enable_feature_patches_from_args(args) == [f"{features.LOCAL_SPEC}.core_attention"]
     with pytest.raises(ValueError, match="--use-fused-swiglu needs --swiglu"):
         features.enable_feature_patches_from_args(Namespace(use_fused_swiglu=True, swiglu=False))
     with pytest.raises(ValueError, match="--position-embedding-type"):
-        features.enable_feature_patches_from_args(Namespace(use_fused_rotary_pos_emb=True, position_embedding_type="learned_absolute"))
-    assert features.transformer_config_overrides(**vars(Namespace(use_fused_swiglu=True))) == {"bias_activation_fusion": True}
+        features.enable_feature_patches_from_args(
+            Namespace(use_fused_rotary_pos_emb=True, position_embedding_type="learned_absolute"))
+    overrides = features.transformer_config_overrides(**vars(Namespace(use_fused_swiglu=True)))
+    assert overrides == {"bias_activation_fusion": True}
     assert features.transformer_config_overrides() == {}
 
 

@@ -42,7 +42,8 @@ def test_batch_invariant_module_without_triton_refuses_with_one_line():
 
 def _megatron_like_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of Megatron-LM core_v0.16.1's parser that the wrapper changes (same dests/defaults)."""
-    parser.add_argument("--transformer-impl", default="transformer_engine", choices=["local", "transformer_engine"])
+    parser.add_argument("--transformer-impl", default="transformer_engine",
+                        choices=["local", "transformer_engine"])
     parser.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
     parser.add_argument("--no-gradient-accumulation-fusion", action="store_false",
                         dest="gradient_accumulation_fusion")
@@ -66,7 +67,8 @@ def test_parser_wrapper_defaults_without_te_and_accepts_our_spellings():
     assert (args.tokenizer_type, args.tokenizer_model) == ("HuggingFaceTokenizer", "/m")
     assert args.use_fused_rmsnorm and args.use_fused_swiglu and args.use_fused_rotary_pos_emb
     # Megatron-LM's own flags are untouched: --transformer-impl transformer_engine still parses.
-    assert parser.parse_args(["--transformer-impl", "transformer_engine"]).transformer_impl == "transformer_engine"
+    te_args = parser.parse_args(["--transformer-impl", "transformer_engine"])
+    assert te_args.transformer_impl == "transformer_engine"
 
 
 def test_compile_helpers_is_skipped_when_the_wheel_ships_the_built_helper():
@@ -86,7 +88,8 @@ def test_import_hook_patches_megatron_training_when_it_is_imported(tmp_path):
         "assert not mindspeed_llm.registry.patches(megatron_lm.GROUP)\n"
         "import megatron.training\n"
         "from megatron.training import initialize_megatron, get_args\n"
-        "initialize_megatron(['--use-fused-rmsnorm'])\n"
+        "sys.argv = ['pretrain_gpt.py', '--use-fused-rmsnorm']\n"
+        "initialize_megatron()\n"
         "print('ARGS', get_args().use_fused_rmsnorm)\n"
         "from megatron.training.utils import get_device_arch_version\n"
         "from megatron.legacy import fused_kernels\n"

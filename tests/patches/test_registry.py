@@ -9,7 +9,7 @@ import torch
 
 import mindspeed_llm
 from mindspeed_llm.patches.device import apply_base_patches, revert_base_patches
-from mindspeed_llm.patches.registry import PatchRegistry, registry
+from mindspeed_llm.patches.registry import Patch, PatchRegistry, registry
 
 
 @pytest.fixture
@@ -23,6 +23,8 @@ def _snapshot(patches):
 
     snap = {}
     for patch in patches:
+        if not isinstance(patch, Patch) or patch.scoped:
+            continue  # import hooks and scoped patches: test_registered_swaps.py
         owner, attr = resolve_owner(patch.target)
         snap[patch.target] = (owner.__dict__.get(attr, "<inherited>") if isinstance(owner, type)
                               else getattr(owner, attr))
@@ -68,7 +70,8 @@ def test_wrapper_rebinds_from_import_copies_and_reverts() -> None:
     try:
         reg = PatchRegistry()
         original = target_module.f
-        reg.register("mindspeed_llm._test_target.f", wrapper=lambda fn: (lambda x: fn(x) * 10), group="t")
+        reg.register("mindspeed_llm._test_target.f", wrapper=lambda fn: (lambda x: fn(x) * 10), group="t",
+                     description="times ten (test)")
         reg.apply("t")
         assert target_module.f(1) == 20 and copy_holder.f(1) == 20
         reg.apply("t")  # no-op: not wrapped twice
@@ -82,7 +85,7 @@ def test_wrapper_rebinds_from_import_copies_and_reverts() -> None:
 def test_register_needs_exactly_one_of_replacement_or_wrapper() -> None:
     reg = PatchRegistry()
     with pytest.raises(ValueError, match="exactly one"):
-        reg.register("torch.cuda.current_device")
+        reg.register("torch.cuda.current_device", description="neither given (test)")
 
 
 def test_describe_lists_device_and_active_patches() -> None:
@@ -100,7 +103,7 @@ def test_unregister_reverts_and_forgets_a_group() -> None:
     sys.modules[module.__name__] = module
     try:
         reg = PatchRegistry()
-        reg.register("mindspeed_llm._test_unregister.g", lambda: "patched", group="tmp")
+        reg.register("mindspeed_llm._test_unregister.g", lambda: "patched", group="tmp", description="test")
         reg.apply("tmp")
         assert module.g() == "patched"
         reg.unregister("tmp")

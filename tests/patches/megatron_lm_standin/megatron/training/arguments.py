@@ -7,20 +7,25 @@ from megatron.training.utils import get_device_arch_version
 
 def add_megatron_arguments(parser):
     """Megatron-LM's defaults that need Transformer Engine / Apex."""
-    parser.add_argument("--transformer-impl", default="transformer_engine", choices=["local", "transformer_engine"])
+    parser.add_argument("--transformer-impl", default="transformer_engine",
+                        choices=["local", "transformer_engine"])
     parser.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
-    parser.add_argument("--no-gradient-accumulation-fusion", action="store_false", dest="gradient_accumulation_fusion")
+    parser.add_argument("--no-gradient-accumulation-fusion", action="store_false",
+                        dest="gradient_accumulation_fusion")
     parser.add_argument("--use-flash-attn", action="store_true")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=2)
     return parser
 
 
-def parse_args(argv=None):
-    """Parse with the (patchable) module-level add_megatron_arguments."""
-    return add_megatron_arguments(argparse.ArgumentParser()).parse_args(argv)
+def parse_args(extra_args_provider=None, ignore_unknown_args=False):
+    """Parse sys.argv with the (patchable) module-level add_megatron_arguments."""
+    parser = add_megatron_arguments(argparse.ArgumentParser(allow_abbrev=False))
+    if extra_args_provider is not None:
+        parser = extra_args_provider(parser)
+    return parser.parse_known_args()[0] if ignore_unknown_args else parser.parse_args()
 
 
-def validate_args(args, defaults=None):
+def validate_args(args, defaults={}):  # noqa: B006
     """Megatron-LM asks the GPU's architecture when TP > 1."""
     if args.tensor_model_parallel_size > 1:
         args.device_arch = get_device_arch_version()
