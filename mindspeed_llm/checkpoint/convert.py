@@ -82,7 +82,8 @@ class ConvertOptions:
     progress: bool = True
     lora_load: str | None = None  # --lora-load: hf->mg a peft adapter folder; mg->* a Megatron adapter checkpoint
     save_lora_to_hf: bool = False  # --save-lora-to-hf: mg->hf writes the adapter as a peft folder
-    # --lora-r / --lora-alpha / --lora-target-modules as given, by LoraConfig field: checked against the adapter
+    # --lora-r / --lora-alpha / --lora-target-modules as given, by LoraConfig field: checked against the
+    # adapter (mindspeed_llm.lora.config.check_recorded)
     lora_expected: dict[str, object] = field(default_factory=dict)
 
 
@@ -303,8 +304,8 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
     source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
     check_model_type_hf(opts.model_type_hf, source.cfg)
     try:
-        adapter = read_peft_adapter(opts.lora_load, source.cfg.num_layers, BaseRows(source.cfg)) \
-            if opts.lora_load else None
+        rows = BaseRows(source.cfg)
+        adapter = read_peft_adapter(opts.lora_load, source.cfg.num_layers, rows) if opts.lora_load else None
         return write_megatron(source, source.cfg, opts, iteration=HF_TO_MG_ITERATION, adapter=adapter)
     finally:
         source.close()
@@ -378,7 +379,7 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
                                       "tensors: give the adapter checkpoint with --lora-load")
             return write_peft_folder(adapter, source.cfg, target, opts, hf_dir)
         if adapter is not None:
-            source = MergedSource(source, adapter, BaseRows(source.cfg))  # merged weights, in the base's dtype
+            source = MergedSource(source, adapter, BaseRows(source.cfg))  # merged, in the base's dtype
             marker["lora_load"] = os.path.abspath(opts.lora_load or opts.load_dir)
         return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, max_shard_size=opts.max_shard_size,
                         progress=opts.progress, marker=marker)
@@ -418,7 +419,7 @@ def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None 
     first = layout.load_rank_state(root, iteration, 0, 0, pp)
     chunk_keys = _chunks(first, layout.checkpoint_file_for(root, iteration, 0, 0, pp))
     if not any(isinstance(first.get(key), dict) and holds_adapter(first[key]) for key in chunk_keys):
-        return None  # adapters sit in every layer: none in the first rank file means none at all (no second pass)
+        return None  # adapters sit in every layer: none in the first rank file means none at all
     collector = AdapterCollector(tp, root)
     for stage in range(pp * len(chunk_keys)):
         pp_rank, key = stage % pp, chunk_keys[stage // pp]
@@ -426,8 +427,8 @@ def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None 
         for t in range(tp):
             sd = layout.load_rank_state(root, iteration, t, pp_rank, pp).get(key)
             if not isinstance(sd, dict):
-                raise DamagedCheckpointError(f"{layout.checkpoint_file_for(root, iteration, t, pp_rank, pp)}: "
-                                             f"no '{key}' state dict")
+                path = layout.checkpoint_file_for(root, iteration, t, pp_rank, pp)
+                raise DamagedCheckpointError(f"{path}: no '{key}' state dict")
             states.append(sd)
         collector.add_stage(states)
     return collector.adapter(cfg.num_layers, first.get("args"))
@@ -445,8 +446,9 @@ def check_not_adapter_only(root: str, iteration: int | str | None = None) -> Non
         return  # the reader reports it
     models = [sd for name, sd in state.items() if name.startswith("model") and isinstance(sd, dict)]
     if models and all(holds_only_adapter(sd) for sd in models):
-        raise CheckpointError(f"--load-dir {root} holds only LoRA adapter tensors (saved with --lora-ckpt-filter): "
-                              "pass the base model's checkpoint as --load-dir and this folder as --lora-load")
+        raise CheckpointError(f"--load-dir {root} holds only LoRA adapter tensors (saved with "
+                              "--lora-ckpt-filter): pass the base model's checkpoint as --load-dir and this "
+                              "folder as --lora-load")
 
 
 class BaseRows:

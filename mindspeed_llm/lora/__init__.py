@@ -9,7 +9,7 @@
 - ``peft``: peft adapter folders <-> megatron's fused adapter; ``merge``: merged weights (peft's merge)
 
 The names below are imported on first use, so the command lines read ``config`` without torch.
-The package imports ``models``-level code at most: never training, conversion or the runtime.
+The package imports nothing else of mindspeed_llm: training, inference, conversion and checkpointing ask it.
 """
 
 import importlib

@@ -19,7 +19,7 @@ from mindspeed_llm.lora.tp import shard_adapter, unshard_adapter
 
 @dataclass
 class Adapter:
-    """A whole adapter: its settings and ``tensors[(global layer, module)] = (A, B)`` in megatron's fused form."""
+    """A whole adapter: its settings and ``tensors[(global layer, module)] = (A, B)`` (fused form)."""
 
     config: LoraConfig
     tensors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
@@ -40,7 +40,7 @@ class Adapter:
 class FusedRows(Protocol):
     """How a base weight's output rows part into the HF modules' weights (the converter's mapping knows:
     ``linear_qkv`` interleaved per query group, ``linear_fc1`` as ``[gate; up]``, one part for the others).
-    ``weight_key`` is the base weight's key inside a decoder layer, e.g. ``self_attention.linear_qkv.weight``."""
+    ``weight_key`` is the base weight's key inside a decoder layer (``self_attention.linear_qkv.weight``)."""
 
     def split(self, weight_key: str, fused: torch.Tensor) -> list[torch.Tensor]:
         """Fused rows -> one tensor per HF module."""
@@ -72,12 +72,14 @@ class AdapterCollector:
                 if found is None:
                     continue
                 layer, module, factor = found
-                slot = self._pieces.setdefault((self._offset + layer, module), [[None] * self.tp, [None] * self.tp])
+                slot = self._pieces.setdefault((self._offset + layer, module),
+                                               [[None] * self.tp, [None] * self.tp])
                 slot[0 if factor == "A" else 1][t] = value
         self._offset += len(layers_here)
 
     def adapter(self, num_layers: int, recorded_args: argparse.Namespace | None) -> Adapter | None:
-        """The whole adapter (None when no rank file held adapter tensors); ``recorded_args``: the checkpoint's."""
+        """The whole adapter, None when no rank file held adapter tensors (``recorded_args``: the
+        checkpoint's)."""
         if not self._pieces:
             return None
         if self._offset != num_layers:
@@ -86,7 +88,8 @@ class AdapterCollector:
         tensors = {}
         for (layer, module), (a_parts, b_parts) in sorted(self._pieces.items()):
             if any(p is None for p in a_parts + b_parts):
-                raise LoraError(f"{self.where}: layer {layer} {module} lacks lora_A or lora_B on some TP rank")
+                raise LoraError(f"{self.where}: layer {layer} {module} lacks lora_A or lora_B on some TP "
+                                "rank")
             tensors[(layer, module)] = unshard_adapter(module, list(zip(a_parts, b_parts)))
         modules = tuple(m for m in LORA_MODULES if any(k[1] == m for k in tensors))
         r = next(iter(tensors.values()))[0].shape[0]

@@ -1,9 +1,9 @@
 """LoRA's settings: the ``--lora-*`` flags of every command line, their checks, and :class:`LoraConfig`.
 
 One declaration serves ``pretrain_gpt.py`` / ``posttrain_gpt.py`` / ``inference.py`` (the training parser)
-and ``convert_ckpt.py``: :func:`add_lora_flags` and :func:`check_lora_flags`. :class:`LoraConfig` is the one
-type that carries the settings, made from the parsed flags, from a checkpoint's recorded args or from peft's
-``adapter_config.json``.
+and ``convert_ckpt.py``: :func:`add_lora_flags` and :func:`check_lora_flags`. :class:`LoraConfig` is the
+one type that carries the settings, made from the parsed flags, from a checkpoint's recorded args or from
+peft's ``adapter_config.json``.
 
 Torch-free (no torch, megatron-core or transformers): the command lines import it before the heavy modules.
 """
@@ -22,16 +22,16 @@ class LoraError(ValueError):
     """A LoRA flag or adapter that cannot be used; one line naming the flag or path and the fix."""
 
 
-# ---- the flags ------------------------------------------------------------------------------------------------
-# One row per flag: its spelling, the argparse settings both command lines share, then (default, help) on the
-# training command line and on convert_ckpt.py (None: that command line has no such flag). On convert_ckpt.py
-# the adapter checkpoint records r, alpha and the target modules: the flags default to None there and are
-# checked against it (MindSpeed-LLM's conversion scripts pass them).
-_TRAINING_LOAD_HELP = ("an adapter checkpoint (a --save folder of a LoRA run): --load gives the base weights, "
-                       "this folder the adapter, optimizer, scheduler and iteration")
-_CONVERTER_LOAD_HELP = ("LoRA adapter: hf->mg a peft adapter folder (written beside the base weights); mg->hf / "
-                        "mg->mg a Megatron adapter checkpoint (a LoRA run's --save; default: the adapter inside "
-                        "--load-dir)")
+# ---- the flags ------------------------------------------------------------------------------------------
+# One row per flag: its spelling, the argparse settings both command lines share, then (default, help) on
+# the training command line and on convert_ckpt.py (None: that command line has no such flag). On
+# convert_ckpt.py the adapter checkpoint records r, alpha and the target modules: the flags default to None
+# there and are checked against it (MindSpeed-LLM's conversion scripts pass them).
+_TRAINING_LOAD_HELP = ("an adapter checkpoint (a --save folder of a LoRA run): --load gives the base "
+                       "weights, this folder the adapter, optimizer, scheduler and iteration")
+_CONVERTER_LOAD_HELP = ("LoRA adapter: hf->mg a peft adapter folder (written beside the base weights); "
+                        "mg->hf / mg->mg a Megatron adapter checkpoint (a LoRA run's --save; default: the "
+                        "adapter inside --load-dir)")
 _FLAGS: tuple[tuple[str, dict, tuple | None, tuple | None], ...] = (
     ("--lora-target-modules", {"nargs": "+", "choices": TARGET_MODULES},
      ([], "add LoRA adapters to these linear layers and freeze every other weight"),
@@ -70,13 +70,14 @@ def add_lora_flags(parser: argparse.ArgumentParser, *, converter: bool = False) 
 
 
 def check_lora_flags(args: argparse.Namespace, *, converter: bool = False) -> None:
-    """The ``--lora-*`` flags against each other and the rest of the launch; :class:`LoraError` names the fix."""
+    """The ``--lora-*`` flags against each other and the rest of the launch (the training command line's, or
+    with ``converter`` convert_ckpt.py's); :class:`LoraError` names the flag and the fix."""
     if converter:
         _check_converter_flags(args)
         return
     if not args.lora_target_modules:
-        given = [flag for flag, on in (("--lora-load", args.lora_load), ("--lora-ckpt-filter", args.lora_ckpt_filter))
-                 if on]
+        given = [flag for flag, on in (("--lora-load", args.lora_load),
+                                       ("--lora-ckpt-filter", args.lora_ckpt_filter)) if on]
         if given:
             raise LoraError(f"{' '.join(given)} without --lora-target-modules: name the adapted layers, e.g. "
                             "--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2")
@@ -94,8 +95,9 @@ def check_lora_flags(args: argparse.Namespace, *, converter: bool = False) -> No
         raise LoraError(f"--lora-load {args.lora_load} needs --load BASE (the base model's checkpoint)")
     same_as_save = bool(args.save) and os.path.realpath(args.lora_load or "") == os.path.realpath(args.save)
     if args.lora_load and not os.path.isdir(args.lora_load) and not same_as_save:
-        raise LoraError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run (or "
-                        "the same folder as --save, to start a new adapter there and resume it on a relaunch)")
+        raise LoraError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run "
+                        "(or the same folder as --save, to start a new adapter there and resume it on a "
+                        "relaunch)")
 
 
 def _check_converter_flags(args: argparse.Namespace) -> None:
@@ -107,16 +109,17 @@ def _check_converter_flags(args: argparse.Namespace) -> None:
     if given and args.load_model_type != "mg":
         raise LoraError(f"{' '.join(given)}: a peft adapter folder records these; drop them for hf->mg")
     if args.lora_load and not os.path.isdir(args.lora_load):
-        raise LoraError(f"--lora-load {args.lora_load} is not a folder: give a peft adapter folder (hf->mg) or "
-                        "a LoRA run's --save folder (mg->hf, mg->mg)")
+        raise LoraError(f"--lora-load {args.lora_load} is not a folder: give a peft adapter folder (hf->mg) "
+                        "or a LoRA run's --save folder (mg->hf, mg->mg)")
 
 
-# ---- convert_ckpt.py: the flags an adapter checkpoint records -------------------------------------------------
+# ---- convert_ckpt.py: the flags an adapter checkpoint records -------------------------------------------
 _FIELD_FLAGS = {"r": "--lora-r", "alpha": "--lora-alpha", "target_modules": "--lora-target-modules"}
 
 
 def recorded_flags_given(args: argparse.Namespace) -> dict[str, object]:
-    """convert_ckpt.py's --lora-r / --lora-alpha / --lora-target-modules that were given, by LoraConfig field."""
+    """convert_ckpt.py's --lora-r / --lora-alpha / --lora-target-modules that were given, by LoraConfig
+    field (the adapter records them; :func:`check_recorded` compares)."""
     given = {"r": args.lora_r, "alpha": args.lora_alpha,
              "target_modules": tuple(args.lora_target_modules) if args.lora_target_modules else None}
     return {field: value for field, value in given.items() if value is not None}
@@ -131,21 +134,23 @@ def check_recorded(expected: Mapping[str, object], recorded: LoraConfig | None, 
         if field == "target_modules":
             given, have = sorted(given), recorded and sorted(have)
         if given != have:
-            raise LoraError(f"{flag} {given} contradicts the adapter in {where} ({have if recorded else 'none'}): "
-                            "drop the flag (the checkpoint records it) or point --lora-load at the right adapter")
+            raise LoraError(f"{flag} {given} contradicts the adapter in {where} "
+                            f"({have if recorded else 'none'}): drop the flag (the checkpoint records it) or "
+                            "point --lora-load at the right adapter")
 
 
-# ---- the settings ---------------------------------------------------------------------------------------------
+# ---- the settings -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoraConfig:
-    """The adapter's settings (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-target-modules``,
-    ``--seed`` for its initial A) and the run's LoRA checkpoint flags (``--lora-load``, ``--lora-ckpt-filter``)."""
+    """The adapter's settings (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``,
+    ``--lora-target-modules``; ``--seed`` draws its initial A) and the run's LoRA checkpoint flags
+    (``--lora-load``, ``--lora-ckpt-filter``)."""
 
     r: int = 16
     alpha: float = 32.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = TARGET_MODULES
-    seed: int = 1234  # the adapter's initial A is drawn from (seed, global layer, module): same at any TP/PP
+    seed: int = 1234  # the initial A is drawn from (seed, global layer, module): the same at any TP/PP
     load: str | None = None  # --lora-load: the adapter checkpoint the run continues
     ckpt_filter: bool = False  # --lora-ckpt-filter: --save writes the adapter tensors alone
 
@@ -156,7 +161,7 @@ class LoraConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoraConfig | None:
-        """The run's LoRA (training parser's flags), or None without ``--lora-target-modules``."""
+        """The run's LoRA (the training parser's flags), or None without ``--lora-target-modules``."""
         if not getattr(args, "lora_target_modules", None):
             return None
         return cls(r=args.lora_r, alpha=float(args.lora_alpha), dropout=args.lora_dropout,
@@ -166,19 +171,21 @@ class LoraConfig:
     @classmethod
     def from_checkpoint_args(cls, args: argparse.Namespace | None, *, r: int,
                              target_modules: tuple[str, ...]) -> LoraConfig:
-        """An adapter checkpoint's settings: ``r`` and the targets as its tensors show, alpha and dropout as its
-        recorded args say (alpha ``2 r`` and dropout 0 where they say nothing)."""
+        """An adapter checkpoint's settings: ``r`` and the targets as its tensors show, alpha and dropout as
+        its recorded args say (alpha ``2 r`` and dropout 0 where they say nothing)."""
         return cls(r=r, alpha=float(getattr(args, "lora_alpha", None) or 2 * r),
-                   dropout=float(getattr(args, "lora_dropout", None) or 0.0), target_modules=tuple(target_modules))
+                   dropout=float(getattr(args, "lora_dropout", None) or 0.0),
+                   target_modules=tuple(target_modules))
 
     def checkpoint_args(self) -> dict[str, object]:
-        """What a checkpoint holding this adapter records in its args: the flags a launch continuing it passes."""
+        """What a checkpoint holding this adapter records in its args: the flags a launch continuing it
+        passes."""
         return {"lora_r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout,
                 "lora_target_modules": list(self.target_modules)}
 
     @classmethod
     def from_peft_config(cls, config: dict, path: str) -> LoraConfig:
-        """peft's ``adapter_config.json`` (read from ``path``); settings our LoRA does not have are refused."""
+        """peft's ``adapter_config.json`` (read from ``path``); settings our LoRA lacks are refused."""
         _refuse_peft_settings(config, path)
         targets = config.get("target_modules") or []
         targets = [targets] if isinstance(targets, str) else list(targets)
@@ -191,13 +198,16 @@ class LoraConfig:
         for m in modules:
             names = [h.rsplit(".", 1)[1] for h in m.hf]
             if not all(n in targets for n in names):
-                raise LoraError(f"{path}: target_modules adapts {', '.join(n for n in names if n in targets)} "
-                                f"but not all of {', '.join(names)}: megatron's fused {m.name} takes one adapter "
-                                "for all of them; train the adapter on all of them")
+                adapted = ", ".join(n for n in names if n in targets)
+                raise LoraError(f"{path}: target_modules adapts {adapted} but not all of {', '.join(names)}: "
+                                f"megatron's fused {m.name} takes one adapter for all of them; train the "
+                                "adapter on all of them")
         if not isinstance(config.get("r"), int) or config["r"] <= 0:
-            raise LoraError(f"{path}: r is {config.get('r')!r}, not a positive rank: give a peft LoRA adapter folder")
+            raise LoraError(f"{path}: r is {config.get('r')!r}, not a positive rank: give a peft LoRA "
+                            "adapter folder")
         return cls(r=config["r"], alpha=float(config.get("lora_alpha", 8)),
-                   dropout=float(config.get("lora_dropout", 0.0)), target_modules=tuple(m.name for m in modules))
+                   dropout=float(config.get("lora_dropout", 0.0)),
+                   target_modules=tuple(m.name for m in modules))
 
     def to_peft_config(self, base_model: str | None) -> dict:
         """``adapter_config.json`` for peft's LoRA on the HF model (``base_model``: its folder, if known)."""
@@ -214,14 +224,15 @@ class LoraConfig:
 def _refuse_peft_settings(config: dict, path: str) -> None:
     """peft settings our LoRA does not have are refused by name (never silently dropped)."""
     if config.get("peft_type", "LORA") != "LORA":
-        raise LoraError(f"{path}: peft_type {config.get('peft_type')} is not LoRA: only LoRA adapters convert")
-    for key, allowed in (("use_rslora", False), ("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"),
-                         ("lora_bias", False)):
+        raise LoraError(f"{path}: peft_type {config.get('peft_type')} is not LoRA: only LoRA adapters "
+                        "convert")
+    for key, allowed in (("use_rslora", False), ("use_dora", False), ("fan_in_fan_out", False),
+                         ("bias", "none"), ("lora_bias", False)):
         if config.get(key, allowed) != allowed:
             raise LoraError(f"{path}: {key}={config.get(key)!r} is not supported (our LoRA is plain LoRA: "
                             f"{key}={allowed!r})")
     for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform", "layers_pattern",
                 "target_parameters", "trainable_token_indices"):
         if config.get(key):
-            raise LoraError(f"{path}: {key} is set ({config[key]!r}): per-module ranks, extra trained modules "
-                            "and layer subsets are not supported; export a plain adapter")
+            raise LoraError(f"{path}: {key} is set ({config[key]!r}): per-module ranks, extra trained "
+                            "modules and layer subsets are not supported; export a plain adapter")

@@ -1,15 +1,15 @@
 """LoRA adapters on megatron-core's tensor-parallel linear layers, and :func:`apply_lora` (adapt + freeze).
 
-A targeted ``ColumnParallelLinear`` / ``RowParallelLinear`` of the built ``GPTModel`` becomes an instance of a
-subclass that adds ``lora_A`` (r x in) and ``lora_B`` (out x r) and returns ``base(x) + B(A(dropout(x))) *
-alpha / r``, peft's LoRA. The base layer keeps its state-dict keys (``linear_qkv.weight``); the adapter adds
-``linear_qkv.lora_A.weight`` and ``linear_qkv.lora_B.weight``.
+A targeted ``ColumnParallelLinear`` / ``RowParallelLinear`` of the built ``GPTModel`` becomes an instance of
+a subclass that adds ``lora_A`` (r x in) and ``lora_B`` (out x r) and returns ``base(x) + B(A(dropout(x)))
+* alpha / r``, peft's LoRA. The base layer keeps its state-dict keys (``linear_qkv.weight``); the adapter
+adds ``linear_qkv.lora_A.weight`` and ``linear_qkv.lora_B.weight``.
 
-Each rank's A and B come from the whole factors by the TP rule of ``lora/tp.py`` (the one conversion uses).
-The reductions that rule needs (see docs/lora.md):
+Each rank's A and B are cut from the whole factors by the TP rule of ``lora/tp.py`` (the one conversion
+uses). The reductions that rule needs (see docs/lora.md):
 
-- column-parallel layer: ``A x`` is computed on every rank; the gradient flowing back into it is summed over TP
-  (``copy_to_tensor_model_parallel_region``).
+- column-parallel layer: ``A x`` is computed on every rank; the gradient flowing back into it is summed
+  over TP (``copy_to_tensor_model_parallel_region``).
 - row-parallel layer: the rank-r partial products ``A_i x_i`` are summed over TP once (an all-reduce of an
   r-wide tensor) before B, so B sees the full ``A x`` and its gradient needs no reduction.
 
@@ -84,7 +84,8 @@ class LoraColumnParallelLinear:
 
     def forward(self, input_, weight=None, runtime_gather_output=None):
         """The base layer's output plus ``B_i(A(x)) * scaling`` on this rank's output rows."""
-        output, output_bias = super().forward(input_, weight=weight, runtime_gather_output=runtime_gather_output)
+        output, output_bias = super().forward(input_, weight=weight,
+                                              runtime_gather_output=runtime_gather_output)
         m = _tp_mappings()
         h = torch.nn.functional.linear(self._dropout(input_, split_input=self.sequence_parallel),
                                        self.lora_A.weight)
@@ -106,8 +107,9 @@ class LoraRowParallelLinear:
         """The base layer's output plus ``B(sum_i A_i(x_i)) * scaling``."""
         output, output_bias = super().forward(input_)
         m = _tp_mappings()
-        x = input_ if self.input_is_parallel else m.scatter_to_tensor_model_parallel_region(input_,
-                                                                                            group=self.tp_group)
+        x = input_
+        if not self.input_is_parallel:
+            x = m.scatter_to_tensor_model_parallel_region(input_, group=self.tp_group)
         h = torch.nn.functional.linear(self._dropout(x, split_input=True), self.lora_A.weight)
         if self.sequence_parallel:
             h = m.reduce_scatter_to_sequence_parallel_region(h, group=self.tp_group)
@@ -131,7 +133,8 @@ def _mark(param: torch.nn.Parameter, split_dim: int | None, sequence_parallel: b
     """megatron's TP attributes: split along ``split_dim`` or replicated (``sequence_parallel`` then)."""
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
-    set_tensor_model_parallel_attributes(param, split_dim is not None, split_dim if split_dim is not None else -1, 1)
+    split = split_dim is not None
+    set_tensor_model_parallel_attributes(param, split, split_dim if split else -1, 1)
     if split_dim is None and sequence_parallel:
         param.sequence_parallel = True
 
@@ -150,9 +153,8 @@ def adapt_linear(module: torch.nn.Module, name: str, layer_number: int, cfg: Lor
     a, b = shard_adapter(name, whole_a, whole_b, tp)[tp_rank]
     column = is_column_parallel(name)
     module.__class__ = _adapted_class(type(module), column)
-    weight = module.weight
-    module._add_adapter(a.to(device=weight.device, dtype=weight.dtype), b.to(device=weight.device, dtype=weight.dtype),
-                        cfg)
+    like_base = {"device": module.weight.device, "dtype": module.weight.dtype}
+    module._add_adapter(a.to(**like_base), b.to(**like_base), cfg)
     sp = bool(getattr(module, "sequence_parallel", False))
     a_split, b_split = factor_splits(name)
     _mark(module.lora_A.weight, partition_dim(a_split), sp)

@@ -12,7 +12,7 @@ from mindspeed_llm.lora.peft import hf_parts
 class MergedSource:
     """A conversion source whose targeted weights are ``W + B A * scaling`` (peft's merge), in float32.
 
-    Wraps any source with ``layer(layer, mapping)`` (``mapping.mcore``: the weight's key inside a decoder layer).
+    Wraps any source with ``layer(layer, mapping)`` (``mapping.mcore``: the key inside a decoder layer).
     Each HF weight gets its own ``B_x @ A`` as peft computes it (float32, then times the scaling); the writer
     casts the sum to the output dtype once, as peft's in-place ``weight += delta`` does.
     """

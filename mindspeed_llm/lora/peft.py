@@ -1,15 +1,15 @@
-"""peft adapter folders (``adapter_config.json`` + ``adapter_model.safetensors``) <-> megatron's fused adapter.
+"""peft adapter folders (``adapter_config.json``, ``adapter_model.safetensors``) <-> megatron's fused adapter.
 
 Megatron's fused layers carry one adapter each: ``linear_qkv`` one A (r x hidden) and one B over the fused,
-per-query-group interleaved output; ``linear_fc1`` one A and one B over ``[gate; up]``. peft adapts ``q_proj``,
-``k_proj``, ``v_proj`` (``gate_proj``, ``up_proj``) separately. The two forms map exactly in one direction and
-conditionally in the other:
+per-query-group interleaved output; ``linear_fc1`` one A and one B over ``[gate; up]``. peft adapts
+``q_proj``, ``k_proj``, ``v_proj`` (``gate_proj``, ``up_proj``) separately. The two forms map exactly in one
+direction and conditionally in the other:
 
-- export (fused -> separate): ``A_q = A_k = A_v = A`` (rank r each) and B's rows split like the base weight's
-  (de-interleaved); ``B_q A_q`` is exactly the q rows of ``B A``.
+- export (fused -> separate): ``A_q = A_k = A_v = A`` (rank r each) and B's rows split like the base
+  weight's (de-interleaved); ``B_q A_q`` is exactly the q rows of ``B A``.
 - import (separate -> fused): exact when the separate A's are equal (an adapter this tool exported, or one
-  trained with shared A). Different A's would need a rank-3r (block-diagonal) adapter whose training differs
-  from peft's; it is refused with a line that names the fix (merge it into the base with peft's
+  trained with shared A). Different A's would need a rank-3r (block-diagonal) adapter whose training
+  differs from peft's; it is refused with a line that names the fix (merge it into the base with peft's
   ``merge_and_unload`` and convert the merged model).
 
 How the fused rows part is the base weight's layout, which the caller's :class:`FusedRows` knows.
@@ -57,15 +57,16 @@ def write_peft_adapter(adapter: Adapter, rows: FusedRows, folder: str, base_mode
 
 
 def read_peft_adapter(folder: str, num_layers: int, rows: FusedRows) -> Adapter:
-    """A peft LoRA folder -> megatron's fused adapter (refused where the fused form cannot hold it exactly)."""
+    """A peft LoRA folder -> megatron's fused adapter (refused where the fused form cannot hold it
+    exactly); ``num_layers``: the base model's."""
     from safetensors.torch import load_file
 
     config_path = os.path.join(folder, ADAPTER_CONFIG)
     weights_path = os.path.join(folder, ADAPTER_WEIGHTS)
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
-            raise LoraError(f"--lora-load {folder}: {os.path.basename(path)} missing: give a peft adapter folder "
-                            "(PeftModel.save_pretrained)")
+            raise LoraError(f"--lora-load {folder}: {os.path.basename(path)} missing: give a peft adapter "
+                            "folder (PeftModel.save_pretrained)")
     try:
         with open(config_path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -89,10 +90,10 @@ def read_peft_adapter(folder: str, num_layers: int, rows: FusedRows) -> Adapter:
             if any(not torch.equal(a_list[0], a) for a in a_list[1:]):
                 names = "/".join(h.rsplit(".", 1)[1] for h in m.hf)
                 raise LoraError(
-                    f"{weights_path}: layer {layer} {names} have different lora_A matrices; megatron's fused {m.name} "
-                    "shares one A, so this adapter has no exact rank-r form here. Merge it into the base model "
-                    "(peft's merge_and_unload) and convert that, or train it with shared A (an adapter exported by "
-                    "convert_ckpt.py)")
+                    f"{weights_path}: layer {layer} {names} have different lora_A matrices; megatron's fused "
+                    f"{m.name} shares one A, so this adapter has no exact rank-r form here. Merge it into "
+                    "the base model (peft's merge_and_unload) and convert that, or train it with shared A "
+                    "(an adapter exported by convert_ckpt.py)")
             if a_list[0].shape[0] != config.r:
                 raise LoraError(f"{weights_path}: layer {layer} {m.name} has rank {a_list[0].shape[0]}, the "
                                 f"config says r={config.r}")

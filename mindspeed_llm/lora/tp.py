@@ -1,10 +1,11 @@
 """The one tensor-parallel rule for LoRA factors: the layers (``lora/layers.py``) build each rank's A and B
 with it, and conversion shards and merges adapter checkpoints with it.
 
-- column-parallel layer (``linear_qkv``, ``linear_fc1``): A (r x in) is whole on every TP rank; B (out x r) is
-  split like the layer's output rows, in the base weight's per-rank order (``linear_qkv``: contiguous blocks of
-  whole query groups, its rows being interleaved per group; ``linear_fc1``: ``[gate_i; up_i]``).
-- row-parallel layer (``linear_proj``, ``linear_fc2``): A is split like the layer's input columns; B is whole.
+- column-parallel layer (``linear_qkv``, ``linear_fc1``): A (r x in) is whole on every TP rank; B (out x r)
+  is split like the layer's output rows, in the base weight's per-rank order (``linear_qkv``: contiguous
+  blocks of whole query groups, its rows being interleaved per group; ``linear_fc1``: ``[gate_i; up_i]``).
+- row-parallel layer (``linear_proj``, ``linear_fc2``): A is split like the layer's input columns; B is
+  whole.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class FactorSplit(Enum):
 
 
 COLUMN_PARALLEL = ("linear_qkv", "linear_fc1")  # the others (linear_proj, linear_fc2) are row-parallel
-# How megatron-core splits each base weight: column-parallel ones by output rows, row-parallel by input columns.
+# How megatron-core splits each base weight: column-parallel by output rows, row-parallel by input columns.
 _BASE_SPLIT = {"linear_qkv": FactorSplit.ROWS, "linear_fc1": FactorSplit.GATE_UP_ROWS,
                "linear_proj": FactorSplit.COLUMNS, "linear_fc2": FactorSplit.COLUMNS}
 
@@ -75,13 +76,16 @@ def _unshard(split: FactorSplit, parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
 
 
-def shard_adapter(module: str, a: torch.Tensor, b: torch.Tensor, tp: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+Pair = tuple[torch.Tensor, torch.Tensor]  # (A, B)
+
+
+def shard_adapter(module: str, a: torch.Tensor, b: torch.Tensor, tp: int) -> list[Pair]:
     """Whole A, B of one adapted layer -> the ``tp`` rank-local ``(A_i, B_i)`` pairs."""
     a_split, b_split = factor_splits(module)
     return list(zip(_shard(a_split, a, tp), _shard(b_split, b, tp)))
 
 
-def unshard_adapter(module: str, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def unshard_adapter(module: str, pairs: list[Pair]) -> Pair:
     """Inverse of :func:`shard_adapter`: the rank-local pairs, in TP rank order -> whole A, B."""
     a_split, b_split = factor_splits(module)
     return _unshard(a_split, [p[0] for p in pairs]), _unshard(b_split, [p[1] for p in pairs])

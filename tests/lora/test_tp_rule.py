@@ -1,6 +1,6 @@
-"""The one TP rule for LoRA factors (lora/tp.py): the layers build each rank's A and B with it and conversion
-shards and merges adapter checkpoints with it, and the factor that follows the base layer's split is cut exactly
-as the converter cuts the base weight.
+"""The one TP rule for LoRA factors (lora/tp.py): the layers build each rank's A and B with it and
+conversion shards and merges adapter checkpoints with it, and the factor that follows the base layer's split
+is cut exactly as the converter cuts the base weight.
 
 The rule against peft end to end, at TP2: tests/models/test_lora.py's
 test_first_step_loss_and_gradients_equal_peft[2-1] (a peft adapter sharded by conversion, loaded strictly into
@@ -40,8 +40,8 @@ def test_shard_then_unshard_gives_the_whole_factors_back(module, tp):
 
 @pytest.mark.parametrize("tp", [2, 4])
 def test_the_split_factor_is_cut_as_the_converter_cuts_the_base_weight(tp):
-    """Column-parallel layers: B's rank rows are the base weight's rank rows (B A has the base's output rows);
-    row-parallel: A's rank columns are the base weight's rank columns. The whole factor is whole everywhere."""
+    """Column-parallel layers: B's rank rows are the base weight's rank rows (B A has the base's output
+    rows); row-parallel: A's rank columns are the base weight's. The other factor is whole everywhere."""
     base_split = {m.mcore: m.split for m in LLAMA_LIKE_LAYER}
     for module, lm in LORA_MODULES.items():
         n_in, n_out = SHAPES[module]

@@ -238,7 +238,7 @@ def test_import_refuses_separate_a_matrices_and_partial_targets(tmp_path):
     key = "base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight"
     weights[key] = weights[key] + 1.0
     save_file(weights, str(adapter / "adapter_model.safetensors"))
-    with pytest.raises(LoraError, match=r"layer 1 q_proj/k_proj/v_proj have different lora_A.*merge_and_unload"):
+    with pytest.raises(LoraError, match=r"layer 1 q_proj/k_proj/v_proj have different lora_A.*merge_and"):
         _convert(hf, tmp_path / "mg", load_model_type="hf", save_model_type="mg", lora_load=str(adapter))
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["target_modules"] = ["q_proj", "o_proj"]
