@@ -63,9 +63,9 @@ def memory_worker(lora: bool, seq: int) -> dict:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    from mindspeed_llm.lora import LoraConfig, apply_lora
     from mindspeed_llm.models import build_gpt_model
     from mindspeed_llm.models.families import ModelConfig
-    from mindspeed_llm.models.lora import LoraConfig, apply_lora
     from tests.ops.megatron_env import single_process_model_parallel
 
     with single_process_model_parallel():

@@ -19,7 +19,8 @@ from mindspeed_llm.checkpoint.errors import (
     check_load_dir,
 )
 from mindspeed_llm.console import print_error
-from mindspeed_llm.models.names import LORA_TARGET_MODULES, MODEL_TYPE_HF_CHOICES
+from mindspeed_llm.lora.config import LoraError, add_lora_flags, check_lora_flags, recorded_flags_given
+from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
 from mindspeed_llm.signals import Terminated, exit_on_signals, exit_status
 
 if TYPE_CHECKING:
@@ -91,16 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-tolerance", type=float, default=1e-4)
     p.add_argument("--verify-tokens", type=int, default=16)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--lora-load", default=None,
-                   help="LoRA adapter: hf->mg a peft adapter folder (written beside the base weights); mg->hf / mg->mg "
-                        "a Megatron adapter checkpoint (a LoRA run's --save; default: the adapter inside --load-dir)")
-    p.add_argument("--save-lora-to-hf", action="store_true",
-                   help="mg->hf: write only the adapter, as a peft folder (without it: merged HF weights)")
-    p.add_argument("--lora-r", type=int, default=None,
-                   help="checked against the adapter checkpoint, which records it (MindSpeed's scripts pass it)")
-    p.add_argument("--lora-alpha", type=float, default=None, help="checked against the adapter checkpoint")
-    p.add_argument("--lora-target-modules", nargs="+", default=None, choices=LORA_TARGET_MODULES,
-                   help="checked against the adapter checkpoint")
+    add_lora_flags(p, converter=True)
     return p
 
 
@@ -135,9 +127,7 @@ def options_from_args(args: argparse.Namespace):
         progress=not args.no_progress,
         lora_load=args.lora_load,
         save_lora_to_hf=args.save_lora_to_hf,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_target_modules=tuple(args.lora_target_modules) if args.lora_target_modules else None,
+        lora_expected=recorded_flags_given(args),
     )
 
 
@@ -155,20 +145,6 @@ def check_verify_length(opts: ConvertOptions, tokens: int) -> None:
     cfg.check_sequence_length(tokens, "--verify-tokens")
 
 
-def check_lora_flags(args: argparse.Namespace) -> None:
-    """--lora-load names a folder; --save-lora-to-hf is an mg->hf option."""
-    if args.save_lora_to_hf and (args.load_model_type, args.save_model_type) != ("mg", "hf"):
-        raise CheckpointError("--save-lora-to-hf writes a peft adapter from a Megatron checkpoint: use it with "
-                              "--load-model-type mg --save-model-type hf")
-    given = [f for f, v in (("--lora-r", args.lora_r), ("--lora-alpha", args.lora_alpha),
-                            ("--lora-target-modules", args.lora_target_modules)) if v is not None]
-    if given and args.load_model_type != "mg":
-        raise CheckpointError(f"{' '.join(given)}: a peft adapter folder records these; drop them for hf->mg")
-    if args.lora_load and not os.path.isdir(args.lora_load):
-        raise CheckpointError(f"--lora-load {args.lora_load} is not a folder: give a peft adapter folder (hf->mg) or "
-                              "a LoRA run's --save folder (mg->hf, mg->mg)")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run a conversion; exit 0 done, 1 verification failed or the output could not be written, 2 bad
     input, 3 --verify could not run, 130 Ctrl-C, 143 SIGTERM (one line on stderr, never a traceback)."""
@@ -176,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     with exit_on_signals():
         try:
             check_load_dir(args.load_dir, args.load_model_type)  # before the heavy imports: a typo answers at once
-            check_lora_flags(args)
+            check_lora_flags(args, converter=True)
             import mindspeed_llm
             from mindspeed_llm.models.families import UnsupportedModelError
 
             mindspeed_llm.apply_base_patches()
-        except CheckpointError as exc:
+        except (CheckpointError, LoraError) as exc:
             print_error(str(exc))
             return 2
         except (KeyboardInterrupt, Terminated) as exc:
@@ -199,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 from mindspeed_llm.checkpoint.verify import verify_after_convert
 
                 verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
-        except (CheckpointError, UnsupportedModelError) as exc:
+        except (CheckpointError, LoraError, UnsupportedModelError) as exc:
             print_error(str(exc))
             return 2
         except (VerificationError, OutputWriteError) as exc:

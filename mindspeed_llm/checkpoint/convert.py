@@ -6,7 +6,8 @@ import argparse
 import copy
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -14,21 +15,13 @@ from tqdm import tqdm
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError
 from mindspeed_llm.checkpoint.hf_io import HfShardWriter, copy_tokenizer_files
-from mindspeed_llm.checkpoint.lora import (
-    ADAPTER_CONFIG,
-    MergedSource,
-    adapter_stage_tensors,
-    check_not_adapter_only,
-    read_mg_adapter,
-    read_peft_adapter,
-    write_peft_adapter,
-)
 from mindspeed_llm.checkpoint.mapping import (
     EMBEDDING,
     FINAL_NORM,
     LAYER_EXTRA_STATES,
     OUTPUT_EXTRA_STATE,
     OUTPUT_LAYER,
+    hf_to_mcore,
     layer_mappings,
     layers_per_stage,
     mcore_to_hf,
@@ -48,6 +41,11 @@ from mindspeed_llm.checkpoint.target import (
     mark_hf_export,
     staging_dir,
 )
+from mindspeed_llm.lora.adapter import Adapter, AdapterCollector
+from mindspeed_llm.lora.config import check_recorded
+from mindspeed_llm.lora.keys import holds_adapter, holds_only_adapter
+from mindspeed_llm.lora.merge import MergedSource
+from mindspeed_llm.lora.peft import ADAPTER_CONFIG, read_peft_adapter, write_peft_adapter
 from mindspeed_llm.models.families import (
     ModelConfig,
     check_model_type_hf,
@@ -84,9 +82,9 @@ class ConvertOptions:
     progress: bool = True
     lora_load: str | None = None  # --lora-load: hf->mg a peft adapter folder; mg->* a Megatron adapter checkpoint
     save_lora_to_hf: bool = False  # --save-lora-to-hf: mg->hf writes the adapter as a peft folder
-    lora_r: int | None = None  # --lora-r, --lora-alpha, --lora-target-modules: checked against the adapter
-    lora_alpha: float | None = None
-    lora_target_modules: tuple[str, ...] | None = None
+    # --lora-r / --lora-alpha / --lora-target-modules as given, by LoraConfig field: checked against the
+    # adapter (mindspeed_llm.lora.config.check_recorded)
+    lora_expected: dict[str, object] = field(default_factory=dict)
 
 
 # ---- checks shared by every direction ------------------------------------------------------------------
@@ -219,13 +217,13 @@ def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int]
         for sd in shards:
             sd[OUTPUT_EXTRA_STATE] = None
     if adapter is not None:  # LoRA tensors keep their own dtype (an fp32 adapter on a bf16 base stays fp32)
-        for sd, extra in zip(shards, adapter_stage_tensors(adapter, stage_layers(counts, pp_rank), tp)):
+        for sd, extra in zip(shards, adapter.stage_tensors(stage_layers(counts, pp_rank), tp)):
             sd.update(extra)
     return shards
 
 
 def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration: int | str,
-                   base_args: argparse.Namespace | None = None, adapter=None) -> str:
+                   base_args: argparse.Namespace | None = None, adapter: Adapter | None = None) -> str:
     """Write ``source`` as a legacy Megatron checkpoint at ``opts.save_dir``; returns the folder."""
     tp, pp = opts.target_tp, opts.target_pp
     counts = check_parallel(cfg, tp, pp, opts.num_layer_list)
@@ -234,8 +232,7 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
     cfg = cfg.replace(params_dtype=dtype)
     args = make_checkpoint_args(cfg, tp=tp, pp=pp, counts=counts, padded=padded, opts=opts, base=base_args)
     if adapter is not None:  # what a launch continuing this adapter passes (docs/lora.md)
-        args.lora_r, args.lora_alpha, args.lora_dropout = adapter.r, adapter.alpha, adapter.dropout
-        args.lora_target_modules = list(adapter.target_modules)
+        vars(args).update(adapter.config.checkpoint_args())
     check_target(opts, opts.save_dir, "mg")
     with staging_dir(opts.save_dir) as tmp:
         for pp_rank in range(pp):
@@ -307,7 +304,8 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
     source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
     check_model_type_hf(opts.model_type_hf, source.cfg)
     try:
-        adapter = read_peft_adapter(opts.lora_load, source.cfg) if opts.lora_load else None
+        rows = BaseRows(source.cfg)
+        adapter = read_peft_adapter(opts.lora_load, source.cfg.num_layers, rows) if opts.lora_load else None
         return write_megatron(source, source.cfg, opts, iteration=HF_TO_MG_ITERATION, adapter=adapter)
     finally:
         source.close()
@@ -381,7 +379,7 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
                                       "tensors: give the adapter checkpoint with --lora-load")
             return write_peft_folder(adapter, source.cfg, target, opts, hf_dir)
         if adapter is not None:
-            source = MergedSource(source, adapter)  # merged weights, in the base model's dtype
+            source = MergedSource(source, adapter, BaseRows(source.cfg))  # merged, in the base's dtype
             marker["lora_load"] = os.path.abspath(opts.lora_load or opts.load_dir)
         return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, max_shard_size=opts.max_shard_size,
                         progress=opts.progress, marker=marker)
@@ -389,7 +387,7 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
         source.close()
 
 
-def mg_adapter(source, opts: ConvertOptions):
+def mg_adapter(source, opts: ConvertOptions) -> Adapter | None:
     """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or None)."""
     adapter = None
     if opts.lora_load:
@@ -399,18 +397,78 @@ def mg_adapter(source, opts: ConvertOptions):
                                   "of a LoRA run")
     elif isinstance(source, MgSource):
         adapter = read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
-    where = opts.lora_load or opts.load_dir
-    for flag, given, recorded in (("--lora-r", opts.lora_r, adapter and adapter.r),
-                                  ("--lora-alpha", opts.lora_alpha, adapter and adapter.alpha),
-                                  ("--lora-target-modules", opts.lora_target_modules and sorted(opts.lora_target_modules),
-                                   adapter and sorted(adapter.target_modules))):
-        if given is not None and given != recorded:
-            raise CheckpointError(f"{flag} {given} contradicts the adapter in {where} ({recorded if adapter else 'none'}): "
-                                  "drop the flag (the checkpoint records it) or point --lora-load at the right adapter")
+    check_recorded(opts.lora_expected, adapter and adapter.config, opts.lora_load or opts.load_dir)
     return adapter
 
 
-def write_peft_folder(adapter, cfg: ModelConfig, target: str, opts: ConvertOptions, hf_dir: str | None) -> str:
+def _chunks(state: dict, path: str) -> list[str]:
+    """The model entries of a rank file: ``model``, or ``model0``, ``model1``, ... per virtual stage."""
+    if "model" in state:
+        return ["model"]
+    keys = sorted((k for k in state if re.fullmatch(r"model\d+", k)), key=lambda k: int(k[5:]))
+    if not keys:
+        raise DamagedCheckpointError(f"{path}: no 'model' (nor model0, model1, ...) entry")
+    return keys
+
+
+def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None = None) -> Adapter | None:
+    """The adapter held by a Megatron checkpoint folder (a --lora-ckpt-filter save or a full one), merged over
+    TP and PP by the LoRA package; None when the folder holds no adapter tensors."""
+    iteration = layout.read_tracker(root) if iteration is None else iteration
+    tp, pp = layout.parallel_sizes(root, iteration)
+    first = layout.load_rank_state(root, iteration, 0, 0, pp)
+    chunk_keys = _chunks(first, layout.checkpoint_file_for(root, iteration, 0, 0, pp))
+    if not any(isinstance(first.get(key), dict) and holds_adapter(first[key]) for key in chunk_keys):
+        return None  # adapters sit in every layer: none in the first rank file means none at all
+    collector = AdapterCollector(tp, root)
+    for stage in range(pp * len(chunk_keys)):
+        pp_rank, key = stage % pp, chunk_keys[stage // pp]
+        states = []
+        for t in range(tp):
+            sd = layout.load_rank_state(root, iteration, t, pp_rank, pp).get(key)
+            if not isinstance(sd, dict):
+                path = layout.checkpoint_file_for(root, iteration, t, pp_rank, pp)
+                raise DamagedCheckpointError(f"{path}: no '{key}' state dict")
+            states.append(sd)
+        collector.add_stage(states)
+    return collector.adapter(cfg.num_layers, first.get("args"))
+
+
+def check_not_adapter_only(root: str, iteration: int | str | None = None) -> None:
+    """A --load-dir holding only adapter tensors (a --lora-ckpt-filter save) is no base: say what to pass."""
+    if not os.path.isfile(os.path.join(root, layout.TRACKER_FILENAME)) and iteration is None:
+        return  # not a legacy checkpoint folder: its reader names the problem
+    try:
+        iteration = layout.read_tracker(root) if iteration is None else iteration
+        found = layout.list_rank_dirs(root, iteration)
+        state = layout.load_rank_file(found[min(found)], mmap=True) if found else {}
+    except CheckpointError:
+        return  # the reader reports it
+    models = [sd for name, sd in state.items() if name.startswith("model") and isinstance(sd, dict)]
+    if models and all(holds_only_adapter(sd) for sd in models):
+        raise CheckpointError(f"--load-dir {root} holds only LoRA adapter tensors (saved with "
+                              "--lora-ckpt-filter): pass the base model's checkpoint as --load-dir and this "
+                              "folder as --lora-load")
+
+
+class BaseRows:
+    """The base weights' row layout (this mapping's transforms), which the LoRA package's fused B's follow."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self._rows = {m.mcore: m for m in layer_mappings(cfg)}
+
+    def split(self, weight_key: str, fused: torch.Tensor) -> list[torch.Tensor]:
+        """Fused rows -> one tensor per HF module."""
+        return mcore_to_hf(self._rows[weight_key], fused, self.cfg)
+
+    def join(self, weight_key: str, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`split`."""
+        return hf_to_mcore(self._rows[weight_key], parts, self.cfg)
+
+
+def write_peft_folder(adapter: Adapter, cfg: ModelConfig, target: str, opts: ConvertOptions,
+                      hf_dir: str | None) -> str:
     """--save-lora-to-hf: a peft adapter folder (adapter_config.json, adapter_model.safetensors)."""
     if os.path.isdir(target) and os.listdir(target):
         if not (opts.overwrite and os.path.isfile(os.path.join(target, ADAPTER_CONFIG))
@@ -418,7 +476,7 @@ def write_peft_folder(adapter, cfg: ModelConfig, target: str, opts: ConvertOptio
             raise CheckpointError(f"--save-dir {target} is not empty: give a new folder (or --overwrite to replace "
                                   "an adapter this tool exported)")
     with staging_dir(target) as tmp:
-        write_peft_adapter(adapter, cfg, tmp, os.path.abspath(hf_dir) if hf_dir else None)
+        write_peft_adapter(adapter, BaseRows(cfg), tmp, os.path.abspath(hf_dir) if hf_dir else None)
         with open(os.path.join(tmp, EXPORT_MARKER), "w", encoding="utf-8") as f:
             json.dump({"load_dir": os.path.abspath(opts.load_dir), "lora_load": opts.lora_load}, f)
     return os.path.abspath(target)

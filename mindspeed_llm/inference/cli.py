@@ -41,9 +41,9 @@ def model_provider(args: argparse.Namespace, model_config, pre_process: bool, po
     model = build_gpt_model(model_config, padded_vocab_size=args.padded_vocab_size, pre_process=pre_process,
                             post_process=post_process, transformer_config=config,
                             max_sequence_length=args.max_position_embeddings)
-    from mindspeed_llm.models.lora import apply_lora, lora_config_from_args
+    from mindspeed_llm.lora import LoraConfig, apply_lora
 
-    lora = lora_config_from_args(args)  # --lora-*: the adapter --lora-load (or --load) holds is applied
+    lora = LoraConfig.from_args(args)  # --lora-*: the adapter --lora-load (or --load) holds is applied
     if lora is not None:
         apply_lora(model, lora)
     return model.eval()

@@ -8,7 +8,6 @@ import importlib
 _EXPORTS = {
     "build_gpt_model": "builder", "FAMILIES": "families", "FamilySpec": "families", "ModelConfig": "families",
     "UnsupportedModelError": "families", "pipeline_layout": "families",
-    "LoraConfig": "lora", "apply_lora": "lora",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,7 +24,7 @@ from typing import Any
 
 from mindspeed_llm.console import launch_rank, print_error
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
-from mindspeed_llm.models.names import LORA_TARGET_MODULES
+from mindspeed_llm.lora.config import LoraError, add_lora_flags, check_lora_flags
 
 
 class ArgumentError(ValueError):
@@ -261,17 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the model's settings from the --load checkpoint's args")
     g.add_argument("--ckpt-step", type=int, default=None, help="load this iteration instead of the tracker's")
 
-    g = p.add_argument_group("LoRA (docs/lora.md)")
-    g.add_argument("--lora-target-modules", nargs="+", default=[], choices=LORA_TARGET_MODULES,
-                   help="add LoRA adapters to these linear layers and freeze every other weight")
-    g.add_argument("--lora-r", type=int, default=16, help="LoRA rank (16)")
-    g.add_argument("--lora-alpha", type=float, default=32, help="LoRA alpha; the adapter is scaled by alpha / r (32)")
-    g.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapter's input (0.0)")
-    g.add_argument("--lora-load", default=None,
-                   help="an adapter checkpoint (a --save folder of a LoRA run): --load gives the base weights, "
-                        "this folder the adapter, optimizer, scheduler and iteration")
-    g.add_argument("--lora-ckpt-filter", action="store_true",
-                   help="--save writes only the adapter tensors (plus optimizer, scheduler, RNG, iteration)")
+    add_lora_flags(p)
 
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=100)
@@ -565,29 +555,11 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
 
 
 def _check_lora(args: argparse.Namespace) -> None:
-    """The LoRA flags against each other (--lora-* without --lora-target-modules would do nothing)."""
-    if not args.lora_target_modules:
-        given = [flag for flag, on in (("--lora-load", args.lora_load), ("--lora-ckpt-filter", args.lora_ckpt_filter))
-                 if on]
-        if given:
-            raise ArgumentError(f"{' '.join(given)} without --lora-target-modules: name the adapted layers, e.g. "
-                                "--lora-target-modules linear_qkv linear_proj linear_fc1 linear_fc2")
-        return
-    if args.lora_r <= 0:
-        raise ArgumentError(f"--lora-r must be positive, got {args.lora_r}")
-    if args.lora_alpha <= 0:
-        raise ArgumentError(f"--lora-alpha must be positive, got {args.lora_alpha}")
-    if not 0.0 <= args.lora_dropout < 1.0:
-        raise ArgumentError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
-    if args.ckpt_format != "torch":
-        raise ArgumentError(f"--lora-target-modules with --ckpt-format {args.ckpt_format}: LoRA checkpoints use "
-                            "the legacy layout; use --ckpt-format torch")
-    if args.lora_load and not args.load:
-        raise ArgumentError(f"--lora-load {args.lora_load} needs --load BASE (the base model's checkpoint)")
-    same_as_save = bool(args.save) and os.path.realpath(args.lora_load or "") == os.path.realpath(args.save)
-    if args.lora_load and not os.path.isdir(args.lora_load) and not same_as_save:
-        raise ArgumentError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run (or "
-                            "the same folder as --save, to start a new adapter there and resume it on a relaunch)")
+    """The LoRA flags (the lora package's rules), refused as any other flag is."""
+    try:
+        check_lora_flags(args)
+    except LoraError as exc:
+        raise ArgumentError(str(exc)) from None
 
 
 # ---- paths: checked before the process group and the heavy imports -------------------------------------------

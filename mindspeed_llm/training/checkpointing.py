@@ -361,7 +361,7 @@ def _unwrap(chunk):
 
 def _model_state(model: list, adapter_only: bool = False) -> dict:
     """``model`` (or ``model0..`` per virtual stage) state dicts; ``adapter_only``: the LoRA tensors alone."""
-    from mindspeed_llm.models.lora import lora_state_dict
+    from mindspeed_llm.lora.keys import lora_state_dict
 
     def one(chunk) -> dict:
         sd = _unwrap(chunk).state_dict()
@@ -702,7 +702,7 @@ def _with_adapter(chunk, weights: dict, path: str, adapter: tuple[str, dict] | N
     The adapter comes from --lora-load's file, else from --load's own file when it holds one (a full
     LoRA checkpoint), else it keeps its initial values (a base checkpoint: the adapter starts fresh).
     """
-    from mindspeed_llm.models.lora import is_lora_key
+    from mindspeed_llm.lora.keys import is_lora_key
 
     if not isinstance(weights, dict):
         return weights  # _load_weights names the problem
@@ -726,7 +726,7 @@ def _with_adapter(chunk, weights: dict, path: str, adapter: tuple[str, dict] | N
 
 def _check_lora_alpha(args: argparse.Namespace, source: tuple[str, dict]) -> None:
     """An adapter trained with another --lora-alpha would load and silently scale differently: refuse it."""
-    from mindspeed_llm.models.lora import is_lora_key
+    from mindspeed_llm.lora.keys import is_lora_key
 
     path, state = source
     recorded = getattr(state.get("args"), "lora_alpha", None)

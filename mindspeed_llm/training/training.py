@@ -143,9 +143,9 @@ def get_model(model_provider: Callable, args: argparse.Namespace) -> list:
 
 def add_lora_adapters(chunks: list, args: argparse.Namespace) -> None:
     """--lora-target-modules: adapters on the named linear layers, every other weight frozen (before DDP)."""
-    from mindspeed_llm.models.lora import apply_lora, lora_config_from_args
+    from mindspeed_llm.lora import LoraConfig, apply_lora
 
-    cfg = lora_config_from_args(args)
+    cfg = LoraConfig.from_args(args)
     if cfg is None:
         return
     for chunk in chunks:

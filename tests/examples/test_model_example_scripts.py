@@ -148,8 +148,9 @@ def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path
                 os.environ.pop(key)
         assert (export.load_model_type, export.save_model_type) == ("mg", "hf")
         assert Path(export.load_dir) == Path(args.load) and Path(export.lora_load) == Path(args.save)
-        assert (export.lora_r, export.lora_alpha) == (args.lora_r, args.lora_alpha)
-        assert sorted(export.lora_target_modules) == sorted(args.lora_target_modules)
+        expected = export.lora_expected  # what the export checks against the adapter it reads
+        assert (expected["r"], expected["alpha"]) == (args.lora_r, args.lora_alpha)
+        assert sorted(expected["target_modules"]) == sorted(args.lora_target_modules)
         assert export.save_lora_to_hf == bool(env)
 
 

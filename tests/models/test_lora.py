@@ -21,6 +21,7 @@ from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.checkpoint.mapping import qkv_interleave
+from mindspeed_llm.lora.config import LoraError
 from mindspeed_llm.models.families import ModelConfig
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 from tests.conftest import REPO_ROOT, torchrun
@@ -110,7 +111,8 @@ def _fused_reference(grads: dict, cfg: ModelConfig, layer: int) -> dict[str, tor
 
 def _merged_over_tp(out: Path, name: str, tp: int, pp: int) -> dict[str, torch.Tensor]:
     """Every rank's LoRA gradients merged into whole tensors by the TP rule (A/B split or whole)."""
-    from mindspeed_llm.checkpoint.lora import LORA_MODULES, unshard_adapter
+    from mindspeed_llm.lora.keys import LORA_MODULES
+    from mindspeed_llm.lora.tp import unshard_adapter
 
     by_module = {m.mcore: m.name for m in LORA_MODULES.values()}
     merged: dict[str, torch.Tensor] = {}
@@ -192,9 +194,9 @@ def test_exported_peft_adapter_gives_our_logits_and_merged_export_equals_peft_me
     _assert_merged_equal(merged, peft_model.merge_and_unload())
     with pytest.raises(CheckpointError, match="holds only LoRA adapter tensors.*--lora-load"):
         _convert(lora_runs["save_a"], tmp / "x", load_model_type="mg", save_model_type="hf")
-    with pytest.raises(CheckpointError, match="--lora-r 8 contradicts the adapter"):
+    with pytest.raises(LoraError, match="--lora-r 8 contradicts the adapter"):
         _convert(Path(lora_runs["mg"][2, 1]), tmp / "y", load_model_type="mg", save_model_type="hf",
-                 lora_load=str(lora_runs["save_a"]), lora_r=8)
+                 lora_load=str(lora_runs["save_a"]), lora_expected={"r": 8})
 
 
 def _assert_merged_equal(folder: str, reference) -> None:
@@ -236,12 +238,12 @@ def test_import_refuses_separate_a_matrices_and_partial_targets(tmp_path):
     key = "base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight"
     weights[key] = weights[key] + 1.0
     save_file(weights, str(adapter / "adapter_model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"layer 1 q_proj/k_proj/v_proj have different lora_A.*merge_and_unload"):
+    with pytest.raises(LoraError, match=r"layer 1 q_proj/k_proj/v_proj have different lora_A.*merge_and"):
         _convert(hf, tmp_path / "mg", load_model_type="hf", save_model_type="mg", lora_load=str(adapter))
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["target_modules"] = ["q_proj", "o_proj"]
     (adapter / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="adapts q_proj but not all of q_proj, k_proj, v_proj"):
+    with pytest.raises(LoraError, match="adapts q_proj but not all of q_proj, k_proj, v_proj"):
         _convert(hf, tmp_path / "mg2", load_model_type="hf", save_model_type="mg", lora_load=str(adapter))
     assert not (tmp_path / "mg").exists() and not (tmp_path / "mg2").exists()
 

@@ -1,22 +1,20 @@
-"""LoRA adapters on megatron-core's tensor-parallel linear layers (``--lora-r`` and friends).
+"""LoRA adapters on megatron-core's tensor-parallel linear layers, and :func:`apply_lora` (adapt + freeze).
 
-A targeted ``ColumnParallelLinear`` / ``RowParallelLinear`` of the built ``GPTModel`` becomes an
-instance of a subclass that adds ``lora_A`` (r x in) and ``lora_B`` (out x r) and returns
-``base(x) + B(A(dropout(x))) * alpha / r``, peft's LoRA. The base layer keeps its state-dict keys
-(``linear_qkv.weight``); the adapter adds ``linear_qkv.lora_A.weight`` and ``linear_qkv.lora_B.weight``.
+A targeted ``ColumnParallelLinear`` / ``RowParallelLinear`` of the built ``GPTModel`` becomes an instance of
+a subclass that adds ``lora_A`` (r x in) and ``lora_B`` (out x r) and returns ``base(x) + B(A(dropout(x)))
+* alpha / r``, peft's LoRA. The base layer keeps its state-dict keys (``linear_qkv.weight``); the adapter
+adds ``linear_qkv.lora_A.weight`` and ``linear_qkv.lora_B.weight``.
 
-Tensor parallelism (the rule, see docs/lora.md):
+Each rank's A and B are cut from the whole factors by the TP rule of ``lora/tp.py`` (the one conversion
+uses). The reductions that rule needs (see docs/lora.md):
 
-- column-parallel layer (``linear_qkv``, ``linear_fc1``): A is whole on every TP rank, B is split like
-  the layer's output rows, in the same per-rank order as the base weight (``linear_qkv`` interleaved
-  per query group, ``linear_fc1`` as ``[gate_i; up_i]``). ``A x`` is computed on every rank; the
-  gradient flowing back into it is summed over TP (``copy_to_tensor_model_parallel_region``).
-- row-parallel layer (``linear_proj``, ``linear_fc2``): A is split like the layer's input columns,
-  B is whole. The rank-r partial products ``A_i x_i`` are summed over TP once (an all-reduce of an
+- column-parallel layer: ``A x`` is computed on every rank; the gradient flowing back into it is summed
+  over TP (``copy_to_tensor_model_parallel_region``).
+- row-parallel layer: the rank-r partial products ``A_i x_i`` are summed over TP once (an all-reduce of an
   r-wide tensor) before B, so B sees the full ``A x`` and its gradient needs no reduction.
 
 With ``--sequence-parallel`` the all-reduces become megatron's all-gather / reduce-scatter along the
-sequence, and the replicated factor (column A, row B) is marked ``sequence_parallel`` so that
+sequence, and the whole factor (column A, row B) is marked ``sequence_parallel`` so that
 ``finalize_model_grads`` sums its gradient over TP, as it does for the norms.
 """
 
@@ -24,50 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 
 import torch
 
-from mindspeed_llm.models.names import LORA_TARGET_MODULES as TARGET_MODULES
-
-COLUMN_MODULES = ("linear_qkv", "linear_fc1")
-LORA_KEY = ".lora_"  # every adapter tensor's state-dict key holds it
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-target-modules``."""
-
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = TARGET_MODULES
-    seed: int = 1234  # the adapter's initial A is drawn from (seed, global layer, module): same at any TP/PP
-
-    @property
-    def scaling(self) -> float:
-        """peft's ``lora_alpha / r`` (no rsLoRA)."""
-        return self.alpha / self.r
+from mindspeed_llm.lora.config import LoraConfig
+from mindspeed_llm.lora.keys import is_lora_key
+from mindspeed_llm.lora.tp import factor_splits, is_column_parallel, partition_dim, shard_adapter
 
 
-def lora_config_from_args(args) -> LoraConfig | None:
-    """The run's LoraConfig, or None without ``--lora-target-modules``."""
-    targets = getattr(args, "lora_target_modules", None)
-    if not targets:
-        return None
-    return LoraConfig(r=args.lora_r, alpha=float(args.lora_alpha), dropout=args.lora_dropout,
-                      target_modules=tuple(targets), seed=args.seed)
+def initial_a(shape: tuple[int, int], seed: int, layer: int, module: str) -> torch.Tensor:
+    """peft's default A (kaiming-uniform with a=sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), whole, float32.
 
-
-def is_lora_key(key: str) -> bool:
-    """True for an adapter tensor's state-dict key."""
-    return LORA_KEY in key
-
-
-def _initial_a(shape: tuple[int, int], seed: int, layer: int, module: str) -> torch.Tensor:
-    """peft's default A (kaiming-uniform with a=sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), full size, float32.
-
-    Drawn from its own generator seeded by (seed, layer, module), so every TP/PP layout starts alike.
+    Drawn from its own generator seeded by (seed, global layer, module), so every TP/PP layout starts alike.
     """
     digest = hashlib.sha256(f"{seed}/{layer}/{module}".encode()).digest()
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
@@ -118,7 +84,8 @@ class LoraColumnParallelLinear:
 
     def forward(self, input_, weight=None, runtime_gather_output=None):
         """The base layer's output plus ``B_i(A(x)) * scaling`` on this rank's output rows."""
-        output, output_bias = super().forward(input_, weight=weight, runtime_gather_output=runtime_gather_output)
+        output, output_bias = super().forward(input_, weight=weight,
+                                              runtime_gather_output=runtime_gather_output)
         m = _tp_mappings()
         h = torch.nn.functional.linear(self._dropout(input_, split_input=self.sequence_parallel),
                                        self.lora_A.weight)
@@ -140,8 +107,9 @@ class LoraRowParallelLinear:
         """The base layer's output plus ``B(sum_i A_i(x_i)) * scaling``."""
         output, output_bias = super().forward(input_)
         m = _tp_mappings()
-        x = input_ if self.input_is_parallel else m.scatter_to_tensor_model_parallel_region(input_,
-                                                                                            group=self.tp_group)
+        x = input_
+        if not self.input_is_parallel:
+            x = m.scatter_to_tensor_model_parallel_region(input_, group=self.tp_group)
         h = torch.nn.functional.linear(self._dropout(x, split_input=True), self.lora_A.weight)
         if self.sequence_parallel:
             h = m.reduce_scatter_to_sequence_parallel_region(h, group=self.tp_group)
@@ -165,34 +133,32 @@ def _mark(param: torch.nn.Parameter, split_dim: int | None, sequence_parallel: b
     """megatron's TP attributes: split along ``split_dim`` or replicated (``sequence_parallel`` then)."""
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
-    set_tensor_model_parallel_attributes(param, split_dim is not None, split_dim if split_dim is not None else -1, 1)
+    split = split_dim is not None
+    set_tensor_model_parallel_attributes(param, split, split_dim if split else -1, 1)
     if split_dim is None and sequence_parallel:
         param.sequence_parallel = True
 
 
 def adapt_linear(module: torch.nn.Module, name: str, layer_number: int, cfg: LoraConfig) -> None:
-    """Turn one megatron linear layer into its LoRA subclass, in place (weights and keys unchanged)."""
+    """Turn one megatron linear layer into its LoRA subclass, in place (weights and keys unchanged).
+
+    The whole A (peft's initial values) and B (zeros) are cut for this TP rank by :func:`shard_adapter`.
+    """
     from megatron.core import parallel_state as ps
 
-    column = name in COLUMN_MODULES
     tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
     tp_rank = ps.get_tensor_model_parallel_rank() if ps.model_parallel_is_initialized() else 0
-    dtype = module.weight.dtype
-    device = module.weight.device
-    if column:
-        in_features, out_local = module.input_size, module.output_size_per_partition
-        a = _initial_a((cfg.r, in_features), cfg.seed, layer_number, name)
-        b = torch.zeros(out_local, cfg.r)
-    else:
-        in_local, out_features = module.input_size_per_partition, module.output_size
-        a_full = _initial_a((cfg.r, in_local * tp), cfg.seed, layer_number, name)
-        a = a_full[:, tp_rank * in_local:(tp_rank + 1) * in_local].clone()
-        b = torch.zeros(out_features, cfg.r)
+    whole_a = initial_a((cfg.r, module.input_size), cfg.seed, layer_number, name)
+    whole_b = torch.zeros(module.output_size, cfg.r)
+    a, b = shard_adapter(name, whole_a, whole_b, tp)[tp_rank]
+    column = is_column_parallel(name)
     module.__class__ = _adapted_class(type(module), column)
-    module._add_adapter(a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype), cfg)
+    like_base = {"device": module.weight.device, "dtype": module.weight.dtype}
+    module._add_adapter(a.to(**like_base), b.to(**like_base), cfg)
     sp = bool(getattr(module, "sequence_parallel", False))
-    _mark(module.lora_A.weight, None if column else 1, sp)
-    _mark(module.lora_B.weight, 0 if column else None, sp)
+    a_split, b_split = factor_splits(name)
+    _mark(module.lora_A.weight, partition_dim(a_split), sp)
+    _mark(module.lora_B.weight, partition_dim(b_split), sp)
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> int:
@@ -217,11 +183,11 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> int:
                                 "not a megatron parallel linear layer")
             adapt_linear(sub, short, layer.layer_number, cfg)
             adapted += 1
-    for name, param in model.named_parameters():
-        param.requires_grad = is_lora_key("." + name)
+    freeze_all_but_adapters(model)
     return adapted
 
 
-def lora_state_dict(state_dict: dict) -> dict:
-    """Only the adapter tensors of a model state dict (what ``--lora-ckpt-filter`` saves)."""
-    return {k: v for k, v in state_dict.items() if is_lora_key(k)}
+def freeze_all_but_adapters(model: torch.nn.Module) -> None:
+    """Only the adapter factors train: every other parameter gets ``requires_grad=False``."""
+    for name, param in model.named_parameters():
+        param.requires_grad = is_lora_key("." + name)
