@@ -28,7 +28,7 @@ from megatron.core.utils import get_batch_on_this_cp_rank  # noqa: E402
 from mindspeed_llm.models.builder import build_gpt_model  # noqa: E402
 from mindspeed_llm.training.arguments import transformer_config_from_args  # noqa: E402
 from mindspeed_llm.training.data import broadcast_batch, build_gpt_datasets  # noqa: E402
-from mindspeed_llm.training.initialize import get_args  # noqa: E402
+from mindspeed_llm.runtime.initialize import get_args  # noqa: E402
 from mindspeed_llm.training.training import get_model_config, get_tokenizer, pretrain, run_main  # noqa: E402
 
 

@@ -54,7 +54,7 @@ def load_model(args: argparse.Namespace, tokenizer):
     from megatron.core import parallel_state as ps
 
     from mindspeed_llm.training import checkpointing
-    from mindspeed_llm.training.errors import fail_together
+    from mindspeed_llm.runtime.errors import fail_together
     from mindspeed_llm.training.training import get_model_config, prepare_model_config
 
     iteration = checkpointing.find_checkpoint(args)
@@ -208,8 +208,8 @@ def main() -> None:
     """inference.py's body (after the device patches)."""
     import mindspeed_llm
     from mindspeed_llm.patches.inference import enable_inference_patches
-    from mindspeed_llm.training.initialize import initialize_megatron, launch_flags
-    from mindspeed_llm.training.tokenizer import build_tokenizer
+    from mindspeed_llm.runtime.initialize import initialize_megatron, launch_flags
+    from mindspeed_llm.runtime.tokenizer import build_tokenizer
 
     # megatron's TP logits gather calls the deprecated spelling on every step: one warning would be noise.
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")

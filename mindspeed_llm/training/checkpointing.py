@@ -42,7 +42,7 @@ from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.models.families import ROPE_SCALING_FLAGS, rope_scaling_to_flags
 from mindspeed_llm.training import checkpointing_dist
-from mindspeed_llm.training.errors import NonFiniteError, SaveError, fail_together
+from mindspeed_llm.runtime.errors import NonFiniteError, SaveError, fail_together
 from mindspeed_llm.training.state import TrainState, get_rng_state, public_items, set_rng_state
 
 logger = logging.getLogger(__name__)

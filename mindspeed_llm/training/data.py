@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from mindspeed_llm.training.arguments import check_data_prefix, split_data_path
-from mindspeed_llm.training.errors import DataError, fail_together
+from mindspeed_llm.runtime.errors import DataError, fail_together
 
 
 # ---- --data-path ------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import argparse
 import numpy as np
 import torch
 
-from mindspeed_llm.training.errors import DataError
+from mindspeed_llm.runtime.errors import DataError
 
 IGNORE_INDEX = -100
 

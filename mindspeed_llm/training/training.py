@@ -23,23 +23,24 @@ import torch
 from mindspeed_llm.checkpoint import mapping
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.console import launch_rank, print_error
-from mindspeed_llm.training import checkpointing, save_lock, signals
+from mindspeed_llm.runtime import save_lock, signals
+from mindspeed_llm.training import checkpointing
 from mindspeed_llm.training.arguments import (
     ArgumentError,
     ddp_config_from_args,
     model_config_from_args,
     optimizer_config_from_args,
 )
-from mindspeed_llm.training.errors import (
+from mindspeed_llm.runtime.errors import (
     USER_ERRORS,
     NonFiniteError,
     PeerFailed,
     TrainingInterrupted,
     fail_together,
 )
-from mindspeed_llm.training.initialize import initialize_megatron, launch_flags
+from mindspeed_llm.runtime.initialize import initialize_megatron, launch_flags
 from mindspeed_llm.training.state import TrainState, freeze_args
-from mindspeed_llm.training.tokenizer import build_tokenizer
+from mindspeed_llm.runtime.tokenizer import build_tokenizer
 from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
 
 logger = logging.getLogger("mindspeed_llm.training")
@@ -662,7 +663,7 @@ def _interrupted_line(signum: int) -> str:
     import signal as signal_module
 
     from mindspeed_llm.training.checkpointing import last_complete_checkpoint
-    from mindspeed_llm.training.initialize import get_args
+    from mindspeed_llm.runtime.initialize import get_args
 
     name = signal_module.Signals(signum).name + (" (Ctrl-C)" if signum == signal_module.SIGINT else "")
     try:
