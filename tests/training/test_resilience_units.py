@@ -19,6 +19,7 @@ import torch
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.runtime import save_lock
+from mindspeed_llm.runtime.errors import DataError, SaveError, TrainingInterrupted
 from mindspeed_llm.training.checkpointing import load_rank_file
 from mindspeed_llm.training.data import (
     check_indexed_dataset,
@@ -26,7 +27,6 @@ from mindspeed_llm.training.data import (
     checked_batches,
     largest_token_id,
 )
-from mindspeed_llm.runtime.errors import DataError, SaveError, TrainingInterrupted
 from tests.conftest import REPO_ROOT
 
 
