@@ -11,8 +11,8 @@ imported, then ``mindspeed_llm`` patches torch for the device, then megatron-cor
 MINDSPEED_LLM_LATE_PATCHES = True
 
 import mindspeed_llm  # noqa: E402, I001  (torch-free until apply_base_patches)
-from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args  # noqa: E402
-from mindspeed_llm.training.arguments import check_command_line  # noqa: E402
+from mindspeed_llm.config.flags import add_inference_args  # noqa: E402
+from mindspeed_llm.config.validate import check_command_line, check_inference_args  # noqa: E402
 
 if __name__ == "__main__":
     check_command_line(extra_args_provider=add_inference_args, check=check_inference_args)

@@ -12,7 +12,7 @@ _document``) and the loss token-weighted over the global batch. See docs/sft.md.
 MINDSPEED_LLM_LATE_PATCHES = True
 
 import mindspeed_llm  # noqa: E402, I001  (torch-free until apply_base_patches)
-from mindspeed_llm.training.arguments import check_command_line  # noqa: E402
+from mindspeed_llm.config.validate import check_command_line  # noqa: E402
 
 if __name__ == "__main__":
     check_command_line(require_stage=True)

@@ -11,7 +11,7 @@ then megatron-core is imported.
 MINDSPEED_LLM_LATE_PATCHES = True
 
 import mindspeed_llm  # noqa: E402, I001  (torch-free until apply_base_patches)
-from mindspeed_llm.training.arguments import check_command_line  # noqa: E402
+from mindspeed_llm.config.validate import check_command_line  # noqa: E402
 
 if __name__ == "__main__":
     check_command_line()
@@ -25,21 +25,19 @@ import torch  # noqa: E402
 from megatron.core.enums import ModelType  # noqa: E402
 from megatron.core.utils import get_batch_on_this_cp_rank  # noqa: E402
 
+from mindspeed_llm.config.groups import transformer_config  # noqa: E402
 from mindspeed_llm.models.builder import build_gpt_model  # noqa: E402
-from mindspeed_llm.training.arguments import transformer_config_from_args  # noqa: E402
+from mindspeed_llm.runtime.run import get_args, get_config, get_plan, get_tokenizer  # noqa: E402
 from mindspeed_llm.training.data import broadcast_batch, build_gpt_datasets  # noqa: E402
-from mindspeed_llm.training.initialize import get_args  # noqa: E402
-from mindspeed_llm.training.training import get_model_config, get_tokenizer, pretrain, run_main  # noqa: E402
+from mindspeed_llm.training.training import pretrain, run_main  # noqa: E402
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage: int | None = None):
     """The GPTModel chunk of this rank (local spec, RMSNorm, RoPE, SwiGLU)."""
-    args = get_args()
-    model_config = get_model_config()
-    config = transformer_config_from_args(args, model_config)
-    return build_gpt_model(model_config, padded_vocab_size=args.padded_vocab_size, pre_process=pre_process,
-                           post_process=post_process, transformer_config=config, vp_stage=vp_stage,
-                           max_sequence_length=args.max_position_embeddings)
+    config, plan = get_config(), get_plan()
+    return build_gpt_model(plan.model_config, padded_vocab_size=plan.padded_vocab_size, pre_process=pre_process,
+                           post_process=post_process, transformer_config=transformer_config(config, plan),
+                           vp_stage=vp_stage, max_sequence_length=config.model.max_position_embeddings)
 
 
 def get_batch(data_iterator):

@@ -48,8 +48,8 @@ def make_models(folder: str):
     from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
     from mindspeed_llm.models.builder import build_gpt_model
     from mindspeed_llm.models.families import ModelConfig
+    from mindspeed_llm.runtime.initialize import initialize_distributed
     from mindspeed_llm.training.checkpointing import load_rank_file
-    from mindspeed_llm.training.initialize import initialize_distributed
 
     config = AutoConfig.for_model("qwen2", **SHAPE, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
                                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)

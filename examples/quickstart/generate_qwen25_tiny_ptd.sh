@@ -23,7 +23,7 @@ TP=${TP:-1}
 PP=${PP:-2}
 
 if [ "$NODE_RANK" = "0" ]; then
-    python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
+    python mindspeed_llm/runtime/port_check.py "$MASTER_PORT"  # a plain file: no torch import
 fi
 mkdir -p "$LOG_DIR"
 

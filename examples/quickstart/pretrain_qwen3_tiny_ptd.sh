@@ -27,7 +27,7 @@ LOG_DIR=${LOG_DIR:-$QS_OUT/logs}
 
 # torchrun's agent binds MASTER_PORT before any of our code runs: name the holder of a busy port.
 if [ "$NODE_RANK" = "0" ]; then
-    python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
+    python mindspeed_llm/runtime/port_check.py "$MASTER_PORT"  # a plain file: no torch import
 fi
 mkdir -p "$LOG_DIR"
 

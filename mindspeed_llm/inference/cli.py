@@ -16,31 +16,33 @@ from collections.abc import Callable
 
 import torch
 
-from mindspeed_llm.console import write_line
-from mindspeed_llm.data.chat_templates import ASSISTANT, USER, build_template, template_specials
-from mindspeed_llm.inference.arguments import (
+from mindspeed_llm.config.flags import (
+    ArgumentError,
     add_inference_args,
-    check_inference_args,
+    build_parser,
     sampling_flags_given,
     training_only_flags,
 )
+from mindspeed_llm.config.groups import RunConfig, transformer_config
+from mindspeed_llm.config.plan import RunPlan
+from mindspeed_llm.config.validate import check_inference_args
+from mindspeed_llm.console import write_line
+from mindspeed_llm.data.chat_templates import ASSISTANT, USER, build_template, template_specials
 from mindspeed_llm.inference.generation import Generator, SamplingParams
-from mindspeed_llm.training.arguments import ArgumentError, build_parser
 
 logger = logging.getLogger("mindspeed_llm.inference")
 
 _SENTINEL = "MINDSPEED_LLM_ANSWER"
 
 
-def model_provider(args: argparse.Namespace, model_config, pre_process: bool, post_process: bool):
+def model_provider(args: argparse.Namespace, config: RunConfig, plan: RunPlan, pre_process: bool,
+                   post_process: bool):
     """This rank's GPTModel chunk, in eval mode (the training entry's model, logits gathered over TP)."""
     from mindspeed_llm.models.builder import build_gpt_model
-    from mindspeed_llm.training.arguments import transformer_config_from_args
 
-    config = transformer_config_from_args(args, model_config)
-    model = build_gpt_model(model_config, padded_vocab_size=args.padded_vocab_size, pre_process=pre_process,
-                            post_process=post_process, transformer_config=config,
-                            max_sequence_length=args.max_position_embeddings)
+    model = build_gpt_model(plan.model_config, padded_vocab_size=plan.padded_vocab_size, pre_process=pre_process,
+                            post_process=post_process, transformer_config=transformer_config(config, plan),
+                            max_sequence_length=config.model.max_position_embeddings)
     from mindspeed_llm.lora import LoraConfig, apply_lora
 
     lora = LoraConfig.from_args(args)  # --lora-*: the adapter --lora-load (or --load) holds is applied
@@ -50,23 +52,27 @@ def model_provider(args: argparse.Namespace, model_config, pre_process: bool, po
 
 
 def load_model(args: argparse.Namespace, tokenizer):
-    """Check the launch against ``--load``, build this rank's chunk and load its weights (nothing else)."""
+    """Check the launch against ``--load``, build this rank's chunk and load its weights (nothing else).
+
+    ``args``: the namespace of the flags; the model setup settles the run's plan (``runtime.model.plan_run``).
+    Weights only: validation set ``--no-load-optim`` and ``--no-load-rng``.
+    """
     from megatron.core import parallel_state as ps
 
-    from mindspeed_llm.training import checkpointing
-    from mindspeed_llm.training.errors import fail_together
-    from mindspeed_llm.training.training import get_model_config, prepare_model_config
+    from mindspeed_llm.runtime import run
+    from mindspeed_llm.runtime.errors import fail_together
+    from mindspeed_llm.runtime.model import plan_run
+    from mindspeed_llm.training import checkpointing  # helper C moves this to runtime/checkpoint
 
+    config = run.get_config()
     iteration = checkpointing.find_checkpoint(args)
     with fail_together():
-        prepare_model_config(args, tokenizer, iteration)
-    # Weights only: no optimizer, scheduler or RNG state is read, whatever the checkpoint holds.
-    args.no_load_optim, args.no_load_rng = True, True
-    model_config = get_model_config()
-    model = model_provider(args, model_config, ps.is_pipeline_first_stage(ignore_virtual=True),
+        plan = plan_run(args, config, tokenizer, iteration)
+    args = run.get_args()
+    model = model_provider(args, config, plan, ps.is_pipeline_first_stage(ignore_virtual=True),
                            ps.is_pipeline_last_stage(ignore_virtual=True))
     checkpointing.load_checkpoint([model], None, None, args, iteration)
-    return model, model_config
+    return model, plan.model_config
 
 
 def stop_ids_for(tokenizer_path: str, hf_tokenizer, extra_texts: tuple[str, ...] = ()) -> set[int]:
@@ -208,18 +214,20 @@ def main() -> None:
     """inference.py's body (after the device patches)."""
     import mindspeed_llm
     from mindspeed_llm.patches.inference import enable_inference_patches
-    from mindspeed_llm.training.initialize import initialize_megatron, launch_flags
-    from mindspeed_llm.training.tokenizer import build_tokenizer
+    from mindspeed_llm.runtime import run
+    from mindspeed_llm.runtime.initialize import initialize_megatron
+    from mindspeed_llm.runtime.tokenizer import build_tokenizer
 
     # megatron's TP logits gather calls the deprecated spelling on every step: one warning would be noise.
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
     args = initialize_megatron(extra_args_provider=add_inference_args, check=check_inference_args)
-    enable_inference_patches(mindspeed_llm.registry, args.device)
-    ignored = training_only_flags(add_inference_args(build_parser()), launch_flags())
+    enable_inference_patches(mindspeed_llm.registry, mindspeed_llm.DEVICE)
+    ignored = training_only_flags(add_inference_args(build_parser()), run.launch_flags())
     if ignored:
         logger.info("NOTE: training-only flags, ignored by inference.py: %s", " ".join(ignored))
     tokenizer = build_tokenizer(args)
     model, model_config = load_model(args, tokenizer)
+    args = run.get_args()  # configuration and plan
     generator = Generator(model, vocab_size=model_config.vocab_size, pad_id=tokenizer.eod,
                           use_kv_cache=args.use_kv_cache)
     rank0 = torch.distributed.get_rank() == 0

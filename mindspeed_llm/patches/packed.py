@@ -3,7 +3,7 @@
 megatron-core 0.16.1 handles ``packed_seq_params`` only in Transformer Engine's attention: its local
 ``DotProductAttention`` asserts ``packed_seq_params is None``, and for ``qkv_format='sbhd'`` its RoPE
 uses positions ``0..max_seqlen-1`` for every sample. With document-packed parameters
-(:func:`mindspeed_llm.models.packing.document_packed_seq_params`) these patches make
+(:func:`mindspeed_llm.ops.packing.document_packed_seq_params`) these patches make
 
 - ``DotProductAttention.forward`` attend causally within each document
   (:func:`~mindspeed_llm.ops.document_attention.document_core_attention`); without packed parameters it

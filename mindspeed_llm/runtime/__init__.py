@@ -1,1 +1,4 @@
-"""The run's runtime: what training, inference and the converter share once the flags are parsed."""
+"""The run's room, shared by training, inference and conversion: start-up, tokenizer, errors and exit, model setup.
+
+Nothing here imports ``mindspeed_llm.training``; the configuration it starts from is ``mindspeed_llm.config``.
+"""

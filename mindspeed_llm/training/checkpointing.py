@@ -40,10 +40,11 @@ import torch
 
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.config.namespace import public_items
 from mindspeed_llm.models.families import ROPE_SCALING_FLAGS, rope_scaling_to_flags
+from mindspeed_llm.runtime.errors import NonFiniteError, SaveError, fail_together
 from mindspeed_llm.training import checkpointing_dist
-from mindspeed_llm.training.errors import NonFiniteError, SaveError, fail_together
-from mindspeed_llm.training.state import TrainState, get_rng_state, public_items, set_rng_state
+from mindspeed_llm.training.state import TrainState, get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,6 @@ _MODEL_ARGS = (
 )
 _ROPE_ARGS = tuple(attr for attr, _ in ROPE_SCALING_FLAGS)
 
-# --use-checkpoint-args, as Megatron-LM's load_args_from_checkpoint: "forced" ones always take the
-# checkpoint's value, the others only when the launch left them unset. Beyond Megatron-LM's list:
-# norm epsilon, QK layernorm and the RoPE scaling flags (also model-defining here).
-_CHECKPOINT_ARGS_FILL = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_length", "num_attention_heads",
-                         "kv_channels", "max_position_embeddings", "padded_vocab_size")
-_CHECKPOINT_ARGS_FORCE = ("num_query_groups", "group_query_attention", "position_embedding_type",
-                          "use_rotary_position_embeddings", "rotary_base", "rotary_percent", "add_qkv_bias",
-                          "qk_layernorm", "swiglu", "untie_embeddings_and_output_weights", "normalization",
-                          "norm_epsilon", "attention_dropout", "hidden_dropout", *_ROPE_ARGS)
 _SAVED_TYPES = (bool, int, float, str, type(None), torch.dtype)
 
 
@@ -214,11 +206,16 @@ def check_model_settings(args: argparse.Namespace, ckpt_args: argparse.Namespace
                               "Pass the checkpoint's values, or --use-checkpoint-args to take them from it")
 
 
-def load_args_from_checkpoint(args: argparse.Namespace) -> list[str]:
-    """--use-checkpoint-args: model settings from the ``--load`` checkpoint (Megatron-LM's rules).
+def load_args_from_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """--use-checkpoint-args: the model settings to take from the ``--load`` checkpoint (Megatron-LM's rules).
 
-    Returns the names set. A missing checkpoint leaves the launch's flags as they are.
+    Returns ``{name: value}``; ``config.validate.take_checkpoint_values`` sets them on the parsed flags before
+    validation. Which settings, and whether the checkpoint's value replaces one the launch gave ("force") or
+    only fills one it left unset ("fill"), is the settings' metadata in ``config/groups.py``. A missing
+    checkpoint takes nothing.
     """
+    from mindspeed_llm.config.groups import checkpoint_settings
+
     if not args.load:
         raise CheckpointError("--use-checkpoint-args needs --load CHECKPOINT_DIR")
     if args.ckpt_step is not None:
@@ -227,7 +224,7 @@ def load_args_from_checkpoint(args: argparse.Namespace) -> list[str]:
         iteration = layout.read_tracker(args.load)
     else:
         logger.info("--use-checkpoint-args: no checkpoint in %s, using the launch's arguments", args.load)
-        return []
+        return {}
     files = layout.list_rank_dirs(args.load, iteration)
     if not files:
         raise CheckpointError(f"--load {args.load}: no mp_rank_*/{layout.MODEL_FILENAME} under "
@@ -235,21 +232,19 @@ def load_args_from_checkpoint(args: argparse.Namespace) -> list[str]:
     ckpt_args = load_rank_file(files[min(files)], mmap=True).get("args")
     if ckpt_args is None:
         logger.info("--use-checkpoint-args: %s records no args, using the launch's arguments", args.load)
-        return []
+        return {}
     values = dict(vars(ckpt_args))
     values.update({k: v for k, v in checkpoint_model_settings(ckpt_args).items() if k not in values})
     if "add_bias_linear" in values:
         values["disable_bias_linear"] = not values["add_bias_linear"]
-    taken = []
-    for name in (*_CHECKPOINT_ARGS_FILL, *_CHECKPOINT_ARGS_FORCE, "disable_bias_linear"):
-        force = name not in _CHECKPOINT_ARGS_FILL
-        if values.get(name) is None or (not force and getattr(args, name, None) is not None):
+    fill = checkpoint_settings("fill")
+    taken = {}
+    for name in (*fill, *checkpoint_settings("force")):
+        if values.get(name) is None or (name in fill and getattr(args, name, None) is not None):
             continue
-        setattr(args, name, values[name])
-        taken.append(name)
+        taken[name] = values[name]
     if taken:
-        logger.info("--use-checkpoint-args: from %s: %s", args.load,
-                    ", ".join(f"{n}={getattr(args, n)}" for n in taken))
+        logger.info("--use-checkpoint-args: from %s: %s", args.load, ", ".join(f"{n}={v}" for n, v in taken.items()))
     return taken
 
 
@@ -273,18 +268,18 @@ def check_checkpoint_args(args: argparse.Namespace, ckpt_args: argparse.Namespac
 
 
 def adopt_padded_vocab(args: argparse.Namespace, ckpt_args: argparse.Namespace, tokenizer_vocab: int,
-                       where: str) -> None:
-    """Use the checkpoint's padded vocabulary size, or name the ``--padded-vocab-size`` to pass."""
+                       where: str) -> int | None:
+    """The checkpoint's padded vocabulary size for the run (None: not recorded), or name the flag to pass."""
     padded = getattr(ckpt_args, "padded_vocab_size", None)
     if padded is None:
-        return
+        return None
     if args.padded_vocab_size is not None and args.padded_vocab_size != padded:
         raise CheckpointError(f"{where} has a padded vocabulary of {padded} rows but --padded-vocab-size is "
                               f"{args.padded_vocab_size}: pass --padded-vocab-size {padded} (or drop the flag)")
     if tokenizer_vocab > padded:
         raise CheckpointError(f"the tokenizer has {tokenizer_vocab} tokens but {where}'s embedding has only "
                               f"{padded} rows: use the tokenizer the checkpoint was converted with")
-    args.padded_vocab_size = padded
+    return padded
 
 
 def is_dist_checkpoint(args: argparse.Namespace, iteration: int | str) -> bool:

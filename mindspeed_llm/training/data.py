@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import torch
 
-from mindspeed_llm.training.arguments import check_data_prefix, split_data_path
-from mindspeed_llm.training.errors import DataError, fail_together
+from mindspeed_llm.config.paths import check_data_prefix, split_data_path
+from mindspeed_llm.runtime.errors import DataError, fail_together
 
 
 # ---- --data-path ------------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def data_prefixes(args: argparse.Namespace) -> list[str]:
 def check_data_sources(args: argparse.Namespace) -> None:
     """Check every data prefix now (a wrong path fails before the model is built)."""
     if getattr(args, "is_instruction_dataset", False):
-        from mindspeed_llm.training.arguments import check_instruction_prefix
+        from mindspeed_llm.config.paths import check_instruction_prefix
 
         check_instruction_prefix(split_data_path(args.data_path)[0][0])
         return

@@ -27,7 +27,7 @@ import argparse
 import numpy as np
 import torch
 
-from mindspeed_llm.training.errors import DataError
+from mindspeed_llm.runtime.errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -162,7 +162,7 @@ def build_instruction_datasets(args: argparse.Namespace, tokenizer, num_samples:
 
     Every rank checks the three datasets (the same files: a bad one fails on all ranks alike).
     """
-    from mindspeed_llm.training.arguments import split_data_path
+    from mindspeed_llm.config.paths import split_data_path
 
     prefix = split_data_path(args.data_path)[0][0]
     collator = instruction_collator(args, tokenizer)

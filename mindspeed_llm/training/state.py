@@ -1,7 +1,7 @@
-"""Configuration apart from run state: frozen arguments, and the one object that says where a run is.
+"""Run state apart from configuration: the one object that says where a run is.
 
-The parsed flags (:class:`RunArgs`) are validated once and then frozen: assigning to them raises.
-What changes while training (iteration, consumed samples, FLOPs, the random generators' states)
+The configuration is frozen (``mindspeed_llm.config``: the run's namespace is derived and frozen from
+birth). What changes while training (iteration, consumed samples, FLOPs, the random generators' states)
 lives in :class:`TrainState`, which checkpoints save and restore. The checkpoint format stays
 Megatron-LM's: ``iteration``, ``num_floating_point_operations_so_far``, ``rng_state`` at the top
 level and the consumed samples inside ``args`` (see :func:`TrainState.checkpoint_fields`).
@@ -12,47 +12,6 @@ from __future__ import annotations
 import argparse
 import random
 from dataclasses import dataclass
-
-
-class FrozenArgsError(AttributeError):
-    """An assignment to the training arguments after they were validated and frozen."""
-
-
-class RunArgs(argparse.Namespace):
-    """argparse's Namespace that refuses assignments once :meth:`freeze` ran."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if self.__dict__.get("_frozen"):
-            raise FrozenArgsError(f"training arguments are frozen after validation: cannot set {name}; "
-                                  "keep run state in mindspeed_llm.training.state.TrainState")
-        super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        if self.__dict__.get("_frozen"):
-            raise FrozenArgsError(f"training arguments are frozen after validation: cannot delete {name}")
-        super().__delattr__(name)
-
-    def freeze(self) -> RunArgs:
-        """Refuse assignments from now on; returns self."""
-        self.__dict__["_frozen"] = True
-        return self
-
-    @property
-    def frozen(self) -> bool:
-        """True once :meth:`freeze` ran."""
-        return bool(self.__dict__.get("_frozen"))
-
-
-def freeze_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Freeze ``args`` if it is a :class:`RunArgs` (a plain Namespace from a custom caller stays as it is)."""
-    if isinstance(args, RunArgs):
-        args.freeze()
-    return args
-
-
-def public_items(args: argparse.Namespace) -> dict:
-    """The arguments as a dict, without the freeze marker."""
-    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
 # ---- RNG ---------------------------------------------------------------------------------------------------------

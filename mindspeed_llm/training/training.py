@@ -20,136 +20,26 @@ from collections.abc import Callable
 
 import torch
 
-from mindspeed_llm.checkpoint import mapping
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.config.flags import ArgumentError
+from mindspeed_llm.config.groups import optimizer_config
 from mindspeed_llm.console import launch_rank, print_error
-from mindspeed_llm.training import checkpointing, save_lock, signals
-from mindspeed_llm.training.arguments import (
-    ArgumentError,
-    ddp_config_from_args,
-    model_config_from_args,
-    optimizer_config_from_args,
-)
-from mindspeed_llm.training.errors import (
+from mindspeed_llm.runtime import run, save_lock, signals
+from mindspeed_llm.runtime.errors import (
     USER_ERRORS,
     NonFiniteError,
     PeerFailed,
     TrainingInterrupted,
     fail_together,
 )
-from mindspeed_llm.training.initialize import initialize_megatron, launch_flags
-from mindspeed_llm.training.state import TrainState, freeze_args
-from mindspeed_llm.training.tokenizer import build_tokenizer
+from mindspeed_llm.runtime.initialize import initialize_megatron
+from mindspeed_llm.runtime.model import get_model, plan_run
+from mindspeed_llm.runtime.tokenizer import build_tokenizer
+from mindspeed_llm.training import checkpointing
+from mindspeed_llm.training.state import TrainState
 from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
 
 logger = logging.getLogger("mindspeed_llm.training")
-
-_STATE: dict = {}
-
-
-def get_tokenizer():
-    """The tokenizer of this run (for dataset providers)."""
-    return _STATE["tokenizer"]
-
-
-def get_model_config():
-    """Our :class:`ModelConfig` of this run (for model providers)."""
-    return _STATE["model_config"]
-
-
-# ---- vocabulary and model -------------------------------------------------------------------------------------
-def padded_vocab_size(vocab: int, args: argparse.Namespace) -> int:
-    """Megatron-LM's padding: up to a multiple of ``--make-vocab-size-divisible-by`` x TP."""
-    tp = args.tensor_model_parallel_size
-    if args.padded_vocab_size is not None:
-        if args.padded_vocab_size < vocab:
-            raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is smaller than the tokenizer's "
-                                f"{vocab} tokens: use at least {vocab}")
-        if args.padded_vocab_size % tp:
-            raise ArgumentError(f"--padded-vocab-size {args.padded_vocab_size} is not divisible by "
-                                f"--tensor-model-parallel-size {tp}")
-    return mapping.padded_vocab_size(vocab, tp, args.make_vocab_size_divisible_by, args.padded_vocab_size)
-
-
-def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) -> None:
-    """Check the launch against ``--load``'s checkpoint, settle the padded vocabulary, build ModelConfig."""
-    from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
-
-    base, rows = None, None
-    if ckpt_iteration is not None:
-        ckpt_args, where = checkpointing.read_checkpoint_args(args, ckpt_iteration)
-        checkpointing.check_checkpoint_args(args, ckpt_args, where,
-                                            reshardable=checkpointing.is_dist_checkpoint(args, ckpt_iteration))
-        checkpointing.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
-        if getattr(ckpt_args, "hf_config", None):
-            try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
-                base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))
-            except (UnsupportedModelError, KeyError, ValueError) as exc:
-                raise CheckpointError(f"{where}: its recorded HF config is refused: {exc}") from None
-        rows = getattr(ckpt_args, "hf_vocab_size", None)
-    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args)
-    rows = min(rows or args.padded_vocab_size, args.padded_vocab_size)
-    model_config = model_config_from_args(args, rows, base)
-    try:
-        model_config.check_sequence_length(args.seq_length, "--seq-length")
-    except UnsupportedModelError as exc:
-        raise ArgumentError(str(exc)) from None
-    if base is not None and "max_position_embeddings" not in launch_flags():
-        # Not given: the launch's default (--seq-length) is no statement about the model; RoPE does
-        # not read it, and mg->hf must write back the checkpoint's value.
-        model_config = model_config.replace(max_position_embeddings=base.max_position_embeddings)
-    # Recorded in every saved checkpoint so that convert_ckpt.py mg->hf can rebuild the HF config.
-    args.hf_config = model_config.to_hf_config()
-    args.hf_architecture = model_config.architecture
-    args.hf_vocab_size = rows
-    _STATE["model_config"] = model_config
-
-
-def get_model(model_provider: Callable, args: argparse.Namespace) -> list:
-    """Model chunks of this rank (one per virtual stage), Float16Module for bf16, wrapped in megatron DDP."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel
-    from megatron.core.transformer.module import Float16Module
-
-    vpp = args.virtual_pipeline_model_parallel_size
-    chunks = []
-    for i in range(vpp or 1):
-        vp_stage = i if vpp else None
-        chunk = model_provider(
-            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-            vp_stage=vp_stage,
-        )
-        chunks.append(chunk)
-    add_lora_adapters(chunks, args)
-    for chunk in chunks:
-        for param in chunk.parameters():
-            from megatron.core import tensor_parallel
-
-            tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
-    n_params = sum(p.numel() for c in chunks for p in c.parameters())
-    if ps.get_data_parallel_rank() == 0:
-        trainable = sum(p.numel() for c in chunks for p in c.parameters() if p.requires_grad)
-        print(f" > number of parameters on (tensor, pipeline) model parallel rank "
-              f"({ps.get_tensor_model_parallel_rank()}, {ps.get_pipeline_model_parallel_rank()}): {n_params}"
-              + (f" (trainable LoRA parameters: {trainable})" if trainable != n_params else ""), flush=True)
-    config = chunks[0].config
-    if args.bf16:
-        chunks = [Float16Module(config, c) for c in chunks]
-    ddp_config = ddp_config_from_args(args)
-    return [DistributedDataParallel(config=config, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
-            for i, c in enumerate(chunks)]
-
-
-def add_lora_adapters(chunks: list, args: argparse.Namespace) -> None:
-    """--lora-target-modules: adapters on the named linear layers, every other weight frozen (before DDP)."""
-    from mindspeed_llm.lora import LoraConfig, apply_lora
-
-    cfg = LoraConfig.from_args(args)
-    if cfg is None:
-        return
-    for chunk in chunks:
-        apply_lora(chunk, cfg)
 
 
 def get_scheduler(optimizer, args: argparse.Namespace):
@@ -368,7 +258,7 @@ def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.
     what = (f"the loss is {kind[loss_code]}" if loss_code else f"the gradients hold {kind[grad_code]}")
     if loss_code and grad_code:
         what += f" (gradients: {kind[grad_code]})"
-    iteration = iteration_in_progress()
+    iteration = run.iteration_in_progress()
     from mindspeed_llm.training.checkpointing import last_complete_checkpoint
 
     raise NonFiniteError(
@@ -456,30 +346,29 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     Returns a summary (iterations, last losses, mean throughput) on every rank.
     """
     started = time.time()
-    args = initialize_megatron(argv, extra_args_provider, args_defaults)
-    signals.configure(args.exit_signal_handler)
-    args.model_type = getattr(model_type, "name", str(model_type))
+    args = initialize_megatron(argv, extra_args_provider, args_defaults)  # the namespace of the flags
+    config = run.get_config()
+    signals.configure(config.training.exit_signal_handler)
     from mindspeed_llm.training.data import check_data_sources, check_indexed_dataset, data_prefixes
 
     check_data_sources(args)  # a wrong --data-path fails now, not after the model is built
     for prefix in data_prefixes(args):
         check_indexed_dataset(prefix)
     tokenizer = build_tokenizer(args)
-    _STATE["tokenizer"] = tokenizer
     ckpt_iteration = checkpointing.find_checkpoint(args)
     with fail_together():  # each rank reads its own checkpoint file
-        prepare_model_config(args, tokenizer, ckpt_iteration)
-    freeze_args(args)  # configuration is settled; what changes from here on lives in TrainState
+        plan_run(args, config, tokenizer, ckpt_iteration, model_type)
+    args = run.get_args()  # configuration and plan, frozen; what changes from here on lives in TrainState
     resume_iteration = checkpointing.find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
     if _nothing_to_train(args, resume_iteration):
         return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
                               "consumed_train_samples": 0})
     _lock_save_folder(args)
 
-    model = get_model(model_provider, args)
+    model = get_model(model_provider, args, config)
     from megatron.core.optimizer import get_megatron_optimizer
 
-    optimizer = get_megatron_optimizer(optimizer_config_from_args(args), model)
+    optimizer = get_megatron_optimizer(optimizer_config(config), model)
     scheduler = get_scheduler(optimizer, args)
     state = checkpointing.load_checkpoint(model, optimizer, scheduler, args, ckpt_iteration)
     _wire_config_hooks(model, optimizer, args)
@@ -501,7 +390,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     exit_requested = False
     saved_at = None
     while state.iteration < args.train_iters:
-        _STATE["step"] = state.iteration + 1  # what messages name: the iteration in progress, its save included
+        run.note_step(state.iteration + 1)  # what messages name: the iteration in progress, its save included
         t0 = time.time()
         losses, grad_norm, skipped, num_zeros = train_step(forward_step_func, train_iter, model, optimizer,
                                                            scheduler, args)
@@ -562,11 +451,6 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
                     f"{state.consumed_train_samples} | mean throughput (tokens/s/device): {tokens_per_s:.1f}")
     log.close()
     return _finish(args, summary)
-
-
-def iteration_in_progress() -> int | None:
-    """The iteration being trained (or saved) now; None before the training loop."""
-    return _STATE.get("step")
 
 
 def _finish(args: argparse.Namespace, summary: dict) -> dict:
@@ -662,14 +546,14 @@ def _interrupted_line(signum: int) -> str:
     import signal as signal_module
 
     from mindspeed_llm.training.checkpointing import last_complete_checkpoint
-    from mindspeed_llm.training.initialize import get_args
 
     name = signal_module.Signals(signum).name + (" (Ctrl-C)" if signum == signal_module.SIGINT else "")
     try:
-        args = get_args()
+        args = run.get_args()
     except RuntimeError:
         return f"interrupted by {name} during start-up; nothing was written"
-    where = f"during iteration {iteration_in_progress()}" if "step" in _STATE else "before training"
+    step = run.iteration_in_progress()
+    where = f"during iteration {step}" if step is not None else "before training"
     kept = last_complete_checkpoint(args.save)
     return (f"interrupted by {name} {where}; no temporary files left, kept: {kept}"
             + (f" (resume with --load {args.save})" if args.save and "iteration" in kept else ""))

@@ -19,8 +19,9 @@ import pytest
 
 from mindspeed_llm.checkpoint.cli import build_parser, options_from_args
 from mindspeed_llm.checkpoint.convert import check_parallel, target_padded_vocab
+from mindspeed_llm.config.flags import parse_args
+from mindspeed_llm.config.validate import validate_args
 from mindspeed_llm.models.families import ModelConfig, check_model_type_hf
-from mindspeed_llm.training.arguments import parse_args, validate_args
 from tests.conftest import HF_CONFIG_FIXTURES, REPO_ROOT, free_port
 
 EX = "examples/mcore"
@@ -205,7 +206,8 @@ GENERATE = {
 def test_generate_script_loads_what_pretraining_saves(model: str, tmp_path: Path) -> None:
     """The generate script's flags pass inference.py's checks for its world size, describe the model of
     config.json, and load the pretrain script's --save with its TP/PP and padded vocabulary."""
-    from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args
+    from mindspeed_llm.config.flags import add_inference_args
+    from mindspeed_llm.config.validate import check_inference_args
 
     source, _, _, pretrain = MODELS[model]
     cfg = ModelConfig.from_hf_config(_hf_config(source))
@@ -253,4 +255,8 @@ def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(sc
     assert args.context_parallel_algo == (algo or "megatron_cp_algo")
     assert args.ulysses_degree_in_cp == (2 if algo == "hybrid_cp_algo" else None)
     assert args.seq_length >= 4096 and args.seq_length % (2 * args.context_parallel_size) == 0
-    assert args.data_parallel_size == world // (tp_pp_cp[0] * tp_pp_cp[1] * tp_pp_cp[2])
+    from mindspeed_llm.config.groups import RunConfig
+    from mindspeed_llm.config.plan import parallel_layout
+
+    dp = parallel_layout(RunConfig.from_args(args), world).data_parallel_size
+    assert dp == world // (tp_pp_cp[0] * tp_pp_cp[1] * tp_pp_cp[2])

@@ -258,7 +258,8 @@ def test_import_refuses_separate_a_matrices_and_partial_targets(tmp_path):
     ("--lora-target-modules linear_qkv --lora-load /a", ["--lora-load /a needs --load"]),
 ])
 def test_lora_flags_refused_with_a_line(extra, words):
-    from mindspeed_llm.training.arguments import ArgumentError, parse_args, validate_args
+    from mindspeed_llm.config.flags import ArgumentError, parse_args
+    from mindspeed_llm.config.validate import validate_args
 
     base = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
             "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document")
@@ -285,16 +286,16 @@ def test_training_load_refuses_an_adapter_only_base_and_another_alpha():
 
 
 def test_inference_model_carries_the_adapter_the_lora_flags_name():
+    from mindspeed_llm.config.namespace import build_namespace
     from mindspeed_llm.inference.cli import model_provider
-    from mindspeed_llm.training.arguments import model_config_from_args, parse_args, validate_args
+    from tests.config.launch import plan_for, validated
     from tests.ops.megatron_env import single_process_model_parallel
 
-    args = validate_args(parse_args(
+    config, plan = plan_for(validated(
         "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 --swiglu "
         "--disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document "
-        "--lora-target-modules linear_qkv linear_fc2 --lora-r 4".split()), 1)
-    args.padded_vocab_size = 100
+        "--lora-target-modules linear_qkv linear_fc2 --lora-r 4"), vocab_rows=100)
     with single_process_model_parallel():
-        model = model_provider(args, model_config_from_args(args, 100), True, True)
+        model = model_provider(build_namespace(config, plan), config, plan, True, True)
     keys = [k for k in model.state_dict() if ".lora_" in k]
     assert len(keys) == 2 * 2 * 2 and all("linear_qkv" in k or "linear_fc2" in k for k in keys)

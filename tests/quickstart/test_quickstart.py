@@ -236,8 +236,9 @@ def test_unknown_quickstart_model_is_refused(tmp_path) -> None:
 def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, name, prompt_type) -> None:
     """Steps 7-8 (dry): the tune script is posttrain_gpt.py --stage sft on the data script's output, from the
     pretraining script's save, with the pretraining model flags; the data script uses the same chat format."""
+    from mindspeed_llm.config.flags import parse_args
+    from mindspeed_llm.config.validate import validate_args
     from mindspeed_llm.data.arguments import build_parser as preprocess_parser
-    from mindspeed_llm.training.arguments import parse_args, validate_args
     from tests.examples.test_model_example_scripts import _recorded_argv
 
     env = {"QS_OUT": str(tmp_path / "qs")}
@@ -260,7 +261,8 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
         assert getattr(args, flag) == getattr(pretrain, flag), flag
 
     # Step 10 (dry): inference.py chats through the same template with the fine-tuned checkpoint, as trained.
-    from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args
+    from mindspeed_llm.config.flags import add_inference_args
+    from mindspeed_llm.config.validate import check_inference_args
 
     gen = check_inference_args(parse_args(chat[chat.index("inference.py") + 1:], add_inference_args), 2)
     assert gen.task == ["chat"] and gen.prompt_type == prompt_type and gen.load == args.save and gen.prompt

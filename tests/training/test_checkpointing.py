@@ -9,13 +9,13 @@ import torch
 
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.runtime.model import padded_vocab_size
 from mindspeed_llm.training.checkpointing import (
     adopt_padded_vocab,
     args_to_save,
     check_checkpoint_args,
     find_checkpoint,
 )
-from mindspeed_llm.training.training import padded_vocab_size
 
 
 def ns(**kw):
@@ -65,9 +65,8 @@ def test_shape_mismatch_lists_the_flags():
 
 
 def test_padded_vocab_is_adopted_or_named():
-    args = ns()
-    adopt_padded_vocab(args, ns(padded_vocab_size=152064), 151665, "ckpt")
-    assert args.padded_vocab_size == 152064
+    assert adopt_padded_vocab(ns(), ns(padded_vocab_size=152064), 151665, "ckpt") == 152064
+    assert adopt_padded_vocab(ns(), argparse.Namespace(), 151665, "ckpt") is None  # nothing recorded
     with pytest.raises(CheckpointError, match="pass --padded-vocab-size 152064"):
         adopt_padded_vocab(ns(padded_vocab_size=151936), ns(padded_vocab_size=152064), 151665, "ckpt")
     with pytest.raises(CheckpointError, match="tokenizer has 200 tokens"):
@@ -78,6 +77,10 @@ def test_vocab_padding_follows_megatron():
     assert padded_vocab_size(151665, ns(tensor_model_parallel_size=2)) == 151808
     with pytest.raises(Exception, match="smaller than the tokenizer"):
         padded_vocab_size(300, ns(padded_vocab_size=256))
+    # The checkpoint's padded size is the run's, checked as --padded-vocab-size would be.
+    assert padded_vocab_size(151665, ns(tensor_model_parallel_size=2), recorded=152064) == 152064
+    with pytest.raises(Exception, match="--padded-vocab-size 152065 is not divisible by --tensor-model-parallel-size 2"):
+        padded_vocab_size(151665, ns(tensor_model_parallel_size=2), recorded=152065)
 
 
 def test_saved_args_load_with_weights_only(tmp_path):
@@ -124,9 +127,9 @@ def _converted_args():
 
 
 def _launch(flags: str):
-    from mindspeed_llm.training.arguments import parse_args, validate_args
+    from tests.config.launch import validated
 
-    return validate_args(parse_args(flags.split()), 1)
+    return validated(flags, 1)
 
 
 def test_converter_records_rope_scaling_and_a_matching_launch_passes():
@@ -150,14 +153,14 @@ def test_launch_contradicting_rope_and_norm_is_refused_in_one_line():
 
 
 def test_rope_scaling_flags_left_out_take_the_recorded_scaling():
-    """No --rope-scaling-type: the checkpoint's scaling is the run's (arguments.rope_scaling_from_args)."""
+    """No --rope-scaling-type: the checkpoint's scaling is the run's (ModelGroup.rope_scaling, config/groups.py)."""
     from mindspeed_llm.models.families import ModelConfig
-    from mindspeed_llm.training.arguments import model_config_from_args
+    from tests.config.launch import plan_for
 
     ckpt = _converted_args()
     args = _launch(LAUNCH + " --rotary-base 1000000 --norm-epsilon 1e-6")
     check_checkpoint_args(args, ckpt, "c")
-    config = model_config_from_args(args, 128, ModelConfig.from_hf_config(dict(ckpt.hf_config)))
+    config = plan_for(args, base=ModelConfig.from_hf_config(dict(ckpt.hf_config)))[1].model_config
     assert config.rope_scaling == LLAMA31_ROPE
 
 
@@ -174,7 +177,8 @@ def test_older_conversions_are_checked_through_their_hf_config():
 
 
 def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
-    from mindspeed_llm.training.arguments import parse_args, validate_args
+    from mindspeed_llm.config.flags import parse_args
+    from mindspeed_llm.config.validate import take_checkpoint_values, validate_args
     from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
 
     layout.save_rank_state(tmp_path, 1, 0, 0, 1, {"args": _converted_args(), "iteration": 1})
@@ -182,8 +186,10 @@ def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
     flags = ("--seq-length 32 --train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 "
              f"--data-path d_text_document --use-checkpoint-args --load {tmp_path} --hidden-size 32 --norm-epsilon 1e-5")
     args = parse_args(flags.split())
-    load_args_from_checkpoint(args)
-    args = validate_args(args, 1)
+    taken = load_args_from_checkpoint(args)
+    assert "hidden_size" not in taken and taken["norm_epsilon"] == 1e-6  # fill only what is unset; force the rest
+    assert vars(args)["num_layers"] is None  # returned, not written: config/validate.py takes them
+    args = validate_args(take_checkpoint_values(args, taken), 1)
     assert (args.num_layers, args.ffn_hidden_size, args.num_query_groups, args.rotary_base) == (4, 96, 2, 1e6)
     assert (args.rope_scaling_type, args.rope_scaling_factor, args.norm_epsilon) == ("llama3", 8.0, 1e-6)
     assert args.untie_embeddings_and_output_weights and args.swiglu and args.disable_bias_linear

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mindspeed_llm.training.arguments import ArgumentError
+from mindspeed_llm.config.flags import ArgumentError
 from mindspeed_llm.training.data import check_data_prefix, parse_blend
 
 

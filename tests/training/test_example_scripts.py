@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mindspeed_llm.training.arguments import parse_args, validate_args
+from mindspeed_llm.config.flags import parse_args
+from mindspeed_llm.config.groups import RunConfig
+from mindspeed_llm.config.plan import parallel_layout
+from mindspeed_llm.config.validate import validate_args
 from tests.conftest import REPO_ROOT, free_port
 
 SCRIPTS = [
@@ -37,8 +40,9 @@ def test_example_flags_parse_and_validate(script, tmp_path):
     world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
     argv = [a for a in argv[argv.index("pretrain_gpt.py") + 1:] if a]
     args = validate_args(parse_args(argv), world_size=world)
-    assert args.bf16 and args.data_parallel_size * args.tensor_model_parallel_size * \
-        args.pipeline_model_parallel_size * args.context_parallel_size == world
+    dp = parallel_layout(RunConfig.from_args(args), world).data_parallel_size
+    assert args.bf16 and dp * args.tensor_model_parallel_size * args.pipeline_model_parallel_size * \
+        args.context_parallel_size == world
 
 
 def test_busy_port_stops_the_script_with_the_holder_named(tmp_path):

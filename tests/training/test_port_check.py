@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from mindspeed_llm.training.port_check import main
+from mindspeed_llm.runtime.port_check import main
 
 
 def test_free_port_passes():

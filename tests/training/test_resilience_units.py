@@ -18,7 +18,8 @@ import torch
 
 from mindspeed_llm.checkpoint import layout
 from mindspeed_llm.checkpoint.errors import CheckpointError
-from mindspeed_llm.training import save_lock
+from mindspeed_llm.runtime import save_lock
+from mindspeed_llm.runtime.errors import DataError, SaveError, TrainingInterrupted
 from mindspeed_llm.training.checkpointing import load_rank_file
 from mindspeed_llm.training.data import (
     check_indexed_dataset,
@@ -26,7 +27,6 @@ from mindspeed_llm.training.data import (
     checked_batches,
     largest_token_id,
 )
-from mindspeed_llm.training.errors import DataError, SaveError, TrainingInterrupted
 from tests.conftest import REPO_ROOT
 
 
@@ -43,7 +43,7 @@ def _write_dataset(prefix, docs: list[list[int]], dtype=np.uint16) -> str:
 # ---- the --save lock ---------------------------------------------------------------------------------------------
 _HOLD = """
 import sys, time
-from mindspeed_llm.training import save_lock
+from mindspeed_llm.runtime import save_lock
 save_lock.lock_save_folder(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)

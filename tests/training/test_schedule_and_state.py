@@ -7,7 +7,8 @@ import argparse
 import pytest
 import torch
 
-from mindspeed_llm.training.arguments import parse_args, validate_args
+from mindspeed_llm.config.flags import parse_args
+from mindspeed_llm.config.validate import validate_args
 from mindspeed_llm.training.state import TrainState
 from mindspeed_llm.training.training import get_scheduler
 

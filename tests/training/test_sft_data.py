@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mindspeed_llm.training.arguments import (
-    ArgumentError,
-    check_instruction_prefix,
-    parse_args,
-    validate_args,
-)
+from mindspeed_llm.config.flags import ArgumentError, parse_args
+from mindspeed_llm.config.paths import check_instruction_prefix
+from mindspeed_llm.config.validate import validate_args
 from mindspeed_llm.training.instruction_data import InstructionCollator, split_documents
 from tests.e2e.pretrain_helpers import write_instruction_data
 

@@ -29,7 +29,7 @@ LOG_DIR=${LOG_DIR:-./logs}
 
 # torchrun's agent binds MASTER_PORT before our code runs: say which process holds a busy port.
 if [ "$NODE_RANK" = "0" ]; then
-    python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
+    python mindspeed_llm/runtime/port_check.py "$MASTER_PORT"  # a plain file: no torch import
 fi
 mkdir -p "$LOG_DIR"
 

@@ -25,7 +25,7 @@ MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-256}
 LOG_DIR=${LOG_DIR:-./logs}
 
 if [ "$NODE_RANK" = "0" ]; then
-    python mindspeed_llm/training/port_check.py "$MASTER_PORT"  # a plain file: no torch import
+    python mindspeed_llm/runtime/port_check.py "$MASTER_PORT"  # a plain file: no torch import
 fi
 mkdir -p "$LOG_DIR"
 

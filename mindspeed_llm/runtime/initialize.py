@@ -1,4 +1,4 @@
-"""Start-up: process group from torchrun's environment, megatron-core parallel state, seeds, patches, logs."""
+"""Start-up: flags to configuration, process group from torchrun's environment, parallel state, seeds, patches, logs."""
 
 from __future__ import annotations
 
@@ -13,34 +13,14 @@ import sys
 import numpy as np
 import torch
 
-from mindspeed_llm.training.arguments import (
-    ArgumentError,
-    given_flags,
-    kernel_noop_flags,
-    parse_args,
-    validate_args,
-)
+from mindspeed_llm.config.flags import ArgumentError, given_flags, kernel_noop_flags, parse_args
+from mindspeed_llm.config.groups import RunConfig
+from mindspeed_llm.config.namespace import build_namespace
+from mindspeed_llm.config.plan import parallel_layout
+from mindspeed_llm.config.validate import apply_defaults, take_checkpoint_values, validate_args
+from mindspeed_llm.runtime import run
 
 logger = logging.getLogger("mindspeed_llm.training")
-
-_STATE: dict = {}
-
-
-def get_args() -> argparse.Namespace:
-    """The arguments of this training run (for entry scripts such as pretrain_gpt.py)."""
-    if "args" not in _STATE:
-        raise RuntimeError("training arguments are not initialised: call initialize_megatron() first")
-    return _STATE["args"]
-
-
-def set_args(args: argparse.Namespace) -> None:
-    """Make ``args`` what :func:`get_args` returns."""
-    _STATE["args"] = args
-
-
-def launch_flags() -> set[str]:
-    """Argument names written on this launch's command line (the others are defaults)."""
-    return _STATE.get("given", set())
 
 
 def _free_port() -> int:
@@ -96,71 +76,75 @@ def set_seed(seed: int) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def enable_feature_patches(args: argparse.Namespace) -> list[str]:
+def enable_feature_patches(args: argparse.Namespace, device: str) -> list[str]:
     """--use-flash-attn / --use-fused-* through the patch layer's feature patches, pinned to this device."""
     from mindspeed_llm.patches.features import enable_feature_patches_from_args
 
     try:
-        return enable_feature_patches_from_args(args, device=args.device)
+        return enable_feature_patches_from_args(args, device=device)
     except ValueError as exc:
         raise ArgumentError(str(exc)) from None
 
 
 def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
                         args_defaults: dict | None = None, check=None) -> argparse.Namespace:
-    """Parse and validate flags, start the process group and parallel state, seed, enable patches.
+    """Flags to configuration, then the process group and parallel state, seeds and patches.
 
-    ``check`` replaces the training rules of ``arguments.check_args`` (inference.py passes its own).
+    Returns the namespace of the flags (``runtime.run.get_args()`` answers it too, until the model setup
+    adds the plan). ``check`` replaces the training rules of ``config.validate.check_args`` (inference.py
+    passes its own).
     """
     from megatron.core import parallel_state as ps
 
     import mindspeed_llm
 
-    args = parse_args(argv, extra_args_provider)
-    _STATE["given"] = given_flags(argv, extra_args_provider)
-    for key, value in (args_defaults or {}).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    parsed = parse_args(argv, extra_args_provider)
+    given = given_flags(argv, extra_args_provider)
+    apply_defaults(parsed, args_defaults)
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)), world)
-    if args.use_checkpoint_args or (args_defaults or {}).get("use_checkpoint_args"):
+    if parsed.use_checkpoint_args or (args_defaults or {}).get("use_checkpoint_args"):
         from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
 
-        load_args_from_checkpoint(args)  # before validation, as Megatron-LM
-    validate_args(args, world, check)  # before the process group: a bad flag fails fast on every rank
-    initialize_distributed(args.distributed_timeout_minutes)
-    args.rank = torch.distributed.get_rank()
-    args.device = mindspeed_llm.DEVICE
+        take_checkpoint_values(parsed, load_args_from_checkpoint(parsed))  # before validation, as Megatron-LM
+    validate_args(parsed, world, check)  # before the process group: a bad flag fails fast on every rank
+    config = RunConfig.from_args(parsed)
+    layout = parallel_layout(config, world)
+    args = build_namespace(config)
+    initialize_distributed(config.parallel.distributed_timeout_minutes)
+    device = mindspeed_llm.DEVICE
+    par = config.parallel
     ps.initialize_model_parallel(
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size,
-        distributed_timeout_minutes=args.distributed_timeout_minutes,
+        tensor_model_parallel_size=par.tensor_model_parallel_size,
+        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
+        context_parallel_size=par.context_parallel_size,
+        distributed_timeout_minutes=par.distributed_timeout_minutes,
     )
-    if args.context_parallel_size > 1 and args.context_parallel_algo == "hybrid_cp_algo":
-        from mindspeed_llm.ops.context_parallel import initialize_hybrid_cp_groups
+    if par.context_parallel_size > 1 and par.context_parallel_algo == "hybrid_cp_algo":
+        from mindspeed_llm.runtime.parallel import initialize_hybrid_cp_groups
 
-        initialize_hybrid_cp_groups(args.ulysses_degree_in_cp, args.tensor_model_parallel_size,
-                                    args.pipeline_model_parallel_size, args.context_parallel_size)
-    set_seed(args.seed)
-    features = enable_feature_patches(args)
-    set_args(args)
+        initialize_hybrid_cp_groups(par.ulysses_degree_in_cp, par.tensor_model_parallel_size,
+                                    par.pipeline_model_parallel_size, par.context_parallel_size)
+    set_seed(config.training.seed)
+    features = enable_feature_patches(args, device)
+    run.start(config, given, args)
     if features:
         logger.info("> feature patches: %s", ", ".join(features))
-    if args.device == "cpu":
+    if device == "cpu":
         from mindspeed_llm.patches import cpu_malloc
 
         if cpu_malloc.keep_freed_memory():
             logger.info("> host memory: freed blocks stay in the heap for reuse (glibc mmap/trim thresholds "
                         "raised; %s=default keeps glibc's defaults)", cpu_malloc.ENV)
-    noops = kernel_noop_flags(args, args.device)
+    noops = kernel_noop_flags(args, device)
     if noops:
-        logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", args.device,
+        logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", device,
                     ", ".join(noops))
+    vpp = layout.virtual_pipeline_model_parallel_size
     logger.info("> initialized world of %d on %s: TP=%d PP=%d%s%s DP=%d, %d micro-batches of %d per step",
-                args.world_size, args.device, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                f" VPP={args.virtual_pipeline_model_parallel_size}" if args.virtual_pipeline_model_parallel_size
-                else "", f" CP={args.context_parallel_size} ({_cp_algo_words(args)})"
-                if args.context_parallel_size > 1 else "", args.data_parallel_size, args.num_microbatches, args.micro_batch_size)
+                layout.world_size, device, par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
+                f" VPP={vpp}" if vpp else "", f" CP={par.context_parallel_size} ({_cp_algo_words(args)})"
+                if par.context_parallel_size > 1 else "", layout.data_parallel_size, layout.num_microbatches,
+                config.training.micro_batch_size)
     return args

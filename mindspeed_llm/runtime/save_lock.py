@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 
-from mindspeed_llm.training.errors import SaveError
+from mindspeed_llm.runtime.errors import SaveError
 
 logger = logging.getLogger(__name__)
 

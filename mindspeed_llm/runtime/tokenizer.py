@@ -13,7 +13,8 @@ import argparse
 import os
 from collections import OrderedDict
 
-from mindspeed_llm.training.arguments import ArgumentError, check_tokenizer_path
+from mindspeed_llm.config.flags import ArgumentError
+from mindspeed_llm.config.paths import check_tokenizer_path
 
 
 class TrainingTokenizer:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 
-from mindspeed_llm.training.errors import TrainingInterrupted, any_rank
+from mindspeed_llm.runtime.errors import TrainingInterrupted, any_rank
 
 
 class SignalGuard:

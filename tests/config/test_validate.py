@@ -1,18 +1,15 @@
-"""Megatron flag parsing and validation: derived sizes and the errors a user can act on."""
+"""Megatron flag parsing and validation: completed flags, the derived plan and the errors a user can act on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mindspeed_llm.training.arguments import (
-    ArgumentError,
-    kernel_noop_flags,
-    model_config_from_args,
-    parse_args,
-    transformer_config_from_args,
-    validate_args,
-)
+from mindspeed_llm.config.flags import ArgumentError, kernel_noop_flags, parse_args
+from mindspeed_llm.config.groups import RunConfig, transformer_config
+from mindspeed_llm.config.plan import parallel_layout
+from mindspeed_llm.config.validate import validate_args
+from tests.config.launch import plan_for
 
 BASE = ("--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
         "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document")
@@ -22,9 +19,26 @@ def args_for(extra: str = "", world: int = 1):
     return validate_args(parse_args((BASE + " " + extra).split()), world)
 
 
+def layout_for(extra: str = "", world: int = 1):
+    return parallel_layout(RunConfig.from_args(args_for(extra, world)), world)
+
+
+def model_config_from_args(args, vocab_rows, base=None):
+    """Our ModelConfig of validated flags (as the runtime builds it)."""
+    config = RunConfig.from_args(args)
+    return config.model.model_config(vocab_rows, config.precision.params_dtype, base)
+
+
+def megatron_config(args, world=1, vocab_rows=101):
+    """megatron-core's TransformerConfig of validated flags."""
+    return transformer_config(*plan_for(args, world, vocab_rows=vocab_rows))
+
+
 def test_data_parallel_size_and_micro_batches_are_derived():
-    args = args_for("--tensor-model-parallel-size 2 --micro-batch-size 2 --global-batch-size 16", world=8)
-    assert (args.data_parallel_size, args.num_microbatches) == (4, 2)
+    extra = "--tensor-model-parallel-size 2 --micro-batch-size 2 --global-batch-size 16"
+    layout = layout_for(extra, world=8)
+    assert (layout.data_parallel_size, layout.num_microbatches) == (4, 2)
+    args = args_for(extra, world=8)
     assert args.ffn_hidden_size == 192  # Megatron's SwiGLU default: 2/3 of 4h rounded up to 64
     assert args.num_query_groups == 4 and args.kv_channels == 16
 
@@ -54,9 +68,9 @@ def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
 
 
 def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel():
-    args = args_for("--tensor-model-parallel-size 2 --context-parallel-size 2 --context-parallel-algo "
-                    "ulysses_cp_algo --attention-dropout 0", world=8)
-    assert (args.data_parallel_size, args.context_parallel_size) == (2, 2)
+    extra = "--tensor-model-parallel-size 2 --context-parallel-size 2 --context-parallel-algo ulysses_cp_algo " \
+            "--attention-dropout 0"
+    assert (layout_for(extra, world=8).data_parallel_size, args_for(extra, world=8).context_parallel_size) == (2, 2)
     # Ulysses attends over whole sequences per head: megatron's attention dropout applies (default 0.1).
     assert args_for("--context-parallel-size 2 --context-parallel-algo ulysses_cp_algo", world=2).attention_dropout == 0.1
 
@@ -99,10 +113,11 @@ def test_context_parallel_takes_packed_samples(algo):
 
 
 def test_hybrid_cp_sets_megatrons_hierarchical_sizes():
-    args = args_for("--tensor-model-parallel-size 2 --context-parallel-size 4 --context-parallel-algo hybrid_cp_algo "
-                    "--ulysses-degree-in-cp 2 --attention-dropout 0", world=16)
-    assert (args.data_parallel_size, args.ulysses_degree_in_cp) == (2, 2)
-    config = transformer_config_from_args(args, model_config_from_args(args, vocab_rows=101))
+    extra = ("--tensor-model-parallel-size 2 --context-parallel-size 4 --context-parallel-algo hybrid_cp_algo "
+             "--ulysses-degree-in-cp 2 --attention-dropout 0")
+    args = args_for(extra, world=16)
+    assert (layout_for(extra, world=16).data_parallel_size, args.ulysses_degree_in_cp) == (2, 2)
+    config = megatron_config(args, world=16)
     # megatron-core's hierarchical CP: level 0 all-to-all (Ulysses), level 1 p2p (ring).
     assert config.cp_comm_type == "a2a+p2p" and config.hierarchical_context_parallel_sizes == [2, 2]
 
@@ -143,7 +158,8 @@ def test_tensorboard_dir_without_tensorboard_is_a_clear_error():
 
 def test_bf16_keeps_fp32_gradient_reduction():
     args = args_for("--bf16")
-    assert args.params_dtype == torch.bfloat16 and args.accumulate_allreduce_grads_in_fp32
+    assert plan_for(args)[1].params_dtype == torch.bfloat16 and args.accumulate_allreduce_grads_in_fp32
+    assert plan_for(args_for())[1].params_dtype == torch.float32
 
 
 def test_kernel_only_flags_are_reported_as_no_ops():
@@ -159,7 +175,7 @@ def test_transformer_config_follows_the_flags():
                     "--recompute-method uniform --recompute-num-layers 1 --attention-dropout 0 --hidden-dropout 0 "
                     "--cross-entropy-loss-fusion")
     model = model_config_from_args(args, vocab_rows=101)
-    config = transformer_config_from_args(args, model)
+    config = megatron_config(args)
     assert (config.num_query_groups, config.add_qkv_bias, config.bf16) == (2, True, True)
     assert config.params_dtype == torch.bfloat16 and config.recompute_granularity == "full"
     assert config.cross_entropy_loss_fusion
@@ -167,7 +183,7 @@ def test_transformer_config_follows_the_flags():
     # Megatron-LM's --swiglu default: megatron's fused SwiGLU; its --no-bias-swiglu-fusion: the plain one.
     assert config.bias_activation_fusion
     args = args_for("--no-bias-swiglu-fusion")
-    assert not transformer_config_from_args(args, model_config_from_args(args, vocab_rows=101)).bias_activation_fusion
+    assert not megatron_config(args).bias_activation_fusion
     assert "--no-bias-swiglu-fusion" not in kernel_noop_flags(args, "cpu")
 
 
@@ -239,11 +255,11 @@ def test_sample_based_training_refuses_iteration_schedule_flags():
 
 
 def test_decoder_first_and_last_stage_layers_become_a_layer_list():
-    args = args_for("--num-layers 10 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 1 "
-                    "--decoder-last-pipeline-num-layers 3", world=4)
-    assert args.num_layer_list_parsed == [1, 3, 3, 3]
-    args = args_for("--pipeline-model-parallel-size 2 --decoder-last-pipeline-num-layers 1", world=2)
-    assert args.num_layer_list_parsed == [3, 1]
+    layout = layout_for("--num-layers 10 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 1 "
+                        "--decoder-last-pipeline-num-layers 3", world=4)
+    assert layout.num_layer_list_parsed == (1, 3, 3, 3)
+    layout = layout_for("--pipeline-model-parallel-size 2 --decoder-last-pipeline-num-layers 1", world=2)
+    assert layout.num_layer_list_parsed == (3, 1)
     with pytest.raises(ArgumentError, match="cannot be split evenly"):
         args_for("--num-layers 9 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 2", world=4)
 
@@ -255,17 +271,21 @@ def test_per_split_data_paths_and_mock_data_replace_data_path():
     assert validate_args(parse_args(flags), 1).train_data_path == ["t_text_document"]
 
 
-def test_args_are_frozen_after_validation():
-    from mindspeed_llm.training.state import FrozenArgsError, freeze_args
+def test_the_runs_namespace_is_frozen_from_birth_and_carries_the_plan():
+    from mindspeed_llm.config.namespace import FrozenArgsError, build_namespace
 
-    args = freeze_args(args_for())
+    config, plan = plan_for(args_for("--tensor-model-parallel-size 2 --global-batch-size 8", world=4), world=4)
+    args = build_namespace(config, plan)
     with pytest.raises(FrozenArgsError, match="cannot set lr"):
         args.lr = 1.0
-    assert args.lr == 1e-3
+    assert args.lr == 1e-3 and args.data_parallel_size == 2 and args.num_microbatches == 4
+    assert args.padded_vocab_size == plan.padded_vocab_size == 128 and args.hf_architecture == "LlamaForCausalLM"
+    assert args.data_path == ["d_text_document"]  # lists, as argparse and Megatron-LM give them
+    assert build_namespace(config).padded_vocab_size is None  # before the plan: the flag alone
 
 
 def test_given_flags_are_told_apart_from_defaults():
-    from mindspeed_llm.training.arguments import given_flags
+    from mindspeed_llm.config.flags import given_flags
 
     given = given_flags((BASE + " --rotary-base 10000").split())
     assert "rotary_base" in given and "norm_epsilon" not in given and "seq_length" in given

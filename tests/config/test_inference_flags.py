@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mindspeed_llm.inference.arguments import add_inference_args, check_inference_args, training_only_flags
-from mindspeed_llm.training.arguments import ArgumentError, build_parser, given_flags, parse_args
+from mindspeed_llm.config.flags import (
+    ArgumentError,
+    add_inference_args,
+    build_parser,
+    given_flags,
+    parse_args,
+    training_only_flags,
+)
+from mindspeed_llm.config.validate import check_inference_args
 
 MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--max-position-embeddings", "256",
          "--swiglu", "--disable-bias-linear", "--load", "/ckpt", "--tokenizer-name-or-path", "/tok"]
@@ -22,6 +29,8 @@ def test_generate_launch_fills_what_training_needs() -> None:
     assert _check("--prompt", "hi", "--top-k", "5").task == ["do_sample"]
     assert _check("--prompt", "hi", "--task", "greedy", "do_sample", "--top-p", "0.9").task == ["greedy", "do_sample"]
     assert not _check("--prompt", "hi", "--no-kv-cache").use_kv_cache
+    # Weights only: generation reads no optimizer, scheduler or RNG state, whatever the checkpoint holds.
+    assert args.no_load_optim and args.no_load_rng
 
 
 @pytest.mark.parametrize("flags,needle", [

@@ -1,4 +1,4 @@
-"""Is MASTER_PORT free? ``python -m mindspeed_llm.training.port_check PORT`` (used by the example scripts).
+"""Is MASTER_PORT free? ``python -m mindspeed_llm.runtime.port_check PORT`` (used by the example scripts).
 
 torchrun's agent binds MASTER_PORT before any of our code runs, so a stale training process still
 holding it makes the next launch fail with an obscure rendezvous error. The scripts call this first:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status 0 if the port is free, 1 (with a message naming the holder) if not."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m mindspeed_llm.training.port_check MASTER_PORT", file=sys.stderr)
+        print("usage: python -m mindspeed_llm.runtime.port_check MASTER_PORT", file=sys.stderr)
         return 2
     port = int(argv[0])
     if port_is_free(port):
