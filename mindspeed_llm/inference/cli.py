@@ -53,11 +53,11 @@ def load_model(args: argparse.Namespace, tokenizer):
     """Check the launch against ``--load``, build this rank's chunk and load its weights (nothing else)."""
     from megatron.core import parallel_state as ps
 
-    from mindspeed_llm.training import checkpointing
+    from mindspeed_llm.runtime import checkpoint
     from mindspeed_llm.training.errors import fail_together
     from mindspeed_llm.training.training import get_model_config, prepare_model_config
 
-    iteration = checkpointing.find_checkpoint(args)
+    iteration = checkpoint.find_checkpoint(args)
     with fail_together():
         prepare_model_config(args, tokenizer, iteration)
     # Weights only: no optimizer, scheduler or RNG state is read, whatever the checkpoint holds.
@@ -65,7 +65,7 @@ def load_model(args: argparse.Namespace, tokenizer):
     model_config = get_model_config()
     model = model_provider(args, model_config, ps.is_pipeline_first_stage(ignore_virtual=True),
                            ps.is_pipeline_last_stage(ignore_virtual=True))
-    checkpointing.load_checkpoint([model], None, None, args, iteration)
+    checkpoint.load([model], None, None, args, iteration)
     return model, model_config
 
 

@@ -124,7 +124,7 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)), world)
     if args.use_checkpoint_args or (args_defaults or {}).get("use_checkpoint_args"):
-        from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
+        from mindspeed_llm.runtime.checkpoint.launch import load_args_from_checkpoint
 
         load_args_from_checkpoint(args)  # before validation, as Megatron-LM
     validate_args(args, world, check)  # before the process group: a bad flag fails fast on every rank

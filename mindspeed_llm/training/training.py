@@ -20,9 +20,17 @@ from collections.abc import Callable
 
 import torch
 
-from mindspeed_llm.checkpoint import mapping
-from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.console import launch_rank, print_error
+from mindspeed_llm.convert import mapping
+from mindspeed_llm.runtime.checkpoint import launch as checkpoint_launch
+from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
+from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
+from mindspeed_llm.runtime.checkpoint.locate import (
+    find_checkpoint,
+    find_lora_checkpoint,
+    last_complete_checkpoint,
+)
+from mindspeed_llm.runtime.state import TrainState
 from mindspeed_llm.training import checkpointing, save_lock, signals
 from mindspeed_llm.training.arguments import (
     ArgumentError,
@@ -38,7 +46,7 @@ from mindspeed_llm.training.errors import (
     fail_together,
 )
 from mindspeed_llm.training.initialize import initialize_megatron, launch_flags
-from mindspeed_llm.training.state import TrainState, freeze_args
+from mindspeed_llm.training.state import freeze_args
 from mindspeed_llm.training.tokenizer import build_tokenizer
 from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
 
@@ -77,10 +85,11 @@ def prepare_model_config(args: argparse.Namespace, tokenizer, ckpt_iteration) ->
 
     base, rows = None, None
     if ckpt_iteration is not None:
-        ckpt_args, where = checkpointing.read_checkpoint_args(args, ckpt_iteration)
-        checkpointing.check_checkpoint_args(args, ckpt_args, where,
-                                            reshardable=checkpointing.is_dist_checkpoint(args, ckpt_iteration))
-        checkpointing.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
+        record, where = checkpoint_launch.read_checkpoint_record(args, ckpt_iteration)
+        checkpoint_launch.check_checkpoint_args(args, record, where,
+                                                reshardable=detect_format(args.load, ckpt_iteration) == TORCH_DIST)
+        ckpt_args = record.model  # the recorded model: hf_config, hf_vocab_size, padded_vocab_size, ...
+        checkpoint_launch.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
         if getattr(ckpt_args, "hf_config", None):
             try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
                 base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))
@@ -369,8 +378,6 @@ def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.
     if loss_code and grad_code:
         what += f" (gradients: {kind[grad_code]})"
     iteration = iteration_in_progress()
-    from mindspeed_llm.training.checkpointing import last_complete_checkpoint
-
     raise NonFiniteError(
         f"iteration {iteration}: {what} on rank {rank}; stopped before the optimizer step, nothing saved "
         f"(kept: {last_complete_checkpoint(args.save)}). Lower --lr or check the data before resuming; "
@@ -466,11 +473,11 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
         check_indexed_dataset(prefix)
     tokenizer = build_tokenizer(args)
     _STATE["tokenizer"] = tokenizer
-    ckpt_iteration = checkpointing.find_checkpoint(args)
+    ckpt_iteration = find_checkpoint(args)
     with fail_together():  # each rank reads its own checkpoint file
         prepare_model_config(args, tokenizer, ckpt_iteration)
     freeze_args(args)  # configuration is settled; what changes from here on lives in TrainState
-    resume_iteration = checkpointing.find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
+    resume_iteration = find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
     if _nothing_to_train(args, resume_iteration):
         return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
                               "consumed_train_samples": 0})
@@ -661,7 +668,6 @@ def _interrupted_line(signum: int) -> str:
     """One line for a run a signal ended: where it was and which checkpoint is kept."""
     import signal as signal_module
 
-    from mindspeed_llm.training.checkpointing import last_complete_checkpoint
     from mindspeed_llm.training.initialize import get_args
 
     name = signal_module.Signals(signum).name + (" (Ctrl-C)" if signum == signal_module.SIGINT else "")

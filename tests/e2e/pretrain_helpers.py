@@ -13,6 +13,8 @@ import torch
 from tests.conftest import REPO_ROOT, StartedTorchrun, torchrun
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
+# pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it there).
+PAUSED_IN_SAVE = REPO_ROOT / "tests" / "e2e" / "scripts" / "pretrain_paused_in_save.py"
 VOCAB = 128  # rows of the tiny HF models (tests/checkpoint/tiny_models.py)
 EOD = 2  # their tokenizer's </s>
 _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")
@@ -64,7 +66,7 @@ def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.
 
 def convert_hf_to_mg(hf_dir: Path, save_dir: Path, tp: int = 1, pp: int = 1, **extra) -> Path:
     """convert_ckpt.py hf -> mg (in this process, through its library function)."""
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     cfg = json.loads((hf_dir / "config.json").read_text())
     convert(ConvertOptions(load_model_type="hf", save_model_type="mg", load_dir=str(hf_dir), save_dir=str(save_dir),

@@ -98,7 +98,7 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny):
 
     from safetensors.torch import load_file
 
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     def to_hf(load, name):
         target = tiny["root"] / name

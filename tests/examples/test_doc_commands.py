@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mindspeed_llm.checkpoint.cli import build_parser as convert_parser
+from mindspeed_llm.convert.cli import build_parser as convert_parser
 from mindspeed_llm.data.arguments import build_parser as preprocess_parser
 from mindspeed_llm.inference.arguments import add_inference_args
 from mindspeed_llm.training.arguments import build_parser as pretrain_parser

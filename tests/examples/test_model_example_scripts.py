@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mindspeed_llm.checkpoint.cli import build_parser, options_from_args
-from mindspeed_llm.checkpoint.convert import check_parallel, target_padded_vocab
+from mindspeed_llm.convert.cli import build_parser, options_from_args
+from mindspeed_llm.convert.convert import check_parallel, target_padded_vocab
 from mindspeed_llm.models.families import ModelConfig, check_model_type_hf
 from mindspeed_llm.training.arguments import parse_args, validate_args
 from tests.conftest import HF_CONFIG_FIXTURES, REPO_ROOT, free_port

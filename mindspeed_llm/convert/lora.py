@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError
-from mindspeed_llm.checkpoint.mapping import Split, Transform, hf_to_mcore, mcore_to_hf, shard, unshard
+from mindspeed_llm.convert.errors import CheckpointError, DamagedCheckpointError
+from mindspeed_llm.convert.mapping import Split, Transform, hf_to_mcore, mcore_to_hf, shard, unshard
 from mindspeed_llm.models.families import ModelConfig
+from mindspeed_llm.runtime.checkpoint import layout
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -190,7 +190,7 @@ def _hf_parts(module: str, b: torch.Tensor, cfg: ModelConfig) -> list[torch.Tens
 
 
 def _mapping(m: LoraModule):
-    from mindspeed_llm.checkpoint.mapping import TensorMapping
+    from mindspeed_llm.convert.mapping import TensorMapping
 
     return TensorMapping(m.mcore + ".weight", m.hf, m.transform, m.b_split)
 
