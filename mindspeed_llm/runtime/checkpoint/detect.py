@@ -22,11 +22,10 @@ def detect_format(root: str | os.PathLike, iteration: int | str | None = None) -
     if iteration is None:
         if not os.path.isfile(os.path.join(root, layout.TRACKER_FILENAME)):
             return None
-        iteration, named_by = layout.read_tracker(root), f", but {layout.TRACKER_FILENAME} names it"
-    else:
-        named_by = ""
+        iteration = layout.read_tracker(root)
     folder = layout.iteration_dir(root, iteration)
     if not os.path.isdir(folder):
+        named_by = f", but {layout.TRACKER_FILENAME} names it" if _tracker_names(root, iteration) else ""
         raise CheckpointError(f"{folder} not found{named_by}: the checkpoint is incomplete")
     for name in (TORCH_DIST, TORCH):  # a torch_dist folder never holds rank folders; its marker decides first
         if FORMATS[name].detect(folder):
@@ -36,3 +35,11 @@ def detect_format(root: str | os.PathLike, iteration: int | str | None = None) -
         f"(torch_dist): the save did not finish or the folder is damaged; restore it, or write an earlier "
         f"iteration into {layout.TRACKER_FILENAME} to load that one"
     )
+
+
+def _tracker_names(root: str, iteration: int | str) -> bool:
+    """True when ``root``'s tracker names ``iteration`` (for the message about a missing folder)."""
+    try:
+        return layout.read_tracker(root) == iteration
+    except CheckpointError:
+        return False

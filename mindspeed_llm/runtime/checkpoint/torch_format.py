@@ -253,6 +253,7 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
                               f"{tp_rank}, PP rank {pp_rank}")
     state = layout.load_rank_file(path, mmap=False)
+    read_header(state, path)  # a record this version cannot read is refused before anything loads
     check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
     lora_on = bool(getattr(args, "lora_target_modules", None))
     adapter = None
@@ -265,6 +266,7 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
                                       f"incomplete for TP rank {tp_rank}, PP rank {pp_rank} (or was saved at "
                                       "another TP/PP)")
             adapter = (lora_path, layout.load_rank_file(lora_path, mmap=False))
+            read_header(adapter[1], lora_path)
             iteration = lora_iteration  # the run continues from the adapter checkpoint
     release = iteration == layout.RELEASE
     # With --lora-load, --load is the base (weights only) and the run's state is the adapter checkpoint's:
