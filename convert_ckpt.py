@@ -7,7 +7,7 @@ MINDSPEED_LLM_LATE_PATCHES = True
 import sys  # noqa: E402
 
 import mindspeed_llm  # noqa: E402
-from mindspeed_llm.checkpoint.cli import main  # noqa: E402
+from mindspeed_llm.convert.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     mindspeed_llm.freeze_heap_at_exit()  # no collections over torch's modules at exit

@@ -44,12 +44,11 @@ def make_models(folder: str):
     from megatron.core import parallel_state as ps
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from mindspeed_llm.checkpoint import layout
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
     from mindspeed_llm.models.builder import build_gpt_model
     from mindspeed_llm.models.families import ModelConfig
+    from mindspeed_llm.runtime.checkpoint import layout
     from mindspeed_llm.runtime.initialize import initialize_distributed
-    from mindspeed_llm.training.checkpointing import load_rank_file
 
     config = AutoConfig.for_model("qwen2", **SHAPE, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
                                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -68,7 +67,7 @@ def make_models(folder: str):
         model_config = ModelConfig.from_hf_config(json.load(f))
     mg = build_gpt_model(model_config, padded_vocab_size=SHAPE["vocab_size"], pre_process=True, post_process=True,
                          hidden_dropout=0.0, attention_dropout=0.0)
-    state = load_rank_file(layout.checkpoint_file_for(mg_dir, layout.read_tracker(mg_dir), 0, 0, 1))
+    state = layout.load_rank_file(layout.checkpoint_file_for(mg_dir, layout.read_tracker(mg_dir), 0, 0, 1))
     mg.load_state_dict(state["model"], strict=True)
     return hf.eval(), mg.eval()
 

@@ -14,7 +14,7 @@ Rows of the table it prints (fails with one line on a machine without CUDA, unle
    opt-in ``kernel='cuda_efficient'``; dry run: the CPU flash kernel) against the blockwise kernel, the
    ring's CUDA default: forward, log-sum-exp and backward, fp32 and bf16, and their times.
 2. **logits**: a random Qwen2.5-shaped HF model (transformers) converted by convert_ckpt.py; both
-   forward the same tokens on the device in fp32 (``mindspeed_llm.checkpoint.verify``'s model build).
+   forward the same tokens on the device in fp32 (``mindspeed_llm.convert.verify``'s model build).
 3. **train + resume**: pretrain_gpt.py under torchrun (1 process) for 6 iterations saving at 3, then
    resumed from 3: iterations 4-6 must repeat.
 4. **throughput**: a Qwen2.5-1.5B-shaped model (hidden 1536, 12 heads / 2 KV groups, SwiGLU 8960,
@@ -244,10 +244,10 @@ def _logits_parity(device: str, work: Path, tiny: bool) -> Row:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
-    from mindspeed_llm.checkpoint.layout import load_rank_state
-    from mindspeed_llm.checkpoint.sources import model_config_from_args
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.sources import model_config_from_args
     from mindspeed_llm.models.builder import build_gpt_model
+    from mindspeed_llm.runtime.checkpoint.layout import load_rank_state
 
     t0 = time.time()
     shape = dict(layers=2, hidden=64, heads=4, groups=2, ffn=128, vocab=256) if tiny else \

@@ -25,11 +25,16 @@ PACKAGE = "mindspeed_llm"
 # The modules a command line is parsed and checked with, before torch is imported: `--help` and a bad flag
 # answer in a fraction of a second (docs/architecture.md). One list: when a module moves, change it here.
 ARGUMENT_MODULES = (
-    "mindspeed_llm.training.arguments",
-    "mindspeed_llm.checkpoint.cli",
+    "mindspeed_llm.config.flags",
+    "mindspeed_llm.config.validate",
+    "mindspeed_llm.config.paths",
+    "mindspeed_llm.config.groups",
+    "mindspeed_llm.config.plan",
+    "mindspeed_llm.config.namespace",
+    "mindspeed_llm.lora.config",
+    "mindspeed_llm.convert.cli",
     "mindspeed_llm.data.arguments",
     "mindspeed_llm.models.names",
-    "mindspeed_llm.inference.arguments",
 )
 ENTRY_SCRIPTS = (
     "pretrain_gpt.py", "posttrain_gpt.py", "inference.py", "convert_ckpt.py", "preprocess_data.py",

@@ -59,19 +59,18 @@ def load_model(args: argparse.Namespace, tokenizer):
     """
     from megatron.core import parallel_state as ps
 
-    from mindspeed_llm.runtime import run
+    from mindspeed_llm.runtime import checkpoint, run
     from mindspeed_llm.runtime.errors import fail_together
     from mindspeed_llm.runtime.model import plan_run
-    from mindspeed_llm.training import checkpointing  # helper C moves this to runtime/checkpoint
 
     config = run.get_config()
-    iteration = checkpointing.find_checkpoint(args)
+    iteration = checkpoint.find_checkpoint(args)
     with fail_together():
         plan = plan_run(args, config, tokenizer, iteration)
     args = run.get_args()
     model = model_provider(args, config, plan, ps.is_pipeline_first_stage(ignore_virtual=True),
                            ps.is_pipeline_last_stage(ignore_virtual=True))
-    checkpointing.load_checkpoint([model], None, None, args, iteration)
+    checkpoint.load([model], None, None, args, iteration)
     return model, plan.model_config
 
 

@@ -1,7 +1,7 @@
 """Model families as data: HuggingFace ``config.json`` <-> :class:`ModelConfig` <-> megatron-core config.
 
 Adding a family means adding a :class:`FamilySpec` row to :data:`FAMILIES` (and, if its tensor names
-differ, a mapping table in :mod:`mindspeed_llm.checkpoint.mapping`); see docs/adding_a_model.md.
+differ, a mapping table in :mod:`mindspeed_llm.convert.mapping`); see docs/adding_a_model.md.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each error is one line for the user (the path or flag, what is wrong, the fix); ``run_main`` prints it
 as ``error: ...`` and exits 1 (``TrainingInterrupted``: 128 + the signal number). Bad flags are
-``ArgumentError`` (config/flags.py) and unreadable checkpoints ``CheckpointError`` (checkpoint/errors.py);
-the classes here cover the rest.
+``ArgumentError`` (config/flags.py) and unreadable checkpoints ``CheckpointError``
+(runtime/checkpoint/errors.py); the classes here cover the rest.
 
 A rank that fails alone would leave the others waiting in the next collective until the process
 group's timeout. :func:`fail_together` makes a failure collective: every rank reaches one all-reduce,
@@ -59,8 +59,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (DataError, SaveError, NonFiniteE
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from mindspeed_llm.checkpoint.errors import CheckpointError
     from mindspeed_llm.config.flags import ArgumentError
+    from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
 
     return (*USER_ERRORS, ArgumentError, CheckpointError)
 

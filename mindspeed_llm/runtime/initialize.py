@@ -104,7 +104,7 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)), world)
     if parsed.use_checkpoint_args or (args_defaults or {}).get("use_checkpoint_args"):
-        from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
+        from mindspeed_llm.runtime.checkpoint.launch import load_args_from_checkpoint
 
         take_checkpoint_values(parsed, load_args_from_checkpoint(parsed))  # before validation, as Megatron-LM
     validate_args(parsed, world, check)  # before the process group: a bad flag fails fast on every rank

@@ -23,7 +23,7 @@ def padded_vocab_size(vocab: int, args: argparse.Namespace, recorded: int | None
 
     ``recorded``: the checkpoint's padded size, which the run takes instead of ``--padded-vocab-size``.
     """
-    from mindspeed_llm.checkpoint import mapping
+    from mindspeed_llm.convert import mapping
 
     tp = args.tensor_model_parallel_size
     requested = recorded if recorded is not None else args.padded_vocab_size
@@ -39,16 +39,18 @@ def padded_vocab_size(vocab: int, args: argparse.Namespace, recorded: int | None
 
 def settle_model_config(args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iteration) -> tuple[Any, int]:
     """(our ModelConfig, padded vocabulary) of the launch, checked against ``--load``'s checkpoint when there is one."""
-    from mindspeed_llm.checkpoint.errors import CheckpointError
     from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
-    from mindspeed_llm.training import checkpointing
+    from mindspeed_llm.runtime.checkpoint import launch as checkpoint_launch
+    from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
+    from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
 
     base, rows, recorded = None, None, None
     if ckpt_iteration is not None:
-        ckpt_args, where = checkpointing.read_checkpoint_args(args, ckpt_iteration)
-        checkpointing.check_checkpoint_args(args, ckpt_args, where,
-                                            reshardable=checkpointing.is_dist_checkpoint(args, ckpt_iteration))
-        recorded = checkpointing.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
+        record, where = checkpoint_launch.read_checkpoint_record(args, ckpt_iteration)
+        checkpoint_launch.check_checkpoint_args(args, record, where,
+                                                reshardable=detect_format(args.load, ckpt_iteration) == TORCH_DIST)
+        ckpt_args = record.model  # the recorded model: hf_config, hf_vocab_size, padded_vocab_size, ...
+        recorded = checkpoint_launch.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
         if getattr(ckpt_args, "hf_config", None):
             try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
                 base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))

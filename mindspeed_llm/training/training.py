@@ -20,11 +20,16 @@ from collections.abc import Callable
 
 import torch
 
-from mindspeed_llm.checkpoint.errors import CheckpointError
 from mindspeed_llm.config.flags import ArgumentError
 from mindspeed_llm.config.groups import optimizer_config
 from mindspeed_llm.console import launch_rank, print_error
 from mindspeed_llm.runtime import run, save_lock, signals
+from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
+from mindspeed_llm.runtime.checkpoint.locate import (
+    find_checkpoint,
+    find_lora_checkpoint,
+    last_complete_checkpoint,
+)
 from mindspeed_llm.runtime.errors import (
     USER_ERRORS,
     NonFiniteError,
@@ -34,9 +39,9 @@ from mindspeed_llm.runtime.errors import (
 )
 from mindspeed_llm.runtime.initialize import initialize_megatron
 from mindspeed_llm.runtime.model import get_model, plan_run
+from mindspeed_llm.runtime.state import TrainState
 from mindspeed_llm.runtime.tokenizer import build_tokenizer
 from mindspeed_llm.training import checkpointing
-from mindspeed_llm.training.state import TrainState
 from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
 
 logger = logging.getLogger("mindspeed_llm.training")
@@ -259,8 +264,6 @@ def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.
     if loss_code and grad_code:
         what += f" (gradients: {kind[grad_code]})"
     iteration = run.iteration_in_progress()
-    from mindspeed_llm.training.checkpointing import last_complete_checkpoint
-
     raise NonFiniteError(
         f"iteration {iteration}: {what} on rank {rank}; stopped before the optimizer step, nothing saved "
         f"(kept: {last_complete_checkpoint(args.save)}). Lower --lr or check the data before resuming; "
@@ -355,11 +358,11 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     for prefix in data_prefixes(args):
         check_indexed_dataset(prefix)
     tokenizer = build_tokenizer(args)
-    ckpt_iteration = checkpointing.find_checkpoint(args)
+    ckpt_iteration = find_checkpoint(args)
     with fail_together():  # each rank reads its own checkpoint file
         plan_run(args, config, tokenizer, ckpt_iteration, model_type)
     args = run.get_args()  # configuration and plan, frozen; what changes from here on lives in TrainState
-    resume_iteration = checkpointing.find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
+    resume_iteration = find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
     if _nothing_to_train(args, resume_iteration):
         return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
                               "consumed_train_samples": 0})
@@ -545,7 +548,6 @@ def _interrupted_line(signum: int) -> str:
     """One line for a run a signal ended: where it was and which checkpoint is kept."""
     import signal as signal_module
 
-    from mindspeed_llm.training.checkpointing import last_complete_checkpoint
 
     name = signal_module.Signals(signum).name + (" (Ctrl-C)" if signum == signal_module.SIGINT else "")
     try:

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mindspeed_llm.checkpoint import ConvertOptions, convert, load_rank_state, read_tracker
-from mindspeed_llm.checkpoint.layout import parallel_sizes
+from mindspeed_llm.convert import ConvertOptions, convert
+from mindspeed_llm.runtime.checkpoint import load_rank_state, read_tracker
+from mindspeed_llm.runtime.checkpoint.layout import parallel_sizes
+from tests.checkpoint.record_edits import edit_recorded_model
 from tests.checkpoint.tiny_models import load_hf_model, make_tiny_hf_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -204,14 +206,14 @@ def test_mg_to_hf_reads_a_training_style_checkpoint(hf_models, tmp_path):
     """Any iteration, optimizer/RNG state present (ignored), no hf_dir recorded: --hf-dir supplies the config."""
     import numpy as np
 
-    from mindspeed_llm.checkpoint import save_rank_state, write_tracker
+    from mindspeed_llm.runtime.checkpoint import save_rank_state, write_tracker
 
     folder, ref_logits = hf_models["llama"]
     mg = convert(_opts("hf", "mg", folder, str(tmp_path / "mg"), target_tp=2))
     trained = str(tmp_path / "trained")
     for tp in range(2):
         state = load_rank_state(mg, 1, tp, 0, 1, mmap=False)
-        del state["args"].hf_dir, state["args"].hf_config
+        edit_recorded_model(state, hf_dir=None, hf_config=None)
         state.update(iteration=20, optimizer={"state": {0: {"exp_avg": torch.zeros(3)}}},
                      opt_param_scheduler={"num_steps": 20},
                      rng_state=[{"random_rng_state": ("x",), "np_rng_state": np.random.get_state(),
@@ -225,7 +227,7 @@ def test_mg_to_hf_reads_a_training_style_checkpoint(hf_models, tmp_path):
 
 def test_mg_to_hf_reads_a_virtual_pipeline_checkpoint(hf_models, tmp_path):
     """PP2 x VPP2 rank files (model0, model1), as training writes them, convert back bit-identically."""
-    from mindspeed_llm.checkpoint import save_rank_state, write_tracker
+    from mindspeed_llm.runtime.checkpoint import save_rank_state, write_tracker
 
     folder, _ = hf_models["qwen_tied"]
     pp4 = convert(_opts("hf", "mg", folder, str(tmp_path / "pp4"), target_tp=2, target_pp=4, add_qkv_bias=True))

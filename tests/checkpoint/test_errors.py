@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mindspeed_llm.checkpoint import load_rank_state
-from mindspeed_llm.checkpoint.cli import main
+from mindspeed_llm.convert.cli import main
+from mindspeed_llm.runtime.checkpoint import load_rank_state
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 from tests.tool_process import (
     error_line,

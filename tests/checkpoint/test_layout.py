@@ -6,17 +6,16 @@ import os
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import (
+from mindspeed_llm.runtime.checkpoint import (
     CheckpointError,
     checkpoint_dir_for,
     load_rank_state,
-    make_rank_state,
     read_tracker,
     safe_torch_load,
     save_rank_state,
     write_tracker,
 )
-from mindspeed_llm.checkpoint.layout import parallel_sizes
+from mindspeed_llm.runtime.checkpoint.layout import parallel_sizes
 
 
 def test_names(tmp_path):
@@ -30,7 +29,8 @@ def test_save_load_round_trip(tmp_path):
                               params_dtype=torch.bfloat16, hf_config={"a": [1, None]})
     for tp in range(2):
         model = {"w": torch.full((2,), float(tp)), "x._extra_state": None}
-        save_rank_state(tmp_path, 7, tp, 0, 1, make_rank_state(model, args, 7))
+        legacy = {"args": args, "checkpoint_version": 3.0, "iteration": 7, "model": model}
+        save_rank_state(tmp_path, 7, tp, 0, 1, legacy)
     write_tracker(tmp_path, 7)
     assert read_tracker(tmp_path) == 7
     assert parallel_sizes(tmp_path, 7) == (2, 1)
@@ -55,7 +55,8 @@ def test_safe_load_refuses_arbitrary_objects(tmp_path):
 def test_missing_rank_is_reported(tmp_path):
     args = argparse.Namespace(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
     for tp, pp in [(0, 0), (1, 0), (0, 1)]:
-        save_rank_state(tmp_path, 1, tp, pp, 2, make_rank_state({}, args, 1))
+        save_rank_state(tmp_path, 1, tp, pp, 2, {"args": args, "checkpoint_version": 3.0, "iteration": 1,
+                                                 "model": {}})
     write_tracker(tmp_path, 1)
     with pytest.raises(CheckpointError, match="mp_rank_01_001"):
         parallel_sizes(tmp_path, 1)
@@ -70,7 +71,7 @@ def test_tracker_errors(tmp_path):
 
 def test_allowed_globals_keep_registrations_made_inside():
     """megatron-core registers its safe globals on first import, possibly during one of our loads: they stay."""
-    from mindspeed_llm.checkpoint.layout import allowed_globals
+    from mindspeed_llm.runtime.checkpoint.layout import allowed_globals
 
     with allowed_globals():
         from megatron.core import safe_globals

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint.mapping import (
+from mindspeed_llm.convert.mapping import (
     Split,
     layers_per_stage,
     pad_vocab,

@@ -11,7 +11,8 @@ import shutil
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint.cli import main
+from mindspeed_llm.convert.cli import main
+from tests.checkpoint.record_edits import edit_recorded_model
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
@@ -85,8 +86,8 @@ def test_a_recorded_config_with_a_refused_key_is_refused_from_mg(capsys, tmp_pat
     shutil.copytree(folders["qwen3_mg"], mg)
     rank_file = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     state = torch.load(rank_file, weights_only=False)
-    state["args"].hf_config["rope_scaling"] = YARN
-    state["args"].hf_dir = None  # only the recorded config speaks
+    # only the recorded config speaks (no HF folder recorded)
+    edit_recorded_model(state, hf_config={**state["args"].hf_config, "rope_scaling": YARN}, hf_dir=None)
     torch.save(state, rank_file)
     code, err = _run(capsys, "--load-model-type", "mg", "--save-model-type", save_type, "--load-dir", str(mg),
                      "--save-dir", str(tmp_path / "out"))

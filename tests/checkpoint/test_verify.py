@@ -5,9 +5,10 @@ import os
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import VerificationError, load_rank_state, save_rank_state
-from mindspeed_llm.checkpoint.cli import main
-from mindspeed_llm.checkpoint.verify import verify_checkpoint
+from mindspeed_llm.convert import VerificationError
+from mindspeed_llm.convert.cli import main
+from mindspeed_llm.convert.verify import verify_checkpoint
+from mindspeed_llm.runtime.checkpoint import load_rank_state, save_rank_state
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 
 
@@ -122,7 +123,7 @@ def test_verify_compares_at_the_converted_dtype(capsys, tmp_path, qwen):
 
 def test_verify_that_cannot_run_exits_3_with_the_reason(tmp_path, qwen, monkeypatch, capsys):
     """Too little memory (the machine's free memory is replaced by 1 KiB): exit 3, the output kept, not 0."""
-    import mindspeed_llm.checkpoint.verify as verify
+    import mindspeed_llm.convert.verify as verify
 
     monkeypatch.setattr(verify, "_available_memory", lambda: 1024)
     mg = str(tmp_path / "mg")

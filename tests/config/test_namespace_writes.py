@@ -22,19 +22,9 @@ CONFIG = REPO_ROOT / "mindspeed_llm" / "config"
 
 # (file, enclosing function, namespace name) -> why the write is not one to a run's parsed flags.
 ALLOWED = {
-    ("mindspeed_llm/checkpoint/convert.py", "make_checkpoint_args", "args"):
-        "convert_ckpt.py builds the args record a converted checkpoint carries (a new namespace, not parsed "
-        "flags); the checkpoint record schema (runtime/checkpoint/record.py, helper C) replaces it",
-    ("mindspeed_llm/checkpoint/convert.py", "write_megatron", "args"):
-        "the same record, completed with the adapter's LoRA settings (helper C's record schema replaces it)",
-    ("mindspeed_llm/training/state.py", "checkpoint_fields", "saved_args"):
-        "the consumed samples go into the saved copy (checkpointing.args_to_save builds a new namespace), "
-        "Megatron-LM's place for them; helper C's TrainState/record moves it",
-    ("mindspeed_llm/checkpoint/convert.py", "convert_mg_to_mg", "opts"):
+    ("mindspeed_llm/convert/convert.py", "convert_mg_to_mg", "opts"):
         "a copy of the converter's own options (ConvertOptions, copy.copy) given the source checkpoint's "
-        "vocabulary divisor; the converter's, helper C's",
-    ("mindspeed_llm/data/preprocess.py", "_encode_subsets", "sub_args"):
-        "preprocess_data.py's per-subset copy of its own namespace (argparse.Namespace(**vars(args)))",
+        "vocabulary divisor",
     ("mindspeed_llm/patches/megatron_lm.py", "translate_our_spellings", "args"):
         "the validation of Megatron-LM's own command line (wrapped megatron.training.arguments.validate_args): "
         "our --tokenizer-type spelling translated before Megatron-LM validates",

@@ -15,6 +15,8 @@ from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (the e2e tests import them from here)
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
+# pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it there).
+PAUSED_IN_SAVE = REPO_ROOT / "tests" / "e2e" / "scripts" / "pretrain_paused_in_save.py"
 VOCAB = 128  # rows of the tiny HF models (tests/helpers/tiny.py)
 EOD = 2  # their tokenizer's </s>
 _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")

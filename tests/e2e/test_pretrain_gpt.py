@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.e2e.pretrain_helpers import (
+    PAUSED_IN_SAVE,
     PRETRAIN,
     assert_close_losses,
     convert_hf_to_mg,
@@ -178,12 +179,12 @@ def test_tied_embeddings_train_at_pp2_like_pp1(tmp_path):
 
 
 def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path):
-    """The test hook pauses inside the save of iteration 4; SIGKILL there; iteration 2 still loads and resumes."""
+    """The save of iteration 4 is held before it publishes (a test script); SIGKILL there; iteration 2 still loads
+    and resumes."""
     save = tmp_path / "ckpt"
     flags = [*tiny["flags"], "--load", str(save), "--save", str(save), "--save-interval", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
-           "MINDSPEED_LLM_TEST_PAUSE_IN_SAVE": "4"}
-    cmd = torchrun_command(PRETRAIN, *flags, nproc=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = torchrun_command(PAUSED_IN_SAVE, "4", *flags, nproc=1)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=REPO_ROOT, start_new_session=True)
     lines = []
@@ -244,7 +245,7 @@ def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     target = tmp_path / "back_to_hf"
     convert(ConvertOptions(load_model_type="mg", save_model_type="hf", load_dir=str(save), save_dir=str(target),

@@ -24,8 +24,9 @@ import psutil
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import layout
-from tests.e2e.pretrain_helpers import PRETRAIN, make_indexed_dataset, train_flags
+from mindspeed_llm.runtime.checkpoint import layout
+from mindspeed_llm.runtime.checkpoint.record import RECORD_KEY
+from tests.e2e.pretrain_helpers import PAUSED_IN_SAVE, PRETRAIN, make_indexed_dataset, train_flags
 from tests.helpers.launch import Started, torchrun_command
 from tests.helpers.paths import REPO_ROOT
 
@@ -206,9 +207,11 @@ def _damage(save: Path, how: str, other: Path) -> Path:
         (save / layout.TRACKER_FILENAME).write_bytes(np.random.default_rng(0).bytes(64))
         return save / layout.TRACKER_FILENAME
     elif how == "other-model":
-        # Another model's weights under this run's args (as a copy from the wrong folder with args patched).
+        # Another model's weights under this run's header (a copy from the wrong folder with its args and
+        # record patched).
         theirs = torch.load(layout.checkpoint_file_for(other, 2, 0, 0, 1), weights_only=False)
-        theirs["args"] = torch.load(rank_file, weights_only=False)["args"]
+        ours = torch.load(rank_file, weights_only=False)
+        theirs["args"], theirs[RECORD_KEY] = ours["args"], ours[RECORD_KEY]
         torch.save(theirs, rank_file)
     return rank_file
 
@@ -336,11 +339,15 @@ def test_bad_training_data_is_one_line_naming_the_file(bad_data_runs, case):
 
 
 # ---- signals to torchrun workers --------------------------------------------------------------------------------
-def _torchrun(flags: list[str], log_dir: Path, env: dict | None = None) -> subprocess.Popen:
-    """A real torchrun launch of 2 processes whose workers write their output under ``log_dir``."""
-    cmd = torchrun_command(PRETRAIN, *flags, nproc=2,
+def _torchrun(flags: list[str], log_dir: Path, pause_in_save_at: int | None = None) -> subprocess.Popen:
+    """A real torchrun launch of 2 processes whose workers write their output under ``log_dir``.
+
+    ``pause_in_save_at``: the save of that iteration is held before it publishes (tests/e2e/scripts).
+    """
+    script = [PRETRAIN] if pause_in_save_at is None else [PAUSED_IN_SAVE, str(pause_in_save_at)]
+    cmd = torchrun_command(*script, *flags, nproc=2,
                            torchrun_args=("--log-dir", str(log_dir), "--redirects", "3", "--tee", "3"))
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**ENV, **(env or {})},
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             cwd=REPO_ROOT, start_new_session=True)
 
 
@@ -354,7 +361,9 @@ def _wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
 
 def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
     """The training processes under the torchrun agent (torchrun starts them in their own sessions)."""
-    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "pretrain_gpt.py" in " ".join(p.cmdline())]
+    scripts = (PRETRAIN.name, PAUSED_IN_SAVE.name)
+    return [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if any(name in " ".join(p.cmdline()) for name in scripts)]
 
 
 def _finish(proc: subprocess.Popen, lines: list[str], timeout: int = 120) -> str:
@@ -389,10 +398,10 @@ def test_sigterm_with_exit_signal_handler_saves_and_exits_zero(base, tmp_path):
 
 
 def test_sigterm_during_a_save_removes_its_temporaries_and_exits_143(base, tmp_path):
-    """The test hook holds rank 0 inside the save of iteration 3 (its .tmp written); SIGTERM to both workers."""
+    """A test script holds rank 0 inside the save of iteration 3 (its .tmp written); SIGTERM to both workers."""
     save = tmp_path / "ckpt"
     flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--save-interval", "1"]
-    proc, lines = _torchrun(flags, tmp_path / "logs", env={"MINDSPEED_LLM_TEST_PAUSE_IN_SAVE": "3"}), []
+    proc, lines = _torchrun(flags, tmp_path / "logs", pause_in_save_at=3), []
     _wait_for(proc, "paused in checkpoint save at iteration 3", lines)
     assert list((save / "iter_0000003").rglob("*.tmp"))
     workers = _workers(proc)

@@ -3,6 +3,8 @@ distributed optimizer), a TP2 checkpoint loading at TP1, and convert_ckpt.py rea
 
 from __future__ import annotations
 
+import argparse
+import json
 import shutil
 import subprocess
 
@@ -79,14 +81,21 @@ def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
     assert "]: Traceback" not in proc.stderr  # no worker traceback (torchrun's own report of the exit follows)
 
 
-def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny):
-    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy format's."""
+@pytest.fixture(scope="module")
+def tp2_saves(tiny) -> dict:
+    """Six iterations from the TP2 conversion, saved at 3 and 6: once in torch_dist, once in the torch format."""
     flags = [*tiny["flags"], "--tensor-model-parallel-size", "2", "--load", str(tiny["ckpts"][2]), "--finetune",
              "--save-interval", "3"]
     dist_save, torch_save = tiny["root"] / "tp2_dist", tiny["root"] / "tp2_torch"
     unbroken = run_pretrain(*flags, "--save", str(dist_save), "--ckpt-format", "torch_dist", nproc=2)
     legacy = run_pretrain(*flags, "--save", str(torch_save), nproc=2)
-    assert loss_strings(unbroken) == loss_strings(legacy)  # the format does not change training
+    return {"dist": dist_save, "torch": torch_save, "unbroken": unbroken, "legacy": legacy}
+
+
+def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp2_saves):
+    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy format's."""
+    dist_save, torch_save, unbroken = tp2_saves["dist"], tp2_saves["torch"], tp2_saves["unbroken"]
+    assert loss_strings(unbroken) == loss_strings(tp2_saves["legacy"])  # the format does not change training
 
     at3 = _only_iteration(dist_save, 3, tiny["root"] / "tp2_dist_at3")
     resumed = run_pretrain(*tiny["flags"], "--load", str(at3), nproc=1)
@@ -96,7 +105,7 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny):
 
     from safetensors.torch import load_file
 
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     def to_hf(load, name):
         target = tiny["root"] / name
@@ -120,3 +129,58 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny):
     via_pp2 = to_hf(pp2, "hf_via_pp2")
     for key in from_torch:
         assert torch.equal(via_pp2[key], from_torch[key]), key
+
+
+def _header_written_before_the_record(hf, tp: int) -> argparse.Namespace:
+    """``args`` as convert_ckpt.py hf -> mg wrote them before the checkpoint record existed (no record in the
+    file): every field spelled out, from the HF folder. (Checked field by field against the output of that
+    code, commit 53e5dc2, for this tiny model.)"""
+    from mindspeed_llm.models.families import ModelConfig
+
+    cfg = json.loads((hf / "config.json").read_text())
+    rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta"))
+    return argparse.Namespace(
+        use_mcore_models=True, tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, num_layer_list=None,
+        num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"], ffn_hidden_size=cfg["intermediate_size"],
+        num_attention_heads=cfg["num_attention_heads"], group_query_attention=True,
+        num_query_groups=cfg["num_key_value_heads"], kv_channels=cfg["hidden_size"] // cfg["num_attention_heads"],
+        max_position_embeddings=cfg["max_position_embeddings"], position_embedding_type="rope",
+        rotary_base=float(rope_theta), normalization="RMSNorm", norm_epsilon=cfg["rms_norm_eps"], swiglu=True,
+        add_bias_linear=False, add_qkv_bias=True, qk_layernorm=False,
+        untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", False),
+        padded_vocab_size=cfg["vocab_size"], hf_vocab_size=cfg["vocab_size"], make_vocab_size_divisible_by=1,
+        params_dtype=torch.float32, bf16=False, fp16=False, hf_config=ModelConfig.from_hf_config(str(hf)).to_hf_config(),
+        hf_architecture=cfg["architectures"][0], rope_scaling_type=None, rope_scaling_factor=None,
+        low_freq_factor=None, high_freq_factor=None, original_max_position_embeddings=None, hf_dir=str(hf.resolve()),
+        model_type_hf=None, tokenizer_model=None)
+
+
+def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_saves, tmp_path):
+    """The record of the converter's TP2 output, of a file written before the record (args only), and of the
+    trainer's saves in both formats: the same model and layout; the trainer's progress is its own."""
+    from mindspeed_llm.runtime.checkpoint import layout, read_record
+    from mindspeed_llm.runtime.checkpoint.record import RECORD_KEY
+
+    converted = read_record(str(tiny["ckpts"][2]))
+    older = shutil.copytree(tiny["ckpts"][2], tmp_path / "older")
+    for tp_rank in range(2):
+        path = layout.checkpoint_file_for(older, 1, tp_rank, 0, 1)
+        state = torch.load(path, weights_only=False)
+        del state[RECORD_KEY], state["num_floating_point_operations_so_far"]
+        state["args"] = _header_written_before_the_record(tiny["hf"], 2)
+        torch.save(state, path)
+    assert read_record(str(older)) == converted
+
+    trained = {fmt: read_record(str(tp2_saves[fmt])) for fmt in ("torch", "dist")}
+    assert trained["torch"] == trained["dist"]  # the format holds the same record
+    trained = trained["torch"]
+    assert (trained.layout, trained.lora) == (converted.layout, None)
+    for field in ("hf_config", "hf_architecture", "hf_vocab_size", "padded_vocab_size", "max_position_embeddings",
+                  "params_dtype"):
+        assert getattr(trained.model, field) == getattr(converted.model, field), field
+    shared = set(trained.model.settings) & set(converted.model.settings)
+    assert len(shared) >= 15, shared  # every setting a launch is checked against but the converter-only ones
+    assert {k: trained.model.settings[k] for k in shared} == {k: converted.model.settings[k] for k in shared}
+    assert (converted.progress.iteration, converted.progress.consumed_train_samples) == (1, 0)
+    assert (trained.progress.iteration, trained.progress.consumed_train_samples) == (6, 24)
+    assert trained.progress.floating_point_operations_so_far > 0

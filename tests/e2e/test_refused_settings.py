@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from tests.checkpoint.record_edits import edit_recorded_model
 from tests.conftest import REPO_ROOT, Started
 from tests.e2e.pretrain_helpers import (
     PRETRAIN,
@@ -38,7 +39,8 @@ def _yarn_checkpoint(root, data):
     mg = convert_hf_to_mg(hf, root / "mg")
     rank_file = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     state = torch.load(rank_file, weights_only=False)
-    state["args"].hf_config["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    edit_recorded_model(state, hf_config={**state["args"].hf_config,
+                                          "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
     torch.save(state, rank_file)
     return [*_flags(hf, data, root / "save"), "--load", str(mg), "--finetune"]
 

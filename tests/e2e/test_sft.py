@@ -147,7 +147,7 @@ def test_packed_equals_unpacked_and_one_step_is_transformers_sgd_step(sft, tmp_p
     back to HF and generates."""
     from transformers import AutoModelForCausalLM
 
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     samples = _pack_samples()
     unpacked = write_instruction_data(tmp_path / "unpacked" / "d", [(i, np.ones_like(i), lab) for i, lab in samples])

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mindspeed_llm.checkpoint.cli import build_parser as convert_parser
 from mindspeed_llm.config.flags import add_inference_args
 from mindspeed_llm.config.flags import build_parser as pretrain_parser
+from mindspeed_llm.convert.cli import build_parser as convert_parser
 from mindspeed_llm.data.arguments import build_parser as preprocess_parser
 from tests.conftest import REPO_ROOT
 from tests.examples.test_model_example_scripts import _recorded_argv

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from mindspeed_llm.checkpoint.cli import build_parser, options_from_args
-from mindspeed_llm.checkpoint.convert import check_parallel, target_padded_vocab
 from mindspeed_llm.config.flags import parse_args
 from mindspeed_llm.config.validate import validate_args
+from mindspeed_llm.convert.cli import build_parser, options_from_args
+from mindspeed_llm.convert.convert import check_parallel, target_padded_vocab
 from mindspeed_llm.models.families import ModelConfig, check_model_type_hf
 from tests.conftest import HF_CONFIG_FIXTURES, REPO_ROOT, free_port
 

@@ -106,7 +106,7 @@ def make_hf_model(folder: Path, kind: str = "qwen2", dtype: torch.dtype = torch.
 
 def convert_hf_to_mg(hf_dir: Path, save_dir: Path, tp: int = 1, pp: int = 1, **extra) -> Path:
     """convert_ckpt.py hf -> mg (in this process, through its library function)."""
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
+    from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     cfg = json.loads((hf_dir / "config.json").read_text())
     qkv_bias = cfg["architectures"][0] == "Qwen2ForCausalLM"

@@ -22,10 +22,9 @@ PROMPT_LEN, NEW_TOKENS = 24, 6
 def _converted(root, kind: str = "qwen2", num_layers: int = 2):
     """(transformers' model, megatron's GPTModel, ModelConfig) with the same random weights (a converted tiny
     model); call within ``single_process_model_parallel``."""
-    from mindspeed_llm.checkpoint import layout
     from mindspeed_llm.models.builder import build_gpt_model
     from mindspeed_llm.models.families import ModelConfig
-    from mindspeed_llm.training.checkpointing import load_rank_file
+    from mindspeed_llm.runtime.checkpoint import layout
     from tests.checkpoint.tiny_models import make_tiny_hf_model
     from tests.e2e.pretrain_helpers import convert_hf_to_mg
 
@@ -34,7 +33,8 @@ def _converted(root, kind: str = "qwen2", num_layers: int = 2):
     model_config = ModelConfig.from_hf_config(json.loads((root / "hf" / "config.json").read_text()))
     mg = build_gpt_model(model_config, padded_vocab_size=hf.config.vocab_size, pre_process=True,
                          post_process=True, hidden_dropout=0.0, attention_dropout=0.0)
-    state = load_rank_file(layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0, 1))
+    state = layout.load_rank_file(layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0,
+                                                             1))
     mg.load_state_dict(state["model"], strict=True)
     return hf, mg.eval(), model_config
 

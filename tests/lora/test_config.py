@@ -36,7 +36,7 @@ def _training(argv: str) -> argparse.Namespace:
 
 
 def _converter(argv: str) -> argparse.Namespace:
-    from mindspeed_llm.checkpoint.cli import build_parser
+    from mindspeed_llm.convert.cli import build_parser
 
     return build_parser().parse_args(argv.split())
 
@@ -108,7 +108,7 @@ def test_lora_load_may_name_the_save_folder_before_it_exists(tmp_path):
      ["--lora-load /nonexistent is not a folder"]),
 ])
 def test_converter_flags_refused_with_a_line(tmp_path, capsys, argv, words):
-    from mindspeed_llm.checkpoint.cli import main
+    from mindspeed_llm.convert.cli import main
 
     full = f"{argv} --load-dir {tmp_path} --save-dir {tmp_path}/out"
     (tmp_path / "config.json").write_text("{}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint.mapping import LLAMA_LIKE_LAYER, Split, shard
+from mindspeed_llm.convert.mapping import LLAMA_LIKE_LAYER, Split, shard
 from mindspeed_llm.lora.keys import LORA_MODULES
 from mindspeed_llm.lora.tp import FactorSplit, factor_splits, shard_adapter, unshard_adapter
 

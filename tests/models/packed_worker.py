@@ -17,10 +17,11 @@ from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
 import mindspeed_llm  # noqa: F401  (CPU device layer and base patches)
-from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args
+from mindspeed_llm.convert import model_config_from_args
 from mindspeed_llm.models import build_gpt_model
 from mindspeed_llm.ops.packing import document_packed_seq_params
 from mindspeed_llm.patches import features
+from mindspeed_llm.runtime.checkpoint import load_rank_state
 
 
 def packed_logits(mg_root: str, ids: torch.Tensor, position_ids: torch.Tensor, *, flash: bool = False,

@@ -15,7 +15,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
-from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args
+from mindspeed_llm.convert import model_config_from_args
+from mindspeed_llm.runtime.checkpoint import load_rank_state
 from mindspeed_llm.models import build_gpt_model, pipeline_layout
 
 

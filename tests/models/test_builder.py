@@ -6,7 +6,7 @@ import pytest
 import torch
 from megatron.core import parallel_state as ps
 
-from mindspeed_llm.checkpoint.verify import _ensure_single_process_parallel_state
+from mindspeed_llm.convert.verify import _ensure_single_process_parallel_state
 from mindspeed_llm.models import ModelConfig, build_gpt_model
 from tests.checkpoint.tiny_models import tiny_hf_config
 

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import ConvertOptions, convert
+from mindspeed_llm.convert import ConvertOptions, convert
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 from tests.conftest import torchrun
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.convert import ConvertOptions, convert
-from mindspeed_llm.checkpoint.errors import CheckpointError
-from mindspeed_llm.checkpoint.mapping import qkv_interleave
+from mindspeed_llm.convert.convert import ConvertOptions, convert
+from mindspeed_llm.convert.errors import CheckpointError
+from mindspeed_llm.convert.mapping import qkv_interleave
 from mindspeed_llm.lora.config import LoraError
 from mindspeed_llm.models.families import ModelConfig
+from mindspeed_llm.runtime.checkpoint import layout
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 from tests.conftest import REPO_ROOT, torchrun
 from tests.e2e.pretrain_helpers import loss_strings, model_flags, train_flags, write_instruction_data
@@ -272,7 +272,8 @@ def test_lora_flags_refused_with_a_line(extra, words):
 def test_training_load_refuses_an_adapter_only_base_and_another_alpha():
     import argparse
 
-    from mindspeed_llm.training.checkpointing import _check_lora_alpha, _with_adapter
+    from mindspeed_llm.runtime.checkpoint.weights import check_lora_alpha as _check_lora_alpha
+    from mindspeed_llm.runtime.checkpoint.weights import with_adapter as _with_adapter
 
     adapter_only = {"decoder.layers.0.mlp.linear_fc1.lora_A.weight": torch.zeros(2, 4),
                     "decoder.layers.0.mlp.linear_fc1.lora_B.weight": torch.zeros(4, 2)}

@@ -11,8 +11,8 @@ import pytest
 import torch
 from megatron.core import parallel_state as ps
 
-from mindspeed_llm.checkpoint import ConvertOptions, convert
-from mindspeed_llm.checkpoint.verify import _ensure_single_process_parallel_state
+from mindspeed_llm.convert import ConvertOptions, convert
+from mindspeed_llm.convert.verify import _ensure_single_process_parallel_state
 from mindspeed_llm.ops.packing import document_packed_seq_params
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 from tests.conftest import torchrun
@@ -72,8 +72,9 @@ def test_packed_batch_equals_each_document_alone(converted, flash):
 
 
 def test_packed_params_refuse_an_attention_mask(converted):
-    from mindspeed_llm.checkpoint import load_rank_state, model_config_from_args
+    from mindspeed_llm.convert import model_config_from_args
     from mindspeed_llm.models import build_gpt_model
+    from mindspeed_llm.runtime.checkpoint import load_rank_state
 
     ids, position_ids = _batch()
     created = _ensure_single_process_parallel_state()

@@ -7,15 +7,17 @@ import argparse
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.convert.errors import CheckpointError
+from mindspeed_llm.runtime.checkpoint import layout
+from mindspeed_llm.runtime.checkpoint.launch import adopt_padded_vocab, check_checkpoint_args
+from mindspeed_llm.runtime.checkpoint.locate import find_checkpoint
+from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, file_header, plain_args
 from mindspeed_llm.runtime.model import padded_vocab_size
-from mindspeed_llm.training.checkpointing import (
-    adopt_padded_vocab,
-    args_to_save,
-    check_checkpoint_args,
-    find_checkpoint,
-)
+
+
+def recorded(**kw) -> CheckpointRecord:
+    """The record of a checkpoint whose Megatron args are :func:`ns` (``kw`` changed)."""
+    return CheckpointRecord.from_megatron_args(ns(**kw))
 
 
 def ns(**kw):
@@ -55,22 +57,22 @@ def test_tracker_iteration_is_returned(tmp_path):
 
 def test_parallel_mismatch_names_both_and_the_reshard_command():
     with pytest.raises(CheckpointError) as err:
-        check_checkpoint_args(ns(tensor_model_parallel_size=2), ns(tensor_model_parallel_size=1), "ckpt")
+        check_checkpoint_args(ns(tensor_model_parallel_size=2), recorded(tensor_model_parallel_size=1), "ckpt")
     assert "TP=1 PP=1" in str(err.value) and "--target-tensor-parallel-size 2" in str(err.value)
 
 
 def test_shape_mismatch_lists_the_flags():
     with pytest.raises(CheckpointError, match=r"--hidden-size 64 \(checkpoint: 128\)"):
-        check_checkpoint_args(ns(), ns(hidden_size=128), "ckpt")
+        check_checkpoint_args(ns(), recorded(hidden_size=128), "ckpt")
 
 
 def test_padded_vocab_is_adopted_or_named():
-    assert adopt_padded_vocab(ns(), ns(padded_vocab_size=152064), 151665, "ckpt") == 152064
+    assert adopt_padded_vocab(ns(), recorded(padded_vocab_size=152064).model, 151665, "ckpt") == 152064
     assert adopt_padded_vocab(ns(), argparse.Namespace(), 151665, "ckpt") is None  # nothing recorded
     with pytest.raises(CheckpointError, match="pass --padded-vocab-size 152064"):
-        adopt_padded_vocab(ns(padded_vocab_size=151936), ns(padded_vocab_size=152064), 151665, "ckpt")
+        adopt_padded_vocab(ns(padded_vocab_size=151936), recorded(padded_vocab_size=152064).model, 151665, "ckpt")
     with pytest.raises(CheckpointError, match="tokenizer has 200 tokens"):
-        adopt_padded_vocab(ns(), ns(padded_vocab_size=128), 200, "ckpt")
+        adopt_padded_vocab(ns(), recorded(padded_vocab_size=128).model, 200, "ckpt")
 
 
 def test_vocab_padding_follows_megatron():
@@ -86,7 +88,7 @@ def test_vocab_padding_follows_megatron():
 def test_saved_args_load_with_weights_only(tmp_path):
     args = ns(params_dtype=torch.bfloat16, hf_config={"a": [1, 2]}, fn=len, obj=object())
     path = tmp_path / "s.pt"
-    torch.save({"args": args_to_save(args)}, path)
+    torch.save({"args": plain_args(args)}, path)
     loaded = layout.safe_torch_load(path)["args"]
     assert loaded.params_dtype == torch.bfloat16 and loaded.hf_config == {"a": [1, 2]}
     assert not hasattr(loaded, "fn") and not hasattr(loaded, "obj")
@@ -97,7 +99,7 @@ class _Foreign:
 
 
 def test_foreign_classes_in_a_checkpoint_are_a_clear_error(tmp_path):
-    from mindspeed_llm.training.checkpointing import load_rank_file
+    from mindspeed_llm.runtime.checkpoint.layout import load_rank_file
 
     path = tmp_path / "model_optim_rng.pt"
     torch.save({"args": argparse.Namespace(thing=_Foreign())}, path)
@@ -116,14 +118,20 @@ MATCHING = " --rotary-base 1000000 --norm-epsilon 1e-6 --rope-scaling-type llama
 
 def _converted_args():
     """``args`` as convert_ckpt.py hf -> mg records them for a Llama-3.1-style config (real converter code)."""
-    from mindspeed_llm.checkpoint.convert import ConvertOptions, make_checkpoint_args
+    from mindspeed_llm.convert.convert import ConvertOptions, checkpoint_record, provenance_args
     from mindspeed_llm.models.families import ModelConfig
     from tests.checkpoint.tiny_models import tiny_hf_config
 
     cfg = ModelConfig.from_hf_config(tiny_hf_config("llama", rope_theta=1e6, rms_norm_eps=1e-6,
                                                     rope_scaling=dict(LLAMA31_ROPE), tie_word_embeddings=False))
-    return make_checkpoint_args(cfg, tp=1, pp=1, counts=[4], padded=128,
-                                opts=ConvertOptions("hf", "mg", "hf_dir", "mg_dir"))
+    opts = ConvertOptions("hf", "mg", "hf_dir", "mg_dir")
+    record = checkpoint_record(cfg, tp=1, pp=1, counts=[4], padded=128, opts=opts)
+    return file_header(record, provenance_args(opts))["args"]
+
+
+def _converted():
+    """The record the converted file's header reads back as."""
+    return CheckpointRecord.from_megatron_args(_converted_args())
 
 
 def _launch(flags: str):
@@ -136,20 +144,20 @@ def test_converter_records_rope_scaling_and_a_matching_launch_passes():
     ckpt = _converted_args()
     assert (ckpt.rope_scaling_type, ckpt.rope_scaling_factor, ckpt.original_max_position_embeddings) == \
         ("llama3", 8.0, 8192)
-    check_checkpoint_args(_launch(LAUNCH + MATCHING), ckpt, "ckpt")
+    check_checkpoint_args(_launch(LAUNCH + MATCHING), _converted(), "ckpt")
 
 
 def test_launch_contradicting_rope_and_norm_is_refused_in_one_line():
     with pytest.raises(CheckpointError) as err:
         check_checkpoint_args(_launch(LAUNCH + " --rope-scaling-type linear --rope-scaling-factor 8"),
-                              _converted_args(), "the checkpoint c (iteration 1)")
+                              _converted(), "the checkpoint c (iteration 1)")
     text = str(err.value)
     assert "\n" not in text
     for part in ("--rotary-base 10000.0 (checkpoint: 1000000.0)", "--norm-epsilon 1e-05 (checkpoint: 1e-06)",
                  "--rope-scaling-type linear (checkpoint: llama3)", "--use-checkpoint-args"):
         assert part in text, text
     with pytest.raises(CheckpointError, match=r"--rope-scaling-factor 4.0 \(checkpoint: 8.0\)"):
-        check_checkpoint_args(_launch(LAUNCH + MATCHING.replace("factor 8", "factor 4")), _converted_args(), "c")
+        check_checkpoint_args(_launch(LAUNCH + MATCHING.replace("factor 8", "factor 4")), _converted(), "c")
 
 
 def test_rope_scaling_flags_left_out_take_the_recorded_scaling():
@@ -159,7 +167,7 @@ def test_rope_scaling_flags_left_out_take_the_recorded_scaling():
 
     ckpt = _converted_args()
     args = _launch(LAUNCH + " --rotary-base 1000000 --norm-epsilon 1e-6")
-    check_checkpoint_args(args, ckpt, "c")
+    check_checkpoint_args(args, CheckpointRecord.from_megatron_args(ckpt), "c")
     config = plan_for(args, base=ModelConfig.from_hf_config(dict(ckpt.hf_config)))[1].model_config
     assert config.rope_scaling == LLAMA31_ROPE
 
@@ -171,7 +179,7 @@ def test_older_conversions_are_checked_through_their_hf_config():
         delattr(ckpt, name)
     with pytest.raises(CheckpointError) as err:
         check_checkpoint_args(_launch(LAUNCH + " --norm-epsilon 1e-6 --rope-scaling-type linear "
-                                      "--rope-scaling-factor 8"), ckpt, "c")
+                                      "--rope-scaling-factor 8"), CheckpointRecord.from_megatron_args(ckpt), "c")
     assert "--rotary-base 10000.0 (checkpoint: 1000000.0); --rope-scaling-type linear (checkpoint: llama3)" in \
         str(err.value)
 
@@ -179,7 +187,7 @@ def test_older_conversions_are_checked_through_their_hf_config():
 def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
     from mindspeed_llm.config.flags import parse_args
     from mindspeed_llm.config.validate import take_checkpoint_values, validate_args
-    from mindspeed_llm.training.checkpointing import load_args_from_checkpoint
+    from mindspeed_llm.runtime.checkpoint.launch import load_args_from_checkpoint
 
     layout.save_rank_state(tmp_path, 1, 0, 0, 1, {"args": _converted_args(), "iteration": 1})
     layout.write_tracker(tmp_path, 1)
@@ -195,7 +203,7 @@ def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
     assert args.untie_embeddings_and_output_weights and args.swiglu and args.disable_bias_linear
     assert args.hidden_size == 32  # Megatron-LM fills --hidden-size only when the launch left it unset
     with pytest.raises(CheckpointError, match=r"--hidden-size 32 \(checkpoint: 64\)"):
-        check_checkpoint_args(args, _converted_args(), "c")
+        check_checkpoint_args(args, _converted(), "c")
 
 
 def test_ckpt_step_picks_an_iteration_or_names_the_ones_there(tmp_path):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError
+from mindspeed_llm.convert.errors import CheckpointError
 from mindspeed_llm.runtime import save_lock
+from mindspeed_llm.runtime.checkpoint import layout
+from mindspeed_llm.runtime.checkpoint.layout import load_rank_file
 from mindspeed_llm.runtime.errors import DataError, SaveError, TrainingInterrupted
-from mindspeed_llm.training.checkpointing import load_rank_file
 from mindspeed_llm.training.data import (
     check_indexed_dataset,
     check_token_ids,

@@ -9,7 +9,8 @@ import torch
 
 from mindspeed_llm.config.flags import parse_args
 from mindspeed_llm.config.validate import validate_args
-from mindspeed_llm.training.state import TrainState
+from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, file_header, read_header
+from mindspeed_llm.runtime.state import TrainState
 from mindspeed_llm.training.training import get_scheduler
 
 BASE = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --lr 1e-2 --min-lr 0 --swiglu "
@@ -43,23 +44,28 @@ def test_sample_based_schedule_uses_the_sample_flags():
     assert lrs[3] == pytest.approx(1e-2 * (1 - (16 - 6) / (30 - 6)))
 
 
+def _restored(header: dict) -> TrainState:
+    """The state a checkpoint file's header restores (its record, from ``args`` when it has none)."""
+    return TrainState.from_progress(read_header(header, "f.pt").progress)
+
+
 def test_converted_checkpoint_counts_its_iterations_as_consumed():
     """Megatron-LM: a checkpoint at iteration N without consumed samples has consumed N x global batch."""
-    state = TrainState()
-    state.restore({"iteration": 1, "args": argparse.Namespace()})
+    state = _restored({"iteration": 1, "args": argparse.Namespace()})
     state.count_older_checkpoint(argparse.Namespace(global_batch_size=8, eval_interval=1000, eval_iters=10))
     assert (state.iteration, state.consumed_train_samples, state.consumed_valid_samples) == (1, 8, 0)
-    state = TrainState()
-    state.restore({"iteration": 30, "args": argparse.Namespace(consumed_train_samples=100, consumed_valid_samples=7),
-                   "num_floating_point_operations_so_far": 5.0})
+    state = _restored({"iteration": 30, "args": argparse.Namespace(consumed_train_samples=100, consumed_valid_samples=7),
+                       "num_floating_point_operations_so_far": 5.0})
     state.count_older_checkpoint(argparse.Namespace(global_batch_size=8, eval_interval=10, eval_iters=2))
     assert (state.consumed_train_samples, state.consumed_valid_samples) == (100, 7)
     assert state.floating_point_operations_so_far == 5.0
 
 
 def test_checkpoint_fields_keep_megatron_places():
-    saved = argparse.Namespace()
-    top = TrainState(iteration=4, consumed_train_samples=16, consumed_valid_samples=2,
-                     floating_point_operations_so_far=3.0).checkpoint_fields(saved)
-    assert top == {"iteration": 4, "num_floating_point_operations_so_far": 3.0}
-    assert (saved.consumed_train_samples, saved.consumed_valid_samples) == (16, 2)
+    state = TrainState(iteration=4, consumed_train_samples=16, consumed_valid_samples=2,
+                       floating_point_operations_so_far=3.0)
+    record = CheckpointRecord.from_megatron_args(argparse.Namespace()).replace(progress=state.progress())
+    header = file_header(record)
+    assert (header["iteration"], header["num_floating_point_operations_so_far"]) == (4, 3.0)
+    assert (header["args"].consumed_train_samples, header["args"].consumed_valid_samples) == (16, 2)
+    assert _restored(header) == state

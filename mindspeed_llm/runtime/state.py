@@ -1,20 +1,18 @@
-"""Run state apart from configuration: the one object that says where a run is.
+"""Where a training run stands: :class:`TrainState` (iteration, consumed samples, FLOPs and the RNG states).
 
-The configuration is frozen (``mindspeed_llm.config``: the run's namespace is derived and frozen from
-birth). What changes while training (iteration, consumed samples, FLOPs, the random generators' states)
-lives in :class:`TrainState`, which checkpoints save and restore. The checkpoint format stays
-Megatron-LM's: ``iteration``, ``num_floating_point_operations_so_far``, ``rng_state`` at the top
-level and the consumed samples inside ``args`` (see :func:`TrainState.checkpoint_fields`).
+Checkpoints save and restore it through one interface (:mod:`mindspeed_llm.runtime.checkpoint`): the
+counters are the record's ``progress`` (:meth:`TrainState.progress`), the RNG states Megatron-LM's
+``rng_state`` entry. Resuming restores both, so a resumed run draws the same dropout masks as the
+unbroken one.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
-# ---- RNG ---------------------------------------------------------------------------------------------------------
 def get_rng_state() -> dict:
     """Python, numpy, torch and megatron's model-parallel RNG tracker states of this rank.
 
@@ -48,34 +46,47 @@ def set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["rng_tracker_states"])
 
 
-# ---- run state ---------------------------------------------------------------------------------------------------
 @dataclass
 class TrainState:
     """Where a training run stands: what checkpoints save and a resumed run restores.
 
     The data position is the consumed sample counts: the sampler reads consecutive global batches
-    from there, and the DataLoader's generator is seeded from ``--seed``.
+    from there, and the DataLoader's generator is seeded from ``--seed``. ``rng`` is this rank's
+    generator states as of the last :meth:`capture_rng` (a save) or load; None when a checkpoint
+    held none (or the run saves without them).
     """
 
     iteration: int = 0
     consumed_train_samples: int = 0
     consumed_valid_samples: int = 0
     floating_point_operations_so_far: float = 0.0
+    rng: dict | None = field(default=None, repr=False)
 
-    def checkpoint_fields(self, saved_args: argparse.Namespace) -> dict:
-        """Top-level checkpoint entries; the consumed samples go into ``saved_args`` (Megatron-LM's place)."""
-        saved_args.consumed_train_samples = self.consumed_train_samples
-        saved_args.consumed_valid_samples = self.consumed_valid_samples
-        return {"iteration": self.iteration,
-                "num_floating_point_operations_so_far": self.floating_point_operations_so_far}
+    def capture_rng(self) -> None:
+        """Take this rank's generator states into :attr:`rng` (before a save)."""
+        self.rng = get_rng_state()
 
-    def restore(self, checkpoint: dict) -> None:
-        """Iteration, consumed samples and FLOPs from a loaded rank file."""
-        ckpt_args = checkpoint.get("args")
-        self.iteration = int(checkpoint.get("iteration", 0))
-        self.consumed_train_samples = int(getattr(ckpt_args, "consumed_train_samples", 0) or 0)
-        self.consumed_valid_samples = int(getattr(ckpt_args, "consumed_valid_samples", 0) or 0)
-        self.floating_point_operations_so_far = float(checkpoint.get("num_floating_point_operations_so_far", 0.0))
+    def restore_rng(self) -> bool:
+        """Put :attr:`rng` back into the generators (after a load); False when there is none."""
+        if self.rng is None:
+            return False
+        set_rng_state(self.rng)
+        return True
+
+    def progress(self):
+        """The counters as the checkpoint record's ``progress``."""
+        from mindspeed_llm.runtime.checkpoint.record import ProgressRecord
+
+        return ProgressRecord(iteration=self.iteration, consumed_train_samples=self.consumed_train_samples,
+                              consumed_valid_samples=self.consumed_valid_samples,
+                              floating_point_operations_so_far=self.floating_point_operations_so_far)
+
+    @classmethod
+    def from_progress(cls, progress, rng: dict | None = None) -> TrainState:
+        """The state a checkpoint record's ``progress`` (and this rank's RNG states) describe."""
+        return cls(iteration=progress.iteration, consumed_train_samples=progress.consumed_train_samples,
+                   consumed_valid_samples=progress.consumed_valid_samples,
+                   floating_point_operations_so_far=progress.floating_point_operations_so_far, rng=rng)
 
     def count_older_checkpoint(self, args: argparse.Namespace) -> None:
         """Megatron-LM's rule for checkpoints without consumed samples (e.g. converted, iteration 1).

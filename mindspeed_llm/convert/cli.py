@@ -11,20 +11,20 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from mindspeed_llm.checkpoint.errors import (
+from mindspeed_llm.console import print_error
+from mindspeed_llm.convert.errors import (
     CheckpointError,
     OutputWriteError,
     VerificationError,
     VerificationUnavailable,
     check_load_dir,
 )
-from mindspeed_llm.console import print_error
 from mindspeed_llm.lora.config import LoraError, add_lora_flags, check_lora_flags, recorded_flags_given
 from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
 from mindspeed_llm.signals import Terminated, exit_on_signals, exit_status
 
 if TYPE_CHECKING:
-    from mindspeed_llm.checkpoint.convert import ConvertOptions
+    from mindspeed_llm.convert.convert import ConvertOptions
 
 
 def _size(text: str) -> int:
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace):
-    """Parsed flags -> :class:`~mindspeed_llm.checkpoint.convert.ConvertOptions`."""
-    from mindspeed_llm.checkpoint.convert import ConvertOptions
+    """Parsed flags -> :class:`~mindspeed_llm.convert.convert.ConvertOptions`."""
+    from mindspeed_llm.convert.convert import ConvertOptions
     from mindspeed_llm.models.families import parse_dtype
 
     iteration = args.load_iteration
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted(exc, None, args.save_dir)
         written = None
         try:
-            from mindspeed_llm.checkpoint.convert import convert
+            from mindspeed_llm.convert.convert import convert
 
             opts = options_from_args(args)
             if args.verify:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             written = convert(opts)
             print(f"converted {opts.load_model_type} -> {opts.save_model_type}: {written}")
             if args.verify:
-                from mindspeed_llm.checkpoint.verify import verify_after_convert
+                from mindspeed_llm.convert.verify import verify_after_convert
 
                 verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
         except (CheckpointError, LoraError, UnsupportedModelError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -12,10 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError
-from mindspeed_llm.checkpoint.hf_io import HfShardWriter, copy_tokenizer_files
-from mindspeed_llm.checkpoint.mapping import (
+from mindspeed_llm.convert.errors import CheckpointError, DamagedCheckpointError
+from mindspeed_llm.convert.hf_io import HfShardWriter, copy_tokenizer_files
+from mindspeed_llm.convert.mapping import (
     EMBEDDING,
     FINAL_NORM,
     LAYER_EXTRA_STATES,
@@ -30,8 +30,8 @@ from mindspeed_llm.checkpoint.mapping import (
     shard,
     stage_layers,
 )
-from mindspeed_llm.checkpoint.sources import HfSource, MgSource, open_mg_source
-from mindspeed_llm.checkpoint.target import (
+from mindspeed_llm.convert.sources import HfSource, MgSource, open_mg_source
+from mindspeed_llm.convert.target import (
     EXPORT_MARKER,
     MG2HF,
     check_disjoint,
@@ -46,11 +46,15 @@ from mindspeed_llm.lora.config import check_recorded
 from mindspeed_llm.lora.keys import holds_adapter, holds_only_adapter
 from mindspeed_llm.lora.merge import MergedSource
 from mindspeed_llm.lora.peft import ADAPTER_CONFIG, read_peft_adapter, write_peft_adapter
-from mindspeed_llm.models.families import (
-    ModelConfig,
-    check_model_type_hf,
-    dtype_hf_name,
-    rope_scaling_to_flags,
+from mindspeed_llm.models.families import ModelConfig, check_model_type_hf, dtype_hf_name
+from mindspeed_llm.runtime.checkpoint import layout, torch_format
+from mindspeed_llm.runtime.checkpoint.layout import RELEASE
+from mindspeed_llm.runtime.checkpoint.record import (
+    CheckpointRecord,
+    LayoutRecord,
+    LoraRecord,
+    ModelRecord,
+    ProgressRecord,
 )
 
 HF_TO_MG_ITERATION = 1
@@ -140,51 +144,32 @@ def target_padded_vocab(cfg: ModelConfig, opts: ConvertOptions) -> int:
     return padded
 
 
-def make_checkpoint_args(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], padded: int,
-                         opts: ConvertOptions, base: argparse.Namespace | None = None) -> argparse.Namespace:
-    """The ``args`` Namespace saved in every rank file (Megatron flag names; enough to check a launch)."""
-    args = copy.deepcopy(base) if base is not None else argparse.Namespace()
-    uneven = len(set(counts)) > 1
-    fields = dict(
-        use_mcore_models=True,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        num_layer_list=",".join(map(str, counts)) if uneven else None,
-        num_layers=cfg.num_layers,
-        hidden_size=cfg.hidden_size,
-        ffn_hidden_size=cfg.ffn_hidden_size,
-        num_attention_heads=cfg.num_attention_heads,
-        group_query_attention=cfg.num_query_groups != cfg.num_attention_heads,
-        num_query_groups=cfg.num_query_groups,
-        kv_channels=cfg.kv_channels,
-        max_position_embeddings=cfg.max_position_embeddings,
-        position_embedding_type="rope",
-        rotary_base=cfg.rotary_base,
-        normalization="RMSNorm",
-        norm_epsilon=cfg.norm_epsilon,
-        swiglu=True,
-        add_bias_linear=False,
-        add_qkv_bias=cfg.add_qkv_bias,
-        qk_layernorm=cfg.qk_layernorm,
-        untie_embeddings_and_output_weights=not cfg.tie_word_embeddings,
-        padded_vocab_size=padded,
-        hf_vocab_size=cfg.vocab_size,
-        make_vocab_size_divisible_by=opts.make_vocab_size_divisible_by,
-        params_dtype=cfg.params_dtype,
-        bf16=cfg.params_dtype == torch.bfloat16,
-        fp16=cfg.params_dtype == torch.float16,
-        hf_config=cfg.to_hf_config(),
-        hf_architecture=cfg.architecture,
-    )
-    # Every model-defining setting, under its Megatron flag's name: a launch that contradicts one is refused.
-    fields.update(rope_scaling_to_flags(cfg.rope_scaling))
-    for key, value in fields.items():
-        setattr(args, key, value)
-    if opts.load_model_type == "hf":
-        args.hf_dir = os.path.abspath(opts.load_dir)
-        args.model_type_hf = opts.model_type_hf
-        args.tokenizer_model = opts.tokenizer_model
-    return args
+def checkpoint_record(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], padded: int, opts: ConvertOptions,
+                      source=None, adapter: Adapter | None = None,
+                      iteration: int | str = HF_TO_MG_ITERATION) -> CheckpointRecord:
+    """The record every rank file of the output holds: the model (every setting a launch is checked against),
+    the target layout, the adapter's settings, and the source's progress (mg->mg) or iteration 1 (hf->mg)."""
+    hf_dir = source.record.model.hf_dir if source is not None else os.path.abspath(opts.load_dir)
+    model = ModelRecord.from_model_config(cfg, padded_vocab_size=padded,
+                                          make_vocab_size_divisible_by=opts.make_vocab_size_divisible_by,
+                                          hf_dir=hf_dir)
+    layout_record = LayoutRecord(tp=tp, pp=pp, num_layer_list=tuple(counts) if len(set(counts)) > 1 else None)
+    step = 0 if iteration == RELEASE else int(iteration)
+    progress = (dataclasses.replace(source.record.progress, iteration=step) if source is not None
+                else ProgressRecord(iteration=step))
+    lora = None
+    if adapter is not None:  # what a launch continuing this adapter passes (docs/lora.md)
+        lora = LoraRecord(r=adapter.config.r, alpha=adapter.config.alpha, dropout=adapter.config.dropout,
+                          target_modules=tuple(adapter.config.target_modules))
+    return CheckpointRecord(model=model, layout=layout_record, progress=progress, lora=lora)
+
+
+def provenance_args(opts: ConvertOptions, source=None) -> argparse.Namespace:
+    """The Megatron ``args`` the record's values are set on: the source checkpoint's (mg->mg keeps what training
+    recorded), else what an hf->mg conversion was given."""
+    if source is not None:
+        return source.args
+    return argparse.Namespace(model_type_hf=opts.model_type_hf, tokenizer_model=opts.tokenizer_model)
 
 
 # ---- writers -----------------------------------------------------------------------------------------------
@@ -223,16 +208,19 @@ def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int]
 
 
 def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration: int | str,
-                   base_args: argparse.Namespace | None = None, adapter: Adapter | None = None) -> str:
-    """Write ``source`` as a legacy Megatron checkpoint at ``opts.save_dir``; returns the folder."""
+                   mg_source=None, adapter: Adapter | None = None) -> str:
+    """Write ``source`` as a legacy Megatron checkpoint at ``opts.save_dir``; returns the folder.
+
+    ``mg_source``: the Megatron checkpoint read (mg->mg), whose record and args the output continues.
+    """
     tp, pp = opts.target_tp, opts.target_pp
     counts = check_parallel(cfg, tp, pp, opts.num_layer_list)
     padded = target_padded_vocab(cfg, opts)
     dtype = opts.params_dtype or source.dtype
     cfg = cfg.replace(params_dtype=dtype)
-    args = make_checkpoint_args(cfg, tp=tp, pp=pp, counts=counts, padded=padded, opts=opts, base=base_args)
-    if adapter is not None:  # what a launch continuing this adapter passes (docs/lora.md)
-        vars(args).update(adapter.config.checkpoint_args())
+    record = checkpoint_record(cfg, tp=tp, pp=pp, counts=counts, padded=padded, opts=opts, source=mg_source,
+                               adapter=adapter, iteration=iteration)
+    base_args = provenance_args(opts, mg_source)
     check_target(opts, opts.save_dir, "mg")
     with staging_dir(opts.save_dir) as tmp:
         for pp_rank in range(pp):
@@ -241,9 +229,9 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
                 shards = build_stage(source, cfg, tp=tp, pp=pp, counts=counts, pp_rank=pp_rank, padded=padded,
                                      dtype=dtype, bar=bar, adapter=adapter)
                 for tp_rank in range(tp):
-                    state = layout.make_rank_state(shards[tp_rank], args, iteration)
-                    layout.save_rank_state(tmp, iteration, tp_rank, pp_rank, pp, state, crc32=False)
-                    shards[tp_rank] = state = None  # free this rank's tensors before the next
+                    torch_format.write_rank_file(tmp, iteration, tp_rank, pp_rank, pp, record, base_args,
+                                                 shards[tp_rank])
+                    shards[tp_rank] = None  # free this rank's tensors before the next
         layout.write_tracker(tmp, iteration)
     return os.path.abspath(opts.save_dir)
 
@@ -252,7 +240,7 @@ def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_
              max_shard_size: int, progress: bool = True, marker: dict | None = None) -> str:
     """Write ``source`` as an HF folder (config, generation config, tokenizer, sharded safetensors).
 
-    Call :func:`mindspeed_llm.checkpoint.target.check_replace` first; ``marker`` is recorded in the
+    Call :func:`mindspeed_llm.convert.target.check_replace` first; ``marker`` is recorded in the
     export marker file (what was converted).
     """
     with staging_dir(save_dir) as tmp:
@@ -339,7 +327,7 @@ def convert_mg_to_mg(opts: ConvertOptions) -> str:
         opts.make_vocab_size_divisible_by = divisor
     try:
         adapter = mg_adapter(source, opts)
-        return write_megatron(source, source.cfg, opts, iteration=source.iteration, base_args=source.args,
+        return write_megatron(source, source.cfg, opts, iteration=source.iteration, mg_source=source,
                               adapter=adapter)
     finally:
         source.close()

@@ -10,7 +10,7 @@ import struct
 import torch
 from safetensors.torch import save_file
 
-from mindspeed_llm.checkpoint.errors import (
+from mindspeed_llm.convert.errors import (
     CheckpointError,
     DamagedCheckpointError,
     check_load_dir,

@@ -1,7 +1,10 @@
-"""Megatron legacy checkpoint layout: tracker file, ``iter_XXXXXXX/mp_rank_TT[_PPP]/model_optim_rng.pt``.
+"""Megatron's checkpoint file layout, shared by both formats, the trainer and the converter.
 
-Shared by the converter and by training. Files are written under a temporary name and renamed; the
-tracker is written last, so a reader never sees a half-written iteration.
+``latest_checkpointed_iteration.txt`` names the iteration folder (``iter_XXXXXXX`` or ``release``);
+the legacy (``torch``) format keeps one ``mp_rank_TT[_PPP]/model_optim_rng.pt`` per (TP, PP) rank in
+it. Files are written under a temporary name and renamed; the tracker is written last, so a reader
+never sees a half-written iteration. Every rank file is read through :func:`load_rank_file`
+(``torch.load(weights_only=True)`` with an allow-list), whose errors name the file.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from typing import Any
 
 import torch
 
-from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError, os_error_of
-from mindspeed_llm.io_errors import interrupt_of
+from mindspeed_llm.io_errors import interrupt_of, os_error_of
+from mindspeed_llm.runtime.checkpoint.errors import CheckpointError, DamagedCheckpointError
+from mindspeed_llm.runtime.checkpoint.record import read_header
 
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
-CHECKPOINT_VERSION = 3.0
 RELEASE = "release"
+RANK_DIR = re.compile(r"mp_rank_(\d{2})(?:_(\d{3}))?")  # mp_rank_TT, or mp_rank_TT_PPP with pipeline stages
 
 # Globals a legacy checkpoint may hold besides tensors and builtins (``torch.load(weights_only=True)``).
 _SAFE_GLOBALS: list[Any] = [argparse.Namespace]
@@ -86,6 +90,11 @@ def iteration_dir_name(iteration: int | str) -> str:
     if iteration == RELEASE:
         return RELEASE
     return f"iter_{int(iteration):07d}"
+
+
+def iteration_dir(root: str | os.PathLike, iteration: int | str) -> str:
+    """``root/iter_XXXXXXX`` (or ``root/release``)."""
+    return os.path.join(os.fspath(root), iteration_dir_name(iteration))
 
 
 def checkpoint_dir_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
@@ -182,12 +191,6 @@ def save_rank_state(root: str | os.PathLike, iteration: int | str, tp_rank: int,
     return path
 
 
-def make_rank_state(model: dict, args: argparse.Namespace, iteration: int | str) -> dict:
-    """The dictionary a legacy ``model_optim_rng.pt`` holds (model only, as converters write)."""
-    return {"args": args, "checkpoint_version": CHECKPOINT_VERSION,
-            "iteration": 0 if iteration == RELEASE else int(iteration), "model": model}
-
-
 def list_rank_dirs(root: str | os.PathLike, iteration: int | str) -> dict[tuple[int, int], str]:
     """``{(tp_rank, pp_rank): file}`` for every rank file present in an iteration folder."""
     it_dir = os.path.join(os.fspath(root), iteration_dir_name(iteration))
@@ -195,7 +198,7 @@ def list_rank_dirs(root: str | os.PathLike, iteration: int | str) -> dict[tuple[
         raise CheckpointError(f"{it_dir} not found, but {TRACKER_FILENAME} names it: the checkpoint is incomplete")
     found = {}
     for name in sorted(os.listdir(it_dir)):
-        m = re.fullmatch(r"mp_rank_(\d{2})(?:_(\d{3}))?", name)
+        m = RANK_DIR.fullmatch(name)
         if not m:
             continue
         path = os.path.join(it_dir, name, MODEL_FILENAME)
@@ -211,13 +214,13 @@ def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, 
         raise CheckpointError(
             f"no mp_rank_*/{MODEL_FILENAME} under {os.path.join(os.fspath(root), iteration_dir_name(iteration))}"
         )
-    first = load_rank_file(found[min(found)], mmap=True)
-    args = first.get("args")
-    tp = getattr(args, "tensor_model_parallel_size", None) or (max(t for t, _ in found) + 1)
-    pp = getattr(args, "pipeline_model_parallel_size", None) or (max(p for _, p in found) + 1)
+    first = found[min(found)]
+    recorded = read_header(load_rank_file(first, mmap=True), first).layout
+    tp = recorded.tp or (max(t for t, _ in found) + 1)
+    pp = recorded.pp or (max(p for _, p in found) + 1)
     if not (isinstance(tp, int) and isinstance(pp, int) and 0 < tp <= 4096 and 0 < pp <= 4096):
         raise DamagedCheckpointError(
-            f"{found[min(found)]}: args hold tensor_model_parallel_size={tp!r}, pipeline_model_parallel_size="
+            f"{first}: its header records tensor_model_parallel_size={tp!r}, pipeline_model_parallel_size="
             f"{pp!r}: the file is damaged or not a Megatron checkpoint"
         )
     missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
@@ -242,22 +245,39 @@ def load_rank_state(root: str | os.PathLike, iteration: int | str | None, tp_ran
 
 
 def load_rank_file(path: str, *, mmap: bool = True) -> dict:
-    """``safe_torch_load`` of one ``model_optim_rng.pt``; a damaged or foreign file is one line naming it."""
+    """``safe_torch_load`` of one ``model_optim_rng.pt``; a damaged or foreign file is one line naming it.
+
+    ``mmap`` maps the tensors instead of reading them (a legacy non-zip torch file is read whole).
+    """
+    fix = f"restore the file, or write an earlier iteration into {TRACKER_FILENAME} to load that one"
     try:
         size = os.path.getsize(path)
     except OSError as exc:
         raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
     if size == 0:
-        raise DamagedCheckpointError(f"{path} is empty (0 bytes): the save was interrupted; copy the file again")
+        raise DamagedCheckpointError(f"{path} is empty (0 bytes): a copy or save that did not finish; {fix}")
     try:
-        state = safe_torch_load(path, mmap=mmap)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, KeyError,
-            ImportError) as exc:
+        try:
+            state = safe_torch_load(path, mmap=mmap)
+        except RuntimeError as exc:
+            if not (mmap and "mmap can only be used" in str(exc)):
+                raise
+            state = safe_torch_load(path)  # a legacy (non-zip) torch file: readable without mmap
+    except pickle.UnpicklingError as exc:
         text = str(exc).strip()
-        first_line = text.splitlines()[0][:160] if text else type(exc).__name__
-        raise DamagedCheckpointError(
-            f"{path} cannot be read ({first_line}): the file is damaged or not a Megatron checkpoint; copy it again"
+        if "Unsupported global" not in text:  # not a class outside the allow-list: bytes that are no pickle
+            raise DamagedCheckpointError(f"{path} cannot be read (unreadable pickle): the file is damaged or not a "
+                                         f"torch checkpoint; {fix}") from None
+        raise CheckpointError(
+            f"{path} holds objects that are not on the safe-load allow-list ({text.splitlines()[0]}). If you trust "
+            "the file, allow the class with mindspeed_llm.runtime.checkpoint.layout.register_safe_globals(...) "
+            "before loading"
         ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, ImportError) as exc:
+        # torch's zip reader: "failed finding central directory", "Ran out of input", ... for a cut file.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise DamagedCheckpointError(f"{path} cannot be read ({reason}): the file is damaged or not a torch "
+                                     f"checkpoint; {fix}") from None
     if not isinstance(state, dict):
         raise DamagedCheckpointError(
             f"{path} holds a {type(state).__name__}, not a Megatron checkpoint dict ('args', 'model', ...)"

@@ -1,7 +1,9 @@
-"""Where full (TP1, unpadded) mcore tensors come from: an HF folder or a Megatron legacy checkpoint.
+"""Where full (TP1, unpadded) mcore tensors come from: an HF folder or a Megatron checkpoint (either format).
 
-Both sources hand out one tensor at a time, so a conversion holds at most one output pipeline stage
-(plus the source tensors it is reading) in memory.
+Every source hands out one tensor at a time, so a conversion holds at most one output pipeline stage
+(plus the source tensors it is reading) in memory. A Megatron checkpoint's files are read through the
+checkpoint interface (:mod:`mindspeed_llm.runtime.checkpoint`): :func:`open_mg_source` asks its one
+detector which format the folder holds, and the sources take the model from the checkpoint's record.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from collections import OrderedDict
 
 import torch
 
-from mindspeed_llm.checkpoint import layout
-from mindspeed_llm.checkpoint.errors import CheckpointError, DamagedCheckpointError, check_load_dir
-from mindspeed_llm.checkpoint.hf_io import HfReader
-from mindspeed_llm.checkpoint.mapping import (
+from mindspeed_llm.convert.errors import CheckpointError, DamagedCheckpointError, check_load_dir
+from mindspeed_llm.convert.hf_io import HfReader
+from mindspeed_llm.convert.mapping import (
     EMBEDDING,
     FINAL_NORM,
     OUTPUT_LAYER,
@@ -27,7 +28,10 @@ from mindspeed_llm.checkpoint.mapping import (
     layer_mappings,
     unshard,
 )
-from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError, parse_dtype
+from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
+from mindspeed_llm.runtime.checkpoint import dist_format, layout
+from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
+from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, parse_dtype_name, read_header
 
 
 def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -151,21 +155,33 @@ def read_model_config(config: str | dict, where: str | None = None) -> ModelConf
         raise DamagedCheckpointError(f"{where} cannot be read ({exc.strerror})") from None
 
 
-def model_config_from_args(args: argparse.Namespace, hf_dir: str | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its args."""
+def model_config_from_record(record: CheckpointRecord, hf_dir: str | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its recorded one."""
+    model = record.model
     if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
         cfg = read_model_config(hf_dir)
-    elif getattr(args, "hf_config", None):
-        cfg = read_model_config(dict(args.hf_config), "the checkpoint's args.hf_config")
+    elif model.hf_config:
+        cfg = read_model_config(dict(model.hf_config), "the checkpoint's recorded HF config (args.hf_config)")
     else:
         raise CheckpointError(
-            "the checkpoint's args carry no HF config: pass --hf-dir ORIGINAL_HF_FOLDER (holding config.json)"
+            "the checkpoint records no HF config: pass --hf-dir ORIGINAL_HF_FOLDER (holding config.json)"
         )
-    cfg.add_qkv_bias = bool(getattr(args, "add_qkv_bias", cfg.add_qkv_bias))
-    cfg.qk_layernorm = bool(getattr(args, "qk_layernorm", cfg.qk_layernorm))
-    if getattr(args, "params_dtype", None) is not None:
-        cfg.params_dtype = parse_dtype(args.params_dtype)
+    cfg.add_qkv_bias = bool(model.settings.get("add_qkv_bias", cfg.add_qkv_bias))
+    cfg.qk_layernorm = bool(model.settings.get("qk_layernorm", cfg.qk_layernorm))
+    if model.params_dtype is not None:
+        cfg.params_dtype = parse_dtype_name(model.params_dtype)
     return cfg
+
+
+def model_config_from_args(args: argparse.Namespace, hf_dir: str | None = None) -> ModelConfig:
+    """:func:`model_config_from_record` of the record a checkpoint's Megatron ``args`` imply."""
+    return model_config_from_record(CheckpointRecord.from_megatron_args(args), hf_dir)
+
+
+def _recorded_hf_dir(record: CheckpointRecord, hf_dir: str | None) -> str | None:
+    """``--hf-dir``, else the HF folder the checkpoint was converted from when it still exists."""
+    recorded = record.model.hf_dir
+    return hf_dir or (recorded if recorded and os.path.isdir(recorded) else None)
 
 
 class MgSource:
@@ -188,12 +204,11 @@ class MgSource:
             if not self.chunk_keys:
                 raise CheckpointError(f"{root}: rank files hold no 'model' (nor model0, model1, ...) entry")
         self.num_stages = self.pp * len(self.chunk_keys)
-        self.args = first.get("args") or argparse.Namespace()
-        if not isinstance(self.args, argparse.Namespace):
-            raise DamagedCheckpointError(f"{self._path(0, 0)}: 'args' is a {type(self.args).__name__}, not a Namespace")
-        recorded = getattr(self.args, "hf_dir", None)
-        self.hf_dir = hf_dir or (recorded if recorded and os.path.isdir(recorded) else None)
-        self.cfg = model_config_from_args(self.args, self.hf_dir)
+        self.record = read_header(first, self._path(0, 0), 0 if self.iteration == layout.RELEASE else
+                                  int(self.iteration))
+        self.args = first.get("args") or argparse.Namespace()  # Megatron-LM's, kept by mg->mg
+        self.hf_dir = _recorded_hf_dir(self.record, hf_dir)
+        self.cfg = model_config_from_record(self.record, self.hf_dir)
         model = first[self.chunk_keys[0]]
         embedding = model.get(EMBEDDING.mcore) if isinstance(model, dict) else None
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
@@ -319,10 +334,80 @@ class MgSource:
         self._cache.clear()
 
 
-def open_mg_source(root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
-    """The reader for a Megatron checkpoint folder: legacy rank files, or torch_dist (megatron-core's format)."""
-    from mindspeed_llm.checkpoint.dist_source import DistSource, is_dist_checkpoint_root
+class DistSource:
+    """The source interface of :class:`MgSource` over a torch_dist checkpoint (megatron-core ``dist_checkpointing``).
 
-    if os.path.isdir(root) and is_dist_checkpoint_root(root, iteration):
+    Such a checkpoint stores each tensor once, with its global shape: the layers of the decoder stacked
+    on a leading axis (``decoder.layers.mlp.linear_fc1.weight`` is ``[num_layers, ...]``), TP shards
+    already merged into the TP1 form (SwiGLU's fc1 as ``[gate; up]``, QKV interleaved per query group),
+    whatever TP/PP/VPP wrote it. The model tensors (not the optimizer's) are loaded in this one process,
+    so memory holds the model once.
+    """
+
+    # megatron-core names the norms inside its sharded state dict as Transformer Engine's fused
+    # layers do (local and TE checkpoints share keys); the mapping table uses the local module names.
+    _DIST_NAMES = {
+        "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+        "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight",
+    }
+
+    def __init__(self, root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
+        self.root = root
+        self.iteration = layout.read_tracker(root) if iteration is None else iteration
+        self.record, self.args, self.tensors = dist_format.read_model_tensors(root, self.iteration)
+        self.tp, self.pp = self.record.layout.tp or 1, self.record.layout.pp or 1
+        self.hf_dir = _recorded_hf_dir(self.record, hf_dir)
+        self.cfg = model_config_from_record(self.record, self.hf_dir)
+        embedding = self._get(EMBEDDING.mcore)
+        self.dtype = embedding.dtype
+        self.cfg.params_dtype = self.dtype
+        self.padded_vocab_size = embedding.shape[0]
+        stacked = self.tensors.get("decoder.layers.self_attention.linear_proj.weight")
+        layers = stacked.shape[0] if stacked is not None else len(
+            {k.split(".")[2] for k in self.tensors if k.startswith("decoder.layers.") and k.split(".")[2].isdigit()})
+        if layers != self.cfg.num_layers:
+            raise CheckpointError(f"{root}: the checkpoint holds {layers} layers but the model config has "
+                                  f"{self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model")
+
+    def _get(self, key: str) -> torch.Tensor:
+        try:
+            return self.tensors[key]
+        except KeyError:
+            raise CheckpointError(f"{self.root}: {key} missing from the distributed checkpoint (iteration "
+                                  f"{self.iteration}): it was written for another model") from None
+
+    def embedding(self) -> torch.Tensor:
+        """Word embeddings, padding rows dropped."""
+        return self._get(EMBEDDING.mcore)[: self.cfg.vocab_size]
+
+    def final_norm(self) -> torch.Tensor:
+        """The final RMSNorm weight."""
+        return self._get(FINAL_NORM.mcore)
+
+    def output_layer(self) -> torch.Tensor:
+        """Output layer, padding rows dropped (untied models)."""
+        return self._get(OUTPUT_LAYER.mcore)[: self.cfg.vocab_size]
+
+    def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
+        """Full mcore tensor of one row for a global layer number."""
+        name = self._DIST_NAMES.get(m.mcore, m.mcore)
+        stacked = self.tensors.get(f"decoder.layers.{name}")
+        if stacked is not None:
+            return stacked[layer]
+        return self._get(f"decoder.layers.{layer}.{name}")
+
+    def layer_mappings(self) -> list[TensorMapping]:
+        """The per-layer rows of this checkpoint's model."""
+        return layer_mappings(self.cfg)
+
+    def close(self) -> None:
+        """Drop the loaded tensors."""
+        self.tensors = {}
+
+
+def open_mg_source(root: str, *, iteration: int | str | None = None, hf_dir: str | None = None):
+    """The reader for a Megatron checkpoint folder, in the format the checkpoint interface detects there."""
+    check_load_dir(root, "mg")
+    if detect_format(root, iteration) == TORCH_DIST:
         return DistSource(root, iteration=iteration, hf_dir=hf_dir)
     return MgSource(root, iteration=iteration, hf_dir=hf_dir)

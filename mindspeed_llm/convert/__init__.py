@@ -1,7 +1,10 @@
-"""Checkpoints: HF <-> megatron-core conversion and the Megatron legacy layout (see docs/checkpoint.md).
+"""The converter of ``convert_ckpt.py``: HF <-> megatron-core and mg -> mg resharding (see docs/checkpoint.md).
 
-The names below are imported on first use, so that ``convert_ckpt.py`` reads its command line
-(:mod:`mindspeed_llm.checkpoint.cli`) before torch is imported.
+Megatron checkpoints are read and written through the checkpoint interface
+(:mod:`mindspeed_llm.runtime.checkpoint`); this package holds the conversion itself: the tensor mapping,
+the HF side, the sources, the output folder's rules, ``--verify``. The names below are imported on
+first use, so that ``convert_ckpt.py`` reads its command line (:mod:`mindspeed_llm.convert.cli`) before
+torch is imported.
 """
 
 import importlib
@@ -12,11 +15,7 @@ _EXPORTS = {
     "ConvertOptions": "convert", "convert": "convert", "convert_hf_to_mg": "convert",
     "convert_mg_to_hf": "convert", "convert_mg_to_mg": "convert",
     "CheckpointError": "errors", "VerificationError": "errors",
-    "checkpoint_dir_for": "layout", "checkpoint_file_for": "layout", "load_rank_state": "layout",
-    "make_rank_state": "layout", "parallel_sizes": "layout", "read_tracker": "layout",
-    "register_safe_globals": "layout", "safe_torch_load": "layout", "save_rank_state": "layout",
-    "write_tracker": "layout",
-    "model_config_from_args": "sources",
+    "model_config_from_args": "sources", "model_config_from_record": "sources", "open_mg_source": "sources",
 }
 
 __all__ = sorted(_EXPORTS)

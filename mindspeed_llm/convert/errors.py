@@ -1,8 +1,9 @@
 """Errors the converter reports to users (one line: the path or flag, what was expected, the fix).
 
 ``convert_ckpt.py`` exit codes: 2 for :class:`CheckpointError` (bad flags or input, including
-:class:`DamagedCheckpointError`), 1 for :class:`OutputWriteError` and :class:`VerificationError`,
-3 for :class:`VerificationUnavailable`, 130 / 143 for SIGINT / SIGTERM.
+:class:`DamagedCheckpointError`; both come from the checkpoint I/O,
+:mod:`mindspeed_llm.runtime.checkpoint.errors`), 1 for :class:`OutputWriteError` and
+:class:`VerificationError`, 3 for :class:`VerificationUnavailable`, 130 / 143 for SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,17 +11,10 @@ from __future__ import annotations
 import os
 
 from mindspeed_llm.io_errors import describe_os_error, os_error_of
+from mindspeed_llm.runtime.checkpoint.errors import CheckpointError, DamagedCheckpointError
 
 __all__ = ["CheckpointError", "DamagedCheckpointError", "OutputWriteError", "VerificationError",
            "VerificationUnavailable", "check_load_dir", "describe_os_error", "os_error_of"]
-
-
-class CheckpointError(Exception):
-    """Bad input to a checkpoint conversion; ``convert_ckpt.py`` prints it as ``error: ...`` and exits 2."""
-
-
-class DamagedCheckpointError(CheckpointError):
-    """A file the converter reads is damaged (truncated, wrong format, another model's): names the file."""
 
 
 class OutputWriteError(Exception):

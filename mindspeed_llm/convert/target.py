@@ -24,7 +24,7 @@ import re
 import shutil
 from collections.abc import Iterator
 
-from mindspeed_llm.checkpoint.errors import (
+from mindspeed_llm.convert.errors import (
     CheckpointError,
     DamagedCheckpointError,
     OutputWriteError,
@@ -108,7 +108,7 @@ def _holds_optimizer_state(path: str) -> bool:
     The converter writes only ``args``, ``checkpoint_version``, ``iteration`` and ``model``; a training run
     saved with ``--no-save-optim`` still carries ``rng_state``, and its trained weights are worth keeping.
     """
-    from mindspeed_llm.checkpoint.layout import MODEL_FILENAME, load_rank_file
+    from mindspeed_llm.runtime.checkpoint.layout import MODEL_FILENAME, load_rank_file
 
     iterations = {os.path.basename(os.path.dirname(d)) for d, _ in _rank_files(path)}
     if len(iterations) > 1:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from mindspeed_llm.checkpoint.convert import ConvertOptions, build_stage, check_parallel
-from mindspeed_llm.checkpoint.errors import VerificationError, VerificationUnavailable
-from mindspeed_llm.checkpoint.sources import open_mg_source
+from mindspeed_llm.convert.convert import ConvertOptions, build_stage, check_parallel
+from mindspeed_llm.convert.errors import VerificationError, VerificationUnavailable
+from mindspeed_llm.convert.sources import open_mg_source
 from mindspeed_llm.models.builder import build_gpt_model
 from mindspeed_llm.models.families import ModelConfig
 
@@ -121,7 +121,7 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
     if need > have:
         raise VerificationUnavailable(
             f"holding both models in float32 needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available: "
-            "run it on a machine with more memory (mindspeed_llm.checkpoint.verify.verify_checkpoint)"
+            "run it on a machine with more memory (mindspeed_llm.convert.verify.verify_checkpoint)"
         )
     ids = verify_tokens(cfg, num_tokens)
     ref = hf_logits(hf_dir, ids, round_to=round_to)
