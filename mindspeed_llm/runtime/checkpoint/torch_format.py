@@ -39,8 +39,8 @@ from mindspeed_llm.runtime.checkpoint.weights import (
     model_state,
     with_adapter,
 )
-from mindspeed_llm.runtime.state import TrainState
 from mindspeed_llm.runtime.errors import SaveError, fail_together
+from mindspeed_llm.runtime.state import TrainState
 
 logger = logging.getLogger("mindspeed_llm.runtime.checkpoint")
 
