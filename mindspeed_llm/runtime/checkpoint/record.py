@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mindspeed_llm.config.groups import checked_model_settings
 from mindspeed_llm.models.families import ROPE_SCALING_FLAGS, rope_scaling_to_flags
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError, DamagedCheckpointError
 
@@ -38,12 +39,10 @@ CHECKPOINT_VERSION = 3.0  # Megatron-LM's ``checkpoint_version`` of the files wr
 
 ROPE_SETTINGS = tuple(attr for attr, _ in ROPE_SCALING_FLAGS)
 # The model-defining settings a checkpoint records, by Megatron flag attribute (``--`` + dashes): a launch
-# that contradicts one of them is refused (``launch.check_checkpoint_args``).
-MODEL_SETTINGS = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-    "add_qkv_bias", "qk_layernorm", "untie_embeddings_and_output_weights", "position_embedding_type",
-    "rotary_base", "rotary_percent", "normalization", "norm_epsilon", "swiglu", "add_bias_linear", *ROPE_SETTINGS,
-)
+# that contradicts one of them is refused (``launch.check_checkpoint_args``). Which they are is the
+# configuration's (``checked=True`` fields of config/groups.py); the bias is recorded as Megatron-LM's
+# ``add_bias_linear``, and the RoPE scaling as one scaling.
+MODEL_SETTINGS = (*checked_model_settings(), "add_bias_linear", *ROPE_SETTINGS)
 _DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _PLAIN = (bool, int, float, str, type(None), torch.dtype)
 
