@@ -28,6 +28,10 @@ CPU base patches (group ``ops-cpu``), applied with the above when the device is 
   ``--swiglu`` gives by default as in Megatron-LM) become eager torch with the same math
   (:func:`~mindspeed_llm.ops.swiglu.megatron_swiglu` and friends). megatron compiles them with
   torch.compile, which on the CPU needs a C++ compiler and seconds per process and per new shape.
+- On a CPU without bf16 matrix instructions (AVX2; :func:`~mindspeed_llm.ops.bf16_matmul.native_bf16_matmul`),
+  megatron-core's ``linear_with_grad_accumulation_and_async_allreduce`` and ``linear_with_frozen_weight``
+  compute bf16 products in fp32 and round once (:mod:`~mindspeed_llm.ops.bf16_matmul`): torch's bf16
+  fallback there is 10-200x slower, with the same arithmetic.
 
 Feature patches (group ``features``), enabled from the training flags by
 :func:`enable_feature_patches` / :func:`enable_feature_patches_from_args`:
@@ -149,8 +153,19 @@ _SWIGLU_SIGNATURES = {"swiglu": "(y)", "bias_swiglu": "(y, bias)", "swiglu_back"
                       "bias_swiglu_back": "(g, y, bias)"}
 
 
+TP_LAYERS = "megatron.core.tensor_parallel.layers"
+_LINEAR_SIGNATURES = {
+    "linear_with_grad_accumulation_and_async_allreduce":
+        "(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, "
+        "grad_output_buffer=None, wgrad_deferral_limit=0, async_grad_allreduce=None, tp_group=None)",
+    "linear_with_frozen_weight":
+        "(input, weight, bias, gradient_accumulation_fusion, allreduce_dgrad, sequence_parallel, tp_group, "
+        "grad_output_buffer=None, wgrad_deferral_limit=None, async_grad_allreduce=None)",
+}
+
+
 def _register_cpu_base(reg: PatchRegistry) -> None:
-    from mindspeed_llm.ops import swiglu
+    from mindspeed_llm.ops import bf16_matmul, swiglu
 
     importlib.import_module("megatron.core.tensor_parallel")
     reg.register(CROSS_ENTROPY, wrapper=_cross_entropy_wrapper, group=CPU_BASE_GROUP,
@@ -161,6 +176,12 @@ def _register_cpu_base(reg: PatchRegistry) -> None:
         reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"),
                      group=CPU_BASE_GROUP, signature=signature,
                      description=f"fused SwiGLU's {name} in eager torch (no torch.compile on the CPU)")
+    if not bf16_matmul.native_bf16_matmul():
+        for name, signature in _LINEAR_SIGNATURES.items():
+            reg.register(f"{TP_LAYERS}.{name}", wrapper=bf16_matmul.fp32_products, group=CPU_BASE_GROUP,
+                         signature=signature,
+                         description=f"{name}: bf16 products in fp32, rounded once (this CPU has no bf16 "
+                                     "matrix instructions; torch's fallback is 10-200x slower)")
 
 
 def apply_base_op_patches(device: str, reg: PatchRegistry = registry) -> None:
