@@ -35,9 +35,15 @@ from mindspeed_llm.training.training import pretrain, run_main  # noqa: E402
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage: int | None = None):
     """The GPTModel chunk of this rank (local spec, RMSNorm, RoPE, SwiGLU)."""
     config, plan = get_config(), get_plan()
-    return build_gpt_model(plan.model_config, padded_vocab_size=plan.padded_vocab_size, pre_process=pre_process,
-                           post_process=post_process, transformer_config=transformer_config(config, plan),
-                           vp_stage=vp_stage, max_sequence_length=config.model.max_position_embeddings)
+    return build_gpt_model(
+        plan.model_config,
+        padded_vocab_size=plan.padded_vocab_size,
+        pre_process=pre_process,
+        post_process=post_process,
+        transformer_config=transformer_config(config, plan),
+        vp_stage=vp_stage,
+        max_sequence_length=config.model.max_position_embeddings,
+    )
 
 
 def get_batch(data_iterator):
@@ -88,7 +94,9 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def forward_step(data_iterator, model):
     """One micro-batch forward; returns the per-token losses and how to reduce them."""
-    tokens, labels, loss_mask, attention_mask, position_ids, documents = get_batch_and_documents(data_iterator)
+    tokens, labels, loss_mask, attention_mask, position_ids, documents = get_batch_and_documents(
+        data_iterator
+    )
     extra = {} if documents is None else {"packed_seq_params": documents}
     output_tensor = model(tokens, position_ids, attention_mask, labels=labels, **extra)
     return output_tensor, partial(loss_func, loss_mask)
@@ -100,5 +108,8 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
 
 
 if __name__ == "__main__":
-    run_main(lambda: pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
-                              forward_step))
+    run_main(
+        lambda: pretrain(
+            train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step
+        )
+    )

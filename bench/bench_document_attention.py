@@ -123,24 +123,30 @@ def main() -> None:
 
     import torch
 
-    print(f"# bench_document_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} "
-          f"threads), heads {args.heads}/{args.groups} kv, head dim {args.head_dim}, batch 1, {args.dtype}, documents "
-          f"{args.doc_min}-{args.doc_max} tokens, fwd+bwd, min of {args.repeats}")
+    print(
+        f"# bench_document_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} "
+        f"threads), heads {args.heads}/{args.groups} kv, head dim {args.head_dim}, batch 1, {args.dtype}, documents "
+        f"{args.doc_min}-{args.doc_max} tokens, fwd+bwd, min of {args.repeats}"
+    )
     rows = []
     for seq in args.seqs:
         results = {impl: _spawn(args, impl, seq) for impl in args.impls}
         rows.append((seq, results))
         print(f"  done {seq}: " + ", ".join(f"{i} {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB"
                                            for i, r in results.items()), file=sys.stderr)
-    print("| seq | documents | impl | fwd+bwd time (s) | peak memory (MiB) | time vs causal | memory vs causal |")
+    print(
+        "| seq | documents | impl | fwd+bwd time (s) | peak memory (MiB) | time vs causal | memory vs causal |"
+    )
     print("|---|---|---|---|---|---|---|")
     for seq, results in rows:
         ref = results.get("causal")
         for impl, r in results.items():
             t_ratio = f"{r['time_s'] / ref['time_s']:.2f}x" if ref else "-"
             m_ratio = f"{r['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f}x" if ref else "-"
-            print(f"| {seq} | {r['documents']} | {impl} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {t_ratio} | {m_ratio} |")
+            print(
+                f"| {seq} | {r['documents']} | {impl} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {t_ratio} | {m_ratio} |"
+            )
 
 
 if __name__ == "__main__":

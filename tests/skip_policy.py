@@ -40,8 +40,10 @@ def _refused(reason: str) -> bool:
 
 def _as_failure(report, reason: str) -> None:
     report.outcome = "failed"
-    report.longrepr = (f"skip not allowed: {reason!r}. Only hardware a machine lacks may skip a test "
-                       f"(reason starting with {HARDWARE!r}, see tests/skip_policy.py); fix the cause instead.")
+    report.longrepr = (
+        f"skip not allowed: {reason!r}. Only hardware a machine lacks may skip a test "
+        f"(reason starting with {HARDWARE!r}, see tests/skip_policy.py); fix the cause instead."
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

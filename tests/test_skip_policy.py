@@ -80,7 +80,11 @@ def _outcomes(stdout: str) -> dict[str, str]:
     out = {}
     for line in stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "SKIPPED", "XFAIL", "ERROR"):
+        if (
+            len(parts) >= 2
+            and "::" in parts[0]
+            and parts[1] in ("PASSED", "FAILED", "SKIPPED", "XFAIL", "ERROR")
+        ):
             out[parts[0].split("::")[-1]] = "FAILED" if parts[1] == "ERROR" else parts[1]
     return out
 

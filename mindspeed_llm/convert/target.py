@@ -88,7 +88,9 @@ def is_hf_export(path: str) -> bool:
         return False
     if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
         return True
-    return os.path.basename(os.path.normpath(path)) == MG2HF and is_hf_folder(os.path.dirname(os.path.abspath(path)))
+    return os.path.basename(os.path.normpath(path)) == MG2HF and is_hf_folder(
+        os.path.dirname(os.path.abspath(path))
+    )
 
 
 def _rank_files(path: str) -> Iterator[tuple[str, list[str]]]:
@@ -148,7 +150,9 @@ def check_replace(target: str, output: str, *, overwrite: bool, overwrite_traini
     try:
         kind = folder_kind(target)
     except PermissionError as exc:
-        raise CheckpointError(f"--save-dir {target} cannot be read ({exc.strerror}): choose another folder") from None
+        raise CheckpointError(
+            f"--save-dir {target} cannot be read ({exc.strerror}): choose another folder"
+        ) from None
     if kind in (MISSING, EMPTY):
         return
     if kind == MG_TRAINING:

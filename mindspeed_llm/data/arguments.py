@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-bad-rows", action="store_true",
         help="skip rows that cannot be read (not UTF-8, invalid JSON, missing key) instead of stopping",
     )
-    group = parser.add_argument_group("instruction data (AlpacaStyleInstructionHandler, SharegptStyleInstructionHandler)")
+    group = parser.add_argument_group(
+        "instruction data (AlpacaStyleInstructionHandler, SharegptStyleInstructionHandler)"
+    )
     group.add_argument(
         "--prompt-type", default=None, choices=list(PROMPT_TYPES),
         help="chat template; chat_template = the tokenizer folder's own chat_template",
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seq-length", type=int, default=None,
         help="samples of this many tokens or more are dropped (cut to seq-length - 1 with --neat-pack)",
     )
-    group.add_argument("--pack", action="store_true", help="pack whole samples greedily into sequences of --seq-length")
+    group.add_argument(
+        "--pack", action="store_true", help="pack whole samples greedily into sequences of --seq-length"
+    )
     group.add_argument(
         "--neat-pack", action="store_true",
         help="with --pack: the attention mask numbers the samples of a pack (1, 2, ...; 0 = padding)",
@@ -61,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", default="PretrainedFromHF", choices=TOKENIZER_TYPES)
     group.add_argument("--tokenizer-name-or-path", help="local HF model/tokenizer folder")
-    group.add_argument("--append-eod", action="store_true", help="append the tokenizer's EOS to every document")
+    group.add_argument(
+        "--append-eod", action="store_true", help="append the tokenizer's EOS to every document"
+    )
     group = parser.add_argument_group("output data")
-    group.add_argument("--output-prefix", required=True, help="path prefix of the output, e.g. ./dataset/alpaca")
+    group.add_argument(
+        "--output-prefix", required=True, help="path prefix of the output, e.g. ./dataset/alpaca"
+    )
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
     group.add_argument(

@@ -92,10 +92,15 @@ TEMPLATES = {
     t.name: t
     for t in (
         ChatTemplate(
-            "qwen", user=_CHATML_USER, assistant=_CHATML_ANSWER, system=_CHATML_SYSTEM,
+            "qwen",
+            user=_CHATML_USER,
+            assistant=_CHATML_ANSWER,
+            system=_CHATML_SYSTEM,
             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
         ),
-        ChatTemplate("qwen3", user=_CHATML_USER, assistant=_CHATML_ANSWER, system=_CHATML_SYSTEM, qwen3_thinking=True),
+        ChatTemplate(
+            "qwen3", user=_CHATML_USER, assistant=_CHATML_ANSWER, system=_CHATML_SYSTEM, qwen3_thinking=True
+        ),
         ChatTemplate(
             "llama3",
             prefix="{bos}",
@@ -106,11 +111,17 @@ TEMPLATES = {
             strip_content=True,
         ),
         ChatTemplate(
-            "llama2", user="{bos}[INST] {content} [/INST]", assistant=" {content} {eos}",
-            system_in_first_user="<<SYS>>\n{system}\n<</SYS>>\n\n{content}", strip_content=True,
+            "llama2",
+            user="{bos}[INST] {content} [/INST]",
+            assistant=" {content} {eos}",
+            system_in_first_user="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
+            strip_content=True,
         ),
         ChatTemplate(
-            "mistral", prefix="{bos}", user="[INST] {content} [/INST]", assistant="{content}{eos}",
+            "mistral",
+            prefix="{bos}",
+            user="[INST] {content} [/INST]",
+            assistant="{content}{eos}",
             system_in_first_user="{system}\n\n{content}",
         ),
         ChatTemplate("empty", user="{content}", assistant="{content}"),

@@ -119,7 +119,9 @@ def encode_source(
             if rows_total is not None:
                 bar = tqdm(total=rows_total, unit="doc", disable=None, dynamic_ncols=True)
             else:
-                bar = tqdm(total=total_bytes(source), unit="B", unit_scale=True, disable=None, dynamic_ncols=True)
+                bar = tqdm(
+                    total=total_bytes(source), unit="B", unit_scale=True, disable=None, dynamic_ncols=True
+                )
         write = bar.write if bar is not None and not bar.disable else _log
         skipped_shown = 0
 
@@ -174,7 +176,9 @@ def encode_source(
         raise
 
 
-def check_tokens(progress: Progress, args: argparse.Namespace, writers: dict[str, IndexedDatasetWriter]) -> None:
+def check_tokens(
+    progress: Progress, args: argparse.Namespace, writers: dict[str, IndexedDatasetWriter]
+) -> None:
     """A dataset without a single token is refused: say whether the texts were empty or the tokenizer silent."""
     for key, writer in writers.items():
         if writer.token_count:
@@ -415,7 +419,11 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
     _ensure_output_dir(args.output_prefix)
     written = {}
     for key in args.merge_group_keys:
-        target = f"{args.output_prefix}_{key}" if key.endswith("_document") else f"{args.output_prefix}_{key}_document"
+        target = (
+            f"{args.output_prefix}_{key}"
+            if key.endswith("_document")
+            else f"{args.output_prefix}_{key}_document"
+        )
         names = []
         for entry in os.listdir(folder):
             if not entry.endswith(".idx"):

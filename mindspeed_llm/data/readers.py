@@ -462,7 +462,9 @@ def _iter_json(
             _bad_row(path, where, f"invalid JSON ({record.msg})", skip_bad_rows, skipped)
             continue
         if not isinstance(record, dict):
-            _bad_row(path, where, f"expected a JSON object, got {type(record).__name__}", skip_bad_rows, skipped)
+            _bad_row(
+                path, where, f"expected a JSON object, got {type(record).__name__}", skip_bad_rows, skipped
+            )
             continue
         if columns is None:
             return_columns = list(record)

@@ -40,9 +40,14 @@ def model_provider(args: argparse.Namespace, config: RunConfig, plan: RunPlan, p
     """This rank's GPTModel chunk, in eval mode (the training entry's model, logits gathered over TP)."""
     from mindspeed_llm.models.builder import build_gpt_model
 
-    model = build_gpt_model(plan.model_config, padded_vocab_size=plan.padded_vocab_size, pre_process=pre_process,
-                            post_process=post_process, transformer_config=transformer_config(config, plan),
-                            max_sequence_length=config.model.max_position_embeddings)
+    model = build_gpt_model(
+        plan.model_config,
+        padded_vocab_size=plan.padded_vocab_size,
+        pre_process=pre_process,
+        post_process=post_process,
+        transformer_config=transformer_config(config, plan),
+        max_sequence_length=config.model.max_position_embeddings,
+    )
     from mindspeed_llm.lora import LoraConfig, apply_lora
 
     lora = LoraConfig.from_args(args)  # --lora-*: the adapter --lora-load (or --load) holds is applied
@@ -154,14 +159,24 @@ def run_generate(args, generator: Generator, hf_tokenizer, sampling: SamplingPar
             write_line("\n")
         elif rank0:
             for prompt, tokens in zip(batch, out):
-                write_line(f"You:\n{prompt}\n\nMindSpeed-LLM:\n{answer_text(hf_tokenizer, tokens, stop_ids)}\n")
+                write_line(
+                    f"You:\n{prompt}\n\nMindSpeed-LLM:\n{answer_text(hf_tokenizer, tokens, stop_ids)}\n"
+                )
                 write_line("")
 
 
-def _generate(generator: Generator, ids, args, sampling, stop_ids, max_length, on_token=None) -> list[list[int]]:
+def _generate(
+    generator: Generator, ids, args, sampling, stop_ids, max_length, on_token=None
+) -> list[list[int]]:
     try:
-        return generator.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_ids=stop_ids,
-                                  max_length=max_length, on_token=on_token)
+        return generator.generate(
+            ids,
+            max_new_tokens=args.max_new_tokens,
+            sampling=sampling,
+            stop_ids=stop_ids,
+            max_length=max_length,
+            on_token=on_token,
+        )
     except ValueError as exc:
         raise ArgumentError(str(exc)) from None
 
@@ -188,7 +203,9 @@ def user_turns(args: argparse.Namespace, rank0: bool) -> Callable[[], str | None
     return from_stdin
 
 
-def run_chat(args, generator: Generator, tokenizer, sampling: SamplingParams, max_length: int, rank0: bool) -> None:
+def run_chat(
+    args, generator: Generator, tokenizer, sampling: SamplingParams, max_length: int, rank0: bool
+) -> None:
     """A conversation through --prompt-type's template; each answer stops at the template's end of turn."""
     hf = tokenizer.hf_tokenizer
     template = build_template(args.prompt_type, hf, args.tokenizer_name_or_path)
@@ -232,14 +249,23 @@ def main() -> None:
     rank0 = torch.distributed.get_rank() == 0
     max_length = model_config.max_position_embeddings
     if args.task == ["chat"]:
-        run_chat(args, generator, tokenizer, sampling_params(args, sampling_flags_given(args)), max_length, rank0)
+        run_chat(
+            args, generator, tokenizer, sampling_params(args, sampling_flags_given(args)), max_length, rank0
+        )
         return _finish()
     stop_ids = stop_ids_for(args.tokenizer_name_or_path, tokenizer.hf_tokenizer)
     for task in args.task:
         if len(args.task) > 1 and rank0:
             write_line(f"=============== {task} ===============")
-        run_generate(args, generator, tokenizer.hf_tokenizer, sampling_params(args, task == "do_sample"), stop_ids,
-                     max_length, rank0)
+        run_generate(
+            args,
+            generator,
+            tokenizer.hf_tokenizer,
+            sampling_params(args, task == "do_sample"),
+            stop_ids,
+            max_length,
+            rank0,
+        )
     _finish()
 
 

@@ -88,7 +88,9 @@ _NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry ea
 # ----------------------------------------------------------------------------------------------
 
 
-def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = None, dropout_p: float = 0.0) -> str:
+def select_ring_kernel(
+    q: Tensor, kernel: str = "auto", backend: str | None = None, dropout_p: float = 0.0
+) -> str:
     """The local kernel the ring runs: NPU -> 'npu', CPU -> 'cpu_flash', else (CUDA) 'blockwise'.
 
     With dropout every device runs 'blockwise': its mask is keyed by global positions, so the
@@ -118,7 +120,9 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
         raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         # torch's CPU flash kernel takes fewer K/V heads than query heads (GQA) as they are.
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, scale=scale
+        )
         return out, lse.float()
     if kernel == "blockwise":
         out, lse = blockwise_attention_with_lse(q, k, v, causal=causal, scale=scale, dropout=dropout)
@@ -127,7 +131,9 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
         npu = require_torch_npu(torch_npu, "ring attention")
         out, smax, ssum = _npu_forward(npu, q, k, v, causal, scale)
         return out, (smax[..., 0] + ssum[..., 0].log()).float()
-    if kernel == "cuda_efficient":  # not the default: no GPU has run it yet (bench/device_check.py compares it)
+    if (
+        kernel == "cuda_efficient"
+    ):  # not the default: no GPU has run it yet (bench/device_check.py compares it)
         ke, ve = _expand_kv(q, k, v)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, ke, ve, None, True, 0.0, causal,
                                                                           scale=scale)[:2]
@@ -169,7 +175,8 @@ def _efficient_backward(dout, q, k, v, out, lse, causal: bool, scale: float):
     lse = torch.nn.functional.pad(lse, (0, pad)) if pad else lse.contiguous()
     unused = torch.zeros((), dtype=torch.int64, device=q.device)  # philox seed / offset: no dropout here
     dq, dk, dv = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        dout, q, ke, ve, None, out, lse, unused, unused, 0.0, [True, True, True, False], causal, scale=scale)[:3]
+        dout, q, ke, ve, None, out, lse, unused, unused, 0.0, [True, True, True, False], causal, scale=scale
+    )[:3]
     b, g = k.shape[:2]
     if ke is not k:
         dk, dv = (t.view(b, g, -1, *t.shape[2:]).sum(2) for t in (dk, dv))
@@ -180,7 +187,10 @@ def _npu_causal_args(q: Tensor, causal: bool) -> dict:
     if not causal:
         return {"atten_mask": None, "sparse_mode": 0}
     size = 2048  # torch_npu's compressed causal mask (sparse_mode=2, left-up causal)
-    return {"atten_mask": torch.triu(torch.ones(size, size, dtype=torch.bool, device=q.device), 1), "sparse_mode": 2}
+    return {
+        "atten_mask": torch.triu(torch.ones(size, size, dtype=torch.bool, device=q.device), 1),
+        "sparse_mode": 2,
+    }
 
 
 def _npu_forward(npu: Any, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float):
@@ -229,9 +239,12 @@ def _send_next(tensors: list[Tensor], group, tag: int) -> list:
 def _recv_prev(like: list, group, tag: int) -> tuple[list, list[Tensor]]:
     """Start receiving tensors laid out like ``like`` (tensors or ``(tensor, strides)``) from the previous CP rank."""
     prv = _peers(group)[1]
-    bufs = [torch.empty_like(t) if isinstance(t, Tensor) else torch.empty_strided(t[0].shape, t[1], dtype=t[0].dtype,
-                                                                                     device=t[0].device)
-            for t in like]
+    bufs = [
+        torch.empty_like(t)
+        if isinstance(t, Tensor)
+        else torch.empty_strided(t[0].shape, t[1], dtype=t[0].dtype, device=t[0].device)
+        for t in like
+    ]
     return [dist.irecv(_dense_view(b), prv, group=group, tag=tag + i) for i, b in enumerate(bufs)], bufs
 
 
@@ -254,7 +267,9 @@ def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> No
     new = torch.logaddexp(lse, block_lse)
     out.mul_(torch.exp(lse - new).unsqueeze(-1))
     block_out = block_out.float() if block_out.dtype != torch.float32 else block_out
-    out.add_(block_out.mul_(torch.exp(block_lse - new).unsqueeze(-1)))  # the block's output is not needed after
+    out.add_(
+        block_out.mul_(torch.exp(block_lse - new).unsqueeze(-1))
+    )  # the block's output is not needed after
     lse.copy_(new)
 
 
@@ -338,9 +353,16 @@ def _pieces_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     """``(dq, dk, dv)`` of a block computed one document piece at a time (zero outside the pieces)."""
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for i, rows, cols in pieces:
-        gq, gk, gv = attention_with_lse_backward(dout[i:i + 1, :, rows], q[i:i + 1, :, rows], k[i:i + 1, :, cols],
-                                                 v[i:i + 1, :, cols], out[i:i + 1, :, rows], lse[i:i + 1, :, rows],
-                                                 dropout=_piece_dropout(dropout, i, rows, cols), **kw)
+        gq, gk, gv = attention_with_lse_backward(
+            dout[i : i + 1, :, rows],
+            q[i : i + 1, :, rows],
+            k[i : i + 1, :, cols],
+            v[i : i + 1, :, cols],
+            out[i : i + 1, :, rows],
+            lse[i : i + 1, :, rows],
+            dropout=_piece_dropout(dropout, i, rows, cols),
+            **kw,
+        )
         dq[i:i + 1, :, rows] += gq
         dk[i:i + 1, :, cols] += gk
         dv[i:i + 1, :, cols] += gv
@@ -372,9 +394,13 @@ class _RingAttention(torch.autograd.Function):
                 pieces = _ring_pieces(docs, q_pos, src, size, rows, cols)
                 dropout = _block_dropout(drop, src, rows, cols, q_pos)
                 if pieces is None:
-                    o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], dropout=dropout, **kw)
+                    o, m = attention_with_lse(
+                        q[:, :, rows], kb[:, :, cols], vb[:, :, cols], dropout=dropout, **kw
+                    )
                 elif pieces:
-                    o, m = _pieces_forward(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, dropout, **kw)
+                    o, m = _pieces_forward(
+                        q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, dropout, **kw
+                    )
                 else:  # no query of the block shares a document with its keys (never at step 0: each sees itself)
                     continue
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
@@ -419,7 +445,9 @@ class _RingAttention(torch.autograd.Function):
                     gq, gk, gv = _pieces_backward(*block, pieces, dropout, **kw)
                 else:  # no query of the block shares a document with its keys: no gradient
                     continue
-                if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
+                if (
+                    step == 0
+                ):  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
                     dq = gq.float() if gq.dtype != torch.float32 else gq
                     acc = [gk.to(k.dtype), gv.to(v.dtype)]
                     if docs is not None:  # step 0 may run pieces on one rank and not on another: one layout
@@ -447,9 +475,21 @@ def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
     return bufs
 
 
-def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                   kernel: str = "auto", backend: str | None = None, torch_npu: Any = None, dropout_p: float = 0.0,
-                   seed: int | None = None, head_offset: int = 0, document_ids: Tensor | None = None) -> Tensor:
+def ring_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    group,
+    *,
+    softmax_scale: float | None = None,
+    kernel: str = "auto",
+    backend: str | None = None,
+    torch_npu: Any = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    head_offset: int = 0,
+    document_ids: Tensor | None = None,
+) -> Tensor:
     """Causal attention of this CP rank's chunk pair ``[b, n, s_local, d]`` against the whole sequence.
 
     ``dropout_p``: attention dropout with the blockwise kernel's position-keyed mask; ``seed`` (the
@@ -569,10 +609,19 @@ def _heads_to_ranks(q: Tensor, k: Tensor, v: Tensor, group) -> tuple[Tensor, Ten
     return q, k, v, to_ranks, head_offset
 
 
-def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                      dropout_p: float = 0.0, seed: int | None = None, impl: str = "auto",
-                      backend: str | None = None,
-                      local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None) -> Tensor:
+def ulysses_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    group,
+    *,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    impl: str = "auto",
+    backend: str | None = None,
+    local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None,
+) -> Tensor:
     """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
 
     ``dropout_p``: the local kernel's attention dropout (each rank holds whole sequences for its
@@ -598,8 +647,17 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
                                   seed=dropout_seed(dropout_p, seed, q.device),
                                   head_offset=head_offset).permute(2, 0, 1, 3)
     else:
-        out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
-                              impl=impl, backend=backend)
+        out = flash_attention(
+            q,
+            k,
+            v,
+            causal=True,
+            dropout_p=dropout_p,
+            softmax_scale=softmax_scale,
+            layout="sbnd",
+            impl=impl,
+            backend=backend,
+        )
     return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
 
 
@@ -608,7 +666,9 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
 # ----------------------------------------------------------------------------------------------
 
 
-def hybrid_cp_rank_groups(cp_ranks: list[int], ulysses_degree: int) -> tuple[list[list[int]], list[list[int]]]:
+def hybrid_cp_rank_groups(
+    cp_ranks: list[int], ulysses_degree: int
+) -> tuple[list[list[int]], list[list[int]]]:
     """(Ulysses groups, ring groups) of one CP group: consecutive runs of U ranks, and every U-th rank.
 
     CP rank ``c`` is Ulysses rank ``c % U`` and ring rank ``c // U`` (MindSpeed's layout, and
@@ -638,7 +698,18 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
     """
     q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, ulysses_group)
     q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-    out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
-                         torch_npu=torch_npu, dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
-                         head_offset=head_offset, document_ids=document_ids)
+    out = ring_attention(
+        q,
+        k,
+        v,
+        ring_group,
+        softmax_scale=softmax_scale,
+        kernel=kernel,
+        backend=backend,
+        torch_npu=torch_npu,
+        dropout_p=dropout_p,
+        seed=dropout_seed(dropout_p, seed, q.device),
+        head_offset=head_offset,
+        document_ids=document_ids,
+    )
     return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)

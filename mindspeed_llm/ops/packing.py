@@ -63,8 +63,13 @@ def check_document_packed(packed_seq_params: PackedSeqParams, batch: int, seq: i
     cu = packed_seq_params.cu_seqlens_q
     kv = packed_seq_params.cu_seqlens_kv
     if kv is not None and kv is not cu and not torch.equal(kv, cu):
-        raise ValueError("packed_seq_params: cu_seqlens_kv must equal cu_seqlens_q (self-attention over documents)")
-    if packed_seq_params.cu_seqlens_q_padded is not None or packed_seq_params.cu_seqlens_kv_padded is not None:
+        raise ValueError(
+            "packed_seq_params: cu_seqlens_kv must equal cu_seqlens_q (self-attention over documents)"
+        )
+    if (
+        packed_seq_params.cu_seqlens_q_padded is not None
+        or packed_seq_params.cu_seqlens_kv_padded is not None
+    ):
         raise ValueError("packed_seq_params: padded cu_seqlens are not supported with qkv_format 'sbhd'")
     if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != batch * seq:
         raise ValueError(
@@ -76,7 +81,9 @@ def check_document_packed(packed_seq_params: PackedSeqParams, batch: int, seq: i
         raise ValueError("packed_seq_params: cu_seqlens must be strictly increasing (no empty documents)")
     sample_starts = torch.arange(0, batch * seq, seq, device=cu.device, dtype=cu.dtype)
     if not bool(torch.isin(sample_starts, cu).all()):
-        raise ValueError("packed_seq_params: a document crosses a sample boundary; every sample must start a document")
+        raise ValueError(
+            "packed_seq_params: a document crosses a sample boundary; every sample must start a document"
+        )
     return cu
 
 
@@ -101,7 +108,9 @@ def document_positions(cu_seqlens: Tensor) -> Tensor:
     cu = cu_seqlens.to(torch.int64)
     lengths = cu[1:] - cu[:-1]
     total = int(cu[-1])
-    return torch.arange(total, device=cu.device) - torch.repeat_interleave(cu[:-1], lengths, output_size=total)
+    return torch.arange(total, device=cu.device) - torch.repeat_interleave(
+        cu[:-1], lengths, output_size=total
+    )
 
 
 def document_rotary_freqs(freqs: Tensor, cu_seqlens: Tensor, seq: int, cp_group=None) -> Tensor:

@@ -158,8 +158,14 @@ def write_alpaca_parquet(path: str | os.PathLike, max_rows: int | None = None) -
     return len(rows)
 
 
-def write_tiny_qwen25_folder(folder: str | os.PathLike, *, seed: int = 1234, config_overrides: dict | None = None,
-                             max_shard_size: str = "20MB", model: str = "qwen25") -> Path:
+def write_tiny_qwen25_folder(
+    folder: str | os.PathLike,
+    *,
+    seed: int = 1234,
+    config_overrides: dict | None = None,
+    max_shard_size: str = "20MB",
+    model: str = "qwen25",
+) -> Path:
     """Write a complete HF folder (config, generation config, tokenizer, sharded safetensors + index).
 
     ``model``: "qwen25" (Qwen2.5 architecture and tokenizer) or "qwen3" (Qwen3's, same vocabulary).
@@ -194,7 +200,9 @@ def write_tiny_qwen25_folder(folder: str | os.PathLike, *, seed: int = 1234, con
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output folder (model_from_hf/ and dataset/ go inside)")
     parser.add_argument("--max-rows", type=int, default=None, help="limit the corpus to this many rows")
     parser.add_argument("--num-layers", type=int, default=None, help="override the tiny model's layer count")
@@ -208,14 +216,23 @@ def main(argv: list[str] | None = None) -> int:
     label = {"qwen25": "Qwen2.5", "qwen3": "Qwen3"}[args.model]
     parquet = out / "dataset" / PARQUET_NAME
     if args.force or not (model_dir / "config.json").is_file():
-        overrides = {"num_hidden_layers": args.num_layers, "max_window_layers": args.num_layers} if args.num_layers else None
-        print(f"[assets] building a tiny {label}-architecture model with {label}'s tokenizer -> {model_dir}", flush=True)
+        overrides = (
+            {"num_hidden_layers": args.num_layers, "max_window_layers": args.num_layers}
+            if args.num_layers
+            else None
+        )
+        print(
+            f"[assets] building a tiny {label}-architecture model with {label}'s tokenizer -> {model_dir}",
+            flush=True,
+        )
         write_tiny_qwen25_folder(model_dir, config_overrides=overrides, model=args.model)
     else:
         print(f"[assets] reusing {model_dir}", flush=True)
     if args.force or not parquet.is_file():
         n = write_alpaca_parquet(parquet, args.max_rows)
-        print(f"[assets] wrote {n} alpaca-style rows from standard-library docstrings -> {parquet}", flush=True)
+        print(
+            f"[assets] wrote {n} alpaca-style rows from standard-library docstrings -> {parquet}", flush=True
+        )
     else:
         print(f"[assets] reusing {parquet}", flush=True)
     return 0

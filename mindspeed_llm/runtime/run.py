@@ -68,7 +68,9 @@ def get_config() -> RunConfig:
 def get_plan() -> RunPlan:
     """The plan of this run (after the model setup)."""
     if _RUN.plan is None:
-        raise RuntimeError("the run's plan is not built yet: it follows the tokenizer and the --load checkpoint")
+        raise RuntimeError(
+            "the run's plan is not built yet: it follows the tokenizer and the --load checkpoint"
+        )
     return _RUN.plan
 
 

@@ -40,7 +40,9 @@ def _run_tag() -> str:
     """This launch's identity (torchrun's rendezvous address and run id); "-" without torchrun."""
     if "MASTER_ADDR" not in os.environ or "TORCHELASTIC_RUN_ID" not in os.environ:
         return "-"
-    return f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}/{os.environ['TORCHELASTIC_RUN_ID']}"
+    return (
+        f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}/{os.environ['TORCHELASTIC_RUN_ID']}"
+    )
 
 
 def _holder(fd: int) -> tuple[str, str]:

@@ -32,7 +32,9 @@ class SignalGuard:
     def install(self) -> SignalGuard:
         """Take over SIGINT and SIGTERM in this process."""
         for signum in (signal.SIGINT, signal.SIGTERM):
-            handler = self._record if signum == signal.SIGTERM and self.exit_signal_handler else self._interrupt
+            handler = (
+                self._record if signum == signal.SIGTERM and self.exit_signal_handler else self._interrupt
+            )
             self._previous[signum] = signal.signal(signum, handler)
         return self
 

@@ -24,7 +24,9 @@ def _load():
     return module
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="hardware: this machine has CUDA, so the check would run")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="hardware: this machine has CUDA, so the check would run"
+)
 def test_without_cuda_it_fails_with_one_line():
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
@@ -61,6 +63,8 @@ def test_full_dry_run_prints_a_table_of_passes(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 11 + 4 + 1 + 1 + 1  # header + op rows + ring kernel rows + logits + resume + throughput
+    assert (
+        len(table) == 1 + 11 + 4 + 1 + 1 + 1
+    )  # header + op rows + ring kernel rows + logits + resume + throughput
     assert all("| PASS |" in line for line in table[1:])
     assert "| train 6 its + save + resume | PASS | iterations 4-6 equal" in proc.stdout

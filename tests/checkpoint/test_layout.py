@@ -25,8 +25,13 @@ def test_names(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    args = argparse.Namespace(tensor_model_parallel_size=2, pipeline_model_parallel_size=1, padded_vocab_size=8,
-                              params_dtype=torch.bfloat16, hf_config={"a": [1, None]})
+    args = argparse.Namespace(
+        tensor_model_parallel_size=2,
+        pipeline_model_parallel_size=1,
+        padded_vocab_size=8,
+        params_dtype=torch.bfloat16,
+        hf_config={"a": [1, None]},
+    )
     for tp in range(2):
         model = {"w": torch.full((2,), float(tp)), "x._extra_state": None}
         legacy = {"args": args, "checkpoint_version": 3.0, "iteration": 7, "model": model}

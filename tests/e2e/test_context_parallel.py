@@ -44,8 +44,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp")
     hf = make_hf_model(root / "hf", num_layers=2)
     data = make_indexed_dataset(root / "data" / "cp_text_document", docs=500, seed=5)
-    ckpt = {(tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}_pp{pp}", tp=tp, pp=pp) for tp, pp in ((1, 1), (2, 1),
-                                                                                                 (1, 2))}
+    ckpt = {
+        (tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}_pp{pp}", tp=tp, pp=pp)
+        for tp, pp in ((1, 1), (2, 1), (1, 2))
+    }
     base = [*model_flags(hf), "--max-position-embeddings", str(SEQ), "--use-flash-attn"]
 
     def run(name, tp=1, cp=1, algo="megatron_cp_algo", stop=3, extra=(), load=None, pp=1):

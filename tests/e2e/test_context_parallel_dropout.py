@@ -51,20 +51,43 @@ def runs(tmp_path_factory):
 
     def flags(cp, *extra, load=ckpt):
         more = ["--load", str(load)] + (["--finetune"] if load == ckpt else [])
-        return [*base, "--context-parallel-size", str(cp), "--context-parallel-algo", "megatron_cp_algo", *more, *extra]
+        return [
+            *base,
+            "--context-parallel-size",
+            str(cp),
+            "--context-parallel-algo",
+            "megatron_cp_algo",
+            *more,
+            *extra,
+        ]
 
     started = {
         "cp1": start_pretrain(*flags(1)),
         "cp2": start_pretrain(*flags(2, "--save", str(saved), "--save-interval", "3"), nproc=2),
         "cp1_no_dropout": start_pretrain(*flags(1, "--exit-interval", "1", "--attention-dropout", "0")),
-        "ulysses_cp2": start_pretrain(*flags(2, *ulysses, "--save", str(saved_ulysses), "--save-interval", "3"),
-                                      nproc=2),
-        "hybrid_cp4": start_pretrain(*flags(4, "--context-parallel-algo", "hybrid_cp_algo", "--ulysses-degree-in-cp",
-                                            "2", "--exit-interval", "3"), nproc=4),
+        "ulysses_cp2": start_pretrain(
+            *flags(2, *ulysses, "--save", str(saved_ulysses), "--save-interval", "3"), nproc=2
+        ),
+        "hybrid_cp4": start_pretrain(
+            *flags(
+                4,
+                "--context-parallel-algo",
+                "hybrid_cp_algo",
+                "--ulysses-degree-in-cp",
+                "2",
+                "--exit-interval",
+                "3",
+            ),
+            nproc=4,
+        ),
     }
     out = {name: run.result().stdout for name, run in started.items()}
-    resumed = {"resume": start_pretrain(*flags(2, "--ckpt-step", "3", load=saved), nproc=2),
-               "ulysses_resume": start_pretrain(*flags(2, *ulysses, "--ckpt-step", "3", load=saved_ulysses), nproc=2)}
+    resumed = {
+        "resume": start_pretrain(*flags(2, "--ckpt-step", "3", load=saved), nproc=2),
+        "ulysses_resume": start_pretrain(
+            *flags(2, *ulysses, "--ckpt-step", "3", load=saved_ulysses), nproc=2
+        ),
+    }
     out.update({name: run.result().stdout for name, run in resumed.items()})
     return out
 
@@ -91,7 +114,9 @@ def test_ulysses_and_hybrid_dropout_train_like_cp1(runs, name):
     got = losses(runs[name])
     cp1 = losses(runs["cp1"])
     assert sorted(got) == sorted(cp1)[:len(got)] and len(got) >= 3, runs[name][-3000:]
-    assert_close_losses(got, {step: cp1[step] for step in got}, rel=1e-5, label=f"{name} vs CP 1, dropout 0.3")
+    assert_close_losses(
+        got, {step: cp1[step] for step in got}, rel=1e-5, label=f"{name} vs CP 1, dropout 0.3"
+    )
 
 
 def test_ulysses_dropout_resume_at_cp2_is_exact(runs):

@@ -32,10 +32,31 @@ from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-MODEL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
-         "--group-query-attention", "--num-query-groups", "2", "--max-position-embeddings", "64", "--swiglu",
-         "--disable-bias-linear", "--normalization", "RMSNorm", "--attention-dropout", "0", "--hidden-dropout", "0",
-         "--make-vocab-size-divisible-by", "1"]
+MODEL = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--ffn-hidden-size",
+    "128",
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
+    "--max-position-embeddings",
+    "64",
+    "--swiglu",
+    "--disable-bias-linear",
+    "--normalization",
+    "RMSNorm",
+    "--attention-dropout",
+    "0",
+    "--hidden-dropout",
+    "0",
+    "--make-vocab-size-divisible-by",
+    "1",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
 _LR_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? learning rate: ([0-9.E+-]+) \|")
 
@@ -113,7 +134,14 @@ def test_nan_weight_in_a_checkpoint_is_refused_on_load_and_never_saved(base, tmp
     state = torch.load(path, weights_only=False)
     state["model"]["decoder.final_layernorm.weight"][3] = float("nan")
     torch.save(state, path)
-    flags = [*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save), "--override-opt_param-scheduler"]
+    flags = [
+        *_flags(base["data"], iters=6),
+        "--load",
+        str(save),
+        "--save",
+        str(save),
+        "--override-opt_param-scheduler",
+    ]
     proc = _run(*flags)
     assert proc.returncode == 1
     _one_error_line(proc.stderr, str(path), "NaN/Inf in decoder.final_layernorm.weight")
@@ -168,8 +196,16 @@ def test_unwritable_save_is_refused_before_training(base, tmp_path):
 # ---- two runs, one folder; Ctrl-C --------------------------------------------------------------------------------
 def test_second_run_on_a_locked_save_is_refused_and_ctrl_c_leaves_no_debris(base, tmp_path):
     save = _copy(base, tmp_path)
-    flags = [*_flags(base["data"], iters=100000), "--load", str(save), "--save", str(save), "--save-interval", "1",
-             "--override-opt_param-scheduler"]
+    flags = [
+        *_flags(base["data"], iters=100000),
+        "--load",
+        str(save),
+        "--save",
+        str(save),
+        "--save-interval",
+        "1",
+        "--override-opt_param-scheduler",
+    ]
     first = subprocess.Popen([sys.executable, str(PRETRAIN), *flags], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO_ROOT)
     try:
@@ -219,7 +255,9 @@ def _damage(save: Path, how: str, other: Path) -> Path:
 @pytest.fixture(scope="module")
 def other_model(base):
     save = base["root"] / "other"
-    proc = _run(*_flags(base["data"], iters=2), "--hidden-size", "32", "--ffn-hidden-size", "64", "--save", str(save))
+    proc = _run(
+        *_flags(base["data"], iters=2), "--hidden-size", "32", "--ffn-hidden-size", "64", "--save", str(save)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return save
 
@@ -324,9 +362,20 @@ def bad_data_runs(base, tmp_path_factory) -> dict:
             data = _dataset(tmp_path / "wide_text_document", [[5] * 40 + [2]] * 30 + [[5, 700, 2]])
             extra, words = [], ["wide_text_document.bin holds token id 700", "has 128 rows"]
         else:
-            data, extra, words = base["data"], ["--split", "0,0,100"], ["--split 0,0,100 leaves no training data"]
-        started[case] = (tmp_path, data, words, _start(*_flags(data), *extra, "--save", str(tmp_path / "ckpt")))
-    return {case: (tmp_path, data, words, run.result()) for case, (tmp_path, data, words, run) in started.items()}
+            data, extra, words = (
+                base["data"],
+                ["--split", "0,0,100"],
+                ["--split 0,0,100 leaves no training data"],
+            )
+        started[case] = (
+            tmp_path,
+            data,
+            words,
+            _start(*_flags(data), *extra, "--save", str(tmp_path / "ckpt")),
+        )
+    return {
+        case: (tmp_path, data, words, run.result()) for case, (tmp_path, data, words, run) in started.items()
+    }
 
 
 @pytest.mark.parametrize("case", ["empty", "ids", "split"])
@@ -390,8 +439,11 @@ def test_sigterm_with_exit_signal_handler_saves_and_exits_zero(base, tmp_path):
         worker.send_signal(signal.SIGTERM)  # as a scheduler (SLURM) signals every task
     out = _finish(proc, lines)
     assert proc.returncode == 0, out[-3000:]
-    found = re.search(r"exiting program after receiving SIGTERM at iteration (\d+) \(--exit-signal-handler\): "
-                      r"checkpoint saved", out)
+    found = re.search(
+        r"exiting program after receiving SIGTERM at iteration (\d+) \(--exit-signal-handler\): "
+        r"checkpoint saved",
+        out,
+    )
     assert found, out[-3000:]
     assert "Traceback" not in _worker_output(tmp_path / "logs")
     _assert_last_complete(save, int(found.group(1)))

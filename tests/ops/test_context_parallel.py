@@ -61,7 +61,9 @@ def test_hybrid_attention_equals_full_attention(cases, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ulysses_cp2_dropout", "ulysses_cp4_dropout_kv_repeat", "hybrid_cp4_u2_dropout"])
+@pytest.mark.parametrize(
+    "name", ["ulysses_cp2_dropout", "ulysses_cp4_dropout_kv_repeat", "hybrid_cp4_u2_dropout"]
+)
 def test_ulysses_and_hybrid_dropout_equal_attention_with_the_rebuilt_mask(cases, name):
     # The mask is keyed by global heads and positions: any CP size drops what CP 1 drops with the seed.
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
@@ -75,9 +77,17 @@ def test_ulysses_dropout_draws_from_megatrons_model_parallel_rng(cases):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ring_cp2_documents_gqa", "ring_cp4_documents_mqa", "ring_cp2_one_document_per_sample",
-                                  "ulysses_cp2_documents_gqa", "ulysses_cp4_documents_kv_repeat",
-                                  "hybrid_cp4_u2_documents_gqa"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ring_cp2_documents_gqa",
+        "ring_cp4_documents_mqa",
+        "ring_cp2_one_document_per_sample",
+        "ulysses_cp2_documents_gqa",
+        "ulysses_cp4_documents_kv_repeat",
+        "hybrid_cp4_u2_documents_gqa",
+    ],
+)
 def test_attention_over_packed_documents_equals_per_document_attention(cases, name):
     # Forward and dQ/dK/dV with the whole sequence's documents, finite everywhere (rows without a visible key
     # in a block add nothing), against SDPA on each document alone.

@@ -6,8 +6,10 @@ from mindspeed_llm.training.training import training_plan
 
 
 def _line(iteration: int, loss: float) -> str:
-    return (f" [2026-11-29 10:00:00] iteration {iteration:8d}/{30:8d} | consumed samples: {iteration * 4:12d} | "
-            f"learning rate: 1.0E-03 | global batch size:     4 | lm loss: {loss:.6E} | loss scale: 1.0 |")
+    return (
+        f" [2026-11-29 10:00:00] iteration {iteration:8d}/{30:8d} | consumed samples: {iteration * 4:12d} | "
+        f"learning rate: 1.0E-03 | global batch size:     4 | lm loss: {loss:.6E} | loss scale: 1.0 |"
+    )
 
 
 LOG = "\n".join([
