@@ -1,6 +1,7 @@
 """Pretrain a GPT-style model (Qwen2.5, Llama) with megatron-core: Megatron-LM's command line and shape.
 
-    torchrun --nproc-per-node 8 pretrain_gpt.py --tensor-model-parallel-size 2 ... --data-path DATA_text_document
+    torchrun --nproc-per-node 8 pretrain_gpt.py --tensor-model-parallel-size 2 ... \
+        --data-path DATA_text_document
 
 See docs/training.md. Import order matters: the command line is checked before torch is imported
 (``--help`` and a bad flag answer at once), then ``mindspeed_llm`` patches torch for the device,
@@ -47,7 +48,8 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
 
 
 def get_batch(data_iterator):
-    """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch (Nones on middle stages).
+    """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch (Nones on middle
+    stages).
 
     TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group; with
     --context-parallel-size each CP rank keeps its pair of sequence chunks (megatron-core's split).

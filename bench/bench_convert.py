@@ -183,8 +183,8 @@ def main() -> int:
         print(f"| convert_ckpt.py mg TP1 PP4 -> hf (5 GB shards) | {back_s:.1f} | {back_rss / 1e9:.2f} |")
         print()
         print(
-            f"largest output file: {largest / 1e9:.2f} GB; peak RSS / largest file = {conv_rss / largest:.2f} "
-            f"(goal <= 1.25); time / copy = {conv_s / copy_s:.2f} (goal <= 2)"
+            f"largest output file: {largest / 1e9:.2f} GB; peak RSS / largest file = "
+            f"{conv_rss / largest:.2f} (goal <= 1.25); time / copy = {conv_s / copy_s:.2f} (goal <= 2)"
         )
     finally:
         if not args.keep:

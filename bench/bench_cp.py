@@ -1,26 +1,28 @@
-"""Context parallelism on the CPU: time and peak memory per rank, one attention layer and a full training step.
+"""Context parallelism on the CPU: time and peak memory per rank, one attention layer and a full training
+step.
 
     python bench/bench_cp.py [--seqs 8192 16384 32768] [--cps 1 2 4]
         [--algos megatron_cp_algo ulysses_cp_algo hybrid_cp_algo] [--ulysses-degree 2]
         [--parts attention step] [--heads 4 --groups 2 --head-dim 64] [--repeats 2] [--doc-length N]
 
 ``attention``: causal self-attention forward + backward of one layer (batch 1, fp32, ``--heads`` query heads,
-``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the project's
-``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel_kernels.ring_attention`,
+``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the
+project's ``flash_attention`` (torch's CPU flash kernel), CP > 1
+:func:`~mindspeed_llm.ops.context_parallel_kernels.ring_attention`,
 :func:`~mindspeed_llm.ops.context_parallel_kernels.ulysses_attention` or
-:func:`~mindspeed_llm.ops.context_parallel_kernels.hybrid_attention` (``--ulysses-degree`` U, only where 1 < U < CP) on
-each rank's ``seq / CP`` tokens. Reported per
-rank (the slowest and the largest): time (min of ``--repeats``) and peak memory (rise of peak RSS over RSS
-before the timed passes, glibc's mmap threshold fixed so freed blocks return); "work per token vs CP 1" is
-``CP x time / time at CP 1``: the ring's overhead when every rank has its own core (1.0 = none).
-``--doc-length N`` (attention only): packed samples, documents of ``N / 2 .. 3N / 2`` tokens (seeded) attending
-within themselves: CP 1 runs :func:`~mindspeed_llm.ops.document_attention.document_attention`, CP > 1 the
-algorithms with the whole sequence's documents (``document_ids`` / ``cu_seqlens``).
+:func:`~mindspeed_llm.ops.context_parallel_kernels.hybrid_attention` (``--ulysses-degree`` U, only where 1 < U
+< CP) on each rank's ``seq / CP`` tokens. Reported per rank (the slowest and the largest): time (min of
+``--repeats``) and peak memory (rise of peak RSS over RSS before the timed passes, glibc's mmap threshold
+fixed so freed blocks return); "work per token vs CP 1" is ``CP x time / time at CP 1``: the ring's overhead
+when every rank has its own core (1.0 = none). ``--doc-length N`` (attention only): packed samples, documents
+of ``N / 2 .. 3N / 2`` tokens (seeded) attending within themselves: CP 1 runs
+:func:`~mindspeed_llm.ops.document_attention.document_attention`, CP > 1 the algorithms with the whole
+sequence's documents (``document_ids`` / ``cu_seqlens``).
 
-``step``: a full ``pretrain_gpt.py`` step (``--mock-data``, a 2-layer Qwen2.5-shaped model, hidden 256, 4 heads /
-2 groups, vocabulary 1024, fp32, ``--use-flash-attn``): the log's elapsed time per iteration (the last of 3) and
-the max RSS its memory report prints (after step 1; the larger of the first and last rank), less the same
-launch's at sequence 256 x CP (imports, model, optimizer: what does not grow with the sequence).
+``step``: a full ``pretrain_gpt.py`` step (``--mock-data``, a 2-layer Qwen2.5-shaped model, hidden 256, 4
+heads / 2 groups, vocabulary 1024, fp32, ``--use-flash-attn``): the log's elapsed time per iteration (the last
+of 3) and the max RSS its memory report prints (after step 1; the larger of the first and last rank), less the
+same launch's at sequence 256 x CP (imports, model, optimizer: what does not grow with the sequence).
 
 Every case is a fresh torchrun launch with ``OMP_NUM_THREADS=1``. Prints markdown tables with the load average
 at each case's start; ``--results FILE`` keeps measured cases so a sweep can run in pieces.
@@ -189,7 +191,8 @@ def attention_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> di
 
 
 def step_case(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
-    """Elapsed time per iteration and the rise of the max RSS (largest reporting rank) over the launch at 256 * CP."""
+    """Elapsed time per iteration and the rise of the max RSS (largest reporting rank) over the launch at 256
+    * CP."""
     run, base = _step_run(args, seq, cp, algo), _step_run(args, 256 * cp, cp, algo)
     return {"time_s": run["time_s"], "peak_mib": run["peak_mib"] - base["peak_mib"]}
 
@@ -259,8 +262,8 @@ def _step_run(args: argparse.Namespace, seq: int, cp: int, algo: str) -> dict:
 def _table(title: str, rows: list[tuple], memory_label: str) -> None:
     print(f"\n{title}\n")
     print(
-        f"| seq | CP | algorithm | time per rank (s) | {memory_label} | memory vs CP 1 | work per token vs CP 1 "
-        "| load average |"
+        f"| seq | CP | algorithm | time per rank (s) | {memory_label} | memory vs CP 1 | work per token vs "
+        "CP 1 | load average |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for seq, cp, algo, r, ref in rows:
@@ -351,8 +354,8 @@ def main() -> None:
                     rows.append((seq, cp, algo if cp > 1 else "-", r, results.get(ref)))
         docs = f", packed documents of ~{args.doc_length} tokens" if args.doc_length else ""
         title = (
-            f"one attention layer, fwd+bwd ({args.heads} heads / {args.groups} groups, head dim {args.head_dim}"
-            f"{docs})"
+            f"one attention layer, fwd+bwd ({args.heads} heads / {args.groups} groups, head dim "
+            f"{args.head_dim}{docs})"
             if part == "attention"
             else "full pretrain_gpt.py step (2 layers, hidden 256, vocabulary 1024)"
         )

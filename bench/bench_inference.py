@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                         do_sample=False, eos_token_id=None, pad_token_id=0, streamer=clock)
 
     def as_trained(clock: StepClock):
-        """The KV cache run with megatron's own (contiguous) weight layout, re-laid for decoding afterwards."""
+        """The KV cache run with megatron's own (contiguous) weight layout, re-laid for decoding
+        afterwards."""
         for p in mg.parameters():
             p.data = p.data.contiguous()
         try:
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     print(
-        f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} {'KV cache is (CPU)':>30}"
+        f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} "
+        f"{'KV cache is (CPU)':>30}"
     )
     print(f"{'':27} {'median (best)':>22} {'median of rounds (range)':>30} {'median (best)':>18} "
           f"{'median of rounds (range)':>30}")

@@ -5,8 +5,8 @@ The model is Qwen2-shaped and ~100M parameters (12 layers, hidden 768, 12 heads 
 linear layer of the decoder (megatron's linear_qkv linear_proj linear_fc1 linear_fc2 = peft's q/k/v/o/
 gate/up/down_proj).
 
-    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16] [--rounds 1]
-                               [--skip-time] [--skip-memory]
+    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16]
+                               [--rounds 1] [--skip-time] [--skip-memory]
 
 Memory (one process, megatron-core DDP and optimizer built as pretrain_gpt.py builds them, after one
 step so Adam's state exists): the bytes of DDP's gradient buffers and of the optimizer's state tensors,
@@ -279,18 +279,20 @@ def print_memory(args, env: dict) -> None:
             raise RuntimeError(f"memory worker failed:\n{out.stderr[-3000:]}")
         mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}; "
-        f"model {mem['full']['params'] / 1e6:.1f}M parameters, fp32; LoRA r={R} alpha={ALPHA} on {' '.join(TARGETS)}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads "
+        f"{args.threads}; model {mem['full']['params'] / 1e6:.1f}M parameters, fp32; LoRA r={R} "
+        f"alpha={ALPHA} on {' '.join(TARGETS)}"
     )
     print(
-        "\n| | trainable params | gradient buffers (MiB) | optimizer state (MiB) | sum (MiB) |\n|---|---|---|---|---|"
+        "\n| | trainable params | gradient buffers (MiB) | optimizer state (MiB) | sum (MiB) "
+        "|\n|---|---|---|---|---|"
     )
     for kind in ("full", "lora"):
         m = mem[kind]
         total = m["grad_bytes"] + m["state_bytes"]
         print(
-            f"| {kind} | {m['trainable']:,} | {m['grad_bytes'] / 2**20:.1f} | {m['state_bytes'] / 2**20:.1f} | "
-            f"{total / 2**20:.1f} |"
+            f"| {kind} | {m['trainable']:,} | {m['grad_bytes'] / 2**20:.1f} | {m['state_bytes'] / 2**20:.1f} "
+            f"| {total / 2**20:.1f} |"
         )
     full = mem["full"]["grad_bytes"] + mem["full"]["state_bytes"]
     lora = mem["lora"]["grad_bytes"] + mem["lora"]["state_bytes"]
@@ -341,13 +343,14 @@ def main() -> None:
                 run_peft(args, prefix, tuned=True),
             )
             print(
-                f"round {r + 1}: s/step ours {_median(o):.3f}, peft {_median(p_):.3f}, peft tuned {_median(t):.3f} "
-                f"(ours vs peft {_median(p_) / _median(o):.2f}x)",
+                f"round {r + 1}: s/step ours {_median(o):.3f}, peft {_median(p_):.3f}, peft tuned "
+                f"{_median(t):.3f} (ours vs peft {_median(p_) / _median(o):.2f}x)",
                 flush=True,
             )
             ours, plain, tuned = ours + o, plain + p_, tuned + t
     print(
-        f"\nstep time, {args.dtype}, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations (after {args.warmup}):"
+        f"\nstep time, {args.dtype}, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations "
+        f"(after {args.warmup}):"
     )
     print("\n| | s/step | tokens/s | ours vs it |\n|---|---|---|---|")
     for name, xs in (
@@ -356,7 +359,8 @@ def main() -> None:
         ("peft + transformers, tuned", tuned),
     ):
         print(
-            f"| {name} | {_median(xs):.3f} | {args.seq / _median(xs):.0f} | {_median(xs) / _median(ours):.2f}x |"
+            f"| {name} | {_median(xs):.3f} | {args.seq / _median(xs):.0f} | "
+            f"{_median(xs) / _median(ours):.2f}x |"
         )
 
 

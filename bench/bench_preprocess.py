@@ -335,8 +335,9 @@ def main() -> int:
             )
         )
     print(
-        f"\n{os.path.getsize(corpus) / 2**20:.0f} MiB JSON lines, byte-level BPE vocabulary {vocab}, --append-eod; "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; outputs byte-identical: {same}\n"
+        f"\n{os.path.getsize(corpus) / 2**20:.0f} MiB JSON lines, byte-level BPE vocabulary {vocab}, "
+        f"--append-eod; {os.cpu_count()} CPUs, Python {platform.python_version()}; outputs byte-identical: "
+        f"{same}\n"
     )
     print("| tool | --workers | wall s | tokens/s (wall) | MiB/s (wall) | CPU s | tokens per CPU s "
           "| peak RSS MiB (sum) | peak PSS MiB (sum) |")
@@ -355,7 +356,8 @@ def main() -> int:
             wall_x = tokens / elapsed / base[workers][0]
             cpu_x = tokens / cpu / base[workers][1]
             print(
-                f"speed-up at --workers {workers}: {wall_x:.2f}x tokens/s (wall), {cpu_x:.2f}x tokens per CPU second"
+                f"speed-up at --workers {workers}: {wall_x:.2f}x tokens/s (wall), {cpu_x:.2f}x tokens per "
+                "CPU second"
             )
     return 0 if same else 1
 

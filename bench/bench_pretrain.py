@@ -265,8 +265,9 @@ def main() -> None:
                     notes = notes or result.get("notes", [])
                     params = result.get("params", params)
     print(
-        f"Qwen2.5-shaped {params / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, {args.threads} threads, "
-        f"{args.rounds} round(s) of {args.iters - args.warmup} timed iterations after {args.warmup} warm-up"
+        f"Qwen2.5-shaped {params / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, {args.threads} "
+        f"threads, {args.rounds} round(s) of {args.iters - args.warmup} timed iterations after {args.warmup} "
+        "warm-up"
     )
     print("| dtype | run | tokens/s median (best) | vs the HF loop, median (best) |")
     print("|---|---|---|---|")

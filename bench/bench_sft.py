@@ -1,4 +1,5 @@
-"""SFT tokens/s: padded vs packed posttrain_gpt.py --stage sft, and a transformers training loop, same model and samples.
+"""SFT tokens/s: padded vs packed posttrain_gpt.py --stage sft, and a transformers training loop, same model
+and samples.
 
 Data: synthetic alpaca-shaped rows (not the alpaca text, which is not on this machine): words drawn from
 common English words that are one token each in Qwen2.5's tokenizer, the lengths following Stanford
@@ -356,8 +357,8 @@ def describe_data(args, prep: dict) -> None:
     print(
         f"data: {len(real)} alpaca-shaped samples, tokens per sample mean {real.mean():.0f}, median "
         f"{np.median(real):.0f}, p90 {np.percentile(real, 90):.0f}, max {real.max()} (learned: mean "
-        f"{learned.mean():.0f}); padded to --seq-length {args.seq}: {100 * real.mean() / args.seq:.0f}% real tokens; "
-        f"--pack --neat-pack: {len(packs)} packs, {len(real) / len(packs):.1f} samples and "
+        f"{learned.mean():.0f}); padded to --seq-length {args.seq}: {100 * real.mean() / args.seq:.0f}% real "
+        f"tokens; --pack --neat-pack: {len(packs)} packs, {len(real) / len(packs):.1f} samples and "
         f"{100 * packs.mean() / args.seq:.0f}% real tokens per pack"
     )
 
@@ -394,14 +395,15 @@ def main() -> None:
                 rates[name].append(per_seq[name] / step)
             rates["transformers"].append(run_hf(args, prep, env))
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, "
-        f"{args.threads} threads; Qwen2.5-shaped {SHAPE['num_hidden_layers']} layers hidden {SHAPE['hidden_size']} "
-        f"vocab {SHAPE['vocab_size']}, {args.dtype}, seq {args.seq}, micro-batch {args.mbs}, {args.rounds} round(s) of "
-        f"{args.iters - args.warmup} timed iterations after {args.warmup}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at "
+        f"the end, {args.threads} threads; Qwen2.5-shaped {SHAPE['num_hidden_layers']} layers hidden "
+        f"{SHAPE['hidden_size']} vocab {SHAPE['vocab_size']}, {args.dtype}, seq {args.seq}, micro-batch "
+        f"{args.mbs}, {args.rounds} round(s) of {args.iters - args.warmup} timed iterations after "
+        f"{args.warmup}"
     )
     print(
-        "\n| round | padded tokens/s | packed tokens/s | transformers tokens/s | packed / padded | packed / transformers "
-        "| padded / transformers |\n|---|---|---|---|---|---|---|"
+        "\n| round | padded tokens/s | packed tokens/s | transformers tokens/s | packed / padded | packed / "
+        "transformers | padded / transformers |\n|---|---|---|---|---|---|---|"
     )
     ratios = {"pp": [], "pt": [], "dt": []}
     for r in range(args.rounds):

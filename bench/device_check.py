@@ -69,7 +69,7 @@ class Row:
     seconds: float
 
 
-# ---- 1. ops -------------------------------------------------------------------------------------------------
+# ---- 1. ops ------------------------------------------------------------------------------------------------
 def _rel(actual, expected) -> float:
 
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
@@ -89,7 +89,8 @@ def _fwd_bwd(fn, inputs):
 
 
 def _compare(name, fn, ref, inputs, dtype, tol) -> Row:
-    """``fn`` on the device in ``dtype`` vs ``ref`` in float64 on the CPU: worst relative error of output/grads."""
+    """``fn`` on the device in ``dtype`` vs ``ref`` in float64 on the CPU: worst relative error of
+    output/grads."""
     import torch
 
     t0 = time.time()
@@ -163,7 +164,8 @@ def check_ops(device: str, tiny: bool) -> list[Row]:
 
 
 def _ring_block(kernel: str, q, k, v, dout, causal: bool, device: str):
-    """(out, lse, grads, seconds) of one ring block's forward + backward with ``kernel``; the second of two runs."""
+    """(out, lse, grads, seconds) of one ring block's forward + backward with ``kernel``; the second of two
+    runs."""
     import torch
 
     from mindspeed_llm.ops.context_parallel_kernels import attention_with_lse, attention_with_lse_backward
@@ -244,7 +246,7 @@ def check_fused_adam(device: str, tiny: bool) -> Row:
     )
 
 
-# ---- 2. logits parity ---------------------------------------------------------------------------------------
+# ---- 2. logits parity --------------------------------------------------------------------------------------
 def make_hf(folder: Path, *, layers: int, hidden: int, heads: int, groups: int, ffn: int, vocab: int) -> Path:
     """A random Qwen2 HF folder (fp32) made by transformers."""
     import torch
@@ -298,7 +300,7 @@ def _logits_parity(device: str, work: Path, tiny: bool) -> Row:
     )
 
 
-# ---- 3/4. training runs -------------------------------------------------------------------------------------
+# ---- 3/4. training runs ------------------------------------------------------------------------------------
 def make_data(prefix: Path, vocab: int, tokens: int) -> str:
     """Random documents ending in EOD (= vocab - 1), int32 above 65500 ids."""
     import numpy as np
@@ -497,7 +499,7 @@ def check_throughput(work: Path, tiny: bool, layers: int | None, steps: int, pea
     )
 
 
-# ---- main ---------------------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------------------
 def peak_tflops(device: str, given: float | None) -> float | None:
     """The GPU's dense bf16 peak: ``--peak-tflops`` or the table, by device name."""
     if given or device != "cuda":

@@ -38,7 +38,8 @@ _LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(
 
 
 def make_overlay(megatron_lm: Path, target: Path) -> Path:
-    """Megatron-LM's training packages beside the installed megatron-core, and its pretrain_gpt.py + import."""
+    """Megatron-LM's training packages beside the installed megatron-core, and its pretrain_gpt.py +
+    import."""
     if (
         not (megatron_lm / "megatron" / "training").is_dir()
         or not (megatron_lm / "pretrain_gpt.py").is_file()
@@ -59,7 +60,8 @@ def make_overlay(megatron_lm: Path, target: Path) -> Path:
 
 
 def make_model_and_data(work: Path) -> tuple[Path, str]:
-    """A random HF Qwen2 folder and a random indexed dataset (EOD = vocabulary - 1, as NullTokenizer has it)."""
+    """A random HF Qwen2 folder and a random indexed dataset (EOD = vocabulary - 1, as NullTokenizer has
+    it)."""
     import numpy as np
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -263,7 +265,8 @@ def main() -> None:
             mark = "" if (a[0], a[1]) == (b[0], b[1]) else " *"
             print(f"| {it} | {a[0]} | {b[0]} | {a[1]} | {b[1]} |{mark}")
         print(
-            f"median ms/iteration (after 2): Megatron-LM {_median_ms(theirs):.1f}, ours {_median_ms(ours):.1f}"
+            f"median ms/iteration (after 2): Megatron-LM {_median_ms(theirs):.1f}, ours "
+            f"{_median_ms(ours):.1f}"
         )
     print(f"\nlogs: {work}  (* = the row differs)")
 

@@ -59,7 +59,8 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
-    """A whole module skipped at import (``pytest.importorskip`` at the top, ``pytest.skip(allow_module_level)``)."""
+    """A whole module skipped at import (``pytest.importorskip`` at the top,
+    ``pytest.skip(allow_module_level)``)."""
     outcome = yield
     report = outcome.get_result()
     if report.skipped and isinstance(report.longrepr, tuple):

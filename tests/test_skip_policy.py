@@ -76,7 +76,8 @@ def _run(tmp_path, files: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _outcomes(stdout: str) -> dict[str, str]:
-    """{test name: outcome} from pytest -v's ``file::test OUTCOME`` lines (a refused skip in setup is ERROR)."""
+    """{test name: outcome} from pytest -v's ``file::test OUTCOME`` lines (a refused skip in setup is
+    ERROR)."""
     out = {}
     for line in stdout.splitlines():
         parts = line.split()

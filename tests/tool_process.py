@@ -1,4 +1,5 @@
-"""Real processes for the "nothing lost" tests: a tool run as a child, a file-size limit, signals, a read-only mount.
+"""Real processes for the "nothing lost" tests: a tool run as a child, a file-size limit, signals, a read-only
+mount.
 
 * Full disk: the child gets ``RLIMIT_FSIZE`` (and SIGXFSZ ignored), so a write past the limit fails
   with ``EFBIG``, as it fails with ``ENOSPC`` on a full disk.

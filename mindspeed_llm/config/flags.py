@@ -338,7 +338,7 @@ def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
     return ["--" + n.replace("_", "-") for n in names]
 
 
-# ---- inference.py ---------------------------------------------------------------------------------------------
+# ---- inference.py ------------------------------------------------------------------------------------------
 TASKS = ("greedy", "do_sample", "chat")
 
 # Parser groups of the training command line whose flags shape no part of generation: a training

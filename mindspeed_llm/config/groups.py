@@ -42,7 +42,7 @@ def setting(*, checkpoint: str | None = None, checked: bool = False, megatron: s
     return field(metadata={"checkpoint": checkpoint, "checked": checked, "megatron": megatron})
 
 
-# ---- the groups -----------------------------------------------------------------------------------------------
+# ---- the groups --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelGroup:
     """The model's shape and numerics (``checked`` fields in the order a contradiction is reported)."""
@@ -84,7 +84,8 @@ class ModelGroup:
     transformer_impl: str = setting()
 
     def rope_scaling(self, recorded: Mapping | None) -> dict | None:
-        """RoPE scaling of the run: the checkpoint's ``recorded`` one exactly, completed or contradicted by flags.
+        """RoPE scaling of the run: the checkpoint's ``recorded`` one exactly, completed or contradicted by
+        flags.
 
         Without ``--rope-scaling-type`` the recorded scaling is used as it is (all of its parameters, e.g. a
         Llama-3.1 ``original_max_position_embeddings``); flags that describe another scaling are refused.
@@ -400,7 +401,8 @@ def _group_from(cls: type, values: Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The validated flags of one launch, in groups; ``lora``, ``launch`` and ``extra`` are read-only mappings."""
+    """The validated flags of one launch, in groups; ``lora``, ``launch`` and ``extra`` are read-only
+    mappings."""
 
     model: ModelGroup
     kernels: KernelsGroup
@@ -456,7 +458,8 @@ def _group_fields():
 
 
 def checkpoint_settings(kind: str) -> tuple[str, ...]:
-    """Settings ``--use-checkpoint-args`` takes from the checkpoint: ``"fill"`` (when unset) or ``"force"``."""
+    """Settings ``--use-checkpoint-args`` takes from the checkpoint: ``"fill"`` (when unset) or
+    ``"force"``."""
     return tuple(f.name for f in _group_fields() if f.metadata["checkpoint"] == kind)
 
 
@@ -465,7 +468,7 @@ def checked_model_settings() -> tuple[str, ...]:
     return tuple(f.name for f in _group_fields() if f.metadata["checked"])
 
 
-# ---- translators to megatron-core's configs ---------------------------------------------------------------------
+# ---- translators to megatron-core's configs ----------------------------------------------------------------
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -532,7 +535,8 @@ def transformer_config(config: RunConfig, plan: Any) -> Any:
 
 
 def ddp_config(config: RunConfig):
-    """megatron-core ``DistributedDataParallelConfig`` (the parallel group, fp32 reduction of the precision group)."""
+    """megatron-core ``DistributedDataParallelConfig`` (the parallel group, fp32 reduction of the precision
+    group)."""
     from megatron.core.distributed import DistributedDataParallelConfig
 
     return DistributedDataParallelConfig(
@@ -545,7 +549,8 @@ def ddp_config(config: RunConfig):
 
 
 def optimizer_config(config: RunConfig):
-    """megatron-core ``OptimizerConfig`` (the optimizer group, loss scaling, sharding and zero-count logging)."""
+    """megatron-core ``OptimizerConfig`` (the optimizer group, loss scaling, sharding and zero-count
+    logging)."""
     from megatron.core.optimizer import OptimizerConfig
 
     opt, precision, parallel = config.optimizer, config.precision, config.parallel

@@ -17,7 +17,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def split_data_path(data_path: Sequence[str]) -> tuple[list[str], list[str] | None]:
-    """``--data-path`` -> (prefixes, weights as given or None): ``P``, ``P1 P2 ...`` or ``W1 P1 W2 P2 ...``."""
+    """``--data-path`` -> (prefixes, weights as given or None): ``P``, ``P1 P2 ...`` or
+    ``W1 P1 W2 P2 ...``."""
     items = [s for item in data_path for s in item.split()]
     if len(items) > 1 and len(items) % 2 == 0:
         try:

@@ -23,7 +23,7 @@ from mindspeed_llm.config.flags import ArgumentError, str2list
 from mindspeed_llm.config.groups import RunConfig, frozen_value
 
 
-# ---- the parallel layout ------------------------------------------------------------------------------------------
+# ---- the parallel layout -----------------------------------------------------------------------------------
 def data_parallel_size(world_size: int, tp: int, pp: int, cp: int) -> int:
     """The data-parallel size: what the world leaves after TP x PP x CP."""
     if world_size % (tp * pp * cp):
@@ -38,7 +38,8 @@ def data_parallel_size(world_size: int, tp: int, pp: int, cp: int) -> int:
 
 def stage_layers(num_layer_list: str | None, num_layers: int, pp: int,
                  layers_per_virtual_stage: int | None) -> list[int] | None:
-    """Layers per pipeline stage of --num-layer-list (None: the even split, which needs PP to divide the layers)."""
+    """Layers per pipeline stage of --num-layer-list (None: the even split, which needs PP to divide the
+    layers)."""
     if num_layer_list:
         counts = str2list(num_layer_list)
         if len(counts) != pp or sum(counts) != num_layers:
@@ -125,7 +126,7 @@ def parallel_layout(config: RunConfig, world_size: int) -> ParallelLayout:
     return ParallelLayout(world_size, dp, micro, virtual, None if counts is None else tuple(counts))
 
 
-# ---- the plan -----------------------------------------------------------------------------------------------------
+# ---- the plan ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunPlan:
     """Derived values of one run (names as Megatron's namespace spells them, see :meth:`namespace_values`)."""
@@ -170,5 +171,6 @@ class RunPlan:
         )
 
     def namespace_values(self) -> dict[str, Any]:
-        """The plan's fields under their namespace names (the ModelConfig object itself is not one of them)."""
+        """The plan's fields under their namespace names (the ModelConfig object itself is not one of
+        them)."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "model_config"}

@@ -1,11 +1,13 @@
-"""Validation of a launch: the flags against each other and the world size, completed where they leave a value open.
+"""Validation of a launch: the flags against each other and the world size, completed where they leave a value
+open.
 
-This is the only module that assigns attributes of the parsed namespace (``tests/config/test_namespace_writes.py``
-holds the rest of the package to it). What it writes are flags: defaults that depend on other flags
-(``--ffn-hidden-size`` from ``--hidden-size``, ``--global-batch-size`` from the world, ...), Megatron-LM's
-``args_defaults``, and the values ``--use-checkpoint-args`` takes from the checkpoint. Values derived from the
-world and the checkpoint (data-parallel size, micro-batches, padded vocabulary, ...) are the plan's
-(``config/plan.py``); the layout rules are checked here with the plan's own functions, before the process group.
+This is the only module that assigns attributes of the parsed namespace
+(``tests/config/test_namespace_writes.py`` holds the rest of the package to it). What it writes are flags:
+defaults that depend on other flags (``--ffn-hidden-size`` from ``--hidden-size``, ``--global-batch-size``
+from the world, ...), Megatron-LM's ``args_defaults``, and the values ``--use-checkpoint-args`` takes from the
+checkpoint. Values derived from the world and the checkpoint (data-parallel size, micro-batches, padded
+vocabulary, ...) are the plan's (``config/plan.py``); the layout rules are checked here with the plan's own
+functions, before the process group.
 
 Torch-free: ``check_command_line`` refuses a bad launch before the heavy imports.
 """
@@ -44,7 +46,8 @@ def apply_defaults(args: argparse.Namespace, defaults: Mapping[str, Any] | None)
 
 
 def take_checkpoint_values(args: argparse.Namespace, values: Mapping[str, Any]) -> argparse.Namespace:
-    """--use-checkpoint-args: the values ``load_args_from_checkpoint`` chose from the checkpoint (before validation)."""
+    """--use-checkpoint-args: the values ``load_args_from_checkpoint`` chose from the checkpoint (before
+    validation)."""
     for name, value in values.items():
         setattr(args, name, value)
     return args
@@ -380,7 +383,8 @@ def _check_training_length(args: argparse.Namespace) -> None:
 
 
 def _first_last_stage_layers(args: argparse.Namespace, pp: int) -> None:
-    """--decoder-first/last-pipeline-num-layers as a --num-layer-list (the other stages share the rest evenly)."""
+    """--decoder-first/last-pipeline-num-layers as a --num-layer-list (the other stages share the rest
+    evenly)."""
     first, last = args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers
     if first is None and last is None:
         return
@@ -411,7 +415,7 @@ def _first_last_stage_layers(args: argparse.Namespace, pp: int) -> None:
 
 
 
-# ---- inference.py --------------------------------------------------------------------------------------------
+# ---- inference.py ------------------------------------------------------------------------------------------
 _DATA_FLAGS = ("data_path", "train_data_path", "valid_data_path", "test_data_path", "mock_data")
 
 
@@ -455,8 +459,8 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
             "--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, or "
             "a training --save)"
         )
-    # --prompt-type is the training parser's (the SFT data's template); training refuses it without instruction
-    # data, generation uses it for --task chat: checked here instead.
+    # --prompt-type is the training parser's (the SFT data's template); training refuses it without
+    # instruction data, generation uses it for --task chat: checked here instead.
     prompt_type, args.prompt_type = args.prompt_type, None
     check_args(args, world_size)
     args.prompt_type = prompt_type

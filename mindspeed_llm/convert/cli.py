@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (flags as MindSpeed-LLM's convert_ckpt.py)."""
     p = argparse.ArgumentParser(
         prog="convert_ckpt.py",
-        description="Convert checkpoints: HuggingFace <-> Megatron-mcore legacy layout, and mg -> mg resharding.",
+        description=(
+            "Convert checkpoints: HuggingFace <-> Megatron-mcore legacy layout, and mg -> mg resharding."
+        ),
     )
     p.add_argument(
         "--use-mcore-models",
@@ -148,7 +150,8 @@ def options_from_args(args: argparse.Namespace):
 
 
 def check_verify_length(opts: ConvertOptions, tokens: int) -> None:
-    """--verify from an HF folder: refuse more tokens than an active sliding window before anything is written."""
+    """--verify from an HF folder: refuse more tokens than an active sliding window before anything is
+    written."""
     from mindspeed_llm.models.families import ModelConfig
 
     config = os.path.join(opts.load_dir, "config.json")

@@ -102,8 +102,8 @@ def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int]
         )
     if cfg.num_attention_heads % tp:
         raise CheckpointError(
-            f"--target-tensor-parallel-size {tp} does not divide num_attention_heads={cfg.num_attention_heads}: "
-            "pick a divisor"
+            f"--target-tensor-parallel-size {tp} does not divide "
+            f"num_attention_heads={cfg.num_attention_heads}: pick a divisor"
         )
     if cfg.num_query_groups % tp:
         raise CheckpointError(
@@ -117,18 +117,18 @@ def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int]
     if num_layer_list:
         if len(num_layer_list) != pp:
             raise CheckpointError(
-                f"--num-layer-list has {len(num_layer_list)} entries but --target-pipeline-parallel-size is {pp}: "
-                "give one layer count per stage"
+                f"--num-layer-list has {len(num_layer_list)} entries but --target-pipeline-parallel-size is "
+                f"{pp}: give one layer count per stage"
             )
         if sum(num_layer_list) != cfg.num_layers or min(num_layer_list) < 1:
             raise CheckpointError(
-                f"--num-layer-list {','.join(map(str, num_layer_list))} sums to {sum(num_layer_list)} but the "
-                f"model has {cfg.num_layers} layers (each stage needs >= 1): fix the list"
+                f"--num-layer-list {','.join(map(str, num_layer_list))} sums to {sum(num_layer_list)} but "
+                f"the model has {cfg.num_layers} layers (each stage needs >= 1): fix the list"
             )
     elif cfg.num_layers % pp:
         raise CheckpointError(
-            f"--target-pipeline-parallel-size {pp} does not divide num_hidden_layers={cfg.num_layers}: pick a "
-            "divisor or give --num-layer-list"
+            f"--target-pipeline-parallel-size {pp} does not divide num_hidden_layers={cfg.num_layers}: pick "
+            "a divisor or give --num-layer-list"
         )
     return layers_per_stage(cfg.num_layers, pp, num_layer_list)
 
@@ -180,8 +180,8 @@ def checkpoint_record(
 
 
 def provenance_args(opts: ConvertOptions, source=None) -> argparse.Namespace:
-    """The Megatron ``args`` the record's values are set on: the source checkpoint's (mg->mg keeps what training
-    recorded), else what an hf->mg conversion was given."""
+    """The Megatron ``args`` the record's values are set on: the source checkpoint's (mg->mg keeps what
+    training recorded), else what an hf->mg conversion was given."""
     if source is not None:
         return source.args
     return argparse.Namespace(model_type_hf=opts.model_type_hf, tokenizer_model=opts.tokenizer_model)
@@ -331,7 +331,8 @@ def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
     check_model_type_hf(opts.model_type_hf, source.cfg)
     if opts.add_qkv_bias and not source.cfg.add_qkv_bias:
         raise CheckpointError(
-            f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop --add-qkv-bias"
+            f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop "
+            "--add-qkv-bias"
         )
 
 
@@ -407,7 +408,8 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
 
 
 def mg_adapter(source, opts: ConvertOptions) -> Adapter | None:
-    """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or None)."""
+    """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or
+    None)."""
     adapter = None
     if opts.lora_load:
         adapter = read_mg_adapter(opts.lora_load, source.cfg)
@@ -515,6 +517,6 @@ def convert(opts: ConvertOptions) -> str:
     if pair == ("mg", "mg"):
         return convert_mg_to_mg(opts)
     raise CheckpointError(
-        f"--load-model-type {opts.load_model_type} --save-model-type {opts.save_model_type} is not supported: "
-        "use hf->mg, mg->hf or mg->mg"
+        f"--load-model-type {opts.load_model_type} --save-model-type {opts.save_model_type} is not "
+        "supported: use hf->mg, mg->hf or mg->mg"
     )

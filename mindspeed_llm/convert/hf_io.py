@@ -138,8 +138,9 @@ class HfReader:
             if not files:
                 if any(e.endswith(".bin") or e.endswith(".pt") for e in entries):
                     raise CheckpointError(
-                        f"--load-dir {folder} holds only PyTorch .bin weights, which are not supported: convert "
-                        "them to safetensors first (transformers: model.save_pretrained(dir, safe_serialization=True))"
+                        f"--load-dir {folder} holds only PyTorch .bin weights, which are not supported: "
+                        "convert them to safetensors first (transformers: model.save_pretrained(dir, "
+                        "safe_serialization=True))"
                     )
                 raise CheckpointError(
                     f"--load-dir {folder} has no *.safetensors weights (nor {INDEX_FILENAME})"

@@ -168,7 +168,8 @@ def read_model_config(config: str | dict, where: str | None = None) -> ModelConf
 
 
 def model_config_from_record(record: CheckpointRecord, hf_dir: str | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its recorded one."""
+    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its recorded
+    one."""
     model = record.model
     if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
         cfg = read_model_config(hf_dir)
@@ -227,8 +228,8 @@ class MgSource:
         embedding = model.get(EMBEDDING.mcore) if isinstance(model, dict) else None
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
             raise DamagedCheckpointError(
-                f"{self._path(0, 0)}: no 2-D {EMBEDDING.mcore} in '{self.chunk_keys[0]}': the file is not the first "
-                "pipeline stage of a GPT checkpoint"
+                f"{self._path(0, 0)}: no 2-D {EMBEDDING.mcore} in '{self.chunk_keys[0]}': the file is not "
+                "the first pipeline stage of a GPT checkpoint"
             )
         if embedding.shape[1] != self.cfg.hidden_size:
             raise DamagedCheckpointError(
@@ -244,15 +245,16 @@ class MgSource:
             sd = self._load(0, s % self.pp).get(self.chunk_keys[s // self.pp])
             if not isinstance(sd, dict):
                 raise DamagedCheckpointError(
-                    f"{self._path(0, s % self.pp)}: no '{self.chunk_keys[s // self.pp]}' state dict: the rank file "
-                    "belongs to another checkpoint"
+                    f"{self._path(0, s % self.pp)}: no '{self.chunk_keys[s // self.pp]}' state dict: the "
+                    "rank file belongs to another checkpoint"
                 )
             ids = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
             self.stage_counts.append(len(ids))
         if sum(self.stage_counts) != self.cfg.num_layers:
             raise CheckpointError(
-                f"{root}: the rank files hold {sum(self.stage_counts)} layers {self.stage_counts} but the model "
-                f"config has {self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model"
+                f"{root}: the rank files hold {sum(self.stage_counts)} layers {self.stage_counts} but the "
+                f"model config has {self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to "
+                "another model"
             )
         self._cache: OrderedDict[int, list[dict]] = OrderedDict()
         self._hf_shapes = expected_hf_shapes(self.cfg)
@@ -274,8 +276,8 @@ class MgSource:
             sd = self._load(t, stage % self.pp).get(key)
             if not isinstance(sd, dict):
                 raise DamagedCheckpointError(
-                    f"{self._path(t, stage % self.pp)}: no '{key}' state dict: the rank file belongs to another "
-                    "checkpoint"
+                    f"{self._path(t, stage % self.pp)}: no '{key}' state dict: the rank file belongs to "
+                    "another checkpoint"
                 )
             sds.append(sd)
         self._cache[stage] = sds
@@ -286,7 +288,8 @@ class MgSource:
     def _gather(
         self, pp_rank: int, key: str, m: TensorMapping, expected: tuple[int | None, ...]
     ) -> torch.Tensor:
-        """One tensor merged over TP; its shape is checked (None: any size) so a foreign rank file is named."""
+        """One tensor merged over TP; its shape is checked (None: any size) so a foreign rank file is
+        named."""
         sds = self.stage(pp_rank)
         try:
             parts = [sd[key] for sd in sds]
@@ -308,8 +311,9 @@ class MgSource:
         ):
             want = tuple("*" if e is None else e for e in expected)
             raise DamagedCheckpointError(
-                f"{self._path(0, pp_rank % self.pp)}: {key} merged over TP has shape {tuple(full.shape)} but the "
-                f"model config implies {want}: the rank files belong to another model (or pass the right --hf-dir)"
+                f"{self._path(0, pp_rank % self.pp)}: {key} merged over TP has shape {tuple(full.shape)} but "
+                f"the model config implies {want}: the rank files belong to another model (or pass the right "
+                "--hf-dir)"
             )
         return full
 
@@ -355,7 +359,8 @@ class MgSource:
 
 
 class DistSource:
-    """The source interface of :class:`MgSource` over a torch_dist checkpoint (megatron-core ``dist_checkpointing``).
+    """The source interface of :class:`MgSource` over a torch_dist checkpoint (megatron-core
+    ``dist_checkpointing``).
 
     Such a checkpoint stores each tensor once, with its global shape: the layers of the decoder stacked
     on a leading axis (``decoder.layers.mlp.linear_fc1.weight`` is ``[num_layers, ...]``), TP shards

@@ -135,8 +135,9 @@ def verify_checkpoint(
     need, have = _memory_needed(cfg), _available_memory()
     if need > have:
         raise VerificationUnavailable(
-            f"holding both models in float32 needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available: "
-            "run it on a machine with more memory (mindspeed_llm.convert.verify.verify_checkpoint)"
+            f"holding both models in float32 needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB "
+            "available: run it on a machine with more memory "
+            "(mindspeed_llm.convert.verify.verify_checkpoint)"
         )
     ids = verify_tokens(cfg, num_tokens)
     ref = hf_logits(hf_dir, ids, round_to=round_to)

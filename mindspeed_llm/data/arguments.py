@@ -109,7 +109,8 @@ def validate_args(args: argparse.Namespace) -> None:
     prefix = args.output_prefix
     if not prefix or prefix.endswith(("/", os.sep)):
         raise PreprocessError(
-            f"--output-prefix {prefix!r}: must name a file prefix, not a folder: try {prefix.rstrip('/')}/data"
+            f"--output-prefix {prefix!r}: must name a file prefix, not a folder: try "
+            f"{prefix.rstrip('/')}/data"
         )
     if prefix.endswith((".bin", ".idx")):
         raise PreprocessError(
@@ -135,13 +136,14 @@ def validate_instruction_args(args: argparse.Namespace) -> None:
     if not instruction:
         if given:
             raise PreprocessError(
-                f"{given[0]}: only instruction handlers use it; pass --handler-name AlpacaStyleInstructionHandler "
-                "or SharegptStyleInstructionHandler, or drop the flag"
+                f"{given[0]}: only instruction handlers use it; pass --handler-name "
+                "AlpacaStyleInstructionHandler or SharegptStyleInstructionHandler, or drop the flag"
             )
         return
     if args.prompt_type is None:
         raise PreprocessError(
-            f"--handler-name {args.handler_name} needs --prompt-type (the chat template): one of {', '.join(PROMPT_TYPES)}"
+            f"--handler-name {args.handler_name} needs --prompt-type (the chat template): one of "
+            f"{', '.join(PROMPT_TYPES)}"
         )
     if list(args.json_keys) != list(DEFAULT_KEYS):
         raise PreprocessError(
@@ -149,8 +151,8 @@ def validate_instruction_args(args: argparse.Namespace) -> None:
         )
     if args.n_subs > 1:
         raise PreprocessError(
-            f"--n-subs {args.n_subs}: not available with {args.handler_name} (samples are counted and packed over "
-            "the whole input); drop --n-subs and use --workers"
+            f"--n-subs {args.n_subs}: not available with {args.handler_name} (samples are counted and packed "
+            "over the whole input); drop --n-subs and use --workers"
         )
     if args.seq_length is not None and args.seq_length < 2:
         raise PreprocessError(f"--seq-length {args.seq_length}: must be at least 2")

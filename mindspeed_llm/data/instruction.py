@@ -351,13 +351,14 @@ def _check_samples(counts: SftCounts, args: argparse.Namespace) -> None:
         raise PreprocessError(f"--input {args.input}: no conversations to write ({what}); check the input")
     if counts.samples == 0:
         raise PreprocessError(
-            f"--seq-length {args.seq_length}: all {counts.dropped} samples have {args.seq_length} tokens or more "
-            "and were dropped; raise --seq-length (or pass --pack --neat-pack to cut them instead)"
+            f"--seq-length {args.seq_length}: all {counts.dropped} samples have {args.seq_length} tokens or "
+            "more and were dropped; raise --seq-length (or pass --pack --neat-pack to cut them instead)"
         )
     if counts.learned == 0:
         raise PreprocessError(
-            f"--input {args.input}: none of the {counts.samples} samples has a token to learn (every answer is "
-            f"empty under --prompt-type {args.prompt_type}); check the response column (--map-keys) and --prompt-type"
+            f"--input {args.input}: none of the {counts.samples} samples has a token to learn (every answer "
+            f"is empty under --prompt-type {args.prompt_type}); check the response column (--map-keys) and "
+            "--prompt-type"
         )
 
 

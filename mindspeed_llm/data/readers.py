@@ -193,7 +193,8 @@ def _bad_row(path: str, where: str, reason: str, skip: bool, skipped: list[str])
 
 
 def _decode_utf8(values: list, bad: set[int]) -> list:
-    """Decode byte strings as UTF-8; a value that is not valid UTF-8 becomes None and its row joins ``bad``."""
+    """Decode byte strings as UTF-8; a value that is not valid UTF-8 becomes None and its row joins
+    ``bad``."""
     decoded = []
     for i, raw in enumerate(values):
         try:

@@ -80,7 +80,8 @@ def load_model(args: argparse.Namespace, tokenizer):
 
 
 def stop_ids_for(tokenizer_path: str, hf_tokenizer, extra_texts: tuple[str, ...] = ()) -> set[int]:
-    """EOS, the ids generation_config.json names as EOS (as transformers' generate stops), and ``extra_texts``."""
+    """EOS, the ids generation_config.json names as EOS (as transformers' generate stops), and
+    ``extra_texts``."""
     ids = {int(hf_tokenizer.eos_token_id)} if hf_tokenizer.eos_token_id is not None else set()
     gen_config = os.path.join(tokenizer_path, "generation_config.json")
     if os.path.isfile(gen_config):
@@ -182,7 +183,8 @@ def _generate(
 
 
 def user_turns(args: argparse.Namespace, rank0: bool) -> Callable[[], str | None]:
-    """The next user text: --prompt's in order (scripted), else a line of stdin read on rank 0 (interactive)."""
+    """The next user text: --prompt's in order (scripted), else a line of stdin read on rank 0
+    (interactive)."""
     scripted = list(args.prompt or [])
     if scripted:
         return lambda: scripted.pop(0) if scripted else None
@@ -270,7 +272,8 @@ def main() -> None:
 
 
 def sampling_params(args: argparse.Namespace, sample: bool) -> SamplingParams:
-    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens) and --seed."""
+    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens) and
+    --seed."""
     return SamplingParams(greedy=not sample, temperature=args.temperature or 1.0, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed)
 

@@ -1,4 +1,5 @@
-"""Token generation over megatron-core's ``GPTInferenceWrapper`` and ``StaticInferenceContext`` (the KV cache).
+"""Token generation over megatron-core's ``GPTInferenceWrapper`` and ``StaticInferenceContext`` (the KV
+cache).
 
 megatron-core runs the forward passes: the wrapper passes activations between pipeline stages and
 gathers the tensor-parallel logits; the static inference context holds every layer's keys and
@@ -66,7 +67,8 @@ class Generator:
     def __init__(
         self, model: torch.nn.Module, *, vocab_size: int, pad_id: int, use_kv_cache: bool = True
     ) -> None:
-        """Takes ``model`` for inference: its linear weights are stored transposed for decoding (same values)."""
+        """Takes ``model`` for inference: its linear weights are stored transposed for decoding (same
+        values)."""
         from megatron.core.utils import get_model_config
 
         from mindspeed_llm.patches.inference import lay_out_weights_for_decode

@@ -247,7 +247,8 @@ def rope_scaling_to_flags(rope_scaling: dict | None) -> dict:
 
 
 def _read_rope(cfg: dict) -> tuple[float, dict | None]:
-    """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys; refuses what we cannot run."""
+    """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys; refuses what we cannot
+    run."""
     params = cfg.get("rope_parameters") or {}
     base = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
     scaling = cfg.get("rope_scaling")
@@ -279,7 +280,8 @@ def _read_rope(cfg: dict) -> tuple[float, dict | None]:
 
 
 def _check_keys(cfg: dict, fam: FamilySpec) -> None:
-    """Refuse any key that is neither read by us, known to the family, nor cosmetic (it might change the math)."""
+    """Refuse any key that is neither read by us, known to the family, nor cosmetic (it might change the
+    math)."""
     known = COMMON_KEYS | COSMETIC_KEYS | set(fam.passthrough_keys)
     for key in cfg:
         if key not in known:
@@ -518,7 +520,8 @@ class ModelConfig:
                 f"{what} <= {self.sliding_window}")
 
     def to_transformer_config(self, **overrides: Any):
-        """megatron-core ``TransformerConfig`` for this model; ``overrides`` win (parallel sizes, dtype, ...)."""
+        """megatron-core ``TransformerConfig`` for this model; ``overrides`` win (parallel sizes, dtype,
+        ...)."""
         from megatron.core.transformer import TransformerConfig
 
         kwargs = self.transformer_config_kwargs()
@@ -554,7 +557,8 @@ def check_model_type_hf(model_type_hf: str | None, model: ModelConfig) -> None:
     value = model_type_hf.lower()
     if value not in MODEL_TYPE_HF_CHOICES:
         raise UnsupportedModelError(
-            f"--model-type-hf {model_type_hf!r} is not supported: use one of {', '.join(MODEL_TYPE_HF_CHOICES)}"
+            f"--model-type-hf {model_type_hf!r} is not supported: use one of "
+            f"{', '.join(MODEL_TYPE_HF_CHOICES)}"
         )
     fam = family_for(model.architecture)
     if value not in fam.aliases:

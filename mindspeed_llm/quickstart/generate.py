@@ -33,7 +33,8 @@ def load(model_dir: str):
 
 
 def mean_token_loss(model, tokenizer, texts: list[str], max_tokens: int = 128) -> tuple[float, int]:
-    """(mean next-token cross entropy over all predicted tokens, their count); each text cut to ``max_tokens``."""
+    """(mean next-token cross entropy over all predicted tokens, their count); each text cut to
+    ``max_tokens``."""
     import torch
 
     total, count = 0.0, 0
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, trained = load(args.model_dir)
     trained_loss, count = mean_token_loss(trained, tokenizer, texts, args.seq_length)
     print(
-        f"[evaluate] held-out text: one docstring each of {', '.join(HELDOUT_MODULES)} (modules left out of the "
-        f"training corpus), alpaca format, first {args.seq_length} tokens each: {count} predicted tokens"
+        f"[evaluate] held-out text: one docstring each of {', '.join(HELDOUT_MODULES)} (modules left out of "
+        f"the training corpus), alpaca format, first {args.seq_length} tokens each: {count} predicted tokens"
     )
     if args.untrained_dir:
         _, untrained = load(args.untrained_dir)

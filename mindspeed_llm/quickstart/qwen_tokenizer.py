@@ -157,7 +157,8 @@ def build_tokenizer_json(
 
 def write_qwen25_tokenizer(folder: str | os.PathLike, model_max_length: int = 131072,
                            added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS) -> Path:
-    """Write ``tokenizer.json`` + ``tokenizer_config.json`` (Qwen2Tokenizer, eos/pad <|endoftext|>) to ``folder``."""
+    """Write ``tokenizer.json`` + ``tokenizer_config.json`` (Qwen2Tokenizer, eos/pad <|endoftext|>) to
+    ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = build_tokenizer_json(load_ranks(qwen_ranks_file()), added_tokens)

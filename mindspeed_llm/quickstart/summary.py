@@ -24,7 +24,8 @@ def losses_from_log(text: str) -> list[tuple[int, float]]:
 
 
 def intervals(losses: list[tuple[int, float]], first_iteration: int) -> list[tuple[int, int, float]]:
-    """(first, last iteration, mean loss) of each logged interval, the first starting at ``first_iteration``."""
+    """(first, last iteration, mean loss) of each logged interval, the first starting at
+    ``first_iteration``."""
     out, start = [], first_iteration
     for iteration, loss in losses:
         out.append((start, iteration, loss))

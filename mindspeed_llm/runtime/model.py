@@ -40,7 +40,8 @@ def padded_vocab_size(vocab: int, args: argparse.Namespace, recorded: int | None
 def settle_model_config(
     args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iteration
 ) -> tuple[Any, int]:
-    """(our ModelConfig, padded vocabulary) of the launch, checked against ``--load``'s checkpoint when there is one."""
+    """(our ModelConfig, padded vocabulary) of the launch, checked against ``--load``'s checkpoint when there
+    is one."""
     from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
     from mindspeed_llm.runtime.checkpoint import launch as checkpoint_launch
     from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
@@ -55,7 +56,8 @@ def settle_model_config(
         ckpt_args = record.model  # the recorded model: hf_config, hf_vocab_size, padded_vocab_size, ...
         recorded = checkpoint_launch.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
         if getattr(ckpt_args, "hf_config", None):
-            try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
+            # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
+            try:
                 base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))
             except (UnsupportedModelError, KeyError, ValueError) as exc:
                 raise CheckpointError(f"{where}: its recorded HF config is refused: {exc}") from None

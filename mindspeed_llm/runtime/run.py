@@ -32,7 +32,8 @@ _RUN = _Run()
 
 
 def start(config: RunConfig, given: set[str], args: argparse.Namespace) -> None:
-    """A new run of ``config``: ``given`` are the flags on the command line, ``args`` the namespace of the flags."""
+    """A new run of ``config``: ``given`` are the flags on the command line, ``args`` the namespace of the
+    flags."""
     global _RUN
     _RUN = _Run(config=config, given=frozenset(given), args=args)
 

@@ -56,7 +56,8 @@ def _holder(fd: int) -> tuple[str, str]:
 
 
 def lock_save_folder(save: str) -> None:
-    """Create ``save`` if needed and hold its lock for the life of this process; SaveError if taken or unwritable."""
+    """Create ``save`` if needed and hold its lock for the life of this process; SaveError if taken or
+    unwritable."""
     key = os.path.realpath(save)
     if key in _HELD:
         return
@@ -73,7 +74,8 @@ def lock_save_folder(save: str) -> None:
         holder, tag = _holder(fd)
         os.close(fd)
         if tag != "-" and tag == _run_tag():
-            return  # --no-shared-storage on storage that is shared after all: another node of this run holds it
+            # --no-shared-storage on storage that is shared after all: another node of this run holds it
+            return
         raise SaveError(f"--save {save} is in use by another training run ({holder}): wait for it to end, or "
                         "give this run another --save folder") from None
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")

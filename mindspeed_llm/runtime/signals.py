@@ -76,7 +76,8 @@ def install(exit_signal_handler: bool = False) -> SignalGuard:
 
 
 def configure(exit_signal_handler: bool) -> None:
-    """From the parsed flags: --exit-signal-handler makes SIGTERM save and exit 0 (installs a guard if needed)."""
+    """From the parsed flags: --exit-signal-handler makes SIGTERM save and exit 0 (installs a guard if
+    needed)."""
     if _GUARD is not None or exit_signal_handler:
         install(exit_signal_handler)
 

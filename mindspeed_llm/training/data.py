@@ -24,7 +24,7 @@ from mindspeed_llm.config.paths import check_data_prefix, split_data_path
 from mindspeed_llm.runtime.errors import DataError, fail_together
 
 
-# ---- --data-path ------------------------------------------------------------------------------------------------
+# ---- --data-path -------------------------------------------------------------------------------------------
 def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     """``[prefix]`` or ``[w1, p1, w2, p2, ...]`` -> (prefixes, weights or None), each prefix checked."""
     from megatron.core.datasets.utils import get_blend_from_list
@@ -37,7 +37,7 @@ def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     return get_blend_from_list([s for pair in zip(weights, prefixes) for s in pair])
 
 
-# ---- what the files hold ------------------------------------------------------------------------------------
+# ---- what the files hold -----------------------------------------------------------------------------------
 REBUILD_HINT = "re-run preprocess_data.py to write the .bin and .idx together"
 # Scan every token at start-up up to this many bytes of .bin in total (measured: ~10 GB/s from the page
 # cache, 2-3 times that of a fast disk); bigger corpora are checked batch by batch as training reads them.
@@ -109,7 +109,8 @@ def _too_large_id_error(prefix: str, largest: int, vocab: int) -> DataError:
 
 
 def check_token_ids(prefixes: list[str], vocab: int, limit_bytes: int = TOKEN_SCAN_LIMIT_BYTES) -> bool:
-    """DataError naming the file when a .bin holds ids >= ``vocab``; False (not scanned) above ``limit_bytes``."""
+    """DataError naming the file when a .bin holds ids >= ``vocab``; False (not scanned) above
+    ``limit_bytes``."""
     if sum(os.path.getsize(p + ".bin") for p in set(prefixes)) > limit_bytes:
         return False
     for prefix in dict.fromkeys(prefixes):
@@ -120,7 +121,8 @@ def check_token_ids(prefixes: list[str], vocab: int, limit_bytes: int = TOKEN_SC
 
 
 def checked_batches(iterator: Iterator[dict], vocab: int, prefixes: list[str]) -> Iterator[dict]:
-    """Micro-batches of ``iterator``; a token id >= ``vocab`` (which the embedding cannot look up) is a DataError."""
+    """Micro-batches of ``iterator``; a token id >= ``vocab`` (which the embedding cannot look up) is a
+    DataError."""
     for batch in iterator:
         tokens = batch.get("tokens") if isinstance(batch, dict) else None
         if tokens is not None and tokens.numel() and int(tokens.max()) >= vocab:
@@ -135,7 +137,7 @@ def checked_batches(iterator: Iterator[dict], vocab: int, prefixes: list[str]) -
         yield batch
 
 
-# ---- data sources ---------------------------------------------------------------------------------------------
+# ---- data sources ------------------------------------------------------------------------------------------
 def _split_blends(args: argparse.Namespace) -> list | None:
     """``blend_per_split`` of --train-data-path/--valid-data-path/--test-data-path (None without them)."""
     paths = [args.train_data_path, args.valid_data_path, args.test_data_path]
@@ -171,7 +173,7 @@ def check_data_sources(args: argparse.Namespace) -> None:
     _split_blends(args)
 
 
-# ---- datasets ---------------------------------------------------------------------------------------------------
+# ---- datasets ----------------------------------------------------------------------------------------------
 def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
     """Samples per split, as Megatron-LM computes them from the iteration (or sample) counts."""
     train = (
@@ -280,7 +282,7 @@ def build_gpt_datasets(
     return build()
 
 
-# ---- iterators --------------------------------------------------------------------------------------------------
+# ---- iterators ---------------------------------------------------------------------------------------------
 class PretrainingBatchSampler:
     """Megatron's pretraining sampler: consecutive global batches, this DP rank's micro-batch slice."""
 
@@ -330,7 +332,8 @@ def build_data_iterator(dataset, consumed_samples: int, args: argparse.Namespace
 
 
 def build_data_iterators(provider, args: argparse.Namespace, state, n_chunks: int = 1):
-    """(train, valid, test) iterators of this rank (one per model chunk with virtual stages) and do_valid/do_test.
+    """(train, valid, test) iterators of this rank (one per model chunk with virtual stages) and
+    do_valid/do_test.
 
     Every rank calls the datasets ``provider`` (the builder synchronises them); only the ranks of
     :func:`dataset_built_on_this_rank` get datasets. Whether to validate and test is global rank
@@ -366,9 +369,11 @@ _BATCH_DTYPES = (("tokens", torch.int64), ("labels", torch.int64), ("position_id
 
 
 def broadcast_batch(data_iterator, every_stage: bool = False) -> dict | None:
-    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle stages).
+    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle
+    stages).
 
-    ``every_stage``: middle pipeline stages read their micro-batch too (see :func:`dataset_built_on_this_rank`).
+    ``every_stage``: middle pipeline stages read their micro-batch too (see
+    :func:`dataset_built_on_this_rank`).
     """
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import broadcast_data

@@ -1,4 +1,5 @@
-"""Instruction (SFT) data for training: preprocess_data.py's three datasets -> micro-batches of ids and labels.
+"""Instruction (SFT) data for training: preprocess_data.py's three datasets -> micro-batches of ids and
+labels.
 
 ``--data-path PREFIX`` names ``PREFIX_packed_{input_ids,attention_mask,labels}_document`` (int32, one
 sample or one ``--pack`` of samples per document). ``--split`` divides the documents; each split is
@@ -120,7 +121,8 @@ def document_position_ids(mask: np.ndarray) -> np.ndarray:
 
 
 class InstructionCollator:
-    """Samples -> one micro-batch (``tokens``, ``labels``, ``loss_mask``, ``position_ids``); see the module doc."""
+    """Samples -> one micro-batch (``tokens``, ``labels``, ``loss_mask``, ``position_ids``); see the module
+    doc."""
 
     def __init__(self, seq_length: int, pad_id: int, pad_to_multiple_of: int | None = None,
                  reset_position_ids: bool = False) -> None:
@@ -130,7 +132,8 @@ class InstructionCollator:
         self.reset_position_ids = reset_position_ids
 
     def batch_length(self, longest: int) -> int:
-        """``--seq-length``, or the longest sample rounded up to ``--pad-to-multiple-of`` (at most ``--seq-length``)."""
+        """``--seq-length``, or the longest sample rounded up to ``--pad-to-multiple-of`` (at most
+        ``--seq-length``)."""
         if self.pad_to_multiple_of is None:
             return self.seq_length
         m = self.pad_to_multiple_of
@@ -163,7 +166,8 @@ class InstructionCollator:
 
 
 def pad_id_of(tokenizer) -> int:
-    """The pad id: the tokenizer's pad token, else its EOD (only padding holds it, and padding is not learned)."""
+    """The pad id: the tokenizer's pad token, else its EOD (only padding holds it, and padding is not
+    learned)."""
     hf = getattr(tokenizer, "hf_tokenizer", None)
     pad = getattr(hf, "pad_token_id", None) if hf is not None else None
     return int(pad) if pad is not None else int(tokenizer.eod)
@@ -172,7 +176,8 @@ def pad_id_of(tokenizer) -> int:
 def build_instruction_datasets(
     args: argparse.Namespace, tokenizer, num_samples: list[int], built_here: bool
 ) -> list:
-    """(train, valid, test) :class:`InstructionDataset` of ``--data-path`` (None for an empty split or off this rank).
+    """(train, valid, test) :class:`InstructionDataset` of ``--data-path`` (None for an empty split or off
+    this rank).
 
     Every rank checks the three datasets (the same files: a bad one fails on all ranks alike).
     """

@@ -123,7 +123,7 @@ def _set_forward_pre_hooks(model: list, args: argparse.Namespace, enabled: bool)
             chunk.disable_forward_pre_hook()
 
 
-# ---- steps ------------------------------------------------------------------------------------------------------
+# ---- steps -------------------------------------------------------------------------------------------------
 def _loss_sums(losses: list[dict]) -> dict[str, torch.Tensor]:
     """Per reported key, ``[sum, count]`` over the micro-batches, summed over the data-parallel ranks.
 
@@ -254,7 +254,8 @@ def _non_finite(tensors) -> str | None:
 
 
 def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.Namespace) -> None:
-    """Stop every rank when this step's loss or gradients hold NaN/Inf; one line from the first rank that saw it.
+    """Stop every rank when this step's loss or gradients hold NaN/Inf; one line from the first rank that saw
+    it.
 
     Megatron-LM's --check-for-nan-in-loss-and-grad. megatron-core's own check (DDP's check_for_nan_in_grad)
     raises on the rank that sees it, a multi-line RuntimeError, while the others wait in the next
@@ -343,7 +344,7 @@ def _time_is_up(args: argparse.Namespace, started: float) -> bool:
     return bool(done.item())
 
 
-# ---- entry ------------------------------------------------------------------------------------------------------
+# ---- entry -------------------------------------------------------------------------------------------------
 def training_plan(loaded_iteration: int, train_iters: int) -> str:
     """``training ... iterations A to B (N steps ...)``: the steps this run takes after what --load gave."""
     steps = train_iters - loaded_iteration
@@ -530,7 +531,8 @@ def _error_key(message: str) -> str:
 
 
 def report_error(message: str) -> None:
-    """Print a user error once, as one line: ``error: ...``, or ``[rank N] error: ...`` if only some ranks found it.
+    """Print a user error once, as one line: ``error: ...``, or ``[rank N] error: ...`` if only some ranks
+    found it.
 
     Before the process group exists the flags and world size are the same on every rank, so rank 0
     prints. After, the ranks that hit the same message agree through the store who prints it.
@@ -560,9 +562,9 @@ def _nothing_to_train(args: argparse.Namespace, ckpt_iteration) -> bool:
     if not isinstance(ckpt_iteration, int) or args.finetune or ckpt_iteration < args.train_iters:
         return False
     print_rank_last(
-        f"nothing to train: the checkpoint in {getattr(args, 'lora_load', None) or args.load} is at iteration {ckpt_iteration} and "
-        f"--train-iters is {args.train_iters}; it is left as it is (raise --train-iters above "
-        f"{ckpt_iteration} to train on)"
+        f"nothing to train: the checkpoint in {getattr(args, 'lora_load', None) or args.load} is at "
+        f"iteration {ckpt_iteration} and --train-iters is {args.train_iters}; it is left as it is (raise "
+        f"--train-iters above {ckpt_iteration} to train on)"
     )
     return True
 
@@ -602,7 +604,8 @@ def _interrupted_line(signum: int) -> str:
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run an entry point; user errors print one line and exit 1, a signal 128 + its number (130 for Ctrl-C)."""
+    """Run an entry point; user errors print one line and exit 1, a signal 128 + its number (130 for
+    Ctrl-C)."""
     rank = launch_rank()[0]
     signals.install()
     try:
@@ -632,8 +635,9 @@ def run_main(main: Callable[[], object]) -> None:
 
 
 def _exit(code: int) -> None:
-    """Leave after a user error was reported: the process group is torn down first, not by the interpreter's exit
-    (gloo's threads torn down in static destruction aborted a process once in CI: exit -6 after its line)."""
+    """Leave after a user error was reported: the process group is torn down first, not by the interpreter's
+    exit (gloo's threads torn down in static destruction aborted a process once in CI: exit -6 after its
+    line)."""
     sys.stdout.flush()
     sys.stderr.flush()
     if torch.distributed.is_initialized():

@@ -48,8 +48,9 @@ def memory_report(iteration: int) -> str:
         mb = 1024 * 1024
         return (
             f"[Rank {rank}] (after {iteration} iterations) memory (MB) | allocated: "
-            f"{torch.cuda.memory_allocated() / mb:.1f} | max allocated: {torch.cuda.max_memory_allocated() / mb:.1f} "
-            f"| reserved: {torch.cuda.memory_reserved() / mb:.1f} | max reserved: "
+            f"{torch.cuda.memory_allocated() / mb:.1f} | max allocated: "
+            f"{torch.cuda.max_memory_allocated() / mb:.1f} | reserved: "
+            f"{torch.cuda.memory_reserved() / mb:.1f} | max reserved: "
             f"{torch.cuda.max_memory_reserved() / mb:.1f}"
         )
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -90,7 +91,8 @@ class TrainingLogger:
     def step(self, state, loss: dict[str, float], lr: float, grad_norm: float | None,
              loss_scale: float, skipped: bool, elapsed: float, *, num_zeros: float | None = None,
              params_norm: float | None = None) -> None:
-        """Record one iteration (``state``: the run's TrainState); print the line when it closes a log interval."""
+        """Record one iteration (``state``: the run's TrainState); print the line when it closes a log
+        interval."""
         args = self.args
         iteration = state.iteration
         self.iters += 1

@@ -36,7 +36,8 @@ def test_without_cuda_it_fails_with_one_line():
 
 
 def test_dry_run_ops_and_logits_pass_on_the_cpu(tmp_path):
-    """The op rows (each path vs its torch reference, fp32 and bf16), fused Adam, the ring kernel, logits vs transformers."""
+    """The op rows (each path vs its torch reference, fp32 and bf16), fused Adam, the ring kernel, logits vs
+    transformers."""
     import mindspeed_llm
 
     dc = _load()
@@ -48,7 +49,8 @@ def test_dry_run_ops_and_logits_pass_on_the_cpu(tmp_path):
     for op in ("attention", "rope", "rmsnorm", "swiglu", "cross entropy"):
         assert f"op {op} float32" in names and f"op {op} bfloat16" in names
     assert "op fused adam fp32" in names and "logits vs transformers fp32" in names
-    # Ring attention's local kernel (the CPU flash kernel here; torch's memory-efficient kernel on CUDA) vs blockwise.
+    # Ring attention's local kernel (the CPU flash kernel here; torch's memory-efficient kernel on CUDA) vs
+    # blockwise.
     assert {f"ring kernel cpu_flash {block} {dtype}" for block in ("causal", "chunk x 2 chunks")
             for dtype in ("float32", "bfloat16")} <= set(names)
     failed = [r for r in rows if not r.ok]

@@ -211,7 +211,8 @@ def test_seed_command_works_as_written(hf_models, tmp_path):
 
 
 def test_mg_to_hf_reads_a_training_style_checkpoint(hf_models, tmp_path):
-    """Any iteration, optimizer/RNG state present (ignored), no hf_dir recorded: --hf-dir supplies the config."""
+    """Any iteration, optimizer/RNG state present (ignored), no hf_dir recorded: --hf-dir supplies the
+    config."""
     import numpy as np
 
     from mindspeed_llm.runtime.checkpoint import save_rank_state, write_tracker

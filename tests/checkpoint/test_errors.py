@@ -498,7 +498,7 @@ def test_rank_file_of_another_model(capsys, tmp_path, models):
     _assert_clean(tmp_path, tmp_path / "hf")
 
 
-# ---- real processes: full disk (file-size limit) and signals ------------------------------------------------
+# ---- real processes: full disk (file-size limit) and signals -----------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", ["hf2mg", "mg2hf"])
 def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):

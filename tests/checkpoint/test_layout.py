@@ -75,7 +75,8 @@ def test_tracker_errors(tmp_path):
 
 
 def test_allowed_globals_keep_registrations_made_inside():
-    """megatron-core registers its safe globals on first import, possibly during one of our loads: they stay."""
+    """megatron-core registers its safe globals on first import, possibly during one of our loads: they
+    stay."""
     from mindspeed_llm.runtime.checkpoint.layout import allowed_globals
 
     with allowed_globals():

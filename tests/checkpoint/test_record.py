@@ -56,7 +56,8 @@ def _model(hf):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """{kind: folder}: torch (converted), torch_dist (the same weights saved by dist_format.save), empty, damaged."""
+    """{kind: folder}: torch (converted), torch_dist (the same weights saved by dist_format.save), empty,
+    damaged."""
     root = tmp_path_factory.mktemp("detect")
     hf = root / "hf"
     make_tiny_hf_model(str(hf), "qwen2", num_layers=2)
@@ -155,7 +156,7 @@ def test_a_damaged_folder_is_the_same_one_line_error_for_every_reader(folders, k
     assert _error(lambda: _converter(root)) == detected
 
 
-# ---- the record's version ---------------------------------------------------------------------------------------
+# ---- the record's version ----------------------------------------------------------------------------------
 def _future(path) -> None:
     """Rewrite a file's record as a later version would (its args left as they are)."""
     state = torch.load(path, weights_only=False)

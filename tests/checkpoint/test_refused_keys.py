@@ -1,6 +1,6 @@
-"""Every HF setting we cannot run exactly is refused by the converter: one ``error:`` line naming the key and its
-value, exit code 2, nothing written -- from an HF folder (hf->mg) and from a checkpoint's recorded config (mg->hf,
-mg->mg)."""
+"""Every HF setting we cannot run exactly is refused by the converter: one ``error:`` line naming the key and
+its value, exit code 2, nothing written -- from an HF folder (hf->mg) and from a checkpoint's recorded config
+(mg->hf, mg->mg)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def test_verify_passes_for_hf_to_mg_mg_to_mg_and_mg_to_hf(capsys, tmp_path, qwen
 
 
 def test_qwen3_verifies_in_every_direction_and_a_swapped_q_norm_fails(capsys, tmp_path):
-    """Qwen3 (q/k norms, head_dim 32 != hidden / heads, tied, --model-type-hf qwen3): hf->mg, mg->mg, mg->hf."""
+    """Qwen3 (q/k norms, head_dim 32 != hidden / heads, tied, --model-type-hf qwen3): hf->mg, mg->mg,
+    mg->hf."""
     hf = str(tmp_path / "qwen3")
     make_tiny_hf_model(hf, "qwen3_tied")
     mg = str(tmp_path / "mg")
@@ -171,8 +172,9 @@ def test_llama31_rope_scaling_verifies(tmp_path, scaling):
 
 
 def test_linear_rope_scaling_verifies_where_it_matters(tmp_path):
-    """linear (factor 4) -> megatron's seq_len_interpolation_factor: logits equal transformers' over 96 tokens,
-    where the unscaled model's logits are far off (weights at 10x the usual init, so positions weigh)."""
+    """linear (factor 4) -> megatron's seq_len_interpolation_factor: logits equal transformers' over 96
+    tokens, where the unscaled model's logits are far off (weights at 10x the usual init, so positions
+    weigh)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = str(tmp_path / "hf")

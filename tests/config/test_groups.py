@@ -1,4 +1,5 @@
-"""The typed configuration: every flag in one group, frozen groups, metadata-driven checkpoint and megatron lists."""
+"""The typed configuration: every flag in one group, frozen groups, metadata-driven checkpoint and megatron
+lists."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from tests.conftest import REPO_ROOT
 
 BASE = (
     "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
-    "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document"
+    "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path "
+    "d_text_document"
 )
 
 

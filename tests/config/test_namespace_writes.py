@@ -32,8 +32,9 @@ ALLOWED = {
         "mindspeed_llm/patches/megatron_lm.py",
         "translate_our_spellings",
         "args",
-    ): "the validation of Megatron-LM's own command line (wrapped megatron.training.arguments.validate_args): "
-    "our --tokenizer-type spelling translated before Megatron-LM validates",
+    ): "the validation of Megatron-LM's own command line (wrapped "
+    "megatron.training.arguments.validate_args): our --tokenizer-type spelling translated before Megatron-LM "
+    "validates",
 }
 
 

@@ -1,4 +1,5 @@
-"""Megatron flag parsing and validation: completed flags, the derived plan and the errors a user can act on."""
+"""Megatron flag parsing and validation: completed flags, the derived plan and the errors a user can act
+on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from tests.config.launch import plan_for
 
 BASE = (
     "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
-    "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document"
+    "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path "
+    "d_text_document"
 )
 
 
@@ -126,14 +128,14 @@ def test_ring_context_parallel_takes_attention_dropout():
             ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"],
         ),
         (
-            "--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
-            "--pad-to-multiple-of 2",
+            "--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset "
+            "--no-pad-to-seq-lengths --pad-to-multiple-of 2",
             2,
             ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"],
         ),
         (
-            "--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
-            "--attention-dropout 0",
+            "--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size "
+            "2 --attention-dropout 0",
             8,
             ["ulysses_cp_algo", "(2)", "--context-parallel-size 4", "megatron_cp_algo"],
         ),
@@ -244,7 +246,8 @@ def test_transformer_config_follows_the_flags():
 
 
 def test_megatron_spellings_of_the_resilience_flags():
-    """Megatron-LM's names: NaN check on by default, the scheduler flags with their underscore, the signal flag."""
+    """Megatron-LM's names: NaN check on by default, the scheduler flags with their underscore, the signal
+    flag."""
     args = args_for()
     assert args.check_for_nan_in_loss_and_grad and not args.exit_signal_handler
     assert not args.override_opt_param_scheduler and not args.use_checkpoint_opt_param_scheduler

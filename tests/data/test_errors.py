@@ -406,7 +406,8 @@ def _writing(folder):
                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)", 2),
                                                   (signal.SIGKILL, -9, None, 1)])
 def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
-    """Real signals mid-write (--n-subs 2: two part processes with a tokenizer pool each); no process is left."""
+    """Real signals mid-write (--n-subs 2: two part processes with a tokenizer pool each); no process is
+    left."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(n_subs):

@@ -324,7 +324,8 @@ def test_log_interval_prints_rates(tmp_path, bpe_tokenizer, capsys, monkeypatch)
 
 @pytest.mark.slow
 def test_qwen25_tokenizer_on_alpaca_parquet(tmp_path):
-    """The seed's case: Qwen2.5's tokenizer (151,665 entries, NFC, added tokens) on an alpaca-style parquet."""
+    """The seed's case: Qwen2.5's tokenizer (151,665 entries, NFC, added tokens) on an alpaca-style
+    parquet."""
     import pyarrow.parquet as pq
 
     from mindspeed_llm.quickstart.assets import write_alpaca_parquet

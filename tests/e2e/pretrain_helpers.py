@@ -1,4 +1,5 @@
-"""Helpers for the pretrain_gpt.py end-to-end tests: tiny data, tiny converted checkpoints, runs, log parsing."""
+"""Helpers for the pretrain_gpt.py end-to-end tests: tiny data, tiny converted checkpoints, runs, log
+parsing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (the e2e tests import them from here)
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
-# pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it there).
+# pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it
+# there).
 PAUSED_IN_SAVE = REPO_ROOT / "tests" / "e2e" / "scripts" / "pretrain_paused_in_save.py"
 VOCAB = 128  # rows of the tiny HF models (tests/helpers/tiny.py)
 EOD = 2  # their tokenizer's </s>
@@ -24,7 +26,8 @@ _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \
 
 def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, seed: int = 0,
                          learnable: bool = False) -> str:
-    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data writes.
+    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data
+    writes.
 
     ``learnable``: each document counts up in steps of 7 from a random start (a bigram a model learns fast).
     """

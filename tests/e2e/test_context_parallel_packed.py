@@ -1,4 +1,5 @@
-"""Context parallelism with packed samples: posttrain_gpt.py --stage sft --reset-attention-mask at CP 2 and 4 = CP 1.
+"""Context parallelism with packed samples: posttrain_gpt.py --stage sft --reset-attention-mask at CP 2 and 4
+= CP 1.
 
 A tiny Qwen2 (2 layers, hidden 64, 4 heads, 2 K/V groups: GQA) converted from one HF model fine-tunes three
 SGD steps (momentum: the weights move by the learning rate times a sum of the steps' gradients; Adam would
@@ -53,7 +54,8 @@ PACKS = [
 
 
 def _packs(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Rows (ids, sample numbers 1, 2, ... with padding 0, labels -100 on prompts and padding) of the packs."""
+    """Rows (ids, sample numbers 1, 2, ... with padding 0, labels -100 on prompts and padding) of the
+    packs."""
     rng = np.random.default_rng(seed)
     rows = []
     for pack in PACKS:

@@ -105,7 +105,8 @@ def _first_step_flags(setup, name: str, layout: str) -> list[str]:
 
 
 def test_llama3_parameters_matter_for_this_sequence(setup):
-    """Without the checkpoint's original_max_position_embeddings (Llama-3.1's 8192) the loss is another one."""
+    """Without the checkpoint's original_max_position_embeddings (Llama-3.1's 8192) the loss is another
+    one."""
     m = setup["models"]["llama31_scaled"]
     params = {**json.loads((m["hf"] / "config.json").read_text())["rope_parameters"],
               "original_max_position_embeddings": 8192}
@@ -130,8 +131,9 @@ def test_first_step_loss_equals_transformers(setup, name, layout):
 
 
 def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
-    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; the q/k norms train and stay equal on
-    both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2 repeats 3..4 exactly."""
+    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; the q/k norms train and stay equal
+    on both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2 repeats 3..4
+    exactly."""
     m = setup["models"]["qwen3_untied"]
     flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=4, gbs=2, seq=SEQ, lr=3e-3)]
 

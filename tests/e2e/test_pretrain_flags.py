@@ -1,5 +1,6 @@
 """Megatron-LM flags end to end: --mock-data, --train-samples, --log-params-norm, --log-num-zeros-in-grad,
---manual-gc, --empty-unused-memory-level and --exit-duration-in-mins in one TP2 run (data broadcast to TP rank 1)."""
+--manual-gc, --empty-unused-memory-level and --exit-duration-in-mins in one TP2 run (data broadcast to TP rank
+1)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ CONTRADICTING = ["--rotary-base", "10000", "--norm-epsilon", "1e-5", "--rope-sca
 @pytest.fixture(scope="module")
 def singles(tiny) -> dict:
     """The module's independent single-process launches, started together (they share the two cores): the
-    baseline, a launch contradicting the checkpoint, --use-checkpoint-args, and a --load folder that is missing."""
+    baseline, a launch contradicting the checkpoint, --use-checkpoint-args, and a --load folder that is
+    missing."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     model = set(tiny["flags"][:tiny["flags"].index("--tokenizer-type")])
     no_model = [f for f in tiny["flags"][tiny["flags"].index("--tokenizer-type"):]]
@@ -127,7 +128,8 @@ def test_tp2_and_pp2_match_one_process(tiny, baseline, layout):
 
 
 def test_dp2_distributed_optimizer_matches_and_resumes_exactly(tiny, baseline):
-    """DP2 (distributed optimizer, overlapped communication) equals TP1; resuming at 3 repeats 4..6 exactly."""
+    """DP2 (distributed optimizer, overlapped communication) equals TP1; resuming at 3 repeats 4..6
+    exactly."""
     save = tiny["root"] / "dp2_save"
     flags = [*tiny["flags"], *_parallel(1, 1), "--use-distributed-optimizer", "--overlap-grad-reduce",
              "--overlap-param-gather"]
@@ -156,7 +158,8 @@ DROPOUT = [
 
 @pytest.mark.parametrize("layout", ["tp1pp2", "tp2", "dp2-distributed-optimizer"])
 def test_resume_with_dropout_repeats_the_unbroken_run_bitwise(tiny, baseline, tmp_path, layout):
-    """Dropout 0.1: save at 3, resume from it (--ckpt-step 3 of a folder whose tracker says 6), same losses 4..6."""
+    """Dropout 0.1: save at 3, resume from it (--ckpt-step 3 of a folder whose tracker says 6), same losses
+    4..6."""
     tp, pp, extra = {"tp1pp2": (1, 2, []), "tp2": (2, 1, []),
                      "dp2-distributed-optimizer": (1, 1, ["--use-distributed-optimizer"])}[layout]
     flags = [*tiny["flags"], *DROPOUT, *_parallel(tp, pp), *extra]
@@ -172,7 +175,8 @@ def test_resume_with_dropout_repeats_the_unbroken_run_bitwise(tiny, baseline, tm
 
 
 def test_launch_contradicting_the_checkpoint_is_refused_before_training(singles):
-    """The converted Qwen2 has rope_theta 1e6 and eps 1e-6: other values (or a scaling) are one error line, exit 1."""
+    """The converted Qwen2 has rope_theta 1e6 and eps 1e-6: other values (or a scaling) are one error line,
+    exit 1."""
     proc = singles["contradicting"].result()
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -234,8 +238,8 @@ def test_tied_embeddings_train_at_pp2_like_pp1(tmp_path):
 
 
 def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path):
-    """The save of iteration 4 is held before it publishes (a test script); SIGKILL there; iteration 2 still loads
-    and resumes."""
+    """The save of iteration 4 is held before it publishes (a test script); SIGKILL there; iteration 2 still
+    loads and resumes."""
     save = tmp_path / "ckpt"
     flags = [*tiny["flags"], "--load", str(save), "--save", str(save), "--save-interval", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -275,7 +279,8 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path)
 
 
 def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
-    """bf16 (fp32 main params, fp32 grad reduce) with the HF tokenizer; the trained checkpoint -> HF -> transformers."""
+    """bf16 (fp32 main params, fp32 grad reduce) with the HF tokenizer; the trained checkpoint -> HF ->
+    transformers."""
     # Fewer tokenizer entries than embedding rows, as real Qwen2.5 folders have (151665 vs 152064).
     hf = make_hf_model(tmp_path / "hf", dtype=torch.bfloat16, tokenizer_tokens=120)
     mg = convert_hf_to_mg(hf, tmp_path / "mg")
@@ -330,7 +335,8 @@ def test_cli_error_for_missing_load_folder_is_one_clear_line(singles):
 
 
 def test_virtual_pipeline_saves_model_chunks_and_resumes_exactly(tiny, tmp_path):
-    """PP2 x 2 virtual stages, dropout 0.1, random weights: model0/model1 in the files; resuming at 3 repeats 4..6."""
+    """PP2 x 2 virtual stages, dropout 0.1, random weights: model0/model1 in the files; resuming at 3 repeats
+    4..6."""
     save = tmp_path / "vpp"
     flags = [*tiny["flags"], *DROPOUT, *_parallel(1, 2), "--num-layers-per-virtual-pipeline-stage", "1"]
     unbroken = run_pretrain(*flags, "--save", str(save), "--save-interval", "3", nproc=2)

@@ -1,5 +1,6 @@
 """``--ckpt-format torch_dist`` end to end on CPU/gloo: Megatron-LM's layout, exact resume (DP2 with the
-distributed optimizer), a TP2 checkpoint loading at TP1, and convert_ckpt.py reading it like the legacy format."""
+distributed optimizer), a TP2 checkpoint loading at TP1, and convert_ckpt.py reading it like the legacy
+format."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def _only_iteration(save, iteration: int, target):
 
 
 def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
-    """DP2 + distributed optimizer, torch_dist: Megatron-LM's files; resuming at 3 repeats 4..6 bit for bit."""
+    """DP2 + distributed optimizer, torch_dist: Megatron-LM's files; resuming at 3 repeats 4..6 bit for
+    bit."""
     save = tiny["root"] / "dp2_save"
     flags = [*tiny["flags"], "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
              "--ckpt-format", "torch_dist"]
@@ -88,7 +90,8 @@ def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
 
 @pytest.fixture(scope="module")
 def tp2_saves(tiny) -> dict:
-    """Six iterations from the TP2 conversion, saved at 3 and 6: once in torch_dist, once in the torch format."""
+    """Six iterations from the TP2 conversion, saved at 3 and 6: once in torch_dist, once in the torch
+    format."""
     flags = [
         *tiny["flags"],
         "--tensor-model-parallel-size",
@@ -106,7 +109,8 @@ def tp2_saves(tiny) -> dict:
 
 
 def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp2_saves):
-    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy format's."""
+    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy
+    format's."""
     dist_save, torch_save, unbroken = tp2_saves["dist"], tp2_saves["torch"], tp2_saves["unbroken"]
     assert loss_strings(unbroken) == loss_strings(tp2_saves["legacy"])  # the format does not change training
 

@@ -1,5 +1,5 @@
-"""pretrain_gpt.py refuses what a --load checkpoint records but the model cannot run exactly: one ``error:`` line
-naming the setting, exit code 1, nothing written (--save is not created)."""
+"""pretrain_gpt.py refuses what a --load checkpoint records but the model cannot run exactly: one ``error:``
+line naming the setting, exit code 1, nothing written (--save is not created)."""
 
 from __future__ import annotations
 

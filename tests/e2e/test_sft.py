@@ -48,7 +48,8 @@ def _samples(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def hf_token_loss(hf_dir, samples, cut: int = SEQ) -> tuple[float, float]:
-    """transformers' summed loss over the learned tokens of every sample (first ``cut`` tokens), and their count."""
+    """transformers' summed loss over the learned tokens of every sample (first ``cut`` tokens), and their
+    count."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -134,7 +135,8 @@ def sft(tmp_path_factory):
     return {"root": root, "hf": hf, "samples": samples, "data": data, "ckpts": ckpts, "ref": total / count}
 
 
-# TP1 (padded to --seq-length) is the unpacked run of the packed test below (its loss is taken before the step).
+# TP1 (padded to --seq-length) is the unpacked run of the packed test below (its loss is taken before the
+# step).
 @pytest.mark.parametrize(
     "layout, extra", [("tp2", ("--no-pad-to-seq-lengths",)), ("pp2", ("--no-pad-to-seq-lengths",))]
 )
@@ -161,14 +163,15 @@ def test_first_step_loss_equals_transformers(sft, layout, extra):
     ), out
 
 
-# ---- packed = unpacked; one SGD step = transformers' gradient; back to HF ---------------------------------------
+# ---- packed = unpacked; one SGD step = transformers' gradient; back to HF ----------------------------------
 PACK_LENGTHS = [(9, 30), (20, 17), (5, 8), (6, 14)]  # packs [39 + 13], [37 + 20] of at most SEQ - 1 tokens
 PACKS = [(0, 2), (1, 3)]
 LR = 1.0  # SGD: the first step is w - LR * gradient (the momentum buffer starts as the gradient)
 
 
 def _neat_packs(samples) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The packs preprocess_data.py --pack --neat-pack writes: samples numbered 1, 2 in the mask, padding 0 / -100."""
+    """The packs preprocess_data.py --pack --neat-pack writes: samples numbered 1, 2 in the mask, padding 0 /
+    -100."""
     rows = []
     for pack in PACKS:
         ids = np.full(SEQ, VOCAB - 1)

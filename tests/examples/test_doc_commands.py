@@ -1,6 +1,6 @@
-"""README.md and docs/*.md: every command block that runs convert_ckpt.py, preprocess_data.py, pretrain_gpt.py or inference.py
-parses with that script's own parser (paths are not checked), and a block that stands for an example script
-(README names the script just before the block) parses to the same flags as the script."""
+"""README.md and docs/*.md: every command block that runs convert_ckpt.py, preprocess_data.py, pretrain_gpt.py
+or inference.py parses with that script's own parser (paths are not checked), and a block that stands for an
+example script (README names the script just before the block) parses to the same flags as the script."""
 
 from __future__ import annotations
 

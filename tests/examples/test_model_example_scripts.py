@@ -2,8 +2,8 @@
 
 For every model: the hf->mcore script's flags parse and pass the converter's checks against the
 model's real HF config (TP/PP divide heads, groups and layers; --model-type-hf and --add-qkv-bias
-fit the architecture); the mcore->hf script converts what the pretrain script saves; the pretrain script's flags
-parse and validate for its world size, describe the same architecture as config.json, and load the
+fit the architecture); the mcore->hf script converts what the pretrain script saves; the pretrain script's
+flags parse and validate for its world size, describe the same architecture as config.json, and load the
 converted checkpoint with the same TP/PP and padded vocabulary. Launchers are replaced by a
 recorder of their arguments (a stand-in for `python`/`torchrun`, not for anything under test).
 """
@@ -154,8 +154,8 @@ def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> N
 
 
 def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path) -> None:
-    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters (SFT on the instruction data) on what the hf->mcore script
-    writes (same TP/PP, model), resumes from its own --save through --lora-load, and
+    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters (SFT on the instruction data) on what the hf->mcore
+    script writes (same TP/PP, model), resumes from its own --save through --lora-load, and
     ckpt_convert_qwen25_mcore2hf_lora.sh exports that adapter with the same LoRA settings."""
     from mindspeed_llm.data.arguments import build_parser as preprocess_parser
 
@@ -194,7 +194,8 @@ def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path
         assert export.save_lora_to_hf == bool(env)
 
 
-# model: (the MODELS entry whose conversion it fine-tunes, instruction data script, tune script, --prompt-type)
+# model: (the MODELS entry whose conversion it fine-tunes, instruction data script, tune script,
+# --prompt-type)
 TUNE = {
     "qwen2.5-7b": ("qwen2.5-7b", f"{EX}/qwen25/data_convert_qwen25_instruction.sh",
                    f"{EX}/qwen25/tune_qwen25_7b_4k_full_ptd.sh", "qwen"),

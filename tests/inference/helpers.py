@@ -1,4 +1,5 @@
-"""inference.py launches and their printed answers, and transformers' greedy reference, for the inference tests."""
+"""inference.py launches and their printed answers, and transformers' greedy reference, for the inference
+tests."""
 
 from __future__ import annotations
 

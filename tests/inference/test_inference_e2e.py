@@ -94,7 +94,7 @@ def test_sampling_with_a_seed_is_reproducible_across_runs_and_tp(launches, greed
     assert all(len(text.split()) > 0 for text in sampled["tp1"])
 
 
-# ---- chat -------------------------------------------------------------------------------------------------------
+# ---- chat --------------------------------------------------------------------------------------------------
 CHAIN = {
     0: 10,
     10: 11,
@@ -145,7 +145,8 @@ def test_chat_qwen_template_stops_at_im_end(chat_model) -> None:
              *[a for t in turns for a in ("--prompt", t)]]
     outputs = run_inference(flags)
 
-    # The reference: Qwen2.5-Instruct's ChatML written out by hand, transformers' generate stopping at <|im_end|>.
+    # The reference: Qwen2.5-Instruct's ChatML written out by hand, transformers' generate stopping at
+    # <|im_end|>.
     text = f"{IM_START}system\n{QWEN_SYSTEM}{IM_END}\n"
     answers = []
     for turn in turns:

@@ -1,5 +1,6 @@
-"""The inference patch group in one process: the static KV cache holds rotated keys (transformers' cache is the
-reference), greedy tokens equal transformers' ``generate``, and training's forward/backward is untouched."""
+"""The inference patch group in one process: the static KV cache holds rotated keys (transformers' cache is
+the reference), greedy tokens equal transformers' ``generate``, and training's forward/backward is
+untouched."""
 
 from __future__ import annotations
 
@@ -142,8 +143,8 @@ def _hf_greedy(hf, prompts: list[list[int]]):
 
 
 def test_decode_layout_keeps_values_and_logits(models, patched) -> None:
-    """The generator stores the linear weights transposed; each step's logits are those of megatron's own layout
-    and transformers'."""
+    """The generator stores the linear weights transposed; each step's logits are those of megatron's own
+    layout and transformers'."""
     from mindspeed_llm.inference.generation import Generator, SamplingParams
 
     hf, mg, model_config = models
@@ -187,7 +188,8 @@ def test_decode_layout_keeps_values_and_logits(models, patched) -> None:
 
 
 def test_decode_layout_of_tied_embeddings_greedy_equals_transformers(tmp_path, patched) -> None:
-    """With the output layer sharing the embedding weight, that one weight is re-laid (lookups read it too)."""
+    """With the output layer sharing the embedding weight, that one weight is re-laid (lookups read it
+    too)."""
     from mindspeed_llm.inference.generation import Generator, SamplingParams
     from mindspeed_llm.patches.inference import lay_out_weights_for_decode
 

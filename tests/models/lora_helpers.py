@@ -1,4 +1,5 @@
-"""peft references for the LoRA tests: an adapter made by peft on transformers' model, its loss and gradients."""
+"""peft references for the LoRA tests: an adapter made by peft on transformers' model, its loss and
+gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""torchrun worker for the LoRA tests: our GPTModel with adapters at a TP/PP layout, loss + gradients or logits.
+"""torchrun worker for the LoRA tests: our GPTModel with adapters at a TP/PP layout, loss + gradients or
+logits.
 
 Usage: torchrun --nproc-per-node 2 lora_worker.py SPEC.json OUT_DIR
 SPEC: {"ids": [[...]], "cases": [{name, kind: "grads"|"logits", mg_root, tp, pp, adapter_root?}]}.

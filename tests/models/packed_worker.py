@@ -26,7 +26,8 @@ from mindspeed_llm.runtime.checkpoint import load_rank_state
 
 def packed_logits(mg_root: str, ids: torch.Tensor, position_ids: torch.Tensor, *, flash: bool = False,
                   sequence_parallel: bool = False) -> torch.Tensor | None:
-    """Logits of this rank's model on a packed batch (None off the last pipeline stage); parallel state set up.
+    """Logits of this rank's model on a packed batch (None off the last pipeline stage); parallel state set
+    up.
 
     ``flash``: with ``--use-flash-attn`` and ``--use-fused-rotary-pos-emb``'s patches (else megatron's own).
     """

@@ -201,10 +201,11 @@ def test_pipeline_layout():
     assert pipeline_layout([1, 3]) == [["embedding", "decoder"], ["decoder"] * 3 + ["loss"]]
 
 
-# ---- Qwen3 (hub configs in tests/fixtures/hf_configs) and the keys that are refused ---------------------------
+# ---- Qwen3 (hub configs in tests/fixtures/hf_configs) and the keys that are refused ------------------------
 QWEN3_FIXTURES = HF_CONFIG_FIXTURES
 QWEN3 = {
-    # size: (layers, hidden, ffn, heads, groups, tied) -- all with head_dim 128, theta 1e6, eps 1e-6, vocab 151936
+    # size: (layers, hidden, ffn, heads, groups, tied) -- all with head_dim 128, theta 1e6, eps 1e-6, vocab
+    # 151936
     "0.6b": (28, 1024, 3072, 16, 8, True),
     "1.7b": (28, 2048, 6144, 16, 8, True),
     "4b": (36, 2560, 9728, 32, 8, True),

@@ -33,7 +33,8 @@ def _batch():
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A tiny Qwen2.5-shaped HF model (GQA, qkv bias), its TP1 and TP2 conversions, and its per-document logits."""
+    """A tiny Qwen2.5-shaped HF model (GQA, qkv bias), its TP1 and TP2 conversions, and its per-document
+    logits."""
     root = tmp_path_factory.mktemp("packed")
     hf = make_tiny_hf_model(str(root / "hf"), "qwen2", vocab_size=VOCAB, num_layers=2)
     ids, _ = _batch()

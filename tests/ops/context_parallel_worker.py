@@ -136,7 +136,8 @@ def per_document_dropout_reference(q, k, v, documents, scale: float, seed: int, 
 
 
 def _check_cp1_packed_dropout(name: str, q, k, v, documents, cu_seqlens, ref, seed: int, p: float) -> None:
-    """CP 1's packed path (per-document blockwise; the masked blockwise kernel too) drops the reference's mask."""
+    """CP 1's packed path (per-document blockwise; the masked blockwise kernel too) drops the reference's
+    mask."""
     from mindspeed_llm.ops.document_attention import document_attention
 
     sbnd = [t.float().permute(2, 0, 1, 3) for t in (q, k, v)]

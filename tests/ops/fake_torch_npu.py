@@ -59,7 +59,8 @@ class FakeTorchNpuForTests:
         empty = torch.empty(0)
         if input_layout == "SBH":
             return out.permute(2, 0, 1, 3).reshape(sq, b, -1), empty, empty, empty, 0, 0, 0
-        # BNSD: softmax_max / softmax_sum per row, repeated 8 times along the last dim as torch_npu returns them.
+        # BNSD: softmax_max / softmax_sum per row, repeated 8 times along the last dim as torch_npu returns
+        # them.
         scores = self._scores(q, k, mask, scale)
         smax = scores.amax(-1, keepdim=True)
         ssum = torch.exp(scores - smax).sum(-1, keepdim=True)

@@ -42,7 +42,8 @@ def _qkv(dtype, seed=0):
 
 
 def _per_document_reference(q, k, v, scale):
-    """Each document alone through the dense textbook formula (causal), written back in place: [s, b, n, d]."""
+    """Each document alone through the dense textbook formula (causal), written back in place: [s, b, n,
+    d]."""
     out = torch.zeros_like(q)
     for bi, row in enumerate(DOCS):
         start = 0

@@ -1,4 +1,5 @@
-"""The quick start's six steps, at a smaller size, offline (HF_HUB_OFFLINE=1), as `make quickstart` runs them."""
+"""The quick start's six steps, at a smaller size, offline (HF_HUB_OFFLINE=1), as `make quickstart` runs
+them."""
 
 import json
 import os
@@ -90,7 +91,8 @@ def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
     assert "[generate] trained model's continuation (16 tokens, greedy)" in proc.stdout
     assert "[generate] What to expect:" in proc.stdout
 
-    # SFT leg: the pretrained checkpoint fine-tuned on the same rows as ChatML data, back to HF, asked in ChatML.
+    # SFT leg: the pretrained checkpoint fine-tuned on the same rows as ChatML data, back to HF, asked in
+    # ChatML.
     assert (out / "finetune_dataset" / "alpaca_packed_labels_document.idx").is_file()
     sft_losses = losses_from_log((out / "logs" / "tune_mcore_qwen25_tiny.log").read_text())
     assert [it for it, _ in sft_losses] == [1, 2, 3]  # --finetune: from iteration 0
@@ -140,9 +142,9 @@ def _transformers_chat(
 
 
 def _chat_answer_equals_transformers(stdout: str, sft_hf) -> None:
-    """Step 10: inference.py's chat answer (the SFT checkpoint at TP1 PP2) is what transformers' generate says on the
-    same weights converted to HF, given Qwen2.5-Instruct's ChatML written out by hand, greedy, stopping at
-    <|im_end|> or EOS: the same tokens, and the same reason to stop."""
+    """Step 10: inference.py's chat answer (the SFT checkpoint at TP1 PP2) is what transformers' generate says
+    on the same weights converted to HF, given Qwen2.5-Instruct's ChatML written out by hand, greedy, stopping
+    at <|im_end|> or EOS: the same tokens, and the same reason to stop."""
     question = "Explain what `json.dumps` does in Python."
     chat = re.search(
         r"You:\n(.*?)\n\nMindSpeed-LLM:\n(.*?)\n\[chat\] inference.py rendered",
@@ -156,7 +158,8 @@ def _chat_answer_equals_transformers(stdout: str, sft_hf) -> None:
 
 
 # Questions whose trained answers are one or two tokens: the end of turn is a third of the learnt tokens (with
-# the quick start's long docstring answers it is rare, and a few SFT steps never teach the tiny model to stop).
+# the quick start's long docstring answers it is rare, and a few SFT steps never teach the tiny model to
+# stop).
 SHORT_QA = (
     ("What is the capital of France?", "Paris"),
     ("Which animal barks?", "Dog"),
@@ -172,11 +175,12 @@ SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|
 
 @pytest.fixture(scope="module")
 def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
-    """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data and
-    step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question.
+    """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data
+    and step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question.
 
     In one process (TP1 PP1, the pretrained checkpoint re-laid by convert_ckpt.py mg -> mg): 150 steps at the
-    quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10 at PP2."""
+    quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10 at
+    PP2."""
     from tests.conftest import torchrun
     from tests.examples.test_model_example_scripts import _recorded_argv
     from tests.inference.helpers import parse_outputs
@@ -264,17 +268,18 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_chat_on_short_answer_sft_model_stops_at_im_end(short_answer_chat) -> None:
-    """Issue 16: chat with the qwen template on an SFT-trained quick-start model answers through the template and
-    stops at <|im_end|>. inference.py answers every trained question with one of the trained answers; transformers,
-    on the same weights converted to HF and given the ChatML written out by hand, says the same and ends each
-    answer by generating <|im_end|> (not EOS, not the token limit)."""
+    """Issue 16: chat with the qwen template on an SFT-trained quick-start model answers through the template
+    and stops at <|im_end|>. inference.py answers every trained question with one of the trained answers;
+    transformers, on the same weights converted to HF and given the ChatML written out by hand, says the same
+    and ends each answer by generating <|im_end|> (not EOS, not the token limit)."""
     assert short_answer_chat["flags"][short_answer_chat["flags"].index("--prompt-type") + 1] == "qwen"
     losses = short_answer_chat["losses"]
     assert [it for it, _ in losses] == list(range(1, int(SHORT_QA_TUNE["SFT_ITERS"]) + 1))
     answers = short_answer_chat["answers"]
     assert [q for q, _ in answers] == [q for q, _ in SHORT_QA]
-    # Which trained answer a question gets is the tiny model's to get right or wrong (a clean clone's run mixed up
-    # three of six once): what is asserted is an answer learnt through the template, then the end of the turn.
+    # Which trained answer a question gets is the tiny model's to get right or wrong (a clean clone's run
+    # mixed up three of six once): what is asserted is an answer learnt through the template, then the end of
+    # the turn.
     trained = {a for _, a in SHORT_QA}
     assert all(a in trained for _, a in answers), answers
     reference = _transformers_chat(short_answer_chat["hf"], [q for q, _ in SHORT_QA], SHORT_QA_TOKENS)
@@ -285,7 +290,8 @@ def test_chat_on_short_answer_sft_model_stops_at_im_end(short_answer_chat) -> No
 
 @pytest.mark.slow
 def test_quickstart_qwen3_variant(quickstarts) -> None:
-    """make quickstart MODEL=qwen3: a tiny Qwen3 (q/k norms, head_dim 64 with hidden/heads 32) through all steps."""
+    """make quickstart MODEL=qwen3: a tiny Qwen3 (q/k norms, head_dim 64 with hidden/heads 32) through all
+    steps."""
     out, run = quickstarts["qwen3"]
     proc = run.result()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]

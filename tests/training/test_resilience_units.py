@@ -1,4 +1,5 @@
-"""The pieces behind "nothing lost": the --save lock, damaged tracker/rank files, data file checks, errors' exit codes.
+"""The pieces behind "nothing lost": the --save lock, damaged tracker/rank files, data file checks, errors'
+exit codes.
 
 Real files and real processes (a second process holds the lock); the end-to-end runs are in
 tests/e2e/test_pretrain_resilience.py.
@@ -40,7 +41,7 @@ def _write_dataset(prefix, docs: list[list[int]], dtype=np.uint16) -> str:
     return str(prefix)
 
 
-# ---- the --save lock ---------------------------------------------------------------------------------------------
+# ---- the --save lock ---------------------------------------------------------------------------------------
 _HOLD = """
 import sys, time
 from mindspeed_llm.runtime import save_lock
@@ -117,7 +118,7 @@ def test_unwritable_save_folder_is_refused(tmp_path):
         save_lock.lock_save_folder(target)
 
 
-# ---- damaged checkpoint files -----------------------------------------------------------------------------------
+# ---- damaged checkpoint files ------------------------------------------------------------------------------
 def test_tracker_with_binary_junk_is_one_line(tmp_path):
     (tmp_path / layout.TRACKER_FILENAME).write_bytes(bytes(range(128, 256)) * 4)
     with pytest.raises(
@@ -144,7 +145,7 @@ def test_damaged_rank_file_names_the_file(tmp_path, damage):
         assert ("empty (0 bytes)" if damage == "empty" else "damaged or not a torch checkpoint") in message
 
 
-# ---- data files -------------------------------------------------------------------------------------------------
+# ---- data files --------------------------------------------------------------------------------------------
 def test_empty_dataset_is_refused_before_megatron_reads_it(tmp_path):
     prefix = _write_dataset(tmp_path / "empty_text_document", [])
     with pytest.raises(DataError, match="empty_text_document.bin/.idx hold no documents"):
