@@ -26,5 +26,8 @@ from mindspeed_llm.training.training import pretrain, run_main  # noqa: E402
 from pretrain_gpt import forward_step, model_provider, train_valid_test_datasets_provider  # noqa: E402
 
 if __name__ == "__main__":
-    run_main(lambda: pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
-                              forward_step))
+    run_main(
+        lambda: pretrain(
+            train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step
+        )
+    )

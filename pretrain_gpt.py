@@ -1,6 +1,7 @@
 """Pretrain a GPT-style model (Qwen2.5, Llama) with megatron-core: Megatron-LM's command line and shape.
 
-    torchrun --nproc-per-node 8 pretrain_gpt.py --tensor-model-parallel-size 2 ... --data-path DATA_text_document
+    torchrun --nproc-per-node 8 pretrain_gpt.py --tensor-model-parallel-size 2 ... \
+        --data-path DATA_text_document
 
 See docs/training.md. Import order matters: the command line is checked before torch is imported
 (``--help`` and a bad flag answer at once), then ``mindspeed_llm`` patches torch for the device,
@@ -35,13 +36,20 @@ from mindspeed_llm.training.training import pretrain, run_main  # noqa: E402
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage: int | None = None):
     """The GPTModel chunk of this rank (local spec, RMSNorm, RoPE, SwiGLU)."""
     config, plan = get_config(), get_plan()
-    return build_gpt_model(plan.model_config, padded_vocab_size=plan.padded_vocab_size, pre_process=pre_process,
-                           post_process=post_process, transformer_config=transformer_config(config, plan),
-                           vp_stage=vp_stage, max_sequence_length=config.model.max_position_embeddings)
+    return build_gpt_model(
+        plan.model_config,
+        padded_vocab_size=plan.padded_vocab_size,
+        pre_process=pre_process,
+        post_process=post_process,
+        transformer_config=transformer_config(config, plan),
+        vp_stage=vp_stage,
+        max_sequence_length=config.model.max_position_embeddings,
+    )
 
 
 def get_batch(data_iterator):
-    """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch (Nones on middle stages).
+    """tokens, labels, loss_mask, attention_mask, position_ids of the next micro-batch (Nones on middle
+    stages).
 
     TP rank 0 of the first and last pipeline stages reads it and broadcasts it to its TP group; with
     --context-parallel-size each CP rank keeps its pair of sequence chunks (megatron-core's split).
@@ -88,7 +96,9 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def forward_step(data_iterator, model):
     """One micro-batch forward; returns the per-token losses and how to reduce them."""
-    tokens, labels, loss_mask, attention_mask, position_ids, documents = get_batch_and_documents(data_iterator)
+    tokens, labels, loss_mask, attention_mask, position_ids, documents = get_batch_and_documents(
+        data_iterator
+    )
     extra = {} if documents is None else {"packed_seq_params": documents}
     output_tensor = model(tokens, position_ids, attention_mask, labels=labels, **extra)
     return output_tensor, partial(loss_func, loss_mask)
@@ -100,5 +110,8 @@ def train_valid_test_datasets_provider(train_val_test_num_samples):
 
 
 if __name__ == "__main__":
-    run_main(lambda: pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
-                              forward_step))
+    run_main(
+        lambda: pretrain(
+            train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step
+        )
+    )

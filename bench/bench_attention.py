@@ -120,8 +120,12 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--dropout", type=float, default=0.0,
-                        help="attention dropout (ours then runs the blockwise kernel: SDPA's CPU flash has none)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="attention dropout (ours then runs the blockwise kernel: SDPA's CPU flash has none)",
+    )
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per case (0: torch's default). On a machine shared with other "
                              "work, 1 avoids OpenMP barrier stalls that penalise many-small-op kernels")
@@ -136,9 +140,12 @@ def main() -> None:
     import torch
 
     threads = args.threads or torch.get_num_threads()
-    print(f"# bench_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({threads} threads), heads {args.heads}/{args.groups} kv, "
-          f"head dim {args.head_dim}, batch 1, causal, dropout {args.dropout}, fwd+bwd, min of {args.repeats}")
+    print(
+        f"# bench_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
+        f"average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({threads} threads), heads "
+        f"{args.heads}/{args.groups} kv, head dim {args.head_dim}, batch 1, causal, dropout {args.dropout}, "
+        f"fwd+bwd, min of {args.repeats}"
+    )
     rows = []
     for dtype in args.dtypes:
         for seq in args.seqs:
@@ -146,7 +153,10 @@ def main() -> None:
             rows.append((dtype, seq, results))
             print(f"  done {dtype} {seq}: " + ", ".join(f"{i} {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB"
                                                        for i, r in results.items()), file=sys.stderr)
-    header = "| dtype | seq | impl | fwd+bwd time (s) | peak memory (MiB) | time vs megatron | memory vs megatron |"
+    header = (
+        "| dtype | seq | impl | fwd+bwd time (s) | peak memory (MiB) | time vs megatron | memory vs "
+        "megatron |"
+    )
     print(header)
     print("|---|---|---|---|---|---|---|")
     for dtype, seq, results in rows:
@@ -154,7 +164,10 @@ def main() -> None:
         for impl, r in results.items():
             t_ratio = f"{r['time_s'] / ref['time_s']:.2f}x" if ref else "-"
             m_ratio = f"{r['peak_mib'] / ref['peak_mib']:.3f}x" if ref else "-"
-            print(f"| {dtype} | {seq} | {impl} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {t_ratio} | {m_ratio} |")
+            print(
+                f"| {dtype} | {seq} | {impl} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {t_ratio} | "
+                f"{m_ratio} |"
+            )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,23 @@ SHAPE = dict(layers=28, hidden=3584, ffn=18944, heads=28, groups=4, vocab=152064
 
 def config() -> dict:
     return {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-        "hidden_size": SHAPE["hidden"], "intermediate_size": SHAPE["ffn"], "num_hidden_layers": SHAPE["layers"],
-        "num_attention_heads": SHAPE["heads"], "num_key_value_heads": SHAPE["groups"], "vocab_size": SHAPE["vocab"],
-        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151643, "use_sliding_window": False,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_act": "silu",
+        "hidden_size": SHAPE["hidden"],
+        "intermediate_size": SHAPE["ffn"],
+        "num_hidden_layers": SHAPE["layers"],
+        "num_attention_heads": SHAPE["heads"],
+        "num_key_value_heads": SHAPE["groups"],
+        "vocab_size": SHAPE["vocab"],
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
+        "use_sliding_window": False,
     }
 
 
@@ -114,18 +126,54 @@ def main() -> int:
     try:
         t0 = time.perf_counter()
         total = make_checkpoint(hf)
-        print(f"made {total / 1e9:.2f} GB random bf16 checkpoint in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"made {total / 1e9:.2f} GB random bf16 checkpoint in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         copy_s, copy_rss = timed(["cp", "-r", hf, copy])
         shutil.rmtree(copy)
-        conv_s, conv_rss = timed([sys.executable, "convert_ckpt.py", "--use-mcore-models", "--model-type", "GPT",
-                                  "--load-model-type", "hf", "--save-model-type", "mg",
-                                  "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "4",
-                                  "--add-qkv-bias", "--model-type-hf", "llama2", "--load-dir", hf, "--save-dir", mg,
-                                  "--no-progress"])
+        conv_s, conv_rss = timed(
+            [
+                sys.executable,
+                "convert_ckpt.py",
+                "--use-mcore-models",
+                "--model-type",
+                "GPT",
+                "--load-model-type",
+                "hf",
+                "--save-model-type",
+                "mg",
+                "--target-tensor-parallel-size",
+                "1",
+                "--target-pipeline-parallel-size",
+                "4",
+                "--add-qkv-bias",
+                "--model-type-hf",
+                "llama2",
+                "--load-dir",
+                hf,
+                "--save-dir",
+                mg,
+                "--no-progress",
+            ]
+        )
         largest = max(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(mg) for f in fs)
         back = os.path.join(args.workdir, "back")
-        back_s, back_rss = timed([sys.executable, "convert_ckpt.py", "--load-model-type", "mg",
-                                  "--save-model-type", "hf", "--load-dir", mg, "--save-dir", back, "--no-progress"])
+        back_s, back_rss = timed(
+            [
+                sys.executable,
+                "convert_ckpt.py",
+                "--load-model-type",
+                "mg",
+                "--save-model-type",
+                "hf",
+                "--load-dir",
+                mg,
+                "--save-dir",
+                back,
+                "--no-progress",
+            ]
+        )
         shutil.rmtree(mg)
         print()
         print("| step | wall time (s) | peak RSS (GB) |")
@@ -134,8 +182,10 @@ def main() -> int:
         print(f"| convert_ckpt.py hf -> mg TP1 PP4 | {conv_s:.1f} | {conv_rss / 1e9:.2f} |")
         print(f"| convert_ckpt.py mg TP1 PP4 -> hf (5 GB shards) | {back_s:.1f} | {back_rss / 1e9:.2f} |")
         print()
-        print(f"largest output file: {largest / 1e9:.2f} GB; peak RSS / largest file = {conv_rss / largest:.2f} "
-              f"(goal <= 1.25); time / copy = {conv_s / copy_s:.2f} (goal <= 2)")
+        print(
+            f"largest output file: {largest / 1e9:.2f} GB; peak RSS / largest file = "
+            f"{conv_rss / largest:.2f} (goal <= 1.25); time / copy = {conv_s / copy_s:.2f} (goal <= 2)"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Document-masked (packed-sample) attention forward+backward: time and peak memory against plain causal attention.
+"""Document-masked (packed-sample) attention forward+backward: time and peak memory against plain causal
+attention.
 
     python bench/bench_document_attention.py [--seqs 1024 4096 8192] [--dtype fp32] [--threads 1]
         [--impls causal per_document sdpa_mask blockwise_mask] [--heads 28 --groups 4 --head-dim 128]
@@ -9,8 +10,9 @@ Qwen2.5-7B-like attention (28 query heads, 4 KV groups, head dim 128), batch 1, 
 
 * ``causal``: plain causal attention over the whole sample, as ``--use-flash-attn`` runs it (the baseline:
   what packing without ``--reset-attention-mask`` costs);
-* ``per_document``, ``sdpa_mask``, ``blockwise_mask``: :func:`mindspeed_llm.ops.document_attention.document_attention`
-  with that ``impl`` (see its module docstring).
+* ``per_document``, ``sdpa_mask``, ``blockwise_mask``:
+  :func:`mindspeed_llm.ops.document_attention.document_attention` with that ``impl`` (see its module
+  docstring).
 
 Every case runs in a fresh process (a small warm-up, then ``--repeats`` timed passes, the minimum reported);
 peak memory as in bench/bench_attention.py (rise of peak RSS over RSS before the timed passes, glibc's mmap
@@ -123,24 +125,33 @@ def main() -> None:
 
     import torch
 
-    print(f"# bench_document_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} ({args.threads or torch.get_num_threads()} "
-          f"threads), heads {args.heads}/{args.groups} kv, head dim {args.head_dim}, batch 1, {args.dtype}, documents "
-          f"{args.doc_min}-{args.doc_max} tokens, fwd+bwd, min of {args.repeats}")
+    print(
+        f"# bench_document_attention: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} "
+        f"({args.threads or torch.get_num_threads()} threads), heads {args.heads}/{args.groups} kv, head dim "
+        f"{args.head_dim}, batch 1, {args.dtype}, documents {args.doc_min}-{args.doc_max} tokens, fwd+bwd, "
+        f"min of {args.repeats}"
+    )
     rows = []
     for seq in args.seqs:
         results = {impl: _spawn(args, impl, seq) for impl in args.impls}
         rows.append((seq, results))
         print(f"  done {seq}: " + ", ".join(f"{i} {r['time_s']:.2f}s {r['peak_mib']:.0f}MiB"
                                            for i, r in results.items()), file=sys.stderr)
-    print("| seq | documents | impl | fwd+bwd time (s) | peak memory (MiB) | time vs causal | memory vs causal |")
+    print(
+        "| seq | documents | impl | fwd+bwd time (s) | peak memory (MiB) | time vs causal | memory vs causal "
+        "|"
+    )
     print("|---|---|---|---|---|---|---|")
     for seq, results in rows:
         ref = results.get("causal")
         for impl, r in results.items():
             t_ratio = f"{r['time_s'] / ref['time_s']:.2f}x" if ref else "-"
             m_ratio = f"{r['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f}x" if ref else "-"
-            print(f"| {seq} | {r['documents']} | {impl} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {t_ratio} | {m_ratio} |")
+            print(
+                f"| {seq} | {r['documents']} | {impl} | {r['time_s']:.2f} | {r['peak_mib']:.0f} | {t_ratio} "
+                f"| {m_ratio} |"
+            )
 
 
 if __name__ == "__main__":

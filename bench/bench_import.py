@@ -32,15 +32,51 @@ print(t1 - t0, t2 - t1, t3 - t2)
 # Launches that must answer before torch is imported: help, and a one-line error for a wrong path or flag.
 ENTRY_COMMANDS = [
     ["pretrain_gpt.py", "--help"],
-    ["pretrain_gpt.py", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length",
-     "32", "--train-iters", "2", "--lr", "1e-3", "--swiglu", "--disable-bias-linear", "--tokenizer-type",
-     "NullTokenizer", "--vocab-size", "100", "--data-path", "/nonexistent/alpaca_text_document"],
+    [
+        "pretrain_gpt.py",
+        "--num-layers",
+        "2",
+        "--hidden-size",
+        "64",
+        "--num-attention-heads",
+        "4",
+        "--seq-length",
+        "32",
+        "--train-iters",
+        "2",
+        "--lr",
+        "1e-3",
+        "--swiglu",
+        "--disable-bias-linear",
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        "100",
+        "--data-path",
+        "/nonexistent/alpaca_text_document",
+    ],
     ["convert_ckpt.py", "--help"],
-    ["convert_ckpt.py", "--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", "/nonexistent",
-     "--save-dir", "/tmp/unused"],
+    [
+        "convert_ckpt.py",
+        "--load-model-type",
+        "hf",
+        "--save-model-type",
+        "mg",
+        "--load-dir",
+        "/nonexistent",
+        "--save-dir",
+        "/tmp/unused",
+    ],
     ["preprocess_data.py", "--help"],
-    ["preprocess_data.py", "--input", "/nonexistent.jsonl", "--output-prefix", "/tmp/unused/x",
-     "--tokenizer-name-or-path", "/nonexistent"],
+    [
+        "preprocess_data.py",
+        "--input",
+        "/nonexistent.jsonl",
+        "--output-prefix",
+        "/tmp/unused/x",
+        "--tokenizer-name-or-path",
+        "/nonexistent",
+    ],
 ]
 
 
@@ -65,7 +101,9 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, "-W", "ignore", "-c", PROBE], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", PROBE], capture_output=True, text=True, check=True
+        )
         rows.append([float(x) for x in out.stdout.split()])
     med = [statistics.median(col) for col in zip(*rows)]
     worst = [max(col) for col in zip(*rows)]
@@ -74,7 +112,9 @@ def main() -> int:
     for name, m, w in zip(["import torch", "import megatron.core (+gpt, tensor_parallel)",
                            "import mindspeed_llm (on top; applies base patches)"], med, worst):
         print(f"| {name} | {m:.3f} | {w:.3f} |")
-    print(f"\ngoal: mindspeed_llm on top of megatron.core <= 0.5 s -> {'met' if med[2] <= 0.5 else 'NOT met'}")
+    print(
+        f"\ngoal: mindspeed_llm on top of megatron.core <= 0.5 s -> {'met' if med[2] <= 0.5 else 'NOT met'}"
+    )
 
     entry = time_entry_commands(args.repeats)
     print(f"\n| command (python ..., {args.repeats} runs) | median s | max s |")

@@ -50,8 +50,16 @@ def make_models(folder: str):
     from mindspeed_llm.runtime.checkpoint import layout
     from mindspeed_llm.runtime.initialize import initialize_distributed
 
-    config = AutoConfig.for_model("qwen2", **SHAPE, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
-                                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    config = AutoConfig.for_model(
+        "qwen2",
+        **SHAPE,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     hf_dir, mg_dir = os.path.join(folder, "hf"), os.path.join(folder, "mg")
@@ -65,8 +73,14 @@ def make_models(folder: str):
     model_parallel_cuda_manual_seed(0)
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         model_config = ModelConfig.from_hf_config(json.load(f))
-    mg = build_gpt_model(model_config, padded_vocab_size=SHAPE["vocab_size"], pre_process=True, post_process=True,
-                         hidden_dropout=0.0, attention_dropout=0.0)
+    mg = build_gpt_model(
+        model_config,
+        padded_vocab_size=SHAPE["vocab_size"],
+        pre_process=True,
+        post_process=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     state = layout.load_rank_file(layout.checkpoint_file_for(mg_dir, layout.read_tracker(mg_dir), 0, 0, 1))
     mg.load_state_dict(state["model"], strict=True)
     return hf.eval(), mg.eval()
@@ -94,7 +108,9 @@ class StepClock:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--context", type=int, default=512, help="prompt tokens per sequence")
     parser.add_argument("--new-tokens", type=int, default=16, help="decode steps measured")
     parser.add_argument("--batch", type=int, default=4)
@@ -138,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                         do_sample=False, eos_token_id=None, pad_token_id=0, streamer=clock)
 
     def as_trained(clock: StepClock):
-        """The KV cache run with megatron's own (contiguous) weight layout, re-laid for decoding afterwards."""
+        """The KV cache run with megatron's own (contiguous) weight layout, re-laid for decoding
+        afterwards."""
         for p in mg.parameters():
             p.data = p.data.contiguous()
         try:
@@ -161,12 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     # The two implementations agree on what they generate (a sanity check of "same model").
     same = runners["megatron, KV cache"].generate(prompts.tolist(), max_new_tokens=8, sampling=greedy)
     with torch.no_grad():
-        ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=8, min_new_tokens=8,
-                          do_sample=False, eos_token_id=None, pad_token_id=0)[:, args.context:].tolist()
+        ref = hf.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=8,
+            min_new_tokens=8,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[:, args.context :].tolist()
     print(f"decode, fp32, {torch.get_num_threads()} thread(s), batch {args.batch}, context {args.context}, "
           f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
-    print(f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} {'KV cache is (CPU)':>30}")
+    print(
+        f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} "
+        f"{'KV cache is (CPU)':>30}"
+    )
     print(f"{'':27} {'median (best)':>22} {'median of rounds (range)':>30} {'median (best)':>18} "
           f"{'median of rounds (range)':>30}")
     base, base_cpu = rates["megatron, KV cache"], cpu_ms["megatron, KV cache"]

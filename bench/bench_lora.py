@@ -5,8 +5,8 @@ The model is Qwen2-shaped and ~100M parameters (12 layers, hidden 768, 12 heads 
 linear layer of the decoder (megatron's linear_qkv linear_proj linear_fc1 linear_fc2 = peft's q/k/v/o/
 gate/up/down_proj).
 
-    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16] [--rounds 1]
-                               [--skip-time] [--skip-memory]
+    python bench/bench_lora.py [--threads 2] [--iters 8] [--warmup 2] [--seq 512] [--dtype fp32|bf16]
+                               [--rounds 1] [--skip-time] [--skip-memory]
 
 Memory (one process, megatron-core DDP and optimizer built as pretrain_gpt.py builds them, after one
 step so Adam's state exists): the bytes of DDP's gradient buffers and of the optimizer's state tensors,
@@ -50,10 +50,19 @@ def hf_config():
     from transformers import Qwen2Config
 
     s = SHAPE
-    return Qwen2Config(hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
-                       num_attention_heads=s["heads"], num_key_value_heads=s["groups"], vocab_size=s["vocab"],
-                       max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
-                       attention_dropout=0.0)
+    return Qwen2Config(
+        hidden_size=s["hidden"],
+        intermediate_size=s["ffn"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        num_key_value_heads=s["groups"],
+        vocab_size=s["vocab"],
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        attention_dropout=0.0,
+    )
 
 
 # ---- memory -------------------------------------------------------------------------------------------
@@ -74,7 +83,9 @@ def memory_worker(lora: bool, seq: int) -> dict:
         params = sum(p.numel() for p in model.parameters())
         if lora:
             apply_lora(model, LoraConfig(r=R, alpha=ALPHA, target_modules=tuple(TARGETS)))
-        ddp = DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(), module=model)
+        ddp = DistributedDataParallel(
+            config=model.config, ddp_config=DistributedDataParallelConfig(), module=model
+        )
         opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-4, clip_grad=1.0), [ddp])
         ids = torch.randint(0, SHAPE["vocab"], (1, seq))
         loss = ddp(ids, torch.arange(seq)[None], None, labels=ids).float().mean()
@@ -100,23 +111,92 @@ def make_data(prefix: Path, tokens: int) -> None:
 def run_ours(args, prefix: Path) -> list[float]:
     """pretrain_gpt.py with LoRA: seconds per timed iteration."""
     s = SHAPE
-    cmd = [sys.executable, str(REPO / "pretrain_gpt.py"),
-           "--num-layers", s["layers"], "--hidden-size", s["hidden"], "--ffn-hidden-size", s["ffn"],
-           "--num-attention-heads", s["heads"], "--group-query-attention", "--num-query-groups", s["groups"],
-           "--seq-length", args.seq, "--max-position-embeddings", 4096, "--micro-batch-size", 1,
-           "--global-batch-size", 1, "--train-iters", args.iters, "--lr", "1e-4", "--min-lr", "1e-5",
-           "--lr-decay-style", "cosine", "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta1", "0.9",
-           "--adam-beta2", "0.95", "--swiglu", "--disable-bias-linear", "--add-qkv-bias", "--normalization", "RMSNorm",
-           "--norm-epsilon", "1e-6", "--position-embedding-type", "rope", "--rotary-base", "1000000",
-           "--attention-dropout", "0", "--hidden-dropout", "0", "--tokenizer-type", "NullTokenizer", "--vocab-size",
-           s["vocab"] - 1, "--make-vocab-size-divisible-by", "1", "--data-path", prefix, "--split", "100,0,0",
-           "--log-interval", "1", "--eval-iters", "0", "--num-workers", "0",
-           "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb",
-           "--lora-r", R, "--lora-alpha", ALPHA, "--lora-target-modules", *TARGETS]
+    cmd = [
+        sys.executable,
+        str(REPO / "pretrain_gpt.py"),
+        "--num-layers",
+        s["layers"],
+        "--hidden-size",
+        s["hidden"],
+        "--ffn-hidden-size",
+        s["ffn"],
+        "--num-attention-heads",
+        s["heads"],
+        "--group-query-attention",
+        "--num-query-groups",
+        s["groups"],
+        "--seq-length",
+        args.seq,
+        "--max-position-embeddings",
+        4096,
+        "--micro-batch-size",
+        1,
+        "--global-batch-size",
+        1,
+        "--train-iters",
+        args.iters,
+        "--lr",
+        "1e-4",
+        "--min-lr",
+        "1e-5",
+        "--lr-decay-style",
+        "cosine",
+        "--weight-decay",
+        "0.1",
+        "--clip-grad",
+        "1.0",
+        "--adam-beta1",
+        "0.9",
+        "--adam-beta2",
+        "0.95",
+        "--swiglu",
+        "--disable-bias-linear",
+        "--add-qkv-bias",
+        "--normalization",
+        "RMSNorm",
+        "--norm-epsilon",
+        "1e-6",
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        "1000000",
+        "--attention-dropout",
+        "0",
+        "--hidden-dropout",
+        "0",
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        s["vocab"] - 1,
+        "--make-vocab-size-divisible-by",
+        "1",
+        "--data-path",
+        prefix,
+        "--split",
+        "100,0,0",
+        "--log-interval",
+        "1",
+        "--eval-iters",
+        "0",
+        "--num-workers",
+        "0",
+        "--use-flash-attn",
+        "--use-fused-rmsnorm",
+        "--use-fused-swiglu",
+        "--use-fused-rotary-pos-emb",
+        "--lora-r",
+        R,
+        "--lora-alpha",
+        ALPHA,
+        "--lora-target-modules",
+        *TARGETS,
+    ]
     if args.dtype == "bf16":
         cmd.append("--bf16")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    out = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False
+    )
     if out.returncode:
         raise RuntimeError(f"pretrain_gpt.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return [float(m.group(2)) / 1000 for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
@@ -133,7 +213,9 @@ def peft_worker(args) -> list[float]:
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = Qwen2ForCausalLM._from_config(hf_config(), attn_implementation="sdpa").to(dtype)
-    model = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=PEFT_TARGETS))
+    model = get_peft_model(
+        model, LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=PEFT_TARGETS)
+    )
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
@@ -153,8 +235,23 @@ def peft_worker(args) -> list[float]:
 
 
 def run_peft(args, prefix: Path, tuned: bool) -> list[float]:
-    cmd = [sys.executable, __file__, "--peft-worker", "--prefix", str(prefix), "--threads", str(args.threads),
-           "--iters", str(args.iters), "--warmup", str(args.warmup), "--seq", str(args.seq), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--peft-worker",
+        "--prefix",
+        str(prefix),
+        "--threads",
+        str(args.threads),
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--seq",
+        str(args.seq),
+        "--dtype",
+        args.dtype,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
     if tuned:
         cmd.append("--tuned")
@@ -170,19 +267,33 @@ def print_memory(args, env: dict) -> None:
     """Gradient + optimizer-state memory, full vs LoRA (two fresh processes)."""
     mem = {}
     for kind in ("full", "lora"):
-        out = subprocess.run([sys.executable, __file__, "--memory-worker", kind], capture_output=True, text=True,
-                             env=env, cwd=REPO, check=False)
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-worker", kind],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
         if out.returncode:
             raise RuntimeError(f"memory worker failed:\n{out.stderr[-3000:]}")
         mem[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}; "
-          f"model {mem['full']['params'] / 1e6:.1f}M parameters, fp32; LoRA r={R} alpha={ALPHA} on {' '.join(TARGETS)}")
-    print("\n| | trainable params | gradient buffers (MiB) | optimizer state (MiB) | sum (MiB) |\n|---|---|---|---|---|")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads "
+        f"{args.threads}; model {mem['full']['params'] / 1e6:.1f}M parameters, fp32; LoRA r={R} "
+        f"alpha={ALPHA} on {' '.join(TARGETS)}"
+    )
+    print(
+        "\n| | trainable params | gradient buffers (MiB) | optimizer state (MiB) | sum (MiB) "
+        "|\n|---|---|---|---|---|"
+    )
     for kind in ("full", "lora"):
         m = mem[kind]
         total = m["grad_bytes"] + m["state_bytes"]
-        print(f"| {kind} | {m['trainable']:,} | {m['grad_bytes'] / 2**20:.1f} | {m['state_bytes'] / 2**20:.1f} | "
-              f"{total / 2**20:.1f} |")
+        print(
+            f"| {kind} | {m['trainable']:,} | {m['grad_bytes'] / 2**20:.1f} | {m['state_bytes'] / 2**20:.1f} "
+            f"| {total / 2**20:.1f} |"
+        )
     full = mem["full"]["grad_bytes"] + mem["full"]["state_bytes"]
     lora = mem["lora"]["grad_bytes"] + mem["lora"]["state_bytes"]
     print(f"\nLoRA / full (gradients + optimizer state): {100 * lora / full:.2f}%")
@@ -226,14 +337,31 @@ def main() -> None:
         make_data(prefix, (args.iters + 4) * args.seq * 2)
         ours, plain, tuned = [], [], []
         for r in range(args.rounds):
-            o, p_, t = run_ours(args, prefix), run_peft(args, prefix, tuned=False), run_peft(args, prefix, tuned=True)
-            print(f"round {r + 1}: s/step ours {_median(o):.3f}, peft {_median(p_):.3f}, peft tuned {_median(t):.3f} "
-                  f"(ours vs peft {_median(p_) / _median(o):.2f}x)", flush=True)
+            o, p_, t = (
+                run_ours(args, prefix),
+                run_peft(args, prefix, tuned=False),
+                run_peft(args, prefix, tuned=True),
+            )
+            print(
+                f"round {r + 1}: s/step ours {_median(o):.3f}, peft {_median(p_):.3f}, peft tuned "
+                f"{_median(t):.3f} (ours vs peft {_median(p_) / _median(o):.2f}x)",
+                flush=True,
+            )
             ours, plain, tuned = ours + o, plain + p_, tuned + t
-    print(f"\nstep time, {args.dtype}, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations (after {args.warmup}):")
+    print(
+        f"\nstep time, {args.dtype}, seq {args.seq}, micro-batch 1, median of {len(ours)} timed iterations "
+        f"(after {args.warmup}):"
+    )
     print("\n| | s/step | tokens/s | ours vs it |\n|---|---|---|---|")
-    for name, xs in (("pretrain_gpt.py --lora-*", ours), ("peft + transformers", plain), ("peft + transformers, tuned", tuned)):
-        print(f"| {name} | {_median(xs):.3f} | {args.seq / _median(xs):.0f} | {_median(xs) / _median(ours):.2f}x |")
+    for name, xs in (
+        ("pretrain_gpt.py --lora-*", ours),
+        ("peft + transformers", plain),
+        ("peft + transformers, tuned", tuned),
+    ):
+        print(
+            f"| {name} | {_median(xs):.3f} | {args.seq / _median(xs):.0f} | "
+            f"{_median(xs) / _median(ours):.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _lexicon(rng: np.random.Generator, size: int) -> np.ndarray:
-    syllables = [c + v for c in "bcdfghjklmnprstvwzqx" for v in ["a", "e", "i", "o", "u", "y", "ou", "ai", "é", "ü"]]
+    syllables = [
+        c + v for c in "bcdfghjklmnprstvwzqx" for v in ["a", "e", "i", "o", "u", "y", "ou", "ai", "é", "ü"]
+    ]
     syllables += ["中", "文", "字", "符", "ñ", "ø", "ß"]
     syl = np.array(syllables, dtype=object)
     lengths = rng.integers(1, 5, size=size)
@@ -55,7 +57,9 @@ def generate_corpus(path: str, size_mb: float, seed: int = 0, mean_words: float 
     ranks = np.arange(1, lexicon.size + 1, dtype=np.float64)
     probs = 1.0 / ranks**1.05
     probs /= probs.sum()
-    punct = np.array([" ", " ", " ", " ", " ", " ", ", ", ". ", ".\n", " 2024 ", ' "', '" ', "? ", "!\n\n"], dtype=object)
+    punct = np.array(
+        [" ", " ", " ", " ", " ", " ", ", ", ". ", ".\n", " 2024 ", ' "', '" ', "? ", "!\n\n"], dtype=object
+    )
     target = int(size_mb * 2**20)
     written = 0
     tmp = path + ".tmp"
@@ -99,7 +103,9 @@ def train_tokenizer(corpus: str, folder: str, vocab: int, train_mb: float) -> No
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts(), trainer)
@@ -140,7 +146,10 @@ def run_baseline(corpus: str, tokenizer_path: str, prefix: str, workers: int) ->
     vocab = len(AutoTokenizer.from_pretrained(tokenizer_path))
     encoder = _Encoder(tokenizer_path)
     builder = IndexedDatasetBuilder(prefix + "_text_document.bin", dtype=DType.optimal_dtype(vocab))
-    with open(corpus, encoding="utf-8") as fin, multiprocessing.Pool(workers, initializer=encoder.initializer) as pool:
+    with (
+        open(corpus, encoding="utf-8") as fin,
+        multiprocessing.Pool(workers, initializer=encoder.initializer) as pool,
+    ):
         for ids, _ in pool.imap(encoder.encode, fin, 32):
             builder.add_document(ids, [len(ids)] if ids else [])
     builder.finalize(prefix + "_text_document.idx")
@@ -214,9 +223,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work-dir", default="/tmp/bench_preprocess")
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--flat-check-mb", type=float, default=None,
-                        help="also run preprocess_data.py (largest --workers) on a corpus of this size, to show "
-                        "that peak memory does not grow with the input (default: a quarter of --size-mb)")
+    parser.add_argument(
+        "--flat-check-mb",
+        type=float,
+        default=None,
+        help="also run preprocess_data.py (largest --workers) on a corpus of this size, to show "
+        "that peak memory does not grow with the input (default: a quarter of --size-mb)",
+    )
     parser.add_argument("--run-baseline", nargs=4, metavar=("CORPUS", "TOKENIZER", "PREFIX", "WORKERS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,20 +262,52 @@ def main() -> int:
     rows = []
     digests = {}
     for workers in args.workers:
-        runs = [("preprocess_data.py", [sys.executable, os.path.join(ROOT, "preprocess_data.py"), "--input", corpus,
-                 "--tokenizer-name-or-path", tok_dir, "--output-prefix", os.path.join(out, f"ours_w{workers}"),
-                 "--tokenizer-type", "PretrainedFromHF", "--workers", str(workers), "--append-eod",
-                 "--log-interval", "100000000"])]
+        runs = [
+            (
+                "preprocess_data.py",
+                [
+                    sys.executable,
+                    os.path.join(ROOT, "preprocess_data.py"),
+                    "--input",
+                    corpus,
+                    "--tokenizer-name-or-path",
+                    tok_dir,
+                    "--output-prefix",
+                    os.path.join(out, f"ours_w{workers}"),
+                    "--tokenizer-type",
+                    "PretrainedFromHF",
+                    "--workers",
+                    str(workers),
+                    "--append-eod",
+                    "--log-interval",
+                    "100000000",
+                ],
+            )
+        ]
         if not args.skip_baseline:
-            runs.append(("per-document loop (Megatron-LM style)", [sys.executable, os.path.abspath(__file__),
-                         "--run-baseline", corpus, tok_dir, os.path.join(out, f"base_w{workers}"), str(workers)]))
+            runs.append(
+                (
+                    "per-document loop (Megatron-LM style)",
+                    [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        "--run-baseline",
+                        corpus,
+                        tok_dir,
+                        os.path.join(out, f"base_w{workers}"),
+                        str(workers),
+                    ],
+                )
+            )
         for name, cmd in runs:
             prefix = cmd[cmd.index("--output-prefix") + 1] if "--output-prefix" in cmd else cmd[-2]
             print(f"running {name} --workers {workers}", file=sys.stderr)
             elapsed, cpu, rss, pss = _measure(cmd)
             tokens = _count_tokens(prefix) // (2 if vocab < 65500 else 4)
             digests[(name, workers)] = _digest(prefix)
-            rows.append((name, workers, elapsed, cpu, tokens, os.path.getsize(corpus) / 2**20 / elapsed, rss, pss))
+            rows.append(
+                (name, workers, elapsed, cpu, tokens, os.path.getsize(corpus) / 2**20 / elapsed, rss, pss)
+            )
     same = len(set(digests.values())) == 1
     flat_mb = args.flat_check_mb if args.flat_check_mb is not None else args.size_mb / 4
     if flat_mb > 0:
@@ -277,23 +322,43 @@ def main() -> int:
         print(f"running preprocess_data.py on {flat_mb:g} MiB", file=sys.stderr)
         elapsed, cpu, rss, pss = _measure(cmd)
         tokens = _count_tokens(prefix) // (2 if vocab < 65500 else 4)
-        rows.append((f"preprocess_data.py, {os.path.getsize(small) / 2**20:.0f} MiB corpus", workers, elapsed, cpu,
-                     tokens, os.path.getsize(small) / 2**20 / elapsed, rss, pss))
-    print(f"\n{os.path.getsize(corpus) / 2**20:.0f} MiB JSON lines, byte-level BPE vocabulary {vocab}, --append-eod; "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; outputs byte-identical: {same}\n")
+        rows.append(
+            (
+                f"preprocess_data.py, {os.path.getsize(small) / 2**20:.0f} MiB corpus",
+                workers,
+                elapsed,
+                cpu,
+                tokens,
+                os.path.getsize(small) / 2**20 / elapsed,
+                rss,
+                pss,
+            )
+        )
+    print(
+        f"\n{os.path.getsize(corpus) / 2**20:.0f} MiB JSON lines, byte-level BPE vocabulary {vocab}, "
+        f"--append-eod; {os.cpu_count()} CPUs, Python {platform.python_version()}; outputs byte-identical: "
+        f"{same}\n"
+    )
     print("| tool | --workers | wall s | tokens/s (wall) | MiB/s (wall) | CPU s | tokens per CPU s "
           "| peak RSS MiB (sum) | peak PSS MiB (sum) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, workers, elapsed, cpu, tokens, mbs, rss, pss in rows:
         print(f"| {name} | {workers} | {elapsed:.1f} | {tokens / elapsed:,.0f} | {mbs:.2f} | {cpu:.1f} "
               f"| {tokens / cpu:,.0f} | {rss:.0f} | {pss:.0f} |")
-    base = {w: (tokens / elapsed, tokens / cpu) for n, w, elapsed, cpu, tokens, *_ in rows if n.startswith("per-doc")}
+    base = {
+        w: (tokens / elapsed, tokens / cpu)
+        for n, w, elapsed, cpu, tokens, *_ in rows
+        if n.startswith("per-doc")
+    }
     print()
     for name, workers, elapsed, cpu, tokens, *_ in rows:
         if name == "preprocess_data.py" and workers in base:
             wall_x = tokens / elapsed / base[workers][0]
             cpu_x = tokens / cpu / base[workers][1]
-            print(f"speed-up at --workers {workers}: {wall_x:.2f}x tokens/s (wall), {cpu_x:.2f}x tokens per CPU second")
+            print(
+                f"speed-up at --workers {workers}: {wall_x:.2f}x tokens/s (wall), {cpu_x:.2f}x tokens per "
+                "CPU second"
+            )
     return 0 if same else 1
 
 

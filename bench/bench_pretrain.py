@@ -58,29 +58,96 @@ def run_pretrain(args, dtype: str, workdir: Path, env: dict | None = None) -> di
     if not Path(f"{prefix}.bin").exists():
         make_data(prefix, (args.iters + 4) * args.mbs * args.seq * 2)
     s = SHAPE
-    cmd = [sys.executable, str(REPO / "pretrain_gpt.py"),
-           "--num-layers", s["layers"], "--hidden-size", s["hidden"], "--ffn-hidden-size", s["ffn"],
-           "--num-attention-heads", s["heads"], "--group-query-attention", "--num-query-groups", s["groups"],
-           "--seq-length", args.seq, "--max-position-embeddings", args.seq, "--micro-batch-size", args.mbs,
-           "--global-batch-size", args.mbs, "--train-iters", args.iters, "--lr", "1e-4", "--min-lr", "1e-5",
-           "--lr-decay-style", "cosine", "--weight-decay", "0.1", "--clip-grad", "1.0", "--adam-beta1", "0.9",
-           "--adam-beta2", "0.95", "--swiglu", "--disable-bias-linear", "--add-qkv-bias",
-           "--untie-embeddings-and-output-weights", "--normalization", "RMSNorm", "--norm-epsilon", "1e-6",
-           "--position-embedding-type", "rope", "--rotary-base", "1000000", "--attention-dropout", "0",
-           "--hidden-dropout", "0", "--tokenizer-type", "NullTokenizer", "--vocab-size", s["vocab"] - 1,
-           "--make-vocab-size-divisible-by", "1", "--data-path", prefix, "--split", "100,0,0", "--log-interval", "1",
-           "--eval-iters", "0", "--num-workers", "0", "--log-throughput",
-           "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb"]
+    cmd = [
+        sys.executable,
+        str(REPO / "pretrain_gpt.py"),
+        "--num-layers",
+        s["layers"],
+        "--hidden-size",
+        s["hidden"],
+        "--ffn-hidden-size",
+        s["ffn"],
+        "--num-attention-heads",
+        s["heads"],
+        "--group-query-attention",
+        "--num-query-groups",
+        s["groups"],
+        "--seq-length",
+        args.seq,
+        "--max-position-embeddings",
+        args.seq,
+        "--micro-batch-size",
+        args.mbs,
+        "--global-batch-size",
+        args.mbs,
+        "--train-iters",
+        args.iters,
+        "--lr",
+        "1e-4",
+        "--min-lr",
+        "1e-5",
+        "--lr-decay-style",
+        "cosine",
+        "--weight-decay",
+        "0.1",
+        "--clip-grad",
+        "1.0",
+        "--adam-beta1",
+        "0.9",
+        "--adam-beta2",
+        "0.95",
+        "--swiglu",
+        "--disable-bias-linear",
+        "--add-qkv-bias",
+        "--untie-embeddings-and-output-weights",
+        "--normalization",
+        "RMSNorm",
+        "--norm-epsilon",
+        "1e-6",
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        "1000000",
+        "--attention-dropout",
+        "0",
+        "--hidden-dropout",
+        "0",
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        s["vocab"] - 1,
+        "--make-vocab-size-divisible-by",
+        "1",
+        "--data-path",
+        prefix,
+        "--split",
+        "100,0,0",
+        "--log-interval",
+        "1",
+        "--eval-iters",
+        "0",
+        "--num-workers",
+        "0",
+        "--log-throughput",
+        "--use-flash-attn",
+        "--use-fused-rmsnorm",
+        "--use-fused-swiglu",
+        "--use-fused-rotary-pos-emb",
+    ]
     if dtype == "bf16":
         cmd.append("--bf16")
     cmd += args.extra.split()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO), **(env or {})}
     env.update(item.split("=", 1) for item in args.env)
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    out = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False
+    )
     if out.returncode:
         raise RuntimeError(f"pretrain_gpt.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     ms = [float(m.group(2)) for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
-    notes = [line for line in out.stdout.splitlines() if line.startswith(("NOTE", "> feature", "> host memory"))]
+    notes = [
+        line for line in out.stdout.splitlines() if line.startswith(("NOTE", "> feature", "> host memory"))
+    ]
     return {"seconds": [m / 1000 for m in ms], "notes": notes}
 
 
@@ -124,8 +191,23 @@ def hf_worker(args) -> dict:
 
 
 def run_hf(args, dtype: str, tuned: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--hf-worker", "--dtype", dtype, "--threads", str(args.threads),
-           "--iters", str(args.iters), "--warmup", str(args.warmup), "--mbs", str(args.mbs), "--seq", str(args.seq)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--hf-worker",
+        "--dtype",
+        dtype,
+        "--threads",
+        str(args.threads),
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--mbs",
+        str(args.mbs),
+        "--seq",
+        str(args.seq),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if tuned:
         cmd.append("--tuned")
@@ -145,12 +227,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--mbs", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--extra", default="", help="more pretrain_gpt.py flags, e.g. '--cross-entropy-loss-fusion'")
+    p.add_argument(
+        "--extra", default="", help="more pretrain_gpt.py flags, e.g. '--cross-entropy-loss-fusion'"
+    )
     p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="environment for pretrain_gpt.py only, e.g. MINDSPEED_LLM_CPU_MALLOC=default")
     p.add_argument("--rounds", type=int, default=1, help="repeat the interleaved runs; iterations are pooled")
-    p.add_argument("--ablate", action="store_true",
-                   help="also run pretrain_gpt.py with MINDSPEED_LLM_CPU_MALLOC=default (glibc's malloc defaults)")
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also run pretrain_gpt.py with MINDSPEED_LLM_CPU_MALLOC=default (glibc's malloc defaults)",
+    )
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -177,8 +264,11 @@ def main() -> None:
                     seconds.setdefault((dtype, name), []).extend(result["seconds"])
                     notes = notes or result.get("notes", [])
                     params = result.get("params", params)
-    print(f"Qwen2.5-shaped {params / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, {args.threads} threads, "
-          f"{args.rounds} round(s) of {args.iters - args.warmup} timed iterations after {args.warmup} warm-up")
+    print(
+        f"Qwen2.5-shaped {params / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, {args.threads} "
+        f"threads, {args.rounds} round(s) of {args.iters - args.warmup} timed iterations after {args.warmup} "
+        "warm-up"
+    )
     print("| dtype | run | tokens/s median (best) | vs the HF loop, median (best) |")
     print("|---|---|---|---|")
     for dtype in dtypes:

@@ -1,4 +1,5 @@
-"""SFT tokens/s: padded vs packed posttrain_gpt.py --stage sft, and a transformers training loop, same model and samples.
+"""SFT tokens/s: padded vs packed posttrain_gpt.py --stage sft, and a transformers training loop, same model
+and samples.
 
 Data: synthetic alpaca-shaped rows (not the alpaca text, which is not on this machine): words drawn from
 common English words that are one token each in Qwen2.5's tokenizer, the lengths following Stanford
@@ -50,12 +51,14 @@ from bench.bench_pretrain import _ELAPSED  # noqa: E402  (the training log's per
 
 SHAPE = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=151936)
-WORDS = ("the of and to in is for that on with as was by at from it an be this are or have not but all can one "
-         "time new more you your they their we which will has been other when there so some what about into "
-         "also than two only first after use work year most over such way these may make could like just many "
-         "how then them well should each people because good any where find part both while between through "
-         "same number system data water world long day show give set point help state plan form place small "
-         "large write list name word list answer question example explain describe story sentence text").split()
+WORDS = (
+    "the of and to in is for that on with as was by at from it an be this are or have not but all can one "
+    "time new more you your they their we which will has been other when there so some what about into "
+    "also than two only first after use work year most over such way these may make could like just many "
+    "how then them well should each people because good any where find part both while between through "
+    "same number system data water world long day show give set point help state plan form place small "
+    "large write list name word list answer question example explain describe story sentence text"
+).split()
 RUNS = ("padded", "packed", "transformers")
 
 
@@ -79,7 +82,9 @@ def write_rows(path: Path, rows: int, max_answer: int) -> None:
 
 
 def _run(cmd: list, env: dict, what: str) -> str:
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    out = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False
+    )
     if out.returncode:
         raise RuntimeError(f"{what} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out.stdout
@@ -96,23 +101,78 @@ def prepare(args, work: Path, env: dict) -> dict:
 
     hf_dir = work / "hf"
     write_qwen25_tokenizer(hf_dir)
-    config = AutoConfig.for_model("qwen2", **SHAPE, max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6,
-                                  tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643)
+    config = AutoConfig.for_model(
+        "qwen2",
+        **SHAPE,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    )
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(hf_dir, safe_serialization=True)
-    _run([sys.executable, "convert_ckpt.py", "--use-mcore-models", "--model-type", "GPT", "--load-model-type", "hf",
-          "--save-model-type", "mg", "--target-tensor-parallel-size", 1, "--target-pipeline-parallel-size", 1,
-          "--add-qkv-bias", "--load-dir", hf_dir, "--save-dir", work / "mg", "--tokenizer-model",
-          hf_dir / "tokenizer.json", "--model-type-hf", "llama2"], env, "convert_ckpt.py")
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
+        hf_dir, safe_serialization=True
+    )
+    _run(
+        [
+            sys.executable,
+            "convert_ckpt.py",
+            "--use-mcore-models",
+            "--model-type",
+            "GPT",
+            "--load-model-type",
+            "hf",
+            "--save-model-type",
+            "mg",
+            "--target-tensor-parallel-size",
+            1,
+            "--target-pipeline-parallel-size",
+            1,
+            "--add-qkv-bias",
+            "--load-dir",
+            hf_dir,
+            "--save-dir",
+            work / "mg",
+            "--tokenizer-model",
+            hf_dir / "tokenizer.json",
+            "--model-type-hf",
+            "llama2",
+        ],
+        env,
+        "convert_ckpt.py",
+    )
     rows = work / "alpaca_shaped.jsonl"
     write_rows(rows, args.rows, args.max_answer)
     stats = {}
     for name, extra in (("padded", []), ("packed", ["--pack", "--neat-pack"])):
         prefix = work / name / "alpaca"
-        _run([sys.executable, "preprocess_data.py", "--input", rows, "--tokenizer-name-or-path", hf_dir,
-              "--tokenizer-type", "PretrainedFromHF", "--output-prefix", prefix, "--handler-name",
-              "AlpacaStyleInstructionHandler", "--prompt-type", "qwen", "--seq-length", args.seq, "--workers", 1,
-              *extra], env, f"preprocess_data.py ({name})")
+        _run(
+            [
+                sys.executable,
+                "preprocess_data.py",
+                "--input",
+                rows,
+                "--tokenizer-name-or-path",
+                hf_dir,
+                "--tokenizer-type",
+                "PretrainedFromHF",
+                "--output-prefix",
+                prefix,
+                "--handler-name",
+                "AlpacaStyleInstructionHandler",
+                "--prompt-type",
+                "qwen",
+                "--seq-length",
+                args.seq,
+                "--workers",
+                1,
+                *extra,
+            ],
+            env,
+            f"preprocess_data.py ({name})",
+        )
         masks = IndexedDataset(f"{prefix}_packed_attention_mask_document")
         labels = IndexedDataset(f"{prefix}_packed_labels_document")
         real = np.array([int((masks[i] != 0).sum()) for i in range(len(masks))])
@@ -126,20 +186,89 @@ def prepare(args, work: Path, env: dict) -> dict:
 def run_posttrain(args, prep: dict, packed: bool, env: dict) -> list[float]:
     """posttrain_gpt.py --stage sft: seconds per timed iteration."""
     s = SHAPE
-    cmd = [sys.executable, "posttrain_gpt.py", "--stage", "sft", "--finetune", "--load", prep["mg_dir"],
-           "--prompt-type", "qwen", "--data-path", prep["packed" if packed else "padded"]["prefix"],
-           "--split", "100,0,0", "--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", prep["hf_dir"],
-           "--num-layers", s["num_hidden_layers"], "--hidden-size", s["hidden_size"],
-           "--ffn-hidden-size", s["intermediate_size"], "--num-attention-heads", s["num_attention_heads"],
-           "--group-query-attention", "--num-query-groups", s["num_key_value_heads"], "--seq-length", args.seq,
-           "--max-position-embeddings", 4096, "--micro-batch-size", args.mbs, "--global-batch-size", args.mbs,
-           "--train-iters", args.iters, "--lr", "1e-5", "--min-lr", "1e-6", "--lr-decay-style", "cosine",
-           "--weight-decay", "0.0", "--clip-grad", "1.0", "--adam-beta1", "0.9", "--adam-beta2", "0.999",
-           "--swiglu", "--disable-bias-linear", "--add-qkv-bias", "--normalization", "RMSNorm",
-           "--norm-epsilon", "1e-6", "--position-embedding-type", "rope", "--rotary-base", "1000000",
-           "--attention-dropout", "0", "--hidden-dropout", "0", "--make-vocab-size-divisible-by", 1,
-           "--padded-vocab-size", s["vocab_size"], "--log-interval", 1, "--eval-iters", 0, "--num-workers", 0,
-           "--use-flash-attn", "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb"]
+    cmd = [
+        sys.executable,
+        "posttrain_gpt.py",
+        "--stage",
+        "sft",
+        "--finetune",
+        "--load",
+        prep["mg_dir"],
+        "--prompt-type",
+        "qwen",
+        "--data-path",
+        prep["packed" if packed else "padded"]["prefix"],
+        "--split",
+        "100,0,0",
+        "--tokenizer-type",
+        "PretrainedFromHF",
+        "--tokenizer-name-or-path",
+        prep["hf_dir"],
+        "--num-layers",
+        s["num_hidden_layers"],
+        "--hidden-size",
+        s["hidden_size"],
+        "--ffn-hidden-size",
+        s["intermediate_size"],
+        "--num-attention-heads",
+        s["num_attention_heads"],
+        "--group-query-attention",
+        "--num-query-groups",
+        s["num_key_value_heads"],
+        "--seq-length",
+        args.seq,
+        "--max-position-embeddings",
+        4096,
+        "--micro-batch-size",
+        args.mbs,
+        "--global-batch-size",
+        args.mbs,
+        "--train-iters",
+        args.iters,
+        "--lr",
+        "1e-5",
+        "--min-lr",
+        "1e-6",
+        "--lr-decay-style",
+        "cosine",
+        "--weight-decay",
+        "0.0",
+        "--clip-grad",
+        "1.0",
+        "--adam-beta1",
+        "0.9",
+        "--adam-beta2",
+        "0.999",
+        "--swiglu",
+        "--disable-bias-linear",
+        "--add-qkv-bias",
+        "--normalization",
+        "RMSNorm",
+        "--norm-epsilon",
+        "1e-6",
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        "1000000",
+        "--attention-dropout",
+        "0",
+        "--hidden-dropout",
+        "0",
+        "--make-vocab-size-divisible-by",
+        1,
+        "--padded-vocab-size",
+        s["vocab_size"],
+        "--log-interval",
+        1,
+        "--eval-iters",
+        0,
+        "--num-workers",
+        0,
+        "--use-flash-attn",
+        "--use-fused-rmsnorm",
+        "--use-fused-swiglu",
+        "--use-fused-rotary-pos-emb",
+    ]
     if packed:
         cmd.append("--reset-attention-mask")
     if args.dtype == "bf16":
@@ -173,7 +302,11 @@ def hf_worker(args) -> dict:
         mask = torch.zeros((len(rows), longest), dtype=torch.long)
         for b, i in enumerate(picked):
             n = len(rows[b])
-            ids[b, :n], labels[b, :n], mask[b, :n] = rows[b], torch.from_numpy(labels_ds[int(i)].astype(np.int64)), 1
+            ids[b, :n], labels[b, :n], mask[b, :n] = (
+                rows[b],
+                torch.from_numpy(labels_ds[int(i)].astype(np.int64)),
+                1,
+            )
         t0 = time.perf_counter()
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -188,9 +321,29 @@ def hf_worker(args) -> dict:
 
 def run_hf(args, prep: dict, env: dict) -> float:
     """The transformers loop in its own process: real tokens/s."""
-    out = _run([sys.executable, __file__, "--hf-worker", "--hf-dir", prep["hf_dir"], "--prefix",
-                prep["padded"]["prefix"], "--threads", args.threads, "--iters", args.iters, "--warmup", args.warmup,
-                "--mbs", args.mbs, "--dtype", args.dtype], env, "transformers loop")
+    out = _run(
+        [
+            sys.executable,
+            __file__,
+            "--hf-worker",
+            "--hf-dir",
+            prep["hf_dir"],
+            "--prefix",
+            prep["padded"]["prefix"],
+            "--threads",
+            args.threads,
+            "--iters",
+            args.iters,
+            "--warmup",
+            args.warmup,
+            "--mbs",
+            args.mbs,
+            "--dtype",
+            args.dtype,
+        ],
+        env,
+        "transformers loop",
+    )
     result = json.loads(out.strip().splitlines()[-1])
     return result["tokens"] / result["seconds"]
 
@@ -201,11 +354,13 @@ def describe_data(args, prep: dict) -> None:
 
     real, learned = prep["padded"]["real"], prep["padded"]["learned"]
     packs = prep["packed"]["real"]
-    print(f"data: {len(real)} alpaca-shaped samples, tokens per sample mean {real.mean():.0f}, median "
-          f"{np.median(real):.0f}, p90 {np.percentile(real, 90):.0f}, max {real.max()} (learned: mean "
-          f"{learned.mean():.0f}); padded to --seq-length {args.seq}: {100 * real.mean() / args.seq:.0f}% real tokens; "
-          f"--pack --neat-pack: {len(packs)} packs, {len(real) / len(packs):.1f} samples and "
-          f"{100 * packs.mean() / args.seq:.0f}% real tokens per pack")
+    print(
+        f"data: {len(real)} alpaca-shaped samples, tokens per sample mean {real.mean():.0f}, median "
+        f"{np.median(real):.0f}, p90 {np.percentile(real, 90):.0f}, max {real.max()} (learned: mean "
+        f"{learned.mean():.0f}); padded to --seq-length {args.seq}: {100 * real.mean() / args.seq:.0f}% real "
+        f"tokens; --pack --neat-pack: {len(packs)} packs, {len(real) / len(packs):.1f} samples and "
+        f"{100 * packs.mean() / args.seq:.0f}% real tokens per pack"
+    )
 
 
 def main() -> None:
@@ -239,12 +394,17 @@ def main() -> None:
                 print(f"round {len(rates[name]) + 1}, {name}: median {step:.2f} s/step", flush=True)
                 rates[name].append(per_seq[name] / step)
             rates["transformers"].append(run_hf(args, prep, env))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, "
-          f"{args.threads} threads; Qwen2.5-shaped {SHAPE['num_hidden_layers']} layers hidden {SHAPE['hidden_size']} "
-          f"vocab {SHAPE['vocab_size']}, {args.dtype}, seq {args.seq}, micro-batch {args.mbs}, {args.rounds} round(s) of "
-          f"{args.iters - args.warmup} timed iterations after {args.warmup}")
-    print("\n| round | padded tokens/s | packed tokens/s | transformers tokens/s | packed / padded | packed / transformers "
-          "| padded / transformers |\n|---|---|---|---|---|---|---|")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at "
+        f"the end, {args.threads} threads; Qwen2.5-shaped {SHAPE['num_hidden_layers']} layers hidden "
+        f"{SHAPE['hidden_size']} vocab {SHAPE['vocab_size']}, {args.dtype}, seq {args.seq}, micro-batch "
+        f"{args.mbs}, {args.rounds} round(s) of {args.iters - args.warmup} timed iterations after "
+        f"{args.warmup}"
+    )
+    print(
+        "\n| round | padded tokens/s | packed tokens/s | transformers tokens/s | packed / padded | packed / "
+        "transformers | padded / transformers |\n|---|---|---|---|---|---|---|"
+    )
     ratios = {"pp": [], "pt": [], "dt": []}
     for r in range(args.rounds):
         a, b, c = (rates[name][r] for name in RUNS)

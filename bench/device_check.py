@@ -41,8 +41,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Dense bf16 peak TFLOP/s (no sparsity), by substring of torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0,
-                    "L40S": 362.0, "L40": 181.0, "A10": 125.0, "RTX 4090": 165.0, "B200": 2250.0, "GB200": 2500.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "H20": 148.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "B200": 2250.0,
+    "GB200": 2500.0,
+}
 QWEN25_1_5B = dict(layers=28, hidden=1536, heads=12, groups=2, ffn=8960, vocab=151936, tied=True)
 _ITER = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([0-9.]+)"
                    r"(?:.*?throughput \(tokens/s/device\): ([0-9.]+))?(?:.*?TFLOP/s/device: ([0-9.]+))?"
@@ -57,7 +69,7 @@ class Row:
     seconds: float
 
 
-# ---- 1. ops -------------------------------------------------------------------------------------------------
+# ---- 1. ops ------------------------------------------------------------------------------------------------
 def _rel(actual, expected) -> float:
 
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
@@ -77,7 +89,8 @@ def _fwd_bwd(fn, inputs):
 
 
 def _compare(name, fn, ref, inputs, dtype, tol) -> Row:
-    """``fn`` on the device in ``dtype`` vs ``ref`` in float64 on the CPU: worst relative error of output/grads."""
+    """``fn`` on the device in ``dtype`` vs ``ref`` in float64 on the CPU: worst relative error of
+    output/grads."""
     import torch
 
     t0 = time.time()
@@ -87,8 +100,12 @@ def _compare(name, fn, ref, inputs, dtype, tol) -> Row:
     ref_out, ref_grads = _fwd_bwd(ref, ref_in)
     errs = [_rel(out, ref_out)] + [_rel(g, r) for g, r in zip(grads, ref_grads)]
     worst = max(errs)
-    return Row(f"op {name} {str(dtype).replace('torch.', '')}", worst <= tol and torch.isfinite(out).all().item(),
-               f"max rel err {worst:.1e} (tol {tol:.0e})", time.time() - t0)
+    return Row(
+        f"op {name} {str(dtype).replace('torch.', '')}",
+        worst <= tol and torch.isfinite(out).all().item(),
+        f"max rel err {worst:.1e} (tol {tol:.0e})",
+        time.time() - t0,
+    )
 
 
 def check_ops(device: str, tiny: bool) -> list[Row]:
@@ -147,7 +164,8 @@ def check_ops(device: str, tiny: bool) -> list[Row]:
 
 
 def _ring_block(kernel: str, q, k, v, dout, causal: bool, device: str):
-    """(out, lse, grads, seconds) of one ring block's forward + backward with ``kernel``; the second of two runs."""
+    """(out, lse, grads, seconds) of one ring block's forward + backward with ``kernel``; the second of two
+    runs."""
     import torch
 
     from mindspeed_llm.ops.context_parallel_kernels import attention_with_lse, attention_with_lse_backward
@@ -223,10 +241,12 @@ def check_fused_adam(device: str, tiny: bool) -> Row:
     worst = max(_rel(a.detach().double().cpu() - b0.double(), b.detach() - b0.double())
                 for a, b, b0 in zip(fused, ref, init))
     ok = switched > 0 and worst < 5e-4  # fp32 vs float64 over 5 steps (CPU: ~5e-5)
-    return Row("op fused adam fp32", ok, f"update rel err {worst:.1e} (fused groups {switched})", time.time() - t0)
+    return Row(
+        "op fused adam fp32", ok, f"update rel err {worst:.1e} (fused groups {switched})", time.time() - t0
+    )
 
 
-# ---- 2. logits parity ---------------------------------------------------------------------------------------
+# ---- 2. logits parity --------------------------------------------------------------------------------------
 def make_hf(folder: Path, *, layers: int, hidden: int, heads: int, groups: int, ffn: int, vocab: int) -> Path:
     """A random Qwen2 HF folder (fp32) made by transformers."""
     import torch
@@ -271,12 +291,16 @@ def _logits_parity(device: str, work: Path, tiny: bool) -> Row:
     with torch.no_grad():
         want = ref(tokens).logits.float()
         causal = torch.triu(torch.ones(s, s, dtype=torch.bool, device=device), diagonal=1)[None, None]
-        got = model(tokens, torch.arange(s, device=device)[None], attention_mask=causal).float()[..., : shape["vocab"]]
+        got = model(tokens, torch.arange(s, device=device)[None], attention_mask=causal).float()[
+            ..., : shape["vocab"]
+        ]
     diff = float((got - want).abs().max())
-    return Row("logits vs transformers fp32", diff < 1e-3, f"max |dlogit| {diff:.1e} (s={s})", time.time() - t0)
+    return Row(
+        "logits vs transformers fp32", diff < 1e-3, f"max |dlogit| {diff:.1e} (s={s})", time.time() - t0
+    )
 
 
-# ---- 3/4. training runs -------------------------------------------------------------------------------------
+# ---- 3/4. training runs ------------------------------------------------------------------------------------
 def make_data(prefix: Path, vocab: int, tokens: int) -> str:
     """Random documents ending in EOD (= vocab - 1), int32 above 65500 ids."""
     import numpy as np
@@ -297,15 +321,55 @@ def make_data(prefix: Path, vocab: int, tokens: int) -> str:
     return str(prefix)
 
 
-def model_flags(layers: int, hidden: int, heads: int, groups: int, ffn: int, vocab: int, tied: bool) -> list[str]:
+def model_flags(
+    layers: int, hidden: int, heads: int, groups: int, ffn: int, vocab: int, tied: bool
+) -> list[str]:
     """Megatron flags of a Qwen2.5-shaped model with a NullTokenizer of ``vocab`` ids."""
-    flags = ["--use-mcore-models", "--num-layers", layers, "--hidden-size", hidden, "--ffn-hidden-size", ffn,
-             "--num-attention-heads", heads, "--group-query-attention", "--num-query-groups", groups,
-             "--position-embedding-type", "rope", "--rotary-base", 1000000, "--normalization", "RMSNorm",
-             "--norm-epsilon", "1e-6", "--swiglu", "--disable-bias-linear", "--add-qkv-bias",
-             "--attention-dropout", 0.0, "--hidden-dropout", 0.0, "--make-vocab-size-divisible-by", 1,
-             "--tokenizer-type", "NullTokenizer", "--vocab-size", vocab - 1, "--seed", 1234, "--log-interval", 1,
-             "--eval-iters", 0, "--num-workers", 0, "--split", "100,0,0"]
+    flags = [
+        "--use-mcore-models",
+        "--num-layers",
+        layers,
+        "--hidden-size",
+        hidden,
+        "--ffn-hidden-size",
+        ffn,
+        "--num-attention-heads",
+        heads,
+        "--group-query-attention",
+        "--num-query-groups",
+        groups,
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        1000000,
+        "--normalization",
+        "RMSNorm",
+        "--norm-epsilon",
+        "1e-6",
+        "--swiglu",
+        "--disable-bias-linear",
+        "--add-qkv-bias",
+        "--attention-dropout",
+        0.0,
+        "--hidden-dropout",
+        0.0,
+        "--make-vocab-size-divisible-by",
+        1,
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        vocab - 1,
+        "--seed",
+        1234,
+        "--log-interval",
+        1,
+        "--eval-iters",
+        0,
+        "--num-workers",
+        0,
+        "--split",
+        "100,0,0",
+    ]
     if not tied:
         flags.append("--untie-embeddings-and-output-weights")
     return [str(f) for f in flags]
@@ -318,14 +382,27 @@ def torchrun(args: list[str], log: Path, timeout: int) -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), str(REPO / "pretrain_gpt.py"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        str(REPO / "pretrain_gpt.py"),
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     log.write_text(proc.stdout + "\n" + proc.stderr)
     if proc.returncode:
         tail = [line for line in (proc.stderr + proc.stdout).splitlines() if "error" in line.lower()][-1:]
-        raise RuntimeError(f"pretrain_gpt.py failed ({proc.returncode}): {tail[0] if tail else ''} [log: {log}]")
+        raise RuntimeError(
+            f"pretrain_gpt.py failed ({proc.returncode}): {tail[0] if tail else ''} [log: {log}]"
+        )
     return proc.stdout
 
 
@@ -339,13 +416,39 @@ def check_resume(work: Path, tiny: bool, timeout: int) -> Row:
     seq = 64 if tiny else 1024
     data = make_data(work / "resume_data" / "corpus_text_document", shape["vocab"], 40 * seq * 4)
     save = work / "resume_save"
-    flags = model_flags(**shape) + ["--data-path", data, "--seq-length", seq, "--max-position-embeddings", seq,
-                                    "--micro-batch-size", 2, "--global-batch-size", 4, "--train-iters", 6,
-                                    "--lr", 1e-3, "--min-lr", 1e-4, "--lr-warmup-iters", 1, "--clip-grad", 1.0,
-                                    "--weight-decay", 0.1, "--save", save, "--save-interval", 3]
+    flags = model_flags(**shape) + [
+        "--data-path",
+        data,
+        "--seq-length",
+        seq,
+        "--max-position-embeddings",
+        seq,
+        "--micro-batch-size",
+        2,
+        "--global-batch-size",
+        4,
+        "--train-iters",
+        6,
+        "--lr",
+        1e-3,
+        "--min-lr",
+        1e-4,
+        "--lr-warmup-iters",
+        1,
+        "--clip-grad",
+        1.0,
+        "--weight-decay",
+        0.1,
+        "--save",
+        save,
+        "--save-interval",
+        3,
+    ]
     flags = [str(f) for f in flags] + ([] if tiny else ["--bf16", "--use-flash-attn", "--use-fused-rmsnorm",
                                                          "--use-fused-swiglu", "--use-fused-rotary-pos-emb"])
-    unbroken = {int(m[1]): m[5] for m in _ITER.finditer(torchrun(flags, work / "resume_unbroken.log", timeout))}
+    unbroken = {
+        int(m[1]): m[5] for m in _ITER.finditer(torchrun(flags, work / "resume_unbroken.log", timeout))
+    }
     at3 = work / "resume_at3"
     shutil.copytree(save / "iter_0000003", at3 / "iter_0000003")
     (at3 / "latest_checkpointed_iteration.txt").write_text("3")
@@ -391,10 +494,12 @@ def check_throughput(work: Path, tiny: bool, layers: int | None, steps: int, pea
     mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.0f}" if peak else ""
     label = f"throughput {shape['layers']}L h{shape['hidden']} seq {seq} bf16"
     ok = bool(rows) and tokens > 0
-    return Row(label, ok, f"{tokens:.0f} tokens/s, {tflops:.3g} TFLOP/s{mfu} ({len(timed)} steps)", time.time() - t0)
+    return Row(
+        label, ok, f"{tokens:.0f} tokens/s, {tflops:.3g} TFLOP/s{mfu} ({len(timed)} steps)", time.time() - t0
+    )
 
 
-# ---- main ---------------------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------------------
 def peak_tflops(device: str, given: float | None) -> float | None:
     """The GPU's dense bf16 peak: ``--peak-tflops`` or the table, by device name."""
     if given or device != "cuda":
@@ -402,7 +507,9 @@ def peak_tflops(device: str, given: float | None) -> float | None:
     import torch
 
     name = torch.cuda.get_device_name()
-    return next((v for k, v in sorted(PEAK_BF16_TFLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None)
+    return next(
+        (v for k, v in sorted(PEAK_BF16_TFLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None
+    )
 
 
 def init_one_rank(device: str) -> None:
@@ -412,7 +519,9 @@ def init_one_rank(device: str) -> None:
 
     if not torch.distributed.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+        torch.distributed.init_process_group(
+            backend, store=torch.distributed.HashStore(), rank=0, world_size=1
+        )
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(1, 1)
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -426,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="cpu implies --dry-run sizes")
     p.add_argument("--layers", type=int, default=None, help="layers of the throughput model (default 28)")
     p.add_argument("--steps", type=int, default=6, help="throughput steps (the first 2 are warm-up)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by GPU name)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default: by GPU name)"
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     opts = p.parse_args(argv)

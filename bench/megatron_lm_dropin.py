@@ -38,10 +38,16 @@ _LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(
 
 
 def make_overlay(megatron_lm: Path, target: Path) -> Path:
-    """Megatron-LM's training packages beside the installed megatron-core, and its pretrain_gpt.py + import."""
-    if not (megatron_lm / "megatron" / "training").is_dir() or not (megatron_lm / "pretrain_gpt.py").is_file():
-        sys.exit(f"error: --megatron-lm {megatron_lm}: no megatron/training or pretrain_gpt.py there; pass the "
-                 "root of a Megatron-LM clone (git clone https://github.com/NVIDIA/Megatron-LM -b core_v0.16.1)")
+    """Megatron-LM's training packages beside the installed megatron-core, and its pretrain_gpt.py +
+    import."""
+    if (
+        not (megatron_lm / "megatron" / "training").is_dir()
+        or not (megatron_lm / "pretrain_gpt.py").is_file()
+    ):
+        sys.exit(
+            f"error: --megatron-lm {megatron_lm}: no megatron/training or pretrain_gpt.py there; pass the "
+            "root of a Megatron-LM clone (git clone https://github.com/NVIDIA/Megatron-LM -b core_v0.16.1)"
+        )
     (target / "megatron").mkdir(parents=True, exist_ok=True)
     for name in OVERLAY_PACKAGES:
         if (megatron_lm / "megatron" / name).is_dir() and not (target / "megatron" / name).exists():
@@ -54,7 +60,8 @@ def make_overlay(megatron_lm: Path, target: Path) -> Path:
 
 
 def make_model_and_data(work: Path) -> tuple[Path, str]:
-    """A random HF Qwen2 folder and a random indexed dataset (EOD = vocabulary - 1, as NullTokenizer has it)."""
+    """A random HF Qwen2 folder and a random indexed dataset (EOD = vocabulary - 1, as NullTokenizer has
+    it)."""
     import numpy as np
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -95,21 +102,94 @@ def convert(hf: Path, target: Path, tp: int, pp: int) -> Path:
 def flags(data: str, load: Path, tp: int, pp: int, iters: int) -> list[str]:
     """One set of flags, in spellings both parsers accept (fp32, no dropout)."""
     s = SHAPE
-    return [str(f) for f in [
-        "--use-mcore-models", "--num-layers", s["layers"], "--hidden-size", s["hidden"],
-        "--ffn-hidden-size", s["ffn"], "--num-attention-heads", s["heads"], "--group-query-attention",
-        "--num-query-groups", s["groups"], "--max-position-embeddings", 4 * s["seq"],
-        "--position-embedding-type", "rope", "--rotary-base", 1000000, "--normalization", "RMSNorm",
-        "--norm-epsilon", "1e-6", "--swiglu", "--disable-bias-linear", "--add-qkv-bias",
-        "--untie-embeddings-and-output-weights", "--attention-dropout", 0.0, "--hidden-dropout", 0.0,
-        "--make-vocab-size-divisible-by", 1, "--tokenizer-type", "NullTokenizer", "--vocab-size", s["vocab"] - 1,
-        "--data-path", data, "--split", "100,0,0", "--seq-length", s["seq"], "--micro-batch-size", 2,
-        "--global-batch-size", 8, "--train-iters", iters, "--lr", 1e-3, "--min-lr", 1e-4,
-        "--lr-decay-style", "cosine", "--lr-warmup-iters", 2, "--weight-decay", 0.1, "--clip-grad", 1.0,
-        "--adam-beta1", 0.9, "--adam-beta2", 0.95, "--seed", 1234, "--log-interval", 1, "--eval-iters", 0,
-        "--eval-interval", 1000, "--num-workers", 0, "--tensor-model-parallel-size", tp,
-        "--pipeline-model-parallel-size", pp, "--load", load, "--finetune", "--no-load-optim", "--no-load-rng",
-    ]]
+    return [
+        str(f)
+        for f in [
+            "--use-mcore-models",
+            "--num-layers",
+            s["layers"],
+            "--hidden-size",
+            s["hidden"],
+            "--ffn-hidden-size",
+            s["ffn"],
+            "--num-attention-heads",
+            s["heads"],
+            "--group-query-attention",
+            "--num-query-groups",
+            s["groups"],
+            "--max-position-embeddings",
+            4 * s["seq"],
+            "--position-embedding-type",
+            "rope",
+            "--rotary-base",
+            1000000,
+            "--normalization",
+            "RMSNorm",
+            "--norm-epsilon",
+            "1e-6",
+            "--swiglu",
+            "--disable-bias-linear",
+            "--add-qkv-bias",
+            "--untie-embeddings-and-output-weights",
+            "--attention-dropout",
+            0.0,
+            "--hidden-dropout",
+            0.0,
+            "--make-vocab-size-divisible-by",
+            1,
+            "--tokenizer-type",
+            "NullTokenizer",
+            "--vocab-size",
+            s["vocab"] - 1,
+            "--data-path",
+            data,
+            "--split",
+            "100,0,0",
+            "--seq-length",
+            s["seq"],
+            "--micro-batch-size",
+            2,
+            "--global-batch-size",
+            8,
+            "--train-iters",
+            iters,
+            "--lr",
+            1e-3,
+            "--min-lr",
+            1e-4,
+            "--lr-decay-style",
+            "cosine",
+            "--lr-warmup-iters",
+            2,
+            "--weight-decay",
+            0.1,
+            "--clip-grad",
+            1.0,
+            "--adam-beta1",
+            0.9,
+            "--adam-beta2",
+            0.95,
+            "--seed",
+            1234,
+            "--log-interval",
+            1,
+            "--eval-iters",
+            0,
+            "--eval-interval",
+            1000,
+            "--num-workers",
+            0,
+            "--tensor-model-parallel-size",
+            tp,
+            "--pipeline-model-parallel-size",
+            pp,
+            "--load",
+            load,
+            "--finetune",
+            "--no-load-optim",
+            "--no-load-rng",
+        ]
+    ]
 
 
 def run(script: Path, cwd: Path, pythonpath: str, args: list[str], nproc: int, log: Path) -> dict[int, tuple]:
@@ -139,12 +219,16 @@ def _median_ms(rows: dict[int, tuple]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--megatron-lm", required=True, type=Path, help="root of a Megatron-LM clone (core_v0.16.1)")
+    p.add_argument(
+        "--megatron-lm", required=True, type=Path, help="root of a Megatron-LM clone (core_v0.16.1)"
+    )
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--layouts", default="tp1pp2,tp2pp1", help="comma-separated tpXppY")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None, help="kept when given (logs, checkpoints)")
-    p.add_argument("--extra", default="", help="more flags for both runs, e.g. --extra=--no-bias-swiglu-fusion")
+    p.add_argument(
+        "--extra", default="", help="more flags for both runs, e.g. --extra=--no-bias-swiglu-fusion"
+    )
     opts = p.parse_args()
     work = opts.workdir or Path(tempfile.mkdtemp(prefix="megatron_lm_dropin_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -152,11 +236,17 @@ def main() -> None:
     megatron_lm = opts.megatron_lm.resolve()
     script = make_overlay(megatron_lm, work / "overlay")
     hf, data = make_model_and_data(work)
-    tag = subprocess.run(["git", "-C", str(megatron_lm), "describe", "--tags", "--always"], capture_output=True,
-                         text=True).stdout.strip() or "unknown (not a git checkout)"
-    print(f"Megatron-LM: {megatron_lm} ({tag}); mindspeed_llm: {REPO}; {opts.iters} iterations, fp32, "
-          f"{opts.nproc} processes, gbs 8, mbs 2, seq {SHAPE['seq']}" + (f"; extra flags: {opts.extra}" if opts.extra
-                                                                         else ""))
+    tag = (
+        subprocess.run(
+            ["git", "-C", str(megatron_lm), "describe", "--tags", "--always"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown (not a git checkout)"
+    )
+    print(
+        f"Megatron-LM: {megatron_lm} ({tag}); mindspeed_llm: {REPO}; {opts.iters} iterations, fp32, "
+        f"{opts.nproc} processes, gbs 8, mbs 2, seq {SHAPE['seq']}"
+        + (f"; extra flags: {opts.extra}" if opts.extra else "")
+    )
     for layout in opts.layouts.split(","):
         m = re.fullmatch(r"tp(\d+)pp(\d+)", layout.strip())
         if not m:
@@ -174,7 +264,10 @@ def main() -> None:
             a, b = theirs.get(it, ("-", "-", 0)), ours.get(it, ("-", "-", 0))
             mark = "" if (a[0], a[1]) == (b[0], b[1]) else " *"
             print(f"| {it} | {a[0]} | {b[0]} | {a[1]} | {b[1]} |{mark}")
-        print(f"median ms/iteration (after 2): Megatron-LM {_median_ms(theirs):.1f}, ours {_median_ms(ours):.1f}")
+        print(
+            f"median ms/iteration (after 2): Megatron-LM {_median_ms(theirs):.1f}, ours "
+            f"{_median_ms(ours):.1f}"
+        )
     print(f"\nlogs: {work}  (* = the row differs)")
 
 

@@ -40,8 +40,10 @@ def _refused(reason: str) -> bool:
 
 def _as_failure(report, reason: str) -> None:
     report.outcome = "failed"
-    report.longrepr = (f"skip not allowed: {reason!r}. Only hardware a machine lacks may skip a test "
-                       f"(reason starting with {HARDWARE!r}, see tests/skip_policy.py); fix the cause instead.")
+    report.longrepr = (
+        f"skip not allowed: {reason!r}. Only hardware a machine lacks may skip a test "
+        f"(reason starting with {HARDWARE!r}, see tests/skip_policy.py); fix the cause instead."
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -57,7 +59,8 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
-    """A whole module skipped at import (``pytest.importorskip`` at the top, ``pytest.skip(allow_module_level)``)."""
+    """A whole module skipped at import (``pytest.importorskip`` at the top,
+    ``pytest.skip(allow_module_level)``)."""
     outcome = yield
     report = outcome.get_result()
     if report.skipped and isinstance(report.longrepr, tuple):

@@ -29,7 +29,9 @@ class _SignalledWhileDeleted:
             pass
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the exception __del__ dropped
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # the exception __del__ dropped
 def test_a_signal_whose_exception_was_dropped_stops_the_next_commit():
     renamed, before = [], signal.getsignal(signal.SIGTERM)
     with exit_on_signals():
@@ -83,10 +85,14 @@ def test_a_signal_raised_normally_is_not_raised_again_by_cleanup():
     assert cleaned == ["removed temporaries"]
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the exception __del__ dropped
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # the exception __del__ dropped
 def test_a_dropped_signal_of_an_inner_block_stops_the_outer_blocks_commit():
     renamed = []
-    with exit_on_signals():  # preprocess_data.py's command line wraps the library call, which wraps its own work
+    with (
+        exit_on_signals()
+    ):  # preprocess_data.py's command line wraps the library call, which wraps its own work
         with exit_on_signals():
             _SignalledWhileDeleted()
         with pytest.raises(Terminated):

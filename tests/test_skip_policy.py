@@ -76,11 +76,16 @@ def _run(tmp_path, files: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _outcomes(stdout: str) -> dict[str, str]:
-    """{test name: outcome} from pytest -v's ``file::test OUTCOME`` lines (a refused skip in setup is ERROR)."""
+    """{test name: outcome} from pytest -v's ``file::test OUTCOME`` lines (a refused skip in setup is
+    ERROR)."""
     out = {}
     for line in stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "SKIPPED", "XFAIL", "ERROR"):
+        if (
+            len(parts) >= 2
+            and "::" in parts[0]
+            and parts[1] in ("PASSED", "FAILED", "SKIPPED", "XFAIL", "ERROR")
+        ):
             out[parts[0].split("::")[-1]] = "FAILED" if parts[1] == "ERROR" else parts[1]
     return out
 

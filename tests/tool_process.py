@@ -1,4 +1,5 @@
-"""Real processes for the "nothing lost" tests: a tool run as a child, a file-size limit, signals, a read-only mount.
+"""Real processes for the "nothing lost" tests: a tool run as a child, a file-size limit, signals, a read-only
+mount.
 
 * Full disk: the child gets ``RLIMIT_FSIZE`` (and SIGXFSZ ignored), so a write past the limit fails
   with ``EFBIG``, as it fails with ``ENOSPC`` on a full disk.
@@ -25,7 +26,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _preexec(fsize: int | None) -> Callable[[], None] | None:
@@ -88,7 +94,9 @@ def signal_when(start: Callable[[], subprocess.Popen], ready: Callable[[], bool]
     raise AssertionError("unreachable")
 
 
-def _step_until(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, step: float, timeout: float) -> bool:
+def _step_until(
+    proc: subprocess.Popen, ready: Callable[[], bool], sig: int, step: float, timeout: float
+) -> bool:
     """Whether ``sig`` was sent (``ready()`` held with ``proc`` stopped); False: ``proc`` exited first."""
     deadline = time.monotonic() + timeout
     while True:

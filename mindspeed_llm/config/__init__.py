@@ -1,4 +1,5 @@
-"""The run's configuration, torch-free: flags, their validation, typed groups, the derived plan, Megatron's namespace.
+"""The run's configuration, torch-free: flags, their validation, typed groups, the derived plan, Megatron's
+namespace.
 
 - ``flags.py``: the command lines (Megatron-LM's and MindSpeed-LLM's spellings), parsing.
 - ``validate.py``: the rules; the only module that assigns attributes of the parsed namespace.

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Megatron-compatible GPT pretraining on megatron-core (CPU, CUDA, NPU).",
     )
     g = p.add_argument_group("model")
-    g.add_argument("--use-mcore-models", action="store_true", help="accepted: models are always megatron-core")
+    g.add_argument(
+        "--use-mcore-models", action="store_true", help="accepted: models are always megatron-core"
+    )
     g.add_argument("--use-legacy-models", action="store_true", help="rejected: only megatron-core models")
     g.add_argument("--transformer-impl", default="local", choices=["local", "transformer_engine"])
     g.add_argument("--num-layers", type=int, required=False)
@@ -96,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-gradient-accumulation-fusion", action="store_true")
     g.add_argument("--no-masked-softmax-fusion", action="store_true")
     g.add_argument("--no-bias-dropout-fusion", action="store_true")
-    g.add_argument("--no-bias-swiglu-fusion", action="store_true",
-                   help="plain silu(x1) * x2 with autograd instead of megatron's fused SwiGLU (Megatron-LM's flag)")
+    g.add_argument(
+        "--no-bias-swiglu-fusion",
+        action="store_true",
+        help="plain silu(x1) * x2 with autograd instead of megatron's fused SwiGLU (Megatron-LM's flag)",
+    )
     g.add_argument("--no-rope-fusion", action="store_true")
     g.add_argument("--no-async-tensor-model-parallel-allreduce", action="store_true")
     g.add_argument("--use-fused-ring-attention-update", action="store_true")
@@ -125,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distributed-timeout-minutes", type=int, default=10)
     g.add_argument("--no-shared-storage", action="store_true",
                    help="nodes do not share a file system: every node builds its own dataset index cache")
-    g.add_argument("--local-rank", "--local_rank", type=int, default=None, help="ignored: torchrun sets LOCAL_RANK")
+    g.add_argument(
+        "--local-rank", "--local_rank", type=int, default=None, help="ignored: torchrun sets LOCAL_RANK"
+    )
 
     g = p.add_argument_group("recompute")
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
@@ -206,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-path", nargs="*", default=None,
                    help="one prefix, or weight prefix weight prefix ... (blend)")
     g.add_argument("--train-data-path", nargs="*", default=None, help="the training split's prefix or blend")
-    g.add_argument("--valid-data-path", nargs="*", default=None, help="the validation split's prefix or blend")
+    g.add_argument(
+        "--valid-data-path", nargs="*", default=None, help="the validation split's prefix or blend"
+    )
     g.add_argument("--test-data-path", nargs="*", default=None, help="the test split's prefix or blend")
     g.add_argument("--mock-data", action="store_true", help="megatron-core's synthetic MockGPTDataset")
     g.add_argument("--dataloader-type", default=None, choices=["single", "cyclic", "external"])
@@ -227,19 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-create-attention-mask-in-dataloader", action="store_true")
 
     g = p.add_argument_group("instruction fine-tuning (posttrain_gpt.py --stage sft, MindSpeed-LLM's flags)")
-    g.add_argument("--stage", default=None, choices=["sft"],
-                   help="sft: instruction fine-tuning on preprocess_data.py's instruction data (--data-path PREFIX)")
-    g.add_argument("--is-instruction-dataset", action="store_true",
-                   help="--data-path is instruction data: PREFIX_packed_{input_ids,attention_mask,labels}_document")
-    g.add_argument("--prompt-type", default=None, choices=list(PROMPT_TYPES),
-                   help="the chat template the data was preprocessed with (recorded in the checkpoint's args)")
+    g.add_argument(
+        "--stage",
+        default=None,
+        choices=["sft"],
+        help="sft: instruction fine-tuning on preprocess_data.py's instruction data (--data-path PREFIX)",
+    )
+    g.add_argument(
+        "--is-instruction-dataset",
+        action="store_true",
+        help="--data-path is instruction data: PREFIX_packed_{input_ids,attention_mask,labels}_document",
+    )
+    g.add_argument(
+        "--prompt-type",
+        default=None,
+        choices=list(PROMPT_TYPES),
+        help="the chat template the data was preprocessed with (recorded in the checkpoint's args)",
+    )
     g.add_argument("--no-pad-to-seq-lengths", action="store_true",
                    help="pad each micro-batch to its longest sample (rounded up to --pad-to-multiple-of), "
                         "not to --seq-length")
     g.add_argument("--variable-seq-lengths", action="store_true",
                    help="pipeline stages exchange each micro-batch's shape; implies --no-pad-to-seq-lengths")
-    g.add_argument("--pad-to-multiple-of", type=int, default=8,
-                   help="with --no-pad-to-seq-lengths: micro-batch lengths are rounded up to a multiple of this")
+    g.add_argument(
+        "--pad-to-multiple-of",
+        type=int,
+        default=8,
+        help="with --no-pad-to-seq-lengths: micro-batch lengths are rounded up to a multiple of this",
+    )
 
     g = p.add_argument_group("checkpointing")
     g.add_argument("--load", default=None)
@@ -296,7 +320,9 @@ def given_flags(argv: list[str] | None = None, extra_args_provider=None) -> set[
 
 def parser_dests(parser: argparse.ArgumentParser) -> list[str]:
     """Every destination ``parser`` fills (``--help`` aside), each once, in declaration order."""
-    return list(dict.fromkeys(a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"))
+    return list(
+        dict.fromkeys(a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help")
+    )
 
 
 def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
@@ -304,26 +330,53 @@ def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
     names = [n for n in KERNEL_ONLY_FLAGS if getattr(args, n, False)]
     if not args.fp16 and args.initial_loss_scale != 2**32:
         names.append("initial_loss_scale (only used with --fp16)")
-    if args.distributed_backend and args.distributed_backend != {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device]:
+    if (
+        args.distributed_backend
+        and args.distributed_backend != {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}[device]
+    ):
         names.append(f"distributed_backend={args.distributed_backend} (the {device} backend is used)")
     return ["--" + n.replace("_", "-") for n in names]
 
 
-# ---- inference.py ---------------------------------------------------------------------------------------------
+# ---- inference.py ------------------------------------------------------------------------------------------
 TASKS = ("greedy", "do_sample", "chat")
 
 # Parser groups of the training command line whose flags shape no part of generation: a training
 # script's flag block is accepted as it is (MindSpeed-LLM's generate scripts carry such flags) and
 # inference.py names the ones given in one NOTE line.
 _TRAINING_ONLY_GROUPS = ("optimizer and schedule", "training", "recompute", "logging and evaluation")
-_TRAINING_ONLY_FLAGS = ("save", "save_interval", "no_load_optim", "no_load_rng", "no_save_optim", "no_save_rng",
-                        "finetune", "exit_on_missing_checkpoint", "micro_batch_size", "global_batch_size",
-                        "accumulate_allreduce_grads_in_fp32", "loss_scale", "initial_loss_scale",
-                        "min_loss_scale", "loss_scale_window", "hysteresis", "data_cache_path", "split",
-                        "num_workers", "no_mmap_bin_files", "reset_position_ids", "eod_mask_loss", "stage",
-                        "is_instruction_dataset", "no_pad_to_seq_lengths", "variable_seq_lengths",
-                        "pad_to_multiple_of",
-                        "use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather")
+_TRAINING_ONLY_FLAGS = (
+    "save",
+    "save_interval",
+    "no_load_optim",
+    "no_load_rng",
+    "no_save_optim",
+    "no_save_rng",
+    "finetune",
+    "exit_on_missing_checkpoint",
+    "micro_batch_size",
+    "global_batch_size",
+    "accumulate_allreduce_grads_in_fp32",
+    "loss_scale",
+    "initial_loss_scale",
+    "min_loss_scale",
+    "loss_scale_window",
+    "hysteresis",
+    "data_cache_path",
+    "split",
+    "num_workers",
+    "no_mmap_bin_files",
+    "reset_position_ids",
+    "eod_mask_loss",
+    "stage",
+    "is_instruction_dataset",
+    "no_pad_to_seq_lengths",
+    "variable_seq_lengths",
+    "pad_to_multiple_of",
+    "use_distributed_optimizer",
+    "overlap_grad_reduce",
+    "overlap_param_gather",
+)
 _DATA_FLAGS = ("data_path", "train_data_path", "valid_data_path", "test_data_path", "mock_data")
 
 
@@ -336,10 +389,15 @@ def add_inference_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.prog = "inference.py"
     parser.description = "Generate text from a Megatron checkpoint (any TP/PP) with megatron-core's KV cache."
     g = parser.add_argument_group("inference")
-    g.add_argument("--task", choices=TASKS, nargs="+", default=None,
-                   help="greedy / do_sample: continue each prompt (both: one after the other, as MindSpeed-LLM); "
-                        "chat: a conversation through --prompt-type's template. Default: do_sample when "
-                        "--temperature/--top-k/--top-p is given, else greedy")
+    g.add_argument(
+        "--task",
+        choices=TASKS,
+        nargs="+",
+        default=None,
+        help="greedy / do_sample: continue each prompt (both: one after the other, as MindSpeed-LLM); "
+        "chat: a conversation through --prompt-type's template. Default: do_sample when "
+        "--temperature/--top-k/--top-p is given, else greedy",
+    )
     g.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="a prompt (repeatable: one batch; with --task chat, the user turns in order)")
     g.add_argument("--prompts-file", default=None, metavar="PATH",

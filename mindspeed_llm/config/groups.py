@@ -42,7 +42,7 @@ def setting(*, checkpoint: str | None = None, checked: bool = False, megatron: s
     return field(metadata={"checkpoint": checkpoint, "checked": checked, "megatron": megatron})
 
 
-# ---- the groups -----------------------------------------------------------------------------------------------
+# ---- the groups --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelGroup:
     """The model's shape and numerics (``checked`` fields in the order a contradiction is reported)."""
@@ -84,7 +84,8 @@ class ModelGroup:
     transformer_impl: str = setting()
 
     def rope_scaling(self, recorded: Mapping | None) -> dict | None:
-        """RoPE scaling of the run: the checkpoint's ``recorded`` one exactly, completed or contradicted by flags.
+        """RoPE scaling of the run: the checkpoint's ``recorded`` one exactly, completed or contradicted by
+        flags.
 
         Without ``--rope-scaling-type`` the recorded scaling is used as it is (all of its parameters, e.g. a
         Llama-3.1 ``original_max_position_embeddings``); flags that describe another scaling are refused.
@@ -101,8 +102,10 @@ class ModelGroup:
                 original_max_position_embeddings=_first(self.original_max_position_embeddings,
                                                         rec.get("original_max_position_embeddings"), 8192))
         if recorded is not None and scaling != recorded:
-            raise ArgumentError(f"--rope-scaling-type {kind} gives rope_scaling {scaling} but the --load checkpoint "
-                                f"records {recorded}: drop the RoPE scaling flags (the checkpoint's are used)")
+            raise ArgumentError(
+                f"--rope-scaling-type {kind} gives rope_scaling {scaling} but the --load checkpoint "
+                f"records {recorded}: drop the RoPE scaling flags (the checkpoint's are used)"
+            )
         return scaling
 
     def model_config(self, vocab_rows: int, params_dtype: Any, base: Any = None):
@@ -113,21 +116,37 @@ class ModelGroup:
         if self.rope_scaling_type is None and any(
                 v is not None for v in (self.low_freq_factor, self.high_freq_factor,
                                         self.original_max_position_embeddings)):
-            raise ArgumentError("--low-freq-factor/--high-freq-factor/--original-max-position-embeddings need "
-                                "--rope-scaling-type llama3")
+            raise ArgumentError(
+                "--low-freq-factor/--high-freq-factor/--original-max-position-embeddings need "
+                "--rope-scaling-type llama3"
+            )
         fields = dict(
-            num_layers=self.num_layers, hidden_size=self.hidden_size, ffn_hidden_size=self.ffn_hidden_size,
-            num_attention_heads=self.num_attention_heads, num_query_groups=self.num_query_groups,
-            kv_channels=self.kv_channels, vocab_size=vocab_rows, max_position_embeddings=self.max_position_embeddings,
-            rotary_base=self.rotary_base, rope_scaling=self.rope_scaling(recorded),
-            norm_epsilon=self.norm_epsilon, add_qkv_bias=self.add_qkv_bias, qk_layernorm=self.qk_layernorm,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            ffn_hidden_size=self.ffn_hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+            kv_channels=self.kv_channels,
+            vocab_size=vocab_rows,
+            max_position_embeddings=self.max_position_embeddings,
+            rotary_base=self.rotary_base,
+            rope_scaling=self.rope_scaling(recorded),
+            norm_epsilon=self.norm_epsilon,
+            add_qkv_bias=self.add_qkv_bias,
+            qk_layernorm=self.qk_layernorm,
             tie_word_embeddings=not self.untie_embeddings_and_output_weights,
-            params_dtype=params_dtype, attention_dropout=self.attention_dropout,
+            params_dtype=params_dtype,
+            attention_dropout=self.attention_dropout,
         )
         if base is not None:
             return base.replace(**fields)
-        arch, model_type = (("Qwen3ForCausalLM", "qwen3") if self.qk_layernorm else
-                            ("Qwen2ForCausalLM", "qwen2") if self.add_qkv_bias else ("LlamaForCausalLM", "llama"))
+        arch, model_type = (
+            ("Qwen3ForCausalLM", "qwen3")
+            if self.qk_layernorm
+            else ("Qwen2ForCausalLM", "qwen2")
+            if self.add_qkv_bias
+            else ("LlamaForCausalLM", "llama")
+        )
         return ModelConfig(architecture=arch, model_type=model_type, **fields)
 
 
@@ -343,9 +362,17 @@ class InferenceGroup:
 LAUNCH_ONLY = ("use_mcore_models", "use_legacy_models", "local_rank")
 
 GROUPS: tuple[tuple[str, type], ...] = (
-    ("model", ModelGroup), ("kernels", KernelsGroup), ("parallel", ParallelGroup), ("recompute", RecomputeGroup),
-    ("precision", PrecisionGroup), ("optimizer", OptimizerGroup), ("training", TrainingGroup), ("data", DataGroup),
-    ("instruction", InstructionGroup), ("checkpoint", CheckpointGroup), ("logging", LoggingGroup),
+    ("model", ModelGroup),
+    ("kernels", KernelsGroup),
+    ("parallel", ParallelGroup),
+    ("recompute", RecomputeGroup),
+    ("precision", PrecisionGroup),
+    ("optimizer", OptimizerGroup),
+    ("training", TrainingGroup),
+    ("data", DataGroup),
+    ("instruction", InstructionGroup),
+    ("checkpoint", CheckpointGroup),
+    ("logging", LoggingGroup),
 )
 
 
@@ -374,7 +401,8 @@ def _group_from(cls: type, values: Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The validated flags of one launch, in groups; ``lora``, ``launch`` and ``extra`` are read-only mappings."""
+    """The validated flags of one launch, in groups; ``lora``, ``launch`` and ``extra`` are read-only
+    mappings."""
 
     model: ModelGroup
     kernels: KernelsGroup
@@ -430,7 +458,8 @@ def _group_fields():
 
 
 def checkpoint_settings(kind: str) -> tuple[str, ...]:
-    """Settings ``--use-checkpoint-args`` takes from the checkpoint: ``"fill"`` (when unset) or ``"force"``."""
+    """Settings ``--use-checkpoint-args`` takes from the checkpoint: ``"fill"`` (when unset) or
+    ``"force"``."""
     return tuple(f.name for f in _group_fields() if f.metadata["checkpoint"] == kind)
 
 
@@ -439,7 +468,7 @@ def checked_model_settings() -> tuple[str, ...]:
     return tuple(f.name for f in _group_fields() if f.metadata["checked"])
 
 
-# ---- translators to megatron-core's configs ---------------------------------------------------------------------
+# ---- translators to megatron-core's configs ----------------------------------------------------------------
 def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
@@ -476,11 +505,18 @@ def transformer_config(config: RunConfig, plan: Any) -> Any:
         recompute_num_layers=(config.recompute.recompute_num_layers
                               if config.recompute.recompute_granularity == "full" else None),
     )
-    if parallel.context_parallel_size > 1:  # megatron-core's spelling of the algorithm, read by the attention module
+    if (
+        parallel.context_parallel_size > 1
+    ):  # megatron-core's spelling of the algorithm, read by the attention module
         overrides["cp_comm_type"] = CONTEXT_PARALLEL_ALGOS[parallel.context_parallel_algo]
-        if parallel.context_parallel_algo == "hybrid_cp_algo":  # [Ulysses (a2a), ring (p2p)] sizes, megatron's order
+        if (
+            parallel.context_parallel_algo == "hybrid_cp_algo"
+        ):  # [Ulysses (a2a), ring (p2p)] sizes, megatron's order
             ulysses = parallel.ulysses_degree_in_cp
-            overrides["hierarchical_context_parallel_sizes"] = [ulysses, parallel.context_parallel_size // ulysses]
+            overrides["hierarchical_context_parallel_sizes"] = [
+                ulysses,
+                parallel.context_parallel_size // ulysses,
+            ]
     from mindspeed_llm.patches.features import transformer_config_overrides
 
     # --use-fused-swiglu routes megatron's MLP through the fused kernel only with bias_activation_fusion.
@@ -499,7 +535,8 @@ def transformer_config(config: RunConfig, plan: Any) -> Any:
 
 
 def ddp_config(config: RunConfig):
-    """megatron-core ``DistributedDataParallelConfig`` (the parallel group, fp32 reduction of the precision group)."""
+    """megatron-core ``DistributedDataParallelConfig`` (the parallel group, fp32 reduction of the precision
+    group)."""
     from megatron.core.distributed import DistributedDataParallelConfig
 
     return DistributedDataParallelConfig(
@@ -512,7 +549,8 @@ def ddp_config(config: RunConfig):
 
 
 def optimizer_config(config: RunConfig):
-    """megatron-core ``OptimizerConfig`` (the optimizer group, loss scaling, sharding and zero-count logging)."""
+    """megatron-core ``OptimizerConfig`` (the optimizer group, loss scaling, sharding and zero-count
+    logging)."""
     from megatron.core.optimizer import OptimizerConfig
 
     opt, precision, parallel = config.optimizer, config.precision, config.parallel

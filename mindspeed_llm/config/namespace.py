@@ -37,9 +37,11 @@ class RunArgs(argparse.Namespace):
 
     def __setattr__(self, name: str, value) -> None:
         if self.__dict__.get("_frozen"):
-            raise FrozenArgsError(f"the run's arguments are derived from its configuration and plan and frozen: "
-                                  f"cannot set {name}; keep run state in mindspeed_llm.runtime.state.TrainState, "
-                                  "derived values in mindspeed_llm.config.plan.RunPlan")
+            raise FrozenArgsError(
+                f"the run's arguments are derived from its configuration and plan and frozen: "
+                f"cannot set {name}; keep run state in mindspeed_llm.runtime.state.TrainState, "
+                "derived values in mindspeed_llm.config.plan.RunPlan"
+            )
         super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:

@@ -17,7 +17,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def split_data_path(data_path: Sequence[str]) -> tuple[list[str], list[str] | None]:
-    """``--data-path`` -> (prefixes, weights as given or None): ``P``, ``P1 P2 ...`` or ``W1 P1 W2 P2 ...``."""
+    """``--data-path`` -> (prefixes, weights as given or None): ``P``, ``P1 P2 ...`` or
+    ``W1 P1 W2 P2 ...``."""
     items = [s for item in data_path for s in item.split()]
     if len(items) > 1 and len(items) % 2 == 0:
         try:
@@ -51,7 +52,9 @@ def check_data_prefix(prefix: str) -> None:
         existing = ", ".join(os.path.basename(c) + ".{bin,idx}" for c in candidates)
         hint = f"files there: {existing}; use --data-path {candidates[0]}"
         if not prefix.endswith("_document") and any(c.startswith(prefix) for c in candidates):
-            hint += " (preprocess_data.py appends _<json-key>_document, e.g. _text_document, to --output-prefix)"
+            hint += (
+                " (preprocess_data.py appends _<json-key>_document, e.g. _text_document, to --output-prefix)"
+            )
     elif os.path.isdir(folder):
         hint = f"{folder} holds no .bin/.idx pair; run preprocess_data.py first"
     else:
@@ -78,16 +81,20 @@ def check_instruction_prefix(prefix: str) -> None:
         prefix = prefix[:-4]
     for key in _PACKED_KEYS:
         if prefix.endswith(_PACKED_SUFFIX.format(key)):
-            raise ArgumentError(f"--data-path {prefix}: give the prefix without _packed_{key}_document (the three "
-                                f"datasets share it): try --data-path {prefix[:-len(_PACKED_SUFFIX.format(key))]}")
+            raise ArgumentError(
+                f"--data-path {prefix}: give the prefix without _packed_{key}_document (the three "
+                f"datasets share it): try --data-path {prefix[: -len(_PACKED_SUFFIX.format(key))]}"
+            )
     paths = instruction_prefixes(prefix)
     present = [key for key, p in paths.items() if os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx")]
     if len(present) == len(paths):
         return
     if present:
         missing = ", ".join(paths[k] + ".{bin,idx}" for k in paths if k not in present)
-        raise ArgumentError(f"--data-path {prefix}: {missing} not found (only {', '.join(present)} is there): "
-                            "preprocess_data.py writes the three datasets together; re-run it")
+        raise ArgumentError(
+            f"--data-path {prefix}: {missing} not found (only {', '.join(present)} is there): "
+            "preprocess_data.py writes the three datasets together; re-run it"
+        )
     if os.path.isfile(prefix + "_text_document.idx") or os.path.isfile(prefix + ".idx"):
         raise ArgumentError(f"--data-path {prefix} is pretraining data (no _packed_*_document datasets): "
                             "preprocess the instructions with preprocess_data.py --handler-name "
@@ -106,7 +113,12 @@ def check_paths(args: argparse.Namespace) -> None:
     instruction = (args.is_instruction_dataset or args.stage == "sft") and args.data_path
     if instruction:
         check_instruction_prefix(split_data_path(args.data_path)[0][0])
-    for paths in (None if instruction else args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path):
+    for paths in (
+        None if instruction else args.data_path,
+        args.train_data_path,
+        args.valid_data_path,
+        args.test_data_path,
+    ):
         for prefix in split_data_path(paths or [])[0]:
             check_data_prefix(prefix)
     if args.tokenizer_type != "NullTokenizer":

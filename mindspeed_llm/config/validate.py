@@ -1,11 +1,13 @@
-"""Validation of a launch: the flags against each other and the world size, completed where they leave a value open.
+"""Validation of a launch: the flags against each other and the world size, completed where they leave a value
+open.
 
-This is the only module that assigns attributes of the parsed namespace (``tests/config/test_namespace_writes.py``
-holds the rest of the package to it). What it writes are flags: defaults that depend on other flags
-(``--ffn-hidden-size`` from ``--hidden-size``, ``--global-batch-size`` from the world, ...), Megatron-LM's
-``args_defaults``, and the values ``--use-checkpoint-args`` takes from the checkpoint. Values derived from the
-world and the checkpoint (data-parallel size, micro-batches, padded vocabulary, ...) are the plan's
-(``config/plan.py``); the layout rules are checked here with the plan's own functions, before the process group.
+This is the only module that assigns attributes of the parsed namespace
+(``tests/config/test_namespace_writes.py`` holds the rest of the package to it). What it writes are flags:
+defaults that depend on other flags (``--ffn-hidden-size`` from ``--hidden-size``, ``--global-batch-size``
+from the world, ...), Megatron-LM's ``args_defaults``, and the values ``--use-checkpoint-args`` takes from the
+checkpoint. Values derived from the world and the checkpoint (data-parallel size, micro-batches, padded
+vocabulary, ...) are the plan's (``config/plan.py``); the layout rules are checked here with the plan's own
+functions, before the process group.
 
 Torch-free: ``check_command_line`` refuses a bad launch before the heavy imports.
 """
@@ -44,7 +46,8 @@ def apply_defaults(args: argparse.Namespace, defaults: Mapping[str, Any] | None)
 
 
 def take_checkpoint_values(args: argparse.Namespace, values: Mapping[str, Any]) -> argparse.Namespace:
-    """--use-checkpoint-args: the values ``load_args_from_checkpoint`` chose from the checkpoint (before validation)."""
+    """--use-checkpoint-args: the values ``load_args_from_checkpoint`` chose from the checkpoint (before
+    validation)."""
     for name, value in values.items():
         setattr(args, name, value)
     return args
@@ -71,31 +74,41 @@ def _check_context_parallel(args: argparse.Namespace) -> None:
     if cp < 1:
         raise ArgumentError(f"--context-parallel-size must be >= 1, got {cp}")
     if algo not in CONTEXT_PARALLEL_ALGOS:
-        raise ArgumentError(f"--context-parallel-algo {algo} is not known: use megatron_cp_algo, ulysses_cp_algo "
-                            "or hybrid_cp_algo")
+        raise ArgumentError(
+            f"--context-parallel-algo {algo} is not known: use megatron_cp_algo, ulysses_cp_algo "
+            "or hybrid_cp_algo"
+        )
     if args.ulysses_degree_in_cp is not None and algo != "hybrid_cp_algo":
-        raise ArgumentError(f"--ulysses-degree-in-cp is for --context-parallel-algo hybrid_cp_algo, not {algo}: "
-                            "drop it or use hybrid_cp_algo")
+        raise ArgumentError(
+            f"--ulysses-degree-in-cp is for --context-parallel-algo hybrid_cp_algo, not {algo}: "
+            "drop it or use hybrid_cp_algo"
+        )
     if cp == 1:
         return
     if algo == "hybrid_cp_algo":
         _check_hybrid_degree(cp, args.ulysses_degree_in_cp)
     if args.seq_length % (2 * cp):
-        raise ArgumentError(f"--seq-length {args.seq_length} must be divisible by 2 x --context-parallel-size {cp} "
-                            f"(each CP rank holds two of {2 * cp} equal chunks): use a multiple of {2 * cp}")
+        raise ArgumentError(
+            f"--seq-length {args.seq_length} must be divisible by 2 x --context-parallel-size {cp} "
+            f"(each CP rank holds two of {2 * cp} equal chunks): use a multiple of {2 * cp}"
+        )
 
 
 def _check_hybrid_degree(cp: int, ulysses: int | None) -> None:
     """hybrid_cp_algo: --ulysses-degree-in-cp U splits the CP group into CP / U rings of U Ulysses ranks."""
     if ulysses is None:
-        raise ArgumentError(f"--context-parallel-algo hybrid_cp_algo needs --ulysses-degree-in-cp U (U divides "
-                            f"--context-parallel-size {cp}, 1 < U < {cp})")
+        raise ArgumentError(
+            f"--context-parallel-algo hybrid_cp_algo needs --ulysses-degree-in-cp U (U divides "
+            f"--context-parallel-size {cp}, 1 < U < {cp})"
+        )
     if ulysses <= 1 or ulysses >= cp or cp % ulysses:
         fix = ("use megatron_cp_algo" if ulysses == 1 else "use ulysses_cp_algo" if ulysses == cp
                else f"use a divisor of {cp} between 2 and {cp // 2}")
-        raise ArgumentError(f"--ulysses-degree-in-cp {ulysses} with --context-parallel-size {cp}: hybrid_cp_algo "
-                            f"needs a divisor of the CP size strictly between 1 and {cp} (both Ulysses and ring "
-                            f"parts larger than 1); {fix}")
+        raise ArgumentError(
+            f"--ulysses-degree-in-cp {ulysses} with --context-parallel-size {cp}: hybrid_cp_algo "
+            f"needs a divisor of the CP size strictly between 1 and {cp} (both Ulysses and ring "
+            f"parts larger than 1); {fix}"
+        )
 
 
 def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
@@ -105,12 +118,16 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.use_legacy_models:
         raise ArgumentError("--use-legacy-models is not supported: megatron-core models only (drop the flag)")
     if args.transformer_impl != "local":
-        raise ArgumentError("--transformer-impl transformer_engine is not supported: use --transformer-impl local "
-                            "(our patch layer provides the fused kernels)")
+        raise ArgumentError(
+            "--transformer-impl transformer_engine is not supported: use --transformer-impl local "
+            "(our patch layer provides the fused kernels)"
+        )
     if args.use_rotary_position_embeddings:
         args.position_embedding_type = "rope"
     if args.position_embedding_type != "rope":
-        raise ArgumentError(f"--position-embedding-type {args.position_embedding_type} is not supported: use rope")
+        raise ArgumentError(
+            f"--position-embedding-type {args.position_embedding_type} is not supported: use rope"
+        )
     if args.rotary_percent != 1.0:
         raise ArgumentError("--rotary-percent other than 1.0 is not supported")
     if args.normalization != "RMSNorm":
@@ -127,9 +144,11 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
                             "(Megatron's legacy layout, what convert_ckpt.py writes) or torch_dist "
                             "(megatron-core's distributed checkpoint, Megatron-LM's default)")
     if args.ckpt_format == "torch_dist" and args.save and args.no_shared_storage:
-        raise ArgumentError("--ckpt-format torch_dist with --no-shared-storage: a distributed checkpoint is one "
-                            "folder written by every rank, so --save must be on storage all nodes share; use "
-                            "--ckpt-format torch")
+        raise ArgumentError(
+            "--ckpt-format torch_dist with --no-shared-storage: a distributed checkpoint is one "
+            "folder written by every rank, so --save must be on storage all nodes share; use "
+            "--ckpt-format torch"
+        )
     try:
         check_lora_flags(args)
     except ValueError as exc:  # the LoRA module's own error type: one line like every refused launch
@@ -140,8 +159,10 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.dataloader_type is None:
         args.dataloader_type = "single"
     if args.dataloader_type != "single":
-        raise ArgumentError(f"--dataloader-type {args.dataloader_type} is not supported: pretraining reads "
-                            "consecutive global batches in the dataset's (already shuffled) order; use single")
+        raise ArgumentError(
+            f"--dataloader-type {args.dataloader_type} is not supported: pretraining reads "
+            "consecutive global batches in the dataset's (already shuffled) order; use single"
+        )
     if args.manual_gc_interval < 0:
         raise ArgumentError(f"--manual-gc-interval must be >= 0, got {args.manual_gc_interval}")
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
@@ -167,8 +188,10 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
     if args.seq_length > args.max_position_embeddings:
-        raise ArgumentError(f"--seq-length {args.seq_length} is larger than --max-position-embeddings "
-                            f"{args.max_position_embeddings}: lower --seq-length or raise --max-position-embeddings")
+        raise ArgumentError(
+            f"--seq-length {args.seq_length} is larger than --max-position-embeddings "
+            f"{args.max_position_embeddings}: lower --seq-length or raise --max-position-embeddings"
+        )
     if args.recompute_activations:
         args.recompute_granularity = "selective"
     if args.recompute_granularity == "full" and args.recompute_method is None:
@@ -178,32 +201,48 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         args.recompute_num_layers = 1
 
     # Parallel sizes.
-    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
+    tp, pp, cp = (
+        args.tensor_model_parallel_size,
+        args.pipeline_model_parallel_size,
+        args.context_parallel_size,
+    )
     dp = plan.data_parallel_size(world_size, tp, pp, cp)
     if args.num_attention_heads % tp or args.num_query_groups % tp:
         raise ArgumentError(f"--num-attention-heads {args.num_attention_heads} and --num-query-groups "
                             f"{args.num_query_groups} must be divisible by --tensor-model-parallel-size {tp}")
     if cp > 1 and args.context_parallel_algo == "ulysses_cp_algo" and (args.num_attention_heads // tp) % cp:
-        raise ArgumentError(f"--context-parallel-algo ulysses_cp_algo splits the attention heads of each TP rank "
-                            f"({args.num_attention_heads // tp}) over --context-parallel-size {cp}: they must divide "
-                            "evenly; use megatron_cp_algo or another CP size")
+        raise ArgumentError(
+            f"--context-parallel-algo ulysses_cp_algo splits the attention heads of each TP rank "
+            f"({args.num_attention_heads // tp}) over --context-parallel-size {cp}: they must divide "
+            "evenly; use megatron_cp_algo or another CP size"
+        )
     ulysses = args.ulysses_degree_in_cp
-    if cp > 1 and args.context_parallel_algo == "hybrid_cp_algo" and (args.num_attention_heads // tp) % ulysses:
-        raise ArgumentError(f"--context-parallel-algo hybrid_cp_algo splits the attention heads of each TP rank "
-                            f"({args.num_attention_heads // tp}) over --ulysses-degree-in-cp {ulysses}: they must "
-                            "divide evenly; use a smaller --ulysses-degree-in-cp or megatron_cp_algo")
+    if (
+        cp > 1
+        and args.context_parallel_algo == "hybrid_cp_algo"
+        and (args.num_attention_heads // tp) % ulysses
+    ):
+        raise ArgumentError(
+            f"--context-parallel-algo hybrid_cp_algo splits the attention heads of each TP rank "
+            f"({args.num_attention_heads // tp}) over --ulysses-degree-in-cp {ulysses}: they must "
+            "divide evenly; use a smaller --ulysses-degree-in-cp or megatron_cp_algo"
+        )
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # Megatron-LM drops it silently at TP1; it means nothing there
     if args.no_pad_to_seq_lengths and args.sequence_parallel and args.pad_to_multiple_of % tp:
-        raise ArgumentError(f"--pad-to-multiple-of {args.pad_to_multiple_of} with --sequence-parallel at "
-                            f"--tensor-model-parallel-size {tp}: micro-batch lengths must split evenly over the "
-                            f"TP ranks; use a multiple of {tp}, e.g. --pad-to-multiple-of {tp * 8}")
+        raise ArgumentError(
+            f"--pad-to-multiple-of {args.pad_to_multiple_of} with --sequence-parallel at "
+            f"--tensor-model-parallel-size {tp}: micro-batch lengths must split evenly over the "
+            f"TP ranks; use a multiple of {tp}, e.g. --pad-to-multiple-of {tp * 8}"
+        )
     split = 2 * cp * (tp if args.sequence_parallel else 1)
     if cp > 1 and args.no_pad_to_seq_lengths and args.pad_to_multiple_of % split:
-        raise ArgumentError(f"--pad-to-multiple-of {args.pad_to_multiple_of} with --context-parallel-size {cp}: "
-                            f"micro-batch lengths must split into {2 * cp} equal chunks per sequence"
-                            f"{' and over the TP ranks' if split > 2 * cp else ''}; use a multiple of {split}, "
-                            f"e.g. --pad-to-multiple-of {split * 8}")
+        raise ArgumentError(
+            f"--pad-to-multiple-of {args.pad_to_multiple_of} with --context-parallel-size {cp}: "
+            f"micro-batch lengths must split into {2 * cp} equal chunks per sequence"
+            f"{' and over the TP ranks' if split > 2 * cp else ''}; use a multiple of {split}, "
+            f"e.g. --pad-to-multiple-of {split * 8}"
+        )
     _first_last_stage_layers(args, pp)
     plan.stage_layers(args.num_layer_list, args.num_layers, pp, args.num_layers_per_virtual_pipeline_stage)
     virtual = plan.virtual_stages(args.num_layers, pp, args.num_layers_per_virtual_pipeline_stage)
@@ -232,8 +271,10 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.end_weight_decay is None:
         args.end_weight_decay = args.weight_decay
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
-        raise ArgumentError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler contradict "
-                            "each other: give one (the launch's schedule, or the checkpoint's)")
+        raise ArgumentError(
+            "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler contradict "
+            "each other: give one (the launch's schedule, or the checkpoint's)"
+        )
     if args.min_lr > args.lr:
         raise ArgumentError(f"--min-lr {args.min_lr} is larger than --lr {args.lr}")
 
@@ -287,17 +328,21 @@ def _check_instruction_flags(args: argparse.Namespace) -> None:
                                        ("--no-pad-to-seq-lengths", args.no_pad_to_seq_lengths),
                                        ("--reset-attention-mask", args.reset_attention_mask)) if on]
         if needs:
-            raise ArgumentError(f"{' '.join(needs)} only apply to instruction data: fine-tune with "
-                                "posttrain_gpt.py --stage sft (or add --is-instruction-dataset) and --data-path "
-                                "PREFIX of preprocess_data.py --handler-name ...InstructionHandler")
+            raise ArgumentError(
+                f"{' '.join(needs)} only apply to instruction data: fine-tune with "
+                "posttrain_gpt.py --stage sft (or add --is-instruction-dataset) and --data-path "
+                "PREFIX of preprocess_data.py --handler-name ...InstructionHandler"
+            )
         return
     if args.mock_data or args.train_data_path or args.valid_data_path or args.test_data_path:
         raise ArgumentError("instruction data is read from one --data-path PREFIX (preprocess_data.py's "
                             "--output-prefix; --split divides it): drop --mock-data/--train-data-path/"
                             "--valid-data-path/--test-data-path")
     if args.data_path and len(split_data_path(args.data_path)[0]) != 1:
-        raise ArgumentError(f"--data-path {' '.join(args.data_path)}: instruction data takes one PREFIX, not a "
-                            "blend; preprocess the sources into one dataset")
+        raise ArgumentError(
+            f"--data-path {' '.join(args.data_path)}: instruction data takes one PREFIX, not a "
+            "blend; preprocess the sources into one dataset"
+        )
     if args.reset_attention_mask:
         args.reset_position_ids = True  # the attention kernel numbers positions per document
     elif args.reset_position_ids:
@@ -305,8 +350,10 @@ def _check_instruction_flags(args: argparse.Namespace) -> None:
                             "models (megatron-core numbers positions 0..s-1): add --reset-attention-mask for "
                             "packed data, or drop --reset-position-ids")
     if args.eod_mask_loss:
-        raise ArgumentError("--eod-mask-loss does not apply to instruction data (labels -100 mark what is not "
-                            "learned; the closing tokens of answers are learned): drop it")
+        raise ArgumentError(
+            "--eod-mask-loss does not apply to instruction data (labels -100 mark what is not "
+            "learned; the closing tokens of answers are learned): drop it"
+        )
 
 
 def _check_training_length(args: argparse.Namespace) -> None:
@@ -327,14 +374,17 @@ def _check_training_length(args: argparse.Namespace) -> None:
                                 ("--lr-warmup-iters", args.lr_warmup_iters or None),
                                 ("--lr-wsd-decay-iters", args.lr_wsd_decay_iters)) if v is not None]
         if mixed:
-            raise ArgumentError(f"{' '.join(mixed)} go with --train-iters; with --train-samples use the "
-                                "-samples flags (--lr-decay-samples, --lr-warmup-samples, --lr-wsd-decay-samples)")
+            raise ArgumentError(
+                f"{' '.join(mixed)} go with --train-iters; with --train-samples use the "
+                "-samples flags (--lr-decay-samples, --lr-warmup-samples, --lr-wsd-decay-samples)"
+            )
         if args.lr_warmup_fraction is not None and args.lr_warmup_samples:
             raise ArgumentError("give only one of --lr-warmup-fraction and --lr-warmup-samples")
 
 
 def _first_last_stage_layers(args: argparse.Namespace, pp: int) -> None:
-    """--decoder-first/last-pipeline-num-layers as a --num-layer-list (the other stages share the rest evenly)."""
+    """--decoder-first/last-pipeline-num-layers as a --num-layer-list (the other stages share the rest
+    evenly)."""
     first, last = args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers
     if first is None and last is None:
         return
@@ -350,8 +400,10 @@ def _first_last_stage_layers(args: argparse.Namespace, pp: int) -> None:
         raise ArgumentError(f"{flags} must not be negative")
     rest, others = args.num_layers - sum(fixed), pp - len(fixed)
     if rest < 0 or (others and rest % others) or (not others and rest):
-        raise ArgumentError(f"--num-layers {args.num_layers} minus {flags} ({rest} layers) cannot be split evenly "
-                            f"over the other {others} pipeline stages: adjust them, or give --num-layer-list")
+        raise ArgumentError(
+            f"--num-layers {args.num_layers} minus {flags} ({rest} layers) cannot be split evenly "
+            f"over the other {others} pipeline stages: adjust them, or give --num-layer-list"
+        )
     middle = rest // others if others else 0
     counts = [middle] * pp
     if first is not None:
@@ -363,7 +415,7 @@ def _first_last_stage_layers(args: argparse.Namespace, pp: int) -> None:
 
 
 
-# ---- inference.py --------------------------------------------------------------------------------------------
+# ---- inference.py ------------------------------------------------------------------------------------------
 _DATA_FLAGS = ("data_path", "train_data_path", "valid_data_path", "test_data_path", "mock_data")
 
 
@@ -373,13 +425,19 @@ def _check_tasks(args: argparse.Namespace) -> None:
         args.task = ["do_sample" if sampling_flags_given(args) else "greedy"]
     args.task = list(dict.fromkeys(args.task))  # each once, in the order given
     if "chat" in args.task and len(args.task) > 1:
-        raise ArgumentError(f"--task {' '.join(args.task)}: chat runs alone (it samples when --temperature/--top-k/"
-                            "--top-p is given, else it is greedy)")
+        raise ArgumentError(
+            f"--task {' '.join(args.task)}: chat runs alone (it samples when --temperature/--top-k/"
+            "--top-p is given, else it is greedy)"
+        )
     if args.task == ["greedy"] and sampling_flags_given(args):
-        raise ArgumentError("--temperature/--top-k/--top-p mean nothing with --task greedy: add --task do_sample "
-                            "(or drop --task), or drop them")
+        raise ArgumentError(
+            "--temperature/--top-k/--top-p mean nothing with --task greedy: add --task do_sample "
+            "(or drop --task), or drop them"
+        )
     if args.temperature is not None and args.temperature <= 0:
-        raise ArgumentError(f"--temperature must be > 0, got {args.temperature} (greedy decoding is --task greedy)")
+        raise ArgumentError(
+            f"--temperature must be > 0, got {args.temperature} (greedy decoding is --task greedy)"
+        )
 
 
 def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
@@ -397,16 +455,20 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
     if args.seq_length is None and args.max_position_embeddings is not None:
         args.seq_length = args.max_position_embeddings
     if not args.load:
-        raise ArgumentError("--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, or "
-                            "a training --save)")
-    # --prompt-type is the training parser's (the SFT data's template); training refuses it without instruction
-    # data, generation uses it for --task chat: checked here instead.
+        raise ArgumentError(
+            "--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, or "
+            "a training --save)"
+        )
+    # --prompt-type is the training parser's (the SFT data's template); training refuses it without
+    # instruction data, generation uses it for --task chat: checked here instead.
     prompt_type, args.prompt_type = args.prompt_type, None
     check_args(args, world_size)
     args.prompt_type = prompt_type
     if args.num_layers_per_virtual_pipeline_stage:
-        raise ArgumentError("--num-layers-per-virtual-pipeline-stage: generation runs one model chunk per "
-                            "pipeline stage; reshard the checkpoint without virtual stages (convert_ckpt.py mg->mg)")
+        raise ArgumentError(
+            "--num-layers-per-virtual-pipeline-stage: generation runs one model chunk per "
+            "pipeline stage; reshard the checkpoint without virtual stages (convert_ckpt.py mg->mg)"
+        )
     if args.sequence_parallel:
         raise ArgumentError("--sequence-parallel is not supported for generation (megatron-core's static "
                             "inference context refuses it): drop the flag")
@@ -426,10 +488,14 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
                             "--tokenizer-type PretrainedFromHF --tokenizer-name-or-path HF_MODEL_FOLDER")
     if args.task == ["chat"]:
         if args.prompt_type is None:
-            raise ArgumentError(f"--task chat needs --prompt-type (the template the model was fine-tuned with: "
-                                f"{', '.join(PROMPT_TYPES)})")
+            raise ArgumentError(
+                f"--task chat needs --prompt-type (the template the model was fine-tuned with: "
+                f"{', '.join(PROMPT_TYPES)})"
+            )
         if args.prompts_file:
-            raise ArgumentError("--task chat takes the user turns from --prompt (or stdin), not --prompts-file")
+            raise ArgumentError(
+                "--task chat takes the user turns from --prompt (or stdin), not --prompts-file"
+            )
     elif args.prompt_type is not None:
         raise ArgumentError("--prompt-type applies to --task chat: add --task chat, or drop --prompt-type")
     if args.task != ["chat"] and not (args.prompt or args.prompts_file):
@@ -462,9 +528,13 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
         with quiet:
             args = parse_args(None if argv is None else list(argv), extra_args_provider)
         if require_stage and args.stage is None:
-            raise ArgumentError("posttrain_gpt.py needs --stage sft (instruction fine-tuning on preprocess_data.py's "
-                                "instruction data); pretraining is pretrain_gpt.py")
-        if not args.use_checkpoint_args:  # else the model flags come from the checkpoint (initialize_megatron)
+            raise ArgumentError(
+                "posttrain_gpt.py needs --stage sft (instruction fine-tuning on preprocess_data.py's "
+                "instruction data); pretraining is pretrain_gpt.py"
+            )
+        if (
+            not args.use_checkpoint_args
+        ):  # else the model flags come from the checkpoint (initialize_megatron)
             (check or check_args)(args, world)
         check_paths(args)
     except (ArgumentError, SystemExit) as exc:

@@ -1,4 +1,5 @@
-"""The converter of ``convert_ckpt.py``: HF <-> megatron-core and mg -> mg resharding (see docs/checkpoint.md).
+"""The converter of ``convert_ckpt.py``: HF <-> megatron-core and mg -> mg resharding (see
+docs/checkpoint.md).
 
 Megatron checkpoints are read and written through the checkpoint interface
 (:mod:`mindspeed_llm.runtime.checkpoint`); this package holds the conversion itself: the tensor mapping,
@@ -33,7 +34,8 @@ class _Package(types.ModuleType):
 
     def __setattr__(self, name: str, value) -> None:
         if name == "convert" and isinstance(value, types.ModuleType):
-            return  # the import system binding submodule ``convert``; __getattr__ keeps answering the function
+            # the import system binding submodule ``convert``; __getattr__ keeps answering the function
+            return
         super().__setattr__(name, value)
 
 

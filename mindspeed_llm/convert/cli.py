@@ -44,17 +44,24 @@ def _layer_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer counts (6,8,8,6)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of layer counts (6,8,8,6)"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (flags as MindSpeed-LLM's convert_ckpt.py)."""
     p = argparse.ArgumentParser(
         prog="convert_ckpt.py",
-        description="Convert checkpoints: HuggingFace <-> Megatron-mcore legacy layout, and mg -> mg resharding.",
+        description=(
+            "Convert checkpoints: HuggingFace <-> Megatron-mcore legacy layout, and mg -> mg resharding."
+        ),
     )
-    p.add_argument("--use-mcore-models", action="store_true",
-                   help="accepted for MindSpeed compatibility; megatron-core models are the only kind written")
+    p.add_argument(
+        "--use-mcore-models",
+        action="store_true",
+        help="accepted for MindSpeed compatibility; megatron-core models are the only kind written",
+    )
     p.add_argument("--model-type", default="GPT", choices=["GPT"], help="only GPT (decoder-only) models")
     p.add_argument("--load-model-type", required=True, choices=["hf", "mg"])
     p.add_argument("--save-model-type", required=True, choices=["hf", "mg"])
@@ -72,20 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convert the weights to this dtype (default: keep the source's)")
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=1,
                    help="pad the vocabulary to a multiple of this x TP (default 1)")
-    p.add_argument("--padded-vocab-size", type=int, default=None, help="pad the vocabulary to exactly this size")
+    p.add_argument(
+        "--padded-vocab-size", type=int, default=None, help="pad the vocabulary to exactly this size"
+    )
     p.add_argument("--tokenizer-model", default=None, help="recorded in the checkpoint's args")
     p.add_argument("--hf-dir", default=None,
                    help="mg->hf: the original HF folder for config and tokenizer (default: the one recorded)")
     p.add_argument("--load-iteration", default=None, type=_iteration,
                    help="mg sources: iteration to read (default: latest_checkpointed_iteration.txt)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a --save-dir that holds an earlier output of the same kind (an HF export for "
-                        "mg->hf, a converted Megatron checkpoint, model only, for hf->mg and mg->mg)")
-    p.add_argument("--overwrite-training-checkpoint", action="store_true",
-                   help="also replace a --save-dir holding a training checkpoint (optimizer, scheduler or RNG "
-                        "state, several iterations): that training state is deleted")
-    p.add_argument("--overwrite-hf-model", action="store_true",
-                   help="also replace a --save-dir holding an HF model this tool did not write: it is deleted")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a --save-dir that holds an earlier output of the same kind (an HF export for "
+        "mg->hf, a converted Megatron checkpoint, model only, for hf->mg and mg->mg)",
+    )
+    p.add_argument(
+        "--overwrite-training-checkpoint",
+        action="store_true",
+        help="also replace a --save-dir holding a training checkpoint (optimizer, scheduler or RNG "
+        "state, several iterations): that training state is deleted",
+    )
+    p.add_argument(
+        "--overwrite-hf-model",
+        action="store_true",
+        help="also replace a --save-dir holding an HF model this tool did not write: it is deleted",
+    )
     p.add_argument("--max-shard-size", type=_size, default=_size("5GB"), help="HF output shard size (5GB)")
     p.add_argument("--verify", action="store_true",
                    help="compare logits of transformers' model and our megatron-core model after converting")
@@ -132,7 +150,8 @@ def options_from_args(args: argparse.Namespace):
 
 
 def check_verify_length(opts: ConvertOptions, tokens: int) -> None:
-    """--verify from an HF folder: refuse more tokens than an active sliding window before anything is written."""
+    """--verify from an HF folder: refuse more tokens than an active sliding window before anything is
+    written."""
     from mindspeed_llm.models.families import ModelConfig
 
     config = os.path.join(opts.load_dir, "config.json")
@@ -151,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with exit_on_signals():
         try:
-            check_load_dir(args.load_dir, args.load_model_type)  # before the heavy imports: a typo answers at once
+            check_load_dir(
+                args.load_dir, args.load_model_type
+            )  # before the heavy imports: a typo answers at once
             check_lora_flags(args, converter=True)
             import mindspeed_llm
             from mindspeed_llm.models.families import UnsupportedModelError
@@ -174,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.verify:
                 from mindspeed_llm.convert.verify import verify_after_convert
 
-                verify_after_convert(opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens)
+                verify_after_convert(
+                    opts, written, tolerance=args.verify_tolerance, num_tokens=args.verify_tokens
+                )
         except (CheckpointError, LoraError, UnsupportedModelError) as exc:
             print_error(str(exc))
             return 2

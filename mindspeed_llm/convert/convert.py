@@ -84,7 +84,9 @@ class ConvertOptions:
     overwrite_hf_model: bool = False  # --overwrite-hf-model
     max_shard_size: int = 5 * 1024**3  # --max-shard-size (hf output)
     progress: bool = True
-    lora_load: str | None = None  # --lora-load: hf->mg a peft adapter folder; mg->* a Megatron adapter checkpoint
+    lora_load: str | None = (
+        None  # --lora-load: hf->mg a peft adapter folder; mg->* a Megatron adapter checkpoint
+    )
     save_lora_to_hf: bool = False  # --save-lora-to-hf: mg->hf writes the adapter as a peft folder
     # --lora-r / --lora-alpha / --lora-target-modules as given, by LoraConfig field: checked against the
     # adapter (mindspeed_llm.lora.config.check_recorded)
@@ -95,11 +97,13 @@ class ConvertOptions:
 def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int] | None) -> list[int]:
     """Validate TP/PP against the model; return the layers per stage."""
     if tp < 1 or pp < 1:
-        raise CheckpointError("--target-tensor-parallel-size and --target-pipeline-parallel-size must be >= 1")
+        raise CheckpointError(
+            "--target-tensor-parallel-size and --target-pipeline-parallel-size must be >= 1"
+        )
     if cfg.num_attention_heads % tp:
         raise CheckpointError(
-            f"--target-tensor-parallel-size {tp} does not divide num_attention_heads={cfg.num_attention_heads}: "
-            "pick a divisor"
+            f"--target-tensor-parallel-size {tp} does not divide "
+            f"num_attention_heads={cfg.num_attention_heads}: pick a divisor"
         )
     if cfg.num_query_groups % tp:
         raise CheckpointError(
@@ -113,18 +117,18 @@ def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int]
     if num_layer_list:
         if len(num_layer_list) != pp:
             raise CheckpointError(
-                f"--num-layer-list has {len(num_layer_list)} entries but --target-pipeline-parallel-size is {pp}: "
-                "give one layer count per stage"
+                f"--num-layer-list has {len(num_layer_list)} entries but --target-pipeline-parallel-size is "
+                f"{pp}: give one layer count per stage"
             )
         if sum(num_layer_list) != cfg.num_layers or min(num_layer_list) < 1:
             raise CheckpointError(
-                f"--num-layer-list {','.join(map(str, num_layer_list))} sums to {sum(num_layer_list)} but the "
-                f"model has {cfg.num_layers} layers (each stage needs >= 1): fix the list"
+                f"--num-layer-list {','.join(map(str, num_layer_list))} sums to {sum(num_layer_list)} but "
+                f"the model has {cfg.num_layers} layers (each stage needs >= 1): fix the list"
             )
     elif cfg.num_layers % pp:
         raise CheckpointError(
-            f"--target-pipeline-parallel-size {pp} does not divide num_hidden_layers={cfg.num_layers}: pick a "
-            "divisor or give --num-layer-list"
+            f"--target-pipeline-parallel-size {pp} does not divide num_hidden_layers={cfg.num_layers}: pick "
+            "a divisor or give --num-layer-list"
         )
     return layers_per_stage(cfg.num_layers, pp, num_layer_list)
 
@@ -132,7 +136,9 @@ def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int]
 def target_padded_vocab(cfg: ModelConfig, opts: ConvertOptions) -> int:
     """Padded vocabulary size for the target TP, validated."""
     rows = cfg.vocab_size
-    padded = padded_vocab_size(rows, opts.target_tp, opts.make_vocab_size_divisible_by, opts.padded_vocab_size)
+    padded = padded_vocab_size(
+        rows, opts.target_tp, opts.make_vocab_size_divisible_by, opts.padded_vocab_size
+    )
     if padded < rows:
         raise CheckpointError(
             f"--padded-vocab-size {padded} is smaller than the {rows} embedding rows: use at least {rows}"
@@ -144,9 +150,18 @@ def target_padded_vocab(cfg: ModelConfig, opts: ConvertOptions) -> int:
     return padded
 
 
-def checkpoint_record(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], padded: int, opts: ConvertOptions,
-                      source=None, adapter: Adapter | None = None,
-                      iteration: int | str = HF_TO_MG_ITERATION) -> CheckpointRecord:
+def checkpoint_record(
+    cfg: ModelConfig,
+    *,
+    tp: int,
+    pp: int,
+    counts: list[int],
+    padded: int,
+    opts: ConvertOptions,
+    source=None,
+    adapter: Adapter | None = None,
+    iteration: int | str = HF_TO_MG_ITERATION,
+) -> CheckpointRecord:
     """The record every rank file of the output holds: the model (every setting a launch is checked against),
     the target layout, the adapter's settings, and the source's progress (mg->mg) or iteration 1 (hf->mg)."""
     hf_dir = source.record.model.hf_dir if source is not None else os.path.abspath(opts.load_dir)
@@ -165,8 +180,8 @@ def checkpoint_record(cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], 
 
 
 def provenance_args(opts: ConvertOptions, source=None) -> argparse.Namespace:
-    """The Megatron ``args`` the record's values are set on: the source checkpoint's (mg->mg keeps what training
-    recorded), else what an hf->mg conversion was given."""
+    """The Megatron ``args`` the record's values are set on: the source checkpoint's (mg->mg keeps what
+    training recorded), else what an hf->mg conversion was given."""
     if source is not None:
         return source.args
     return argparse.Namespace(model_type_hf=opts.model_type_hf, tokenizer_model=opts.tokenizer_model)
@@ -263,7 +278,11 @@ def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_
             json.dump(hf_config, f, indent=2)
         copied = copy_tokenizer_files(hf_dir, tmp) if hf_dir and os.path.isdir(hf_dir) else []
         if "generation_config.json" not in copied:
-            gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "_from_model_config": True}
+            gen = {
+                "bos_token_id": cfg.bos_token_id,
+                "eos_token_id": cfg.eos_token_id,
+                "_from_model_config": True,
+            }
             with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
                 json.dump(gen, f, indent=2)
         mark_hf_export(tmp, marker or {})
@@ -302,7 +321,9 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
 def check_hf_dir(hf_dir: str | None) -> None:
     """A given --hf-dir must hold config.json (it is not silently replaced by the recorded config)."""
     if hf_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        raise CheckpointError(f"--hf-dir {hf_dir} holds no config.json: point it at the original HF model folder")
+        raise CheckpointError(
+            f"--hf-dir {hf_dir} holds no config.json: point it at the original HF model folder"
+        )
 
 
 def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
@@ -310,7 +331,8 @@ def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
     check_model_type_hf(opts.model_type_hf, source.cfg)
     if opts.add_qkv_bias and not source.cfg.add_qkv_bias:
         raise CheckpointError(
-            f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop --add-qkv-bias"
+            f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop "
+            "--add-qkv-bias"
         )
 
 
@@ -363,26 +385,39 @@ def convert_mg_to_hf(opts: ConvertOptions) -> str:
         adapter = mg_adapter(source, opts)
         if opts.save_lora_to_hf:
             if adapter is None:
-                raise CheckpointError(f"--save-lora-to-hf: {opts.lora_load or opts.load_dir} holds no LoRA adapter "
-                                      "tensors: give the adapter checkpoint with --lora-load")
+                raise CheckpointError(
+                    f"--save-lora-to-hf: {opts.lora_load or opts.load_dir} holds no LoRA adapter "
+                    "tensors: give the adapter checkpoint with --lora-load"
+                )
             return write_peft_folder(adapter, source.cfg, target, opts, hf_dir)
         if adapter is not None:
             source = MergedSource(source, adapter, BaseRows(source.cfg))  # merged, in the base's dtype
             marker["lora_load"] = os.path.abspath(opts.lora_load or opts.load_dir)
-        return write_hf(source, source.cfg, target, dtype=dtype, hf_dir=hf_dir, max_shard_size=opts.max_shard_size,
-                        progress=opts.progress, marker=marker)
+        return write_hf(
+            source,
+            source.cfg,
+            target,
+            dtype=dtype,
+            hf_dir=hf_dir,
+            max_shard_size=opts.max_shard_size,
+            progress=opts.progress,
+            marker=marker,
+        )
     finally:
         source.close()
 
 
 def mg_adapter(source, opts: ConvertOptions) -> Adapter | None:
-    """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or None)."""
+    """The LoRA adapter of an mg source: --lora-load's checkpoint, else the one inside --load-dir (or
+    None)."""
     adapter = None
     if opts.lora_load:
         adapter = read_mg_adapter(opts.lora_load, source.cfg)
         if adapter is None:
-            raise CheckpointError(f"--lora-load {opts.lora_load} holds no LoRA adapter tensors: give the --save folder "
-                                  "of a LoRA run")
+            raise CheckpointError(
+                f"--lora-load {opts.lora_load} holds no LoRA adapter tensors: give the --save folder "
+                "of a LoRA run"
+            )
     elif isinstance(source, MgSource):
         adapter = read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
     check_recorded(opts.lora_expected, adapter and adapter.config, opts.lora_load or opts.load_dir)
@@ -461,8 +496,10 @@ def write_peft_folder(adapter: Adapter, cfg: ModelConfig, target: str, opts: Con
     if os.path.isdir(target) and os.listdir(target):
         if not (opts.overwrite and os.path.isfile(os.path.join(target, ADAPTER_CONFIG))
                 and os.path.isfile(os.path.join(target, EXPORT_MARKER))):
-            raise CheckpointError(f"--save-dir {target} is not empty: give a new folder (or --overwrite to replace "
-                                  "an adapter this tool exported)")
+            raise CheckpointError(
+                f"--save-dir {target} is not empty: give a new folder (or --overwrite to replace "
+                "an adapter this tool exported)"
+            )
     with staging_dir(target) as tmp:
         write_peft_adapter(adapter, BaseRows(cfg), tmp, os.path.abspath(hf_dir) if hf_dir else None)
         with open(os.path.join(tmp, EXPORT_MARKER), "w", encoding="utf-8") as f:
@@ -480,6 +517,6 @@ def convert(opts: ConvertOptions) -> str:
     if pair == ("mg", "mg"):
         return convert_mg_to_mg(opts)
     raise CheckpointError(
-        f"--load-model-type {opts.load_model_type} --save-model-type {opts.save_model_type} is not supported: "
-        "use hf->mg, mg->hf or mg->mg"
+        f"--load-model-type {opts.load_model_type} --save-model-type {opts.save_model_type} is not "
+        "supported: use hf->mg, mg->hf or mg->mg"
     )

@@ -30,7 +30,8 @@ class VerificationUnavailable(Exception):
 
 
 def check_load_dir(folder: str, load_model_type: str) -> None:
-    """``--load-dir`` exists and holds something (torch-free: ``convert_ckpt.py`` checks it before importing)."""
+    """``--load-dir`` exists and holds something (torch-free: ``convert_ckpt.py`` checks it before
+    importing)."""
     what = "the HF model folder" if load_model_type == "hf" else "the Megatron checkpoint folder"
     if not os.path.isdir(folder):
         state = "is a file" if os.path.exists(folder) else "does not exist"

@@ -101,11 +101,17 @@ def read_index(path: str, folder: str) -> list[str]:
     except OSError as exc:
         raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(v, str) for v in weight_map.values())
+    ):
         raise _damaged(path, "no 'weight_map' object of tensor name -> shard file")
     missing_files = sorted({v for v in weight_map.values() if not os.path.isfile(os.path.join(folder, v))})
     if missing_files:
-        raise CheckpointError(f"{path} names shards that are missing: {', '.join(missing_files)}; re-download them")
+        raise CheckpointError(
+            f"{path} names shards that are missing: {', '.join(missing_files)}; re-download them"
+        )
     return sorted(set(weight_map.values()))
 
 
@@ -121,7 +127,9 @@ class HfReader:
         check_load_dir(folder, "hf")
         entries = os.listdir(folder)
         if not os.path.isfile(os.path.join(folder, "config.json")):
-            raise CheckpointError(f"{os.path.join(folder, 'config.json')} not found: --load-dir must be an HF model folder")
+            raise CheckpointError(
+                f"{os.path.join(folder, 'config.json')} not found: --load-dir must be an HF model folder"
+            )
         index_path = os.path.join(folder, INDEX_FILENAME)
         if os.path.isfile(index_path):
             files = read_index(index_path, folder)
@@ -130,10 +138,13 @@ class HfReader:
             if not files:
                 if any(e.endswith(".bin") or e.endswith(".pt") for e in entries):
                     raise CheckpointError(
-                        f"--load-dir {folder} holds only PyTorch .bin weights, which are not supported: convert "
-                        "them to safetensors first (transformers: model.save_pretrained(dir, safe_serialization=True))"
+                        f"--load-dir {folder} holds only PyTorch .bin weights, which are not supported: "
+                        "convert them to safetensors first (transformers: model.save_pretrained(dir, "
+                        "safe_serialization=True))"
                     )
-                raise CheckpointError(f"--load-dir {folder} has no *.safetensors weights (nor {INDEX_FILENAME})")
+                raise CheckpointError(
+                    f"--load-dir {folder} has no *.safetensors weights (nor {INDEX_FILENAME})"
+                )
         # name -> (file, dtype, shape, absolute begin, absolute end)
         self._entries: dict[str, tuple[str, torch.dtype, list[int], int, int]] = {}
         for name in files:
@@ -221,7 +232,9 @@ class HfShardWriter:
             return
         index = len(self._shards)
         try:
-            save_file(self._pending, os.path.join(self.folder, f"shard-{index:05d}.tmp"), metadata={"format": "pt"})
+            save_file(
+                self._pending, os.path.join(self.folder, f"shard-{index:05d}.tmp"), metadata={"format": "pt"}
+            )
         except Exception as exc:  # safetensors raises SafetensorError("... I/O error: ... (os error 28)")
             os_err = os_error_of(exc)
             if os_err is not None:
@@ -242,7 +255,10 @@ class HfShardWriter:
             for name in names:
                 weight_map[name] = final
         if n > 1:
-            index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
+            index = {
+                "metadata": {"total_size": self.total_size},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             with open(os.path.join(self.folder, INDEX_FILENAME), "w", encoding="utf-8") as f:
                 json.dump(index, f, indent=2)
 

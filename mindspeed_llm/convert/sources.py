@@ -39,10 +39,19 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     h, d = cfg.hidden_size, cfg.kv_channels
     q, kv, f = cfg.num_attention_heads * d, cfg.num_query_groups * d, cfg.ffn_hidden_size
     per_layer = {
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
-        "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,), "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h),
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h),
+        "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,),
+        "self_attn.k_proj.bias": (kv,),
+        "self_attn.v_proj.bias": (kv,),
+        "self_attn.q_norm.weight": (d,),
+        "self_attn.k_norm.weight": (d,),
+        "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (f, h),
+        "mlp.up_proj.weight": (f, h),
         "mlp.down_proj.weight": (h, f),
     }
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
@@ -119,7 +128,9 @@ class HfSource:
         if m.transform is Transform.COPY:
             return self.reader.get(names[0])
         shapes = [self.reader.shape(n) for n in names]
-        out = torch.empty([sum(s[0] for s in shapes), *shapes[0][1:]], dtype=self.reader.entry_dtype(names[0]))
+        out = torch.empty(
+            [sum(s[0] for s in shapes), *shapes[0][1:]], dtype=self.reader.entry_dtype(names[0])
+        )
         if m.transform is Transform.GATE_UP:
             rows = shapes[0][0]
             self.reader.read_rows_into(names[0], out[:rows], 0, rows)
@@ -147,8 +158,9 @@ def read_model_config(config: str | dict, where: str | None = None) -> ModelConf
     except UnsupportedModelError as exc:  # a real model we cannot represent: not damage
         raise CheckpointError(f"{where}: {exc}") from None
     except KeyError as exc:
-        raise DamagedCheckpointError(f"{where}: the key {exc} is missing: use the model's original config.json") \
-            from None
+        raise DamagedCheckpointError(
+            f"{where}: the key {exc} is missing: use the model's original config.json"
+        ) from None
     except (ValueError, TypeError, ZeroDivisionError) as exc:
         raise DamagedCheckpointError(f"{where}: {exc}: use the model's original config.json") from None
     except OSError as exc:
@@ -156,7 +168,8 @@ def read_model_config(config: str | dict, where: str | None = None) -> ModelConf
 
 
 def model_config_from_record(record: CheckpointRecord, hf_dir: str | None = None) -> ModelConfig:
-    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its recorded one."""
+    """The :class:`ModelConfig` of a Megatron checkpoint: from ``hf_dir``'s config.json, else its recorded
+    one."""
     model = record.model
     if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
         cfg = read_model_config(hf_dir)
@@ -200,7 +213,9 @@ class MgSource:
         if "model" in first:
             self.chunk_keys = ["model"]
         else:
-            self.chunk_keys = sorted((k for k in first if re.fullmatch(r"model\d+", k)), key=lambda k: int(k[5:]))
+            self.chunk_keys = sorted(
+                (k for k in first if re.fullmatch(r"model\d+", k)), key=lambda k: int(k[5:])
+            )
             if not self.chunk_keys:
                 raise CheckpointError(f"{root}: rank files hold no 'model' (nor model0, model1, ...) entry")
         self.num_stages = self.pp * len(self.chunk_keys)
@@ -213,8 +228,8 @@ class MgSource:
         embedding = model.get(EMBEDDING.mcore) if isinstance(model, dict) else None
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
             raise DamagedCheckpointError(
-                f"{self._path(0, 0)}: no 2-D {EMBEDDING.mcore} in '{self.chunk_keys[0]}': the file is not the first "
-                "pipeline stage of a GPT checkpoint"
+                f"{self._path(0, 0)}: no 2-D {EMBEDDING.mcore} in '{self.chunk_keys[0]}': the file is not "
+                "the first pipeline stage of a GPT checkpoint"
             )
         if embedding.shape[1] != self.cfg.hidden_size:
             raise DamagedCheckpointError(
@@ -230,15 +245,16 @@ class MgSource:
             sd = self._load(0, s % self.pp).get(self.chunk_keys[s // self.pp])
             if not isinstance(sd, dict):
                 raise DamagedCheckpointError(
-                    f"{self._path(0, s % self.pp)}: no '{self.chunk_keys[s // self.pp]}' state dict: the rank file "
-                    "belongs to another checkpoint"
+                    f"{self._path(0, s % self.pp)}: no '{self.chunk_keys[s // self.pp]}' state dict: the "
+                    "rank file belongs to another checkpoint"
                 )
             ids = {int(m.group(1)) for k in sd if (m := re.match(r"decoder\.layers\.(\d+)\.", k))}
             self.stage_counts.append(len(ids))
         if sum(self.stage_counts) != self.cfg.num_layers:
             raise CheckpointError(
-                f"{root}: the rank files hold {sum(self.stage_counts)} layers {self.stage_counts} but the model "
-                f"config has {self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model"
+                f"{root}: the rank files hold {sum(self.stage_counts)} layers {self.stage_counts} but the "
+                f"model config has {self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to "
+                "another model"
             )
         self._cache: OrderedDict[int, list[dict]] = OrderedDict()
         self._hf_shapes = expected_hf_shapes(self.cfg)
@@ -260,8 +276,8 @@ class MgSource:
             sd = self._load(t, stage % self.pp).get(key)
             if not isinstance(sd, dict):
                 raise DamagedCheckpointError(
-                    f"{self._path(t, stage % self.pp)}: no '{key}' state dict: the rank file belongs to another "
-                    "checkpoint"
+                    f"{self._path(t, stage % self.pp)}: no '{key}' state dict: the rank file belongs to "
+                    "another checkpoint"
                 )
             sds.append(sd)
         self._cache[stage] = sds
@@ -269,8 +285,11 @@ class MgSource:
             self._cache.popitem(last=False)
         return sds
 
-    def _gather(self, pp_rank: int, key: str, m: TensorMapping, expected: tuple[int | None, ...]) -> torch.Tensor:
-        """One tensor merged over TP; its shape is checked (None: any size) so a foreign rank file is named."""
+    def _gather(
+        self, pp_rank: int, key: str, m: TensorMapping, expected: tuple[int | None, ...]
+    ) -> torch.Tensor:
+        """One tensor merged over TP; its shape is checked (None: any size) so a foreign rank file is
+        named."""
         sds = self.stage(pp_rank)
         try:
             parts = [sd[key] for sd in sds]
@@ -287,11 +306,14 @@ class MgSource:
                     f"{tuple(parts[0].shape)}: the rank file belongs to another checkpoint"
                 )
         full = unshard(m.split, parts)
-        if len(full.shape) != len(expected) or any(e is not None and e != g for e, g in zip(expected, full.shape)):
+        if len(full.shape) != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected, full.shape)
+        ):
             want = tuple("*" if e is None else e for e in expected)
             raise DamagedCheckpointError(
-                f"{self._path(0, pp_rank % self.pp)}: {key} merged over TP has shape {tuple(full.shape)} but the "
-                f"model config implies {want}: the rank files belong to another model (or pass the right --hf-dir)"
+                f"{self._path(0, pp_rank % self.pp)}: {key} merged over TP has shape {tuple(full.shape)} but "
+                f"the model config implies {want}: the rank files belong to another model (or pass the right "
+                "--hf-dir)"
             )
         return full
 
@@ -314,7 +336,9 @@ class MgSource:
 
     def output_layer(self) -> torch.Tensor:
         """Output layer merged over TP, padding rows dropped (untied models)."""
-        out = self._gather(self.num_stages - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER, self._expected(OUTPUT_LAYER))
+        out = self._gather(
+            self.num_stages - 1, OUTPUT_LAYER.mcore, OUTPUT_LAYER, self._expected(OUTPUT_LAYER)
+        )
         return out[: self.cfg.vocab_size]
 
     def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
@@ -335,7 +359,8 @@ class MgSource:
 
 
 class DistSource:
-    """The source interface of :class:`MgSource` over a torch_dist checkpoint (megatron-core ``dist_checkpointing``).
+    """The source interface of :class:`MgSource` over a torch_dist checkpoint (megatron-core
+    ``dist_checkpointing``).
 
     Such a checkpoint stores each tensor once, with its global shape: the layers of the decoder stacked
     on a leading axis (``decoder.layers.mlp.linear_fc1.weight`` is ``[num_layers, ...]``), TP shards
@@ -363,11 +388,22 @@ class DistSource:
         self.cfg.params_dtype = self.dtype
         self.padded_vocab_size = embedding.shape[0]
         stacked = self.tensors.get("decoder.layers.self_attention.linear_proj.weight")
-        layers = stacked.shape[0] if stacked is not None else len(
-            {k.split(".")[2] for k in self.tensors if k.startswith("decoder.layers.") and k.split(".")[2].isdigit()})
+        layers = (
+            stacked.shape[0]
+            if stacked is not None
+            else len(
+                {
+                    k.split(".")[2]
+                    for k in self.tensors
+                    if k.startswith("decoder.layers.") and k.split(".")[2].isdigit()
+                }
+            )
+        )
         if layers != self.cfg.num_layers:
-            raise CheckpointError(f"{root}: the checkpoint holds {layers} layers but the model config has "
-                                  f"{self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model")
+            raise CheckpointError(
+                f"{root}: the checkpoint holds {layers} layers but the model config has "
+                f"{self.cfg.num_layers}: --hf-dir (or the recorded HF folder) belongs to another model"
+            )
 
     def _get(self, key: str) -> torch.Tensor:
         try:

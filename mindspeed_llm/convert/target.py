@@ -8,8 +8,8 @@ Rules (docs/checkpoint.md, "What happens when"):
 * ``--overwrite`` replaces only an earlier output of the same kind: an HF export written by this tool
   (it carries :data:`EXPORT_MARKER`, or is the ``mg2hf/`` folder of an HF folder) for mg->hf, a Megatron
   checkpoint without training state for hf->mg and mg->mg. A training checkpoint (optimizer, scheduler
-  or RNG state, several iterations) needs ``--overwrite-training-checkpoint``; an HF model this tool did not write
-  needs ``--overwrite-hf-model``. Anything else is refused.
+  or RNG state, several iterations) needs ``--overwrite-training-checkpoint``; an HF model this tool did not
+  write needs ``--overwrite-hf-model``. Anything else is refused.
 * Output is staged in a hidden folder beside the target and swapped in at the end, with SIGINT/SIGTERM
   held back during the two renames; any failure removes the staging folder and leaves the target as it was.
 """
@@ -67,8 +67,9 @@ def check_disjoint(target: str, load_dir: str, *, config_dir: str | None = None)
         c = real(config_dir)
         if _inside(c, t):  # a target inside the HF folder (its mg2hf/) replaces nothing of it
             raise CheckpointError(
-                f"--save-dir {target} {'is' if c == t else 'contains'} the HF folder {config_dir} that config and "
-                "tokenizer are read from: choose another --save-dir (--overwrite does not change this)"
+                f"--save-dir {target} {'is' if c == t else 'contains'} the HF folder {config_dir} that "
+                "config and tokenizer are read from: choose another --save-dir (--overwrite does not change "
+                "this)"
             )
 
 
@@ -88,7 +89,9 @@ def is_hf_export(path: str) -> bool:
         return False
     if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
         return True
-    return os.path.basename(os.path.normpath(path)) == MG2HF and is_hf_folder(os.path.dirname(os.path.abspath(path)))
+    return os.path.basename(os.path.normpath(path)) == MG2HF and is_hf_folder(
+        os.path.dirname(os.path.abspath(path))
+    )
 
 
 def _rank_files(path: str) -> Iterator[tuple[str, list[str]]]:
@@ -103,7 +106,8 @@ def _rank_files(path: str) -> Iterator[tuple[str, list[str]]]:
 
 
 def _holds_optimizer_state(path: str) -> bool:
-    """True when any rank file of any iteration holds training state (optimizer, scheduler, RNG) or cannot be read.
+    """True when any rank file of any iteration holds training state (optimizer, scheduler, RNG) or cannot be
+    read.
 
     The converter writes only ``args``, ``checkpoint_version``, ``iteration`` and ``model``; a training run
     saved with ``--no-save-optim`` still carries ``rng_state``, and its trained weights are worth keeping.
@@ -148,7 +152,9 @@ def check_replace(target: str, output: str, *, overwrite: bool, overwrite_traini
     try:
         kind = folder_kind(target)
     except PermissionError as exc:
-        raise CheckpointError(f"--save-dir {target} cannot be read ({exc.strerror}): choose another folder") from None
+        raise CheckpointError(
+            f"--save-dir {target} cannot be read ({exc.strerror}): choose another folder"
+        ) from None
     if kind in (MISSING, EMPTY):
         return
     if kind == MG_TRAINING:
@@ -170,9 +176,9 @@ def check_replace(target: str, output: str, *, overwrite: bool, overwrite_traini
     if not same_kind:
         what = {HF_EXPORT: "an HF export", MG_CONVERTED: "a Megatron checkpoint", OTHER: "files"}[kind]
         raise CheckpointError(
-            f"--save-dir {target} holds {what}, not an earlier {'HF export' if output == 'hf' else 'Megatron'} "
-            "output of this conversion: choose an empty or new folder (--overwrite replaces only an earlier "
-            "output of the same kind)"
+            f"--save-dir {target} holds {what}, not an earlier "
+            f"{'HF export' if output == 'hf' else 'Megatron'} output of this conversion: choose an empty or "
+            "new folder (--overwrite replaces only an earlier output of the same kind)"
         )
     if not (overwrite or overwrite_training_checkpoint or overwrite_hf_model):
         raise CheckpointError(
@@ -201,7 +207,8 @@ def write_failed(target: str, exc: BaseException) -> OutputWriteError:
 
 @contextlib.contextmanager
 def staging_dir(target: str) -> Iterator[str]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``, on any error it is removed.
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``, on any error it is
+    removed.
 
     Call :func:`check_replace` first. Write errors (disk full, read-only) become :class:`OutputWriteError`.
     """

@@ -71,8 +71,14 @@ def _ensure_single_process_parallel_state() -> bool:
     return created
 
 
-def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = None,
-                    iteration: int | str | None = None, round_to: torch.dtype = torch.float32) -> torch.Tensor:
+def megatron_logits(
+    mg_root: str,
+    ids: torch.Tensor,
+    *,
+    hf_dir: str | None = None,
+    iteration: int | str | None = None,
+    round_to: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """float32 logits of our megatron-core model with the checkpoint's weights merged to TP1/PP1."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -95,7 +101,9 @@ def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = Non
         model.eval()
         seq = ids.shape[1]
         position_ids = torch.arange(seq).unsqueeze(0)
-        causal_mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)[None, None]  # True = masked
+        causal_mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)[
+            None, None
+        ]  # True = masked
         with torch.no_grad():
             logits = model(ids, position_ids, attention_mask=causal_mask)
         return logits[0, :, : cfg.vocab_size].float()
@@ -105,8 +113,15 @@ def megatron_logits(mg_root: str, ids: torch.Tensor, *, hf_dir: str | None = Non
             dist.destroy_process_group()
 
 
-def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_TOLERANCE, num_tokens: int = 16,
-                      iteration: int | str | None = None, log: Callable[[str], None] = print) -> float:
+def verify_checkpoint(
+    hf_dir: str,
+    mg_root: str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    num_tokens: int = 16,
+    iteration: int | str | None = None,
+    log: Callable[[str], None] = print,
+) -> float:
     """Max |Δlogit| between the HF folder and the Megatron checkpoint; raises above ``tolerance``.
 
     Raises :class:`VerificationUnavailable` when the machine has too little memory to hold both models.
@@ -120,8 +135,9 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
     need, have = _memory_needed(cfg), _available_memory()
     if need > have:
         raise VerificationUnavailable(
-            f"holding both models in float32 needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available: "
-            "run it on a machine with more memory (mindspeed_llm.convert.verify.verify_checkpoint)"
+            f"holding both models in float32 needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB "
+            "available: run it on a machine with more memory "
+            "(mindspeed_llm.convert.verify.verify_checkpoint)"
         )
     ids = verify_tokens(cfg, num_tokens)
     ref = hf_logits(hf_dir, ids, round_to=round_to)
@@ -137,9 +153,16 @@ def verify_checkpoint(hf_dir: str, mg_root: str, *, tolerance: float = DEFAULT_T
     return diff
 
 
-def verify_resharded(src_root: str, dst_root: str, *, tolerance: float = DEFAULT_TOLERANCE, num_tokens: int = 16,
-                     iteration: int | str | None = None, hf_dir: str | None = None,
-                     log: Callable[[str], None] = print) -> float:
+def verify_resharded(
+    src_root: str,
+    dst_root: str,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    num_tokens: int = 16,
+    iteration: int | str | None = None,
+    hf_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> float:
     """mg->mg: logits of the source and the resharded checkpoint (both merged to TP1/PP1) must agree."""
     source = open_mg_source(src_root, iteration=iteration, hf_dir=hf_dir)
     ids = verify_tokens(source.cfg, num_tokens)
@@ -152,7 +175,9 @@ def verify_resharded(src_root: str, dst_root: str, *, tolerance: float = DEFAULT
     diff = (a - b).abs().max().item()
     log(f"verify: max |Δlogit| = {diff:.3e} between source {src_root} and resharded {dst_root}")
     if not diff <= tolerance:
-        raise VerificationError(f"--verify failed: max |Δlogit| {diff:.3e} > {tolerance:.0e} after resharding")
+        raise VerificationError(
+            f"--verify failed: max |Δlogit| {diff:.3e} > {tolerance:.0e} after resharding"
+        )
     return diff
 
 
@@ -167,6 +192,8 @@ def verify_after_convert(opts: ConvertOptions, written: str, *, tolerance: float
     else:
         hf_dir, mg_root = written, opts.load_dir
     if not hf_dir or not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        raise VerificationUnavailable(f"no HF folder to compare with ({hf_dir or 'none given'} holds no config.json)")
+        raise VerificationUnavailable(
+            f"no HF folder to compare with ({hf_dir or 'none given'} holds no config.json)"
+        )
     return verify_checkpoint(hf_dir, mg_root, tolerance=tolerance, num_tokens=num_tokens,
                              iteration=opts.iteration if opts.save_model_type == "hf" else None, log=log)

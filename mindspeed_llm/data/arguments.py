@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-bad-rows", action="store_true",
         help="skip rows that cannot be read (not UTF-8, invalid JSON, missing key) instead of stopping",
     )
-    group = parser.add_argument_group("instruction data (AlpacaStyleInstructionHandler, SharegptStyleInstructionHandler)")
+    group = parser.add_argument_group(
+        "instruction data (AlpacaStyleInstructionHandler, SharegptStyleInstructionHandler)"
+    )
     group.add_argument(
         "--prompt-type", default=None, choices=list(PROMPT_TYPES),
         help="chat template; chat_template = the tokenizer folder's own chat_template",
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seq-length", type=int, default=None,
         help="samples of this many tokens or more are dropped (cut to seq-length - 1 with --neat-pack)",
     )
-    group.add_argument("--pack", action="store_true", help="pack whole samples greedily into sequences of --seq-length")
+    group.add_argument(
+        "--pack", action="store_true", help="pack whole samples greedily into sequences of --seq-length"
+    )
     group.add_argument(
         "--neat-pack", action="store_true",
         help="with --pack: the attention mask numbers the samples of a pack (1, 2, ...; 0 = padding)",
@@ -61,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", default="PretrainedFromHF", choices=TOKENIZER_TYPES)
     group.add_argument("--tokenizer-name-or-path", help="local HF model/tokenizer folder")
-    group.add_argument("--append-eod", action="store_true", help="append the tokenizer's EOS to every document")
+    group.add_argument(
+        "--append-eod", action="store_true", help="append the tokenizer's EOS to every document"
+    )
     group = parser.add_argument_group("output data")
-    group.add_argument("--output-prefix", required=True, help="path prefix of the output, e.g. ./dataset/alpaca")
+    group.add_argument(
+        "--output-prefix", required=True, help="path prefix of the output, e.g. ./dataset/alpaca"
+    )
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
     group.add_argument(
@@ -101,7 +109,8 @@ def validate_args(args: argparse.Namespace) -> None:
     prefix = args.output_prefix
     if not prefix or prefix.endswith(("/", os.sep)):
         raise PreprocessError(
-            f"--output-prefix {prefix!r}: must name a file prefix, not a folder: try {prefix.rstrip('/')}/data"
+            f"--output-prefix {prefix!r}: must name a file prefix, not a folder: try "
+            f"{prefix.rstrip('/')}/data"
         )
     if prefix.endswith((".bin", ".idx")):
         raise PreprocessError(
@@ -127,13 +136,14 @@ def validate_instruction_args(args: argparse.Namespace) -> None:
     if not instruction:
         if given:
             raise PreprocessError(
-                f"{given[0]}: only instruction handlers use it; pass --handler-name AlpacaStyleInstructionHandler "
-                "or SharegptStyleInstructionHandler, or drop the flag"
+                f"{given[0]}: only instruction handlers use it; pass --handler-name "
+                "AlpacaStyleInstructionHandler or SharegptStyleInstructionHandler, or drop the flag"
             )
         return
     if args.prompt_type is None:
         raise PreprocessError(
-            f"--handler-name {args.handler_name} needs --prompt-type (the chat template): one of {', '.join(PROMPT_TYPES)}"
+            f"--handler-name {args.handler_name} needs --prompt-type (the chat template): one of "
+            f"{', '.join(PROMPT_TYPES)}"
         )
     if list(args.json_keys) != list(DEFAULT_KEYS):
         raise PreprocessError(
@@ -141,8 +151,8 @@ def validate_instruction_args(args: argparse.Namespace) -> None:
         )
     if args.n_subs > 1:
         raise PreprocessError(
-            f"--n-subs {args.n_subs}: not available with {args.handler_name} (samples are counted and packed over "
-            "the whole input); drop --n-subs and use --workers"
+            f"--n-subs {args.n_subs}: not available with {args.handler_name} (samples are counted and packed "
+            "over the whole input); drop --n-subs and use --workers"
         )
     if args.seq_length is not None and args.seq_length < 2:
         raise PreprocessError(f"--seq-length {args.seq_length}: must be at least 2")

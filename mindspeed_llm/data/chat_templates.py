@@ -92,10 +92,15 @@ TEMPLATES = {
     t.name: t
     for t in (
         ChatTemplate(
-            "qwen", user=_CHATML_USER, assistant=_CHATML_ANSWER, system=_CHATML_SYSTEM,
+            "qwen",
+            user=_CHATML_USER,
+            assistant=_CHATML_ANSWER,
+            system=_CHATML_SYSTEM,
             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
         ),
-        ChatTemplate("qwen3", user=_CHATML_USER, assistant=_CHATML_ANSWER, system=_CHATML_SYSTEM, qwen3_thinking=True),
+        ChatTemplate(
+            "qwen3", user=_CHATML_USER, assistant=_CHATML_ANSWER, system=_CHATML_SYSTEM, qwen3_thinking=True
+        ),
         ChatTemplate(
             "llama3",
             prefix="{bos}",
@@ -106,11 +111,17 @@ TEMPLATES = {
             strip_content=True,
         ),
         ChatTemplate(
-            "llama2", user="{bos}[INST] {content} [/INST]", assistant=" {content} {eos}",
-            system_in_first_user="<<SYS>>\n{system}\n<</SYS>>\n\n{content}", strip_content=True,
+            "llama2",
+            user="{bos}[INST] {content} [/INST]",
+            assistant=" {content} {eos}",
+            system_in_first_user="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
+            strip_content=True,
         ),
         ChatTemplate(
-            "mistral", prefix="{bos}", user="[INST] {content} [/INST]", assistant="{content}{eos}",
+            "mistral",
+            prefix="{bos}",
+            user="[INST] {content} [/INST]",
+            assistant="{content}{eos}",
             system_in_first_user="{system}\n\n{content}",
         ),
         ChatTemplate("empty", user="{content}", assistant="{content}"),
@@ -120,15 +131,17 @@ PROMPT_TYPES = (*TEMPLATES, CHAT_TEMPLATE)
 
 
 class TokenizerChatTemplate:
-    """``--prompt-type chat_template``: the tokenizer's own ``chat_template`` through ``apply_chat_template``."""
+    """``--prompt-type chat_template``: the tokenizer's own ``chat_template`` through
+    ``apply_chat_template``."""
 
     name = CHAT_TEMPLATE
 
     def __init__(self, tokenizer: Any, path: str) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise PreprocessError(
-                f"--prompt-type {CHAT_TEMPLATE}: the tokenizer in {path} has no chat_template (tokenizer_config.json "
-                f"or chat_template.jinja); add one or choose a built-in --prompt-type ({', '.join(TEMPLATES)})"
+                f"--prompt-type {CHAT_TEMPLATE}: the tokenizer in {path} has no chat_template "
+                "(tokenizer_config.json or chat_template.jinja); add one or choose a built-in --prompt-type "
+                f"({', '.join(TEMPLATES)})"
             )
         self.tokenizer = tokenizer
         self.path = path
@@ -151,9 +164,10 @@ class TokenizerChatTemplate:
             upto = text if i == len(messages) - 1 else self._apply(messages[: i + 1], False)
             if not (text.startswith(prompt) and text.startswith(upto) and len(upto) >= len(prompt)):
                 raise PreprocessError(
-                    f"--prompt-type {CHAT_TEMPLATE}: the chat_template of {self.path} renders an answer differently "
-                    "once later turns follow it (as templates that drop earlier reasoning do), so prompt and answer "
-                    f"cannot be told apart; use a built-in --prompt-type ({', '.join(TEMPLATES)})"
+                    f"--prompt-type {CHAT_TEMPLATE}: the chat_template of {self.path} renders an answer "
+                    "differently once later turns follow it (as templates that drop earlier reasoning do), "
+                    "so prompt and answer cannot be told apart; use a built-in --prompt-type "
+                    f"({', '.join(TEMPLATES)})"
                 )
             spans.append((len(prompt), len(upto)))
         return text, spans

@@ -19,7 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with exit_on_signals():
         try:
-            args = parse_args(argv)  # before the heavy imports (pyarrow, transformers): --help answers at once
+            args = parse_args(
+                argv
+            )  # before the heavy imports (pyarrow, transformers): --help answers at once
             from mindspeed_llm.data.preprocess import merge_datasets, preprocess
 
             if args.merge_group_keys:

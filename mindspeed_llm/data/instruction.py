@@ -94,7 +94,9 @@ class InstructionEncoder:
 
     def encode(self, conversations: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Flat int32 ids and labels of the conversations and each one's length."""
-        pairs = self._tokenize([self.template.render(system, turns, self.specials) for system, turns in conversations])
+        pairs = self._tokenize(
+            [self.template.render(system, turns, self.specials) for system, turns in conversations]
+        )
         if self.append_eod:
             pairs = [(ids + [self.eod], labels + [self.eod]) for ids, labels in pairs]
         lengths = np.fromiter((len(ids) for ids, _ in pairs), dtype=np.int64, count=len(pairs))
@@ -218,7 +220,9 @@ def _write_sample(writers: dict, ids: np.ndarray, labels: np.ndarray, mask: np.n
     writers["labels"].add_documents(labels, length)
 
 
-def _write_packs(writers: dict, scratch: _Scratch, args: argparse.Namespace, pad: int, counts: SftCounts) -> None:
+def _write_packs(
+    writers: dict, scratch: _Scratch, args: argparse.Namespace, pad: int, counts: SftCounts
+) -> None:
     """Pack the scratch samples into sequences of --seq-length tokens."""
     ids_all, labels_all = scratch.close()
     lengths = scratch.lengths
@@ -247,7 +251,9 @@ def _bad_rows(conversations: list, batch, args: argparse.Namespace, counts: SftC
         if isinstance(conv, BadRow):
             where = f"{batch.source}: row {batch.first_row + i}"
             if not args.skip_bad_rows:
-                raise PreprocessError(f"--input {where}: {conv}; fix the row or pass --skip-bad-rows to skip such rows")
+                raise PreprocessError(
+                    f"--input {where}: {conv}; fix the row or pass --skip-bad-rows to skip such rows"
+                )
             counts.skipped += 1
             if counts.skipped <= _MAX_SKIPPED_SHOWN:
                 write(f"skipped {where}: {conv}")
@@ -290,9 +296,13 @@ def preprocess_instruction(
             writers[key] = IndexedDatasetWriter(prefix, TOKEN_DTYPE)
         _worker_encoder = encoder  # inherited by forked workers
         pool = mp_context().Pool(
-            args.workers, initializer=_init_worker, initargs=(tokenizer.path, args.prompt_type, args.append_eod)
+            args.workers,
+            initializer=_init_worker,
+            initargs=(tokenizer.path, args.prompt_type, args.append_eod),
         )
-        for (ids, labels, lengths), input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+        for (ids, labels, lengths), input_bytes in ordered_results(
+            pool, tasks(), 2 * args.workers + 2, _encode_task
+        ):
             bounds = np.concatenate([[0], np.cumsum(lengths)])
             for k in range(lengths.size):
                 a, b = int(bounds[k]), int(bounds[k + 1])
@@ -311,7 +321,9 @@ def preprocess_instruction(
                 if scratch is not None:
                     scratch.add(sample_ids, sample_labels)
                 else:
-                    _write_sample(writers, sample_ids, sample_labels, np.ones(sample_ids.size, dtype=TOKEN_DTYPE))
+                    _write_sample(
+                        writers, sample_ids, sample_labels, np.ones(sample_ids.size, dtype=TOKEN_DTYPE)
+                    )
             progress.update(int(lengths.size), int(ids.size), input_bytes, log)
         pool.close()
         pool.join()
@@ -339,13 +351,14 @@ def _check_samples(counts: SftCounts, args: argparse.Namespace) -> None:
         raise PreprocessError(f"--input {args.input}: no conversations to write ({what}); check the input")
     if counts.samples == 0:
         raise PreprocessError(
-            f"--seq-length {args.seq_length}: all {counts.dropped} samples have {args.seq_length} tokens or more "
-            "and were dropped; raise --seq-length (or pass --pack --neat-pack to cut them instead)"
+            f"--seq-length {args.seq_length}: all {counts.dropped} samples have {args.seq_length} tokens or "
+            "more and were dropped; raise --seq-length (or pass --pack --neat-pack to cut them instead)"
         )
     if counts.learned == 0:
         raise PreprocessError(
-            f"--input {args.input}: none of the {counts.samples} samples has a token to learn (every answer is "
-            f"empty under --prompt-type {args.prompt_type}); check the response column (--map-keys) and --prompt-type"
+            f"--input {args.input}: none of the {counts.samples} samples has a token to learn (every answer "
+            f"is empty under --prompt-type {args.prompt_type}); check the response column (--map-keys) and "
+            "--prompt-type"
         )
 
 

@@ -126,7 +126,13 @@ class _InstructionHandler:
 class AlpacaStyleInstructionHandler(_InstructionHandler):
     """instruction/input/output (+ system, history) rows -> conversations."""
 
-    NAMES = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
+    NAMES = {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+    }
     REQUIRED = ("prompt", "response")
 
     def conversation(self, row: dict) -> Conversation:
@@ -173,7 +179,12 @@ class SharegptStyleInstructionHandler(_InstructionHandler):
                 self.roles[tags[tag]] = role
 
     def _resolve(self, name: str, found: Sequence[str]) -> str | None:
-        if name == "messages" and name not in self.map_keys and "conversations" not in found and "messages" in found:
+        if (
+            name == "messages"
+            and name not in self.map_keys
+            and "conversations" not in found
+            and "messages" in found
+        ):
             return "messages"
         return super()._resolve(name, found)
 
@@ -199,7 +210,9 @@ class SharegptStyleInstructionHandler(_InstructionHandler):
         if turns and turns[0][0] == "system":
             system = turns.pop(0)[1]
         if not turns or len(turns) % 2:
-            raise BadRow(f"{len(turns)} turns: a conversation alternates user and assistant and ends with an answer")
+            raise BadRow(
+                f"{len(turns)} turns: a conversation alternates user and assistant and ends with an answer"
+            )
         for i, (role, _) in enumerate(turns):
             if role != (USER if i % 2 == 0 else ASSISTANT):
                 raise BadRow(f"turn {i + 1} is {role!r}: turns must alternate user and assistant, user first")

@@ -119,7 +119,9 @@ def encode_source(
             if rows_total is not None:
                 bar = tqdm(total=rows_total, unit="doc", disable=None, dynamic_ncols=True)
             else:
-                bar = tqdm(total=total_bytes(source), unit="B", unit_scale=True, disable=None, dynamic_ncols=True)
+                bar = tqdm(
+                    total=total_bytes(source), unit="B", unit_scale=True, disable=None, dynamic_ncols=True
+                )
         write = bar.write if bar is not None and not bar.disable else _log
         skipped_shown = 0
 
@@ -174,8 +176,11 @@ def encode_source(
         raise
 
 
-def check_tokens(progress: Progress, args: argparse.Namespace, writers: dict[str, IndexedDatasetWriter]) -> None:
-    """A dataset without a single token is refused: say whether the texts were empty or the tokenizer silent."""
+def check_tokens(
+    progress: Progress, args: argparse.Namespace, writers: dict[str, IndexedDatasetWriter]
+) -> None:
+    """A dataset without a single token is refused: say whether the texts were empty or the tokenizer
+    silent."""
     for key, writer in writers.items():
         if writer.token_count:
             continue
@@ -186,9 +191,9 @@ def check_tokens(progress: Progress, args: argparse.Namespace, writers: dict[str
                 f"{os.path.basename(writer.prefix)} would hold no tokens; check --json-keys and the input"
             )
         raise PreprocessError(
-            f"--tokenizer-name-or-path {args.tokenizer_name_or_path} produced no token ids for the {nonempty} "
-            f"non-empty texts of column {key!r}, so {os.path.basename(writer.prefix)} would hold no tokens; "
-            "check that the tokenizer matches the text"
+            f"--tokenizer-name-or-path {args.tokenizer_name_or_path} produced no token ids for the "
+            f"{nonempty} non-empty texts of column {key!r}, so {os.path.basename(writer.prefix)} would hold "
+            "no tokens; check that the tokenizer matches the text"
         )
 
 
@@ -268,8 +273,8 @@ def _preprocess_instruction(source: InputSource, args: argparse.Namespace) -> di
     handler.input_columns(available_columns(source), source.files[0])  # fail before any work
     tokenizer = DocumentTokenizer(args.tokenizer_name_or_path, args.append_eod)
     _log(
-        f"tokenizer {args.tokenizer_name_or_path}: {type(tokenizer.hf).__name__}, --prompt-type {args.prompt_type}, "
-        "int32 tokens and labels (-100 on prompts)"
+        f"tokenizer {args.tokenizer_name_or_path}: {type(tokenizer.hf).__name__}, --prompt-type "
+        f"{args.prompt_type}, int32 tokens and labels (-100 on prompts)"
     )
     _ensure_output_dir(args.output_prefix)
     prefixes = instruction_prefixes(args.output_prefix)
@@ -415,7 +420,11 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
     _ensure_output_dir(args.output_prefix)
     written = {}
     for key in args.merge_group_keys:
-        target = f"{args.output_prefix}_{key}" if key.endswith("_document") else f"{args.output_prefix}_{key}_document"
+        target = (
+            f"{args.output_prefix}_{key}"
+            if key.endswith("_document")
+            else f"{args.output_prefix}_{key}_document"
+        )
         names = []
         for entry in os.listdir(folder):
             if not entry.endswith(".idx"):
@@ -440,8 +449,8 @@ def merge_datasets(args: argparse.Namespace) -> dict[str, str]:
                 writer.append_dataset(os.path.join(folder, name))
             if writer.token_count == 0:
                 raise PreprocessError(
-                    f"--merge-group-keys {key}: the datasets {', '.join(names)} in {folder} hold no tokens, so "
-                    f"{os.path.basename(target)} would be empty; rebuild them"
+                    f"--merge-group-keys {key}: the datasets {', '.join(names)} in {folder} hold no tokens, "
+                    f"so {os.path.basename(target)} would be empty; rebuild them"
                 )
             writer.finalize()
         except BaseException:

@@ -193,7 +193,8 @@ def _bad_row(path: str, where: str, reason: str, skip: bool, skipped: list[str])
 
 
 def _decode_utf8(values: list, bad: set[int]) -> list:
-    """Decode byte strings as UTF-8; a value that is not valid UTF-8 becomes None and its row joins ``bad``."""
+    """Decode byte strings as UTF-8; a value that is not valid UTF-8 becomes None and its row joins
+    ``bad``."""
     decoded = []
     for i, raw in enumerate(values):
         try:
@@ -462,7 +463,9 @@ def _iter_json(
             _bad_row(path, where, f"invalid JSON ({record.msg})", skip_bad_rows, skipped)
             continue
         if not isinstance(record, dict):
-            _bad_row(path, where, f"expected a JSON object, got {type(record).__name__}", skip_bad_rows, skipped)
+            _bad_row(
+                path, where, f"expected a JSON object, got {type(record).__name__}", skip_bad_rows, skipped
+            )
             continue
         if columns is None:
             return_columns = list(record)

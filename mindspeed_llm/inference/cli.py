@@ -40,9 +40,14 @@ def model_provider(args: argparse.Namespace, config: RunConfig, plan: RunPlan, p
     """This rank's GPTModel chunk, in eval mode (the training entry's model, logits gathered over TP)."""
     from mindspeed_llm.models.builder import build_gpt_model
 
-    model = build_gpt_model(plan.model_config, padded_vocab_size=plan.padded_vocab_size, pre_process=pre_process,
-                            post_process=post_process, transformer_config=transformer_config(config, plan),
-                            max_sequence_length=config.model.max_position_embeddings)
+    model = build_gpt_model(
+        plan.model_config,
+        padded_vocab_size=plan.padded_vocab_size,
+        pre_process=pre_process,
+        post_process=post_process,
+        transformer_config=transformer_config(config, plan),
+        max_sequence_length=config.model.max_position_embeddings,
+    )
     from mindspeed_llm.lora import LoraConfig, apply_lora
 
     lora = LoraConfig.from_args(args)  # --lora-*: the adapter --lora-load (or --load) holds is applied
@@ -75,7 +80,8 @@ def load_model(args: argparse.Namespace, tokenizer):
 
 
 def stop_ids_for(tokenizer_path: str, hf_tokenizer, extra_texts: tuple[str, ...] = ()) -> set[int]:
-    """EOS, the ids generation_config.json names as EOS (as transformers' generate stops), and ``extra_texts``."""
+    """EOS, the ids generation_config.json names as EOS (as transformers' generate stops), and
+    ``extra_texts``."""
     ids = {int(hf_tokenizer.eos_token_id)} if hf_tokenizer.eos_token_id is not None else set()
     gen_config = os.path.join(tokenizer_path, "generation_config.json")
     if os.path.isfile(gen_config):
@@ -154,20 +160,31 @@ def run_generate(args, generator: Generator, hf_tokenizer, sampling: SamplingPar
             write_line("\n")
         elif rank0:
             for prompt, tokens in zip(batch, out):
-                write_line(f"You:\n{prompt}\n\nMindSpeed-LLM:\n{answer_text(hf_tokenizer, tokens, stop_ids)}\n")
+                write_line(
+                    f"You:\n{prompt}\n\nMindSpeed-LLM:\n{answer_text(hf_tokenizer, tokens, stop_ids)}\n"
+                )
                 write_line("")
 
 
-def _generate(generator: Generator, ids, args, sampling, stop_ids, max_length, on_token=None) -> list[list[int]]:
+def _generate(
+    generator: Generator, ids, args, sampling, stop_ids, max_length, on_token=None
+) -> list[list[int]]:
     try:
-        return generator.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_ids=stop_ids,
-                                  max_length=max_length, on_token=on_token)
+        return generator.generate(
+            ids,
+            max_new_tokens=args.max_new_tokens,
+            sampling=sampling,
+            stop_ids=stop_ids,
+            max_length=max_length,
+            on_token=on_token,
+        )
     except ValueError as exc:
         raise ArgumentError(str(exc)) from None
 
 
 def user_turns(args: argparse.Namespace, rank0: bool) -> Callable[[], str | None]:
-    """The next user text: --prompt's in order (scripted), else a line of stdin read on rank 0 (interactive)."""
+    """The next user text: --prompt's in order (scripted), else a line of stdin read on rank 0
+    (interactive)."""
     scripted = list(args.prompt or [])
     if scripted:
         return lambda: scripted.pop(0) if scripted else None
@@ -188,7 +205,9 @@ def user_turns(args: argparse.Namespace, rank0: bool) -> Callable[[], str | None
     return from_stdin
 
 
-def run_chat(args, generator: Generator, tokenizer, sampling: SamplingParams, max_length: int, rank0: bool) -> None:
+def run_chat(
+    args, generator: Generator, tokenizer, sampling: SamplingParams, max_length: int, rank0: bool
+) -> None:
     """A conversation through --prompt-type's template; each answer stops at the template's end of turn."""
     hf = tokenizer.hf_tokenizer
     template = build_template(args.prompt_type, hf, args.tokenizer_name_or_path)
@@ -232,19 +251,29 @@ def main() -> None:
     rank0 = torch.distributed.get_rank() == 0
     max_length = model_config.max_position_embeddings
     if args.task == ["chat"]:
-        run_chat(args, generator, tokenizer, sampling_params(args, sampling_flags_given(args)), max_length, rank0)
+        run_chat(
+            args, generator, tokenizer, sampling_params(args, sampling_flags_given(args)), max_length, rank0
+        )
         return _finish()
     stop_ids = stop_ids_for(args.tokenizer_name_or_path, tokenizer.hf_tokenizer)
     for task in args.task:
         if len(args.task) > 1 and rank0:
             write_line(f"=============== {task} ===============")
-        run_generate(args, generator, tokenizer.hf_tokenizer, sampling_params(args, task == "do_sample"), stop_ids,
-                     max_length, rank0)
+        run_generate(
+            args,
+            generator,
+            tokenizer.hf_tokenizer,
+            sampling_params(args, task == "do_sample"),
+            stop_ids,
+            max_length,
+            rank0,
+        )
     _finish()
 
 
 def sampling_params(args: argparse.Namespace, sample: bool) -> SamplingParams:
-    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens) and --seed."""
+    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens) and
+    --seed."""
     return SamplingParams(greedy=not sample, temperature=args.temperature or 1.0, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed)
 

@@ -1,4 +1,5 @@
-"""Token generation over megatron-core's ``GPTInferenceWrapper`` and ``StaticInferenceContext`` (the KV cache).
+"""Token generation over megatron-core's ``GPTInferenceWrapper`` and ``StaticInferenceContext`` (the KV
+cache).
 
 megatron-core runs the forward passes: the wrapper passes activations between pipeline stages and
 gathers the tensor-parallel logits; the static inference context holds every layer's keys and
@@ -33,7 +34,9 @@ class SamplingParams:
     seed: int = 1234
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+) -> torch.Tensor:
     """Scores to sample from: divided by ``temperature``, then all but the top-k / top-p tokens at -inf."""
     if temperature != 1.0:
         logits = logits / temperature
@@ -61,8 +64,11 @@ def choose_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: tor
 class Generator:
     """Generates continuations of token-id prompts with one rank's model chunk (any TP/PP)."""
 
-    def __init__(self, model: torch.nn.Module, *, vocab_size: int, pad_id: int, use_kv_cache: bool = True) -> None:
-        """Takes ``model`` for inference: its linear weights are stored transposed for decoding (same values)."""
+    def __init__(
+        self, model: torch.nn.Module, *, vocab_size: int, pad_id: int, use_kv_cache: bool = True
+    ) -> None:
+        """Takes ``model`` for inference: its linear weights are stored transposed for decoding (same
+        values)."""
         from megatron.core.utils import get_model_config
 
         from mindspeed_llm.patches.inference import lay_out_weights_for_decode

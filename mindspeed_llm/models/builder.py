@@ -1,4 +1,5 @@
-"""Build the megatron-core ``GPTModel`` of one (tensor, pipeline[, virtual]) rank from a :class:`ModelConfig`."""
+"""Build the megatron-core ``GPTModel`` of one (tensor, pipeline[, virtual]) rank from a
+:class:`ModelConfig`."""
 
 from __future__ import annotations
 

@@ -79,32 +79,100 @@ FAMILIES: dict[str, FamilySpec] = {
 }
 
 # Keys every family reads into ModelConfig (docs/adding_a_model.md has the table of what each becomes).
-COMMON_KEYS = frozenset({
-    "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "hidden_act",
-    "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "tie_word_embeddings",
-    "torch_dtype", "dtype", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
-})
+COMMON_KEYS = frozenset(
+    {
+        "architectures",
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "hidden_act",
+        "rope_theta",
+        "rope_scaling",
+        "rope_parameters",
+        "partial_rotary_factor",
+        "tie_word_embeddings",
+        "torch_dtype",
+        "dtype",
+        "attention_dropout",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    }
+)
 # Keys that never change the model's output: transformers' and the hub's bookkeeping, generation defaults.
 # ``pretraining_tp`` > 1 only slices Llama's matmuls in old transformers (the same math).
-COSMETIC_KEYS = frozenset({
-    "transformers_version", "_name_or_path", "_commit_hash", "name_or_path", "use_cache", "initializer_range",
-    "id2label", "label2id", "output_attentions", "output_hidden_states", "return_dict", "problem_type",
-    "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class", "torchscript", "use_bfloat16",
-    "tf_legacy_loss", "pruned_heads", "finetuning_task", "task_specific_params", "cross_attention_hidden_size",
-    "add_cross_attention", "is_decoder", "prefix", "sep_token_id", "decoder_start_token_id",
-    "bad_words_ids", "num_return_sequences", "max_length", "min_length", "do_sample",
-    "early_stopping", "num_beams", "temperature", "top_k", "top_p", "repetition_penalty", "length_penalty",
-    "no_repeat_ngram_size", "typical_p", "diversity_penalty", "num_beam_groups", "output_scores",
-    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
-    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "encoder_no_repeat_ngram_size",
-    "tie_encoder_decoder", "pretraining_tp",
-})
+COSMETIC_KEYS = frozenset(
+    {
+        "transformers_version",
+        "_name_or_path",
+        "_commit_hash",
+        "name_or_path",
+        "use_cache",
+        "initializer_range",
+        "id2label",
+        "label2id",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "problem_type",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "tokenizer_class",
+        "torchscript",
+        "use_bfloat16",
+        "tf_legacy_loss",
+        "pruned_heads",
+        "finetuning_task",
+        "task_specific_params",
+        "cross_attention_hidden_size",
+        "add_cross_attention",
+        "is_decoder",
+        "prefix",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "bad_words_ids",
+        "num_return_sequences",
+        "max_length",
+        "min_length",
+        "do_sample",
+        "early_stopping",
+        "num_beams",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "length_penalty",
+        "no_repeat_ngram_size",
+        "typical_p",
+        "diversity_penalty",
+        "num_beam_groups",
+        "output_scores",
+        "return_dict_in_generate",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "remove_invalid_values",
+        "exponential_decay_length_penalty",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "encoder_no_repeat_ngram_size",
+        "tie_encoder_decoder",
+        "pretraining_tp",
+    }
+)
 # Sub-keys of rope_scaling / rope_parameters each supported RoPE type takes (rope_theta read separately).
 ROPE_TYPE_KEYS = {
     "default": frozenset(),
     "linear": frozenset({"factor"}),
-    "llama3": frozenset({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
+    "llama3": frozenset(
+        {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    ),
 }
 
 _DTYPE_NAMES = {
@@ -157,7 +225,9 @@ def check_hf_config_values(cfg: dict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{key} is {json.dumps(value)}, expected a positive integer")
     for key in _OPTIONAL_NUMBERS:
-        if key in cfg and (isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0):
+        if key in cfg and (
+            isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0
+        ):
             raise ValueError(f"{key} is {json.dumps(cfg[key])}, expected a positive number")
     heads, groups = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     if heads % groups:
@@ -177,7 +247,8 @@ def rope_scaling_to_flags(rope_scaling: dict | None) -> dict:
 
 
 def _read_rope(cfg: dict) -> tuple[float, dict | None]:
-    """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys; refuses what we cannot run."""
+    """(rope base, scaling dict or None) from transformers-4 or transformers-5 keys; refuses what we cannot
+    run."""
     params = cfg.get("rope_parameters") or {}
     base = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
     scaling = cfg.get("rope_scaling")
@@ -201,13 +272,16 @@ def _read_rope(cfg: dict) -> tuple[float, dict | None]:
                 f"rope_scaling {unknown[0]}={scaling[unknown[0]]!r} is not supported for rope_type {kind!r} "
                 f"(understood: {', '.join(sorted(ROPE_TYPE_KEYS[kind])) or 'nothing'})")
         if kind != "default" and scaling.get("factor") is None:
-            raise UnsupportedModelError(f"rope_scaling rope_type={kind!r} has no factor: add rope_scaling.factor")
+            raise UnsupportedModelError(
+                f"rope_scaling rope_type={kind!r} has no factor: add rope_scaling.factor"
+            )
         scaling = {"rope_type": kind, **scaling} if kind != "default" else None
     return float(base), (scaling or None)
 
 
 def _check_keys(cfg: dict, fam: FamilySpec) -> None:
-    """Refuse any key that is neither read by us, known to the family, nor cosmetic (it might change the math)."""
+    """Refuse any key that is neither read by us, known to the family, nor cosmetic (it might change the
+    math)."""
     known = COMMON_KEYS | COSMETIC_KEYS | set(fam.passthrough_keys)
     for key in cfg:
         if key not in known:
@@ -233,8 +307,9 @@ def _active_sliding_window(cfg: dict, fam: FamilySpec) -> int | None:
     if types is not None:
         odd = sorted(set(types) - {"full_attention", "sliding_attention"})
         if odd:
-            raise UnsupportedModelError(f"layer_types entry {odd[0]!r} is not supported (only full_attention, "
-                                        "sliding_attention)")
+            raise UnsupportedModelError(
+                f"layer_types entry {odd[0]!r} is not supported (only full_attention, sliding_attention)"
+            )
         uses = "sliding_attention" in types
     elif fam.sliding_window == "always":
         uses = True
@@ -267,7 +342,9 @@ class ModelConfig:
     norm_epsilon: float = 1e-6
     add_qkv_bias: bool = False
     qk_layernorm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
-    sliding_window: int | None = None  # window of the layers that use one (HF), None: full attention everywhere
+    sliding_window: int | None = (
+        None  # window of the layers that use one (HF), None: full attention everywhere
+    )
     tie_word_embeddings: bool = False
     params_dtype: torch.dtype = torch.float32
     attention_dropout: float = 0.0
@@ -443,7 +520,8 @@ class ModelConfig:
                 f"{what} <= {self.sliding_window}")
 
     def to_transformer_config(self, **overrides: Any):
-        """megatron-core ``TransformerConfig`` for this model; ``overrides`` win (parallel sizes, dtype, ...)."""
+        """megatron-core ``TransformerConfig`` for this model; ``overrides`` win (parallel sizes, dtype,
+        ...)."""
         from megatron.core.transformer import TransformerConfig
 
         kwargs = self.transformer_config_kwargs()
@@ -479,7 +557,8 @@ def check_model_type_hf(model_type_hf: str | None, model: ModelConfig) -> None:
     value = model_type_hf.lower()
     if value not in MODEL_TYPE_HF_CHOICES:
         raise UnsupportedModelError(
-            f"--model-type-hf {model_type_hf!r} is not supported: use one of {', '.join(MODEL_TYPE_HF_CHOICES)}"
+            f"--model-type-hf {model_type_hf!r} is not supported: use one of "
+            f"{', '.join(MODEL_TYPE_HF_CHOICES)}"
         )
     fam = family_for(model.architecture)
     if value not in fam.aliases:

@@ -41,7 +41,8 @@ class FlashDotProductAttention(MegatronModule):
     it (as the whole mask), and recognised as causal when it is one. Dropout runs under megatron's
     model-parallel RNG tracker like megatron's own. Not supported (raises): context parallelism,
     sliding windows, softmax types other than 'vanilla', attention bias. Packed sequences
-    (document-packed ``packed_seq_params``) go to :func:`~mindspeed_llm.ops.document_attention.document_core_attention`.
+    (document-packed ``packed_seq_params``) go to
+    :func:`~mindspeed_llm.ops.document_attention.document_core_attention`.
     """
 
     def __init__(
@@ -58,13 +59,19 @@ class FlashDotProductAttention(MegatronModule):
         super().__init__(config=config)
         self.config: TransformerConfig = config
         if config.context_parallel_size != 1:
-            raise ValueError("FlashDotProductAttention: context parallelism is not supported; use --context-parallel-size 1")
+            raise ValueError(
+                "FlashDotProductAttention: context parallelism is not supported; use --context-parallel-size "
+                "1"
+            )
         if config.softmax_type != "vanilla":
             raise NotImplementedError(
-                f"FlashDotProductAttention: softmax_type={config.softmax_type!r} is not supported; drop --use-flash-attn"
+                f"FlashDotProductAttention: softmax_type={config.softmax_type!r} is not supported; drop "
+                "--use-flash-attn"
             )
         if is_layer_window_attention(config.window_size, config.window_attn_skip_freq, layer_number):
-            raise NotImplementedError("FlashDotProductAttention: sliding-window attention is not supported; drop --use-flash-attn")
+            raise NotImplementedError(
+                "FlashDotProductAttention: sliding-window attention is not supported; drop --use-flash-attn"
+            )
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
         self.attention_type = attention_type
@@ -86,7 +93,9 @@ class FlashDotProductAttention(MegatronModule):
         self.kernel_softmax_scale = self.softmax_scale
         if config.apply_query_key_layer_scaling:
             self.softmax_scale /= self.layer_number
-        self.attention_dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.attention_dropout_p = (
+            config.attention_dropout if attention_dropout is None else attention_dropout
+        )
         self.impl = "auto"
 
     # None: kernels follow the tensors' device; the --use-flash-attn patch may pin 'torch'/'cuda'/'npu'.

@@ -68,9 +68,14 @@ def resolve_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention expects 4-d [b, n, s, d] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"attention expects 4-d [b, n, s, d] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
     if q.shape[1] % k.shape[1] != 0 or k.shape[1] != v.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]}, {v.shape[1]})")
+        raise ValueError(
+            f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]}, {v.shape[1]})"
+        )
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal attention needs s_q == s_k, got {q.shape[2]} and {k.shape[2]}")
 
@@ -112,7 +117,9 @@ def attention_math(
 # ----------------------------------------------------------------------------------------------
 
 
-def _block_mask(mask5: Tensor | None, i0: int, i1: int, j0: int, j1: int, causal: bool, device) -> Tensor | None | bool:
+def _block_mask(
+    mask5: Tensor | None, i0: int, i1: int, j0: int, j1: int, causal: bool, device
+) -> Tensor | None | bool:
     """The masked-out entries of one (query block, key block): None = nothing masked, True = all."""
     block = None
     if mask5 is not None:
@@ -180,7 +187,8 @@ def _dropout_tile(seed: int, pos: tuple, b: int, g: int, r: int, i0: int, i1: in
 
 
 def _dropout_positions(pos: tuple | None, sq: int, sk: int, device) -> tuple:
-    """(query positions, key positions, first head[, first batch row]) of the dropout hash; default: 0.. of this call."""
+    """(query positions, key positions, first head[, first batch row]) of the dropout hash; default: 0.. of
+    this call."""
     if pos is not None:
         return pos
     return torch.arange(sq, device=device), torch.arange(sk, device=device), 0
@@ -227,7 +235,11 @@ class _BlockwiseAttention(torch.autograd.Function):
                     continue
                 s = torch.matmul(qi, k[:, :, j0:j1].transpose(-1, -2)).to(acc_dtype).mul_(scale)
                 if block is not None:
-                    s = s.view(b, g, r, bq, j1 - j0).masked_fill_(block, float("-inf")).view(b, g, r * bq, j1 - j0)
+                    s = (
+                        s.view(b, g, r, bq, j1 - j0)
+                        .masked_fill_(block, float("-inf"))
+                        .view(b, g, r * bq, j1 - j0)
+                    )
                 m_new = torch.maximum(m, s.amax(dim=-1))
                 m_safe = m_new.masked_fill(torch.isinf(m_new), 0.0)
                 p = torch.exp_(s.sub_(m_safe.unsqueeze(-1)))
@@ -280,7 +292,11 @@ class _BlockwiseAttention(torch.autograd.Function):
                 kj, vj = k[:, :, j0:j1], v[:, :, j0:j1]
                 s = torch.matmul(qi, kj.transpose(-1, -2)).to(acc_dtype).mul_(scale)
                 if block is not None:
-                    s = s.view(b, g, r, bq, j1 - j0).masked_fill_(block, float("-inf")).view(b, g, r * bq, j1 - j0)
+                    s = (
+                        s.view(b, g, r, bq, j1 - j0)
+                        .masked_fill_(block, float("-inf"))
+                        .view(b, g, r * bq, j1 - j0)
+                    )
                 p = torch.exp_(s.sub_(lse_i))
                 dp = torch.matmul(doi, vj.transpose(-1, -2)).to(acc_dtype)
                 if dropout_p > 0.0:
@@ -294,7 +310,19 @@ class _BlockwiseAttention(torch.autograd.Function):
                 dqi += torch.matmul(ds, kj).to(acc_dtype)
                 dk[:, :, j0:j1] += torch.matmul(ds.transpose(-1, -2), qi).to(acc_dtype)
             dq[:, :, :, i0:i1] = dqi.view(b, g, r, bq, d)
-        return dq.view(b, hq, sq, d), dk.to(k.dtype), dvv.to(v.dtype), None, None, None, None, None, None, None, None
+        return (
+            dq.view(b, hq, sq, d),
+            dk.to(k.dtype),
+            dvv.to(v.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def blockwise_attention(
@@ -327,11 +355,23 @@ def blockwise_attention(
     seed = dropout_seed(dropout_p, seed, query.device)
     pos = dropout_pos
     if pos is None and head_offset:
-        pos = (torch.arange(query.shape[2], device=query.device), torch.arange(key.shape[2], device=query.device),
-               int(head_offset))
+        pos = (
+            torch.arange(query.shape[2], device=query.device),
+            torch.arange(key.shape[2], device=query.device),
+            int(head_offset),
+        )
     return _BlockwiseAttention.apply(
-        query, key, value, attn_mask, causal, resolve_softmax_scale(softmax_scale, query.shape[-1]), float(dropout_p),
-        int(seed or 0), block_q, block_k, pos,
+        query,
+        key,
+        value,
+        attn_mask,
+        causal,
+        resolve_softmax_scale(softmax_scale, query.shape[-1]),
+        float(dropout_p),
+        int(seed or 0),
+        block_q,
+        block_k,
+        pos,
     )
 
 
@@ -345,7 +385,8 @@ class _SavedArgs:
 
 def blockwise_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
                                  dropout: tuple | None = None) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` of the blockwise kernel on ``[b, n, s, d]``; lse ``[b, n_q, s_q]`` in the accumulation dtype.
+    """``(out, lse)`` of the blockwise kernel on ``[b, n, s, d]``; lse ``[b, n_q, s_q]`` in the accumulation
+    dtype.
 
     ``dropout``: ``(p, seed, dropout_pos)`` of the position-keyed mask (``dropout_pos`` as in
     :func:`blockwise_attention`); lse is then the undropped rows' log-sum-exp. No autograd: the
@@ -357,10 +398,20 @@ def blockwise_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: boo
     return out, ctx.saved_tensors[4].reshape(q.shape[:3])
 
 
-def blockwise_attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                                          *, causal: bool, scale: float,
-                                          dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of one block of the blockwise kernel given the *final* ``out`` and ``lse`` of its rows."""
+def blockwise_attention_with_lse_backward(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    *,
+    causal: bool,
+    scale: float,
+    dropout: tuple | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of one block of the blockwise kernel given the *final* ``out`` and ``lse`` of its
+    rows."""
     ctx = _SavedArgs()
     b, g = k.shape[:2]
     ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
@@ -400,8 +451,14 @@ def sdpa_attention(
         # position (a decode step): there copying the KV cache's whole prefix costs more than it saves.
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p, is_causal=causal,
-        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), enable_gqa=key.shape[1] != query.shape[1],
+        query,
+        key,
+        value,
+        attn_mask=sdpa_mask,
+        dropout_p=dropout_p,
+        is_causal=causal,
+        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]),
+        enable_gqa=key.shape[1] != query.shape[1],
     )
 
 
@@ -423,7 +480,8 @@ def flash_attn_cuda(
     dropout_p: float = 0.0,
     softmax_scale: float | None = None,
 ) -> Tensor:
-    """The ``flash-attn`` package's kernel (fp16/bf16 CUDA, native GQA, no arbitrary mask) on ``[b, n, s, d]``."""
+    """The ``flash-attn`` package's kernel (fp16/bf16 CUDA, native GQA, no arbitrary mask) on
+    ``[b, n, s, d]``."""
     from flash_attn import flash_attn_func
 
     out = flash_attn_func(
@@ -488,7 +546,9 @@ def npu_fusion_attention(
 ATTENTION_IMPLS = ("auto", "blockwise", "sdpa", "flash_attn", "npu", "math")
 
 
-def select_attention_impl(query: Tensor, *, attn_mask: Tensor | None, dropout_p: float, backend: str | None = None) -> str:
+def select_attention_impl(
+    query: Tensor, *, attn_mask: Tensor | None, dropout_p: float, backend: str | None = None
+) -> str:
     """The implementation :func:`flash_attention` uses for these inputs.
 
     NPU -> ``npu``; CUDA -> ``flash_attn`` (installed, fp16/bf16, no mask) else ``sdpa``; CPU ->

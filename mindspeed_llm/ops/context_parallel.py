@@ -39,9 +39,9 @@ class ContextParallelAttention(MegatronModule):
 
     ``cp_comm_type`` 'p2p' (``megatron_cp_algo``) runs :func:`ring_attention`, 'a2a'
     (``ulysses_cp_algo``) :func:`ulysses_attention`, 'a2a+p2p' (``hybrid_cp_algo``)
-    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention, no explicit
-    attention mask; packed samples (``--reset-attention-mask``) with document-packed ``packed_seq_params``
-    whose ``cu_seqlens`` describe the whole batch before the CP split
+    :func:`hybrid_attention` over ``pg_collection.hcp`` (``[ulysses, ring]``). Causal self-attention, no
+    explicit attention mask; packed samples (``--reset-attention-mask``) with document-packed
+    ``packed_seq_params`` whose ``cu_seqlens`` describe the whole batch before the CP split
     (:func:`~mindspeed_llm.ops.packing.document_packed_seq_params` with the CP group): each document
     attends causally within itself. Attention dropout with every algorithm (packed samples too),
     drawn from megatron's model-parallel RNG like its local attention (the seed is the same on every CP
@@ -51,15 +51,25 @@ class ContextParallelAttention(MegatronModule):
     # None: kernels follow the tensors' device; tests may pin 'torch'/'cuda'/'npu'.
     backend: str | None = None
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str, attention_dropout: float | None = None, softmax_scale: float | None = None,
-                 cp_comm_type: str | None = None, pg_collection: ProcessGroupCollection | None = None):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection: ProcessGroupCollection | None = None,
+    ):
         super().__init__(config=config)
         self.config: TransformerConfig = config
         comm = cp_comm_type or "p2p"
         if comm not in CP_COMM_TYPES.values():
-            raise NotImplementedError(f"ContextParallelAttention: cp_comm_type={comm!r} is not supported; use "
-                                      "--context-parallel-algo megatron_cp_algo, ulysses_cp_algo or hybrid_cp_algo")
+            raise NotImplementedError(
+                f"ContextParallelAttention: cp_comm_type={comm!r} is not supported; use "
+                "--context-parallel-algo megatron_cp_algo, ulysses_cp_algo or hybrid_cp_algo"
+            )
         if attn_mask_type != AttnMaskType.causal or attention_type != "self":
             raise NotImplementedError("ContextParallelAttention: causal self-attention only")
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -70,14 +80,17 @@ class ContextParallelAttention(MegatronModule):
         self.cp_group = pg_collection.cp
         self.hcp_groups = getattr(pg_collection, "hcp", None)
         if comm == "a2a+p2p" and (not self.hcp_groups or len(self.hcp_groups) != 2):
-            raise RuntimeError("ContextParallelAttention: hybrid_cp_algo needs the [ulysses, ring] sub-groups of the "
-                               "CP group: call mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups after "
-                               "initialize_model_parallel")
+            raise RuntimeError(
+                "ContextParallelAttention: hybrid_cp_algo needs the [ulysses, ring] sub-groups of the "
+                "CP group: call mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups after "
+                "initialize_model_parallel"
+            )
         tp = pg_collection.tp.size()
         projection = config.kv_channels * config.num_attention_heads
         self.hidden_size_per_partition = divide(projection, tp)
         head_dim = divide(projection, config.num_attention_heads)
-        # megatron folds layer-number scaling in and out again in fp32 softmax: the kernel needs the plain scale.
+        # megatron folds layer-number scaling in and out again in fp32 softmax: the kernel needs the plain
+        # scale.
         self.softmax_scale = 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
@@ -93,7 +106,11 @@ class ContextParallelAttention(MegatronModule):
         dropout_p = self.attention_dropout_p if self.training else 0.0
         documents = self._documents(packed_seq_params, b, s)
         # The ring (also hybrid's) masks by per-token document ids; Ulysses takes the cu_seqlens themselves.
-        ids = None if documents is None or self.comm == "a2a" else document_ids(documents[0], b, s * self.cp_group.size())
+        ids = (
+            None
+            if documents is None or self.comm == "a2a"
+            else document_ids(documents[0], b, s * self.cp_group.size())
+        )
         with attention_dropout_rng(self.config, dropout_p):
             if self.comm == "a2a" and documents is not None:
                 out = ulysses_document_attention(query, key, value, self.cp_group, *documents,
@@ -107,22 +124,35 @@ class ContextParallelAttention(MegatronModule):
                                        backend=self.backend, dropout_p=dropout_p, document_ids=ids)
             else:
                 q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-                out = ring_attention(q, k, v, self.cp_group, softmax_scale=self.softmax_scale, backend=self.backend,
-                                     dropout_p=dropout_p, document_ids=ids).permute(2, 0, 1, 3)
+                out = ring_attention(
+                    q,
+                    k,
+                    v,
+                    self.cp_group,
+                    softmax_scale=self.softmax_scale,
+                    backend=self.backend,
+                    dropout_p=dropout_p,
+                    document_ids=ids,
+                ).permute(2, 0, 1, 3)
         return out.reshape(s, b, self.hidden_size_per_partition)
 
     def _documents(self, packed_seq_params: Any, b: int, s: int) -> tuple[Tensor, int] | None:
-        """(cu_seqlens of the whole batch, longest document) of document-packed parameters, checked; else None."""
+        """(cu_seqlens of the whole batch, longest document) of document-packed parameters, checked; else
+        None."""
         if packed_seq_params is None:
             return None
         if not is_document_packed(packed_seq_params):
-            raise NotImplementedError("ContextParallelAttention: packed_seq_params must be document-packed (qkv_format "
-                                      "'sbhd' with cu_seqlens): build them with document_packed_seq_params")
+            raise NotImplementedError(
+                "ContextParallelAttention: packed_seq_params must be document-packed (qkv_format "
+                "'sbhd' with cu_seqlens): build them with document_packed_seq_params"
+            )
         cp = self.cp_group.size()
         if context_parallel_size(packed_seq_params) != cp:
-            raise ValueError(f"ContextParallelAttention: packed_seq_params describe sequences split over "
-                             f"{context_parallel_size(packed_seq_params)} CP ranks, this CP group has {cp}: build them "
-                             "from the whole batch's position ids with document_packed_seq_params(position_ids, "
-                             "cp_group) before get_batch_on_this_cp_rank")
+            raise ValueError(
+                f"ContextParallelAttention: packed_seq_params describe sequences split over "
+                f"{context_parallel_size(packed_seq_params)} CP ranks, this CP group has {cp}: build them "
+                "from the whole batch's position ids with document_packed_seq_params(position_ids, "
+                "cp_group) before get_batch_on_this_cp_rank"
+            )
         cu = check_document_packed(packed_seq_params, b, s * cp)
         return cu, packed_seq_params.max_seqlen_q

@@ -1,8 +1,8 @@
 """Context-parallel kernels: causal self-attention over a sequence split across the ranks of a CP group.
 
-The megatron-core module that runs them is :class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`;
-hybrid's sub-groups are created by :func:`mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups`
-(this module creates no process group).
+The megatron-core module that runs them is
+:class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`; hybrid's sub-groups are created by
+:func:`mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups` (this module creates no process group).
 
 Layout (megatron-core's ``get_batch_on_this_cp_rank``, which also slices RoPE): the sequence is cut
 into ``2 * CP`` equal chunks and CP rank ``r`` holds chunks ``r`` and ``2 * CP - 1 - r``, in that
@@ -40,9 +40,10 @@ skipped); Ulysses runs a given local attention (document attention:
 :func:`~mindspeed_llm.ops.document_attention.ulysses_document_attention`) over the whole sequence after its
 all-to-all; hybrid hands the documents to its ring. The documents come as plain tensors (per-token
 document ids, or the local attention that knows them): this module imports neither
-:mod:`~mindspeed_llm.ops.packing` nor :mod:`~mindspeed_llm.ops.document_attention`, which build on it. Attention dropout keys each piece's
-mask by its sample's batch row, global head and global positions (the blockwise kernel's hash), as CP 1's
-per-document kernel does with the same seed: any CP size drops the same scores.
+:mod:`~mindspeed_llm.ops.packing` nor :mod:`~mindspeed_llm.ops.document_attention`, which build on it.
+Attention dropout keys each piece's mask by its sample's batch row, global head and global positions (the
+blockwise kernel's hash), as CP 1's per-document kernel does with the same seed: any CP size drops the same
+scores.
 
 Local kernels with log-sum-exp (``[b, n, s, d]``, fp32 LSE ``[b, n, s]``): on CPU torch's flash
 kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward); elsewhere (CUDA,
@@ -78,7 +79,8 @@ CP_ALGOS = ("megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo")
 # megatron-core's TransformerConfig.cp_comm_type spelling of each algorithm ('a2a+p2p': its hierarchical CP).
 CP_COMM_TYPES = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a", "hybrid_cp_algo": "a2a+p2p"}
 RING_KERNELS = ("auto", "cpu_flash", "blockwise", "npu", "cuda_efficient")
-# torch's memory-efficient CUDA kernel pads its log-sum-exp rows to a multiple of this (its backward takes them so).
+# torch's memory-efficient CUDA kernel pads its log-sum-exp rows to a multiple of this (its backward takes
+# them so).
 _EFFICIENT_LSE_ALIGN = 32
 _NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry each row's value 8 times
 
@@ -88,7 +90,9 @@ _NPU_STAT_WIDTH = 8  # npu_fusion_attention's softmax_max / softmax_sum carry ea
 # ----------------------------------------------------------------------------------------------
 
 
-def select_ring_kernel(q: Tensor, kernel: str = "auto", backend: str | None = None, dropout_p: float = 0.0) -> str:
+def select_ring_kernel(
+    q: Tensor, kernel: str = "auto", backend: str | None = None, dropout_p: float = 0.0
+) -> str:
     """The local kernel the ring runs: NPU -> 'npu', CPU -> 'cpu_flash', else (CUDA) 'blockwise'.
 
     With dropout every device runs 'blockwise': its mask is keyed by global positions, so the
@@ -118,7 +122,9 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
         raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
         # torch's CPU flash kernel takes fewer K/V heads than query heads (GQA) as they are.
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, scale=scale
+        )
         return out, lse.float()
     if kernel == "blockwise":
         out, lse = blockwise_attention_with_lse(q, k, v, causal=causal, scale=scale, dropout=dropout)
@@ -127,7 +133,9 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
         npu = require_torch_npu(torch_npu, "ring attention")
         out, smax, ssum = _npu_forward(npu, q, k, v, causal, scale)
         return out, (smax[..., 0] + ssum[..., 0].log()).float()
-    if kernel == "cuda_efficient":  # not the default: no GPU has run it yet (bench/device_check.py compares it)
+    if (
+        kernel == "cuda_efficient"
+    ):  # not the default: no GPU has run it yet (bench/device_check.py compares it)
         ke, ve = _expand_kv(q, k, v)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, ke, ve, None, True, 0.0, causal,
                                                                           scale=scale)[:2]
@@ -138,7 +146,8 @@ def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: 
 def attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
                                 causal: bool, scale: float, kernel: str, torch_npu: Any = None,
                                 dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash backward)."""
+    """``(dq, dk, dv)`` of one block given the *final* ``out`` and ``lse`` of the query rows (flash
+    backward)."""
     if dropout is not None and kernel != "blockwise":
         raise ValueError(f"attention dropout in the ring runs the blockwise kernel, not kernel={kernel!r}")
     if kernel == "cpu_flash":
@@ -163,13 +172,15 @@ def _expand_kv(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _efficient_backward(dout, q, k, v, out, lse, causal: bool, scale: float):
-    """torch's memory-efficient CUDA backward of one block with the merged ``out`` / ``lse``; GQA summed back."""
+    """torch's memory-efficient CUDA backward of one block with the merged ``out`` / ``lse``; GQA summed
+    back."""
     ke, ve = _expand_kv(q, k, v)
     pad = -q.shape[2] % _EFFICIENT_LSE_ALIGN
     lse = torch.nn.functional.pad(lse, (0, pad)) if pad else lse.contiguous()
     unused = torch.zeros((), dtype=torch.int64, device=q.device)  # philox seed / offset: no dropout here
     dq, dk, dv = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-        dout, q, ke, ve, None, out, lse, unused, unused, 0.0, [True, True, True, False], causal, scale=scale)[:3]
+        dout, q, ke, ve, None, out, lse, unused, unused, 0.0, [True, True, True, False], causal, scale=scale
+    )[:3]
     b, g = k.shape[:2]
     if ke is not k:
         dk, dv = (t.view(b, g, -1, *t.shape[2:]).sum(2) for t in (dk, dv))
@@ -180,7 +191,10 @@ def _npu_causal_args(q: Tensor, causal: bool) -> dict:
     if not causal:
         return {"atten_mask": None, "sparse_mode": 0}
     size = 2048  # torch_npu's compressed causal mask (sparse_mode=2, left-up causal)
-    return {"atten_mask": torch.triu(torch.ones(size, size, dtype=torch.bool, device=q.device), 1), "sparse_mode": 2}
+    return {
+        "atten_mask": torch.triu(torch.ones(size, size, dtype=torch.bool, device=q.device), 1),
+        "sparse_mode": 2,
+    }
 
 
 def _npu_forward(npu: Any, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float):
@@ -211,7 +225,8 @@ def _peers(group) -> tuple[int, int]:
 
 
 def _dense_view(t: Tensor) -> Tensor:
-    """A contiguous view of a tensor whose strides are a permutation of a contiguous one (gloo sends those only)."""
+    """A contiguous view of a tensor whose strides are a permutation of a contiguous one (gloo sends those
+    only)."""
     if t.is_contiguous():
         return t
     view = t.permute(sorted(range(t.dim()), key=lambda i: -t.stride(i)))
@@ -227,11 +242,15 @@ def _send_next(tensors: list[Tensor], group, tag: int) -> list:
 
 
 def _recv_prev(like: list, group, tag: int) -> tuple[list, list[Tensor]]:
-    """Start receiving tensors laid out like ``like`` (tensors or ``(tensor, strides)``) from the previous CP rank."""
+    """Start receiving tensors laid out like ``like`` (tensors or ``(tensor, strides)``) from the previous CP
+    rank."""
     prv = _peers(group)[1]
-    bufs = [torch.empty_like(t) if isinstance(t, Tensor) else torch.empty_strided(t[0].shape, t[1], dtype=t[0].dtype,
-                                                                                     device=t[0].device)
-            for t in like]
+    bufs = [
+        torch.empty_like(t)
+        if isinstance(t, Tensor)
+        else torch.empty_strided(t[0].shape, t[1], dtype=t[0].dtype, device=t[0].device)
+        for t in like
+    ]
     return [dist.irecv(_dense_view(b), prv, group=group, tag=tag + i) for i, b in enumerate(bufs)], bufs
 
 
@@ -254,7 +273,9 @@ def _merge(out: Tensor, lse: Tensor, block_out: Tensor, block_lse: Tensor) -> No
     new = torch.logaddexp(lse, block_lse)
     out.mul_(torch.exp(lse - new).unsqueeze(-1))
     block_out = block_out.float() if block_out.dtype != torch.float32 else block_out
-    out.add_(block_out.mul_(torch.exp(block_lse - new).unsqueeze(-1)))  # the block's output is not needed after
+    out.add_(
+        block_out.mul_(torch.exp(block_lse - new).unsqueeze(-1))
+    )  # the block's output is not needed after
     lse.copy_(new)
 
 
@@ -304,7 +325,8 @@ def _document_pieces(q_doc: Tensor, k_doc: Tensor) -> list[tuple[int, slice, sli
 
 def _ring_pieces(docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: slice,
                  cols: slice) -> list[tuple[int, slice, slice]] | None:
-    """:func:`_document_pieces` of one ring block (``docs``: ``[b, S]`` ids of the whole sequence); None: no documents."""
+    """:func:`_document_pieces` of one ring block (``docs``: ``[b, S]`` ids of the whole sequence); None: no
+    documents."""
     if docs is None:
         return None
     k_pos = _pair_positions(src, size, q_pos.numel() // 2, q_pos.device)
@@ -312,7 +334,8 @@ def _ring_pieces(docs: Tensor | None, q_pos: Tensor, src: int, size: int, rows: 
 
 
 def _piece_dropout(drop: tuple | None, i: int, rows: slice, cols: slice) -> tuple | None:
-    """A block's dropout argument narrowed to one document piece: its sample ``i``'s row, its rows and columns."""
+    """A block's dropout argument narrowed to one document piece: its sample ``i``'s row, its rows and
+    columns."""
     if drop is None:
         return None
     p, seed, (q_pos, k_pos, head0) = drop
@@ -321,7 +344,8 @@ def _piece_dropout(drop: tuple | None, i: int, rows: slice, cols: slice) -> tupl
 
 def _pieces_forward(q: Tensor, k: Tensor, v: Tensor, pieces: list, dropout: tuple | None = None,
                     **kw) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` of a block computed one document piece at a time; rows no piece covers: 0 and ``-inf``."""
+    """``(out, lse)`` of a block computed one document piece at a time; rows no piece covers: 0 and
+    ``-inf``."""
     b, n, s_q = q.shape[:3]
     out = q.new_zeros(b, n, s_q, v.shape[-1])
     lse = torch.full((b, n, s_q), float("-inf"), dtype=torch.float32, device=q.device)
@@ -338,9 +362,16 @@ def _pieces_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     """``(dq, dk, dv)`` of a block computed one document piece at a time (zero outside the pieces)."""
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for i, rows, cols in pieces:
-        gq, gk, gv = attention_with_lse_backward(dout[i:i + 1, :, rows], q[i:i + 1, :, rows], k[i:i + 1, :, cols],
-                                                 v[i:i + 1, :, cols], out[i:i + 1, :, rows], lse[i:i + 1, :, rows],
-                                                 dropout=_piece_dropout(dropout, i, rows, cols), **kw)
+        gq, gk, gv = attention_with_lse_backward(
+            dout[i : i + 1, :, rows],
+            q[i : i + 1, :, rows],
+            k[i : i + 1, :, cols],
+            v[i : i + 1, :, cols],
+            out[i : i + 1, :, rows],
+            lse[i : i + 1, :, rows],
+            dropout=_piece_dropout(dropout, i, rows, cols),
+            **kw,
+        )
         dq[i:i + 1, :, rows] += gq
         dk[i:i + 1, :, cols] += gk
         dv[i:i + 1, :, cols] += gv
@@ -348,7 +379,8 @@ def _pieces_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
 
 
 def _block_dropout(drop: tuple | None, src: int, rows: slice, cols: slice, q_pos: Tensor) -> tuple | None:
-    """The blockwise kernel's dropout argument for one ring block (global positions of its rows and columns)."""
+    """The blockwise kernel's dropout argument for one ring block (global positions of its rows and
+    columns)."""
     if drop is None:
         return None
     p, seed, size, head0 = drop
@@ -372,11 +404,15 @@ class _RingAttention(torch.autograd.Function):
                 pieces = _ring_pieces(docs, q_pos, src, size, rows, cols)
                 dropout = _block_dropout(drop, src, rows, cols, q_pos)
                 if pieces is None:
-                    o, m = attention_with_lse(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], dropout=dropout, **kw)
+                    o, m = attention_with_lse(
+                        q[:, :, rows], kb[:, :, cols], vb[:, :, cols], dropout=dropout, **kw
+                    )
                 elif pieces:
-                    o, m = _pieces_forward(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, dropout, **kw)
-                else:  # no query of the block shares a document with its keys (never at step 0: each sees itself)
-                    continue
+                    o, m = _pieces_forward(
+                        q[:, :, rows], kb[:, :, cols], vb[:, :, cols], pieces, dropout, **kw
+                    )
+                else:  # no query of the block shares a document with its keys
+                    continue  # (never at step 0: each sees itself)
                 if step == 0:  # the running output starts as the local causal block's (fp32 accumulator)
                     out, lse = (o.float() if o.dtype != torch.float32 else o), m
                 else:
@@ -419,7 +455,9 @@ class _RingAttention(torch.autograd.Function):
                     gq, gk, gv = _pieces_backward(*block, pieces, dropout, **kw)
                 else:  # no query of the block shares a document with its keys: no gradient
                     continue
-                if step == 0:  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
+                if (
+                    step == 0
+                ):  # dQ accumulates here (fp32); dK/dV travel in K/V's dtype and the kernel's layout
                     dq = gq.float() if gq.dtype != torch.float32 else gq
                     acc = [gk.to(k.dtype), gv.to(v.dtype)]
                     if docs is not None:  # step 0 may run pieces on one rank and not on another: one layout
@@ -447,9 +485,21 @@ def _accumulated_dkv(layout: list, sending: list, group) -> list[Tensor]:
     return bufs
 
 
-def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                   kernel: str = "auto", backend: str | None = None, torch_npu: Any = None, dropout_p: float = 0.0,
-                   seed: int | None = None, head_offset: int = 0, document_ids: Tensor | None = None) -> Tensor:
+def ring_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    group,
+    *,
+    softmax_scale: float | None = None,
+    kernel: str = "auto",
+    backend: str | None = None,
+    torch_npu: Any = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    head_offset: int = 0,
+    document_ids: Tensor | None = None,
+) -> Tensor:
     """Causal attention of this CP rank's chunk pair ``[b, n, s_local, d]`` against the whole sequence.
 
     ``dropout_p``: attention dropout with the blockwise kernel's position-keyed mask; ``seed`` (the
@@ -534,7 +584,8 @@ class _HeadToSeq(torch.autograd.Function):
 
 
 def chunk_order(cp: int) -> tuple[Tensor, Tensor]:
-    """(to_natural, to_ranks): index maps between the ranks' chunk pairs laid end to end and sequence order."""
+    """(to_natural, to_ranks): index maps between the ranks' chunk pairs laid end to end and sequence
+    order."""
     ranks = [c for r in range(cp) for c in (r, 2 * cp - 1 - r)]  # chunk held at each gathered position
     to_natural = torch.tensor([ranks.index(c) for c in range(2 * cp)])
     return to_natural, torch.tensor(ranks)
@@ -569,11 +620,21 @@ def _heads_to_ranks(q: Tensor, k: Tensor, v: Tensor, group) -> tuple[Tensor, Ten
     return q, k, v, to_ranks, head_offset
 
 
-def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
-                      dropout_p: float = 0.0, seed: int | None = None, impl: str = "auto",
-                      backend: str | None = None,
-                      local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None) -> Tensor:
-    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
+def ulysses_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    group,
+    *,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    impl: str = "auto",
+    backend: str | None = None,
+    local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None,
+) -> Tensor:
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout
+    out.
 
     ``dropout_p``: the local kernel's attention dropout (each rank holds whole sequences for its
     heads). Where that kernel is the blockwise one (CPU), its mask is keyed by (seed, head, query
@@ -598,8 +659,17 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
                                   seed=dropout_seed(dropout_p, seed, q.device),
                                   head_offset=head_offset).permute(2, 0, 1, 3)
     else:
-        out = flash_attention(q, k, v, causal=True, dropout_p=dropout_p, softmax_scale=softmax_scale, layout="sbnd",
-                              impl=impl, backend=backend)
+        out = flash_attention(
+            q,
+            k,
+            v,
+            causal=True,
+            dropout_p=dropout_p,
+            softmax_scale=softmax_scale,
+            layout="sbnd",
+            impl=impl,
+            backend=backend,
+        )
     return _HeadToSeq.apply(_reorder_chunks(out, to_ranks), group)
 
 
@@ -608,7 +678,9 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: 
 # ----------------------------------------------------------------------------------------------
 
 
-def hybrid_cp_rank_groups(cp_ranks: list[int], ulysses_degree: int) -> tuple[list[list[int]], list[list[int]]]:
+def hybrid_cp_rank_groups(
+    cp_ranks: list[int], ulysses_degree: int
+) -> tuple[list[list[int]], list[list[int]]]:
     """(Ulysses groups, ring groups) of one CP group: consecutive runs of U ranks, and every U-th rank.
 
     CP rank ``c`` is Ulysses rank ``c % U`` and ring rank ``c // U`` (MindSpeed's layout, and
@@ -626,7 +698,8 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
                      softmax_scale: float | None = None, kernel: str = "auto", backend: str | None = None,
                      torch_npu: Any = None, dropout_p: float = 0.0, seed: int | None = None,
                      document_ids: Tensor | None = None) -> Tensor:
-    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same layout out.
+    """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]``: Ulysses, then ring; same
+    layout out.
 
     With ``U`` Ulysses and ``R`` ring ranks, Ulysses sub-group ``m`` holds chunks ``mU .. mU+U-1``
     and ``2CP-1-mU-(U-1) .. 2CP-1-mU`` of the ``2CP``-chunk split: after the all-to-all and
@@ -638,7 +711,18 @@ def hybrid_attention(q: Tensor, k: Tensor, v: Tensor, ulysses_group, ring_group,
     """
     q, k, v, to_ranks, head_offset = _heads_to_ranks(q, k, v, ulysses_group)
     q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
-    out = ring_attention(q, k, v, ring_group, softmax_scale=softmax_scale, kernel=kernel, backend=backend,
-                         torch_npu=torch_npu, dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
-                         head_offset=head_offset, document_ids=document_ids)
+    out = ring_attention(
+        q,
+        k,
+        v,
+        ring_group,
+        softmax_scale=softmax_scale,
+        kernel=kernel,
+        backend=backend,
+        torch_npu=torch_npu,
+        dropout_p=dropout_p,
+        seed=dropout_seed(dropout_p, seed, q.device),
+        head_offset=head_offset,
+        document_ids=document_ids,
+    )
     return _HeadToSeq.apply(_reorder_chunks(out.permute(2, 0, 1, 3), to_ranks), ulysses_group)

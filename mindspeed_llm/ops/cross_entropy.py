@@ -111,7 +111,8 @@ def chunked_vocab_parallel_cross_entropy(logits: Tensor, target: Tensor) -> Tens
 
 def vocab_parallel_cross_entropy(vocab_parallel_logits: Tensor, target: Tensor, label_smoothing: float = 0.0,
                                  *, megatron_impl=None) -> Tensor:
-    """megatron's ``tensor_parallel.vocab_parallel_cross_entropy`` signature; blocked unless label smoothing."""
+    """megatron's ``tensor_parallel.vocab_parallel_cross_entropy`` signature; blocked unless label
+    smoothing."""
     if label_smoothing > 0:
         if megatron_impl is None:
             from megatron.core.tensor_parallel.cross_entropy import _VocabParallelCrossEntropy

@@ -13,11 +13,12 @@ through :mod:`mindspeed_llm.patches.packed`) call it for document-packed ``packe
 Implementations (:func:`select_document_attention_impl` picks one per device):
 
 - ``per_document`` (CPU; CUDA without flash-attn): one causal kernel call per document on the
-  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention`
-  with it (one seed per call; each document keyed by its batch row and positions in the sample, so the
-  mask is the whole batch's and context parallelism draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
-  document's kernel state; measured fastest on the CPU (docs/performance_journal.md,
-  "Document-masked attention").
+  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout,
+  :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention` with it (one seed per call; each document
+  keyed by its batch row and positions in the sample, so the mask is the whole batch's and context parallelism
+  draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
+  document's kernel state; measured fastest on the CPU (docs/performance_journal.md, "Document-masked
+  attention").
 - ``sdpa_mask``: SDPA over whole samples with a block-diagonal causal bool mask ``[b, 1, s, s]`` (one mask
   per sample, shared by the heads; SDPA computes every block).
 - ``blockwise_mask``: the blockwise kernel with that mask (it skips blocks no document covers).
@@ -54,13 +55,17 @@ DOCUMENT_ATTENTION_IMPLS = ("auto", "per_document", "sdpa_mask", "blockwise_mask
 def _check(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor) -> None:
     if query.dim() != 4 or key.shape[:2] != query.shape[:2] or value.shape[:3] != key.shape[:3]:
         raise ValueError(
-            f"document attention expects [s, b, n, d] q/k/v of one length and batch, got {tuple(query.shape)}, "
-            f"{tuple(key.shape)}, {tuple(value.shape)}"
+            "document attention expects [s, b, n, d] q/k/v of one length and batch, got "
+            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
     if query.shape[2] % key.shape[2] != 0:
-        raise ValueError(f"query heads ({query.shape[2]}) must be a multiple of key/value heads ({key.shape[2]})")
+        raise ValueError(
+            f"query heads ({query.shape[2]}) must be a multiple of key/value heads ({key.shape[2]})"
+        )
     if int(cu_seqlens[-1]) != query.shape[0] * query.shape[1]:
-        raise ValueError(f"cu_seqlens end at {int(cu_seqlens[-1])}, expected s * b = {query.shape[0] * query.shape[1]}")
+        raise ValueError(
+            f"cu_seqlens end at {int(cu_seqlens[-1])}, expected s * b = {query.shape[0] * query.shape[1]}"
+        )
 
 
 def _tokens(t: Tensor) -> Tensor:
@@ -81,9 +86,17 @@ def document_mask(cu_seqlens: Tensor, s: int, b: int) -> Tensor:
     return ~(same & causal).unsqueeze(1)
 
 
-def per_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, *,
-                           softmax_scale: float | None = None, dropout_p: float = 0.0, seed: int | None = None,
-                           head_offset: int = 0) -> Tensor:
+def per_document_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    cu_seqlens: Tensor,
+    *,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    head_offset: int = 0,
+) -> Tensor:
     """One causal kernel call per document (SDPA; blockwise with dropout) on ``[s, b, n, d]``.
 
     Dropout: one ``seed`` for the call (drawn when None), each document keyed by its sample's batch row
@@ -109,9 +122,18 @@ def per_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens
     return _from_tokens(torch.cat(outs), s, b)
 
 
-def masked_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, *, kernel: str,
-                              softmax_scale: float | None = None, dropout_p: float = 0.0, seed: int | None = None,
-                              head_offset: int = 0) -> Tensor:
+def masked_document_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    cu_seqlens: Tensor,
+    *,
+    kernel: str,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | None = None,
+    head_offset: int = 0,
+) -> Tensor:
     """Whole samples with the block-diagonal causal mask, through SDPA or the blockwise kernel.
 
     The blockwise kernel's dropout is keyed by (batch row, head from ``head_offset``, positions in the
@@ -128,8 +150,16 @@ def masked_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seql
     return out.permute(2, 0, 1, 3)
 
 
-def flash_attn_varlen_documents(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
-                                softmax_scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+def flash_attn_varlen_documents(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    *,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
     """flash-attn's ``flash_attn_varlen_func`` (CUDA, fp16/bf16, native GQA) over the documents."""
     from flash_attn import flash_attn_varlen_func
 
@@ -142,17 +172,37 @@ def flash_attn_varlen_documents(query: Tensor, key: Tensor, value: Tensor, cu_se
     return _from_tokens(out, s, b)
 
 
-def npu_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, *,
-                           softmax_scale: float | None = None, dropout_p: float = 0.0, torch_npu: Any = None) -> Tensor:
+def npu_document_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    cu_seqlens: Tensor,
+    *,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    torch_npu: Any = None,
+) -> Tensor:
     """``npu_fusion_attention`` in "TND" with the cumulative document ends as actual sequence lengths."""
     npu = require_torch_npu(torch_npu, "document attention")
     s, b, n = query.shape[:3]
     ends = cu_seqlens[1:].tolist()  # the op takes cumulative ends (no leading 0) as host integers
-    mask = torch.triu(torch.ones(NPU_CAUSAL_MASK_SIZE, NPU_CAUSAL_MASK_SIZE, dtype=torch.bool, device=query.device), 1)
+    mask = torch.triu(
+        torch.ones(NPU_CAUSAL_MASK_SIZE, NPU_CAUSAL_MASK_SIZE, dtype=torch.bool, device=query.device), 1
+    )
     out = npu.npu_fusion_attention(
-        _tokens(query), _tokens(key), _tokens(value), n, "TND", atten_mask=mask,
-        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), keep_prob=1.0 - dropout_p, pre_tockens=s * b, next_tockens=0,
-        actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=4,
+        _tokens(query),
+        _tokens(key),
+        _tokens(value),
+        n,
+        "TND",
+        atten_mask=mask,
+        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]),
+        keep_prob=1.0 - dropout_p,
+        pre_tockens=s * b,
+        next_tockens=0,
+        actual_seq_qlen=ends,
+        actual_seq_kvlen=ends,
+        sparse_mode=4,
     )[0]
     return _from_tokens(out, s, b)
 
@@ -161,7 +211,8 @@ def select_document_attention_impl(query: Tensor, *, backend: str | None = None)
     """NPU -> ``npu``; CUDA -> ``flash_attn_varlen`` (installed, fp16/bf16); else ``per_document``.
 
     Not ``sdpa_mask`` on CUDA without flash-attn: SDPA keeps its mask for backward (as a float bias on the
-    memory-efficient kernel), ``b * s * s`` per layer, where one SDPA call per document keeps nothing ``s x s``.
+    memory-efficient kernel), ``b * s * s`` per layer, where one SDPA call per document keeps nothing
+    ``s x s``.
     """
     device = resolve_backend(query, backend)
     if device == "npu":
@@ -171,10 +222,21 @@ def select_document_attention_impl(query: Tensor, *, backend: str | None = None)
     return "per_document"
 
 
-def document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens: Tensor, max_seqlen: int | None = None,
-                       *, softmax_scale: float | None = None, dropout_p: float = 0.0, impl: str = "auto",
-                       backend: str | None = None, torch_npu: Any = None, seed: int | None = None,
-                       head_offset: int = 0) -> Tensor:
+def document_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int | None = None,
+    *,
+    softmax_scale: float | None = None,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    backend: str | None = None,
+    torch_npu: Any = None,
+    seed: int | None = None,
+    head_offset: int = 0,
+) -> Tensor:
     """Causal attention within each document of ``[s, b, n, d]`` q/k/v; returns ``[s, b, n_q, d]``.
 
     Dropout in ``per_document`` and ``blockwise_mask``: one mask per call keyed by (``seed``, batch row,
@@ -213,30 +275,56 @@ def ulysses_document_attention(query: Tensor, key: Tensor, value: Tensor, group,
     document, blockwise) keyed by the global head index (``seed`` drawn then, the same on every CP rank).
     """
     def local(q: Tensor, k: Tensor, v: Tensor, head_offset: int) -> Tensor:
-        return document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale, backend=backend,
-                                  dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
-                                  head_offset=head_offset)
+        return document_attention(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            max_seqlen,
+            softmax_scale=softmax_scale,
+            backend=backend,
+            dropout_p=dropout_p,
+            seed=dropout_seed(dropout_p, seed, q.device),
+            head_offset=head_offset,
+        )
 
     return ulysses_attention(query, key, value, group, local_attention=local)
 
 
-def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                            packed_seq_params: Any, *, softmax_scale: float, dropout_p: float,
-                            impl: str = "auto", backend: str | None = None) -> Tensor:
-    """A megatron core-attention module's forward for document-packed parameters: ``[s, b, n, d]`` -> ``[s, b, n*d]``.
+def document_core_attention(
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    packed_seq_params: Any,
+    *,
+    softmax_scale: float,
+    dropout_p: float,
+    impl: str = "auto",
+    backend: str | None = None,
+) -> Tensor:
+    """A megatron core-attention module's forward for document-packed parameters: ``[s, b, n, d]`` ->
+    ``[s, b, n*d]``.
 
     Shared by megatron's local ``DotProductAttention`` (patched) and ``FlashDotProductAttention``;
     dropout runs under megatron's model-parallel RNG tracker as the modules' own dropout does.
     """
     config = module.config
     if packed_seq_params.qkv_format != "sbhd":
-        raise ValueError(f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer Engine: "
-                         "build them with mindspeed_llm.ops.packing.document_packed_seq_params (qkv_format 'sbhd')")
+        raise ValueError(
+            f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer Engine: "
+            "build them with mindspeed_llm.ops.packing.document_packed_seq_params (qkv_format 'sbhd')"
+        )
     if config.context_parallel_size != 1:
-        raise ValueError("packed sequences with context parallelism run in ContextParallelAttention (the core "
-                         "attention --context-parallel-size selects), not in this local attention")
+        raise ValueError(
+            "packed sequences with context parallelism run in ContextParallelAttention (the core "
+            "attention --context-parallel-size selects), not in this local attention"
+        )
     if attention_mask is not None:
-        raise ValueError("packed sequences take attention_mask=None: the documents in packed_seq_params are the mask")
+        raise ValueError(
+            "packed sequences take attention_mask=None: the documents in packed_seq_params are the mask"
+        )
     s, b = query.shape[:2]
     cu_seqlens = check_document_packed(packed_seq_params, b, s)
     with attention_dropout_rng(config, dropout_p):  # one seed per call, drawn as the unpacked path draws it

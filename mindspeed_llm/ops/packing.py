@@ -1,4 +1,5 @@
-"""Packed samples: several documents in one ``[b, s]`` sample, described as megatron-core's ``PackedSeqParams``.
+"""Packed samples: several documents in one ``[b, s]`` sample, described as megatron-core's
+``PackedSeqParams``.
 
 A packed batch keeps megatron's ``[s, b, ...]`` activations (``qkv_format='sbhd'``); the documents are
 given by ``cu_seqlens`` over the *flattened* ``b * s`` tokens (sample-major, as ``position_ids.flatten()``
@@ -25,7 +26,8 @@ QKV_FORMAT = "sbhd"
 
 
 def document_packed_seq_params(position_ids: Tensor, cp_group=None) -> PackedSeqParams:
-    """Documents of a packed ``[b, s]`` batch: one starts where ``position_ids == 0`` and at each sample's start.
+    """Documents of a packed ``[b, s]`` batch: one starts where ``position_ids == 0`` and at each sample's
+    start.
 
     Returns ``PackedSeqParams(qkv_format='sbhd')`` with int32 ``cu_seqlens`` over the flattened ``b * s``
     tokens (same tensor for queries and keys) and the longest document as ``max_seqlen``. With
@@ -63,8 +65,13 @@ def check_document_packed(packed_seq_params: PackedSeqParams, batch: int, seq: i
     cu = packed_seq_params.cu_seqlens_q
     kv = packed_seq_params.cu_seqlens_kv
     if kv is not None and kv is not cu and not torch.equal(kv, cu):
-        raise ValueError("packed_seq_params: cu_seqlens_kv must equal cu_seqlens_q (self-attention over documents)")
-    if packed_seq_params.cu_seqlens_q_padded is not None or packed_seq_params.cu_seqlens_kv_padded is not None:
+        raise ValueError(
+            "packed_seq_params: cu_seqlens_kv must equal cu_seqlens_q (self-attention over documents)"
+        )
+    if (
+        packed_seq_params.cu_seqlens_q_padded is not None
+        or packed_seq_params.cu_seqlens_kv_padded is not None
+    ):
         raise ValueError("packed_seq_params: padded cu_seqlens are not supported with qkv_format 'sbhd'")
     if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != batch * seq:
         raise ValueError(
@@ -76,7 +83,9 @@ def check_document_packed(packed_seq_params: PackedSeqParams, batch: int, seq: i
         raise ValueError("packed_seq_params: cu_seqlens must be strictly increasing (no empty documents)")
     sample_starts = torch.arange(0, batch * seq, seq, device=cu.device, dtype=cu.dtype)
     if not bool(torch.isin(sample_starts, cu).all()):
-        raise ValueError("packed_seq_params: a document crosses a sample boundary; every sample must start a document")
+        raise ValueError(
+            "packed_seq_params: a document crosses a sample boundary; every sample must start a document"
+        )
     return cu
 
 
@@ -88,7 +97,8 @@ def document_ids(cu_seqlens: Tensor, batch: int, seq: int) -> Tensor:
 
 
 def cp_rank_tokens(x: Tensor, cp_group) -> Tensor:
-    """This CP rank's chunk pair of a ``[b, s]`` tensor, cut as megatron-core's ``get_batch_on_this_cp_rank`` cuts."""
+    """This CP rank's chunk pair of a ``[b, s]`` tensor, cut as megatron-core's ``get_batch_on_this_cp_rank``
+    cuts."""
     if cp_group is None or cp_group.size() == 1:
         return x
     from megatron.core.utils import get_batch_on_this_cp_rank
@@ -101,11 +111,14 @@ def document_positions(cu_seqlens: Tensor) -> Tensor:
     cu = cu_seqlens.to(torch.int64)
     lengths = cu[1:] - cu[:-1]
     total = int(cu[-1])
-    return torch.arange(total, device=cu.device) - torch.repeat_interleave(cu[:-1], lengths, output_size=total)
+    return torch.arange(total, device=cu.device) - torch.repeat_interleave(
+        cu[:-1], lengths, output_size=total
+    )
 
 
 def document_rotary_freqs(freqs: Tensor, cu_seqlens: Tensor, seq: int, cp_group=None) -> Tensor:
-    """RoPE angles restarting at each document: ``freqs`` ``[L, 1, 1, d]`` (positions 0..L-1) -> ``[seq, b, 1, d]``.
+    """RoPE angles restarting at each document: ``freqs`` ``[L, 1, 1, d]`` (positions 0..L-1) ->
+    ``[seq, b, 1, d]``.
 
     With ``cp_group`` (``cu_seqlens`` of the whole batch, ``seq`` the local length) the angles are those
     of this CP rank's chunk pair: positions inside their documents of the whole sequence, then cut.

@@ -75,7 +75,9 @@ def rms_norm_npu(x: Tensor, weight: Tensor, eps: float = 1e-5, torch_npu: Any = 
     return npu.npu_rms_norm(x, weight, epsilon=eps)[0]
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-5, backend: str | None = None, torch_npu: Any = None) -> Tensor:
+def rms_norm(
+    x: Tensor, weight: Tensor, eps: float = 1e-5, backend: str | None = None, torch_npu: Any = None
+) -> Tensor:
     """The fused RMSNorm for ``x``'s device (``backend`` forces 'torch', 'cuda' or 'npu')."""
     kind = resolve_backend(x, backend)
     if kind == "npu":
@@ -147,7 +149,9 @@ class MegatronNorm:
                 f"normalization={config.normalization!r}: the local spec supports LayerNorm and RMSNorm"
             )
         if config.layernorm_zero_centered_gamma or zero_centered_gamma:
-            raise ValueError("--apply-layernorm-1p (zero-centered gamma) is not supported with LayerNorm in the local spec")
+            raise ValueError(
+                "--apply-layernorm-1p (zero-centered gamma) is not supported with LayerNorm in the local spec"
+            )
         norm = torch.nn.LayerNorm(hidden_size, eps=eps, dtype=config.params_dtype)
         for param in norm.parameters():
             param.sequence_parallel = bool(config.sequence_parallel)

@@ -60,7 +60,9 @@ def swiglu(x: Tensor, backend: str | None = None, torch_npu: Any = None) -> Tens
     return swiglu_torch(x)
 
 
-def bias_swiglu(x: Tensor, bias: Tensor | None = None, backend: str | None = None, torch_npu: Any = None) -> Tensor:
+def bias_swiglu(
+    x: Tensor, bias: Tensor | None = None, backend: str | None = None, torch_npu: Any = None
+) -> Tensor:
     """``swiglu(x + bias)`` (no bias when None)."""
     return swiglu(x if bias is None else x + bias, backend=backend, torch_npu=torch_npu)
 

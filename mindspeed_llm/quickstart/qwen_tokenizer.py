@@ -90,7 +90,9 @@ def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, 
     return parts[0], parts[1]
 
 
-def build_tokenizer_json(ranks: dict[bytes, int], added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS) -> dict:
+def build_tokenizer_json(
+    ranks: dict[bytes, int], added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS
+) -> dict:
     """A ``tokenizer.json`` (tokenizers library format) equivalent to the ranked BPE plus the added tokens."""
     byte_map = _bytes_to_unicode()
 
@@ -114,21 +116,49 @@ def build_tokenizer_json(ranks: dict[bytes, int], added_tokens: list[tuple[str, 
         "padding": None,
         "added_tokens": added,
         "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        ]},
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": merges},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": QWEN2_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            ],
+        },
+        "post_processor": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
+        },
     }
 
 
 def write_qwen25_tokenizer(folder: str | os.PathLike, model_max_length: int = 131072,
                            added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS) -> Path:
-    """Write ``tokenizer.json`` + ``tokenizer_config.json`` (Qwen2Tokenizer, eos/pad <|endoftext|>) to ``folder``."""
+    """Write ``tokenizer.json`` + ``tokenizer_config.json`` (Qwen2Tokenizer, eos/pad <|endoftext|>) to
+    ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     data = build_tokenizer_json(load_ranks(qwen_ranks_file()), added_tokens)

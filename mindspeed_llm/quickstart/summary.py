@@ -24,7 +24,8 @@ def losses_from_log(text: str) -> list[tuple[int, float]]:
 
 
 def intervals(losses: list[tuple[int, float]], first_iteration: int) -> list[tuple[int, int, float]]:
-    """(first, last iteration, mean loss) of each logged interval, the first starting at ``first_iteration``."""
+    """(first, last iteration, mean loss) of each logged interval, the first starting at
+    ``first_iteration``."""
     out, start = [], first_iteration
     for iteration, loss in losses:
         out.append((start, iteration, loss))
@@ -63,7 +64,9 @@ def summarise(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
     with open(args.log, encoding="utf-8", errors="replace") as f:

@@ -1,4 +1,5 @@
-"""Start-up: flags to configuration, process group from torchrun's environment, parallel state, seeds, patches, logs."""
+"""Start-up: flags to configuration, process group from torchrun's environment, parallel state, seeds,
+patches, logs."""
 
 from __future__ import annotations
 

@@ -37,8 +37,11 @@ def padded_vocab_size(vocab: int, args: argparse.Namespace, recorded: int | None
     return mapping.padded_vocab_size(vocab, tp, args.make_vocab_size_divisible_by, requested)
 
 
-def settle_model_config(args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iteration) -> tuple[Any, int]:
-    """(our ModelConfig, padded vocabulary) of the launch, checked against ``--load``'s checkpoint when there is one."""
+def settle_model_config(
+    args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iteration
+) -> tuple[Any, int]:
+    """(our ModelConfig, padded vocabulary) of the launch, checked against ``--load``'s checkpoint when there
+    is one."""
     from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
     from mindspeed_llm.runtime.checkpoint import launch as checkpoint_launch
     from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
@@ -47,12 +50,14 @@ def settle_model_config(args: argparse.Namespace, config: RunConfig, tokenizer, 
     base, rows, recorded = None, None, None
     if ckpt_iteration is not None:
         record, where = checkpoint_launch.read_checkpoint_record(args, ckpt_iteration)
-        checkpoint_launch.check_checkpoint_args(args, record, where,
-                                                reshardable=detect_format(args.load, ckpt_iteration) == TORCH_DIST)
+        checkpoint_launch.check_checkpoint_args(
+            args, record, where, reshardable=detect_format(args.load, ckpt_iteration) == TORCH_DIST
+        )
         ckpt_args = record.model  # the recorded model: hf_config, hf_vocab_size, padded_vocab_size, ...
         recorded = checkpoint_launch.adopt_padded_vocab(args, ckpt_args, tokenizer.vocab_size, where)
         if getattr(ckpt_args, "hf_config", None):
-            try:  # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
+            # the recorded HF settings (RoPE scaling, sliding window, ...) are the model's: refuse, never drop
+            try:
                 base = ModelConfig.from_hf_config(dict(ckpt_args.hf_config))
             except (UnsupportedModelError, KeyError, ValueError) as exc:
                 raise CheckpointError(f"{where}: its recorded HF config is refused: {exc}") from None
@@ -71,7 +76,9 @@ def settle_model_config(args: argparse.Namespace, config: RunConfig, tokenizer, 
     return model_config, padded
 
 
-def plan_run(args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iteration, model_type=None) -> RunPlan:
+def plan_run(
+    args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iteration, model_type=None
+) -> RunPlan:
     """Settle the model against ``--load`` and build the run's plan; the run's namespace then carries it.
 
     ``args`` is the namespace of the flags (``initialize_megatron``'s); afterwards ``run.get_args()`` answers
@@ -82,9 +89,15 @@ def plan_run(args: argparse.Namespace, config: RunConfig, tokenizer, ckpt_iterat
     import mindspeed_llm
 
     model_config, padded = settle_model_config(args, config, tokenizer, ckpt_iteration)
-    plan = RunPlan.build(config, world_size=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(),
-                         device=mindspeed_llm.DEVICE, model_config=model_config, padded_vocab_size=padded,
-                         model_type=model_type)
+    plan = RunPlan.build(
+        config,
+        world_size=torch.distributed.get_world_size(),
+        rank=torch.distributed.get_rank(),
+        device=mindspeed_llm.DEVICE,
+        model_config=model_config,
+        padded_vocab_size=padded,
+        model_type=model_type,
+    )
     run.settle(plan, tokenizer)
     return plan
 

@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if port_is_free(port):
         return 0
     holder = port_holder(port)
-    who = f"held by {holder}" if holder else f"held by another process (run `ss -ltnp | grep :{port}` to see it)"
+    who = (
+        f"held by {holder}"
+        if holder
+        else f"held by another process (run `ss -ltnp | grep :{port}` to see it)"
+    )
     print(f"error: MASTER_PORT {port} is already in use, {who}. A previous training run may still be alive: "
           f"stop it (kill <PID>) or set another MASTER_PORT.", file=sys.stderr)
     return 1

@@ -32,7 +32,8 @@ _RUN = _Run()
 
 
 def start(config: RunConfig, given: set[str], args: argparse.Namespace) -> None:
-    """A new run of ``config``: ``given`` are the flags on the command line, ``args`` the namespace of the flags."""
+    """A new run of ``config``: ``given`` are the flags on the command line, ``args`` the namespace of the
+    flags."""
     global _RUN
     _RUN = _Run(config=config, given=frozenset(given), args=args)
 
@@ -68,7 +69,9 @@ def get_config() -> RunConfig:
 def get_plan() -> RunPlan:
     """The plan of this run (after the model setup)."""
     if _RUN.plan is None:
-        raise RuntimeError("the run's plan is not built yet: it follows the tokenizer and the --load checkpoint")
+        raise RuntimeError(
+            "the run's plan is not built yet: it follows the tokenizer and the --load checkpoint"
+        )
     return _RUN.plan
 
 

@@ -40,7 +40,9 @@ def _run_tag() -> str:
     """This launch's identity (torchrun's rendezvous address and run id); "-" without torchrun."""
     if "MASTER_ADDR" not in os.environ or "TORCHELASTIC_RUN_ID" not in os.environ:
         return "-"
-    return f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}/{os.environ['TORCHELASTIC_RUN_ID']}"
+    return (
+        f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}/{os.environ['TORCHELASTIC_RUN_ID']}"
+    )
 
 
 def _holder(fd: int) -> tuple[str, str]:
@@ -54,7 +56,8 @@ def _holder(fd: int) -> tuple[str, str]:
 
 
 def lock_save_folder(save: str) -> None:
-    """Create ``save`` if needed and hold its lock for the life of this process; SaveError if taken or unwritable."""
+    """Create ``save`` if needed and hold its lock for the life of this process; SaveError if taken or
+    unwritable."""
     key = os.path.realpath(save)
     if key in _HELD:
         return
@@ -71,7 +74,8 @@ def lock_save_folder(save: str) -> None:
         holder, tag = _holder(fd)
         os.close(fd)
         if tag != "-" and tag == _run_tag():
-            return  # --no-shared-storage on storage that is shared after all: another node of this run holds it
+            # --no-shared-storage on storage that is shared after all: another node of this run holds it
+            return
         raise SaveError(f"--save {save} is in use by another training run ({holder}): wait for it to end, or "
                         "give this run another --save folder") from None
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")

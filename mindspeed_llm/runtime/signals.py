@@ -32,7 +32,9 @@ class SignalGuard:
     def install(self) -> SignalGuard:
         """Take over SIGINT and SIGTERM in this process."""
         for signum in (signal.SIGINT, signal.SIGTERM):
-            handler = self._record if signum == signal.SIGTERM and self.exit_signal_handler else self._interrupt
+            handler = (
+                self._record if signum == signal.SIGTERM and self.exit_signal_handler else self._interrupt
+            )
             self._previous[signum] = signal.signal(signum, handler)
         return self
 
@@ -74,7 +76,8 @@ def install(exit_signal_handler: bool = False) -> SignalGuard:
 
 
 def configure(exit_signal_handler: bool) -> None:
-    """From the parsed flags: --exit-signal-handler makes SIGTERM save and exit 0 (installs a guard if needed)."""
+    """From the parsed flags: --exit-signal-handler makes SIGTERM save and exit 0 (installs a guard if
+    needed)."""
     if _GUARD is not None or exit_signal_handler:
         install(exit_signal_handler)
 

@@ -24,7 +24,7 @@ from mindspeed_llm.config.paths import check_data_prefix, split_data_path
 from mindspeed_llm.runtime.errors import DataError, fail_together
 
 
-# ---- --data-path ------------------------------------------------------------------------------------------------
+# ---- --data-path -------------------------------------------------------------------------------------------
 def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     """``[prefix]`` or ``[w1, p1, w2, p2, ...]`` -> (prefixes, weights or None), each prefix checked."""
     from megatron.core.datasets.utils import get_blend_from_list
@@ -37,7 +37,7 @@ def parse_blend(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     return get_blend_from_list([s for pair in zip(weights, prefixes) for s in pair])
 
 
-# ---- what the files hold ------------------------------------------------------------------------------------
+# ---- what the files hold -----------------------------------------------------------------------------------
 REBUILD_HINT = "re-run preprocess_data.py to write the .bin and .idx together"
 # Scan every token at start-up up to this many bytes of .bin in total (measured: ~10 GB/s from the page
 # cache, 2-3 times that of a fast disk); bigger corpora are checked batch by batch as training reads them.
@@ -53,7 +53,9 @@ def _index_reader(prefix: str):
         return _IndexReader(prefix + ".idx", multimodal=False)
     except Exception as exc:  # noqa: BLE001 - a cut or foreign file fails in assert, struct, numpy or the dtype table
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise DataError(f"{prefix}.idx is damaged or not a megatron index ({reason}): {REBUILD_HINT}") from None
+        raise DataError(
+            f"{prefix}.idx is damaged or not a megatron index ({reason}): {REBUILD_HINT}"
+        ) from None
 
 
 def check_indexed_dataset(prefix: str) -> int:
@@ -71,13 +73,17 @@ def check_indexed_dataset(prefix: str) -> int:
                         "(check --json-keys and that the column is not empty), or drop it from --data-path")
     expected = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size
     if expected != bin_size:
-        raise DataError(f"{prefix}.bin has {bin_size} bytes but {prefix}.idx describes {expected} "
-                        f"({count} documents of {index.dtype.__name__}): the two files come from different runs or "
-                        f"one was cut short; {REBUILD_HINT}")
+        raise DataError(
+            f"{prefix}.bin has {bin_size} bytes but {prefix}.idx describes {expected} "
+            f"({count} documents of {index.dtype.__name__}): the two files come from different runs or "
+            f"one was cut short; {REBUILD_HINT}"
+        )
     tokens = expected // index.dtype_size
     if tokens == 0:
-        raise DataError(f"{prefix}.bin/.idx hold {count} documents but 0 tokens: preprocess a corpus that has "
-                        "text, or drop it from --data-path")
+        raise DataError(
+            f"{prefix}.bin/.idx hold {count} documents but 0 tokens: preprocess a corpus that has "
+            "text, or drop it from --data-path"
+        )
     return tokens
 
 
@@ -95,13 +101,16 @@ def largest_token_id(prefix: str) -> int:
 
 
 def _too_large_id_error(prefix: str, largest: int, vocab: int) -> DataError:
-    return DataError(f"{prefix}.bin holds token id {largest}, but the model's vocabulary (padded) has {vocab} "
-                     f"rows (ids 0..{vocab - 1}): the data was tokenized with another tokenizer; re-run "
-                     "preprocess_data.py with this model's --tokenizer-name-or-path")
+    return DataError(
+        f"{prefix}.bin holds token id {largest}, but the model's vocabulary (padded) has {vocab} "
+        f"rows (ids 0..{vocab - 1}): the data was tokenized with another tokenizer; re-run "
+        "preprocess_data.py with this model's --tokenizer-name-or-path"
+    )
 
 
 def check_token_ids(prefixes: list[str], vocab: int, limit_bytes: int = TOKEN_SCAN_LIMIT_BYTES) -> bool:
-    """DataError naming the file when a .bin holds ids >= ``vocab``; False (not scanned) above ``limit_bytes``."""
+    """DataError naming the file when a .bin holds ids >= ``vocab``; False (not scanned) above
+    ``limit_bytes``."""
     if sum(os.path.getsize(p + ".bin") for p in set(prefixes)) > limit_bytes:
         return False
     for prefix in dict.fromkeys(prefixes):
@@ -112,7 +121,8 @@ def check_token_ids(prefixes: list[str], vocab: int, limit_bytes: int = TOKEN_SC
 
 
 def checked_batches(iterator: Iterator[dict], vocab: int, prefixes: list[str]) -> Iterator[dict]:
-    """Micro-batches of ``iterator``; a token id >= ``vocab`` (which the embedding cannot look up) is a DataError."""
+    """Micro-batches of ``iterator``; a token id >= ``vocab`` (which the embedding cannot look up) is a
+    DataError."""
     for batch in iterator:
         tokens = batch.get("tokens") if isinstance(batch, dict) else None
         if tokens is not None and tokens.numel() and int(tokens.max()) >= vocab:
@@ -120,12 +130,14 @@ def checked_batches(iterator: Iterator[dict], vocab: int, prefixes: list[str]) -
                 largest = largest_token_id(prefix)
                 if largest >= vocab:
                     raise _too_large_id_error(prefix, largest, vocab)
-            raise DataError(f"a training batch holds token id {int(tokens.max())}, but the model's vocabulary "
-                            f"(padded) has {vocab} rows: re-run preprocess_data.py with this model's tokenizer")
+            raise DataError(
+                f"a training batch holds token id {int(tokens.max())}, but the model's vocabulary "
+                f"(padded) has {vocab} rows: re-run preprocess_data.py with this model's tokenizer"
+            )
         yield batch
 
 
-# ---- data sources ---------------------------------------------------------------------------------------------
+# ---- data sources ------------------------------------------------------------------------------------------
 def _split_blends(args: argparse.Namespace) -> list | None:
     """``blend_per_split`` of --train-data-path/--valid-data-path/--test-data-path (None without them)."""
     paths = [args.train_data_path, args.valid_data_path, args.test_data_path]
@@ -161,10 +173,12 @@ def check_data_sources(args: argparse.Namespace) -> None:
     _split_blends(args)
 
 
-# ---- datasets ---------------------------------------------------------------------------------------------------
+# ---- datasets ----------------------------------------------------------------------------------------------
 def train_valid_test_num_samples(args: argparse.Namespace) -> list[int]:
     """Samples per split, as Megatron-LM computes them from the iteration (or sample) counts."""
-    train = args.train_samples if args.train_samples is not None else args.train_iters * args.global_batch_size
+    train = (
+        args.train_samples if args.train_samples is not None else args.train_iters * args.global_batch_size
+    )
     eval_iters = (args.train_iters // args.eval_interval + 1) * args.eval_iters if args.eval_interval else 0
     return [train, eval_iters * args.global_batch_size, args.eval_iters * args.global_batch_size]
 
@@ -229,7 +243,9 @@ def _instruction_datasets(args: argparse.Namespace, tokenizer, num_samples: list
                                           dataset_built_on_this_rank(every_stage=args.reset_attention_mask))
 
 
-def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int] | None = None, dataset_cls=None):
+def build_gpt_datasets(
+    args: argparse.Namespace, tokenizer, num_samples: list[int] | None = None, dataset_cls=None
+):
     """(train, valid, test) ``GPTDataset`` (None for an empty split and on ranks that read no data).
 
     ``--mock-data``: megatron-core's ``MockGPTDataset`` (synthetic documents, no files).
@@ -244,7 +260,9 @@ def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[in
     num_samples = num_samples or train_valid_test_num_samples(args)
 
     def build():
-        return BlendedMegatronDatasetBuilder(dataset_cls, num_samples, dataset_built_on_this_rank, config).build()
+        return BlendedMegatronDatasetBuilder(
+            dataset_cls, num_samples, dataset_built_on_this_rank, config
+        ).build()
 
     vocab = getattr(args, "padded_vocab_size", None)
     prefixes = data_prefixes(args)
@@ -264,7 +282,7 @@ def build_gpt_datasets(args: argparse.Namespace, tokenizer, num_samples: list[in
     return build()
 
 
-# ---- iterators --------------------------------------------------------------------------------------------------
+# ---- iterators ---------------------------------------------------------------------------------------------
 class PretrainingBatchSampler:
     """Megatron's pretraining sampler: consecutive global batches, this DP rank's micro-batch slice."""
 
@@ -294,9 +312,13 @@ def build_data_iterator(dataset, consumed_samples: int, args: argparse.Namespace
         return None
     from megatron.core import parallel_state as ps
 
-    sampler = PretrainingBatchSampler(len(dataset), consumed_samples % len(dataset) if cyclic else consumed_samples,
-                                      args.micro_batch_size, ps.get_data_parallel_rank(),
-                                      ps.get_data_parallel_world_size())
+    sampler = PretrainingBatchSampler(
+        len(dataset),
+        consumed_samples % len(dataset) if cyclic else consumed_samples,
+        args.micro_batch_size,
+        ps.get_data_parallel_rank(),
+        ps.get_data_parallel_world_size(),
+    )
     # Its own generator: the DataLoader draws its workers' base seed when an iterator starts, and
     # drawing from the default generator (on the CPU also the "CUDA" one that dropout uses) would
     # shift the dropout masks of a resumed run against the unbroken one.
@@ -310,7 +332,8 @@ def build_data_iterator(dataset, consumed_samples: int, args: argparse.Namespace
 
 
 def build_data_iterators(provider, args: argparse.Namespace, state, n_chunks: int = 1):
-    """(train, valid, test) iterators of this rank (one per model chunk with virtual stages) and do_valid/do_test.
+    """(train, valid, test) iterators of this rank (one per model chunk with virtual stages) and
+    do_valid/do_test.
 
     Every rank calls the datasets ``provider`` (the builder synchronises them); only the ranks of
     :func:`dataset_built_on_this_rank` get datasets. Whether to validate and test is global rank
@@ -329,9 +352,12 @@ def build_data_iterators(provider, args: argparse.Namespace, state, n_chunks: in
     torch.distributed.broadcast(flags, 0)
     do_train, do_valid, do_test = bool(flags[0]), bool(flags[1]), bool(flags[2])
     if not do_train and args.train_iters > state.iteration:
-        source = (f"--split {args.split} leaves no training data in --data-path {' '.join(args.data_path)}: give "
-                  "the first (training) share a non-zero value, e.g. --split 969,30,1" if args.data_path else
-                  "there is no training data: give --train-data-path")
+        source = (
+            f"--split {args.split} leaves no training data in --data-path {' '.join(args.data_path)}: give "
+            "the first (training) share a non-zero value, e.g. --split 969,30,1"
+            if args.data_path
+            else "there is no training data: give --train-data-path"
+        )
         raise DataError(source)
     return (iterators(train_ds, state.consumed_train_samples, False),
             iterators(valid_ds, state.consumed_valid_samples, True) if do_valid else None,
@@ -343,9 +369,11 @@ _BATCH_DTYPES = (("tokens", torch.int64), ("labels", torch.int64), ("position_id
 
 
 def broadcast_batch(data_iterator, every_stage: bool = False) -> dict | None:
-    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle stages).
+    """The next micro-batch on this rank: read on TP rank 0, broadcast to the TP group (None on middle
+    stages).
 
-    ``every_stage``: middle pipeline stages read their micro-batch too (see :func:`dataset_built_on_this_rank`).
+    ``every_stage``: middle pipeline stages read their micro-batch too (see
+    :func:`dataset_built_on_this_rank`).
     """
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import broadcast_data

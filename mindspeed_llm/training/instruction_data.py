@@ -1,4 +1,5 @@
-"""Instruction (SFT) data for training: preprocess_data.py's three datasets -> micro-batches of ids and labels.
+"""Instruction (SFT) data for training: preprocess_data.py's three datasets -> micro-batches of ids and
+labels.
 
 ``--data-path PREFIX`` names ``PREFIX_packed_{input_ids,attention_mask,labels}_document`` (int32, one
 sample or one ``--pack`` of samples per document). ``--split`` divides the documents; each split is
@@ -89,16 +90,24 @@ def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: b
     ids = lengths["input_ids"]
     for key in ("attention_mask", "labels"):
         if len(lengths[key]) != len(ids) or not np.array_equal(lengths[key], ids):
-            raise DataError(f"{paths[key]} does not match {paths['input_ids']} ({len(lengths[key])} vs {len(ids)} "
-                            "samples, or other lengths): the three datasets come from different preprocess_data.py "
-                            "runs; re-run it to write them together")
-    facts = {"samples": len(ids), "longer": int(np.count_nonzero(ids > seq_length)), "longest": int(ids.max())}
+            raise DataError(
+                f"{paths[key]} does not match {paths['input_ids']} ({len(lengths[key])} vs {len(ids)} "
+                "samples, or other lengths): the three datasets come from different preprocess_data.py "
+                "runs; re-run it to write them together"
+            )
+    facts = {
+        "samples": len(ids),
+        "longer": int(np.count_nonzero(ids > seq_length)),
+        "longest": int(ids.max()),
+    }
     if reset_attention_mask:
         mask = np.memmap(paths["attention_mask"] + ".bin", dtype=np.int32, mode="r")
         if int(mask.max()) <= 1:
-            raise DataError(f"--reset-attention-mask: {paths['attention_mask']} marks no samples inside the packs "
-                            "(it was written without --pack --neat-pack): re-run preprocess_data.py with --pack "
-                            "--neat-pack --seq-length N, or drop --reset-attention-mask")
+            raise DataError(
+                f"--reset-attention-mask: {paths['attention_mask']} marks no samples inside the packs "
+                "(it was written without --pack --neat-pack): re-run preprocess_data.py with --pack "
+                "--neat-pack --seq-length N, or drop --reset-attention-mask"
+            )
         del mask
     return facts
 
@@ -112,7 +121,8 @@ def document_position_ids(mask: np.ndarray) -> np.ndarray:
 
 
 class InstructionCollator:
-    """Samples -> one micro-batch (``tokens``, ``labels``, ``loss_mask``, ``position_ids``); see the module doc."""
+    """Samples -> one micro-batch (``tokens``, ``labels``, ``loss_mask``, ``position_ids``); see the module
+    doc."""
 
     def __init__(self, seq_length: int, pad_id: int, pad_to_multiple_of: int | None = None,
                  reset_position_ids: bool = False) -> None:
@@ -122,7 +132,8 @@ class InstructionCollator:
         self.reset_position_ids = reset_position_ids
 
     def batch_length(self, longest: int) -> int:
-        """``--seq-length``, or the longest sample rounded up to ``--pad-to-multiple-of`` (at most ``--seq-length``)."""
+        """``--seq-length``, or the longest sample rounded up to ``--pad-to-multiple-of`` (at most
+        ``--seq-length``)."""
         if self.pad_to_multiple_of is None:
             return self.seq_length
         m = self.pad_to_multiple_of
@@ -146,19 +157,27 @@ class InstructionCollator:
                 # The last token of a document predicts nothing (the next one starts another sample).
                 labels[i, :-1][positions[i, 1:] == 0] = IGNORE_INDEX
         learned = labels != IGNORE_INDEX
-        return {"tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(np.where(learned, labels, 0)),
-                "loss_mask": torch.from_numpy(learned.astype(np.float32)), "position_ids": torch.from_numpy(positions)}
+        return {
+            "tokens": torch.from_numpy(tokens),
+            "labels": torch.from_numpy(np.where(learned, labels, 0)),
+            "loss_mask": torch.from_numpy(learned.astype(np.float32)),
+            "position_ids": torch.from_numpy(positions),
+        }
 
 
 def pad_id_of(tokenizer) -> int:
-    """The pad id: the tokenizer's pad token, else its EOD (only padding holds it, and padding is not learned)."""
+    """The pad id: the tokenizer's pad token, else its EOD (only padding holds it, and padding is not
+    learned)."""
     hf = getattr(tokenizer, "hf_tokenizer", None)
     pad = getattr(hf, "pad_token_id", None) if hf is not None else None
     return int(pad) if pad is not None else int(tokenizer.eod)
 
 
-def build_instruction_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int], built_here: bool) -> list:
-    """(train, valid, test) :class:`InstructionDataset` of ``--data-path`` (None for an empty split or off this rank).
+def build_instruction_datasets(
+    args: argparse.Namespace, tokenizer, num_samples: list[int], built_here: bool
+) -> list:
+    """(train, valid, test) :class:`InstructionDataset` of ``--data-path`` (None for an empty split or off
+    this rank).
 
     Every rank checks the three datasets (the same files: a bad one fails on all ranks alike).
     """
@@ -173,9 +192,11 @@ def build_instruction_datasets(args: argparse.Namespace, tokenizer, num_samples:
     print_rank_0(f"> instruction data {prefix}: {facts['samples']} samples (train/valid/test "
                  f"{'/'.join(str(len(s)) for s in splits)}), prompt type {args.prompt_type or 'not given'}")
     if facts["longer"]:
-        print_rank_0(f"> {facts['longer']} samples are longer than --seq-length {args.seq_length} (the longest "
-                     f"{facts['longest']} tokens): only their first {args.seq_length} tokens are trained on; "
-                     f"preprocess with --seq-length {args.seq_length} to drop them instead")
+        print_rank_0(
+            f"> {facts['longer']} samples are longer than --seq-length {args.seq_length} (the longest "
+            f"{facts['longest']} tokens): only their first {args.seq_length} tokens are trained on; "
+            f"preprocess with --seq-length {args.seq_length} to drop them instead"
+        )
     out = []
     for name, docs, n in zip(("train", "valid", "test"), splits, num_samples):
         if not built_here or docs.size == 0 or n == 0:

@@ -68,16 +68,27 @@ def get_scheduler(optimizer, args: argparse.Namespace):
     if args.lr_warmup_fraction is not None:
         warmup_steps = args.lr_warmup_fraction * decay_steps
     if warmup_steps >= decay_steps:  # megatron-core asserts it
-        raise ArgumentError(f"the warm-up ({warmup_steps} samples) must be shorter than the decay ({decay_steps} "
-                            "samples): lower --lr-warmup-iters/-samples/-fraction or raise --lr-decay-iters/-samples "
-                            "(default: the whole run)")
+        raise ArgumentError(
+            f"the warm-up ({warmup_steps} samples) must be shorter than the decay ({decay_steps} "
+            "samples): lower --lr-warmup-iters/-samples/-fraction or raise --lr-decay-iters/-samples "
+            "(default: the whole run)"
+        )
     return OptimizerParamScheduler(
-        optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=warmup_steps,
-        lr_decay_steps=decay_steps, lr_decay_style=args.lr_decay_style, start_wd=args.start_weight_decay,
-        end_wd=args.end_weight_decay, wd_incr_steps=wd_incr_steps, wd_incr_style=args.weight_decay_incr_style,
+        optimizer,
+        init_lr=args.lr_warmup_init,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=warmup_steps,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.start_weight_decay,
+        end_wd=args.end_weight_decay,
+        wd_incr_steps=wd_incr_steps,
+        wd_incr_style=args.weight_decay_incr_style,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
-        wsd_decay_steps=wsd_steps, lr_wsd_decay_style=args.lr_wsd_decay_style,
+        wsd_decay_steps=wsd_steps,
+        lr_wsd_decay_style=args.lr_wsd_decay_style,
     )
 
 
@@ -112,7 +123,7 @@ def _set_forward_pre_hooks(model: list, args: argparse.Namespace, enabled: bool)
             chunk.disable_forward_pre_hook()
 
 
-# ---- steps ------------------------------------------------------------------------------------------------------
+# ---- steps -------------------------------------------------------------------------------------------------
 def _loss_sums(losses: list[dict]) -> dict[str, torch.Tensor]:
     """Per reported key, ``[sum, count]`` over the micro-batches, summed over the data-parallel ranks.
 
@@ -208,9 +219,14 @@ def train_step(forward_step_func, data_iterator, model: list, optimizer, schedul
     optimizer.zero_grad()
     forward_backward = get_forward_backward_func()
     losses = forward_backward(
-        forward_step_func=forward_step_func, data_iterator=data_iterator, model=model,
-        num_microbatches=args.num_microbatches, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
-        decoder_seq_length=args.seq_length, forward_only=False,
+        forward_step_func=forward_step_func,
+        data_iterator=data_iterator,
+        model=model,
+        num_microbatches=args.num_microbatches,
+        seq_length=args.seq_length,
+        micro_batch_size=args.micro_batch_size,
+        decoder_seq_length=args.seq_length,
+        forward_only=False,
     )
     _empty_unused_memory(args, 1)
     if getattr(args, "check_for_nan_in_loss_and_grad", True):
@@ -238,7 +254,8 @@ def _non_finite(tensors) -> str | None:
 
 
 def check_loss_and_grads_finite(losses: list[dict], model: list, args: argparse.Namespace) -> None:
-    """Stop every rank when this step's loss or gradients hold NaN/Inf; one line from the first rank that saw it.
+    """Stop every rank when this step's loss or gradients hold NaN/Inf; one line from the first rank that saw
+    it.
 
     Megatron-LM's --check-for-nan-in-loss-and-grad. megatron-core's own check (DDP's check_for_nan_in_grad)
     raises on the rank that sees it, a multi-line RuntimeError, while the others wait in the next
@@ -327,7 +344,7 @@ def _time_is_up(args: argparse.Namespace, started: float) -> bool:
     return bool(done.item())
 
 
-# ---- entry ------------------------------------------------------------------------------------------------------
+# ---- entry -------------------------------------------------------------------------------------------------
 def training_plan(loaded_iteration: int, train_iters: int) -> str:
     """``training ... iterations A to B (N steps ...)``: the steps this run takes after what --load gave."""
     steps = train_iters - loaded_iteration
@@ -337,7 +354,9 @@ def training_plan(loaded_iteration: int, train_iters: int) -> str:
     text = f"training ... iterations {loaded_iteration + 1} to {train_iters} ({steps} steps"
     if loaded_iteration:
         # Megatron-LM continues after the loaded iteration; a converted checkpoint is iteration 1.
-        text += f"; continuing after the loaded checkpoint's iteration {loaded_iteration}, as Megatron-LM does"
+        text += (
+            f"; continuing after the loaded checkpoint's iteration {loaded_iteration}, as Megatron-LM does"
+        )
     return text + ")"
 
 
@@ -409,15 +428,24 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
         log.step(state, losses, lr, grad_norm, optimizer.get_loss_scale().item(), skipped, elapsed,
                  num_zeros=num_zeros, params_norm=params_norm)
         if do_valid and args.eval_interval and iteration % args.eval_interval == 0:
-            _evaluate_and_print(f"validation loss at iteration {iteration}", forward_step_func, valid_iter, model,
-                                args, log, state)
+            _evaluate_and_print(
+                f"validation loss at iteration {iteration}",
+                forward_step_func,
+                valid_iter,
+                model,
+                args,
+                log,
+                state,
+            )
         if args.save and args.save_interval and iteration % args.save_interval == 0:
             _save(state, model, optimizer, scheduler, args)
             saved_at = iteration
         reason = None
         if signals.exit_requested():  # --exit-signal-handler and SIGTERM on some rank: save, exit 0
-            reason = (f"exiting program after receiving SIGTERM at iteration {iteration} (--exit-signal-handler): "
-                      + (f"checkpoint saved in {args.save}" if args.save else "no --save, nothing saved"))
+            reason = (
+                f"exiting program after receiving SIGTERM at iteration {iteration} (--exit-signal-handler): "
+                + (f"checkpoint saved in {args.save}" if args.save else "no --save, nothing saved")
+            )
         elif _time_is_up(args, started):
             reason = f"exiting program after {args.exit_duration_in_mins} minutes (--exit-duration-in-mins)"
         elif args.exit_interval and iteration % args.exit_interval == 0:
@@ -440,12 +468,23 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
             _evaluate_and_print(f"validation loss at iteration {state.iteration} on validation set",
                                 forward_step_func, valid_iter, model, args, log, state)
         if do_test:
-            _evaluate_and_print(f"validation loss at iteration {state.iteration} on test set", forward_step_func,
-                                test_iter, model, args, log, state, validation=False)
+            _evaluate_and_print(
+                f"validation loss at iteration {state.iteration} on test set",
+                forward_step_func,
+                test_iter,
+                model,
+                args,
+                log,
+                state,
+                validation=False,
+            )
     if args.manual_gc:
         gc.enable()
-    tokens_per_s = (args.global_batch_size * args.seq_length * log.total_iters / log.total_time / args.world_size
-                    if log.total_time > 0 else 0.0)
+    tokens_per_s = (
+        args.global_batch_size * args.seq_length * log.total_iters / log.total_time / args.world_size
+        if log.total_time > 0
+        else 0.0
+    )
     summary = {"iteration": state.iteration, "losses": last_losses, "tokens_per_s_per_device": tokens_per_s,
                "consumed_train_samples": state.consumed_train_samples}
     # The losses are in the per-interval lines above (means over each --log-interval); one step's loss here
@@ -492,7 +531,8 @@ def _error_key(message: str) -> str:
 
 
 def report_error(message: str) -> None:
-    """Print a user error once, as one line: ``error: ...``, or ``[rank N] error: ...`` if only some ranks found it.
+    """Print a user error once, as one line: ``error: ...``, or ``[rank N] error: ...`` if only some ranks
+    found it.
 
     Before the process group exists the flags and world size are the same on every rank, so rank 0
     prints. After, the ranks that hit the same message agree through the store who prints it.
@@ -521,9 +561,11 @@ def _nothing_to_train(args: argparse.Namespace, ckpt_iteration) -> bool:
     """True (and says so) when --load's checkpoint is already at or past --train-iters: leave it as it is."""
     if not isinstance(ckpt_iteration, int) or args.finetune or ckpt_iteration < args.train_iters:
         return False
-    print_rank_last(f"nothing to train: the checkpoint in {getattr(args, 'lora_load', None) or args.load} is at iteration {ckpt_iteration} and "
-                    f"--train-iters is {args.train_iters}; it is left as it is (raise --train-iters above "
-                    f"{ckpt_iteration} to train on)")
+    print_rank_last(
+        f"nothing to train: the checkpoint in {getattr(args, 'lora_load', None) or args.load} is at "
+        f"iteration {ckpt_iteration} and --train-iters is {args.train_iters}; it is left as it is (raise "
+        f"--train-iters above {ckpt_iteration} to train on)"
+    )
     return True
 
 
@@ -562,7 +604,8 @@ def _interrupted_line(signum: int) -> str:
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run an entry point; user errors print one line and exit 1, a signal 128 + its number (130 for Ctrl-C)."""
+    """Run an entry point; user errors print one line and exit 1, a signal 128 + its number (130 for
+    Ctrl-C)."""
     rank = launch_rank()[0]
     signals.install()
     try:
@@ -570,7 +613,9 @@ def run_main(main: Callable[[], object]) -> None:
     except TrainingInterrupted as exc:
         _exit_interrupted(exc.signum, rank)
     except PeerFailed as exc:
-        _wait_for_report(exc.messages)  # the failing rank prints; torchrun stops the group once one rank exits
+        _wait_for_report(
+            exc.messages
+        )  # the failing rank prints; torchrun stops the group once one rank exits
         sys.exit(1)
     except (ArgumentError, CheckpointError, *USER_ERRORS) as exc:
         report_error(str(exc))
@@ -579,8 +624,10 @@ def run_main(main: Callable[[], object]) -> None:
         if signals.interrupted_by() is not None:  # a collective the signal broke on the way out
             _exit_interrupted(signals.interrupted_by(), rank)
         if any(text in str(exc) for text in _PEER_GONE):
-            print_error(f"rank {rank} lost another rank mid-collective ({str(exc).splitlines()[0][:120]}): that "
-                        "rank ended first, its own message says why")
+            print_error(
+                f"rank {rank} lost another rank mid-collective ({str(exc).splitlines()[0][:120]}): that "
+                "rank ended first, its own message says why"
+            )
             sys.exit(1)
         raise
     finally:
@@ -588,8 +635,9 @@ def run_main(main: Callable[[], object]) -> None:
 
 
 def _exit(code: int) -> None:
-    """Leave after a user error was reported: the process group is torn down first, not by the interpreter's exit
-    (gloo's threads torn down in static destruction aborted a process once in CI: exit -6 after its line)."""
+    """Leave after a user error was reported: the process group is torn down first, not by the interpreter's
+    exit (gloo's threads torn down in static destruction aborted a process once in CI: exit -6 after its
+    line)."""
     sys.stdout.flush()
     sys.stderr.flush()
     if torch.distributed.is_initialized():

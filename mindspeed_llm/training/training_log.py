@@ -46,10 +46,13 @@ def memory_report(iteration: int) -> str:
     rank = torch.distributed.get_rank()
     if torch.cuda.is_available() and torch.cuda.memory_allocated() > 0:
         mb = 1024 * 1024
-        return (f"[Rank {rank}] (after {iteration} iterations) memory (MB) | allocated: "
-                f"{torch.cuda.memory_allocated() / mb:.1f} | max allocated: {torch.cuda.max_memory_allocated() / mb:.1f} "
-                f"| reserved: {torch.cuda.memory_reserved() / mb:.1f} | max reserved: "
-                f"{torch.cuda.max_memory_reserved() / mb:.1f}")
+        return (
+            f"[Rank {rank}] (after {iteration} iterations) memory (MB) | allocated: "
+            f"{torch.cuda.memory_allocated() / mb:.1f} | max allocated: "
+            f"{torch.cuda.max_memory_allocated() / mb:.1f} | reserved: "
+            f"{torch.cuda.memory_reserved() / mb:.1f} | max reserved: "
+            f"{torch.cuda.max_memory_reserved() / mb:.1f}"
+        )
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     try:
         import psutil
@@ -57,7 +60,9 @@ def memory_report(iteration: int) -> str:
         rss = psutil.Process().memory_info().rss / (1024 * 1024)
     except ImportError:
         rss = float("nan")
-    return f"[Rank {rank}] (after {iteration} iterations) memory (MB) | rss: {rss:.1f} | max rss: {max_rss:.1f}"
+    return (
+        f"[Rank {rank}] (after {iteration} iterations) memory (MB) | rss: {rss:.1f} | max rss: {max_rss:.1f}"
+    )
 
 
 class TrainingLogger:
@@ -86,7 +91,8 @@ class TrainingLogger:
     def step(self, state, loss: dict[str, float], lr: float, grad_norm: float | None,
              loss_scale: float, skipped: bool, elapsed: float, *, num_zeros: float | None = None,
              params_norm: float | None = None) -> None:
-        """Record one iteration (``state``: the run's TrainState); print the line when it closes a log interval."""
+        """Record one iteration (``state``: the run's TrainState); print the line when it closes a log
+        interval."""
         args = self.args
         iteration = state.iteration
         self.iters += 1
@@ -116,7 +122,9 @@ class TrainingLogger:
             return
         per_iter = self.elapsed / self.iters
         tokens_per_s = args.global_batch_size * args.seq_length / per_iter / args.world_size
-        tflops = num_floating_point_operations(args, args.global_batch_size) / per_iter / args.world_size / 1e12
+        tflops = (
+            num_floating_point_operations(args, args.global_batch_size) / per_iter / args.world_size / 1e12
+        )
         line = (f" [{time.strftime('%Y-%m-%d %H:%M:%S')}] iteration {iteration:8d}/{args.train_iters:8d} |"
                 f" consumed samples: {state.consumed_train_samples:12d} |"
                 f" elapsed time per iteration (ms): {per_iter * 1000:.1f} |")
@@ -134,7 +142,9 @@ class TrainingLogger:
             line += f" num zeros: {int(num_zeros)} |"
         if params_norm is not None:
             line += f" params norm: {params_norm:.3f} |"
-        line += f" number of skipped iterations: {self.skipped:3d} | number of nan iterations: {self.nan:3d} |"
+        line += (
+            f" number of skipped iterations: {self.skipped:3d} | number of nan iterations: {self.nan:3d} |"
+        )
         print_rank_last(line)
         if self.writer is not None:
             self.writer.add_scalar("throughput (tokens/s/device)", tokens_per_s, iteration)

@@ -80,9 +80,14 @@ def test_hf_mg_hf_round_trip(hf_models, tmp_path, name, tp, pp, layer_list):
 
 def _rank_shapes(cfg_rows, tp, h=64, ffn=96, heads=4, groups=2, d=16, bias=True):
     qkv = (heads + 2 * groups) * d // tp
-    shapes = {"self_attention.linear_qkv.weight": (qkv, h), "self_attention.linear_proj.weight": (h, heads * d // tp),
-              "mlp.linear_fc1.weight": (2 * ffn // tp, h), "mlp.linear_fc2.weight": (h, ffn // tp),
-              "input_layernorm.weight": (h,), "pre_mlp_layernorm.weight": (h,)}
+    shapes = {
+        "self_attention.linear_qkv.weight": (qkv, h),
+        "self_attention.linear_proj.weight": (h, heads * d // tp),
+        "mlp.linear_fc1.weight": (2 * ffn // tp, h),
+        "mlp.linear_fc2.weight": (h, ffn // tp),
+        "input_layernorm.weight": (h,),
+        "pre_mlp_layernorm.weight": (h,),
+    }
     if bias:
         shapes["self_attention.linear_qkv.bias"] = (qkv,)
     return shapes
@@ -146,7 +151,10 @@ def test_dtype_is_kept_by_default_and_converted_on_request(tmp_path):
     assert state["model"]["embedding.word_embeddings.weight"].dtype == torch.bfloat16
     assert state["args"].params_dtype == torch.bfloat16 and state["args"].bf16
     fp32 = convert(_opts("hf", "mg", folder, str(tmp_path / "fp32"), params_dtype=torch.float32))
-    assert load_rank_state(fp32, 1, 0, 0, 1)["model"]["decoder.layers.0.mlp.linear_fc1.weight"].dtype == torch.float32
+    assert (
+        load_rank_state(fp32, 1, 0, 0, 1)["model"]["decoder.layers.0.mlp.linear_fc1.weight"].dtype
+        == torch.float32
+    )
     back = convert(_opts("mg", "hf", fp32, str(tmp_path / "back"), params_dtype=torch.bfloat16))
     a, b = _hf_tensors(folder), _hf_tensors(back)
     assert all(torch.equal(a[k], b[k]) for k in a)  # bf16 -> fp32 -> bf16 is exact
@@ -203,7 +211,8 @@ def test_seed_command_works_as_written(hf_models, tmp_path):
 
 
 def test_mg_to_hf_reads_a_training_style_checkpoint(hf_models, tmp_path):
-    """Any iteration, optimizer/RNG state present (ignored), no hf_dir recorded: --hf-dir supplies the config."""
+    """Any iteration, optimizer/RNG state present (ignored), no hf_dir recorded: --hf-dir supplies the
+    config."""
     import numpy as np
 
     from mindspeed_llm.runtime.checkpoint import save_rank_state, write_tracker
@@ -230,7 +239,9 @@ def test_mg_to_hf_reads_a_virtual_pipeline_checkpoint(hf_models, tmp_path):
     from mindspeed_llm.runtime.checkpoint import save_rank_state, write_tracker
 
     folder, _ = hf_models["qwen_tied"]
-    pp4 = convert(_opts("hf", "mg", folder, str(tmp_path / "pp4"), target_tp=2, target_pp=4, add_qkv_bias=True))
+    pp4 = convert(
+        _opts("hf", "mg", folder, str(tmp_path / "pp4"), target_tp=2, target_pp=4, add_qkv_bias=True)
+    )
     vpp = str(tmp_path / "vpp")
     for tp in range(2):
         for p in range(2):  # virtual stage s = chunk * PP + p

@@ -31,9 +31,27 @@ def models(tmp_path_factory):
     make_tiny_hf_model(qwen, "qwen2")
     make_tiny_hf_model(llama, "llama")
     mg = str(root / "mg")
-    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen, "--save-dir", mg,
-                 "--add-qkv-bias", "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--load-model-type",
+                "hf",
+                "--save-model-type",
+                "mg",
+                "--load-dir",
+                qwen,
+                "--save-dir",
+                mg,
+                "--add-qkv-bias",
+                "--target-tensor-parallel-size",
+                "2",
+                "--target-pipeline-parallel-size",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return {"qwen": qwen, "llama": llama, "mg": mg}
 
 
@@ -49,8 +67,17 @@ def _run(capsys, *argv):
 
 
 def _hf2mg(load, save, *extra):
-    return ["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", str(load), "--save-dir", str(save),
-            *extra]
+    return [
+        "--load-model-type",
+        "hf",
+        "--save-model-type",
+        "mg",
+        "--load-dir",
+        str(load),
+        "--save-dir",
+        str(save),
+        *extra,
+    ]
 
 
 def _assert_clean(parent, target=None):
@@ -101,14 +128,29 @@ def test_config_shape_mismatch(capsys, tmp_path, models):
     assert code == 2 and "config.json implies" in err
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--target-tensor-parallel-size", "3"], "--target-tensor-parallel-size 3 does not divide num_attention_heads"),
-    (["--target-tensor-parallel-size", "4"], "does not divide num_key_value_heads"),
-    (["--target-pipeline-parallel-size", "3"], "--target-pipeline-parallel-size 3 does not divide num_hidden_layers"),
-    (["--target-pipeline-parallel-size", "2", "--num-layer-list", "1,2"], "--num-layer-list 1,2 sums to 3"),
-    (["--target-pipeline-parallel-size", "2", "--num-layer-list", "1,1,2"], "--num-layer-list has 3 entries"),
-    (["--padded-vocab-size", "100"], "--padded-vocab-size 100 is smaller"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (
+            ["--target-tensor-parallel-size", "3"],
+            "--target-tensor-parallel-size 3 does not divide num_attention_heads",
+        ),
+        (["--target-tensor-parallel-size", "4"], "does not divide num_key_value_heads"),
+        (
+            ["--target-pipeline-parallel-size", "3"],
+            "--target-pipeline-parallel-size 3 does not divide num_hidden_layers",
+        ),
+        (
+            ["--target-pipeline-parallel-size", "2", "--num-layer-list", "1,2"],
+            "--num-layer-list 1,2 sums to 3",
+        ),
+        (
+            ["--target-pipeline-parallel-size", "2", "--num-layer-list", "1,1,2"],
+            "--num-layer-list has 3 entries",
+        ),
+        (["--padded-vocab-size", "100"], "--padded-vocab-size 100 is smaller"),
+    ],
+)
 def test_parallel_and_vocab_flags(capsys, tmp_path, models, flags, needle):
     code, err = _run(capsys, *_hf2mg(models["llama"], tmp_path / "out", *flags))
     assert code == 2 and needle in err, err
@@ -120,7 +162,9 @@ def test_qkv_bias_flag_must_match_the_weights(capsys, tmp_path, models):
     assert code == 2 and "drop --add-qkv-bias" in err
     code, err = _run(capsys, *_hf2mg(models["qwen"], tmp_path / "b"))
     assert code == 2 and "add --add-qkv-bias" in err
-    code, err = _run(capsys, *_hf2mg(models["qwen"], tmp_path / "c", "--add-qkv-bias", "--model-type-hf", "mistral"))
+    code, err = _run(
+        capsys, *_hf2mg(models["qwen"], tmp_path / "c", "--add-qkv-bias", "--model-type-hf", "mistral")
+    )
     assert code == 2 and "contradicts" in err
     _assert_clean(tmp_path)
 
@@ -164,8 +208,17 @@ def test_mg_checkpoint_with_missing_rank(capsys, tmp_path, models):
 
 
 def test_mg_load_dir_that_is_not_a_checkpoint(capsys, tmp_path, models):
-    code, err = _run(capsys, "--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", models["qwen"],
-                     "--save-dir", str(tmp_path / "hf"))
+    code, err = _run(
+        capsys,
+        "--load-model-type",
+        "mg",
+        "--save-model-type",
+        "hf",
+        "--load-dir",
+        models["qwen"],
+        "--save-dir",
+        str(tmp_path / "hf"),
+    )
     assert code == 2 and "latest_checkpointed_iteration.txt" in err
 
 
@@ -179,19 +232,42 @@ def test_mg_source_flags_must_agree_with_the_checkpoint(capsys, tmp_path, models
                      "--save-dir", str(tmp_path / "b"), "--add-qkv-bias")
     assert code == 2 and "drop --add-qkv-bias" in err
     # MindSpeed's mg->hf form passes --model-type-hf llama2 --add-qkv-bias for Qwen: accepted
-    assert _run(capsys, *base, "--save-dir", str(tmp_path / "c"), "--model-type-hf", "llama2", "--add-qkv-bias")[0] == 0
+    assert (
+        _run(capsys, *base, "--save-dir", str(tmp_path / "c"), "--model-type-hf", "llama2", "--add-qkv-bias")[
+            0
+        ]
+        == 0
+    )
     _assert_clean(tmp_path)
 
 
 # ---- nothing lost: --overwrite never reaches what is read --------------------------------------------------
 def _mg2hf(load, save, *extra):
-    return ["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", str(load), "--save-dir", str(save),
-            *extra]
+    return [
+        "--load-model-type",
+        "mg",
+        "--save-model-type",
+        "hf",
+        "--load-dir",
+        str(load),
+        "--save-dir",
+        str(save),
+        *extra,
+    ]
 
 
 def _mg2mg(load, save, *extra):
-    return ["--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", str(load), "--save-dir", str(save),
-            *extra]
+    return [
+        "--load-model-type",
+        "mg",
+        "--save-model-type",
+        "mg",
+        "--load-dir",
+        str(load),
+        "--save-dir",
+        str(save),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("direction,where", [
@@ -202,8 +278,13 @@ def test_save_dir_overlapping_load_dir_is_refused_even_with_overwrite(capsys, tm
                                                                       direction, where):
     src = _copy(models["llama"] if direction == "hf2mg" else models["mg"], tmp_path / "src")
     before = tree_digest(src)
-    save = {"same": src, "inside": os.path.join(src, "out"), "contains": str(tmp_path), "symlink": tmp_path / "link",
-            "relative": "src"}[where]
+    save = {
+        "same": src,
+        "inside": os.path.join(src, "out"),
+        "contains": str(tmp_path),
+        "symlink": tmp_path / "link",
+        "relative": "src",
+    }[where]
     if where == "symlink":
         os.symlink(src, save)
     monkeypatch.chdir(tmp_path)
@@ -233,7 +314,9 @@ def _training_checkpoint(mg_from, dst, with_optimizer=True):
 
 
 @pytest.mark.parametrize("with_optimizer", [True, False])
-def test_overwrite_never_replaces_a_training_checkpoint_unless_named(capsys, tmp_path, models, with_optimizer):
+def test_overwrite_never_replaces_a_training_checkpoint_unless_named(
+    capsys, tmp_path, models, with_optimizer
+):
     target = _training_checkpoint(models["mg"], tmp_path / "train", with_optimizer)
     before = tree_digest(target)
     code, err = _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite"))
@@ -241,7 +324,10 @@ def test_overwrite_never_replaces_a_training_checkpoint_unless_named(capsys, tmp
     code, err = _run(capsys, *_mg2mg(models["mg"], target, "--overwrite"))
     assert code == 2 and "--overwrite-training-checkpoint" in err
     assert tree_digest(target) == before
-    assert _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite-training-checkpoint"))[0] == 0
+    assert (
+        _run(capsys, *_hf2mg(models["qwen"], target, "--add-qkv-bias", "--overwrite-training-checkpoint"))[0]
+        == 0
+    )
     assert "optimizer" not in load_rank_state(target, None, 0, 0, 1)
     assert leftovers(tmp_path) == []
 
@@ -282,7 +368,9 @@ def test_read_only_target_keeps_the_earlier_output(capsys, tmp_path, models):
     before = tree_digest(ro)
     with read_only_dir(ro):
         code, err = _run(capsys, *_hf2mg(models["llama"], ro / "out", "--overwrite"))
-        assert code == 1 and f"--save-dir {ro / 'out'} is not writable (" in err, err  # EROFS as root, EACCES otherwise
+        assert code == 1 and f"--save-dir {ro / 'out'} is not writable (" in err, (
+            err
+        )  # EROFS as root, EACCES otherwise
         code, err = _run(capsys, *_hf2mg(models["llama"], ro / "new"))
         assert code == 1 and "not writable" in err
         assert tree_digest(ro) == before
@@ -410,7 +498,7 @@ def test_rank_file_of_another_model(capsys, tmp_path, models):
     _assert_clean(tmp_path, tmp_path / "hf")
 
 
-# ---- real processes: full disk (file-size limit) and signals ------------------------------------------------
+# ---- real processes: full disk (file-size limit) and signals -----------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", ["hf2mg", "mg2hf"])
 def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):
@@ -418,12 +506,17 @@ def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):
     out = tmp_path / "out"
     src = models["qwen"] if direction == "hf2mg" else models["mg"]
     argv = _hf2mg(src, out, "--add-qkv-bias") if direction == "hf2mg" else _mg2hf(src, out)
-    assert main([*argv, "--no-progress"]) == 0  # the earlier output (in this process: only the next run is limited)
+    assert (
+        main([*argv, "--no-progress"]) == 0
+    )  # the earlier output (in this process: only the next run is limited)
     before, src_before = tree_digest(out), tree_digest(src)
     proc = run_tool("convert_ckpt.py", *argv, "--overwrite", "--no-progress", fsize=64 * 1024)
     line = error_line(proc.stderr)
     assert proc.returncode == 1, proc.stderr
-    assert f"--save-dir {out}: writing failed (File too large; the file-size limit" in line and "nothing was replaced" in line
+    assert (
+        f"--save-dir {out}: writing failed (File too large; the file-size limit" in line
+        and "nothing was replaced" in line
+    )
     assert tree_digest(out) == before and tree_digest(src) == src_before
     assert leftovers(tmp_path) == []
 
@@ -440,14 +533,20 @@ def larger_hf(tmp_path_factory):
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
                                            (signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                            (signal.SIGKILL, -9, None)])
-def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(tmp_path, larger_hf, sig, code, word):
+def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(
+    tmp_path, larger_hf, sig, code, word
+):
     out = tmp_path / "out"
-    argv = [*_hf2mg(larger_hf, out, "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"),
-            "--no-progress"]
+    argv = [
+        *_hf2mg(larger_hf, out, "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"),
+        "--no-progress",
+    ]
     assert main(argv) == 0  # the earlier output (in this process: only the next run is signalled)
     before, src_before = tree_digest(out), tree_digest(larger_hf)
 
-    def writing() -> bool:  # the staging folder holds some finished rank files, not all 4: the tool is mid-write
+    def writing() -> (
+        bool
+    ):  # the staging folder holds some finished rank files, not all 4: the tool is mid-write
         staged = [p for p in os.listdir(tmp_path) if p.startswith(".out.tmp-")]
         if not staged:
             return False

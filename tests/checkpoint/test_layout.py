@@ -25,8 +25,13 @@ def test_names(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    args = argparse.Namespace(tensor_model_parallel_size=2, pipeline_model_parallel_size=1, padded_vocab_size=8,
-                              params_dtype=torch.bfloat16, hf_config={"a": [1, None]})
+    args = argparse.Namespace(
+        tensor_model_parallel_size=2,
+        pipeline_model_parallel_size=1,
+        padded_vocab_size=8,
+        params_dtype=torch.bfloat16,
+        hf_config={"a": [1, None]},
+    )
     for tp in range(2):
         model = {"w": torch.full((2,), float(tp)), "x._extra_state": None}
         legacy = {"args": args, "checkpoint_version": 3.0, "iteration": 7, "model": model}
@@ -70,7 +75,8 @@ def test_tracker_errors(tmp_path):
 
 
 def test_allowed_globals_keep_registrations_made_inside():
-    """megatron-core registers its safe globals on first import, possibly during one of our loads: they stay."""
+    """megatron-core registers its safe globals on first import, possibly during one of our loads: they
+    stay."""
     from mindspeed_llm.runtime.checkpoint.layout import allowed_globals
 
     with allowed_globals():

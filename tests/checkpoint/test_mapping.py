@@ -18,9 +18,18 @@ from mindspeed_llm.models.families import ModelConfig
 
 
 def _cfg(heads=4, groups=2, d=3):
-    return ModelConfig(architecture="Qwen2ForCausalLM", model_type="qwen2", num_layers=4, hidden_size=heads * d,
-                       ffn_hidden_size=8, num_attention_heads=heads, num_query_groups=groups, kv_channels=d,
-                       vocab_size=10, max_position_embeddings=16)
+    return ModelConfig(
+        architecture="Qwen2ForCausalLM",
+        model_type="qwen2",
+        num_layers=4,
+        hidden_size=heads * d,
+        ffn_hidden_size=8,
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        kv_channels=d,
+        vocab_size=10,
+        max_position_embeddings=16,
+    )
 
 
 def test_qkv_is_interleaved_per_query_group():
@@ -38,7 +47,9 @@ def test_qkv_is_interleaved_per_query_group():
 def test_qkv_round_trip_weight_and_bias(groups):
     cfg = _cfg(heads=4, groups=groups, d=3)
     q, k, v = torch.randn(12, 12), torch.randn(3 * groups, 12), torch.randn(3 * groups, 12)
-    assert all(torch.equal(a, b) for a, b in zip(qkv_deinterleave(qkv_interleave(q, k, v, cfg), cfg), (q, k, v)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(qkv_deinterleave(qkv_interleave(q, k, v, cfg), cfg), (q, k, v))
+    )
     qb, kb, vb = torch.randn(12), torch.randn(3 * groups), torch.randn(3 * groups)
     out = qkv_deinterleave(qkv_interleave(qb, kb, vb, cfg), cfg)
     assert all(torch.equal(a, b) for a, b in zip(out, (qb, kb, vb)))

@@ -56,7 +56,8 @@ def _model(hf):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """{kind: folder}: torch (converted), torch_dist (the same weights saved by dist_format.save), empty, damaged."""
+    """{kind: folder}: torch (converted), torch_dist (the same weights saved by dist_format.save), empty,
+    damaged."""
     root = tmp_path_factory.mktemp("detect")
     hf = root / "hf"
     make_tiny_hf_model(str(hf), "qwen2", num_layers=2)
@@ -117,7 +118,9 @@ def _error(call) -> str:
     return text
 
 
-@pytest.mark.parametrize("kind, fmt, source", [("torch", TORCH, MgSource), ("torch_dist", TORCH_DIST, DistSource)])
+@pytest.mark.parametrize(
+    "kind, fmt, source", [("torch", TORCH, MgSource), ("torch_dist", TORCH_DIST, DistSource)]
+)
 def test_one_detector_the_three_readers_agree_on_a_checkpoint(folders, kind, fmt, source):
     root = folders[kind]
     assert detect_format(root) == fmt
@@ -153,7 +156,7 @@ def test_a_damaged_folder_is_the_same_one_line_error_for_every_reader(folders, k
     assert _error(lambda: _converter(root)) == detected
 
 
-# ---- the record's version ---------------------------------------------------------------------------------------
+# ---- the record's version ----------------------------------------------------------------------------------
 def _future(path) -> None:
     """Rewrite a file's record as a later version would (its args left as they are)."""
     state = torch.load(path, weights_only=False)
@@ -168,8 +171,10 @@ def test_a_record_of_a_later_version_is_refused_naming_the_file_and_the_version(
     dist = shutil.copytree(folders["torch_dist"], tmp_path / "torch_dist")
     common = dist / "iter_0000001" / "common.pt"
     _future(common)
-    words = f"holds a checkpoint record of version {RECORD_VERSION + 1}; this mindspeed_llm reads versions up to " \
-            f"{RECORD_VERSION}"
+    words = (
+        f"holds a checkpoint record of version {RECORD_VERSION + 1}; this mindspeed_llm reads versions up to "
+        f"{RECORD_VERSION}"
+    )
     readers = (_trainer, lambda root: _inference(root, folders["hf"]), _converter)
     for root, path in ((legacy, rank_file), (dist, common)):
         for read in readers:
@@ -184,18 +189,31 @@ def test_a_record_of_a_later_version_is_refused_naming_the_file_and_the_version(
 
 def test_the_record_round_trips_as_plain_data_and_a_foreign_one_is_damage(tmp_path):
     record = CheckpointRecord(
-        model=ModelRecord(hf_config={"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, padded_vocab_size=256,
-                          params_dtype="bf16", settings={"num_layers": 2, "rotary_base": 5e5}),
-        layout=LayoutRecord(tp=2, pp=2, num_layer_list=(1, 3), vpp=None), progress=ProgressRecord(iteration=7))
+        model=ModelRecord(
+            hf_config={"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            padded_vocab_size=256,
+            params_dtype="bf16",
+            settings={"num_layers": 2, "rotary_base": 5e5},
+        ),
+        layout=LayoutRecord(tp=2, pp=2, num_layer_list=(1, 3), vpp=None),
+        progress=ProgressRecord(iteration=7),
+    )
     path = tmp_path / "r.pt"
     torch.save({RECORD_KEY: record.to_dict()}, path)
     assert CheckpointRecord.from_dict(torch.load(path, weights_only=True)[RECORD_KEY], str(path)) == record
     args = record.megatron_args()
-    assert (args.num_layer_list, args.params_dtype, args.bf16, args.rotary_base) == ("1,3", torch.bfloat16, True, 5e5)
+    assert (args.num_layer_list, args.params_dtype, args.bf16, args.rotary_base) == (
+        "1,3",
+        torch.bfloat16,
+        True,
+        5e5,
+    )
     assert CheckpointRecord.from_megatron_args(args, iteration=7) == record
     foreign = record.to_dict()
     foreign["layout"]["pipeline_model_parallel_size"] = 2
-    with pytest.raises(DamagedCheckpointError, match=f"{path}: its {RECORD_KEY} \\(version 1\\) does not fit"):
+    with pytest.raises(
+        DamagedCheckpointError, match=f"{path}: its {RECORD_KEY} \\(version 1\\) does not fit"
+    ):
         CheckpointRecord.from_dict(foreign, str(path))
     with pytest.raises(DamagedCheckpointError, match="not a versioned record"):
         CheckpointRecord.from_dict({"model": {}}, str(path))

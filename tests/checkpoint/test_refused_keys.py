@@ -1,6 +1,6 @@
-"""Every HF setting we cannot run exactly is refused by the converter: one ``error:`` line naming the key and its
-value, exit code 2, nothing written -- from an HF folder (hf->mg) and from a checkpoint's recorded config (mg->hf,
-mg->mg)."""
+"""Every HF setting we cannot run exactly is refused by the converter: one ``error:`` line naming the key and
+its value, exit code 2, nothing written -- from an HF folder (hf->mg) and from a checkpoint's recorded config
+(mg->hf, mg->mg)."""
 
 from __future__ import annotations
 
@@ -19,25 +19,57 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 CASES = {
     # name: (model kind, config.json changes, what the error line must say)
     "rope_yarn": ("qwen3", {"rope_scaling": YARN}, "rope_scaling rope_type='yarn' is not supported"),
-    "rope_dynamic": ("llama", {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
-                     "rope_scaling rope_type='dynamic' is not supported"),
-    "rope_longrope": ("llama", {"rope_scaling": {"rope_type": "longrope", "factor": 2.0}},
-                      "rope_scaling rope_type='longrope' is not supported"),
-    "rope_linear_extra": ("qwen2", {"rope_scaling": {"rope_type": "linear", "factor": 2.0, "attention_factor": 2.0}},
-                          "rope_scaling attention_factor=2.0 is not supported for rope_type 'linear'"),
-    "rope_llama3_extra": ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "beta_fast": 32}},
-                          "rope_scaling beta_fast=32 is not supported for rope_type 'llama3'"),
-    "partial_rotary_factor": ("llama", {"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5 is not supported"),
-    "hidden_act": ("qwen3", {"hidden_act": "gelu_pytorch_tanh"}, "hidden_act='gelu_pytorch_tanh' is not supported"),
-    "attention_bias_qwen3": ("qwen3", {"attention_bias": True},
-                             "attention_bias=True is not supported for Qwen3ForCausalLM"),
-    "attention_bias_llama": ("llama", {"attention_bias": True},
-                             "attention_bias=True is not supported for LlamaForCausalLM"),
+    "rope_dynamic": (
+        "llama",
+        {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
+        "rope_scaling rope_type='dynamic' is not supported",
+    ),
+    "rope_longrope": (
+        "llama",
+        {"rope_scaling": {"rope_type": "longrope", "factor": 2.0}},
+        "rope_scaling rope_type='longrope' is not supported",
+    ),
+    "rope_linear_extra": (
+        "qwen2",
+        {"rope_scaling": {"rope_type": "linear", "factor": 2.0, "attention_factor": 2.0}},
+        "rope_scaling attention_factor=2.0 is not supported for rope_type 'linear'",
+    ),
+    "rope_llama3_extra": (
+        "llama",
+        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "beta_fast": 32}},
+        "rope_scaling beta_fast=32 is not supported for rope_type 'llama3'",
+    ),
+    "partial_rotary_factor": (
+        "llama",
+        {"partial_rotary_factor": 0.5},
+        "partial_rotary_factor=0.5 is not supported",
+    ),
+    "hidden_act": (
+        "qwen3",
+        {"hidden_act": "gelu_pytorch_tanh"},
+        "hidden_act='gelu_pytorch_tanh' is not supported",
+    ),
+    "attention_bias_qwen3": (
+        "qwen3",
+        {"attention_bias": True},
+        "attention_bias=True is not supported for Qwen3ForCausalLM",
+    ),
+    "attention_bias_llama": (
+        "llama",
+        {"attention_bias": True},
+        "attention_bias=True is not supported for LlamaForCausalLM",
+    ),
     "mlp_bias": ("llama", {"mlp_bias": True}, "mlp_bias=True is not supported"),
-    "unknown_key": ("qwen3", {"attn_logit_softcapping": 50.0},
-                    "config.json key attn_logit_softcapping=50.0 is not known for Qwen3ForCausalLM"),
-    "layer_types": ("qwen3", {"layer_types": ["full_attention"] * 3 + ["chunked_attention"]},
-                    "layer_types entry 'chunked_attention' is not supported"),
+    "unknown_key": (
+        "qwen3",
+        {"attn_logit_softcapping": 50.0},
+        "config.json key attn_logit_softcapping=50.0 is not known for Qwen3ForCausalLM",
+    ),
+    "layer_types": (
+        "qwen3",
+        {"layer_types": ["full_attention"] * 3 + ["chunked_attention"]},
+        "layer_types entry 'chunked_attention' is not supported",
+    ),
 }
 
 
@@ -49,8 +81,22 @@ def folders(tmp_path_factory):
         out[kind] = str(root / kind)
         make_tiny_hf_model(out[kind], kind)
     mg = str(root / "qwen3_mg")
-    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", out["qwen3"], "--save-dir", mg,
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--load-model-type",
+                "hf",
+                "--save-model-type",
+                "mg",
+                "--load-dir",
+                out["qwen3"],
+                "--save-dir",
+                mg,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out["qwen3_mg"] = mg
     return out
 

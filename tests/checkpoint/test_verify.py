@@ -21,9 +21,28 @@ def qwen(tmp_path_factory):
 
 def test_verify_passes_for_hf_to_mg_mg_to_mg_and_mg_to_hf(capsys, tmp_path, qwen):
     mg = str(tmp_path / "mg")
-    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", qwen, "--save-dir", mg,
-                 "--add-qkv-bias", "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2",
-                 "--verify", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--load-model-type",
+                "hf",
+                "--save-model-type",
+                "mg",
+                "--load-dir",
+                qwen,
+                "--save-dir",
+                mg,
+                "--add-qkv-bias",
+                "--target-tensor-parallel-size",
+                "2",
+                "--target-pipeline-parallel-size",
+                "2",
+                "--verify",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "verify: max |Δlogit| = " in capsys.readouterr().out
     assert main(["--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", mg,
                  "--save-dir", str(tmp_path / "mg2"), "--target-pipeline-parallel-size", "4", "--verify",
@@ -37,23 +56,84 @@ def test_verify_passes_for_hf_to_mg_mg_to_mg_and_mg_to_hf(capsys, tmp_path, qwen
 
 
 def test_qwen3_verifies_in_every_direction_and_a_swapped_q_norm_fails(capsys, tmp_path):
-    """Qwen3 (q/k norms, head_dim 32 != hidden / heads, tied, --model-type-hf qwen3): hf->mg, mg->mg, mg->hf."""
+    """Qwen3 (q/k norms, head_dim 32 != hidden / heads, tied, --model-type-hf qwen3): hf->mg, mg->mg,
+    mg->hf."""
     hf = str(tmp_path / "qwen3")
     make_tiny_hf_model(hf, "qwen3_tied")
     mg = str(tmp_path / "mg")
-    assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", hf, "--save-dir", mg,
-                 "--model-type-hf", "qwen3", "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size",
-                 "2", "--verify", "--no-progress"]) == 0
-    assert main(["--load-model-type", "mg", "--save-model-type", "mg", "--load-dir", mg, "--save-dir",
-                 str(tmp_path / "mg2"), "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "4",
-                 "--verify", "--no-progress"]) == 0
-    assert main(["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", str(tmp_path / "mg2"),
-                 "--save-dir", str(tmp_path / "back"), "--model-type-hf", "qwen3", "--verify", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--load-model-type",
+                "hf",
+                "--save-model-type",
+                "mg",
+                "--load-dir",
+                hf,
+                "--save-dir",
+                mg,
+                "--model-type-hf",
+                "qwen3",
+                "--target-tensor-parallel-size",
+                "2",
+                "--target-pipeline-parallel-size",
+                "2",
+                "--verify",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--load-model-type",
+                "mg",
+                "--save-model-type",
+                "mg",
+                "--load-dir",
+                mg,
+                "--save-dir",
+                str(tmp_path / "mg2"),
+                "--target-tensor-parallel-size",
+                "1",
+                "--target-pipeline-parallel-size",
+                "4",
+                "--verify",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--load-model-type",
+                "mg",
+                "--save-model-type",
+                "hf",
+                "--load-dir",
+                str(tmp_path / "mg2"),
+                "--save-dir",
+                str(tmp_path / "back"),
+                "--model-type-hf",
+                "qwen3",
+                "--verify",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.count("verify: max |Δlogit| = ") == 3
     state = load_rank_state(mg, None, 1, 0, 2)
     model = state["model"]
-    model["decoder.layers.0.self_attention.q_layernorm.weight"], model["decoder.layers.0.self_attention.k_layernorm.weight"] = (
-        model["decoder.layers.0.self_attention.k_layernorm.weight"], model["decoder.layers.0.self_attention.q_layernorm.weight"])
+    (
+        model["decoder.layers.0.self_attention.q_layernorm.weight"],
+        model["decoder.layers.0.self_attention.k_layernorm.weight"],
+    ) = (
+        model["decoder.layers.0.self_attention.k_layernorm.weight"],
+        model["decoder.layers.0.self_attention.q_layernorm.weight"],
+    )
     for tp_rank in (0, 1):  # replicated tensors: every TP rank holds the swap
         rank_state = load_rank_state(mg, None, tp_rank, 0, 2)
         rank_state["model"] = {**rank_state["model"], **{k: model[k] for k in model if "layernorm" in k}}
@@ -92,13 +172,19 @@ def test_llama31_rope_scaling_verifies(tmp_path, scaling):
 
 
 def test_linear_rope_scaling_verifies_where_it_matters(tmp_path):
-    """linear (factor 4) -> megatron's seq_len_interpolation_factor: logits equal transformers' over 96 tokens,
-    where the unscaled model's logits are far off (weights at 10x the usual init, so positions weigh)."""
+    """linear (factor 4) -> megatron's seq_len_interpolation_factor: logits equal transformers' over 96
+    tokens, where the unscaled model's logits are far off (weights at 10x the usual init, so positions
+    weigh)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = str(tmp_path / "hf")
-    make_tiny_hf_model(folder, "qwen3", rope_scaling={"rope_type": "linear", "factor": 4.0}, rope_theta=10000.0,
-                       initializer_range=0.2)
+    make_tiny_hf_model(
+        folder,
+        "qwen3",
+        rope_scaling={"rope_type": "linear", "factor": 4.0},
+        rope_theta=10000.0,
+        initializer_range=0.2,
+    )
     mg = str(tmp_path / "mg")
     assert main(["--load-model-type", "hf", "--save-model-type", "mg", "--load-dir", folder, "--save-dir", mg,
                  "--no-progress"]) == 0
@@ -131,7 +217,10 @@ def test_verify_that_cannot_run_exits_3_with_the_reason(tmp_path, qwen, monkeypa
                  "--add-qkv-bias", "--no-progress", "--verify"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1, err
-    assert err[0].startswith("error: --verify could not run: holding both models in float32 needs") and mg in err[0]
+    assert (
+        err[0].startswith("error: --verify could not run: holding both models in float32 needs")
+        and mg in err[0]
+    )
     assert os.path.isfile(os.path.join(mg, "latest_checkpointed_iteration.txt"))
     with pytest.raises(verify.VerificationUnavailable):
         verify.verify_checkpoint(qwen, mg, log=lambda s: None)

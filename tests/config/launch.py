@@ -15,8 +15,11 @@ def validated(argv: list[str] | str, world: int = 1) -> argparse.Namespace:
     return validate_args(parse_args(argv.split() if isinstance(argv, str) else list(argv)), world)
 
 
-def plan_for(args: argparse.Namespace, world: int = 1, vocab_rows: int = 128, base=None) -> tuple[RunConfig, RunPlan]:
-    """(config, plan) of validated flags as rank 0 on the CPU would build them (``base``: a checkpoint's config)."""
+def plan_for(
+    args: argparse.Namespace, world: int = 1, vocab_rows: int = 128, base=None
+) -> tuple[RunConfig, RunPlan]:
+    """(config, plan) of validated flags as rank 0 on the CPU would build them (``base``: a checkpoint's
+    config)."""
     config = RunConfig.from_args(args)
     model = config.model.model_config(vocab_rows, config.precision.params_dtype, base)
     return config, RunPlan.build(config, world_size=world, rank=0, device="cpu", model_config=model,

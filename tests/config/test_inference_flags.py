@@ -14,8 +14,22 @@ from mindspeed_llm.config.flags import (
 )
 from mindspeed_llm.config.validate import check_inference_args
 
-MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--max-position-embeddings", "256",
-         "--swiglu", "--disable-bias-linear", "--load", "/ckpt", "--tokenizer-name-or-path", "/tok"]
+MODEL = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--num-attention-heads",
+    "4",
+    "--max-position-embeddings",
+    "256",
+    "--swiglu",
+    "--disable-bias-linear",
+    "--load",
+    "/ckpt",
+    "--tokenizer-name-or-path",
+    "/tok",
+]
 
 
 def _check(*flags: str, world: int = 1):
@@ -27,7 +41,10 @@ def test_generate_launch_fills_what_training_needs() -> None:
     assert args.task == ["greedy"] and args.prompt == ["hi", "there"]
     assert args.seq_length == 256 and args.use_kv_cache
     assert _check("--prompt", "hi", "--top-k", "5").task == ["do_sample"]
-    assert _check("--prompt", "hi", "--task", "greedy", "do_sample", "--top-p", "0.9").task == ["greedy", "do_sample"]
+    assert _check("--prompt", "hi", "--task", "greedy", "do_sample", "--top-p", "0.9").task == [
+        "greedy",
+        "do_sample",
+    ]
     assert not _check("--prompt", "hi", "--no-kv-cache").use_kv_cache
     # Weights only: generation reads no optimizer, scheduler or RNG state, whatever the checkpoint holds.
     assert args.no_load_optim and args.no_load_rng
@@ -54,7 +71,18 @@ def test_refusals_name_the_flag(flags, needle) -> None:
 
 
 def test_training_only_flags_are_named() -> None:
-    argv = [*MODEL, "--prompt", "x", "--micro-batch-size", "4", "--no-load-optim", "--seed", "3", "--lr", "1e-4"]
+    argv = [
+        *MODEL,
+        "--prompt",
+        "x",
+        "--micro-batch-size",
+        "4",
+        "--no-load-optim",
+        "--seed",
+        "3",
+        "--lr",
+        "1e-4",
+    ]
     parser = add_inference_args(build_parser())
     assert training_only_flags(parser, given_flags(argv, add_inference_args)) == [
         "--lr", "--micro-batch-size", "--no-load-optim"]

@@ -22,12 +22,19 @@ CONFIG = REPO_ROOT / "mindspeed_llm" / "config"
 
 # (file, enclosing function, namespace name) -> why the write is not one to a run's parsed flags.
 ALLOWED = {
-    ("mindspeed_llm/convert/convert.py", "convert_mg_to_mg", "opts"):
-        "a copy of the converter's own options (ConvertOptions, copy.copy) given the source checkpoint's "
-        "vocabulary divisor",
-    ("mindspeed_llm/patches/megatron_lm.py", "translate_our_spellings", "args"):
-        "the validation of Megatron-LM's own command line (wrapped megatron.training.arguments.validate_args): "
-        "our --tokenizer-type spelling translated before Megatron-LM validates",
+    (
+        "mindspeed_llm/convert/convert.py",
+        "convert_mg_to_mg",
+        "opts",
+    ): "a copy of the converter's own options (ConvertOptions, copy.copy) given the source checkpoint's "
+    "vocabulary divisor",
+    (
+        "mindspeed_llm/patches/megatron_lm.py",
+        "translate_our_spellings",
+        "args",
+    ): "the validation of Megatron-LM's own command line (wrapped "
+    "megatron.training.arguments.validate_args): our --tokenizer-type spelling translated before Megatron-LM "
+    "validates",
 }
 
 
@@ -42,7 +49,12 @@ def _name(node: ast.AST) -> str | None:
 
 def _vars_of(node: ast.AST) -> str | None:
     """NAME for ``vars(NAME)`` or ``NAME.__dict__``."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "vars" and node.args:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "vars"
+        and node.args
+    ):
         return _name(node.args[0])
     if isinstance(node, ast.Attribute) and node.attr == "__dict__":
         return _name(node.value)
@@ -81,7 +93,11 @@ def _written(node: ast.AST) -> str | None:
             return _name(node.args[0])
         if isinstance(func, ast.Attribute) and func.attr == "__setattr__" and node.args:
             return _name(node.args[0])
-        if isinstance(func, ast.Attribute) and func.attr in ("update", "setdefault", "pop") and _vars_of(func.value):
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in ("update", "setdefault", "pop")
+            and _vars_of(func.value)
+        ):
             return _vars_of(func.value)
     return None
 
@@ -107,10 +123,15 @@ def namespace_writes(path: Path, source: str | None = None) -> list[tuple[str, i
 
 def test_no_namespace_writes_outside_config():
     writes = [w for path in _sources() for w in namespace_writes(path)]
-    unexplained = [f"{file}:{line} in {function}(): writes {name}.<attr>" for file, line, function, name in writes
-                   if (file, function, name) not in ALLOWED]
-    assert not unexplained, ("assignments to the parsed arguments outside mindspeed_llm/config/ (derive the value "
-                             "in config/plan.py or complete the flag in config/validate.py):\n" + "\n".join(unexplained))
+    unexplained = [
+        f"{file}:{line} in {function}(): writes {name}.<attr>"
+        for file, line, function, name in writes
+        if (file, function, name) not in ALLOWED
+    ]
+    assert not unexplained, (
+        "assignments to the parsed arguments outside mindspeed_llm/config/ (derive the value "
+        "in config/plan.py or complete the flag in config/validate.py):\n" + "\n".join(unexplained)
+    )
     # Every entry of the allow-list still matches a write (a fixed one is taken off the list).
     stale = set(ALLOWED) - {(file, function, name) for file, _, function, name in writes}
     assert not stale, f"allow-list entries with no write left: {sorted(stale)}"

@@ -1,4 +1,5 @@
-"""Megatron flag parsing and validation: completed flags, the derived plan and the errors a user can act on."""
+"""Megatron flag parsing and validation: completed flags, the derived plan and the errors a user can act
+on."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from mindspeed_llm.config.plan import parallel_layout
 from mindspeed_llm.config.validate import validate_args
 from tests.config.launch import plan_for
 
-BASE = ("--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
-        "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document")
+BASE = (
+    "--num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 5 --lr 1e-3 "
+    "--swiglu --disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path "
+    "d_text_document"
+)
 
 
 def args_for(extra: str = "", world: int = 1):
@@ -43,23 +47,33 @@ def test_data_parallel_size_and_micro_batches_are_derived():
     assert args.num_query_groups == 4 and args.kv_channels == 16
 
 
-@pytest.mark.parametrize("extra, world, words", [
-    ("--micro-batch-size 2 --global-batch-size 6", 2, ["--global-batch-size 6", "multiple of 4"]),
-    ("--pipeline-model-parallel-size 3", 3, ["--num-layers 4", "--num-layer-list"]),
-    ("--tensor-model-parallel-size 2", 3, ["world size 3", "multiple of 2"]),
-    ("--fp16", 1, ["--bf16"]),
-    ("--ckpt-format zarr", 1, ["--ckpt-format torch", "torch_dist"]),
-    ("--ckpt-format torch_dist --save /x --no-shared-storage", 1, ["--no-shared-storage", "--ckpt-format torch"]),
-    ("--context-parallel-size 2", 1, ["--context-parallel-size"]),
-    ("--transformer-impl transformer_engine", 1, ["--transformer-impl local"]),
-    ("--normalization LayerNorm", 1, ["RMSNorm"]),
-    ("--num-layer-list 1,2", 2, ["--num-layer-list 1,2", "add up to --num-layers 4"]),
-    ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
-    ("--reset-attention-mask", 1, ["--reset-attention-mask", "posttrain_gpt.py --stage sft"]),
-    ("--max-position-embeddings 16", 1, ["--seq-length 32", "--max-position-embeddings 16"]),
-    ("--override-opt_param-scheduler --use-checkpoint-opt_param-scheduler", 1,
-     ["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"]),
-])
+@pytest.mark.parametrize(
+    "extra, world, words",
+    [
+        ("--micro-batch-size 2 --global-batch-size 6", 2, ["--global-batch-size 6", "multiple of 4"]),
+        ("--pipeline-model-parallel-size 3", 3, ["--num-layers 4", "--num-layer-list"]),
+        ("--tensor-model-parallel-size 2", 3, ["world size 3", "multiple of 2"]),
+        ("--fp16", 1, ["--bf16"]),
+        ("--ckpt-format zarr", 1, ["--ckpt-format torch", "torch_dist"]),
+        (
+            "--ckpt-format torch_dist --save /x --no-shared-storage",
+            1,
+            ["--no-shared-storage", "--ckpt-format torch"],
+        ),
+        ("--context-parallel-size 2", 1, ["--context-parallel-size"]),
+        ("--transformer-impl transformer_engine", 1, ["--transformer-impl local"]),
+        ("--normalization LayerNorm", 1, ["RMSNorm"]),
+        ("--num-layer-list 1,2", 2, ["--num-layer-list 1,2", "add up to --num-layers 4"]),
+        ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
+        ("--reset-attention-mask", 1, ["--reset-attention-mask", "posttrain_gpt.py --stage sft"]),
+        ("--max-position-embeddings 16", 1, ["--seq-length 32", "--max-position-embeddings 16"]),
+        (
+            "--override-opt_param-scheduler --use-checkpoint-opt_param-scheduler",
+            1,
+            ["--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"],
+        ),
+    ],
+)
 def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
     with pytest.raises(ArgumentError) as err:
         args_for(extra, world)
@@ -68,11 +82,21 @@ def test_invalid_launches_name_the_flag_and_the_fix(extra, world, words):
 
 
 def test_context_parallel_divides_the_world_and_leaves_the_rest_to_data_parallel():
-    extra = "--tensor-model-parallel-size 2 --context-parallel-size 2 --context-parallel-algo ulysses_cp_algo " \
-            "--attention-dropout 0"
-    assert (layout_for(extra, world=8).data_parallel_size, args_for(extra, world=8).context_parallel_size) == (2, 2)
+    extra = (
+        "--tensor-model-parallel-size 2 --context-parallel-size 2 --context-parallel-algo ulysses_cp_algo "
+        "--attention-dropout 0"
+    )
+    assert (
+        layout_for(extra, world=8).data_parallel_size,
+        args_for(extra, world=8).context_parallel_size,
+    ) == (2, 2)
     # Ulysses attends over whole sequences per head: megatron's attention dropout applies (default 0.1).
-    assert args_for("--context-parallel-size 2 --context-parallel-algo ulysses_cp_algo", world=2).attention_dropout == 0.1
+    assert (
+        args_for(
+            "--context-parallel-size 2 --context-parallel-algo ulysses_cp_algo", world=2
+        ).attention_dropout
+        == 0.1
+    )
 
 
 HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context-parallel-size "
@@ -80,21 +104,43 @@ HYBRID = "--context-parallel-algo hybrid_cp_algo --attention-dropout 0 --context
 
 def test_ring_context_parallel_takes_attention_dropout():
     # The ring draws position-keyed masks: megatron's default attention dropout (0.1) is accepted.
-    assert args_for("--context-parallel-size 2 --context-parallel-algo megatron_cp_algo", world=2).attention_dropout == 0.1
+    assert (
+        args_for(
+            "--context-parallel-size 2 --context-parallel-algo megatron_cp_algo", world=2
+        ).attention_dropout
+        == 0.1
+    )
     hybrid = HYBRID.replace("--attention-dropout 0", "") + "4 --ulysses-degree-in-cp 2"
     assert args_for(hybrid, world=4).attention_dropout == 0.1  # Ulysses around the ring: the same masks
 
 
-@pytest.mark.parametrize("extra, world, words", [
-    ("--context-parallel-size 2 --attention-dropout 0", 3, ["world size 3", "--context-parallel-size 2", "multiple of 2"]),
-    ("--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0", 2,
-     ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"]),
-    ("--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset --no-pad-to-seq-lengths "
-     "--pad-to-multiple-of 2", 2, ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"]),
-    ("--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size 2 "
-     "--attention-dropout 0", 8,
-     ["ulysses_cp_algo", "(2)", "--context-parallel-size 4", "megatron_cp_algo"]),
-])
+@pytest.mark.parametrize(
+    "extra, world, words",
+    [
+        (
+            "--context-parallel-size 2 --attention-dropout 0",
+            3,
+            ["world size 3", "--context-parallel-size 2", "multiple of 2"],
+        ),
+        (
+            "--context-parallel-size 2 --seq-length 30 --max-position-embeddings 32 --attention-dropout 0",
+            2,
+            ["--seq-length 30", "2 x --context-parallel-size 2", "multiple of 4"],
+        ),
+        (
+            "--context-parallel-size 2 --attention-dropout 0 --is-instruction-dataset "
+            "--no-pad-to-seq-lengths --pad-to-multiple-of 2",
+            2,
+            ["--pad-to-multiple-of 2", "--context-parallel-size 2", "multiple of 4"],
+        ),
+        (
+            "--context-parallel-size 4 --context-parallel-algo ulysses_cp_algo --tensor-model-parallel-size "
+            "2 --attention-dropout 0",
+            8,
+            ["ulysses_cp_algo", "(2)", "--context-parallel-size 4", "megatron_cp_algo"],
+        ),
+    ],
+)
 def test_context_parallel_refusals_name_the_flag_and_the_fix(extra, world, words):
     with pytest.raises(ArgumentError) as err:
         args_for(extra, world)
@@ -102,19 +148,25 @@ def test_context_parallel_refusals_name_the_flag_and_the_fix(extra, world, words
         assert word in str(err.value)
 
 
-@pytest.mark.parametrize("algo", ["megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo --ulysses-degree-in-cp 2"])
+@pytest.mark.parametrize(
+    "algo", ["megatron_cp_algo", "ulysses_cp_algo", "hybrid_cp_algo --ulysses-degree-in-cp 2"]
+)
 def test_context_parallel_takes_packed_samples(algo):
     # --reset-attention-mask (packed SFT data) with every CP algorithm; documents cross the CP split; with
     # megatron's default attention dropout (0.1) too: the packed masks are position-keyed like the ring's.
-    args = args_for(f"--context-parallel-size 4 --context-parallel-algo {algo} --stage sft --reset-attention-mask",
-                    world=4)
+    args = args_for(
+        f"--context-parallel-size 4 --context-parallel-algo {algo} --stage sft --reset-attention-mask",
+        world=4,
+    )
     assert args.reset_attention_mask and args.reset_position_ids and args.context_parallel_size == 4
     assert args.attention_dropout == 0.1
 
 
 def test_hybrid_cp_sets_megatrons_hierarchical_sizes():
-    extra = ("--tensor-model-parallel-size 2 --context-parallel-size 4 --context-parallel-algo hybrid_cp_algo "
-             "--ulysses-degree-in-cp 2 --attention-dropout 0")
+    extra = (
+        "--tensor-model-parallel-size 2 --context-parallel-size 4 --context-parallel-algo hybrid_cp_algo "
+        "--ulysses-degree-in-cp 2 --attention-dropout 0"
+    )
     args = args_for(extra, world=16)
     assert (layout_for(extra, world=16).data_parallel_size, args.ulysses_degree_in_cp) == (2, 2)
     config = megatron_config(args, world=16)
@@ -142,8 +194,12 @@ def test_hybrid_cp_refusals_name_the_flag_and_the_fix(extra, world, words):
 
 def test_missing_required_flags_are_listed():
     with pytest.raises(ArgumentError, match="--train-iters"):
-        validate_args(parse_args("--num-layers 2 --hidden-size 8 --num-attention-heads 2 --seq-length 8 --lr 1".split()),
-                      1)
+        validate_args(
+            parse_args(
+                "--num-layers 2 --hidden-size 8 --num-attention-heads 2 --seq-length 8 --lr 1".split()
+            ),
+            1,
+        )
 
 
 def test_tensorboard_dir_without_tensorboard_is_a_clear_error():
@@ -171,9 +227,11 @@ def test_kernel_only_flags_are_reported_as_no_ops():
 
 
 def test_transformer_config_follows_the_flags():
-    args = args_for("--group-query-attention --num-query-groups 2 --add-qkv-bias --bf16 --recompute-granularity full "
-                    "--recompute-method uniform --recompute-num-layers 1 --attention-dropout 0 --hidden-dropout 0 "
-                    "--cross-entropy-loss-fusion")
+    args = args_for(
+        "--group-query-attention --num-query-groups 2 --add-qkv-bias --bf16 --recompute-granularity full "
+        "--recompute-method uniform --recompute-num-layers 1 --attention-dropout 0 --hidden-dropout 0 "
+        "--cross-entropy-loss-fusion"
+    )
     model = model_config_from_args(args, vocab_rows=101)
     config = megatron_config(args)
     assert (config.num_query_groups, config.add_qkv_bias, config.bf16) == (2, True, True)
@@ -188,12 +246,19 @@ def test_transformer_config_follows_the_flags():
 
 
 def test_megatron_spellings_of_the_resilience_flags():
-    """Megatron-LM's names: NaN check on by default, the scheduler flags with their underscore, the signal flag."""
+    """Megatron-LM's names: NaN check on by default, the scheduler flags with their underscore, the signal
+    flag."""
     args = args_for()
     assert args.check_for_nan_in_loss_and_grad and not args.exit_signal_handler
     assert not args.override_opt_param_scheduler and not args.use_checkpoint_opt_param_scheduler
-    args = args_for("--no-check-for-nan-in-loss-and-grad --exit-signal-handler --override-opt_param-scheduler")
-    assert not args.check_for_nan_in_loss_and_grad and args.exit_signal_handler and args.override_opt_param_scheduler
+    args = args_for(
+        "--no-check-for-nan-in-loss-and-grad --exit-signal-handler --override-opt_param-scheduler"
+    )
+    assert (
+        not args.check_for_nan_in_loss_and_grad
+        and args.exit_signal_handler
+        and args.override_opt_param_scheduler
+    )
     assert args_for("--use-checkpoint-opt-param-scheduler").use_checkpoint_opt_param_scheduler
     assert args_for("--check-for-nan-in-loss-and-grad").check_for_nan_in_loss_and_grad
 
@@ -223,24 +288,32 @@ def test_rope_scaling_comes_from_the_checkpoint_and_flags_only_complete_it():
 
 # ---- Megatron-LM flags: sample-based training, uneven first/last stages, refusals --------------------------
 def test_train_samples_sets_the_iterations_as_megatron_does():
-    flags = (BASE.replace("--train-iters 5", "--train-samples 50") + " --global-batch-size 8 --micro-batch-size 2 "
-             "--lr-warmup-samples 16 --lr-decay-samples 40").split()
+    flags = (
+        BASE.replace("--train-iters 5", "--train-samples 50") + " --global-batch-size 8 --micro-batch-size 2 "
+        "--lr-warmup-samples 16 --lr-decay-samples 40"
+    ).split()
     args = validate_args(parse_args(flags), 2)
     assert args.train_iters == 6  # 50 // 8, Megatron-LM's update_train_iters
     assert (args.lr_warmup_samples, args.lr_decay_samples) == (16, 40)
 
 
-@pytest.mark.parametrize("extra, words", [
-    ("--lr-warmup-samples 16", ["--lr-warmup-samples", "--train-samples"]),
-    ("--lr-decay-samples 40", ["--lr-decay-samples", "--lr-decay-iters"]),
-    ("--train-samples 40", ["exactly one of --train-iters N and --train-samples N"]),
-    ("--dataloader-type cyclic", ["--dataloader-type cyclic", "single"]),
-    ("--context-parallel-algo ulysses_cp_algo --ulysses-degree-in-cp 2", ["--ulysses-degree-in-cp", "hybrid_cp_algo"]),
-    ("--context-parallel-algo ring", ["--context-parallel-algo ring", "ulysses_cp_algo"]),
-    ("--mock-data", ["one data source"]),
-    ("--train-data-path t_text_document", ["one data source"]),
-    ("--manual-gc-interval -1", ["--manual-gc-interval"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ("--lr-warmup-samples 16", ["--lr-warmup-samples", "--train-samples"]),
+        ("--lr-decay-samples 40", ["--lr-decay-samples", "--lr-decay-iters"]),
+        ("--train-samples 40", ["exactly one of --train-iters N and --train-samples N"]),
+        ("--dataloader-type cyclic", ["--dataloader-type cyclic", "single"]),
+        (
+            "--context-parallel-algo ulysses_cp_algo --ulysses-degree-in-cp 2",
+            ["--ulysses-degree-in-cp", "hybrid_cp_algo"],
+        ),
+        ("--context-parallel-algo ring", ["--context-parallel-algo ring", "ulysses_cp_algo"]),
+        ("--mock-data", ["one data source"]),
+        ("--train-data-path t_text_document", ["one data source"]),
+        ("--manual-gc-interval -1", ["--manual-gc-interval"]),
+    ],
+)
 def test_megatron_flags_refused_with_a_line(extra, words):
     with pytest.raises(ArgumentError) as err:
         args_for(extra)
@@ -255,13 +328,18 @@ def test_sample_based_training_refuses_iteration_schedule_flags():
 
 
 def test_decoder_first_and_last_stage_layers_become_a_layer_list():
-    layout = layout_for("--num-layers 10 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 1 "
-                        "--decoder-last-pipeline-num-layers 3", world=4)
+    layout = layout_for(
+        "--num-layers 10 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 1 "
+        "--decoder-last-pipeline-num-layers 3",
+        world=4,
+    )
     assert layout.num_layer_list_parsed == (1, 3, 3, 3)
     layout = layout_for("--pipeline-model-parallel-size 2 --decoder-last-pipeline-num-layers 1", world=2)
     assert layout.num_layer_list_parsed == (3, 1)
     with pytest.raises(ArgumentError, match="cannot be split evenly"):
-        args_for("--num-layers 9 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 2", world=4)
+        args_for(
+            "--num-layers 9 --pipeline-model-parallel-size 4 --decoder-first-pipeline-num-layers 2", world=4
+        )
 
 
 def test_per_split_data_paths_and_mock_data_replace_data_path():
@@ -274,12 +352,16 @@ def test_per_split_data_paths_and_mock_data_replace_data_path():
 def test_the_runs_namespace_is_frozen_from_birth_and_carries_the_plan():
     from mindspeed_llm.config.namespace import FrozenArgsError, build_namespace
 
-    config, plan = plan_for(args_for("--tensor-model-parallel-size 2 --global-batch-size 8", world=4), world=4)
+    config, plan = plan_for(
+        args_for("--tensor-model-parallel-size 2 --global-batch-size 8", world=4), world=4
+    )
     args = build_namespace(config, plan)
     with pytest.raises(FrozenArgsError, match="cannot set lr"):
         args.lr = 1.0
     assert args.lr == 1e-3 and args.data_parallel_size == 2 and args.num_microbatches == 4
-    assert args.padded_vocab_size == plan.padded_vocab_size == 128 and args.hf_architecture == "LlamaForCausalLM"
+    assert (
+        args.padded_vocab_size == plan.padded_vocab_size == 128 and args.hf_architecture == "LlamaForCausalLM"
+    )
     assert args.data_path == ["d_text_document"]  # lists, as argparse and Megatron-LM give them
     assert build_namespace(config).padded_vocab_size is None  # before the plan: the flag alone
 

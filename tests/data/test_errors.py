@@ -95,7 +95,10 @@ def test_arrow_folder_ignores_save_to_disk_side_files(tmp_path, bpe_tokenizer):
     write_arrow_stream(ROWS, str(folder / "data-00000-of-00001"))
     (folder / "dataset_info.json").write_text("{}")
     (folder / "state.json").write_text("{}")
-    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o") == 0
+    assert (
+        run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o")
+        == 0
+    )
 
 
 @pytest.mark.parametrize("writer", [write_parquet, write_jsonl, write_csv])
@@ -112,7 +115,9 @@ def _bad_utf8_inputs(tmp_path):
     good = [json.dumps({"text": f"row {i} ok"}).encode() for i in range(5)]
     lines = good[:2] + [b'{"text": "bad \xff\xfe bytes"}'] + good[2:]
     (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    (tmp_path / "in.txt").write_bytes(b"row 0 ok\nrow 1 ok\nbad \xff\xfe bytes\nrow 2 ok\nrow 3 ok\nrow 4 ok\n")
+    (tmp_path / "in.txt").write_bytes(
+        b"row 0 ok\nrow 1 ok\nbad \xff\xfe bytes\nrow 2 ok\nrow 3 ok\nrow 4 ok\n"
+    )
     (tmp_path / "in.csv").write_bytes(
         b'text\n"row 0 ok"\n"row 1\nok"\n"bad \xff\xfe bytes"\nrow 2 ok\nrow 3 ok\nrow 4 ok\n'
     )
@@ -130,13 +135,27 @@ def test_non_utf8_reports_row_and_skip_bad_rows_continues(tmp_path, bpe_tokenize
     hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
     for name, (where, kept) in _bad_utf8_inputs(tmp_path).items():
         out = tmp_path / f"out_{name.replace('.', '_')}"
-        rc = run("--input", tmp_path / name, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o")
+        rc = run(
+            "--input",
+            tmp_path / name,
+            "--tokenizer-name-or-path",
+            bpe_tokenizer,
+            "--output-prefix",
+            out / "o",
+        )
         assert rc == 2, name
         msg = _error(capsys)
         assert f"{name}:{where}" in msg and "UTF-8" in msg and "--skip-bad-rows" in msg, msg
         assert _out_files(out) == [], name
-        rc = run("--input", tmp_path / name, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o",
-                 "--skip-bad-rows")
+        rc = run(
+            "--input",
+            tmp_path / name,
+            "--tokenizer-name-or-path",
+            bpe_tokenizer,
+            "--output-prefix",
+            out / "o",
+            "--skip-bad-rows",
+        )
         assert rc == 0, name
         assert f"skipped {tmp_path / name}:{where}" in capsys.readouterr().err
         assert read_documents(str(out / "o_text_document")) == expected_documents(hf, kept, False), name
@@ -144,7 +163,14 @@ def test_non_utf8_reports_row_and_skip_bad_rows_continues(tmp_path, bpe_tokenize
 
 def test_invalid_json_line(tmp_path, bpe_tokenizer, capsys):
     (tmp_path / "in.jsonl").write_text('{"text": "a"}\n{"text": oops}\n')
-    rc = run("--input", tmp_path / "in.jsonl", "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o")
+    rc = run(
+        "--input",
+        tmp_path / "in.jsonl",
+        "--tokenizer-name-or-path",
+        bpe_tokenizer,
+        "--output-prefix",
+        tmp_path / "o",
+    )
     assert rc == 2
     assert "line 2" in _error(capsys)
 
@@ -156,8 +182,16 @@ def test_bad_row_late_in_input_leaves_nothing(tmp_path, bpe_tokenizer, capsys, m
     lines = [json.dumps({"text": f"document {i}"}).encode() for i in range(200)] + [b'{"text": "\xff"}']
     (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines))
     out = tmp_path / "out"
-    rc = run("--input", tmp_path / "in.jsonl", "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o",
-             "--workers", 2)
+    rc = run(
+        "--input",
+        tmp_path / "in.jsonl",
+        "--tokenizer-name-or-path",
+        bpe_tokenizer,
+        "--output-prefix",
+        out / "o",
+        "--workers",
+        2,
+    )
     assert rc == 2
     assert "line 201" in _error(capsys)
     assert listing(out) == []
@@ -173,7 +207,9 @@ def test_output_folder_is_created(tmp_path, bpe_tokenizer, capsys):
 
 def test_tokenizer_folder_missing(tmp_path, capsys):
     src = write_jsonl(ROWS, str(tmp_path / "in"))
-    rc = run("--input", src, "--tokenizer-name-or-path", tmp_path / "no_tok", "--output-prefix", tmp_path / "o")
+    rc = run(
+        "--input", src, "--tokenizer-name-or-path", tmp_path / "no_tok", "--output-prefix", tmp_path / "o"
+    )
     assert rc == 2
     msg = _error(capsys)
     assert "--tokenizer-name-or-path" in msg and "no_tok" in msg and "no such folder" in msg
@@ -183,7 +219,9 @@ def test_tokenizer_folder_without_tokenizer(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     src = write_jsonl(ROWS, str(tmp_path / "in"))
-    rc = run("--input", src, "--tokenizer-name-or-path", tmp_path / "model", "--output-prefix", tmp_path / "o")
+    rc = run(
+        "--input", src, "--tokenizer-name-or-path", tmp_path / "model", "--output-prefix", tmp_path / "o"
+    )
     assert rc == 2
     assert "holds no tokenizer" in _error(capsys)
 
@@ -223,7 +261,10 @@ def test_all_empty_texts_are_refused(tmp_path, bpe_tokenizer, capsys):
              "--append-eod")
     assert rc == 2
     msg = _error(capsys)
-    assert "column 'text' is empty or null in all 3 rows" in msg and "o_text_document would hold no tokens" in msg
+    assert (
+        "column 'text' is empty or null in all 3 rows" in msg
+        and "o_text_document would hold no tokens" in msg
+    )
     assert _out_files(tmp_path) == []
 
 
@@ -242,7 +283,9 @@ def test_tokenizer_without_ids_is_refused(tmp_path, silent_tokenizer, capsys):
     rc = run("--input", src, "--tokenizer-name-or-path", silent_tokenizer, "--output-prefix", tmp_path / "o")
     assert rc == 2
     msg = _error(capsys)
-    assert f"--tokenizer-name-or-path {silent_tokenizer} produced no token ids for the 7 non-empty texts" in msg
+    assert (
+        f"--tokenizer-name-or-path {silent_tokenizer} produced no token ids for the 7 non-empty texts" in msg
+    )
     assert _out_files(tmp_path) == []
 
 
@@ -251,8 +294,16 @@ def test_zero_tokens_with_n_subs_is_refused_after_the_parts(tmp_path, bpe_tokeni
     folder.mkdir()
     for i in range(2):
         write_jsonl([{"text": ""}], str(folder / f"part{i}"))
-    rc = run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "out" / "o",
-             "--n-subs", 2)
+    rc = run(
+        "--input",
+        folder,
+        "--tokenizer-name-or-path",
+        bpe_tokenizer,
+        "--output-prefix",
+        tmp_path / "out" / "o",
+        "--n-subs",
+        2,
+    )
     assert rc == 2
     assert "column 'text' is empty or null in all 2 rows" in _error(capsys)
     assert listing(tmp_path / "out") == []
@@ -263,7 +314,10 @@ def _shards(tmp_path, tokenizer, n=3):
     parts = tmp_path / "parts"
     for i in range(n):
         src = write_jsonl(ROWS[i * 2:(i + 1) * 2], str(tmp_path / f"in{i}"))
-        assert run("--input", src, "--tokenizer-name-or-path", tokenizer, "--output-prefix", parts / f"shard{i}") == 0
+        assert (
+            run("--input", src, "--tokenizer-name-or-path", tokenizer, "--output-prefix", parts / f"shard{i}")
+            == 0
+        )
     return parts
 
 
@@ -298,7 +352,9 @@ def test_read_only_output_folder_keeps_the_earlier_output(tmp_path, bpe_tokenize
         rc = run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o")
         assert rc == 1
         msg = _error(capsys)
-        assert f"writing {out / 'o_text_document.bin'} failed" in msg and "no earlier o_text_document" in msg, msg
+        assert (
+            f"writing {out / 'o_text_document.bin'} failed" in msg and "no earlier o_text_document" in msg
+        ), msg
         assert tree_digest(out) == before
 
 
@@ -314,19 +370,33 @@ def test_full_disk_keeps_the_earlier_output(tmp_path, bpe_tokenizer):
     """A 64 KiB file-size limit in the child: writing the .bin fails with EFBIG as on a full disk."""
     src = _corpus(tmp_path / "in.jsonl", 3000)
     out = tmp_path / "out"
-    argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", "--workers", 2]
+    argv = [
+        "--input",
+        src,
+        "--tokenizer-name-or-path",
+        bpe_tokenizer,
+        "--output-prefix",
+        out / "o",
+        "--workers",
+        2,
+    ]
     assert run_tool("preprocess_data.py", *argv).returncode == 0
     before, src_before = tree_digest(out), tree_digest(tmp_path / "in.jsonl")
     proc = run_tool("preprocess_data.py", *argv, fsize=64 * 1024)
     line = error_line(proc.stderr)
-    assert proc.returncode == 1 and f"writing {out / 'o_text_document.bin'} failed (File too large" in line, line
+    assert proc.returncode == 1 and f"writing {out / 'o_text_document.bin'} failed (File too large" in line, (
+        line
+    )
     assert tree_digest(out) == before and tree_digest(tmp_path / "in.jsonl") == src_before
     assert leftovers(tmp_path) == []
 
 
 def _writing(folder):
     def check() -> bool:  # the tool's temporary .bin holds tokens: it is mid-write
-        return any(".bin.tmp" in n and os.path.getsize(os.path.join(folder, n)) > 0 for n in os.listdir(folder))
+        return any(
+            ".bin.tmp" in n and os.path.getsize(os.path.join(folder, n)) > 0 for n in os.listdir(folder)
+        )
+
     return check
 
 
@@ -336,17 +406,32 @@ def _writing(folder):
                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)", 2),
                                                   (signal.SIGKILL, -9, None, 1)])
 def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
-    """Real signals mid-write (--n-subs 2: two part processes with a tokenizer pool each); no process is left."""
+    """Real signals mid-write (--n-subs 2: two part processes with a tokenizer pool each); no process is
+    left."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(n_subs):
         _corpus(src / f"part{i}.jsonl", 30000 // n_subs)
     out = tmp_path / "out"
     out.mkdir()
-    argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", "--workers", 2,
-            "--log-interval", 100000, "--n-subs", n_subs]
+    argv = [
+        "--input",
+        src,
+        "--tokenizer-name-or-path",
+        bpe_tokenizer,
+        "--output-prefix",
+        out / "o",
+        "--workers",
+        2,
+        "--log-interval",
+        100000,
+        "--n-subs",
+        n_subs,
+    ]
     earlier = write_jsonl(ROWS, str(tmp_path / "small"))
-    assert run("--input", earlier, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
+    assert (
+        run("--input", earlier, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
+    )
     before = tree_digest(out)
     rc, err = signal_when(lambda: start_tool("preprocess_data.py", *argv), _writing(out), sig)
     assert rc == code, err

@@ -24,18 +24,12 @@ from tests.data.helpers import listing, run, write_jsonl, write_parquet
 
 # Qwen2.5-Instruct's chat_template without its tools branch (the tests use no tools).
 QWEN25_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
-    "(message.role == 'assistant') %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+    "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are "
+    "a helpful assistant.<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{%- if (message.role == "
+    "'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant') %}{{- "
+    "'<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor "
+    "%}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 PAD = 151643  # <|endoftext|>, Qwen2.5's pad token
 
@@ -52,7 +46,9 @@ def qwen_chat_tokenizer(tmp_path_factory) -> str:
 
 
 def _chat_ids(tok, messages, generation=False) -> list[int]:
-    return list(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation)["input_ids"])
+    return list(
+        tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation)["input_ids"]
+    )
 
 
 def expected_sample(tok, messages) -> tuple[list[int], list[int]]:
@@ -80,10 +76,18 @@ def read_sft(prefix) -> dict[str, list[list[int]]]:
 
 
 ALPACA_ROWS = [
-    {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat well.\n2. Sleep.\n3. Move.",
-     "system": "You are terse."},
-    {"instruction": "Translate to French", "input": "Good morning, café!", "output": "Bonjour, café !",
-     "system": ""},
+    {
+        "instruction": "Give three tips for staying healthy.",
+        "input": "",
+        "output": "1. Eat well.\n2. Sleep.\n3. Move.",
+        "system": "You are terse.",
+    },
+    {
+        "instruction": "Translate to French",
+        "input": "Good morning, café!",
+        "output": "Bonjour, café !",
+        "system": "",
+    },
     {"instruction": "Add the numbers", "input": "2 + 2", "output": "4", "system": None},
 ]
 
@@ -124,7 +128,10 @@ SHAREGPT_TURNS = [
 def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_tokenizer, form, prompt_type):
     if form == "sharegpt":
         names = {"user": "human", "assistant": "gpt"}
-        row = {"conversations": [{"from": names[r], "value": c} for r, c in SHAREGPT_TURNS], "system": "Be kind."}
+        row = {
+            "conversations": [{"from": names[r], "value": c} for r, c in SHAREGPT_TURNS],
+            "system": "Be kind.",
+        }
     else:  # OpenAI messages, the system text as a leading turn
         row = {"messages": [{"role": "system", "content": "Be kind."}]
                + [{"role": r, "content": c} for r, c in SHAREGPT_TURNS]}
@@ -133,7 +140,9 @@ def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_toke
     assert run("--input", src, "--tokenizer-name-or-path", qwen_chat_tokenizer, "--output-prefix", prefix,
                "--handler-name", "SharegptStyleInstructionHandler", "--prompt-type", prompt_type) == 0
     tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
-    messages = [{"role": "system", "content": "Be kind."}] + [{"role": r, "content": c} for r, c in SHAREGPT_TURNS]
+    messages = [{"role": "system", "content": "Be kind."}] + [
+        {"role": r, "content": c} for r, c in SHAREGPT_TURNS
+    ]
     ids, labels = expected_sample(tok, messages)
     got = read_sft(prefix)
     assert got["input_ids"] == [ids, ids] and got["labels"] == [labels, labels]
@@ -198,7 +207,9 @@ def test_pack_holds_whole_samples(tmp_path, qwen_chat_tokenizer, capsys, neat):
     assert run(*common, "--output-prefix", tmp_path / "plain") == 0  # every sample, unpacked
     unpacked = read_sft(tmp_path / "plain")
     capsys.readouterr()
-    argv = [*common, "--output-prefix", tmp_path / "packed", "--pack", "--seq-length", seq] + (["--neat-pack"] if neat else [])
+    argv = [*common, "--output-prefix", tmp_path / "packed", "--pack", "--seq-length", seq] + (
+        ["--neat-pack"] if neat else []
+    )
     assert run(*argv) == 0
     err = capsys.readouterr().err
     long = [k for k, s in enumerate(unpacked["input_ids"]) if len(s) >= seq]
@@ -350,7 +361,10 @@ def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tok
     """A 64 KiB file-size limit in the child: the first write past it fails with EFBIG as on a full disk."""
     from tests.tool_process import error_line, leftovers, run_tool, tree_digest
 
-    rows = [{"instruction": f"question {i} " + "word " * 20, "input": "", "output": "answer " * 30} for i in range(600)]
+    rows = [
+        {"instruction": f"question {i} " + "word " * 20, "input": "", "output": "answer " * 30}
+        for i in range(600)
+    ]
     src = write_jsonl(rows, str(tmp_path / "big"))
     out = tmp_path / "out"
     argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", *ALPACA,
@@ -359,7 +373,9 @@ def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tok
     before = tree_digest(out)
     proc = run_tool("preprocess_data.py", *argv, fsize=64 * 1024)
     line = error_line(proc.stderr)
-    assert proc.returncode == 1 and "failed (File too large" in line and "temporary files removed" in line, line
+    assert proc.returncode == 1 and "failed (File too large" in line and "temporary files removed" in line, (
+        line
+    )
     assert tree_digest(out) == before
     assert leftovers(tmp_path) == []
 
@@ -377,8 +393,9 @@ def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer
     shutil.copytree(qwen_chat_tokenizer, tmp_path / "model_from_hf" / "qwen2.5-7b-hf")
     (tmp_path / "preprocess_data.py").symlink_to(REPO_ROOT / "preprocess_data.py")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(REPO_ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = read_sft(tmp_path / "finetune_dataset" / "alpaca")
     assert len(got["input_ids"]) == 20
@@ -391,7 +408,9 @@ def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code,word", [(2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)")])
+@pytest.mark.parametrize(
+    "sig,code,word", [(2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)")]
+)
 def test_signal_while_writing_packed_data(tmp_path, bpe_tokenizer, sig, code, word):
     """A real signal once --pack's scratch file holds samples: one line, earlier output kept, nothing left."""
     from tests.tool_process import error_line, leftovers, signal_when, start_tool, tree_digest

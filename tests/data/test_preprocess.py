@@ -78,7 +78,9 @@ def test_pool_started_beside_another_python_thread_uses_the_fork_server(tmp_path
     alone = subprocess.run([sys.executable, "-c", "import mindspeed_llm.data.pool as p; "
                             "print(p.mp_context().get_start_method())"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert alone.stdout.strip() == "fork", alone.stderr  # (this pytest process may run a leftover tqdm monitor)
+    assert alone.stdout.strip() == "fork", (
+        alone.stderr
+    )  # (this pytest process may run a leftover tqdm monitor)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True)
     other.start()
@@ -143,7 +145,10 @@ def test_folder_of_shards_in_name_order(tmp_path, bpe_tokenizer, capsys):
     folder.mkdir()
     write_parquet(ROWS[:3], str(folder / "part-00000"))
     write_parquet(ROWS[3:], str(folder / "part-00001"))
-    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o") == 0
+    assert (
+        run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o")
+        == 0
+    )
     assert "part-00000.parquet, part-00001.parquet" in capsys.readouterr().err
     hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
     assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, TEXTS, False)
@@ -168,12 +173,17 @@ def test_alpaca_handler_prefers_text_column(tmp_path, bpe_tokenizer):
     assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "o",
                "--handler-name", "AlpacaStylePretrainHandler") == 0
     hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
-    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(hf, ["the full text"], False)
+    assert read_documents(str(tmp_path / "o_text_document")) == expected_documents(
+        hf, ["the full text"], False
+    )
 
 
 def test_sharegpt_handler_renders_turns(tmp_path, bpe_tokenizer):
     rows = [
-        {"system": "Be brief.", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+        {
+            "system": "Be brief.",
+            "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}],
+        },
         {"system": None, "conversations": [{"from": "human", "value": "Bye"}]},
     ]
     for write in (write_jsonl, write_parquet):
@@ -196,11 +206,25 @@ def test_merge_group_keys_concatenates_in_name_order(tmp_path, bpe_tokenizer):
     # merging into the input folder, twice: the earlier output is not taken as an input
     for _ in range(2):
         assert run("--input", parts, "--output-prefix", parts / "all", "--merge-group-keys", "text") == 0
-    assert dataset_bytes(str(parts / "all_text_document")) == dataset_bytes(str(tmp_path / "merged_text_document"))
+    assert dataset_bytes(str(parts / "all_text_document")) == dataset_bytes(
+        str(tmp_path / "merged_text_document")
+    )
     src = write_jsonl(ROWS, str(tmp_path / "all"))
-    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "whole",
-               "--append-eod") == 0
-    assert dataset_bytes(str(tmp_path / "merged_text_document")) == dataset_bytes(str(tmp_path / "whole_text_document"))
+    assert (
+        run(
+            "--input",
+            src,
+            "--tokenizer-name-or-path",
+            bpe_tokenizer,
+            "--output-prefix",
+            tmp_path / "whole",
+            "--append-eod",
+        )
+        == 0
+    )
+    assert dataset_bytes(str(tmp_path / "merged_text_document")) == dataset_bytes(
+        str(tmp_path / "whole_text_document")
+    )
 
 
 @pytest.mark.slow
@@ -209,11 +233,37 @@ def test_n_subs_equals_single_pass(tmp_path, bpe_tokenizer):
     folder.mkdir()
     for i in range(3):
         write_jsonl(ROWS[i * 3 : i * 3 + 3], str(folder / f"part{i}"))
-    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "one",
-               "--append-eod") == 0
-    assert run("--input", folder, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "subs",
-               "--append-eod", "--n-subs", 3, "--workers", 3) == 0
-    assert dataset_bytes(str(tmp_path / "one_text_document")) == dataset_bytes(str(tmp_path / "subs_text_document"))
+    assert (
+        run(
+            "--input",
+            folder,
+            "--tokenizer-name-or-path",
+            bpe_tokenizer,
+            "--output-prefix",
+            tmp_path / "one",
+            "--append-eod",
+        )
+        == 0
+    )
+    assert (
+        run(
+            "--input",
+            folder,
+            "--tokenizer-name-or-path",
+            bpe_tokenizer,
+            "--output-prefix",
+            tmp_path / "subs",
+            "--append-eod",
+            "--n-subs",
+            3,
+            "--workers",
+            3,
+        )
+        == 0
+    )
+    assert dataset_bytes(str(tmp_path / "one_text_document")) == dataset_bytes(
+        str(tmp_path / "subs_text_document")
+    )
     assert listing(tmp_path).count("subs_text_document.bin") == 1
     assert not [n for n in listing(tmp_path) if ".sub" in n or ".tmp" in n]
 
@@ -221,7 +271,9 @@ def test_n_subs_equals_single_pass(tmp_path, bpe_tokenizer):
 def test_normalizer_in_tokenizer_is_applied(tmp_path, nfc_tokenizer):
     texts = ["cafe\u0301 (decomposed)", "café (composed)", "A\u030angstro\u0308m"]
     src = write_jsonl([{"text": t} for t in texts], str(tmp_path / "in"))
-    assert run("--input", src, "--tokenizer-name-or-path", nfc_tokenizer, "--output-prefix", tmp_path / "o") == 0
+    assert (
+        run("--input", src, "--tokenizer-name-or-path", nfc_tokenizer, "--output-prefix", tmp_path / "o") == 0
+    )
     hf = AutoTokenizer.from_pretrained(nfc_tokenizer)
     docs = read_documents(str(tmp_path / "o_text_document"))
     assert docs == expected_documents(hf, texts, False)
@@ -243,11 +295,17 @@ def test_entry_script_as_the_seed_runs_it(tmp_path, bpe_tokenizer):
            "--tokenizer-type", "PretrainedFromHF", "--workers", "4", "--log-interval", "1000"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(tmp_path / "dataset"))[:2] == ["alpaca_text_document.bin", "alpaca_text_document.idx"]
+    assert sorted(os.listdir(tmp_path / "dataset"))[:2] == [
+        "alpaca_text_document.bin",
+        "alpaca_text_document.idx",
+    ]
     hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
-    assert read_documents(str(tmp_path / "dataset" / "alpaca_text_document")) == expected_documents(hf, TEXTS, False)
-    bad = subprocess.run(cmd[:3] + ["missing.parquet"] + cmd[4:], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    assert read_documents(str(tmp_path / "dataset" / "alpaca_text_document")) == expected_documents(
+        hf, TEXTS, False
+    )
+    bad = subprocess.run(
+        cmd[:3] + ["missing.parquet"] + cmd[4:], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --input missing.parquet")
 
@@ -266,7 +324,8 @@ def test_log_interval_prints_rates(tmp_path, bpe_tokenizer, capsys, monkeypatch)
 
 @pytest.mark.slow
 def test_qwen25_tokenizer_on_alpaca_parquet(tmp_path):
-    """The seed's case: Qwen2.5's tokenizer (151,665 entries, NFC, added tokens) on an alpaca-style parquet."""
+    """The seed's case: Qwen2.5's tokenizer (151,665 entries, NFC, added tokens) on an alpaca-style
+    parquet."""
     import pyarrow.parquet as pq
 
     from mindspeed_llm.quickstart.assets import write_alpaca_parquet

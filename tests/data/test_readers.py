@@ -13,7 +13,10 @@ from mindspeed_llm.data.errors import PreprocessError
 @pytest.mark.parametrize("chunk", [1, 3, 7, 4 << 20])
 def test_json_array_streams_across_chunks(tmp_path, monkeypatch, chunk):
     monkeypatch.setattr(readers, "_JSON_CHUNK", chunk)
-    rows = [{"text": "héllo 🙂 中文\n\"q\" " * (i % 4), "n": 1234567 * i, "f": [1.5, None, True]} for i in range(40)]
+    rows = [
+        {"text": "héllo 🙂 中文\n\"q\" " * (i % 4), "n": 1234567 * i, "f": [1.5, None, True]}
+        for i in range(40)
+    ]
     path = tmp_path / "a.json"
     path.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
     source = readers.InputSource("json", [str(path)])

@@ -1,4 +1,5 @@
-"""Helpers for the pretrain_gpt.py end-to-end tests: tiny data, tiny converted checkpoints, runs, log parsing."""
+"""Helpers for the pretrain_gpt.py end-to-end tests: tiny data, tiny converted checkpoints, runs, log
+parsing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (the e2e tests import them from here)
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
-# pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it there).
+# pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it
+# there).
 PAUSED_IN_SAVE = REPO_ROOT / "tests" / "e2e" / "scripts" / "pretrain_paused_in_save.py"
 VOCAB = 128  # rows of the tiny HF models (tests/helpers/tiny.py)
 EOD = 2  # their tokenizer's </s>
@@ -24,7 +26,8 @@ _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \
 
 def make_indexed_dataset(prefix: Path, *, vocab: int = VOCAB, docs: int = 300, seed: int = 0,
                          learnable: bool = False) -> str:
-    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data writes.
+    """``prefix.bin/.idx`` with random documents (ids 3..vocab-1, each ending in EOD), as preprocess_data
+    writes.
 
     ``learnable``: each document counts up in steps of 7 from a random start (a bigram a model learns fast).
     """
@@ -61,13 +64,36 @@ def model_flags(hf_dir: Path) -> list[str]:
     """Megatron model flags that describe the HF model in ``hf_dir``."""
     cfg = json.loads((hf_dir / "config.json").read_text())
     flags = [
-        "--use-mcore-models", "--num-layers", cfg["num_hidden_layers"], "--hidden-size", cfg["hidden_size"],
-        "--ffn-hidden-size", cfg["intermediate_size"], "--num-attention-heads", cfg["num_attention_heads"],
-        "--group-query-attention", "--num-query-groups", cfg["num_key_value_heads"],
-        "--max-position-embeddings", cfg["max_position_embeddings"], "--position-embedding-type", "rope",
-        "--rotary-base", cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
-        "--normalization", "RMSNorm", "--norm-epsilon", cfg["rms_norm_eps"], "--swiglu", "--disable-bias-linear",
-        "--attention-dropout", "0.0", "--hidden-dropout", "0.0", "--make-vocab-size-divisible-by", "1",
+        "--use-mcore-models",
+        "--num-layers",
+        cfg["num_hidden_layers"],
+        "--hidden-size",
+        cfg["hidden_size"],
+        "--ffn-hidden-size",
+        cfg["intermediate_size"],
+        "--num-attention-heads",
+        cfg["num_attention_heads"],
+        "--group-query-attention",
+        "--num-query-groups",
+        cfg["num_key_value_heads"],
+        "--max-position-embeddings",
+        cfg["max_position_embeddings"],
+        "--position-embedding-type",
+        "rope",
+        "--rotary-base",
+        cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        "--normalization",
+        "RMSNorm",
+        "--norm-epsilon",
+        cfg["rms_norm_eps"],
+        "--swiglu",
+        "--disable-bias-linear",
+        "--attention-dropout",
+        "0.0",
+        "--hidden-dropout",
+        "0.0",
+        "--make-vocab-size-divisible-by",
+        "1",
     ]
     heads = cfg["num_attention_heads"]
     flags += ["--kv-channels", cfg.get("head_dim") or cfg["hidden_size"] // heads]
@@ -80,15 +106,55 @@ def model_flags(hf_dir: Path) -> list[str]:
     return [str(f) for f in flags]
 
 
-def train_flags(data: str, *, iters: int = 6, mbs: int = 1, gbs: int = 4, seq: int = 32, lr: float = 3e-3) -> list[str]:
+def train_flags(
+    data: str, *, iters: int = 6, mbs: int = 1, gbs: int = 4, seq: int = 32, lr: float = 3e-3
+) -> list[str]:
     """Training flags of the tiny runs (NullTokenizer: ids 0..126 and EOD 127; vocabulary 128)."""
-    return [str(f) for f in [
-        "--tokenizer-type", "NullTokenizer", "--vocab-size", VOCAB - 1, "--data-path", data, "--split", "100,0,0",
-        "--seq-length", seq, "--micro-batch-size", mbs, "--global-batch-size", gbs, "--train-iters", iters,
-        "--lr", lr, "--min-lr", lr / 10, "--lr-decay-style", "cosine", "--lr-warmup-iters", 1, "--weight-decay", 0.1,
-        "--clip-grad", 1.0, "--adam-beta1", 0.9, "--adam-beta2", 0.95, "--seed", 1234, "--log-interval", 1,
-        "--eval-iters", 0, "--num-workers", 0,
-    ]]
+    return [
+        str(f)
+        for f in [
+            "--tokenizer-type",
+            "NullTokenizer",
+            "--vocab-size",
+            VOCAB - 1,
+            "--data-path",
+            data,
+            "--split",
+            "100,0,0",
+            "--seq-length",
+            seq,
+            "--micro-batch-size",
+            mbs,
+            "--global-batch-size",
+            gbs,
+            "--train-iters",
+            iters,
+            "--lr",
+            lr,
+            "--min-lr",
+            lr / 10,
+            "--lr-decay-style",
+            "cosine",
+            "--lr-warmup-iters",
+            1,
+            "--weight-decay",
+            0.1,
+            "--clip-grad",
+            1.0,
+            "--adam-beta1",
+            0.9,
+            "--adam-beta2",
+            0.95,
+            "--seed",
+            1234,
+            "--log-interval",
+            1,
+            "--eval-iters",
+            0,
+            "--num-workers",
+            0,
+        ]
+    ]
 
 
 def run_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240) -> str:
@@ -96,7 +162,9 @@ def run_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: 
     return torchrun(PRETRAIN, *flags, nproc=nproc, env=env, timeout=timeout).stdout
 
 
-def start_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240) -> StartedTorchrun:
+def start_pretrain(
+    *flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240
+) -> StartedTorchrun:
     """:func:`run_pretrain` started now (independent runs overlap on the two cores); ``.result().stdout``."""
     return StartedTorchrun(PRETRAIN, *flags, nproc=nproc, env=env, timeout=timeout)
 
@@ -111,7 +179,9 @@ def loss_strings(stdout: str) -> dict[int, str]:
     return {int(m.group(1)): m.group(2) for m in _LOSS_LINE.finditer(stdout)}
 
 
-def assert_close_losses(got: dict[int, float], want: dict[int, float], rel: float = 1e-5, label: str = "") -> None:
+def assert_close_losses(
+    got: dict[int, float], want: dict[int, float], rel: float = 1e-5, label: str = ""
+) -> None:
     """Same iterations, each loss within ``rel`` relative difference."""
     assert sorted(got) == sorted(want), f"{label}: iterations {sorted(got)} != {sorted(want)}"
     for it in want:

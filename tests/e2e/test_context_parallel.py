@@ -1,10 +1,11 @@
-"""--context-parallel-size 2 and 4 train like CP 1: losses and gradient norms (fp32, relative 1e-5) at sequence 4096.
+"""--context-parallel-size 2 and 4 train like CP 1: losses and gradient norms (fp32, relative 1e-5) at
+sequence 4096.
 
 A tiny Qwen2 (2 layers, hidden 64, 4 heads, 2 K/V groups: GQA) converted from one HF model at TP1 and
 TP2 and PP2, three steps at sequence 4096: the CP 1 run (flash-style SDPA attention) is the reference for
 ring (megatron_cp_algo) and Ulysses (ulysses_cp_algo) at CP 2, for ring at CP 2 x TP 2 and for Ulysses at
-CP 2 x PP 2 with the distributed optimizer (sharded over the data-parallel x CP group; 4 processes each), and for
-hybrid_cp_algo at CP 4 (Ulysses 2 x ring 2; 2 heads and 1 K/V group per Ulysses rank). The gradient
+CP 2 x PP 2 with the distributed optimizer (sharded over the data-parallel x CP group; 4 processes each), and
+for hybrid_cp_algo at CP 4 (Ulysses 2 x ring 2; 2 heads and 1 K/V group per Ulysses rank). The gradient
 norms are read from the runs' tensorboard events (the log prints three decimals). The ring run saves at
 step 3 and a CP 1 launch resumes it: steps 4 and 5 equal the unbroken CP 1 run's. (Attention dropout with
 CP: tests/e2e/test_context_parallel_dropout.py.)
@@ -44,8 +45,10 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cp")
     hf = make_hf_model(root / "hf", num_layers=2)
     data = make_indexed_dataset(root / "data" / "cp_text_document", docs=500, seed=5)
-    ckpt = {(tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}_pp{pp}", tp=tp, pp=pp) for tp, pp in ((1, 1), (2, 1),
-                                                                                                 (1, 2))}
+    ckpt = {
+        (tp, pp): convert_hf_to_mg(hf, root / f"mg_tp{tp}_pp{pp}", tp=tp, pp=pp)
+        for tp, pp in ((1, 1), (2, 1), (1, 2))
+    }
     base = [*model_flags(hf), "--max-position-embeddings", str(SEQ), "--use-flash-attn"]
 
     def run(name, tp=1, cp=1, algo="megatron_cp_algo", stop=3, extra=(), load=None, pp=1):

@@ -1,4 +1,5 @@
-"""Context parallelism with packed samples: posttrain_gpt.py --stage sft --reset-attention-mask at CP 2 and 4 = CP 1.
+"""Context parallelism with packed samples: posttrain_gpt.py --stage sft --reset-attention-mask at CP 2 and 4
+= CP 1.
 
 A tiny Qwen2 (2 layers, hidden 64, 4 heads, 2 K/V groups: GQA) converted from one HF model fine-tunes three
 SGD steps (momentum: the weights move by the learning rate times a sum of the steps' gradients; Adam would
@@ -53,7 +54,8 @@ PACKS = [
 
 
 def _packs(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Rows (ids, sample numbers 1, 2, ... with padding 0, labels -100 on prompts and padding) of the packs."""
+    """Rows (ids, sample numbers 1, 2, ... with padding 0, labels -100 on prompts and padding) of the
+    packs."""
     rng = np.random.default_rng(seed)
     rows = []
     for pack in PACKS:
@@ -64,8 +66,13 @@ def _packs(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             mask.append(np.full(sample.size, number))
             labels.append(np.concatenate([np.full(prompt, -100), sample[prompt:]]))
         pad = SEQ - sum(x.size for x in ids)
-        rows.append((np.concatenate([*ids, np.full(pad, VOCAB - 1)]), np.concatenate([*mask, np.zeros(pad, int)]),
-                     np.concatenate([*labels, np.full(pad, -100)])))
+        rows.append(
+            (
+                np.concatenate([*ids, np.full(pad, VOCAB - 1)]),
+                np.concatenate([*mask, np.zeros(pad, int)]),
+                np.concatenate([*labels, np.full(pad, -100)]),
+            )
+        )
     return rows
 
 
@@ -76,14 +83,57 @@ def runs(tmp_path_factory):
     hf = make_hf_model(root / "hf", num_layers=2, initializer_range=0.2)
     data = write_instruction_data(root / "data" / "packed", _packs())
     ckpt = convert_hf_to_mg(hf, root / "mg")
-    base = [*model_flags(hf), *[str(f) for f in [
-        "--stage", "sft", "--prompt-type", "qwen", "--tokenizer-type", "NullTokenizer", "--vocab-size", VOCAB - 1,
-        "--data-path", data, "--split", "100,0,0", "--seq-length", SEQ, "--max-position-embeddings", SEQ,
-        "--micro-batch-size", 2, "--global-batch-size", 4, "--train-iters", 3, "--optimizer", "sgd", "--lr", 0.5,
-        "--min-lr", 0.05,
-        "--lr-warmup-iters", 0, "--weight-decay", 0.1, "--clip-grad", 1.0, "--seed", 1234, "--log-interval", 1,
-        "--eval-iters", 0, "--num-workers", 0, "--use-flash-attn",
-    ]]]
+    base = [
+        *model_flags(hf),
+        *[
+            str(f)
+            for f in [
+                "--stage",
+                "sft",
+                "--prompt-type",
+                "qwen",
+                "--tokenizer-type",
+                "NullTokenizer",
+                "--vocab-size",
+                VOCAB - 1,
+                "--data-path",
+                data,
+                "--split",
+                "100,0,0",
+                "--seq-length",
+                SEQ,
+                "--max-position-embeddings",
+                SEQ,
+                "--micro-batch-size",
+                2,
+                "--global-batch-size",
+                4,
+                "--train-iters",
+                3,
+                "--optimizer",
+                "sgd",
+                "--lr",
+                0.5,
+                "--min-lr",
+                0.05,
+                "--lr-warmup-iters",
+                0,
+                "--weight-decay",
+                0.1,
+                "--clip-grad",
+                1.0,
+                "--seed",
+                1234,
+                "--log-interval",
+                1,
+                "--eval-iters",
+                0,
+                "--num-workers",
+                0,
+                "--use-flash-attn",
+            ]
+        ],
+    ]
 
     def start(name, cp=1, algo="megatron_cp_algo", *extra, save_interval=3, load=None):
         flags = [*base, "--context-parallel-size", str(cp), "--context-parallel-algo", algo,
@@ -94,16 +144,24 @@ def runs(tmp_path_factory):
         return StartedTorchrun(POSTTRAIN, *flags, nproc=cp, timeout=300)
 
     started = {
-        "cp1_dropout": start("cp1_dropout", 1, "megatron_cp_algo", "--reset-attention-mask", *DROPOUT,
-                             save_interval=1),
+        "cp1_dropout": start(
+            "cp1_dropout", 1, "megatron_cp_algo", "--reset-attention-mask", *DROPOUT, save_interval=1
+        ),
         "cp1": start("cp1", 1, "megatron_cp_algo", "--reset-attention-mask"),
         "ring": start("ring", 2, "megatron_cp_algo", "--reset-attention-mask", *DROPOUT),
         "ulysses": start("ulysses", 2, "ulysses_cp_algo", "--reset-attention-mask", *DROPOUT),
-        "hybrid_cp4": start("hybrid_cp4", 4, "hybrid_cp_algo", "--ulysses-degree-in-cp", "2",
-                            "--reset-attention-mask"),
-        "cp1_unpacked_attention": start("cp1_unpacked_attention", 1, "megatron_cp_algo", "--exit-interval", "1"),
+        "hybrid_cp4": start(
+            "hybrid_cp4", 4, "hybrid_cp_algo", "--ulysses-degree-in-cp", "2", "--reset-attention-mask"
+        ),
+        "cp1_unpacked_attention": start(
+            "cp1_unpacked_attention", 1, "megatron_cp_algo", "--exit-interval", "1"
+        ),
     }
-    out = {"start": torch.load(ckpt / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)["model"]}
+    out = {
+        "start": torch.load(ckpt / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)[
+            "model"
+        ]
+    }
     pending = list(started.items())
     while pending:
         name, run = pending.pop(0)

@@ -78,7 +78,9 @@ def setup(tmp_path_factory):
     for name, (kind, changes) in MODELS.items():
         # Weights 10x the usual init: attention far from uniform, so positions (RoPE) weigh in the loss.
         hf = make_hf_model(root / name, kind=kind, initializer_range=0.2, **changes)
-        ckpts = {lay: convert_hf_to_mg(hf, root / f"{name}_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()}
+        ckpts = {
+            lay: convert_hf_to_mg(hf, root / f"{name}_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()
+        }
         out[name] = {"hf": hf, "ckpts": ckpts, "ref": _hf_loss(hf, ids)}
     setup = {"data": data, "ids": ids, "models": out}
     # The single-process (TP1) launches start now, together: they share the two cores.
@@ -90,7 +92,12 @@ def _first_step_flags(setup, name: str, layout: str) -> list[str]:
     """One step at lr 0 of ``name``'s checkpoint converted for ``layout``."""
     m = setup["models"][name]
     tp, pp = LAYOUTS[layout]
-    flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=1, gbs=1, seq=SEQ, lr=0.0), "--lr-warmup-iters", "0"]
+    flags = [
+        *model_flags(m["hf"]),
+        *train_flags(setup["data"], iters=1, gbs=1, seq=SEQ, lr=0.0),
+        "--lr-warmup-iters",
+        "0",
+    ]
     if name == "llama31_scaled" and layout == "pp2":  # MindSpeed's flags; the rest comes from the checkpoint
         flags += ["--rope-scaling-type", "llama3", "--rope-scaling-factor", "4"]
     return [*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
@@ -98,7 +105,8 @@ def _first_step_flags(setup, name: str, layout: str) -> list[str]:
 
 
 def test_llama3_parameters_matter_for_this_sequence(setup):
-    """Without the checkpoint's original_max_position_embeddings (Llama-3.1's 8192) the loss is another one."""
+    """Without the checkpoint's original_max_position_embeddings (Llama-3.1's 8192) the loss is another
+    one."""
     m = setup["models"]["llama31_scaled"]
     params = {**json.loads((m["hf"] / "config.json").read_text())["rope_parameters"],
               "original_max_position_embeddings": 8192}
@@ -123,8 +131,9 @@ def test_first_step_loss_equals_transformers(setup, name, layout):
 
 
 def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
-    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; the q/k norms train and stay equal on
-    both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2 repeats 3..4 exactly."""
+    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; the q/k norms train and stay equal
+    on both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2 repeats 3..4
+    exactly."""
     m = setup["models"]["qwen3_untied"]
     flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=4, gbs=2, seq=SEQ, lr=3e-3)]
 
@@ -137,16 +146,29 @@ def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
     tp1_run = run("tp1", "--load", str(m["ckpts"]["tp1"]), "--finetune", launch=start_pretrain)
     pp2_run = run("pp2", "--load", str(m["ckpts"]["pp2"]), "--finetune", launch=start_pretrain)
     save = tmp_path / "tp2_save"
-    tp2_out = run("tp2", "--sequence-parallel", "--load", str(m["ckpts"]["tp2"]), "--finetune", "--save", str(save),
-                  "--save-interval", "2")
+    tp2_out = run(
+        "tp2",
+        "--sequence-parallel",
+        "--load",
+        str(m["ckpts"]["tp2"]),
+        "--finetune",
+        "--save",
+        str(save),
+        "--save-interval",
+        "2",
+    )
     one = losses(tp1_run.result().stdout)
     assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
     for name, got in (("tp2", losses(tp2_out)), ("pp2", losses(pp2_run.result().stdout))):
         assert sorted(got) == [1, 2, 3, 4]
         for it in got:
             assert abs(got[it] - one[it]) / one[it] <= REL, (name, it, got[it], one[it])
-    ranks = [torch.load(save / "iter_0000004" / f"mp_rank_0{r}" / "model_optim_rng.pt", weights_only=False)["model"]
-             for r in (0, 1)]
+    ranks = [
+        torch.load(save / "iter_0000004" / f"mp_rank_0{r}" / "model_optim_rng.pt", weights_only=False)[
+            "model"
+        ]
+        for r in (0, 1)
+    ]
     start = torch.load(m["ckpts"]["tp2"] / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt",
                        weights_only=False)["model"]
     qk = [k for k in ranks[0] if "q_layernorm" in k or "k_layernorm" in k]

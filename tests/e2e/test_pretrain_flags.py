@@ -1,5 +1,6 @@
 """Megatron-LM flags end to end: --mock-data, --train-samples, --log-params-norm, --log-num-zeros-in-grad,
---manual-gc, --empty-unused-memory-level and --exit-duration-in-mins in one TP2 run (data broadcast to TP rank 1)."""
+--manual-gc, --empty-unused-memory-level and --exit-duration-in-mins in one TP2 run (data broadcast to TP rank
+1)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,48 @@ def test_mock_data_sample_based_training_and_logging_flags(tmp_path):
     hf_model = load_hf_model(str(hf))
     mg = convert_hf_to_mg(hf, tmp_path / "mg", tp=2)
     save = tmp_path / "save"
-    flags = [*model_flags(hf), "--tokenizer-type", "NullTokenizer", "--vocab-size", "127", "--mock-data",
-             "--seq-length", "32", "--micro-batch-size", "1", "--global-batch-size", "4", "--train-samples", "24",
-             "--lr", "0", "--lr-warmup-samples", "4", "--log-interval", "1", "--eval-iters", "0", "--num-workers", "0",
-             "--log-params-norm", "--log-num-zeros-in-grad", "--manual-gc", "--manual-gc-interval", "1",
-             "--empty-unused-memory-level", "2", "--exit-duration-in-mins", "0.0001",
-             "--tensor-model-parallel-size", "2", "--load", str(mg), "--finetune", "--save", str(save)]
+    flags = [
+        *model_flags(hf),
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        "127",
+        "--mock-data",
+        "--seq-length",
+        "32",
+        "--micro-batch-size",
+        "1",
+        "--global-batch-size",
+        "4",
+        "--train-samples",
+        "24",
+        "--lr",
+        "0",
+        "--lr-warmup-samples",
+        "4",
+        "--log-interval",
+        "1",
+        "--eval-iters",
+        "0",
+        "--num-workers",
+        "0",
+        "--log-params-norm",
+        "--log-num-zeros-in-grad",
+        "--manual-gc",
+        "--manual-gc-interval",
+        "1",
+        "--empty-unused-memory-level",
+        "2",
+        "--exit-duration-in-mins",
+        "0.0001",
+        "--tensor-model-parallel-size",
+        "2",
+        "--load",
+        str(mg),
+        "--finetune",
+        "--save",
+        str(save),
+    ]
     out = run_pretrain(*flags, nproc=2)
     line = re.search(r"iteration\s+1/\s+6 \|.*", out)  # 24 samples / 4 per batch = 6 iterations
     assert line, out[-3000:]

@@ -41,7 +41,13 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     hf, ckpts = tiny_checkpoints(root, [(1, 1), (2, 1), (1, 2)])
     data = make_indexed_dataset(root / "data" / "corpus_text_document")
-    return {"root": root, "hf": hf, "ckpts": ckpts, "data": data, "flags": model_flags(hf) + train_flags(data)}
+    return {
+        "root": root,
+        "hf": hf,
+        "ckpts": ckpts,
+        "data": data,
+        "flags": model_flags(hf) + train_flags(data),
+    }
 
 
 def _parallel(tp: int, pp: int) -> list[str]:
@@ -55,22 +61,50 @@ CONTRADICTING = ["--rotary-base", "10000", "--norm-epsilon", "1e-5", "--rope-sca
 @pytest.fixture(scope="module")
 def singles(tiny) -> dict:
     """The module's independent single-process launches, started together (they share the two cores): the
-    baseline, a launch contradicting the checkpoint, --use-checkpoint-args, and a --load folder that is missing."""
+    baseline, a launch contradicting the checkpoint, --use-checkpoint-args, and a --load folder that is
+    missing."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     model = set(tiny["flags"][:tiny["flags"].index("--tokenizer-type")])
     no_model = [f for f in tiny["flags"][tiny["flags"].index("--tokenizer-type"):]]
     assert "--num-layers" in model and "--num-layers" not in no_model
     missing = tiny["root"] / "no_such_ckpt"
     started = {
-        "baseline": start_pretrain(*tiny["flags"], *_parallel(1, 1), "--load", str(tiny["ckpts"][1, 1]), "--finetune"),
-        "contradicting": Started([sys.executable, str(PRETRAIN), *tiny["flags"], *CONTRADICTING, "--load",
-                                  str(tiny["ckpts"][1, 1]), "--finetune"], env=env, timeout=180),
+        "baseline": start_pretrain(
+            *tiny["flags"], *_parallel(1, 1), "--load", str(tiny["ckpts"][1, 1]), "--finetune"
+        ),
+        "contradicting": Started(
+            [
+                sys.executable,
+                str(PRETRAIN),
+                *tiny["flags"],
+                *CONTRADICTING,
+                "--load",
+                str(tiny["ckpts"][1, 1]),
+                "--finetune",
+            ],
+            env=env,
+            timeout=180,
+        ),
         "checkpoint_args": start_pretrain(
-            *no_model, "--use-checkpoint-args", "--attention-dropout", "0", "--hidden-dropout", "0",
-            "--make-vocab-size-divisible-by", "1", "--load", str(tiny["ckpts"][1, 1]), "--no-load-optim",
-            "--no-load-rng", "--train-iters", "3", nproc=1),
-        "missing_load": Started([sys.executable, str(PRETRAIN), *tiny["flags"], "--load", str(missing)], env=env,
-                                timeout=120),
+            *no_model,
+            "--use-checkpoint-args",
+            "--attention-dropout",
+            "0",
+            "--hidden-dropout",
+            "0",
+            "--make-vocab-size-divisible-by",
+            "1",
+            "--load",
+            str(tiny["ckpts"][1, 1]),
+            "--no-load-optim",
+            "--no-load-rng",
+            "--train-iters",
+            "3",
+            nproc=1,
+        ),
+        "missing_load": Started(
+            [sys.executable, str(PRETRAIN), *tiny["flags"], "--load", str(missing)], env=env, timeout=120
+        ),
     }
     return {"missing": missing, **started}  # each test waits for its own run
 
@@ -87,12 +121,15 @@ def baseline(singles) -> dict[int, float]:
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 def test_tp2_and_pp2_match_one_process(tiny, baseline, layout):
     tp, pp = (2, 1) if layout == "tp2" else (1, 2)
-    out = run_pretrain(*tiny["flags"], *_parallel(tp, pp), "--load", str(tiny["ckpts"][tp, pp]), "--finetune", nproc=2)
+    out = run_pretrain(
+        *tiny["flags"], *_parallel(tp, pp), "--load", str(tiny["ckpts"][tp, pp]), "--finetune", nproc=2
+    )
     assert_close_losses(losses(out), baseline, label=layout)
 
 
 def test_dp2_distributed_optimizer_matches_and_resumes_exactly(tiny, baseline):
-    """DP2 (distributed optimizer, overlapped communication) equals TP1; resuming at 3 repeats 4..6 exactly."""
+    """DP2 (distributed optimizer, overlapped communication) equals TP1; resuming at 3 repeats 4..6
+    exactly."""
     save = tiny["root"] / "dp2_save"
     flags = [*tiny["flags"], *_parallel(1, 1), "--use-distributed-optimizer", "--overlap-grad-reduce",
              "--overlap-param-gather"]
@@ -111,26 +148,35 @@ def test_dp2_distributed_optimizer_matches_and_resumes_exactly(tiny, baseline):
     assert loss_strings(resumed) == want
 
 
-DROPOUT = ["--attention-dropout", "0.1", "--hidden-dropout", "0.1"]  # Megatron-LM's defaults (later flags win)
+DROPOUT = [
+    "--attention-dropout",
+    "0.1",
+    "--hidden-dropout",
+    "0.1",
+]  # Megatron-LM's defaults (later flags win)
 
 
 @pytest.mark.parametrize("layout", ["tp1pp2", "tp2", "dp2-distributed-optimizer"])
 def test_resume_with_dropout_repeats_the_unbroken_run_bitwise(tiny, baseline, tmp_path, layout):
-    """Dropout 0.1: save at 3, resume from it (--ckpt-step 3 of a folder whose tracker says 6), same losses 4..6."""
+    """Dropout 0.1: save at 3, resume from it (--ckpt-step 3 of a folder whose tracker says 6), same losses
+    4..6."""
     tp, pp, extra = {"tp1pp2": (1, 2, []), "tp2": (2, 1, []),
                      "dp2-distributed-optimizer": (1, 1, ["--use-distributed-optimizer"])}[layout]
     flags = [*tiny["flags"], *DROPOUT, *_parallel(tp, pp), *extra]
     save = tmp_path / "save"
     unbroken = run_pretrain(*flags, "--load", str(tiny["ckpts"][tp, pp]), "--finetune", "--save", str(save),
                             "--save-interval", "3", nproc=2)
-    assert max(abs(losses(unbroken)[it] - baseline[it]) for it in baseline) > 1e-3, "dropout should change the losses"
+    assert max(abs(losses(unbroken)[it] - baseline[it]) for it in baseline) > 1e-3, (
+        "dropout should change the losses"
+    )
     resumed = run_pretrain(*flags, "--load", str(save), "--ckpt-step", "3", nproc=2)
     assert "iterations 4 to 6" in resumed
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
 
 def test_launch_contradicting_the_checkpoint_is_refused_before_training(singles):
-    """The converted Qwen2 has rope_theta 1e6 and eps 1e-6: other values (or a scaling) are one error line, exit 1."""
+    """The converted Qwen2 has rope_theta 1e6 and eps 1e-6: other values (or a scaling) are one error line,
+    exit 1."""
     proc = singles["contradicting"].result()
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -151,11 +197,24 @@ def test_use_checkpoint_args_and_resuming_a_converted_checkpoint_skip_its_sample
 
 def test_sequence_parallel_tp2_matches_tp1_and_norms_stay_identical(tiny, baseline):
     save = tiny["root"] / "sp_save"
-    out = run_pretrain(*tiny["flags"], *_parallel(2, 1), "--sequence-parallel", "--load", str(tiny["ckpts"][2, 1]),
-                       "--finetune", "--save", str(save), nproc=2)
+    out = run_pretrain(
+        *tiny["flags"],
+        *_parallel(2, 1),
+        "--sequence-parallel",
+        "--load",
+        str(tiny["ckpts"][2, 1]),
+        "--finetune",
+        "--save",
+        str(save),
+        nproc=2,
+    )
     assert_close_losses(losses(out), baseline, label="tp2 + sequence parallel")
-    ranks = [torch.load(save / "iter_0000006" / f"mp_rank_0{r}" / "model_optim_rng.pt", weights_only=False)["model"]
-             for r in (0, 1)]
+    ranks = [
+        torch.load(save / "iter_0000006" / f"mp_rank_0{r}" / "model_optim_rng.pt", weights_only=False)[
+            "model"
+        ]
+        for r in (0, 1)
+    ]
     start = torch.load(tiny["ckpts"][2, 1] / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt",
                        weights_only=False)["model"]
     norms = [k for k in ranks[0] if k.endswith("layernorm.weight")]
@@ -179,8 +238,8 @@ def test_tied_embeddings_train_at_pp2_like_pp1(tmp_path):
 
 
 def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path):
-    """The save of iteration 4 is held before it publishes (a test script); SIGKILL there; iteration 2 still loads
-    and resumes."""
+    """The save of iteration 4 is held before it publishes (a test script); SIGKILL there; iteration 2 still
+    loads and resumes."""
     save = tmp_path / "ckpt"
     flags = [*tiny["flags"], "--load", str(save), "--save", str(save), "--save-interval", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
@@ -220,7 +279,8 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path)
 
 
 def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
-    """bf16 (fp32 main params, fp32 grad reduce) with the HF tokenizer; the trained checkpoint -> HF -> transformers."""
+    """bf16 (fp32 main params, fp32 grad reduce) with the HF tokenizer; the trained checkpoint -> HF ->
+    transformers."""
     # Fewer tokenizer entries than embedding rows, as real Qwen2.5 folders have (151665 vs 152064).
     hf = make_hf_model(tmp_path / "hf", dtype=torch.bfloat16, tokenizer_tokens=120)
     mg = convert_hf_to_mg(hf, tmp_path / "mg")
@@ -230,7 +290,9 @@ def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
     flags[tok:tok + 4] = ["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", str(hf)]
     flags += ["--split", "90,10,0", "--eval-interval", "6", "--eval-iters", "1"]  # later flags win
     save = tmp_path / "trained"
-    out = run_pretrain(*flags, "--bf16", "--load", str(mg), "--finetune", "--save", str(save), "--log-throughput")
+    out = run_pretrain(
+        *flags, "--bf16", "--load", str(mg), "--finetune", "--save", str(save), "--log-throughput"
+    )
     assert "| throughput (tokens/s/device): " in out and "| TFLOP/s/device: " in out
     assert "[Rank 0] (after 1 iterations) memory (MB) | rss: " in out
     assert "validation loss at iteration 6 | lm loss value: " in out and "lm loss PPL: " in out
@@ -248,8 +310,16 @@ def test_bf16_loss_falls_and_checkpoint_converts_back_to_hf(tmp_path):
     from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     target = tmp_path / "back_to_hf"
-    convert(ConvertOptions(load_model_type="mg", save_model_type="hf", load_dir=str(save), save_dir=str(target),
-                           hf_dir=str(hf), progress=False))
+    convert(
+        ConvertOptions(
+            load_model_type="mg",
+            save_model_type="hf",
+            load_dir=str(save),
+            save_dir=str(target),
+            hf_dir=str(hf),
+            progress=False,
+        )
+    )
     model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32)
     trained = state["model"]["decoder.final_layernorm.weight"].float()
     torch.testing.assert_close(model.model.norm.weight.detach(), trained)
@@ -265,7 +335,8 @@ def test_cli_error_for_missing_load_folder_is_one_clear_line(singles):
 
 
 def test_virtual_pipeline_saves_model_chunks_and_resumes_exactly(tiny, tmp_path):
-    """PP2 x 2 virtual stages, dropout 0.1, random weights: model0/model1 in the files; resuming at 3 repeats 4..6."""
+    """PP2 x 2 virtual stages, dropout 0.1, random weights: model0/model1 in the files; resuming at 3 repeats
+    4..6."""
     save = tmp_path / "vpp"
     flags = [*tiny["flags"], *DROPOUT, *_parallel(1, 2), "--num-layers-per-virtual-pipeline-stage", "1"]
     unbroken = run_pretrain(*flags, "--save", str(save), "--save-interval", "3", nproc=2)

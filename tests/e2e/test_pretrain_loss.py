@@ -51,9 +51,18 @@ def _samples(prefix: str, cache, n: int) -> list[dict]:
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    config = GPTDatasetConfig(random_seed=1234, sequence_length=SEQ, blend_per_split=[([prefix], None), None, None],
-                              split=None, path_to_cache=str(cache), tokenizer=_Tokenizer(), reset_position_ids=False,
-                              reset_attention_mask=False, eod_mask_loss=True, create_attention_mask=False)
+    config = GPTDatasetConfig(
+        random_seed=1234,
+        sequence_length=SEQ,
+        blend_per_split=[([prefix], None), None, None],
+        split=None,
+        path_to_cache=str(cache),
+        tokenizer=_Tokenizer(),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=True,
+        create_attention_mask=False,
+    )
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [n, 0, 0], lambda: True, config).build()
     return [train[i] for i in range(n)]
 
@@ -101,7 +110,9 @@ def test_logged_loss_is_token_weighted_and_per_token_loss_scales_gradients(tmp_p
     ref = _reference(hf, _samples(data, tmp_path / "ref_cache", 4))
     masks = [int(s["loss_mask"].sum()) for s in _samples(data, tmp_path / "ref_cache", 4)]
     assert len(set(masks)) > 1, f"the micro-batches should have uneven loss masks: {masks}"
-    assert abs(ref["loss"] - ref["mean_of_means"]) > 1e-3 * ref["loss"], "the test needs the two reductions apart"
+    assert abs(ref["loss"] - ref["mean_of_means"]) > 1e-3 * ref["loss"], (
+        "the test needs the two reductions apart"
+    )
     assert abs(ref["grad_norm"] - ref["grad_norm_per_token"]) > 0.01
 
     loss, norm = _first_step(run_pretrain(*flags, nproc=2))  # DP2, 2 micro-batches each

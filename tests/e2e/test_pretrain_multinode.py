@@ -19,10 +19,32 @@ from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-MODEL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
-         "--group-query-attention", "--num-query-groups", "2", "--swiglu", "--disable-bias-linear",
-         "--normalization", "RMSNorm", "--position-embedding-type", "rope", "--untie-embeddings-and-output-weights",
-         "--attention-dropout", "0", "--hidden-dropout", "0", "--make-vocab-size-divisible-by", "1"]
+MODEL = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--ffn-hidden-size",
+    "128",
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
+    "--swiglu",
+    "--disable-bias-linear",
+    "--normalization",
+    "RMSNorm",
+    "--position-embedding-type",
+    "rope",
+    "--untie-embeddings-and-output-weights",
+    "--attention-dropout",
+    "0",
+    "--hidden-dropout",
+    "0",
+    "--make-vocab-size-divisible-by",
+    "1",
+]
 
 
 def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
@@ -31,11 +53,29 @@ def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
     for node in (0, 1):
         prefix = make_indexed_dataset(tmp_path / f"node{node}" / "dataset" / "corpus_text_document", seed=5)
         data.append(prefix)
-        cmd = torchrun_command(PRETRAIN, *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage",
-                               "--save", "ckpt", nproc=1, port=port, nnodes=2, node_rank=node)
+        cmd = torchrun_command(
+            PRETRAIN,
+            *MODEL,
+            *train_flags(prefix, iters=4, gbs=4, mbs=2),
+            "--no-shared-storage",
+            "--save",
+            "ckpt",
+            nproc=1,
+            port=port,
+            nnodes=2,
+            node_rank=node,
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                      cwd=tmp_path / f"node{node}"))
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=tmp_path / f"node{node}",
+            )
+        )
     outs = []
     for proc in procs:
         try:
@@ -51,4 +91,6 @@ def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
         assert tracker.read_text().strip() == "4", f"node {node} has no tracker"
     for prefix in data:
         cache = os.path.join(prefix, "cache", "GPTDataset_indices")  # megatron-core puts it under the prefix
-        assert any(name.endswith("shuffle_index.npy") for name in os.listdir(cache)), f"no index built in {cache}"
+        assert any(name.endswith("shuffle_index.npy") for name in os.listdir(cache)), (
+            f"no index built in {cache}"
+        )

@@ -32,10 +32,31 @@ from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-MODEL = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "128", "--num-attention-heads", "4",
-         "--group-query-attention", "--num-query-groups", "2", "--max-position-embeddings", "64", "--swiglu",
-         "--disable-bias-linear", "--normalization", "RMSNorm", "--attention-dropout", "0", "--hidden-dropout", "0",
-         "--make-vocab-size-divisible-by", "1"]
+MODEL = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--ffn-hidden-size",
+    "128",
+    "--num-attention-heads",
+    "4",
+    "--group-query-attention",
+    "--num-query-groups",
+    "2",
+    "--max-position-embeddings",
+    "64",
+    "--swiglu",
+    "--disable-bias-linear",
+    "--normalization",
+    "RMSNorm",
+    "--attention-dropout",
+    "0",
+    "--hidden-dropout",
+    "0",
+    "--make-vocab-size-divisible-by",
+    "1",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
 _LR_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? learning rate: ([0-9.E+-]+) \|")
 
@@ -45,7 +66,8 @@ def _flags(data: str, iters: int = 4) -> list[str]:
 
 
 def _start(*flags: str) -> Started:
-    """pretrain_gpt.py as one process (no torchrun), started now: independent runs overlap on the two cores."""
+    """pretrain_gpt.py as one process (no torchrun), started now: independent runs overlap on the two
+    cores."""
     return Started([sys.executable, str(PRETRAIN), *flags], env=ENV, timeout=240)
 
 
@@ -93,7 +115,7 @@ def _copy(base, tmp_path: Path) -> Path:
     return target
 
 
-# ---- NaN / Inf ----------------------------------------------------------------------------------------------------
+# ---- NaN / Inf ---------------------------------------------------------------------------------------------
 def test_nan_loss_stops_before_the_step_and_saves_nothing(base, tmp_path):
     """lr 1e30 blows the weights up after iteration 5; iteration 6's check stops every rank, nothing saved."""
     save = _copy(base, tmp_path)
@@ -113,7 +135,14 @@ def test_nan_weight_in_a_checkpoint_is_refused_on_load_and_never_saved(base, tmp
     state = torch.load(path, weights_only=False)
     state["model"]["decoder.final_layernorm.weight"][3] = float("nan")
     torch.save(state, path)
-    flags = [*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save), "--override-opt_param-scheduler"]
+    flags = [
+        *_flags(base["data"], iters=6),
+        "--load",
+        str(save),
+        "--save",
+        str(save),
+        "--override-opt_param-scheduler",
+    ]
     proc = _run(*flags)
     assert proc.returncode == 1
     _one_error_line(proc.stderr, str(path), "NaN/Inf in decoder.final_layernorm.weight")
@@ -126,7 +155,7 @@ def test_nan_weight_in_a_checkpoint_is_refused_on_load_and_never_saved(base, tmp
     assert not list(save.rglob("*.tmp"))
 
 
-# ---- disks and folders ------------------------------------------------------------------------------------------
+# ---- disks and folders -------------------------------------------------------------------------------------
 def _file_size_limit(limit: int):
     def limit_writes():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
@@ -165,11 +194,19 @@ def test_unwritable_save_is_refused_before_training(base, tmp_path):
     assert "iteration " not in proc.stdout
 
 
-# ---- two runs, one folder; Ctrl-C --------------------------------------------------------------------------------
+# ---- two runs, one folder; Ctrl-C --------------------------------------------------------------------------
 def test_second_run_on_a_locked_save_is_refused_and_ctrl_c_leaves_no_debris(base, tmp_path):
     save = _copy(base, tmp_path)
-    flags = [*_flags(base["data"], iters=100000), "--load", str(save), "--save", str(save), "--save-interval", "1",
-             "--override-opt_param-scheduler"]
+    flags = [
+        *_flags(base["data"], iters=100000),
+        "--load",
+        str(save),
+        "--save",
+        str(save),
+        "--save-interval",
+        "1",
+        "--override-opt_param-scheduler",
+    ]
     first = subprocess.Popen([sys.executable, str(PRETRAIN), *flags], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO_ROOT)
     try:
@@ -195,7 +232,7 @@ def test_second_run_on_a_locked_save_is_refused_and_ctrl_c_leaves_no_debris(base
     _assert_last_complete(save, last)
 
 
-# ---- damaged checkpoints ----------------------------------------------------------------------------------------
+# ---- damaged checkpoints -----------------------------------------------------------------------------------
 def _damage(save: Path, how: str, other: Path) -> Path:
     rank_file = Path(layout.checkpoint_file_for(save, 4, 0, 0, 1))
     if how == "truncated":
@@ -219,7 +256,9 @@ def _damage(save: Path, how: str, other: Path) -> Path:
 @pytest.fixture(scope="module")
 def other_model(base):
     save = base["root"] / "other"
-    proc = _run(*_flags(base["data"], iters=2), "--hidden-size", "32", "--ffn-hidden-size", "64", "--save", str(save))
+    proc = _run(
+        *_flags(base["data"], iters=2), "--hidden-size", "32", "--ffn-hidden-size", "64", "--save", str(save)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return save
 
@@ -229,7 +268,8 @@ DAMAGES = ("truncated", "empty", "tracker", "other-model")
 
 @pytest.fixture(scope="module")
 def damaged_runs(base, other_model, tmp_path_factory) -> dict:
-    """{how: (save folder, culprit, the finished run)}: one damaged copy each, the four runs started together."""
+    """{how: (save folder, culprit, the finished run)}: one damaged copy each, the four runs started
+    together."""
     started = {}
     for how in DAMAGES:
         save = _copy(base, tmp_path_factory.mktemp(f"damaged_{how}"))
@@ -253,7 +293,7 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(damaged_runs, how, words
     assert not (save / "iter_0000006").exists()
 
 
-# ---- longer, shorter: the LR schedule --------------------------------------------------------------------------
+# ---- longer, shorter: the LR schedule ----------------------------------------------------------------------
 def _cosine_lr(samples: int, warmup: int, decay: int, max_lr: float = 3e-3, min_lr: float = 3e-4) -> float:
     """megatron's cosine decay, written out from its documented formula."""
     ratio = (samples - warmup) / (decay - warmup)
@@ -301,7 +341,7 @@ def test_train_iters_at_or_below_the_checkpoint_leaves_it_untouched(base, tmp_pa
     assert after == before
 
 
-# ---- data ---------------------------------------------------------------------------------------------------------
+# ---- data --------------------------------------------------------------------------------------------------
 def _dataset(prefix: Path, docs: list[list[int]]) -> str:
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
@@ -324,9 +364,20 @@ def bad_data_runs(base, tmp_path_factory) -> dict:
             data = _dataset(tmp_path / "wide_text_document", [[5] * 40 + [2]] * 30 + [[5, 700, 2]])
             extra, words = [], ["wide_text_document.bin holds token id 700", "has 128 rows"]
         else:
-            data, extra, words = base["data"], ["--split", "0,0,100"], ["--split 0,0,100 leaves no training data"]
-        started[case] = (tmp_path, data, words, _start(*_flags(data), *extra, "--save", str(tmp_path / "ckpt")))
-    return {case: (tmp_path, data, words, run.result()) for case, (tmp_path, data, words, run) in started.items()}
+            data, extra, words = (
+                base["data"],
+                ["--split", "0,0,100"],
+                ["--split 0,0,100 leaves no training data"],
+            )
+        started[case] = (
+            tmp_path,
+            data,
+            words,
+            _start(*_flags(data), *extra, "--save", str(tmp_path / "ckpt")),
+        )
+    return {
+        case: (tmp_path, data, words, run.result()) for case, (tmp_path, data, words, run) in started.items()
+    }
 
 
 @pytest.mark.parametrize("case", ["empty", "ids", "split"])
@@ -338,7 +389,7 @@ def test_bad_training_data_is_one_line_naming_the_file(bad_data_runs, case):
     assert not (tmp_path / "ckpt" / layout.TRACKER_FILENAME).exists()
 
 
-# ---- signals to torchrun workers --------------------------------------------------------------------------------
+# ---- signals to torchrun workers ---------------------------------------------------------------------------
 def _torchrun(flags: list[str], log_dir: Path, pause_in_save_at: int | None = None) -> subprocess.Popen:
     """A real torchrun launch of 2 processes whose workers write their output under ``log_dir``.
 
@@ -390,15 +441,19 @@ def test_sigterm_with_exit_signal_handler_saves_and_exits_zero(base, tmp_path):
         worker.send_signal(signal.SIGTERM)  # as a scheduler (SLURM) signals every task
     out = _finish(proc, lines)
     assert proc.returncode == 0, out[-3000:]
-    found = re.search(r"exiting program after receiving SIGTERM at iteration (\d+) \(--exit-signal-handler\): "
-                      r"checkpoint saved", out)
+    found = re.search(
+        r"exiting program after receiving SIGTERM at iteration (\d+) \(--exit-signal-handler\): "
+        r"checkpoint saved",
+        out,
+    )
     assert found, out[-3000:]
     assert "Traceback" not in _worker_output(tmp_path / "logs")
     _assert_last_complete(save, int(found.group(1)))
 
 
 def test_sigterm_during_a_save_removes_its_temporaries_and_exits_143(base, tmp_path):
-    """A test script holds rank 0 inside the save of iteration 3 (its .tmp written); SIGTERM to both workers."""
+    """A test script holds rank 0 inside the save of iteration 3 (its .tmp written); SIGTERM to both
+    workers."""
     save = tmp_path / "ckpt"
     flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--save-interval", "1"]
     proc, lines = _torchrun(flags, tmp_path / "logs", pause_in_save_at=3), []

@@ -1,4 +1,5 @@
-"""--tensorboard-dir: the scalars written are the ones the log lines print (read back with tensorboard's reader)."""
+"""--tensorboard-dir: the scalars written are the ones the log lines print (read back with tensorboard's
+reader)."""
 
 import pytest
 

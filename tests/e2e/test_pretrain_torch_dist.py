@@ -1,5 +1,6 @@
 """``--ckpt-format torch_dist`` end to end on CPU/gloo: Megatron-LM's layout, exact resume (DP2 with the
-distributed optimizer), a TP2 checkpoint loading at TP1, and convert_ckpt.py reading it like the legacy format."""
+distributed optimizer), a TP2 checkpoint loading at TP1, and convert_ckpt.py reading it like the legacy
+format."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def _only_iteration(save, iteration: int, target):
 
 
 def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
-    """DP2 + distributed optimizer, torch_dist: Megatron-LM's files; resuming at 3 repeats 4..6 bit for bit."""
+    """DP2 + distributed optimizer, torch_dist: Megatron-LM's files; resuming at 3 repeats 4..6 bit for
+    bit."""
     save = tiny["root"] / "dp2_save"
     flags = [*tiny["flags"], "--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
              "--ckpt-format", "torch_dist"]
@@ -64,28 +66,42 @@ def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
     assert dist_checkpointing.check_is_distributed_checkpoint(str(it3))
     common = dist_checkpointing.load_common_state_dict(str(it3))
     assert common["iteration"] == 3 and common["args"].consumed_train_samples == 12
-    assert dist_checkpointing.load_content_metadata(str(it3))["distrib_optim_sharding_type"] == "dp_reshardable"
+    assert (
+        dist_checkpointing.load_content_metadata(str(it3))["distrib_optim_sharding_type"] == "dp_reshardable"
+    )
 
     resumed = run_pretrain(*flags, "--load", str(_only_iteration(save, 3, tiny["root"] / "dp2_at3")), nproc=2)
     assert "iterations 4 to 6" in resumed
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
     # The distributed optimizer's state reshards only over DP: TP2 refuses it with one line, before training.
-    cmd = torchrun_command(PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load", tiny["root"] / "dp2_at3",
-                           nproc=2)
+    cmd = torchrun_command(
+        PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load", tiny["root"] / "dp2_at3", nproc=2
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
                           env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors and "--no-load-optim" in errors[0] and "TP=1 PP=1" in errors[0], proc.stderr[-3000:]
-    assert "]: Traceback" not in proc.stderr  # no worker traceback (torchrun's own report of the exit follows)
+    assert (
+        "]: Traceback" not in proc.stderr
+    )  # no worker traceback (torchrun's own report of the exit follows)
 
 
 @pytest.fixture(scope="module")
 def tp2_saves(tiny) -> dict:
-    """Six iterations from the TP2 conversion, saved at 3 and 6: once in torch_dist, once in the torch format."""
-    flags = [*tiny["flags"], "--tensor-model-parallel-size", "2", "--load", str(tiny["ckpts"][2]), "--finetune",
-             "--save-interval", "3"]
+    """Six iterations from the TP2 conversion, saved at 3 and 6: once in torch_dist, once in the torch
+    format."""
+    flags = [
+        *tiny["flags"],
+        "--tensor-model-parallel-size",
+        "2",
+        "--load",
+        str(tiny["ckpts"][2]),
+        "--finetune",
+        "--save-interval",
+        "3",
+    ]
     dist_save, torch_save = tiny["root"] / "tp2_dist", tiny["root"] / "tp2_torch"
     unbroken = run_pretrain(*flags, "--save", str(dist_save), "--ckpt-format", "torch_dist", nproc=2)
     legacy = run_pretrain(*flags, "--save", str(torch_save), nproc=2)
@@ -93,7 +109,8 @@ def tp2_saves(tiny) -> dict:
 
 
 def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp2_saves):
-    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy format's."""
+    """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy
+    format's."""
     dist_save, torch_save, unbroken = tp2_saves["dist"], tp2_saves["torch"], tp2_saves["unbroken"]
     assert loss_strings(unbroken) == loss_strings(tp2_saves["legacy"])  # the format does not change training
 
@@ -101,7 +118,9 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp
     resumed = run_pretrain(*tiny["flags"], "--load", str(at3), nproc=1)
     assert "saved at t 2 p 1, loaded at t 1 p 1" in resumed
     # TP1 and TP2 sum partial products in another order: equal to float32 rounding, not bitwise.
-    assert_close_losses(losses(resumed), {it: v for it, v in losses(unbroken).items() if it > 3}, label="tp2->tp1")
+    assert_close_losses(
+        losses(resumed), {it: v for it, v in losses(unbroken).items() if it > 3}, label="tp2->tp1"
+    )
 
     from safetensors.torch import load_file
 
@@ -109,8 +128,15 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp
 
     def to_hf(load, name):
         target = tiny["root"] / name
-        convert(ConvertOptions(load_model_type="mg", save_model_type="hf", load_dir=str(load), save_dir=str(target),
-                               progress=False))
+        convert(
+            ConvertOptions(
+                load_model_type="mg",
+                save_model_type="hf",
+                load_dir=str(load),
+                save_dir=str(target),
+                progress=False,
+            )
+        )
         return {k: v for f in sorted(target.glob("*.safetensors")) for k, v in load_file(f).items()}
 
     from_dist, from_torch = to_hf(dist_save, "hf_from_dist"), to_hf(torch_save, "hf_from_torch")
@@ -123,8 +149,17 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp
 
     # mg->mg: torch_dist -> legacy at PP2, then -> HF: same tensors again.
     pp2 = tiny["root"] / "pp2_from_dist"
-    convert(ConvertOptions(load_model_type="mg", save_model_type="mg", load_dir=str(dist_save), save_dir=str(pp2),
-                           target_tp=1, target_pp=2, progress=False))
+    convert(
+        ConvertOptions(
+            load_model_type="mg",
+            save_model_type="mg",
+            load_dir=str(dist_save),
+            save_dir=str(pp2),
+            target_tp=1,
+            target_pp=2,
+            progress=False,
+        )
+    )
     assert (pp2 / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt").is_file()
     via_pp2 = to_hf(pp2, "hf_via_pp2")
     for key in from_torch:
@@ -140,19 +175,44 @@ def _header_written_before_the_record(hf, tp: int) -> argparse.Namespace:
     cfg = json.loads((hf / "config.json").read_text())
     rope_theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta"))
     return argparse.Namespace(
-        use_mcore_models=True, tensor_model_parallel_size=tp, pipeline_model_parallel_size=1, num_layer_list=None,
-        num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"], ffn_hidden_size=cfg["intermediate_size"],
-        num_attention_heads=cfg["num_attention_heads"], group_query_attention=True,
-        num_query_groups=cfg["num_key_value_heads"], kv_channels=cfg["hidden_size"] // cfg["num_attention_heads"],
-        max_position_embeddings=cfg["max_position_embeddings"], position_embedding_type="rope",
-        rotary_base=float(rope_theta), normalization="RMSNorm", norm_epsilon=cfg["rms_norm_eps"], swiglu=True,
-        add_bias_linear=False, add_qkv_bias=True, qk_layernorm=False,
+        use_mcore_models=True,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=1,
+        num_layer_list=None,
+        num_layers=cfg["num_hidden_layers"],
+        hidden_size=cfg["hidden_size"],
+        ffn_hidden_size=cfg["intermediate_size"],
+        num_attention_heads=cfg["num_attention_heads"],
+        group_query_attention=True,
+        num_query_groups=cfg["num_key_value_heads"],
+        kv_channels=cfg["hidden_size"] // cfg["num_attention_heads"],
+        max_position_embeddings=cfg["max_position_embeddings"],
+        position_embedding_type="rope",
+        rotary_base=float(rope_theta),
+        normalization="RMSNorm",
+        norm_epsilon=cfg["rms_norm_eps"],
+        swiglu=True,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        qk_layernorm=False,
         untie_embeddings_and_output_weights=not cfg.get("tie_word_embeddings", False),
-        padded_vocab_size=cfg["vocab_size"], hf_vocab_size=cfg["vocab_size"], make_vocab_size_divisible_by=1,
-        params_dtype=torch.float32, bf16=False, fp16=False, hf_config=ModelConfig.from_hf_config(str(hf)).to_hf_config(),
-        hf_architecture=cfg["architectures"][0], rope_scaling_type=None, rope_scaling_factor=None,
-        low_freq_factor=None, high_freq_factor=None, original_max_position_embeddings=None, hf_dir=str(hf.resolve()),
-        model_type_hf=None, tokenizer_model=None)
+        padded_vocab_size=cfg["vocab_size"],
+        hf_vocab_size=cfg["vocab_size"],
+        make_vocab_size_divisible_by=1,
+        params_dtype=torch.float32,
+        bf16=False,
+        fp16=False,
+        hf_config=ModelConfig.from_hf_config(str(hf)).to_hf_config(),
+        hf_architecture=cfg["architectures"][0],
+        rope_scaling_type=None,
+        rope_scaling_factor=None,
+        low_freq_factor=None,
+        high_freq_factor=None,
+        original_max_position_embeddings=None,
+        hf_dir=str(hf.resolve()),
+        model_type_hf=None,
+        tokenizer_model=None,
+    )
 
 
 def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_saves, tmp_path):
@@ -175,8 +235,14 @@ def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_sa
     assert trained["torch"] == trained["dist"]  # the format holds the same record
     trained = trained["torch"]
     assert (trained.layout, trained.lora) == (converted.layout, None)
-    for field in ("hf_config", "hf_architecture", "hf_vocab_size", "padded_vocab_size", "max_position_embeddings",
-                  "params_dtype"):
+    for field in (
+        "hf_config",
+        "hf_architecture",
+        "hf_vocab_size",
+        "padded_vocab_size",
+        "max_position_embeddings",
+        "params_dtype",
+    ):
         assert getattr(trained.model, field) == getattr(converted.model, field), field
     shared = set(trained.model.settings) & set(converted.model.settings)
     assert len(shared) >= 15, shared  # every setting a launch is checked against but the converter-only ones

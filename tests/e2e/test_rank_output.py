@@ -38,7 +38,9 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("rank_output")
     data = make_indexed_dataset(root / "data" / "corpus_text_document")
     flags = [*MODEL, *train_flags(data, iters=2, gbs=2), "--tensor-model-parallel-size", "2"]
-    proc = _torchrun(*flags, "--use-flash-attn", "--no-gradient-accumulation-fusion", "--save", str(root / "ckpt"))
+    proc = _torchrun(
+        *flags, "--use-flash-attn", "--no-gradient-accumulation-fusion", "--save", str(root / "ckpt")
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"root": root, "flags": flags, "data": data, "ckpt": root / "ckpt", "proc": proc}
 
@@ -66,7 +68,9 @@ def test_error_every_rank_finds_prints_once_without_rank(trained):
     proc = _torchrun(*flags, "--load", str(trained["ckpt"]))
     assert proc.returncode != 0
     lines = _error_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "--hidden-size" in lines[0], proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--hidden-size" in lines[0], proc.stderr[
+        -3000:
+    ]
 
 
 def test_error_of_one_rank_prints_once_with_its_rank(trained):

@@ -1,5 +1,5 @@
-"""pretrain_gpt.py refuses what a --load checkpoint records but the model cannot run exactly: one ``error:`` line
-naming the setting, exit code 1, nothing written (--save is not created)."""
+"""pretrain_gpt.py refuses what a --load checkpoint records but the model cannot run exactly: one ``error:``
+line naming the setting, exit code 1, nothing written (--save is not created)."""
 
 from __future__ import annotations
 
@@ -58,8 +58,16 @@ def _llama3_checkpoint(root, data):
                "original_max_position_embeddings": 64}
     hf = make_hf_model(root / "hf", kind="llama", rope_scaling=scaling)
     mg = convert_hf_to_mg(hf, root / "mg")
-    return [*_flags(hf, data, root / "save"), "--load", str(mg), "--finetune", "--rope-scaling-type", "llama3",
-            "--rope-scaling-factor", "8"]
+    return [
+        *_flags(hf, data, root / "save"),
+        "--load",
+        str(mg),
+        "--finetune",
+        "--rope-scaling-type",
+        "llama3",
+        "--rope-scaling-factor",
+        "8",
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -48,29 +48,74 @@ def _samples(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def hf_token_loss(hf_dir, samples, cut: int = SEQ) -> tuple[float, float]:
-    """transformers' summed loss over the learned tokens of every sample (first ``cut`` tokens), and their count."""
+    """transformers' summed loss over the learned tokens of every sample (first ``cut`` tokens), and their
+    count."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        hf_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for ids, labels in samples:
             ids, labels = torch.tensor(ids[:cut])[None], torch.tensor(labels[:cut])[None]
             logits = model(ids).logits[0, :-1].double()
             target = labels[0, 1:]
-            total += torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits, target, ignore_index=-100, reduction="sum"
+            ).item()
             count += int((target != -100).sum())
     return total, count
 
 
 def sft_flags(hf_dir, data: str, *, lr: float = 0.0, gbs: int = len(LENGTHS), mbs: int = 2) -> list[str]:
-    return [*model_flags(hf_dir), *[str(f) for f in [
-        "--stage", "sft", "--prompt-type", "qwen", "--tokenizer-type", "NullTokenizer",
-        "--vocab-size", VOCAB - 1, "--data-path", data, "--split", "100,0,0", "--seq-length", SEQ,
-        "--micro-batch-size", mbs, "--global-batch-size", gbs, "--train-iters", 1, "--lr", lr, "--min-lr", lr,
-        "--lr-warmup-iters", 0, "--weight-decay", 0.0, "--clip-grad", 0.0, "--seed", 1234, "--log-interval", 1,
-        "--eval-iters", 0, "--num-workers", 0, "--finetune",
-    ]]]
+    return [
+        *model_flags(hf_dir),
+        *[
+            str(f)
+            for f in [
+                "--stage",
+                "sft",
+                "--prompt-type",
+                "qwen",
+                "--tokenizer-type",
+                "NullTokenizer",
+                "--vocab-size",
+                VOCAB - 1,
+                "--data-path",
+                data,
+                "--split",
+                "100,0,0",
+                "--seq-length",
+                SEQ,
+                "--micro-batch-size",
+                mbs,
+                "--global-batch-size",
+                gbs,
+                "--train-iters",
+                1,
+                "--lr",
+                lr,
+                "--min-lr",
+                lr,
+                "--lr-warmup-iters",
+                0,
+                "--weight-decay",
+                0.0,
+                "--clip-grad",
+                0.0,
+                "--seed",
+                1234,
+                "--log-interval",
+                1,
+                "--eval-iters",
+                0,
+                "--num-workers",
+                0,
+                "--finetune",
+            ]
+        ],
+    ]
 
 
 def run_posttrain(*flags: str, nproc: int = 1) -> str:
@@ -83,33 +128,50 @@ def sft(tmp_path_factory):
     hf = make_hf_model(root / "hf", kind="qwen2", initializer_range=0.2)
     samples = _samples()
     data = write_instruction_data(root / "data" / "alpaca", [(i, np.ones_like(i), lab) for i, lab in samples])
-    ckpts = {lay: convert_hf_to_mg(hf, root / f"mg_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()}  # one each
+    ckpts = {
+        lay: convert_hf_to_mg(hf, root / f"mg_{lay}", tp, pp) for lay, (tp, pp) in LAYOUTS.items()
+    }  # one each
     total, count = hf_token_loss(hf, samples)
     return {"root": root, "hf": hf, "samples": samples, "data": data, "ckpts": ckpts, "ref": total / count}
 
 
-# TP1 (padded to --seq-length) is the unpacked run of the packed test below (its loss is taken before the step).
-@pytest.mark.parametrize("layout, extra", [("tp2", ("--no-pad-to-seq-lengths",)), ("pp2", ("--no-pad-to-seq-lengths",))])
+# TP1 (padded to --seq-length) is the unpacked run of the packed test below (its loss is taken before the
+# step).
+@pytest.mark.parametrize(
+    "layout, extra", [("tp2", ("--no-pad-to-seq-lengths",)), ("pp2", ("--no-pad-to-seq-lengths",))]
+)
 def test_first_step_loss_equals_transformers(sft, layout, extra):
     tp, pp = LAYOUTS[layout]
-    out = run_posttrain(*sft_flags(sft["hf"], sft["data"]), *extra, "--tensor-model-parallel-size", str(tp),
-                        "--pipeline-model-parallel-size", str(pp), "--load", str(sft["ckpts"][layout]), nproc=tp * pp)
+    out = run_posttrain(
+        *sft_flags(sft["hf"], sft["data"]),
+        *extra,
+        "--tensor-model-parallel-size",
+        str(tp),
+        "--pipeline-model-parallel-size",
+        str(pp),
+        "--load",
+        str(sft["ckpts"][layout]),
+        nproc=tp * pp,
+    )
     got = losses(out)
     assert list(got) == [1], out[-3000:]
     rel = abs(got[1] - sft["ref"]) / sft["ref"]
     print(f"{layout} {extra}: posttrain_gpt {got[1]:.7e} transformers {sft['ref']:.7e} relative {rel:.2e}")
     assert rel <= REL, (got[1], sft["ref"], rel)
-    assert re.search(rf"1 samples are longer than --seq-length {SEQ} \(the longest {SEQ + 10} tokens\)", out), out
+    assert re.search(
+        rf"1 samples are longer than --seq-length {SEQ} \(the longest {SEQ + 10} tokens\)", out
+    ), out
 
 
-# ---- packed = unpacked; one SGD step = transformers' gradient; back to HF ---------------------------------------
+# ---- packed = unpacked; one SGD step = transformers' gradient; back to HF ----------------------------------
 PACK_LENGTHS = [(9, 30), (20, 17), (5, 8), (6, 14)]  # packs [39 + 13], [37 + 20] of at most SEQ - 1 tokens
 PACKS = [(0, 2), (1, 3)]
 LR = 1.0  # SGD: the first step is w - LR * gradient (the momentum buffer starts as the gradient)
 
 
 def _neat_packs(samples) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The packs preprocess_data.py --pack --neat-pack writes: samples numbered 1, 2 in the mask, padding 0 / -100."""
+    """The packs preprocess_data.py --pack --neat-pack writes: samples numbered 1, 2 in the mask, padding 0 /
+    -100."""
     rows = []
     for pack in PACKS:
         ids = np.full(SEQ, VOCAB - 1)
@@ -150,14 +212,21 @@ def test_packed_equals_unpacked_and_one_step_is_transformers_sgd_step(sft, tmp_p
     from mindspeed_llm.convert.convert import ConvertOptions, convert
 
     samples = _pack_samples()
-    unpacked = write_instruction_data(tmp_path / "unpacked" / "d", [(i, np.ones_like(i), lab) for i, lab in samples])
+    unpacked = write_instruction_data(
+        tmp_path / "unpacked" / "d", [(i, np.ones_like(i), lab) for i, lab in samples]
+    )
     packed = write_instruction_data(tmp_path / "packed" / "d", _neat_packs(samples))
     sgd = ["--optimizer", "sgd", "--load", str(sft["ckpts"]["tp1"])]
     runs = {}
-    for name, data, gbs, extra in (("unpacked", unpacked, 4, ()), ("packed", packed, 2, ("--reset-attention-mask",))):
+    for name, data, gbs, extra in (
+        ("unpacked", unpacked, 4, ()),
+        ("packed", packed, 2, ("--reset-attention-mask",)),
+    ):
         save = tmp_path / f"save_{name}"
         out = run_posttrain(*sft_flags(sft["hf"], data, lr=LR, gbs=gbs), *sgd, *extra, "--save", str(save))
-        weights = torch.load(save / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)["model"]
+        weights = torch.load(save / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)[
+            "model"
+        ]
         runs[name] = (losses(out), weights, save)
     total, count = hf_token_loss(sft["hf"], samples)
     for name, (got, _, _) in runs.items():

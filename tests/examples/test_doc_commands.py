@@ -1,6 +1,6 @@
-"""README.md and docs/*.md: every command block that runs convert_ckpt.py, preprocess_data.py, pretrain_gpt.py or inference.py
-parses with that script's own parser (paths are not checked), and a block that stands for an example script
-(README names the script just before the block) parses to the same flags as the script."""
+"""README.md and docs/*.md: every command block that runs convert_ckpt.py, preprocess_data.py, pretrain_gpt.py
+or inference.py parses with that script's own parser (paths are not checked), and a block that stands for an
+example script (README names the script just before the block) parses to the same flags as the script."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from mindspeed_llm.data.arguments import build_parser as preprocess_parser
 from tests.conftest import REPO_ROOT
 from tests.examples.test_model_example_scripts import _recorded_argv
 
-PARSERS = {"convert_ckpt.py": convert_parser, "preprocess_data.py": preprocess_parser,
-           "pretrain_gpt.py": pretrain_parser, "posttrain_gpt.py": pretrain_parser,  # posttrain: the same flags
-           "inference.py": lambda: add_inference_args(pretrain_parser())}
+PARSERS = {
+    "convert_ckpt.py": convert_parser,
+    "preprocess_data.py": preprocess_parser,
+    "pretrain_gpt.py": pretrain_parser,
+    "posttrain_gpt.py": pretrain_parser,  # posttrain: the same flags
+    "inference.py": lambda: add_inference_args(pretrain_parser()),
+}
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 _ASSIGN = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)$")
@@ -71,7 +75,11 @@ def doc_commands() -> list[tuple[str, str, str, list[str], str | None]]:
                           if t != "..."]
                 for i, token in enumerate(tokens):
                     name = Path(token).name
-                    if name in PARSERS and i > 0 and Path(tokens[i - 1]).name in ("python", "python3", "torchrun"):
+                    if (
+                        name in PARSERS
+                        and i > 0
+                        and Path(tokens[i - 1]).name in ("python", "python3", "torchrun")
+                    ):
                         where = f"{doc}:{text.count(chr(10), 0, block.start()) + 1}"
                         found.append((doc, where, name, tokens[i + 1:], refs[-1] if refs else None))
     return found
@@ -110,7 +118,9 @@ def test_doc_command_matches_the_example_script_it_names(doc, where, script, arg
 
 
 def test_line_joining_and_variables():
-    block = 'D=./data\n# comment\npython pretrain_gpt.py --num-layers 2 \\\n    --data-path "$D/x" ...  # note\n'
+    block = (
+        'D=./data\n# comment\npython pretrain_gpt.py --num-layers 2 \\\n    --data-path "$D/x" ...  # note\n'
+    )
     lines = _logical_lines(block)
     assert lines == ["D=./data", 'python pretrain_gpt.py --num-layers 2      --data-path "$D/x" ...']
     assert _expand(lines[1], {"D": "./data"}).endswith('"./data/x" ...')

@@ -2,8 +2,8 @@
 
 For every model: the hf->mcore script's flags parse and pass the converter's checks against the
 model's real HF config (TP/PP divide heads, groups and layers; --model-type-hf and --add-qkv-bias
-fit the architecture); the mcore->hf script converts what the pretrain script saves; the pretrain script's flags
-parse and validate for its world size, describe the same architecture as config.json, and load the
+fit the architecture); the mcore->hf script converts what the pretrain script saves; the pretrain script's
+flags parse and validate for its world size, describe the same architecture as config.json, and load the
 converted checkpoint with the same TP/PP and padded vocabulary. Launchers are replaced by a
 recorder of their arguments (a stand-in for `python`/`torchrun`, not for anything under test).
 """
@@ -39,22 +39,55 @@ QWEN25_SHAPES = {
 
 # model: (config.json source, hf2mcore, mcore2hf, pretrain)
 MODELS = {
-    "qwen2.5-0.5b": ("qwen2.5-0.5b.json", f"{EX}/qwen25/ckpt_convert_qwen25_0point5b_hf2mcore.sh",
-                     f"{EX}/qwen25/ckpt_convert_qwen25_0point5b_mcore2hf.sh",
-                     f"{EX}/qwen25/pretrain_qwen25_0point5b_32k_ptd.sh"),
-    "qwen2.5-7b": ("qwen2.5-7b.json", f"{EX}/qwen25/ckpt_convert_qwen25_hf2mcore.sh",
-                   f"{EX}/qwen25/ckpt_convert_qwen25_mcore2hf.sh", f"{EX}/qwen25/pretrain_qwen25_7b_32k_ptd.sh"),
-    **{f"qwen2.5-{size}": (size, f"{EX}/qwen25/ckpt_convert_qwen25_{size}_hf2mcore.sh",
-                           f"{EX}/qwen25/ckpt_convert_qwen25_{size}_mcore2hf.sh",
-                           f"{EX}/qwen25/pretrain_qwen25_{size}_32k_ptd.sh") for size in QWEN25_SHAPES},
-    "llama-2-7b": ("llama-2-7b.json", f"{EX}/llama2/ckpt_convert_llama2_hf2mcore.sh",
-                   f"{EX}/llama2/ckpt_convert_llama2_mcore2hf.sh", f"{EX}/llama2/pretrain_llama2_7b_ptd.sh"),
-    "llama-3-8b": ("llama-3-8b.json", f"{EX}/llama3/ckpt_convert_llama3_hf2mcore.sh",
-                   f"{EX}/llama3/ckpt_convert_llama3_mcore2hf.sh", f"{EX}/llama3/pretrain_llama3_8b_ptd.sh"),
-    **{f"qwen3-{size}": (f"qwen3-{size}.json", f"{EX}/qwen3/ckpt_convert_qwen3_{tag}_hf2mcore.sh",
-                         f"{EX}/qwen3/ckpt_convert_qwen3_{tag}_mcore2hf.sh", f"{EX}/qwen3/pretrain_qwen3_{tag}_4K_ptd.sh")
-       for size, tag in [("0.6b", "0point6b"), ("1.7b", "1point7b"), ("4b", "4b"), ("8b", "8b"), ("14b", "14b"),
-                         ("32b", "32b")]},
+    "qwen2.5-0.5b": (
+        "qwen2.5-0.5b.json",
+        f"{EX}/qwen25/ckpt_convert_qwen25_0point5b_hf2mcore.sh",
+        f"{EX}/qwen25/ckpt_convert_qwen25_0point5b_mcore2hf.sh",
+        f"{EX}/qwen25/pretrain_qwen25_0point5b_32k_ptd.sh",
+    ),
+    "qwen2.5-7b": (
+        "qwen2.5-7b.json",
+        f"{EX}/qwen25/ckpt_convert_qwen25_hf2mcore.sh",
+        f"{EX}/qwen25/ckpt_convert_qwen25_mcore2hf.sh",
+        f"{EX}/qwen25/pretrain_qwen25_7b_32k_ptd.sh",
+    ),
+    **{
+        f"qwen2.5-{size}": (
+            size,
+            f"{EX}/qwen25/ckpt_convert_qwen25_{size}_hf2mcore.sh",
+            f"{EX}/qwen25/ckpt_convert_qwen25_{size}_mcore2hf.sh",
+            f"{EX}/qwen25/pretrain_qwen25_{size}_32k_ptd.sh",
+        )
+        for size in QWEN25_SHAPES
+    },
+    "llama-2-7b": (
+        "llama-2-7b.json",
+        f"{EX}/llama2/ckpt_convert_llama2_hf2mcore.sh",
+        f"{EX}/llama2/ckpt_convert_llama2_mcore2hf.sh",
+        f"{EX}/llama2/pretrain_llama2_7b_ptd.sh",
+    ),
+    "llama-3-8b": (
+        "llama-3-8b.json",
+        f"{EX}/llama3/ckpt_convert_llama3_hf2mcore.sh",
+        f"{EX}/llama3/ckpt_convert_llama3_mcore2hf.sh",
+        f"{EX}/llama3/pretrain_llama3_8b_ptd.sh",
+    ),
+    **{
+        f"qwen3-{size}": (
+            f"qwen3-{size}.json",
+            f"{EX}/qwen3/ckpt_convert_qwen3_{tag}_hf2mcore.sh",
+            f"{EX}/qwen3/ckpt_convert_qwen3_{tag}_mcore2hf.sh",
+            f"{EX}/qwen3/pretrain_qwen3_{tag}_4K_ptd.sh",
+        )
+        for size, tag in [
+            ("0.6b", "0point6b"),
+            ("1.7b", "1point7b"),
+            ("4b", "4b"),
+            ("8b", "8b"),
+            ("14b", "14b"),
+            ("32b", "32b"),
+        ]
+    },
 }
 
 
@@ -110,7 +143,10 @@ def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> N
     assert args.add_qkv_bias == cfg.add_qkv_bias
     assert args.qk_layernorm == cfg.qk_layernorm and args.kv_channels == cfg.kv_channels
     assert args.rotary_base == cfg.rotary_base and args.norm_epsilon == cfg.norm_epsilon
-    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (
+        to_mg.target_tp,
+        to_mg.target_pp,
+    )
     assert args.padded_vocab_size == padded
     assert Path(args.load) == Path(to_mg.save_dir)
     assert Path(back.load_dir) == Path(args.save)  # mcore->hf converts what training saved
@@ -118,8 +154,8 @@ def test_scripts_match_the_model_and_each_other(model: str, tmp_path: Path) -> N
 
 
 def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path) -> None:
-    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters (SFT on the instruction data) on what the hf->mcore script
-    writes (same TP/PP, model), resumes from its own --save through --lora-load, and
+    """tune_qwen25_7b_4k_lora_ptd.sh trains adapters (SFT on the instruction data) on what the hf->mcore
+    script writes (same TP/PP, model), resumes from its own --save through --lora-load, and
     ckpt_convert_qwen25_mcore2hf_lora.sh exports that adapter with the same LoRA settings."""
     from mindspeed_llm.data.arguments import build_parser as preprocess_parser
 
@@ -135,7 +171,10 @@ def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path
     assert args.data_path == [data.output_prefix] and args.prompt_type == data.prompt_type
     assert (args.num_layers, args.hidden_size, args.ffn_hidden_size) == (cfg.num_layers, cfg.hidden_size,
                                                                          cfg.ffn_hidden_size)
-    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (
+        to_mg.target_tp,
+        to_mg.target_pp,
+    )
     assert Path(args.load) == Path(to_mg.save_dir)
     assert Path(args.lora_load) == Path(args.save) and args.lora_ckpt_filter
     assert sorted(args.lora_target_modules) == ["linear_fc1", "linear_fc2", "linear_proj", "linear_qkv"]
@@ -155,7 +194,8 @@ def test_lora_tune_script_fits_the_base_conversion_and_its_export(tmp_path: Path
         assert export.save_lora_to_hf == bool(env)
 
 
-# model: (the MODELS entry whose conversion it fine-tunes, instruction data script, tune script, --prompt-type)
+# model: (the MODELS entry whose conversion it fine-tunes, instruction data script, tune script,
+# --prompt-type)
 TUNE = {
     "qwen2.5-7b": ("qwen2.5-7b", f"{EX}/qwen25/data_convert_qwen25_instruction.sh",
                    f"{EX}/qwen25/tune_qwen25_7b_4k_full_ptd.sh", "qwen"),
@@ -165,7 +205,9 @@ TUNE = {
 
 
 @pytest.mark.parametrize("model", sorted(TUNE))
-def test_tune_scripts_fine_tune_the_converted_model_on_the_instruction_data(model: str, tmp_path: Path) -> None:
+def test_tune_scripts_fine_tune_the_converted_model_on_the_instruction_data(
+    model: str, tmp_path: Path
+) -> None:
     """The SFT script: posttrain_gpt.py --stage sft, the model of config.json, the hf->mcore checkpoint (same
     TP/PP), the data script's output prefix and chat template, and a save folder of its own."""
     from mindspeed_llm.data.arguments import build_parser as preprocess_parser
@@ -187,11 +229,18 @@ def test_tune_scripts_fine_tune_the_converted_model_on_the_instruction_data(mode
         cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads)
     assert args.qk_layernorm == cfg.qk_layernorm and args.add_qkv_bias == cfg.add_qkv_bias
     assert args.rotary_base == cfg.rotary_base and args.kv_channels == cfg.kv_channels
-    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (to_mg.target_tp, to_mg.target_pp)
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (
+        to_mg.target_tp,
+        to_mg.target_pp,
+    )
     assert args.padded_vocab_size == target_padded_vocab(cfg, to_mg)
-    assert Path(args.load) == Path(to_mg.save_dir) and Path(args.tokenizer_name_or_path) == Path(to_mg.load_dir)
+    assert Path(args.load) == Path(to_mg.save_dir) and Path(args.tokenizer_name_or_path) == Path(
+        to_mg.load_dir
+    )
     pretrain_argv = _recorded_argv(pretrain, "torchrun", tmp_path)
-    assert Path(args.save) != Path(parse_args(pretrain_argv[pretrain_argv.index("pretrain_gpt.py") + 1:]).save)
+    assert Path(args.save) != Path(
+        parse_args(pretrain_argv[pretrain_argv.index("pretrain_gpt.py") + 1 :]).save
+    )
 
 
 # model: generate script (inference.py), checked against the model's pretrain script.
@@ -221,8 +270,13 @@ def test_generate_script_loads_what_pretraining_saves(model: str, tmp_path: Path
     assert world == gen.tensor_model_parallel_size * gen.pipeline_model_parallel_size  # one process per shard
     assert (gen.tensor_model_parallel_size, gen.pipeline_model_parallel_size) == (
         train.tensor_model_parallel_size, train.pipeline_model_parallel_size)
-    assert (gen.num_layers, gen.hidden_size, gen.ffn_hidden_size, gen.num_attention_heads, gen.num_query_groups) == (
-        cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads, cfg.num_query_groups)
+    assert (
+        gen.num_layers,
+        gen.hidden_size,
+        gen.ffn_hidden_size,
+        gen.num_attention_heads,
+        gen.num_query_groups,
+    ) == (cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_attention_heads, cfg.num_query_groups)
     for attr in ("untie_embeddings_and_output_weights", "add_qkv_bias", "qk_layernorm", "kv_channels",
                  "rotary_base", "norm_epsilon", "padded_vocab_size", "bf16"):
         assert getattr(gen, attr) == getattr(train, attr), attr
@@ -236,8 +290,9 @@ def test_generate_script_loads_what_pretraining_saves(model: str, tmp_path: Path
     (f"{EX}/qwen25/pretrain_qwen25_7b_32k_ptd.sh", (1, 4, 2)),
     ("examples/quickstart/pretrain_qwen25_tiny_long_cp_ptd.sh", (1, 2, 2)),
 ])
-def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(script, tp_pp_cp, algo, tmp_path,
-                                                                             monkeypatch):
+def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(
+    script, tp_pp_cp, algo, tmp_path, monkeypatch
+):
     """The 32k Qwen2.5-7B script and the quick start's long-sequence run validate with CP 2 (ring by default,
     CP_ALGO=ulysses_cp_algo for Ulysses; hybrid_cp_algo with CP 4 and half the PP, as their comments say)
     for their world size, and load what the quick start / hf->mcore conversion writes (the same TP/PP as
@@ -251,7 +306,11 @@ def test_long_sequence_scripts_split_the_sequence_over_context_parallel_ranks(sc
     argv = _recorded_argv(script, "torchrun", tmp_path)
     world = int(argv[argv.index("--nproc_per_node") + 1]) * int(argv[argv.index("--nnodes") + 1])
     args = validate_args(parse_args(argv[argv.index("pretrain_gpt.py") + 1:]), world_size=world)
-    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size) == tp_pp_cp
+    assert (
+        args.tensor_model_parallel_size,
+        args.pipeline_model_parallel_size,
+        args.context_parallel_size,
+    ) == tp_pp_cp
     assert args.context_parallel_algo == (algo or "megatron_cp_algo")
     assert args.ulysses_degree_in_cp == (2 if algo == "hybrid_cp_algo" else None)
     assert args.seq_length >= 4096 and args.seq_length % (2 * args.context_parallel_size) == 0

@@ -1,4 +1,5 @@
-"""inference.py launches and their printed answers, and transformers' greedy reference, for the inference tests."""
+"""inference.py launches and their printed answers, and transformers' greedy reference, for the inference
+tests."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def run_inference(flags: list, *, nproc: int = 1, timeout: int = 240) -> list[tu
     return parse_outputs(torchrun(INFERENCE, *flags, nproc=nproc, timeout=timeout).stdout)
 
 
-def run_tasks(flags: list, tasks: list[str], *, nproc: int = 1, timeout: int = 240) -> dict[str, list[tuple[str, str]]]:
+def run_tasks(
+    flags: list, tasks: list[str], *, nproc: int = 1, timeout: int = 240
+) -> dict[str, list[tuple[str, str]]]:
     """inference.py --task T1 T2 ... in one launch; each task's (prompt, continuation) pairs."""
     stdout = torchrun(INFERENCE, *flags, "--task", *tasks, nproc=nproc, timeout=timeout).stdout
     if len(tasks) == 1:  # one task: no headers

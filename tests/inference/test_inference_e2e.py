@@ -53,9 +53,18 @@ def launches(tiny) -> dict:
     """layout -> task -> printed (prompt, continuation) pairs; one launch per layout."""
     found = {}
     for layout, (parallel, nproc) in _LAYOUT.items():
-        flags = [*model_flags(tiny["hf"]), *parallel, "--load", tiny["ckpts"][layout], "--tokenizer-name-or-path",
-                 tiny["tok"], "--max-new-tokens", NEW_TOKENS, *[a for p in PROMPTS for a in ("--prompt", p)],
-                 *(SAMPLING if "do_sample" in _TASKS[layout] else [])]
+        flags = [
+            *model_flags(tiny["hf"]),
+            *parallel,
+            "--load",
+            tiny["ckpts"][layout],
+            "--tokenizer-name-or-path",
+            tiny["tok"],
+            "--max-new-tokens",
+            NEW_TOKENS,
+            *[a for p in PROMPTS for a in ("--prompt", p)],
+            *(SAMPLING if "do_sample" in _TASKS[layout] else []),
+        ]
         found[layout] = run_tasks(flags, _TASKS[layout], nproc=nproc)
     return found
 
@@ -85,8 +94,15 @@ def test_sampling_with_a_seed_is_reproducible_across_runs_and_tp(launches, greed
     assert all(len(text.split()) > 0 for text in sampled["tp1"])
 
 
-# ---- chat -------------------------------------------------------------------------------------------------------
-CHAIN = {0: 10, 10: 11, 11: 12, 12: 119, 119: 13, 13: 14}  # <unk> ("assistant") -> w10 w11 w12 <|im_end|> w13 ..
+# ---- chat --------------------------------------------------------------------------------------------------
+CHAIN = {
+    0: 10,
+    10: 11,
+    11: 12,
+    12: 119,
+    119: 13,
+    13: 14,
+}  # <unk> ("assistant") -> w10 w11 w12 <|im_end|> w13 ..
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
@@ -110,7 +126,12 @@ def chat_model(tmp_path_factory) -> dict:
     _force_chain(model, CHAIN)
     model.save_pretrained(str(root / "hf"), safe_serialization=True)
     save_word_tokenizer(root / "tok", 118, specials=(IM_START, IM_END))
-    return {"model": model, "hf": root / "hf", "tok": root / "tok", "mg": convert_hf_to_mg(root / "hf", root / "mg")}
+    return {
+        "model": model,
+        "hf": root / "hf",
+        "tok": root / "tok",
+        "mg": convert_hf_to_mg(root / "hf", root / "mg"),
+    }
 
 
 def test_chat_qwen_template_stops_at_im_end(chat_model) -> None:
@@ -124,12 +145,15 @@ def test_chat_qwen_template_stops_at_im_end(chat_model) -> None:
              *[a for t in turns for a in ("--prompt", t)]]
     outputs = run_inference(flags)
 
-    # The reference: Qwen2.5-Instruct's ChatML written out by hand, transformers' generate stopping at <|im_end|>.
+    # The reference: Qwen2.5-Instruct's ChatML written out by hand, transformers' generate stopping at
+    # <|im_end|>.
     text = f"{IM_START}system\n{QWEN_SYSTEM}{IM_END}\n"
     answers = []
     for turn in turns:
         text += f"{IM_START}user\n{turn}{IM_END}\n{IM_START}assistant\n"
-        new = hf_continuation(chat_model["model"], tok, tok(text, add_special_tokens=False).input_ids, 16, 119)
+        new = hf_continuation(
+            chat_model["model"], tok, tok(text, add_special_tokens=False).input_ids, 16, 119
+        )
         assert new[-1] == 119 and len(new) < 16  # the model ends its turn by itself
         answers.append(tok.decode(new, skip_special_tokens=True))
         text += f"{answers[-1]}{IM_END}\n"

@@ -1,5 +1,6 @@
-"""The inference patch group in one process: the static KV cache holds rotated keys (transformers' cache is the
-reference), greedy tokens equal transformers' ``generate``, and training's forward/backward is untouched."""
+"""The inference patch group in one process: the static KV cache holds rotated keys (transformers' cache is
+the reference), greedy tokens equal transformers' ``generate``, and training's forward/backward is
+untouched."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def _converted(root, kind: str = "qwen2", num_layers: int = 2):
     model_config = ModelConfig.from_hf_config(json.loads((root / "hf" / "config.json").read_text()))
     mg = build_gpt_model(model_config, padded_vocab_size=hf.config.vocab_size, pre_process=True,
                          post_process=True, hidden_dropout=0.0, attention_dropout=0.0)
-    state = layout.load_rank_file(layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0,
-                                                             1))
+    state = layout.load_rank_file(
+        layout.checkpoint_file_for(str(mg_dir), layout.read_tracker(str(mg_dir)), 0, 0, 1)
+    )
     mg.load_state_dict(state["model"], strict=True)
     return hf, mg.eval(), model_config
 
@@ -73,8 +75,16 @@ def test_static_cache_holds_rotated_keys_and_greedy_equals_transformers(models, 
 
     ids = torch.tensor(prompts)
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
-                          min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0, return_dict_in_generate=True)
+        out = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            min_new_tokens=NEW_TOKENS,
+            eos_token_id=None,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+        )
     assert ours == out.sequences[:, PROMPT_LEN:].tolist()
 
     # transformers' cache holds keys after RoPE, [batch, groups, positions, head dim]; megatron's static cache
@@ -84,8 +94,12 @@ def test_static_cache_holds_rotated_keys_and_greedy_equals_transformers(models, 
     for layer in range(hf.config.num_hidden_layers):
         ref = out.past_key_values.layers[layer].keys[:, :, :cached]
         keys = context.key_value_memory_dict[layer + 1][0][:cached]
-        torch.testing.assert_close(keys.reshape(cached, len(prompts), *ref.shape[1:2], -1).permute(1, 2, 0, 3), ref,
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            keys.reshape(cached, len(prompts), *ref.shape[1:2], -1).permute(1, 2, 0, 3),
+            ref,
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_training_forward_and_backward_untouched(models, patched) -> None:
@@ -115,26 +129,43 @@ def _hf_greedy(hf, prompts: list[list[int]]):
     """transformers' greedy ``generate`` of NEW_TOKENS: the output with each step's logits."""
     ids = torch.tensor(prompts)
     with torch.no_grad():
-        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, do_sample=False,
-                           min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0, output_logits=True,
-                           return_dict_in_generate=True)
+        return hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            min_new_tokens=NEW_TOKENS,
+            eos_token_id=None,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
 
 
 def test_decode_layout_keeps_values_and_logits(models, patched) -> None:
-    """The generator stores the linear weights transposed; each step's logits are those of megatron's own layout
-    and transformers'."""
+    """The generator stores the linear weights transposed; each step's logits are those of megatron's own
+    layout and transformers'."""
     from mindspeed_llm.inference.generation import Generator, SamplingParams
 
     hf, mg, model_config = models
     for p in mg.parameters():  # megatron's layout, whatever an earlier test left
         p.data = p.data.contiguous()
     generator = Generator(mg, vocab_size=model_config.vocab_size, pad_id=0)
-    linears = [mg.output_layer.weight] + [w for layer in mg.decoder.layers for w in (
-        layer.self_attention.linear_qkv.weight, layer.self_attention.linear_proj.weight, layer.mlp.linear_fc1.weight,
-        layer.mlp.linear_fc2.weight)]
+    linears = [mg.output_layer.weight] + [
+        w
+        for layer in mg.decoder.layers
+        for w in (
+            layer.self_attention.linear_qkv.weight,
+            layer.self_attention.linear_proj.weight,
+            layer.mlp.linear_fc1.weight,
+            layer.mlp.linear_fc2.weight,
+        )
+    ]
     assert all(w.t().is_contiguous() and not w.is_contiguous() for w in linears)
     assert torch.equal(mg.output_layer.weight, hf.lm_head.weight)  # the same values, the same shape
-    assert torch.equal(mg.decoder.layers[1].self_attention.linear_proj.weight, hf.model.layers[1].self_attn.o_proj.weight)
+    assert torch.equal(
+        mg.decoder.layers[1].self_attention.linear_proj.weight, hf.model.layers[1].self_attn.o_proj.weight
+    )
 
     captured: list[torch.Tensor] = []
     hook = mg.output_layer.register_forward_hook(lambda _m, _i, out: captured.append(out[0][-1].clone()))
@@ -157,7 +188,8 @@ def test_decode_layout_keeps_values_and_logits(models, patched) -> None:
 
 
 def test_decode_layout_of_tied_embeddings_greedy_equals_transformers(tmp_path, patched) -> None:
-    """With the output layer sharing the embedding weight, that one weight is re-laid (lookups read it too)."""
+    """With the output layer sharing the embedding weight, that one weight is re-laid (lookups read it
+    too)."""
     from mindspeed_llm.inference.generation import Generator, SamplingParams
     from mindspeed_llm.patches.inference import lay_out_weights_for_decode
 

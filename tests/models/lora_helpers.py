@@ -1,4 +1,5 @@
-"""peft references for the LoRA tests: an adapter made by peft on transformers' model, its loss and gradients."""
+"""peft references for the LoRA tests: an adapter made by peft on transformers' model, its loss and
+gradients."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def make_peft_adapter(hf_dir: str, out_dir: str, *, r: int = 4, alpha: float = 8
     from tests.checkpoint.tiny_models import load_hf_model
 
     torch.manual_seed(seed)
-    model = get_peft_model(load_hf_model(hf_dir), LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                                                             target_modules=PEFT_TARGETS, init_lora_weights=False))
+    model = get_peft_model(
+        load_hf_model(hf_dir),
+        LoraConfig(
+            r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS, init_lora_weights=False
+        ),
+    )
     with torch.no_grad():
         for layer in model.base_model.model.model.layers:
             for group in SHARED_A:
@@ -28,11 +33,15 @@ def make_peft_adapter(hf_dir: str, out_dir: str, *, r: int = 4, alpha: float = 8
                     getattr(parent, name).lora_A["default"].weight.copy_(first)
             for mod in (*[getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")],
                         *[getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]):
-                mod.lora_B["default"].weight.normal_(0, 0.05)  # a trained-looking B: the adapter changes the output
+                mod.lora_B["default"].weight.normal_(
+                    0, 0.05
+                )  # a trained-looking B: the adapter changes the output
     model.save_pretrained(out_dir)
 
 
-def load_peft_model(hf_dir: str, adapter_dir: str, dtype: torch.dtype = torch.float32, trainable: bool = False):
+def load_peft_model(
+    hf_dir: str, adapter_dir: str, dtype: torch.dtype = torch.float32, trainable: bool = False
+):
     """transformers' model from ``hf_dir`` with peft's adapter from ``adapter_dir``."""
     from peft import PeftModel
 
@@ -49,7 +58,9 @@ def peft_loss_and_grads(hf_dir: str, adapter_dir: str, ids: list[list[int]]) -> 
     model = load_peft_model(hf_dir, adapter_dir, trainable=True)
     tokens = torch.tensor(ids)
     logits = model(input_ids=tokens).logits.float()
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
+    )
     loss.backward()
     grads = {}
     for name, p in model.named_parameters():

@@ -1,4 +1,5 @@
-"""torchrun worker for the LoRA tests: our GPTModel with adapters at a TP/PP layout, loss + gradients or logits.
+"""torchrun worker for the LoRA tests: our GPTModel with adapters at a TP/PP layout, loss + gradients or
+logits.
 
 Usage: torchrun --nproc-per-node 2 lora_worker.py SPEC.json OUT_DIR
 SPEC: {"ids": [[...]], "cases": [{name, kind: "grads"|"logits", mg_root, tp, pp, adapter_root?}]}.
@@ -27,7 +28,11 @@ from mindspeed_llm.models import build_gpt_model
 
 def build(case: dict):
     """The model chunk of this rank with adapters, weights loaded strictly (base + adapter)."""
-    tp_rank, pp_rank, pp = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(), case["pp"]
+    tp_rank, pp_rank, pp = (
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_rank(),
+        case["pp"],
+    )
     state = load_rank_state(case["mg_root"], None, tp_rank, pp_rank, pp)
     args = state["args"]
     weights = dict(state["model"])
@@ -36,10 +41,15 @@ def build(case: dict):
         args = adapter["args"]
         weights.update({k: v for k, v in adapter["model"].items() if is_lora_key(k)})
     cfg = model_config_from_args(state["args"]).replace(params_dtype=torch.float32)
-    model = build_gpt_model(cfg, padded_vocab_size=state["args"].padded_vocab_size,
-                            pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
-                            parallel_output=case["kind"] != "logits", use_cpu_initialization=True,
-                            pipeline_dtype=torch.float32)
+    model = build_gpt_model(
+        cfg,
+        padded_vocab_size=state["args"].padded_vocab_size,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        parallel_output=case["kind"] != "logits",
+        use_cpu_initialization=True,
+        pipeline_dtype=torch.float32,
+    )
     apply_lora(model, LoraConfig(r=args.lora_r, alpha=float(args.lora_alpha),
                                  target_modules=tuple(args.lora_target_modules)))
     model.load_state_dict(weights, strict=True)
@@ -53,7 +63,9 @@ def run_grads(case: dict, ids: torch.Tensor, out_dir: str) -> None:
 
     model, cfg = build(case)
     lora_numel = sum(p.numel() for n, p in model.named_parameters() if is_lora_key("." + n))
-    ddp = DistributedDataParallel(config=model.config, ddp_config=DistributedDataParallelConfig(), module=model)
+    ddp = DistributedDataParallel(
+        config=model.config, ddp_config=DistributedDataParallelConfig(), module=model
+    )
     optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3), [ddp])
     opt_params = [p for g in optimizer.param_groups for p in g["params"]]
     tokens, labels = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
@@ -70,9 +82,15 @@ def run_grads(case: dict, ids: torch.Tensor, out_dir: str) -> None:
         return out, loss_func
 
     ddp.zero_grad_buffer()
-    losses = get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([None] * 4), model=[ddp],
-                                         num_microbatches=1, seq_length=tokens.shape[1], micro_batch_size=1,
-                                         forward_only=False)
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter([None] * 4),
+        model=[ddp],
+        num_microbatches=1,
+        seq_length=tokens.shape[1],
+        micro_batch_size=1,
+        forward_only=False,
+    )
     offset = ps.get_pipeline_model_parallel_rank() * (cfg.num_layers // case["pp"])
     grads = {}
     for name, p in model.named_parameters():
@@ -107,7 +125,11 @@ def run_logits(case: dict, ids: torch.Tensor, out_dir: str) -> None:
         out = model(ids, pos, None)
         if not ps.is_pipeline_last_stage():
             dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
-    if ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
+    if (
+        ps.is_pipeline_last_stage()
+        and ps.get_tensor_model_parallel_rank() == 0
+        and ps.get_data_parallel_rank() == 0
+    ):
         torch.save(out[..., : cfg.vocab_size].float(), os.path.join(out_dir, case["name"] + ".pt"))
 
 

@@ -26,7 +26,8 @@ from mindspeed_llm.runtime.checkpoint import load_rank_state
 
 def packed_logits(mg_root: str, ids: torch.Tensor, position_ids: torch.Tensor, *, flash: bool = False,
                   sequence_parallel: bool = False) -> torch.Tensor | None:
-    """Logits of this rank's model on a packed batch (None off the last pipeline stage); parallel state set up.
+    """Logits of this rank's model on a packed batch (None off the last pipeline stage); parallel state set
+    up.
 
     ``flash``: with ``--use-flash-attn`` and ``--use-fused-rotary-pos-emb``'s patches (else megatron's own).
     """
@@ -37,10 +38,16 @@ def packed_logits(mg_root: str, ids: torch.Tensor, position_ids: torch.Tensor, *
     cfg = model_config_from_args(args).replace(params_dtype=torch.float32)
     features.enable_feature_patches(use_flash_attn=flash, use_fused_rotary_pos_emb=flash)
     try:
-        model = build_gpt_model(cfg, padded_vocab_size=args.padded_vocab_size, pre_process=ps.is_pipeline_first_stage(),
-                                post_process=ps.is_pipeline_last_stage(), parallel_output=False,
-                                use_cpu_initialization=True, perform_initialization=False,
-                                sequence_parallel=sequence_parallel)
+        model = build_gpt_model(
+            cfg,
+            padded_vocab_size=args.padded_vocab_size,
+            pre_process=ps.is_pipeline_first_stage(),
+            post_process=ps.is_pipeline_last_stage(),
+            parallel_output=False,
+            use_cpu_initialization=True,
+            perform_initialization=False,
+            sequence_parallel=sequence_parallel,
+        )
         model.load_state_dict(state["model"], strict=True)
         model.eval()
         psp = document_packed_seq_params(position_ids)

@@ -30,10 +30,19 @@ def run_case(case: dict, ids: torch.Tensor, out_dir: str) -> None:
     cfg = model_config_from_args(args).replace(params_dtype=torch.float32)
     overrides = {}
     if args.num_layer_list:
-        overrides["pipeline_model_parallel_layout"] = pipeline_layout([int(x) for x in args.num_layer_list.split(",")])
-    model = build_gpt_model(cfg, padded_vocab_size=args.padded_vocab_size, pre_process=ps.is_pipeline_first_stage(),
-                            post_process=ps.is_pipeline_last_stage(), parallel_output=False,
-                            use_cpu_initialization=True, perform_initialization=False, **overrides)
+        overrides["pipeline_model_parallel_layout"] = pipeline_layout(
+            [int(x) for x in args.num_layer_list.split(",")]
+        )
+    model = build_gpt_model(
+        cfg,
+        padded_vocab_size=args.padded_vocab_size,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        parallel_output=False,
+        use_cpu_initialization=True,
+        perform_initialization=False,
+        **overrides,
+    )
     model.load_state_dict(state["model"], strict=True)  # raises on any missing or unexpected key
     model.eval()
     seq = ids.shape[1]

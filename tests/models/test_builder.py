@@ -59,7 +59,8 @@ def test_argument_checks(one_process):
 
 
 def test_qwen3_q_and_k_norms_are_our_rmsnorm_over_head_dim(one_process):
-    """The local spec's q/k norms go through the patched norm (mindspeed_llm.ops.rmsnorm.RMSNorm), per head."""
+    """The local spec's q/k norms go through the patched norm (mindspeed_llm.ops.rmsnorm.RMSNorm), per
+    head."""
     from mindspeed_llm.ops.rmsnorm import RMSNorm
 
     cfg = ModelConfig.from_hf_config(tiny_hf_config("qwen3", rms_norm_eps=1e-5))

@@ -15,14 +15,90 @@ from tests.conftest import HF_CONFIG_FIXTURES
 
 EXPECTED = {
     # file: (arch, layers, hidden, ffn, heads, groups, vocab, base, eps, bias, tied, dtype)
-    "qwen2.5-7b.json": ("Qwen2ForCausalLM", 28, 3584, 18944, 28, 4, 152064, 1e6, 1e-6, True, False, torch.bfloat16),
-    "qwen2.5-0.5b.json": ("Qwen2ForCausalLM", 24, 896, 4864, 14, 2, 151936, 1e6, 1e-6, True, True, torch.bfloat16),
-    "llama-2-7b.json": ("LlamaForCausalLM", 32, 4096, 11008, 32, 32, 32000, 1e4, 1e-5, False, False, torch.float16),
-    "llama-3-8b.json": ("LlamaForCausalLM", 32, 4096, 14336, 32, 8, 128256, 5e5, 1e-5, False, False, torch.bfloat16),
-    "llama-3.1-8b.json": ("LlamaForCausalLM", 32, 4096, 14336, 32, 8, 128256, 5e5, 1e-5, False, False,
-                          torch.bfloat16),
-    "mistral-7b-v0.1.json": ("MistralForCausalLM", 32, 4096, 14336, 32, 8, 32000, 1e4, 1e-5, False, False,
-                             torch.bfloat16),
+    "qwen2.5-7b.json": (
+        "Qwen2ForCausalLM",
+        28,
+        3584,
+        18944,
+        28,
+        4,
+        152064,
+        1e6,
+        1e-6,
+        True,
+        False,
+        torch.bfloat16,
+    ),
+    "qwen2.5-0.5b.json": (
+        "Qwen2ForCausalLM",
+        24,
+        896,
+        4864,
+        14,
+        2,
+        151936,
+        1e6,
+        1e-6,
+        True,
+        True,
+        torch.bfloat16,
+    ),
+    "llama-2-7b.json": (
+        "LlamaForCausalLM",
+        32,
+        4096,
+        11008,
+        32,
+        32,
+        32000,
+        1e4,
+        1e-5,
+        False,
+        False,
+        torch.float16,
+    ),
+    "llama-3-8b.json": (
+        "LlamaForCausalLM",
+        32,
+        4096,
+        14336,
+        32,
+        8,
+        128256,
+        5e5,
+        1e-5,
+        False,
+        False,
+        torch.bfloat16,
+    ),
+    "llama-3.1-8b.json": (
+        "LlamaForCausalLM",
+        32,
+        4096,
+        14336,
+        32,
+        8,
+        128256,
+        5e5,
+        1e-5,
+        False,
+        False,
+        torch.bfloat16,
+    ),
+    "mistral-7b-v0.1.json": (
+        "MistralForCausalLM",
+        32,
+        4096,
+        14336,
+        32,
+        8,
+        32000,
+        1e4,
+        1e-5,
+        False,
+        False,
+        torch.bfloat16,
+    ),
 }
 
 
@@ -90,7 +166,9 @@ def test_llama3_rope_with_other_parameters_matches_transformers(hf_config_dir):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     raw = json.loads((hf_config_dir / "llama-3.1-8b.json").read_text())
-    raw["rope_scaling"].update(low_freq_factor=2.0, high_freq_factor=8.0, original_max_position_embeddings=4096)
+    raw["rope_scaling"].update(
+        low_freq_factor=2.0, high_freq_factor=8.0, original_max_position_embeddings=4096
+    )
     cfg = ModelConfig.from_hf_config(raw)
     ours = cfg.llama3_inv_freq()
     raw.pop("model_type")
@@ -101,7 +179,9 @@ def test_llama3_rope_with_other_parameters_matches_transformers(hf_config_dir):
 def test_unsupported_inputs_are_rejected(hf_config_dir):
     raw = json.loads((hf_config_dir / "llama-3-8b.json").read_text())
     with pytest.raises(UnsupportedModelError, match="yarn"):
-        ModelConfig.from_hf_config({**raw, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}).rope_kwargs()
+        ModelConfig.from_hf_config(
+            {**raw, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+        ).rope_kwargs()
     with pytest.raises(UnsupportedModelError, match="hidden_act"):
         ModelConfig.from_hf_config({**raw, "hidden_act": "gelu"})
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
@@ -121,12 +201,16 @@ def test_pipeline_layout():
     assert pipeline_layout([1, 3]) == [["embedding", "decoder"], ["decoder"] * 3 + ["loss"]]
 
 
-# ---- Qwen3 (hub configs in tests/fixtures/hf_configs) and the keys that are refused ---------------------------
+# ---- Qwen3 (hub configs in tests/fixtures/hf_configs) and the keys that are refused ------------------------
 QWEN3_FIXTURES = HF_CONFIG_FIXTURES
 QWEN3 = {
-    # size: (layers, hidden, ffn, heads, groups, tied) -- all with head_dim 128, theta 1e6, eps 1e-6, vocab 151936
-    "0.6b": (28, 1024, 3072, 16, 8, True), "1.7b": (28, 2048, 6144, 16, 8, True), "4b": (36, 2560, 9728, 32, 8, True),
-    "8b": (36, 4096, 12288, 32, 8, False), "14b": (40, 5120, 17408, 40, 8, False),
+    # size: (layers, hidden, ffn, heads, groups, tied) -- all with head_dim 128, theta 1e6, eps 1e-6, vocab
+    # 151936
+    "0.6b": (28, 1024, 3072, 16, 8, True),
+    "1.7b": (28, 2048, 6144, 16, 8, True),
+    "4b": (36, 2560, 9728, 32, 8, True),
+    "8b": (36, 4096, 12288, 32, 8, False),
+    "14b": (40, 5120, 17408, 40, 8, False),
     "32b": (64, 5120, 25600, 64, 8, False),
 }
 
@@ -138,9 +222,26 @@ def test_reads_qwen3_hub_configs_both_transformers_spellings(size):
     path = QWEN3_FIXTURES / f"qwen3-{size}.json"
     cfg = ModelConfig.from_hf_config(path)
     layers, hidden, ffn, heads, groups, tied = QWEN3[size]
-    assert _fields(cfg) == ("Qwen3ForCausalLM", layers, hidden, ffn, heads, groups, 151936, 1e6, 1e-6, False, tied,
-                            torch.bfloat16)
-    assert cfg.kv_channels == 128 and cfg.qk_layernorm and cfg.sliding_window is None and cfg.rope_scaling is None
+    assert _fields(cfg) == (
+        "Qwen3ForCausalLM",
+        layers,
+        hidden,
+        ffn,
+        heads,
+        groups,
+        151936,
+        1e6,
+        1e-6,
+        False,
+        tied,
+        torch.bfloat16,
+    )
+    assert (
+        cfg.kv_channels == 128
+        and cfg.qk_layernorm
+        and cfg.sliding_window is None
+        and cfg.rope_scaling is None
+    )
     tc = cfg.to_transformer_config(params_dtype=torch.float32)
     assert tc.qk_layernorm and tc.kv_channels == 128 and not tc.add_qkv_bias
     raw = json.loads(path.read_text())
@@ -164,20 +265,36 @@ def _qwen3(**changes):
     return raw
 
 
-@pytest.mark.parametrize("changes,needle", [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
-     "rope_scaling rope_type='yarn' is not supported"),
-    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling rope_type='dynamic' is not supported"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "attention_factor": 0.5}},
-     "rope_scaling attention_factor=0.5 is not supported for rope_type 'linear'"),
-    ({"rope_scaling": {"rope_type": "llama3", "low_freq_factor": 1.0}}, "rope_scaling rope_type='llama3' has no factor"),
-    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5 is not supported"),
-    ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
-    ({"attention_bias": True}, "attention_bias=True is not supported for Qwen3ForCausalLM"),
-    ({"mlp_bias": True}, "config.json key mlp_bias=True is not known for Qwen3ForCausalLM"),
-    ({"use_mrope": True}, "config.json key use_mrope=True is not known"),
-    ({"layer_types": ["full_attention"] * 27 + ["chunked_attention"]}, "layer_types entry 'chunked_attention'"),
-])
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        (
+            {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
+            "rope_scaling rope_type='yarn' is not supported",
+        ),
+        (
+            {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
+            "rope_scaling rope_type='dynamic' is not supported",
+        ),
+        (
+            {"rope_scaling": {"rope_type": "linear", "factor": 2.0, "attention_factor": 0.5}},
+            "rope_scaling attention_factor=0.5 is not supported for rope_type 'linear'",
+        ),
+        (
+            {"rope_scaling": {"rope_type": "llama3", "low_freq_factor": 1.0}},
+            "rope_scaling rope_type='llama3' has no factor",
+        ),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5 is not supported"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
+        ({"attention_bias": True}, "attention_bias=True is not supported for Qwen3ForCausalLM"),
+        ({"mlp_bias": True}, "config.json key mlp_bias=True is not known for Qwen3ForCausalLM"),
+        ({"use_mrope": True}, "config.json key use_mrope=True is not known"),
+        (
+            {"layer_types": ["full_attention"] * 27 + ["chunked_attention"]},
+            "layer_types entry 'chunked_attention'",
+        ),
+    ],
+)
 def test_keys_that_change_the_math_are_refused_by_name(changes, needle):
     with pytest.raises(UnsupportedModelError) as err:
         ModelConfig.from_hf_config(_qwen3(**changes))
@@ -192,12 +309,18 @@ def test_llama_attention_and_mlp_bias_are_refused(hf_config_dir):
         ModelConfig.from_hf_config({**raw, "mlp_bias": True})
 
 
-@pytest.mark.parametrize("changes,window", [
-    ({}, None),
-    ({"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 28}, None),  # no layer from 28 on
-    ({"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 20}, 4096),
-    ({"sliding_window": 512, "layer_types": ["sliding_attention"] * 28}, 512),
-])
+@pytest.mark.parametrize(
+    "changes,window",
+    [
+        ({}, None),
+        (
+            {"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 28},
+            None,
+        ),  # no layer from 28 on
+        ({"use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 20}, 4096),
+        ({"sliding_window": 512, "layer_types": ["sliding_attention"] * 28}, 512),
+    ],
+)
 def test_sliding_window_is_active_by_hf_rules_and_checked_against_the_length(changes, window):
     cfg = ModelConfig.from_hf_config(_qwen3(**changes))
     assert cfg.sliding_window == window

@@ -40,8 +40,19 @@ def test_megatron_logits_match_transformers(tmp_path):
         layouts = LAYOUTS + ([(2, 2, [1, 3])] if name == "qwen_untied" else [])
         for tp, pp, layer_list in layouts:
             case = f"{name}_tp{tp}_pp{pp}" + ("_" + "-".join(map(str, layer_list)) if layer_list else "")
-            root = convert(ConvertOptions("hf", "mg", folder, str(tmp_path / case), target_tp=tp, target_pp=pp,
-                                          num_layer_list=layer_list, add_qkv_bias=bias, progress=False))
+            root = convert(
+                ConvertOptions(
+                    "hf",
+                    "mg",
+                    folder,
+                    str(tmp_path / case),
+                    target_tp=tp,
+                    target_pp=pp,
+                    num_layer_list=layer_list,
+                    add_qkv_bias=bias,
+                    progress=False,
+                )
+            )
             cases.append({"name": case, "mg_root": root, "ref": ref_path, "tp": tp, "pp": pp})
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"ids": IDS, "cases": cases}))

@@ -33,7 +33,8 @@ def _batch():
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A tiny Qwen2.5-shaped HF model (GQA, qkv bias), its TP1 and TP2 conversions, and its per-document logits."""
+    """A tiny Qwen2.5-shaped HF model (GQA, qkv bias), its TP1 and TP2 conversions, and its per-document
+    logits."""
     root = tmp_path_factory.mktemp("packed")
     hf = make_tiny_hf_model(str(root / "hf"), "qwen2", vocab_size=VOCAB, num_layers=2)
     ids, _ = _batch()
@@ -47,8 +48,18 @@ def converted(tmp_path_factory):
         unpacked = hf(ids).logits.float()
     roots = {}
     for tp, pp in ((1, 1), (2, 1), (1, 2)):
-        roots[(tp, pp)] = convert(ConvertOptions("hf", "mg", str(root / "hf"), str(root / f"mg_tp{tp}pp{pp}"),
-                                                 target_tp=tp, target_pp=pp, add_qkv_bias=True, progress=False))
+        roots[(tp, pp)] = convert(
+            ConvertOptions(
+                "hf",
+                "mg",
+                str(root / "hf"),
+                str(root / f"mg_tp{tp}pp{pp}"),
+                target_tp=tp,
+                target_pp=pp,
+                add_qkv_bias=True,
+                progress=False,
+            )
+        )
     return {"root": root, "roots": roots, "expected": expected, "unpacked": unpacked}
 
 
@@ -96,10 +107,30 @@ def test_packed_params_refuse_an_attention_mask(converted):
 def test_packed_batch_under_tensor_and_pipeline_parallelism(converted, tmp_path):
     ids, position_ids = _batch()
     cases = [
-        {"name": "tp2", "mg_root": converted["roots"][(2, 1)], "tp": 2, "pp": 1, "sequence_parallel": False, "flash": False},
-        {"name": "tp2_sp_flash", "mg_root": converted["roots"][(2, 1)], "tp": 2, "pp": 1, "sequence_parallel": True,
-         "flash": True},
-        {"name": "pp2", "mg_root": converted["roots"][(1, 2)], "tp": 1, "pp": 2, "sequence_parallel": False, "flash": False},
+        {
+            "name": "tp2",
+            "mg_root": converted["roots"][(2, 1)],
+            "tp": 2,
+            "pp": 1,
+            "sequence_parallel": False,
+            "flash": False,
+        },
+        {
+            "name": "tp2_sp_flash",
+            "mg_root": converted["roots"][(2, 1)],
+            "tp": 2,
+            "pp": 1,
+            "sequence_parallel": True,
+            "flash": True,
+        },
+        {
+            "name": "pp2",
+            "mg_root": converted["roots"][(1, 2)],
+            "tp": 1,
+            "pp": 2,
+            "sequence_parallel": False,
+            "flash": False,
+        },
     ]
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"ids": ids.tolist(), "position_ids": position_ids.tolist(), "cases": cases}))

@@ -67,7 +67,9 @@ def run_case(name: str, algo: str, group, *, n_q: int, n_kv: int, dtype, kernel:
                              dropout_p=dropout_p, seed=seed)
     elif algo == "ulysses":  # ulysses and hybrid take megatron's [s, b, n, d]
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = ulysses_attention(*sbnd, group, softmax_scale=0.3, dropout_p=dropout_p, seed=seed).permute(1, 2, 0, 3)
+        out = ulysses_attention(*sbnd, group, softmax_scale=0.3, dropout_p=dropout_p, seed=seed).permute(
+            1, 2, 0, 3
+        )
     else:
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, kernel=kernel, dropout_p=dropout_p,
@@ -120,15 +122,22 @@ def per_document_dropout_reference(q, k, v, documents, scale: float, seed: int, 
         start = 0
         for n in lengths:
             sl = slice(start, start + n)
-            out[bi:bi + 1, :, sl] = attention_math(q[bi:bi + 1, :, sl], k[bi:bi + 1, :, sl], v[bi:bi + 1, :, sl],
-                                                   causal=True, softmax_scale=scale,
-                                                   dropout_keep=keep[bi:bi + 1, :, sl, sl], dropout_p=p)
+            out[bi : bi + 1, :, sl] = attention_math(
+                q[bi : bi + 1, :, sl],
+                k[bi : bi + 1, :, sl],
+                v[bi : bi + 1, :, sl],
+                causal=True,
+                softmax_scale=scale,
+                dropout_keep=keep[bi : bi + 1, :, sl, sl],
+                dropout_p=p,
+            )
             start += n
     return out
 
 
 def _check_cp1_packed_dropout(name: str, q, k, v, documents, cu_seqlens, ref, seed: int, p: float) -> None:
-    """CP 1's packed path (per-document blockwise; the masked blockwise kernel too) drops the reference's mask."""
+    """CP 1's packed path (per-document blockwise; the masked blockwise kernel too) drops the reference's
+    mask."""
     from mindspeed_llm.ops.document_attention import document_attention
 
     sbnd = [t.float().permute(2, 0, 1, 3) for t in (q, k, v)]
@@ -164,18 +173,23 @@ def run_document_case(name: str, algo: str, group, *, n_q: int, n_kv: int, docum
     packed = document_packed_seq_params(position_ids)  # the whole sequence's documents (before the CP split)
     ids = document_ids(packed.cu_seqlens_q, b, s)
     if dropout_p:
-        _check_cp1_packed_dropout(name, q, k, v, documents, packed.cu_seqlens_q, ref.detach(), seed, dropout_p)
+        _check_cp1_packed_dropout(
+            name, q, k, v, documents, packed.cu_seqlens_q, ref.detach(), seed, dropout_p
+        )
     local = [_local(t, group).float().requires_grad_() for t in (q, k, v)]
     drop = dict(dropout_p=dropout_p, seed=seed)
     if algo == "ring":
         out = ring_attention(*local, group, softmax_scale=0.3, document_ids=ids, **drop)
     elif algo == "ulysses":
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = ulysses_document_attention(*sbnd, group, packed.cu_seqlens_q, packed.max_seqlen_q, softmax_scale=0.3,
-                                         **drop).permute(1, 2, 0, 3)
+        out = ulysses_document_attention(
+            *sbnd, group, packed.cu_seqlens_q, packed.max_seqlen_q, softmax_scale=0.3, **drop
+        ).permute(1, 2, 0, 3)
     else:
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids, **drop).permute(1, 2, 0, 3)
+        out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids, **drop).permute(
+            1, 2, 0, 3
+        )
     (out.double() * _local(w, group)).sum().backward()
     worst = 0.0
     for label, got, want in zip(("out", "dq", "dk", "dv"), [out, *(t.grad for t in local)],
@@ -216,7 +230,9 @@ def run_rng_case(name: str, group, *, n_q: int, n_kv: int, p: float = 0.3) -> No
     with attention_dropout_rng(SimpleNamespace(sequence_parallel=False), p):
         out = ulysses_attention(*sbnd, group, softmax_scale=0.3, dropout_p=p).permute(1, 2, 0, 3)
     (out * _local(w, group)).sum().backward()
-    assert torch.equal(torch.get_rng_state(), default_state), f"{name}: dropout drew from the default generator"
+    assert torch.equal(torch.get_rng_state(), default_state), (
+        f"{name}: dropout drew from the default generator"
+    )
     clean = _local(attention_math(q.double(), k.double(), v.double(), causal=True, softmax_scale=0.3), group)
     assert (out.detach().double() - clean).abs().max() > 0.1, f"{name}: no dropout applied"
     worst = 0.0
@@ -247,18 +263,31 @@ def main() -> None:
         ("ring_cp4_blockwise", "ring", world, dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise", tol=1e-5)),
         ("ring_cp2_bf16", "ring", cp2, dict(n_q=4, n_kv=2, dtype=bf16, tol=3e-2)),
         # No Ascend hardware here: the NPU ops come from the test stand-in (tests/ops/fake_torch_npu.py).
-        ("ring_cp4_npu_stand_in", "ring", world, dict(n_q=4, n_kv=2, dtype=f32, kernel="npu", tol=1e-5,
-                                                      torch_npu=FakeTorchNpuForTests())),
+        (
+            "ring_cp4_npu_stand_in",
+            "ring",
+            world,
+            dict(n_q=4, n_kv=2, dtype=f32, kernel="npu", tol=1e-5, torch_npu=FakeTorchNpuForTests()),
+        ),
         ("ring_cp2_dropout", "ring", cp2, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
         ("ring_cp4_dropout", "ring", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5, dropout_p=0.3)),
         ("ulysses_cp2_mha", "ulysses", cp2, dict(n_q=4, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_gqa", "ulysses", world, dict(n_q=8, n_kv=4, dtype=f32, tol=1e-5)),
         ("ulysses_cp4_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5)),
         ("hybrid_cp4_u2_gqa", "hybrid", hybrid, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5)),
-        ("hybrid_cp4_u2_kv_repeat_blockwise", "hybrid", hybrid, dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise",
-                                                                     tol=1e-5)),
+        (
+            "hybrid_cp4_u2_kv_repeat_blockwise",
+            "hybrid",
+            hybrid,
+            dict(n_q=4, n_kv=1, dtype=f32, kernel="blockwise", tol=1e-5),
+        ),
         ("ulysses_cp2_dropout", "ulysses", cp2, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
-        ("ulysses_cp4_dropout_kv_repeat", "ulysses", world, dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5, dropout_p=0.3)),
+        (
+            "ulysses_cp4_dropout_kv_repeat",
+            "ulysses",
+            world,
+            dict(n_q=4, n_kv=1, dtype=f32, tol=1e-5, dropout_p=0.3),
+        ),
         ("hybrid_cp4_u2_dropout", "hybrid", hybrid, dict(n_q=4, n_kv=2, dtype=f32, tol=1e-5, dropout_p=0.3)),
     ]
     document_cases = [

@@ -59,11 +59,20 @@ class FakeTorchNpuForTests:
         empty = torch.empty(0)
         if input_layout == "SBH":
             return out.permute(2, 0, 1, 3).reshape(sq, b, -1), empty, empty, empty, 0, 0, 0
-        # BNSD: softmax_max / softmax_sum per row, repeated 8 times along the last dim as torch_npu returns them.
+        # BNSD: softmax_max / softmax_sum per row, repeated 8 times along the last dim as torch_npu returns
+        # them.
         scores = self._scores(q, k, mask, scale)
         smax = scores.amax(-1, keepdim=True)
         ssum = torch.exp(scores - smax).sum(-1, keepdim=True)
-        return out, smax.expand(*smax.shape[:3], 8).float(), ssum.expand(*ssum.shape[:3], 8).float(), empty, 0, 0, 0
+        return (
+            out,
+            smax.expand(*smax.shape[:3], 8).float(),
+            ssum.expand(*ssum.shape[:3], 8).float(),
+            empty,
+            0,
+            0,
+            0,
+        )
 
     @staticmethod
     def _scores(q, k, mask, scale):
@@ -72,18 +81,59 @@ class FakeTorchNpuForTests:
         scores = (q.double() @ k.double().transpose(-1, -2)) * scale
         return scores if mask is None else scores.masked_fill(mask, float("-inf"))
 
-    def npu_fusion_attention_grad(self, query, key, value, dy, head_num, input_layout, *, pse=None,
-                                  padding_mask=None, atten_mask=None, softmax_max=None, softmax_sum=None,
-                                  softmax_in=None, attention_in=None, scale_value=1.0, keep_prob=1.0,
-                                  pre_tockens=2147483647, next_tockens=2147483647, inner_precise=0, seed=0,
-                                  offset=0, numels=0, prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None,
-                                  sparse_mode=0, gen_mask_parallel=True, sync=False):
+    def npu_fusion_attention_grad(
+        self,
+        query,
+        key,
+        value,
+        dy,
+        head_num,
+        input_layout,
+        *,
+        pse=None,
+        padding_mask=None,
+        atten_mask=None,
+        softmax_max=None,
+        softmax_sum=None,
+        softmax_in=None,
+        attention_in=None,
+        scale_value=1.0,
+        keep_prob=1.0,
+        pre_tockens=2147483647,
+        next_tockens=2147483647,
+        inner_precise=0,
+        seed=0,
+        offset=0,
+        numels=0,
+        prefix=None,
+        actual_seq_qlen=None,
+        actual_seq_kvlen=None,
+        sparse_mode=0,
+        gen_mask_parallel=True,
+        sync=False,
+    ):
         """BNSD only: flash backward from the given softmax statistics, ``p = exp(s - max) / sum``, and the
         forward output ``attention_in`` (``D = rowsum(dy * attention_in)``), as torch_npu documents the op."""
-        self.calls.append(("npu_fusion_attention_grad", dict(
-            query=query, key=key, value=value, dy=dy, head_num=head_num, input_layout=input_layout,
-            atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum, attention_in=attention_in,
-            scale_value=scale_value, keep_prob=keep_prob, sparse_mode=sparse_mode)))
+        self.calls.append(
+            (
+                "npu_fusion_attention_grad",
+                dict(
+                    query=query,
+                    key=key,
+                    value=value,
+                    dy=dy,
+                    head_num=head_num,
+                    input_layout=input_layout,
+                    atten_mask=atten_mask,
+                    softmax_max=softmax_max,
+                    softmax_sum=softmax_sum,
+                    attention_in=attention_in,
+                    scale_value=scale_value,
+                    keep_prob=keep_prob,
+                    sparse_mode=sparse_mode,
+                ),
+            )
+        )
         assert input_layout == "BNSD" and keep_prob == 1.0
         sq, sk = query.shape[2], key.shape[2]
         mask = atten_mask
@@ -135,7 +185,10 @@ class FakeTorchNpuForTests:
         self.calls.append(("npu_rotary_mul", dict(input=input, r1=r1, r2=r2, rotary_mode=rotary_mode)))
         assert rotary_mode == "half"
         # r1 = cos, r2 = sin: recover the angles the reference takes.
-        return input * r1 + torch.cat((-input[..., input.shape[-1] // 2:], input[..., : input.shape[-1] // 2]), -1) * r2
+        return (
+            input * r1
+            + torch.cat((-input[..., input.shape[-1] // 2 :], input[..., : input.shape[-1] // 2]), -1) * r2
+        )
 
     def npu_swiglu(self, x, dim=-1):
         assert dim == -1

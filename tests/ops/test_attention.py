@@ -83,7 +83,9 @@ def test_fully_masked_rows_give_zeros_and_no_nan():
 def test_gqa_equals_repeated_heads():
     q, k, v = _qkv(torch.float64)
     rep = HQ // G
-    ref = blockwise_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), causal=True, block_q=8, block_k=8)
+    ref = blockwise_attention(
+        q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), causal=True, block_q=8, block_k=8
+    )
     out = blockwise_attention(q, k, v, causal=True, block_q=8, block_k=8)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
@@ -103,7 +105,9 @@ def test_dropout_is_exact_against_reference_with_the_same_mask(causal):
     ref = attention_math(q, k, v, causal=causal, dropout_keep=z, dropout_p=0.0)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     grad = torch.randn_like(ref)
-    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+    for got, want in zip(
+        torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)
+    ):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
@@ -113,7 +117,12 @@ def test_dropout_statistics_and_seed():
     dropped = (z == 0).float().mean().item()
     assert abs(dropped - p) < 0.01
     # Neighbouring rows, columns and heads decide independently (no shared pattern).
-    for a, b in ((z[:, :, 1:], z[:, :, :-1]), (z[..., 1:], z[..., :-1]), (z[:, 1:], z[:, :-1]), (z[1:], z[:-1])):
+    for a, b in (
+        (z[:, :, 1:], z[:, :, :-1]),
+        (z[..., 1:], z[..., :-1]),
+        (z[:, 1:], z[:, :-1]),
+        (z[1:], z[:-1]),
+    ):
         both = ((a == 0) & (b == 0)).float().mean().item()
         assert abs(both - p * p) < 0.01
     assert torch.allclose(z[z != 0], torch.tensor(1 / (1 - p)))
@@ -232,13 +241,19 @@ def _sbnd(s, b, n, d, seed, dtype=torch.float32):
     return torch.randn(s, b, n, d, generator=gen).to(dtype).requires_grad_()
 
 
-@pytest.mark.parametrize("case", ["causal", "causal_given_mask", "padding", "no_mask", "layer_scaling", "scale"])
+@pytest.mark.parametrize(
+    "case", ["causal", "causal_given_mask", "padding", "no_mask", "layer_scaling", "scale"]
+)
 def test_module_equals_megatron_dot_product_attention(megatron_env, case):
     from megatron.core.transformer.enums import AttnMaskType
 
     s, b = 24, 2
     config = _config(apply_query_key_layer_scaling=case == "layer_scaling")
-    mask_type = AttnMaskType.causal if case.startswith("causal") or case in ("layer_scaling", "scale") else AttnMaskType.padding
+    mask_type = (
+        AttnMaskType.causal
+        if case.startswith("causal") or case in ("layer_scaling", "scale")
+        else AttnMaskType.padding
+    )
     megatron, ours = _pair(config, mask_type, softmax_scale=0.11 if case == "scale" else None)
     q, k, v = _sbnd(s, b, 8, 16, 1), _sbnd(s, b, 2, 16, 2), _sbnd(s, b, 2, 16, 3)
     mask = None
@@ -252,7 +267,9 @@ def test_module_equals_megatron_dot_product_attention(megatron_env, case):
     assert got.shape == want.shape == (s, b, 8 * 16)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(want)
-    for g_ours, g_meg in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
+    for g_ours, g_meg in zip(
+        torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)
+    ):
         torch.testing.assert_close(g_ours, g_meg, rtol=1e-5, atol=1e-5)
 
 

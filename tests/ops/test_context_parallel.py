@@ -1,4 +1,5 @@
-"""Ring, Ulysses and hybrid attention across real gloo ranks equal dense causal attention (output and gradients).
+"""Ring, Ulysses and hybrid attention across real gloo ranks equal dense causal attention (output and
+gradients).
 
 One 4-process torchrun launch (tests/ops/context_parallel_worker.py) runs every case on CP groups of
 2 and 4; each test reads its case's line. The reference is ``attention_math`` in float64 on the
@@ -61,7 +62,9 @@ def test_hybrid_attention_equals_full_attention(cases, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ulysses_cp2_dropout", "ulysses_cp4_dropout_kv_repeat", "hybrid_cp4_u2_dropout"])
+@pytest.mark.parametrize(
+    "name", ["ulysses_cp2_dropout", "ulysses_cp4_dropout_kv_repeat", "hybrid_cp4_u2_dropout"]
+)
 def test_ulysses_and_hybrid_dropout_equal_attention_with_the_rebuilt_mask(cases, name):
     # The mask is keyed by global heads and positions: any CP size drops what CP 1 drops with the seed.
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
@@ -75,9 +78,17 @@ def test_ulysses_dropout_draws_from_megatrons_model_parallel_rng(cases):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ring_cp2_documents_gqa", "ring_cp4_documents_mqa", "ring_cp2_one_document_per_sample",
-                                  "ulysses_cp2_documents_gqa", "ulysses_cp4_documents_kv_repeat",
-                                  "hybrid_cp4_u2_documents_gqa"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ring_cp2_documents_gqa",
+        "ring_cp4_documents_mqa",
+        "ring_cp2_one_document_per_sample",
+        "ulysses_cp2_documents_gqa",
+        "ulysses_cp4_documents_kv_repeat",
+        "hybrid_cp4_u2_documents_gqa",
+    ],
+)
 def test_attention_over_packed_documents_equals_per_document_attention(cases, name):
     # Forward and dQ/dK/dV with the whole sequence's documents, finite everywhere (rows without a visible key
     # in a block add nothing), against SDPA on each document alone.
@@ -90,7 +101,8 @@ def test_attention_over_packed_documents_equals_per_document_attention(cases, na
                                   "hybrid_cp4_u2_documents_dropout"])
 def test_packed_documents_with_dropout_equal_the_per_document_rebuilt_mask(cases, name):
     # Forward and dQ/dK/dV against attention_math on each document with dropout_multiplier's mask of the whole
-    # batch cut to it; the worker also checked CP 1's packed path (per-document and masked blockwise) against it.
+    # batch cut to it; the worker also checked CP 1's packed path (per-document and masked blockwise) against
+    # it.
     assert name in cases, f"case {name} did not report: {sorted(cases)}"
 
 
@@ -99,7 +111,8 @@ def _ids(lengths_per_sample):
 
 
 def test_document_pieces_of_the_ring_blocks():
-    # The worker's documents at CP 2 (chunks of 16): sample 0 [5, 11, 3, 20, 9, 16], sample 1 [30, 2, 1, 15, 10, 6].
+    # The worker's documents at CP 2 (chunks of 16): sample 0 [5, 11, 3, 20, 9, 16], sample 1 [30, 2, 1, 15,
+    # 10, 6].
     docs = _ids([[5, 11, 3, 20, 9, 16], [30, 2, 1, 15, 10, 6]])
     rank0, rank1 = _pair_positions(0, 2, 16, "cpu"), _pair_positions(1, 2, 16, "cpu")  # chunks (0, 3), (1, 2)
 
@@ -107,10 +120,12 @@ def test_document_pieces_of_the_ring_blocks():
         found = _document_pieces(docs[:, q_pos], docs[:, k_pos])
         return found if found is None else [(b, (r.start, r.stop), (c.start, c.stop)) for b, r, c in found]
 
-    # Rank 0's second chunk (48..63) against rank 1's chunks: both samples start a document at 48: nothing shared.
+    # Rank 0's second chunk (48..63) against rank 1's chunks: both samples start a document at 48: nothing
+    # shared.
     assert pieces(rank0[16:], rank1[:16]) == [] and pieces(rank0[16:], rank1[16:]) == []
-    # Rank 1's first chunk (16..31) against chunk 0: sample 0 starts a document at 16; sample 1's first document
-    # runs to 29: its rows 0..13 (positions 16..29) see all of chunk 0, rows 14 and 15 see nothing there.
+    # Rank 1's first chunk (16..31) against chunk 0: sample 0 starts a document at 16; sample 1's first
+    # document runs to 29: its rows 0..13 (positions 16..29) see all of chunk 0, rows 14 and 15 see nothing
+    # there.
     assert pieces(rank1[:16], rank0[:16]) == [(1, (0, 14), (0, 16))]
     # Step 0 of rank 1 (chunks 1 and 2 against themselves): one causal piece per document of each sample.
     assert pieces(rank1, rank1) == [(0, (0, 3), (0, 3)), (0, (3, 23), (3, 23)), (0, (23, 32), (23, 32)),

@@ -84,10 +84,15 @@ def test_cpu_base_patch_routes_megatron_loss_through_it():
     assert mindspeed_llm.DEVICE == "cpu"
     fn = tensor_parallel.vocab_parallel_cross_entropy
     assert fn is tensor_parallel.cross_entropy.vocab_parallel_cross_entropy
-    assert fn.__wrapped__.__module__ == "megatron.core.tensor_parallel.cross_entropy" and fn is not fn.__wrapped__
+    assert (
+        fn.__wrapped__.__module__ == "megatron.core.tensor_parallel.cross_entropy"
+        and fn is not fn.__wrapped__
+    )
     logits, target, _ = _inputs(torch.float32)
     with single_process_model_parallel():
-        torch.testing.assert_close(fn(logits.clone(), target), chunked_vocab_parallel_cross_entropy(logits, target))
+        torch.testing.assert_close(
+            fn(logits.clone(), target), chunked_vocab_parallel_cross_entropy(logits, target)
+        )
 
 
 @pytest.mark.slow

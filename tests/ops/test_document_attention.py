@@ -36,11 +36,14 @@ def _qkv(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     b = len(DOCS)
     shapes = [(S, b, HQ, D), (S, b, G, D), (S, b, G, D)]
-    return [torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for shape in shapes]
+    return [
+        torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for shape in shapes
+    ]
 
 
 def _per_document_reference(q, k, v, scale):
-    """Each document alone through the dense textbook formula (causal), written back in place: [s, b, n, d]."""
+    """Each document alone through the dense textbook formula (causal), written back in place: [s, b, n,
+    d]."""
     out = torch.zeros_like(q)
     for bi, row in enumerate(DOCS):
         start = 0
@@ -129,8 +132,13 @@ def test_selection_per_device():
     q = torch.zeros(4, 1, 2, 8)
     assert select_document_attention_impl(q) == "per_document"
     assert select_document_attention_impl(q, backend="npu") == "npu"
-    assert select_document_attention_impl(q.bfloat16(), backend="cuda") in ("per_document", "flash_attn_varlen")
-    assert select_document_attention_impl(q.float(), backend="cuda") == "per_document"  # flash-attn: fp16/bf16 only
+    assert select_document_attention_impl(q.bfloat16(), backend="cuda") in (
+        "per_document",
+        "flash_attn_varlen",
+    )
+    assert (
+        select_document_attention_impl(q.float(), backend="cuda") == "per_document"
+    )  # flash-attn: fp16/bf16 only
 
 
 def test_npu_path_passes_tnd_and_cumulative_ends():
@@ -171,15 +179,29 @@ class FlashAttnStandInForTests:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def flash_attn_varlen_func(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                               softmax_scale=None, causal=False, **_):
+    def flash_attn_varlen_func(
+        self,
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p=0.0,
+        softmax_scale=None,
+        causal=False,
+        **_,
+    ):
         self.calls.append(dict(q=q, k=k, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal))
         out = torch.empty_like(q)
         bounds = cu_seqlens_q.tolist()
         for start, end in zip(bounds[:-1], bounds[1:]):
             qd, kd, vd = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-            out[start:end] = attention_math(qd, kd, vd, causal=causal, softmax_scale=softmax_scale)[0].transpose(0, 1)
+            out[start:end] = attention_math(qd, kd, vd, causal=causal, softmax_scale=softmax_scale)[
+                0
+            ].transpose(0, 1)
         return out
 
 
@@ -190,9 +212,14 @@ def test_flash_attn_varlen_path_passes_token_major_tensors_and_cu_seqlens(monkey
     monkeypatch.setitem(sys.modules, "flash_attn", stand_in)
     psp = document_packed_seq_params(_position_ids())
     q, k, v = (t.detach() for t in _qkv(torch.float32))
-    out = document_attention(q, k, v, psp.cu_seqlens_q, psp.max_seqlen_q, softmax_scale=0.3, impl="flash_attn_varlen")
+    out = document_attention(
+        q, k, v, psp.cu_seqlens_q, psp.max_seqlen_q, softmax_scale=0.3, impl="flash_attn_varlen"
+    )
     call = stand_in.calls[-1]
     assert call["q"].shape == (3 * S, HQ, D) and call["k"].shape == (3 * S, G, D) and call["causal"] is True
-    assert call["cu_seqlens_q"].dtype == torch.int32 and call["cu_seqlens_q"].tolist() == psp.cu_seqlens_q.tolist()
+    assert (
+        call["cu_seqlens_q"].dtype == torch.int32
+        and call["cu_seqlens_q"].tolist() == psp.cu_seqlens_q.tolist()
+    )
     assert call["max_seqlen_q"] == call["max_seqlen_k"] == 17
     assert rel_err(out, _per_document_reference(q.double(), k.double(), v.double(), 0.3)) <= 1e-5

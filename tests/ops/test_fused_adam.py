@@ -20,7 +20,9 @@ from tests.ops.megatron_env import single_process_model_parallel
 VOCAB, SEQ, MBS = 64, 16, 2
 
 
-def _ddp_gpt(distributed: bool, weights_from: DistributedDataParallel | None = None) -> DistributedDataParallel:
+def _ddp_gpt(
+    distributed: bool, weights_from: DistributedDataParallel | None = None
+) -> DistributedDataParallel:
     config = TransformerConfig(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
                                num_query_groups=2, normalization="RMSNorm", gated_linear_unit=True,
                                activation_func=torch.nn.functional.silu, add_bias_linear=False,

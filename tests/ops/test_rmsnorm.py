@@ -92,7 +92,9 @@ def test_zero_centered_gamma():
 
 
 def test_layernorm_config_builds_torch_layernorm_that_supports_sequence_parallel():
-    norm = MegatronNorm(_config(normalization="LayerNorm", sequence_parallel=True, tensor_model_parallel_size=2), 64)
+    norm = MegatronNorm(
+        _config(normalization="LayerNorm", sequence_parallel=True, tensor_model_parallel_size=2), 64
+    )
     assert isinstance(norm, torch.nn.LayerNorm)
     assert norm.weight.sequence_parallel and norm.bias.sequence_parallel
     assert set(norm.state_dict()) == {"weight", "bias"}

@@ -1,4 +1,5 @@
-"""The quick start's six steps, at a smaller size, offline (HF_HUB_OFFLINE=1), as `make quickstart` runs them."""
+"""The quick start's six steps, at a smaller size, offline (HF_HUB_OFFLINE=1), as `make quickstart` runs
+them."""
 
 import json
 import os
@@ -27,10 +28,14 @@ def quickstarts(tmp_path_factory) -> dict:
     """{model: (output folder, the run)}: the Qwen2.5 and Qwen3 journeys, started together (their one-process
     steps, conversions, preprocessing, generation, leave a core idle when the two run one after the other)."""
     runs = {}
-    for model, settings in (("qwen25", {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3",
-                                        "MAX_NEW_TOKENS": str(CHAT_TOKENS)}),
-                            # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
-                            ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"})):
+    for model, settings in (
+        (
+            "qwen25",
+            {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3", "MAX_NEW_TOKENS": str(CHAT_TOKENS)},
+        ),
+        # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
+        ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"}),
+    ):
         out = tmp_path_factory.mktemp(f"quickstart_{model}") / "qs"
         runs[model] = (out, _start_quickstart(out, **settings))
     return runs
@@ -45,7 +50,9 @@ def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
         assert f"step {step}" in proc.stdout
 
     hf_dir = out / "model_from_hf" / "qwen2.5-tiny-hf"
-    assert (out / "model_weights" / "qwen2.5_mcore" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert (
+        out / "model_weights" / "qwen2.5_mcore" / "latest_checkpointed_iteration.txt"
+    ).read_text().strip() == "1"
     assert (out / "dataset" / "alpaca_text_document.idx").is_file()
     ckpt = out / "ckpt" / "qwen2.5_tiny_pretrain"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
@@ -65,32 +72,48 @@ def test_quickstart_runs_offline_end_to_end(quickstarts) -> None:
         assert f.get_tensor(next(iter(f.keys()))).dtype.is_floating_point
     # The output explains itself: one final-loss figure and what it averages, the steps as run, and the
     # held-out loss of the untrained and the trained model side by side.
-    assert "[summary] 5 training steps ran, iterations 2-6: training continued after the converted checkpoint's " \
+    assert (
+        "[summary] 5 training steps ran, iterations 2-6: training continued after the converted checkpoint's "
         "iteration 1" in proc.stdout
-    final = f"[summary] final loss {losses[-1][1]:.3f}: the mean lm loss of iterations 6 (1 steps of 2 sequences)"
+    )
+    final = (
+        f"[summary] final loss {losses[-1][1]:.3f}: the mean lm loss of iterations 6 (1 steps of 2 sequences)"
+    )
     assert final in proc.stdout
-    assert "[after training]" in proc.stdout and "lm loss: " not in proc.stdout.split("[after training]")[1].split("\n")[0]
-    evaluated = re.search(r"untrained \(the converted starting point\): ([0-9.]+)   trained: ([0-9.]+)", proc.stdout)
+    assert (
+        "[after training]" in proc.stdout
+        and "lm loss: " not in proc.stdout.split("[after training]")[1].split("\n")[0]
+    )
+    evaluated = re.search(
+        r"untrained \(the converted starting point\): ([0-9.]+)   trained: ([0-9.]+)", proc.stdout
+    )
     assert evaluated and float(evaluated.group(2)) < float(evaluated.group(1))
     assert "[generate] trained model's continuation (16 tokens, greedy)" in proc.stdout
     assert "[generate] What to expect:" in proc.stdout
 
-    # SFT leg: the pretrained checkpoint fine-tuned on the same rows as ChatML data, back to HF, asked in ChatML.
+    # SFT leg: the pretrained checkpoint fine-tuned on the same rows as ChatML data, back to HF, asked in
+    # ChatML.
     assert (out / "finetune_dataset" / "alpaca_packed_labels_document.idx").is_file()
     sft_losses = losses_from_log((out / "logs" / "tune_mcore_qwen25_tiny.log").read_text())
     assert [it for it, _ in sft_losses] == [1, 2, 3]  # --finetune: from iteration 0
-    assert (out / "ckpt" / "qwen2.5_tiny_sft" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert (
+        out / "ckpt" / "qwen2.5_tiny_sft" / "latest_checkpointed_iteration.txt"
+    ).read_text().strip() == "3"
     assert "> instruction data " in proc.stdout and "prompt type qwen" in proc.stdout
     sft_hf = out / "model_from_hf" / "qwen2.5-tiny-sft-hf"
     assert json.loads((sft_hf / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
     _chat_answer_equals_transformers(proc.stdout, sft_hf)
 
 
-QWEN_CHATML = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-               "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")  # Qwen2.5-Instruct's, by hand
+QWEN_CHATML = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)  # Qwen2.5-Instruct's, by hand
 
 
-def _transformers_chat(hf_dir, questions: list[str], max_new_tokens: int) -> list[tuple[str, str | None, int]]:
+def _transformers_chat(
+    hf_dir, questions: list[str], max_new_tokens: int
+) -> list[tuple[str, str | None, int]]:
     """transformers' greedy generate on each question in the ChatML above, stopping at <|im_end|> or EOS:
     (the answer's text, the stop token or None, the number of new tokens)."""
     import torch
@@ -103,20 +126,31 @@ def _transformers_chat(hf_dir, questions: list[str], max_new_tokens: int) -> lis
     for question in questions:
         ids = tokenizer(QWEN_CHATML.format(question), return_tensors="pt").input_ids
         with torch.no_grad():
-            new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=stops[0])[0, ids.shape[1]:].tolist()
+            new = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=stops[0],
+            )[0, ids.shape[1] :].tolist()
         stop = tokenizer.convert_ids_to_tokens(new[-1]) if new[-1] in stops else None
-        answers.append((tokenizer.decode(new[:-1] if stop else new, skip_special_tokens=True), stop, len(new)))
+        answers.append(
+            (tokenizer.decode(new[:-1] if stop else new, skip_special_tokens=True), stop, len(new))
+        )
     return answers
 
 
 def _chat_answer_equals_transformers(stdout: str, sft_hf) -> None:
-    """Step 10: inference.py's chat answer (the SFT checkpoint at TP1 PP2) is what transformers' generate says on the
-    same weights converted to HF, given Qwen2.5-Instruct's ChatML written out by hand, greedy, stopping at
-    <|im_end|> or EOS: the same tokens, and the same reason to stop."""
+    """Step 10: inference.py's chat answer (the SFT checkpoint at TP1 PP2) is what transformers' generate says
+    on the same weights converted to HF, given Qwen2.5-Instruct's ChatML written out by hand, greedy, stopping
+    at <|im_end|> or EOS: the same tokens, and the same reason to stop."""
     question = "Explain what `json.dumps` does in Python."
-    chat = re.search(r"You:\n(.*?)\n\nMindSpeed-LLM:\n(.*?)\n\[chat\] inference.py rendered", stdout.split("step 10/10")[1],
-                     re.S)
+    chat = re.search(
+        r"You:\n(.*?)\n\nMindSpeed-LLM:\n(.*?)\n\[chat\] inference.py rendered",
+        stdout.split("step 10/10")[1],
+        re.S,
+    )
     assert chat and chat.group(1) == question, stdout[-3000:]
     [(text, stop, new_tokens)] = _transformers_chat(sft_hf, [question], CHAT_TOKENS)
     assert chat.group(2) == text
@@ -124,10 +158,16 @@ def _chat_answer_equals_transformers(stdout: str, sft_hf) -> None:
 
 
 # Questions whose trained answers are one or two tokens: the end of turn is a third of the learnt tokens (with
-# the quick start's long docstring answers it is rare, and a few SFT steps never teach the tiny model to stop).
-SHORT_QA = (("What is the capital of France?", "Paris"), ("Which animal barks?", "Dog"), ("Add two and two.", "4"),
-            ("What colour is a clear sky?", "Blue"), ("How many days are in a week?", "Seven"),
-            ("Who wrote Hamlet?", "Shakespeare"))
+# the quick start's long docstring answers it is rare, and a few SFT steps never teach the tiny model to
+# stop).
+SHORT_QA = (
+    ("What is the capital of France?", "Paris"),
+    ("Which animal barks?", "Dog"),
+    ("Add two and two.", "4"),
+    ("What colour is a clear sky?", "Blue"),
+    ("How many days are in a week?", "Seven"),
+    ("Who wrote Hamlet?", "Shakespeare"),
+)
 # Measured: 100 steps leave two questions with another trained answer; lr 1e-2 with 6 rows a step plateaus.
 SHORT_QA_TUNE = {"SFT_ITERS": "150", "GBS": "2", "LR": "5e-3", "MIN_LR": "5e-4"}
 SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|im_end|>
@@ -135,37 +175,79 @@ SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|
 
 @pytest.fixture(scope="module")
 def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
-    """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data and
-    step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question.
+    """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data
+    and step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question.
 
     In one process (TP1 PP1, the pretrained checkpoint re-laid by convert_ckpt.py mg -> mg): 150 steps at the
-    quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10 at PP2."""
+    quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10 at
+    PP2."""
     from tests.conftest import torchrun
     from tests.examples.test_model_example_scripts import _recorded_argv
     from tests.inference.helpers import parse_outputs
     from tests.tool_process import run_tool
 
     out, run = quickstarts["qwen25"]
-    assert run.result().returncode == 0, "the Qwen2.5 quick start failed: see test_quickstart_runs_offline_end_to_end"
+    assert run.result().returncode == 0, (
+        "the Qwen2.5 quick start failed: see test_quickstart_runs_offline_end_to_end"
+    )
     root = tmp_path_factory.mktemp("short_answer_chat")
     rows = root / "short_qa.jsonl"
-    rows.write_text("".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in SHORT_QA))
+    rows.write_text(
+        "".join(json.dumps({"instruction": q, "input": "", "output": a}) + "\n" for q, a in SHORT_QA)
+    )
     env = {**os.environ, "QS_OUT": str(out), "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "LOG_DIR": str(root / "logs")}
     pretrained = root / "pretrained_pp1"
-    relaid = run_tool("convert_ckpt.py", "--load-model-type", "mg", "--save-model-type", "mg", "--load-dir",
-                      out / "ckpt" / "qwen2.5_tiny_pretrain", "--save-dir", pretrained,
-                      "--target-tensor-parallel-size", "1", "--target-pipeline-parallel-size", "1", "--no-progress")
+    relaid = run_tool(
+        "convert_ckpt.py",
+        "--load-model-type",
+        "mg",
+        "--save-model-type",
+        "mg",
+        "--load-dir",
+        out / "ckpt" / "qwen2.5_tiny_pretrain",
+        "--save-dir",
+        pretrained,
+        "--target-tensor-parallel-size",
+        "1",
+        "--target-pipeline-parallel-size",
+        "1",
+        "--no-progress",
+    )
     assert relaid.returncode == 0, relaid.stderr[-4000:]
     one_process = {"NPUS_PER_NODE": "1", "TP": "1", "PP": "1"}
-    steps = (("data_convert_qwen25_instruction.sh", {"INPUT": str(rows), "OUTPUT_PREFIX": str(root / "data" / "qa")}),
-             ("tune_qwen25_tiny_ptd.sh", {"DATA_PATH": str(root / "data" / "qa"), "CKPT_LOAD_DIR": str(pretrained),
-                                          "CKPT_SAVE_DIR": str(root / "sft"), "SEQ_LEN": "64", "LOG_INTERVAL": "1",
-                                          "MASTER_PORT": str(free_port()), **one_process, **SHORT_QA_TUNE}),
-             ("ckpt_convert_qwen25_mcore2hf.sh", {"LOAD_DIR": str(root / "sft"), "SAVE_DIR": str(root / "sft_hf")}))
+    steps = (
+        (
+            "data_convert_qwen25_instruction.sh",
+            {"INPUT": str(rows), "OUTPUT_PREFIX": str(root / "data" / "qa")},
+        ),
+        (
+            "tune_qwen25_tiny_ptd.sh",
+            {
+                "DATA_PATH": str(root / "data" / "qa"),
+                "CKPT_LOAD_DIR": str(pretrained),
+                "CKPT_SAVE_DIR": str(root / "sft"),
+                "SEQ_LEN": "64",
+                "LOG_INTERVAL": "1",
+                "MASTER_PORT": str(free_port()),
+                **one_process,
+                **SHORT_QA_TUNE,
+            },
+        ),
+        (
+            "ckpt_convert_qwen25_mcore2hf.sh",
+            {"LOAD_DIR": str(root / "sft"), "SAVE_DIR": str(root / "sft_hf")},
+        ),
+    )
     for script, settings in steps:
-        proc = subprocess.run(["bash", f"examples/quickstart/{script}"], cwd=REPO_ROOT, env={**env, **settings},
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            ["bash", f"examples/quickstart/{script}"],
+            cwd=REPO_ROOT,
+            env={**env, **settings},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, f"{script}: " + proc.stdout[-4000:] + proc.stderr[-4000:]
     settings = {"QS_OUT": str(out), "CHECKPOINT": str(root / "sft"), "MAX_NEW_TOKENS": str(SHORT_QA_TOKENS),
                 **one_process}
@@ -186,17 +268,18 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_chat_on_short_answer_sft_model_stops_at_im_end(short_answer_chat) -> None:
-    """Issue 16: chat with the qwen template on an SFT-trained quick-start model answers through the template and
-    stops at <|im_end|>. inference.py answers every trained question with one of the trained answers; transformers,
-    on the same weights converted to HF and given the ChatML written out by hand, says the same and ends each
-    answer by generating <|im_end|> (not EOS, not the token limit)."""
+    """Issue 16: chat with the qwen template on an SFT-trained quick-start model answers through the template
+    and stops at <|im_end|>. inference.py answers every trained question with one of the trained answers;
+    transformers, on the same weights converted to HF and given the ChatML written out by hand, says the same
+    and ends each answer by generating <|im_end|> (not EOS, not the token limit)."""
     assert short_answer_chat["flags"][short_answer_chat["flags"].index("--prompt-type") + 1] == "qwen"
     losses = short_answer_chat["losses"]
     assert [it for it, _ in losses] == list(range(1, int(SHORT_QA_TUNE["SFT_ITERS"]) + 1))
     answers = short_answer_chat["answers"]
     assert [q for q, _ in answers] == [q for q, _ in SHORT_QA]
-    # Which trained answer a question gets is the tiny model's to get right or wrong (a clean clone's run mixed up
-    # three of six once): what is asserted is an answer learnt through the template, then the end of the turn.
+    # Which trained answer a question gets is the tiny model's to get right or wrong (a clean clone's run
+    # mixed up three of six once): what is asserted is an answer learnt through the template, then the end of
+    # the turn.
     trained = {a for _, a in SHORT_QA}
     assert all(a in trained for _, a in answers), answers
     reference = _transformers_chat(short_answer_chat["hf"], [q for q, _ in SHORT_QA], SHORT_QA_TOKENS)
@@ -207,7 +290,8 @@ def test_chat_on_short_answer_sft_model_stops_at_im_end(short_answer_chat) -> No
 
 @pytest.mark.slow
 def test_quickstart_qwen3_variant(quickstarts) -> None:
-    """make quickstart MODEL=qwen3: a tiny Qwen3 (q/k norms, head_dim 64 with hidden/heads 32) through all steps."""
+    """make quickstart MODEL=qwen3: a tiny Qwen3 (q/k norms, head_dim 64 with hidden/heads 32) through all
+    steps."""
     out, run = quickstarts["qwen3"]
     proc = run.result()
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
@@ -228,7 +312,9 @@ def test_unknown_quickstart_model_is_refused(tmp_path) -> None:
     env = {**os.environ, "QS_OUT": str(tmp_path / "qs"), "QS_MODEL": "qwen4"}
     proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "QS_MODEL (make quickstart MODEL=...) must be qwen25 or qwen3" in proc.stderr
+    assert (
+        proc.returncode == 2 and "QS_MODEL (make quickstart MODEL=...) must be qwen25 or qwen3" in proc.stderr
+    )
     assert not (tmp_path / "qs").exists()
 
 
@@ -256,8 +342,18 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
     assert args.stage == "sft" and args.finetune and args.prompt_type == prompt_type == data.prompt_type
     assert args.data_path == [data.output_prefix] and data.handler_name == "AlpacaStyleInstructionHandler"
     assert args.load == pretrain.save and args.save != pretrain.save
-    for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_query_groups", "kv_channels", "qk_layernorm",
-                 "add_qkv_bias", "padded_vocab_size", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+    for flag in (
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_query_groups",
+        "kv_channels",
+        "qk_layernorm",
+        "add_qkv_bias",
+        "padded_vocab_size",
+        "tensor_model_parallel_size",
+        "pipeline_model_parallel_size",
+    ):
         assert getattr(args, flag) == getattr(pretrain, flag), flag
 
     # Step 10 (dry): inference.py chats through the same template with the fine-tuned checkpoint, as trained.
@@ -266,7 +362,20 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
 
     gen = check_inference_args(parse_args(chat[chat.index("inference.py") + 1:], add_inference_args), 2)
     assert gen.task == ["chat"] and gen.prompt_type == prompt_type and gen.load == args.save and gen.prompt
-    for flag in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                 "kv_channels", "qk_layernorm", "add_qkv_bias", "padded_vocab_size", "rotary_base", "norm_epsilon",
-                 "tokenizer_name_or_path", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+    for flag in (
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "kv_channels",
+        "qk_layernorm",
+        "add_qkv_bias",
+        "padded_vocab_size",
+        "rotary_base",
+        "norm_epsilon",
+        "tokenizer_name_or_path",
+        "tensor_model_parallel_size",
+        "pipeline_model_parallel_size",
+    ):
         assert getattr(gen, flag) == getattr(args, flag), flag

@@ -6,8 +6,10 @@ from mindspeed_llm.training.training import training_plan
 
 
 def _line(iteration: int, loss: float) -> str:
-    return (f" [2026-11-29 10:00:00] iteration {iteration:8d}/{30:8d} | consumed samples: {iteration * 4:12d} | "
-            f"learning rate: 1.0E-03 | global batch size:     4 | lm loss: {loss:.6E} | loss scale: 1.0 |")
+    return (
+        f" [2026-11-29 10:00:00] iteration {iteration:8d}/{30:8d} | consumed samples: {iteration * 4:12d} | "
+        f"learning rate: 1.0E-03 | global batch size:     4 | lm loss: {loss:.6E} | loss scale: 1.0 |"
+    )
 
 
 LOG = "\n".join([
@@ -27,12 +29,12 @@ def test_training_plan_counts_the_steps_after_the_loaded_iteration():
 
 def test_summary_names_intervals_steps_and_one_final_loss():
     assert summarise(LOG) == [
-        "[summary] lm loss, mean over each logged interval: iterations 2-5: 11.500 | iterations 6-10: 8.250 | "
-        "iterations 11-12: 7.000",
-        "[summary] 11 training steps ran, iterations 2-12: training continued after the converted checkpoint's "
-        "iteration 1 (Megatron-LM counts a loaded checkpoint's iterations as done)",
-        "[summary] final loss 7.000: the mean lm loss of iterations 11-12 (2 steps of 4 sequences); it fell from "
-        "11.500 (iterations 2-5)",
+        "[summary] lm loss, mean over each logged interval: iterations 2-5: 11.500 | iterations 6-10: 8.250 "
+        "| iterations 11-12: 7.000",
+        "[summary] 11 training steps ran, iterations 2-12: training continued after the converted "
+        "checkpoint's iteration 1 (Megatron-LM counts a loaded checkpoint's iterations as done)",
+        "[summary] final loss 7.000: the mean lm loss of iterations 11-12 (2 steps of 4 sequences); it fell "
+        "from 11.500 (iterations 2-5)",
     ]
 
 

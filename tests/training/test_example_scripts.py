@@ -19,8 +19,10 @@ SCRIPTS = [
     "examples/mcore/qwen25/pretrain_qwen25_0point5b_32k_ptd.sh",
     "examples/mcore/llama3/pretrain_llama3_8b_ptd.sh",
     "examples/mcore/llama2/pretrain_llama2_7b_ptd.sh",
-    *[f"examples/mcore/qwen3/pretrain_qwen3_{size}_4K_ptd.sh" for size in ("0point6b", "1point7b", "4b", "8b", "14b",
-                                                                            "32b")],
+    *[
+        f"examples/mcore/qwen3/pretrain_qwen3_{size}_4K_ptd.sh"
+        for size in ("0point6b", "1point7b", "4b", "8b", "14b", "32b")
+    ],
 ]
 
 
@@ -54,8 +56,14 @@ def test_busy_port_stops_the_script_with_the_holder_named(tmp_path):
         port = sock.getsockname()[1]
         env = {**os.environ, "MASTER_PORT": str(port), "LOG_DIR": str(tmp_path / "logs"),
                "PYTHONPATH": str(REPO_ROOT), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-        proc = subprocess.run(["bash", str(REPO_ROOT / SCRIPTS[0])], env=env, cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            ["bash", str(REPO_ROOT / SCRIPTS[0])],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 1
     assert f"MASTER_PORT {port} is already in use" in proc.stderr
     assert not Path(tmp_path / "logs").exists()

@@ -1,4 +1,5 @@
-"""The pieces behind "nothing lost": the --save lock, damaged tracker/rank files, data file checks, errors' exit codes.
+"""The pieces behind "nothing lost": the --save lock, damaged tracker/rank files, data file checks, errors'
+exit codes.
 
 Real files and real processes (a second process holds the lock); the end-to-end runs are in
 tests/e2e/test_pretrain_resilience.py.
@@ -40,7 +41,7 @@ def _write_dataset(prefix, docs: list[list[int]], dtype=np.uint16) -> str:
     return str(prefix)
 
 
-# ---- the --save lock ---------------------------------------------------------------------------------------------
+# ---- the --save lock ---------------------------------------------------------------------------------------
 _HOLD = """
 import sys, time
 from mindspeed_llm.runtime import save_lock
@@ -58,15 +59,20 @@ def test_a_second_holder_is_refused_with_host_and_pid_and_a_dead_one_holds_nothi
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(SaveError) as err:
             save_lock.lock_save_folder(str(save))
-        assert f"--save {save} is in use by another training run (host {socket.gethostname()}, PID {holder.pid}" \
+        assert (
+            f"--save {save} is in use by another training run (host {socket.gethostname()}, PID {holder.pid}"
             in str(err.value)
+        )
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     # kill -9 released the flock: the lock is ours now, and says so in the file.
     save_lock.lock_save_folder(str(save))
     try:
-        assert (save / save_lock.LOCK_FILENAME).read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]
+        assert (save / save_lock.LOCK_FILENAME).read_text().split()[:2] == [
+            socket.gethostname(),
+            str(os.getpid()),
+        ]
     finally:
         save_lock.release_save_folder(str(save))
 
@@ -112,11 +118,14 @@ def test_unwritable_save_folder_is_refused(tmp_path):
         save_lock.lock_save_folder(target)
 
 
-# ---- damaged checkpoint files -----------------------------------------------------------------------------------
+# ---- damaged checkpoint files ------------------------------------------------------------------------------
 def test_tracker_with_binary_junk_is_one_line(tmp_path):
     (tmp_path / layout.TRACKER_FILENAME).write_bytes(bytes(range(128, 256)) * 4)
-    with pytest.raises(CheckpointError, match=r"latest_checkpointed_iteration.txt holds binary data, expected an "
-                                              r"iteration number"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"latest_checkpointed_iteration.txt holds binary data, expected an "
+        r"iteration number",
+    ):
         layout.read_tracker(tmp_path)
 
 
@@ -125,7 +134,9 @@ def test_damaged_rank_file_names_the_file(tmp_path, damage):
     path = tmp_path / "model_optim_rng.pt"
     torch.save({"model": {"w": torch.randn(64, 64)}, "iteration": 3}, path)
     data = path.read_bytes()
-    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n"}[damage])
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a checkpoint\n"}[damage]
+    )
     for mmap in (False, True):
         with pytest.raises(CheckpointError) as err:
             load_rank_file(str(path), mmap=mmap)
@@ -134,7 +145,7 @@ def test_damaged_rank_file_names_the_file(tmp_path, damage):
         assert ("empty (0 bytes)" if damage == "empty" else "damaged or not a torch checkpoint") in message
 
 
-# ---- data files -------------------------------------------------------------------------------------------------
+# ---- data files --------------------------------------------------------------------------------------------
 def test_empty_dataset_is_refused_before_megatron_reads_it(tmp_path):
     prefix = _write_dataset(tmp_path / "empty_text_document", [])
     with pytest.raises(DataError, match="empty_text_document.bin/.idx hold no documents"):
@@ -146,7 +157,9 @@ def test_bin_and_idx_of_different_sizes_are_refused(tmp_path):
     assert check_indexed_dataset(prefix) == 410
     with open(prefix + ".bin", "r+b") as f:
         f.truncate(500)
-    with pytest.raises(DataError, match=r"c_text_document.bin has 500 bytes but .*c_text_document.idx describes 820"):
+    with pytest.raises(
+        DataError, match=r"c_text_document.bin has 500 bytes but .*c_text_document.idx describes 820"
+    ):
         check_indexed_dataset(prefix)
     (tmp_path / "c_text_document.idx").write_bytes(b"MMIDIDX\x00\x00junk")
     with pytest.raises(DataError, match="c_text_document.idx is damaged"):
@@ -158,10 +171,15 @@ def test_token_ids_beyond_the_vocabulary_name_the_file(tmp_path):
     bad = _write_dataset(tmp_path / "bad_text_document", [[3, 4, 5]] * 1000 + [[7, 300, 2]], dtype=np.int32)
     assert largest_token_id(bad) == 300  # the chunked max over the memory map
     assert check_token_ids([good], 128)
-    with pytest.raises(DataError, match=r"bad_text_document.bin holds token id 300, but the model's vocabulary "
-                                        r"\(padded\) has 128 rows"):
+    with pytest.raises(
+        DataError,
+        match=r"bad_text_document.bin holds token id 300, but the model's vocabulary "
+        r"\(padded\) has 128 rows",
+    ):
         check_token_ids([good, bad], 128)
-    assert not check_token_ids([good, bad], 128, limit_bytes=10)  # too big to scan at start: batches are checked
+    assert not check_token_ids(
+        [good, bad], 128, limit_bytes=10
+    )  # too big to scan at start: batches are checked
     batches = [{"tokens": torch.tensor([[3, 4]])}, {"tokens": torch.tensor([[7, 300]])}]
     checked = checked_batches(iter(batches), 128, [good, bad])
     assert next(checked) is batches[0]

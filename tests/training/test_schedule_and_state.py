@@ -13,9 +13,11 @@ from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, file_heade
 from mindspeed_llm.runtime.state import TrainState
 from mindspeed_llm.training.training import get_scheduler
 
-BASE = ("--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --lr 1e-2 --min-lr 0 --swiglu "
-        "--disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document "
-        "--micro-batch-size 1 --global-batch-size 4 --lr-decay-style linear")
+BASE = (
+    "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --lr 1e-2 --min-lr 0 --swiglu "
+    "--disable-bias-linear --tokenizer-type NullTokenizer --vocab-size 100 --data-path d_text_document "
+    "--micro-batch-size 1 --global-batch-size 4 --lr-decay-style linear"
+)
 
 
 def _lrs(flags: str, steps: int) -> list[float]:
@@ -54,8 +56,13 @@ def test_converted_checkpoint_counts_its_iterations_as_consumed():
     state = _restored({"iteration": 1, "args": argparse.Namespace()})
     state.count_older_checkpoint(argparse.Namespace(global_batch_size=8, eval_interval=1000, eval_iters=10))
     assert (state.iteration, state.consumed_train_samples, state.consumed_valid_samples) == (1, 8, 0)
-    state = _restored({"iteration": 30, "args": argparse.Namespace(consumed_train_samples=100, consumed_valid_samples=7),
-                       "num_floating_point_operations_so_far": 5.0})
+    state = _restored(
+        {
+            "iteration": 30,
+            "args": argparse.Namespace(consumed_train_samples=100, consumed_valid_samples=7),
+            "num_floating_point_operations_so_far": 5.0,
+        }
+    )
     state.count_older_checkpoint(argparse.Namespace(global_batch_size=8, eval_interval=10, eval_iters=2))
     assert (state.consumed_train_samples, state.consumed_valid_samples) == (100, 7)
     assert state.floating_point_operations_so_far == 5.0

@@ -77,7 +77,9 @@ def test_data_path_errors_name_the_files_and_the_fix(tmp_path):
     with pytest.raises(ArgumentError, match=f"instruction data there: --data-path {prefix}"):
         check_instruction_prefix(str(tmp_path / "alpacca"))
     (tmp_path / "pre_text_document.idx").write_bytes(b"")
-    with pytest.raises(ArgumentError, match="is pretraining data .*--handler-name AlpacaStyleInstructionHandler"):
+    with pytest.raises(
+        ArgumentError, match="is pretraining data .*--handler-name AlpacaStyleInstructionHandler"
+    ):
         check_instruction_prefix(str(tmp_path / "pre"))
 
 
@@ -128,8 +130,14 @@ def test_posttrain_without_stage_is_one_line(tmp_path):
 
     from tests.conftest import REPO_ROOT
 
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "posttrain_gpt.py"), *BASE.split()], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "posttrain_gpt.py"), *BASE.split()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: posttrain_gpt.py needs --stage sft (instruction fine-tuning on "
                                    "preprocess_data.py's instruction data); pretraining is pretrain_gpt.py")
@@ -143,7 +151,10 @@ def test_sample_order_depends_on_the_seed_only_and_covers_every_sample_each_epoc
     rows = [(np.arange(3, 3 + n), np.ones(n, dtype=np.int64), np.arange(3, 3 + n)) for n in (4, 5, 6, 7, 8)]
     prefix = write_instruction_data(tmp_path / "d", rows)
     docs = np.arange(5)
-    a, b = InstructionDataset(prefix, docs, 12, seed=7, name="train"), InstructionDataset(prefix, docs, 12, 7, "t")
+    a, b = (
+        InstructionDataset(prefix, docs, 12, seed=7, name="train"),
+        InstructionDataset(prefix, docs, 12, 7, "t"),
+    )
     assert len(a) == 15 and a.order.tolist() == b.order.tolist()
     assert InstructionDataset(prefix, docs, 12, seed=8, name="train").order.tolist() != a.order.tolist()
     for epoch in range(3):

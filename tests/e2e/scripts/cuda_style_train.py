@@ -50,7 +50,9 @@ def main() -> None:
     model.cuda(torch.cuda.current_device())
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=False, overlap_grad_reduce=False)
     model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
-    optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=3e-3, use_distributed_optimizer=False), [model])
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=3e-3, use_distributed_optimizer=False), [model]
+    )
     config.finalize_model_grads_func = finalize_model_grads
 
     generator = torch.Generator().manual_seed(0)

@@ -1,4 +1,5 @@
-"""pretrain_gpt.py whose checkpoint save of one iteration stops short of publishing, for tests that kill a run there.
+"""pretrain_gpt.py whose checkpoint save of one iteration stops short of publishing, for tests that kill a run
+there.
 
     torchrun ... tests/e2e/scripts/pretrain_paused_in_save.py N <pretrain_gpt.py flags>
 
@@ -23,7 +24,8 @@ PRETRAIN = Path(__file__).resolve().parents[3] / "pretrain_gpt.py"
 
 
 def paused_at(iteration: int, publish):
-    """``publish`` (a format's ``publish_save(_, iteration, ...)``) that rank 0 holds back at ``iteration``."""
+    """``publish`` (a format's ``publish_save(_, iteration, ...)``) that rank 0 holds back at
+    ``iteration``."""
     import torch
 
     @functools.wraps(publish)
@@ -39,7 +41,8 @@ def paused_at(iteration: int, publish):
 
 if __name__ == "__main__":
     pause_at = int(sys.argv.pop(1))
-    mindspeed_llm.apply_base_patches()  # the device layer before megatron-core is imported (pretrain_gpt.py's order)
+    # the device layer before megatron-core is imported (pretrain_gpt.py's order)
+    mindspeed_llm.apply_base_patches()
     from mindspeed_llm.runtime.checkpoint import dist_format, torch_format
 
     for fmt in (torch_format, dist_format):
