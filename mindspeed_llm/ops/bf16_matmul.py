@@ -29,7 +29,7 @@ def native_bf16_matmul() -> bool:
 
 
 def fp32_products(original: Callable) -> Callable:
-    """``original(input, weight, bias, gradient_accumulation_fusion, ...)`` with bf16 CPU inputs computed in fp32.
+    """``original(input, weight, bias, gradient_accumulation_fusion, ...)``, bf16 CPU inputs computed in fp32.
 
     Other dtypes and devices, and gradient-accumulation fusion (which writes ``weight.main_grad``, a
     buffer of the parameter itself), go to ``original`` unchanged.
@@ -39,8 +39,14 @@ def fp32_products(original: Callable) -> Callable:
     def linear(input, weight, bias, gradient_accumulation_fusion, *args, **kwargs):
         if input.dtype is not torch.bfloat16 or input.device.type != "cpu" or gradient_accumulation_fusion:
             return original(input, weight, bias, gradient_accumulation_fusion, *args, **kwargs)
-        out = original(input.float(), weight.float(), None if bias is None else bias.float(),
-                       gradient_accumulation_fusion, *args, **kwargs)
+        out = original(
+            input.float(),
+            weight.float(),
+            None if bias is None else bias.float(),
+            gradient_accumulation_fusion,
+            *args,
+            **kwargs,
+        )
         return out.to(torch.bfloat16)
 
     return linear
