@@ -52,7 +52,6 @@ from mindspeed_llm.runtime.checkpoint.layout import RELEASE
 from mindspeed_llm.runtime.checkpoint.record import (
     CheckpointRecord,
     LayoutRecord,
-    LoraRecord,
     ModelRecord,
     ProgressRecord,
 )
@@ -172,10 +171,7 @@ def checkpoint_record(
     step = 0 if iteration == RELEASE else int(iteration)
     progress = (dataclasses.replace(source.record.progress, iteration=step) if source is not None
                 else ProgressRecord(iteration=step))
-    lora = None
-    if adapter is not None:  # what a launch continuing this adapter passes (docs/lora.md)
-        lora = LoraRecord(r=adapter.config.r, alpha=adapter.config.alpha, dropout=adapter.config.dropout,
-                          target_modules=tuple(adapter.config.target_modules))
+    lora = adapter.config.recorded() if adapter is not None else None  # what a launch continuing it passes
     return CheckpointRecord(model=model, layout=layout_record, progress=progress, lora=lora)
 
 

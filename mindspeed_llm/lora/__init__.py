@@ -7,9 +7,12 @@
 - ``layers``: the adapted megatron-core linear layers; :func:`apply_lora` (adapt + freeze)
 - ``adapter``: a whole adapter and its tensors in Megatron checkpoints
 - ``peft``: peft adapter folders <-> megatron's fused adapter; ``merge``: merged weights (peft's merge)
+- ``checkpoint``: what a checkpoint holds of an adapter and how a launch continues it (``--lora-load``,
+  ``--lora-ckpt-filter``, the resume checks); the checkpoint interface asks it
 
 The names below are imported on first use, so the command lines read ``config`` without torch.
-The package imports nothing else of mindspeed_llm: training, inference, conversion and checkpointing ask it.
+The package imports nothing else of mindspeed_llm but ``runtime/checkpoint``'s file layout (in
+``checkpoint``): training, inference, conversion and checkpointing ask it.
 """
 
 import importlib

@@ -177,6 +177,37 @@ class LoraConfig:
                    dropout=float(getattr(args, "lora_dropout", None) or 0.0),
                    target_modules=tuple(target_modules))
 
+    @classmethod
+    def from_recorded_args(cls, args: argparse.Namespace) -> LoraConfig | None:
+        """The adapter a run's args, or a checkpoint file's recorded args, name (r, alpha, dropout, targets);
+        None without ``lora_target_modules``. Tolerant of args written by other tools (no seed, no
+        dropout)."""
+        if not getattr(args, "lora_target_modules", None):
+            return None
+        return cls(r=int(args.lora_r), alpha=float(args.lora_alpha),
+                   dropout=float(getattr(args, "lora_dropout", 0.0) or 0.0),
+                   target_modules=tuple(args.lora_target_modules))
+
+    def recorded(self) -> LoraConfig:
+        """What a checkpoint records of this adapter: its settings, without the run's seed and checkpoint
+        flags (those are the launch's, not the adapter's)."""
+        return LoraConfig(r=self.r, alpha=self.alpha, dropout=self.dropout,
+                          target_modules=self.target_modules)
+
+    def to_record(self) -> dict[str, object]:
+        """The checkpoint record's ``lora`` section (plain data: r, alpha, dropout, target_modules)."""
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout,
+                "target_modules": list(self.target_modules)}
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, object]) -> LoraConfig:
+        """Read what :meth:`to_record` wrote (a missing or unknown entry raises TypeError)."""
+        entries = {"r", "alpha", "dropout", "target_modules"}
+        if set(data) != entries:
+            raise TypeError(f"LoRA record entries {sorted(data)}, expected {sorted(entries)}")
+        return cls(r=data["r"], alpha=data["alpha"], dropout=data["dropout"],
+                   target_modules=tuple(data["target_modules"]))
+
     def checkpoint_args(self) -> dict[str, object]:
         """What a checkpoint holding this adapter records in its args: the flags a launch continuing it
         passes."""

@@ -23,13 +23,10 @@ import torch
 from mindspeed_llm.config.flags import ArgumentError
 from mindspeed_llm.config.groups import optimizer_config
 from mindspeed_llm.console import launch_rank, print_error
+from mindspeed_llm.lora.checkpoint import adapter_iteration
 from mindspeed_llm.runtime import run, save_lock, signals
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
-from mindspeed_llm.runtime.checkpoint.locate import (
-    find_checkpoint,
-    find_lora_checkpoint,
-    last_complete_checkpoint,
-)
+from mindspeed_llm.runtime.checkpoint.locate import find_checkpoint, last_complete_checkpoint
 from mindspeed_llm.runtime.errors import (
     USER_ERRORS,
     NonFiniteError,
@@ -381,7 +378,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     with fail_together():  # each rank reads its own checkpoint file
         plan_run(args, config, tokenizer, ckpt_iteration, model_type)
     args = run.get_args()  # configuration and plan, frozen; what changes from here on lives in TrainState
-    resume_iteration = find_lora_checkpoint(args) if getattr(args, "lora_load", None) else ckpt_iteration
+    resume_iteration = adapter_iteration(args) if getattr(args, "lora_load", None) else ckpt_iteration
     if _nothing_to_train(args, resume_iteration):
         return _finish(args, {"iteration": ckpt_iteration, "losses": {}, "tokens_per_s_per_device": 0.0,
                               "consumed_train_samples": 0})

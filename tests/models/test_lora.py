@@ -272,18 +272,21 @@ def test_lora_flags_refused_with_a_line(extra, words):
 def test_training_load_refuses_an_adapter_only_base_and_another_alpha():
     import argparse
 
-    from mindspeed_llm.runtime.checkpoint.weights import check_lora_alpha as _check_lora_alpha
-    from mindspeed_llm.runtime.checkpoint.weights import with_adapter as _with_adapter
+    from mindspeed_llm.lora.checkpoint import weights_with_adapter
+    from mindspeed_llm.lora.config import LoraConfig
 
     adapter_only = {"decoder.layers.0.mlp.linear_fc1.lora_A.weight": torch.zeros(2, 4),
                     "decoder.layers.0.mlp.linear_fc1.lora_B.weight": torch.zeros(4, 2)}
-    with pytest.raises(CheckpointError, match="holds only LoRA adapter tensors.*as --load and this folder as --lora-load"):
-        _with_adapter(None, adapter_only, "/ckpt/f.pt", None, "model", 1)
     state = {"args": argparse.Namespace(lora_alpha=16.0), "model": adapter_only}
+    with pytest.raises(CheckpointError, match="holds only LoRA adapter tensors.*as --load and this folder as --lora-load"):
+        weights_with_adapter(LoraConfig(alpha=16.0), None, adapter_only, ("/ckpt/f.pt", state), None, "model", 1)
+    full = {"decoder.layers.0.mlp.linear_fc1.weight": torch.zeros(4, 4), **adapter_only}
+    state = {"args": argparse.Namespace(lora_alpha=16.0), "model": full}
     with pytest.raises(CheckpointError, match="trained with --lora-alpha 16, this launch has --lora-alpha 8: pass "
                                               "--lora-alpha 16"):
-        _check_lora_alpha(argparse.Namespace(lora_alpha=8.0), ("/ckpt/f.pt", state))
-    _check_lora_alpha(argparse.Namespace(lora_alpha=16.0), ("/ckpt/f.pt", state))
+        weights_with_adapter(LoraConfig(alpha=8.0), None, full, ("/ckpt/f.pt", state), None, "model", 1)
+    assert weights_with_adapter(LoraConfig(alpha=16.0), None, full, ("/ckpt/f.pt", state), None, "model", 1) is full
+    assert weights_with_adapter(None, None, adapter_only, ("/ckpt/f.pt", state), None, "model", 1) is adapter_only
 
 
 def test_inference_model_carries_the_adapter_the_lora_flags_name():

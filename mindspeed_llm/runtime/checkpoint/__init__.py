@@ -18,7 +18,7 @@ import importlib
 _EXPORTS = {
     "CheckpointError": "errors", "DamagedCheckpointError": "errors",
     "RECORD_VERSION": "record", "RECORD_KEY": "record", "CheckpointRecord": "record", "ModelRecord": "record",
-    "LayoutRecord": "record", "LoraRecord": "record", "ProgressRecord": "record", "file_header": "record",
+    "LayoutRecord": "record", "ProgressRecord": "record", "file_header": "record",
     "read_header": "record",
     "TORCH": "detect", "TORCH_DIST": "detect", "detect_format": "detect",
     "read_record": "interface", "load": "interface", "save": "interface",

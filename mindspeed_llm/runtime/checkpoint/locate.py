@@ -1,4 +1,7 @@
-"""Which checkpoint a launch means: ``--load``, ``--ckpt-step``, auto-resume (``--load`` == ``--save``), ``--lora-load``."""
+"""Which checkpoint a launch means: ``--load``, ``--ckpt-step``, auto-resume (``--load`` == ``--save``).
+
+``--lora-load``'s adapter checkpoint is the LoRA feature's (``mindspeed_llm.lora.checkpoint``).
+"""
 
 from __future__ import annotations
 
@@ -48,19 +51,6 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
         f"--load {load}: no checkpoint there ({layout.TRACKER_FILENAME} missing; the folder holds {present}). "
         "Expected the folder that convert_ckpt.py --save-dir or a training --save wrote"
     )
-
-
-def find_lora_checkpoint(args: argparse.Namespace) -> int | str | None:
-    """--lora-load's tracker iteration; None for a fresh adapter (only when --lora-load == --save, no tracker yet)."""
-    lora_load = getattr(args, "lora_load", None)
-    if not lora_load:
-        return None
-    if os.path.isfile(os.path.join(lora_load, layout.TRACKER_FILENAME)):
-        return layout.read_tracker(lora_load)
-    if same_folder(lora_load, args.save):
-        return None
-    raise CheckpointError(f"--lora-load {lora_load}: no {layout.TRACKER_FILENAME} there: give the --save folder of "
-                          "a LoRA run (or the same folder as --save to start a new adapter and resume it later)")
 
 
 def checkpoint_step(load: str, step: int) -> int:

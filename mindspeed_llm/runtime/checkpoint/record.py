@@ -6,7 +6,8 @@ The converter, the trainer and inference write and read the same :class:`Checkpo
   padded rows saved, and the model-defining settings under their Megatron flag names (what a launch
   is checked against);
 - ``layout``: TP, PP, the layers per pipeline stage, the virtual pipeline stages;
-- ``lora``: the adapter's settings, when the checkpoint holds one;
+- ``lora``: the adapter's settings, when the checkpoint holds one: the LoRA feature's own
+  :class:`~mindspeed_llm.lora.config.LoraConfig` (its :meth:`~LoraConfig.to_record` in the files);
 - ``progress``: iteration, consumed samples, FLOPs.
 
 A file holds it as a plain dict under :data:`RECORD_KEY` (``torch.load(weights_only=True)`` reads
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from mindspeed_llm.config.groups import checked_model_settings
+from mindspeed_llm.lora.config import LoraConfig
 from mindspeed_llm.models.families import ROPE_SCALING_FLAGS, rope_scaling_to_flags
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError, DamagedCheckpointError
 
@@ -99,16 +101,6 @@ class LayoutRecord:
 
 
 @dataclass(frozen=True)
-class LoraRecord:
-    """The LoRA adapter a checkpoint holds (what a launch continuing it passes)."""
-
-    r: int
-    alpha: float
-    dropout: float
-    target_modules: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class ProgressRecord:
     """Where the run stood when it saved."""
 
@@ -125,8 +117,12 @@ class CheckpointRecord:
     model: ModelRecord
     layout: LayoutRecord
     progress: ProgressRecord = ProgressRecord()
-    lora: LoraRecord | None = None
+    lora: LoraConfig | None = None  # the adapter's settings (LoraConfig.recorded()), when it holds one
     version: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:
+        if self.lora is not None:  # the adapter's settings only: the run's seed and --lora-load are not its
+            object.__setattr__(self, "lora", self.lora.recorded())
 
     def replace(self, **changes) -> CheckpointRecord:
         """A copy with some sections replaced."""
@@ -138,9 +134,7 @@ class CheckpointRecord:
         model = {f.name: _plain_copy(getattr(self.model, f.name)) for f in dataclasses.fields(ModelRecord)}
         layout = dataclasses.asdict(self.layout)
         layout["num_layer_list"] = list(self.layout.num_layer_list) if self.layout.num_layer_list else None
-        lora = None
-        if self.lora is not None:
-            lora = dataclasses.asdict(self.lora) | {"target_modules": list(self.lora.target_modules)}
+        lora = self.lora.to_record() if self.lora is not None else None
         return {"version": self.version, "model": model, "layout": layout, "lora": lora,
                 "progress": dataclasses.asdict(self.progress)}
 
@@ -160,8 +154,7 @@ class CheckpointRecord:
             if layout.get("num_layer_list"):
                 layout["num_layer_list"] = tuple(int(n) for n in layout["num_layer_list"])
             lora = data.get("lora")
-            if lora is not None:
-                lora = LoraRecord(**{**lora, "target_modules": tuple(lora["target_modules"])})
+            lora = LoraConfig.from_record(lora) if lora is not None else None
             return cls(model=ModelRecord(**data["model"]), layout=LayoutRecord(**layout),
                        progress=ProgressRecord(**data["progress"]), lora=lora, version=version)
         except (KeyError, TypeError, ValueError) as exc:
@@ -174,11 +167,7 @@ class CheckpointRecord:
                            where: str = "the checkpoint") -> CheckpointRecord:
         """The record a Megatron ``args`` Namespace implies (a run's flags, or a file written without a record)."""
         args = args if args is not None else argparse.Namespace()
-        lora = None
-        if getattr(args, "lora_target_modules", None):
-            lora = LoraRecord(r=int(args.lora_r), alpha=float(args.lora_alpha),
-                              dropout=float(getattr(args, "lora_dropout", 0.0) or 0.0),
-                              target_modules=tuple(args.lora_target_modules))
+        lora = LoraConfig.from_recorded_args(args)
         hf_config = getattr(args, "hf_config", None)
         model = ModelRecord(
             hf_config=dict(hf_config) if hf_config else None,
@@ -224,8 +213,7 @@ class CheckpointRecord:
             dtype = parse_dtype_name(m.params_dtype)
             values.update(params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
         if self.lora is not None:
-            values.update(lora_r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                          lora_target_modules=list(self.lora.target_modules))
+            values.update(self.lora.checkpoint_args())
         # Megatron-LM flags the record implies; a base that has them keeps its own.
         implied = {"use_mcore_models": True}
         if "num_query_groups" in m.settings:

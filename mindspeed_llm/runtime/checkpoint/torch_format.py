@@ -26,19 +26,14 @@ from typing import Any
 
 import torch
 
+from mindspeed_llm.lora import checkpoint as lora_checkpoint
+from mindspeed_llm.lora.config import LoraConfig
 from mindspeed_llm.runtime.checkpoint import layout
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
-from mindspeed_llm.runtime.checkpoint.locate import find_lora_checkpoint, last_complete_checkpoint
+from mindspeed_llm.runtime.checkpoint.locate import last_complete_checkpoint
 from mindspeed_llm.runtime.checkpoint.optimizer_state import load_distributed_optimizer_state, load_scheduler
 from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, file_header, read_header
-from mindspeed_llm.runtime.checkpoint.weights import (
-    check_lora_alpha,
-    chunk_key,
-    chunk_state,
-    load_weights,
-    model_state,
-    with_adapter,
-)
+from mindspeed_llm.runtime.checkpoint.weights import chunk_key, chunk_state, load_weights, model_state
 from mindspeed_llm.runtime.errors import SaveError, fail_together
 from mindspeed_llm.runtime.state import TrainState
 
@@ -110,7 +105,7 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
                     optimizer.save_parameter_state(target + ".tmp")
             if dp_rank == 0:
                 ckpt: dict[str, Any] = file_header(record, base_args)
-                ckpt.update(model_state(model, adapter_only=bool(getattr(args, "lora_ckpt_filter", False))))
+                ckpt.update(lora_checkpoint.saved_weights(model_state(model), LoraConfig.from_args(args)))
                 if not args.no_save_optim:
                     ckpt["optimizer"] = optimizer.state_dict()
                     ckpt["opt_param_scheduler"] = scheduler.state_dict()
@@ -255,34 +250,22 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
     state = layout.load_rank_file(path, mmap=False)
     read_header(state, path)  # a record this version cannot read is refused before anything loads
     check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
-    lora_on = bool(getattr(args, "lora_target_modules", None))
-    adapter = None
-    if lora_on and getattr(args, "lora_load", None):
-        lora_iteration = find_lora_checkpoint(args)
-        if lora_iteration is not None:
-            lora_path = layout.checkpoint_file_for(args.lora_load, lora_iteration, tp_rank, pp_rank, pp_size)
-            if not os.path.isfile(lora_path):
-                raise CheckpointError(f"{lora_path} not found: the adapter checkpoint in {args.lora_load} is "
-                                      f"incomplete for TP rank {tp_rank}, PP rank {pp_rank} (or was saved at "
-                                      "another TP/PP)")
-            adapter = (lora_path, layout.load_rank_file(lora_path, mmap=False))
-            read_header(adapter[1], lora_path)
-            iteration = lora_iteration  # the run continues from the adapter checkpoint
+    lora = LoraConfig.from_args(args)
+    # With --lora-load the run's state is the adapter checkpoint's (lora.checkpoint.AdapterSource).
+    adapter = lora_checkpoint.adapter_source(args, tp_rank, pp_rank, pp_size)
+    if adapter is not None and not adapter.fresh:
+        iteration = adapter.iteration
     release = iteration == layout.RELEASE
-    # With --lora-load, --load is the base (weights only) and the run's state is the adapter checkpoint's:
-    # none there yet (--lora-load is the --save folder of a new run) starts at iteration 0, fresh optimizer.
-    fresh_adapter = lora_on and bool(getattr(args, "lora_load", None)) and adapter is None
-    weights_only = release or args.finetune or fresh_adapter
+    weights_only = release or args.finetune or (adapter is not None and adapter.fresh)
 
     for i, chunk in enumerate(model):
         key = chunk_key(i, len(model))
         weights = chunk_state(state, path, key, len(model))
-        if lora_on:
-            weights = with_adapter(chunk, weights, path, adapter, key, len(model))
-            check_lora_alpha(args, adapter or (path, state))
+        weights = lora_checkpoint.weights_with_adapter(lora, chunk, weights, (path, state), adapter, key,
+                                                       len(model))
         load_weights(chunk, weights, path, key, check_finite)
-    if adapter is not None:
-        path, state = adapter  # optimizer, scheduler, RNG and iteration come from the adapter checkpoint
+    if adapter is not None and not adapter.fresh:
+        path, state = adapter.path, adapter.state  # optimizer, scheduler, RNG and iteration come from it
 
     optimizer_loaded = False
     if not weights_only and not args.no_load_optim:
