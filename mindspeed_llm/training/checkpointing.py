@@ -1,4 +1,5 @@
-"""What the trainer saves and loads: model chunks, optimizer, scheduler and :class:`TrainState` (RNG included).
+"""What the trainer saves and loads: model chunks, optimizer, scheduler and :class:`TrainState` (RNG
+included).
 
 The files, their formats and the checks of a launch against them are the runtime's
 (:mod:`mindspeed_llm.runtime.checkpoint`): ``--ckpt-format`` picks what a save writes (``torch``,
@@ -34,12 +35,15 @@ def check_weights_finite(model: list, iteration: int, save: str) -> None:
             break
     with fail_together():
         if bad:
-            raise NonFiniteError(f"refusing to save iteration {iteration} into {save}: weight {bad} holds NaN/Inf "
-                                 f"on rank {torch.distributed.get_rank()}; kept: {last_complete_checkpoint(save)}")
+            raise NonFiniteError(
+                f"refusing to save iteration {iteration} into {save}: weight {bad} holds NaN/Inf "
+                f"on rank {torch.distributed.get_rank()}; kept: {last_complete_checkpoint(save)}"
+            )
 
 
 def save_checkpoint(state: TrainState, model: list, optimizer, scheduler, args: argparse.Namespace) -> None:
-    """Save the run at ``state.iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls it).
+    """Save the run at ``state.iteration`` under ``--save`` in ``--ckpt-format`` (collective: every rank calls
+    it).
 
     Never saves NaN/Inf weights (NonFiniteError). The RNG states are taken into ``state`` now (none with
     ``--no-save-rng``). A failed write, or a signal, removes this save's temporary files and leaves the

@@ -1,4 +1,5 @@
-"""Checkpoint checks before the model exists: --load folders, launch vs checkpoint, padded vocabulary, args."""
+"""Checkpoint checks before the model exists: --load folders, launch vs checkpoint, padded vocabulary,
+args."""
 
 from __future__ import annotations
 
@@ -21,10 +22,23 @@ def recorded(**kw) -> CheckpointRecord:
 
 
 def ns(**kw):
-    base = dict(load=None, save=None, tensor_model_parallel_size=1, pipeline_model_parallel_size=1, num_layers=4,
-                hidden_size=64, ffn_hidden_size=96, num_attention_heads=4, num_query_groups=2, kv_channels=16,
-                add_qkv_bias=True, untie_embeddings_and_output_weights=True, num_layer_list=None,
-                padded_vocab_size=None, make_vocab_size_divisible_by=128)
+    base = dict(
+        load=None,
+        save=None,
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        num_layers=4,
+        hidden_size=64,
+        ffn_hidden_size=96,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        add_qkv_bias=True,
+        untie_embeddings_and_output_weights=True,
+        num_layer_list=None,
+        padded_vocab_size=None,
+        make_vocab_size_divisible_by=128,
+    )
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -57,7 +71,9 @@ def test_tracker_iteration_is_returned(tmp_path):
 
 def test_parallel_mismatch_names_both_and_the_reshard_command():
     with pytest.raises(CheckpointError) as err:
-        check_checkpoint_args(ns(tensor_model_parallel_size=2), recorded(tensor_model_parallel_size=1), "ckpt")
+        check_checkpoint_args(
+            ns(tensor_model_parallel_size=2), recorded(tensor_model_parallel_size=1), "ckpt"
+        )
     assert "TP=1 PP=1" in str(err.value) and "--target-tensor-parallel-size 2" in str(err.value)
 
 
@@ -70,7 +86,9 @@ def test_padded_vocab_is_adopted_or_named():
     assert adopt_padded_vocab(ns(), recorded(padded_vocab_size=152064).model, 151665, "ckpt") == 152064
     assert adopt_padded_vocab(ns(), argparse.Namespace(), 151665, "ckpt") is None  # nothing recorded
     with pytest.raises(CheckpointError, match="pass --padded-vocab-size 152064"):
-        adopt_padded_vocab(ns(padded_vocab_size=151936), recorded(padded_vocab_size=152064).model, 151665, "ckpt")
+        adopt_padded_vocab(
+            ns(padded_vocab_size=151936), recorded(padded_vocab_size=152064).model, 151665, "ckpt"
+        )
     with pytest.raises(CheckpointError, match="tokenizer has 200 tokens"):
         adopt_padded_vocab(ns(), recorded(padded_vocab_size=128).model, 200, "ckpt")
 
@@ -81,7 +99,9 @@ def test_vocab_padding_follows_megatron():
         padded_vocab_size(300, ns(padded_vocab_size=256))
     # The checkpoint's padded size is the run's, checked as --padded-vocab-size would be.
     assert padded_vocab_size(151665, ns(tensor_model_parallel_size=2), recorded=152064) == 152064
-    with pytest.raises(Exception, match="--padded-vocab-size 152065 is not divisible by --tensor-model-parallel-size 2"):
+    with pytest.raises(
+        Exception, match="--padded-vocab-size 152065 is not divisible by --tensor-model-parallel-size 2"
+    ):
         padded_vocab_size(151665, ns(tensor_model_parallel_size=2), recorded=152065)
 
 
@@ -107,23 +127,33 @@ def test_foreign_classes_in_a_checkpoint_are_a_clear_error(tmp_path):
         load_rank_file(str(path))
 
 
-# ---- the checkpoint is the truth about the model --------------------------------------------------------------
+# ---- the checkpoint is the truth about the model -----------------------------------------------------------
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
-LAUNCH = ("--num-layers 4 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads 4 --group-query-attention "
-          "--num-query-groups 2 --swiglu --disable-bias-linear --untie-embeddings-and-output-weights --seq-length 32 "
-          "--train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 --data-path d_text_document")
+LAUNCH = (
+    "--num-layers 4 --hidden-size 64 --ffn-hidden-size 96 --num-attention-heads 4 --group-query-attention "
+    "--num-query-groups 2 --swiglu --disable-bias-linear --untie-embeddings-and-output-weights --seq-length "
+    "32 --train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 --data-path d_text_document"
+)
 MATCHING = " --rotary-base 1000000 --norm-epsilon 1e-6 --rope-scaling-type llama3 --rope-scaling-factor 8"
 
 
 def _converted_args():
-    """``args`` as convert_ckpt.py hf -> mg records them for a Llama-3.1-style config (real converter code)."""
+    """``args`` as convert_ckpt.py hf -> mg records them for a Llama-3.1-style config (real converter
+    code)."""
     from mindspeed_llm.convert.convert import ConvertOptions, checkpoint_record, provenance_args
     from mindspeed_llm.models.families import ModelConfig
     from tests.checkpoint.tiny_models import tiny_hf_config
 
-    cfg = ModelConfig.from_hf_config(tiny_hf_config("llama", rope_theta=1e6, rms_norm_eps=1e-6,
-                                                    rope_scaling=dict(LLAMA31_ROPE), tie_word_embeddings=False))
+    cfg = ModelConfig.from_hf_config(
+        tiny_hf_config(
+            "llama",
+            rope_theta=1e6,
+            rms_norm_eps=1e-6,
+            rope_scaling=dict(LLAMA31_ROPE),
+            tie_word_embeddings=False,
+        )
+    )
     opts = ConvertOptions("hf", "mg", "hf_dir", "mg_dir")
     record = checkpoint_record(cfg, tp=1, pp=1, counts=[4], padded=128, opts=opts)
     return file_header(record, provenance_args(opts))["args"]
@@ -161,7 +191,8 @@ def test_launch_contradicting_rope_and_norm_is_refused_in_one_line():
 
 
 def test_rope_scaling_flags_left_out_take_the_recorded_scaling():
-    """No --rope-scaling-type: the checkpoint's scaling is the run's (ModelGroup.rope_scaling, config/groups.py)."""
+    """No --rope-scaling-type: the checkpoint's scaling is the run's (ModelGroup.rope_scaling,
+    config/groups.py)."""
     from mindspeed_llm.models.families import ModelConfig
     from tests.config.launch import plan_for
 
@@ -178,10 +209,15 @@ def test_older_conversions_are_checked_through_their_hf_config():
                  "original_max_position_embeddings", "rotary_base"):
         delattr(ckpt, name)
     with pytest.raises(CheckpointError) as err:
-        check_checkpoint_args(_launch(LAUNCH + " --norm-epsilon 1e-6 --rope-scaling-type linear "
-                                      "--rope-scaling-factor 8"), CheckpointRecord.from_megatron_args(ckpt), "c")
-    assert "--rotary-base 10000.0 (checkpoint: 1000000.0); --rope-scaling-type linear (checkpoint: llama3)" in \
-        str(err.value)
+        check_checkpoint_args(
+            _launch(LAUNCH + " --norm-epsilon 1e-6 --rope-scaling-type linear --rope-scaling-factor 8"),
+            CheckpointRecord.from_megatron_args(ckpt),
+            "c",
+        )
+    assert (
+        "--rotary-base 10000.0 (checkpoint: 1000000.0); --rope-scaling-type linear (checkpoint: llama3)"
+        in str(err.value)
+    )
 
 
 def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
@@ -191,11 +227,16 @@ def test_use_checkpoint_args_fills_the_model_from_the_checkpoint(tmp_path):
 
     layout.save_rank_state(tmp_path, 1, 0, 0, 1, {"args": _converted_args(), "iteration": 1})
     layout.write_tracker(tmp_path, 1)
-    flags = ("--seq-length 32 --train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 "
-             f"--data-path d_text_document --use-checkpoint-args --load {tmp_path} --hidden-size 32 --norm-epsilon 1e-5")
+    flags = (
+        "--seq-length 32 --train-iters 2 --lr 1e-3 --tokenizer-type NullTokenizer --vocab-size 127 "
+        f"--data-path d_text_document --use-checkpoint-args --load {tmp_path} --hidden-size 32 "
+        "--norm-epsilon 1e-5"
+    )
     args = parse_args(flags.split())
     taken = load_args_from_checkpoint(args)
-    assert "hidden_size" not in taken and taken["norm_epsilon"] == 1e-6  # fill only what is unset; force the rest
+    assert (
+        "hidden_size" not in taken and taken["norm_epsilon"] == 1e-6
+    )  # fill only what is unset; force the rest
     assert vars(args)["num_layers"] is None  # returned, not written: config/validate.py takes them
     args = validate_args(take_checkpoint_values(args, taken), 1)
     assert (args.num_layers, args.ffn_hidden_size, args.num_query_groups, args.rotary_base) == (4, 96, 2, 1e6)

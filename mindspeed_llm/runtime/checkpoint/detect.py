@@ -1,4 +1,5 @@
-"""The one answer to "what is in this checkpoint folder": the trainer, inference and the converter ask here."""
+"""The one answer to "what is in this checkpoint folder": the trainer, inference and the converter ask
+here."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from mindspeed_llm.runtime.checkpoint import dist_format, layout, torch_format
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError, DamagedCheckpointError
 
 TORCH, TORCH_DIST = torch_format.FORMAT, dist_format.FORMAT
-FORMATS = {TORCH: torch_format, TORCH_DIST: dist_format}  # the formats' modules: detect, read_record, load, save
+FORMATS = {
+    TORCH: torch_format,
+    TORCH_DIST: dist_format,
+}  # the formats' modules: detect, read_record, load, save
 
 
 def detect_format(root: str | os.PathLike, iteration: int | str | None = None) -> str | None:
-    """The format of ``root``'s checkpoint at ``iteration`` (default: the tracker's); None when ``root`` holds none.
+    """The format of ``root``'s checkpoint at ``iteration`` (default: the tracker's); None when ``root`` holds
+    none.
 
     None only when no iteration is asked for and there is no tracker; a tracker that cannot be read,
     an iteration folder that is missing, or one that holds neither format is a :class:`CheckpointError`
@@ -31,9 +36,9 @@ def detect_format(root: str | os.PathLike, iteration: int | str | None = None) -
         if FORMATS[name].detect(folder):
             return name
     raise DamagedCheckpointError(
-        f"{folder} holds neither mp_rank_*/{layout.MODEL_FILENAME} (--ckpt-format torch) nor {dist_format.MARKER} "
-        f"(torch_dist): the save did not finish or the folder is damaged; restore it, or write an earlier "
-        f"iteration into {layout.TRACKER_FILENAME} to load that one"
+        f"{folder} holds neither mp_rank_*/{layout.MODEL_FILENAME} (--ckpt-format torch) nor "
+        f"{dist_format.MARKER} (torch_dist): the save did not finish or the folder is damaged; restore it, "
+        f"or write an earlier iteration into {layout.TRACKER_FILENAME} to load that one"
     )
 
 

@@ -1,13 +1,14 @@
-"""``--ckpt-format torch_dist``: megatron-core's ``dist_checkpointing``, detected, read, loaded and saved here only.
+"""``--ckpt-format torch_dist``: megatron-core's ``dist_checkpointing``, detected, read, loaded and saved here
+only.
 
 Megatron-LM's default format and on-disk layout: ``iter_XXXXXXX/`` holds the sharded tensors
 (torch.distributed.checkpoint files ``__R_N.distcp`` and ``.metadata``), ``common.pt`` (the
 objects every rank shares: the header of :func:`~mindspeed_llm.runtime.checkpoint.record.file_header`,
 the scheduler) and ``metadata.json`` (the format marker), with ``latest_checkpointed_iteration.txt``
-beside it. The state is what Megatron-LM core_v0.16.1 saves: the model's ``sharded_state_dict`` (tensors with their global offsets, so a
-load can use another TP/PP grid), the optimizer's (the distributed optimizer as ``dp_reshardable``),
-the scheduler, the RNG states of ``(pp, tp)`` ranks (replicated over DP, as Megatron-LM saves them
-without ``--data-parallel-random-init``), the iteration and the args.
+beside it. The state is what Megatron-LM core_v0.16.1 saves: the model's ``sharded_state_dict`` (tensors with
+their global offsets, so a load can use another TP/PP grid), the optimizer's (the distributed optimizer as
+``dp_reshardable``), the scheduler, the RNG states of ``(pp, tp)`` ranks (replicated over DP, as Megatron-LM
+saves them without ``--data-parallel-random-init``), the iteration and the args.
 
 Every rank writes into ``iter_XXXXXXX.tmp/``; global rank 0 renames it once all ranks are done and
 then rewrites the tracker (:func:`publish_save`), so a run killed during a save leaves the previous
@@ -65,8 +66,10 @@ def load_common(root: str, iteration: int | str) -> dict:
             common = dist_checkpointing.load_common_state_dict(folder)
     except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
-        raise DamagedCheckpointError(f"{path} cannot be read ({reason}): the file is damaged; restore it, or write "
-                                     f"an earlier iteration into {layout.TRACKER_FILENAME} to load that one") from None
+        raise DamagedCheckpointError(
+            f"{path} cannot be read ({reason}): the file is damaged; restore it, or write "
+            f"an earlier iteration into {layout.TRACKER_FILENAME} to load that one"
+        ) from None
     if not isinstance(common, dict):
         raise DamagedCheckpointError(f"{path} holds a {type(common).__name__}, not a checkpoint dict")
     return common
@@ -83,7 +86,8 @@ def _record(common: dict, root: str, iteration: int | str) -> CheckpointRecord:
 
 
 def sharded_metadata(args: argparse.Namespace) -> dict:
-    """Megatron-LM core_v0.16.1's content metadata for ``sharded_state_dict`` (``dp_reshardable`` optimizer)."""
+    """Megatron-LM core_v0.16.1's content metadata for ``sharded_state_dict`` (``dp_reshardable``
+    optimizer)."""
     from megatron.core import parallel_state as ps
 
     metadata: dict[str, Any] = {}
@@ -105,10 +109,13 @@ def _rng_sharded_object(args: argparse.Namespace, rng: dict):
     if getattr(args, "data_parallel_random_init", False) and dp_size > 1:
         states = [None] * dp_size
         torch.distributed.all_gather_object(states, rng, group=ps.get_data_parallel_group())
-    return ShardedObject("rng_state", states,
-                         (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
-                         (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
-                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
+    return ShardedObject(
+        "rng_state",
+        states,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(with_context_parallel=True),
+    )
 
 
 def _state_dict(model: list, optimizer, scheduler, rng, metadata: dict, *, is_loading: bool,
@@ -125,7 +132,7 @@ def _state_dict(model: list, optimizer, scheduler, rng, metadata: dict, *, is_lo
     return state
 
 
-# ---- save --------------------------------------------------------------------------------------------------------
+# ---- save --------------------------------------------------------------------------------------------------
 def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namespace, model: list, optimizer,
          scheduler, args: argparse.Namespace) -> None:
     """Save the run at ``state.iteration`` under ``--save`` in Megatron-LM's torch_dist layout (collective).
@@ -159,8 +166,14 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
     torch.distributed.barrier()
     if rank0:
         publish_save(args.save, state.iteration, staging)
-        logger.info("  successfully saved checkpoint from iteration %7d to %s [ torch_dist, t %d, p %d ] (%.1f s)",
-                    state.iteration, args.save, record.layout.tp, record.layout.pp, time.time() - t0)
+        logger.info(
+            "  successfully saved checkpoint from iteration %7d to %s [ torch_dist, t %d, p %d ] (%.1f s)",
+            state.iteration,
+            args.save,
+            record.layout.tp,
+            record.layout.pp,
+            time.time() - t0,
+        )
     torch.distributed.barrier()
 
 
@@ -182,8 +195,10 @@ def publish_save(save: str, iteration: int, staging: str) -> None:
     layout.write_tracker(save, iteration)
 
 
-# ---- load --------------------------------------------------------------------------------------------------------
-def _check_optimizer_reshard(args: argparse.Namespace, saved: tuple[int, int], content: dict, where: str) -> None:
+# ---- load --------------------------------------------------------------------------------------------------
+def _check_optimizer_reshard(
+    args: argparse.Namespace, saved: tuple[int, int], content: dict, where: str
+) -> None:
     """The distributed optimizer's ``dp_reshardable`` state loads only on the same TP/PP grid."""
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
@@ -192,8 +207,8 @@ def _check_optimizer_reshard(args: argparse.Namespace, saved: tuple[int, int], c
     if saved != mine and kind not in DistributedOptimizer.checkpoint_fully_reshardable_formats:
         raise CheckpointError(
             f"{where} holds distributed-optimizer state ({kind}) saved at TP={saved[0]} PP={saved[1]}, which "
-            f"reshards only over data parallelism: launch with TP={saved[0]} PP={saved[1]}, or add --no-load-optim "
-            "to load the weights on this grid with a fresh optimizer"
+            f"reshards only over data parallelism: launch with TP={saved[0]} PP={saved[1]}, or add "
+            "--no-load-optim to load the weights on this grid with a fresh optimizer"
         )
 
 
@@ -221,14 +236,18 @@ def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration:
 
     load_optim = not weights_only and not args.no_load_optim
     if load_optim and getattr(saved_flags, "no_save_optim", False):
-        raise CheckpointError(f"{where} was saved with --no-save-optim: add --no-load-optim --no-load-rng to "
-                              "continue from it with a fresh optimizer, or --finetune to start at iteration 0")
+        raise CheckpointError(
+            f"{where} was saved with --no-save-optim: add --no-load-optim --no-load-rng to "
+            "continue from it with a fresh optimizer, or --finetune to start at iteration 0"
+        )
     content = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or {}
     if load_optim and args.use_distributed_optimizer:
         if "distrib_optim_sharding_type" not in content:  # written before megatron-core 0.13
-            content["distrib_optim_sharding_type"] = ("fully_sharded_model_space"
-                                                      if getattr(saved_flags, "ckpt_fully_parallel_save", False)
-                                                      else "dp_zero_gather_scatter")
+            content["distrib_optim_sharding_type"] = (
+                "fully_sharded_model_space"
+                if getattr(saved_flags, "ckpt_fully_parallel_save", False)
+                else "dp_zero_gather_scatter"
+            )
         _check_optimizer_reshard(args, saved_grid, content, where)
     load_rng = (not weights_only and not args.no_load_rng and saved_grid == grid
                 and not getattr(saved_flags, "no_save_rng", False))
@@ -268,19 +287,27 @@ def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration:
     run = TrainState() if weights_only else TrainState.from_progress(record.progress, rng=rng)
     torch.distributed.barrier()
     if torch.distributed.get_rank() == 0:
-        logger.info("  successfully loaded checkpoint from %s [ torch_dist saved at t %d p %d, loaded at t %d p %d ] "
-                    "at iteration %s", args.load, *saved_grid, *grid, iteration)
+        logger.info(
+            "  successfully loaded checkpoint from %s [ torch_dist saved at t %d p %d, loaded at t %d p %d ] "
+            "at iteration %s",
+            args.load,
+            *saved_grid,
+            *grid,
+            iteration,
+        )
     return run
 
 
-# ---- the converter's reader --------------------------------------------------------------------------------------
+# ---- the converter's reader --------------------------------------------------------------------------------
 class _OneProcessGroup:
     """A one-rank gloo group for megatron's loader (it asks for ranks), unless one exists already."""
 
     def __init__(self):
         self.created = False
         if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+            torch.distributed.init_process_group(
+                "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+            )
             self.created = True
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""Read, load and save a checkpoint whatever its format: the calls the trainer, inference and the converter make.
+"""Read, load and save a checkpoint whatever its format: the calls the trainer, inference and the converter
+make.
 
 The format is never taken from a flag when reading: :func:`~.detect.detect_format` says what the folder
 holds (``--ckpt-format`` picks only what a save writes), so either format resumes and a Megatron-LM
@@ -26,18 +27,24 @@ def read_record(root: str, iteration: int | str | None = None) -> CheckpointReco
     """
     fmt = detect_format(root, iteration)
     if fmt is None:
-        raise CheckpointError(f"{root} holds no {layout.TRACKER_FILENAME}: it is not a Megatron checkpoint folder "
-                              "(expected the folder that convert_ckpt.py --save-dir or a training --save wrote)")
+        raise CheckpointError(
+            f"{root} holds no {layout.TRACKER_FILENAME}: it is not a Megatron checkpoint folder "
+            "(expected the folder that convert_ckpt.py --save-dir or a training --save wrote)"
+        )
     iteration = layout.read_tracker(root) if iteration is None else iteration
     if fmt == TORCH:
         files = layout.list_rank_dirs(root, iteration)
         if not files:
-            raise CheckpointError(f"no mp_rank_*/{layout.MODEL_FILENAME} under {layout.iteration_dir(root, iteration)}")
+            raise CheckpointError(
+                f"no mp_rank_*/{layout.MODEL_FILENAME} under {layout.iteration_dir(root, iteration)}"
+            )
         return FORMATS[TORCH].read_record(files[min(files)])
     return FORMATS[fmt].read_record(root, iteration)
 
 
-def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration: int | str | None) -> TrainState:
+def load(
+    model: list, optimizer, scheduler, args: argparse.Namespace, iteration: int | str | None
+) -> TrainState:
     """Load ``--load`` at ``iteration`` into the model chunks (and optimizer, scheduler unless None or
     ``--no-load-optim``); returns the run's state with its RNG states restored into the generators.
 
@@ -46,7 +53,9 @@ def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration:
     """
     if iteration is None:
         if args.load:
-            logger.info("no checkpoint in %s yet (--load is the --save folder): starting from scratch", args.load)
+            logger.info(
+                "no checkpoint in %s yet (--load is the --save folder): starting from scratch", args.load
+            )
         return TrainState()
     state = FORMATS[detect_format(args.load, iteration)].load(model, optimizer, scheduler, args, iteration)
     state.count_older_checkpoint(args)

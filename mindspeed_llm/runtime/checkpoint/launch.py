@@ -20,7 +20,7 @@ from mindspeed_llm.runtime.checkpoint.record import MODEL_SETTINGS, ROPE_SETTING
 
 logger = logging.getLogger("mindspeed_llm.runtime.checkpoint")
 
-# ---- what it records ---------------------------------------------------------------------------------------------
+# ---- what it records ---------------------------------------------------------------------------------------
 def read_checkpoint_record(args: argparse.Namespace, iteration: int | str) -> tuple[CheckpointRecord, str]:
     """This rank's view of ``--load``'s record at ``iteration`` and a name for the checkpoint in messages.
 
@@ -33,7 +33,9 @@ def read_checkpoint_record(args: argparse.Namespace, iteration: int | str) -> tu
         return (dist_format.read_record(args.load, iteration),
                 f"the checkpoint {args.load} (iteration {iteration}, torch_dist)")
     tp_rank, pp_rank = _model_parallel_ranks()
-    path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, args.pipeline_model_parallel_size)
+    path = layout.checkpoint_file_for(
+        args.load, iteration, tp_rank, pp_rank, args.pipeline_model_parallel_size
+    )
     if not os.path.isfile(path):
         try:
             c_tp, c_pp = layout.parallel_sizes(args.load, iteration)
@@ -55,7 +57,7 @@ def _model_parallel_ranks() -> tuple[int, int]:
     return ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
 
 
-# ---- does the launch fit it? -------------------------------------------------------------------------------------
+# ---- does the launch fit it? -------------------------------------------------------------------------------
 def _launch_setting(args: argparse.Namespace, attr: str):
     """The value this launch uses for a model setting."""
     if attr == "add_bias_linear":
@@ -81,13 +83,16 @@ def _rope_contradictions(args: argparse.Namespace, recorded: dict) -> list[str]:
     theirs = recorded.get("rope_scaling_type")
     if kind != theirs:
         return [f"--rope-scaling-type {kind} (checkpoint: {theirs})"]
-    return [f"--{attr.replace('_', '-')} {getattr(args, attr)} (checkpoint: {recorded.get(attr)})"
-            for attr in ROPE_SETTINGS[1:] if getattr(args, attr) is not None and not _same(getattr(args, attr),
-                                                                                           recorded.get(attr))]
+    return [
+        f"--{attr.replace('_', '-')} {getattr(args, attr)} (checkpoint: {recorded.get(attr)})"
+        for attr in ROPE_SETTINGS[1:]
+        if getattr(args, attr) is not None and not _same(getattr(args, attr), recorded.get(attr))
+    ]
 
 
 def check_model_settings(args: argparse.Namespace, record: CheckpointRecord, where: str) -> None:
-    """Refuse a launch whose model flags contradict what the checkpoint records (one line, every contradiction).
+    """Refuse a launch whose model flags contradict what the checkpoint records (one line, every
+    contradiction).
 
     A flag left at its default counts as its default (a forgotten ``--rotary-base 1000000`` is refused).
     """
@@ -104,8 +109,10 @@ def check_model_settings(args: argparse.Namespace, record: CheckpointRecord, whe
             wrong.append(f"{flag} {mine} (checkpoint: {theirs})")
     wrong += _rope_contradictions(args, dict(recorded))
     if wrong:
-        raise CheckpointError(f"{where} was trained with other model settings than this launch: {'; '.join(wrong)}. "
-                              "Pass the checkpoint's values, or --use-checkpoint-args to take them from it")
+        raise CheckpointError(
+            f"{where} was trained with other model settings than this launch: {'; '.join(wrong)}. "
+            "Pass the checkpoint's values, or --use-checkpoint-args to take them from it"
+        )
 
 
 def check_parallel_layout(args: argparse.Namespace, c_tp: int | None, c_pp: int | None,
@@ -115,8 +122,8 @@ def check_parallel_layout(args: argparse.Namespace, c_tp: int | None, c_pp: int 
     c_tp, c_pp = c_tp or tp, c_pp or pp
     if (c_tp, c_pp) != (tp, pp):
         raise CheckpointError(
-            f"{where} was saved with TP={c_tp} PP={c_pp} but this launch has --tensor-model-parallel-size {tp} "
-            f"--pipeline-model-parallel-size {pp}: launch with TP={c_tp} PP={c_pp}, or reshard it with "
+            f"{where} was saved with TP={c_tp} PP={c_pp} but this launch has --tensor-model-parallel-size "
+            f"{tp} --pipeline-model-parallel-size {pp}: launch with TP={c_tp} PP={c_pp}, or reshard it with "
             f"convert_ckpt.py --load-model-type mg --save-model-type mg --target-tensor-parallel-size {tp} "
             f"--target-pipeline-parallel-size {pp}"
         )
@@ -127,7 +134,8 @@ def check_parallel_layout(args: argparse.Namespace, c_tp: int | None, c_pp: int 
 
 def check_checkpoint_args(args: argparse.Namespace, record: CheckpointRecord, where: str, *,
                           reshardable: bool = False) -> None:
-    """Raise if the launch's model shape (or, unless ``reshardable``, its TP/PP sizes) differ from the record's."""
+    """Raise if the launch's model shape (or, unless ``reshardable``, its TP/PP sizes) differ from the
+    record's."""
     if not reshardable:
         check_parallel_layout(args, record.layout.tp, record.layout.pp, record.layout.num_layer_list, where)
     check_model_settings(args, record, where)
@@ -175,7 +183,9 @@ def load_args_from_checkpoint(args: argparse.Namespace) -> dict:
             continue
         taken[name] = values[name]
     if taken:
-        logger.info("--use-checkpoint-args: from %s: %s", args.load, ", ".join(f"{n}={v}" for n, v in taken.items()))
+        logger.info(
+            "--use-checkpoint-args: from %s: %s", args.load, ", ".join(f"{n}={v}" for n, v in taken.items())
+        )
     return taken
 
 
@@ -186,8 +196,10 @@ def adopt_padded_vocab(args: argparse.Namespace, ckpt_args: argparse.Namespace, 
     if padded is None:
         return None
     if args.padded_vocab_size is not None and args.padded_vocab_size != padded:
-        raise CheckpointError(f"{where} has a padded vocabulary of {padded} rows but --padded-vocab-size is "
-                              f"{args.padded_vocab_size}: pass --padded-vocab-size {padded} (or drop the flag)")
+        raise CheckpointError(
+            f"{where} has a padded vocabulary of {padded} rows but --padded-vocab-size is "
+            f"{args.padded_vocab_size}: pass --padded-vocab-size {padded} (or drop the flag)"
+        )
     if tokenizer_vocab > padded:
         raise CheckpointError(f"the tokenizer has {tokenizer_vocab} tokens but {where}'s embedding has only "
                               f"{padded} rows: use the tokenizer the checkpoint was converted with")

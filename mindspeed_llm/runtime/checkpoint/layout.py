@@ -100,7 +100,9 @@ def iteration_dir(root: str | os.PathLike, iteration: int | str) -> str:
 def checkpoint_dir_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
                        pp_size: int) -> str:
     """Folder of one rank's ``model_optim_rng.pt``."""
-    return os.path.join(os.fspath(root), iteration_dir_name(iteration), rank_dir_name(tp_rank, pp_rank, pp_size))
+    return os.path.join(
+        os.fspath(root), iteration_dir_name(iteration), rank_dir_name(tp_rank, pp_rank, pp_size)
+    )
 
 
 def checkpoint_file_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
@@ -123,8 +125,8 @@ def read_tracker(root: str | os.PathLike) -> int | str:
         text = raw.decode("ascii").strip()
     except UnicodeDecodeError:
         raise DamagedCheckpointError(
-            f"{path} holds binary data, expected an iteration number or 'release': the file is damaged; write "
-            "the iteration of the newest complete iter_XXXXXXX/ folder into it"
+            f"{path} holds binary data, expected an iteration number or 'release': the file is damaged; "
+            "write the iteration of the newest complete iter_XXXXXXX/ folder into it"
         ) from None
     except OSError as exc:
         raise DamagedCheckpointError(f"{path} cannot be read ({exc.strerror})") from None
@@ -195,7 +197,9 @@ def list_rank_dirs(root: str | os.PathLike, iteration: int | str) -> dict[tuple[
     """``{(tp_rank, pp_rank): file}`` for every rank file present in an iteration folder."""
     it_dir = os.path.join(os.fspath(root), iteration_dir_name(iteration))
     if not os.path.isdir(it_dir):
-        raise CheckpointError(f"{it_dir} not found, but {TRACKER_FILENAME} names it: the checkpoint is incomplete")
+        raise CheckpointError(
+            f"{it_dir} not found, but {TRACKER_FILENAME} names it: the checkpoint is incomplete"
+        )
     found = {}
     for name in sorted(os.listdir(it_dir)):
         m = RANK_DIR.fullmatch(name)
@@ -212,7 +216,8 @@ def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, 
     found = list_rank_dirs(root, iteration)
     if not found:
         raise CheckpointError(
-            f"no mp_rank_*/{MODEL_FILENAME} under {os.path.join(os.fspath(root), iteration_dir_name(iteration))}"
+            f"no mp_rank_*/{MODEL_FILENAME} under "
+            f"{os.path.join(os.fspath(root), iteration_dir_name(iteration))}"
         )
     first = found[min(found)]
     recorded = read_header(load_rank_file(first, mmap=True), first).layout
@@ -240,7 +245,9 @@ def load_rank_state(root: str | os.PathLike, iteration: int | str | None, tp_ran
         iteration = read_tracker(root)
     path = checkpoint_file_for(root, iteration, tp_rank, pp_rank, pp_size)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}")
+        raise CheckpointError(
+            f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}"
+        )
     return load_rank_file(path, mmap=mmap)
 
 
@@ -266,12 +273,14 @@ def load_rank_file(path: str, *, mmap: bool = True) -> dict:
     except pickle.UnpicklingError as exc:
         text = str(exc).strip()
         if "Unsupported global" not in text:  # not a class outside the allow-list: bytes that are no pickle
-            raise DamagedCheckpointError(f"{path} cannot be read (unreadable pickle): the file is damaged or not a "
-                                         f"torch checkpoint; {fix}") from None
+            raise DamagedCheckpointError(
+                f"{path} cannot be read (unreadable pickle): the file is damaged or not a "
+                f"torch checkpoint; {fix}"
+            ) from None
         raise CheckpointError(
-            f"{path} holds objects that are not on the safe-load allow-list ({text.splitlines()[0]}). If you trust "
-            "the file, allow the class with mindspeed_llm.runtime.checkpoint.layout.register_safe_globals(...) "
-            "before loading"
+            f"{path} holds objects that are not on the safe-load allow-list ({text.splitlines()[0]}). If you "
+            "trust the file, allow the class with "
+            "mindspeed_llm.runtime.checkpoint.layout.register_safe_globals(...) before loading"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, ImportError) as exc:
         # torch's zip reader: "failed finding central directory", "Ran out of input", ... for a cut file.

@@ -27,7 +27,7 @@ def last_complete_checkpoint(save: str | None) -> str:
         return f"no complete checkpoint in {save}"
 
 
-# ---- which checkpoint ------------------------------------------------------------------------------------------------
+# ---- which checkpoint --------------------------------------------------------------------------------------
 def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     """The tracker's iteration under ``--load``; None for a fresh start (only when --load == --save)."""
     load = args.load
@@ -43,13 +43,14 @@ def find_checkpoint(args: argparse.Namespace) -> int | str | None:
     if not os.path.isdir(load):
         raise CheckpointError(
             f"--load {load}: the folder does not exist. Expected a Megatron checkpoint folder holding "
-            f"{layout.TRACKER_FILENAME} and iter_XXXXXXX/ (convert_ckpt.py --save-dir, or a training --save); "
-            "to start from random weights drop --load, or pass the same folder as --save to auto-resume"
+            f"{layout.TRACKER_FILENAME} and iter_XXXXXXX/ (convert_ckpt.py --save-dir, or a training "
+            "--save); to start from random weights drop --load, or pass the same folder as --save to "
+            "auto-resume"
         )
     present = ", ".join(sorted(os.listdir(load))[:8]) or "nothing"
     raise CheckpointError(
-        f"--load {load}: no checkpoint there ({layout.TRACKER_FILENAME} missing; the folder holds {present}). "
-        "Expected the folder that convert_ckpt.py --save-dir or a training --save wrote"
+        f"--load {load}: no checkpoint there ({layout.TRACKER_FILENAME} missing; the folder holds "
+        f"{present}). Expected the folder that convert_ckpt.py --save-dir or a training --save wrote"
     )
 
 
@@ -58,6 +59,8 @@ def checkpoint_step(load: str, step: int) -> int:
     folder = os.path.join(load, layout.iteration_dir_name(step))
     if not os.path.isdir(folder):
         have = sorted(d for d in os.listdir(load) if d.startswith("iter_")) if os.path.isdir(load) else []
-        raise CheckpointError(f"--ckpt-step {step}: {folder} does not exist (there: {', '.join(have) or 'nothing'}); "
-                              "pass one of those iterations or drop --ckpt-step")
+        raise CheckpointError(
+            f"--ckpt-step {step}: {folder} does not exist (there: {', '.join(have) or 'nothing'}); "
+            "pass one of those iterations or drop --ckpt-step"
+        )
     return step

@@ -48,8 +48,12 @@ def load_distributed_optimizer_state(optimizer, path: str) -> None:
     params are views of the model's leaf parameters, so the copies run under ``no_grad``.
     """
     check_zip_file(path)
-    steps = [(state, state.pop("step")) for opt in inner_torch_optimizers(optimizer) for state in opt.state.values()
-             if "step" in state]
+    steps = [
+        (state, state.pop("step"))
+        for opt in inner_torch_optimizers(optimizer)
+        for state in opt.state.values()
+        if "step" in state
+    ]
     try:
         with torch.no_grad():
             optimizer.load_parameter_state(path)
@@ -106,10 +110,10 @@ def load_scheduler(scheduler, state: dict, path: str) -> None:
         launch, saved, name = found.groups()
         unit = " (in samples)" if "iterations" in name else ""
         raise CheckpointError(
-            f"{path} was trained with another LR/WD schedule: {name}{unit} is {launch} in this launch but {saved} "
-            "in the checkpoint (e.g. another --train-iters, --lr, --lr-decay-iters or --lr-warmup-iters). Pass "
-            "--override-opt_param-scheduler to use this launch's schedule, or --use-checkpoint-opt_param-scheduler "
-            "to keep the checkpoint's"
+            f"{path} was trained with another LR/WD schedule: {name}{unit} is {launch} in this launch but "
+            f"{saved} in the checkpoint (e.g. another --train-iters, --lr, --lr-decay-iters or "
+            "--lr-warmup-iters). Pass --override-opt_param-scheduler to use this launch's schedule, or "
+            "--use-checkpoint-opt_param-scheduler to keep the checkpoint's"
         ) from None
 
 

@@ -53,7 +53,9 @@ _PLAIN = (bool, int, float, str, type(None), torch.dtype)
 class ModelRecord:
     """The model a checkpoint holds."""
 
-    hf_config: Mapping[str, Any] | None = None  # the HF config.json it is (to_hf_config), for mg->hf and checks
+    hf_config: Mapping[str, Any] | None = (
+        None  # the HF config.json it is (to_hf_config), for mg->hf and checks
+    )
     hf_architecture: str | None = None
     hf_vocab_size: int | None = None  # embedding rows that are real vocabulary (the HF embedding's rows)
     padded_vocab_size: int | None = None  # embedding rows saved, padding included
@@ -66,7 +68,9 @@ class ModelRecord:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.settings) - set(MODEL_SETTINGS))
         if unknown:
-            raise ValueError(f"unknown model settings {unknown}: a record holds only {', '.join(MODEL_SETTINGS)}")
+            raise ValueError(
+                f"unknown model settings {unknown}: a record holds only {', '.join(MODEL_SETTINGS)}"
+            )
         object.__setattr__(self, "settings", types.MappingProxyType(dict(self.settings)))
         if self.hf_config is not None:
             object.__setattr__(self, "hf_config", types.MappingProxyType(copy.deepcopy(dict(self.hf_config))))
@@ -84,10 +88,17 @@ class ModelRecord:
             untie_embeddings_and_output_weights=not cfg.tie_word_embeddings,
             **rope_scaling_to_flags(cfg.rope_scaling),
         )
-        return cls(hf_config=cfg.to_hf_config(), hf_architecture=cfg.architecture, hf_vocab_size=cfg.vocab_size,
-                   padded_vocab_size=padded_vocab_size, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                   max_position_embeddings=cfg.max_position_embeddings, params_dtype=dtype_name(cfg.params_dtype),
-                   hf_dir=hf_dir, settings=settings)
+        return cls(
+            hf_config=cfg.to_hf_config(),
+            hf_architecture=cfg.architecture,
+            hf_vocab_size=cfg.vocab_size,
+            padded_vocab_size=padded_vocab_size,
+            make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+            max_position_embeddings=cfg.max_position_embeddings,
+            params_dtype=dtype_name(cfg.params_dtype),
+            hf_dir=hf_dir,
+            settings=settings,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,7 @@ class CheckpointRecord:
         """A copy with some sections replaced."""
         return dataclasses.replace(self, **changes)
 
-    # ---- plain dict (in the files) ----------------------------------------------------------------------------
+    # ---- plain dict (in the files) -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """Plain data (what ``torch.load(weights_only=True)`` and JSON read back)."""
         model = {f.name: _plain_copy(getattr(self.model, f.name)) for f in dataclasses.fields(ModelRecord)}
@@ -140,14 +151,17 @@ class CheckpointRecord:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> CheckpointRecord:
-        """Read what :meth:`to_dict` wrote; ``where`` (the file) names it in errors. Later versions are refused."""
+        """Read what :meth:`to_dict` wrote; ``where`` (the file) names it in errors. Later versions are
+        refused."""
         if not isinstance(data, dict) or not isinstance(data.get("version"), int):
-            raise DamagedCheckpointError(f"{where}: its {RECORD_KEY} is not a versioned record: the file is damaged")
+            raise DamagedCheckpointError(
+                f"{where}: its {RECORD_KEY} is not a versioned record: the file is damaged"
+            )
         version = data["version"]
         if version > RECORD_VERSION:
             raise CheckpointError(
-                f"{where} holds a checkpoint record of version {version}; this mindspeed_llm reads versions up to "
-                f"{RECORD_VERSION}: load it with the newer mindspeed_llm that wrote it"
+                f"{where} holds a checkpoint record of version {version}; this mindspeed_llm reads versions "
+                f"up to {RECORD_VERSION}: load it with the newer mindspeed_llm that wrote it"
             )
         try:
             layout = dict(data["layout"])
@@ -158,14 +172,17 @@ class CheckpointRecord:
             return cls(model=ModelRecord(**data["model"]), layout=LayoutRecord(**layout),
                        progress=ProgressRecord(**data["progress"]), lora=lora, version=version)
         except (KeyError, TypeError, ValueError) as exc:
-            raise DamagedCheckpointError(f"{where}: its {RECORD_KEY} (version {version}) does not fit the schema "
-                                         f"({exc}): the file is damaged") from None
+            raise DamagedCheckpointError(
+                f"{where}: its {RECORD_KEY} (version {version}) does not fit the schema "
+                f"({exc}): the file is damaged"
+            ) from None
 
-    # ---- Megatron-LM's args ---------------------------------------------------------------------------------------
+    # ---- Megatron-LM's args --------------------------------------------------------------------------------
     @classmethod
     def from_megatron_args(cls, args: argparse.Namespace | None, *, iteration: int = 0, flops: float = 0.0,
                            where: str = "the checkpoint") -> CheckpointRecord:
-        """The record a Megatron ``args`` Namespace implies (a run's flags, or a file written without a record)."""
+        """The record a Megatron ``args`` Namespace implies (a run's flags, or a file written without a
+        record)."""
         args = args if args is not None else argparse.Namespace()
         lora = LoraConfig.from_recorded_args(args)
         hf_config = getattr(args, "hf_config", None)
@@ -200,10 +217,15 @@ class CheckpointRecord:
         kept = vars(copy.deepcopy(base)) if base is not None else {}
         values = dict(m.settings)
         values.update(
-            hf_config=_plain_copy(m.hf_config), hf_architecture=m.hf_architecture, hf_vocab_size=m.hf_vocab_size,
-            padded_vocab_size=m.padded_vocab_size, make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
-            max_position_embeddings=m.max_position_embeddings, hf_dir=m.hf_dir,
-            tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp,
+            hf_config=_plain_copy(m.hf_config),
+            hf_architecture=m.hf_architecture,
+            hf_vocab_size=m.hf_vocab_size,
+            padded_vocab_size=m.padded_vocab_size,
+            make_vocab_size_divisible_by=m.make_vocab_size_divisible_by,
+            max_position_embeddings=m.max_position_embeddings,
+            hf_dir=m.hf_dir,
+            tensor_model_parallel_size=layout.tp,
+            pipeline_model_parallel_size=layout.pp,
             num_layer_list=",".join(map(str, layout.num_layer_list)) if layout.num_layer_list else None,
             virtual_pipeline_model_parallel_size=layout.vpp,
             consumed_train_samples=progress.consumed_train_samples,
@@ -217,13 +239,16 @@ class CheckpointRecord:
         # Megatron-LM flags the record implies; a base that has them keeps its own.
         implied = {"use_mcore_models": True}
         if "num_query_groups" in m.settings:
-            implied["group_query_attention"] = m.settings["num_query_groups"] != m.settings.get("num_attention_heads")
+            implied["group_query_attention"] = m.settings["num_query_groups"] != m.settings.get(
+                "num_attention_heads"
+            )
         return argparse.Namespace(**{**implied, **kept, **values})
 
 
-# ---- the header of a file ------------------------------------------------------------------------------------------
+# ---- the header of a file ----------------------------------------------------------------------------------
 def file_header(record: CheckpointRecord, base_args: argparse.Namespace | None = None) -> dict:
-    """The entries every checkpoint file carries (rank file or ``common.pt``): Megatron-LM's and the record."""
+    """The entries every checkpoint file carries (rank file or ``common.pt``): Megatron-LM's and the
+    record."""
     return {"args": record.megatron_args(base_args), "checkpoint_version": CHECKPOINT_VERSION,
             "iteration": record.progress.iteration,
             "num_floating_point_operations_so_far": record.progress.floating_point_operations_so_far,
@@ -245,14 +270,15 @@ def read_header(state: dict, where: str, iteration: int = 0) -> CheckpointRecord
                                                where=where)
 
 
-# ---- helpers --------------------------------------------------------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------------------------
 def plain_args(args: argparse.Namespace) -> argparse.Namespace:
     """The plain-data part of ``args`` (what ``torch.load(weights_only=True)`` can read back)."""
     return argparse.Namespace(**{k: v for k, v in vars(args).items() if not k.startswith("_") and _plain(v)})
 
 
 def dtype_name(dtype: Any) -> str | None:
-    """``torch.bfloat16`` / ``"bfloat16"`` -> ``"bf16"`` (None for None or a dtype the record does not know)."""
+    """``torch.bfloat16`` / ``"bfloat16"`` -> ``"bf16"`` (None for None or a dtype the record does not
+    know)."""
     if dtype is None:
         return None
     if not isinstance(dtype, torch.dtype):
@@ -264,7 +290,8 @@ def dtype_name(dtype: Any) -> str | None:
 
 
 def parse_dtype_name(name: str) -> torch.dtype:
-    """``"bf16"`` -> ``torch.bfloat16`` (and the spellings :func:`~mindspeed_llm.models.families.parse_dtype` reads)."""
+    """``"bf16"`` -> ``torch.bfloat16`` (and the spellings :func:`~mindspeed_llm.models.families.parse_dtype`
+    reads)."""
     from mindspeed_llm.models.families import parse_dtype
 
     return parse_dtype(name)
@@ -297,8 +324,10 @@ def _layer_list(value: Any, where: str) -> tuple[int, ...] | None:
         parts = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
         return tuple(int(n) for n in parts if str(n))
     except ValueError:
-        raise DamagedCheckpointError(f"{where}: its args hold num_layer_list={value!r}, not a comma-separated list "
-                                     "of layer counts: the file is damaged") from None
+        raise DamagedCheckpointError(
+            f"{where}: its args hold num_layer_list={value!r}, not a comma-separated list "
+            "of layer counts: the file is damaged"
+        ) from None
 
 
 def _recorded_settings(args: argparse.Namespace) -> dict:

@@ -56,12 +56,13 @@ def read_record(path: str) -> CheckpointRecord:
 
 def write_rank_file(root: str, iteration: int | str, tp_rank: int, pp_rank: int, pp_size: int,
                     record: CheckpointRecord, base_args: argparse.Namespace | None, model: dict) -> str:
-    """One rank's file holding the header and ``model`` only (what the converter writes), written atomically."""
+    """One rank's file holding the header and ``model`` only (what the converter writes), written
+    atomically."""
     state = {**file_header(record, base_args), "model": model}
     return layout.save_rank_state(root, iteration, tp_rank, pp_rank, pp_size, state, crc32=False)
 
 
-# ---- save (the trainer's, collective) ------------------------------------------------------------------------------
+# ---- save (the trainer's, collective) ----------------------------------------------------------------------
 def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namespace, model: list, optimizer,
          scheduler, args: argparse.Namespace) -> None:
     """Save the run under ``--save`` at ``state.iteration`` (collective: every rank calls it).
@@ -183,9 +184,11 @@ def _write(path: str, write, args: argparse.Namespace) -> None:
         interrupt = interrupt_of(exc)
         if interrupt is not None:  # a signal torch.save wrapped in its RuntimeError: an interrupt, not a disk
             raise interrupt from None
-        raise SaveError(f"could not write {path} ({_write_failure(path, exc)}); removed it, the last complete "
-                        f"checkpoint stays: {last_complete_checkpoint(args.save)}. Free space there or give "
-                        "another --save") from None
+        raise SaveError(
+            f"could not write {path} ({_write_failure(path, exc)}); removed it, the last complete "
+            f"checkpoint stays: {last_complete_checkpoint(args.save)}. Free space there or give "
+            "another --save"
+        ) from None
 
 
 def _remove_partial_save(files: list[str], folders: list[str]) -> None:
@@ -214,7 +217,7 @@ def _makedirs(folder: str, created: list[str]) -> None:
     created.extend(missing)  # deepest first: rmdir order
 
 
-# ---- load ----------------------------------------------------------------------------------------------------------
+# ---- load --------------------------------------------------------------------------------------------------
 def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration: int | str) -> TrainState:
     """Load ``--load`` at ``iteration`` into the model (strict), optimizer and scheduler; the run's state.
 
@@ -229,9 +232,16 @@ def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration:
     with fail_together():  # a damaged file on one rank stops every rank, with one line from that rank
         run = _load_rank_checkpoint(model, optimizer, scheduler, args, iteration)
     if torch.distributed.get_rank() == 0:
-        logger.info("  successfully loaded checkpoint from %s [ t %d/%d, p %d/%d ] at iteration %s%s", args.load,
-                    tp_rank + 1, args.tensor_model_parallel_size, pp_rank + 1, pp_size, iteration,
-                    " (--finetune: weights only, starting at iteration 0)" if args.finetune else "")
+        logger.info(
+            "  successfully loaded checkpoint from %s [ t %d/%d, p %d/%d ] at iteration %s%s",
+            args.load,
+            tp_rank + 1,
+            args.tensor_model_parallel_size,
+            pp_rank + 1,
+            pp_size,
+            iteration,
+            " (--finetune: weights only, starting at iteration 0)" if args.finetune else "",
+        )
     sys.stdout.flush()
     return run
 
@@ -271,17 +281,19 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
     if not weights_only and not args.no_load_optim:
         if "optimizer" not in state:
             raise CheckpointError(
-                f"{path} holds model weights only (no optimizer state; convert_ckpt.py writes such files): add "
-                "--no-load-optim --no-load-rng to continue from it with a fresh optimizer, or --finetune to "
-                "start at iteration 0"
+                f"{path} holds model weights only (no optimizer state; convert_ckpt.py writes such files): "
+                "add --no-load-optim --no-load-rng to continue from it with a fresh optimizer, or "
+                "--finetune to start at iteration 0"
             )
         launch_lrs = [(group.get("max_lr"), group.get("min_lr")) for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, IndexError, RuntimeError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise CheckpointError(f"{path}: its optimizer state does not fit this model ({reason}): fix the "
-                                  "model and optimizer flags, or add --no-load-optim to load the weights only") from None
+            raise CheckpointError(
+                f"{path}: its optimizer state does not fit this model ({reason}): fix the "
+                "model and optimizer flags, or add --no-load-optim to load the weights only"
+            ) from None
         if args.use_distributed_optimizer:
             optim_path = os.path.join(os.path.dirname(path), DISTRIB_OPTIM_FILENAME)
             if not os.path.isfile(optim_path):
@@ -289,11 +301,14 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
                                       "--use-distributed-optimizer; add --no-load-optim to load its weights")
             load_distributed_optimizer_state(optimizer, optim_path)
         if "opt_param_scheduler" not in state:
-            raise CheckpointError(f"{path} holds no opt_param_scheduler: add --no-load-optim to load the weights "
-                                  "with a fresh optimizer and schedule")
+            raise CheckpointError(
+                f"{path} holds no opt_param_scheduler: add --no-load-optim to load the weights "
+                "with a fresh optimizer and schedule"
+            )
         if args.override_opt_param_scheduler:
             # The param groups carry max_lr/min_lr too (megatron-core 0.16.1 sets them from --lr/--min-lr) and
-            # optimizer.load_state_dict brought back the checkpoint's: the launch's values are the ones asked for.
+            # optimizer.load_state_dict brought back the checkpoint's: the launch's values are the ones asked
+            # for.
             for group, (max_lr, min_lr) in zip(optimizer.param_groups, launch_lrs):
                 if max_lr is not None:
                     group["max_lr"], group["min_lr"] = max_lr, min_lr

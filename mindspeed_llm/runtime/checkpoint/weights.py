@@ -35,10 +35,14 @@ def chunk_state(state: dict, path: str, key: str, n_chunks: int) -> dict:
     if key in state:
         return state[key]
     if n_chunks == 1:
-        raise CheckpointError(f"{path} holds {', '.join(k for k in state if k.startswith('model'))} "
-                              "(virtual pipeline stages): launch with the same --num-layers-per-virtual-pipeline-stage")
-    raise CheckpointError(f"{path} has no {key}: it was saved without --num-layers-per-virtual-pipeline-stage (or "
-                          "with another value); launch without virtual pipeline stages")
+        raise CheckpointError(
+            f"{path} holds {', '.join(k for k in state if k.startswith('model'))} "
+            "(virtual pipeline stages): launch with the same --num-layers-per-virtual-pipeline-stage"
+        )
+    raise CheckpointError(
+        f"{path} has no {key}: it was saved without --num-layers-per-virtual-pipeline-stage (or "
+        "with another value); launch without virtual pipeline stages"
+    )
 
 
 def load_weights(chunk, state_dict: dict, path: str, key: str, check_finite: bool) -> None:
@@ -53,11 +57,15 @@ def load_weights(chunk, state_dict: dict, path: str, key: str, check_finite: boo
         first = re.sub(r"copying a param with shape torch.Size\((\[[^]]*\])\) from checkpoint, the shape in "
                        r"current model is torch.Size\((\[[^]]*\])\)\.?", r"checkpoint \1, model \2", first)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise CheckpointError(f"{path} does not fit this model: {first[:300]}{more}. It holds another model: fix "
-                              "the model flags, or point --load at this model's checkpoint") from None
+        raise CheckpointError(
+            f"{path} does not fit this model: {first[:300]}{more}. It holds another model: fix "
+            "the model flags, or point --load at this model's checkpoint"
+        ) from None
     if check_finite:
         for name, tensor in state_dict.items():
             if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise CheckpointError(f"{path} holds NaN/Inf in {name} (a run that diverged saved it): load an "
-                                      f"earlier iteration (edit {layout.TRACKER_FILENAME}), or pass "
-                                      "--no-check-for-nan-in-loss-and-grad to load it anyway")
+                raise CheckpointError(
+                    f"{path} holds NaN/Inf in {name} (a run that diverged saved it): load an "
+                    f"earlier iteration (edit {layout.TRACKER_FILENAME}), or pass "
+                    "--no-check-for-nan-in-loss-and-grad to load it anyway"
+                )
