@@ -6,9 +6,11 @@
 
 ``attention``: causal self-attention forward + backward of one layer (batch 1, fp32, ``--heads`` query heads,
 ``--groups`` K/V groups, head dim ``--head-dim``) on CP gloo ranks launched by torchrun: CP 1 runs the project's
-``flash_attention`` (torch's CPU flash kernel), CP > 1 :func:`~mindspeed_llm.ops.context_parallel_kernels.ring_attention`,
+``flash_attention`` (torch's CPU flash kernel), CP > 1
+:func:`~mindspeed_llm.ops.context_parallel_kernels.ring_attention`,
 :func:`~mindspeed_llm.ops.context_parallel_kernels.ulysses_attention` or
-:func:`~mindspeed_llm.ops.context_parallel_kernels.hybrid_attention` (``--ulysses-degree`` U, only where 1 < U < CP) on
+:func:`~mindspeed_llm.ops.context_parallel_kernels.hybrid_attention` (``--ulysses-degree`` U, only where
+1 < U < CP) on
 each rank's ``seq / CP`` tokens. Reported per
 rank (the slowest and the largest): time (min of ``--repeats``) and peak memory (rise of peak RSS over RSS
 before the timed passes, glibc's mmap threshold fixed so freed blocks return); "work per token vs CP 1" is
@@ -78,7 +80,8 @@ def attention_worker(args: argparse.Namespace) -> None:
             out = flash_attention(q, k, v, causal=True, layout="sbnd") if cu is None else \
                 document_attention(q, k, v, cu)
         elif args.algo == "ulysses_cp_algo":
-            out = ulysses_attention(q, k, v, group) if cu is None else ulysses_document_attention(q, k, v, group, cu)
+            out = ulysses_attention(q, k, v, group) if cu is None else \
+                ulysses_document_attention(q, k, v, group, cu)
         elif args.algo == "hybrid_cp_algo":
             out = hybrid_attention(q, k, v, *sub_groups, document_ids=ids)
         else:

@@ -292,7 +292,8 @@ def preprocess_instruction(
         pool = mp_context().Pool(
             args.workers, initializer=_init_worker, initargs=(tokenizer.path, args.prompt_type, args.append_eod)
         )
-        for (ids, labels, lengths), input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+        results = ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task)
+        for (ids, labels, lengths), input_bytes in results:
             bounds = np.concatenate([[0], np.cumsum(lengths)])
             for k in range(lengths.size):
                 a, b = int(bounds[k]), int(bounds[k + 1])

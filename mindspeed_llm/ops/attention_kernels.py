@@ -330,8 +330,8 @@ def blockwise_attention(
         pos = (torch.arange(query.shape[2], device=query.device), torch.arange(key.shape[2], device=query.device),
                int(head_offset))
     return _BlockwiseAttention.apply(
-        query, key, value, attn_mask, causal, resolve_softmax_scale(softmax_scale, query.shape[-1]), float(dropout_p),
-        int(seed or 0), block_q, block_k, pos,
+        query, key, value, attn_mask, causal, resolve_softmax_scale(softmax_scale, query.shape[-1]),
+        float(dropout_p), int(seed or 0), block_q, block_k, pos,
     )
 
 
@@ -345,7 +345,7 @@ class _SavedArgs:
 
 def blockwise_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float,
                                  dropout: tuple | None = None) -> tuple[Tensor, Tensor]:
-    """``(out, lse)`` of the blockwise kernel on ``[b, n, s, d]``; lse ``[b, n_q, s_q]`` in the accumulation dtype.
+    """``(out, lse)`` of the blockwise kernel on ``[b, n, s, d]``; lse ``[b, n_q, s_q]``, accumulation dtype.
 
     ``dropout``: ``(p, seed, dropout_pos)`` of the position-keyed mask (``dropout_pos`` as in
     :func:`blockwise_attention`); lse is then the undropped rows' log-sum-exp. No autograd: the
@@ -357,10 +357,11 @@ def blockwise_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, *, causal: boo
     return out, ctx.saved_tensors[4].reshape(q.shape[:3])
 
 
-def blockwise_attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                                          *, causal: bool, scale: float,
+def blockwise_attention_with_lse_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                                          lse: Tensor, *, causal: bool, scale: float,
                                           dropout: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of one block of the blockwise kernel given the *final* ``out`` and ``lse`` of its rows."""
+    """``(dq, dk, dv)`` of one block of the blockwise kernel, given the *final* ``out`` / ``lse`` of its
+    rows."""
     ctx = _SavedArgs()
     b, g = k.shape[:2]
     ctx.save_for_backward(q, k, v, out, lse.view(b, g, q.shape[1] // g, q.shape[2]), None)
@@ -401,7 +402,8 @@ def sdpa_attention(
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=sdpa_mask, dropout_p=dropout_p, is_causal=causal,
-        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), enable_gqa=key.shape[1] != query.shape[1],
+        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]),
+        enable_gqa=key.shape[1] != query.shape[1],
     )
 
 

@@ -70,9 +70,9 @@ class ContextParallelAttention(MegatronModule):
         self.cp_group = pg_collection.cp
         self.hcp_groups = getattr(pg_collection, "hcp", None)
         if comm == "a2a+p2p" and (not self.hcp_groups or len(self.hcp_groups) != 2):
-            raise RuntimeError("ContextParallelAttention: hybrid_cp_algo needs the [ulysses, ring] sub-groups of the "
-                               "CP group: call mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups after "
-                               "initialize_model_parallel")
+            raise RuntimeError("ContextParallelAttention: hybrid_cp_algo needs the [ulysses, ring] sub-groups of "
+                               "the CP group: call mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups "
+                               "after initialize_model_parallel")
         tp = pg_collection.tp.size()
         projection = config.kv_channels * config.num_attention_heads
         self.hidden_size_per_partition = divide(projection, tp)

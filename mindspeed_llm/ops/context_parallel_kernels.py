@@ -1,8 +1,8 @@
 """Context-parallel kernels: causal self-attention over a sequence split across the ranks of a CP group.
 
-The megatron-core module that runs them is :class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`;
-hybrid's sub-groups are created by :func:`mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups`
-(this module creates no process group).
+The megatron-core module that runs them is
+:class:`~mindspeed_llm.ops.context_parallel.ContextParallelAttention`; hybrid's sub-groups are created by
+:func:`mindspeed_llm.runtime.parallel.initialize_hybrid_cp_groups` (this module creates no process group).
 
 Layout (megatron-core's ``get_batch_on_this_cp_rank``, which also slices RoPE): the sequence is cut
 into ``2 * CP`` equal chunks and CP rank ``r`` holds chunks ``r`` and ``2 * CP - 1 - r``, in that
@@ -40,7 +40,8 @@ skipped); Ulysses runs a given local attention (document attention:
 :func:`~mindspeed_llm.ops.document_attention.ulysses_document_attention`) over the whole sequence after its
 all-to-all; hybrid hands the documents to its ring. The documents come as plain tensors (per-token
 document ids, or the local attention that knows them): this module imports neither
-:mod:`~mindspeed_llm.ops.packing` nor :mod:`~mindspeed_llm.ops.document_attention`, which build on it. Attention dropout keys each piece's
+:mod:`~mindspeed_llm.ops.packing` nor :mod:`~mindspeed_llm.ops.document_attention`, which build on it.
+Attention dropout keys each piece's
 mask by its sample's batch row, global head and global positions (the blockwise kernel's hash), as CP 1's
 per-document kernel does with the same seed: any CP size drops the same scores.
 
@@ -572,7 +573,8 @@ def _heads_to_ranks(q: Tensor, k: Tensor, v: Tensor, group) -> tuple[Tensor, Ten
 def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, *, softmax_scale: float | None = None,
                       dropout_p: float = 0.0, seed: int | None = None, impl: str = "auto",
                       backend: str | None = None,
-                      local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None) -> Tensor:
+                      local_attention: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None,
+                      ) -> Tensor:
     """Causal attention of this CP rank's chunk pair on ``[s_local, b, n, d]`` via all-to-all; same layout out.
 
     ``dropout_p``: the local kernel's attention dropout (each rank holds whole sequences for its

@@ -13,8 +13,8 @@ through :mod:`mindspeed_llm.patches.packed`) call it for document-packed ``packe
 Implementations (:func:`select_document_attention_impl` picks one per device):
 
 - ``per_document`` (CPU; CUDA without flash-attn): one causal kernel call per document on the
-  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout, :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention`
-  with it (one seed per call; each document keyed by its batch row and positions in the sample, so the
+  token-major view: torch's SDPA (on the CPU its flash kernel) without dropout,
+  :func:`~mindspeed_llm.ops.attention_kernels.blockwise_attention` with it (one seed per call; each document keyed by its batch row and positions in the sample, so the
   mask is the whole batch's and context parallelism draws the same one). Computes only the ``sum(len_i^2) / 2`` scores that exist and never holds more than one
   document's kernel state; measured fastest on the CPU (docs/performance_journal.md,
   "Document-masked attention").
@@ -151,7 +151,8 @@ def npu_document_attention(query: Tensor, key: Tensor, value: Tensor, cu_seqlens
     mask = torch.triu(torch.ones(NPU_CAUSAL_MASK_SIZE, NPU_CAUSAL_MASK_SIZE, dtype=torch.bool, device=query.device), 1)
     out = npu.npu_fusion_attention(
         _tokens(query), _tokens(key), _tokens(value), n, "TND", atten_mask=mask,
-        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), keep_prob=1.0 - dropout_p, pre_tockens=s * b, next_tockens=0,
+        scale=resolve_softmax_scale(softmax_scale, query.shape[-1]), keep_prob=1.0 - dropout_p, pre_tockens=s * b,
+        next_tockens=0,
         actual_seq_qlen=ends, actual_seq_kvlen=ends, sparse_mode=4,
     )[0]
     return _from_tokens(out, s, b)
@@ -213,9 +214,9 @@ def ulysses_document_attention(query: Tensor, key: Tensor, value: Tensor, group,
     document, blockwise) keyed by the global head index (``seed`` drawn then, the same on every CP rank).
     """
     def local(q: Tensor, k: Tensor, v: Tensor, head_offset: int) -> Tensor:
-        return document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale, backend=backend,
-                                  dropout_p=dropout_p, seed=dropout_seed(dropout_p, seed, q.device),
-                                  head_offset=head_offset)
+        return document_attention(q, k, v, cu_seqlens, max_seqlen, softmax_scale=softmax_scale,
+                                  backend=backend, dropout_p=dropout_p,
+                                  seed=dropout_seed(dropout_p, seed, q.device), head_offset=head_offset)
 
     return ulysses_attention(query, key, value, group, local_attention=local)
 
@@ -230,8 +231,9 @@ def document_core_attention(module: Any, query: Tensor, key: Tensor, value: Tens
     """
     config = module.config
     if packed_seq_params.qkv_format != "sbhd":
-        raise ValueError(f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer Engine: "
-                         "build them with mindspeed_llm.ops.packing.document_packed_seq_params (qkv_format 'sbhd')")
+        raise ValueError(f"packed_seq_params.qkv_format={packed_seq_params.qkv_format!r} needs Transformer "
+                         "Engine: build them with mindspeed_llm.ops.packing.document_packed_seq_params "
+                         "(qkv_format 'sbhd')")
     if config.context_parallel_size != 1:
         raise ValueError("packed sequences with context parallelism run in ContextParallelAttention (the core "
                          "attention --context-parallel-size selects), not in this local attention")

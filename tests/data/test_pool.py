@@ -1,4 +1,5 @@
-"""The tokenizer pool's shared pieces (mindspeed_llm/data/pool.py): stopping a pool whose terminate() hangs."""
+"""The tokenizer pool's shared pieces (mindspeed_llm/data/pool.py): stopping a pool whose terminate()
+hangs."""
 
 from __future__ import annotations
 

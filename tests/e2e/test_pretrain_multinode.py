@@ -31,8 +31,9 @@ def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
     for node in (0, 1):
         prefix = make_indexed_dataset(tmp_path / f"node{node}" / "dataset" / "corpus_text_document", seed=5)
         data.append(prefix)
-        cmd = torchrun_command(PRETRAIN, *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage",
-                               "--save", "ckpt", nproc=1, port=port, nnodes=2, node_rank=node)
+        cmd = torchrun_command(PRETRAIN, *MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2),
+                               "--no-shared-storage", "--save", "ckpt", nproc=1, port=port, nnodes=2,
+                               node_rank=node)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       cwd=tmp_path / f"node{node}"))

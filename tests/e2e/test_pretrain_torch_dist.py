@@ -69,8 +69,8 @@ def test_dp2_distributed_optimizer_resumes_exactly_from_megatron_layout(tiny):
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
     # The distributed optimizer's state reshards only over DP: TP2 refuses it with one line, before training.
-    cmd = torchrun_command(PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load", tiny["root"] / "dp2_at3",
-                           nproc=2)
+    cmd = torchrun_command(PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load",
+                           tiny["root"] / "dp2_at3", nproc=2)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
                           env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0

@@ -1,4 +1,4 @@
-"""inference.py launches and their printed answers, and transformers' greedy reference, for the inference tests."""
+"""inference.py launches and their printed answers, and transformers' greedy reference (inference tests)."""
 
 from __future__ import annotations
 

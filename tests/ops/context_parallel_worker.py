@@ -171,8 +171,8 @@ def run_document_case(name: str, algo: str, group, *, n_q: int, n_kv: int, docum
         out = ring_attention(*local, group, softmax_scale=0.3, document_ids=ids, **drop)
     elif algo == "ulysses":
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
-        out = ulysses_document_attention(*sbnd, group, packed.cu_seqlens_q, packed.max_seqlen_q, softmax_scale=0.3,
-                                         **drop).permute(1, 2, 0, 3)
+        out = ulysses_document_attention(*sbnd, group, packed.cu_seqlens_q, packed.max_seqlen_q,
+                                         softmax_scale=0.3, **drop).permute(1, 2, 0, 3)
     else:
         sbnd = [t.permute(2, 0, 1, 3) for t in local]
         out = hybrid_attention(*sbnd, *sub_groups, softmax_scale=0.3, document_ids=ids, **drop).permute(1, 2, 0, 3)
