@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers.launch import StartedTorchrun, torchrun
 from tests.helpers.paths import REPO_ROOT
-from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (the e2e tests import them from here)
+from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (re-exported to the e2e tests)
 
 PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
 # pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it
