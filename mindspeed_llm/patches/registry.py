@@ -172,6 +172,7 @@ class Patch:
     _new: Any = field(default=_MISSING, repr=False)
     _replaced: Any = field(default=_MISSING, repr=False)
     _rebound: list[tuple[Any, str]] = field(default_factory=list, repr=False)
+    _owner: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if (self.replacement is None) == (self.wrapper is None):
@@ -232,8 +233,12 @@ class Patch:
         if error is not None:
             raise PatchSignatureError(error)
 
-    def apply(self, *, checked: bool = False) -> None:
-        """Check the recorded signatures (unless the caller just did: ``checked``), then patch."""
+    def apply(self, *, checked: bool = False, rebind: bool = True) -> None:
+        """Check the recorded signatures (unless the caller just did: ``checked``), then patch.
+
+        ``rebind=False`` leaves the ``from x import f`` copies to the caller (the registry rebinds the
+        copies of a whole group in one pass over the imported modules: :func:`rebind_copies`).
+        """
         if self.active:
             return
         if not checked:
@@ -250,23 +255,16 @@ class Patch:
             new = self.replacement
         setattr(owner, attr, new)
         self._original, self._new, self._replaced = original, new, base
-        self._rebound = []
-        if original not in (_MISSING, _INHERITED) and not isinstance(owner, type):
-            self._rebind(original, new, owner)
+        self._owner, self._rebound = owner, []
+        if rebind:
+            rebind_copies([self])
 
-    def _rebind(self, original: Any, new: Any, owner: Any) -> None:
-        if not callable(original):
-            return  # only functions and classes are copied by `from x import f`; never rebind data
-        for name, module in list(sys.modules.items()):
-            if module is None or module is owner or not isinstance(module, types.ModuleType):
-                continue
-            if not name.startswith(self.rebind_prefixes):
-                continue
-            namespace = getattr(module, "__dict__", {})
-            for key, value in list(namespace.items()):
-                if value is original:
-                    setattr(module, key, new)
-                    self._rebound.append((module, key))
+    @property
+    def copies_to_rebind(self) -> bool:
+        """Whether modules may hold ``from x import f`` copies of the original (a module's function/class)."""
+        original = self._original
+        return (self.active and original is not _MISSING and original is not _INHERITED
+                and not isinstance(self._owner, type) and callable(original))
 
     def revert(self) -> None:
         if not self.active:
@@ -280,6 +278,36 @@ class Patch:
         for module, key in self._rebound:
             setattr(module, key, self._original)
         self._original, self._new, self._replaced, self._rebound = _MISSING, _MISSING, _MISSING, []
+        self._owner = None
+
+
+def rebind_copies(patches: list[Patch]) -> None:
+    """Point every ``from x import f`` copy of the patches' originals at their new values, in one pass.
+
+    Only modules whose names start with a patch's ``rebind_prefixes`` are searched, and only functions and
+    classes are rebound (data is never copied by identity on purpose). A place that is itself the target
+    of one of ``patches`` is left to that patch.
+    """
+    wanted: dict[int, Patch] = {}
+    for patch in patches:
+        if patch.copies_to_rebind:
+            wanted.setdefault(id(patch._original), patch)  # one object under two targets: the first rebinds
+    if not wanted:
+        return
+    targets = {(id(p._owner), p.target.rsplit(".", 1)[1]) for p in patches if p.active}
+    prefixes = tuple({prefix for p in wanted.values() for prefix in p.rebind_prefixes})
+    hits = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(prefixes) or not isinstance(module, types.ModuleType):
+            continue
+        for key, value in module.__dict__.items():
+            patch = wanted.get(id(value))
+            if (patch is not None and value is patch._original and module is not patch._owner
+                    and name.startswith(patch.rebind_prefixes) and (id(module), key) not in targets):
+                hits.append((module, key, patch))
+    for module, key, patch in hits:
+        setattr(module, key, patch._new)
+        patch._rebound.append((module, key))
 
 
 class _ThenLoader(importlib.abc.Loader):
@@ -350,7 +378,8 @@ class ImportHook:
             spec.loader = _ThenLoader(spec.loader, self.then)
         return spec
 
-    def apply(self, *, checked: bool = False) -> None:
+    def apply(self, *, checked: bool = False, rebind: bool = True) -> None:
+        """Put the finder first on ``sys.meta_path`` (nothing to check or rebind: the keywords are Patch's)."""
         if self.active:
             return
         self._finder = _Finder(self)
@@ -446,7 +475,8 @@ class PatchRegistry:
             more = f" (and {len(errors) - 1} more mismatched patch(es))" if len(errors) > 1 else ""
             raise PatchSignatureError(errors[0] + more)
         for patch in pending:
-            patch.apply(checked=True)
+            patch.apply(checked=True, rebind=False)
+        rebind_copies([p for p in pending if isinstance(p, Patch)])
 
     @contextlib.contextmanager
     def scoped(self, group: str) -> Iterator[None]:
