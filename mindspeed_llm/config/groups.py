@@ -442,11 +442,8 @@ class RunConfig:
 
     def values(self) -> dict[str, Any]:
         """Every flag's destination and value (frozen values), whichever group holds it."""
-        out: dict[str, Any] = {}
-        for name, _ in GROUPS:
-            out.update(dataclasses.asdict(getattr(self, name)))
-        if self.inference is not None:
-            out.update(dataclasses.asdict(self.inference))
+        groups = [getattr(self, name) for name, _ in GROUPS] + ([self.inference] if self.inference else [])
+        out = {f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}
         for mapping in (self.lora, self.launch, self.extra):
             out.update(mapping)
         return out
