@@ -216,8 +216,9 @@ def _header_written_before_the_record(hf, tp: int) -> argparse.Namespace:
 
 
 def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_saves, tmp_path):
-    """The record of the converter's TP2 output, of a file written before the record (args only), and of the
-    trainer's saves in both formats: the same model and layout; the trainer's progress is its own."""
+    """The record of the converter's TP2 output, of a file written before the record (args only: it still
+    trains), and of the trainer's saves in both formats: the same model and layout; the trainer's progress is
+    its own."""
     from mindspeed_llm.runtime.checkpoint import layout, read_record
     from mindspeed_llm.runtime.checkpoint.record import RECORD_KEY
 
@@ -230,6 +231,10 @@ def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_sa
         state["args"] = _header_written_before_the_record(tiny["hf"], 2)
         torch.save(state, path)
     assert read_record(str(older)) == converted
+    # ... and trains from it as from the converter's output: the same first loss
+    older_run = run_pretrain(*tiny["flags"], "--tensor-model-parallel-size", "2", "--load", str(older), "--finetune",
+                             "--train-iters", "1", nproc=2)
+    assert loss_strings(older_run) == {1: loss_strings(tp2_saves["unbroken"])[1]}
 
     trained = {fmt: read_record(str(tp2_saves[fmt])) for fmt in ("torch", "dist")}
     assert trained["torch"] == trained["dist"]  # the format holds the same record
