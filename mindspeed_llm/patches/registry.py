@@ -379,7 +379,7 @@ class ImportHook:
         return spec
 
     def apply(self, *, checked: bool = False, rebind: bool = True) -> None:
-        """Put the finder first on ``sys.meta_path`` (nothing to check or rebind: the keywords are Patch's)."""
+        """Put the finder first on ``sys.meta_path`` (nothing to check or rebind: keywords as Patch's)."""
         if self.active:
             return
         self._finder = _Finder(self)

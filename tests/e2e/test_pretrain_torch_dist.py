@@ -232,8 +232,17 @@ def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_sa
         torch.save(state, path)
     assert read_record(str(older)) == converted
     # ... and trains from it as from the converter's output: the same first loss
-    older_run = run_pretrain(*tiny["flags"], "--tensor-model-parallel-size", "2", "--load", str(older), "--finetune",
-                             "--train-iters", "1", nproc=2)
+    older_run = run_pretrain(
+        *tiny["flags"],
+        "--tensor-model-parallel-size",
+        "2",
+        "--load",
+        str(older),
+        "--finetune",
+        "--train-iters",
+        "1",
+        nproc=2,
+    )
     assert loss_strings(older_run) == {1: loss_strings(tp2_saves["unbroken"])[1]}
 
     trained = {fmt: read_record(str(tp2_saves[fmt])) for fmt in ("torch", "dist")}
