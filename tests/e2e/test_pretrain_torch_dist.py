@@ -241,6 +241,8 @@ def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_sa
         "--finetune",
         "--train-iters",
         "1",
+X
+        "0",
         nproc=2,
     )
     assert loss_strings(older_run) == {1: loss_strings(tp2_saves["unbroken"])[1]}

@@ -282,7 +282,8 @@ def load_rank_file(path: str, *, mmap: bool = True) -> dict:
             "trust the file, allow the class with "
             "mindspeed_llm.runtime.checkpoint.layout.register_safe_globals(...) before loading"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, ImportError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, ImportError, IndexError,
+            TypeError) as exc:  # junk bytes make the unpickler fail in any of these ways
         # torch's zip reader: "failed finding central directory", "Ran out of input", ... for a cut file.
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
         raise DamagedCheckpointError(f"{path} cannot be read ({reason}): the file is damaged or not a torch "
