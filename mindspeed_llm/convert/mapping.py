@@ -14,20 +14,13 @@ from enum import Enum
 import torch
 
 from mindspeed_llm.models.families import ModelConfig
+from mindspeed_llm.models.tp_split import Split, shard, unshard  # noqa: F401 - the converter splits with them
 
 
 class Transform(Enum):
     COPY = "copy"  # one HF tensor, same values
     QKV = "qkv"  # q, k, v -> interleaved per query group: [q heads of group g, k_g, v_g] for each g
     GATE_UP = "gate_up"  # gate, up -> [gate; up]
-
-
-class Split(Enum):
-    REPLICATED = "replicated"  # every TP rank holds the whole tensor
-    COLUMN = "column"  # dim 0 (output features); QKV's per-group layout makes this split by groups
-    ROW = "row"  # dim 1 (input features)
-    GATE_UP = "gate_up"  # rank i holds [gate_i; up_i]
-    VOCAB = "vocab"  # dim 0 after padding the vocabulary
 
 
 @dataclass(frozen=True)
@@ -140,33 +133,6 @@ def mcore_to_hf(m: TensorMapping, full: torch.Tensor, cfg: ModelConfig) -> list[
         return list(qkv_deinterleave(full, cfg))
     gate, up = torch.chunk(full, 2, dim=0)
     return [gate.contiguous(), up.contiguous()]
-
-
-# ---- tensor-parallel split / merge -------------------------------------------------------------------
-def shard(split: Split, full: torch.Tensor, tp: int) -> list[torch.Tensor]:
-    """Split a full tensor into ``tp`` rank-local tensors (each its own storage, safe to ``torch.save``)."""
-    if tp == 1 or split is Split.REPLICATED:
-        return [full.contiguous() if tp == 1 else full.clone() for _ in range(tp)]
-    if split in (Split.COLUMN, Split.VOCAB):
-        parts = torch.chunk(full, tp, dim=0)
-    elif split is Split.ROW:
-        parts = torch.chunk(full, tp, dim=1)
-    else:
-        gate, up = torch.chunk(full, 2, dim=0)
-        parts = [torch.cat([g, u], dim=0) for g, u in zip(torch.chunk(gate, tp), torch.chunk(up, tp))]
-    return [p.clone() for p in parts]
-
-
-def unshard(split: Split, parts: list[torch.Tensor]) -> torch.Tensor:
-    """Inverse of :func:`shard`."""
-    if len(parts) == 1 or split is Split.REPLICATED:
-        return parts[0]
-    if split in (Split.COLUMN, Split.VOCAB):
-        return torch.cat(parts, dim=0)
-    if split is Split.ROW:
-        return torch.cat(parts, dim=1)
-    halves = [torch.chunk(p, 2, dim=0) for p in parts]
-    return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
 
 
 # ---- vocabulary ---------------------------------------------------------------------------------------

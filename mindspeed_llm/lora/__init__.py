@@ -11,8 +11,9 @@
   ``--lora-ckpt-filter``, the resume checks); the checkpoint interface asks it
 
 The names below are imported on first use, so the command lines read ``config`` without torch.
-The package imports nothing else of mindspeed_llm but ``runtime/checkpoint``'s file layout (in
-``checkpoint``): training, inference, conversion and checkpointing ask it.
+The package imports nothing else of mindspeed_llm but the TP layout (``models/tp_split.py``, in ``tp``)
+and ``runtime/checkpoint``'s file layout (in ``checkpoint``): training, inference, conversion and
+checkpointing ask it.
 """
 
 import importlib

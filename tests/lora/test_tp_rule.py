@@ -15,7 +15,7 @@ import torch
 
 from mindspeed_llm.convert.mapping import LLAMA_LIKE_LAYER, Split, shard
 from mindspeed_llm.lora.keys import LORA_MODULES
-from mindspeed_llm.lora.tp import FactorSplit, factor_splits, shard_adapter, unshard_adapter
+from mindspeed_llm.lora.tp import factor_splits, shard_adapter, unshard_adapter
 
 R, HIDDEN, FFN = 4, 32, 48
 # (in, out) of each layer's whole base weight; qkv of 4 heads in 2 query groups, head size 8.
@@ -50,10 +50,10 @@ def test_the_split_factor_is_cut_as_the_converter_cuts_the_base_weight(tp):
         a_split, b_split = factor_splits(module)
         pairs = shard_adapter(module, a, b, tp)
         if split is Split.ROW:
-            assert b_split is FactorSplit.WHOLE
+            assert b_split is Split.REPLICATED
             expected_a, expected_b = shard(Split.ROW, a, tp), [b] * tp
         else:
-            assert a_split is FactorSplit.WHOLE and split in (Split.COLUMN, Split.GATE_UP)
+            assert a_split is Split.REPLICATED and split in (Split.COLUMN, Split.GATE_UP)
             expected_a, expected_b = [a] * tp, shard(split, b, tp)
         for (a_t, b_t), want_a, want_b in zip(pairs, expected_a, expected_b):
             assert torch.equal(a_t, want_a), module
