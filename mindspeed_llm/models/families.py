@@ -352,6 +352,20 @@ class ModelConfig:
     eos_token_id: Any = None
     pad_token_id: Any = None
     extra_hf: dict = field(default_factory=dict)  # family passthrough keys, written back by to_hf_config
+    # Mixture of experts (num_experts None: a dense model).
+    num_experts: int | None = None
+    moe_router_topk: int | None = None
+    moe_ffn_hidden_size: int | None = None
+    moe_router_pre_softmax: bool = False  # top-k of the softmax over all experts, not renormalised
+    moe_shared_expert_intermediate_size: int | None = None
+    moe_shared_expert_gate: bool = False  # sigmoid gate on the shared expert's output
+    moe_layer_freq: tuple[int, ...] | None = None  # 1: MoE layer, 0: dense, per layer; None: all MoE
+
+    def moe_layers(self) -> tuple[int, ...]:
+        """1 for each MoE layer, 0 for each dense layer (all 0 for a dense model)."""
+        if not self.num_experts:
+            return (0,) * self.num_layers
+        return tuple(self.moe_layer_freq) if self.moe_layer_freq is not None else (1,) * self.num_layers
 
     # ---- HF side -------------------------------------------------------------------------------
     @classmethod
@@ -509,6 +523,21 @@ class ModelConfig:
             pipeline_dtype=self.params_dtype,
             bf16=self.params_dtype == torch.bfloat16,
             fp16=self.params_dtype == torch.float16,
+            **self.moe_transformer_config_kwargs(),
+        )
+
+    def moe_transformer_config_kwargs(self) -> dict:
+        """megatron-core's MoE fields of ``TransformerConfig`` (none for a dense model)."""
+        if not self.num_experts:
+            return {}
+        return dict(
+            num_moe_experts=self.num_experts,
+            moe_router_topk=self.moe_router_topk,
+            moe_ffn_hidden_size=self.moe_ffn_hidden_size,
+            moe_router_pre_softmax=self.moe_router_pre_softmax,
+            moe_shared_expert_intermediate_size=self.moe_shared_expert_intermediate_size,
+            moe_shared_expert_gate=self.moe_shared_expert_gate,
+            moe_layer_freq=list(self.moe_layers()),
         )
 
     def check_sequence_length(self, length: int, what: str) -> None:
