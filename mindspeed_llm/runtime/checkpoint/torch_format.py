@@ -55,11 +55,13 @@ def read_record(path: str) -> CheckpointRecord:
 
 
 def write_rank_file(root: str, iteration: int | str, tp_rank: int, pp_rank: int, pp_size: int,
-                    record: CheckpointRecord, base_args: argparse.Namespace | None, model: dict) -> str:
+                    record: CheckpointRecord, base_args: argparse.Namespace | None, model: dict,
+                    ep_rank: int = 0) -> str:
     """One rank's file holding the header and ``model`` only (what the converter writes), written
-    atomically."""
+    atomically (``ep_rank``: of the record's expert-parallel size)."""
     state = {**file_header(record, base_args), "model": model}
-    return layout.save_rank_state(root, iteration, tp_rank, pp_rank, pp_size, state, crc32=False)
+    return layout.save_rank_state(root, iteration, tp_rank, pp_rank, pp_size, state, crc32=False,
+                                  ep_rank=ep_rank, ep_size=record.layout.ep or 1)
 
 
 # ---- save (the trainer's, collective) ----------------------------------------------------------------------
