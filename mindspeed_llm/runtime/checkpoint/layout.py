@@ -3,7 +3,8 @@
 ``latest_checkpointed_iteration.txt`` names the iteration folder (``iter_XXXXXXX`` or ``release``);
 the legacy (``torch``) format keeps one ``mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`` per (TP, PP[, EP])
 rank in it (Megatron-LM's names: ``_EEE``, the expert-parallel rank, only when EP > 1). Files are written
-under a temporary name and renamed; the tracker is written last, so a reader never sees a half-written iteration. Every rank file is read through :func:`load_rank_file`
+under a temporary name and renamed; the tracker is written last, so a reader never sees a half-written
+iteration. Every rank file is read through :func:`load_rank_file`
 (``torch.load(weights_only=True)`` with an allow-list), whose errors name the file.
 """
 
