@@ -25,6 +25,7 @@ from mindspeed_llm.convert.mapping import (
     TensorMapping,
     Transform,
     expected_hf_names,
+    hf_to_mcore,
     layer_mappings,
     unshard,
 )
@@ -53,6 +54,8 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.gate_proj.weight": (f, h),
         "mlp.up_proj.weight": (f, h),
         "mlp.down_proj.weight": (h, f),
+        "self_attn.qkv_proj.weight": (q + 2 * kv, h),  # Phi-3's fused projections
+        "mlp.gate_up_proj.weight": (2 * f, h),
     }
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
               "lm_head.weight": (cfg.vocab_size, h)}
@@ -127,6 +130,8 @@ class HfSource:
         names = [n.format(i=layer) for n in m.hf]
         if m.transform is Transform.COPY:
             return self.reader.get(names[0])
+        if m.transform is Transform.FUSED_QKV:
+            return hf_to_mcore(m, [self.reader.get(names[0])], self.cfg)
         shapes = [self.reader.shape(n) for n in names]
         out = torch.empty(
             [sum(s[0] for s in shapes), *shapes[0][1:]], dtype=self.reader.entry_dtype(names[0])
