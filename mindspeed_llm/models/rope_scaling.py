@@ -51,7 +51,7 @@ def scaling_factor(scaling: Mapping, max_position_embeddings: int) -> float:
 
 
 def yarn_inv_freq(scaling: Mapping, dim: int, base: float, max_position_embeddings: int) -> Tensor:
-    """YaRN's inverse frequencies: interpolated below the ``beta_slow`` rotations, kept above ``beta_fast``."""
+    """YaRN's inverse frequencies: interpolated below ``beta_slow`` rotations, kept above ``beta_fast``."""
     factor = scaling_factor(scaling, max_position_embeddings)
     original = scaling["original_max_position_embeddings"]
     beta_fast = scaling.get("beta_fast") or 32
@@ -73,7 +73,7 @@ def yarn_inv_freq(scaling: Mapping, dim: int, base: float, max_position_embeddin
 
 
 def yarn_attention_factor(scaling: Mapping, max_position_embeddings: int) -> float:
-    """``attention_factor``, else from ``mscale``/``mscale_all_dim`` (both set), else ``0.1 ln(factor) + 1``."""
+    """``attention_factor``, else from ``mscale``/``mscale_all_dim`` (both set), else 0.1 ln(factor) + 1."""
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])
     factor = scaling_factor(scaling, max_position_embeddings)
