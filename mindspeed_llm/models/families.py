@@ -250,7 +250,8 @@ def check_hf_config_values(cfg: dict) -> None:
 # Megatron/MindSpeed RoPE scaling flags (argument names) and the HF ``rope_scaling`` keys they set.
 ROPE_SCALING_FLAGS = (("rope_scaling_type", "rope_type"), ("rope_scaling_factor", "factor"),
                       ("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor"),
-                      ("original_max_position_embeddings", "original_max_position_embeddings"))
+                      ("original_max_position_embeddings", "original_max_position_embeddings"),
+                      *long_rope.SCALING_FLAGS)
 
 
 def rope_scaling_to_flags(rope_scaling: dict | None) -> dict:

@@ -26,6 +26,11 @@ YARN_KEYS = frozenset({"factor", "original_max_position_embeddings", "beta_fast"
 LONGROPE_KEYS = frozenset({"factor", "original_max_position_embeddings", "long_factor", "short_factor",
                            "attention_factor"})
 LONG_CONTEXT_TYPES = ("yarn", "longrope")
+# MindSpeed-LLM's flags (argument names) for them and the HF keys they set.
+SCALING_FLAGS = (("rope_scaling_original_max_position_embeddings", "original_max_position_embeddings"),
+                 ("rope_scaling_mscale", "mscale"), ("rope_scaling_mscale_all_dim", "mscale_all_dim"),
+                 ("beta_fast", "beta_fast"), ("beta_slow", "beta_slow"),
+                 ("long_factor", "long_factor"), ("short_factor", "short_factor"))
 # Why the rest stays refused (one line each).
 REFUSED_TYPES = {
     "dynamic": "dynamic NTK rescales the frequencies with each batch's length, so training on one length and "

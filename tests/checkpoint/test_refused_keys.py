@@ -15,10 +15,10 @@ from mindspeed_llm.convert.cli import main
 from tests.checkpoint.record_edits import edit_recorded_model
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 
-YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+YARN = {"rope_type": "yarn", "original_max_position_embeddings": 64}  # no factor
 CASES = {
     # name: (model kind, config.json changes, what the error line must say)
-    "rope_yarn": ("qwen3", {"rope_scaling": YARN}, "rope_scaling rope_type='yarn' is not supported"),
+    "rope_yarn": ("qwen3", {"rope_scaling": YARN}, "rope_scaling rope_type='yarn' has no factor"),
     "rope_dynamic": (
         "llama",
         {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
@@ -27,7 +27,7 @@ CASES = {
     "rope_longrope": (
         "llama",
         {"rope_scaling": {"rope_type": "longrope", "factor": 2.0}},
-        "rope_scaling rope_type='longrope' is not supported",
+        "rope_scaling short_factor must be a list of 8 numbers",
     ),
     "rope_linear_extra": (
         "qwen2",

@@ -135,6 +135,13 @@ def test_checkpoint_lists_follow_the_settings_metadata():
         "low_freq_factor",
         "high_freq_factor",
         "original_max_position_embeddings",
+        "rope_scaling_original_max_position_embeddings",
+        "rope_scaling_mscale",
+        "rope_scaling_mscale_all_dim",
+        "beta_fast",
+        "beta_slow",
+        "long_factor",
+        "short_factor",
         "disable_bias_linear",
     }
     assert checked_model_settings() == (
