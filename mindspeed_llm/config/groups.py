@@ -109,7 +109,7 @@ class ModelGroup:
                 original_max_position_embeddings=_first(self.original_max_position_embeddings,
                                                         rec.get("original_max_position_embeddings"), 8192))
         elif kind in ("yarn", "longrope"):
-            scaling = self._long_context_scaling(kind, rec)
+            scaling = self._long_context_scaling(kind, rec, check=recorded is None)
         if recorded is not None and scaling != recorded:
             raise ArgumentError(
                 f"--rope-scaling-type {kind} gives rope_scaling {scaling} but the --load checkpoint "
@@ -117,7 +117,7 @@ class ModelGroup:
             )
         return scaling
 
-    def _long_context_scaling(self, kind: str, rec: Mapping) -> dict[str, Any]:
+    def _long_context_scaling(self, kind: str, rec: Mapping, check: bool) -> dict[str, Any]:
         """YaRN / LongRoPE from the flags, what they leave unset from the checkpoint's same-type scaling."""
         from mindspeed_llm.models.rope_scaling import LONGROPE_KEYS, SCALING_FLAGS, YARN_KEYS, check_scaling
 
@@ -132,7 +132,8 @@ class ModelGroup:
                 raise ArgumentError(f"{flag} does not apply to --rope-scaling-type {kind}")
             scaling[key] = list(value) if isinstance(value, tuple) else value
         try:
-            check_scaling(kind, scaling, self.kv_channels)
+            if check:  # (a recorded scaling is compared whole instead)
+                check_scaling(kind, scaling, self.kv_channels)
         except ValueError as exc:
             raise ArgumentError(f"--rope-scaling-type {kind}: {exc} (flags: --rope-scaling-factor, "
                                 "--rope-scaling-original-max-position-embeddings, --long-factor, "

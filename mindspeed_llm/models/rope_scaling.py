@@ -125,7 +125,7 @@ def check_scaling(kind: str, scaling: dict, dim: int) -> None:
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ValueError(f"rope_scaling {key} must be a list of {dim // 2} numbers (head_dim / 2), "
                                  f"got {values!r}")
-    elif scaling.get("factor") is None:
+    elif "factor" not in scaling:  # transformers' required key (an explicit null: the windows' ratio)
         raise ValueError("rope_scaling rope_type='yarn' has no factor: add rope_scaling.factor")
 
 
