@@ -84,7 +84,8 @@ FAMILIES: dict[str, FamilySpec] = {
         model_type="phi3",
         qkv_bias=False,
         aliases=("phi3", "phi3.5"),
-        passthrough_keys=("original_max_position_embeddings", "resid_pdrop", "embd_pdrop", "sliding_window"),
+        passthrough_keys=("original_max_position_embeddings", "resid_pdrop", "embd_pdrop", "sliding_window",
+                          "auto_map"),  # auto_map: the hub's remote-code classes (transformers has its own)
         sliding_window="always",
     ),
 }
