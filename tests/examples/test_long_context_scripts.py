@@ -94,7 +94,6 @@ def test_phi35_generate_and_export_scripts(tmp_path):
                  "rope_scaling_original_max_position_embeddings", "tensor_model_parallel_size",
                  "pipeline_model_parallel_size"):
         assert getattr(gen, attr) == getattr(train, attr), attr
-    assert gen.seq_length <= cfg.rope_scaling["original_max_position_embeddings"]  # short factors
     back = options_from_args(build_parser().parse_args(
         _recorded_argv(f"{EX}/phi35/ckpt_convert_phi35_mini_mcore2hf.sh", "python", tmp_path)[1:]))
     assert (back.load_model_type, back.save_model_type) == ("mg", "hf")

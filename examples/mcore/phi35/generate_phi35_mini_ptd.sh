@@ -3,7 +3,8 @@
 # Launch with the training layout: a legacy checkpoint loads at the TP/PP it was saved with (torch_dist: any).
 # Every variable below can be overridden from the environment, e.g.
 #   PROMPT="Give three tips for staying healthy." bash examples/mcore/phi35/generate_phi35_mini_ptd.sh
-# Within the 4096 original window (the default --seq-length) LongRoPE's short factors apply, as in transformers.
+# While the prompt plus MAX_NEW_TOKENS fits the original 4096 window LongRoPE's short factors apply, as in
+# transformers' generate; longer generations use the long factors throughout (docs/training.md, Long context).
 set -euo pipefail
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
