@@ -129,6 +129,22 @@ def check_scaling(kind: str, scaling: dict, dim: int) -> None:
         raise ValueError("rope_scaling rope_type='yarn' has no factor: add rope_scaling.factor")
 
 
+def megatron_yarn_fields(factor: float, original: int, beta_fast: float | None = None,
+                         beta_slow: float | None = None, mscale: float | None = None,
+                         mscale_all_dim: float | None = None) -> dict:
+    """The ``TransformerConfig`` attributes megatron-core's ``YarnRotaryEmbedding`` (``GPTModel`` with
+    ``position_embedding_type="yarn"``) and its attention read, for a YaRN with transformers' meaning:
+    beta 32/1 by default, the ramp's ends rounded, and the attention factor (``rope_attention_factor``)."""
+    scaling = {"factor": factor, "original_max_position_embeddings": original, "beta_fast": beta_fast,
+               "beta_slow": beta_slow, "mscale": mscale, "mscale_all_dim": mscale_all_dim}
+    return {"yarn_rotary_scaling_factor": float(factor),
+            "yarn_original_max_position_embeddings": int(original),
+            "yarn_beta_fast": float(beta_fast or 32), "yarn_beta_slow": float(beta_slow or 1),
+            "yarn_mscale": mscale, "yarn_mscale_all_dim": mscale_all_dim,
+            "yarn_correction_range_round_to_int": True,
+            "rope_attention_factor": yarn_attention_factor(scaling, original)}
+
+
 def make_longrope_embedding(original, scaling: Mapping, dim: int, base: float):
     """A megatron ``RotaryEmbedding`` like ``original`` whose table uses LongRoPE's short factors for
     sequences up to the original window and its long factors beyond (transformers' switch on the

@@ -6,8 +6,9 @@ extended to 128:
 - a Qwen3 with YaRN (factor 4, original window 32): the first lr-0 fp32 step of pretrain_gpt.py on one
   96-token document equals transformers' loss on it (relative 2e-6) at TP1, TP2, PP2 (launched with
   MindSpeed-LLM's flags, completed from the checkpoint), ring CP2 and Ulysses CP2; a launch whose
-  ``--rope-scaling-factor`` contradicts the checkpoint is refused with one line; inference.py's greedy
-  tokens equal transformers' ``generate`` up to position 64;
+  ``--rope-scaling-factor`` contradicts the checkpoint is refused with one line; posttrain_gpt.py's SFT
+  loss on instruction samples of up to 64 tokens equals transformers' (as tests/e2e/test_sft.py computes
+  it); inference.py's greedy tokens equal transformers' ``generate`` up to position 64;
 - a Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``) with LongRoPE: the same on a 32-token document (short
   factors: within the window) and a 64-token one (long factors: beyond it).
 
@@ -38,7 +39,9 @@ from tests.e2e.pretrain_helpers import (
     model_flags,
     start_pretrain,
     train_flags,
+    write_instruction_data,
 )
+from tests.e2e.test_sft import POSTTRAIN, _samples, hf_token_loss, sft_flags
 from tests.helpers.launch import Started, StartedTorchrun
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny import save_word_tokenizer
@@ -152,6 +155,11 @@ def setup(tmp_path_factory):
         extra = (["--rope-scaling-type", "longrope", "--rope-scaling-original-max-position-embeddings",
                   str(ORIGINAL)] if side == "long" else [])
         runs[f"phi_{side}"] = _first_step(phi, phi_ckpt, phi_data[side][0], seq, extra=extra)
+    samples = _samples()
+    rows = [(i, np.ones_like(i), lab) for i, lab in samples]
+    sft_data = write_instruction_data(root / "data" / "sft", rows)
+    runs["sft"] = StartedTorchrun(POSTTRAIN, *sft_flags(qwen, sft_data), "--load", str(qwen_ckpts[1, 1]),
+                                  nproc=1, timeout=400)
     runs["inference"] = StartedTorchrun(
         INFERENCE, *model_flags(qwen), "--load", str(qwen_ckpts[1, 1]), "--tokenizer-name-or-path",
         str(root / "tok"), "--max-new-tokens", str(NEW_TOKENS), "--prompt", PROMPT, "--task", "greedy",
@@ -160,6 +168,8 @@ def setup(tmp_path_factory):
     qwen_model, phi_model = _hf_model(qwen), _hf_model(phi)
     refs = {"yarn": _hf_loss(qwen_model, yarn_ids),
             **{f"phi_{side}": _hf_loss(phi_model, ids) for side, (_, ids) in phi_data.items()}}
+    total, count = hf_token_loss(qwen, samples)
+    refs["sft"] = total / count
     return {"root": root, "qwen": qwen, "phi": phi, "qwen_model": qwen_model, "phi_model": phi_model,
             "qwen_ckpts": qwen_ckpts, "phi_ckpt": phi_ckpt, "yarn_ids": yarn_ids, "phi_data": phi_data,
             "refs": refs, "runs": runs}
@@ -185,6 +195,13 @@ def test_longrope_first_step_loss_equals_transformers_on_both_sides_of_the_switc
     got, want = _loss(setup, f"phi_{side}"), setup["refs"][f"phi_{side}"]
     rel = abs(got - want) / want
     print(f"longrope {side}: pretrain_gpt {got:.8e} transformers {want:.8e} relative {rel:.2e}")
+    assert rel <= REL, (got, want, rel)
+
+
+def test_yarn_sft_first_step_loss_equals_transformers(setup):
+    got, want = _loss(setup, "sft"), setup["refs"]["sft"]
+    rel = abs(got - want) / want
+    print(f"yarn sft: posttrain_gpt {got:.8e} transformers {want:.8e} relative {rel:.2e}")
     assert rel <= REL, (got, want, rel)
 
 
