@@ -119,7 +119,13 @@ class ModelGroup:
 
     def _long_context_scaling(self, kind: str, rec: Mapping, check: bool) -> dict[str, Any]:
         """YaRN / LongRoPE from the flags, what they leave unset from the checkpoint's same-type scaling."""
-        from mindspeed_llm.models.rope_scaling import LONGROPE_KEYS, SCALING_FLAGS, YARN_KEYS, check_scaling
+        from mindspeed_llm.models.rope_scaling import (
+            LONGROPE_KEYS,
+            SCALING_FLAGS,
+            YARN_KEYS,
+            check_scaling,
+            says_nothing,
+        )
 
         keys = YARN_KEYS if kind == "yarn" else LONGROPE_KEYS
         scaling = {k: v for k, v in rec.items() if k != "rope_type"}
@@ -131,6 +137,9 @@ class ModelGroup:
                 flag = "--" + attr.replace("_", "-")
                 raise ArgumentError(f"{flag} does not apply to --rope-scaling-type {kind}")
             scaling[key] = list(value) if isinstance(value, tuple) else value
+        for key in ("beta_fast", "beta_slow", "mscale_all_dim", "mscale"):  # (mscale after mscale_all_dim)
+            if key in scaling and key not in rec and says_nothing(key, scaling[key], scaling):
+                del scaling[key]  # transformers' default, spelled out by the launch
         try:
             if check:  # (a recorded scaling is compared whole instead)
                 check_scaling(kind, scaling, self.kv_channels)

@@ -38,6 +38,21 @@ REFUSED_TYPES = {
 }
 
 
+def says_nothing(key: str, value, scaling: Mapping) -> bool:
+    """Whether a launch's ``key=value`` for a YaRN ``scaling`` that lacks the key is transformers' own
+    default (MindSpeed-LLM's scripts spell out ``--beta-fast 32 --beta-slow 1 --rope-scaling-mscale 1
+    --rope-scaling-mscale-all-dim 0``): beta 32 / 1, a zero ``mscale_all_dim``, an ``mscale`` without one."""
+    if key == "beta_fast":
+        return float(value) == 32
+    if key == "beta_slow":
+        return float(value) == 1
+    if key == "mscale_all_dim":
+        return not value
+    if key == "mscale":
+        return not scaling.get("mscale_all_dim")
+    return False
+
+
 def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 

@@ -128,8 +128,11 @@ def test_mindspeed_flags_build_the_scalings():
     assert _scaling("--rope-scaling-type yarn --rope-scaling-factor 4 "
                     "--rope-scaling-original-max-position-embeddings 32768 --beta-fast 32 --beta-slow 1 "
                     "--rope-scaling-mscale 1 --rope-scaling-mscale-all-dim 0") == {
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "beta_fast": 32.0,
-        "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0}
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # defaults dropped
+    assert _scaling("--rope-scaling-type yarn --rope-scaling-factor 40 --rope-scaling-original-max-position-"
+                    "embeddings 4096 --beta-fast 16 --rope-scaling-mscale 1 --rope-scaling-mscale-all-dim 1") == {
+        "rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 16.0,
+        "mscale": 1.0, "mscale_all_dim": 1.0}
     factors = ",".join(["1.5"] * 8)
     assert _scaling(f"--rope-scaling-type longrope --rope-scaling-original-max-position-embeddings 64 "
                     f"--long-factor {factors} --short-factor {factors}") == {
@@ -138,6 +141,12 @@ def test_mindspeed_flags_build_the_scalings():
 
 
 def test_flags_complete_or_contradict_the_recorded_scaling():
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    mindspeed_defaults = ("--beta-fast 32 --beta-slow 1 --rope-scaling-mscale 1 "
+                          "--rope-scaling-mscale-all-dim 0")
+    assert _scaling(f"--rope-scaling-type yarn --rope-scaling-factor 4 {mindspeed_defaults}", yarn) == yarn
+    with pytest.raises(ArgumentError, match="records"):  # not transformers' default: another model
+        _scaling("--rope-scaling-type yarn --rope-scaling-factor 4 --beta-fast 16", yarn)
     recorded = {"rope_type": "longrope", "original_max_position_embeddings": 64, "long_factor": [2.0] * 8,
                 "short_factor": [1.0] * 8}
     assert _scaling("--rope-scaling-type longrope", recorded) == recorded

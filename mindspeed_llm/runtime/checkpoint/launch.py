@@ -85,10 +85,16 @@ def _rope_contradictions(args: argparse.Namespace, recorded: dict) -> list[str]:
     theirs = recorded.get("rope_scaling_type")
     if kind != theirs:
         return [f"--rope-scaling-type {kind} (checkpoint: {theirs})"]
+    from mindspeed_llm.models.families import ROPE_SCALING_FLAGS
+    from mindspeed_llm.models.rope_scaling import says_nothing
+
+    keys = dict(ROPE_SCALING_FLAGS)
+    scaling = {keys[attr]: value for attr, value in recorded.items() if attr in keys and value is not None}
     return [
         f"--{attr.replace('_', '-')} {getattr(args, attr)} (checkpoint: {recorded.get(attr)})"
         for attr in ROPE_SETTINGS[1:]
         if getattr(args, attr) is not None and not _same(getattr(args, attr), recorded.get(attr))
+        and not (recorded.get(attr) is None and says_nothing(keys[attr], getattr(args, attr), scaling))
     ]
 
 
