@@ -129,8 +129,9 @@ def test_mindspeed_flags_build_the_scalings():
                     "--rope-scaling-original-max-position-embeddings 32768 --beta-fast 32 --beta-slow 1 "
                     "--rope-scaling-mscale 1 --rope-scaling-mscale-all-dim 0") == {
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}  # defaults dropped
-    assert _scaling("--rope-scaling-type yarn --rope-scaling-factor 40 --rope-scaling-original-max-position-"
-                    "embeddings 4096 --beta-fast 16 --rope-scaling-mscale 1 --rope-scaling-mscale-all-dim 1") == {
+    deepseek = ("--rope-scaling-type yarn --rope-scaling-factor 40 --rope-scaling-original-max-position-"
+                "embeddings 4096 --beta-fast 16 --rope-scaling-mscale 1 --rope-scaling-mscale-all-dim 1")
+    assert _scaling(deepseek) == {
         "rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 16.0,
         "mscale": 1.0, "mscale_all_dim": 1.0}
     factors = ",".join(["1.5"] * 8)
