@@ -86,6 +86,29 @@ def str2list(value: str) -> list[int]:
     return [int(v) for v in value.replace(" ", "").split(",") if v]
 
 
+def float_list(value: str) -> tuple[float, ...]:
+    """``"1.0,1.02,1.05"`` -> ``(1.0, 1.02, 1.05)`` (MindSpeed-LLM's comma-separated factor lists)."""
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def add_long_context_rope_flags(g) -> None:
+    """YaRN's and LongRoPE's settings (MindSpeed-LLM's spellings); unset: the checkpoint's, else HF's
+    defaults (models/rope_scaling.py)."""
+    g.add_argument("--rope-scaling-original-max-position-embeddings", type=int, default=None,
+                   help="yarn/longrope: the window the model was pretrained on")
+    g.add_argument("--rope-scaling-mscale", type=float, default=None, help="yarn: mscale")
+    g.add_argument("--rope-scaling-mscale-all-dim", type=float, default=None, help="yarn: mscale_all_dim")
+    g.add_argument("--beta-fast", type=float, default=None, help="yarn: beta_fast (HF default 32)")
+    g.add_argument("--beta-slow", type=float, default=None, help="yarn: beta_slow (HF default 1)")
+    g.add_argument("--long-factor", type=float_list, default=None,
+                   help="longrope: comma-separated factors beyond the original window")
+    g.add_argument("--short-factor", type=float_list, default=None,
+                   help="longrope: comma-separated factors within the original window")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The training parser (Megatron-LM flag names; LoRA's flags from ``mindspeed_llm.lora.config``)."""
     p = argparse.ArgumentParser(
@@ -110,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-rotary-position-embeddings", action="store_true")
     g.add_argument("--rotary-base", type=float, default=10000.0)
     g.add_argument("--rotary-percent", type=float, default=1.0)
-    g.add_argument("--rope-scaling-type", choices=["llama3", "linear"], default=None)
+    g.add_argument("--rope-scaling-type", choices=["llama3", "linear", "yarn", "longrope"], default=None)
     g.add_argument("--rope-scaling-factor", type=float, default=None)
+    add_long_context_rope_flags(g)
     g.add_argument("--low-freq-factor", type=float, default=None)
     g.add_argument("--high-freq-factor", type=float, default=None)
     g.add_argument("--original-max-position-embeddings", type=int, default=None)

@@ -78,6 +78,13 @@ class ModelGroup:
     moe_shared_expert_intermediate_size: int | None = setting(checkpoint="force", checked=True)
     moe_shared_expert_gate: bool = setting(checkpoint="force", checked=True)
     moe_layer_freq: Any = setting(checkpoint="force", checked=True)
+    rope_scaling_original_max_position_embeddings: int | None = setting(checkpoint="force")  # yarn, longrope
+    rope_scaling_mscale: float | None = setting(checkpoint="force")
+    rope_scaling_mscale_all_dim: float | None = setting(checkpoint="force")
+    beta_fast: float | None = setting(checkpoint="force")
+    beta_slow: float | None = setting(checkpoint="force")
+    long_factor: tuple | None = setting(checkpoint="force")
+    short_factor: tuple | None = setting(checkpoint="force")
     disable_bias_linear: bool = setting(checkpoint="force")  # checked as the checkpoint's add_bias_linear
     max_position_embeddings: int = setting(checkpoint="fill")
     padded_vocab_size: int | None = setting(checkpoint="fill")  # the flag; the run's value is the plan's
@@ -109,6 +116,8 @@ class ModelGroup:
                 high_freq_factor=_first(self.high_freq_factor, rec.get("high_freq_factor"), 4.0),
                 original_max_position_embeddings=_first(self.original_max_position_embeddings,
                                                         rec.get("original_max_position_embeddings"), 8192))
+        elif kind in ("yarn", "longrope"):
+            scaling = self._long_context_scaling(kind, rec, check=recorded is None)
         if recorded is not None and scaling != recorded:
             raise ArgumentError(
                 f"--rope-scaling-type {kind} gives rope_scaling {scaling} but the --load checkpoint "
@@ -128,6 +137,37 @@ class ModelGroup:
                     moe_shared_expert_intermediate_size=self.moe_shared_expert_intermediate_size,
                     moe_shared_expert_gate=self.moe_shared_expert_gate,
                     moe_layer_freq=tuple(self.moe_layer_freq))
+    def _long_context_scaling(self, kind: str, rec: Mapping, check: bool) -> dict[str, Any]:
+        """YaRN / LongRoPE from the flags, what they leave unset from the checkpoint's same-type scaling."""
+        from mindspeed_llm.models.rope_scaling import (
+            LONGROPE_KEYS,
+            SCALING_FLAGS,
+            YARN_KEYS,
+            check_scaling,
+            says_nothing,
+        )
+
+        keys = YARN_KEYS if kind == "yarn" else LONGROPE_KEYS
+        scaling = {k: v for k, v in rec.items() if k != "rope_type"}
+        for attr, key in (("rope_scaling_factor", "factor"), *SCALING_FLAGS):
+            value = getattr(self, attr)
+            if value is None:
+                continue
+            if key not in keys:
+                flag = "--" + attr.replace("_", "-")
+                raise ArgumentError(f"{flag} does not apply to --rope-scaling-type {kind}")
+            scaling[key] = list(value) if isinstance(value, tuple) else value
+        for key in ("beta_fast", "beta_slow", "mscale_all_dim", "mscale"):  # (mscale after mscale_all_dim)
+            if key in scaling and key not in rec and says_nothing(key, scaling[key], scaling):
+                del scaling[key]  # transformers' default, spelled out by the launch
+        try:
+            if check:  # (a recorded scaling is compared whole instead)
+                check_scaling(kind, scaling, self.kv_channels)
+        except ValueError as exc:
+            raise ArgumentError(f"--rope-scaling-type {kind}: {exc} (flags: --rope-scaling-factor, "
+                                "--rope-scaling-original-max-position-embeddings, --long-factor, "
+                                "--short-factor)") from None
+        return {"rope_type": kind, **scaling}
 
     def model_config(self, vocab_rows: int, params_dtype: Any, base: Any = None):
         """Our ``ModelConfig`` for these flags (``base``: a checkpoint's config, for HF names and ids)."""
@@ -141,6 +181,11 @@ class ModelGroup:
                 "--low-freq-factor/--high-freq-factor/--original-max-position-embeddings need "
                 "--rope-scaling-type llama3"
             )
+        from mindspeed_llm.models.rope_scaling import SCALING_FLAGS
+
+        stray = [attr for attr, _ in SCALING_FLAGS if getattr(self, attr) is not None]
+        if self.rope_scaling_type not in ("yarn", "longrope") and stray:
+            raise ArgumentError(f"--{stray[0].replace('_', '-')} needs --rope-scaling-type yarn or longrope")
         fields = dict(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,

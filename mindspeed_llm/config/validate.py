@@ -168,7 +168,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:
         raise ArgumentError(f"--exit-duration-in-mins must be positive, got {args.exit_duration_in_mins}")
     _check_instruction_flags(args)
-    if args.rope_scaling_type and args.rope_scaling_factor is None:
+    if args.rope_scaling_type not in (None, "longrope") and args.rope_scaling_factor is None:
         raise ArgumentError(f"--rope-scaling-type {args.rope_scaling_type} needs --rope-scaling-factor")
 
     # Model shape.

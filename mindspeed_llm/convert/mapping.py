@@ -21,6 +21,7 @@ class Transform(Enum):
     COPY = "copy"  # one HF tensor, same values
     QKV = "qkv"  # q, k, v -> interleaved per query group: [q heads of group g, k_g, v_g] for each g
     GATE_UP = "gate_up"  # gate, up -> [gate; up]
+    FUSED_QKV = "fused_qkv"  # one [q; k; v] tensor (Phi-3's qkv_proj) -> interleaved per query group
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,19 @@ FUSED_ROUTER = "model.layers.{i}.mlp.gate.weight"
 # [hidden, E x 2 x ffn / TP] and [E x ffn / TP, hidden] views of that memory.
 GROUPED_FC1 = "mlp.experts.weight1"
 GROUPED_FC2 = "mlp.experts.weight2"
+# Phi-3: q/k/v in one qkv_proj ([q; k; v] rows), gate and up in one gate_up_proj ([gate; up] rows, megatron's
+# own order at TP1, so a copy that Split.GATE_UP cuts per rank).
+_PHI3_FUSED = {
+    "self_attention.linear_qkv.weight": TensorMapping(
+        "self_attention.linear_qkv.weight", ("model.layers.{i}.self_attn.qkv_proj.weight",),
+        Transform.FUSED_QKV, Split.COLUMN),
+    "mlp.linear_fc1.weight": TensorMapping(
+        "mlp.linear_fc1.weight", ("model.layers.{i}.mlp.gate_up_proj.weight",), Transform.COPY,
+        Split.GATE_UP),
+}
+PHI3_LAYER: tuple[TensorMapping, ...] = tuple(_PHI3_FUSED.get(m.mcore, m) for m in LLAMA_LIKE_LAYER)
+# Families whose HF tensors are not named as Llama's.
+LAYER_TABLES = {"Phi3ForCausalLM": PHI3_LAYER}
 
 EMBEDDING = TensorMapping("embedding.word_embeddings.weight", ("model.embed_tokens.weight",),
                           Transform.COPY, Split.VOCAB)
@@ -142,14 +156,15 @@ def layer_mappings(cfg: ModelConfig, layer: int | None = None) -> list[TensorMap
     enabled = {None, "qkv_bias" if cfg.add_qkv_bias else None, "qk_layernorm" if cfg.qk_layernorm else None,
                "shared_expert" if cfg.moe_shared_expert_intermediate_size else None}
     naming = moe_naming(cfg)
+    dense = LAYER_TABLES.get(cfg.architecture, LLAMA_LIKE_LAYER)
     if naming is None:
-        rows = LLAMA_LIKE_LAYER
+        rows = dense
     elif layer is None:
-        rows = (*LLAMA_LIKE_LAYER, *MOE_LAYER[naming])
+        rows = (*dense, *MOE_LAYER[naming])
     elif is_moe_layer(cfg, layer):
         rows = (*ATTENTION, MOE_PRE_MLP_NORM, *MOE_LAYER[naming])
     else:
-        rows = LLAMA_LIKE_LAYER
+        rows = dense
     return [m for m in rows if m.when in enabled]
 
 
@@ -237,6 +252,9 @@ def hf_to_mcore(m: TensorMapping, tensors: list[torch.Tensor], cfg: ModelConfig)
         return tensors[0]
     if m.transform is Transform.QKV:
         return qkv_interleave(*tensors, cfg)
+    if m.transform is Transform.FUSED_QKV:
+        q_rows, kv_rows = cfg.num_attention_heads * cfg.kv_channels, cfg.num_query_groups * cfg.kv_channels
+        return qkv_interleave(*torch.split(tensors[0], [q_rows, kv_rows, kv_rows], dim=0), cfg)
     return torch.cat(tensors, dim=0)
 
 
@@ -246,6 +264,8 @@ def mcore_to_hf(m: TensorMapping, full: torch.Tensor, cfg: ModelConfig) -> list[
         return [full]
     if m.transform is Transform.QKV:
         return list(qkv_deinterleave(full, cfg))
+    if m.transform is Transform.FUSED_QKV:
+        return [torch.cat(qkv_deinterleave(full, cfg), dim=0)]
     gate, up = torch.chunk(full, 2, dim=0)
     return [gate.contiguous(), up.contiguous()]
 

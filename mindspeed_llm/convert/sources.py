@@ -30,6 +30,7 @@ from mindspeed_llm.convert.mapping import (
     TensorMapping,
     Transform,
     expected_hf_names,
+    hf_to_mcore,
     is_moe_layer,
     layer_mappings,
     ungroup_expert,
@@ -60,6 +61,8 @@ def expected_hf_shapes(cfg: ModelConfig, fused: bool = False) -> dict[str, tuple
         "mlp.gate_proj.weight": (f, h),
         "mlp.up_proj.weight": (f, h),
         "mlp.down_proj.weight": (h, f),
+        "self_attn.qkv_proj.weight": (q + 2 * kv, h),  # Phi-3's fused projections
+        "mlp.gate_up_proj.weight": (2 * f, h),
     }
     if cfg.num_experts:
         e, mf, sf = cfg.num_experts, cfg.moe_ffn_hidden_size, cfg.moe_shared_expert_intermediate_size or 0
@@ -199,6 +202,8 @@ class HfSource:
         self.consumed.update(names)
         if m.transform is Transform.COPY:
             return self.reader.get(names[0])
+        if m.transform is Transform.FUSED_QKV:
+            return hf_to_mcore(m, [self.reader.get(names[0])], self.cfg)
         shapes = [self.reader.shape(n) for n in names]
         out = torch.empty(
             [sum(s[0] for s in shapes), *shapes[0][1:]], dtype=self.reader.entry_dtype(names[0])

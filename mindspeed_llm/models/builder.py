@@ -78,6 +78,8 @@ def build_gpt_model(
         vp_stage=vp_stage,
         **model_config.rope_kwargs(),
     )
+    if hasattr(model, "rotary_pos_emb"):
+        model.rotary_pos_emb = model_config.rope_table(model.rotary_pos_emb)
     inv_freq = model_config.llama3_inv_freq()
     if inv_freq is not None and hasattr(model, "rotary_pos_emb"):
         with torch.no_grad():

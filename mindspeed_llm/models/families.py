@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mindspeed_llm.models import rope_scaling as long_rope
 from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
 
 
@@ -110,6 +111,17 @@ FAMILIES: dict[str, FamilySpec] = {
         qkv_bias=False,
         aliases=("mistral", "llama2"),
         passthrough_keys=("sliding_window", "layer_types"),
+        sliding_window="always",
+    ),
+    # Phi-3 / Phi-3.5 (dense): fused qkv_proj and gate_up_proj (convert/mapping.py's PHI3_LAYER), LongRoPE
+    # with the original window as a top-level key.
+    "Phi3ForCausalLM": FamilySpec(
+        architecture="Phi3ForCausalLM",
+        model_type="phi3",
+        qkv_bias=False,
+        aliases=("phi3", "phi3.5"),
+        passthrough_keys=("original_max_position_embeddings", "resid_pdrop", "embd_pdrop", "sliding_window",
+                          "auto_map"),  # auto_map: the hub's remote-code classes (transformers has its own)
         sliding_window="always",
     ),
 }
@@ -209,6 +221,8 @@ ROPE_TYPE_KEYS = {
     "llama3": frozenset(
         {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
     ),
+    "yarn": long_rope.YARN_KEYS,
+    "longrope": long_rope.LONGROPE_KEYS,
 }
 
 _DTYPE_NAMES = {
@@ -273,7 +287,8 @@ def check_hf_config_values(cfg: dict) -> None:
 # Megatron/MindSpeed RoPE scaling flags (argument names) and the HF ``rope_scaling`` keys they set.
 ROPE_SCALING_FLAGS = (("rope_scaling_type", "rope_type"), ("rope_scaling_factor", "factor"),
                       ("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor"),
-                      ("original_max_position_embeddings", "original_max_position_embeddings"))
+                      ("original_max_position_embeddings", "original_max_position_embeddings"),
+                      *long_rope.SCALING_FLAGS)
 
 
 def rope_scaling_to_flags(rope_scaling: dict | None) -> dict:
@@ -298,16 +313,23 @@ def _read_rope(cfg: dict) -> tuple[float, dict | None]:
         scaling = {k: v for k, v in scaling.items() if k not in ("partial_rotary_factor", "rope_theta")}
         kind = scaling.pop("rope_type", scaling.pop("type", "default"))
         scaling.pop("type", None)
+        if cfg.get("model_type") == "phi3" and kind in ("su", "yarn"):
+            kind = "longrope"  # transformers' Phi3Config reads these old names as LongRoPE
+        if kind in long_rope.REFUSED_TYPES:
+            raise UnsupportedModelError(f"rope_scaling rope_type={kind!r} is not supported: "
+                                        f"{long_rope.REFUSED_TYPES[kind]}")
         if kind not in ROPE_TYPE_KEYS:
             raise UnsupportedModelError(
-                f"rope_scaling rope_type={kind!r} is not supported: only default, linear and llama3 are "
-                "implemented (yarn, dynamic, longrope are refused rather than run with other frequencies)")
+                f"rope_scaling rope_type={kind!r} is not supported: only default, linear, llama3, yarn and "
+                "longrope are implemented")
         unknown = sorted(set(scaling) - ROPE_TYPE_KEYS[kind])
         if unknown:
             raise UnsupportedModelError(
                 f"rope_scaling {unknown[0]}={scaling[unknown[0]]!r} is not supported for rope_type {kind!r} "
                 f"(understood: {', '.join(sorted(ROPE_TYPE_KEYS[kind])) or 'nothing'})")
-        if kind != "default" and scaling.get("factor") is None:
+        if kind in long_rope.LONG_CONTEXT_TYPES:
+            _complete_long_context(cfg, kind, scaling)
+        elif kind != "default" and scaling.get("factor") is None:
             raise UnsupportedModelError(
                 f"rope_scaling rope_type={kind!r} has no factor: add rope_scaling.factor"
             )
@@ -391,6 +413,19 @@ def _moe_hf_keys(model: ModelConfig, fam: FamilySpec) -> dict:
     if fam.shared_expert:
         keys["shared_expert_intermediate_size"] = model.moe_shared_expert_intermediate_size
     return keys
+def _complete_long_context(cfg: dict, kind: str, scaling: dict) -> None:
+    """YaRN / LongRoPE: the original window as transformers resolves it (a top-level
+    ``original_max_position_embeddings``, Phi-3's, first; then the scaling's; then the window), checked."""
+    top = cfg.get("original_max_position_embeddings")
+    if top is None and cfg.get("model_type") == "phi3":
+        top = 4096  # transformers' Phi3Config default, which wins over the scaling's own
+    original = top or scaling.get("original_max_position_embeddings") or cfg.get("max_position_embeddings")
+    scaling["original_max_position_embeddings"] = int(original)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    try:
+        long_rope.check_scaling(kind, scaling, int(head_dim))
+    except ValueError as exc:
+        raise UnsupportedModelError(str(exc)) from None
 
 
 def _check_keys(cfg: dict, fam: FamilySpec) -> None:
@@ -405,6 +440,10 @@ def _check_keys(cfg: dict, fam: FamilySpec) -> None:
                 f"config.json key {key}={cfg[key]!r} is not known for {fam.architecture}: it may change the "
                 "model's math, so it is refused (remove it if it is cosmetic, or add it to the family in "
                 "mindspeed_llm/models/families.py)")
+    for key in ("resid_pdrop", "embd_pdrop"):  # Phi-3's residual and embedding dropouts
+        if cfg.get(key):
+            raise UnsupportedModelError(f"{key}={cfg[key]!r} is not supported: only 0.0 (megatron's local "
+                                        "layers have no separate residual / embedding dropout)")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedModelError(f"hidden_act={act!r} is not supported (only silu, i.e. SwiGLU)")
@@ -590,6 +629,8 @@ class ModelConfig:
             kwargs.update(rope_scaling=True, rope_scaling_factor=float(s["factor"]))
         elif kind == "linear":
             kwargs["seq_len_interpolation_factor"] = float(s["factor"])
+        elif kind in long_rope.LONG_CONTEXT_TYPES:
+            pass  # plain RoPE whose table the builder replaces (rope_table)
         else:
             raise UnsupportedModelError(
                 f"rope_scaling type {kind!r} is not supported by megatron-core's RotaryEmbedding "
@@ -621,6 +662,22 @@ class ModelConfig:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
         return torch.where(medium, smoothed, scaled)
+
+    def rope_attention_factor(self) -> float:
+        """The factor on cos and sin (YaRN's and LongRoPE's attention factor; 1.0 otherwise)."""
+        return long_rope.attention_factor(self.rope_scaling, self.max_position_embeddings)
+
+    def rope_table(self, embedding):
+        """megatron's ``RotaryEmbedding`` with this model's YaRN / LongRoPE frequencies (``embedding``
+        itself, changed in place, or a LongRoPE one in its state); other scalings: ``embedding``."""
+        s = self.rope_scaling or {}
+        kind = s.get("rope_type")
+        if kind == "yarn":
+            inv = long_rope.yarn_inv_freq(s, self.kv_channels, self.rotary_base, self.max_position_embeddings)
+            embedding.inv_freq = inv.to(embedding.inv_freq.device)
+        elif kind == "longrope":
+            return long_rope.make_longrope_embedding(embedding, s, self.kv_channels, self.rotary_base)
+        return embedding
 
     def transformer_config_kwargs(self) -> dict:
         """The architecture part of megatron-core's ``TransformerConfig`` keyword arguments."""
@@ -681,7 +738,11 @@ class ModelConfig:
         if "params_dtype" in overrides and "bf16" not in overrides and "fp16" not in overrides:
             kwargs["bf16"] = overrides["params_dtype"] == torch.bfloat16
             kwargs["fp16"] = overrides["params_dtype"] == torch.float16
-        return TransformerConfig(**kwargs)
+        config = TransformerConfig(**kwargs)
+        if (self.rope_scaling or {}).get("rope_type") in long_rope.LONG_CONTEXT_TYPES:
+            # read by megatron's attention through mindspeed_llm.patches.rope
+            config.rope_attention_factor = self.rope_attention_factor()
+        return config
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed."""

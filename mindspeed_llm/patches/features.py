@@ -118,6 +118,7 @@ def _register_base(reg: PatchRegistry) -> None:
     from mindspeed_llm.ops.multi_tensor import foreach_multi_tensor_scale
     from mindspeed_llm.ops.rmsnorm import MegatronNorm
     from mindspeed_llm.patches.packed import register_packed_sequence_patches
+    from mindspeed_llm.patches.rope import register_rope_patches
 
     for module in _NORM_COPY_HOLDERS:
         importlib.import_module(module)
@@ -136,6 +137,7 @@ def _register_base(reg: PatchRegistry) -> None:
       signature="(chunk_size, noop_flag, tensor_lists, scale)",
       description="multi_tensor_scale fallback (no Apex) on torch _foreach kernels, bit-identical")
     register_packed_sequence_patches(reg, BASE_GROUP)
+    register_rope_patches(reg, BASE_GROUP)
 
 
 def _cross_entropy_wrapper(original: Callable) -> Callable:

@@ -142,12 +142,18 @@ def _add_megatron_arguments(original: Callable) -> Callable:
             widen = action.dest == "tokenizer_type" and action.choices
             if widen and HF_TOKENIZER_ALIAS not in action.choices:
                 action.choices = [*action.choices, HF_TOKENIZER_ALIAS]
+            # megatron-core's GPTModel has a YaRN embedding; Megatron-LM's parser offers it only to MLA
+            if action.dest == "position_embedding_type" and action.choices and "yarn" not in action.choices:
+                action.choices = [*action.choices, "yarn"]
         group = parser.add_argument_group("mindspeed_llm")
         known = {s for a in parser._actions for s in a.option_strings}
         for flag in OUR_FUSED_FLAGS:
             if flag not in known:
                 group.add_argument(flag, action="store_true",
                                    help="mindspeed_llm's fused kernel (patch layer)")
+        for flag, kind, text in YARN_FLAGS:
+            if flag not in known:
+                group.add_argument(flag, type=kind, default=None, help=text)
         if "--tokenizer-name-or-path" not in known:
             group.add_argument("--tokenizer-name-or-path", default=None,
                                help="MindSpeed-LLM's spelling of --tokenizer-model for --tokenizer-type "
@@ -156,6 +162,38 @@ def _add_megatron_arguments(original: Callable) -> Callable:
 
     add_megatron_arguments.__doc__ = "Megatron-LM's parser with TE/Apex-free defaults and our spellings."
     return add_megatron_arguments
+
+
+# --position-embedding-type yarn: Megatron-LM's MLA flags give the factor and mscales
+# (--rotary-scaling-factor, --mscale, --mscale-all-dim); MindSpeed-LLM's spellings give the rest.
+YARN_FLAGS = (
+    ("--rope-scaling-original-max-position-embeddings", int,
+     "yarn: the pretrained window (default: --max-position-embeddings)"),
+    ("--beta-fast", float, "yarn: beta_fast (default 32)"),
+    ("--beta-slow", float, "yarn: beta_slow (default 1)"),
+)
+
+
+def _core_transformer_config(original: Callable) -> Callable:
+    def core_transformer_config_from_args(args: argparse.Namespace, config_class=None):
+        config = original(args, config_class)
+        if getattr(args, "position_embedding_type", None) == "yarn" and not getattr(
+                args, "multi_latent_attention", False):
+            from mindspeed_llm.models.rope_scaling import megatron_yarn_fields
+
+            fields = megatron_yarn_fields(
+                getattr(args, "rotary_scaling_factor", 1.0),
+                getattr(args, "rope_scaling_original_max_position_embeddings", None)
+                or args.max_position_embeddings,
+                getattr(args, "beta_fast", None), getattr(args, "beta_slow", None),
+                getattr(args, "mscale", None), getattr(args, "mscale_all_dim", None))
+            for name, value in fields.items():  # the attributes megatron's YaRN reads off an MLA config
+                setattr(config, name, value)
+        return config
+
+    core_transformer_config_from_args.__doc__ = ("Megatron-LM's TransformerConfig, with the YaRN fields "
+                                                 "GPTModel reads for --position-embedding-type yarn.")
+    return core_transformer_config_from_args
 
 
 def translate_our_spellings(args: argparse.Namespace) -> None:
@@ -212,6 +250,10 @@ def register_megatron_lm_patches(reg: PatchRegistry) -> None:
       description="TE/Apex-free defaults (local transformer, no RoPE / wgrad fusion); --use-fused-*, "
                   "--tokenizer-type PretrainedFromHF, --tokenizer-name-or-path",
       signature="(parser)")
+    r("megatron.training.arguments.core_transformer_config_from_args", wrapper=_core_transformer_config,
+      description="--position-embedding-type yarn outside MLA: the yarn_* fields megatron-core's YaRN "
+                  "embedding reads (transformers' meaning, with its attention factor)",
+      signature="(args, config_class=None)")
     r("megatron.training.arguments.validate_args", wrapper=_validate_args,
       description="our flag spellings translated to Megatron-LM's; CUDA_DEVICE_MAX_CONNECTIONS set off CUDA",
       signature="(args, defaults={})")

@@ -15,10 +15,10 @@ from mindspeed_llm.convert.cli import main
 from tests.checkpoint.record_edits import edit_recorded_model
 from tests.checkpoint.tiny_models import make_tiny_hf_model
 
-YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+YARN = {"rope_type": "yarn", "original_max_position_embeddings": 64}  # no factor
 CASES = {
     # name: (model kind, config.json changes, what the error line must say)
-    "rope_yarn": ("qwen3", {"rope_scaling": YARN}, "rope_scaling rope_type='yarn' is not supported"),
+    "rope_yarn": ("qwen3", {"rope_scaling": YARN}, "rope_scaling rope_type='yarn' has no factor"),
     "rope_dynamic": (
         "llama",
         {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
@@ -27,7 +27,7 @@ CASES = {
     "rope_longrope": (
         "llama",
         {"rope_scaling": {"rope_type": "longrope", "factor": 2.0}},
-        "rope_scaling rope_type='longrope' is not supported",
+        "rope_scaling short_factor must be a list of 8 numbers",
     ),
     "rope_linear_extra": (
         "qwen2",
@@ -133,11 +133,12 @@ def test_a_recorded_config_with_a_refused_key_is_refused_from_mg(capsys, tmp_pat
     rank_file = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     state = torch.load(rank_file, weights_only=False)
     # only the recorded config speaks (no HF folder recorded)
-    edit_recorded_model(state, hf_config={**state["args"].hf_config, "rope_scaling": YARN}, hf_dir=None)
+    dynamic = {"rope_type": "dynamic", "factor": 2.0}
+    edit_recorded_model(state, hf_config={**state["args"].hf_config, "rope_scaling": dynamic}, hf_dir=None)
     torch.save(state, rank_file)
     code, err = _run(capsys, "--load-model-type", "mg", "--save-model-type", save_type, "--load-dir", str(mg),
                      "--save-dir", str(tmp_path / "out"))
-    assert code == 2 and len(err) == 1 and "rope_scaling rope_type='yarn' is not supported" in err[0], err
+    assert code == 2 and len(err) == 1 and "rope_scaling rope_type='dynamic' is not supported" in err[0], err
     _nothing_written(tmp_path, tmp_path / "out")
 
 

@@ -143,6 +143,13 @@ def test_checkpoint_lists_follow_the_settings_metadata():
         "moe_shared_expert_gate",
         "moe_layer_freq",
         "moe_grouped_gemm",
+        "rope_scaling_original_max_position_embeddings",
+        "rope_scaling_mscale",
+        "rope_scaling_mscale_all_dim",
+        "beta_fast",
+        "beta_slow",
+        "long_factor",
+        "short_factor",
         "disable_bias_linear",
     }
     assert checked_model_settings() == (

@@ -34,13 +34,13 @@ def _flags(hf, data, save, *, seq: int = 32) -> list[str]:
 
 
 def _yarn_checkpoint(root, data):
-    """A Qwen3 checkpoint whose recorded HF config has a yarn rope_scaling."""
+    """A Qwen3 checkpoint whose recorded HF config has a dynamic-NTK rope_scaling (refused: not exact)."""
     hf = make_hf_model(root / "hf", kind="qwen3")
     mg = convert_hf_to_mg(hf, root / "mg")
     rank_file = mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     state = torch.load(rank_file, weights_only=False)
     edit_recorded_model(state, hf_config={**state["args"].hf_config,
-                                          "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+                                          "rope_scaling": {"rope_type": "dynamic", "factor": 4.0}})
     torch.save(state, rank_file)
     return [*_flags(hf, data, root / "save"), "--load", str(mg), "--finetune"]
 
@@ -87,7 +87,7 @@ def test_recorded_yarn_rope_scaling(refused):
     root, proc = refused["yarn"]
     code, err = _errors(proc)
     assert code == 1 and len(err) == 1, err
-    assert "its recorded HF config is refused: rope_scaling rope_type='yarn' is not supported" in err[0]
+    assert "its recorded HF config is refused: rope_scaling rope_type='dynamic' is not supported" in err[0]
     assert not (root / "save").exists()
 
 

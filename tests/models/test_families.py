@@ -178,9 +178,9 @@ def test_llama3_rope_with_other_parameters_matches_transformers(hf_config_dir):
 
 def test_unsupported_inputs_are_rejected(hf_config_dir):
     raw = json.loads((hf_config_dir / "llama-3-8b.json").read_text())
-    with pytest.raises(UnsupportedModelError, match="yarn"):
+    with pytest.raises(UnsupportedModelError, match="dynamic"):
         ModelConfig.from_hf_config(
-            {**raw, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+            {**raw, "rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}
         ).rope_kwargs()
     with pytest.raises(UnsupportedModelError, match="hidden_act"):
         ModelConfig.from_hf_config({**raw, "hidden_act": "gelu"})
@@ -269,8 +269,8 @@ def _qwen3(**changes):
     "changes,needle",
     [
         (
-            {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
-            "rope_scaling rope_type='yarn' is not supported",
+            {"rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 32768}},
+            "rope_scaling rope_type='yarn' has no factor",
         ),
         (
             {"rope_scaling": {"type": "dynamic", "factor": 2.0}},

@@ -183,7 +183,7 @@ def test_megatron_lm_group_signatures_on_the_core_v0_16_1_stand_in(tmp_path) -> 
         "import megatron.training\n"
         "from mindspeed_llm.patches import megatron_lm\n"
         "patches = mindspeed_llm.registry.patches(megatron_lm.GROUP)\n"
-        "assert len(patches) == 6 and all(p.active and p.signature for p in patches)\n"
+        "assert len(patches) == 7 and all(p.active and p.signature for p in patches)\n"
         "for p in patches:\n"
         "    print(p.target, p.mismatch())\n"
     )
@@ -193,7 +193,7 @@ def test_megatron_lm_group_signatures_on_the_core_v0_16_1_stand_in(tmp_path) -> 
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert len(lines) == 6 and all(line.endswith(" None") for line in lines), proc.stdout
+    assert len(lines) == 7 and all(line.endswith(" None") for line in lines), proc.stdout
     assert any(line.startswith("megatron.training.initialize.initialize_megatron ") for line in lines)
 
 

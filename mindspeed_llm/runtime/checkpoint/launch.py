@@ -75,6 +75,8 @@ def _launch_setting(args: argparse.Namespace, attr: str):
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):  # LongRoPE's factor lists
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return float(a) == float(b)
     return a == b
@@ -92,10 +94,16 @@ def _rope_contradictions(args: argparse.Namespace, recorded: dict) -> list[str]:
     theirs = recorded.get("rope_scaling_type")
     if kind != theirs:
         return [f"--rope-scaling-type {kind} (checkpoint: {theirs})"]
+    from mindspeed_llm.models.families import ROPE_SCALING_FLAGS
+    from mindspeed_llm.models.rope_scaling import says_nothing
+
+    keys = dict(ROPE_SCALING_FLAGS)
+    scaling = {keys[attr]: value for attr, value in recorded.items() if attr in keys and value is not None}
     return [
         f"--{attr.replace('_', '-')} {getattr(args, attr)} (checkpoint: {recorded.get(attr)})"
         for attr in ROPE_SETTINGS[1:]
         if getattr(args, attr) is not None and not _same(getattr(args, attr), recorded.get(attr))
+        and not (recorded.get(attr) is None and says_nothing(keys[attr], getattr(args, attr), scaling))
     ]
 
 

@@ -1,4 +1,5 @@
-"""Stand-in: Megatron-LM's parser hooks (add_megatron_arguments, parse_args, validate_args)."""
+"""Stand-in: Megatron-LM's parser hooks (add_megatron_arguments, parse_args, validate_args) and its
+translation of the flags to megatron-core's config (core_transformer_config_from_args)."""
 
 import argparse
 
@@ -14,6 +15,13 @@ def add_megatron_arguments(parser):
                         dest="gradient_accumulation_fusion")
     parser.add_argument("--use-flash-attn", action="store_true")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=2)
+    parser.add_argument("--position-embedding-type", type=str, default="learned_absolute",
+                        choices=["learned_absolute", "rope", "mrope", "relative", "none"])
+    parser.add_argument("--max-position-embeddings", type=int, default=None)
+    parser.add_argument("--multi-latent-attention", action="store_true")
+    parser.add_argument("--rotary-scaling-factor", type=float, default=1.0)  # MLA's
+    parser.add_argument("--mscale", type=float, default=1.0)
+    parser.add_argument("--mscale-all-dim", type=float, default=0.0)
     return parser
 
 
@@ -30,3 +38,15 @@ def validate_args(args, defaults={}):  # noqa: B006
     if args.tensor_model_parallel_size > 1:
         args.device_arch = get_device_arch_version()
     return args
+
+
+def core_transformer_config_from_args(args, config_class=None):
+    """Every field of the config class the parsed namespace has (Megatron-LM's translation, without its
+    derived settings)."""
+    import dataclasses
+
+    from megatron.core.transformer import TransformerConfig
+
+    config_class = config_class or TransformerConfig
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+                           if hasattr(args, f.name)})

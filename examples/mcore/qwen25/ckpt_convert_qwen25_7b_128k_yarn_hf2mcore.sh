@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Qwen2.5-7B for 128K (YaRN): HuggingFace -> Megatron-mcore legacy checkpoint, TP1 PP4 (as the 128K scripts), bf16.
+# First enable YaRN in the HF folder's config.json as Qwen documents for 128K:
+#   "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}
+# (and "max_position_embeddings": 131072). The checkpoint records it; training, SFT and inference use it, and a
+# launch flag contradicting it is refused. Add --verify to compare logits of transformers' model and ours.
+set -euo pipefail
+python convert_ckpt.py \
+    --use-mcore-models \
+    --model-type GPT \
+    --load-model-type hf \
+    --save-model-type mg \
+    --target-tensor-parallel-size 1 \
+    --target-pipeline-parallel-size 4 \
+    --add-qkv-bias \
+    --load-dir ./model_from_hf/qwen2.5-7b-hf/ \
+    --save-dir ./model_weights/qwen2.5-7b-128k_mcore/ \
+    --tokenizer-model ./model_from_hf/qwen2.5-7b-hf/tokenizer.json \
+    --model-type-hf llama2 \
+    --params-dtype bf16
