@@ -100,6 +100,11 @@ def weights_with_adapter(lora: LoraConfig | None, chunk, weights: dict, base: tu
     LoRA checkpoint), else it keeps its initial values (a base checkpoint: the adapter starts fresh).
     """
     if lora is None:
+        if isinstance(weights, dict) and weights and all(is_lora_key(k) or k.endswith("_extra_state")
+                                                         for k in weights):
+            raise CheckpointError(f"{base[0]} holds only LoRA adapter tensors (--lora-ckpt-filter):"
+                                  " pass the base model's checkpoint as --load, this folder as --lora-load "
+                                  "and the adapter's --lora-r/--lora-alpha/--lora-target-modules")
         return weights
     path = base[0]
     source = (adapter.path, adapter.state) if adapter is not None and not adapter.fresh else None
