@@ -100,6 +100,7 @@ def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: b
         "longer": int(np.count_nonzero(ids > seq_length)),
         "longest": int(ids.max()),
     }
+    _check_learned_within(paths["labels"], ids, seq_length)
     if reset_attention_mask:
         mask = np.memmap(paths["attention_mask"] + ".bin", dtype=np.int32, mode="r")
         if int(mask.max()) <= 1:
@@ -110,6 +111,33 @@ def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: b
             )
         del mask
     return facts
+
+
+def _check_learned_within(labels_path: str, lengths: np.ndarray, seq_length: int) -> None:
+    """DataError when no sample keeps a token to learn within its first ``seq_length`` tokens (every step
+    would train on nothing); names --seq-length and the shortest prompt. One pass over the labels."""
+    labels = np.memmap(labels_path + ".bin", dtype=np.int32, mode="r")
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]])
+    learned = np.flatnonzero(labels != IGNORE_INDEX)
+    del labels
+    none = DataError(f"{labels_path}: no sample has a token to learn (every label is {IGNORE_INDEX}): "
+                     "re-run preprocess_data.py on data with answers")
+    if learned.size == 0:
+        raise none
+    # A label is learned from the token before it (the collator shifts labels): positions 1 .. seq - 1.
+    first = np.searchsorted(learned, starts + 1)
+    at = np.where(first < learned.size, learned[np.minimum(first, learned.size - 1)], np.iinfo(np.int64).max)
+    has_answer = at < starts + lengths
+    if np.any(has_answer & (at < starts + np.minimum(lengths, seq_length))):
+        return
+    if not np.any(has_answer):
+        raise none
+    prompt = int((at - starts)[has_answer].min())
+    raise DataError(
+        f"--seq-length {seq_length}: no sample keeps a token to learn within its first {seq_length} tokens "
+        f"(the shortest prompt is {prompt} tokens): every step would train on nothing; raise --seq-length "
+        f"above {prompt}, or shorten the prompts"
+    )
 
 
 def document_position_ids(mask: np.ndarray) -> np.ndarray:

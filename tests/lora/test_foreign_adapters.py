@@ -96,7 +96,7 @@ def test_a_megatron_adapter_of_another_model_is_refused_before_writing(models, t
                              str(base["plain"]), "--save-dir", str(save), "--lora-load", str(wide["mg"]),
                              *extra],
                     [base["plain"], wide["mg"]], save)
-    assert line == (f"error: {wide['mg']}: decoder.layers.0.self_attention.linear_qkv.lora_A.weight has "
+    assert line == (f"error: {wide['mg']}: decoder.layers.0.mlp.linear_fc1.lora_A.weight has "
                     "shape [4, 48], the base model's layer needs [4, 64]: the adapter belongs to another "
                     "model (or another --lora-r)")
 
