@@ -79,7 +79,8 @@ class InstructionDataset(torch.utils.data.Dataset):
 def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: bool) -> dict:
     """DataError unless the three datasets describe the same samples; facts for the start-up line.
 
-    O(documents) on the indexes; the attention-mask scan (``--reset-attention-mask``) reads that dataset once.
+    O(documents) on the indexes; the labels and the attention mask are each read once (a sample with a token
+    to learn within ``seq_length``; neat-packed samples).
     """
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
@@ -101,15 +102,15 @@ def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: b
         "longest": int(ids.max()),
     }
     _check_learned_within(paths["labels"], ids, seq_length)
-    if reset_attention_mask:
-        mask = np.memmap(paths["attention_mask"] + ".bin", dtype=np.int32, mode="r")
-        if int(mask.max()) <= 1:
-            raise DataError(
-                f"--reset-attention-mask: {paths['attention_mask']} marks no samples inside the packs "
-                "(it was written without --pack --neat-pack): re-run preprocess_data.py with --pack "
-                "--neat-pack --seq-length N, or drop --reset-attention-mask"
-            )
-        del mask
+    mask = np.memmap(paths["attention_mask"] + ".bin", dtype=np.int32, mode="r")
+    facts["neat_packed"] = bool(mask.size) and int(mask.max()) > 1  # samples numbered inside the packs
+    del mask
+    if reset_attention_mask and not facts["neat_packed"]:
+        raise DataError(
+            f"--reset-attention-mask: {paths['attention_mask']} marks no samples inside the packs "
+            "(it was written without --pack --neat-pack): re-run preprocess_data.py with --pack "
+            "--neat-pack --seq-length N, or drop --reset-attention-mask"
+        )
     return facts
 
 
@@ -219,6 +220,12 @@ def build_instruction_datasets(
 
     print_rank_0(f"> instruction data {prefix}: {facts['samples']} samples (train/valid/test "
                  f"{'/'.join(str(len(s)) for s in splits)}), prompt type {args.prompt_type or 'not given'}")
+    if facts["neat_packed"] and not args.reset_attention_mask:
+        print_rank_0(
+            f"> WARNING: {prefix} is neat-packed (preprocess_data.py --neat-pack: several samples per "
+            "sequence), trained without --reset-attention-mask: every pack's samples attend to each other "
+            "and their positions run on; add --reset-attention-mask to train each sample on its own"
+        )
     if facts["longer"]:
         print_rank_0(
             f"> {facts['longer']} samples are longer than --seq-length {args.seq_length} (the longest "

@@ -215,3 +215,34 @@ def test_a_batch_without_a_learned_token_has_no_loss_and_stays_out_of_the_averag
     line = [ln for ln in capsys.readouterr().out.splitlines() if "iteration        3/" in ln][0]
     assert "lm loss: 3.000000E+00 |" in line
     assert "iterations without a token to learn (no loss):   1 |" in line
+
+
+def test_neat_packed_data_without_reset_attention_mask_is_warned_once_with_the_reason(tmp_path, capsys):
+    import argparse
+
+    from mindspeed_llm.training.instruction_data import build_instruction_datasets, check_instruction_data
+    from tests.ops.megatron_env import single_process_model_parallel
+
+    ids = np.arange(3, 11)
+    labels = np.where(np.arange(8) % 4 >= 2, ids, -100)
+    two_samples = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+    packed = write_instruction_data(tmp_path / "neat", [(ids, two_samples, labels)] * 2)
+    plain = write_instruction_data(tmp_path / "plain", [(ids, np.ones(8, dtype=np.int64), labels)] * 2)
+    assert check_instruction_data(packed, 8, True)["neat_packed"]
+    assert not check_instruction_data(plain, 8, False)["neat_packed"]
+    args = argparse.Namespace(data_path=[packed], seq_length=8, reset_attention_mask=False, split="100,0,0",
+                              seed=1, prompt_type="qwen", no_mmap_bin_files=False, pad_to_multiple_of=8,
+                              no_pad_to_seq_lengths=False, reset_position_ids=False)
+    tokenizer = argparse.Namespace(eod=0)
+    with single_process_model_parallel():
+        build_instruction_datasets(args, tokenizer, [4, 0, 0], True)
+        warned = [ln for ln in capsys.readouterr().out.splitlines() if "WARNING" in ln]
+        assert warned == [f"> WARNING: {packed} is neat-packed (preprocess_data.py --neat-pack: several "
+                          "samples per sequence), trained without --reset-attention-mask: every pack's "
+                          "samples attend to each other and their positions run on; add "
+                          "--reset-attention-mask to train each sample on its own"]
+        reset = argparse.Namespace(**{**vars(args), "reset_attention_mask": True, "reset_position_ids": True})
+        build_instruction_datasets(reset, tokenizer, [4, 0, 0], True)
+        args.data_path = [plain]
+        build_instruction_datasets(args, tokenizer, [4, 0, 0], True)
+        assert "WARNING" not in capsys.readouterr().out
