@@ -112,3 +112,40 @@ def test_the_adapter_of_the_same_model_still_converts(models, tmp_path, capsys):
     assert main(["--load-model-type", "mg", "--save-model-type", "hf", "--load-dir", str(base["plain"]),
                  "--save-dir", str(tmp_path / "peft"), "--lora-load", str(base["mg"]), "--save-lora-to-hf",
                  "--overwrite", "--no-progress"]) == 0, capsys.readouterr().err
+
+
+def test_a_lora_load_adapter_of_another_rank_or_targets_blames_the_lora_load_file(models):
+    """Training/inference with --lora-load: the adapter's own mismatch names --lora-load's file."""
+    import argparse
+
+    import torch
+
+    from mindspeed_llm.lora import LoraConfig, apply_lora
+    from mindspeed_llm.lora.checkpoint import AdapterSource, weights_with_adapter
+    from mindspeed_llm.lora.keys import is_lora_key
+    from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
+    from tests.checkpoint.test_record import _model
+    from tests.ops.megatron_env import single_process_model_parallel
+
+    lora = LoraConfig(r=4, alpha=8.0, target_modules=("linear_qkv",))
+    base_file = "/base/iter_0000001/mp_rank_00/model_optim_rng.pt"
+    lora_file = "/lora/iter_0000002/mp_rank_00/model_optim_rng.pt"
+    qkv_a = "decoder.layers.0.self_attention.linear_qkv.lora_A.weight"
+    with single_process_model_parallel():
+        chunk = _model(models["base"]["hf"])
+        apply_lora(chunk, lora)
+        own = {k: v for k, v in chunk.state_dict().items() if torch.is_tensor(v)}
+        base = {k: v for k, v in own.items() if not is_lora_key(k)}
+        rank_2 = {k: torch.zeros(2, v.shape[1]) if ".lora_A." in k else torch.zeros(v.shape[0], 2)
+                  for k, v in own.items() if is_lora_key(k)}
+        proj = {k.replace("linear_qkv", "linear_proj"): v for k, v in rank_2.items()}
+        cases = ((rank_2, f"{qkv_a} has shape [2, 64], this launch's layer needs [4, 64]: pass the adapter's "
+                          "--lora-r"),
+                 (proj, f"lacks {qkv_a}: its adapter was trained on other layers"))
+        for adapter, words in cases:
+            state = {"model": adapter, "args": argparse.Namespace(lora_alpha=8.0)}
+            source = AdapterSource(path=lora_file, state=state, iteration=2)
+            with pytest.raises(CheckpointError) as err:
+                weights_with_adapter(lora, chunk, base, (base_file, {"model": base}), source, "model", 1)
+            assert str(err.value).startswith(lora_file) and words in str(err.value)
+            assert base_file not in str(err.value)
