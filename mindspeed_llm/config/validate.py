@@ -534,10 +534,39 @@ def _check_tasks(args: argparse.Namespace) -> None:
             "--temperature/--top-k/--top-p mean nothing with --task greedy: add --task do_sample "
             "(or drop --task), or drop them"
         )
-    if args.temperature is not None and args.temperature <= 0:
+    if args.temperature is not None and not args.temperature > 0:  # nan fails this test too
         raise ArgumentError(
             f"--temperature must be > 0, got {args.temperature} (greedy decoding is --task greedy)"
         )
+    if args.temperature is not None and not MIN_TEMPERATURE <= args.temperature <= MAX_TEMPERATURE:
+        raise ArgumentError(
+            f"--temperature {args.temperature:g} is outside [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]: "
+            "scores divided by it overflow or vanish; below that range sampling is greedy decoding "
+            "(--task greedy)"
+        )
+
+
+# --temperature's range: logits / T stays finite in float32 for any logit a model gives (|logit| < 1e4),
+# and T > 1e4 leaves every token equally likely; below the range the distribution is greedy decoding.
+MIN_TEMPERATURE = 1e-4
+MAX_TEMPERATURE = 1e4
+
+
+def _check_prompts_file(path: str) -> None:
+    """--prompts-file: UTF-8 text with at least one non-blank line (one prompt per line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            has_prompt = any(line.strip() for line in f)
+    except UnicodeDecodeError as exc:
+        raise ArgumentError(
+            f"--prompts-file {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, "
+            "one prompt per line"
+        ) from None
+    except OSError as exc:
+        raise ArgumentError(f"--prompts-file {path}: cannot be read ({exc.strerror})") from None
+    if not has_prompt:
+        raise ArgumentError(f"--prompts-file {path}: holds no prompt (every line is blank); "
+                            "one prompt per line")
 
 
 def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
@@ -561,14 +590,15 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
         )
     # --prompt-type is the training parser's (the SFT data's template); training refuses it without
     # instruction data, generation uses it for --task chat: checked here instead.
-    prompt_type, args.prompt_type = args.prompt_type, None
-    check_args(args, world_size)
-    args.prompt_type = prompt_type
+    # Before the training rules: those would name the virtual stages' micro-batch rule instead.
     if args.num_layers_per_virtual_pipeline_stage:
         raise ArgumentError(
             "--num-layers-per-virtual-pipeline-stage: generation runs one model chunk per "
             "pipeline stage; reshard the checkpoint without virtual stages (convert_ckpt.py mg->mg)"
         )
+    prompt_type, args.prompt_type = args.prompt_type, None
+    check_args(args, world_size)
+    args.prompt_type = prompt_type
     if args.sequence_parallel:
         raise ArgumentError("--sequence-parallel is not supported for generation (megatron-core's static "
                             "inference context refuses it): drop the flag")
@@ -577,8 +607,8 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
     if args.max_batch_size < 1:
         raise ArgumentError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
     _check_tasks(args)
-    if args.top_k is not None and args.top_k < 1:
-        raise ArgumentError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_k is not None and args.top_k < 0:
+        raise ArgumentError(f"--top-k must be >= 0 (0: no top-k filter, as transformers), got {args.top_k}")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise ArgumentError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.history_turns < 0:
@@ -603,6 +633,8 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
                             "or --task chat --prompt-type TYPE for a conversation")
     if args.prompts_file and not os.path.isfile(args.prompts_file):
         raise ArgumentError(f"--prompts-file {args.prompts_file}: no such file (one prompt per line)")
+    if args.prompts_file:
+        _check_prompts_file(args.prompts_file)
     # Weights only: no optimizer, scheduler or RNG state is read, whatever the checkpoint holds.
     args.no_load_optim = args.no_load_rng = True
     return args

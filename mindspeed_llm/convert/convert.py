@@ -46,7 +46,7 @@ from mindspeed_llm.convert.target import (
     mark_hf_export,
     staging_dir,
 )
-from mindspeed_llm.lora.adapter import Adapter, AdapterCollector
+from mindspeed_llm.lora.adapter import Adapter, AdapterCollector, check_fits
 from mindspeed_llm.lora.config import check_recorded
 from mindspeed_llm.lora.keys import holds_adapter, holds_only_adapter
 from mindspeed_llm.lora.merge import MergedSource
@@ -489,6 +489,8 @@ def mg_adapter(source, opts: ConvertOptions) -> Adapter | None:
             )
     elif isinstance(source, MgSource) and not source.cfg.num_experts:  # MoE adapters: check_no_moe_adapter
         adapter = read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
+    if adapter is not None:  # before anything is written: every tensor fits the base's layer
+        check_fits(adapter, source.cfg, opts.lora_load or opts.load_dir)
     check_recorded(opts.lora_expected, adapter and adapter.config, opts.lora_load or opts.load_dir)
     return adapter
 

@@ -139,6 +139,8 @@ def folder_kind(path: str) -> str:
         return EMPTY
     if is_hf_folder(path):
         return HF_EXPORT if is_hf_export(path) else HF_MODEL
+    if EXPORT_MARKER in names and "adapter_config.json" in names:  # --save-lora-to-hf's own peft export
+        return HF_EXPORT
     if "latest_checkpointed_iteration.txt" in names or any(_MG_NAMES.fullmatch(n) for n in names):
         return MG_TRAINING if _holds_optimizer_state(path) else MG_CONVERTED
     return OTHER

@@ -29,7 +29,7 @@ from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.data.indexed_writer import IndexedDatasetWriter, remove_stale_temporaries
 from mindspeed_llm.data.instruction_handlers import INSTRUCTION_HANDLERS, BadRow, parse_map_keys
 from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
-from mindspeed_llm.data.readers import InputSource, available_columns, iter_batches
+from mindspeed_llm.data.readers import JSON_FORMATS, InputSource, available_columns, iter_batches
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
 from mindspeed_llm.io_errors import describe_os_error
 from mindspeed_llm.signals import worker_signals
@@ -65,6 +65,19 @@ class InstructionEncoder:
         """One conversation's ids and labels."""
         return self._tokenize([self.template.render(system, turns, self.specials)])[0]
 
+    def _render(self, index: int, system: str, turns: list) -> tuple[str, list]:
+        """One conversation through the template; a template that raises (jinja2's ``raise_exception``, a
+        role it does not support) is a :class:`TemplateFailed` for conversation ``index``."""
+        try:
+            return self.template.render(system, turns, self.specials)
+        except PreprocessError as exc:
+            raise TemplateFailed(index, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a tokenizer's own template fails in jinja2's many ways
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise TemplateFailed(
+                index, f"--prompt-type {self.prompt_type}: the chat template of {self.path} fails "
+                f"({type(exc).__name__}: {reason})") from None
+
     def _tokenize(self, rendered: list[tuple[str, list]]) -> list[tuple[list[int], list[int]]]:
         if not self.fast:
             return [self._tokenize_pieces(text, spans) for text, spans in rendered]
@@ -95,7 +108,7 @@ class InstructionEncoder:
     def encode(self, conversations: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Flat int32 ids and labels of the conversations and each one's length."""
         pairs = self._tokenize(
-            [self.template.render(system, turns, self.specials) for system, turns in conversations]
+            [self._render(i, system, turns) for i, (system, turns) in enumerate(conversations)]
         )
         if self.append_eod:
             pairs = [(ids + [self.eod], labels + [self.eod]) for ids, labels in pairs]
@@ -113,8 +126,20 @@ def _init_worker(path: str, prompt_type: str, append_eod: bool) -> None:
         _worker_encoder = InstructionEncoder(DocumentTokenizer(path), prompt_type, append_eod)
 
 
-def _encode_task(conversations: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _worker_encoder.encode(conversations)
+class TemplateFailed(Exception):
+    """The chat template raised on the ``index``-th conversation of a task (``reason``: one line)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(index, reason)
+        self.index, self.reason = index, reason
+
+
+def _encode_task(conversations: list) -> tuple:
+    """(ids, labels, lengths), or (None, index, reason) when the template raised on a conversation."""
+    try:
+        return _worker_encoder.encode(conversations)
+    except TemplateFailed as exc:
+        return None, exc.index, exc.reason
 
 
 @dataclass
@@ -244,10 +269,14 @@ def _write_packs(
         counts.packs += 1
 
 
-def _bad_rows(conversations: list, batch, args: argparse.Namespace, counts: SftCounts, write) -> list:
-    """The good conversations of a batch; a bad one stops the run unless --skip-bad-rows."""
+def _bad_rows(conversations: list, batch, args: argparse.Namespace, counts: SftCounts, write,
+              rows: list | None = None) -> list:
+    """The good conversations of a batch (``rows`` gets where each one is); a bad one stops the run unless
+    --skip-bad-rows."""
     good = []
     for i, conv in enumerate(conversations):
+        if not isinstance(conv, BadRow) and rows is not None:
+            rows.append(f"{batch.source}: row {batch.first_row + i}")
         if isinstance(conv, BadRow):
             where = f"{batch.source}: row {batch.first_row + i}"
             if not args.skip_bad_rows:
@@ -268,7 +297,9 @@ def preprocess_instruction(
     """Encode every conversation of ``source`` into the three datasets (temporary names until done)."""
     global _worker_encoder
     handler = INSTRUCTION_HANDLERS[args.handler_name](parse_map_keys(args.map_keys))
-    columns = handler.input_columns(available_columns(source), source.files[0])
+    # JSON records need not share keys: an optional column is read from whichever row has it.
+    per_row = source.format in JSON_FORMATS
+    columns = handler.input_columns(available_columns(source), source.files[0], per_row=per_row)
     encoder = InstructionEncoder(tokenizer, args.prompt_type, args.append_eod)
     prefixes = instruction_prefixes(args.output_prefix)
     counts = SftCounts()
@@ -279,15 +310,18 @@ def preprocess_instruction(
     seq = args.seq_length
 
     def tasks() -> Iterator:
-        for batch in iter_batches(source, columns, BATCH_ROWS, args.skip_bad_rows):
+        for batch in iter_batches(source, columns, BATCH_ROWS, args.skip_bad_rows,
+                                  optional=handler.optional_columns):
             for message in batch.skipped:
                 counts.skipped += 1
                 if counts.skipped <= _MAX_SKIPPED_SHOWN:
                     log(f"skipped {message}")
             counts.rows += batch.num_rows + len(batch.skipped)
-            good = _bad_rows(handler.conversations(batch.columns, batch.num_rows), batch, args, counts, log)
+            rows: list[str] = []
+            good = _bad_rows(handler.conversations(batch.columns, batch.num_rows), batch, args, counts, log,
+                             rows)
             if good:
-                yield good, batch.bytes_read
+                yield good, (batch.bytes_read, rows)
 
     try:
         if args.pack:
@@ -300,9 +334,12 @@ def preprocess_instruction(
             initializer=_init_worker,
             initargs=(tokenizer.path, args.prompt_type, args.append_eod),
         )
-        for (ids, labels, lengths), input_bytes in ordered_results(
-            pool, tasks(), 2 * args.workers + 2, _encode_task
-        ):
+        for result, (input_bytes, rows) in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+            if result[0] is None:  # the template raised on one conversation: (None, index, reason)
+                _, index, reason = result
+                raise PreprocessError(f"{reason} at --input {rows[index]}; fix the row or choose another "
+                                      "--prompt-type")
+            ids, labels, lengths = result
             bounds = np.concatenate([[0], np.cumsum(lengths)])
             for k in range(lengths.size):
                 a, b = int(bounds[k]), int(bounds[k + 1])

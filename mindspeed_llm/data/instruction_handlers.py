@@ -79,6 +79,7 @@ class _InstructionHandler:
             )
         self.map_keys = map_keys
         self.columns: dict[str, str] = {}  # MindSpeed name -> column read
+        self.optional_columns: list[str] = []  # columns a row may lack (JSON records: per_row)
 
     def _resolve(self, name: str, found: Sequence[str]) -> str | None:
         if name in self.map_keys:
@@ -86,10 +87,20 @@ class _InstructionHandler:
         default = self.NAMES[name]
         return default if default in found else None
 
-    def input_columns(self, found: Sequence[str], source: str) -> list[str]:
-        """The columns to read; a required or mapped column that is missing is an error."""
-        self.columns = {}
+    def input_columns(self, found: Sequence[str], source: str, *, per_row: bool = False) -> list[str]:
+        """The columns to read; a required or mapped column that is missing is an error.
+
+        ``per_row`` (JSON records, ``found`` being the first record's keys): an optional column is read from
+        every row that has it (:attr:`optional_columns`), whichever row has it first.
+        """
+        self.columns, self.optional_columns = {}, []
         for name in self.NAMES:
+            if per_row and name not in self.REQUIRED:
+                column = self.map_keys.get(name, self.NAMES[name])
+                if isinstance(column, str):
+                    self.columns[name] = column
+                    self.optional_columns.append(column)
+                    continue
             column = self._resolve(name, found)
             if column is None:
                 if name in self.REQUIRED:
@@ -139,6 +150,9 @@ class AlpacaStyleInstructionHandler(_InstructionHandler):
         """The row's earlier turns, then instruction + input as the user turn and output as the answer."""
         turns: list[tuple[str, str]] = []
         history = _json_value(row.get("history"), "history")
+        if history is not None and not isinstance(history, (list, tuple)):
+            raise BadRow(f"history holds {type(history).__name__}, expected a list of [prompt, response] "
+                         "pairs")
         for pair in history or []:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise BadRow("history must be a list of [prompt, response] pairs")
@@ -195,6 +209,9 @@ class SharegptStyleInstructionHandler(_InstructionHandler):
         content_tag = self.tags.get("content_tag", "value" if role_tag == "from" else "content")
         if role_tag not in turn or content_tag not in turn:
             raise BadRow(f"a turn lacks {role_tag!r} or {content_tag!r} (keys: {', '.join(turn)})")
+        if not isinstance(turn[role_tag], str):
+            raise BadRow(f"{role_tag!r} holds {type(turn[role_tag]).__name__} {turn[role_tag]!r}, expected "
+                         "a role name (user/human, assistant/gpt, system)")
         role = self.roles.get(turn[role_tag])
         if role is None:
             raise BadRow(f"role {turn[role_tag]!r} is not supported (user/human, assistant/gpt, system)")

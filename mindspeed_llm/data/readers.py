@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -38,6 +38,7 @@ FORMATS = {
     ".arrow": "arrow",
 }
 TXT_COLUMN = "text"
+JSON_FORMATS = ("json", "jsonl")  # records, each with its own keys
 # Side files `datasets.Dataset.save_to_disk` writes next to its .arrow shards.
 _ARROW_SIDE_FILES = {"dataset_info.json", "state.json"}
 _CSV_BLOCK = 8 << 20
@@ -155,9 +156,12 @@ def total_bytes(source: InputSource) -> int:
 
 
 def iter_batches(
-    source: InputSource, columns: list[str], batch_rows: int = 1000, skip_bad_rows: bool = False
+    source: InputSource, columns: list[str], batch_rows: int = 1000, skip_bad_rows: bool = False,
+    optional: Collection[str] = (),
 ) -> Iterator[RowBatch]:
-    """Yield the requested columns of every row, file after file, ``batch_rows`` rows at a time."""
+    """Yield the requested columns of every row, file after file, ``batch_rows`` rows at a time.
+
+    ``optional``: JSON keys a record may lack (None in that row) instead of being a bad row."""
     for path in source.files:
         fmt = source.format
         try:
@@ -170,7 +174,7 @@ def iter_batches(
             elif fmt == "txt":
                 yield from _iter_txt(path, batch_rows, skip_bad_rows)
             else:
-                yield from _iter_json(path, fmt, columns, batch_rows, skip_bad_rows)
+                yield from _iter_json(path, fmt, columns, batch_rows, skip_bad_rows, optional)
         except PreprocessError:
             raise
         except (OSError, pa.ArrowException) as exc:
@@ -442,7 +446,8 @@ def _valid_utf8(value: object) -> bool:
 
 
 def _iter_json(
-    path: str, fmt: str, columns: list[str] | None, batch_rows: int, skip_bad_rows: bool
+    path: str, fmt: str, columns: list[str] | None, batch_rows: int, skip_bad_rows: bool,
+    optional: Collection[str] = (),
 ) -> Iterator[RowBatch]:
     out: dict[str, list] = {c: [] for c in columns} if columns is not None else {}
     skipped: list[str] = []
@@ -471,12 +476,12 @@ def _iter_json(
             return_columns = list(record)
             yield RowBatch({c: [record[c]] for c in return_columns}, 1, path, line_no)
             return
-        missing = [c for c in columns if c not in record]
+        missing = [c for c in columns if c not in record and c not in optional]
         if missing:
             found = ", ".join(record) or "none"
             _bad_row(path, where, f"no key {missing[0]!r} (keys found: {found})", skip_bad_rows, skipped)
             continue
-        values = [record[c] for c in columns]
+        values = [record.get(c) for c in columns]
         if not all(_valid_utf8(v) for v in values):
             _bad_row(path, where, "text is not valid UTF-8", skip_bad_rows, skipped)
             continue

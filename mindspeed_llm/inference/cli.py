@@ -7,6 +7,7 @@ own ``GPTModel`` chunk and loads only its own file (legacy) or shard (torch_dist
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from mindspeed_llm.config.plan import RunPlan
 from mindspeed_llm.config.validate import check_inference_args
 from mindspeed_llm.console import write_line
 from mindspeed_llm.data.chat_templates import ASSISTANT, USER, build_template, template_specials
+from mindspeed_llm.data.errors import PreprocessError
 from mindspeed_llm.inference.generation import Generator, SamplingParams
 
 logger = logging.getLogger("mindspeed_llm.inference")
@@ -205,20 +207,46 @@ def user_turns(args: argparse.Namespace, rank0: bool) -> Callable[[], str | None
     return from_stdin
 
 
+def chat_template_for(args: argparse.Namespace, hf_tokenizer):
+    """--prompt-type's template, its special tokens and the ids that end an answer; a tokenizer without a
+    template or a template that raises is one :class:`ArgumentError` line naming the template."""
+    with _template_errors(args):
+        template = build_template(args.prompt_type, hf_tokenizer, args.tokenizer_name_or_path)
+        specials = template_specials(hf_tokenizer)
+        end_of_turn = template_stop_text(template, specials)
+        stops = stop_ids_for(args.tokenizer_name_or_path, hf_tokenizer, (end_of_turn,))
+    return template, specials, stops
+
+
+@contextlib.contextmanager
+def _template_errors(args: argparse.Namespace, turn: int | None = None):
+    where = f" at user turn {turn}" if turn is not None else ""
+    try:
+        yield
+    except PreprocessError as exc:
+        raise ArgumentError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - jinja2's errors from the tokenizer's own template
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ArgumentError(
+            f"--prompt-type {args.prompt_type}: the chat template of {args.tokenizer_name_or_path} fails"
+            f"{where} ({type(exc).__name__}: {reason}); choose another --prompt-type"
+        ) from None
+
+
 def run_chat(
     args, generator: Generator, tokenizer, sampling: SamplingParams, max_length: int, rank0: bool
 ) -> None:
     """A conversation through --prompt-type's template; each answer stops at the template's end of turn."""
     hf = tokenizer.hf_tokenizer
-    template = build_template(args.prompt_type, hf, args.tokenizer_name_or_path)
-    specials = template_specials(hf)
-    stop_ids = stop_ids_for(args.tokenizer_name_or_path, hf, (template_stop_text(template, specials),))
+    template, specials, stop_ids = chat_template_for(args, hf)
     history: list[tuple[str, str]] = []
     next_turn = user_turns(args, rank0)
     while (text := next_turn()) is not None:
         kept = history[len(history) - 2 * args.history_turns:] if args.history_turns else []
         turns = [*kept, (USER, text)]
-        ids = hf(generation_prompt(template, specials, turns), add_special_tokens=False).input_ids
+        with _template_errors(args, len(history) // 2 + 1):
+            prompt = generation_prompt(template, specials, turns)
+        ids = hf(prompt, add_special_tokens=False).input_ids
         stream = TextStream(hf, stop_ids) if rank0 else None
         if rank0:
             sys.stdout.write(f"You:\n{text}\n\nMindSpeed-LLM:\n" if args.prompt else "MindSpeed-LLM: ")
@@ -244,6 +272,8 @@ def main() -> None:
     if ignored:
         logger.info("NOTE: training-only flags, ignored by inference.py: %s", " ".join(ignored))
     tokenizer = build_tokenizer(args)
+    if args.task == ["chat"]:
+        chat_template_for(args, tokenizer.hf_tokenizer)  # a template that cannot work: before the model loads
     model, model_config = load_model(args, tokenizer)
     args = run.get_args()  # configuration and plan
     generator = Generator(model, vocab_size=model_config.vocab_size, pad_id=tokenizer.eod,
@@ -272,9 +302,9 @@ def main() -> None:
 
 
 def sampling_params(args: argparse.Namespace, sample: bool) -> SamplingParams:
-    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens) and
-    --seed."""
-    return SamplingParams(greedy=not sample, temperature=args.temperature or 1.0, top_k=args.top_k,
+    """Greedy, or sampling with the launch's --temperature/--top-k/--top-p (unset: 1.0, all tokens; --top-k 0:
+    all tokens) and --seed."""
+    return SamplingParams(greedy=not sample, temperature=args.temperature or 1.0, top_k=args.top_k or None,
                           top_p=args.top_p, seed=args.seed)
 
 

@@ -7,6 +7,7 @@ they sit in each rank's state dict and how they split over TP (``lora/tp.py``'s 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,10 +38,58 @@ class Adapter:
         return out
 
 
+def base_shapes(cfg) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """``{module: (in_features, out rows per HF module)}`` of the base model's adaptable linears (TP1)
+    (``cfg``: the base's ``ModelConfig``)."""
+    q = cfg.num_attention_heads * cfg.kv_channels
+    kv = cfg.num_query_groups * cfg.kv_channels
+    return {
+        "linear_qkv": (cfg.hidden_size, (q, kv, kv)),
+        "linear_proj": (q, (cfg.hidden_size,)),
+        "linear_fc1": (cfg.hidden_size, (cfg.ffn_hidden_size, cfg.ffn_hidden_size)),
+        "linear_fc2": (cfg.ffn_hidden_size, (cfg.hidden_size,)),
+    }
+
+
+def check_settings(config: LoraConfig, where: str) -> None:
+    """r a positive integer, alpha positive and finite: what the adapter's scaling ``alpha / r`` needs."""
+    if isinstance(config.r, bool) or not isinstance(config.r, int) or config.r <= 0:
+        raise LoraError(f"{where}: r is {config.r!r}, not a positive rank: the adapter is damaged or not "
+                        "LoRA")
+    if not (isinstance(config.alpha, (int, float)) and math.isfinite(config.alpha) and config.alpha > 0):
+        raise LoraError(f"{where}: lora_alpha is {config.alpha!r}, not a positive finite number: the "
+                        "adapter's scaling alpha / r would be meaningless")
+
+
+def check_fits(adapter: Adapter, cfg, where: str) -> None:
+    """Every (A, B) of a fused adapter fits the base model's layer (``cfg``: its ``ModelConfig``): A is
+    ``[r, in]``, B ``[out, r]``; layers and modules exist. Checked before anything is written; the line
+    names the adapter, the tensor, its shape and the base's."""
+    check_settings(adapter.config, where)
+    shapes = base_shapes(cfg)
+    for (layer, module), (a, b) in sorted(adapter.tensors.items()):
+        if module not in shapes:
+            raise LoraError(f"{where}: adapts {module}, which the base model has no such layer for")
+        if layer >= cfg.num_layers:
+            raise LoraError(f"{where}: adapts layer {layer}, the base model has {cfg.num_layers} layers: the "
+                            "adapter belongs to another model")
+        in_features, outs = shapes[module]
+        expected = {"lora_A": (adapter.config.r, in_features), "lora_B": (sum(outs), adapter.config.r)}
+        for factor, tensor in (("lora_A", a), ("lora_B", b)):
+            if tuple(tensor.shape) != expected[factor]:
+                raise LoraError(
+                    f"{where}: decoder.layers.{layer}.{LORA_MODULES[module].mcore}.{factor}.weight has shape "
+                    f"{list(tensor.shape)}, the base model's layer needs {list(expected[factor])}: the "
+                    "adapter belongs to another model (or another --lora-r)")
+
+
 class FusedRows(Protocol):
     """How a base weight's output rows part into the HF modules' weights (the converter's mapping knows:
     ``linear_qkv`` interleaved per query group, ``linear_fc1`` as ``[gate; up]``, one part for the others).
-    ``weight_key`` is the base weight's key inside a decoder layer (``self_attention.linear_qkv.weight``)."""
+    ``weight_key`` is the base weight's key inside a decoder layer (``self_attention.linear_qkv.weight``);
+    ``cfg`` the base model's ``ModelConfig`` (the layers' shapes)."""
+
+    cfg: object
 
     def split(self, weight_key: str, fused: torch.Tensor) -> list[torch.Tensor]:
         """Fused rows -> one tensor per HF module."""

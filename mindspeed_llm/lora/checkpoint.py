@@ -100,6 +100,11 @@ def weights_with_adapter(lora: LoraConfig | None, chunk, weights: dict, base: tu
     LoRA checkpoint), else it keeps its initial values (a base checkpoint: the adapter starts fresh).
     """
     if lora is None:
+        if isinstance(weights, dict) and weights and all(is_lora_key(k) or k.endswith("_extra_state")
+                                                         for k in weights):
+            raise CheckpointError(f"{base[0]} holds only LoRA adapter tensors (--lora-ckpt-filter):"
+                                  " pass the base model's checkpoint as --load, this folder as --lora-load "
+                                  "and the adapter's --lora-r/--lora-alpha/--lora-target-modules")
         return weights
     path = base[0]
     source = (adapter.path, adapter.state) if adapter is not None and not adapter.fresh else None
@@ -124,11 +129,28 @@ def _with_adapter(chunk, weights: dict, path: str, adapter: tuple[str, dict] | N
         if not lora:
             raise CheckpointError(f"{lora_path} holds no LoRA adapter tensors: --lora-load must be the "
                                   "--save folder of a LoRA run (--lora-target-modules)")
+        check_adapter_fits_chunk(chunk, lora, lora_path)
         return {**base, **lora}
     if len(base) < len(weights):
         return weights  # a full LoRA checkpoint: loaded strictly, adapter included
     own = {k: v for k, v in unwrap(chunk).state_dict().items() if is_lora_key(k)}
     return {**base, **own}
+
+
+def check_adapter_fits_chunk(chunk, lora: dict, lora_path: str) -> None:
+    """--lora-load's adapter tensors against this launch's adapted layers (--lora-r, --lora-target-modules):
+    the line names --lora-load's file, not --load's."""
+    own = {k: v for k, v in unwrap(chunk).state_dict().items() if is_lora_key(k)}
+    missing, extra = sorted(set(own) - set(lora)), sorted(set(lora) - set(own))
+    if missing or extra:
+        key, what = (missing[0], "lacks") if missing else (extra[0], "holds")
+        raise CheckpointError(f"{lora_path} {what} {key}: its adapter was trained on other layers than this "
+                              "launch's --lora-target-modules; pass the adapter's --lora-target-modules")
+    for key, tensor in sorted(lora.items()):
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{lora_path}: {key} has shape {list(tensor.shape)}, this launch's layer "
+                                  f"needs {list(own[key].shape)}: pass the adapter's --lora-r (or the base "
+                                  "it was trained on as --load)")
 
 
 def check_alpha(lora: LoraConfig, source: tuple[str, dict]) -> None:

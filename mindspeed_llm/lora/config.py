@@ -84,8 +84,8 @@ def check_lora_flags(args: argparse.Namespace, *, converter: bool = False) -> No
         return
     if args.lora_r <= 0:
         raise LoraError(f"--lora-r must be positive, got {args.lora_r}")
-    if args.lora_alpha <= 0:
-        raise LoraError(f"--lora-alpha must be positive, got {args.lora_alpha}")
+    if not 0 < args.lora_alpha < float("inf"):  # nan fails this too
+        raise LoraError(f"--lora-alpha must be positive and finite, got {args.lora_alpha}")
     if not 0.0 <= args.lora_dropout < 1.0:
         raise LoraError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
     if args.ckpt_format != "torch":
@@ -236,8 +236,12 @@ class LoraConfig:
         if not isinstance(config.get("r"), int) or config["r"] <= 0:
             raise LoraError(f"{path}: r is {config.get('r')!r}, not a positive rank: give a peft LoRA "
                             "adapter folder")
-        return cls(r=config["r"], alpha=float(config.get("lora_alpha", 8)),
-                   dropout=float(config.get("lora_dropout", 0.0)),
+        alpha, dropout = config.get("lora_alpha", 8), config.get("lora_dropout", 0.0)
+        for name, value in (("lora_alpha", alpha), ("lora_dropout", dropout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise LoraError(f"{path}: {name} is {value!r}, not a number: give a peft LoRA adapter folder")
+        return cls(r=config["r"], alpha=float(alpha),
+                   dropout=float(dropout),
                    target_modules=tuple(m.name for m in modules))
 
     def to_peft_config(self, base_model: str | None) -> dict:

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from mindspeed_llm.lora.adapter import Adapter, FusedRows
+from mindspeed_llm.lora.adapter import Adapter, FusedRows, base_shapes, check_settings
 from mindspeed_llm.lora.config import LoraConfig, LoraError
 from mindspeed_llm.lora.keys import LORA_MODULES
 
@@ -58,7 +58,7 @@ def write_peft_adapter(adapter: Adapter, rows: FusedRows, folder: str, base_mode
 
 def read_peft_adapter(folder: str, num_layers: int, rows: FusedRows) -> Adapter:
     """A peft LoRA folder -> megatron's fused adapter (refused where the fused form cannot hold it
-    exactly); ``num_layers``: the base model's."""
+    exactly, or where a tensor does not fit the base: ``rows.cfg``); ``num_layers``: the base model's."""
     from safetensors.torch import load_file
 
     config_path = os.path.join(folder, ADAPTER_CONFIG)
@@ -73,18 +73,29 @@ def read_peft_adapter(folder: str, num_layers: int, rows: FusedRows) -> Adapter:
     except ValueError as exc:
         raise LoraError(f"{config_path} is not valid JSON ({str(exc)[:80]})") from None
     config = LoraConfig.from_peft_config(raw, config_path)
-    state = load_file(weights_path)
+    check_settings(config, config_path)
+    try:
+        state = load_file(weights_path)
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors on a damaged file
+        raise LoraError(f"{weights_path} cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
+    shapes = base_shapes(rows.cfg)
     tensors = {}
     for layer in range(num_layers):
         for module in config.target_modules:
             m = LORA_MODULES[module]
             a_list, b_list = [], []
-            for hf in m.hf:
+            in_features, outs = shapes[module]
+            for hf, out_features in zip(m.hf, outs):
                 prefix = PEFT_PREFIX.format(i=layer) + hf
                 ka, kb = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"
                 if ka not in state or kb not in state:
                     raise LoraError(f"{weights_path}: {ka if ka not in state else kb} missing: the adapter "
                                     "belongs to another model (or is incomplete)")
+                for key, want in ((ka, (config.r, in_features)), (kb, (out_features, config.r))):
+                    if tuple(state[key].shape) != want:
+                        raise LoraError(
+                            f"{weights_path}: {key} has shape {list(state[key].shape)}, the base model's "
+                            f"{hf} needs {list(want)} (r={config.r}): the adapter belongs to another model")
                 a_list.append(state[ka])
                 b_list.append(state[kb])
             if any(not torch.equal(a_list[0], a) for a in a_list[1:]):
@@ -99,4 +110,9 @@ def read_peft_adapter(folder: str, num_layers: int, rows: FusedRows) -> Adapter:
                                 f"config says r={config.r}")
             b = rows.join(m.weight_key, b_list)
             tensors[(layer, module)] = (a_list[0], b)
+    extra = sorted({int(k[len("base_model.model.model.layers."):].split(".", 1)[0]) for k in state
+                    if k.startswith("base_model.model.model.layers.")} - set(range(num_layers)))
+    if extra:
+        raise LoraError(f"{weights_path}: adapts layer {extra[0]}, the base model has {num_layers} layers: "
+                        "the adapter belongs to another model")
     return Adapter(config, tensors)

@@ -79,7 +79,8 @@ class InstructionDataset(torch.utils.data.Dataset):
 def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: bool) -> dict:
     """DataError unless the three datasets describe the same samples; facts for the start-up line.
 
-    O(documents) on the indexes; the attention-mask scan (``--reset-attention-mask``) reads that dataset once.
+    O(documents) on the indexes; the labels and the attention mask are each read once (a sample with a token
+    to learn within ``seq_length``; neat-packed samples).
     """
     from megatron.core.datasets.indexed_dataset import _IndexReader
 
@@ -100,16 +101,44 @@ def check_instruction_data(prefix: str, seq_length: int, reset_attention_mask: b
         "longer": int(np.count_nonzero(ids > seq_length)),
         "longest": int(ids.max()),
     }
-    if reset_attention_mask:
-        mask = np.memmap(paths["attention_mask"] + ".bin", dtype=np.int32, mode="r")
-        if int(mask.max()) <= 1:
-            raise DataError(
-                f"--reset-attention-mask: {paths['attention_mask']} marks no samples inside the packs "
-                "(it was written without --pack --neat-pack): re-run preprocess_data.py with --pack "
-                "--neat-pack --seq-length N, or drop --reset-attention-mask"
-            )
-        del mask
+    _check_learned_within(paths["labels"], ids, seq_length)
+    mask = np.memmap(paths["attention_mask"] + ".bin", dtype=np.int32, mode="r")
+    facts["neat_packed"] = bool(mask.size) and int(mask.max()) > 1  # samples numbered inside the packs
+    del mask
+    if reset_attention_mask and not facts["neat_packed"]:
+        raise DataError(
+            f"--reset-attention-mask: {paths['attention_mask']} marks no samples inside the packs "
+            "(it was written without --pack --neat-pack): re-run preprocess_data.py with --pack "
+            "--neat-pack --seq-length N, or drop --reset-attention-mask"
+        )
     return facts
+
+
+def _check_learned_within(labels_path: str, lengths: np.ndarray, seq_length: int) -> None:
+    """DataError when no sample keeps a token to learn within its first ``seq_length`` tokens (every step
+    would train on nothing); names --seq-length and the shortest prompt. One pass over the labels."""
+    labels = np.memmap(labels_path + ".bin", dtype=np.int32, mode="r")
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]])
+    learned = np.flatnonzero(labels != IGNORE_INDEX)
+    del labels
+    none = DataError(f"{labels_path}: no sample has a token to learn (every label is {IGNORE_INDEX}): "
+                     "re-run preprocess_data.py on data with answers")
+    if learned.size == 0:
+        raise none
+    # A label is learned from the token before it (the collator shifts labels): positions 1 .. seq - 1.
+    first = np.searchsorted(learned, starts + 1)
+    at = np.where(first < learned.size, learned[np.minimum(first, learned.size - 1)], np.iinfo(np.int64).max)
+    has_answer = at < starts + lengths
+    if np.any(has_answer & (at < starts + np.minimum(lengths, seq_length))):
+        return
+    if not np.any(has_answer):
+        raise none
+    prompt = int((at - starts)[has_answer].min())
+    raise DataError(
+        f"--seq-length {seq_length}: no sample keeps a token to learn within its first {seq_length} tokens "
+        f"(the shortest prompt is {prompt} tokens): every step would train on nothing; raise --seq-length "
+        f"above {prompt}, or shorten the prompts"
+    )
 
 
 def document_position_ids(mask: np.ndarray) -> np.ndarray:
@@ -191,6 +220,12 @@ def build_instruction_datasets(
 
     print_rank_0(f"> instruction data {prefix}: {facts['samples']} samples (train/valid/test "
                  f"{'/'.join(str(len(s)) for s in splits)}), prompt type {args.prompt_type or 'not given'}")
+    if facts["neat_packed"] and not args.reset_attention_mask:
+        print_rank_0(
+            f"> WARNING: {prefix} is neat-packed (preprocess_data.py --neat-pack: several samples per "
+            "sequence), trained without --reset-attention-mask: every pack's samples attend to each other "
+            "and their positions run on; add --reset-attention-mask to train each sample on its own"
+        )
     if facts["longer"]:
         print_rank_0(
             f"> {facts['longer']} samples are longer than --seq-length {args.seq_length} (the longest "

@@ -148,9 +148,11 @@ def _loss_sums(losses: list[dict]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _reduce_losses(losses: list[dict]) -> dict[str, float]:
-    """The reported losses of one global batch (see :func:`_loss_sums`)."""
-    return {key: float(pair[0] / pair[1].clamp(min=1)) for key, pair in _loss_sums(losses).items()}
+def _reduce_losses(losses: list[dict]) -> dict[str, float | None]:
+    """The reported losses of one global batch (see :func:`_loss_sums`); None for a key whose batch held no
+    token to learn (an SFT batch of prompts only: its loss is not 0, it does not exist)."""
+    sums = _loss_sums(losses)
+    return {key: float(pair[0] / pair[1]) if pair[1] > 0 else None for key, pair in sums.items()}
 
 
 def _empty_unused_memory(args: argparse.Namespace, level: int) -> None:
@@ -418,7 +420,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
         state.consumed_train_samples += args.global_batch_size
         state.floating_point_operations_so_far += num_floating_point_operations(args, args.global_batch_size)
         iteration = state.iteration
-        if losses:
+        if losses and None not in losses.values():
             last_losses = losses
         params_norm = params_l2_norm(model, args) if args.log_params_norm else None
         lr = optimizer.param_groups[0]["lr"]

@@ -82,6 +82,7 @@ class TrainingLogger:
 
     def _reset(self) -> None:
         self.loss_sum: dict[str, float] = {}
+        self.no_tokens = 0  # iterations whose batch held no token to learn (no loss; not in the averages)
         self.iters = 0
         self.skipped = 0
         self.nan = 0
@@ -100,6 +101,9 @@ class TrainingLogger:
         self.total_time += elapsed
         self.total_iters += 1
         self.skipped += int(skipped)
+        if None in loss.values():
+            self.no_tokens += 1
+            loss = {}
         for key, value in loss.items():
             if math.isnan(value) or math.isinf(value):
                 self.nan += 1
@@ -132,9 +136,11 @@ class TrainingLogger:
             line += f" throughput (tokens/s/device): {tokens_per_s:.1f} | TFLOP/s/device: {tflops:.3f} |"
         line += (f" learning rate: {lr:.6E} |"
                 f" global batch size: {args.global_batch_size:5d} |")
-        counted = max(self.iters - self.skipped, 1)
+        counted = max(self.iters - self.skipped - self.no_tokens, 1)
         for key, total in self.loss_sum.items():
             line += f" {key}: {total / counted:.6E} |"
+        if self.no_tokens:
+            line += f" iterations without a token to learn (no loss): {self.no_tokens:3d} |"
         line += f" loss scale: {loss_scale:.1f} |"
         if grad_norm is not None:
             line += f" grad norm: {grad_norm:.3f} |"

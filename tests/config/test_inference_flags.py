@@ -55,7 +55,15 @@ def test_generate_launch_fills_what_training_needs() -> None:
     (["--prompt", "x", "--task", "greedy", "--temperature", "0.7"], "--task greedy"),
     (["--prompt", "x", "--temperature", "0"], "--temperature must be > 0"),
     (["--prompt", "x", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["--prompt", "x", "--top-k", "0"], "--top-k must be at least 1"),
+    (["--prompt", "x", "--top-k", "-1"], "--top-k must be >= 0"),
+    (["--prompt", "x", "--temperature", "nan"], "--temperature must be > 0, got nan"),
+    (["--prompt", "x", "--temperature", "-0.5"], "--temperature must be > 0"),
+    (["--prompt", "x", "--temperature", "1e-40"], "--temperature 1e-40 is outside [0.0001, 10000]"),
+    (["--prompt", "x", "--temperature", "inf"], "--temperature inf is outside [0.0001, 10000]"),
+    (["--prompt", "x", "--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
+    (["--prompt", "x", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--prompt", "x", "--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"],
+     "--num-layers-per-virtual-pipeline-stage: generation runs one model chunk per pipeline stage"),
     (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     (["--task", "chat"], "--task chat needs --prompt-type"),
     (["--task", "chat", "greedy", "--prompt-type", "qwen"], "chat runs alone"),
@@ -65,8 +73,9 @@ def test_generate_launch_fills_what_training_needs() -> None:
     (["--prompt", "x", "--sequence-parallel", "--tensor-model-parallel-size", "2"], "--sequence-parallel"),
 ])
 def test_refusals_name_the_flag(flags, needle) -> None:
+    parallel = "--tensor-model-parallel-size" in flags or "--pipeline-model-parallel-size" in flags
     with pytest.raises(ArgumentError) as err:
-        _check(*flags, world=2 if "--tensor-model-parallel-size" in flags else 1)
+        _check(*flags, world=2 if parallel else 1)
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
@@ -86,3 +95,28 @@ def test_training_only_flags_are_named() -> None:
     parser = add_inference_args(build_parser())
     assert training_only_flags(parser, given_flags(argv, add_inference_args)) == [
         "--lr", "--micro-batch-size", "--no-load-optim"]
+
+
+def test_sampling_edges_that_are_accepted() -> None:
+    """--top-k 0 is no top-k filter (transformers' meaning); the temperature range's ends are accepted."""
+    from mindspeed_llm.inference.cli import sampling_params
+
+    args = _check("--prompt", "x", "--top-k", "0", "--temperature", "1e-4")
+    assert args.task == ["do_sample"] and sampling_params(args, True).top_k is None
+    assert _check("--prompt", "x", "--temperature", "1e4").temperature == 1e4
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\n   \n\t\n", "holds no prompt (every line is blank)"),
+    (b"", "holds no prompt"),
+    (b"caf\xe9 au lait\n", "not UTF-8 text (byte 3: invalid continuation byte)"),
+])
+def test_prompts_file_must_be_utf8_with_a_prompt(tmp_path, content, needle) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    with pytest.raises(ArgumentError) as err:
+        _check("--prompts-file", str(path))
+    assert str(err.value).startswith(f"--prompts-file {path}: {needle}") and "\n" not in str(err.value)
+    assert path.read_bytes() == content
+    path.write_text("\n  \nHello\n", encoding="utf-8")
+    assert _check("--prompts-file", str(path)).prompts_file == str(path)

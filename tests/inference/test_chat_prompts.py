@@ -40,3 +40,28 @@ def test_llama3_prompt() -> None:
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
+
+
+def test_a_chat_template_that_cannot_work_is_one_line_before_the_model_loads(tmp_path) -> None:
+    """No template in the tokenizer; a template that raises (jinja2's raise_exception): one line each."""
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    from mindspeed_llm.config.flags import ArgumentError
+    from mindspeed_llm.inference.cli import chat_template_for
+    from tests.helpers.tiny import save_word_tokenizer
+
+    save_word_tokenizer(tmp_path, 16)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    args = argparse.Namespace(prompt_type="chat_template", tokenizer_name_or_path=str(tmp_path))
+    with pytest.raises(ArgumentError) as err:
+        chat_template_for(args, hf)
+    assert str(err.value).startswith(
+        f"--prompt-type chat_template: the tokenizer in {tmp_path} has no chat_template")
+    hf.chat_template = "{{ raise_exception('System role not supported') }}"
+    with pytest.raises(ArgumentError) as err:
+        chat_template_for(args, hf)
+    assert str(err.value) == (
+        f"--prompt-type chat_template: the chat template of {tmp_path} fails (TemplateError: System role not "
+        "supported); choose another --prompt-type")

@@ -80,6 +80,7 @@ def test_converter_flags_default_to_what_the_adapter_records():
     ("--lora-ckpt-filter", ["--lora-ckpt-filter", "without --lora-target-modules"]),
     ("--lora-target-modules linear_qkv --lora-r 0", ["--lora-r must be positive, got 0"]),
     ("--lora-target-modules linear_qkv --lora-alpha -1", ["--lora-alpha must be positive"]),
+    ("--lora-target-modules linear_qkv --lora-alpha nan", ["--lora-alpha must be positive and finite, got"]),
     ("--lora-target-modules linear_qkv --lora-dropout 1.0", ["--lora-dropout must be in [0, 1)"]),
     ("--lora-target-modules linear_qkv --ckpt-format torch_dist",
      ["--ckpt-format torch_dist", "--ckpt-format torch"]),

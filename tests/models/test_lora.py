@@ -378,10 +378,10 @@ def test_training_load_refuses_an_adapter_only_base_and_another_alpha():
         weights_with_adapter(LoraConfig(alpha=16.0), None, full, ("/ckpt/f.pt", state), None, "model", 1)
         is full
     )
-    assert (
+    # inference.py (or training) without --lora-* flags on an adapter-only --load: pointed to --lora-load
+    with pytest.raises(CheckpointError, match=r"/ckpt/f.pt holds only LoRA adapter tensors.*as --load, this "
+                       r"folder as --lora-load and the adapter's --lora-r/--lora-alpha/"):
         weights_with_adapter(None, None, adapter_only, ("/ckpt/f.pt", state), None, "model", 1)
-        is adapter_only
-    )
 
 
 def test_inference_model_carries_the_adapter_the_lora_flags_name():

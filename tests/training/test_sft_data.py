@@ -162,3 +162,87 @@ def test_sample_order_depends_on_the_seed_only_and_covers_every_sample_each_epoc
     assert a[0]["input_ids"].size == rows[a.order[0]][0].size
     unbroken = list(PretrainingBatchSampler(len(a), 0, 2, 0, 1))
     assert list(PretrainingBatchSampler(len(a), 6, 2, 0, 1)) == unbroken[3:]  # resumed after 6 samples
+
+
+def test_data_with_no_learned_token_within_seq_length_is_refused_naming_the_shortest_prompt(tmp_path):
+    """Sample A: a 6-token prompt then 4 answer tokens; B: an 8-token prompt then 4. The collator's shift
+    (token t learns label t+1) means a sample keeps a learned token within --seq-length S iff its prompt is
+    shorter than S: A from S = 7 on."""
+    from mindspeed_llm.runtime.errors import DataError
+    from mindspeed_llm.training.instruction_data import check_instruction_data
+
+    rows = []
+    for prompt, answer in ((6, 4), (8, 4)):
+        ids = np.arange(3, 3 + prompt + answer)
+        labels = np.concatenate([np.full(prompt, -100), ids[prompt:]])
+        rows.append((ids, np.ones(ids.size, dtype=np.int64), labels))
+    prefix = write_instruction_data(tmp_path / "d", rows)
+    collate = InstructionCollator(6, pad_id=0)
+    samples = [_sample(ids, labels) for ids, _, labels in rows]
+    assert collate(samples)["loss_mask"].sum() == 0  # S = 6: every step would train on nothing
+    assert InstructionCollator(7, pad_id=0)(samples)["loss_mask"].sum() == 1  # S = 7: A's first answer token
+    assert check_instruction_data(prefix, 7, False)["samples"] == 2
+    with pytest.raises(DataError) as err:
+        check_instruction_data(prefix, 6, False)
+    assert str(err.value) == (
+        "--seq-length 6: no sample keeps a token to learn within its first 6 tokens (the shortest prompt is "
+        "6 tokens): every step would train on nothing; raise --seq-length above 6, or shorten the prompts")
+    silent = write_instruction_data(tmp_path / "none",
+                                    [(ids, mask, np.full(ids.size, -100)) for ids, mask, _ in rows])
+    with pytest.raises(DataError, match="no sample has a token to learn"):
+        check_instruction_data(silent, 64, False)
+
+
+def test_a_batch_without_a_learned_token_has_no_loss_and_stays_out_of_the_averages(capsys):
+    """[loss sum, token count] = [0, 0]: no loss (not 0.0). Averaged with 2.0 and 4.0 it would give 2.0
+    instead of 3.0."""
+    from mindspeed_llm.runtime.state import TrainState
+    from mindspeed_llm.training.training import _reduce_losses
+    from mindspeed_llm.training.training_log import TrainingLogger
+    from tests.ops.megatron_env import single_process_model_parallel
+
+    with single_process_model_parallel():
+        assert _reduce_losses([{"lm loss": torch.tensor([0.0, 0.0])}] * 2) == {"lm loss": None}
+        assert _reduce_losses([{"lm loss": torch.tensor([6.0, 3.0])}]) == {"lm loss": 2.0}
+        import argparse
+
+        log = TrainingLogger(argparse.Namespace(**{**vars(args_for("--log-interval 3")), "world_size": 1,
+                                                 "padded_vocab_size": 128}))
+        state = TrainState()
+        for value in (2.0, None, 4.0):
+            state.iteration += 1
+            log.step(state, {"lm loss": value}, 1e-3, 1.0, 1.0, False, 0.1)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "iteration        3/" in ln][0]
+    assert "lm loss: 3.000000E+00 |" in line
+    assert "iterations without a token to learn (no loss):   1 |" in line
+
+
+def test_neat_packed_data_without_reset_attention_mask_is_warned_once_with_the_reason(tmp_path, capsys):
+    import argparse
+
+    from mindspeed_llm.training.instruction_data import build_instruction_datasets, check_instruction_data
+    from tests.ops.megatron_env import single_process_model_parallel
+
+    ids = np.arange(3, 11)
+    labels = np.where(np.arange(8) % 4 >= 2, ids, -100)
+    two_samples = np.array([1, 1, 1, 1, 2, 2, 2, 2])
+    packed = write_instruction_data(tmp_path / "neat", [(ids, two_samples, labels)] * 2)
+    plain = write_instruction_data(tmp_path / "plain", [(ids, np.ones(8, dtype=np.int64), labels)] * 2)
+    assert check_instruction_data(packed, 8, True)["neat_packed"]
+    assert not check_instruction_data(plain, 8, False)["neat_packed"]
+    args = argparse.Namespace(data_path=[packed], seq_length=8, reset_attention_mask=False, split="100,0,0",
+                              seed=1, prompt_type="qwen", no_mmap_bin_files=False, pad_to_multiple_of=8,
+                              no_pad_to_seq_lengths=False, reset_position_ids=False)
+    tokenizer = argparse.Namespace(eod=0)
+    with single_process_model_parallel():
+        build_instruction_datasets(args, tokenizer, [4, 0, 0], True)
+        warned = [ln for ln in capsys.readouterr().out.splitlines() if "WARNING" in ln]
+        assert warned == [f"> WARNING: {packed} is neat-packed (preprocess_data.py --neat-pack: several "
+                          "samples per sequence), trained without --reset-attention-mask: every pack's "
+                          "samples attend to each other and their positions run on; add "
+                          "--reset-attention-mask to train each sample on its own"]
+        reset = argparse.Namespace(**{**vars(args), "reset_attention_mask": True, "reset_position_ids": True})
+        build_instruction_datasets(reset, tokenizer, [4, 0, 0], True)
+        args.data_path = [plain]
+        build_instruction_datasets(args, tokenizer, [4, 0, 0], True)
+        assert "WARNING" not in capsys.readouterr().out

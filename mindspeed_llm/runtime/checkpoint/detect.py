@@ -35,6 +35,12 @@ def detect_format(root: str | os.PathLike, iteration: int | str | None = None) -
     for name in (TORCH_DIST, TORCH):  # a torch_dist folder never holds rank folders; its marker decides first
         if FORMATS[name].detect(folder):
             return name
+    if dist_format.looks_distributed(folder):  # torch_dist's files without its marker: name the marker
+        raise CheckpointError(
+            f"{os.path.join(folder, dist_format.MARKER)} not found: {folder} holds torch_dist files without "
+            f"megatron-core's marker, the save did not finish or the folder is damaged; restore it, or write "
+            f"an earlier iteration into {layout.TRACKER_FILENAME} to load that one"
+        )
     raise DamagedCheckpointError(
         f"{folder} holds neither mp_rank_*/{layout.MODEL_FILENAME} (--ckpt-format torch) nor "
         f"{dist_format.MARKER} (torch_dist): the save did not finish or the folder is damaged; restore it, "

@@ -21,10 +21,13 @@ stored once with its global shape, whatever TP/PP/VPP wrote it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import shutil
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -45,6 +48,8 @@ logger = logging.getLogger("mindspeed_llm.runtime.checkpoint")
 FORMAT = "torch_dist"
 MARKER = "metadata.json"  # what megatron-core's check_is_distributed_checkpoint reads
 COMMON = "common.pt"
+TENSORS_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shard files
+SHARD_SUFFIX = ".distcp"
 _NOT_MODEL = ("optimizer.", "rng_state", "rerun_state_machine")
 
 
@@ -53,26 +58,130 @@ def detect(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, MARKER))
 
 
+def looks_distributed(folder: str) -> bool:
+    """True when a folder without the marker holds other torch_dist files (a damaged torch_dist save)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return any(n in (COMMON, TENSORS_METADATA) or n.endswith(SHARD_SUFFIX) for n in names)
+
+
+_RESTORE = f"restore it, or write an earlier iteration into {layout.TRACKER_FILENAME} to load that one"
+
+
+def _damaged(path: str, what: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(f"{path} {what}: the torch_dist checkpoint is damaged; {_RESTORE}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception, short (a reader's message, not its traceback)."""
+    first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
+    return first or type(exc).__name__
+
+
+@contextlib.contextmanager
+def quiet_megatron():
+    """megatron-core 0.16.1 calls torch's deprecated ``load_state_dict``/``save_state_dict``, ShardedTensor:
+    their FutureWarnings (with a site-packages path) are for megatron's developers, not for a user loading a
+    checkpoint."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                module=r"megatron\.core\.dist_checkpointing")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*_state_dict` is deprecated")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"Please use DTensor instead")
+        yield
+
+
+def check_folder(folder: str) -> None:
+    """Everything megatron-core will read, checked before it does: the marker (JSON), ``common.pt``, the
+    tensors' ``.metadata`` (readable) and every shard file it names, present with at least the bytes it
+    records. A failure is one :class:`DamagedCheckpointError` line naming the file."""
+    marker = os.path.join(folder, MARKER)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{marker} not found: the torch_dist checkpoint is incomplete (the save did not finish or the "
+            f"folder is damaged); {_RESTORE}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise _damaged(marker, f"cannot be read ({_reason(exc)})") from None
+    if not isinstance(content, dict) or "sharded_backend" not in content:
+        raise _damaged(marker, "is not megatron-core's metadata.json (no sharded_backend)")
+    common = os.path.join(folder, COMMON)
+    if not os.path.isfile(common):
+        raise CheckpointError(f"{common} not found: the distributed checkpoint is incomplete; {_RESTORE}")
+    if os.path.getsize(common) == 0:
+        raise _damaged(common, "is empty (0 bytes)")
+    index = os.path.join(folder, TENSORS_METADATA)
+    if not os.path.isfile(index):
+        raise CheckpointError(
+            f"{index} not found: the torch_dist checkpoint has no index of its tensors; {_RESTORE}"
+        )
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(folder).read_metadata().storage_data
+        needed: dict[str, int] = {}
+        for info in storage.values():
+            needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    except Exception as exc:  # noqa: BLE001 - unpickling junk fails in many ways
+        raise _damaged(index, f"cannot be read ({type(exc).__name__}: {_reason(exc)})") from None
+    for name, size in sorted(needed.items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} not found, but {index} names it: the torch_dist checkpoint is "
+                                  f"incomplete; {_RESTORE}")
+        have = os.path.getsize(path)
+        if have < size:
+            raise _damaged(path, f"holds {have} bytes, {index} records {size} (the file is truncated)")
+
+
 def load_common(root: str, iteration: int | str) -> dict:
-    """The shared (non-sharded) part of a distributed checkpoint: the header, the scheduler, ..."""
+    """The shared (non-sharded) part of a distributed checkpoint: the header, the scheduler, ...
+
+    Every reader comes here first: the folder is checked (:func:`check_folder`) before megatron-core reads it.
+    """
     from megatron.core import dist_checkpointing
 
     folder = layout.iteration_dir(root, iteration)
     path = os.path.join(folder, COMMON)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path} not found: the distributed checkpoint is incomplete")
+    check_folder(folder)
     try:
-        with layout.allowed_globals():  # the args are an argparse.Namespace
+        with layout.allowed_globals(), quiet_megatron():  # the args are an argparse.Namespace
             common = dist_checkpointing.load_common_state_dict(folder)
     except Exception as exc:  # noqa: BLE001 - torch.load's many ways to fail on a damaged file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
         raise DamagedCheckpointError(
-            f"{path} cannot be read ({reason}): the file is damaged; restore it, or write "
-            f"an earlier iteration into {layout.TRACKER_FILENAME} to load that one"
+            f"{path} cannot be read ({type(exc).__name__}: {_reason(exc)}): the file is damaged; {_RESTORE}"
         ) from None
     if not isinstance(common, dict):
         raise DamagedCheckpointError(f"{path} holds a {type(common).__name__}, not a checkpoint dict")
     return common
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a failed torch.distributed.checkpoint read or write raises: any Exception, and torch's
+    ``CheckpointException`` (a BaseException subclass gathering every rank's failure)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return (Exception, CheckpointException)
+
+
+def _read_failure(folder: str, exc: BaseException) -> DamagedCheckpointError:
+    """megatron-core's load failed on a folder that passed :func:`check_folder` (bytes damaged in place)."""
+    from mindspeed_llm.io_errors import os_error_of
+
+    failures = getattr(exc, "failures", None)  # torch's CheckpointException: {rank: (exception, traceback)}
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        exc = first[0] if isinstance(first, tuple) else first
+    os_error = os_error_of(exc)
+    reason = os_error.strerror if os_error is not None and os_error.strerror else _reason(exc)
+    return DamagedCheckpointError(
+        f"{folder} cannot be read ({type(exc).__name__}: {reason}): a shard file is damaged; {_RESTORE}"
+    )
 
 
 def read_record(root: str, iteration: int | str) -> CheckpointRecord:
@@ -157,11 +266,14 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
     sharded = _state_dict(model, None if args.no_save_optim else optimizer, scheduler, rng, metadata,
                           is_loading=False, extra=file_header(record, base_args))
     try:
-        dist_checkpointing.save(sharded, staging, get_default_save_sharded_strategy(FORMAT),
-                                content_metadata=_clean_metadata_for_serialization(metadata))
-    except BaseException:
+        with quiet_megatron():
+            dist_checkpointing.save(sharded, staging, get_default_save_sharded_strategy(FORMAT),
+                                    content_metadata=_clean_metadata_for_serialization(metadata))
+    except BaseException as exc:
         if rank0:  # nothing half-written stays behind; the tracker still names the previous checkpoint
             shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, _failures()):
+            raise _save_failure(staging, exc, args) from None
         raise
     torch.distributed.barrier()
     if rank0:
@@ -175,6 +287,33 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
             time.time() - t0,
         )
     torch.distributed.barrier()
+
+
+def _save_failure(staging: str, exc: BaseException, args: argparse.Namespace):
+    """One line for a failed torch_dist save (a full disk, a read-only folder), as the legacy format's."""
+    from mindspeed_llm.io_errors import describe_os_error, interrupt_of, os_error_of
+    from mindspeed_llm.runtime.checkpoint.locate import last_complete_checkpoint
+    from mindspeed_llm.runtime.errors import SaveError
+
+    failures = getattr(exc, "failures", None)  # torch's CheckpointException: {rank: (exception, traceback)}
+    inner = exc
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        inner = first[0] if isinstance(first, tuple) else first
+    interrupt = interrupt_of(inner)
+    if interrupt is not None:
+        return interrupt
+    os_error = os_error_of(inner)
+    if os_error is not None:
+        why = describe_os_error(os_error)
+    else:  # torch's zip writer dropped the errno ("unexpected pos ..."): what can be told of the disk
+        from mindspeed_llm.runtime.checkpoint.torch_format import _write_failure
+
+        why = _write_failure(staging, inner)
+    return SaveError(
+        f"could not write the torch_dist checkpoint {staging} ({why}); removed it, the last complete "
+        f"checkpoint stays: {last_complete_checkpoint(args.save)}. Free space there or give another --save"
+    )
 
 
 def publish_save(save: str, iteration: int, staging: str) -> None:
@@ -264,8 +403,13 @@ def load(model: list, optimizer, scheduler, args: argparse.Namespace, iteration:
         rng_object = _rng_sharded_object(args, get_rng_state()) if load_rng else None
         sharded = _state_dict(model, optimizer if load_optim else None, scheduler, rng_object, metadata,
                               is_loading=True)
-        with layout.allowed_globals():
-            state = dist_checkpointing.load(sharded, folder, get_default_load_sharded_strategy(folder))
+        try:
+            with layout.allowed_globals(), quiet_megatron():
+                state = dist_checkpointing.load(sharded, folder, get_default_load_sharded_strategy(folder))
+        except CheckpointError:
+            raise
+        except _failures() as exc:  # a shard damaged in place: torch's reader fails many ways
+            raise _read_failure(folder, exc) from None
         check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
         for i, chunk in enumerate(model):
             key = chunk_key(i, len(model))
@@ -326,10 +470,14 @@ def read_model_tensors(root: str, iteration: int | str) -> tuple[CheckpointRecor
     folder = layout.iteration_dir(root, iteration)
     group = _OneProcessGroup()
     try:
-        metadata = dist_checkpointing.load_tensors_metadata(folder)
-        wanted = {k: v for k, v in metadata.items() if not k.startswith(_NOT_MODEL)}
-        with layout.allowed_globals():  # common.pt holds the args (argparse.Namespace)
+        with layout.allowed_globals(), quiet_megatron():  # common.pt holds the args (argparse.Namespace)
+            metadata = dist_checkpointing.load_tensors_metadata(folder)
+            wanted = {k: v for k, v in metadata.items() if not k.startswith(_NOT_MODEL)}
             loaded = dist_checkpointing.load(wanted, folder, validate_access_integrity=False)
+    except CheckpointError:
+        raise
+    except _failures() as exc:  # a shard damaged in place: torch's reader fails many ways
+        raise _read_failure(folder, exc) from None
     finally:
         group.close()
     tensors = {k: v for k, v in loaded.items() if torch.is_tensor(v)}
