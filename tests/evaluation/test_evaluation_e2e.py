@@ -190,8 +190,8 @@ def test_tolerance_has_teeth(lm_eval_hf, hf_model, tiny) -> None:
 
     tok = AutoTokenizer.from_pretrained(str(tiny["tok"]))
     for sample in lm_eval_hf[1]["tiny_mc"][:3]:
-        args = sample["arguments"]["gen_args_0"]
-        context, continuation = tok(args["arg_0"]).input_ids, tok(args["arg_1"]).input_ids
+        text, ending = sample["arguments"][0]  # (context, continuation) of the first choice
+        context, continuation = tok(text).input_ids, tok(ending).input_ids
         right, shifted = (_hf_loglikelihood(hf_model, c, continuation) for c in (context, context[1:]))
         assert _close(right, float(sample["resps"][0][0][0]))
         assert abs(shifted - right) > 100 * REL * abs(right)
