@@ -291,3 +291,14 @@ def test_gsm8k_outputs_equal_transformers_generate(launches, tiny, hf_model) -> 
             text = text.split(stop)[0]
         assert record["output"] == text
         assert record["gold"] == test[record["index"]]["answer"].split("####")[-1].strip()
+
+
+def test_a_bad_task_folder_stops_every_rank_before_the_model_loads(tiny, tmp_path) -> None:
+    bad = write_mmlu(tmp_path / "mmlu", {"anatomy": 2})
+    (bad / "dev" / "anatomy_dev.csv").unlink()
+    with pytest.raises(AssertionError) as info:
+        torchrun(EVALUATION, *model_flags(tiny["hf"]), "--tensor-model-parallel-size", "2", "--load",
+                 tiny["ckpts"]["tp2"], "--tokenizer-name-or-path", tiny["tok"], "--task", "mmlu",
+                 "--task-data-path", bad, nproc=2, timeout=120, env=OFFLINE_ENV)
+    assert "anatomy_dev.csv: no such file; mmlu expects DIR/dev/<subject>_dev.csv" in str(info.value)
+    assert "loaded checkpoint" not in str(info.value) and "Traceback" not in str(info.value)
