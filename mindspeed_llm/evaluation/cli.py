@@ -33,7 +33,7 @@ def main() -> None:
     import mindspeed_llm
     from mindspeed_llm.config.validate import check_evaluation_args
     from mindspeed_llm.evaluation.harness import run_lm_eval, task_manager
-    from mindspeed_llm.evaluation.lm import MegatronLM
+    from mindspeed_llm.evaluation.lm import DEFAULT_MAX_GEN_TOKS, MegatronLM
     from mindspeed_llm.evaluation.runner import read_questions, run_builtin
     from mindspeed_llm.evaluation.server import ModelServer
     from mindspeed_llm.inference.cli import load_model, stop_ids_for
@@ -68,7 +68,7 @@ def main() -> None:
         max_length=model_config.max_position_embeddings,
         batch_size=config.batch_size,
         stop_ids=stop_ids_for(args.tokenizer_name_or_path, hf),
-        max_gen_toks=config.max_new_tokens or 256,
+        max_gen_toks=config.max_new_tokens or DEFAULT_MAX_GEN_TOKS,
     )
     try:
         if questions:
