@@ -10,7 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mindspeed_llm", "mindspeed_llm.*"]),
     # The entry scripts (tests/test_package_structure.py checks that every one is here).
-    py_modules=["convert_ckpt", "inference", "posttrain_gpt", "preprocess_data", "pretrain_gpt"],
+    py_modules=["convert_ckpt", "evaluation", "inference", "posttrain_gpt", "preprocess_data",
+                "pretrain_gpt"],
     install_requires=[
         # torch is deliberately not pinned here: `make install` installs torch==2.13.0 (a CPU build
         # on dev machines) first; a bare `torch` requirement would pull a multi-GB CUDA build.

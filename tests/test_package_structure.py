@@ -35,15 +35,18 @@ ARGUMENT_MODULES = (
     "mindspeed_llm.convert.cli",
     "mindspeed_llm.data.arguments",
     "mindspeed_llm.models.names",
+    "mindspeed_llm.evaluation.config",
 )
 ENTRY_SCRIPTS = (
     "pretrain_gpt.py", "posttrain_gpt.py", "inference.py", "convert_ckpt.py", "preprocess_data.py",
+    "evaluation.py",
 )
 HEAVY_PACKAGES = ("torch", "megatron", "transformers")
 
 # Layers and what each may not reach, directly or through other modules of the package.
 FORBIDDEN = {
     "inference": ("training",),
+    "evaluation": ("training",),
     "ops": ("training", "runtime", "config"),
     "models": ("training", "runtime", "config"),
     "data": ("training", "runtime", "config"),

@@ -678,3 +678,41 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
             time.sleep(_QUIET_RANK_EXIT_DELAY_S)
         sys.exit(status)
     return args
+
+
+# ---- evaluation.py -----------------------------------------------------------------------------------------
+def check_evaluation_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
+    """The training rules for the model and parallel flags, and evaluation's own
+    (``mindspeed_llm.evaluation.config``)."""
+    from mindspeed_llm.evaluation.config import check_evaluation_flags
+
+    given_data = [f"--{name.replace('_', '-')}" for name in _DATA_FLAGS[:-1] if getattr(args, name)]
+    if given_data:
+        raise ArgumentError(f"{' '.join(given_data)}: evaluation.py reads no training dataset; drop the flag "
+                            "(benchmarks come from --task-data-path or --lm-eval-tasks)")
+    if not args.load:
+        raise ArgumentError("--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, "
+                            "or a training --save)")
+    check_evaluation_flags(args)
+    # Training-only settings that check_args needs; evaluation never reads them.
+    if args.lr is None:
+        args.lr = 0.0
+    if args.train_iters is None and args.train_samples is None:
+        args.train_iters = 1
+    args.mock_data = True
+    if args.seq_length is None and args.max_position_embeddings is not None:
+        args.seq_length = args.max_position_embeddings
+    # --prompt-type is the training parser's (the SFT data's template): here, the template each question is
+    # put in for an instruction model.
+    prompt_type, args.prompt_type = args.prompt_type, None
+    check_args(args, world_size)
+    args.prompt_type = prompt_type
+    if args.num_layers_per_virtual_pipeline_stage:
+        raise ArgumentError("--num-layers-per-virtual-pipeline-stage: evaluation runs one model chunk per "
+                            "pipeline stage; reshard the checkpoint without virtual stages "
+                            "(convert_ckpt.py mg->mg)")
+    if args.sequence_parallel:
+        raise ArgumentError("--sequence-parallel is not supported for evaluation (megatron-core's static "
+                            "inference context refuses it): drop the flag")
+    args.no_load_optim = args.no_load_rng = True  # weights only
+    return args

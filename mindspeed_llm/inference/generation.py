@@ -100,6 +100,21 @@ class Generator:
         return GPTInferenceWrapper(self.model, config, context), context
 
     @torch.inference_mode()
+    def forward_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Logits [batch, seq, vocab] (the real vocabulary) of every position of ``tokens`` [batch, seq], one
+        causal forward without a cache: on the last pipeline stage; None on the others. Every rank calls
+        it."""
+        from megatron.core import parallel_state as ps
+
+        batch, length = tokens.shape
+        wrapper, context = self._wrapper(batch, length)
+        context.materialize_only_last_token_logits = False  # every position's logits, not the last one's
+        wrapper.prep_model_for_inference()
+        inputs = wrapper.prep_inference_input(tokens.to(torch.cuda.current_device()))
+        logits = wrapper.run_one_forward_step(wrapper.get_batch_for_context_window(inputs, 0, length))
+        return logits[..., : self.vocab_size] if ps.is_pipeline_last_stage(ignore_virtual=True) else None
+
+    @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampling: SamplingParams,
                  stop_ids: set[int] = frozenset(), max_length: int | None = None,
                  on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:

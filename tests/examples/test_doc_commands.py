@@ -17,6 +17,7 @@ from mindspeed_llm.config.flags import add_inference_args
 from mindspeed_llm.config.flags import build_parser as pretrain_parser
 from mindspeed_llm.convert.cli import build_parser as convert_parser
 from mindspeed_llm.data.arguments import build_parser as preprocess_parser
+from mindspeed_llm.evaluation.config import add_evaluation_args
 from tests.conftest import REPO_ROOT
 from tests.examples.test_model_example_scripts import _recorded_argv
 
@@ -26,6 +27,7 @@ PARSERS = {
     "pretrain_gpt.py": pretrain_parser,
     "posttrain_gpt.py": pretrain_parser,  # posttrain: the same flags
     "inference.py": lambda: add_inference_args(pretrain_parser()),
+    "evaluation.py": lambda: add_evaluation_args(pretrain_parser()),
 }
 DOCS = ["README.md", *sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"```[a-z]*\n(.*?)```", re.S)
