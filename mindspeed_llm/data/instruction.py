@@ -28,7 +28,15 @@ from mindspeed_llm.data.chat_templates import build_template, template_specials
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.data.indexed_writer import IndexedDatasetWriter, remove_stale_temporaries
 from mindspeed_llm.data.instruction_handlers import INSTRUCTION_HANDLERS, BadRow, parse_map_keys
-from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
+from mindspeed_llm.data.pool import (
+    Progress,
+    commit_all,
+    limit_tokenizer_threads,
+    mp_context,
+    ordered_results,
+    plan_workers,
+    stop_pool,
+)
 from mindspeed_llm.data.readers import JSON_FORMATS, InputSource, available_columns, iter_batches
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
 from mindspeed_llm.io_errors import describe_os_error
@@ -118,10 +126,10 @@ class InstructionEncoder:
         return ids, labels, lengths
 
 
-def _init_worker(path: str, prompt_type: str, append_eod: bool) -> None:
+def _init_worker(path: str, prompt_type: str, append_eod: bool, threads: int) -> None:
     global _worker_encoder
     worker_signals()
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
+    limit_tokenizer_threads(threads)
     if _worker_encoder is None:  # spawn: nothing inherited
         _worker_encoder = InstructionEncoder(DocumentTokenizer(path), prompt_type, append_eod)
 
@@ -329,12 +337,15 @@ def preprocess_instruction(
         for key, prefix in prefixes.items():
             writers[key] = IndexedDatasetWriter(prefix, TOKEN_DTYPE)
         _worker_encoder = encoder  # inherited by forked workers
+        plan = plan_workers(args.workers)
+        log(plan.describe())
         pool = mp_context().Pool(
-            args.workers,
+            plan.processes,
             initializer=_init_worker,
-            initargs=(tokenizer.path, args.prompt_type, args.append_eod),
+            initargs=(tokenizer.path, args.prompt_type, args.append_eod, plan.threads),
         )
-        for result, (input_bytes, rows) in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+        window = 2 * plan.processes + 2
+        for result, (input_bytes, rows) in ordered_results(pool, tasks(), window, _encode_task):
             if result[0] is None:  # the template raised on one conversation: (None, index, reason)
                 _, index, reason = result
                 raise PreprocessError(f"{reason} at --input {rows[index]}; fix the row or choose another "

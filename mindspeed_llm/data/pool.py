@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.pool
+import os
 import sys
 import threading
 import time
@@ -60,6 +61,50 @@ class Progress:
         if self.documents >= self._next_log:
             self._next_log = (self.documents // self.log_interval + 1) * self.log_interval
             write(f"processed {self.documents} documents ({self.rates()})")
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, cgroups' cpusets), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many tokenizer processes, and how many threads each may use: together at most ``cpus``."""
+
+    processes: int
+    threads: int
+    cpus: int
+    requested: int
+
+    def describe(self) -> str:
+        line = (f"tokenizing with {self.processes} worker process(es) x {self.threads} tokenizer thread(s) "
+                f"on {self.cpus} usable core(s)")
+        if self.requested > self.processes:
+            line += (f" (--workers {self.requested} is more than the cores this process may use: more "
+                     "processes would only take turns on them)")
+        return line
+
+
+def plan_workers(requested: int, cpus: int | None = None) -> WorkerPlan:
+    """``--workers`` capped at the usable cores; the cores left over go to each process's tokenizer threads
+    (``tokenizers`` parallelises a batch over its own thread pool), so that processes x threads <= cores."""
+    cpus = usable_cpus() if cpus is None else max(1, cpus)
+    processes = max(1, min(requested, cpus))
+    return WorkerPlan(processes=processes, threads=max(1, cpus // processes), cpus=cpus, requested=requested)
+
+
+def limit_tokenizer_threads(threads: int) -> None:
+    """In a worker, before its tokenizer's first batch: ``tokenizers`` may use ``threads`` threads (its
+    thread pool starts on first use, sized by RAYON_NUM_THREADS); with one, none of its own."""
+    if threads <= 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    else:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
 
 
 def ordered_results(pool, tasks: Iterable, max_pending: int, fn: Callable) -> Iterator:

@@ -23,7 +23,16 @@ from mindspeed_llm.data.indexed_writer import (
     read_index,
     remove_stale_temporaries,
 )
-from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
+from mindspeed_llm.data.pool import (
+    Progress,
+    commit_all,
+    limit_tokenizer_threads,
+    mp_context,
+    ordered_results,
+    plan_workers,
+    stop_pool,
+    usable_cpus,
+)
 from mindspeed_llm.data.readers import (
     InputSource,
     available_columns,
@@ -42,22 +51,10 @@ _MAX_SKIPPED_SHOWN = 10
 _worker_tokenizer: DocumentTokenizer | None = None
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _init_worker(path: str, append_eod: bool, threads: int) -> None:
     global _worker_tokenizer
     worker_signals()  # Ctrl-C is the main process's; its stop_pool() ends workers quietly
-    # Each worker's `tokenizers` may use `threads` threads for a batch (its rayon pool starts on
-    # first use, after this); with one thread per worker the pool alone is the parallelism.
-    if threads <= 1:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    else:
-        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+    limit_tokenizer_threads(threads)
     if _worker_tokenizer is None or _worker_tokenizer.path != path:  # spawn: nothing inherited
         _worker_tokenizer = DocumentTokenizer(path, append_eod)
     _worker_tokenizer.append_eod = append_eod
@@ -90,10 +87,13 @@ def encode_source(
     prefixes: dict[str, str],
     show_progress: bool = True,
     require_tokens: bool = True,
+    cpus: int | None = None,
 ) -> Progress:
     """Tokenize every document of ``source`` into ``prefixes[key]`` datasets (temporary names until done).
 
     ``require_tokens``: refuse to write a dataset without tokens (off for one ``--n-subs`` part).
+    ``cpus``: the cores this run may use (default: this process's usable cores; one ``--n-subs`` part: its
+    share).
     """
     global _worker_tokenizer
     handler = build_handler(args.handler_name, args.json_keys)
@@ -107,10 +107,13 @@ def encode_source(
             writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
         _worker_tokenizer = tokenizer  # inherited by forked workers
         # Before the progress bar: its monitor thread would make mp_context() choose the fork server.
+        plan = plan_workers(args.workers, cpus)
+        if show_progress:
+            _log(plan.describe())
         pool = mp_context().Pool(
-            args.workers,
+            plan.processes,
             initializer=_init_worker,
-            initargs=(tokenizer.path, tokenizer.append_eod, max(1, _usable_cpus() // args.workers)),
+            initargs=(tokenizer.path, tokenizer.append_eod, plan.threads),
         )
         rows_total = total_rows(source)
         if show_progress:
@@ -144,7 +147,7 @@ def encode_source(
                 for i, part in enumerate(parts):
                     yield part, (batch.bytes_read if i == len(parts) - 1 else 0)
 
-        for result, input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+        for result, input_bytes in ordered_results(pool, tasks(), 2 * plan.processes + 2, _encode_task):
             documents = tokens = 0
             for key, (flat, lengths) in result.items():
                 writers[key].add_documents(flat, lengths)
@@ -305,15 +308,18 @@ def _split_files(files: list[str], parts: int) -> list[list[str]]:
     return groups
 
 
-def _subset_main(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue) -> None:
+def _subset_main(
+    source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue, cpus: int
+) -> None:
     # Its own signal owner: on the parent's SIGTERM it ends its tokenizer pool and removes its files itself.
     with exit_on_signals():
-        _run_subset(source, args, tokenizer, prefixes, queue)
+        _run_subset(source, args, tokenizer, prefixes, queue, cpus)
 
 
-def _run_subset(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue) -> None:
+def _run_subset(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue, cpus: int) -> None:
     try:
-        progress = encode_source(source, args, tokenizer, prefixes, show_progress=False, require_tokens=False)
+        progress = encode_source(source, args, tokenizer, prefixes, show_progress=False, require_tokens=False,
+                                 cpus=cpus)
         queue.put(("ok", progress.documents, progress.tokens, progress.input_bytes, progress.skipped,
                    progress.nonempty, progress.key_tokens))
     except (PreprocessError, OutputWriteError) as exc:
@@ -337,12 +343,13 @@ def _encode_subsets(
     queue = ctx.Queue()
     subs = []
     sub_prefixes = [{k: f"{p}.sub{i}" for k, p in prefixes.items()} for i in range(len(groups))]
-    _log(f"--n-subs {len(groups)}: {sub_args.workers} tokenizer worker(s) per subset")
+    share = max(1, usable_cpus() // len(groups))  # each subset's cores: processes x threads fit in them
+    _log(f"--n-subs {len(groups)}: per subset, {plan_workers(sub_args.workers, share).describe()}")
     try:
         for i, files in enumerate(groups):
             proc = ctx.Process(
                 target=_subset_main,
-                args=(InputSource(source.format, files), sub_args, tokenizer, sub_prefixes[i], queue),
+                args=(InputSource(source.format, files), sub_args, tokenizer, sub_prefixes[i], queue, share),
             )
             proc.start()
             subs.append(proc)

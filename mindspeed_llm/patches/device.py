@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from mindspeed_llm.patches.features import apply_base_op_patches
+from mindspeed_llm.patches.megatron_core_origin import check_megatron_core_origin
 from mindspeed_llm.patches.megatron_lm import apply_import_hooks
 from mindspeed_llm.patches.registry import PatchRegistry, registry
 
@@ -87,6 +88,7 @@ def apply_base_patches(device: str | None = None) -> str:
     """Apply the device layer and base op patches for ``device`` (detected when None); idempotent."""
     if registry.device is not None and device in (None, registry.device):
         return registry.device
+    check_megatron_core_origin()  # a Megatron-LM clone's megatron/core must not stand in for the wheel's
     device = device or detect_device()
     with megatron_jit_compiles_on_first_call():  # the CPU layer and the op patches import megatron-core
         if device == "cpu":

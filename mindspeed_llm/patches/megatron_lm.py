@@ -13,12 +13,13 @@ so nothing here is applied at import: an import hook applies the group ``megatro
 - **Build steps**: ``compile_helpers()`` runs ``make`` in the wheel's datasets folder, which ships the
   built helper and no Makefile (skipped when ``helpers_cpp`` imports); ``megatron.legacy.fused_kernels.load``
   probes ``nvcc`` and builds no kernel in core_v0.16.1 (skipped).
-- **Transformer Engine / Apex absent**: the parser defaults ``--transformer-impl local``,
-  ``--no-rope-fusion``, ``--no-gradient-accumulation-fusion`` (the fused kernels they need are TE's and
-  Apex's), and, without Triton, ``megatron.core``'s batch-invariant kernels module (imported by
-  ``initialize.py``, Triton-only) is served by :mod:`mindspeed_llm.patches.batch_invariant_without_triton`,
-  whose ``enable_batch_invariant_mode`` refuses with a line (``--batch-invariant-mode`` needs Triton on a
-  CUDA GPU).
+- **Defaults that cannot run here**: Megatron-LM's defaults that need Transformer Engine, Apex's CUDA
+  kernels or a ``torch.compile`` backend (``--transformer-impl transformer_engine``, the masked-softmax,
+  RoPE, gradient-accumulation, bias-GeLU/SwiGLU/dropout fusions) become, per device, what runs
+  (:mod:`mindspeed_llm.patches.megatron_lm_defaults`), announced once on rank 0; and, without Triton,
+  ``megatron.core``'s batch-invariant kernels module (imported by ``initialize.py``, Triton-only) is
+  served by :mod:`mindspeed_llm.patches.batch_invariant_without_triton`, whose
+  ``enable_batch_invariant_mode`` refuses with a line (``--batch-invariant-mode`` needs Triton on a CUDA GPU).
 - **Our flag spellings**: ``--use-fused-rmsnorm``, ``--use-fused-rotary-pos-emb``, ``--use-fused-swiglu``
   (our kernels), ``--tokenizer-type PretrainedFromHF`` with ``--tokenizer-name-or-path`` (Megatron-LM's
   ``HuggingFaceTokenizer`` with ``--tokenizer-model``).
@@ -36,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mindspeed_llm.patches.megatron_lm_defaults import announcement, fallbacks, have_module
 from mindspeed_llm.patches.registry import PatchRegistry, registry
 
 GROUP = "megatron-lm"
@@ -57,14 +57,7 @@ logger = logging.getLogger(__name__)
 
 def _have(module: str) -> bool:
     """Whether ``module`` is installed (its parent packages are imported to look; their errors propagate)."""
-    if sys.modules.get(module) is not None:
-        return True
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError as err:  # a parent package is not installed: neither is the module
-        if err.name and module.startswith(err.name + "."):
-            return False
-        raise
+    return have_module(module)
 
 
 def _device() -> str:
@@ -93,6 +86,10 @@ def _enable_speed_patches() -> None:
     from mindspeed_llm.patches.features import enable_feature_patches_from_args
 
     args = get_args()
+    replaced = [f for f in fallbacks(_device()) if getattr(args, f.dest, None) == f.value]
+    line = announcement(_device(), replaced)
+    if line and getattr(args, "rank", 0) == 0:
+        print(f"> mindspeed_llm: {line}", flush=True)
     features = enable_feature_patches_from_args(args, device=_device())
     notes = [f"feature patches: {', '.join(features)}"] if features else []
     if _device() == "cpu":
@@ -134,10 +131,8 @@ def _add_megatron_arguments(original: Callable) -> Callable:
         parser = original(parser)
         # The parser is this call's own object (megatron builds a new one per parse): what is changed
         # here is part of this registered wrapper's result and nothing of it outlives the parser.
-        if not _have("transformer_engine"):
-            parser.set_defaults(transformer_impl="local", apply_rope_fusion=False)  # TE's fused RoPE
-        if not _have("transformer_engine") and not _have("apex"):
-            parser.set_defaults(gradient_accumulation_fusion=False)  # Apex/TE wgrad kernels
+        dests = {action.dest for action in parser._actions}
+        parser.set_defaults(**{f.dest: f.value for f in fallbacks(_device()) if f.dest in dests})
         for action in parser._actions:  # argparse has no public way to widen a flag's choices
             widen = action.dest == "tokenizer_type" and action.choices
             if widen and HF_TOKENIZER_ALIAS not in action.choices:
@@ -160,7 +155,7 @@ def _add_megatron_arguments(original: Callable) -> Callable:
                                     f"{HF_TOKENIZER_ALIAS} (HuggingFaceTokenizer)")
         return parser
 
-    add_megatron_arguments.__doc__ = "Megatron-LM's parser with TE/Apex-free defaults and our spellings."
+    add_megatron_arguments.__doc__ = "Megatron-LM's parser, defaults that run on this device, our spellings."
     return add_megatron_arguments
 
 
@@ -247,8 +242,10 @@ def register_megatron_lm_patches(reg: PatchRegistry) -> None:
                 "allow_no_cuda=False, skip_mpu_initialization=False, get_embedding_ranks=None, "
                 "get_position_embedding_ranks=None, parsed_args=None, store=None)")
     r("megatron.training.arguments.add_megatron_arguments", wrapper=_add_megatron_arguments,
-      description="TE/Apex-free defaults (local transformer, no RoPE / wgrad fusion); --use-fused-*, "
-                  "--tokenizer-type PretrainedFromHF, --tokenizer-name-or-path",
+      description="defaults that run on this device where Megatron-LM's need TE, Apex kernels or "
+                  "torch.compile (--transformer-impl local; no masked-softmax, RoPE, wgrad, bias-gelu/"
+                  "swiglu/dropout fusion: megatron_lm_defaults.py); --use-fused-*, --tokenizer-type "
+                  "PretrainedFromHF, --tokenizer-name-or-path",
       signature="(parser)")
     r("megatron.training.arguments.core_transformer_config_from_args", wrapper=_core_transformer_config,
       description="--position-embedding-type yarn outside MLA: the yarn_* fields megatron-core's YaRN "

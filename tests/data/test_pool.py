@@ -38,3 +38,16 @@ def test_stop_pool_ends_a_busy_pool():
     stop_pool(pool)
     assert time.monotonic() - start < 15
     assert all(worker.exitcode is not None for worker in workers) and not any(p.ready() for p in pending)
+
+
+def test_worker_plan_keeps_processes_times_threads_within_the_cores():
+    """--workers N on C usable cores: min(N, C) processes, each with C // processes tokenizer threads."""
+    from mindspeed_llm.data.pool import plan_workers
+
+    cases = {(1, 2): (1, 2), (2, 2): (2, 1), (64, 2): (2, 1), (3, 8): (3, 2), (1, 1): (1, 1), (8, 64): (8, 8)}
+    for (workers, cpus), (processes, threads) in cases.items():
+        plan = plan_workers(workers, cpus)
+        assert (plan.processes, plan.threads) == (processes, threads), (workers, cpus, plan)
+        assert plan.processes * plan.threads <= cpus
+    assert "--workers 64 is more than the cores" in plan_workers(64, 2).describe()
+    assert "more than" not in plan_workers(2, 2).describe()

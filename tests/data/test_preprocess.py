@@ -45,7 +45,8 @@ def test_all_formats_give_identical_bytes_and_hf_ids(tmp_path, bpe_tokenizer, wo
         assert data == reference, f"{fmt} differs from parquet"
 
 
-def test_workers_and_batches_keep_document_order(tmp_path, bpe_tokenizer, monkeypatch):
+def test_workers_and_batches_keep_document_order(tmp_path, bpe_tokenizer, monkeypatch, capsys):
+    """Any --workers gives the same bytes; more workers than usable cores run as many as there are cores."""
     import mindspeed_llm.data.preprocess as pre
 
     monkeypatch.setattr(pre, "BATCH_ROWS", 7)
@@ -56,13 +57,18 @@ def test_workers_and_batches_keep_document_order(tmp_path, bpe_tokenizer, monkey
     src = write_jsonl([{"text": t} for t in texts], str(tmp_path / "in"))
     hf = AutoTokenizer.from_pretrained(bpe_tokenizer)
     results = []
-    for workers in (1, 2):
+    cores = len(os.sched_getaffinity(0))
+    for workers in (1, 2, cores + 3):
         prefix = tmp_path / f"w{workers}"
+        capsys.readouterr()
         assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", prefix,
                    "--workers", workers, "--append-eod") == 0
         results.append(dataset_bytes(f"{prefix}_text_document"))
         assert read_documents(f"{prefix}_text_document") == expected_documents(hf, texts, True)
-    assert results[0] == results[1]
+        processes = min(workers, cores)
+        assert f"tokenizing with {processes} worker process(es) x {max(1, cores // processes)} tokenizer" \
+            in capsys.readouterr().err
+    assert results[0] == results[1] == results[2]
 
 
 def test_pool_started_beside_another_python_thread_uses_the_fork_server(tmp_path, bpe_tokenizer):

@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +130,97 @@ def test_line_joining_and_variables():
     lines = _logical_lines(block)
     assert lines == ["D=./data", 'python pretrain_gpt.py --num-layers 2      --data-path "$D/x" ...']
     assert _expand(lines[1], {"D": "./data"}).endswith('"./data/x" ...')
+
+
+# ---- docs/training.md, "Megatron-LM's own scripts": the overlay and launch commands, run as written.
+DROPIN_SECTION = "## Megatron-LM's own scripts"
+STANDIN = REPO_ROOT / "tests" / "patches" / "megatron_lm_standin"
+# The stand-in clone's pretrain_gpt.py: what it imports, from where (its flags are Megatron-LM's; not parsed).
+DROPIN_SCRIPT = (
+    "import sys\n"
+    "import gpt_builders, model_provider, megatron.core, megatron.training\n"
+    "print('CORE', megatron.core.__file__)\n"
+    "print('TRAINING', megatron.training.__file__)\n"
+    "print('BUILDERS', gpt_builders.__file__)\n"
+    "print('PATCHED', bool(mindspeed_llm.registry.patches('megatron-lm')), len(sys.argv) > 20)\n"
+)
+
+
+def _dropin_blocks() -> list[str]:
+    text = (REPO_ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    start = text.index(DROPIN_SECTION)
+    end = text.find("\n## ", start + len(DROPIN_SECTION))
+    return re.findall(r"```bash\n(.*?)```", text[start:end], re.S)
+
+
+def _pointed(block: str, **paths: Path) -> str:
+    """The block with its ``NAME=...`` lines pointing at ``paths`` (nothing else changed)."""
+    for name, path in paths.items():
+        block, n = re.subn(rf"^{name}=.*$", f"{name}={shlex.quote(str(path))}", block, flags=re.M)
+        assert n == 1, f"docs/training.md: the block has no {name}= line:\n{block}"
+    return block
+
+
+def _standin_clone(root: Path) -> Path:
+    """A Megatron-LM-shaped folder: the stand-in training package, and a megatron/core that must not load."""
+    shutil.copytree(STANDIN / "megatron", root / "megatron")
+    (root / "megatron" / "core").mkdir()
+    (root / "megatron" / "core" / "__init__.py").write_text("raise ImportError('the clone megatron/core')\n")
+    for name in ("post_training", "rl"):
+        (root / "megatron" / name).mkdir()
+        (root / "megatron" / name / "__init__.py").write_text("")
+    (root / "gpt_builders.py").write_text("")
+    (root / "model_provider.py").write_text("")
+    (root / "pretrain_gpt.py").write_text(DROPIN_SCRIPT)
+    return root
+
+
+def test_megatron_lm_dropin_commands_run_as_written(tmp_path):
+    """The build block makes the overlay; the launch block (torchrun, 2 ranks) runs the edited script on the
+    installed megatron-core with the clone's training package; the clone's script edited in place runs
+    with PYTHONSAFEPATH=1 and, without it, stops with the one line that names the fix."""
+    import importlib.metadata
+
+    blocks = _dropin_blocks()
+    assert len(blocks) >= 2 and "torchrun" in blocks[1], blocks
+    clone, overlay = _standin_clone(tmp_path / "Megatron-LM"), tmp_path / "overlay"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MINDSPEED_LLM_DEVICE": "cpu",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PET_MASTER_PORT": str(_free_port())}
+    build = subprocess.run(["bash", "-euc", _pointed(blocks[0], MEGATRON_LM=clone, OVERLAY=overlay)],
+                           env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    assert (overlay / "pretrain_gpt.py").read_text().startswith("import mindspeed_llm\n")
+    launch = subprocess.run(["bash", "-euc", _pointed(blocks[1], MEGATRON_LM=clone, OVERLAY=overlay)],
+                            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert launch.returncode == 0, launch.stdout[-2000:] + launch.stderr[-3000:]
+    installed = importlib.metadata.distribution("megatron-core").locate_file("megatron/core/__init__.py")
+    lines = launch.stdout.splitlines()
+    assert lines.count(f"CORE {installed}") == 2, launch.stdout  # both ranks: the wheel's megatron-core
+    assert lines.count(f"TRAINING {overlay}/megatron/training/__init__.py") == 2, launch.stdout
+    assert lines.count(f"BUILDERS {overlay}/gpt_builders.py") == 2, launch.stdout
+    assert lines.count("PATCHED True True") == 2, launch.stdout  # the import hook applied; the docs' flags
+
+    # The clone's own script with the import added, run in place: one line without PYTHONSAFEPATH ...
+    in_place = clone / "pretrain_gpt.py"
+    in_place.write_text("import mindspeed_llm\n" + DROPIN_SCRIPT)
+    plain = {k: v for k, v in env.items() if k != "PYTHONSAFEPATH"}
+    shadowed = subprocess.run([sys.executable, str(in_place)], env=plain, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+    assert shadowed.returncode == 1 and shadowed.stderr.count("\n") == 1, shadowed.stderr
+    assert shadowed.stderr.startswith(f"error: megatron.core would come from {clone}/megatron/core, not from")
+    assert "PYTHONSAFEPATH=1" in shadowed.stderr
+    # ... and the docs' way with PYTHONSAFEPATH=1 and the overlay on PYTHONPATH.
+    safe_env = {**env, "PYTHONSAFEPATH": "1", "PYTHONPATH": f"{overlay}{os.pathsep}{REPO_ROOT}"}
+    safe = subprocess.run([sys.executable, str(in_place), *["--flag"] * 21], env=safe_env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert safe.returncode == 0, safe.stderr[-3000:]
+    assert f"CORE {installed}" in safe.stdout and "PATCHED True True" in safe.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import mindspeed_llm  # noqa: F401  (installs the import hook)
 from mindspeed_llm.patches import megatron_lm
 from tests.conftest import REPO_ROOT
+from tests.skip_policy import skip_for_hardware
 
 STANDIN = Path(__file__).parent / "megatron_lm_standin"
 
@@ -47,20 +49,81 @@ def _megatron_like_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
     parser.add_argument("--no-gradient-accumulation-fusion", action="store_false",
                         dest="gradient_accumulation_fusion")
+    for name in ("masked-softmax", "bias-gelu", "bias-swiglu", "bias-dropout"):
+        dest = f"{name.replace('-', '_')}_fusion"
+        parser.add_argument(f"--no-{name}-fusion", action="store_false", dest=dest)
     parser.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "NullTokenizer"])
     parser.add_argument("--tokenizer-model", default=None)
     parser.add_argument("--use-flash-attn", action="store_true")
     return parser
 
 
-def test_parser_wrapper_defaults_without_te_and_accepts_our_spellings():
+FUSIONS = ("apply_rope_fusion", "gradient_accumulation_fusion", "masked_softmax_fusion", "bias_gelu_fusion",
+           "bias_swiglu_fusion", "bias_dropout_fusion")
+
+
+def _parsed_defaults(device: str, monkeypatch) -> argparse.Namespace:
+    monkeypatch.setattr(megatron_lm, "_device", lambda: device)
+    parser = megatron_lm._add_megatron_arguments(_megatron_like_parser)(argparse.ArgumentParser())
+    return parser.parse_args([])
+
+
+def test_parser_defaults_on_the_cpu_are_what_runs_there(monkeypatch):
+    """On the CPU: no Transformer Engine layers and no CUDA kernels; the torch.compile'd fusions run with a
+    C++ compiler (this machine has one), bias-SwiGLU always (its eager CPU kernels)."""
+    args = _parsed_defaults("cpu", monkeypatch)
+    assert args.transformer_impl == "local"
+    assert not (args.apply_rope_fusion or args.gradient_accumulation_fusion or args.masked_softmax_fusion)
+    assert args.bias_swiglu_fusion
+    compiler = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    assert args.bias_gelu_fusion == args.bias_dropout_fusion == compiler
+    # A flag the user passes still wins over a fallback default.
+    parser = megatron_lm._add_megatron_arguments(_megatron_like_parser)(argparse.ArgumentParser())
+    chosen = parser.parse_args(["--transformer-impl", "transformer_engine"])
+    assert chosen.transformer_impl == "transformer_engine"
+
+
+def test_parser_defaults_on_an_npu_and_on_cuda_without_te_or_apex(monkeypatch):
+    """Nothing of TE, Apex's kernels or Triton is installed here: on an NPU (the device the torch_npu
+    stand-in selects) and on CUDA every one of Megatron-LM's fused defaults falls back."""
+    if any(megatron_lm._have(m) for m in ("transformer_engine", "triton", "fused_weight_gradient_mlp_cuda")):
+        skip_for_hardware("TE, Triton or Apex's kernels are installed: this checks a machine without them")
+    for device in ("npu", "cuda"):
+        args = _parsed_defaults(device, monkeypatch)
+        assert args.transformer_impl == "local"
+        assert not any(getattr(args, name) for name in FUSIONS), (device, vars(args))
+
+
+@pytest.mark.parametrize("device,installed,compiler,expected", [
+    ("cpu", set(), "g++", {"transformer_impl", "apply_rope_fusion", "gradient_accumulation_fusion",
+                           "masked_softmax_fusion"}),
+    ("cpu", {"everything"}, "g++", {"transformer_impl", "apply_rope_fusion", "gradient_accumulation_fusion",
+                                    "masked_softmax_fusion"}),
+    ("cpu", set(), None, {"transformer_impl", "apply_rope_fusion", "gradient_accumulation_fusion",
+                          "masked_softmax_fusion", "bias_gelu_fusion", "bias_dropout_fusion"}),
+    ("cuda", set(), "g++", {"transformer_impl", *FUSIONS}),
+    ("cuda", {"triton"}, None, {"transformer_impl", "apply_rope_fusion", "gradient_accumulation_fusion",
+                                "masked_softmax_fusion"}),
+    ("cuda", {"triton", "fused_weight_gradient_mlp_cuda", "scaled_masked_softmax_cuda",
+              "scaled_upper_triang_masked_softmax_cuda", "scaled_softmax_cuda"}, None,
+     {"transformer_impl", "apply_rope_fusion"}),
+    ("cuda", {"everything"}, None, set()),
+    ("npu", {"everything"}, None, {"masked_softmax_fusion"}),
+    ("npu", set(), None, {"transformer_impl", *FUSIONS}),
+])
+def test_fallback_table(device, installed, compiler, expected):
+    """Which defaults fall back, per device and installed kernels (written out by hand)."""
+    from mindspeed_llm.patches.megatron_lm_defaults import fallbacks
+
+    found = fallbacks(device, have=lambda m: "everything" in installed or m in installed,
+                      compiler=lambda: compiler)
+    assert {f.dest for f in found} == expected
+    assert all(f.flag.startswith("--") and f.reason for f in found)
+
+
+def test_parser_wrapper_accepts_our_spellings():
     add = megatron_lm._add_megatron_arguments(_megatron_like_parser)
     parser = add(argparse.ArgumentParser())
-    args = parser.parse_args([])
-    te, apex = megatron_lm._have("transformer_engine"), megatron_lm._have("apex")
-    assert args.transformer_impl == ("transformer_engine" if te else "local")
-    assert args.apply_rope_fusion == te
-    assert args.gradient_accumulation_fusion == (te or apex)
     args = parser.parse_args(["--tokenizer-type", "PretrainedFromHF", "--tokenizer-name-or-path", "/m",
                               "--use-fused-rmsnorm", "--use-fused-swiglu", "--use-fused-rotary-pos-emb"])
     megatron_lm.translate_our_spellings(args)
@@ -104,4 +167,8 @@ def test_import_hook_patches_megatron_training_when_it_is_imported(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ARGS True" in proc.stdout and "ARCH 0" in proc.stdout
     assert "> mindspeed_llm: feature patches: " in proc.stdout and "rmsnorm" in proc.stdout
+    # The defaults that cannot run on the CPU are said once: masked-softmax fusion among them.
+    announced = [line for line in proc.stdout.splitlines() if "Megatron-LM defaults that cannot run" in line]
+    assert len(announced) == 1 and "--no-masked-softmax-fusion" in announced[0], proc.stdout
+    assert "--transformer-impl local" in announced[0]
     assert "[megatron-lm] wraps megatron.training.initialize.initialize_megatron" in proc.stdout

@@ -7,12 +7,16 @@ from megatron.training.utils import get_device_arch_version
 
 
 def add_megatron_arguments(parser):
-    """Megatron-LM's defaults that need Transformer Engine / Apex."""
+    """Megatron-LM's defaults that need Transformer Engine, Apex kernels or torch.compile."""
     parser.add_argument("--transformer-impl", default="transformer_engine",
                         choices=["local", "transformer_engine"])
     parser.add_argument("--no-rope-fusion", action="store_false", dest="apply_rope_fusion")
     parser.add_argument("--no-gradient-accumulation-fusion", action="store_false",
                         dest="gradient_accumulation_fusion")
+    parser.add_argument("--no-masked-softmax-fusion", action="store_false", dest="masked_softmax_fusion")
+    parser.add_argument("--no-bias-gelu-fusion", action="store_false", dest="bias_gelu_fusion")
+    parser.add_argument("--no-bias-swiglu-fusion", action="store_false", dest="bias_swiglu_fusion")
+    parser.add_argument("--no-bias-dropout-fusion", action="store_false", dest="bias_dropout_fusion")
     parser.add_argument("--use-flash-attn", action="store_true")
     parser.add_argument("--tensor-model-parallel-size", type=int, default=2)
     parser.add_argument("--position-embedding-type", type=str, default="learned_absolute",
