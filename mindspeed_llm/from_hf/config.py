@@ -348,7 +348,8 @@ def plan_from_args(args: argparse.Namespace) -> FromHfPlan:
             f"--enable-hf2mg-convert: --load {load} holds no *.safetensors: point it at the HF "
             "model folder (config.json, tokenizer, *.safetensors)"
         )
-    if load and os.path.isdir(load) and not hf and not is_megatron_checkpoint(load):
+    resume = bool(args.save) and os.path.realpath(load or "") == os.path.realpath(args.save)  # auto-resume
+    if load and os.path.isdir(load) and not hf and not resume and not is_megatron_checkpoint(load):
         try:
             empty = not os.listdir(load)
         except OSError:
@@ -358,6 +359,11 @@ def plan_from_args(args: argparse.Namespace) -> FromHfPlan:
                 f"--load {load} is neither an HF model folder (config.json + *.safetensors) nor a "
                 "Megatron checkpoint (latest_checkpointed_iteration.txt, iter_*/): point it at one"
             )
+    if hf and getattr(args, "use_checkpoint_args", False):
+        raise FromHfError(
+            f"--use-checkpoint-args reads the model flags from a Megatron checkpoint; --load {load} is an HF "
+            "folder: give the model flags (as MindSpeed-LLM's scripts do) and drop --use-checkpoint-args"
+        )
     model_type = infer_model_type(load, args.model_type_hf) if hf else None
     if args.model_type_hf is not None and not hf:
         raise FromHfError(
