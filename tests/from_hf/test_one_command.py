@@ -224,27 +224,15 @@ def runs(tmp_path_factory):
     def launch(name, script, *flags):
         return name, StartedTorchrun(script, *flags, nproc=2, timeout=300)
 
-    # First the builds (one launch each, beside its reference), then the relaunch that reuses both caches.
-    waves = [
+    # Every launch at once (the one-command launches that share a cache build it once between them), then,
+    # once those that build the TP2 caches are done, the relaunch that reuses both.
+    pre_tp2 = [*pre, *layouts["tp2pp1"]]
+    started = dict(
         [
+            launch("pre_tp2pp1", PRETRAIN, *pre_tp2, *_common(32, root / "s_pre_tp2pp1"), *one_pre),
             launch(
-                "pre_tp2pp1",
-                PRETRAIN,
-                *pre,
-                *layouts["tp2pp1"],
-                *_common(32, root / "s_pre_tp2pp1"),
-                *one_pre,
+                "ref_pre_tp2pp1", PRETRAIN, *pre_tp2, *_common(32, root / "r_pre_tp2pp1"), *ref_pre("tp2pp1")
             ),
-            launch(
-                "ref_pre_tp2pp1",
-                PRETRAIN,
-                *pre,
-                *layouts["tp2pp1"],
-                *_common(32, root / "r_pre_tp2pp1"),
-                *ref_pre("tp2pp1"),
-            ),
-        ],
-        [
             launch(
                 "pre_tp1pp2",
                 PRETRAIN,
@@ -261,8 +249,6 @@ def runs(tmp_path_factory):
                 *_common(32, root / "r_pre_tp1pp2"),
                 *ref_pre("tp1pp2"),
             ),
-        ],
-        [
             launch(
                 "sft_tp2pp1",
                 POSTTRAIN,
@@ -280,8 +266,6 @@ def runs(tmp_path_factory):
                 *_common(64, root / "r_sft_tp2pp1"),
                 *ref_sft("tp2pp1"),
             ),
-        ],
-        [
             launch(
                 "sft_tp1pp2",
                 POSTTRAIN,
@@ -298,14 +282,13 @@ def runs(tmp_path_factory):
                 *_common(64, root / "r_sft_tp1pp2"),
                 *ref_sft("tp1pp2"),
             ),
-            launch(
-                "again_tp2pp1", PRETRAIN, *pre, *layouts["tp2pp1"], *_common(32, root / "s_again"), *one_pre
-            ),
-        ],
-    ]
-    for wave in waves:
-        for name, started in wave:
-            out[name] = started.result().stdout
+        ]
+    )
+    for name in ("pre_tp2pp1", "pre_tp1pp2", "sft_tp2pp1"):
+        out[name] = started.pop(name).result().stdout
+    started.update([launch("again_tp2pp1", PRETRAIN, *pre_tp2, *_common(32, root / "s_again"), *one_pre)])
+    for name, launched in started.items():
+        out[name] = launched.result().stdout
     return {"root": root, "hf": hf, "out": out}
 
 
@@ -396,8 +379,14 @@ def test_each_hf_copy_equals_convert_ckpt_of_the_save_and_loads(runs, name, tmp_
 
 
 def test_a_relaunch_reuses_both_caches_says_so_and_shows_the_time_to_its_first_step(runs):
-    first, again = runs["out"]["pre_tp2pp1"], runs["out"]["again_tp2pp1"]
-    assert "HF -> Megatron checkpoint: building" in first and "preprocessed corpus.jsonl: building" in first
+    out = runs["out"]
+    first, again = out["pre_tp2pp1"], out["again_tp2pp1"]
+    # Launches at once that share a cache build it once: the TP2 checkpoint (pretraining and SFT), the corpus
+    # (pretraining at TP2 and PP2); the others wait for it and say so.
+    tp2 = out["pre_tp2pp1"] + out["sft_tp2pp1"]
+    assert tp2.count("HF -> Megatron checkpoint: building") == 1
+    corpus = out["pre_tp2pp1"] + out["pre_tp1pp2"]
+    assert corpus.count("preprocessed corpus.jsonl: building") == 1
     assert "HF -> Megatron checkpoint: reusing" in again and "preprocessed corpus.jsonl: reusing" in again
     assert "building" not in again.replace("HF copy of iteration 3: building", "")
     assert "time to first step:" in first and "time to first step:" in again
