@@ -55,6 +55,7 @@ def prepare_caches(args: argparse.Namespace) -> FromHfPlan:
         raise ArgumentError(str(exc)) from None
     rank, local_rank = _ranks()
     builder = local_rank == 0 if args.no_shared_storage else rank == 0
+    speaks = local_rank == 0  # one process per node says what it reuses or waits for
     if plan.unused_preprocess_flags and rank == 0:
         cache.log(
             f"NOTE: {' '.join(plan.unused_preprocess_flags)} unused: --data-path is preprocessed data "
@@ -70,9 +71,9 @@ def prepare_caches(args: argparse.Namespace) -> FromHfPlan:
     )
     try:
         if plan.mg_dir:
-            _ensure_weights(args, plan, builder, note)
+            _ensure_weights(args, plan, builder, note, speaks)
         for source in plan.raw:
-            _ensure_data(args, source, builder, note)
+            _ensure_data(args, source, builder, note, speaks)
     except FromHfError as exc:
         raise ArgumentError(str(exc)) from None
     if rank == 0:
@@ -137,7 +138,9 @@ def _run_converter(argv: list[str], progress: bool) -> str:
         raise FromHfError(str(exc)) from None
 
 
-def _ensure_weights(args: argparse.Namespace, plan: FromHfPlan, builder: bool, note: str) -> None:
+def _ensure_weights(
+    args: argparse.Namespace, plan: FromHfPlan, builder: bool, note: str, speaks: bool
+) -> None:
     argv = convert_argv(args, plan, _PLACEHOLDER)
     key = cache.make_key(kind="hf2mg", files=cache.file_stats(_hf_weight_files(plan.hf_load)), argv=argv)
 
@@ -154,6 +157,7 @@ def _ensure_weights(args: argparse.Namespace, plan: FromHfPlan, builder: bool, n
         source=plan.hf_load,
         info={"convert_ckpt.py": argv},
         shared_note=note,
+        speaks=speaks,
     )
 
 
@@ -161,7 +165,9 @@ def _tokenizer_files(folder: str) -> list[str]:
     return [p for p in (os.path.join(folder, n) for n in _TOKENIZER_FILES) if os.path.isfile(p)]
 
 
-def _ensure_data(args: argparse.Namespace, source: RawSource, builder: bool, note: str) -> None:
+def _ensure_data(
+    args: argparse.Namespace, source: RawSource, builder: bool, note: str, speaks: bool
+) -> None:
     from mindspeed_llm.from_hf.config import launch_tokenizer
 
     tokenizer = launch_tokenizer(args)
@@ -197,6 +203,7 @@ def _ensure_data(args: argparse.Namespace, source: RawSource, builder: bool, not
         fix=fix,
         info={"preprocess_data.py": argv},
         shared_note=note,
+        speaks=speaks,
     )
 
 

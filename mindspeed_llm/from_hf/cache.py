@@ -151,19 +151,22 @@ def ensure(
     source: str | None = None,
     info: dict | None = None,
     shared_note: str = "",
+    speaks: bool = True,
 ) -> bool:
     """Make ``final`` a complete cache of ``key``: reuse it, build it (``builder``) or wait for it.
 
     ``build(folder)`` writes the cache into ``folder`` (which does not exist yet). Returns True when this
-    process built it. ``fix`` ends the line of a cache location that cannot be written.
+    process built it. ``fix`` ends the line of a cache location that cannot be written. ``speaks``: this
+    process says what it reuses or waits for (one process per node: the others would repeat its lines).
     """
     if is_complete(final, key):
-        log(f"> {what}: reusing {final} (built {read_marker(final).get('built')}; its sources unchanged)")
+        if speaks or builder:
+            log(f"> {what}: reusing {final} (built {read_marker(final).get('built')}; its sources unchanged)")
         return False
     if not builder:
         noted = time.monotonic()
         while not is_complete(final, key):
-            if time.monotonic() - noted > _WAIT_NOTE_S:
+            if speaks and time.monotonic() - noted > _WAIT_NOTE_S:
                 log(f"> {what}: waiting for {final}{shared_note}")
                 noted = time.monotonic()
             time.sleep(0.1)
