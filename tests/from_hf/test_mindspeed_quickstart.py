@@ -49,7 +49,7 @@ SCRIPTS = {
 def recorded_command(script: str, env: dict, tmp_path) -> list[str]:
     """The script's torchrun arguments, run as written with a recorder for torchrun."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
     (bin_dir / "torchrun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
     (bin_dir / "torchrun").chmod(0o755)
     out = tmp_path / "args.txt"
