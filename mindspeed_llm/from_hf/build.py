@@ -130,8 +130,7 @@ def _run_converter(argv: list[str], progress: bool) -> str:
     from mindspeed_llm.lora.config import LoraError
     from mindspeed_llm.models.families import UnsupportedModelError
 
-    opts = options_from_args(build_parser().parse_args(argv))
-    opts.progress = progress
+    opts = options_from_args(build_parser().parse_args(argv if progress else [*argv, "--no-progress"]))
     try:
         return convert(opts)
     except (CheckpointError, OutputWriteError, LoraError, UnsupportedModelError) as exc:
