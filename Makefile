@@ -38,7 +38,7 @@ else
 ENV_READY := env-check
 endif
 
-.PHONY: install env-check test test-fast lint bench bench-quick device-check quickstart clean
+.PHONY: install env-check test test-fast lint bench bench-quick device-check quickstart quickstart-from-hf clean
 
 # The example scripts (and the tests that run them) call `python` and `torchrun`. Run them with a
 # `python` on PATH that is $(PYTHON) (a machine may have only python3), its environment's folder next.
@@ -96,6 +96,11 @@ device-check: $(ENV_READY)
 MODEL ?= qwen25
 quickstart: $(ENV_READY)
 	@$(with_python) QS_MODEL=$(MODEL) bash examples/quickstart/run_quickstart.sh
+
+# The one-command leg: train straight from the HF folder and the parquet (converted and preprocessed at start-up,
+# cached and reused), MindSpeed-LLM's current default journey (docs/train_from_hf.md).
+quickstart-from-hf: $(ENV_READY)
+	@$(with_python) QS_MODEL=$(MODEL) bash examples/quickstart/run_quickstart_from_hf.sh
 
 clean:
 	rm -rf quickstart_output .pytest_cache

@@ -32,6 +32,8 @@ ARGUMENT_MODULES = (
     "mindspeed_llm.config.plan",
     "mindspeed_llm.config.namespace",
     "mindspeed_llm.lora.config",
+    "mindspeed_llm.from_hf.config",
+    "mindspeed_llm.from_hf.cache",
     "mindspeed_llm.convert.cli",
     "mindspeed_llm.data.arguments",
     "mindspeed_llm.models.names",

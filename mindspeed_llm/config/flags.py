@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
+from mindspeed_llm.from_hf.config import add_from_hf_flags
 from mindspeed_llm.lora.config import add_lora_flags
 
 
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-step", type=int, default=None, help="load this iteration instead of the tracker's")
 
     add_lora_flags(p)
+    add_from_hf_flags(p)
 
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=100)

@@ -482,6 +482,14 @@ def lora_dests() -> tuple[str, ...]:
     return tuple(parser_dests(parser))
 
 
+@functools.cache
+def from_hf_dests() -> tuple[str, ...]:
+    """The destinations of the HF-folder path's flags (``mindspeed_llm.from_hf.config.add_from_hf_flags``)."""
+    from mindspeed_llm.from_hf.config import from_hf_dests as dests
+
+    return dests()
+
+
 def frozen_value(value: Any) -> Any:
     """``value`` with lists as tuples and dicts as read-only mappings, all the way down."""
     if isinstance(value, (list, tuple)):
@@ -516,6 +524,7 @@ class RunConfig:
     lora: Mapping[str, Any]
     launch: Mapping[str, Any]
     extra: Mapping[str, Any]
+    from_hf: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunConfig:
@@ -532,16 +541,18 @@ class RunConfig:
             inference = _group_from(InferenceGroup, values)
             taken |= inference_names
         lora = {k: values[k] for k in lora_dests() if k in values}
+        from_hf = {k: values[k] for k in from_hf_dests() if k in values}
         launch = {k: values[k] for k in LAUNCH_ONLY if k in values}
-        extra = {k: v for k, v in values.items() if k not in taken and k not in lora and k not in launch}
+        extra = {k: v for k, v in values.items()
+                 if k not in taken and k not in lora and k not in launch and k not in from_hf}
         return cls(**groups, inference=inference, lora=frozen_value(lora), launch=frozen_value(launch),
-                   extra=frozen_value(extra))
+                   extra=frozen_value(extra), from_hf=frozen_value(from_hf))
 
     def values(self) -> dict[str, Any]:
         """Every flag's destination and value (frozen values), whichever group holds it."""
         groups = [getattr(self, name) for name, _ in GROUPS] + ([self.inference] if self.inference else [])
         out = {f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}
-        for mapping in (self.lora, self.launch, self.extra):
+        for mapping in (self.lora, self.from_hf, self.launch, self.extra):
             out.update(mapping)
         return out
 

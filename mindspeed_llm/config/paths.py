@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 from mindspeed_llm.config.flags import ArgumentError
+from mindspeed_llm.from_hf.config import is_cache_prefix
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -111,7 +112,7 @@ def check_instruction_prefix(prefix: str) -> None:
 def check_paths(args: argparse.Namespace) -> None:
     """The data prefixes and the tokenizer folder of a checked launch exist."""
     instruction = (args.is_instruction_dataset or args.stage == "sft") and args.data_path
-    if instruction:
+    if instruction and not is_cache_prefix(split_data_path(args.data_path)[0][0]):
         check_instruction_prefix(split_data_path(args.data_path)[0][0])
     for paths in (
         None if instruction else args.data_path,
@@ -120,6 +121,7 @@ def check_paths(args: argparse.Namespace) -> None:
         args.test_data_path,
     ):
         for prefix in split_data_path(paths or [])[0]:
-            check_data_prefix(prefix)
+            if not is_cache_prefix(prefix):  # raw files are preprocessed at start-up (mindspeed_llm.from_hf)
+                check_data_prefix(prefix)
     if args.tokenizer_type != "NullTokenizer":
         check_tokenizer_path(args.tokenizer_name_or_path)

@@ -34,6 +34,7 @@ from mindspeed_llm.config.flags import (
 from mindspeed_llm.config.paths import check_paths, split_data_path
 from mindspeed_llm.console import launch_rank, print_error
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
+from mindspeed_llm.from_hf.config import FromHfError, check_from_hf_flags
 from mindspeed_llm.lora.config import check_lora_flags
 
 
@@ -153,6 +154,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         check_lora_flags(args)
     except ValueError as exc:  # the LoRA module's own error type: one line like every refused launch
         raise ArgumentError(str(exc)) from None
+    _take_from_hf_caches(args)
     if args.rampup_batch_size:
         raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
     _check_context_parallel(args)
@@ -407,6 +409,25 @@ def moe_layer_pattern(freq: int | list[int], first_k_dense: int | None, num_laye
         raise ArgumentError(f"--first-k-dense-replace {first_k_dense} must be between 0 and --num-layers "
                             f"{num_layers} - 1")
     return [0 if i < first else int(i % freq == 0) for i in range(num_layers)]
+def _take_from_hf_caches(args: argparse.Namespace) -> None:
+    """An HF --load folder and raw --data-path files: the flags name what start-up builds from them
+    (``mindspeed_llm.from_hf``: the converted checkpoint, the preprocessed datasets)."""
+    try:
+        plan = check_from_hf_flags(args)
+    except FromHfError as exc:
+        raise ArgumentError(str(exc)) from None
+    if plan.hf_load:
+        given = args.tokenizer_name_or_path or args.tokenizer_model
+        if args.tokenizer_type != "NullTokenizer" and not given:
+            args.tokenizer_name_or_path = plan.hf_load  # the HF folder's own tokenizer
+        if plan.mg2hf and args.hf_cfg_dir is None:
+            args.hf_cfg_dir = plan.hf_load  # the HF copies take its config and tokenizer files
+        args.enable_hf2mg_convert = True
+        args.model_type_hf = plan.model_type_hf
+        args.load = plan.mg_dir
+    args.enable_mg2hf_convert = plan.mg2hf
+    if plan.data_path is not None:
+        args.data_path = list(plan.data_path)
 
 
 def _check_instruction_flags(args: argparse.Namespace) -> None:

@@ -104,6 +104,9 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
     apply_defaults(parsed, args_defaults)
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)), world)
+    from mindspeed_llm.from_hf.build import prepare_caches
+
+    prepare_caches(parsed)  # an HF --load folder, raw --data-path files: converted / preprocessed once
     if parsed.use_checkpoint_args or (args_defaults or {}).get("use_checkpoint_args"):
         from mindspeed_llm.runtime.checkpoint.launch import load_args_from_checkpoint
 

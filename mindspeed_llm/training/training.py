@@ -310,10 +310,13 @@ def evaluate(forward_step_func, data_iterator, model: list, args: argparse.Names
     return {k: float(pair[0] / pair[1].clamp(min=1)) for k, pair in totals.items()}
 
 
-def _save(state: TrainState, model, optimizer, scheduler, args) -> None:
+def _save(state: TrainState, model, optimizer, scheduler, args, last: bool = False) -> None:
     _set_forward_pre_hooks(model, args, enabled=False)
     checkpointing.save_checkpoint(state, model, optimizer, scheduler, args)
     _set_forward_pre_hooks(model, args, enabled=True)
+    from mindspeed_llm.from_hf.build import export_hf_copy
+
+    export_hf_copy(args, state.iteration, last=last or state.iteration >= args.train_iters)  # mg2hf copies
 
 
 def _evaluate_and_print(label, forward_step_func, iterator, model, args, log, state: TrainState,
@@ -410,6 +413,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     last_losses: dict[str, float] = {}
     exit_requested = False
     saved_at = None
+    first_step_logged = False
     while state.iteration < args.train_iters:
         run.note_step(state.iteration + 1)  # what messages name: the iteration in progress, its save included
         t0 = time.time()
@@ -426,6 +430,9 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
         lr = optimizer.param_groups[0]["lr"]
         log.step(state, losses, lr, grad_norm, optimizer.get_loss_scale().item(), skipped, elapsed,
                  num_zeros=num_zeros, params_norm=params_norm)
+        if not first_step_logged:
+            first_step_logged = True
+            print_rank_last(f"time to first step: {_since_launch():.1f} s (from the process start)")
         if do_valid and args.eval_interval and iteration % args.eval_interval == 0:
             _evaluate_and_print(
                 f"validation loss at iteration {iteration}",
@@ -451,7 +458,7 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
             reason = f"exiting program at iteration {iteration} (--exit-interval {args.exit_interval})"
         if reason:
             if args.save and saved_at != iteration:
-                _save(state, model, optimizer, scheduler, args)
+                _save(state, model, optimizer, scheduler, args, last=True)
                 saved_at = iteration
             print_rank_last(reason)
             exit_requested = True
@@ -492,6 +499,13 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
                     f"{state.consumed_train_samples} | mean throughput (tokens/s/device): {tokens_per_s:.1f}")
     log.close()
     return _finish(args, summary)
+
+
+def _since_launch() -> float:
+    """Seconds since this process started (its interpreter, imports and start-up included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def _finish(args: argparse.Namespace, summary: dict) -> dict:

@@ -2,7 +2,11 @@
 # Qwen3-8B pretraining, 4K sequence, bf16 (untied embeddings), TP1 PP2.
 # Pretrain with torchrun (single node, or multi node: run it on every node with NNODES and NODE_RANK set).
 # Every variable below can be overridden from the environment, e.g. `TP=2 PP=2 bash examples/mcore/qwen3/pretrain_qwen3_8b_4K_ptd.sh`.
-# Inputs: a checkpoint from ckpt_convert_qwen3_8b_hf2mcore.sh and data from data_convert_qwen3_pretrain.sh.
+# Inputs, as MindSpeed-LLM's quick start gives them: CKPT_LOAD_DIR the HF folder itself (config.json + *.safetensors:
+# converted once at start-up into CKPT_LOAD_DIR/megatron_cache_tp1pp2ep1, and an HF copy of each save written to
+# CKPT_SAVE_DIR/mg2hf_iteration<N>) and DATA_PATH a raw file (parquet, jsonl, json, csv, txt, arrow: preprocessed
+# once with --handler-name next to it); or, offline, a checkpoint from ckpt_convert_qwen3_8b_hf2mcore.sh and a
+# prefix from data_convert_qwen3_pretrain.sh (docs/train_from_hf.md).
 set -euo pipefail
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
@@ -97,6 +101,8 @@ GPT_ARGS="
 "
 
 DATA_ARGS="
+    --handler-name GeneralPretrainHandler \
+    --workers 4 \
     --data-path $DATA_PATH \
     --split 100,0,0
 "

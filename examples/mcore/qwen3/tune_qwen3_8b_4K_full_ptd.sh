@@ -2,8 +2,11 @@
 # Qwen3-8B full-parameter instruction fine-tuning (SFT), 4K sequence, bf16 (untied embeddings), TP1 PP2.
 # Fine-tune with torchrun (single node, or multi node: run it on every node with NNODES and NODE_RANK set).
 # Every variable below can be overridden from the environment, e.g. `TP=2 PP=2 bash examples/mcore/qwen3/tune_qwen3_8b_4K_full_ptd.sh`.
-# Inputs: a checkpoint from ckpt_convert_qwen3_8b_hf2mcore.sh and instruction data from data_convert_qwen3_instruction.sh
-# (--prompt-type qwen3). Convert the result back with ckpt_convert_qwen3_8b_mcore2hf.sh, its --load-dir set to CKPT_SAVE_DIR.
+# Inputs, as MindSpeed-LLM's quick start gives them: CKPT_LOAD_DIR the HF folder itself (converted once at start-up;
+# an HF copy of each save in CKPT_SAVE_DIR/mg2hf_iteration<N>) and DATA_PATH a raw alpaca file (e.g. a parquet,
+# preprocessed once with AlpacaStyleInstructionHandler and --prompt-type qwen3); or, offline, a checkpoint from
+# ckpt_convert_qwen3_8b_hf2mcore.sh and instruction data from data_convert_qwen3_instruction.sh (convert the result
+# back with ckpt_convert_qwen3_8b_mcore2hf.sh, its --load-dir set to CKPT_SAVE_DIR). See docs/train_from_hf.md.
 set -euo pipefail
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 
@@ -97,6 +100,9 @@ GPT_ARGS="
 "
 
 DATA_ARGS="
+    --handler-name AlpacaStyleInstructionHandler \
+    --enable-thinking true \
+    --workers 4 \
     --data-path $DATA_PATH \
     --split 100,0,0
 "

@@ -1,0 +1,230 @@
+"""The start-up caches of an HF --load folder and raw --data-path files (real converter, real preprocessing):
+the same bytes as the separate tools, reused while their sources are unchanged, rebuilt when the data file or
+the HF weights change, one build for two launches at once, a build killed with SIGKILL rebuilt cleanly, and
+an unwritable location refused in one line."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mindspeed_llm.config.flags import ArgumentError, parse_args
+from tests.helpers.launch import Started
+from tests.helpers.paths import REPO_ROOT
+
+BASE = (
+    "--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 32 --train-iters 2 --lr 1e-3 "
+    "--swiglu --disable-bias-linear --qk-layernorm --kv-channels 32 --make-vocab-size-divisible-by 1"
+)
+
+
+def write_rows(path, n: int = 40, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            f.write(
+                json.dumps(
+                    {"text": " ".join(f"w{rng.randrange(3, 128)}" for _ in range(rng.randrange(8, 30)))}
+                )
+                + "\n"
+            )
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    from tests.helpers.tiny import make_hf_model
+
+    return make_hf_model(tmp_path_factory.mktemp("model") / "hf", "qwen3", num_layers=2)
+
+
+@pytest.fixture
+def setup(hf_model, tmp_path):
+    """A private copy of the HF folder (the weights cache goes inside it) and a raw jsonl."""
+    import shutil
+
+    hf = tmp_path / "hf"
+    shutil.copytree(hf_model, hf)
+    raw = tmp_path / "data" / "rows.jsonl"
+    raw.parent.mkdir()
+    write_rows(raw)
+    return hf, raw
+
+
+def flags(hf, raw, *extra: str) -> list[str]:
+    return [
+        *BASE.split(),
+        "--load",
+        str(hf),
+        "--data-path",
+        str(raw),
+        "--handler-name",
+        "GeneralPretrainHandler",
+        "--append-eod",
+        *extra,
+    ]
+
+
+def prepare(argv: list[str], capsys) -> str:
+    from mindspeed_llm.from_hf.build import prepare_caches
+
+    prepare_caches(parse_args(argv))
+    return capsys.readouterr().out
+
+
+def _script(argv: list[str]) -> list[str]:
+    code = (
+        "import sys; import mindspeed_llm; mindspeed_llm.apply_base_patches(); "
+        "from mindspeed_llm.config.flags import parse_args; "
+        "from mindspeed_llm.from_hf.build import prepare_caches; prepare_caches(parse_args(sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", code, *argv]
+
+
+def _env() -> dict:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def test_caches_equal_the_tools_output_are_reused_and_rebuilt_on_change(setup, tmp_path, capsys):
+    from safetensors.torch import load_file  # noqa: F401  (the converted files are torch files: compare below)
+
+    from mindspeed_llm.convert.cli import main as convert_main
+    from mindspeed_llm.data.cli import main as preprocess_main
+    from mindspeed_llm.runtime.checkpoint.layout import safe_torch_load
+
+    hf, raw = setup
+    argv = flags(hf, raw)
+    out = prepare(argv, capsys)
+    assert "HF -> Megatron checkpoint: building" in out and "preprocessed rows.jsonl: building" in out
+    mg = hf / "megatron_cache_tp1pp1ep1"
+    (prefix,) = glob.glob(str(raw.parent / "rows.mindspeed_cache-*" / "rows_text_document.bin"))
+
+    # The separate tools, run as a user runs them, write the same bytes and tensors.
+    assert (
+        preprocess_main(
+            [
+                "--input",
+                str(raw),
+                "--output-prefix",
+                str(tmp_path / "ref" / "rows"),
+                "--tokenizer-name-or-path",
+                str(hf),
+                "--append-eod",
+            ]
+        )
+        == 0
+    )
+    for ext in (".bin", ".idx"):
+        ref = tmp_path / "ref" / f"rows_text_document{ext}"
+        assert ref.read_bytes() == open(prefix[:-4] + ext, "rb").read()
+    assert (
+        convert_main(
+            [
+                "--load-model-type",
+                "hf",
+                "--save-model-type",
+                "mg",
+                "--load-dir",
+                str(hf),
+                "--save-dir",
+                str(tmp_path / "ref_mg"),
+                "--model-type-hf",
+                "qwen3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    ours = safe_torch_load(str(mg / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"))["model"]
+    theirs = safe_torch_load(str(tmp_path / "ref_mg" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"))[
+        "model"
+    ]
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        if hasattr(tensor, "dtype"):
+            assert tensor.dtype == ours[name].dtype and bool((tensor == ours[name]).all()), name
+
+    # A second launch reuses both; the marker says when it was built.
+    built = json.loads((mg / ".mindspeed_llm_cache.json").read_text())["built"]
+    out = prepare(argv, capsys)
+    assert out.count("reusing") == 2 and "building" not in out
+    # Editing the data file rebuilds the data only; new HF weights (a new mtime) rebuild the checkpoint only.
+    with open(raw, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "w5 w6 w7"}) + "\n")
+    out = prepare(argv, capsys)
+    assert "preprocessed rows.jsonl: rebuilding" in out and "HF -> Megatron checkpoint: reusing" in out
+    st = os.stat(hf / "model.safetensors")
+    os.utime(hf / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    out = prepare(argv, capsys)
+    assert "HF -> Megatron checkpoint: rebuilding" in out and "preprocessed rows.jsonl: reusing" in out
+    assert json.loads((mg / ".mindspeed_llm_cache.json").read_text())["built"] >= built
+    assert not glob.glob(str(tmp_path / "**" / "*.staging-*"), recursive=True)
+
+
+def test_two_launches_at_once_build_one_cache_and_sigkill_leaves_nothing_complete(setup, tmp_path, capsys):
+    hf, raw = setup
+    argv = flags(hf, raw)
+    # SIGKILL in the middle of the data build: its staging folder is left, never taken for the cache.
+    victim = subprocess.Popen(
+        _script(argv), env=_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    pattern = str(raw.parent / "rows.mindspeed_cache-*.staging-*")
+    deadline = time.monotonic() + 120
+    while not glob.glob(pattern) and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert glob.glob(pattern), "the build was not caught halfway"
+    from mindspeed_llm.from_hf.cache import is_complete, read_marker
+
+    assert not [d for d in glob.glob(str(raw.parent / "rows.mindspeed_cache-*")) if read_marker(d)]
+
+    # Two launches at once: one builds, the other waits for it and reuses it; the killed build's leftovers go.
+    first, second = (Started(_script(argv), env=_env(), timeout=240) for _ in range(2))
+    outs = [p.result() for p in (first, second)]
+    assert all(p.returncode == 0 for p in outs), [p.stderr[-2000:] for p in outs]
+    text = "".join(p.stdout for p in outs)
+    assert (
+        text.count("preprocessed rows.jsonl: building") + text.count("preprocessed rows.jsonl: rebuilding")
+        == 1
+    )
+    assert text.count("HF -> Megatron checkpoint: building") == 0  # the killed launch had published it
+    assert text.count("preprocessed rows.jsonl: reusing") == 1
+    assert not glob.glob(pattern)
+    (cache,) = [
+        d
+        for d in glob.glob(str(raw.parent / "rows.mindspeed_cache-*"))
+        if os.path.isdir(d) and not d.endswith(".lock")
+    ]
+    assert is_complete(cache, read_marker(cache)["key"])
+
+
+def test_an_unwritable_cache_location_is_one_line_and_nothing_is_left(setup, capsys):
+    hf, raw = setup
+    with pytest.raises(ArgumentError) as info:
+        prepare(flags(hf, raw, "--mg-save-dir", "/sys/mindspeed_llm_cache"), capsys)
+    message = str(info.value)
+    assert (
+        message.startswith("cannot write the cache /sys/mindspeed_llm_cache") and "--mg-save-dir" in message
+    )
+    assert "\n" not in message and not os.path.exists("/sys/mindspeed_llm_cache")
+    # The data file the handler cannot read: one line naming it.
+    raw.write_text("{not json\n")
+    with pytest.raises(ArgumentError) as info:
+        prepare(flags(hf, raw, "--mg-save-dir", str(hf.parent / "mg")), capsys)
+    assert f"--data-path {raw}:" in str(info.value) and "\n" not in str(info.value)
+    assert not glob.glob(str(raw.parent / "*staging*")) and not [
+        d for d in glob.glob(str(raw.parent / "rows.mindspeed_cache-*")) if not d.endswith(".lock")
+    ]
