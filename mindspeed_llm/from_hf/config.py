@@ -32,7 +32,7 @@ from mindspeed_llm.data.handlers import (
     INSTRUCTION_HANDLER_NAMES,
     is_instruction_handler,
 )
-from mindspeed_llm.models.names import MODEL_TYPE_HF_CHOICES
+from mindspeed_llm.models.names import ARCHITECTURE_MODEL_TYPE_HF, MODEL_TYPE_HF_CHOICES
 
 
 class FromHfError(ValueError):
@@ -45,12 +45,7 @@ MARKER = ".mindspeed_llm_cache.json"  # inside a published cache: what made it (
 CACHE_VERSION = 1
 
 # HF architectures -> the --model-type-hf value inferred when the flag is absent (models/families.py's rows).
-_ARCHITECTURE_TYPES = {
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-}
+_ARCHITECTURE_TYPES = ARCHITECTURE_MODEL_TYPE_HF
 
 GROUP_TITLE = (
     "training from an HF folder and raw data (MindSpeed-LLM's --enable-hf2mg-convert; docs/train_from_hf.md)"

@@ -329,3 +329,13 @@ def test_sliding_window_is_active_by_hf_rules_and_checked_against_the_length(cha
         with pytest.raises(UnsupportedModelError, match=f"sliding_window={window} is active .* --seq-length "
                                                         f"{window + 1} is longer"):
             cfg.check_sequence_length(window + 1, "--seq-length")
+
+
+def test_every_family_has_its_inferred_model_type():
+    """Training straight from an HF folder infers --model-type-hf from the architecture: every family row
+    is in that table, with a value the flag accepts."""
+    from mindspeed_llm.models.families import FAMILIES
+    from mindspeed_llm.models.names import ARCHITECTURE_MODEL_TYPE_HF, MODEL_TYPE_HF_CHOICES
+
+    assert set(ARCHITECTURE_MODEL_TYPE_HF) == set(FAMILIES)
+    assert set(ARCHITECTURE_MODEL_TYPE_HF.values()) <= set(MODEL_TYPE_HF_CHOICES)
