@@ -540,7 +540,8 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
         if require_stage and args.stage is None:
             raise ArgumentError(
                 "posttrain_gpt.py needs --stage sft (instruction fine-tuning on preprocess_data.py's "
-                "instruction data); pretraining is pretrain_gpt.py"
+                "instruction data) or --stage dpo|simpo|orpo (preference alignment on pairwise data); "
+                "pretraining is pretrain_gpt.py"
             )
         if (
             not args.use_checkpoint_args

@@ -14,7 +14,8 @@ the two answers (a sum over the answer's tokens, or their mean where :attr:`DpoC
   plus the SFT loss of the chosen answer, ``log odds(p) = logp - log(1 - exp(logp))``.
 
 ``--pref-ftx`` adds ``pref_ftx`` times the chosen answer's mean token loss. Rewards are ``beta`` times the
-policy-over-reference log ratios (DPO) or ``beta`` times the policy's log-probabilities (SimPO, ORPO).
+policy-over-reference log ratios (DPO; for IPO of the summed log-probabilities, as TRL logs them) or ``beta``
+times the policy's token-mean log-probabilities (SimPO, ORPO).
 """
 
 from __future__ import annotations

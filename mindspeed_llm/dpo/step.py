@@ -60,6 +60,7 @@ def pair_loss(cfg: DpoConfig, token_losses: torch.Tensor, loss_mask: torch.Tenso
     ref = None
     if reference_losses is not None:
         ref = sequence_logps(reference_losses, loss_mask, cp_group)[0]
+    sums, ref_sums = logps, ref
     chosen_sum = logps.chunk(2)[0]
     chosen_count = counts.chunk(2)[0].clamp(min=1)
     if cfg.averages_logps:
@@ -69,6 +70,11 @@ def pair_loss(cfg: DpoConfig, token_losses: torch.Tensor, loss_mask: torch.Tenso
     ref_chosen, ref_rejected = (None, None) if ref is None else ref.chunk(2)
     losses, chosen_rewards, rejected_rewards = preference_losses(
         cfg, chosen, rejected, ref_chosen, ref_rejected, chosen_sum / chosen_count)
+    if cfg.needs_reference and cfg.averages_logps:
+        # IPO's loss compares token means; its rewards and logged log-probabilities are the sums (TRL's).
+        chosen, rejected = sums.detach().chunk(2)
+        chosen_rewards = cfg.beta * (chosen - ref_sums.chunk(2)[0])
+        rejected_rewards = cfg.beta * (rejected - ref_sums.chunk(2)[1])
     pairs = torch.tensor(float(losses.numel()), device=losses.device)
     report = {"loss": torch.stack([losses.detach().sum(), pairs])}
     for key, values in pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected).items():

@@ -2,10 +2,12 @@
 launch, with what their first step computed written out.
 
 Usage: torchrun --nproc-per-node N dpo_worker.py SPEC.json OUT_DIR
-SPEC: [{"name": ..., "argv": [posttrain_gpt.py flags]}, ...]. For each run, every rank writes
+SPEC: [{"name": ..., "argv": [posttrain_gpt.py flags], "expect_failure": bool}, ...] (a run expected to stop
+with its one-line error). For each run, every rank writes
 OUT_DIR/<name>_tp<t>_pp<p>.pt: the first step's gradients of its chunk (``main_grad``, the names of its
 state dict, read after megatron-core's schedule reduced them and before the optimizer step) and, on the last
-stage, the step's reported values (over the global batch, as the log line). The trainer itself is not changed:
+stage, each step's reported values (over the global batch, as the log line: ``reported`` the first step's,
+``steps`` {iteration: values}). The trainer itself is not changed:
 the step is observed by wrapping the trainer's own NaN check, which runs at exactly that point.
 """
 
@@ -25,27 +27,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _observer(name: str, out_dir: str, original):
-    seen = {"done": False}
+    steps: dict[int, dict] = {}
 
     def observe(losses, model, args):
         original(losses, model, args)
-        if seen["done"]:
-            return
-        seen["done"] = True
         from megatron.core import parallel_state as ps
 
         from mindspeed_llm.dpo.reference import unwrap
+        from mindspeed_llm.runtime import run
 
+        first = not steps
+        steps[run.iteration_in_progress()] = training._reduce_losses(losses)  # noqa: SLF001 - the log's values
         grads = {}
-        for chunk in model:
-            for pname, p in unwrap(chunk).named_parameters():
-                if p.requires_grad:
-                    grads[pname] = p.main_grad.detach().float().clone()
-        reported = training._reduce_losses(losses)  # noqa: SLF001 - what the log line prints (DP-reduced)
+        if first:
+            for chunk in model:
+                for pname, p in unwrap(chunk).named_parameters():
+                    if p.requires_grad:
+                        grads[pname] = p.main_grad.detach().float().clone()
         tp, pp = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
+        path = os.path.join(out_dir, f"{name}_tp{tp}_pp{pp}.pt")
         if ps.get_data_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0:
-            torch.save({"grads": grads, "reported": reported},
-                       os.path.join(out_dir, f"{name}_tp{tp}_pp{pp}.pt"))
+            if not first:
+                grads = torch.load(path, weights_only=True)["grads"]
+            torch.save({"grads": grads, "reported": steps[min(steps)], "steps": dict(steps)}, path)
 
     return observe
 
@@ -84,8 +88,12 @@ def main() -> None:
         try:
             runpy.run_path(os.path.join(REPO, "posttrain_gpt.py"), run_name="__main__")
         except SystemExit as exc:
-            if exc.code:
+            if exc.code and not run.get("expect_failure"):
                 raise
+            if exc.code:  # the trainer stopped with its line: leave no process groups behind for the next run
+                from megatron.core import parallel_state as ps
+
+                ps.destroy_model_parallel()
         print(f"[worker] {run['name']} done", flush=True)
 
 
