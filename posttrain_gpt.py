@@ -52,7 +52,8 @@ def main(launch) -> None:
 
     cfg = DpoConfig.from_args(launch)
     if cfg is None:
-        pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step)
+        pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
+                 forward_step)
         return
     from mindspeed_llm.dpo.step import PreferenceStep
 

@@ -180,7 +180,7 @@ HANDLERS = {
 
 # Instruction (fine-tuning) handlers, in mindspeed_llm.data.instruction_handlers: they write
 # <prefix>_packed_{input_ids,attention_mask,labels}_document instead of one dataset per key.
-# Pairwise (preference) handlers, in mindspeed_llm.data.pairwise: <prefix>_packed_{chosen,rejected}_* datasets.
+# Pairwise (preference) handlers, in mindspeed_llm.data.pairwise: <prefix>_packed_{chosen,rejected}_*.
 PAIRWISE_HANDLER_NAMES = ("AlpacaStylePairwiseHandler", "SharegptStylePairwiseHandler")
 INSTRUCTION_HANDLER_NAMES = ("AlpacaStyleInstructionHandler", "SharegptStyleInstructionHandler",
                              *PAIRWISE_HANDLER_NAMES)

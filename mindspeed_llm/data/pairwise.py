@@ -141,7 +141,7 @@ PAIRWISE_HANDLERS = {
 
 
 class PairwiseEncoder:
-    """Both sides of a pair: the chat template's tokens of the conversation plus the answer; labels -100 before
+    """Both sides of a pair: the chat template's tokens of the conversation and answer; labels -100 before
     the answer."""
 
     def __init__(self, tokenizer: DocumentTokenizer, prompt_type: str, append_eod: bool) -> None:
@@ -190,13 +190,16 @@ class PairwiseCounts:
     tokens: int = 0
 
 
-def preprocess_pairwise(source: InputSource, args: argparse.Namespace, tokenizer: DocumentTokenizer,
-                        log) -> PairwiseCounts:
+def preprocess_pairwise(
+    source: InputSource, args: argparse.Namespace, tokenizer: DocumentTokenizer, log
+) -> PairwiseCounts:
     """Encode every pair of ``source`` into the four datasets (temporary names until all are written)."""
     global _worker_encoder
     if args.pack or args.neat_pack:
-        raise PreprocessError(f"--pack: {args.handler_name} writes one pair per document (DPO does not pack "
-                              "pairs); drop --pack/--neat-pack")
+        raise PreprocessError(
+            f"--pack: {args.handler_name} writes one pair per document (DPO does not pack "
+            "pairs); drop --pack/--neat-pack"
+        )
     handler = PAIRWISE_HANDLERS[args.handler_name](parse_map_keys(args.map_keys))
     columns = handler.input_columns(available_columns(source), source.files[0])
     encoder = PairwiseEncoder(tokenizer, args.prompt_type, args.append_eod)
@@ -216,8 +219,9 @@ def preprocess_pairwise(source: InputSource, args: argparse.Namespace, tokenizer
                 if isinstance(pair, BadRow):
                     where = f"{batch.source}: row {batch.first_row + i}"
                     if not args.skip_bad_rows:
-                        raise PreprocessError(f"--input {where}: {pair}; fix the row or pass --skip-bad-rows "
-                                              "to skip such rows")
+                        raise PreprocessError(
+                            f"--input {where}: {pair}; fix the row or pass --skip-bad-rows to skip such rows"
+                        )
                     counts.skipped += 1
                     log(f"skipped {where}: {pair}")
                 else:
@@ -229,8 +233,11 @@ def preprocess_pairwise(source: InputSource, args: argparse.Namespace, tokenizer
         for key, prefix in pairwise_prefixes(args.output_prefix).items():
             writers[key] = IndexedDatasetWriter(prefix, TOKEN_DTYPE)
         _worker_encoder = encoder  # inherited by forked workers
-        pool = mp_context().Pool(args.workers, initializer=_init_worker,
-                                 initargs=(tokenizer.path, args.prompt_type, args.append_eod))
+        pool = mp_context().Pool(
+            args.workers,
+            initializer=_init_worker,
+            initargs=(tokenizer.path, args.prompt_type, args.append_eod),
+        )
         for encoded, input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
             tokens = 0
             for sides in encoded:
@@ -250,7 +257,8 @@ def preprocess_pairwise(source: InputSource, args: argparse.Namespace, tokenizer
         if counts.pairs == 0:
             raise PreprocessError(
                 f"--input {args.input}: no pairs to write ({counts.rows} rows, {counts.skipped} skipped, "
-                f"{counts.dropped} longer than --seq-length {args.seq_length}); check the input and --map-keys")
+                f"{counts.dropped} longer than --seq-length {args.seq_length}); check --input and --map-keys"
+            )
         commit_all(writers.values())
         return counts
     except BaseException:
@@ -265,9 +273,10 @@ def summary(counts: PairwiseCounts, args: argparse.Namespace) -> list[str]:
     """The run's summary lines."""
     lines = [f"done: {counts.rows} rows -> {counts.pairs} pairs, {counts.tokens} tokens (chosen + rejected)"]
     if args.seq_length is not None:
-        lines.append(f"--seq-length {args.seq_length}: {counts.dropped} pairs with a side of {args.seq_length} "
-                     "tokens or more dropped")
+        lines.append(
+            f"--seq-length {args.seq_length}: {counts.dropped} pairs with a side of {args.seq_length} "
+            "tokens or more dropped"
+        )
     if counts.skipped:
         lines.append(f"skipped {counts.skipped} bad rows (--skip-bad-rows)")
     return lines
-

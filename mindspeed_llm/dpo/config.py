@@ -30,26 +30,57 @@ def add_dpo_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Declare the preference-alignment flags in their own group (``--stage`` itself is the training
     parser's)."""
     g = parser.add_argument_group(GROUP_TITLE)
-    g.add_argument("--is-pairwise-dataset", action="store_true",
-                   help="--data-path is pairwise data: PREFIX_packed_{chosen,rejected}_{input_ids,labels}_document "
-                        "(preprocess_data.py --handler-name AlpacaStylePairwiseHandler|SharegptStylePairwiseHandler)")
-    g.add_argument("--dpo-loss-type", default=None, choices=LOSS_TYPES,
-                   help="sigmoid (DPO, the default), hinge (SLiC), ipo (IPO), or the reference-free simpo / orpo "
-                        "(what --stage simpo|orpo select)")
-    g.add_argument("--dpo-beta", type=float, default=0.1,
-                   help="beta: the reward scale of DPO/SimPO (IPO's tau, ORPO's lambda) (0.1)")
-    g.add_argument("--dpo-label-smoothing", type=float, default=0.0,
-                   help="cDPO's label smoothing for sigmoid and simpo, in [0, 0.5) (0.0)")
-    g.add_argument("--pref-ftx", type=float, default=0.0,
-                   help="weight of the SFT loss on the chosen answers added to the preference loss (0.0)")
-    g.add_argument("--simpo-gamma", type=float, default=0.5,
-                   help="SimPO's target reward margin gamma (LLaMA-Factory's simpo_gamma, 0.5)")
-    g.add_argument("--ref-model", default=None, metavar="CKPT",
-                   help="the reference model: a Megatron checkpoint of the same model and layout (default: "
-                        "the starting weights, --load)")
-    g.add_argument("--refer-model-iter", type=int, default=1,
-                   help="the iteration of --ref-model (or of --load) that is the reference when a resumed run "
-                        "starts from a later checkpoint (1: what convert_ckpt.py writes)")
+    g.add_argument(
+        "--is-pairwise-dataset",
+        action="store_true",
+        help="--data-path is pairwise data: PREFIX_packed_{chosen,rejected}_{input_ids,labels}_document "
+        "(preprocess_data.py --handler-name AlpacaStylePairwiseHandler|SharegptStylePairwiseHandler)",
+    )
+    g.add_argument(
+        "--dpo-loss-type",
+        default=None,
+        choices=LOSS_TYPES,
+        help="sigmoid (DPO, the default), hinge (SLiC), ipo (IPO), or the reference-free simpo / orpo "
+        "(what --stage simpo|orpo select)",
+    )
+    g.add_argument(
+        "--dpo-beta",
+        type=float,
+        default=0.1,
+        help="beta: the reward scale of DPO/SimPO (IPO's tau, ORPO's lambda) (0.1)",
+    )
+    g.add_argument(
+        "--dpo-label-smoothing",
+        type=float,
+        default=0.0,
+        help="cDPO's label smoothing for sigmoid and simpo, in [0, 0.5) (0.0)",
+    )
+    g.add_argument(
+        "--pref-ftx",
+        type=float,
+        default=0.0,
+        help="weight of the SFT loss on the chosen answers added to the preference loss (0.0)",
+    )
+    g.add_argument(
+        "--simpo-gamma",
+        type=float,
+        default=0.5,
+        help="SimPO's target reward margin gamma (LLaMA-Factory's simpo_gamma, 0.5)",
+    )
+    g.add_argument(
+        "--ref-model",
+        default=None,
+        metavar="CKPT",
+        help="the reference model: a Megatron checkpoint of the same model and layout (default: "
+        "the starting weights, --load)",
+    )
+    g.add_argument(
+        "--refer-model-iter",
+        type=int,
+        default=1,
+        help="the iteration of --ref-model (or of --load) that is the reference when a resumed run "
+        "starts from a later checkpoint (1: what convert_ckpt.py writes)",
+    )
     return g
 
 
@@ -81,10 +112,15 @@ class DpoConfig:
         """The run's settings (None when the launch is not a preference-alignment stage)."""
         if getattr(args, "stage", None) not in STAGES:
             return None
-        return cls(loss_type=loss_type_of(args), beta=float(args.dpo_beta),
-                   label_smoothing=float(args.dpo_label_smoothing), pref_ftx=float(args.pref_ftx),
-                   simpo_gamma=float(args.simpo_gamma), ref_model=args.ref_model,
-                   refer_model_iter=int(args.refer_model_iter))
+        return cls(
+            loss_type=loss_type_of(args),
+            beta=float(args.dpo_beta),
+            label_smoothing=float(args.dpo_label_smoothing),
+            pref_ftx=float(args.pref_ftx),
+            simpo_gamma=float(args.simpo_gamma),
+            ref_model=args.ref_model,
+            refer_model_iter=int(args.refer_model_iter),
+        )
 
 
 def loss_type_of(args) -> str:
@@ -98,23 +134,37 @@ def check_dpo_flags(args: argparse.Namespace) -> None:
     """The preference-alignment flags against each other and the launch; :class:`DpoError` names the flag."""
     stage = getattr(args, "stage", None)
     if stage not in STAGES:
-        given = [flag for flag, on in (
-            ("--is-pairwise-dataset", args.is_pairwise_dataset), ("--dpo-loss-type", args.dpo_loss_type),
-            ("--ref-model", args.ref_model), ("--dpo-beta", args.dpo_beta != 0.1),
-            ("--dpo-label-smoothing", args.dpo_label_smoothing != 0.0), ("--pref-ftx", args.pref_ftx != 0.0),
-            ("--simpo-gamma", args.simpo_gamma != 0.5), ("--refer-model-iter", args.refer_model_iter != 1),
-        ) if on]
+        given = [
+            flag
+            for flag, on in (
+                ("--is-pairwise-dataset", args.is_pairwise_dataset),
+                ("--dpo-loss-type", args.dpo_loss_type),
+                ("--ref-model", args.ref_model),
+                ("--dpo-beta", args.dpo_beta != 0.1),
+                ("--dpo-label-smoothing", args.dpo_label_smoothing != 0.0),
+                ("--pref-ftx", args.pref_ftx != 0.0),
+                ("--simpo-gamma", args.simpo_gamma != 0.5),
+                ("--refer-model-iter", args.refer_model_iter != 1),
+            )
+            if on
+        ]
         if given:
-            raise DpoError(f"{given[0]} applies to preference alignment: add --stage dpo (or simpo / orpo) to "
-                           "posttrain_gpt.py, or drop the flag")
+            raise DpoError(
+                f"{given[0]} applies to preference alignment: add --stage dpo (or simpo / orpo) to "
+                "posttrain_gpt.py, or drop the flag"
+            )
         return
     loss = loss_type_of(args)
     if stage in REFERENCE_FREE_LOSSES and loss != stage:
-        raise DpoError(f"--stage {stage} with --dpo-loss-type {loss}: drop --dpo-loss-type (the stage is the "
-                       f"loss) or use --stage dpo --dpo-loss-type {loss}")
+        raise DpoError(
+            f"--stage {stage} with --dpo-loss-type {loss}: drop --dpo-loss-type (the stage is the "
+            f"loss) or use --stage dpo --dpo-loss-type {loss}"
+        )
     if getattr(args, "is_instruction_dataset", False):
-        raise DpoError(f"--stage {stage} trains on pairwise data, not instruction data: drop "
-                       "--is-instruction-dataset (preprocess with --handler-name AlpacaStylePairwiseHandler)")
+        raise DpoError(
+            f"--stage {stage} trains on pairwise data, not instruction data: drop "
+            "--is-instruction-dataset (preprocess with --handler-name AlpacaStylePairwiseHandler)"
+        )
     if not args.dpo_beta > 0:
         raise DpoError(f"--dpo-beta must be positive, got {args.dpo_beta}")
     if not 0.0 <= args.dpo_label_smoothing < 0.5:
@@ -130,22 +180,33 @@ def check_dpo_flags(args: argparse.Namespace) -> None:
     if loss in REFERENCE_FREE_LOSSES and args.ref_model:
         raise DpoError(f"--ref-model: the {loss} loss has no reference model; drop --ref-model")
     if args.ref_model and getattr(args, "lora_target_modules", None):
-        raise DpoError("--ref-model with --lora-target-modules: a LoRA run's reference is its base model with the "
-                       "adapters switched off (one copy in memory); drop --ref-model")
+        raise DpoError(
+            "--ref-model with --lora-target-modules: a LoRA run's reference is its base model with the "
+            "adapters switched off (one copy in memory); drop --ref-model"
+        )
     if args.ref_model and not os.path.isdir(args.ref_model):
-        raise DpoError(f"--ref-model {args.ref_model}: no such folder (a Megatron checkpoint written by "
-                       "convert_ckpt.py or a training run's --save)")
+        raise DpoError(
+            f"--ref-model {args.ref_model}: no such folder (a Megatron checkpoint written by "
+            "convert_ckpt.py or a training run's --save)"
+        )
     if loss in REFERENCE_LOSSES and not args.ref_model and not args.load:
-        raise DpoError(f"--stage {stage}: the reference model is --ref-model, or the starting weights of --load; "
-                       "give one of them")
+        raise DpoError(
+            f"--stage {stage}: the reference model is --ref-model, or the starting weights of --load; "
+            "give one of them"
+        )
     if getattr(args, "reset_attention_mask", False):
         raise DpoError(f"--reset-attention-mask: pairwise data is not packed (--stage {stage}); drop it")
     if getattr(args, "num_layers_per_virtual_pipeline_stage", None) or getattr(
-            args, "virtual_pipeline_model_parallel_size", None):
-        raise DpoError(f"--num-layers-per-virtual-pipeline-stage is not supported with --stage {stage}: drop it")
+        args, "virtual_pipeline_model_parallel_size", None
+    ):
+        raise DpoError(
+            f"--num-layers-per-virtual-pipeline-stage is not supported with --stage {stage}: drop it"
+        )
     if getattr(args, "mock_data", False) or getattr(args, "train_data_path", None):
-        raise DpoError(f"--stage {stage} reads one --data-path PREFIX of pairwise data: drop --mock-data / "
-                       "--train-data-path")
+        raise DpoError(
+            f"--stage {stage} reads one --data-path PREFIX of pairwise data: drop --mock-data / "
+            "--train-data-path"
+        )
 
 
 def pairwise_files(prefix: str) -> dict[str, str]:
@@ -162,10 +223,16 @@ def check_pairwise_prefix(prefix: str) -> None:
     if not missing:
         return
     if len(missing) < len(paths):
-        raise DpoError(f"--data-path {prefix}: {missing[0]}.bin/.idx not found ({len(paths) - len(missing)} of the "
-                       "four pairwise datasets are there): preprocess_data.py writes them together; re-run it")
+        raise DpoError(
+            f"--data-path {prefix}: {missing[0]}.bin/.idx not found ({len(paths) - len(missing)} of the "
+            "four pairwise datasets are there): preprocess_data.py writes them together; re-run it"
+        )
     if os.path.isfile(f"{prefix}_packed_input_ids_document.idx"):
-        raise DpoError(f"--data-path {prefix} is instruction (SFT) data, not pairwise: preprocess chosen/rejected "
-                       "rows with --handler-name AlpacaStylePairwiseHandler, or train with --stage sft")
-    raise DpoError(f"--data-path {prefix}: {missing[0]}.bin/.idx not found; preprocess pairwise data with "
-                   "preprocess_data.py --handler-name AlpacaStylePairwiseHandler --output-prefix PREFIX")
+        raise DpoError(
+            f"--data-path {prefix} is instruction (SFT) data, not pairwise: preprocess chosen/rejected "
+            "rows with --handler-name AlpacaStylePairwiseHandler, or train with --stage sft"
+        )
+    raise DpoError(
+        f"--data-path {prefix}: {missing[0]}.bin/.idx not found; preprocess pairwise data with "
+        "preprocess_data.py --handler-name AlpacaStylePairwiseHandler --output-prefix PREFIX"
+    )

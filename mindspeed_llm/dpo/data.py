@@ -38,30 +38,39 @@ def check_pairwise_data(prefix: str) -> int:
     for side in SIDES:
         ids, labels = lengths[f"{side}_input_ids"], lengths[f"{side}_labels"]
         if len(ids) != len(labels) or not np.array_equal(ids, labels):
-            raise DataError(f"{paths[side + '_labels']} does not match {paths[side + '_input_ids']} "
-                            f"({len(labels)} vs {len(ids)} pairs, or other lengths): the datasets come from "
-                            "different preprocess_data.py runs; re-run it to write the four together")
+            raise DataError(
+                f"{paths[side + '_labels']} does not match {paths[side + '_input_ids']} "
+                f"({len(labels)} vs {len(ids)} pairs, or other lengths): the datasets come from "
+                "different preprocess_data.py runs; re-run it to write the four together"
+            )
     count = len(lengths["chosen_input_ids"])
     if len(lengths["rejected_input_ids"]) != count:
-        raise DataError(f"{paths['rejected_input_ids']} holds {len(lengths['rejected_input_ids'])} pairs but "
-                        f"{paths['chosen_input_ids']} {count}: the datasets come from different "
-                        "preprocess_data.py runs; re-run it to write the four together")
+        raise DataError(
+            f"{paths['rejected_input_ids']} holds {len(lengths['rejected_input_ids'])} pairs but "
+            f"{paths['chosen_input_ids']} {count}: the datasets come from different "
+            "preprocess_data.py runs; re-run it to write the four together"
+        )
     if count == 0:
-        raise DataError(f"--data-path {prefix}: the pairwise datasets hold no pairs; preprocess a file with rows")
+        raise DataError(
+            f"--data-path {prefix}: the pairwise datasets hold no pairs; preprocess a file with rows"
+        )
     for side in SIDES:
         labels = IndexedDataset(paths[f"{side}_labels"])
         for i in range(count):
             if not np.any(labels[i] != IGNORE_INDEX):
-                raise DataError(f"{paths[side + '_labels']}: pair {i} has an empty {side} answer (no learned "
-                                "token): re-run preprocess_data.py, which refuses such rows")
+                raise DataError(
+                    f"{paths[side + '_labels']}: pair {i} has an empty {side} answer (no learned "
+                    "token): re-run preprocess_data.py, which refuses such rows"
+                )
     return count
 
 
 class PairwiseDataset(torch.utils.data.Dataset):
     """One split of the pairs: ``num_samples`` pairs, epochs of seeded permutations."""
 
-    def __init__(self, prefix: str, documents: np.ndarray, num_samples: int, seed: int, name: str,
-                 mmap: bool = True) -> None:
+    def __init__(
+        self, prefix: str, documents: np.ndarray, num_samples: int, seed: int, name: str, mmap: bool = True
+    ) -> None:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
         self.name = name
@@ -85,13 +94,17 @@ class PairwiseCollator:
         self.inner = inner  # an InstructionCollator
 
     def __call__(self, pairs: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-        rows = [{"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
-                for side in SIDES for p in pairs]
+        rows = [
+            {"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
+            for side in SIDES
+            for p in pairs
+        ]
         return self.inner(rows)
 
 
-def build_pairwise_datasets(args: argparse.Namespace, tokenizer, num_samples: list[int],
-                            built_here: bool) -> list:
+def build_pairwise_datasets(
+    args: argparse.Namespace, tokenizer, num_samples: list[int], built_here: bool
+) -> list:
     """(train, valid, test) :class:`PairwiseDataset` of ``--data-path`` (None for an empty split or off this
     rank). Every rank checks the datasets (the same files: a bad one fails on all ranks alike)."""
     from mindspeed_llm.config.paths import split_data_path
@@ -101,8 +114,10 @@ def build_pairwise_datasets(args: argparse.Namespace, tokenizer, num_samples: li
     prefix = split_data_path(args.data_path)[0][0]
     count = check_pairwise_data(prefix)
     splits = split_documents(args.split, count)
-    print_rank_0(f"> pairwise data {prefix}: {count} pairs (train/valid/test "
-                 f"{'/'.join(str(len(s)) for s in splits)}), prompt type {args.prompt_type or 'not given'}")
+    print_rank_0(
+        f"> pairwise data {prefix}: {count} pairs (train/valid/test "
+        f"{'/'.join(str(len(s)) for s in splits)}), prompt type {args.prompt_type or 'not given'}"
+    )
     collator = PairwiseCollator(instruction_collator(args, tokenizer))
     out = []
     for name, docs, n in zip(("train", "valid", "test"), splits, num_samples):

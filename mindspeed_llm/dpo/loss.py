@@ -5,7 +5,8 @@ the two answers (a sum over the answer's tokens, or their mean where :attr:`DpoC
 ``ref_chosen`` / ``ref_rejected`` the reference model's (DPO's losses only). Formulas:
 
 - sigmoid (DPO, Rafailov et al. 2023; cDPO's label smoothing eps):
-  ``-(1 - eps) log s(beta d) - eps log s(-beta d)``, ``d = (chosen - ref_chosen) - (rejected - ref_rejected)``;
+  ``-(1 - eps) log s(beta d) - eps log s(-beta d)``,
+  ``d = (chosen - ref_chosen) - (rejected - ref_rejected)``;
 - hinge (SLiC): ``relu(1 - beta d)``;
 - ipo (Azar et al. 2023, eq. 17, on token-mean log-probabilities): ``(d - 1 / (2 beta))^2``;
 - simpo (Meng et al. 2024, token-mean, no reference): ``-log s(beta (chosen - rejected) - gamma)`` (cDPO's
@@ -26,8 +27,14 @@ import torch.nn.functional as F
 from mindspeed_llm.dpo.config import DpoConfig
 
 # The per-pair metrics of one micro-batch, in the order :func:`pair_metrics` returns them.
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-           "logps/rejected")
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -35,9 +42,14 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def preference_losses(cfg: DpoConfig, chosen: torch.Tensor, rejected: torch.Tensor,
-                      ref_chosen: torch.Tensor | None, ref_rejected: torch.Tensor | None,
-                      chosen_token_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def preference_losses(
+    cfg: DpoConfig,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor | None,
+    ref_rejected: torch.Tensor | None,
+    chosen_token_mean: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair losses, chosen rewards, rejected rewards) of ``cfg.loss_type``.
 
     ``chosen_token_mean``: the policy's mean log-probability per chosen-answer token (the SFT term's).
@@ -66,8 +78,9 @@ def preference_losses(cfg: DpoConfig, chosen: torch.Tensor, rejected: torch.Tens
     return losses, chosen_rewards, rejected_rewards
 
 
-def pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor,
-                 rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+def pair_metrics(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per pair: the rewards, whether the chosen one wins, the margin, and both log-probabilities."""
     return {
         "rewards/chosen": chosen_rewards,

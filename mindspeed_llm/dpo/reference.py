@@ -60,7 +60,7 @@ class Reference:
         self.source = source
 
     def forward(self, policy_chunk: torch.nn.Module, index: int, *inputs, input_tensor=None, **kwargs):
-        """The reference's output for ``inputs`` (``input_tensor``: the received activations, later stages)."""
+        """The reference's output for ``inputs`` (``input_tensor``: received activations, later stages)."""
         with torch.no_grad():
             if self.chunks is None:
                 target = below_ddp(policy_chunk)
@@ -79,8 +79,9 @@ def _frozen_chunks(model_provider: Callable, args: argparse.Namespace) -> list[t
     from megatron.core import parallel_state as ps
     from megatron.core.transformer.module import Float16Module
 
-    chunk = model_provider(pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
-                           vp_stage=None)
+    chunk = model_provider(
+        pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(), vp_stage=None
+    )
     for p in chunk.parameters():
         p.requires_grad_(False)
     if args.bf16:
@@ -89,7 +90,7 @@ def _frozen_chunks(model_provider: Callable, args: argparse.Namespace) -> list[t
 
 
 def _load_weights(chunk: torch.nn.Module, root: str, iteration, args: argparse.Namespace, what: str) -> None:
-    """The torch-format checkpoint ``root`` at ``iteration`` into ``chunk`` (strict); one line when it does not
+    """The torch-format checkpoint ``root`` at ``iteration`` into ``chunk`` (strict); one line if it does not
     fit."""
     from megatron.core import parallel_state as ps
 
@@ -98,16 +99,26 @@ def _load_weights(chunk: torch.nn.Module, root: str, iteration, args: argparse.N
 
     fmt = detect_format(root, iteration)
     if fmt != TORCH:
-        raise CheckpointError(f"{what} {root}: iteration {iteration} is not a torch-format checkpoint "
-                              "(convert_ckpt.py's or --ckpt-format torch): convert it with convert_ckpt.py")
+        raise CheckpointError(
+            f"{what} {root}: iteration {iteration} is not a torch-format checkpoint "
+            "(convert_ckpt.py's or --ckpt-format torch): convert it with convert_ckpt.py"
+        )
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     found = layout.parallel_sizes(root, iteration)
     if found != (tp, pp):
-        raise CheckpointError(f"{what} {root}: a TP{found[0]} PP{found[1]} checkpoint, this launch is TP{tp} "
-                              f"PP{pp}: convert it to this layout (convert_ckpt.py --target-tensor-parallel-size "
-                              f"{tp} --target-pipeline-parallel-size {pp})")
-    state = layout.load_rank_state(root, iteration, ps.get_tensor_model_parallel_rank(),
-                                   ps.get_pipeline_model_parallel_rank(), pp, mmap=False)
+        raise CheckpointError(
+            f"{what} {root}: a TP{found[0]} PP{found[1]} checkpoint, this launch is TP{tp} "
+            f"PP{pp}: convert it to this layout (convert_ckpt.py --target-tensor-parallel-size "
+            f"{tp} --target-pipeline-parallel-size {pp})"
+        )
+    state = layout.load_rank_state(
+        root,
+        iteration,
+        ps.get_tensor_model_parallel_rank(),
+        ps.get_pipeline_model_parallel_rank(),
+        pp,
+        mmap=False,
+    )
     weights = state.get("model")
     if weights is None:
         raise CheckpointError(f"{what} {root}: iteration {iteration} holds no model weights")
@@ -115,8 +126,10 @@ def _load_weights(chunk: torch.nn.Module, root: str, iteration, args: argparse.N
         unwrap(chunk).load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:240]
-        raise CheckpointError(f"{what} {root} is another model than the one trained ({detail}): give a "
-                              "checkpoint of the same model (sizes, layers, vocabulary)") from None
+        raise CheckpointError(
+            f"{what} {root} is another model than the one trained ({detail}): give a "
+            "checkpoint of the same model (sizes, layers, vocabulary)"
+        ) from None
 
 
 def _has_iteration(root: str, iteration: int) -> bool:
@@ -127,8 +140,9 @@ def _has_iteration(root: str, iteration: int) -> bool:
     return os.path.isdir(layout.iteration_dir(root, iteration))
 
 
-def build_reference(model: list, model_provider: Callable, args: argparse.Namespace, cfg,
-                    loaded_iteration: int) -> Reference | None:
+def build_reference(
+    model: list, model_provider: Callable, args: argparse.Namespace, cfg, loaded_iteration: int
+) -> Reference | None:
     """The run's reference (None for the reference-free losses); every rank calls it (failures together)."""
     from mindspeed_llm.runtime.checkpoint import layout
     from mindspeed_llm.runtime.errors import fail_together
@@ -154,5 +168,6 @@ def build_reference(model: list, model_provider: Callable, args: argparse.Namesp
             raise CheckpointError(
                 f"--load {args.load} resumes iteration {loaded_iteration}, and the reference (the starting "
                 f"weights, iteration {it}, --refer-model-iter) is not there: give --ref-model with the "
-                "checkpoint the run started from")
+                "checkpoint the run started from"
+            )
     return Reference(chunks, source)

@@ -28,7 +28,7 @@ from mindspeed_llm.dpo.reference import Reference, build_reference, unwrap
 
 
 class _SumOverContextParallel(torch.autograd.Function):
-    """Forward: the sum over the CP ranks; backward: the gradient as it is (each rank's tokens are its own)."""
+    """Forward: the sum over the CP ranks; backward: the gradient as is (each rank's tokens are its own)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
@@ -41,9 +41,10 @@ class _SumOverContextParallel(torch.autograd.Function):
         return grad, None
 
 
-def sequence_logps(token_losses: torch.Tensor, loss_mask: torch.Tensor, cp_group=None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-probability of each row's learned tokens, their count) from per-token cross entropy ``[rows, s]``."""
+def sequence_logps(
+    token_losses: torch.Tensor, loss_mask: torch.Tensor, cp_group=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each row's learned tokens, their count) from per-token losses ``[rows, s]``."""
     logps = -(token_losses.float() * loss_mask).sum(dim=1)
     counts = loss_mask.sum(dim=1)
     if cp_group is not None:
@@ -53,9 +54,14 @@ def sequence_logps(token_losses: torch.Tensor, loss_mask: torch.Tensor, cp_group
     return logps, counts
 
 
-def pair_loss(cfg: DpoConfig, token_losses: torch.Tensor, loss_mask: torch.Tensor,
-              reference_losses: torch.Tensor | None, cp_group=None):
-    """The micro-batch's loss (mean over its pairs) and its metrics as ``[sum, pairs]`` for the trainer's log."""
+def pair_loss(
+    cfg: DpoConfig,
+    token_losses: torch.Tensor,
+    loss_mask: torch.Tensor,
+    reference_losses: torch.Tensor | None,
+    cp_group=None,
+):
+    """The micro-batch's loss (mean over its pairs) and its metrics as ``[sum, pairs]`` for the log."""
     logps, counts = sequence_logps(token_losses, loss_mask, cp_group)
     ref = None
     if reference_losses is not None:
@@ -69,7 +75,8 @@ def pair_loss(cfg: DpoConfig, token_losses: torch.Tensor, loss_mask: torch.Tenso
     chosen, rejected = logps.chunk(2)
     ref_chosen, ref_rejected = (None, None) if ref is None else ref.chunk(2)
     losses, chosen_rewards, rejected_rewards = preference_losses(
-        cfg, chosen, rejected, ref_chosen, ref_rejected, chosen_sum / chosen_count)
+        cfg, chosen, rejected, ref_chosen, ref_rejected, chosen_sum / chosen_count
+    )
     if cfg.needs_reference and cfg.averages_logps:
         # IPO's loss compares token means; its rewards and logged log-probabilities are the sums (TRL's).
         chosen, rejected = sums.detach().chunk(2)
@@ -88,7 +95,9 @@ class PreferenceStep:
     def __init__(self, cfg: DpoConfig, model_provider: Callable, get_batch: Callable) -> None:
         self.cfg = cfg
         self.model_provider = model_provider
-        self.get_batch = get_batch  # (data_iterator) -> tokens, labels, loss_mask, position_ids (None: middle)
+        self.get_batch = (
+            get_batch  # (data_iterator) -> tokens, labels, loss_mask, position_ids (None: middle)
+        )
         self.reference: Reference | None = None
 
     def prepare(self, model: list, state, args) -> None:
@@ -110,8 +119,9 @@ class PreferenceStep:
             policy_in, reference_in = received.chunk(2, dim=1)
         reference_out = None
         if self.reference is not None:
-            reference_out = self.reference.forward(model, 0, tokens, position_ids, None, labels=labels,
-                                                   input_tensor=reference_in)
+            reference_out = self.reference.forward(
+                model, 0, tokens, position_ids, None, labels=labels, input_tensor=reference_in
+            )
         if received is not None:
             gpt.decoder.set_input_tensor(policy_in)
         output = model(tokens, position_ids, None, labels=labels)
@@ -120,6 +130,10 @@ class PreferenceStep:
                 output = torch.cat([output, reference_out], dim=1)
             return output, None
         cp_group = ps.get_context_parallel_group() if ps.get_context_parallel_world_size() > 1 else None
-        return output, partial(pair_loss, self.cfg, loss_mask=loss_mask.float(),
-                               reference_losses=reference_out, cp_group=cp_group)
-
+        return output, partial(
+            pair_loss,
+            self.cfg,
+            loss_mask=loss_mask.float(),
+            reference_losses=reference_out,
+            cp_group=cp_group,
+        )

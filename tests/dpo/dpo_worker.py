@@ -11,8 +11,6 @@ stage, each step's reported values (over the global batch, as the log line: ``re
 the step is observed by wrapping the trainer's own NaN check, which runs at exactly that point.
 """
 
-import mindspeed_llm  # noqa: F401 - first: the device layer, megatron-core imported under it
-
 import json
 import os
 import runpy
@@ -21,6 +19,7 @@ import time
 
 import torch
 
+import mindspeed_llm  # noqa: F401 - first: the device layer, megatron-core imported under it
 import mindspeed_llm.training.training as training
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -20,17 +20,49 @@ from tests.conftest import REPO_ROOT
 from tests.dpo.helpers import make_pairs, write_pairwise_data
 from tests.e2e.pretrain_helpers import write_instruction_data
 
-BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
-        "--max-position-embeddings", "64", "--micro-batch-size", "1", "--global-batch-size", "4",
-        "--train-iters", "1", "--lr", "0", "--tokenizer-type", "NullTokenizer", "--vocab-size", "127",
-        "--swiglu", "--disable-bias-linear", "--normalization", "RMSNorm", "--position-embedding-type", "rope",
-        "--load", "/nonexistent/checkpoint"]
+BASE = [
+    "--num-layers",
+    "2",
+    "--hidden-size",
+    "64",
+    "--num-attention-heads",
+    "4",
+    "--seq-length",
+    "32",
+    "--max-position-embeddings",
+    "64",
+    "--micro-batch-size",
+    "1",
+    "--global-batch-size",
+    "4",
+    "--train-iters",
+    "1",
+    "--lr",
+    "0",
+    "--tokenizer-type",
+    "NullTokenizer",
+    "--vocab-size",
+    "127",
+    "--swiglu",
+    "--disable-bias-linear",
+    "--normalization",
+    "RMSNorm",
+    "--position-embedding-type",
+    "rope",
+    "--load",
+    "/nonexistent/checkpoint",
+]
 
 
 def posttrain(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "posttrain_gpt.py"), *BASE, *flags], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO_ROOT),
-                                                                            "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "posttrain_gpt.py"), *BASE, *flags],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
@@ -54,15 +86,23 @@ def test_dpo_on_sft_data(tmp_path):
     assert "is instruction (SFT) data, not pairwise" in line and "AlpacaStylePairwiseHandler" in line
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (("--stage", "sft", "--dpo-beta", "0.2"), "--dpo-beta applies to preference alignment"),
-    (("--stage", "dpo", "--dpo-beta", "0"), "--dpo-beta must be positive"),
-    (("--stage", "simpo", "--dpo-loss-type", "ipo"), "--stage simpo with --dpo-loss-type ipo"),
-    (("--stage", "orpo", "--ref-model", "."), "the orpo loss has no reference model"),
-    (("--stage", "dpo", "--dpo-loss-type", "hinge", "--dpo-label-smoothing", "0.1"),
-     "--dpo-label-smoothing applies to the sigmoid and simpo losses"),
-    (("--stage", "dpo", "--ref-model", "/nonexistent/ref"), "--ref-model /nonexistent/ref: no such folder"),
-])
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (("--stage", "sft", "--dpo-beta", "0.2"), "--dpo-beta applies to preference alignment"),
+        (("--stage", "dpo", "--dpo-beta", "0"), "--dpo-beta must be positive"),
+        (("--stage", "simpo", "--dpo-loss-type", "ipo"), "--stage simpo with --dpo-loss-type ipo"),
+        (("--stage", "orpo", "--ref-model", "."), "the orpo loss has no reference model"),
+        (
+            ("--stage", "dpo", "--dpo-loss-type", "hinge", "--dpo-label-smoothing", "0.1"),
+            "--dpo-label-smoothing applies to the sigmoid and simpo losses",
+        ),
+        (
+            ("--stage", "dpo", "--ref-model", "/nonexistent/ref"),
+            "--ref-model /nonexistent/ref: no such folder",
+        ),
+    ],
+)
 def test_flags_that_do_not_fit(tmp_path, flags, needle):
     data = write_pairwise_data(tmp_path / "p", make_pairs())
     assert needle in one_line(posttrain(*flags, "--data-path", data))
@@ -78,7 +118,9 @@ def test_datasets_of_different_lengths(tmp_path):
     four = write_pairwise_data(tmp_path / "four", make_pairs())
     for kind in ("input_ids", "labels"):  # ... and the rejected side of four
         for ext in (".bin", ".idx"):
-            shutil.copy(f"{four}_packed_rejected_{kind}_document{ext}", f"{data}_packed_rejected_{kind}_document{ext}")
+            shutil.copy(
+                f"{four}_packed_rejected_{kind}_document{ext}", f"{data}_packed_rejected_{kind}_document{ext}"
+            )
     with pytest.raises(DataError, match="holds 4 pairs but .* 3"):
         check_pairwise_data(data)
     assert check_pairwise_data(write_pairwise_data(tmp_path / "ok", make_pairs())) == len(make_pairs())

@@ -31,8 +31,17 @@ pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("dpo_worker.py")
 REL = 1e-5
-LORA = ("--lora-target-modules", "linear_qkv", "linear_proj", "linear_fc1", "linear_fc2", "--lora-r", "4",
-        "--lora-alpha", "8")
+LORA = (
+    "--lora-target-modules",
+    "linear_qkv",
+    "linear_proj",
+    "linear_fc1",
+    "linear_fc2",
+    "--lora-r",
+    "4",
+    "--lora-alpha",
+    "8",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,40 +50,105 @@ def runs(tmp_path_factory):
     hf = make_hf_model(root / "hf", "qwen2", num_layers=2, initializer_range=0.2)
     adapter = root / "peft"
     make_peft_adapter(str(hf), str(adapter))
-    mg_lora = convert(ConvertOptions(progress=False, load_dir=str(hf), save_dir=str(root / "mg_lora"),
-                                     load_model_type="hf", save_model_type="mg", add_qkv_bias=True,
-                                     lora_load=str(adapter)))
+    mg_lora = convert(
+        ConvertOptions(
+            progress=False,
+            load_dir=str(hf),
+            save_dir=str(root / "mg_lora"),
+            load_model_type="hf",
+            save_model_type="mg",
+            add_qkv_bias=True,
+            lora_load=str(adapter),
+        )
+    )
     mg = convert_hf_to_mg(hf, root / "mg", 1, 1)
-    other = convert_hf_to_mg(make_hf_model(root / "other_hf", "qwen2", num_layers=2, intermediate_size=48),
-                             root / "other", 1, 1)  # a reference of another shape
+    other = convert_hf_to_mg(
+        make_hf_model(root / "other_hf", "qwen2", num_layers=2, intermediate_size=48), root / "other", 1, 1
+    )  # a reference of another shape
     pairs = make_pairs()
     data = write_pairwise_data(root / "data" / "pairs", pairs)
     a, b, c = root / "run_a", root / "run_b", root / "run_c"
     trained = dict(lr=0.01, iters=4)
     spec = [
-        {"name": "lora", "argv": dpo_flags(hf, data, extra=("--load", str(mg_lora), "--lora-load",
-                                                             str(root / "lora_save"), "--save",
-                                                             str(root / "lora_save"), *LORA))},
-        {"name": "a", "argv": dpo_flags(hf, data, **trained, extra=("--load", str(mg), "--finetune", "--save",
-                                                                     str(a), "--save-interval", "2"))},
-        {"name": "b", "argv": dpo_flags(hf, data, **trained, extra=("--load", str(a), "--ckpt-step", "2",
-                                                                     "--ref-model", str(mg), "--save", str(b)))},
-        {"name": "moved_reference", "argv": dpo_flags(
-            hf, data, **trained, extra=("--load", str(a), "--ckpt-step", "2", "--ref-model", str(a),
-                                        "--refer-model-iter", "2", "--save", str(c)))},
-        {"name": "other_shape", "argv": dpo_flags(hf, data, extra=("--load", str(mg), "--finetune", "--ref-model",
-                                                                    str(other))),
-         "expect_failure": True},
-        {"name": "no_reference", "argv": dpo_flags(hf, data, **trained, extra=("--load", str(a), "--ckpt-step",
-                                                                                "2", "--save", str(c))),
-         "expect_failure": True},
+        {
+            "name": "lora",
+            "argv": dpo_flags(
+                hf,
+                data,
+                extra=(
+                    "--load",
+                    str(mg_lora),
+                    "--lora-load",
+                    str(root / "lora_save"),
+                    "--save",
+                    str(root / "lora_save"),
+                    *LORA,
+                ),
+            ),
+        },
+        {
+            "name": "a",
+            "argv": dpo_flags(
+                hf,
+                data,
+                **trained,
+                extra=("--load", str(mg), "--finetune", "--save", str(a), "--save-interval", "2"),
+            ),
+        },
+        {
+            "name": "b",
+            "argv": dpo_flags(
+                hf,
+                data,
+                **trained,
+                extra=("--load", str(a), "--ckpt-step", "2", "--ref-model", str(mg), "--save", str(b)),
+            ),
+        },
+        {
+            "name": "moved_reference",
+            "argv": dpo_flags(
+                hf,
+                data,
+                **trained,
+                extra=(
+                    "--load",
+                    str(a),
+                    "--ckpt-step",
+                    "2",
+                    "--ref-model",
+                    str(a),
+                    "--refer-model-iter",
+                    "2",
+                    "--save",
+                    str(c),
+                ),
+            ),
+        },
+        {
+            "name": "other_shape",
+            "argv": dpo_flags(hf, data, extra=("--load", str(mg), "--finetune", "--ref-model", str(other))),
+            "expect_failure": True,
+        },
+        {
+            "name": "no_reference",
+            "argv": dpo_flags(
+                hf, data, **trained, extra=("--load", str(a), "--ckpt-step", "2", "--save", str(c))
+            ),
+            "expect_failure": True,
+        },
     ]
     out = root / "out"
     out.mkdir()
     (root / "spec.json").write_text(json.dumps(spec))
     result = torchrun(WORKER, str(root / "spec.json"), str(out), nproc=2, timeout=600)
-    return {"root": root, "hf": hf, "adapter": adapter, "pairs": pairs, "out": out,
-            "stdout": result.stdout + result.stderr}
+    return {
+        "root": root,
+        "hf": hf,
+        "adapter": adapter,
+        "pairs": pairs,
+        "out": out,
+        "stdout": result.stdout + result.stderr,
+    }
 
 
 def _load(runs, name: str) -> dict:
@@ -85,14 +159,17 @@ def test_lora_dpo_equals_trl_with_peft(runs):
     from tests.dpo.trl_reference import trl_dpo_step
 
     hf, adapter = str(runs["hf"]), str(runs["adapter"])
-    trl = trl_dpo_step(load_peft_model(hf, adapter, trainable=True), load_hf_model(hf), hf, runs["pairs"],
-                       "sigmoid")
+    trl = trl_dpo_step(
+        load_peft_model(hf, adapter, trainable=True), load_hf_model(hf), hf, runs["pairs"], "sigmoid"
+    )
     ours = _load(runs, "lora")
     assert abs(ours["reported"]["loss"] - trl["loss"]) <= REL * trl["loss"]
     scale = abs(trl["metrics"]["rewards/chosen"]) + abs(trl["metrics"]["rewards/rejected"])
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
         want = trl["metrics"][key]
-        assert abs(ours["reported"][key] - want) <= REL * (scale if key.startswith("rewards") else abs(want)), key
+        assert abs(ours["reported"][key] - want) <= REL * (
+            scale if key.startswith("rewards") else abs(want)
+        ), key
     assert scale > 1000 * REL  # the adapter moves the policy away from its base: the reference matters
     by_module = {}
     for name, grad in trl["grads"].items():
@@ -122,7 +199,9 @@ def test_resume_is_bitwise_with_the_initial_reference(runs):
     assert a[4]["rewards/chosen"] != 0.0  # the policy moved away from the reference
     moved = _load(runs, "moved_reference")["steps"]
     # Teeth: a reference that is the run's iteration 2 instead of its start changes the rewards at once.
-    assert abs(moved[3]["rewards/margins"] - a[3]["rewards/margins"]) > 1000 * REL * abs(a[3]["rewards/margins"])
+    assert abs(moved[3]["rewards/margins"] - a[3]["rewards/margins"]) > 1000 * REL * abs(
+        a[3]["rewards/margins"]
+    )
 
 
 def test_bad_references_are_one_line_each(runs):

@@ -34,14 +34,30 @@ LOSSES = ("sigmoid", "hinge", "ipo")
 LAYOUTS = {"dp2": (1, 1), "tp2": (2, 1), "pp2": (1, 2), "cp2": (1, 1)}
 LAYOUT_FLAGS = {
     "dp2": (),
-    "tp2": ("--tensor-model-parallel-size", "2", "--sequence-parallel", "--use-distributed-optimizer",
-            "--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"),
+    "tp2": (
+        "--tensor-model-parallel-size",
+        "2",
+        "--sequence-parallel",
+        "--use-distributed-optimizer",
+        "--recompute-granularity",
+        "full",
+        "--recompute-method",
+        "uniform",
+        "--recompute-num-layers",
+        "1",
+    ),
     "pp2": ("--pipeline-model-parallel-size", "2", "--no-pad-to-seq-lengths", "--pad-to-multiple-of", "4"),
     "cp2": ("--context-parallel-size", "2"),
 }
 CASES = [(loss, name) for loss in LOSSES for name in ("dp2", "tp2", "pp2")] + [("sigmoid", "cp2")]
-METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-           "logps/rejected")
+METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +65,27 @@ def parity(tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo_parity")
     hf = make_hf_model(root / "hf", "qwen2", num_layers=2, initializer_range=0.2)
     ref_hf = perturbed_copy(hf, root / "ref_hf")
-    policy = {tp_pp: convert_hf_to_mg(hf, root / f"mg_tp{tp_pp[0]}pp{tp_pp[1]}", *tp_pp)
-              for tp_pp in set(LAYOUTS.values())}
-    reference = {tp_pp: convert_hf_to_mg(ref_hf, root / f"ref_tp{tp_pp[0]}pp{tp_pp[1]}", *tp_pp)
-                 for tp_pp in set(LAYOUTS.values())}
+    policy = {
+        tp_pp: convert_hf_to_mg(hf, root / f"mg_tp{tp_pp[0]}pp{tp_pp[1]}", *tp_pp)
+        for tp_pp in set(LAYOUTS.values())
+    }
+    reference = {
+        tp_pp: convert_hf_to_mg(ref_hf, root / f"ref_tp{tp_pp[0]}pp{tp_pp[1]}", *tp_pp)
+        for tp_pp in set(LAYOUTS.values())
+    }
     pairs = make_pairs()
     data = write_pairwise_data(root / "data" / "pairs", pairs)
     runs = []
     for loss, name in CASES:
         tp_pp = LAYOUTS[name]
-        extra = ("--load", str(policy[tp_pp]), "--ref-model", str(reference[tp_pp]), "--finetune",
-                 *LAYOUT_FLAGS[name])
+        extra = (
+            "--load",
+            str(policy[tp_pp]),
+            "--ref-model",
+            str(reference[tp_pp]),
+            "--finetune",
+            *LAYOUT_FLAGS[name],
+        )
         runs.append({"name": f"{loss}_{name}", "argv": dpo_flags(hf, data, loss=loss, extra=extra)})
     for loss in ("simpo", "orpo"):
         extra = ("--load", str(policy[1, 1]), "--finetune")
@@ -77,8 +103,9 @@ def trl_reference(parity, loss: str) -> dict:
 
     if loss not in parity["trl"]:
         hf, ref_hf = parity["hf"], parity["ref_hf"]
-        parity["trl"][loss] = trl_dpo_step(load_hf_model(str(hf)), load_hf_model(str(ref_hf)), str(hf),
-                                           parity["pairs"], loss)
+        parity["trl"][loss] = trl_dpo_step(
+            load_hf_model(str(hf)), load_hf_model(str(ref_hf)), str(hf), parity["pairs"], loss
+        )
     return parity["trl"][loss]
 
 
@@ -90,8 +117,11 @@ def reference_grads(parity, key: str, hf_grads: dict, tp: int, pp: int) -> dict:
         if not folder.exists():
             grads_as_hf_model(parity["hf"], hf_grads, folder)
         mg = convert_hf_to_mg(folder, root / f"grad_{key}_tp{tp}pp{pp}", tp, pp)
-        parity["grads"][key, tp, pp] = {(t, p): layout.load_rank_state(str(mg), None, t, p, pp)["model"]
-                                        for t in range(tp) for p in range(pp)}
+        parity["grads"][key, tp, pp] = {
+            (t, p): layout.load_rank_state(str(mg), None, t, p, pp)["model"]
+            for t in range(tp)
+            for p in range(pp)
+        }
     return parity["grads"][key, tp, pp]
 
 
@@ -102,7 +132,9 @@ def assert_grads(parity, case: str, key: str, hf_grads: dict, tp: int, pp: int) 
         assert got, f"{case}: no gradients written on TP rank {t}, PP rank {p}"
         for name, grad in got.items():
             err = rel_err(grad, state[name])
-            assert err <= REL, f"{case} TP rank {t} PP rank {p} {name}: gradient relative difference {err:.2e}"
+            assert err <= REL, (
+                f"{case} TP rank {t} PP rank {p} {name}: gradient relative difference {err:.2e}"
+            )
 
 
 def reported(parity, case: str, pp: int) -> dict:
@@ -122,8 +154,12 @@ def test_first_step_equals_trl(parity, loss, name):
     assert_close(ours["loss"], trl["loss"], f"{loss} {name} loss")
     reward_scale = max(abs(trl["metrics"]["rewards/chosen"]), abs(trl["metrics"]["rewards/rejected"]))
     for key in METRICS:
-        assert_close(ours[key], trl["metrics"][key], f"{loss} {name} {key}",
-                     scale=reward_scale if key.startswith("rewards/") else None)
+        assert_close(
+            ours[key],
+            trl["metrics"][key],
+            f"{loss} {name} {key}",
+            scale=reward_scale if key.startswith("rewards/") else None,
+        )
     assert_grads(parity, f"{loss}_{name}", loss, trl["grads"], tp, pp)
 
 
@@ -133,8 +169,9 @@ def test_the_reference_moves_the_loss(parity):
     from tests.dpo.trl_reference import trl_dpo_step
 
     hf = parity["hf"]
-    with_policy = trl_dpo_step(load_hf_model(str(hf)), load_hf_model(str(hf)), str(hf), parity["pairs"],
-                               "sigmoid")
+    with_policy = trl_dpo_step(
+        load_hf_model(str(hf)), load_hf_model(str(hf)), str(hf), parity["pairs"], "sigmoid"
+    )
     ours = reported(parity, "sigmoid_dp2", 1)["loss"]
     assert abs(with_policy["loss"] - ours) > 1000 * REL * ours
 
@@ -149,20 +186,27 @@ def _hf_sequence_logps(model, pairs) -> tuple[torch.Tensor, torch.Tensor, torch.
             logits = model(input_ids=ids).logits[0, :-1].float()
             target = ids[0, 1:]
             logp = torch.log_softmax(logits, -1).gather(-1, target[:, None])[:, 0]
-            means.append(logp[len(pair["prompt_ids"]) - 1:].mean())
+            means.append(logp[len(pair["prompt_ids"]) - 1 :].mean())
         out[side] = torch.stack(means)
     return out["chosen"], out["rejected"]
 
 
-def _trl_reference_free(loss: str, chosen: torch.Tensor, rejected: torch.Tensor, beta: float = 0.1,
-                        gamma: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _trl_reference_free(
+    loss: str, chosen: torch.Tensor, rejected: torch.Tensor, beta: float = 0.1, gamma: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TRL's SimPO (CPOTrainer.cpo_loss, loss_type simpo) or ORPO (ORPOTrainer.odds_ratio_loss plus the chosen
-    answer's mean token loss, per pair) on the given log-probabilities: (loss, chosen and rejected rewards)."""
+    answer's mean token loss, per pair) on the given log-probabilities: (loss, the two rewards)."""
     if loss == "simpo":
         from trl.experimental.cpo import CPOTrainer
 
-        me = types.SimpleNamespace(beta=beta, label_smoothing=0.0, loss_type="simpo", simpo_gamma=gamma, alpha=0.0,
-                                   accelerator=types.SimpleNamespace(device=chosen.device))
+        me = types.SimpleNamespace(
+            beta=beta,
+            label_smoothing=0.0,
+            loss_type="simpo",
+            simpo_gamma=gamma,
+            alpha=0.0,
+            accelerator=types.SimpleNamespace(device=chosen.device),
+        )
         losses, cr, rr = CPOTrainer.cpo_loss(me, chosen, rejected)
         return losses.mean(), cr, rr
     from trl.experimental.orpo import ORPOTrainer

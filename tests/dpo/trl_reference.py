@@ -6,10 +6,7 @@ The pairs are given as token ids (``prompt_ids``, ``chosen_ids``, ``rejected_ids
 
 from __future__ import annotations
 
-import os
 import tempfile
-
-import torch
 
 
 def _trainer(policy, ref, tokenizer_dir: str, loss_type: str, beta: float, peft_config=None):
@@ -22,15 +19,40 @@ def _trainer(policy, ref, tokenizer_dir: str, loss_type: str, beta: float, peft_
         tok.pad_token = tok.eos_token
     data = Dataset.from_list([{"prompt": "w3 w4", "chosen": "w5", "rejected": "w6"}])  # construction only
     out = tempfile.mkdtemp(prefix="trl-dpo-")
-    cfg = DPOConfig(output_dir=out, loss_type=[loss_type], beta=beta, per_device_train_batch_size=1,
-                    learning_rate=0.0, report_to=[], use_cpu=True, bf16=False, fp16=False, max_length=None,
-                    precompute_ref_log_probs=False, dataset_num_proc=None)
-    return DPOTrainer(model=policy, ref_model=ref, args=cfg, train_dataset=data, processing_class=tok,
-                      peft_config=peft_config)
+    cfg = DPOConfig(
+        output_dir=out,
+        loss_type=[loss_type],
+        beta=beta,
+        per_device_train_batch_size=1,
+        learning_rate=0.0,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        max_length=None,
+        precompute_ref_log_probs=False,
+        dataset_num_proc=None,
+    )
+    return DPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=cfg,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=peft_config,
+    )
 
 
-def trl_dpo_step(policy, ref, tokenizer_dir: str, pairs: list[dict], loss_type: str, beta: float = 0.1,
-                 peft_config=None, pad_id: int = 2) -> dict:
+def trl_dpo_step(
+    policy,
+    ref,
+    tokenizer_dir: str,
+    pairs: list[dict],
+    loss_type: str,
+    beta: float = 0.1,
+    peft_config=None,
+    pad_id: int = 2,
+) -> dict:
     """TRL's loss, metrics and the policy's gradients (by parameter name) for ``pairs`` as one batch."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
