@@ -3,7 +3,8 @@
 :class:`RunConfig` holds one group per part of a run (model, kernels, parallel, recompute, precision,
 optimizer, training, data, instruction, checkpoint, logging, and inference for ``inference.py``).
 Every destination of the parser belongs to exactly one group, to a feature's own flags (LoRA:
-``mindspeed_llm.lora.config.add_lora_flags``, read by the LoRA module), or to :data:`LAUNCH_ONLY`;
+``mindspeed_llm.lora.config.add_lora_flags``, read by the LoRA module; preference alignment:
+``mindspeed_llm.dpo.config.add_dpo_flags``), or to :data:`LAUNCH_ONLY`;
 flags an ``extra_args_provider`` adds (Megatron-LM's hook) are kept as given in ``extra``.
 ``tests/config/test_groups.py`` checks that partition.
 
@@ -386,6 +387,16 @@ def lora_dests() -> tuple[str, ...]:
     return tuple(parser_dests(parser))
 
 
+@functools.cache
+def dpo_dests() -> tuple[str, ...]:
+    """The destinations of the preference-alignment flags (``mindspeed_llm.dpo.config.add_dpo_flags``)."""
+    from mindspeed_llm.dpo.config import add_dpo_flags
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_dpo_flags(parser)
+    return tuple(parser_dests(parser))
+
+
 def frozen_value(value: Any) -> Any:
     """``value`` with lists as tuples and dicts as read-only mappings, all the way down."""
     if isinstance(value, (list, tuple)):
@@ -401,8 +412,8 @@ def _group_from(cls: type, values: Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The validated flags of one launch, in groups; ``lora``, ``launch`` and ``extra`` are read-only
-    mappings."""
+    """The validated flags of one launch, in groups; ``lora``, ``dpo``, ``launch`` and ``extra`` are
+    read-only mappings."""
 
     model: ModelGroup
     kernels: KernelsGroup
@@ -417,6 +428,7 @@ class RunConfig:
     logging: LoggingGroup
     inference: InferenceGroup | None
     lora: Mapping[str, Any]
+    dpo: Mapping[str, Any]
     launch: Mapping[str, Any]
     extra: Mapping[str, Any]
 
@@ -435,16 +447,18 @@ class RunConfig:
             inference = _group_from(InferenceGroup, values)
             taken |= inference_names
         lora = {k: values[k] for k in lora_dests() if k in values}
+        dpo = {k: values[k] for k in dpo_dests() if k in values}
         launch = {k: values[k] for k in LAUNCH_ONLY if k in values}
-        extra = {k: v for k, v in values.items() if k not in taken and k not in lora and k not in launch}
-        return cls(**groups, inference=inference, lora=frozen_value(lora), launch=frozen_value(launch),
-                   extra=frozen_value(extra))
+        extra = {k: v for k, v in values.items()
+                 if k not in taken and k not in lora and k not in dpo and k not in launch}
+        return cls(**groups, inference=inference, lora=frozen_value(lora), dpo=frozen_value(dpo),
+                   launch=frozen_value(launch), extra=frozen_value(extra))
 
     def values(self) -> dict[str, Any]:
         """Every flag's destination and value (frozen values), whichever group holds it."""
         groups = [getattr(self, name) for name, _ in GROUPS] + ([self.inference] if self.inference else [])
         out = {f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}
-        for mapping in (self.lora, self.launch, self.extra):
+        for mapping in (self.lora, self.dpo, self.launch, self.extra):
             out.update(mapping)
         return out
 

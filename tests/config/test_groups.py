@@ -17,6 +17,7 @@ from mindspeed_llm.config.groups import (
     RunConfig,
     checked_model_settings,
     checkpoint_settings,
+    dpo_dests,
     lora_dests,
     transformer_config,
 )
@@ -42,6 +43,8 @@ def _homes() -> dict[str, list[str]]:
         homes.setdefault(f.name, []).append("inference")
     for dest in lora_dests():
         homes.setdefault(dest, []).append("lora")
+    for dest in dpo_dests():
+        homes.setdefault(dest, []).append("dpo")
     for dest in LAUNCH_ONLY:
         homes.setdefault(dest, []).append("launch")
     return homes
