@@ -13,6 +13,9 @@ each micro-batch padded to its longest sequence (ours --no-pad-to-seq-lengths; T
 its defaults otherwise (eager Trainer loop, SDPA attention). Step times: ours from the log, TRL's from
 a TrainerCallback (step begin -> end); the median after --warmup steps.
 
+Also measured: the same run with LoRA (r 8 on every linear layer; one model copy: the reference is the base
+with the adapters off) and each run's peak RSS (ours: the training log's max rss; TRL: getrusage).
+
     python bench/bench_dpo.py [--iters 6] [--warmup 2] [--layers 4] [--vocab 32000] [--mbs 2] [--gbs 4]
 """
 
@@ -87,7 +90,10 @@ def prepare(args, work: Path) -> dict:
     return {"hf": hf, "mg": mg, "data": data, "tok": work / "tok"}
 
 
-def run_ours(args, prep: dict, env: dict) -> list[float]:
+_MAX_RSS = re.compile(r"max rss: ([0-9.]+)")
+
+
+def run_ours(args, prep: dict, env: dict, lora: bool = False) -> tuple[list[float], float]:
     from tests.e2e.pretrain_helpers import model_flags
 
     longest = max(
@@ -141,6 +147,18 @@ def run_ours(args, prep: dict, env: dict) -> list[float]:
         str(prep["mg"]),
         "--finetune",
     ] + (["--bf16"] if args.dtype == "bf16" else [])
+    if lora:  # the reference is the base with the adapters off: no second copy
+        flags += [
+            "--lora-target-modules",
+            "linear_qkv",
+            "linear_proj",
+            "linear_fc1",
+            "linear_fc2",
+            "--lora-r",
+            "8",
+            "--lora-alpha",
+            "16",
+        ]
     cmd = [
         sys.executable,
         "-m",
@@ -155,7 +173,9 @@ def run_ours(args, prep: dict, env: dict) -> list[float]:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if out.returncode:
         raise SystemExit(f"posttrain_gpt.py failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
-    return [float(m.group(2)) / 1000 for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
+    times = [float(m.group(2)) / 1000 for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
+    rss = [float(m.group(1)) for m in _MAX_RSS.finditer(out.stdout)]
+    return times, max(rss) if rss else float("nan")
 
 
 def trl_worker(args) -> None:
@@ -224,7 +244,10 @@ def trl_worker(args) -> None:
         callbacks=[Clock()],
     )
     trainer.train()
-    print(json.dumps(times[args.warmup :]))
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"times": times[args.warmup :], "max_rss_mb": peak}))
 
 
 def run_trl(args, work: Path, env: dict) -> list[float]:
@@ -250,7 +273,8 @@ def run_trl(args, work: Path, env: dict) -> list[float]:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if out.returncode:
         raise SystemExit(f"TRL worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["times"], result["max_rss_mb"]
 
 
 def main() -> None:
@@ -275,19 +299,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         work = Path(tmp)
         prep = prepare(args, work)
-        ours = run_ours(args, prep, env)
-        trl = run_trl(args, work, env)
-    o, t = statistics.median(ours), statistics.median(trl)
+        ours, ours_rss = run_ours(args, prep, env)
+        lora, lora_rss = run_ours(args, prep, env, lora=True)
+        trl, trl_rss = run_trl(args, work, env)
+    o, t, lo = statistics.median(ours), statistics.median(trl), statistics.median(lora)
     print(
         f"# DPO step, {platform.processor() or platform.machine()}, {args.threads} threads, {args.dtype}, "
         f"Qwen2-shaped {args.layers} layers hidden 256 vocab {args.vocab}, {args.gbs} pairs/step "
         f"(micro-batch {args.mbs}), prompt {args.prompt[0]}-{args.prompt[1]} answers {args.answer[0]}-"
         f"{args.answer[1]} tokens; median of {len(ours)} / {len(trl)} steps after {args.warmup} warm-up"
     )
-    print("| side | step (s) | pairs/s |")
-    print("|---|---|---|")
-    print(f"| posttrain_gpt.py --stage dpo (megatron-core, fused AdamW) | {o:.3f} | {args.gbs / o:.2f} |")
-    print(f"| TRL DPOTrainer (transformers SDPA, adamw_torch_fused) | {t:.3f} | {args.gbs / t:.2f} |")
+    print("| side | step (s) | pairs/s | max RSS (MB) |")
+    print("|---|---|---|---|")
+    print(
+        f"| posttrain_gpt.py --stage dpo (megatron-core, fused AdamW) | {o:.3f} | {args.gbs / o:.2f} | "
+        f"{ours_rss:.0f} |"
+    )
+    print(
+        f"| TRL DPOTrainer (transformers SDPA, adamw_torch_fused) | {t:.3f} | {args.gbs / t:.2f} | "
+        f"{trl_rss:.0f} |"
+    )
+    print(
+        f"| posttrain_gpt.py --stage dpo, LoRA r 8 (reference: adapters off) | {lo:.3f} | "
+        f"{args.gbs / lo:.2f} | {lora_rss:.0f} |"
+    )
     print(f"ours / TRL step time: {o / t:.2f}")
 
 
