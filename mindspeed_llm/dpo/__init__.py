@@ -1,4 +1,4 @@
-"""Preference alignment (``posttrain_gpt.py --stage dpo|simpo|orpo``), one feature in one package (docs/dpo.md).
+"""Preference alignment (``posttrain_gpt.py --stage dpo|simpo|orpo``): one feature, one package (docs/dpo.md).
 
 - ``config``: the flags (:func:`~mindspeed_llm.dpo.config.add_dpo_flags`, ``check_dpo_flags``) and
   ``DpoConfig`` (torch-free: the command lines import it before torch)
