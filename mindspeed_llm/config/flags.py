@@ -17,6 +17,8 @@ import argparse
 import sys
 
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
+from mindspeed_llm.dpo.config import STAGES as DPO_STAGES
+from mindspeed_llm.dpo.config import add_dpo_flags
 from mindspeed_llm.from_hf.config import add_from_hf_flags
 from mindspeed_llm.lora.config import add_lora_flags
 
@@ -314,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--stage",
         default=None,
-        choices=["sft"],
-        help="sft: instruction fine-tuning on preprocess_data.py's instruction data (--data-path PREFIX)",
+        choices=["sft", *DPO_STAGES],
+        help="sft: instruction fine-tuning on preprocess_data.py's instruction data (--data-path PREFIX); "
+        "dpo / simpo / orpo: preference alignment on pairwise data (docs/dpo.md)",
     )
     g.add_argument(
         "--is-instruction-dataset",
@@ -359,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lora_flags(p)
     add_from_hf_flags(p)
+    add_dpo_flags(p)
 
     g = p.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=100)

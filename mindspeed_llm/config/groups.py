@@ -3,7 +3,8 @@
 :class:`RunConfig` holds one group per part of a run (model, kernels, parallel, recompute, precision,
 optimizer, training, data, instruction, checkpoint, logging, and inference for ``inference.py``).
 Every destination of the parser belongs to exactly one group, to a feature's own flags (LoRA:
-``mindspeed_llm.lora.config.add_lora_flags``, read by the LoRA module), or to :data:`LAUNCH_ONLY`;
+``mindspeed_llm.lora.config.add_lora_flags``, read by the LoRA module; preference alignment:
+``mindspeed_llm.dpo.config.add_dpo_flags``), or to :data:`LAUNCH_ONLY`;
 flags an ``extra_args_provider`` adds (Megatron-LM's hook) are kept as given in ``extra``.
 ``tests/config/test_groups.py`` checks that partition.
 
@@ -488,6 +489,13 @@ def from_hf_dests() -> tuple[str, ...]:
     from mindspeed_llm.from_hf.config import from_hf_dests as dests
 
     return dests()
+def dpo_dests() -> tuple[str, ...]:
+    """The destinations of the preference-alignment flags (``mindspeed_llm.dpo.config.add_dpo_flags``)."""
+    from mindspeed_llm.dpo.config import add_dpo_flags
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_dpo_flags(parser)
+    return tuple(parser_dests(parser))
 
 
 def frozen_value(value: Any) -> Any:
@@ -505,8 +513,8 @@ def _group_from(cls: type, values: Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The validated flags of one launch, in groups; ``lora``, ``launch`` and ``extra`` are read-only
-    mappings."""
+    """The validated flags of one launch, in groups; ``lora``, ``dpo``, ``launch`` and ``extra`` are
+    read-only mappings."""
 
     model: ModelGroup
     kernels: KernelsGroup
@@ -522,6 +530,7 @@ class RunConfig:
     logging: LoggingGroup
     inference: InferenceGroup | None
     lora: Mapping[str, Any]
+    dpo: Mapping[str, Any]
     launch: Mapping[str, Any]
     extra: Mapping[str, Any]
     from_hf: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
@@ -542,17 +551,18 @@ class RunConfig:
             taken |= inference_names
         lora = {k: values[k] for k in lora_dests() if k in values}
         from_hf = {k: values[k] for k in from_hf_dests() if k in values}
+        dpo = {k: values[k] for k in dpo_dests() if k in values}
         launch = {k: values[k] for k in LAUNCH_ONLY if k in values}
-        extra = {k: v for k, v in values.items()
-                 if k not in taken and k not in lora and k not in launch and k not in from_hf}
-        return cls(**groups, inference=inference, lora=frozen_value(lora), launch=frozen_value(launch),
-                   extra=frozen_value(extra), from_hf=frozen_value(from_hf))
+        owned = {*taken, *lora, *dpo, *launch, *from_hf}
+        extra = {k: v for k, v in values.items() if k not in owned}
+        return cls(**groups, inference=inference, lora=frozen_value(lora), dpo=frozen_value(dpo),
+                   launch=frozen_value(launch), extra=frozen_value(extra), from_hf=frozen_value(from_hf))
 
     def values(self) -> dict[str, Any]:
         """Every flag's destination and value (frozen values), whichever group holds it."""
         groups = [getattr(self, name) for name, _ in GROUPS] + ([self.inference] if self.inference else [])
         out = {f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}
-        for mapping in (self.lora, self.from_hf, self.launch, self.extra):
+        for mapping in (self.lora, self.dpo, self.from_hf, self.launch, self.extra):
             out.update(mapping)
         return out
 

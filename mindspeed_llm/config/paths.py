@@ -114,6 +114,14 @@ def check_paths(args: argparse.Namespace) -> None:
     instruction = (args.is_instruction_dataset or args.stage == "sft") and args.data_path
     if instruction and not is_cache_prefix(split_data_path(args.data_path)[0][0]):
         check_instruction_prefix(split_data_path(args.data_path)[0][0])
+    if getattr(args, "is_pairwise_dataset", False) and args.data_path:
+        from mindspeed_llm.dpo.config import DpoError, check_pairwise_prefix
+
+        try:
+            check_pairwise_prefix(split_data_path(args.data_path)[0][0])
+        except DpoError as exc:
+            raise ArgumentError(str(exc)) from None
+        instruction = True  # the prefix is not one indexed dataset
     for paths in (
         None if instruction else args.data_path,
         args.train_data_path,

@@ -34,6 +34,8 @@ from mindspeed_llm.config.flags import (
 from mindspeed_llm.config.paths import check_paths, split_data_path
 from mindspeed_llm.console import launch_rank, print_error
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
+from mindspeed_llm.dpo.config import STAGES as DPO_STAGES
+from mindspeed_llm.dpo.config import check_dpo_flags
 from mindspeed_llm.from_hf.config import FromHfError, check_from_hf_flags
 from mindspeed_llm.lora.config import check_lora_flags
 
@@ -155,6 +157,10 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
     except ValueError as exc:  # the LoRA module's own error type: one line like every refused launch
         raise ArgumentError(str(exc)) from None
     _take_from_hf_caches(args)
+    try:
+        check_dpo_flags(args)
+    except ValueError as exc:  # the DPO module's own error type
+        raise ArgumentError(str(exc)) from None
     if args.rampup_batch_size:
         raise ArgumentError("--rampup-batch-size is not supported: give a fixed --global-batch-size")
     _check_context_parallel(args)
@@ -434,17 +440,21 @@ def _check_instruction_flags(args: argparse.Namespace) -> None:
     """MindSpeed-LLM's fine-tuning flags: --stage sft, --is-instruction-dataset and what needs them."""
     if args.stage == "sft":
         args.is_instruction_dataset = True  # posttrain_gpt.py --stage sft trains on instruction data
+    if args.stage in DPO_STAGES:
+        args.is_pairwise_dataset = True  # preference alignment trains on pairs (mindspeed_llm/dpo)
+        # Pipeline stages exchange the pairs' (and the reference's) activations: shapes as they come.
+        args.variable_seq_lengths = args.pipeline_model_parallel_size > 1 or args.no_pad_to_seq_lengths
     if args.is_instruction_dataset:
         # Token-weighted over the global batch: gradients divided by all its learned tokens (summed over
         # DP), not a mean of micro-batch means, so how samples fall into micro-batches (packed or not)
         # does not change a step.
         args.calculate_per_token_loss = True
-    if args.variable_seq_lengths or args.no_pad_to_seq_lengths:
+    if args.no_pad_to_seq_lengths or (args.variable_seq_lengths and not args.is_pairwise_dataset):
         # MindSpeed-LLM turns --variable-seq-lengths on with --no-pad-to-seq-lengths; either gives both here.
         args.variable_seq_lengths = args.no_pad_to_seq_lengths = True
     if args.pad_to_multiple_of < 1:
         raise ArgumentError(f"--pad-to-multiple-of must be >= 1, got {args.pad_to_multiple_of}")
-    if not args.is_instruction_dataset:
+    if not args.is_instruction_dataset and not args.is_pairwise_dataset:
         needs = [flag for flag, on in (("--prompt-type", args.prompt_type is not None),
                                        ("--no-pad-to-seq-lengths", args.no_pad_to_seq_lengths),
                                        ("--reset-attention-mask", args.reset_attention_mask)) if on]
@@ -683,7 +693,8 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
         if require_stage and args.stage is None:
             raise ArgumentError(
                 "posttrain_gpt.py needs --stage sft (instruction fine-tuning on preprocess_data.py's "
-                "instruction data); pretraining is pretrain_gpt.py"
+                "instruction data) or --stage dpo|simpo|orpo (preference alignment on pairwise data); "
+                "pretraining is pretrain_gpt.py"
             )
         if (
             not args.use_checkpoint_args

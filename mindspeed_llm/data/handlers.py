@@ -180,7 +180,10 @@ HANDLERS = {
 
 # Instruction (fine-tuning) handlers, in mindspeed_llm.data.instruction_handlers: they write
 # <prefix>_packed_{input_ids,attention_mask,labels}_document instead of one dataset per key.
-INSTRUCTION_HANDLER_NAMES = ("AlpacaStyleInstructionHandler", "SharegptStyleInstructionHandler")
+# Pairwise (preference) handlers, in mindspeed_llm.data.pairwise: <prefix>_packed_{chosen,rejected}_*.
+PAIRWISE_HANDLER_NAMES = ("AlpacaStylePairwiseHandler", "SharegptStylePairwiseHandler")
+INSTRUCTION_HANDLER_NAMES = ("AlpacaStyleInstructionHandler", "SharegptStyleInstructionHandler",
+                             *PAIRWISE_HANDLER_NAMES)
 
 
 def is_instruction_handler(name: str) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
-from mindspeed_llm.data.handlers import build_handler, is_instruction_handler
+from mindspeed_llm.data.handlers import PAIRWISE_HANDLER_NAMES, build_handler, is_instruction_handler
 from mindspeed_llm.data.indexed_writer import (
     IndexedDatasetWriter,
     dataset_paths,
@@ -237,6 +237,8 @@ def preprocess(args: argparse.Namespace) -> dict[str, str]:
     """Run the whole tokenization described by ``args``; returns key -> dataset prefix written."""
     source = discover_inputs(args.input)
     _log(f"input {args.input}: {source.describe()}")
+    if args.handler_name in PAIRWISE_HANDLER_NAMES:
+        return _preprocess_pairwise(source, args)
     if is_instruction_handler(args.handler_name):
         return _preprocess_instruction(source, args)
     handler = build_handler(args.handler_name, args.json_keys)
@@ -283,6 +285,27 @@ def _preprocess_instruction(source: InputSource, args: argparse.Namespace) -> di
     prefixes = instruction_prefixes(args.output_prefix)
     check_output_not_input(args.output_prefix, source.files, prefixes.values())
     counts = preprocess_instruction(source, args, tokenizer, _log)
+    for line in summary(counts, args):
+        _log(line)
+    for prefix in prefixes.values():
+        _log(f"wrote {prefix}.bin and {prefix}.idx")
+    return prefixes
+
+
+def _preprocess_pairwise(source: InputSource, args: argparse.Namespace) -> dict[str, str]:
+    """Pairwise handlers: prompts with chosen/rejected answers -> the four ``_packed_*_document`` datasets."""
+    from mindspeed_llm.data.instruction_handlers import parse_map_keys
+    from mindspeed_llm.data.pairwise import PAIRWISE_HANDLERS, pairwise_prefixes, preprocess_pairwise, summary
+
+    handler = PAIRWISE_HANDLERS[args.handler_name](parse_map_keys(args.map_keys))
+    handler.input_columns(available_columns(source), source.files[0])  # fail before any work
+    tokenizer = DocumentTokenizer(args.tokenizer_name_or_path, args.append_eod)
+    _log(f"tokenizer {args.tokenizer_name_or_path}: {type(tokenizer.hf).__name__}, --prompt-type "
+         f"{args.prompt_type}, int32 tokens and labels (-100 before each answer)")
+    _ensure_output_dir(args.output_prefix)
+    prefixes = pairwise_prefixes(args.output_prefix)
+    check_output_not_input(args.output_prefix, source.files, prefixes.values())
+    counts = preprocess_pairwise(source, args, tokenizer, _log)
     for line in summary(counts, args):
         _log(line)
     for prefix in prefixes.values():

@@ -155,6 +155,10 @@ def data_prefixes(args: argparse.Namespace) -> list[str]:
         from mindspeed_llm.training.instruction_data import instruction_paths
 
         return list(instruction_paths(split_data_path(args.data_path)[0][0]).values())
+    if getattr(args, "is_pairwise_dataset", False):  # --stage dpo: the four pairwise datasets
+        from mindspeed_llm.data.pairwise import pairwise_prefixes
+
+        return list(pairwise_prefixes(split_data_path(args.data_path)[0][0]).values())
     found = parse_blend(args.data_path)[0] if args.data_path else []
     for blend in _split_blends(args) or []:
         found += blend[0] if blend else []
@@ -168,6 +172,8 @@ def check_data_sources(args: argparse.Namespace) -> None:
 
         check_instruction_prefix(split_data_path(args.data_path)[0][0])
         return
+    if getattr(args, "is_pairwise_dataset", False):
+        return  # config.paths checked the four datasets (check_command_line), the trainer reads them
     if args.data_path:
         parse_blend(args.data_path)
     _split_blends(args)

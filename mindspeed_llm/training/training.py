@@ -364,10 +364,12 @@ def training_plan(loaded_iteration: int, train_iters: int) -> str:
 
 def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callable, model_type,
              forward_step_func: Callable, extra_args_provider=None, args_defaults: dict | None = None,
-             argv: list[str] | None = None) -> dict:
+             argv: list[str] | None = None, prepare_model: Callable | None = None) -> dict:
     """Megatron-LM's ``pretrain``: initialise, build model/optimizer/data, train, evaluate, save.
 
-    Returns a summary (iterations, last losses, mean throughput) on every rank.
+    ``prepare_model(model, state, args)``: called once the checkpoint is loaded, before the data (the
+    preference stages build their reference model there). Returns a summary (iterations, last losses,
+    mean throughput) on every rank.
     """
     started = time.time()
     args = initialize_megatron(argv, extra_args_provider, args_defaults)  # the namespace of the flags
@@ -396,6 +398,8 @@ def pretrain(train_valid_test_dataset_provider: Callable, model_provider: Callab
     scheduler = get_scheduler(optimizer, args)
     state = checkpointing.load_checkpoint(model, optimizer, scheduler, args, ckpt_iteration)
     _wire_config_hooks(model, optimizer, args)
+    if prepare_model is not None:
+        prepare_model(model, state, args)
 
     from mindspeed_llm.training.data import build_data_iterators
 

@@ -17,6 +17,7 @@ from mindspeed_llm.config.groups import (
     RunConfig,
     checked_model_settings,
     checkpoint_settings,
+    dpo_dests,
     from_hf_dests,
     lora_dests,
     transformer_config,
@@ -45,6 +46,8 @@ def _homes() -> dict[str, list[str]]:
         homes.setdefault(dest, []).append("lora")
     for dest in from_hf_dests():
         homes.setdefault(dest, []).append("from_hf")
+    for dest in dpo_dests():
+        homes.setdefault(dest, []).append("dpo")
     for dest in LAUNCH_ONLY:
         homes.setdefault(dest, []).append("launch")
     return homes

@@ -140,7 +140,8 @@ def test_posttrain_without_stage_is_one_line(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: posttrain_gpt.py needs --stage sft (instruction fine-tuning on "
-                                   "preprocess_data.py's instruction data); pretraining is pretrain_gpt.py")
+                                   "preprocess_data.py's instruction data) or --stage dpo|simpo|orpo "
+                                   "(preference alignment on pairwise data); pretraining is pretrain_gpt.py")
 
 
 def test_sample_order_depends_on_the_seed_only_and_covers_every_sample_each_epoch(tmp_path):
