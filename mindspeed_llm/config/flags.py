@@ -30,11 +30,55 @@ KERNEL_ONLY_FLAGS = (
     "no_gradient_accumulation_fusion", "no_masked_softmax_fusion", "no_bias_dropout_fusion",
     "no_rope_fusion", "use_fused_ring_attention_update", "use_cp_send_recv_overlap",
     "no_async_tensor_model_parallel_allreduce", "no_create_attention_mask_in_dataloader",
+    "moe_permutation_async_comm",
 )
 FEATURE_KERNEL_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
 
 # megatron-core's TransformerConfig.cp_comm_type of each --context-parallel-algo ('a2a+p2p': hierarchical CP).
 CONTEXT_PARALLEL_ALGOS = {"megatron_cp_algo": "p2p", "ulysses_cp_algo": "a2a", "hybrid_cp_algo": "a2a+p2p"}
+
+
+# --moe-token-dispatcher-type choices: megatron-core's two dispatchers, MindSpeed-LLM's alltoall_seq (run as
+# megatron-core's alltoall: the same exchange, the sequence split aside) and flex (DeepEP/HybridEP, refused).
+MOE_DISPATCHERS = ("allgather", "alltoall", "alltoall_seq", "flex")
+MOE_LOAD_BALANCING_TYPES = ("aux_loss", "seq_aux_loss", "none")
+
+
+def moe_layer_freq(value: str) -> int | list[int]:
+    """--moe-layer-freq: ``N`` (one MoE layer every N layers; MindSpeed-LLM's ``-1``: every layer) or a
+    pattern ``"([0]*1+[1]*3)"`` / ``"[0,1,1,1]"`` (1: MoE layer, 0: dense), as Megatron-LM reads it.
+
+    The pattern is read with a small evaluator of list literals, ``+`` and ``*`` (no ``eval``).
+    """
+    import ast
+
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.List):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = ev(node.left), ev(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(value)
+
+    try:
+        pattern = ev(ast.parse(text, mode="eval"))
+    except (SyntaxError, ValueError, TypeError):
+        pattern = None
+    if not isinstance(pattern, list) or any(v not in (0, 1) for v in pattern):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither an integer nor a pattern of 0/1 layers such as \"([0]*1+[1]*3)\""
+        )
+    return pattern
 
 
 def str2list(value: str) -> list[int]:
@@ -90,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calculate-per-token-loss", action="store_true",
                    help="scale gradients by the global batch's token count instead of per micro-batch means")
 
+    add_moe_flags(p)
+
     g = p.add_argument_group("kernels (CUDA/NPU only; no-ops on CPU)")
     g.add_argument("--use-flash-attn", action="store_true")
     g.add_argument("--use-fused-rmsnorm", action="store_true")
@@ -122,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ulysses-degree-in-cp", type=int, default=None,
                    help="hybrid_cp_algo: Ulysses (all-to-all) ranks inside each ring rank of the CP group")
     g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--expert-model-parallel-size", type=int, default=1,
+                   help="MoE: the experts of each MoE layer are split over this many ranks (EP)")
+    g.add_argument("--expert-tensor-parallel-size", type=int, default=None,
+                   help="MoE: each expert's weights are split over this many ranks (ETP; default: TP)")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--overlap-param-gather", action="store_true")
@@ -294,6 +344,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-params-norm", action="store_true", help="log the L2 norm of the parameters")
     g.add_argument("--log-num-zeros-in-grad", action="store_true", help="log the number of zero gradients")
     return p
+
+
+def add_moe_flags(p: argparse.ArgumentParser) -> None:
+    """Mixture-of-experts model and routing flags: Megatron-LM's names, MindSpeed-LLM's spellings beside them.
+
+    The parallel sizes (--expert-model-parallel-size, --expert-tensor-parallel-size) are in "parallelism".
+    """
+    g = p.add_argument_group("mixture of experts")
+    g.add_argument("--num-experts", type=int, default=None, help="experts per MoE layer (none: dense)")
+    g.add_argument("--moe-router-topk", type=int, default=2, help="experts each token is routed to")
+    g.add_argument("--moe-ffn-hidden-size", "--moe-intermediate-size", dest="moe_ffn_hidden_size", type=int,
+                   default=None, help="FFN hidden size of each expert (default: --ffn-hidden-size)")
+    g.add_argument("--norm-topk-prob", action="store_true",
+                   help="renormalise the top-k routing probabilities to sum to 1 (megatron-core's default "
+                        "router; Qwen3-MoE, Mixtral); contradicts --moe-router-pre-softmax")
+    g.add_argument("--moe-router-pre-softmax", action="store_true",
+                   help="top-k of the softmax over all experts, not renormalised (Qwen2-MoE)")
+    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None,
+                   help="FFN hidden size of the shared expert(s) beside the routed ones")
+    g.add_argument("--n-shared-experts", type=int, default=None,
+                   help="MindSpeed-LLM: shared experts of --moe-ffn-hidden-size each (= "
+                        "--moe-shared-expert-intermediate-size N x --moe-ffn-hidden-size)")
+    g.add_argument("--moe-shared-expert-gate", "--shared-expert-gate", dest="moe_shared_expert_gate",
+                   action="store_true", help="a sigmoid gate on the shared expert's output (Qwen2-MoE)")
+    g.add_argument("--moe-router-load-balancing-type", default="aux_loss", choices=MOE_LOAD_BALANCING_TYPES,
+                   help="aux_loss (over the micro-batch), seq_aux_loss (per sequence) or none")
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0, help="weight of the load-balancing loss")
+    g.add_argument("--moe-z-loss-coeff", type=float, default=None, help="weight of the router z-loss")
+    g.add_argument("--moe-token-dispatcher-type", default="allgather", choices=MOE_DISPATCHERS,
+                   help="how tokens reach the experts of other EP ranks: allgather or alltoall "
+                        "(alltoall_seq runs as alltoall; flex is refused: it needs DeepEP on CUDA)")
+    g.add_argument("--moe-grouped-gemm", action="store_true",
+                   help="experts as megatron-core's grouped weights (mlp.experts.weight1/weight2), not "
+                        "one MLP per expert (mlp.experts.local_experts.N)")
+    g.add_argument("--moe-layer-freq", type=moe_layer_freq, default=1,
+                   help="N: an MoE layer every N layers (-1: all), or a pattern like \"([0]*1+[1]*3)\"")
+    g.add_argument("--first-k-dense-replace", type=int, default=None,
+                   help="MindSpeed-LLM: the first K layers are dense (the rest follow --moe-layer-freq)")
+    g.add_argument("--moe-permutation-async-comm", action="store_true",
+                   help="accepted (MindSpeed-LLM's overlap of the permutation's communication): a no-op here")
 
 
 def parse_args(argv: list[str] | None = None, extra_args_provider=None) -> argparse.Namespace:

@@ -70,6 +70,14 @@ class ModelGroup:
     low_freq_factor: float | None = setting(checkpoint="force")
     high_freq_factor: float | None = setting(checkpoint="force")
     original_max_position_embeddings: int | None = setting(checkpoint="force")
+    # Mixture of experts (None experts: a dense model). moe_layer_freq is validated into one 0/1 per layer.
+    num_experts: int | None = setting(checkpoint="force", checked=True)
+    moe_router_topk: int = setting(checkpoint="force", checked=True)
+    moe_ffn_hidden_size: int | None = setting(checkpoint="force", checked=True)
+    moe_router_pre_softmax: bool = setting(checkpoint="force", checked=True)
+    moe_shared_expert_intermediate_size: int | None = setting(checkpoint="force", checked=True)
+    moe_shared_expert_gate: bool = setting(checkpoint="force", checked=True)
+    moe_layer_freq: Any = setting(checkpoint="force", checked=True)
     disable_bias_linear: bool = setting(checkpoint="force")  # checked as the checkpoint's add_bias_linear
     max_position_embeddings: int = setting(checkpoint="fill")
     padded_vocab_size: int | None = setting(checkpoint="fill")  # the flag; the run's value is the plan's
@@ -108,6 +116,19 @@ class ModelGroup:
             )
         return scaling
 
+    def moe_fields(self) -> dict[str, Any]:
+        """The ``ModelConfig`` fields of the experts (all unset for a dense model)."""
+        if not self.num_experts:
+            return dict(num_experts=None, moe_router_topk=None, moe_ffn_hidden_size=None,
+                        moe_router_pre_softmax=False, moe_shared_expert_intermediate_size=None,
+                        moe_shared_expert_gate=False, moe_layer_freq=None)
+        return dict(num_experts=self.num_experts, moe_router_topk=self.moe_router_topk,
+                    moe_ffn_hidden_size=self.moe_ffn_hidden_size,
+                    moe_router_pre_softmax=self.moe_router_pre_softmax,
+                    moe_shared_expert_intermediate_size=self.moe_shared_expert_intermediate_size,
+                    moe_shared_expert_gate=self.moe_shared_expert_gate,
+                    moe_layer_freq=tuple(self.moe_layer_freq))
+
     def model_config(self, vocab_rows: int, params_dtype: Any, base: Any = None):
         """Our ``ModelConfig`` for these flags (``base``: a checkpoint's config, for HF names and ids)."""
         from mindspeed_llm.models.families import ModelConfig
@@ -137,9 +158,19 @@ class ModelGroup:
             tie_word_embeddings=not self.untie_embeddings_and_output_weights,
             params_dtype=params_dtype,
             attention_dropout=self.attention_dropout,
+            **self.moe_fields(),
         )
         if base is not None:
             return base.replace(**fields)
+        if self.num_experts:
+            arch, model_type = (
+                ("Qwen3MoeForCausalLM", "qwen3_moe")
+                if self.qk_layernorm
+                else ("Qwen2MoeForCausalLM", "qwen2_moe")
+                if self.add_qkv_bias
+                else ("MixtralForCausalLM", "mixtral")
+            )
+            return ModelConfig(architecture=arch, model_type=model_type, **fields)
         arch, model_type = (
             ("Qwen3ForCausalLM", "qwen3")
             if self.qk_layernorm
@@ -182,12 +213,31 @@ class ParallelGroup:
     context_parallel_algo: str = setting()
     ulysses_degree_in_cp: int | None = setting()
     sequence_parallel: bool = setting(megatron="sequence_parallel")
+    expert_model_parallel_size: int = setting(megatron="expert_model_parallel_size")
+    expert_tensor_parallel_size: int | None = setting(megatron="expert_tensor_parallel_size")
     use_distributed_optimizer: bool = setting()
     overlap_grad_reduce: bool = setting()
     overlap_param_gather: bool = setting()
     distributed_backend: str | None = setting()
     distributed_timeout_minutes: int = setting()
     no_shared_storage: bool = setting()
+
+
+@dataclass(frozen=True)
+class MoeGroup:
+    """Mixture-of-experts routing and expert layout (the experts' shape is the model group's)."""
+
+    moe_router_load_balancing_type: str = setting(megatron="moe_router_load_balancing_type")
+    moe_aux_loss_coeff: float = setting(megatron="moe_aux_loss_coeff")
+    moe_z_loss_coeff: float | None = setting(megatron="moe_z_loss_coeff")
+    moe_token_dispatcher_type: str = setting(megatron="moe_token_dispatcher_type")
+    # How the expert weights are held (and named in checkpoints): grouped weight1/weight2 or one MLP each.
+    moe_grouped_gemm: bool = setting(checkpoint="force", checked=True, megatron="moe_grouped_gemm")
+    moe_permutation_async_comm: bool = setting()
+    # MindSpeed-LLM's spellings, folded by validation into the model group's fields.
+    norm_topk_prob: bool = setting()
+    n_shared_experts: int | None = setting()
+    first_k_dense_replace: int | None = setting()
 
 
 @dataclass(frozen=True)
@@ -365,6 +415,7 @@ GROUPS: tuple[tuple[str, type], ...] = (
     ("model", ModelGroup),
     ("kernels", KernelsGroup),
     ("parallel", ParallelGroup),
+    ("moe", MoeGroup),
     ("recompute", RecomputeGroup),
     ("precision", PrecisionGroup),
     ("optimizer", OptimizerGroup),
@@ -407,6 +458,7 @@ class RunConfig:
     model: ModelGroup
     kernels: KernelsGroup
     parallel: ParallelGroup
+    moe: MoeGroup
     recompute: RecomputeGroup
     precision: PrecisionGroup
     optimizer: OptimizerGroup

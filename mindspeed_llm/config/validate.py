@@ -243,6 +243,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
             f"{' and over the TP ranks' if split > 2 * cp else ''}; use a multiple of {split}, "
             f"e.g. --pad-to-multiple-of {split * 8}"
         )
+    _check_moe(args, world_size)
     _first_last_stage_layers(args, pp)
     plan.stage_layers(args.num_layer_list, args.num_layers, pp, args.num_layers_per_virtual_pipeline_stage)
     virtual = plan.virtual_stages(args.num_layers, pp, args.num_layers_per_virtual_pipeline_stage)
@@ -307,6 +308,105 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
         raise ArgumentError(f"--tensorboard-dir {args.tensorboard_dir} needs the tensorboard package: "
                             "pip install tensorboard, or drop the flag")
     return args
+
+
+# Flags that mean something only with experts: (destination, its value when not given).
+_MOE_ONLY_FLAGS = (
+    ("expert_model_parallel_size", 1), ("moe_ffn_hidden_size", None),
+    ("moe_shared_expert_intermediate_size", None), ("n_shared_experts", None),
+    ("moe_shared_expert_gate", False),
+    ("moe_grouped_gemm", False), ("first_k_dense_replace", None), ("norm_topk_prob", False),
+    ("moe_router_pre_softmax", False), ("moe_aux_loss_coeff", 0.0), ("moe_z_loss_coeff", None),
+)
+
+
+def _check_moe(args: argparse.Namespace, world_size: int) -> None:
+    """Mixture-of-experts flags: MindSpeed-LLM's spellings folded into Megatron-LM's, the layout checked."""
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if not args.num_experts:
+        given = ["--" + name.replace("_", "-") for name, unset in _MOE_ONLY_FLAGS
+                 if getattr(args, name) != unset]
+        if args.num_experts is not None:
+            raise ArgumentError(f"--num-experts must be at least 1, got {args.num_experts}")
+        if given:
+            raise ArgumentError(f"{' '.join(given)} only apply to mixture-of-experts models: add "
+                                "--num-experts N, or drop them")
+        if args.expert_tensor_parallel_size not in (None, tp):
+            raise ArgumentError("--expert-tensor-parallel-size only applies to mixture-of-experts models: "
+                                "add --num-experts N, or drop it")
+        args.expert_tensor_parallel_size = None
+        return
+    experts, ep = args.num_experts, args.expert_model_parallel_size
+    if not 1 <= args.moe_router_topk <= experts:
+        raise ArgumentError(f"--moe-router-topk {args.moe_router_topk} must be between 1 and --num-experts "
+                            f"{experts}")
+    if ep < 1 or experts % ep:
+        raise ArgumentError(f"--num-experts {experts} must be divisible by --expert-model-parallel-size {ep} "
+                            "(each EP rank holds the same number of experts)")
+    if args.moe_ffn_hidden_size is None:
+        args.moe_ffn_hidden_size = args.ffn_hidden_size  # Megatron-LM's default
+    if args.norm_topk_prob and args.moe_router_pre_softmax:
+        raise ArgumentError("--norm-topk-prob renormalises the top-k probabilities, --moe-router-pre-softmax "
+                            "keeps them as the softmax over all experts gave them: give one")
+    if args.n_shared_experts is not None:
+        if args.n_shared_experts < 1:
+            raise ArgumentError(f"--n-shared-experts must be at least 1, got {args.n_shared_experts}")
+        size = args.n_shared_experts * args.moe_ffn_hidden_size
+        if args.moe_shared_expert_intermediate_size not in (None, size):
+            raise ArgumentError(
+                f"--n-shared-experts {args.n_shared_experts} x --moe-ffn-hidden-size "
+                f"{args.moe_ffn_hidden_size} "
+                f"= {size} contradicts --moe-shared-expert-intermediate-size "
+                f"{args.moe_shared_expert_intermediate_size}: give one of them")
+        args.moe_shared_expert_intermediate_size = size
+    if args.moe_shared_expert_intermediate_size is not None and args.moe_shared_expert_intermediate_size < 1:
+        raise ArgumentError("--moe-shared-expert-intermediate-size must be positive, got "
+                            f"{args.moe_shared_expert_intermediate_size}")
+    if args.moe_shared_expert_gate and args.moe_shared_expert_intermediate_size is None:
+        raise ArgumentError("--shared-expert-gate gates a shared expert: add --n-shared-experts N or "
+                            "--moe-shared-expert-intermediate-size SIZE")
+    if args.moe_token_dispatcher_type == "alltoall_seq":
+        args.moe_token_dispatcher_type = "alltoall"  # the same token exchange in megatron-core 0.16.1
+    if args.moe_token_dispatcher_type == "flex":
+        raise ArgumentError("--moe-token-dispatcher-type flex needs DeepEP/HybridEP kernels (CUDA only): use "
+                            "alltoall or allgather")
+    if args.moe_aux_loss_coeff < 0 or (args.moe_z_loss_coeff is not None and args.moe_z_loss_coeff < 0):
+        raise ArgumentError("--moe-aux-loss-coeff and --moe-z-loss-coeff must not be negative")
+    args.moe_layer_freq = moe_layer_pattern(args.moe_layer_freq, args.first_k_dense_replace, args.num_layers)
+    etp = args.expert_tensor_parallel_size
+    if etp is None:
+        etp = args.expert_tensor_parallel_size = tp  # megatron-core's default
+    if etp < 1 or args.moe_ffn_hidden_size % etp or (
+            args.moe_shared_expert_intermediate_size or 0) % tp:
+        raise ArgumentError(f"--expert-tensor-parallel-size {etp} must divide --moe-ffn-hidden-size "
+                            f"{args.moe_ffn_hidden_size} (and TP {tp} the shared expert's size)")
+    if world_size % (etp * ep * pp):
+        raise ArgumentError(
+            f"world size {world_size} is not divisible by --expert-tensor-parallel-size {etp} x "
+            f"--expert-model-parallel-size {ep} x --pipeline-model-parallel-size {pp}: launch a multiple of "
+            f"{etp * ep * pp} processes")
+
+
+def moe_layer_pattern(freq: int | list[int], first_k_dense: int | None, num_layers: int) -> list[int]:
+    """1 for each MoE layer, 0 for each dense one, from --moe-layer-freq and --first-k-dense-replace."""
+    if isinstance(freq, (list, tuple)):
+        if first_k_dense is not None:
+            raise ArgumentError("--first-k-dense-replace with a --moe-layer-freq pattern: write the dense "
+                                "layers into the pattern, or give --moe-layer-freq N")
+        if len(freq) != num_layers:
+            raise ArgumentError(f"--moe-layer-freq has {len(freq)} entries for --num-layers {num_layers}: "
+                                "give "
+                                "one 0 (dense) or 1 (MoE) per layer")
+        return list(freq)
+    if freq == 0 or freq < -1:
+        raise ArgumentError(f"--moe-layer-freq {freq}: use N >= 1 (an MoE layer every N layers), -1 (all) "
+                            "or a "
+                            "pattern such as \"([0]*1+[1]*3)\"")
+    first = first_k_dense or 0
+    if not 0 <= first < num_layers:
+        raise ArgumentError(f"--first-k-dense-replace {first_k_dense} must be between 0 and --num-layers "
+                            f"{num_layers} - 1")
+    return [0 if i < first else int(i % freq == 0) for i in range(num_layers)]
 
 
 def _check_instruction_flags(args: argparse.Namespace) -> None:

@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder; for mg->hf an original HF folder means its mg2hf/ subfolder")
     p.add_argument("--target-tensor-parallel-size", type=int, default=1)
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
+    p.add_argument("--target-expert-parallel-size", type=int, default=1,
+                   help="MoE: split each layer's experts over this many EP ranks (mp_rank_*_EEE files)")
+    p.add_argument("--expert-tensor-parallel-size", type=int, default=None,
+                   help="MoE: TP of the experts; the legacy layout needs it equal to the target TP (default)")
+    p.add_argument("--moe-grouped-gemm", action="store_true",
+                   help="MoE: write the experts as megatron-core's grouped weights (mlp.experts.weight1/"
+                        "weight2) instead of one MLP each (mlp.experts.local_experts.N); sources are read "
+                        "in either layout")
     p.add_argument("--num-layer-list", type=_layer_list, default=None,
                    help="layers per pipeline stage, e.g. 6,8,8,6 (default: even)")
     p.add_argument("--add-qkv-bias", action="store_true", help="q/k/v projections have biases (Qwen2/2.5)")
@@ -129,6 +137,9 @@ def options_from_args(args: argparse.Namespace):
         save_dir=args.save_dir,
         target_tp=args.target_tensor_parallel_size,
         target_pp=args.target_pipeline_parallel_size,
+        target_ep=args.target_expert_parallel_size,
+        target_etp=args.expert_tensor_parallel_size,
+        moe_grouped_gemm=args.moe_grouped_gemm,
         num_layer_list=args.num_layer_list,
         params_dtype=parse_dtype(args.params_dtype) if args.params_dtype else None,
         make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,

@@ -18,10 +18,15 @@ from mindspeed_llm.convert.hf_io import HfShardWriter, copy_tokenizer_files
 from mindspeed_llm.convert.mapping import (
     EMBEDDING,
     FINAL_NORM,
-    LAYER_EXTRA_STATES,
+    GROUPED_FC1,
+    GROUPED_FC2,
     OUTPUT_EXTRA_STATE,
     OUTPUT_LAYER,
+    Split,
+    group_experts,
     hf_to_mcore,
+    is_moe_layer,
+    layer_extra_states,
     layer_mappings,
     layers_per_stage,
     mcore_to_hf,
@@ -69,6 +74,9 @@ class ConvertOptions:
     save_dir: str  # --save-dir
     target_tp: int = 1  # --target-tensor-parallel-size
     target_pp: int = 1  # --target-pipeline-parallel-size
+    target_ep: int = 1  # --target-expert-parallel-size (MoE)
+    target_etp: int | None = None  # --expert-tensor-parallel-size (MoE; None: the target TP)
+    moe_grouped_gemm: bool = False  # --moe-grouped-gemm: experts as megatron's grouped weight1/weight2
     num_layer_list: list[int] | None = None  # --num-layer-list 6,8,8,6
     params_dtype: torch.dtype | None = None  # --params-dtype (None: keep the source's)
     make_vocab_size_divisible_by: int = 1  # --make-vocab-size-divisible-by
@@ -132,6 +140,30 @@ def check_parallel(cfg: ModelConfig, tp: int, pp: int, num_layer_list: list[int]
     return layers_per_stage(cfg.num_layers, pp, num_layer_list)
 
 
+def check_expert_parallel(cfg: ModelConfig, tp: int, ep: int, etp: int | None, grouped: bool) -> None:
+    """Validate the expert layout (--target-expert-parallel-size, --expert-tensor-parallel-size,
+    --moe-grouped-gemm) against the model."""
+    if not cfg.num_experts:
+        given = [flag for flag, on in (("--target-expert-parallel-size", ep != 1),
+                                       ("--expert-tensor-parallel-size", etp not in (None, tp)),
+                                       ("--moe-grouped-gemm", grouped)) if on]
+        if given:
+            raise CheckpointError(f"{' '.join(given)}: {cfg.architecture} has no experts; drop the flag")
+        return
+    if ep < 1 or cfg.num_experts % ep:
+        raise CheckpointError(f"--target-expert-parallel-size {ep} does not divide the model's "
+                              f"{cfg.num_experts} experts: pick a divisor")
+    if etp not in (None, tp):
+        raise CheckpointError(
+            f"--expert-tensor-parallel-size {etp} with --target-tensor-parallel-size {tp}: the legacy "
+            "checkpoint layout (one file per TP, PP and EP rank) splits the experts over the TP ranks; give "
+            f"--expert-tensor-parallel-size {tp} (or leave it out)")
+    if cfg.moe_ffn_hidden_size % tp or (cfg.moe_shared_expert_intermediate_size or 0) % tp:
+        raise CheckpointError(
+            f"--target-tensor-parallel-size {tp} does not divide moe_intermediate_size="
+            f"{cfg.moe_ffn_hidden_size} (or the shared expert's {cfg.moe_shared_expert_intermediate_size})")
+
+
 def target_padded_vocab(cfg: ModelConfig, opts: ConvertOptions) -> int:
     """Padded vocabulary size for the target TP, validated."""
     rows = cfg.vocab_size
@@ -166,8 +198,10 @@ def checkpoint_record(
     hf_dir = source.record.model.hf_dir if source is not None else os.path.abspath(opts.load_dir)
     model = ModelRecord.from_model_config(cfg, padded_vocab_size=padded,
                                           make_vocab_size_divisible_by=opts.make_vocab_size_divisible_by,
-                                          hf_dir=hf_dir)
-    layout_record = LayoutRecord(tp=tp, pp=pp, num_layer_list=tuple(counts) if len(set(counts)) > 1 else None)
+                                          hf_dir=hf_dir, moe_grouped_gemm=opts.moe_grouped_gemm)
+    experts = dict(ep=opts.target_ep, etp=tp) if cfg.num_experts else {}
+    layout_record = LayoutRecord(tp=tp, pp=pp, num_layer_list=tuple(counts) if len(set(counts)) > 1 else None,
+                                 **experts)
     step = 0 if iteration == RELEASE else int(iteration)
     progress = (dataclasses.replace(source.record.progress, iteration=step) if source is not None
                 else ProgressRecord(iteration=step))
@@ -185,9 +219,12 @@ def provenance_args(opts: ConvertOptions, source=None) -> argparse.Namespace:
 
 # ---- writers -----------------------------------------------------------------------------------------------
 def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int], pp_rank: int, padded: int,
-                dtype: torch.dtype, bar=None, adapter=None) -> list[dict]:
-    """The rank-local mcore state dicts of every TP rank of one pipeline stage."""
+                dtype: torch.dtype, bar=None, adapter=None, ep: int = 1, ep_rank: int = 0,
+                grouped: bool = False) -> list[dict]:
+    """The rank-local mcore state dicts of every TP rank of one pipeline stage (and EP rank: its experts,
+    one MLP each or, ``grouped``, megatron-core's grouped weights)."""
     shards: list[dict] = [{} for _ in range(tp)]
+    per_rank = cfg.num_experts // ep if cfg.num_experts else 0
 
     def put(key: str, split, full: torch.Tensor) -> None:
         for r, part in enumerate(shard(split, full.to(dtype), tp)):
@@ -196,9 +233,27 @@ def build_stage(source, cfg: ModelConfig, *, tp: int, pp: int, counts: list[int]
     if pp_rank == 0:
         put(EMBEDDING.mcore, EMBEDDING.split, pad_vocab(source.embedding(), padded))
     for local, global_layer in enumerate(stage_layers(counts, pp_rank)):
-        for m in layer_mappings(cfg):
-            put(f"decoder.layers.{local}.{m.mcore}", m.split, source.layer(global_layer, m))
-        for extra in LAYER_EXTRA_STATES:
+        rows = layer_mappings(cfg, global_layer)
+        for m in rows:
+            if not m.expert:
+                put(f"decoder.layers.{local}.{m.mcore}", m.split, source.layer(global_layer, m))
+        if is_moe_layer(cfg, global_layer):
+            fc1, fc2 = ([[] for _ in range(tp)] for _ in range(2))
+            for j in range(per_rank):
+                for m in (m for m in rows if m.expert):
+                    full = source.expert(global_layer, m, ep_rank * per_rank + j)
+                    parts = shard(m.split, full.to(dtype), tp)
+                    for r, part in enumerate(parts):
+                        if grouped:
+                            (fc1 if m.split is Split.GATE_UP else fc2)[r].append(part)
+                        else:
+                            shards[r][f"decoder.layers.{local}.{m.mcore.format(e=j)}"] = part
+            if grouped:
+                for r in range(tp):
+                    w1, w2 = group_experts(fc1[r], fc2[r])
+                    shards[r][f"decoder.layers.{local}.{GROUPED_FC1}"] = w1
+                    shards[r][f"decoder.layers.{local}.{GROUPED_FC2}"] = w2
+        for extra in layer_extra_states(cfg, global_layer, per_rank, grouped):
             for sd in shards:
                 sd[f"decoder.layers.{local}.{extra}"] = None
         if bar is not None:
@@ -224,8 +279,9 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
 
     ``mg_source``: the Megatron checkpoint read (mg->mg), whose record and args the output continues.
     """
-    tp, pp = opts.target_tp, opts.target_pp
+    tp, pp, ep = opts.target_tp, opts.target_pp, opts.target_ep
     counts = check_parallel(cfg, tp, pp, opts.num_layer_list)
+    check_expert_parallel(cfg, tp, ep, opts.target_etp, opts.moe_grouped_gemm)
     padded = target_padded_vocab(cfg, opts)
     dtype = opts.params_dtype or source.dtype
     cfg = cfg.replace(params_dtype=dtype)
@@ -235,14 +291,19 @@ def write_megatron(source, cfg: ModelConfig, opts: ConvertOptions, *, iteration:
     check_target(opts, opts.save_dir, "mg")
     with staging_dir(opts.save_dir) as tmp:
         for pp_rank in range(pp):
-            with tqdm(total=counts[pp_rank], desc=f"hf/mg -> mg stage {pp_rank + 1}/{pp}", unit="layer",
-                      disable=not opts.progress) as bar:
-                shards = build_stage(source, cfg, tp=tp, pp=pp, counts=counts, pp_rank=pp_rank, padded=padded,
-                                     dtype=dtype, bar=bar, adapter=adapter)
-                for tp_rank in range(tp):
-                    torch_format.write_rank_file(tmp, iteration, tp_rank, pp_rank, pp, record, base_args,
-                                                 shards[tp_rank])
-                    shards[tp_rank] = None  # free this rank's tensors before the next
+            for ep_rank in range(ep):
+                of_ep = f" EP rank {ep_rank + 1}/{ep}" if ep > 1 else ""
+                with tqdm(total=counts[pp_rank], desc=f"hf/mg -> mg stage {pp_rank + 1}/{pp}{of_ep}",
+                          unit="layer", disable=not opts.progress) as bar:
+                    shards = build_stage(source, cfg, tp=tp, pp=pp, counts=counts, pp_rank=pp_rank,
+                                         padded=padded, dtype=dtype, bar=bar, adapter=adapter, ep=ep,
+                                         ep_rank=ep_rank, grouped=opts.moe_grouped_gemm)
+                    for tp_rank in range(tp):
+                        torch_format.write_rank_file(tmp, iteration, tp_rank, pp_rank, pp, record, base_args,
+                                                     shards[tp_rank], ep_rank=ep_rank)
+                        shards[tp_rank] = None  # free this rank's tensors before the next
+        if hasattr(source, "check_consumed"):
+            source.check_consumed()
         layout.write_tracker(tmp, iteration)
     return os.path.abspath(opts.save_dir)
 
@@ -258,9 +319,12 @@ def write_hf(source, cfg: ModelConfig, save_dir: str, *, dtype: torch.dtype, hf_
         writer = HfShardWriter(tmp, max_shard_size)
         writer.add(EMBEDDING.hf[0], source.embedding().to(dtype))
         for layer in tqdm(range(cfg.num_layers), desc="mg -> hf", unit="layer", disable=not progress):
-            for m in layer_mappings(cfg):
-                for name, tensor in zip(m.hf, mcore_to_hf(m, source.layer(layer, m), cfg)):
-                    writer.add(name.format(i=layer), tensor.to(dtype))
+            for m in layer_mappings(cfg, layer):
+                # Every expert, from whichever EP rank holds it.
+                for e in range(cfg.num_experts) if m.expert else (None,):
+                    full = source.expert(layer, m, e) if m.expert else source.layer(layer, m)
+                    for name, tensor in zip(m.hf, mcore_to_hf(m, full, cfg)):
+                        writer.add(name.format(i=layer, e=e), tensor.to(dtype))
         writer.add(FINAL_NORM.hf[0], source.final_norm().to(dtype))
         if not cfg.tie_word_embeddings:
             writer.add(OUTPUT_LAYER.hf[0], source.output_layer().to(dtype))
@@ -306,6 +370,7 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
     check_disjoint(opts.save_dir, opts.load_dir)
     source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
     check_model_type_hf(opts.model_type_hf, source.cfg)
+    check_no_moe_adapter(source.cfg, opts)
     try:
         rows = BaseRows(source.cfg)
         adapter = read_peft_adapter(opts.lora_load, source.cfg.num_layers, rows) if opts.lora_load else None
@@ -322,9 +387,17 @@ def check_hf_dir(hf_dir: str | None) -> None:
         )
 
 
+def check_no_moe_adapter(cfg: ModelConfig, opts: ConvertOptions) -> None:
+    """LoRA adapters of mixture-of-experts models are not converted (refused with a line)."""
+    if cfg.num_experts and (opts.lora_load or opts.save_lora_to_hf):
+        raise CheckpointError(f"--lora-load/--save-lora-to-hf with {cfg.architecture}: the converter does "
+                              "not convert LoRA adapters of mixture-of-experts models")
+
+
 def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
     """Flags given for an mg source must agree with the checkpoint (they are not needed: it knows)."""
     check_model_type_hf(opts.model_type_hf, source.cfg)
+    check_no_moe_adapter(source.cfg, opts)
     if opts.add_qkv_bias and not source.cfg.add_qkv_bias:
         raise CheckpointError(
             f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop "
@@ -414,7 +487,7 @@ def mg_adapter(source, opts: ConvertOptions) -> Adapter | None:
                 f"--lora-load {opts.lora_load} holds no LoRA adapter tensors: give the --save folder "
                 "of a LoRA run"
             )
-    elif isinstance(source, MgSource):
+    elif isinstance(source, MgSource) and not source.cfg.num_experts:  # MoE adapters: check_no_moe_adapter
         adapter = read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
     check_recorded(opts.lora_expected, adapter and adapter.config, opts.lora_load or opts.load_dir)
     return adapter

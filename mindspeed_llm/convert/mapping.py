@@ -31,7 +31,9 @@ class TensorMapping:
     hf: tuple[str, ...]
     transform: Transform
     split: Split
-    when: str | None = None  # "qkv_bias", "qk_layernorm", "untied"; None = always
+    when: str | None = None  # "qkv_bias", "qk_layernorm", "untied", "shared_expert"; None = always
+    # An expert's row: ``{e}`` in HF names is the global expert, in the mcore name the EP rank's local one.
+    expert: bool = False
 
 
 # Llama-style naming, shared by Qwen2, Qwen3, Llama and Mistral (Qwen3 adds the per-head q/k norms).
@@ -60,6 +62,53 @@ LLAMA_LIKE_LAYER: tuple[TensorMapping, ...] = (
     TensorMapping("mlp.linear_fc2.weight", ("model.layers.{i}.mlp.down_proj.weight",),
                   Transform.COPY, Split.ROW),
 )
+ATTENTION = LLAMA_LIKE_LAYER[:-3]
+MOE_PRE_MLP_NORM = LLAMA_LIKE_LAYER[-3]
+
+
+def _moe_layer(router: str, gate: str, up: str, down: str) -> tuple[TensorMapping, ...]:
+    """The MLP rows of an MoE layer: the router, the routed experts (one row each, sequential layout), the
+    shared expert and its sigmoid gate (Qwen2-MoE)."""
+    layer = "model.layers.{i}.mlp"
+    return (
+        TensorMapping("mlp.router.weight", (router,), Transform.COPY, Split.REPLICATED),
+        TensorMapping("mlp.experts.local_experts.{e}.linear_fc1.weight", (gate, up), Transform.GATE_UP,
+                      Split.GATE_UP, expert=True),
+        TensorMapping("mlp.experts.local_experts.{e}.linear_fc2.weight", (down,), Transform.COPY, Split.ROW,
+                      expert=True),
+        TensorMapping("mlp.shared_experts.linear_fc1.weight",
+                      (f"{layer}.shared_expert.gate_proj.weight", f"{layer}.shared_expert.up_proj.weight"),
+                      Transform.GATE_UP, Split.GATE_UP, when="shared_expert"),
+        TensorMapping("mlp.shared_experts.linear_fc2.weight", (f"{layer}.shared_expert.down_proj.weight",),
+                      Transform.COPY, Split.ROW, when="shared_expert"),
+        TensorMapping("mlp.shared_experts.gate_weight", (f"{layer}.shared_expert_gate.weight",),
+                      Transform.COPY, Split.REPLICATED, when="shared_expert"),
+    )
+
+
+# The MoE layers of each naming (FamilySpec.moe): the hub's per-expert tensors.
+MOE_LAYER = {
+    "qwen": _moe_layer("model.layers.{i}.mlp.gate.weight",
+                       "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+                       "model.layers.{i}.mlp.experts.{e}.up_proj.weight",
+                       "model.layers.{i}.mlp.experts.{e}.down_proj.weight"),
+    "mixtral": _moe_layer("model.layers.{i}.block_sparse_moe.gate.weight",
+                          "model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight",
+                          "model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight",
+                          "model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight"),
+}
+# How transformers 5 may save the experts instead (``save_pretrained(save_original_format=False)``): one
+# [experts, 2 x ffn, hidden] tensor of [gate; up] per expert and one [experts, hidden, ffn] down tensor
+# per layer, the router under ``mlp.gate`` for every family.
+FUSED_GATE_UP = "model.layers.{i}.mlp.experts.gate_up_proj"
+FUSED_DOWN = "model.layers.{i}.mlp.experts.down_proj"
+FUSED_ROUTER = "model.layers.{i}.mlp.gate.weight"
+# megatron-core's grouped expert weights (GroupedMLP, --moe-grouped-gemm): per EP and TP rank,
+# weight1 holds [local experts, hidden, 2 x ffn / TP] and weight2 [local experts, ffn / TP, hidden], as
+# [hidden, E x 2 x ffn / TP] and [E x ffn / TP, hidden] views of that memory.
+GROUPED_FC1 = "mlp.experts.weight1"
+GROUPED_FC2 = "mlp.experts.weight2"
+
 EMBEDDING = TensorMapping("embedding.word_embeddings.weight", ("model.embed_tokens.weight",),
                           Transform.COPY, Split.VOCAB)
 FINAL_NORM = TensorMapping("decoder.final_layernorm.weight", ("model.norm.weight",),
@@ -73,25 +122,91 @@ LAYER_EXTRA_STATES = ("self_attention.linear_proj._extra_state", "self_attention
 OUTPUT_EXTRA_STATE = "output_layer._extra_state"
 
 
-def layer_mappings(cfg: ModelConfig) -> list[TensorMapping]:
-    """The per-layer rows that apply to this model."""
-    enabled = {None, "qkv_bias" if cfg.add_qkv_bias else None, "qk_layernorm" if cfg.qk_layernorm else None}
-    return [m for m in LLAMA_LIKE_LAYER if m.when in enabled]
+def moe_naming(cfg: ModelConfig) -> str | None:
+    """The family's MoE naming (a key of :data:`MOE_LAYER`), None for a dense model."""
+    if not cfg.num_experts:
+        return None
+    from mindspeed_llm.models.families import family_for
+
+    return family_for(cfg.architecture).moe or "qwen"
 
 
-def hf_names_for_layer(cfg: ModelConfig, layer: int) -> list[str]:
-    """All HF tensor names of one decoder layer."""
-    return [n.format(i=layer) for m in layer_mappings(cfg) for n in m.hf]
+def is_moe_layer(cfg: ModelConfig, layer: int) -> bool:
+    """True when global ``layer`` holds experts."""
+    return bool(cfg.num_experts) and bool(cfg.moe_layers()[layer])
 
 
-def expected_hf_names(cfg: ModelConfig) -> list[str]:
+def layer_mappings(cfg: ModelConfig, layer: int | None = None) -> list[TensorMapping]:
+    """The per-layer rows that apply to this model (of global ``layer``: a dense or an MoE layer; None: every
+    row any layer of the model has)."""
+    enabled = {None, "qkv_bias" if cfg.add_qkv_bias else None, "qk_layernorm" if cfg.qk_layernorm else None,
+               "shared_expert" if cfg.moe_shared_expert_intermediate_size else None}
+    naming = moe_naming(cfg)
+    if naming is None:
+        rows = LLAMA_LIKE_LAYER
+    elif layer is None:
+        rows = (*LLAMA_LIKE_LAYER, *MOE_LAYER[naming])
+    elif is_moe_layer(cfg, layer):
+        rows = (*ATTENTION, MOE_PRE_MLP_NORM, *MOE_LAYER[naming])
+    else:
+        rows = LLAMA_LIKE_LAYER
+    return [m for m in rows if m.when in enabled]
+
+
+def hf_names_for_layer(cfg: ModelConfig, layer: int, fused: bool = False) -> list[str]:
+    """All HF tensor names of one decoder layer (``fused``: transformers 5's fused expert tensors)."""
+    names = []
+    for m in layer_mappings(cfg, layer):
+        if m.expert:
+            if fused:
+                fused_name = FUSED_GATE_UP if m.transform is Transform.GATE_UP else FUSED_DOWN
+                names.append(fused_name.format(i=layer))
+            else:
+                names += [n.format(i=layer, e=e) for e in range(cfg.num_experts) for n in m.hf]
+        elif fused and m.mcore == "mlp.router.weight":
+            names.append(FUSED_ROUTER.format(i=layer))
+        else:
+            names += [n.format(i=layer) for n in m.hf]
+    return names
+
+
+def layer_extra_states(cfg: ModelConfig, layer: int, local_experts: int, grouped: bool) -> list[str]:
+    """The ``_extra_state`` entries megatron-core's local spec keeps for one layer (None values)."""
+    if not is_moe_layer(cfg, layer):
+        return list(LAYER_EXTRA_STATES)
+    extras = list(LAYER_EXTRA_STATES[:2])
+    if not grouped:
+        extras += [f"mlp.experts.local_experts.{j}.{fc}._extra_state" for j in range(local_experts)
+                   for fc in ("linear_fc1", "linear_fc2")]
+    if cfg.moe_shared_expert_intermediate_size:
+        extras += ["mlp.shared_experts.linear_fc1._extra_state", "mlp.shared_experts.linear_fc2._extra_state"]
+    return extras
+
+
+def expected_hf_names(cfg: ModelConfig, fused: bool = False) -> list[str]:
     """Every HF tensor name the model must have."""
     names = [EMBEDDING.hf[0], FINAL_NORM.hf[0]]
     if not cfg.tie_word_embeddings:
         names.append(OUTPUT_LAYER.hf[0])
     for i in range(cfg.num_layers):
-        names += hf_names_for_layer(cfg, i)
+        names += hf_names_for_layer(cfg, i, fused)
     return names
+
+
+# ---- grouped experts (--moe-grouped-gemm) <-> one tensor per local expert --------------------------------
+def group_experts(fc1: list[torch.Tensor], fc2: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One TP rank's local experts' fc1 [2f, h] and fc2 [h, f] -> GroupedMLP's weight1, weight2."""
+    hidden = fc1[0].shape[1]
+    weight1 = torch.stack([w.t() for w in fc1]).reshape(hidden, -1)
+    weight2 = torch.stack([w.t() for w in fc2]).reshape(-1, hidden)
+    return weight1.contiguous(), weight2.contiguous()
+
+
+def ungroup_expert(weight: torch.Tensor, local_experts: int, hidden: int, j: int, fc1: bool) -> torch.Tensor:
+    """Local expert ``j``'s fc1 [2f, h] (``fc1``) or fc2 [h, f] from a GroupedMLP weight1 / weight2."""
+    if fc1:
+        return weight.reshape(local_experts, hidden, -1)[j].t().contiguous()
+    return weight.reshape(local_experts, -1, hidden)[j].t().contiguous()
 
 
 # ---- transforms: HF tensors <-> one full (TP1) mcore tensor ------------------------------------------

@@ -20,12 +20,19 @@ from mindspeed_llm.convert.hf_io import HfReader
 from mindspeed_llm.convert.mapping import (
     EMBEDDING,
     FINAL_NORM,
+    FUSED_DOWN,
+    FUSED_GATE_UP,
+    FUSED_ROUTER,
+    GROUPED_FC1,
+    GROUPED_FC2,
     OUTPUT_LAYER,
     Split,
     TensorMapping,
     Transform,
     expected_hf_names,
+    is_moe_layer,
     layer_mappings,
+    ungroup_expert,
     unshard,
 )
 from mindspeed_llm.models.families import ModelConfig, UnsupportedModelError
@@ -34,8 +41,8 @@ from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
 from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, parse_dtype_name, read_header
 
 
-def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Shape of every HF tensor implied by config.json."""
+def expected_hf_shapes(cfg: ModelConfig, fused: bool = False) -> dict[str, tuple[int, ...]]:
+    """Shape of every HF tensor implied by config.json (``fused``: transformers 5's fused experts)."""
     h, d = cfg.hidden_size, cfg.kv_channels
     q, kv, f = cfg.num_attention_heads * d, cfg.num_query_groups * d, cfg.ffn_hidden_size
     per_layer = {
@@ -54,13 +61,35 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.up_proj.weight": (f, h),
         "mlp.down_proj.weight": (h, f),
     }
+    if cfg.num_experts:
+        e, mf, sf = cfg.num_experts, cfg.moe_ffn_hidden_size, cfg.moe_shared_expert_intermediate_size or 0
+        per_layer.update({
+            "mlp.gate.weight": (e, h), "block_sparse_moe.gate.weight": (e, h),
+            "mlp.experts.gate_up_proj": (e, 2 * mf, h), "mlp.experts.down_proj": (e, h, mf),
+            "mlp.shared_expert.gate_proj.weight": (sf, h), "mlp.shared_expert.up_proj.weight": (sf, h),
+            "mlp.shared_expert.down_proj.weight": (h, sf), "mlp.shared_expert_gate.weight": (1, h),
+        })
+        for proj, shape in (("gate_proj", (mf, h)), ("up_proj", (mf, h)), ("down_proj", (h, mf)),
+                            ("w1", (mf, h)), ("w3", (mf, h)), ("w2", (h, mf))):
+            per_layer[f"experts.{proj}.weight"] = shape
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
               "lm_head.weight": (cfg.vocab_size, h)}
-    for name in expected_hf_names(cfg):
+    for name in expected_hf_names(cfg, fused):
         m = re.fullmatch(r"model\.layers\.\d+\.(.*)", name)
         if m:
-            shapes[name] = per_layer[m.group(1)]
+            expert = re.fullmatch(r"(?:mlp|block_sparse_moe)\.(experts)\.\d+\.(.*)", m.group(1))
+            shapes[name] = per_layer[f"experts.{expert.group(2)}" if expert else m.group(1)]
     return shapes
+
+
+def _is_fused(cfg: ModelConfig, names: set[str]) -> bool:
+    """True when the folder holds transformers 5's fused expert tensors (not the hub's per-expert ones)."""
+    moe_layers = [i for i in range(cfg.num_layers) if is_moe_layer(cfg, i)]
+    return bool(moe_layers) and FUSED_GATE_UP.format(i=moe_layers[0]) in names
+
+
+# Tensors of HF folders that hold nothing a model needs: the RoPE frequencies old exports saved as buffers.
+_IGNORED_HF = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
 class HfSource:
@@ -87,7 +116,8 @@ class HfSource:
         if cfg.tie_word_embeddings and "lm_head.weight" in names:
             # Some tied folders also store the head; it must be the embedding, so ignore it.
             pass
-        expected = expected_hf_names(cfg)
+        self.fused = _is_fused(cfg, names)
+        expected = expected_hf_names(cfg, self.fused)
         missing = [n for n in expected if n not in names]
         if missing:
             shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
@@ -95,7 +125,20 @@ class HfSource:
                 f"{folder}: config.json and the weights disagree, missing tensors: {shown}; "
                 "check that config.json belongs to these safetensors files"
             )
-        shapes = expected_hf_shapes(cfg)
+        if cfg.num_experts:
+            # Every tensor is consumed exactly once: a tensor the model has no place for is refused by name
+            # (an expert of another layout, a layer more than config.json says), never dropped.
+            unused = sorted(names - set(expected) - {OUTPUT_LAYER.hf[0]}
+                            - {n for n in names if _IGNORED_HF.fullmatch(n)})
+            if unused:
+                shown = ", ".join(unused[:8]) + (f" (+{len(unused) - 8} more)" if len(unused) > 8 else "")
+                raise CheckpointError(
+                    f"{folder}: tensors config.json has no place for: {shown}; check that config.json "
+                    "belongs to these safetensors files (nothing is dropped silently)"
+                )
+        self.expected = expected
+        self.consumed: set[str] = set()
+        shapes = expected_hf_shapes(cfg, self.fused)
         for name in expected:
             got = self.reader.shape(name)
             if tuple(got) != shapes[name]:
@@ -107,17 +150,40 @@ class HfSource:
         self.dtype = self.reader.dtype()
         self.num_layers = cfg.num_layers
 
+    def _get(self, name: str) -> torch.Tensor:
+        self.consumed.add(name)
+        return self.reader.get(name)
+
     def embedding(self) -> torch.Tensor:
         """Unpadded word embeddings [vocab rows, hidden]."""
-        return self.reader.get(EMBEDDING.hf[0])
+        return self._get(EMBEDDING.hf[0])
 
     def final_norm(self) -> torch.Tensor:
         """The final RMSNorm weight."""
-        return self.reader.get(FINAL_NORM.hf[0])
+        return self._get(FINAL_NORM.hf[0])
 
     def output_layer(self) -> torch.Tensor:
         """Unpadded output layer (untied models)."""
-        return self.reader.get(OUTPUT_LAYER.hf[0])
+        return self._get(OUTPUT_LAYER.hf[0])
+
+    def expert(self, layer: int, m: TensorMapping, e: int) -> torch.Tensor:
+        """Full (TP1) mcore tensor of global expert ``e`` of one expert row ([gate; up] or down)."""
+        if self.fused:
+            name = (FUSED_GATE_UP if m.transform is Transform.GATE_UP else FUSED_DOWN).format(i=layer)
+            shape = self.reader.shape(name)
+            out = torch.empty([1, *shape[1:]], dtype=self.reader.entry_dtype(name))
+            self.reader.read_rows_into(name, out, e, e + 1)
+            self.consumed.add(name)
+            return out[0]
+        names = [n.format(i=layer, e=e) for n in m.hf]
+        return self._read(m, names)
+
+    def check_consumed(self) -> None:
+        """Every tensor of the folder went into the output: name the first one that did not."""
+        left = [n for n in self.expected if n not in self.consumed]
+        if left:
+            raise CheckpointError(f"{self.folder}: tensor {left[0]} was not converted (of {len(left)}): the "
+                                  "conversion is refused rather than written without it")
 
     def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
         """Full mcore tensor of one row for a global layer number.
@@ -125,6 +191,12 @@ class HfSource:
         QKV and gate/up are read straight into their megatron layout (no concatenation copies).
         """
         names = [n.format(i=layer) for n in m.hf]
+        if self.fused and m.mcore == "mlp.router.weight":
+            names = [FUSED_ROUTER.format(i=layer)]
+        return self._read(m, names)
+
+    def _read(self, m: TensorMapping, names: list[str]) -> torch.Tensor:
+        self.consumed.update(names)
         if m.transform is Transform.COPY:
             return self.reader.get(names[0])
         shapes = [self.reader.shape(n) for n in names]
@@ -209,7 +281,9 @@ class MgSource:
         self.root = root
         self.iteration = layout.read_tracker(root) if iteration is None else iteration
         self.tp, self.pp = layout.parallel_sizes(root, self.iteration)
-        first = self._load(0, 0)
+        first_path = layout.list_rank_dirs(root, self.iteration)[(0, 0)]  # EP rank 0's with experts
+        first = layout.load_rank_file(first_path, mmap=True)
+        self.ep = read_header(first, first_path).layout.ep or 1
         if "model" in first:
             self.chunk_keys = ["model"]
         else:
@@ -224,6 +298,11 @@ class MgSource:
         self.args = first.get("args") or argparse.Namespace()  # Megatron-LM's, kept by mg->mg
         self.hf_dir = _recorded_hf_dir(self.record, hf_dir)
         self.cfg = model_config_from_record(self.record, self.hf_dir)
+        if self.ep > 1 and (not self.cfg.num_experts or self.cfg.num_experts % self.ep):
+            raise DamagedCheckpointError(
+                f"{self._path(0, 0)}: its record says expert-parallel size {self.ep} but the model has "
+                f"{self.cfg.num_experts} experts: the checkpoint belongs to another model (or pass the right "
+                "--hf-dir)")
         model = first[self.chunk_keys[0]]
         embedding = model.get(EMBEDDING.mcore) if isinstance(model, dict) else None
         if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
@@ -259,50 +338,55 @@ class MgSource:
         self._cache: OrderedDict[int, list[dict]] = OrderedDict()
         self._hf_shapes = expected_hf_shapes(self.cfg)
 
-    def _path(self, tp_rank: int, pp_rank: int) -> str:
-        return layout.checkpoint_file_for(self.root, self.iteration, tp_rank, pp_rank, self.pp)
+    def _path(self, tp_rank: int, pp_rank: int, ep_rank: int = 0) -> str:
+        return layout.checkpoint_file_for(self.root, self.iteration, tp_rank, pp_rank, self.pp, ep_rank,
+                                          self.ep)
 
-    def _load(self, tp_rank: int, pp_rank: int) -> dict:
-        return layout.load_rank_state(self.root, self.iteration, tp_rank, pp_rank, self.pp, mmap=True)
+    def _load(self, tp_rank: int, pp_rank: int, ep_rank: int = 0) -> dict:
+        return layout.load_rank_state(self.root, self.iteration, tp_rank, pp_rank, self.pp, mmap=True,
+                                      ep_rank=ep_rank, ep_size=self.ep)
 
-    def stage(self, stage: int) -> list[dict]:
-        """The model state dicts of every TP rank of one (virtual) stage; only the latest stays cached."""
-        if stage in self._cache:
-            self._cache.move_to_end(stage)
-            return self._cache[stage]
+    def stage(self, stage: int, ep_rank: int = 0) -> list[dict]:
+        """The model state dicts of every TP rank of one (virtual) stage and EP rank; the latest stage's EP
+        ranks stay cached."""
+        if (stage, ep_rank) in self._cache:
+            self._cache.move_to_end((stage, ep_rank))
+            return self._cache[(stage, ep_rank)]
         key = self.chunk_keys[stage // self.pp]
         sds = []
         for t in range(self.tp):
-            sd = self._load(t, stage % self.pp).get(key)
+            sd = self._load(t, stage % self.pp, ep_rank).get(key)
             if not isinstance(sd, dict):
                 raise DamagedCheckpointError(
-                    f"{self._path(t, stage % self.pp)}: no '{key}' state dict: the rank file belongs to "
-                    "another checkpoint"
+                    f"{self._path(t, stage % self.pp, ep_rank)}: no '{key}' state dict: the rank file "
+                    "belongs to another checkpoint"
                 )
             sds.append(sd)
-        self._cache[stage] = sds
-        while len(self._cache) > 1:
+        self._cache[(stage, ep_rank)] = sds
+        while len(self._cache) > self.ep:
             self._cache.popitem(last=False)
         return sds
 
     def _gather(
-        self, pp_rank: int, key: str, m: TensorMapping, expected: tuple[int | None, ...]
+        self, pp_rank: int, key: str, m: TensorMapping, expected: tuple[int | None, ...], ep_rank: int = 0
     ) -> torch.Tensor:
         """One tensor merged over TP; its shape is checked (None: any size) so a foreign rank file is
         named."""
-        sds = self.stage(pp_rank)
+        sds = self.stage(pp_rank, ep_rank)
         try:
             parts = [sd[key] for sd in sds]
         except KeyError:
+            where = f"stage {pp_rank}'s" + (f" EP rank {ep_rank}'s" if self.ep > 1 else "")
             raise CheckpointError(
-                f"{self.root}: {key} missing from stage {pp_rank}'s rank files: the checkpoint is incomplete "
+                f"{self.root}: {key} missing from {where} rank files: the checkpoint is incomplete "
                 "or was written for another model"
             ) from None
         for t, part in enumerate(parts):
             if not isinstance(part, torch.Tensor) or part.shape != parts[0].shape:
                 shape = tuple(part.shape) if isinstance(part, torch.Tensor) else type(part).__name__
                 raise DamagedCheckpointError(
-                    f"{self._path(t, pp_rank % self.pp)}: {key} has shape {shape} but TP rank 0 has "
+                    f"{self._path(t, pp_rank % self.pp, ep_rank)}: {key} has shape {shape} but TP rank 0 "
+                    "has "
                     f"{tuple(parts[0].shape)}: the rank file belongs to another checkpoint"
                 )
         full = unshard(m.split, parts)
@@ -320,7 +404,8 @@ class MgSource:
     def _expected(self, m: TensorMapping) -> tuple[int | None, ...]:
         """The full (TP1) mcore shape of one row, from the HF shapes config.json implies."""
         shapes = self._hf_shapes
-        names = [n.format(i=0) for n in m.hf]
+        layer = next((i for i in range(self.cfg.num_layers) if m in layer_mappings(self.cfg, i)), 0)
+        names = [n.format(i=layer) for n in m.hf]
         first = shapes[names[0]]
         if m.split is Split.VOCAB:
             return (None, first[1])
@@ -341,13 +426,43 @@ class MgSource:
         )
         return out[: self.cfg.vocab_size]
 
-    def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
-        """Full mcore tensor of one row for a global layer number, merged over TP."""
+    def _stage_of(self, layer: int) -> tuple[int, int]:
         stage, start = 0, 0
         while layer >= start + self.stage_counts[stage]:
             start += self.stage_counts[stage]
             stage += 1
-        return self._gather(stage, f"decoder.layers.{layer - start}.{m.mcore}", m, self._expected(m))
+        return stage, layer - start
+
+    def layer(self, layer: int, m: TensorMapping) -> torch.Tensor:
+        """Full mcore tensor of one row for a global layer number, merged over TP."""
+        stage, local = self._stage_of(layer)
+        return self._gather(stage, f"decoder.layers.{local}.{m.mcore}", m, self._expected(m))
+
+    def expert(self, layer: int, m: TensorMapping, e: int) -> torch.Tensor:
+        """Full (TP1) mcore tensor of global expert ``e`` of one expert row, from the EP rank holding it, in
+        either layout (one MLP per expert, or megatron-core's grouped weight1/weight2)."""
+        stage, local = self._stage_of(layer)
+        per_rank = self.cfg.num_experts // self.ep
+        ep_rank, j = divmod(e, per_rank)
+        fc1 = m.transform is Transform.GATE_UP
+        mf, h = self.cfg.moe_ffn_hidden_size, self.cfg.hidden_size
+        expected = (2 * mf, h) if fc1 else (h, mf)
+        sds = self.stage(stage, ep_rank)
+        grouped_key = f"decoder.layers.{local}.{GROUPED_FC1 if fc1 else GROUPED_FC2}"
+        if grouped_key not in sds[0]:
+            return self._gather(stage, f"decoder.layers.{local}.{m.mcore.format(e=j)}", m, expected, ep_rank)
+        parts = []
+        for t, sd in enumerate(sds):
+            weight = sd.get(grouped_key)
+            size = per_rank * expected[0] * expected[1] // self.tp
+            if not isinstance(weight, torch.Tensor) or weight.numel() != size:
+                shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+                raise DamagedCheckpointError(
+                    f"{self._path(t, stage % self.pp, ep_rank)}: {grouped_key} has shape {shape}, not "
+                    f"{per_rank} experts of {expected} over TP {self.tp}: the rank file belongs to another "
+                    "model")
+            parts.append(ungroup_expert(weight, per_rank, h, j, fc1))
+        return unshard(m.split, parts)
 
     def layer_mappings(self) -> list[TensorMapping]:
         """The per-layer rows of this checkpoint's model."""
@@ -383,6 +498,10 @@ class DistSource:
         self.tp, self.pp = self.record.layout.tp or 1, self.record.layout.pp or 1
         self.hf_dir = _recorded_hf_dir(self.record, hf_dir)
         self.cfg = model_config_from_record(self.record, self.hf_dir)
+        if self.cfg.num_experts:
+            raise CheckpointError(
+                f"{root} is a torch_dist checkpoint of a mixture-of-experts model: the converter reads MoE "
+                "checkpoints in the torch format only; save it with --ckpt-format torch")
         embedding = self._get(EMBEDDING.mcore)
         self.dtype = embedding.dtype
         self.cfg.params_dtype = self.dtype

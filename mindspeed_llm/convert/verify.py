@@ -25,6 +25,9 @@ def verify_tokens(cfg: ModelConfig, num_tokens: int = 16, seed: int = 1234) -> t
 def _memory_needed(cfg: ModelConfig) -> int:
     h, f, layers = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_layers
     per_layer = 4 * h * h + 3 * h * f
+    if cfg.num_experts:  # every expert, the shared one and the router
+        per_layer += 3 * h * cfg.moe_ffn_hidden_size * cfg.num_experts + h * cfg.num_experts
+        per_layer += 3 * h * (cfg.moe_shared_expert_intermediate_size or 0)
     params = layers * per_layer + 2 * cfg.vocab_size * h
     return params * 4 * 3  # HF fp32 + megatron fp32 + merged state dict in transit
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_layer_local_spec
 
 from mindspeed_llm.models.families import ModelConfig
 
@@ -21,7 +21,20 @@ def parallel_overrides() -> dict:
     return {
         "tensor_model_parallel_size": ps.get_tensor_model_parallel_world_size(),
         "pipeline_model_parallel_size": ps.get_pipeline_model_parallel_world_size(),
+        "expert_model_parallel_size": ps.get_expert_model_parallel_world_size(),
+        "expert_tensor_parallel_size": ps.get_expert_tensor_parallel_world_size(),
     }
+
+
+def layer_spec(model_config: ModelConfig, transformer_config: Any, vp_stage: int | None = None):
+    """The decoder's spec: megatron-core's local layer; with experts, its block of dense and MoE layers
+    (megatron-core's ``MoELayer``: ``TopKRouter``, the configured token dispatcher, ``SequentialMLP`` experts
+    or, with ``moe_grouped_gemm``, ``GroupedMLP``; a ``SharedExpertMLP`` when configured), as
+    ``moe_layer_freq`` lays them out, for this pipeline stage."""
+    if not model_config.num_experts:
+        return get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model_config.qk_layernorm)
+    return get_gpt_decoder_block_spec(transformer_config, use_transformer_engine=False,
+                                      normalization="RMSNorm", vp_stage=vp_stage)
 
 
 def build_gpt_model(
@@ -52,7 +65,7 @@ def build_gpt_model(
             f"padded_vocab_size {padded_vocab_size} is smaller than the model's {model_config.vocab_size} "
             "embedding rows"
         )
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=model_config.qk_layernorm)
+    spec = layer_spec(model_config, transformer_config, vp_stage)
     model = GPTModel(
         config=transformer_config,
         transformer_layer_spec=spec,

@@ -39,6 +39,11 @@ class FamilySpec:
     # ``sliding_window`` is set), "use_sliding_window" (Qwen2/3: that flag, from layer ``max_window_layers``
     # on), or None (no sliding window in this family).
     sliding_window: str | None = None
+    # Mixture of experts: how config.json spells the experts ("qwen": num_experts, moe_intermediate_size,
+    # norm_topk_prob, decoder_sparse_step, mlp_only_layers [, shared_expert_intermediate_size];
+    # "mixtral": num_local_experts, experts of intermediate_size, renormalised top-k), None: dense.
+    moe: str | None = None
+    shared_expert: bool = False  # a gated shared expert beside the routed ones (Qwen2-MoE)
 
 
 _QWEN_WINDOW_KEYS = ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types")
@@ -67,6 +72,37 @@ FAMILIES: dict[str, FamilySpec] = {
         qkv_bias=False,
         aliases=("llama", "llama2", "llama3", "llama31"),
         passthrough_keys=("pretraining_tp", "attention_bias", "mlp_bias"),
+    ),
+    "Qwen3MoeForCausalLM": FamilySpec(
+        architecture="Qwen3MoeForCausalLM",
+        model_type="qwen3_moe",
+        qkv_bias=False,
+        aliases=("qwen3-moe", "qwen3_moe"),
+        passthrough_keys=("attention_bias", *_QWEN_WINDOW_KEYS, "output_router_logits",
+                          "router_aux_loss_coef"),
+        qk_layernorm=True,
+        sliding_window="use_sliding_window",
+        moe="qwen",
+    ),
+    "Qwen2MoeForCausalLM": FamilySpec(
+        architecture="Qwen2MoeForCausalLM",
+        model_type="qwen2_moe",
+        qkv_bias=True,
+        aliases=("qwen2-moe", "qwen2_moe", "qwen15-moe"),
+        passthrough_keys=("qkv_bias", *_QWEN_WINDOW_KEYS, "output_router_logits", "router_aux_loss_coef"),
+        sliding_window="use_sliding_window",
+        moe="qwen",
+        shared_expert=True,
+    ),
+    "MixtralForCausalLM": FamilySpec(
+        architecture="MixtralForCausalLM",
+        model_type="mixtral",
+        qkv_bias=False,
+        aliases=("mixtral",),
+        passthrough_keys=("sliding_window", "layer_types", "output_router_logits", "router_aux_loss_coef",
+                          "router_jitter_noise"),
+        sliding_window="always",
+        moe="mixtral",
     ),
     "MistralForCausalLM": FamilySpec(
         architecture="MistralForCausalLM",
@@ -279,10 +315,90 @@ def _read_rope(cfg: dict) -> tuple[float, dict | None]:
     return float(base), (scaling or None)
 
 
+# The MoE keys of config.json each kind of family reads (into ModelConfig's moe_* fields, written back by
+# to_hf_config).
+MOE_KEYS = {
+    "qwen": frozenset({"num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+                       "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers"}),
+    "mixtral": frozenset({"num_local_experts", "num_experts_per_tok"}),
+}
+
+
+def _positive_int(cfg: dict, key: str) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key} is {json.dumps(value)}, expected a positive integer")
+    return value
+
+
+def _read_moe(cfg: dict, fam: FamilySpec) -> dict:
+    """ModelConfig's expert fields from config.json (nothing for a dense family); refuses what we cannot
+    run."""
+    if fam.moe is None:
+        return {}
+    if "num_experts" in cfg and "num_local_experts" in cfg and cfg["num_experts"] != cfg["num_local_experts"]:
+        raise UnsupportedModelError(
+            f"num_experts={cfg['num_experts']} and num_local_experts={cfg['num_local_experts']} contradict "
+            "each other: keep one")
+    key = "num_experts" if "num_experts" in cfg else "num_local_experts"
+    experts = _positive_int(cfg, key)
+    topk = _positive_int(cfg, "num_experts_per_tok")
+    if topk > experts:
+        raise ValueError(f"num_experts_per_tok={topk} is larger than {key}={experts}")
+    layers = int(cfg["num_hidden_layers"])
+    if fam.moe == "mixtral":
+        jitter = cfg.get("router_jitter_noise") or 0.0
+        if jitter:
+            raise UnsupportedModelError(
+                f"router_jitter_noise={jitter} is not supported (transformers multiplies the router input by "
+                "random noise while training; megatron-core's router has no such noise): set it to 0.0")
+        return dict(num_experts=experts, moe_router_topk=topk,
+                    moe_ffn_hidden_size=int(cfg["intermediate_size"]), moe_router_pre_softmax=False,
+                    moe_layer_freq=(1,) * layers)
+    step = cfg.get("decoder_sparse_step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"decoder_sparse_step is {json.dumps(step)}, expected a positive integer")
+    dense = cfg.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in dense):
+        raise ValueError(f"mlp_only_layers is {json.dumps(dense)}, expected a list of layer numbers")
+    out_of_range = [i for i in dense if not 0 <= i < layers]
+    if out_of_range:
+        raise ValueError(
+            f"mlp_only_layers holds {out_of_range[0]}, not a layer of num_hidden_layers={layers}"
+        )
+    pattern = tuple(int(i not in dense and (i + 1) % step == 0) for i in range(layers))
+    fields = dict(num_experts=experts, moe_router_topk=topk,
+                  moe_ffn_hidden_size=_positive_int(cfg, "moe_intermediate_size"),
+                  moe_router_pre_softmax=not bool(cfg.get("norm_topk_prob", False)), moe_layer_freq=pattern)
+    if fam.shared_expert:
+        fields.update(
+            moe_shared_expert_intermediate_size=_positive_int(cfg, "shared_expert_intermediate_size"),
+            moe_shared_expert_gate=True,
+        )
+    return fields
+
+
+def _moe_hf_keys(model: ModelConfig, fam: FamilySpec) -> dict:
+    """config.json's expert keys of a ModelConfig (the inverse of :func:`_read_moe`)."""
+    if fam.moe is None or not model.num_experts:
+        return {}
+    if fam.moe == "mixtral":
+        return {"num_local_experts": model.num_experts, "num_experts_per_tok": model.moe_router_topk}
+    keys = {"num_experts": model.num_experts, "num_experts_per_tok": model.moe_router_topk,
+            "moe_intermediate_size": model.moe_ffn_hidden_size,
+            "norm_topk_prob": not model.moe_router_pre_softmax, "decoder_sparse_step": 1,
+            "mlp_only_layers": [i for i, moe in enumerate(model.moe_layers()) if not moe]}
+    if fam.shared_expert:
+        keys["shared_expert_intermediate_size"] = model.moe_shared_expert_intermediate_size
+    return keys
+
+
 def _check_keys(cfg: dict, fam: FamilySpec) -> None:
     """Refuse any key that is neither read by us, known to the family, nor cosmetic (it might change the
     math)."""
-    known = COMMON_KEYS | COSMETIC_KEYS | set(fam.passthrough_keys)
+    known = COMMON_KEYS | COSMETIC_KEYS | set(fam.passthrough_keys) | MOE_KEYS.get(fam.moe, frozenset())
+    if fam.shared_expert:
+        known |= {"shared_expert_intermediate_size"}
     for key in cfg:
         if key not in known:
             raise UnsupportedModelError(
@@ -294,6 +410,9 @@ def _check_keys(cfg: dict, fam: FamilySpec) -> None:
         raise UnsupportedModelError(f"hidden_act={act!r} is not supported (only silu, i.e. SwiGLU)")
     if cfg.get("mlp_bias"):
         raise UnsupportedModelError("mlp_bias=True is not supported (megatron's MLP here has no biases)")
+    if fam.architecture == "Qwen2MoeForCausalLM" and cfg.get("qkv_bias") is False:
+        raise UnsupportedModelError("qkv_bias=False is not supported for Qwen2MoeForCausalLM (its q/k/v "
+                                    "projections carry biases in every released model)")
     if cfg.get("attention_bias"):
         raise UnsupportedModelError(
             f"attention_bias=True is not supported for {fam.architecture} (it also puts a bias on o_proj, "
@@ -352,6 +471,20 @@ class ModelConfig:
     eos_token_id: Any = None
     pad_token_id: Any = None
     extra_hf: dict = field(default_factory=dict)  # family passthrough keys, written back by to_hf_config
+    # Mixture of experts (num_experts None: a dense model).
+    num_experts: int | None = None
+    moe_router_topk: int | None = None
+    moe_ffn_hidden_size: int | None = None
+    moe_router_pre_softmax: bool = False  # top-k of the softmax over all experts, not renormalised
+    moe_shared_expert_intermediate_size: int | None = None
+    moe_shared_expert_gate: bool = False  # sigmoid gate on the shared expert's output
+    moe_layer_freq: tuple[int, ...] | None = None  # 1: MoE layer, 0: dense, per layer; None: all MoE
+
+    def moe_layers(self) -> tuple[int, ...]:
+        """1 for each MoE layer, 0 for each dense layer (all 0 for a dense model)."""
+        if not self.num_experts:
+            return (0,) * self.num_layers
+        return tuple(self.moe_layer_freq) if self.moe_layer_freq is not None else (1,) * self.num_layers
 
     # ---- HF side -------------------------------------------------------------------------------
     @classmethod
@@ -411,6 +544,7 @@ class ModelConfig:
             eos_token_id=cfg.get("eos_token_id"),
             pad_token_id=cfg.get("pad_token_id"),
             extra_hf={k: cfg[k] for k in fam.passthrough_keys if k in cfg},
+            **_read_moe(cfg, fam),
         )
 
     def to_hf_config(self) -> dict:
@@ -440,6 +574,7 @@ class ModelConfig:
         # Qwen3's transformers default head_dim is 128, not hidden / heads: always write it there.
         if self.kv_channels != self.hidden_size // self.num_attention_heads or self.qk_layernorm:
             cfg["head_dim"] = self.kv_channels
+        cfg.update(_moe_hf_keys(self, FAMILIES[self.architecture]) if self.architecture in FAMILIES else {})
         cfg.update(copy.deepcopy(self.extra_hf))
         return cfg
 
@@ -509,6 +644,21 @@ class ModelConfig:
             pipeline_dtype=self.params_dtype,
             bf16=self.params_dtype == torch.bfloat16,
             fp16=self.params_dtype == torch.float16,
+            **self.moe_transformer_config_kwargs(),
+        )
+
+    def moe_transformer_config_kwargs(self) -> dict:
+        """megatron-core's MoE fields of ``TransformerConfig`` (none for a dense model)."""
+        if not self.num_experts:
+            return {}
+        return dict(
+            num_moe_experts=self.num_experts,
+            moe_router_topk=self.moe_router_topk,
+            moe_ffn_hidden_size=self.moe_ffn_hidden_size,
+            moe_router_pre_softmax=self.moe_router_pre_softmax,
+            moe_shared_expert_intermediate_size=self.moe_shared_expert_intermediate_size,
+            moe_shared_expert_gate=self.moe_shared_expert_gate,
+            moe_layer_freq=list(self.moe_layers()),
         )
 
     def check_sequence_length(self, length: int, what: str) -> None:

@@ -120,6 +120,8 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
         pipeline_model_parallel_size=par.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
         context_parallel_size=par.context_parallel_size,
+        expert_model_parallel_size=par.expert_model_parallel_size,
+        expert_tensor_parallel_size=par.expert_tensor_parallel_size,
         distributed_timeout_minutes=par.distributed_timeout_minutes,
     )
     if par.context_parallel_size > 1 and par.context_parallel_algo == "hybrid_cp_algo":

@@ -135,6 +135,14 @@ def test_checkpoint_lists_follow_the_settings_metadata():
         "low_freq_factor",
         "high_freq_factor",
         "original_max_position_embeddings",
+        "num_experts",
+        "moe_router_topk",
+        "moe_ffn_hidden_size",
+        "moe_router_pre_softmax",
+        "moe_shared_expert_intermediate_size",
+        "moe_shared_expert_gate",
+        "moe_layer_freq",
+        "moe_grouped_gemm",
         "disable_bias_linear",
     }
     assert checked_model_settings() == (
@@ -153,6 +161,14 @@ def test_checkpoint_lists_follow_the_settings_metadata():
         "normalization",
         "norm_epsilon",
         "swiglu",
+        "num_experts",
+        "moe_router_topk",
+        "moe_ffn_hidden_size",
+        "moe_router_pre_softmax",
+        "moe_shared_expert_intermediate_size",
+        "moe_shared_expert_gate",
+        "moe_layer_freq",
+        "moe_grouped_gemm",
     )
 
 

@@ -33,8 +33,10 @@ def read_checkpoint_record(args: argparse.Namespace, iteration: int | str) -> tu
         return (dist_format.read_record(args.load, iteration),
                 f"the checkpoint {args.load} (iteration {iteration}, torch_dist)")
     tp_rank, pp_rank = _model_parallel_ranks()
+    ep_size = getattr(args, "expert_model_parallel_size", 1) or 1
+    ep_rank = _expert_parallel_rank() if ep_size > 1 else 0
     path = layout.checkpoint_file_for(
-        args.load, iteration, tp_rank, pp_rank, args.pipeline_model_parallel_size
+        args.load, iteration, tp_rank, pp_rank, args.pipeline_model_parallel_size, ep_rank, ep_size
     )
     if not os.path.isfile(path):
         try:
@@ -46,6 +48,13 @@ def read_checkpoint_record(args: argparse.Namespace, iteration: int | str) -> tu
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
                               f"{tp_rank}, PP rank {pp_rank}")
     return torch_format.read_record(path), f"the checkpoint {args.load} (iteration {iteration})"
+
+
+def _expert_parallel_rank() -> int:
+    """This process's expert-parallel rank (0 before megatron's parallel state exists)."""
+    from megatron.core import parallel_state as ps
+
+    return ps.get_expert_model_parallel_rank() if ps.model_parallel_is_initialized() else 0
 
 
 def _model_parallel_ranks() -> tuple[int, int]:

@@ -1,9 +1,10 @@
 """Megatron's checkpoint file layout, shared by both formats, the trainer and the converter.
 
 ``latest_checkpointed_iteration.txt`` names the iteration folder (``iter_XXXXXXX`` or ``release``);
-the legacy (``torch``) format keeps one ``mp_rank_TT[_PPP]/model_optim_rng.pt`` per (TP, PP) rank in
-it. Files are written under a temporary name and renamed; the tracker is written last, so a reader
-never sees a half-written iteration. Every rank file is read through :func:`load_rank_file`
+the legacy (``torch``) format keeps one ``mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt`` per (TP, PP[, EP])
+rank in it (Megatron-LM's names: ``_EEE``, the expert-parallel rank, only when EP > 1). Files are written
+under a temporary name and renamed; the tracker is written last, so a reader never sees a half-written
+iteration. Every rank file is read through :func:`load_rank_file`
 (``torch.load(weights_only=True)`` with an allow-list), whose errors name the file.
 """
 
@@ -25,7 +26,8 @@ from mindspeed_llm.runtime.checkpoint.record import read_header
 TRACKER_FILENAME = "latest_checkpointed_iteration.txt"
 MODEL_FILENAME = "model_optim_rng.pt"
 RELEASE = "release"
-RANK_DIR = re.compile(r"mp_rank_(\d{2})(?:_(\d{3}))?")  # mp_rank_TT, or mp_rank_TT_PPP with pipeline stages
+# mp_rank_TT, mp_rank_TT_PPP with pipeline stages, mp_rank_TT_EEE / mp_rank_TT_PPP_EEE with expert parallelism
+RANK_DIR = re.compile(r"mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?")
 
 # Globals a legacy checkpoint may hold besides tensors and builtins (``torch.load(weights_only=True)``).
 _SAFE_GLOBALS: list[Any] = [argparse.Namespace]
@@ -78,11 +80,10 @@ def safe_torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    """``mp_rank_TT`` when pp_size is 1, else ``mp_rank_TT_PPP``."""
-    if pp_size == 1:
-        return f"mp_rank_{tp_rank:02d}"
-    return f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int, ep_rank: int = 0, ep_size: int = 1) -> str:
+    """``mp_rank_TT`` when pp_size is 1, else ``mp_rank_TT_PPP``; ``_EEE`` appended when ep_size > 1."""
+    name = f"mp_rank_{tp_rank:02d}" if pp_size == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
+    return name + (f"_{ep_rank:03d}" if ep_size > 1 else "")
 
 
 def iteration_dir_name(iteration: int | str) -> str:
@@ -98,17 +99,17 @@ def iteration_dir(root: str | os.PathLike, iteration: int | str) -> str:
 
 
 def checkpoint_dir_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
-                       pp_size: int) -> str:
+                       pp_size: int, ep_rank: int = 0, ep_size: int = 1) -> str:
     """Folder of one rank's ``model_optim_rng.pt``."""
-    return os.path.join(
-        os.fspath(root), iteration_dir_name(iteration), rank_dir_name(tp_rank, pp_rank, pp_size)
-    )
+    return os.path.join(os.fspath(root), iteration_dir_name(iteration),
+                        rank_dir_name(tp_rank, pp_rank, pp_size, ep_rank, ep_size))
 
 
 def checkpoint_file_for(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int,
-                        pp_size: int) -> str:
+                        pp_size: int, ep_rank: int = 0, ep_size: int = 1) -> str:
     """Path of one rank's ``model_optim_rng.pt``."""
-    return os.path.join(checkpoint_dir_for(root, iteration, tp_rank, pp_rank, pp_size), MODEL_FILENAME)
+    return os.path.join(checkpoint_dir_for(root, iteration, tp_rank, pp_rank, pp_size, ep_rank, ep_size),
+                        MODEL_FILENAME)
 
 
 def read_tracker(root: str | os.PathLike) -> int | str:
@@ -155,12 +156,12 @@ def write_tracker(root: str | os.PathLike, iteration: int | str) -> None:
 
 
 def save_rank_state(root: str | os.PathLike, iteration: int | str, tp_rank: int, pp_rank: int, pp_size: int,
-                    state: dict, *, crc32: bool = True) -> str:
+                    state: dict, *, crc32: bool = True, ep_rank: int = 0, ep_size: int = 1) -> str:
     """Write one rank's state (``args``, ``checkpoint_version``, ``iteration``, ``model``, ...) atomically.
 
     ``crc32=False`` skips the zip records' CRC-32 (about 4x faster writes; ``torch.load`` does not need it).
     """
-    folder = checkpoint_dir_for(root, iteration, tp_rank, pp_rank, pp_size)
+    folder = checkpoint_dir_for(root, iteration, tp_rank, pp_rank, pp_size, ep_rank, ep_size)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, MODEL_FILENAME)
     tmp = path + ".tmp"
@@ -194,21 +195,45 @@ def save_rank_state(root: str | os.PathLike, iteration: int | str, tp_rank: int,
 
 
 def list_rank_dirs(root: str | os.PathLike, iteration: int | str) -> dict[tuple[int, int], str]:
-    """``{(tp_rank, pp_rank): file}`` for every rank file present in an iteration folder."""
+    """``{(tp_rank, pp_rank): file}`` for every rank file present in an iteration folder (EP rank 0's files
+    when the experts are split over EP ranks: :func:`list_rank_files` has them all)."""
+    return {(t, p): path for (t, p, e), path in list_rank_files(root, iteration).items() if e == 0}
+
+
+def list_rank_files(root: str | os.PathLike, iteration: int | str) -> dict[tuple[int, int, int], str]:
+    """``{(tp_rank, pp_rank, ep_rank): file}`` for every rank file present in an iteration folder.
+
+    ``mp_rank_TT_NNN`` is a pipeline rank, or the expert-parallel rank when the checkpoint's record says
+    EP > 1 at PP 1 (Megatron-LM's names are ambiguous there).
+    """
     it_dir = os.path.join(os.fspath(root), iteration_dir_name(iteration))
     if not os.path.isdir(it_dir):
         raise CheckpointError(
             f"{it_dir} not found, but {TRACKER_FILENAME} names it: the checkpoint is incomplete"
         )
-    found = {}
+    parsed = {}
     for name in sorted(os.listdir(it_dir)):
         m = RANK_DIR.fullmatch(name)
         if not m:
             continue
         path = os.path.join(it_dir, name, MODEL_FILENAME)
         if os.path.isfile(path):
-            found[(int(m.group(1)), int(m.group(2) or 0))] = path
-    return found
+            parsed[tuple(int(g) if g is not None else None for g in m.groups())] = path
+    if not parsed:
+        return {}
+    if any(g[2] is not None for g in parsed):  # mp_rank_TT_PPP_EEE
+        return {(t, p or 0, e or 0): path for (t, p, e), path in parsed.items()}
+    second_is_ep = False
+    if any(g[1] is not None for g in parsed):
+        first = parsed[min(parsed, key=lambda g: (g[0], g[1] or 0))]
+        try:
+            recorded = read_header(load_rank_file(first, mmap=True), first).layout
+        except CheckpointError:  # a damaged file: its reader names it
+            recorded = None
+        second_is_ep = recorded is not None and (recorded.ep or 1) > 1 and (recorded.pp or 1) == 1
+    if second_is_ep:
+        return {(t, 0, n or 0): path for (t, n, _), path in parsed.items()}
+    return {(t, n or 0, 0): path for (t, n, _), path in parsed.items()}
 
 
 def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, int]:
@@ -228,9 +253,11 @@ def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, 
             f"{first}: its header records tensor_model_parallel_size={tp!r}, pipeline_model_parallel_size="
             f"{pp!r}: the file is damaged or not a Megatron checkpoint"
         )
-    missing = [(t, p) for t in range(tp) for p in range(pp) if (t, p) not in found]
+    ep = recorded.ep or 1
+    every = list_rank_files(root, iteration) if ep > 1 else {(t, p, 0): f for (t, p), f in found.items()}
+    missing = [(t, p, e) for t in range(tp) for p in range(pp) for e in range(ep) if (t, p, e) not in every]
     if missing:
-        names = ", ".join(rank_dir_name(t, p, pp) for t, p in missing)
+        names = ", ".join(rank_dir_name(t, p, pp, e, ep) for t, p, e in missing)
         raise CheckpointError(
             f"{root}: checkpoint with TP={tp} PP={pp} is missing rank folders {names} under "
             f"{iteration_dir_name(iteration)}/; copy them from the training run"
@@ -239,14 +266,15 @@ def parallel_sizes(root: str | os.PathLike, iteration: int | str) -> tuple[int, 
 
 
 def load_rank_state(root: str | os.PathLike, iteration: int | str | None, tp_rank: int, pp_rank: int,
-                    pp_size: int, *, mmap: bool = True) -> dict:
+                    pp_size: int, *, mmap: bool = True, ep_rank: int = 0, ep_size: int = 1) -> dict:
     """Load one rank's ``model_optim_rng.pt`` (iteration None = the tracker's)."""
     if iteration is None:
         iteration = read_tracker(root)
-    path = checkpoint_file_for(root, iteration, tp_rank, pp_rank, pp_size)
+    path = checkpoint_file_for(root, iteration, tp_rank, pp_rank, pp_size, ep_rank, ep_size)
     if not os.path.isfile(path):
+        ep_part = f", EP rank {ep_rank}" if ep_size > 1 else ""
         raise CheckpointError(
-            f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}"
+            f"{path} not found: the checkpoint has no file for TP rank {tp_rank}, PP rank {pp_rank}{ep_part}"
         )
     return load_rank_file(path, mmap=mmap)
 

@@ -77,8 +77,9 @@ class ModelRecord:
 
     @classmethod
     def from_model_config(cls, cfg, *, padded_vocab_size: int, make_vocab_size_divisible_by: int,
-                          hf_dir: str | None = None) -> ModelRecord:
-        """The record of a :class:`~mindspeed_llm.models.families.ModelConfig` (what the converter writes)."""
+                          hf_dir: str | None = None, moe_grouped_gemm: bool = False) -> ModelRecord:
+        """The record of a :class:`~mindspeed_llm.models.families.ModelConfig` (what the converter writes;
+        ``moe_grouped_gemm``: the experts are held as grouped weights)."""
         settings = dict(
             num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, ffn_hidden_size=cfg.ffn_hidden_size,
             num_attention_heads=cfg.num_attention_heads, num_query_groups=cfg.num_query_groups,
@@ -88,6 +89,15 @@ class ModelRecord:
             untie_embeddings_and_output_weights=not cfg.tie_word_embeddings,
             **rope_scaling_to_flags(cfg.rope_scaling),
         )
+        if cfg.num_experts:
+            settings.update(
+                num_experts=cfg.num_experts, moe_router_topk=cfg.moe_router_topk,
+                moe_ffn_hidden_size=cfg.moe_ffn_hidden_size,
+                moe_router_pre_softmax=cfg.moe_router_pre_softmax,
+                moe_shared_expert_intermediate_size=cfg.moe_shared_expert_intermediate_size,
+                moe_shared_expert_gate=cfg.moe_shared_expert_gate, moe_layer_freq=list(cfg.moe_layers()),
+                moe_grouped_gemm=bool(moe_grouped_gemm),
+            )
         return cls(
             hf_config=cfg.to_hf_config(),
             hf_architecture=cfg.architecture,
@@ -109,6 +119,8 @@ class LayoutRecord:
     pp: int | None = None  # pipeline-parallel size
     num_layer_list: tuple[int, ...] | None = None  # layers per pipeline stage; None: even
     vpp: int | None = None  # virtual pipeline stages (model chunks) per pipeline rank; None: one
+    ep: int | None = None  # expert-parallel size (MoE); None: 1 or not recorded
+    etp: int | None = None  # expert tensor-parallel size (MoE); None: the TP size or not recorded
 
 
 @dataclass(frozen=True)
@@ -200,7 +212,9 @@ class CheckpointRecord:
         layout = LayoutRecord(tp=getattr(args, "tensor_model_parallel_size", None),
                               pp=getattr(args, "pipeline_model_parallel_size", None),
                               num_layer_list=_layer_list(getattr(args, "num_layer_list", None), where),
-                              vpp=getattr(args, "virtual_pipeline_model_parallel_size", None))
+                              vpp=getattr(args, "virtual_pipeline_model_parallel_size", None),
+                              ep=getattr(args, "expert_model_parallel_size", None),
+                              etp=getattr(args, "expert_tensor_parallel_size", None))
         progress = ProgressRecord(iteration=int(iteration or 0),
                                   consumed_train_samples=int(getattr(args, "consumed_train_samples", 0) or 0),
                                   consumed_valid_samples=int(getattr(args, "consumed_valid_samples", 0) or 0),
@@ -231,6 +245,8 @@ class CheckpointRecord:
             consumed_train_samples=progress.consumed_train_samples,
             consumed_valid_samples=progress.consumed_valid_samples,
         )
+        if layout.ep is not None:  # MoE layouts (a record without them keeps the base's)
+            values.update(expert_model_parallel_size=layout.ep, expert_tensor_parallel_size=layout.etp)
         if m.params_dtype is not None:
             dtype = parse_dtype_name(m.params_dtype)
             values.update(params_dtype=dtype, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)

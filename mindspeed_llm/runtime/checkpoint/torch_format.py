@@ -55,11 +55,13 @@ def read_record(path: str) -> CheckpointRecord:
 
 
 def write_rank_file(root: str, iteration: int | str, tp_rank: int, pp_rank: int, pp_size: int,
-                    record: CheckpointRecord, base_args: argparse.Namespace | None, model: dict) -> str:
+                    record: CheckpointRecord, base_args: argparse.Namespace | None, model: dict,
+                    ep_rank: int = 0) -> str:
     """One rank's file holding the header and ``model`` only (what the converter writes), written
-    atomically."""
+    atomically (``ep_rank``: of the record's expert-parallel size)."""
     state = {**file_header(record, base_args), "model": model}
-    return layout.save_rank_state(root, iteration, tp_rank, pp_rank, pp_size, state, crc32=False)
+    return layout.save_rank_state(root, iteration, tp_rank, pp_rank, pp_size, state, crc32=False,
+                                  ep_rank=ep_rank, ep_size=record.layout.ep or 1)
 
 
 # ---- save (the trainer's, collective) ----------------------------------------------------------------------
@@ -253,10 +255,14 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
 
     tp_rank, pp_rank = ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank()
     pp_size = args.pipeline_model_parallel_size
-    path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, pp_size)
+    # MoE: this rank's experts are in its EP rank's file (Megatron-LM's mp_rank_TT[_PPP]_EEE).
+    ep_size = getattr(args, "expert_model_parallel_size", 1) or 1
+    ep_rank = ps.get_expert_model_parallel_rank() if ep_size > 1 else 0
+    path = layout.checkpoint_file_for(args.load, iteration, tp_rank, pp_rank, pp_size, ep_rank, ep_size)
     if not os.path.isfile(path):
+        ep_part = f", EP rank {ep_rank}" if ep_size > 1 else ""
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
-                              f"{tp_rank}, PP rank {pp_rank}")
+                              f"{tp_rank}, PP rank {pp_rank}{ep_part}")
     state = layout.load_rank_file(path, mmap=False)
     read_header(state, path)  # a record this version cannot read is refused before anything loads
     check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
