@@ -94,12 +94,27 @@ def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, num_tokens, {"lm loss": torch.cat([loss.clone().detach().view(1), num_tokens.view(1)])}
 
 
+def moe_padding_mask(args, loss_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """megatron-core's MoE ``padding_mask`` (True: not a real token) for instruction data: padding and the
+    -100 prompt part are left out of the router's load-balancing and z losses, as Megatron-LM's SFT does.
+
+    Only at one pipeline stage: megatron-core 0.16.1 cuts the mask for sequence parallelism on the first
+    stage only, and middle stages read no batch; pretraining batches (no padding) pass none."""
+    if (loss_mask is None or not getattr(args, "num_experts", None)
+            or not getattr(args, "is_instruction_dataset", False) or args.pipeline_model_parallel_size > 1):
+        return None
+    return loss_mask == 0
+
+
 def forward_step(data_iterator, model):
     """One micro-batch forward; returns the per-token losses and how to reduce them."""
     tokens, labels, loss_mask, attention_mask, position_ids, documents = get_batch_and_documents(
         data_iterator
     )
     extra = {} if documents is None else {"packed_seq_params": documents}
+    padding_mask = moe_padding_mask(get_args(), loss_mask)
+    if padding_mask is not None:
+        extra["padding_mask"] = padding_mask
     output_tensor = model(tokens, position_ids, attention_mask, labels=labels, **extra)
     return output_tensor, partial(loss_func, loss_mask)
 

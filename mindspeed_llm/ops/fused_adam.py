@@ -26,8 +26,11 @@ def torch_optimizers(optimizer) -> Iterator[torch.optim.Optimizer]:
     if isinstance(optimizer, torch.optim.Optimizer):
         yield optimizer
         return
-    for inner in getattr(optimizer, "chained_optimizers", None) or []:
-        yield from torch_optimizers(inner)
+    chained = getattr(optimizer, "chained_optimizers", None)
+    if chained is not None:  # MoE: dense and expert optimizers; its .optimizer asserts there is one only
+        for inner in chained:
+            yield from torch_optimizers(inner)
+        return
     inner = getattr(optimizer, "optimizer", None)
     if inner is not None and inner is not optimizer:
         yield from torch_optimizers(inner)

@@ -39,7 +39,12 @@ from mindspeed_llm.runtime.model import get_model, plan_run
 from mindspeed_llm.runtime.state import TrainState
 from mindspeed_llm.runtime.tokenizer import build_tokenizer
 from mindspeed_llm.training import checkpointing
-from mindspeed_llm.training.training_log import TrainingLogger, num_floating_point_operations, print_rank_last
+from mindspeed_llm.training.training_log import (
+    TrainingLogger,
+    moe_aux_losses,
+    num_floating_point_operations,
+    print_rank_last,
+)
 
 logger = logging.getLogger("mindspeed_llm.training")
 
@@ -237,7 +242,9 @@ def train_step(forward_step_func, data_iterator, model: list, optimizer, schedul
     if update_successful:
         scheduler.step(increment=args.global_batch_size)
     _empty_unused_memory(args, 2)
-    return _reduce_losses(losses), grad_norm, not update_successful, num_zeros
+    reported = _reduce_losses(losses)
+    reported.update(moe_aux_losses(model, args.num_microbatches))  # {} without MoE layers
+    return reported, grad_norm, not update_successful, num_zeros
 
 
 def _non_finite(tensors) -> str | None:

@@ -180,3 +180,55 @@ class TrainingLogger:
             self.writer.flush()
             self.writer.close()
         sys.stdout.flush()
+
+
+def moe_aux_losses(model: list, num_microbatches: int) -> dict[str, float]:
+    """The MoE routers' losses of the last global batch, as Megatron-LM logs them apart from the lm loss.
+
+    Each of megatron-core's tracked losses (``load_balancing_loss``, ``seq_load_balancing_loss``,
+    ``z_loss``, ...; per layer, without its coefficient, summed over the micro-batches) is summed over the
+    pipeline stages and the router's reduce group (TP x CP), averaged over the data-parallel ranks, the
+    micro-batches and the MoE layers (Megatron-LM's ``track_moe_metrics``; its data-parallel average is an
+    ``AVG`` reduction, which gloo lacks). The tracker is cleared for the next batch. Empty without MoE layers.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.moe.moe_utils import (
+        clear_aux_losses_tracker,
+        get_moe_layer_wise_logging_tracker,
+    )
+    from megatron.core.transformer.moe.router import Router
+
+    routers = torch.tensor([sum(isinstance(m, Router) for chunk in model for m in chunk.modules())],
+                           dtype=torch.float32)
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.all_reduce(routers, group=ps.get_pipeline_model_parallel_group())
+    if float(routers) == 0:
+        return {}
+    tracker = get_moe_layer_wise_logging_tracker()
+    pp_group = ps.get_pipeline_model_parallel_group()
+    if ps.get_pipeline_model_parallel_world_size() > 1:  # a stage without MoE layers tracks nothing
+        names: list = [None] * ps.get_pipeline_model_parallel_world_size()
+        torch.distributed.all_gather_object(names, {k: (len(v["values"]), v.get("reduce_group_has_dp", False))
+                                                    for k, v in tracker.items()}, group=pp_group)
+        for found in names:
+            for name, (length, has_dp) in found.items():
+                if name not in tracker:
+                    tracker[name] = {"values": torch.zeros(length), "reduce_group": None, "avg_group": None,
+                                     "reduce_group_has_dp": has_dp}
+    dp_group = ps.get_data_parallel_group(with_context_parallel=False)
+    out = {}
+    for name in sorted(tracker):
+        values = tracker[name]["values"].detach().float().clone()
+        torch.distributed.all_reduce(values, group=pp_group)
+        if tracker[name].get("reduce_group") is not None:
+            torch.distributed.all_reduce(values, group=tracker[name]["reduce_group"])
+            if not tracker[name].get("reduce_group_has_dp", False):
+                torch.distributed.all_reduce(values, group=dp_group)
+                values /= torch.distributed.get_world_size(group=dp_group)
+        if tracker[name].get("avg_group") is not None:
+            torch.distributed.all_reduce(values, group=tracker[name]["avg_group"])
+            values /= torch.distributed.get_world_size(group=tracker[name]["avg_group"])
+        out[name] = float(values.sum() / num_microbatches / routers)
+    clear_aux_losses_tracker()
+    return out
+

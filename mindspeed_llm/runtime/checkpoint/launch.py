@@ -16,7 +16,12 @@ from mindspeed_llm.runtime.checkpoint.detect import TORCH_DIST, detect_format
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
 from mindspeed_llm.runtime.checkpoint.layout import load_rank_file
 from mindspeed_llm.runtime.checkpoint.locate import checkpoint_step as _checkpoint_step
-from mindspeed_llm.runtime.checkpoint.record import MODEL_SETTINGS, ROPE_SETTINGS, CheckpointRecord
+from mindspeed_llm.runtime.checkpoint.record import (
+    MODEL_SETTINGS,
+    ROPE_SETTINGS,
+    CheckpointRecord,
+    read_header,
+)
 
 logger = logging.getLogger("mindspeed_llm.runtime.checkpoint")
 
@@ -45,9 +50,18 @@ def read_checkpoint_record(args: argparse.Namespace, iteration: int | str) -> tu
             c_tp = c_pp = None
         if c_tp is not None:
             check_parallel_layout(args, c_tp, c_pp, None, f"the checkpoint in {args.load}")
+            recorded = _first_rank_layout(args.load, iteration)
+            check_expert_layout(args, recorded.ep, recorded.etp, f"the checkpoint in {args.load}")
         raise CheckpointError(f"{path} not found: the checkpoint in {args.load} is incomplete for TP rank "
                               f"{tp_rank}, PP rank {pp_rank}")
     return torch_format.read_record(path), f"the checkpoint {args.load} (iteration {iteration})"
+
+
+def _first_rank_layout(root: str, iteration: int | str):
+    """The layout recorded in the first rank file of ``root`` at ``iteration``."""
+    found = layout.list_rank_dirs(root, iteration)
+    first = found[min(found)]
+    return read_header(load_rank_file(first, mmap=True), first).layout
 
 
 def _expert_parallel_rank() -> int:
@@ -149,12 +163,30 @@ def check_parallel_layout(args: argparse.Namespace, c_tp: int | None, c_pp: int 
         raise CheckpointError(f"{where} has --num-layer-list {recorded}: pass the same --num-layer-list")
 
 
+def check_expert_layout(args: argparse.Namespace, c_ep: int | None, c_etp: int | None, where: str) -> None:
+    """Raise if the launch's expert-parallel sizes (EP, ETP) differ from the checkpoint's: each EP rank's file
+    holds only its own experts, so another EP would load the wrong experts or none."""
+    ep = getattr(args, "expert_model_parallel_size", 1) or 1
+    etp = getattr(args, "expert_tensor_parallel_size", None) or args.tensor_model_parallel_size
+    c_ep = c_ep or 1
+    c_etp = c_etp or args.tensor_model_parallel_size
+    if (c_ep, c_etp) != (ep, etp):
+        raise CheckpointError(
+            f"{where} was saved with EP={c_ep} ETP={c_etp} but this launch has --expert-model-parallel-size "
+            f"{ep} --expert-tensor-parallel-size {etp}: launch with those or reshard it with convert_ckpt.py "
+            f"--load-model-type mg --save-model-type mg --target-expert-parallel-size {ep} "
+            f"--expert-tensor-parallel-size {etp}"
+        )
+
+
 def check_checkpoint_args(args: argparse.Namespace, record: CheckpointRecord, where: str, *,
                           reshardable: bool = False) -> None:
     """Raise if the launch's model shape (or, unless ``reshardable``, its TP/PP sizes) differ from the
     record's."""
     if not reshardable:
         check_parallel_layout(args, record.layout.tp, record.layout.pp, record.layout.num_layer_list, where)
+        if record.model.settings.get("num_experts"):
+            check_expert_layout(args, record.layout.ep, record.layout.etp, where)
     check_model_settings(args, record, where)
 
 

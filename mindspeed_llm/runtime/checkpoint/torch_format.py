@@ -83,7 +83,12 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
     dp_group = ps.get_data_parallel_group(with_context_parallel=True)
     dp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
     pp_size = args.pipeline_model_parallel_size
-    folder = layout.checkpoint_dir_for(save_dir, iteration, tp_rank, pp_rank, pp_size)
+    ep_size = getattr(args, "expert_model_parallel_size", 1) or 1
+    ep_rank = ps.get_expert_model_parallel_rank() if ep_size > 1 else 0
+    folder = layout.checkpoint_dir_for(save_dir, iteration, tp_rank, pp_rank, pp_size, ep_rank, ep_size)
+    # With experts (EP > 1) each EP rank's folder holds its experts: rank 0 of the expert-data-parallel group
+    # writes it (Megatron-LM's rule), and the distributed optimizer writes the dense and expert shards there.
+    writer = (ps.get_expert_data_parallel_rank() == 0) if ep_size > 1 else dp_rank == 0
 
     rng_states = None
     if state.rng is not None:
@@ -98,15 +103,15 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
             if args.use_distributed_optimizer and not args.no_save_optim:
                 target = os.path.join(folder, DISTRIB_OPTIM_FILENAME)
                 _write(folder, lambda: _makedirs(folder, created), args)
-                if dp_rank == 0:
+                if writer:
                     temporaries.append(target + ".tmp")
                 # Collective over the DP group (the state is gathered first); DP rank 0 writes.
-                if dp_rank == 0:
+                if writer:
                     _write(target + ".tmp", lambda: optimizer.save_parameter_state(target + ".tmp"), args)
                     renames.append((target + ".tmp", target))
                 else:
                     optimizer.save_parameter_state(target + ".tmp")
-            if dp_rank == 0:
+            if writer:
                 ckpt: dict[str, Any] = file_header(record, base_args)
                 ckpt.update(lora_checkpoint.saved_weights(model_state(model), LoraConfig.from_args(args)))
                 if not args.no_save_optim:
