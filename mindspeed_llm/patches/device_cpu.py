@@ -41,6 +41,10 @@ _FACTORIES = (
     "triu_indices", "normal", "scalar_tensor",
 )
 
+# Tensor methods that make a tensor with a `device=` keyword (megatron's all-to-all: `input.new_empty(...,
+# device=torch.cuda.current_device())`).
+_TENSOR_FACTORIES = ("new_empty", "new_zeros", "new_ones", "new_full", "new_tensor", "new_empty_strided")
+
 
 def _is_accelerator_device(device: Any) -> bool:
     """True for anything that names a CUDA device: 'cuda', 'cuda:1', 0, torch.device('cuda')."""
@@ -409,6 +413,8 @@ def register_cpu_patches(registry: PatchRegistry) -> None:
     for name in _FACTORIES:
         if hasattr(torch, name):
             r(f"torch.{name}", wrapper=_redirect_factory, description="device='cuda' -> cpu")
+    for name in _TENSOR_FACTORIES:
+        r(f"torch.Tensor.{name}", wrapper=_redirect_factory, description="device='cuda' -> cpu")
     r("torch.Tensor.to", wrapper=_tensor_to, description="'cuda' -> cpu")
     r("torch.Tensor.cuda", _tensor_cuda, description="Tensor.cuda() keeps the tensor on the CPU")
     r("torch.Tensor.pin_memory", _tensor_pin_memory, description="no pinned memory without a CUDA driver")

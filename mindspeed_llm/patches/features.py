@@ -16,6 +16,9 @@ Base patches (group ``ops``), applied by the device layer at ``import mindspeed_
 - Packed samples (:mod:`mindspeed_llm.patches.packed`): with document-packed ``packed_seq_params``
   megatron's local ``DotProductAttention`` attends within each document (it asserts otherwise) and
   ``GPTModel._preprocess`` restarts RoPE positions per document; without them both are megatron's.
+- Mixture of experts (:mod:`mindspeed_llm.patches.moe`, group ``moe``): megatron-core's MoE layer, router,
+  alltoall/allgather dispatchers and ``--moe-grouped-gemm`` layout without Transformer Engine, the
+  ``grouped_gemm`` package or CUDA.
 
 CPU base patches (group ``ops-cpu``), applied with the above when the device is the CPU:
 
@@ -66,6 +69,7 @@ from argparse import Namespace
 from collections.abc import Callable
 from typing import Any
 
+from mindspeed_llm.patches.moe import apply_moe_patches, revert_moe_patches
 from mindspeed_llm.patches.registry import PatchRegistry, registry
 
 BASE_GROUP = "ops"
@@ -192,6 +196,7 @@ def apply_base_op_patches(device: str, reg: PatchRegistry = registry) -> None:
     if not reg.patches(BASE_GROUP):
         _register_base(reg)
     reg.apply(BASE_GROUP)
+    apply_moe_patches(reg)
     if device == "cpu":
         if not reg.patches(CPU_BASE_GROUP):
             _register_cpu_base(reg)
@@ -203,6 +208,7 @@ def apply_base_op_patches(device: str, reg: PatchRegistry = registry) -> None:
 def revert_base_op_patches(reg: PatchRegistry = registry) -> None:
     """Undo :func:`apply_base_op_patches`."""
     reg.revert(CPU_BASE_GROUP)
+    revert_moe_patches(reg)
     reg.revert(BASE_GROUP)
 
 
