@@ -345,6 +345,9 @@ def _check_moe(args: argparse.Namespace, world_size: int) -> None:
         args.expert_tensor_parallel_size = None
         return
     experts, ep = args.num_experts, args.expert_model_parallel_size
+    if tp > 1 and not args.sequence_parallel:
+        raise ArgumentError(f"--num-experts with --tensor-model-parallel-size {tp} needs --sequence-parallel "
+                            "(megatron-core's MoE layer refuses TP without it): add --sequence-parallel")
     if not 1 <= args.moe_router_topk <= experts:
         raise ArgumentError(f"--moe-router-topk {args.moe_router_topk} must be between 1 and --num-experts "
                             f"{experts}")

@@ -59,6 +59,8 @@ def test_bad_moe_launches_are_refused_with_one_line(extra, words):
 def test_expert_layout_must_fit_the_world():
     with pytest.raises(ArgumentError, match="--expert-model-parallel-size 4 x --pipeline-model-parallel"):
         validated(MOE + " --expert-model-parallel-size 4", world=2)
+    with pytest.raises(ArgumentError, match="--tensor-model-parallel-size 2 needs --sequence-parallel"):
+        validated(MOE + " --tensor-model-parallel-size 2", world=2)
 
 
 @pytest.mark.parametrize("extra", [" --expert-model-parallel-size 2", " --moe-grouped-gemm",
@@ -89,7 +91,7 @@ def test_moe_settings_reach_transformer_config():
 
 
 def test_expert_tensor_parallel_defaults_to_tp_and_dense_models_keep_no_moe():
-    args = validated(MOE + " --tensor-model-parallel-size 2", world=2)
+    args = validated(MOE + " --tensor-model-parallel-size 2 --sequence-parallel", world=2)
     assert args.expert_tensor_parallel_size == 2
     dense = transformer_config(*plan_for(validated(BASE)))
     assert dense.num_moe_experts is None and dense.expert_model_parallel_size == 1
