@@ -70,7 +70,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mindspeed_llm.patches.moe import apply_moe_patches, revert_moe_patches
-from mindspeed_llm.patches.registry import PatchRegistry, registry
+from mindspeed_llm.patches.registry import PatchRegistry, registry, resolve_owner
 
 BASE_GROUP = "ops"
 CPU_BASE_GROUP = "ops-cpu"
@@ -159,6 +159,15 @@ _SWIGLU_SIGNATURES = {"swiglu": "(y)", "bias_swiglu": "(y, bias)", "swiglu_back"
                       "bias_swiglu_back": "(g, y, bias)"}
 
 
+# megatron-core functions decorated with @jit_fuser (torch.compile) that MoE layers call on every step: the
+# probability-weighted SwiGLU of the experts (forward and backward) and the router's expert-bias update.
+_EAGER_ON_CPU = {
+    f"{FUSED_SWIGLU_MODULE}.weighted_swiglu": "(y, weights)",
+    f"{FUSED_SWIGLU_MODULE}.weighted_swiglu_back": "(g, y, weights)",
+    "megatron.core.transformer.moe.router.TopKRouter._apply_expert_bias":
+        "(self, routing_map, padding_mask=None)",
+}
+
 TP_LAYERS = "megatron.core.tensor_parallel.layers"
 _LINEAR_SIGNATURES = {
     "linear_with_grad_accumulation_and_async_allreduce":
@@ -182,6 +191,13 @@ def _register_cpu_base(reg: PatchRegistry) -> None:
         reg.register(f"{FUSED_SWIGLU_MODULE}.{name}", getattr(swiglu, f"megatron_{name}"),
                      group=CPU_BASE_GROUP, signature=signature,
                      description=f"fused SwiGLU's {name} in eager torch (no torch.compile on the CPU)")
+    for target, signature in _EAGER_ON_CPU.items():
+        owner, attr = resolve_owner(target)
+        compiled = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+        eager = getattr(compiled, "__wrapped__", compiled)  # megatron's own body, undecorated
+        reg.register(target, eager, group=CPU_BASE_GROUP, signature=signature,
+                     description=f"{attr}: megatron's own body run eagerly (its @jit_fuser would compile it "
+                                 "with torch.compile's C++ backend in every process on the CPU)")
     if not bf16_matmul.native_bf16_matmul():
         for name, signature in _LINEAR_SIGNATURES.items():
             reg.register(f"{TP_LAYERS}.{name}", wrapper=bf16_matmul.fp32_products, group=CPU_BASE_GROUP,

@@ -1,11 +1,11 @@
 """The first lr-0 fp32 step's lm loss of pretrain_gpt.py on a converted MoE checkpoint equals transformers'.
 
-Qwen3-MoE (softmax router, top-k renormalised: norm_topk_prob, q/k norms) at TP1, TP2, PP2, EP2 and
-TP2 x EP2 (alltoall dispatcher); Mixtral at EP2 with the allgather dispatcher; Qwen2-MoE (top-k not
-renormalised, a shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document of SEQ + 1 tokens, so every sample is
-that document and transformers' loss on it is the reference (relative 2e-5; the aux loss is not added in:
---moe-aux-loss-coeff 0). Teeth: a dropped expert or an ignored norm_topk_prob moves transformers' own loss
-on this document by far more than the tolerance.
+Qwen3-MoE (softmax router, top-k renormalised: norm_topk_prob, q/k norms) at TP1, TP2, PP2, EP2 and TP2 x EP2
+(alltoall dispatcher); Mixtral at EP2 with the allgather dispatcher; Qwen2-MoE (top-k not renormalised, a
+shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document of SEQ + 1 tokens, so every
+sample is that document and transformers' loss on it is the reference (relative 2e-5; the aux loss is not
+added in: --moe-aux-loss-coeff 0). Teeth: a dropped expert or an ignored norm_topk_prob moves transformers'
+own loss on this document by far more than the tolerance.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ def test_cpu_fused_swiglu_equals_megatrons_compiled_kernels_bit_for_bit(dtype):
 
     patched = {p.target.rsplit(".", 1)[1]: p for p in registry.patches(CPU_BASE_GROUP)
                if p.target.startswith(FUSED_SWIGLU_MODULE) and p.active}
-    assert sorted(patched) == ["bias_swiglu", "bias_swiglu_back", "swiglu", "swiglu_back"]
+    assert sorted(patched) == ["bias_swiglu", "bias_swiglu_back", "swiglu", "swiglu_back", "weighted_swiglu",
+                               "weighted_swiglu_back"]
     assert fused.swiglu is not patched["swiglu"]._original  # megatron's module calls the eager kernels
     gen = torch.Generator().manual_seed(3)
     y = (torch.randn(40, 2, 1024, generator=gen) * 3).to(dtype)  # several row blocks
@@ -94,3 +95,28 @@ def test_cpu_fused_swiglu_equals_megatrons_compiled_kernels_bit_for_bit(dtype):
         want = patched[name]._original(*args)
         got = getattr(fused, name)(*args)
         assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_cpu_moe_jit_fusers_run_eagerly():
+    """The MoE experts' probability-weighted SwiGLU (forward, backward) and the router's expert-bias update
+    are megatron's own bodies run eagerly on the CPU (no torch.compile, which builds C++ in every process);
+    the values are the SwiGLU formula by hand."""
+    from megatron.core.fusions import fused_bias_swiglu as fused
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    import mindspeed_llm  # noqa: F401  (the base patches)
+
+    for fn in (fused.weighted_swiglu, fused.weighted_swiglu_back, TopKRouter._apply_expert_bias):
+        assert not hasattr(fn, "__wrapped__"), fn  # not a (deferred) torch.compile wrapper
+    gen = torch.Generator().manual_seed(5)
+    y, w = torch.randn(6, 8, generator=gen), torch.rand(6, 1, generator=gen)
+    g = torch.randn(6, 4, generator=gen)
+    a, b = y[:, :4], y[:, 4:]
+    assert torch.allclose(fused.weighted_swiglu(y, w), a * torch.sigmoid(a) * b * w, rtol=1e-6, atol=1e-7)
+    yr = y.clone().requires_grad_(True)
+    ar, br = yr[:, :4], yr[:, 4:]
+    (ar * torch.sigmoid(ar) * br * w * g).sum().backward()
+    input_grad, weights_grad = fused.weighted_swiglu_back(g, y, w)
+    assert torch.allclose(input_grad, yr.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(weights_grad, (a * torch.sigmoid(a) * b * g).sum(-1, keepdim=True), rtol=1e-5,
+                          atol=1e-6)
