@@ -108,7 +108,33 @@ def setup(tmp_path_factory):
                  "--pipeline-model-parallel-size", str(pp), "--expert-model-parallel-size", str(ep),
                  "--load", ckpt, "--finetune", *extra]
         launched[name] = (flags, world)
-    return {"hf": hf, "ids": ids, "refs": refs, "launched": launched}
+    return {"hf": hf, "ids": ids, "refs": refs, "launched": launched, "data": data, "root": root}
+
+
+class _Tokenizer:
+    """What megatron-core's GPTDataset reads from a tokenizer (EOD 127: not in the document)."""
+
+    vocab_size = VOCAB
+    eod = VOCAB - 1
+    unique_identifiers = {"class": "moe_loss_parity"}
+
+
+def test_every_sample_is_the_reference_sequence(setup):
+    """megatron-core's GPTDataset, built as pretrain_gpt.py builds it, yields the reference ids as every
+    sample of the EP runs' global batch (and beyond): the data-parallel ranks all see what transformers
+    scores."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    config = GPTDatasetConfig(random_seed=1234, sequence_length=SEQ, blend=([setup["data"]], None),
+                              split="100,0,0", path_to_cache=str(setup["root"] / "cache"),
+                              tokenizer=_Tokenizer(),
+                              reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+                              create_attention_mask=False)
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [4, 0, 0], lambda: True, config).build()
+    ids = torch.tensor(setup["ids"])
+    for i in range(4):
+        assert torch.equal(train[i]["tokens"], ids[:-1]) and torch.equal(train[i]["labels"], ids[1:]), i
 
 
 def test_the_tolerance_has_teeth(setup):
