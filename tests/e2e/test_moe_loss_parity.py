@@ -2,10 +2,13 @@
 
 Qwen3-MoE (softmax router, top-k renormalised: norm_topk_prob, q/k norms) at TP1, TP2, PP2, EP2 and TP2 x EP2
 (alltoall dispatcher); Mixtral at EP2 with the allgather dispatcher; Qwen2-MoE (top-k not renormalised, a
-shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document of SEQ + 1 tokens, so every
-sample is that document and transformers' loss on it is the reference (relative 2e-5; the aux loss is not
-added in: --moe-aux-loss-coeff 0). Teeth: a dropped expert or an ignored norm_topk_prob moves transformers'
-own loss on this document by far more than the tolerance.
+shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document of SEQ tokens:
+megatron-core's GPTDataset cuts samples of SEQ + 1 tokens every SEQ tokens from the document repeated epoch
+after epoch, so every sample, on every data-parallel rank (the EP runs have two), is the document followed by
+its first token, and transformers' loss on that is the reference (relative 2e-5; the aux loss is not added in:
+--moe-aux-loss-coeff 0). (A document of SEQ + 1 tokens would give the second sample its last token followed by
+its first SEQ: a different loss, averaged in at data parallel 2.) Teeth: a dropped expert or an ignored
+norm_topk_prob moves transformers' own loss on this document by far more than the tolerance.
 """
 
 from __future__ import annotations
@@ -56,14 +59,16 @@ def moe_model_flags(hf_dir) -> list[str]:
 
 
 def _document(prefix, seed: int = 0) -> tuple[str, list[int]]:
+    """An indexed dataset of one document of SEQ ids (3..VOCAB-2: no EOD, nothing masked); returns its prefix
+    and every sample's SEQ + 1 ids (the document and its first id again: the next epoch's copy begins)."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    ids = np.random.default_rng(seed).integers(3, VOCAB - 1, SEQ + 1).astype(np.int64)
+    ids = np.random.default_rng(seed).integers(3, VOCAB - 1, SEQ).astype(np.int64)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
     builder.add_document(torch.from_numpy(ids), [len(ids)])
     builder.finalize(f"{prefix}.idx")
-    return str(prefix), ids.tolist()
+    return str(prefix), [*ids.tolist(), int(ids[0])]
 
 
 def _hf_model(folder, **config_changes):
@@ -103,7 +108,33 @@ def setup(tmp_path_factory):
                  "--pipeline-model-parallel-size", str(pp), "--expert-model-parallel-size", str(ep),
                  "--load", ckpt, "--finetune", *extra]
         launched[name] = (flags, world)
-    return {"hf": hf, "ids": ids, "refs": refs, "launched": launched}
+    return {"hf": hf, "ids": ids, "refs": refs, "launched": launched, "data": data, "root": root}
+
+
+class _Tokenizer:
+    """What megatron-core's GPTDataset reads from a tokenizer (EOD 127: not in the document)."""
+
+    vocab_size = VOCAB
+    eod = VOCAB - 1
+    unique_identifiers = {"class": "moe_loss_parity"}
+
+
+def test_every_sample_is_the_reference_sequence(setup):
+    """megatron-core's GPTDataset, built as pretrain_gpt.py builds it, yields the reference ids as every
+    sample of the EP runs' global batch (and beyond): the data-parallel ranks all see what transformers
+    scores."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    config = GPTDatasetConfig(random_seed=1234, sequence_length=SEQ, blend=([setup["data"]], None),
+                              split="100,0,0", path_to_cache=str(setup["root"] / "cache"),
+                              tokenizer=_Tokenizer(),
+                              reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+                              create_attention_mask=False)
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [4, 0, 0], lambda: True, config).build()
+    ids = torch.tensor(setup["ids"])
+    for i in range(4):
+        assert torch.equal(train[i]["tokens"], ids[:-1]) and torch.equal(train[i]["labels"], ids[1:]), i
 
 
 def test_the_tolerance_has_teeth(setup):
