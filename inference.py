@@ -15,7 +15,7 @@ from mindspeed_llm.config.flags import add_inference_args  # noqa: E402
 from mindspeed_llm.config.validate import check_command_line, check_inference_args  # noqa: E402
 
 if __name__ == "__main__":
-    check_command_line(extra_args_provider=add_inference_args, check=check_inference_args)
+    check_command_line(extra_args_provider=add_inference_args, check=check_inference_args, error_status=2)
 
 mindspeed_llm.apply_base_patches()  # device layer first: megatron-core then runs on CPU, CUDA or NPU
 
@@ -23,4 +23,4 @@ from mindspeed_llm.inference.cli import main  # noqa: E402
 from mindspeed_llm.training.training import run_main  # noqa: E402
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, user_error_status=2)  # a tool's refusal: exit 2, as convert_ckpt.py

@@ -678,8 +678,9 @@ _QUIET_RANK_EXIT_DELAY_S = 2.0
 
 
 def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=None,
-                       require_stage: bool = False, check=None) -> argparse.Namespace:
-    """Parse and check a launch before torch is imported; a bad one prints one line on rank 0 and exits 1.
+                       require_stage: bool = False, check=None, error_status: int = 1) -> argparse.Namespace:
+    """Parse and check a launch before torch is imported; a bad one prints one line on rank 0 and exits
+    ``error_status`` (1 for training, 2 for inference.py as for the other tools; argparse's own errors: 2).
 
     Flags, world size and paths are the same on every rank, so rank 0 alone speaks (also for
     ``--help`` and argparse's usage errors) and the other ranks exit quietly with the same status.
@@ -705,7 +706,7 @@ def check_command_line(argv: Sequence[str] | None = None, extra_args_provider=No
             (check or check_args)(args, world)
         check_paths(args)
     except (ArgumentError, SystemExit) as exc:
-        status = 1 if isinstance(exc, ArgumentError) else exc.code
+        status = error_status if isinstance(exc, ArgumentError) else exc.code
         if rank == 0 and isinstance(exc, ArgumentError):
             print_error(str(exc))
         elif rank != 0 and status:

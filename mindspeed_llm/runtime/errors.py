@@ -1,15 +1,16 @@
 """Typed errors of a training run, and how the ranks agree that one of them happened.
 
 Each error is one line for the user (the path or flag, what is wrong, the fix); ``run_main`` prints it
-as ``error: ...`` and exits 1 (``TrainingInterrupted``: 128 + the signal number). Bad flags are
-``ArgumentError`` (config/flags.py) and unreadable checkpoints ``CheckpointError``
+as ``error: ...`` and exits 1 (inference.py, a tool: 2; ``TrainingInterrupted``: 128 + the signal
+number). Bad flags are ``ArgumentError`` (config/flags.py) and unreadable checkpoints ``CheckpointError``
 (runtime/checkpoint/errors.py); the classes here cover the rest.
 
 A rank that fails alone would leave the others waiting in the next collective until the process
 group's timeout. :func:`fail_together` makes a failure collective: every rank reaches one all-reduce,
 the ranks that failed raise their own error (``run_main`` prints it once through the process group's
 store, with ``[rank N]`` when only some ranks found it), the others raise :class:`PeerFailed`, which
-waits for that line and exits 1 without one of its own, so the user reads the culprit once.
+waits for that line and exits with the same status without one of its own, so the user reads the culprit
+once.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class NonFiniteError(ArithmeticError):
 
 
 class PeerFailed(RuntimeError):
-    """Another rank failed; it prints why (``messages``: what the failing ranks raised), this rank exits 1."""
+    """Another rank failed; it prints why (``messages``: what the failing ranks raised), this rank exits with
+    the same status (1, 2 from inference.py)."""
 
     def __init__(self, messages: list[str]) -> None:
         self.messages = messages

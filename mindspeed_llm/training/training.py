@@ -627,9 +627,9 @@ def _interrupted_line(signum: int) -> str:
             + (f" (resume with --load {args.save})" if args.save and "iteration" in kept else ""))
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run an entry point; user errors print one line and exit 1, a signal 128 + its number (130 for
-    Ctrl-C)."""
+def run_main(main: Callable[[], object], user_error_status: int = 1) -> None:
+    """Run an entry point; user errors print one line and exit ``user_error_status`` (1 from training ranks,
+    2 from the tools: inference.py, as convert_ckpt.py), a signal 128 + its number (130 for Ctrl-C)."""
     rank = launch_rank()[0]
     signals.install()
     try:
@@ -640,10 +640,10 @@ def run_main(main: Callable[[], object]) -> None:
         _wait_for_report(
             exc.messages
         )  # the failing rank prints; torchrun stops the group once one rank exits
-        sys.exit(1)
+        sys.exit(user_error_status)
     except (ArgumentError, CheckpointError, *USER_ERRORS) as exc:
         report_error(str(exc))
-        _exit(1)
+        _exit(user_error_status)
     except RuntimeError as exc:
         if signals.interrupted_by() is not None:  # a collective the signal broke on the way out
             _exit_interrupted(signals.interrupted_by(), rank)

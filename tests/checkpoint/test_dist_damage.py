@@ -1,6 +1,8 @@
 """A damaged torch_dist checkpoint: one line naming the file and what is wrong, for the converter, the
 trainer's resume and inference alike, checked before megatron-core reads it; nothing written, nothing
-changed. A failed torch_dist save (the file-size limit standing in for a full disk) is one line too.
+changed. The library readers see every damage; one pretrain_gpt.py and one inference.py launch show the
+exit status (1 from training ranks, 2 from the tools), the line and no traceback as a user sees them. A
+failed torch_dist save (the file-size limit standing in for a full disk) is one line too.
 
 One tiny torch_dist checkpoint (the format's own save, one process) is copied and damaged per case.
 """
@@ -8,6 +10,8 @@ One tiny torch_dist checkpoint (the format's own save, one process) is copied an
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import resource
 import shutil
 import signal
@@ -24,7 +28,16 @@ from mindspeed_llm.runtime.errors import SaveError
 from mindspeed_llm.runtime.state import TrainState
 from tests.checkpoint.test_record import _inference, _model, _trainer
 from tests.checkpoint.tiny_models import make_tiny_hf_model
-from tests.e2e.pretrain_helpers import convert_hf_to_mg
+from tests.e2e.pretrain_helpers import (
+    PRETRAIN,
+    convert_hf_to_mg,
+    make_indexed_dataset,
+    model_flags,
+    train_flags,
+)
+from tests.helpers.launch import StartedTorchrun
+from tests.helpers.tiny import save_word_tokenizer
+from tests.inference.helpers import INFERENCE
 from tests.ops.megatron_env import single_process_model_parallel
 from tests.tool_process import leftovers, tree_digest
 
@@ -114,6 +127,34 @@ def test_every_damage_is_one_line_naming_the_file_for_every_reader(dist, tmp_pat
         assert tree_digest(folder) == before, case
 
 
+def test_pretrain_and_inference_launches_refuse_a_damaged_checkpoint_with_one_line(dist, tmp_path):
+    """The real launches, side by side: pretrain_gpt.py resuming on two ranks from a truncated shard exits 1,
+    inference.py on a folder whose ``.metadata`` is junk exits 2 (a tool's refusal, as convert_ckpt.py);
+    each prints the one line naming the file, once, without a traceback, and changes no file of the folder."""
+    damaged = {}
+    for case in ("half_shard", "junk_index"):
+        folder = shutil.copytree(dist["dist"], tmp_path / case)
+        damaged[case] = (folder, *_damage(folder, case), tree_digest(folder))
+    data = make_indexed_dataset(tmp_path / "data" / "corpus_text_document")
+    save_word_tokenizer(tmp_path / "tok", 120)  # its own folder: next to config.json it would load as BPE
+    model = model_flags(dist["hf"])
+    training = StartedTorchrun(PRETRAIN, *model, *train_flags(data), "--load", damaged["half_shard"][0],
+                               nproc=2, timeout=240)
+    inference = StartedTorchrun(INFERENCE, *model, "--load", damaged["junk_index"][0],
+                                "--tokenizer-name-or-path", tmp_path / "tok", "--max-new-tokens", "2",
+                                "--prompt", "w5 w6", nproc=1, timeout=240)
+    for case, launch, status in (("half_shard", training, 1), ("junk_index", inference, 2)):
+        folder, path, words, before = damaged[case]
+        run = launch.result(check=False)
+        output = run.stdout + run.stderr
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert run.returncode == status, (case, output[-3000:])
+        assert "Traceback" not in output, (case, output[-3000:])
+        assert len(errors) == 1 and errors[0].startswith(f"error: {path} {words}"), (case, output[-3000:])
+        assert run.stderr.strip().splitlines() == errors, (case, run.stderr[-3000:])  # nothing else, once
+        assert tree_digest(folder) == before and leftovers(folder) == [], case
+
+
 def test_a_sound_checkpoint_loads_without_megatron_core_warnings(dist, tmp_path, capsys):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -127,8 +168,19 @@ def test_a_sound_checkpoint_loads_without_megatron_core_warnings(dist, tmp_path,
     assert all(torch.equal(weights[k], reference[k]) for k in weights if not k.endswith("_extra_state"))
 
 
-def test_a_failed_torch_dist_save_is_one_line_and_keeps_the_previous_checkpoint(dist, tmp_path):
-    """A file-size limit below a shard's size makes megatron-core's writer fail (EFBIG, as ENOSPC would)."""
+def test_a_failed_torch_dist_save_is_one_line_and_keeps_the_previous_checkpoint(dist, tmp_path, caplog):
+    """A file-size limit below a shard's size makes megatron-core's writer fail (EFBIG, as ENOSPC would).
+    megatron-core logs the failure at ERROR (``Local process N encountered an error``) before raising it: an
+    observer placed ahead of the save's filter sees that record, the log handlers do not."""
+    writer = logging.getLogger(dist_format._WRITER_LOGGER)
+    seen_by_megatron: list[str] = []
+
+    def observe(record: logging.LogRecord) -> bool:
+        seen_by_megatron.append(record.getMessage())
+        return True
+
+    writer.addFilter(observe)
+    caplog.set_level(logging.DEBUG, logger=dist_format._WRITER_LOGGER)
     save = shutil.copytree(dist["dist"], tmp_path / "save")
     before = tree_digest(save)
     limit = _shard(save, largest=False).stat().st_size // 2
@@ -146,6 +198,11 @@ def test_a_failed_torch_dist_save_is_one_line_and_keeps_the_previous_checkpoint(
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
             signal.signal(signal.SIGXFSZ, old_handler)
+            writer.removeFilter(observe)
+    megatron_said = [m for m in seen_by_megatron if re.match(r"Local process \d+ encountered an error: ", m)]
+    assert megatron_said, "\n".join(seen_by_megatron)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert writer.filters == []  # the save's filter is gone with the save
     line = str(exc.value)
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith(f"could not write the torch_dist checkpoint {save / 'iter_0000002.tmp'} (")

@@ -120,3 +120,22 @@ def test_prompts_file_must_be_utf8_with_a_prompt(tmp_path, content, needle) -> N
     assert path.read_bytes() == content
     path.write_text("\n  \nHello\n", encoding="utf-8")
     assert _check("--prompts-file", str(path)).prompts_file == str(path)
+
+
+def test_inference_py_refuses_a_flag_before_torch_with_one_line_and_exit_2(tmp_path) -> None:
+    """The real script: a refusal is a tool's (exit 2, as convert_ckpt.py and argparse), one line, no
+    traceback, before torch is imported (a fraction of a second)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers.paths import REPO_ROOT
+
+    cmd = [sys.executable, str(REPO_ROOT / "inference.py"), *MODEL, "--prompt", "hi", "--temperature", "nan"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert run.returncode == 2, run.stderr
+    assert run.stdout == "" and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --temperature"), run.stderr
+    assert list(tmp_path.iterdir()) == []

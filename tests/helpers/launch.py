@@ -122,12 +122,14 @@ class StartedTorchrun:
             self._stop()
         return failed or next((p.returncode for p in self._procs if p.returncode != 0), 0)
 
-    def result(self) -> subprocess.CompletedProcess:
+    def result(self, check: bool = True) -> subprocess.CompletedProcess:
+        """The finished launch; ``check``: raise with the output unless every rank exited 0 (a test of a
+        refusal passes False and reads the exit status itself)."""
         if self._result is None:
             code = self._wait()
             self._result = subprocess.CompletedProcess([str(self._script), *self._args], code,
                                                        *_read_and_close(self._out, self._err))
-        return _check_torchrun(self._result, self._script, self._args)
+        return _check_torchrun(self._result, self._script, self._args) if check else self._result
 
 
 def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,

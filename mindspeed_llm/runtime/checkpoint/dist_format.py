@@ -93,6 +93,26 @@ def quiet_megatron():
         yield
 
 
+_WRITER_LOGGER = "megatron.core.dist_checkpointing.strategies.filesystem_async"
+
+
+def _not_a_worker_failure(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "encountered an error" in record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_writer_failure():
+    """megatron-core's writer logs ``Local process N encountered an error: ...`` at ERROR level, then raises
+    the same error; :func:`save` reports that error as one line (:func:`_save_failure`), so the log record is
+    dropped while the save runs (that record only: the writer's other records pass)."""
+    writer = logging.getLogger(_WRITER_LOGGER)
+    writer.addFilter(_not_a_worker_failure)
+    try:
+        yield
+    finally:
+        writer.removeFilter(_not_a_worker_failure)
+
+
 def check_folder(folder: str) -> None:
     """Everything megatron-core will read, checked before it does: the marker (JSON), ``common.pt``, the
     tensors' ``.metadata`` (readable) and every shard file it names, present with at least the bytes it
@@ -266,7 +286,7 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
     sharded = _state_dict(model, None if args.no_save_optim else optimizer, scheduler, rng, metadata,
                           is_loading=False, extra=file_header(record, base_args))
     try:
-        with quiet_megatron():
+        with quiet_megatron(), quiet_writer_failure():
             dist_checkpointing.save(sharded, staging, get_default_save_sharded_strategy(FORMAT),
                                     content_metadata=_clean_metadata_for_serialization(metadata))
     except BaseException as exc:
