@@ -13,6 +13,11 @@ The batch follows megatron's static scheme: prompts are right-padded, the prefil
 shortest prompt, and every later step computes one position for all sequences; a sequence whose
 prompt is longer takes its own prompt token there instead of the sampled one. Every rank runs the
 same loop; the last pipeline stage chooses the tokens and broadcasts them to the other stages.
+
+LongRoPE (Phi-3) follows transformers' ``generate``: each step's frequencies are the short factors while
+the text fits the original window and the long ones once it is longer, and at the step that crosses the
+window the cache is dropped and the whole text computed again with the long factors (Phi-3's
+``prepare_inputs_for_generation``), so earlier keys are not left rotated by the short ones.
 """
 
 from __future__ import annotations
@@ -71,10 +76,12 @@ class Generator:
         values)."""
         from megatron.core.utils import get_model_config
 
+        from mindspeed_llm.models.rope_scaling import longrope_embeddings
         from mindspeed_llm.patches.inference import lay_out_weights_for_decode
 
         lay_out_weights_for_decode(model)
         self.model = model
+        self.longrope = longrope_embeddings(model)
         self.config = get_model_config(model)
         self.vocab_size = vocab_size  # the real embedding rows: padded rows are never chosen
         self.pad_id = pad_id
@@ -122,9 +129,6 @@ class Generator:
 
         ``on_token(row, token)`` is called for each new token as soon as it is chosen.
         """
-        from megatron.core import parallel_state as ps
-        from megatron.core.inference.communication_utils import broadcast_from_last_pipeline_stage
-
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         batch = len(prompts)
@@ -140,17 +144,33 @@ class Generator:
         wrapper, context = self._wrapper(batch, total)
         wrapper.prep_model_for_inference()
         inputs = wrapper.prep_inference_input(tokens)
+        try:
+            return self._loop(wrapper, context, inputs, tokens, lengths, ends, total, sampling, stop_ids,
+                              on_token)
+        finally:
+            for emb in self.longrope:
+                emb.sequence_length = None
+
+    def _loop(self, wrapper, context, inputs, tokens, lengths, ends, total, sampling, stop_ids, on_token):
+        from megatron.core import parallel_state as ps
+        from megatron.core.inference.communication_utils import broadcast_from_last_pipeline_stage
+
+        batch = tokens.size(0)
         last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
         pipelined = ps.get_pipeline_model_parallel_world_size() > 1
         rng = torch.Generator(device=tokens.device).manual_seed(sampling.seed)
         done = torch.zeros(batch, dtype=torch.bool)
         new_tokens: list[list[int]] = [[] for _ in range(batch)]
+        window_end = min((emb.original_max_position_embeddings for emb in self.longrope), default=None)
 
         start = 0
         for end in range(int(lengths.min()), total):
-            if not self.use_kv_cache:
+            crosses = window_end is not None and 0 < start <= window_end < end
+            if not self.use_kv_cache or crosses:
                 context.reset()  # forget every cached position: the whole sequence is computed again
                 start = 0
+            for emb in self.longrope:
+                emb.sequence_length = end  # the text's length decides LongRoPE's factors, as in transformers
             window = wrapper.get_batch_for_context_window(inputs, start, end)
             if start > 0:  # a decode step: its rows see every cached position, a mask of nothing masked
                 window["attention_mask"] = None

@@ -14,6 +14,7 @@ megatron's attention passes to ``apply_rotary_pos_emb`` (``rope_attention_factor
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -163,17 +164,38 @@ def megatron_yarn_fields(factor: float, original: int, beta_fast: float | None =
 def make_longrope_embedding(original, scaling: Mapping, dim: int, base: float):
     """A megatron ``RotaryEmbedding`` like ``original`` whose table uses LongRoPE's short factors for
     sequences up to the original window and its long factors beyond (transformers' switch on the
-    longest position of a forward call)."""
+    longest position of a forward call).
+
+    Generation sets ``sequence_length`` (the text's length at each step, transformers' ``seq_len``):
+    megatron's KV-cache table spans the whole cache, so without it the table's end would decide."""
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
     class LongRopeRotaryEmbedding(RotaryEmbedding):
         """megatron's RoPE table with LongRoPE's per-length choice of frequencies."""
 
+        is_longrope = True
+        sequence_length: int | None = None  # set by generation; None: the table's own end decides
+
+        def uses_long_factors(self, max_seq_len: int, offset: int = 0) -> bool:
+            length = self.sequence_length if self.sequence_length is not None else max_seq_len + offset
+            return length > self.original_max_position_embeddings
+
         def get_freqs_non_repeated(self, max_seq_len: int, offset: int = 0) -> Tensor:
-            long = max_seq_len + offset > self.original_max_position_embeddings
+            long = self.uses_long_factors(max_seq_len, offset)
             inv = (self.long_inv_freq if long else self.short_inv_freq).to(self.inv_freq.device)
             seq = torch.arange(max_seq_len, device=inv.device, dtype=inv.dtype) + offset
             return torch.outer(seq, inv)
+
+        def forward(self, max_seq_len: int, offset: int = 0, packed_seq: bool = False,
+                    cp_group=None) -> Tensor:
+            # megatron caches its table by these arguments only: the choice of factors joins the key
+            return self._table(max_seq_len, offset, packed_seq, cp_group,
+                               self.uses_long_factors(max_seq_len, offset))
+
+        @functools.lru_cache(maxsize=32)  # noqa: B019 (as megatron's own forward: modules live for the run)
+        def _table(self, max_seq_len, offset, packed_seq, cp_group, long) -> Tensor:
+            del long  # part of the cache key; get_freqs_non_repeated decides it again, equally
+            return RotaryEmbedding.forward.__wrapped__(self, max_seq_len, offset, packed_seq, cp_group)
 
     emb = LongRopeRotaryEmbedding.__new__(LongRopeRotaryEmbedding)
     emb.__dict__.update(original.__dict__)  # the same module state (cp group, device), another table
@@ -182,3 +204,8 @@ def make_longrope_embedding(original, scaling: Mapping, dim: int, base: float):
     emb.original_max_position_embeddings = int(scaling["original_max_position_embeddings"])
     emb.inv_freq = emb.short_inv_freq.to(original.inv_freq.device)
     return emb
+
+
+def longrope_embeddings(model: torch.nn.Module) -> list:
+    """The LongRoPE rotary embeddings of ``model`` (one per pipeline chunk; none without LongRoPE)."""
+    return [m for m in model.modules() if getattr(m, "is_longrope", False)]

@@ -10,7 +10,9 @@ extended to 128:
   loss on instruction samples of up to 64 tokens equals transformers' (as tests/e2e/test_sft.py computes
   it); inference.py's greedy tokens equal transformers' ``generate`` up to position 64;
 - a Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``) with LongRoPE: the same on a 32-token document (short
-  factors: within the window) and a 64-token one (long factors: beyond it).
+  factors: within the window) and a 64-token one (long factors: beyond it); inference.py's greedy tokens
+  equal ``generate``'s for a prompt inside the window whose generation crosses it (short factors, then the
+  whole text again with the long ones) and for a prompt already beyond it, generated as one batch.
 
 Both convert back (mg->hf, without the source folder: config.json written from the checkpoint's record)
 to a folder whose transformers logits equal the original's. Teeth: transformers' loss with the scaling
@@ -58,6 +60,7 @@ SHORT_FACTOR = [1.0 + 0.05 * i for i in range(8)]  # head_dim 16: 8 frequencies
 LONG_FACTOR = [1.0 + 1.5 * i for i in range(8)]
 PROMPT = " ".join(f"w{i}" for i in range(5, 29))  # 24 tokens; with 40 new ones generation reaches 64
 NEW_TOKENS = 40
+BEYOND_PROMPT = " ".join(f"w{i}" for i in range(30, 70))  # 40 tokens: beyond the window from the start
 YARN_LAYOUTS = {"tp1": (1, 1, None), "tp2": (2, 1, None), "pp2": (1, 2, None),
                 "ring_cp2": (1, 1, "megatron_cp_algo"), "ulysses_cp2": (1, 1, "ulysses_cp_algo")}
 
@@ -164,6 +167,10 @@ def setup(tmp_path_factory):
         INFERENCE, *model_flags(qwen), "--load", str(qwen_ckpts[1, 1]), "--tokenizer-name-or-path",
         str(root / "tok"), "--max-new-tokens", str(NEW_TOKENS), "--prompt", PROMPT, "--task", "greedy",
         timeout=400)
+    runs["phi_inference"] = StartedTorchrun(
+        INFERENCE, *model_flags(phi), "--load", str(phi_ckpt), "--tokenizer-name-or-path", str(root / "tok"),
+        "--max-new-tokens", str(NEW_TOKENS), "--prompt", PROMPT, "--prompt", BEYOND_PROMPT,
+        "--task", "greedy", timeout=400)
 
     qwen_model, phi_model = _hf_model(qwen), _hf_model(phi)
     refs = {"yarn": _hf_loss(qwen_model, yarn_ids),
@@ -237,6 +244,26 @@ def test_greedy_inference_beyond_the_window_equals_transformers_generate(setup):
     assert len(want) == NEW_TOKENS and len(tok(PROMPT).input_ids) + NEW_TOKENS > 2 * ORIGINAL - 2
     outputs = parse_outputs(setup["runs"]["inference"].result().stdout)
     assert [text for _, text in outputs] == [tok.decode(want, skip_special_tokens=True)]
+
+
+def test_longrope_greedy_inference_across_the_window_equals_transformers_generate(setup):
+    """Phi-3's ``generate`` uses the short factors while the text fits the window, then drops its cache and
+    computes the whole text again with the long ones; inference.py does the same (one batch of both
+    prompts). Teeth: one choice of factors for the whole generation (the long ones: prompt + new tokens
+    exceed the window) gives other tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(setup["root"] / "tok"))
+    inside, beyond = tok(PROMPT).input_ids, tok(BEYOND_PROMPT).input_ids
+    assert len(inside) < ORIGINAL < len(inside) + NEW_TOKENS and len(beyond) > ORIGINAL
+    want = [hf_continuation(setup["phi_model"], tok, ids, NEW_TOKENS, tok.eos_token_id)
+            for ids in (inside, beyond)]
+    assert len(want[0]) == NEW_TOKENS
+    once = hf_continuation(_hf_model(setup["phi"], short_factor=LONG_FACTOR), tok, inside, NEW_TOKENS,
+                           tok.eos_token_id)
+    assert tok.decode(once, skip_special_tokens=True) != tok.decode(want[0], skip_special_tokens=True)
+    outputs = parse_outputs(setup["runs"]["phi_inference"].result().stdout)
+    assert [text for _, text in outputs] == [tok.decode(w, skip_special_tokens=True) for w in want]
 
 
 @pytest.mark.parametrize("name", ["qwen", "phi"])
