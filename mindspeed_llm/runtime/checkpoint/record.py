@@ -353,6 +353,10 @@ def _recorded_settings(args: argparse.Namespace) -> dict:
     """
     found = {attr: getattr(args, attr) for attr in MODEL_SETTINGS
              if (attr in vars(args) if attr == "add_bias_linear" else hasattr(args, attr))}
+    if any(attr in found for attr in ROPE_SETTINGS):
+        # The RoPE scaling is one setting: a file written before a scaling flag existed had it unset
+        # (YaRN and LongRoPE were refused then), so its absent parts are None, as the converter records them.
+        found.update({attr: None for attr in ROPE_SETTINGS if attr not in found})
     hf_config = getattr(args, "hf_config", None)
     if hf_config and not hasattr(args, "rope_scaling_type"):
         from mindspeed_llm.models.families import ModelConfig
