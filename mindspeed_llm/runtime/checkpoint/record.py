@@ -209,12 +209,13 @@ class CheckpointRecord:
             hf_dir=getattr(args, "hf_dir", None),
             settings=_recorded_settings(args),
         )
+        moe = bool(getattr(args, "num_experts", None))  # a dense model has no expert layout (as converted)
         layout = LayoutRecord(tp=getattr(args, "tensor_model_parallel_size", None),
                               pp=getattr(args, "pipeline_model_parallel_size", None),
                               num_layer_list=_layer_list(getattr(args, "num_layer_list", None), where),
                               vpp=getattr(args, "virtual_pipeline_model_parallel_size", None),
-                              ep=getattr(args, "expert_model_parallel_size", None),
-                              etp=getattr(args, "expert_tensor_parallel_size", None))
+                              ep=getattr(args, "expert_model_parallel_size", None) if moe else None,
+                              etp=getattr(args, "expert_tensor_parallel_size", None) if moe else None)
         progress = ProgressRecord(iteration=int(iteration or 0),
                                   consumed_train_samples=int(getattr(args, "consumed_train_samples", 0) or 0),
                                   consumed_valid_samples=int(getattr(args, "consumed_valid_samples", 0) or 0),
