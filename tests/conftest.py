@@ -25,13 +25,17 @@ from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makerep
 LONGEST_FIRST = (  # by a worker's wall time in a two-worker run (docs/performance_journal.md)
     "tests/quickstart/test_quickstart.py",
     "tests/e2e/test_pretrain_gpt.py",
-    "tests/e2e/test_pretrain_resilience.py",
     "tests/e2e/test_loss_parity.py",
+    "tests/e2e/test_pretrain_resilience.py",
+    "tests/e2e/test_moe_loss_parity.py",
+    "tests/evaluation/test_evaluation_e2e.py",
     "tests/e2e/test_context_parallel.py",
-    "tests/e2e/test_context_parallel_packed.py",
     "tests/data/test_instruction.py",
-    "tests/models/test_lora.py",
     "tests/e2e/test_pretrain_torch_dist.py",
+    "tests/from_hf/test_one_command.py",
+    "tests/e2e/test_context_parallel_packed.py",
+    "tests/e2e/test_long_context_rope.py",
+    "tests/models/test_lora.py",
     "tests/data/test_preprocess.py",
 )
 
