@@ -22,7 +22,6 @@ An empty chosen or rejected answer is a bad row (an error naming it, or skipped 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,7 +37,15 @@ from mindspeed_llm.data.instruction_handlers import (
     SharegptStyleInstructionHandler,
     parse_map_keys,
 )
-from mindspeed_llm.data.pool import Progress, commit_all, mp_context, ordered_results, stop_pool
+from mindspeed_llm.data.pool import (
+    Progress,
+    commit_all,
+    limit_tokenizer_threads,
+    mp_context,
+    ordered_results,
+    plan_workers,
+    stop_pool,
+)
 from mindspeed_llm.data.readers import InputSource, available_columns, iter_batches
 from mindspeed_llm.data.tokenizer import DocumentTokenizer
 from mindspeed_llm.signals import worker_signals
@@ -167,10 +174,10 @@ class PairwiseEncoder:
 _worker_encoder: PairwiseEncoder | None = None
 
 
-def _init_worker(path: str, prompt_type: str, append_eod: bool) -> None:
+def _init_worker(path: str, prompt_type: str, append_eod: bool, threads: int) -> None:
     global _worker_encoder
     worker_signals()
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    limit_tokenizer_threads(threads)
     if _worker_encoder is None:  # spawn / forkserver: nothing inherited
         _worker_encoder = PairwiseEncoder(DocumentTokenizer(path), prompt_type, append_eod)
 
@@ -233,12 +240,15 @@ def preprocess_pairwise(
         for key, prefix in pairwise_prefixes(args.output_prefix).items():
             writers[key] = IndexedDatasetWriter(prefix, TOKEN_DTYPE)
         _worker_encoder = encoder  # inherited by forked workers
+        plan = plan_workers(args.workers)  # the cores the text and instruction paths plan with
+        log(plan.describe())
         pool = mp_context().Pool(
-            args.workers,
+            plan.processes,
             initializer=_init_worker,
-            initargs=(tokenizer.path, args.prompt_type, args.append_eod),
+            initargs=(tokenizer.path, args.prompt_type, args.append_eod, plan.threads),
         )
-        for encoded, input_bytes in ordered_results(pool, tasks(), 2 * args.workers + 2, _encode_task):
+        window = 2 * plan.processes + 2
+        for encoded, input_bytes in ordered_results(pool, tasks(), window, _encode_task):
             tokens = 0
             for sides in encoded:
                 if args.seq_length is not None and max(len(sides[0]), len(sides[2])) >= args.seq_length:
