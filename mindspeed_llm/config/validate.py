@@ -603,13 +603,23 @@ def _check_prompts_file(path: str) -> None:
                             "one prompt per line")
 
 
-def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """The training rules for the model and parallel flags, and the generation flags' own rules."""
+def _check_checkpoint_reader_args(args: argparse.Namespace, world_size: int, *, reads: str, work: str,
+                                   own_checks=None) -> None:
+    """What inference.py and evaluation.py share: no training dataset, a --load, the training rules for the
+    model and parallel flags (with the training-only settings they need filled in), one model chunk per
+    stage, no sequence parallelism (``reads``: what the tool reads no dataset of, and where its inputs come
+    from; ``work``: what it runs; ``own_checks``: the tool's own flag rules, before the training rules)."""
     given_data = [f"--{name.replace('_', '-')}" for name in _DATA_FLAGS[:-1] if getattr(args, name)]
     if given_data:
-        raise ArgumentError(f"{' '.join(given_data)}: inference.py reads no dataset; drop the flag "
-                            "(prompts come from --prompt or --prompts-file)")
-    # Training-only settings that check_args needs; generation never reads them.
+        raise ArgumentError(f"{' '.join(given_data)}: {reads}")
+    if not args.load:
+        raise ArgumentError(
+            "--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, or "
+            "a training --save)"
+        )
+    if own_checks is not None:
+        own_checks(args)
+    # Training-only settings that check_args needs; generation and evaluation never read them.
     if args.lr is None:
         args.lr = 0.0
     if args.train_iters is None and args.train_samples is None:
@@ -617,25 +627,28 @@ def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.
     args.mock_data = True
     if args.seq_length is None and args.max_position_embeddings is not None:
         args.seq_length = args.max_position_embeddings
-    if not args.load:
-        raise ArgumentError(
-            "--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, or "
-            "a training --save)"
-        )
-    # --prompt-type is the training parser's (the SFT data's template); training refuses it without
-    # instruction data, generation uses it for --task chat: checked here instead.
     # Before the training rules: those would name the virtual stages' micro-batch rule instead.
     if args.num_layers_per_virtual_pipeline_stage:
         raise ArgumentError(
-            "--num-layers-per-virtual-pipeline-stage: generation runs one model chunk per "
+            f"--num-layers-per-virtual-pipeline-stage: {work} runs one model chunk per "
             "pipeline stage; reshard the checkpoint without virtual stages (convert_ckpt.py mg->mg)"
         )
+    # --prompt-type is the training parser's (the SFT data's template); training refuses it without
+    # instruction data, generation uses it for --task chat and evaluation for instruction models: checked
+    # by each tool instead.
     prompt_type, args.prompt_type = args.prompt_type, None
     check_args(args, world_size)
     args.prompt_type = prompt_type
     if args.sequence_parallel:
-        raise ArgumentError("--sequence-parallel is not supported for generation (megatron-core's static "
+        raise ArgumentError(f"--sequence-parallel is not supported for {work} (megatron-core's static "
                             "inference context refuses it): drop the flag")
+
+
+def check_inference_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
+    """The training rules for the model and parallel flags, and the generation flags' own rules."""
+    _check_checkpoint_reader_args(
+        args, world_size, work="generation",
+        reads="inference.py reads no dataset; drop the flag (prompts come from --prompt or --prompts-file)")
     if args.max_new_tokens < 1:
         raise ArgumentError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.max_batch_size < 1:
@@ -722,33 +735,10 @@ def check_evaluation_args(args: argparse.Namespace, world_size: int) -> argparse
     (``mindspeed_llm.evaluation.config``)."""
     from mindspeed_llm.evaluation.config import check_evaluation_flags
 
-    given_data = [f"--{name.replace('_', '-')}" for name in _DATA_FLAGS[:-1] if getattr(args, name)]
-    if given_data:
-        raise ArgumentError(f"{' '.join(given_data)}: evaluation.py reads no training dataset; drop the flag "
-                            "(benchmarks come from --task-data-path or --lm-eval-tasks)")
-    if not args.load:
-        raise ArgumentError("--load is required: the Megatron checkpoint folder (convert_ckpt.py --save-dir, "
-                            "or a training --save)")
-    check_evaluation_flags(args)
-    # Training-only settings that check_args needs; evaluation never reads them.
-    if args.lr is None:
-        args.lr = 0.0
-    if args.train_iters is None and args.train_samples is None:
-        args.train_iters = 1
-    args.mock_data = True
-    if args.seq_length is None and args.max_position_embeddings is not None:
-        args.seq_length = args.max_position_embeddings
-    # --prompt-type is the training parser's (the SFT data's template): here, the template each question is
-    # put in for an instruction model.
-    prompt_type, args.prompt_type = args.prompt_type, None
-    check_args(args, world_size)
-    args.prompt_type = prompt_type
-    if args.num_layers_per_virtual_pipeline_stage:
-        raise ArgumentError("--num-layers-per-virtual-pipeline-stage: evaluation runs one model chunk per "
-                            "pipeline stage; reshard the checkpoint without virtual stages "
-                            "(convert_ckpt.py mg->mg)")
-    if args.sequence_parallel:
-        raise ArgumentError("--sequence-parallel is not supported for evaluation (megatron-core's static "
-                            "inference context refuses it): drop the flag")
+    # (--prompt-type here: the template each question is put in for an instruction model.)
+    _check_checkpoint_reader_args(
+        args, world_size, work="evaluation", own_checks=check_evaluation_flags,
+        reads="evaluation.py reads no training dataset; drop the flag (benchmarks come from --task-data-path "
+              "or --lm-eval-tasks)")
     args.no_load_optim = args.no_load_rng = True  # weights only
     return args
