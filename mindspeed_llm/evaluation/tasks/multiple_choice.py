@@ -102,58 +102,36 @@ def zh_block(question: str, options: list[str], answer: str | None, answer_word:
     return "\n".join(lines) + f"\n{answer_word}" + (f"{answer}\n\n" if answer is not None else "")
 
 
-def read_cmmlu(folder: Path, shots: int, limit: float | None) -> list[Question]:
+def _read_zh_exam(folder: Path, shots: int, limit: float | None, *, task: str, layout: str, split: str,
+                  suffix: str, dev_name, header: str, question_word: str, answer_word: str) -> list[Question]:
+    """CMMLU and C-Eval: per-subject CSVs (a header row; id, question, A-D, answer), shots from dev/."""
     questions = []
-    for path in files_in(folder / "test", ".csv", "cmmlu", CMMLU_LAYOUT):
-        subject = subject_of(path, (".csv",))
-        dev_path = folder / "dev" / path.name
-        dev = (
-            _shots(read_csv(dev_path, 7, "cmmlu", CMMLU_LAYOUT, header=True), shots, dev_path, "cmmlu")
-            if shots
-            else []
-        )
-        header = f"以下是关于{subject.replace('_', ' ')}的单项选择题，请直接给出正确答案的选项。\n\n"
-        body = "".join(zh_block("题目：" + s[1], s[2:6], s[6].strip(), "答案是：") for s in dev)
-        rows = read_csv(path, 7, "cmmlu", CMMLU_LAYOUT, header=True)
+    for path in files_in(folder / split, suffix, task, layout):
+        subject = subject_of(path, (suffix,))
+        dev_path = folder / "dev" / dev_name(path, subject)
+        dev = _shots(read_csv(dev_path, 7, task, layout, header=True), shots, dev_path, task) if shots else []
+        head = header.format(subject=subject.replace("_", " "))
+        body = "".join(zh_block(question_word + s[1], s[2:6], s[6].strip(), answer_word) for s in dev)
+        rows = read_csv(path, 7, task, layout, header=True)
         for number, row in enumerate(limited(rows, limit), start=1):
-            prompt = header + body + zh_block("题目：" + row[1], row[2:6], None, "答案是：")
-            questions.append(
-                Question(
-                    subject,
-                    number - 1,
-                    prompt,
-                    tuple(LETTERS),
-                    _gold_letter(row[6], path, number + 1, "cmmlu"),
-                )
-            )
+            prompt = head + body + zh_block(question_word + row[1], row[2:6], None, answer_word)
+            gold = _gold_letter(row[6], path, number + 1, task)
+            questions.append(Question(subject, number - 1, prompt, tuple(LETTERS), gold))
     return questions
+
+
+def read_cmmlu(folder: Path, shots: int, limit: float | None) -> list[Question]:
+    return _read_zh_exam(folder, shots, limit, task="cmmlu", layout=CMMLU_LAYOUT, split="test", suffix=".csv",
+                         dev_name=lambda path, subject: path.name,
+                         header="以下是关于{subject}的单项选择题，请直接给出正确答案的选项。\n\n",
+                         question_word="题目：", answer_word="答案是：")
 
 
 def read_ceval(folder: Path, shots: int, limit: float | None) -> list[Question]:
-    questions = []
-    for path in files_in(folder / "val", "_val.csv", "ceval", CEVAL_LAYOUT):
-        subject = subject_of(path, ("_val.csv",))
-        dev_path = folder / "dev" / f"{subject}_dev.csv"
-        dev = (
-            _shots(read_csv(dev_path, 7, "ceval", CEVAL_LAYOUT, header=True), shots, dev_path, "ceval")
-            if shots
-            else []
-        )
-        header = f"以下是中国关于{subject.replace('_', ' ')}考试的单项选择题，请选出其中的正确答案。\n\n"
-        body = "".join(zh_block(s[1], s[2:6], s[6].strip(), "答案：") for s in dev)
-        rows = read_csv(path, 7, "ceval", CEVAL_LAYOUT, header=True)
-        for number, row in enumerate(limited(rows, limit), start=1):
-            prompt = header + body + zh_block(row[1], row[2:6], None, "答案：")
-            questions.append(
-                Question(
-                    subject,
-                    number - 1,
-                    prompt,
-                    tuple(LETTERS),
-                    _gold_letter(row[6], path, number + 1, "ceval"),
-                )
-            )
-    return questions
+    return _read_zh_exam(folder, shots, limit, task="ceval", layout=CEVAL_LAYOUT, split="val",
+                         suffix="_val.csv", dev_name=lambda path, subject: f"{subject}_dev.csv",
+                         header="以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n",
+                         question_word="", answer_word="答案：")
 
 
 # ---- BoolQ -------------------------------------------------------------------------------------------------
