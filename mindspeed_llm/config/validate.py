@@ -114,8 +114,11 @@ def _check_hybrid_degree(cp: int, ulysses: int | None) -> None:
         )
 
 
-def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """The training rules: the flags against each other and the world size; completes the flags left open."""
+def check_args(args: argparse.Namespace, world_size: int, *, training: bool = True) -> argparse.Namespace:
+    """The training rules: the flags against each other and the world size; completes the flags left open.
+
+    ``training`` False: the rules for a reader of the checkpoint (inference.py, evaluation.py), which
+    runs the model without gradients (MoE at TP > 1 without sequence parallelism)."""
     _need(args, "num_layers", "hidden_size", "num_attention_heads", "seq_length", "lr")
     _check_training_length(args)
     if args.use_legacy_models:
@@ -251,7 +254,7 @@ def check_args(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
             f"{' and over the TP ranks' if split > 2 * cp else ''}; use a multiple of {split}, "
             f"e.g. --pad-to-multiple-of {split * 8}"
         )
-    _check_moe(args, world_size)
+    _check_moe(args, world_size, training)
     _first_last_stage_layers(args, pp)
     plan.stage_layers(args.num_layer_list, args.num_layers, pp, args.num_layers_per_virtual_pipeline_stage)
     virtual = plan.virtual_stages(args.num_layers, pp, args.num_layers_per_virtual_pipeline_stage)
@@ -328,8 +331,12 @@ _MOE_ONLY_FLAGS = (
 )
 
 
-def _check_moe(args: argparse.Namespace, world_size: int) -> None:
-    """Mixture-of-experts flags: MindSpeed-LLM's spellings folded into Megatron-LM's, the layout checked."""
+def _check_moe(args: argparse.Namespace, world_size: int, training: bool = True) -> None:
+    """Mixture-of-experts flags: MindSpeed-LLM's spellings folded into Megatron-LM's, the layout checked.
+
+    megatron-core's MoE layer refuses TP > 1 without sequence parallelism in training only; in eval mode
+    (inference.py, evaluation.py, which refuse sequence parallelism) every TP rank routes the whole
+    sequence and the dispatcher's gather / reduce-scatter over TP sums the expert shards' partial outputs."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     if not args.num_experts:
         given = ["--" + name.replace("_", "-") for name, unset in _MOE_ONLY_FLAGS
@@ -345,7 +352,7 @@ def _check_moe(args: argparse.Namespace, world_size: int) -> None:
         args.expert_tensor_parallel_size = None
         return
     experts, ep = args.num_experts, args.expert_model_parallel_size
-    if tp > 1 and not args.sequence_parallel:
+    if training and tp > 1 and not args.sequence_parallel:
         raise ArgumentError(f"--num-experts with --tensor-model-parallel-size {tp} needs --sequence-parallel "
                             "(megatron-core's MoE layer refuses TP without it): add --sequence-parallel")
     if not 1 <= args.moe_router_topk <= experts:
@@ -637,7 +644,7 @@ def _check_checkpoint_reader_args(args: argparse.Namespace, world_size: int, *, 
     # instruction data, generation uses it for --task chat and evaluation for instruction models: checked
     # by each tool instead.
     prompt_type, args.prompt_type = args.prompt_type, None
-    check_args(args, world_size)
+    check_args(args, world_size, training=False)
     args.prompt_type = prompt_type
     if args.sequence_parallel:
         raise ArgumentError(f"--sequence-parallel is not supported for {work} (megatron-core's static "

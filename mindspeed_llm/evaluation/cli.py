@@ -36,14 +36,14 @@ def main() -> None:
     from mindspeed_llm.evaluation.lm import DEFAULT_MAX_GEN_TOKS, MegatronLM
     from mindspeed_llm.evaluation.runner import read_questions, run_builtin
     from mindspeed_llm.evaluation.server import ModelServer
-    from mindspeed_llm.inference.cli import load_model, stop_ids_for
+    from mindspeed_llm.inference.cli import DEPRECATED_COLLECTIVES, load_model, stop_ids_for
     from mindspeed_llm.inference.generation import Generator
     from mindspeed_llm.patches.inference import enable_inference_patches
     from mindspeed_llm.runtime.errors import fail_together
     from mindspeed_llm.runtime.initialize import initialize_megatron
     from mindspeed_llm.runtime.tokenizer import build_tokenizer
 
-    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+    warnings.filterwarnings("ignore", message=DEPRECATED_COLLECTIVES)
     args = initialize_megatron(extra_args_provider=add_evaluation_args, check=check_evaluation_args)
     enable_inference_patches(mindspeed_llm.registry, mindspeed_llm.DEVICE)
     config = EvaluationConfig.from_args(args)

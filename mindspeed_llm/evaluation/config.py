@@ -22,7 +22,7 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """evaluation.py's flags (an ``extra_args_provider`` for the training parser)."""
     parser.prog = "evaluation.py"
     parser.description = (
-        "Evaluate a Megatron checkpoint (any TP/PP) on benchmarks read from local files, "
+        "Evaluate a Megatron checkpoint (any TP/PP/EP) on benchmarks read from local files, "
         "or on lm-evaluation-harness tasks through a Megatron model backend."
     )
     g = parser.add_argument_group("evaluation")

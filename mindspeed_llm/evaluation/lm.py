@@ -1,4 +1,4 @@
-"""lm-evaluation-harness's model interface over a Megatron checkpoint (any TP/PP): :class:`MegatronLM`.
+"""lm-evaluation-harness's model interface over a Megatron checkpoint (any TP/PP/EP): :class:`MegatronLM`.
 
 It is an lm-eval ``TemplateLM``, so requests are tokenized exactly as lm-eval's ``hf`` backend does
 (context/continuation split, empty-context prefix token, BOS rules of the tokenizer), and the batching

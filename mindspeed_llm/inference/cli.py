@@ -35,6 +35,9 @@ from mindspeed_llm.inference.generation import Generator, SamplingParams
 logger = logging.getLogger("mindspeed_llm.inference")
 
 _SENTINEL = "MINDSPEED_LLM_ANSWER"
+# megatron's TP logits gather and the MoE dispatchers' gather / reduce-scatter call torch's deprecated
+# spellings on every step: one warning each would be noise.
+DEPRECATED_COLLECTIVES = r".*(all_gather_into_tensor|reduce_scatter_tensor).* is deprecated"
 
 
 def model_provider(args: argparse.Namespace, config: RunConfig, plan: RunPlan, pre_process: bool,
@@ -264,8 +267,7 @@ def main() -> None:
     from mindspeed_llm.runtime.initialize import initialize_megatron
     from mindspeed_llm.runtime.tokenizer import build_tokenizer
 
-    # megatron's TP logits gather calls the deprecated spelling on every step: one warning would be noise.
-    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated")
+    warnings.filterwarnings("ignore", message=DEPRECATED_COLLECTIVES)
     args = initialize_megatron(extra_args_provider=add_inference_args, check=check_inference_args)
     enable_inference_patches(mindspeed_llm.registry, mindspeed_llm.DEVICE)
     ignored = training_only_flags(add_inference_args(build_parser()), run.launch_flags())

@@ -63,6 +63,28 @@ def test_expert_layout_must_fit_the_world():
         validated(MOE + " --tensor-model-parallel-size 2", world=2)
 
 
+def test_generation_and_evaluation_run_moe_at_tp2_without_sequence_parallelism(tmp_path):
+    """Training needs --sequence-parallel for MoE at TP > 1 (above); inference.py and evaluation.py refuse it
+    and accept the launch without it (megatron-core's MoE layer in eval mode)."""
+    from mindspeed_llm.config.flags import add_inference_args, parse_args
+    from mindspeed_llm.config.validate import check_evaluation_args, check_inference_args
+    from mindspeed_llm.evaluation.config import add_evaluation_args
+
+    model = MOE.replace(" --data-path d_text_document", "").replace(
+        "--tokenizer-type NullTokenizer --vocab-size 100", "--tokenizer-type PretrainedFromHF "
+        "--tokenizer-name-or-path tok") + " --tensor-model-parallel-size 2 --expert-model-parallel-size 2 " \
+        "--load ckpt"
+    args = check_inference_args(parse_args(f"{model} --prompt w5".split(), add_inference_args), 4)
+    assert (args.tensor_model_parallel_size, args.expert_model_parallel_size) == (2, 2)
+    assert not args.sequence_parallel and args.expert_tensor_parallel_size == 2
+    args = check_evaluation_args(parse_args(f"{model} --task mmlu --task-data-path {tmp_path}".split(),
+                                            add_evaluation_args), 4)
+    assert not args.sequence_parallel
+    with pytest.raises(ArgumentError, match="--sequence-parallel is not supported for generation"):
+        check_inference_args(parse_args(f"{model} --prompt w5 --sequence-parallel".split(),
+                                        add_inference_args), 4)
+
+
 @pytest.mark.parametrize("extra", [" --expert-model-parallel-size 2", " --moe-grouped-gemm",
                                    " --shared-expert-gate", " --moe-intermediate-size 32",
                                    " --first-k-dense-replace 1", " --moe-aux-loss-coeff 0.01"])
