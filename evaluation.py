@@ -1,4 +1,4 @@
-"""Evaluate a Megatron checkpoint (any TP/PP) on benchmarks, launched like training: MindSpeed-LLM's
+"""Evaluate a Megatron checkpoint (any TP/PP/EP) on benchmarks, launched like training: MindSpeed-LLM's
 evaluation.py.
 
     torchrun --nproc-per-node 2 evaluation.py --tensor-model-parallel-size 2 <model flags> \

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from mindspeed_llm.config.flags import ArgumentError
+from mindspeed_llm.evaluation.tasks.multiple_choice import MMLU_PROMPTS
 
 # The benchmarks evaluation.py reads from their public release files (see docs/evaluation.md for each layout).
 KNOWN_TASKS = ("mmlu", "cmmlu", "ceval", "boolq", "gsm8k", "bbh", "agieval", "humaneval")
@@ -74,6 +75,13 @@ def add_evaluation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "results JSON (--lm-eval-tasks)",
     )
     g.add_argument(
+        "--mmlu-prompt",
+        choices=MMLU_PROMPTS,
+        default="paper",
+        help="--task mmlu's prompt layout: the MMLU paper's (as lm-eval's mmlu task; the default) or "
+        "MindSpeed-LLM's evaluation.py's (docs/evaluation.md shows both)",
+    )
+    g.add_argument(
         "--lm-eval-tasks",
         default=None,
         metavar="T1,T2",
@@ -131,6 +139,7 @@ class EvaluationConfig:
     code_timeout: float
     use_kv_cache: bool
     prompt_type: str | None
+    mmlu_prompt: str = "paper"
 
     @classmethod
     def from_args(cls, args) -> EvaluationConfig:
@@ -150,6 +159,7 @@ class EvaluationConfig:
             code_timeout=args.code_timeout,
             use_kv_cache=args.use_kv_cache,
             prompt_type=args.prompt_type,
+            mmlu_prompt=args.mmlu_prompt,
         )
 
 
@@ -213,6 +223,9 @@ def check_evaluation_flags(args: argparse.Namespace) -> None:
         )
     if args.allow_code_execution and "humaneval" not in tasks:
         raise ArgumentError("--allow-code-execution applies to --task humaneval only")
+    if args.mmlu_prompt != "paper" and "mmlu" not in tasks:
+        raise ArgumentError(f"--mmlu-prompt {args.mmlu_prompt} applies to --task mmlu: add it, or drop the "
+                            "flag")
     if args.code_timeout <= 0:
         raise ArgumentError(f"--code-timeout must be > 0 seconds, got {args.code_timeout}")
     if args.tokenizer_type == "NullTokenizer":

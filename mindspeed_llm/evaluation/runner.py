@@ -29,7 +29,8 @@ def read_questions(config: EvaluationConfig, wrap=None) -> dict[str, list[Questi
     for name, folder in zip(config.tasks, config.data_paths):
         task = TASKS[name]
         shots = task.default_fewshot if config.num_fewshot is None else config.num_fewshot
-        questions = task.read(Path(folder), shots, config.limit)
+        style = {"style": config.mmlu_prompt} if task.prompt_styles else {}
+        questions = task.read(Path(folder), shots, config.limit, **style)
         if wrap is not None:
             questions = [
                 Question(q.subject, q.index, wrap(q.prompt), q.choices, q.gold, q.extra) for q in questions

@@ -40,6 +40,57 @@ def test_mmlu_prompt_is_the_documented_format(tmp_path: Path) -> None:
     assert zero_shot.prompt.endswith("about college physics.\n\nq3\nA. i\nB. j\nC. k\nD. l\nAnswer:")
 
 
+def test_mmlu_prompt_in_mindspeed_llms_layout(tmp_path: Path) -> None:
+    """--mmlu-prompt mindspeed: MindSpeed-LLM's 5-shot layout, written out by hand (its header with two spaces
+    before the subject, the shots on consecutive lines, one blank line before the question), and the same
+    choices; the paper's layout stays the default."""
+    folder = tmp_path / "mmlu"
+    (folder / "dev").mkdir(parents=True)
+    (folder / "test").mkdir()
+    (folder / "dev" / "college_physics_dev.csv").write_text('q1,a,b,c,d,B\n"q, 2",e,f,g,h,D\n')
+    (folder / "test" / "college_physics_test.csv").write_text("q3,i,j,k,l,C\n")
+    (question,) = TASKS["mmlu"].read(folder, 2, None, style="mindspeed")
+    assert question.prompt == (
+        "The following are multiple choice questions (with answers) about  college physics.\n"
+        "q1\nA. a\nB. b\nC. c\nD. d\nAnswer: B\n"
+        "q, 2\nA. e\nB. f\nC. g\nD. h\nAnswer: D\n\n"
+        "q3\nA. i\nB. j\nC. k\nD. l\nAnswer:"
+    )
+    assert question.choices == (" A", " B", " C", " D") and question.gold == 2
+    (zero_shot,) = TASKS["mmlu"].read(folder, 0, None, style="mindspeed")
+    assert zero_shot.prompt == (
+        "The following are multiple choice questions (with answers) about  college physics.\n\n"
+        "q3\nA. i\nB. j\nC. k\nD. l\nAnswer:"
+    )
+    assert TASKS["mmlu"].prompt_styles[0] == "paper"
+    assert TASKS["mmlu"].read(folder, 2, None)[0].prompt.startswith(
+        "The following are multiple choice questions (with answers) about college physics.\n\nq1\n")
+
+
+def test_mmlu_prompt_flag(tmp_path: Path) -> None:
+    from mindspeed_llm.config.flags import ArgumentError, build_parser
+    from mindspeed_llm.config.validate import check_evaluation_args
+    from mindspeed_llm.evaluation.config import EvaluationConfig, add_evaluation_args
+
+    model = ("--num-layers 2 --hidden-size 32 --num-attention-heads 4 --max-position-embeddings 64 --swiglu "
+             "--disable-bias-linear "
+             "--tokenizer-type PretrainedFromHF --tokenizer-name-or-path tok --load ckpt").split()
+    parser = add_evaluation_args(build_parser())
+    args = check_evaluation_args(parser.parse_args(
+        [*model, "--task", "mmlu", "--task-data-path", str(tmp_path), "--mmlu-prompt", "mindspeed"]), 1)
+    config = EvaluationConfig.from_args(args)
+    assert config.mmlu_prompt == "mindspeed"
+    write_mmlu(tmp_path, {"anatomy": 1})
+    from mindspeed_llm.evaluation.runner import read_questions
+
+    (question,) = read_questions(config)["mmlu"]  # the flag reaches the reader
+    assert question.prompt.startswith("The following are multiple choice questions (with answers) about  "
+                                      "anatomy.\n")
+    with pytest.raises(ArgumentError, match="--mmlu-prompt mindspeed applies to --task mmlu"):
+        check_evaluation_args(add_evaluation_args(build_parser()).parse_args(
+            [*model, "--lm-eval-tasks", "x", "--mmlu-prompt", "mindspeed"]), 1)
+
+
 def test_mmlu_limit_and_subjects(tmp_path: Path) -> None:
     folder = write_mmlu(tmp_path / "mmlu", {"anatomy": 4, "virology": 3})
     questions = TASKS["mmlu"].read(folder, 5, 2)

@@ -43,12 +43,15 @@ class Task:
     name: str
     layout: str  # the expected folder layout, for error messages and docs
     default_fewshot: int
-    read: Callable[[Path, int, float | None], list[Question]]  # (folder, shots, limit) -> questions
+    # (folder, shots, limit[, style]) -> questions; ``style`` one of ``prompt_styles`` where the task has them
+    read: Callable[..., list[Question]]
     until: tuple[str, ...] = ()  # generation: stop strings (empty: multiple choice)
     max_new_tokens: int = 0
     judge: Callable[[Question, str], tuple[str, bool]] | None = (
         None  # generation: (extracted answer, correct)
     )
+
+    prompt_styles: tuple[str, ...] = ()  # prompt layouts the task offers (the first is the default)
 
     @property
     def generative(self) -> bool:

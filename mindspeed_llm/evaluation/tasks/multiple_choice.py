@@ -53,16 +53,30 @@ def mmlu_block(question: str, options: list[str], answer: str | None) -> str:
     return "\n".join(lines) + "\nAnswer:" + (f" {answer}\n\n" if answer is not None else "")
 
 
-def mmlu_prompt(subject: str, shots: list[list[str]], row: list[str]) -> str:
-    """The MMLU prompt (Hendrycks et al.'s format): a header naming the subject, the shots, the question."""
-    header = (
-        f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-    )
-    body = "".join(mmlu_block(s[0], s[1:5], s[5].strip()) for s in shots)
-    return header + body + mmlu_block(row[0], row[1:5], None)
+# --mmlu-prompt: "paper" (Hendrycks et al.'s layout, lm-eval's too) or "mindspeed" (MindSpeed-LLM's).
+MMLU_PROMPTS = ("paper", "mindspeed")
 
 
-def read_mmlu(folder: Path, shots: int, limit: float | None) -> list[Question]:
+def mmlu_prompt(subject: str, shots: list[list[str]], row: list[str], style: str = "paper") -> str:
+    """The MMLU prompt: a header naming the subject, the shots, the question.
+
+    ``paper``: Hendrycks et al.'s layout, a blank line after the header and after each shot.
+    ``mindspeed``: MindSpeed-LLM's 5-shot layout: its header (with two spaces before the subject), each shot
+    on the next line without a blank line between them, then one blank line before the question.
+    """
+    title = subject.replace("_", " ")
+    question = mmlu_block(row[0], row[1:5], None)
+    if style == "mindspeed":
+        lines = [f"The following are multiple choice questions (with answers) about  {title}."]
+        lines += [mmlu_block(s[0], s[1:5], None) + f" {s[5].strip()}" for s in shots]
+        return "\n".join(lines) + "\n\n" + question
+    if style != "paper":
+        raise ValueError(f"unknown MMLU prompt style {style!r}: {', '.join(MMLU_PROMPTS)}")
+    header = f"The following are multiple choice questions (with answers) about {title}.\n\n"
+    return header + "".join(mmlu_block(s[0], s[1:5], s[5].strip()) for s in shots) + question
+
+
+def read_mmlu(folder: Path, shots: int, limit: float | None, style: str = "paper") -> list[Question]:
     questions = []
     for path in files_in(folder / "test", "_test.csv", "mmlu", MMLU_LAYOUT):
         subject = subject_of(path, ("_test.csv",))
@@ -78,7 +92,7 @@ def read_mmlu(folder: Path, shots: int, limit: float | None) -> list[Question]:
                 Question(
                     subject,
                     number - 1,
-                    mmlu_prompt(subject, dev, row),
+                    mmlu_prompt(subject, dev, row, style),
                     tuple(f" {x}" for x in LETTERS),
                     _gold_letter(row[5], path, number, "mmlu"),
                 )
@@ -241,7 +255,7 @@ def judge_agieval_cloze(question: Question, text: str) -> tuple[str, bool]:
     return answer, answer == question.gold.strip()
 
 
-MMLU = Task("mmlu", MMLU_LAYOUT, 5, read_mmlu)
+MMLU = Task("mmlu", MMLU_LAYOUT, 5, read_mmlu, prompt_styles=MMLU_PROMPTS)
 CMMLU = Task("cmmlu", CMMLU_LAYOUT, 5, read_cmmlu)
 CEVAL = Task("ceval", CEVAL_LAYOUT, 5, read_ceval)
 BOOLQ = Task("boolq", BOOLQ_LAYOUT, 0, read_boolq)
