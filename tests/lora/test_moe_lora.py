@@ -12,11 +12,13 @@ samples (micro-batches and data-parallel ranks) and layers; and the gradient is 
 --calculate-per-token-loss (SFT's): of (sum of token losses + coeff * sum over samples and layers of
 aux * the sample's real tokens) / all learned tokens.
 
-Two launches run side by side:
-- ``short``: --seq-length 48, one SGD step at lr 1 (the adapter after the step is A - gradient; SGD's
-  momentum buffer starts as the gradient), an adapter-only save (--lora-ckpt-filter) exported to a peft
-  folder by convert_ckpt.py --save-lora-to-hf;
-- ``long``: the same samples padded to --seq-length 96.
+Three launches:
+- ``short``: --seq-length 48, two SGD steps at lr 1 (the adapter after the first is A - gradient; SGD's
+  momentum buffer starts as the gradient), adapter-only saves (--lora-ckpt-filter) at 1 and 2; iteration 1's
+  adapter is exported to a peft folder by convert_ckpt.py --save-lora-to-hf;
+- ``long``: the same samples padded to --seq-length 96, one step (beside ``short``);
+- ``resumed``: from iteration 1's adapter checkpoint through --lora-load (EP rank files, SGD's momentum):
+  its step 2 and saved adapter equal ``short``'s bit for bit.
 
 Checked: the first step's lm loss equals peft's (relative 1e-5); the logged load-balancing loss equals the
 hand computation and is the same padded to 48 or 96 (relative 1e-5); the adapter's step equals -(peft's
@@ -31,13 +33,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from mindspeed_llm.convert.convert import ConvertOptions, convert
-from tests.e2e.pretrain_helpers import VOCAB, losses, write_instruction_data
+from mindspeed_llm.runtime.checkpoint import layout
+from tests.e2e.pretrain_helpers import VOCAB, loss_strings, losses, write_instruction_data
 from tests.e2e.test_moe_loss_parity import moe_model_flags
 from tests.helpers.launch import StartedTorchrun
 from tests.helpers.paths import REPO_ROOT
@@ -54,6 +58,7 @@ GRAD_REL = 1e-4
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA = ["--lora-target-modules", "linear_qkv", "linear_proj", "--lora-r", "4", "--lora-alpha", "8"]
 _AUX = re.compile(r"iteration\s+1/.*? load_balancing_loss: (\S+) \|")
+_AUX_ANY = re.compile(r"iteration\s+\d+/.*? load_balancing_loss: (\S+) \|")
 
 
 def _samples() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -65,17 +70,17 @@ def _samples() -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _launch_flags(hf, data: str, ckpt: str, seq: int) -> list[str]:
+def _launch_flags(hf, data: str, ckpt: str, seq: int, iters: int = 1, finetune: bool = True) -> list[str]:
     settings = {"--stage": "sft", "--prompt-type": "qwen", "--tokenizer-type": "NullTokenizer",
                 "--vocab-size": VOCAB - 1, "--data-path": data, "--split": "100,0,0", "--seq-length": seq,
-                "--micro-batch-size": 1, "--global-batch-size": 4, "--train-iters": 1, "--optimizer": "sgd",
-                "--lr": 1.0, "--min-lr": 1.0, "--lr-warmup-iters": 0, "--weight-decay": 0.0,
-                "--clip-grad": 0.0,
+                "--micro-batch-size": 1, "--global-batch-size": 4, "--train-iters": iters,
+                "--optimizer": "sgd", "--lr": 1.0, "--min-lr": 1.0, "--lr-warmup-iters": 0,
+                "--weight-decay": 0.0, "--clip-grad": 0.0,
                 "--seed": 1234, "--log-interval": 1, "--eval-iters": 0, "--num-workers": 0,
                 "--expert-model-parallel-size": 2, "--moe-router-load-balancing-type": "aux_loss",
                 "--moe-aux-loss-coeff": COEFF, "--load": ckpt}
     flags = [str(x) for kv in settings.items() for x in kv]
-    return [*moe_model_flags(hf), *flags, "--finetune", *LORA]
+    return [*moe_model_flags(hf), *flags, *(["--finetune"] if finetune else []), *LORA]
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +93,21 @@ def runs(tmp_path_factory):
                                   progress=False))
     samples = _samples()
     data = write_instruction_data(root / "data" / "sft", [(i, np.ones_like(i), lab) for i, lab in samples])
-    save = root / "save"
-    started = {
-        "short": StartedTorchrun(POSTTRAIN, *_launch_flags(hf, data, ckpt, SEQ), "--save", str(save),
-                                 "--save-interval", "1", "--lora-ckpt-filter", nproc=2, timeout=400),
-        "long": StartedTorchrun(POSTTRAIN, *_launch_flags(hf, data, ckpt, LONG), nproc=2, timeout=400),
-    }
-    out = {name: run.result().stdout for name, run in started.items()}
-    exported = convert(ConvertOptions("mg", "hf", ckpt, str(root / "exported"), lora_load=str(save),
+    save, at_1, resumed = root / "save", root / "adapter_at_1", root / "resumed"
+    saving = ["--save-interval", "1", "--lora-ckpt-filter"]
+    short = StartedTorchrun(POSTTRAIN, *_launch_flags(hf, data, ckpt, SEQ, iters=2), "--save", str(save),
+                            *saving, nproc=2, timeout=400)
+    long = StartedTorchrun(POSTTRAIN, *_launch_flags(hf, data, ckpt, LONG), nproc=2, timeout=400)
+    out = {"short": short.result().stdout}
+    shutil.copytree(save / "iter_0000001", at_1 / "iter_0000001")
+    layout.write_tracker(at_1, 1)
+    resume = StartedTorchrun(POSTTRAIN, *_launch_flags(hf, data, ckpt, SEQ, iters=2, finetune=False),
+                             "--lora-load", str(at_1), "--save", str(resumed), *saving, nproc=2, timeout=400)
+    out["long"], out["resumed"] = long.result().stdout, resume.result().stdout
+    exported = convert(ConvertOptions("mg", "hf", ckpt, str(root / "exported"), lora_load=str(at_1),
                                       save_lora_to_hf=True, hf_dir=str(hf), progress=False))
     return {"root": root, "hf": hf, "adapter": adapter, "samples": samples, "out": out, "exported": exported,
-            "reference": peft_reference(hf, adapter, samples)}
+            "ckpt": ckpt, "save": save, "resumed": resumed, "reference": peft_reference(hf, adapter, samples)}
 
 
 def _set_scaling(model, scale: float, drop: tuple[str, ...]) -> None:
@@ -164,11 +173,13 @@ def _max_rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
+@pytest.mark.slow
 def test_first_step_lm_loss_and_aux_loss_equal_peft_and_the_hand_computation(runs):
     ref = runs["reference"]
-    for name, out in runs["out"].items():
+    for name in ("short", "long"):
+        out = runs["out"][name]
         got = losses(out)
-        assert list(got) == [1], out[-3000:]
+        assert list(got) == ([1, 2] if name == "short" else [1]), out[-3000:]
         aux = float(_AUX.search(out).group(1))
         print(f"{name}: lm {got[1]:.7e} (peft {ref['lm']:.7e}), aux {aux:.7e} (hand {ref['aux']:.7e}; "
               f"padding counted {ref['aux_all_tokens']:.7e})")
@@ -179,14 +190,18 @@ def test_first_step_lm_loss_and_aux_loss_equal_peft_and_the_hand_computation(run
     assert _rel(ref["aux_all_tokens"], ref["aux"]) > 100 * REL, ref
 
 
+@pytest.mark.slow
 def test_the_tolerances_have_teeth(runs):
     """alpha / r doubled or the o_proj adapter dropped moves peft's loss; the aux loss's gradient left out
     moves the adapter's gradient."""
     ref, args = runs["reference"], (runs["hf"], runs["adapter"], runs["samples"])
-    assert _rel(peft_reference(*args, scale=2.0)["lm"], ref["lm"]) > 20 * REL
-    assert _rel(peft_reference(*args, drop=("o_proj",))["lm"], ref["lm"]) > 20 * REL
+    scaled = _rel(peft_reference(*args, scale=2.0)["lm"], ref["lm"])
+    dropped = _rel(peft_reference(*args, drop=("o_proj",))["lm"], ref["lm"])
     without_aux = peft_reference(*args, coeff=0.0)["grads"]
-    assert max(_max_rel(without_aux[k], g) for k, g in ref["grads"].items()) > 20 * GRAD_REL
+    no_aux_grad = max(_max_rel(without_aux[k], g) for k, g in ref["grads"].items())
+    print(f"teeth: alpha/r doubled {scaled:.2e}, o_proj dropped {dropped:.2e} (loss, relative); aux gradient "
+          f"left out {no_aux_grad:.2e} (gradient, relative to its largest entry)")
+    assert scaled > 20 * REL and dropped > 20 * REL and no_aux_grad > 20 * GRAD_REL
 
 
 def _expected_step(grads: dict, layer: int) -> dict[str, torch.Tensor]:
@@ -198,6 +213,7 @@ def _expected_step(grads: dict, layer: int) -> dict[str, torch.Tensor]:
     return step
 
 
+@pytest.mark.slow
 def test_adapter_gradient_equals_peft_and_the_export_loads_in_peft(runs):
     from safetensors.torch import load_file
 
@@ -207,12 +223,13 @@ def test_adapter_gradient_equals_peft_and_the_export_loads_in_peft(runs):
     config = json.loads((runs["adapter"] / "adapter_config.json").read_text())
     exported_config = json.loads(open(f"{runs['exported']}/adapter_config.json").read())
     assert (exported_config["r"], exported_config["lora_alpha"]) == (config["r"], config["lora_alpha"])
-    stepped = {}
+    stepped, worst = {}, 0.0
     for layer in range(2):
         for key, want in _expected_step(runs["reference"]["grads"], layer).items():
             name = f"base_model.model.model.layers.{layer}.self_attn.{key}.weight"
             got = after[name] - before[name]
             assert _max_rel(got, want) <= GRAD_REL, (name, _max_rel(got, want))
+            worst = max(worst, _max_rel(got, want))
             stepped[name] = before[name] + want
     # the exported adapter in peft gives the logits of peft's own adapter stepped by its own gradient
     ids = torch.tensor(runs["samples"][0][0])[None]
@@ -224,7 +241,38 @@ def test_adapter_gradient_equals_peft_and_the_export_loads_in_peft(runs):
             if key in stepped:
                 p.copy_(stepped[key])
         got, want = ours(input_ids=ids).logits, theirs(input_ids=ids).logits
+    print(f"adapter step vs -peft gradient: worst relative {worst:.2e}; exported adapter's logits in peft: "
+          f"relative {_max_rel(got, want):.2e}")
     assert _max_rel(got, want) <= REL, _max_rel(got, want)
+
+
+@pytest.mark.slow
+def test_resume_through_lora_load_at_ep2_is_bitwise(runs):
+    short, resumed = runs["out"]["short"], runs["out"]["resumed"]
+    assert loss_strings(resumed) == {2: loss_strings(short)[2]}, resumed[-3000:]
+    assert _AUX_ANY.findall(resumed) == _AUX_ANY.findall(short)[1:]
+    for ep_rank in range(2):  # each EP rank saved its own file (mp_rank_00_00E), adapter tensors only
+        unbroken = layout.load_rank_state(runs["save"], 2, 0, 0, 1, ep_rank=ep_rank, ep_size=2)["model"]
+        again = layout.load_rank_state(runs["resumed"], 2, 0, 0, 1, ep_rank=ep_rank, ep_size=2)["model"]
+        assert unbroken and all(".lora_" in k for k in unbroken), list(unbroken)
+        assert again.keys() == unbroken.keys()
+        for key, value in unbroken.items():
+            assert torch.equal(again[key], value), (ep_rank, key)
+
+
+@pytest.mark.slow
+def test_merged_export_equals_peft_merge_and_unload(runs, tmp_path):
+    """The converted checkpoint (base + the imported adapter) merged back to HF: peft's merge_and_unload(),
+    tensor for tensor (the experts unchanged)."""
+    from transformers import AutoModelForCausalLM
+
+    merged = convert(ConvertOptions("mg", "hf", runs["ckpt"], str(tmp_path / "merged"),
+                                    hf_dir=str(runs["hf"]), progress=False))
+    got = dict(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).named_parameters())
+    want = dict(load_peft_model(str(runs["hf"]), str(runs["adapter"])).merge_and_unload().named_parameters())
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert torch.equal(got[name], value), name
 
 
 def test_adapters_on_the_experts_are_refused_with_a_line(tmp_path):
