@@ -370,7 +370,6 @@ def convert_hf_to_mg(opts: ConvertOptions) -> str:
     check_disjoint(opts.save_dir, opts.load_dir)
     source = HfSource(opts.load_dir, add_qkv_bias=bool(opts.add_qkv_bias))
     check_model_type_hf(opts.model_type_hf, source.cfg)
-    check_no_moe_adapter(source.cfg, opts)
     try:
         rows = BaseRows(source.cfg)
         adapter = read_peft_adapter(opts.lora_load, source.cfg.num_layers, rows) if opts.lora_load else None
@@ -387,17 +386,9 @@ def check_hf_dir(hf_dir: str | None) -> None:
         )
 
 
-def check_no_moe_adapter(cfg: ModelConfig, opts: ConvertOptions) -> None:
-    """LoRA adapters of mixture-of-experts models are not converted (refused with a line)."""
-    if cfg.num_experts and (opts.lora_load or opts.save_lora_to_hf):
-        raise CheckpointError(f"--lora-load/--save-lora-to-hf with {cfg.architecture}: the converter does "
-                              "not convert LoRA adapters of mixture-of-experts models")
-
-
 def check_mg_flags(source: MgSource, opts: ConvertOptions) -> None:
     """Flags given for an mg source must agree with the checkpoint (they are not needed: it knows)."""
     check_model_type_hf(opts.model_type_hf, source.cfg)
-    check_no_moe_adapter(source.cfg, opts)
     if opts.add_qkv_bias and not source.cfg.add_qkv_bias:
         raise CheckpointError(
             f"--add-qkv-bias was given but the checkpoint in {opts.load_dir} has no q/k/v biases: drop "
@@ -487,7 +478,7 @@ def mg_adapter(source, opts: ConvertOptions) -> Adapter | None:
                 f"--lora-load {opts.lora_load} holds no LoRA adapter tensors: give the --save folder "
                 "of a LoRA run"
             )
-    elif isinstance(source, MgSource) and not source.cfg.num_experts:  # MoE adapters: check_no_moe_adapter
+    elif isinstance(source, MgSource):
         adapter = read_mg_adapter(opts.load_dir, source.cfg, iteration=source.iteration)
     if adapter is not None:  # before anything is written: every tensor fits the base's layer
         check_fits(adapter, source.cfg, opts.lora_load or opts.load_dir)
@@ -510,8 +501,9 @@ def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None 
     TP and PP by the LoRA package; None when the folder holds no adapter tensors."""
     iteration = layout.read_tracker(root) if iteration is None else iteration
     tp, pp = layout.parallel_sizes(root, iteration)
-    first = layout.load_rank_state(root, iteration, 0, 0, pp)
-    chunk_keys = _chunks(first, layout.checkpoint_file_for(root, iteration, 0, 0, pp))
+    files = layout.list_rank_dirs(root, iteration)  # EP rank 0's: every EP rank holds the same adapters
+    first = layout.load_rank_file(files[0, 0])
+    chunk_keys = _chunks(first, files[0, 0])
     if not any(isinstance(first.get(key), dict) and holds_adapter(first[key]) for key in chunk_keys):
         return None  # adapters sit in every layer: none in the first rank file means none at all
     collector = AdapterCollector(tp, root)
@@ -519,9 +511,9 @@ def read_mg_adapter(root: str, cfg: ModelConfig, *, iteration: int | str | None 
         pp_rank, key = stage % pp, chunk_keys[stage // pp]
         states = []
         for t in range(tp):
-            sd = layout.load_rank_state(root, iteration, t, pp_rank, pp).get(key)
+            path = files[t, pp_rank]
+            sd = layout.load_rank_file(path).get(key)
             if not isinstance(sd, dict):
-                path = layout.checkpoint_file_for(root, iteration, t, pp_rank, pp)
                 raise DamagedCheckpointError(f"{path}: no '{key}' state dict")
             states.append(sd)
         collector.add_stage(states)

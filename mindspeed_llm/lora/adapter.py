@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from mindspeed_llm.lora.config import LoraConfig, LoraError
+from mindspeed_llm.lora.config import LoraConfig, LoraError, check_moe_targets
 from mindspeed_llm.lora.keys import LORA_MODULES, adapter_keys, parse_adapter_key
 from mindspeed_llm.lora.tp import shard_adapter, unshard_adapter
 
@@ -66,6 +66,7 @@ def check_fits(adapter: Adapter, cfg, where: str) -> None:
     ``[r, in]``, B ``[out, r]``; layers and modules exist. Checked before anything is written; the line
     names the adapter, the tensor, its shape and the base's."""
     check_settings(adapter.config, where)
+    check_moe_targets(adapter.config.target_modules, getattr(cfg, "num_experts", None), f"{where} adapts")
     shapes = base_shapes(cfg)
     for (layer, module), (a, b) in sorted(adapter.tensors.items()):
         if module not in shapes:

@@ -72,19 +72,21 @@ class AdapterSource:
         return self.path is None
 
 
-def adapter_source(args: argparse.Namespace, tp_rank: int, pp_rank: int,
-                   pp_size: int) -> AdapterSource | None:
-    """What ``--lora-load`` gives this (TP, PP) rank; None without LoRA or without ``--lora-load``."""
+def adapter_source(args: argparse.Namespace, tp_rank: int, pp_rank: int, pp_size: int, *, ep_rank: int = 0,
+                   ep_size: int = 1) -> AdapterSource | None:
+    """What ``--lora-load`` gives this (TP, PP, EP) rank; None without LoRA or without ``--lora-load``.
+    (At EP > 1 every EP rank saved its own file, Megatron-LM's ``mp_rank_TT[_PPP]_EEE``.)"""
     if not getattr(args, "lora_target_modules", None) or not getattr(args, "lora_load", None):
         return None
     iteration = adapter_iteration(args)
     if iteration is None:
         return AdapterSource()
-    path = layout.checkpoint_file_for(args.lora_load, iteration, tp_rank, pp_rank, pp_size)
+    path = layout.checkpoint_file_for(args.lora_load, iteration, tp_rank, pp_rank, pp_size, ep_rank, ep_size)
     if not os.path.isfile(path):
+        ep_part = f", EP rank {ep_rank}" if ep_size > 1 else ""
         raise CheckpointError(f"{path} not found: the adapter checkpoint in {args.lora_load} is "
-                              f"incomplete for TP rank {tp_rank}, PP rank {pp_rank} (or was saved at "
-                              "another TP/PP)")
+                              f"incomplete for TP rank {tp_rank}, PP rank {pp_rank}{ep_part} (or was saved "
+                              "at another TP/PP/EP)")
     state = layout.load_rank_file(path, mmap=False)
     read_header(state, path)  # a record this version cannot read is refused before anything loads
     return AdapterSource(path=path, state=state, iteration=iteration)

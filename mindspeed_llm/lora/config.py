@@ -88,6 +88,7 @@ def check_lora_flags(args: argparse.Namespace, *, converter: bool = False) -> No
         raise LoraError(f"--lora-alpha must be positive and finite, got {args.lora_alpha}")
     if not 0.0 <= args.lora_dropout < 1.0:
         raise LoraError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout}")
+    check_moe_targets(args.lora_target_modules, getattr(args, "num_experts", None))
     if args.ckpt_format != "torch":
         raise LoraError(f"--lora-target-modules with --ckpt-format {args.ckpt_format}: LoRA checkpoints use "
                         "the legacy layout; use --ckpt-format torch")
@@ -98,6 +99,22 @@ def check_lora_flags(args: argparse.Namespace, *, converter: bool = False) -> No
         raise LoraError(f"--lora-load {args.lora_load} is not a folder: give the --save folder of a LoRA run "
                         "(or the same folder as --save, to start a new adapter there and resume it on a "
                         "relaunch)")
+
+
+# Targets a mixture-of-experts model can take: the attention layers. Its MLP layers are megatron-core's
+# experts (SequentialMLP's per-expert linears in the expert tensor-parallel group, or GroupedMLP's fused
+# weights), whose adapters would need their own TP/EP rule and checkpoint keys (docs/lora.md).
+MOE_TARGETS: tuple[str, ...] = ("linear_qkv", "linear_proj")
+
+
+def check_moe_targets(targets, num_experts: int | None, where: str = "--lora-target-modules") -> None:
+    """On a mixture-of-experts model only the attention layers take adapters; :class:`LoraError` names the
+    refused targets (``where``: the flag or the adapter file that names them) and what is allowed."""
+    refused = [t for t in targets or () if t not in MOE_TARGETS]
+    if num_experts and refused:
+        raise LoraError(f"{where} {' '.join(refused)}: adapters on the MLP/expert layers of a "
+                        f"mixture-of-experts model (--num-experts {num_experts}) are not supported; adapt "
+                        f"the attention layers: --lora-target-modules {' '.join(MOE_TARGETS)}")
 
 
 def _check_converter_flags(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from mindspeed_llm.lora.config import LoraConfig
+from mindspeed_llm.lora.config import LoraConfig, check_moe_targets
 from mindspeed_llm.lora.keys import is_lora_key
 from mindspeed_llm.lora.tp import factor_splits, is_column_parallel, partition_dim, shard_adapter
 
@@ -181,6 +181,7 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> int:
             if not isinstance(sub, ColumnParallelLinear | RowParallelLinear):
                 raise TypeError(f"--lora-target-modules {short}: {sub_name} is a {type(sub).__name__}, "
                                 "not a megatron parallel linear layer")
+            check_moe_targets([short], layer.config.num_moe_experts)  # the experts take no adapter
             adapt_linear(sub, short, layer.layer_number, cfg)
             adapted += 1
     freeze_all_but_adapters(model)

@@ -23,7 +23,7 @@ import os
 import torch
 
 from mindspeed_llm.lora.adapter import Adapter, FusedRows, base_shapes, check_settings
-from mindspeed_llm.lora.config import LoraConfig, LoraError
+from mindspeed_llm.lora.config import LoraConfig, LoraError, check_moe_targets
 from mindspeed_llm.lora.keys import LORA_MODULES
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,6 +74,7 @@ def read_peft_adapter(folder: str, num_layers: int, rows: FusedRows) -> Adapter:
         raise LoraError(f"{config_path} is not valid JSON ({str(exc)[:80]})") from None
     config = LoraConfig.from_peft_config(raw, config_path)
     check_settings(config, config_path)
+    check_moe_targets(config.target_modules, getattr(rows.cfg, "num_experts", None), f"{config_path} adapts")
     try:
         state = load_file(weights_path)
     except Exception as exc:  # noqa: BLE001 - safetensors' errors on a damaged file

@@ -10,9 +10,10 @@ PEFT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 SHARED_A = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def make_peft_adapter(hf_dir: str, out_dir: str, *, r: int = 4, alpha: float = 8.0, seed: int = 7) -> None:
-    """A peft LoRA adapter on the HF model in ``hf_dir`` with random, non-zero A and B (A shared inside q/k/v
-    and gate/up), saved by peft's ``save_pretrained``."""
+def make_peft_adapter(hf_dir: str, out_dir: str, *, r: int = 4, alpha: float = 8.0, seed: int = 7,
+                      targets: tuple[str, ...] = tuple(PEFT_TARGETS)) -> None:
+    """A peft LoRA adapter on ``targets`` of the HF model in ``hf_dir`` with random, non-zero A and B (A
+    shared inside q/k/v and gate/up), saved by peft's ``save_pretrained``."""
     from peft import LoraConfig, get_peft_model
 
     from tests.checkpoint.tiny_models import load_hf_model
@@ -21,21 +22,21 @@ def make_peft_adapter(hf_dir: str, out_dir: str, *, r: int = 4, alpha: float = 8
     model = get_peft_model(
         load_hf_model(hf_dir),
         LoraConfig(
-            r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=PEFT_TARGETS, init_lora_weights=False
+            r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), init_lora_weights=False
         ),
     )
     with torch.no_grad():
         for layer in model.base_model.model.model.layers:
             for group in SHARED_A:
+                if group[0] not in targets:
+                    continue
                 parent = layer.self_attn if group[0] == "q_proj" else layer.mlp
                 first = getattr(parent, group[0]).lora_A["default"].weight
                 for name in group[1:]:
                     getattr(parent, name).lora_A["default"].weight.copy_(first)
-            for mod in (*[getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")],
-                        *[getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")]):
-                mod.lora_B["default"].weight.normal_(
-                    0, 0.05
-                )  # a trained-looking B: the adapter changes the output
+            for name in targets:  # a trained-looking B: the adapter changes the output
+                parent = layer.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else layer.mlp
+                getattr(parent, name).lora_B["default"].weight.normal_(0, 0.05)
     model.save_pretrained(out_dir)
 
 

@@ -273,7 +273,8 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
     check_finite = getattr(args, "check_for_nan_in_loss_and_grad", True)
     lora = LoraConfig.from_args(args)
     # With --lora-load the run's state is the adapter checkpoint's (lora.checkpoint.AdapterSource).
-    adapter = lora_checkpoint.adapter_source(args, tp_rank, pp_rank, pp_size)
+    adapter = lora_checkpoint.adapter_source(args, tp_rank, pp_rank, pp_size, ep_rank=ep_rank,
+                                             ep_size=ep_size)
     if adapter is not None and not adapter.fresh:
         iteration = adapter.iteration
     release = iteration == layout.RELEASE
