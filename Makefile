@@ -77,6 +77,7 @@ bench: $(ENV_READY)
 	$(PYTHON) bench/bench_preprocess.py
 	$(PYTHON) bench/bench_convert.py --run
 	$(PYTHON) bench/bench_sft.py
+	$(PYTHON) bench/bench_moe.py
 
 # A few minutes: the same benchmarks at smaller sizes, to see that they run.
 bench-quick: $(ENV_READY)
