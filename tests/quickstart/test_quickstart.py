@@ -36,8 +36,9 @@ def quickstarts(tmp_path_factory) -> dict:
         ),
         # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
         ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"}),
-        # the MoE leg at its smallest: steps 1-6 (EP2 training, 2 steps); its SFT/chat scripts: the dry test
-        ("qwen3-moe", {"QS_MODEL": "qwen3-moe", "QS_MAX_ROWS": "100", "TRAIN_ITERS": "3", "QS_SFT": "0"}),
+        # the MoE leg at its smallest: steps 1-6 (EP2 training, 5 steps: the loss leaves chance level by the
+        # fourth, measured; with fewer the summary's check that it fell is a coin toss); SFT/chat: dry test
+        ("qwen3-moe", {"QS_MODEL": "qwen3-moe", "QS_MAX_ROWS": "100", "TRAIN_ITERS": "6", "QS_SFT": "0"}),
     ):
         out = tmp_path_factory.mktemp(f"quickstart_{model}") / "qs"
         runs[model] = (out, _start_quickstart(out, **settings))
@@ -327,10 +328,10 @@ def test_quickstart_qwen3_moe_variant(quickstarts) -> None:
     assert "step 7/10" not in proc.stdout  # QS_SFT=0
     train_log = (out / "logs" / "train_mcore_qwen3_moe_tiny.log").read_text()
     assert "initialized world of 2 on cpu: TP=1 PP=1 DP=2" in train_log
-    assert [it for it, _ in losses_from_log(train_log)] == [2, 3]
-    assert len(re.findall(r"iteration\s+\d+/.*? load_balancing_loss: \S+ \|", train_log)) == 2
+    assert [it for it, _ in losses_from_log(train_log)] == [2, 3, 4, 5, 6]
+    assert len(re.findall(r"iteration\s+\d+/.*? load_balancing_loss: \S+ \|", train_log)) == 5
 
-    ckpt = out / "ckpt" / "qwen3_moe_tiny_pretrain" / "iter_0000003"
+    ckpt = out / "ckpt" / "qwen3_moe_tiny_pretrain" / "iter_0000006"
     # one file per EP rank
     assert sorted(p.name for p in ckpt.iterdir()) == ["mp_rank_00_000", "mp_rank_00_001"]
     back = out / "model_from_hf" / "qwen3-moe-tiny-hf" / "mg2hf"
