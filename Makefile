@@ -77,6 +77,7 @@ bench: $(ENV_READY)
 	$(PYTHON) bench/bench_preprocess.py
 	$(PYTHON) bench/bench_convert.py --run
 	$(PYTHON) bench/bench_sft.py
+	$(PYTHON) bench/bench_moe.py
 
 # A few minutes: the same benchmarks at smaller sizes, to see that they run.
 bench-quick: $(ENV_READY)
@@ -92,7 +93,7 @@ bench-quick: $(ENV_READY)
 device-check: $(ENV_READY)
 	$(PYTHON) bench/device_check.py $(DEVICE_CHECK_ARGS)
 
-# MODEL=qwen3: the same journey with a tiny Qwen3 (default: Qwen2.5).
+# MODEL=qwen3: the same journey with a tiny Qwen3; MODEL=qwen3-moe: with a tiny Qwen3-MoE at EP2 (default: Qwen2.5).
 MODEL ?= qwen25
 quickstart: $(ENV_READY)
 	@$(with_python) QS_MODEL=$(MODEL) bash examples/quickstart/run_quickstart.sh

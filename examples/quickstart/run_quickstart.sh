@@ -3,6 +3,8 @@
 #   make quickstart        (or: bash examples/quickstart/run_quickstart.sh)
 #   make quickstart MODEL=qwen3    (or: QS_MODEL=qwen3 bash ...): the same journey with a tiny Qwen3
 #                                  (per-head q/k RMSNorms, head_dim != hidden / heads, Qwen3's tokenizer)
+#   make quickstart MODEL=qwen3-moe  the same journey with a tiny Qwen3-MoE (8 experts, top-2), trained,
+#                                  fine-tuned and served at TP1 PP1 EP2: each of the 2 processes holds 4 experts
 # Everything is written under $QS_OUT (default ./quickstart_output, git-ignored). A re-run reuses the
 # model folder and the parquet but converts, preprocesses and trains again. Steps 7-10 fine-tune the
 # pretrained model on the same rows as chat data (SFT) and chat with it through inference.py; QS_SFT=0 skips them.
@@ -16,21 +18,25 @@ QS_MODEL=${QS_MODEL:-qwen25}
 case "$QS_MODEL" in
     qwen25) NAME=qwen25; LABEL=Qwen2.5; HF_DIR=$QS_OUT/model_from_hf/qwen2.5-tiny-hf; CKPT=qwen2.5 ;;
     qwen3) NAME=qwen3; LABEL=Qwen3; HF_DIR=$QS_OUT/model_from_hf/qwen3-tiny-hf; CKPT=qwen3 ;;
-    *) echo "error: QS_MODEL (make quickstart MODEL=...) must be qwen25 or qwen3, got '$QS_MODEL'" >&2; exit 2 ;;
+    qwen3-moe) NAME=qwen3_moe; LABEL=Qwen3-MoE; HF_DIR=$QS_OUT/model_from_hf/qwen3-moe-tiny-hf; CKPT=qwen3_moe ;;
+    *) echo "error: QS_MODEL (make quickstart MODEL=...) must be qwen25, qwen3 or qwen3-moe, got '$QS_MODEL'" >&2
+       exit 2 ;;
 esac
+# The layout of steps 3, 5, 8 and 10 (the scripts' own): the dense models TP1 PP2, the MoE model TP1 PP1 EP2.
+LAYOUT="TP1 PP2"; [ "$QS_MODEL" = "qwen3-moe" ] && LAYOUT="TP1 PP1 EP2"
 start=$(date +%s)
 step() { printf '\n=== [%s] step %s (%ss)\n' "$(date +%H:%M:%S)" "$1" "$(( $(date +%s) - start ))"; }
 
-step "1-2/10: tiny $LABEL HF folder ($LABEL tokenizer rebuilt offline) + alpaca-style parquet"
+step "1-2/10: tiny $LABEL HF folder (${LABEL%-MoE} tokenizer rebuilt offline) + alpaca-style parquet"
 python -m mindspeed_llm.quickstart.assets --out "$QS_OUT" --model "$QS_MODEL" ${QS_MAX_ROWS:+--max-rows "$QS_MAX_ROWS"}
 
-step "3/10: convert_ckpt.py hf -> mcore (TP1 PP2)"
+step "3/10: convert_ckpt.py hf -> mcore ($LAYOUT)"
 bash examples/quickstart/ckpt_convert_${NAME}_hf2mcore.sh
 
 step "4/10: preprocess_data.py parquet -> indexed dataset"
 bash examples/quickstart/data_convert_${NAME}_pretrain.sh
 
-step "5/10: pretrain_gpt.py with torchrun, 2 processes (TP1 PP2, bf16)"
+step "5/10: pretrain_gpt.py with torchrun, 2 processes ($LAYOUT, bf16)"
 rm -rf "$QS_OUT/ckpt/${CKPT}_tiny_pretrain"
 MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')} \
     bash examples/quickstart/pretrain_${NAME}_tiny_ptd.sh
@@ -42,11 +48,11 @@ python -m mindspeed_llm.quickstart.generate --model-dir "$HF_DIR/mg2hf" --untrai
     --max-new-tokens 16 --seq-length "${SEQ_LEN:-128}"
 
 if [ "${QS_SFT:-1}" = "1" ]; then
-PROMPT_TYPE=qwen; [ "$QS_MODEL" = "qwen3" ] && PROMPT_TYPE=qwen3
+PROMPT_TYPE=qwen; [ "$QS_MODEL" != "qwen25" ] && PROMPT_TYPE=qwen3
 step "7/10: preprocess_data.py parquet -> instruction data ($PROMPT_TYPE chat format, labels -100 on prompts)"
 bash examples/quickstart/data_convert_${NAME}_instruction.sh
 
-step "8/10: posttrain_gpt.py --stage sft: fine-tune the pretrained checkpoint on it (torchrun, TP1 PP2, bf16)"
+step "8/10: posttrain_gpt.py --stage sft: fine-tune the pretrained checkpoint on it (torchrun, $LAYOUT, bf16)"
 rm -rf "$QS_OUT/ckpt/${CKPT}_tiny_sft"
 MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')} \
     bash examples/quickstart/tune_${NAME}_tiny_ptd.sh
@@ -55,7 +61,7 @@ step "9/10: convert the fine-tuned checkpoint back to HF (for transformers)"
 LOAD_DIR="$QS_OUT/ckpt/${CKPT}_tiny_sft/" SAVE_DIR="$QS_OUT/model_from_hf/${CKPT}-tiny-sft-hf/" \
     bash examples/quickstart/ckpt_convert_${NAME}_mcore2hf.sh
 
-step "10/10: inference.py --task chat --prompt-type $PROMPT_TYPE on the fine-tuned checkpoint (torchrun, TP1 PP2, as trained)"
+step "10/10: inference.py --task chat --prompt-type $PROMPT_TYPE on the fine-tuned checkpoint (torchrun, $LAYOUT, as trained)"
 MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')} \
     bash examples/quickstart/generate_${NAME}_tiny_ptd.sh
 cat <<NOTE
@@ -75,7 +81,7 @@ cat <<MSG
 Everything was written under $QS_OUT:
   HF model folder         $HF_DIR
   alpaca-style parquet    $QS_OUT/dataset/alpaca_stdlib.parquet
-  Megatron checkpoint     $QS_OUT/model_weights/${CKPT}_mcore   (converted, TP1 PP2)
+  Megatron checkpoint     $QS_OUT/model_weights/${CKPT}_mcore   (converted, $LAYOUT)
   indexed dataset         $QS_OUT/dataset/alpaca_text_document.{bin,idx}
   trained checkpoint      $QS_OUT/ckpt/${CKPT}_tiny_pretrain
   training log            $QS_OUT/logs/train_mcore_${NAME}_tiny.log

@@ -22,7 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-MODEL_DIRNAMES = {"qwen25": "qwen2.5-tiny-hf", "qwen3": "qwen3-tiny-hf"}
+MODEL_DIRNAMES = {"qwen25": "qwen2.5-tiny-hf", "qwen3": "qwen3-tiny-hf", "qwen3-moe": "qwen3-moe-tiny-hf"}
+MODEL_LABELS = {"qwen25": "Qwen2.5", "qwen3": "Qwen3", "qwen3-moe": "Qwen3-MoE"}
 MODEL_DIRNAME = MODEL_DIRNAMES["qwen25"]
 PARQUET_NAME = "alpaca_stdlib.parquet"
 
@@ -81,7 +82,45 @@ TINY_QWEN3_CONFIG = {
     "use_sliding_window": False,
     "vocab_size": 151936,
 }
-TINY_CONFIGS = {"qwen25": TINY_QWEN25_CONFIG, "qwen3": TINY_QWEN3_CONFIG}
+
+# Qwen3-30B-A3B's config.json, scaled down (keys and vocabulary kept): 8 experts of 96 per MoE layer, top-2,
+# renormalised (norm_topk_prob), every layer MoE, untied embeddings, per-head q/k RMSNorms, head_dim 64.
+TINY_QWEN3_MOE_CONFIG = {
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "decoder_sparse_step": 1,
+    "eos_token_id": 151645,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 128,
+    "initializer_range": 0.02,
+    "intermediate_size": 384,
+    "max_position_embeddings": 40960,
+    "max_window_layers": 4,
+    "mlp_only_layers": [],
+    "model_type": "qwen3_moe",
+    "moe_intermediate_size": 96,
+    "norm_topk_prob": True,
+    "num_attention_heads": 4,
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 4,
+    "num_key_value_heads": 2,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "router_aux_loss_coef": 0.001,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+TINY_CONFIGS = {"qwen25": TINY_QWEN25_CONFIG, "qwen3": TINY_QWEN3_CONFIG, "qwen3-moe": TINY_QWEN3_MOE_CONFIG}
 
 # Modules whose public docstrings make the corpus (all in every CPython installation).
 STDLIB_MODULES = (
@@ -171,7 +210,8 @@ def write_tiny_qwen25_folder(
 ) -> Path:
     """Write a complete HF folder (config, generation config, tokenizer, sharded safetensors + index).
 
-    ``model``: "qwen25" (Qwen2.5 architecture and tokenizer) or "qwen3" (Qwen3's, same vocabulary).
+    ``model``: "qwen25" (Qwen2.5 architecture and tokenizer), "qwen3" (Qwen3's, same vocabulary) or
+    "qwen3-moe" (Qwen3-MoE's architecture, experts in the hub's per-expert tensors, Qwen3's tokenizer).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -188,10 +228,12 @@ def write_tiny_qwen25_folder(
         torch.manual_seed(seed)
         hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
         hf_model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
-        (write_qwen3_tokenizer if model == "qwen3" else write_qwen25_tokenizer)(tmp)
+        (write_qwen25_tokenizer if model == "qwen25" else write_qwen3_tokenizer)(tmp)
         # Keep the hub's key names (transformers 4.x style) as a real folder has them.
         written = json.loads((tmp / "config.json").read_text())
         written.update({k: v for k, v in config_dict.items()})
+        if "num_experts" in config_dict:
+            written.pop("num_local_experts", None)  # transformers 5's name for Qwen3-MoE's num_experts
         (tmp / "config.json").write_text(json.dumps(written, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
@@ -211,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-layers", type=int, default=None, help="override the tiny model's layer count")
     parser.add_argument("--force", action="store_true", help="rebuild even if the files exist")
     parser.add_argument("--model", choices=sorted(TINY_CONFIGS), default="qwen25",
-                        help="architecture of the tiny model (qwen25: Qwen2.5, qwen3: Qwen3)")
+                        help="architecture of the tiny model (qwen25: Qwen2.5, qwen3: Qwen3, "
+                             "qwen3-moe: Qwen3-MoE)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     model_dir = out / "model_from_hf" / MODEL_DIRNAMES[args.model]
-    label = {"qwen25": "Qwen2.5", "qwen3": "Qwen3"}[args.model]
+    label = MODEL_LABELS[args.model]
     parquet = out / "dataset" / PARQUET_NAME
     if args.force or not (model_dir / "config.json").is_file():
         overrides = (

@@ -25,8 +25,9 @@ def _start_quickstart(out, **settings: str) -> Started:
 
 @pytest.fixture(scope="module")
 def quickstarts(tmp_path_factory) -> dict:
-    """{model: (output folder, the run)}: the Qwen2.5 and Qwen3 journeys, started together (their one-process
-    steps, conversions, preprocessing, generation, leave a core idle when the two run one after the other)."""
+    """{model: (output folder, the run)}: the Qwen2.5, Qwen3 and Qwen3-MoE journeys, started together (their
+    one-process steps, conversions, preprocessing, generation, leave a core idle when they run one after the
+    other)."""
     runs = {}
     for model, settings in (
         (
@@ -35,6 +36,9 @@ def quickstarts(tmp_path_factory) -> dict:
         ),
         # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
         ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"}),
+        # the MoE leg at its smallest: steps 1-6 (EP2 training, 5 steps: the loss leaves chance level by the
+        # fourth, measured; with fewer the summary's check that it fell is a coin toss); SFT/chat: dry test
+        ("qwen3-moe", {"QS_MODEL": "qwen3-moe", "QS_MAX_ROWS": "100", "TRAIN_ITERS": "6", "QS_SFT": "0"}),
     ):
         out = tmp_path_factory.mktemp(f"quickstart_{model}") / "qs"
         runs[model] = (out, _start_quickstart(out, **settings))
@@ -308,17 +312,76 @@ def test_quickstart_qwen3_variant(quickstarts) -> None:
     assert "[generate] trained model's continuation" in proc.stdout
 
 
+@pytest.mark.slow
+def test_quickstart_qwen3_moe_variant(quickstarts) -> None:
+    """make quickstart MODEL=qwen3-moe: a tiny Qwen3-MoE (8 experts, top-2) converted to TP1 PP1 EP2,
+    trained by 2 processes holding 4 experts each (the load-balancing loss logged apart), converted back with
+    every expert gathered from both EP ranks, and scored and continued by transformers' Qwen3MoeForCausalLM.
+    """
+    import torch
+
+    out, run = quickstarts["qwen3-moe"]
+    proc = run.result()
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert "tiny Qwen3-MoE HF folder (Qwen3 tokenizer" in proc.stdout
+    assert "step 3/10: convert_ckpt.py hf -> mcore (TP1 PP1 EP2)" in proc.stdout
+    assert "step 7/10" not in proc.stdout  # QS_SFT=0
+    train_log = (out / "logs" / "train_mcore_qwen3_moe_tiny.log").read_text()
+    assert "initialized world of 2 on cpu: TP=1 PP=1 DP=2" in train_log
+    assert [it for it, _ in losses_from_log(train_log)] == [2, 3, 4, 5, 6]
+    assert len(re.findall(r"iteration\s+\d+/.*? load_balancing_loss: \S+ \|", train_log)) == 5
+
+    ckpt = out / "ckpt" / "qwen3_moe_tiny_pretrain" / "iter_0000006"
+    # one file per EP rank
+    assert sorted(p.name for p in ckpt.iterdir()) == ["mp_rank_00_000", "mp_rank_00_001"]
+    back = out / "model_from_hf" / "qwen3-moe-tiny-hf" / "mg2hf"
+    config = json.loads((back / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3MoeForCausalLM"] and config["num_experts"] == 8
+    hf = {}
+    for shard in back.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            hf.update({k: f.get_tensor(k) for k in f.keys() if ".mlp." in k})
+    experts = {k for k in hf if ".mlp.experts." in k}
+    assert len(experts) == 4 * 8 * 3  # every expert of every layer, hub names
+    # Experts 4-7 of the HF folder are EP rank 1's trained weights (megatron-core's grouped layout: weight1 is
+    # [E_local, hidden, 2 x ffn] as [gate | up], weight2 [E_local, ffn, hidden]), not rank 0's nor the
+    # untrained ones.
+    rank1 = torch.load(ckpt / "mp_rank_00_001" / "model_optim_rng.pt", map_location="cpu", weights_only=False)
+    rank0 = torch.load(ckpt / "mp_rank_00_000" / "model_optim_rng.pt", map_location="cpu", weights_only=False)
+    for layer in range(4):
+        w1 = rank1["model"][f"decoder.layers.{layer}.mlp.experts.weight1"].view(4, 128, 192)
+        w2 = rank1["model"][f"decoder.layers.{layer}.mlp.experts.weight2"].view(4, 96, 128)
+        for local in range(4):
+            name = f"model.layers.{layer}.mlp.experts.{4 + local}"
+            assert torch.equal(hf[f"{name}.gate_proj.weight"], w1[local][:, :96].T)
+            assert torch.equal(hf[f"{name}.up_proj.weight"], w1[local][:, 96:].T)
+            assert torch.equal(hf[f"{name}.down_proj.weight"], w2[local].T)
+        other = rank0["model"][f"decoder.layers.{layer}.mlp.experts.weight1"].view(4, 128, 192)
+        assert not torch.equal(other[0][:, :96].T, hf[f"model.layers.{layer}.mlp.experts.4.gate_proj.weight"])
+    assert "[generate] trained model's continuation" in proc.stdout
+    evaluated = re.search(r"untrained \(the converted starting point\): ([0-9.]+)   trained: ([0-9.]+)",
+                          proc.stdout)
+    assert evaluated  # transformers loaded the trained folder and scored it
+
+
 def test_unknown_quickstart_model_is_refused(tmp_path) -> None:
     env = {**os.environ, "QS_OUT": str(tmp_path / "qs"), "QS_MODEL": "qwen4"}
     proc = subprocess.run(["bash", "examples/quickstart/run_quickstart.sh"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert (
-        proc.returncode == 2 and "QS_MODEL (make quickstart MODEL=...) must be qwen25 or qwen3" in proc.stderr
+        proc.returncode == 2
+        and "QS_MODEL (make quickstart MODEL=...) must be qwen25, qwen3 or qwen3-moe" in proc.stderr
     )
     assert not (tmp_path / "qs").exists()
 
 
-@pytest.mark.parametrize("name, prompt_type", [("qwen25", "qwen"), ("qwen3", "qwen3")])
+# The expert settings and layout a fine-tuning or chat launch must share with the checkpoint it loads.
+MOE_LAYOUT_FLAGS = ("num_experts", "moe_router_topk", "moe_ffn_hidden_size", "norm_topk_prob",
+                    "moe_grouped_gemm", "expert_model_parallel_size", "untie_embeddings_and_output_weights")
+
+
+@pytest.mark.parametrize("name, prompt_type",
+                         [("qwen25", "qwen"), ("qwen3", "qwen3"), ("qwen3_moe", "qwen3")])
 def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, name, prompt_type) -> None:
     """Steps 7-8 (dry): the tune script is posttrain_gpt.py --stage sft on the data script's output, from the
     pretraining script's save, with the pretraining model flags; the data script uses the same chat format."""
@@ -353,6 +416,7 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
         "padded_vocab_size",
         "tensor_model_parallel_size",
         "pipeline_model_parallel_size",
+        *MOE_LAYOUT_FLAGS,
     ):
         assert getattr(args, flag) == getattr(pretrain, flag), flag
 
@@ -377,5 +441,9 @@ def test_quickstart_sft_scripts_fine_tune_the_pretrained_checkpoint(tmp_path, na
         "tokenizer_name_or_path",
         "tensor_model_parallel_size",
         "pipeline_model_parallel_size",
+        *MOE_LAYOUT_FLAGS,
     ):
         assert getattr(gen, flag) == getattr(args, flag), flag
+    if name == "qwen3_moe":  # the experts of config.json, at EP2 over the quick start's 2 processes
+        assert (gen.num_experts, gen.moe_router_topk, gen.moe_ffn_hidden_size,
+                gen.expert_model_parallel_size) == (8, 2, 96, 2)
