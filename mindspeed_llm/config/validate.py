@@ -407,6 +407,8 @@ def _check_moe(args: argparse.Namespace, world_size: int, training: bool = True)
 
 def moe_layer_pattern(freq: int | list[int], first_k_dense: int | None, num_layers: int) -> list[int]:
     """1 for each MoE layer, 0 for each dense one, from --moe-layer-freq and --first-k-dense-replace."""
+    if first_k_dense == -1:
+        first_k_dense = None  # MindSpeed-LLM's scripts write -1 for "no dense layers"
     if isinstance(freq, (list, tuple)):
         if first_k_dense is not None:
             raise ArgumentError("--first-k-dense-replace with a --moe-layer-freq pattern: write the dense "

@@ -31,6 +31,7 @@ def test_mindspeed_spellings_fold_into_megatron_lms():
 @pytest.mark.parametrize("freq, first_k, expected", [
     ("1", None, [1, 1, 1, 1]), ("-1", None, [1, 1, 1, 1]), ("2", None, [1, 0, 1, 0]),
     ("2", "1", [0, 0, 1, 0]), ("([0]*2+[1]*2)", None, [0, 0, 1, 1]), ("[1,0,1,1]", None, [1, 0, 1, 1]),
+    ("1", "-1", [1, 1, 1, 1]), ("[1,0,1,1]", "-1", [1, 0, 1, 1]),  # MindSpeed-LLM's -1: no dense layers
 ])
 def test_moe_layer_freq_as_megatron_lm_reads_it(freq, first_k, expected):
     extra = f" --moe-layer-freq {freq}" + (f" --first-k-dense-replace {first_k}" if first_k else "")
@@ -48,6 +49,7 @@ def test_moe_layer_freq_as_megatron_lm_reads_it(freq, first_k, expected):
     (" --moe-layer-freq [1,1]", "2 entries for --num-layers 4"),
     (" --moe-layer-freq [1,1,1,1] --first-k-dense-replace 1", "--first-k-dense-replace with a"),
     (" --moe-layer-freq 0", "--moe-layer-freq 0"),
+    (" --first-k-dense-replace -2", "--first-k-dense-replace -2 must be between 0"),
     (" --moe-ffn-hidden-size 32 --expert-tensor-parallel-size 3",
      "--expert-tensor-parallel-size 3 must divide"),
 ])

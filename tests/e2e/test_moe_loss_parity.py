@@ -1,7 +1,7 @@
 """The first lr-0 fp32 step's lm loss of pretrain_gpt.py on a converted MoE checkpoint equals transformers'.
 
-Qwen3-MoE (softmax router, top-k renormalised: norm_topk_prob, q/k norms) at TP1, TP2, PP2, EP2 and TP2 x EP2
-(alltoall dispatcher); Mixtral at EP2 with the allgather dispatcher; Qwen2-MoE (top-k not renormalised, a
+Qwen3-MoE (softmax router, top-k renormalised: norm_topk_prob, q/k norms) at TP1, TP2, PP2, EP2 (alltoall
+dispatcher) and TP2 x EP2 (allgather, the default); Mixtral at EP2 with the allgather dispatcher; Qwen2-MoE (top-k not renormalised, a
 shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document of SEQ tokens:
 megatron-core's GPTDataset cuts samples of SEQ + 1 tokens every SEQ tokens from the document repeated epoch
 after epoch, so every sample, on every data-parallel rank (the EP runs have two), is the document followed by
@@ -32,7 +32,7 @@ RUNS = {
     "qwen3_moe_tp2": ("qwen3_moe", 2, 1, 1, ["--sequence-parallel"]),
     "qwen3_moe_pp2": ("qwen3_moe", 1, 2, 1, []),
     "qwen2_moe_tp2": ("qwen2_moe", 2, 1, 1, ["--sequence-parallel"]),
-    "qwen3_moe_ep2": ("qwen3_moe", 1, 1, 2, []),
+    "qwen3_moe_ep2": ("qwen3_moe", 1, 1, 2, ["--moe-token-dispatcher-type", "alltoall"]),
     "qwen3_moe_tp2ep2": ("qwen3_moe", 2, 1, 2, ["--sequence-parallel"]),
     "mixtral_ep2": ("mixtral", 1, 1, 2, ["--moe-token-dispatcher-type", "allgather"]),
 }
