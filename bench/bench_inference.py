@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=16, help="decode steps measured")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: torch.profiler over one run of ours and of generate (static cache)")
     args = parser.parse_args(argv)
 
     from mindspeed_llm.inference.generation import Generator, SamplingParams
@@ -173,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     cases["KV cache, layout as trained"] = as_trained
     cases["generate, static cache"] = transformers_generate("static")
     cases["generate, dynamic cache"] = transformers_generate(None)
+    if args.profile:
+        for name in ("megatron, KV cache", "generate, static cache"):
+            cases[name](StepClock())  # warm-up
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                cases[name](StepClock())
+            print(f"{name}:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25,
+                                                           max_name_column_width=56))
+        return 0
     rates: dict[str, list[float]] = {name: [] for name in cases}  # wall tokens/s
     cpu_ms: dict[str, list[float]] = {name: [] for name in cases}  # CPU ms per decode step (whole batch)
     for _ in range(args.repeats):  # interleaved: a load spike hits all cases alike
