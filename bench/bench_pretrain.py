@@ -5,7 +5,7 @@ The model is Qwen2.5-shaped and ~55M parameters (8 layers, hidden 512, 8 heads /
 dtype, micro-batch and sequence length, each in its own subprocess; the first iterations are warm-up.
 
     python bench/bench_pretrain.py [--dtype bf16|fp32|both] [--threads 2] [--iters 8] [--warmup 2]
-                                   [--rounds 1] [--ablate]
+                                   [--rounds 1] [--ablate] [--gemm]
 
 Reported: median and best per-iteration tokens/s (the best is the least disturbed by other load),
 over the timed iterations of every round (``--rounds N`` repeats all runs, interleaved).
