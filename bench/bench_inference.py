@@ -14,7 +14,10 @@ with the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rm
 patches (``mindspeed_llm.patches.inference``: rotated keys in the static KV cache, no autograd
 functions around the forward math) and the generator's weight layout (``lay_out_weights_for_decode``:
 linear weights stored transposed); a fourth case runs the KV cache with the weights laid out as training
-keeps them (contiguous), to show what the layout gives. transformers with its default attention (SDPA).
+keeps them (contiguous), to show what the layout gives. transformers with its default attention (SDPA),
+run twice: ``generate(cache_implementation="static")`` (a preallocated cache, what a transformers user who
+cares about decode speed asks for) and its default dynamic cache; the summary line compares with the
+faster of the two. Both sides share this process, so the same threads and allocator settings.
 
     OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
 """
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=16, help="decode steps measured")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: torch.profiler over one run of ours and of generate (static cache)")
     args = parser.parse_args(argv)
 
     from mindspeed_llm.inference.generation import Generator, SamplingParams
@@ -148,10 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             gen.generate(prompts.tolist(), max_new_tokens=n, sampling=greedy, on_token=tick)
         return run
 
-    def transformers_generate(clock: StepClock):
-        with torch.no_grad():
-            hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
-                        do_sample=False, eos_token_id=None, pad_token_id=0, streamer=clock)
+    def transformers_generate(cache: str | None):
+        def run(clock: StepClock):
+            with torch.no_grad():
+                hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n,
+                            min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0,
+                            streamer=clock, cache_implementation=cache)
+        return run
 
     def as_trained(clock: StepClock):
         """The KV cache run with megatron's own (contiguous) weight layout, re-laid for decoding
@@ -165,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = {name: ours(gen) for name, gen in runners.items()}
     cases["KV cache, layout as trained"] = as_trained
-    cases["transformers generate"] = transformers_generate
+    cases["generate, static cache"] = transformers_generate("static")
+    cases["generate, dynamic cache"] = transformers_generate(None)
+    if args.profile:
+        for name in ("megatron, KV cache", "generate, static cache"):
+            cases[name](StepClock())  # warm-up
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                cases[name](StepClock())
+            print(f"{name}:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25,
+                                                           max_name_column_width=56))
+        return 0
     rates: dict[str, list[float]] = {name: [] for name in cases}  # wall tokens/s
     cpu_ms: dict[str, list[float]] = {name: [] for name in cases}  # CPU ms per decode step (whole batch)
     for _ in range(args.repeats):  # interleaved: a load spike hits all cases alike
@@ -187,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             eos_token_id=None,
             pad_token_id=0,
         )[:, args.context :].tolist()
-    print(f"decode, fp32, {torch.get_num_threads()} thread(s), batch {args.batch}, context {args.context}, "
+    print(f"decode, fp32, {os.uname().machine} {os.cpu_count()} cores, {torch.get_num_threads()} thread(s) "
+          f"on both sides (one process), batch {args.batch}, context {args.context}, "
           f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     print(
@@ -204,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(wall):15.2f}x ({wall[0]:.2f}-{wall[-1]:.2f}) "
               f"{statistics.median(cpu_ms[name]):9.2f} ({min(cpu_ms[name]):6.2f}) "
               f"{statistics.median(cpu):15.2f}x ({cpu[0]:.2f}-{cpu[-1]:.2f})")
+    peers = ("generate, static cache", "generate, dynamic cache")
+    best = max(peers, key=lambda name: statistics.median(rates[name]))
+    print(f"ours (KV cache) vs {best} (the faster generate, by median wall tokens/s): "
+          f"**{statistics.median(base) / statistics.median(rates[best]):.2f}x** wall, "
+          f"{statistics.median(cpu_ms[best]) / statistics.median(base_cpu):.2f}x CPU time per step")
     print(f"greedy tokens equal to transformers' (8 steps, whole batch): {same == ref}")
     return 0
 

@@ -5,19 +5,20 @@ The model is Qwen2.5-shaped and ~55M parameters (8 layers, hidden 512, 8 heads /
 dtype, micro-batch and sequence length, each in its own subprocess; the first iterations are warm-up.
 
     python bench/bench_pretrain.py [--dtype bf16|fp32|both] [--threads 2] [--iters 8] [--warmup 2]
-                                   [--rounds 1] [--ablate]
+                                   [--rounds 1] [--ablate] [--gemm]
 
 Reported: median and best per-iteration tokens/s (the best is the least disturbed by other load),
 over the timed iterations of every round (``--rounds N`` repeats all runs, interleaved).
-Baseline: ``Qwen2ForCausalLM(attn_implementation="sdpa")``, ``torch.optim.AdamW`` (torch's defaults:
-the per-parameter loop on CPU), gradient clipping 1.0, random token batches. For bf16 the baseline
-holds bf16 parameters and AdamW state (plain ``model.to(bfloat16)``) while pretrain_gpt keeps fp32
-main weights: the compute dtype is the same, the optimizer does more work on our side.
+The peer is run as a competent transformers user runs it (bench/peer.py): ``Qwen2ForCausalLM
+(attn_implementation="sdpa")``, ``torch.optim.AdamW(fused=True)``, gradient clipping 1.0, the same
+threads, random token batches; for bf16 fp32 weights under ``torch.autocast("cpu", bfloat16)`` (the
+like-for-like of ``--bf16``: bf16 compute, fp32 main weights and optimizer). It runs twice, with glibc's
+malloc defaults and with the environment that does what pretrain_gpt.py's ``patches/cpu_malloc.py``
+does; ratios are against the faster of the two (by median).
 
-A second baseline column runs the same HF loop with two of the things pretrain_gpt does on the CPU
-(``--hf-tuned``): glibc told to keep freed blocks (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``,
-as ``mindspeed_llm.patches.cpu_malloc`` does) and ``AdamW(fused=True)``. It shows how much of the
-difference is those two and how much is the rest of the patch layer.
+``--gemm`` also times, in the same process as the report, the matrix products of the model's own linear
+layers (forward, and both backward products, for one micro-batch) in fp32 and bf16, and prints each
+step's linear-layer FLOP rate as a share of that GEMM rate (attention's products are not counted).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -33,6 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.peer import describe, ours_describe, peer_env  # noqa: E402
+
 SHAPE = dict(layers=8, hidden=512, heads=8, groups=2, ffn=1408, vocab=32000)
 _ELAPSED = re.compile(r"iteration\s+(\d+)/.*?elapsed time per iteration \(ms\): ([0-9.]+)")
 
@@ -53,14 +59,10 @@ def make_data(prefix: Path, tokens: int, vocab: int = SHAPE["vocab"]) -> None:
     builder.finalize(f"{prefix}.idx")
 
 
-def run_pretrain(args, dtype: str, workdir: Path, env: dict | None = None) -> dict:
-    prefix = workdir / "bench_text_document"
-    if not Path(f"{prefix}.bin").exists():
-        make_data(prefix, (args.iters + 4) * args.mbs * args.seq * 2)
+def pretrain_flags(args, dtype: str, prefix: Path) -> list[str]:
+    """pretrain_gpt.py's command line (after the script) for the bench model."""
     s = SHAPE
     cmd = [
-        sys.executable,
-        str(REPO / "pretrain_gpt.py"),
         "--num-layers",
         s["layers"],
         "--hidden-size",
@@ -136,12 +138,17 @@ def run_pretrain(args, dtype: str, workdir: Path, env: dict | None = None) -> di
     ]
     if dtype == "bf16":
         cmd.append("--bf16")
-    cmd += args.extra.split()
+    return [str(c) for c in cmd + args.extra.split()]
+
+
+def run_pretrain(args, dtype: str, workdir: Path, env: dict | None = None) -> dict:
+    prefix = workdir / "bench_text_document"
+    if not Path(f"{prefix}.bin").exists():
+        make_data(prefix, (args.iters + 4) * args.mbs * args.seq * 2)
+    cmd = [sys.executable, str(REPO / "pretrain_gpt.py"), *pretrain_flags(args, dtype, prefix)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO), **(env or {})}
     env.update(item.split("=", 1) for item in args.env)
-    out = subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False
-    )
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if out.returncode:
         raise RuntimeError(f"pretrain_gpt.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     ms = [float(m.group(2)) for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
@@ -164,23 +171,24 @@ def hf_worker(args) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from bench.peer import peer_adamw, peer_autocast
+
     torch.set_num_threads(args.threads)
     s = SHAPE
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     cfg = Qwen2Config(hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
                       num_attention_heads=s["heads"], num_key_value_heads=s["groups"], vocab_size=s["vocab"],
                       max_position_embeddings=args.seq, tie_word_embeddings=False, rope_theta=1e6,
                       rms_norm_eps=1e-6, attention_dropout=0.0)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM._from_config(cfg, attn_implementation="sdpa").to(dtype).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            **({"fused": True} if args.tuned else {}))
+    model = Qwen2ForCausalLM._from_config(cfg, attn_implementation="sdpa").float().train()
+    opt = peer_adamw(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(args.iters):
         ids = torch.randint(0, s["vocab"], (args.mbs, args.seq), generator=gen)
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        with peer_autocast(args.dtype):
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -190,7 +198,7 @@ def hf_worker(args) -> dict:
     return {"seconds": times[args.warmup:], "params": params}
 
 
-def run_hf(args, dtype: str, tuned: bool = False) -> dict:
+def run_hf(args, dtype: str, malloc: bool) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -208,15 +216,56 @@ def run_hf(args, dtype: str, tuned: bool = False) -> dict:
         "--seq",
         str(args.seq),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if tuned:
-        cmd.append("--tuned")
-        env.update(MALLOC_MMAP_THRESHOLD_=str(2**31 - 1), MALLOC_TRIM_THRESHOLD_=str(2**31 - 1),
-                   MALLOC_TOP_PAD_=str(64 << 20))
+    env = peer_env({**os.environ, "PYTHONPATH": str(REPO)}, args.threads, malloc)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode:
         raise RuntimeError(f"HF baseline failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def linear_shapes(args) -> list[tuple[int, int, int]]:
+    """(tokens, in, out) of every linear layer's product in one micro-batch (layers x 4, plus the output)."""
+    s, t = SHAPE, args.mbs * args.seq
+    kv = s["hidden"] // s["heads"] * s["groups"]
+    layer = [(t, s["hidden"], s["hidden"] + 2 * kv), (t, s["hidden"], s["hidden"]),
+             (t, s["hidden"], 2 * s["ffn"]), (t, s["ffn"], s["hidden"])]
+    return layer * s["layers"] + [(t, s["hidden"], s["vocab"])]
+
+
+def step_linear_flops(args) -> float:
+    """Model FLOPs of the linear layers in one training step: forward and both backward products."""
+    return sum(3 * 2 * t * i * o for t, i, o in linear_shapes(args))
+
+
+def gemm_rate(args, dtype: str) -> float:
+    """FLOP/s of the model's own linear products (forward, input gradient, weight gradient).
+
+    The best of 3 timings per shape (of 1 in bf16 where the CPU has no bf16 instructions: minutes).
+    """
+    import torch
+
+    from mindspeed_llm.ops.bf16_matmul import native_bf16_matmul
+
+    torch.set_num_threads(args.threads)
+    repeats = 1 if dtype == "bf16" and not native_bf16_matmul() else 3
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    unique = sorted(set(linear_shapes(args)))
+    counts = {shape: linear_shapes(args).count(shape) for shape in unique}
+    total_s = 0.0
+    for t, i, o in unique:
+        x, w, g = torch.randn(t, i, dtype=dt), torch.randn(o, i, dtype=dt), torch.randn(t, o, dtype=dt)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x @ w.t()
+            g @ w
+            g.t() @ x
+            best = min(best, time.perf_counter() - t0)
+        total_s += best * counts[(t, i, o)]
+    return step_linear_flops(args) / total_s
+
+
+PEERS = ("transformers, fused AdamW, glibc malloc defaults", "transformers, fused AdamW, malloc kept")
 
 
 def main() -> None:
@@ -238,8 +287,9 @@ def main() -> None:
         action="store_true",
         help="also run pretrain_gpt.py with MINDSPEED_LLM_CPU_MALLOC=default (glibc's malloc defaults)",
     )
+    p.add_argument("--gemm", action="store_true",
+                   help="also time the model's own linear products and print each step's share of that rate")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.hf_worker:
         print(json.dumps(hf_worker(args)))
@@ -247,37 +297,62 @@ def main() -> None:
     dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
     runs = {
         "pretrain_gpt.py": lambda dtype, tmp: run_pretrain(args, dtype, tmp),
-        "HF Qwen2 sdpa + AdamW loop": lambda dtype, tmp: run_hf(args, dtype),
-        "HF loop + kept freed memory + fused AdamW": lambda dtype, tmp: run_hf(args, dtype, tuned=True),
+        PEERS[0]: lambda dtype, tmp: run_hf(args, dtype, malloc=False),
+        PEERS[1]: lambda dtype, tmp: run_hf(args, dtype, malloc=True),
     }
     if args.ablate:
         runs["pretrain_gpt.py, glibc malloc defaults"] = lambda dtype, tmp: run_pretrain(
             args, dtype, tmp, env={"MINDSPEED_LLM_CPU_MALLOC": "default"})
     seconds: dict = {}
-    notes, params = [], 0
+    notes, params, loads = [], 0, []
     with tempfile.TemporaryDirectory() as tmp:
         # Rounds of interleaved runs, so that a change of load on the machine hits every run alike.
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for dtype in dtypes:
                 for name, run in runs.items():
                     result = run(dtype, Path(tmp))
                     seconds.setdefault((dtype, name), []).extend(result["seconds"])
                     notes = notes or result.get("notes", [])
                     params = result.get("params", params)
+                    loads.append(os.getloadavg()[0])
+            print(f"round {r + 1} done, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     print(
         f"Qwen2.5-shaped {params / 1e6:.1f}M params, seq {args.seq}, micro-batch {args.mbs}, {args.threads} "
         f"threads, {args.rounds} round(s) of {args.iters - args.warmup} timed iterations after {args.warmup} "
-        "warm-up"
+        f"warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{min(loads):.1f}-{max(loads):.1f} during the runs"
     )
-    print("| dtype | run | tokens/s median (best) | vs the HF loop, median (best) |")
+    for dtype in dtypes:
+        print(ours_describe(dtype, args.threads))
+        print(describe(dtype, args.threads))
+    print("| dtype | run | tokens/s median (best) | ours vs it, median (best) |")
     print("|---|---|---|---|")
     for dtype in dtypes:
-        base = _rates(args, seconds[(dtype, "HF Qwen2 sdpa + AdamW loop")])
+        ours = _rates(args, seconds[(dtype, "pretrain_gpt.py")])
         for name in runs:
             rate = _rates(args, seconds[(dtype, name)])
             print(f"| {dtype} | {name} | {rate['tokens_per_s']:.0f} ({rate['best_tokens_per_s']:.0f}) | "
-                  f"{rate['tokens_per_s'] / base['tokens_per_s']:.2f}x "
-                  f"({rate['best_tokens_per_s'] / base['best_tokens_per_s']:.2f}x) |")
+                  f"{ours['tokens_per_s'] / rate['tokens_per_s']:.2f}x "
+                  f"({ours['best_tokens_per_s'] / rate['best_tokens_per_s']:.2f}x) |")
+        best = max((_rates(args, seconds[(dtype, name)]) for name in PEERS), key=lambda r: r["tokens_per_s"])
+        print(f"| {dtype} | **ours vs the peer at its best** | | "
+              f"**{ours['tokens_per_s'] / best['tokens_per_s']:.2f}x** "
+              f"({ours['best_tokens_per_s'] / best['best_tokens_per_s']:.2f}x) |")
+    if args.gemm:
+        flops = step_linear_flops(args)
+        tokens = args.mbs * args.seq
+        print(f"\nlinear-layer FLOPs per step {flops / 1e9:.1f} G; GEMM rate of the model's own linear "
+              "products (forward + both backward, this process):")
+        print("| dtype | GEMM GFLOP/s | run | step GFLOP/s (median) | share of the GEMM rate |\n"
+              "|---|---|---|---|---|")
+        for dtype in dtypes:
+            rate = gemm_rate(args, dtype)
+            fp32_rate = gemm_rate(args, "fp32") if dtype == "bf16" else rate
+            for name in runs:
+                step = flops * _rates(args, seconds[(dtype, name)])["tokens_per_s"] / tokens
+                print(f"| {dtype} | {rate / 1e9:.0f} (fp32 {fp32_rate / 1e9:.0f}) | {name} | "
+                      f"{step / 1e9:.0f} | {100 * step / rate:.0f}% "
+                      f"({100 * step / fp32_rate:.0f}% of fp32's) |")
     for note in notes:
         print(note)
 
