@@ -21,6 +21,10 @@ Every round runs, in an order that rotates from round to round, each a separate 
 and checks that all outputs (.bin and .idx) are byte-identical. Prints the load average before each run,
 the median wall time and CPU time (the process tree's) per setting, and the ratios. Run it under the lock
 on a shared machine (``flock /tmp/cpu.lock python bench/...``): the figures are only as quiet as the machine.
+
+``--profile-mb M`` first prints where one process's CPU seconds go on the corpus's first M MiB, stage by
+stage (start-up, reading and parsing, the tokenizer's own Rust code with and without the NFC step, the
+id lists to numpy): the tokenizer's cost per MiB is the floor under both tools' CPU time.
 """
 
 from __future__ import annotations
@@ -126,6 +130,53 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
     return wall, cpu
 
 
+PROFILE = r"""
+import json, sys, time
+t0 = time.process_time()
+def lap(name, mib, t=[t0]):
+    now = time.process_time()
+    per = f"{(now - t[0]) / mib:.2f}" if mib else "-"
+    print(f"| {name} | {now - t[0]:.2f} | {per} |", flush=True)
+    t[0] = now
+import os
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+corpus, tokenizer, limit = sys.argv[1], sys.argv[2], float(sys.argv[3]) * 2**20
+print("| stage (one process, CPU s) | CPU s | CPU s per MiB |\n|---|---|---|")
+from mindspeed_llm.data.tokenizer import DocumentTokenizer, flatten_ids
+tok = DocumentTokenizer(tokenizer, append_eod=True)
+lap("import transformers (and torch) + AutoTokenizer.from_pretrained (the main process, serial)", 0)
+encoder = tok.backend_spec().build()
+lap("a worker's backend from the serialized tokenizer", 0)
+texts, size = [], 0
+with open(corpus, "rb") as f:
+    for line in f:
+        texts.append(json.loads(line)["text"])
+        size += len(line)
+        if size >= limit:
+            break
+mib = size / 2**20
+lap(f"read + parse {mib:.1f} MiB of JSON lines ({len(texts)} documents)", mib)
+backend = encoder.backend
+[e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
+lap("tokenizers encode_batch_fast, every text through NFC (as Megatron-LM's tool)", mib)
+ids = encoder.ids(texts)
+lap("ours: the same, NFC skipped where it changes nothing", mib)
+flat, lengths = flatten_ids(ids)
+lap("id lists -> flat numpy array + lengths", mib)
+tok.finish(flat, lengths)
+lap("EOD appended, cast to int32", mib)
+for t in texts[:2000]:
+    tok.hf(t).input_ids
+lap("Megatron-LM's per-document tokenizer(text).input_ids, first 2000 documents", 0)
+"""
+
+
+def profile(corpus: Path, tokenizer: Path, mib: float, env: dict) -> None:
+    """Print the CPU seconds per stage of tokenizing the corpus's first ``mib`` MiB in one process."""
+    cmd = [sys.executable, "-c", PROFILE, str(corpus), str(tokenizer), str(mib)]
+    subprocess.run(cmd, env=env, check=True)
+
+
 def digest(prefix: str) -> str:
     h = hashlib.sha256()
     for ext in (".bin", ".idx"):
@@ -144,6 +195,8 @@ def main() -> None:
                    help="documents are a file's paragraphs, joined up to at least this many characters")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_preprocess_cores"))
+    p.add_argument("--profile-mb", type=float, default=0.0,
+                   help="first print the CPU seconds per stage on this many MiB of the corpus (0: skip)")
     opts = p.parse_args()
     work = opts.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -167,6 +220,8 @@ def main() -> None:
         "ours_w1_1core": ["taskset", "-c", "0", *ours, "--workers", "1"],
     }
     names = list(settings)
+    if opts.profile_mb:
+        profile(corpus, tokenizer, opts.profile_mb, {**env, "PYTHONPATH": str(REPO)})
     with open(corpus, "rb") as f:
         docs = sum(1 for _ in f)
     print(f"corpus {corpus} ({corpus.stat().st_size / 2**20:.1f} MiB, {docs} documents of code, docs and "

@@ -107,14 +107,25 @@ def limit_tokenizer_threads(threads: int) -> None:
         os.environ["RAYON_NUM_THREADS"] = str(threads)
 
 
-def ordered_results(pool, tasks: Iterable, max_pending: int, fn: Callable) -> Iterator:
-    """pool.apply_async(fn) over tasks, results in task order, at most max_pending in flight."""
+def ordered_results(
+    pool, tasks: Iterable, max_pending: int, fn: Callable,
+    before_first_wait: Callable[[], object] | None = None,
+) -> Iterator:
+    """pool.apply_async(fn) over tasks, results in task order, at most max_pending in flight.
+
+    ``before_first_wait``: called once, when the first tasks are handed out and before waiting for a result
+    (work for the main process that can overlap with the workers')."""
     pending: deque = deque()
     for task, meta in tasks:
         pending.append((pool.apply_async(fn, (task,)), meta))
         if len(pending) >= max_pending:
+            if before_first_wait is not None:
+                before_first_wait()
+                before_first_wait = None
             result, meta = pending.popleft()
             yield result.get(), meta
+    if before_first_wait is not None:
+        before_first_wait()
     while pending:
         result, meta = pending.popleft()
         yield result.get(), meta

@@ -8,6 +8,7 @@ input, and results are written in input order whatever the number of workers.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -41,27 +42,72 @@ from mindspeed_llm.data.readers import (
     total_bytes,
     total_rows,
 )
-from mindspeed_llm.data.tokenizer import DocumentTokenizer
+from mindspeed_llm.data.tokenizer import (
+    BackendSpec,
+    DocumentTokenizer,
+    check_tokenizer_path,
+    flatten_ids,
+    speculative_spec,
+)
 from mindspeed_llm.signals import exit_on_signals, worker_signals
 
+logger = logging.getLogger(__name__)
+
 BATCH_ROWS = 1000
-TASK_CHARS = 2 << 20  # characters of text per tokenizer task
+TASK_CHARS = 1 << 20  # characters of text per tokenizer task (the last ones finish close together)
 _MAX_SKIPPED_SHOWN = 10
 
-_worker_tokenizer: DocumentTokenizer | None = None
+# A worker's encoding: a ``tokenizers`` backend, or (BackendSpec.hf_path) the HF tokenizer's own call.
+_worker_backend = None
+_worker_hf: DocumentTokenizer | None = None
+_worker_spec: BackendSpec | None = None
+_worker_reported = False  # whether this worker has sent its backend (speculative specs)
+_worker_failed: str | None = None  # why the backend could not be built (an initializer must not raise)
 
 
-def _init_worker(path: str, append_eod: bool, threads: int) -> None:
-    global _worker_tokenizer
+def _init_worker(spec: BackendSpec, threads: int) -> None:
+    global _worker_backend, _worker_hf, _worker_spec, _worker_reported, _worker_failed
     worker_signals()  # Ctrl-C is the main process's; its stop_pool() ends workers quietly
     limit_tokenizer_threads(threads)
-    if _worker_tokenizer is None or _worker_tokenizer.path != path:  # spawn: nothing inherited
-        _worker_tokenizer = DocumentTokenizer(path, append_eod)
-    _worker_tokenizer.append_eod = append_eod
+    _worker_spec, _worker_reported, _worker_failed = spec, False, None
+    _worker_hf = _worker_backend = None
+    try:
+        _worker_backend = spec.build()
+        if spec.hf_path is not None:
+            _worker_hf = DocumentTokenizer(spec.hf_path)
+            _worker_hf._backend_built = True  # its own call, as the main process chose
+    except Exception as exc:  # noqa: BLE001 - a failing initializer would be restarted by the pool forever
+        _worker_failed = f"{type(exc).__name__}: {exc}"
 
 
-def _encode_task(task: dict[str, list[str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {key: _worker_tokenizer.encode(texts) for key, texts in task.items()}
+def _encode_task(task: dict[str, list[str]]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str | None]:
+    """Each key's ids as (flat ids, lengths) without EOD; with a speculative spec, the worker's first result
+    also carries its backend serialized, for the main process to check."""
+    global _worker_reported
+    if _worker_failed is not None:
+        if _worker_spec.speculative:
+            return None, None  # the main process runs the input again with the HF tokenizer's backend
+        raise RuntimeError(f"the tokenizer worker could not build its tokenizer ({_worker_failed})")
+    out = {}
+    for key, texts in task.items():
+        if _worker_backend is not None:
+            ids = _worker_backend.ids(texts)
+        else:
+            ids = _worker_hf._ids_lists(texts)
+        out[key] = flatten_ids(ids)
+    backend = None
+    if _worker_spec.speculative and not _worker_reported:
+        _worker_reported = True
+        backend = _worker_backend.to_str()
+    return out, backend
+
+
+class _Restart(Exception):
+    """The workers' encoding is not the HF tokenizer's: run again with ``spec``, nothing written yet."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.spec = spec
 
 
 def _log(message: str) -> None:
@@ -80,10 +126,32 @@ def _split_tasks(texts: dict[str, list[str]], num_rows: int) -> Iterator[dict[st
         start = stop
 
 
+class TokenizerLoader:
+    """The HF tokenizer of ``--tokenizer-name-or-path``, loaded on first use: the text path starts its workers
+    first, so that importing transformers and loading the tokenizer overlap with tokenizing."""
+
+    def __init__(self, path: str, append_eod: bool, tokenizer: DocumentTokenizer | None = None) -> None:
+        self.path, self.append_eod, self._tokenizer = path, append_eod, tokenizer
+
+    @property
+    def loaded(self) -> bool:
+        return self._tokenizer is not None
+
+    def get(self) -> DocumentTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = DocumentTokenizer(self.path, self.append_eod)
+            _log(
+                f"tokenizer {self.path}: {type(self._tokenizer.hf).__name__}, vocabulary "
+                f"{self._tokenizer.vocab_size} -> {self._tokenizer.dtype.name} tokens"
+                + (f", EOD id {self._tokenizer.eod}" if self.append_eod else "")
+            )
+        return self._tokenizer
+
+
 def encode_source(
     source: InputSource,
     args: argparse.Namespace,
-    tokenizer: DocumentTokenizer,
+    tokenizer: TokenizerLoader,
     prefixes: dict[str, str],
     show_progress: bool = True,
     require_tokens: bool = True,
@@ -94,8 +162,54 @@ def encode_source(
     ``require_tokens``: refuse to write a dataset without tokens (off for one ``--n-subs`` part).
     ``cpus``: the cores this run may use (default: this process's usable cores; one ``--n-subs`` part: its
     share).
+
+    Workers start on the folder's tokenizer.json while the HF tokenizer loads here; their first result is
+    checked against it (the serialized backend, then ``tokenizer(text).input_ids``) before anything is
+    written, and a difference runs the input again with the HF tokenizer's own backend (or call).
     """
-    global _worker_tokenizer
+    spec = None if tokenizer.loaded else speculative_spec(tokenizer.path)
+    if spec is None:
+        spec = tokenizer.get().backend_spec()
+    while True:
+        try:
+            return _encode_with(source, args, tokenizer, spec, prefixes, show_progress, require_tokens, cpus)
+        except _Restart as restart:
+            spec = restart.spec
+
+
+def _first_documents(flat: np.ndarray, lengths: np.ndarray, count: int) -> list[list[int]]:
+    ends = np.cumsum(lengths[:count])
+    return [flat[end - n:end].tolist() for end, n in zip(ends, lengths[:count])]
+
+
+def _check_first_result(
+    tokenizer: DocumentTokenizer, spec: BackendSpec, ids: dict | None, backend: str | None, texts: dict
+) -> None:
+    """Raise _Restart unless the workers' ids are the HF tokenizer's (see encode_source)."""
+    if spec.speculative and (ids is None or backend is None
+                             or not tokenizer.same_encoding(backend, spec.encode_special_tokens)):
+        _log(f"{spec.json_path} alone does not encode as the HF tokenizer loaded from the folder does (its "
+             "tokenizer_config.json changes it): tokenizing again with the HF tokenizer's own backend")
+        raise _Restart(tokenizer.backend_spec())
+    if spec.hf_path is None:
+        for key, values in texts.items():
+            flat, lengths = ids[key]
+            sample = values[:8]
+            if not tokenizer.check_ids(sample, _first_documents(flat, lengths, len(sample))):
+                logger.warning("tokenizer backend differs from tokenizer(text); using tokenizer(text)")
+                raise _Restart(BackendSpec(hf_path=tokenizer.path))
+
+
+def _encode_with(
+    source: InputSource,
+    args: argparse.Namespace,
+    loader: TokenizerLoader,
+    spec: BackendSpec,
+    prefixes: dict[str, str],
+    show_progress: bool,
+    require_tokens: bool,
+    cpus: int | None,
+) -> Progress:
     handler = build_handler(args.handler_name, args.json_keys)
     columns = handler.input_columns(available_columns(source), source.files[0])
     writers: dict[str, IndexedDatasetWriter] = {}
@@ -103,18 +217,11 @@ def encode_source(
     progress = Progress(args.log_interval)
     bar = None
     try:
-        for key, prefix in prefixes.items():
-            writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
-        _worker_tokenizer = tokenizer  # inherited by forked workers
         # Before the progress bar: its monitor thread would make mp_context() choose the fork server.
         plan = plan_workers(args.workers, cpus)
         if show_progress:
             _log(plan.describe())
-        pool = mp_context().Pool(
-            plan.processes,
-            initializer=_init_worker,
-            initargs=(tokenizer.path, tokenizer.append_eod, plan.threads),
-        )
+        pool = mp_context().Pool(plan.processes, initializer=_init_worker, initargs=(spec, plan.threads))
         rows_total = total_rows(source)
         if show_progress:
             from tqdm import tqdm
@@ -130,6 +237,7 @@ def encode_source(
 
         def tasks() -> Iterator:
             nonlocal skipped_shown
+            first = True
             for batch in iter_batches(source, columns, BATCH_ROWS, args.skip_bad_rows):
                 for message in batch.skipped:
                     progress.skipped += 1
@@ -145,11 +253,21 @@ def encode_source(
                     progress.nonempty[key] = progress.nonempty.get(key, 0) + sum(1 for t in values if t)
                 parts = list(_split_tasks(texts, batch.num_rows))
                 for i, part in enumerate(parts):
-                    yield part, (batch.bytes_read if i == len(parts) - 1 else 0)
+                    yield part, (batch.bytes_read if i == len(parts) - 1 else 0, part if first else None)
+                    first = False
 
-        for result, input_bytes in ordered_results(pool, tasks(), 2 * plan.processes + 2, _encode_task):
+        tokenizer = None
+        for (ids, backend), (input_bytes, first_texts) in ordered_results(
+            pool, tasks(), 2 * plan.processes + 2, _encode_task, before_first_wait=loader.get
+        ):
+            if tokenizer is None:
+                tokenizer = loader.get()
+                _check_first_result(tokenizer, spec, ids, backend, first_texts)
+                for key, prefix in prefixes.items():
+                    writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
             documents = tokens = 0
-            for key, (flat, lengths) in result.items():
+            for key, (flat, lengths) in ids.items():
+                flat, lengths = tokenizer.finish(flat, lengths)
                 writers[key].add_documents(flat, lengths)
                 documents, tokens = len(lengths), tokens + flat.size
                 progress.key_tokens[key] = progress.key_tokens.get(key, 0) + int(flat.size)
@@ -243,17 +361,13 @@ def preprocess(args: argparse.Namespace) -> dict[str, str]:
         return _preprocess_instruction(source, args)
     handler = build_handler(args.handler_name, args.json_keys)
     handler.input_columns(available_columns(source), source.files[0])  # fail before any work
-    tokenizer = DocumentTokenizer(args.tokenizer_name_or_path, args.append_eod)
-    _log(
-        f"tokenizer {args.tokenizer_name_or_path}: {type(tokenizer.hf).__name__}, vocabulary "
-        f"{tokenizer.vocab_size} -> {tokenizer.dtype.name} tokens"
-        + (f", EOD id {tokenizer.eod}" if args.append_eod else "")
-    )
+    check_tokenizer_path(args.tokenizer_name_or_path)
+    tokenizer = TokenizerLoader(args.tokenizer_name_or_path, args.append_eod)
     _ensure_output_dir(args.output_prefix)
     prefixes = output_prefixes(args.output_prefix, handler.output_keys)
     check_output_not_input(args.output_prefix, source.files, prefixes.values())
     if args.n_subs > 1:
-        progress = _encode_subsets(source, args, tokenizer, prefixes)
+        progress = _encode_subsets(source, args, tokenizer.get(), prefixes)
     else:
         progress = encode_source(source, args, tokenizer, prefixes)
     if progress.skipped:
@@ -341,7 +455,8 @@ def _subset_main(
 
 def _run_subset(source: InputSource, args: argparse.Namespace, tokenizer, prefixes, queue, cpus: int) -> None:
     try:
-        progress = encode_source(source, args, tokenizer, prefixes, show_progress=False, require_tokens=False,
+        loaded = TokenizerLoader(tokenizer.path, tokenizer.append_eod, tokenizer)
+        progress = encode_source(source, args, loaded, prefixes, show_progress=False, require_tokens=False,
                                  cpus=cpus)
         queue.put(("ok", progress.documents, progress.tokens, progress.input_bytes, progress.skipped,
                    progress.nonempty, progress.key_tokens))

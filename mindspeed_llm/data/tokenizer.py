@@ -3,15 +3,23 @@
 Ids match Megatron-LM's ``HuggingFaceTokenizer`` (``tokenizer(text).input_ids``; vocabulary size
 ``len(tokenizer)``; EOD = the tokenizer's EOS). For fast tokenizers the batch goes straight to the
 ``tokenizers`` backend (``encode_batch_fast``), which is what ``PreTrainedTokenizerFast.__call__``
-does internally minus building Python dicts of masks; the first batch in every process is checked
-against ``tokenizer(text).input_ids`` and any difference switches to the plain call.
+does internally minus building Python dicts of masks and offsets; the first batch is checked against
+``tokenizer(text).input_ids`` and any difference switches to the plain call.
+
+Tokenizer worker processes need only ``tokenizers``, not transformers (whose import pulls in torch): a
+:class:`BackendSpec` says what they build their backend from. The text path starts its workers on the
+folder's ``tokenizer.json`` before the main process has loaded the HF tokenizer (a *speculative* spec) and
+keeps their ids only when :func:`same_encoding` finds that backend encodes as the HF tokenizer's own does.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,8 +34,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 _CHECK_DOCS = 8
 
 
-def load_hf_tokenizer(path: str) -> Any:
-    """``AutoTokenizer.from_pretrained(path)`` from local files, with errors a user can act on."""
+def check_tokenizer_path(path: str) -> None:
+    """The mistakes found without loading anything: no such folder, or no tokenizer file in it."""
     flag = "--tokenizer-name-or-path"
     if not os.path.exists(path):
         raise PreprocessError(
@@ -39,6 +47,12 @@ def load_hf_tokenizer(path: str) -> Any:
             f"{flag} {path}: the folder holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
             "copy the tokenizer files of the HF model there"
         )
+
+
+def load_hf_tokenizer(path: str) -> Any:
+    """``AutoTokenizer.from_pretrained(path)`` from local files, with errors a user can act on."""
+    flag = "--tokenizer-name-or-path"
+    check_tokenizer_path(path)
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -68,35 +82,54 @@ class DocumentTokenizer:
                 f"--append-eod: the tokenizer in {path} has no EOS token; set eos_token in its "
                 "tokenizer_config.json or drop --append-eod"
             )
-        self._backend = self._fast_backend()
+        self._backend: Any = None  # built on the first encode (the instruction path never needs it)
+        self._backend_built = False
         self._checked = False
 
-    def _fast_backend(self) -> Any:
-        """A copy of the ``tokenizers`` backend set up as ``__call__`` uses it, or None."""
+    def backend_spec(self) -> BackendSpec:
+        """What a worker builds this tokenizer's encoding from: its backend serialized, or (a class that
+        encodes text its own way, a slow tokenizer) the HF tokenizer itself, loaded by path."""
+        if not self._encodes_with_backend():
+            return BackendSpec(hf_path=self.path)
+        return BackendSpec(json_text=self.hf.backend_tokenizer.to_str(),
+                           encode_special_tokens=self._split_special_tokens())
+
+    def _split_special_tokens(self) -> bool:
+        return bool(getattr(self.hf, "split_special_tokens", False))
+
+    def _encodes_with_backend(self) -> bool:
         try:
             from transformers import PreTrainedTokenizerFast
         except ImportError:  # pragma: no cover - transformers always ships it
-            return None
+            return False
         if not isinstance(self.hf, PreTrainedTokenizerFast):
-            return None
-        if type(self.hf)._encode_plus is not PreTrainedTokenizerFast._encode_plus:
-            return None  # the class changes how text is encoded: use its own call
-        from tokenizers import Tokenizer
+            return False
+        # a class that changes how text is encoded: use its own call
+        return type(self.hf)._encode_plus is PreTrainedTokenizerFast._encode_plus
 
-        backend = Tokenizer.from_str(self.hf.backend_tokenizer.to_str())
-        backend.no_truncation()
-        backend.no_padding()
-        backend.encode_special_tokens = bool(getattr(self.hf, "split_special_tokens", False))
-        return backend
+    def _fast_backend(self) -> Any:
+        """A copy of the ``tokenizers`` backend set up as ``__call__`` uses it, or None."""
+        if not self._encodes_with_backend():
+            return None
+        return self.backend_spec().build()
+
+    def same_encoding(self, backend_json: str, encode_special_tokens: bool) -> bool:
+        """Whether a ``tokenizers`` backend serialized as ``backend_json`` gives this tokenizer's ids."""
+        if not self._encodes_with_backend() or encode_special_tokens != self._split_special_tokens():
+            return False
+        return _encoding_parts(backend_json) == _encoding_parts(self.hf.backend_tokenizer.to_str())
 
     def reference_ids(self, text: str) -> list[int]:
         """Ids exactly as Megatron-LM computes them for one document (without EOD)."""
         return self.hf(text).input_ids
 
     def _ids_lists(self, texts: list[str]) -> list[list[int]]:
+        if not self._backend_built:
+            self._backend_built = True
+            self._backend = self._fast_backend()
         if self._backend is None:
             return self.hf(texts).input_ids if texts else []
-        ids = [enc.ids for enc in self._backend.encode_batch_fast(texts, add_special_tokens=True)]
+        ids = self._backend.ids(texts)
         if not self._checked:
             self._checked = True
             sample = range(min(_CHECK_DOCS, len(texts)))
@@ -106,12 +139,17 @@ class DocumentTokenizer:
                 return self._ids_lists(texts)
         return ids
 
+    def check_ids(self, texts: list[str], ids: list[list[int]]) -> bool:
+        """Whether ids computed elsewhere equal ``tokenizer(text).input_ids`` on the first few texts."""
+        return all(ids[i] == self.reference_ids(texts[i]) for i in range(min(_CHECK_DOCS, len(texts))))
+
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat token ids (in the dataset dtype) and per-document lengths (EOD included)."""
-        ids = self._ids_lists(texts)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        total = int(lengths.sum())
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+        return self.finish(*flatten_ids(self._ids_lists(texts)))
+
+    def finish(self, flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A worker's flat ids and lengths with EOD appended to each non-empty document (``--append-eod``),
+        checked against and cast to the dataset dtype."""
         if self.append_eod:
             nonempty = lengths > 0
             flat = np.insert(flat, np.cumsum(lengths)[nonempty], self.eod)
@@ -122,3 +160,113 @@ class DocumentTokenizer:
                 f"{self.dtype} (vocabulary size {self.vocab_size}); the tokenizer's ids exceed its length"
             )
         return flat.astype(self.dtype), lengths
+
+
+def flatten_ids(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document id lists -> one flat array (uint32 when the ids fit, as ``tokenizers``' always do: half
+    the bytes through the pipe) and per-document lengths."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    if flat.size and 0 <= flat.min() and flat.max() <= np.iinfo(np.uint32).max:
+        flat = flat.astype(np.uint32)
+    return flat, lengths
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a tokenizer worker encodes with: a ``tokenizers`` backend from a tokenizer.json file
+    (``json_path``: speculative, before the HF tokenizer is loaded) or from serialized text (``json_text``),
+    or else the HF tokenizer's own call, loaded by path (``hf_path``)."""
+
+    json_path: str | None = None
+    json_text: str | None = None
+    encode_special_tokens: bool = False
+    hf_path: str | None = None
+
+    @property
+    def speculative(self) -> bool:
+        return self.json_path is not None
+
+    def build(self) -> BackendEncoder | None:
+        """The ``tokenizers.Tokenizer`` set up as ``PreTrainedTokenizerFast.__call__`` uses its own; None for
+        ``hf_path``."""
+        if self.hf_path is not None:
+            return None
+        from tokenizers import Tokenizer
+
+        if self.json_path is not None:
+            backend = Tokenizer.from_file(self.json_path)
+        else:
+            backend = Tokenizer.from_str(self.json_text)
+        backend.no_truncation()
+        backend.no_padding()
+        backend.encode_special_tokens = self.encode_special_tokens
+        return BackendEncoder(backend)
+
+
+# A character at or beyond U+0300: below it no character changes under NFC and none is a combining mark or
+# otherwise composes with a neighbour (the first combining marks, the first composition exclusions and
+# Hangul's jamo all lie beyond), so a text of such characters alone is its own NFC in every Unicode version.
+_MAY_CHANGE_UNDER_NFC = re.compile("[^\x00-\u02ff]")
+
+
+class BackendEncoder:
+    """A ``tokenizers.Tokenizer``'s ids for a batch of texts (``encode_batch_fast``: no offsets).
+
+    A backend whose normalizer is NFC alone (Qwen2's) encodes the texts that NFC leaves unchanged with the
+    normalizer switched off: the same ids for about 15% less CPU time (measured on code and docs)."""
+
+    def __init__(self, backend: Any) -> None:
+        from tokenizers import normalizers
+
+        self.backend = backend
+        self._nfc = backend.normalizer if isinstance(backend.normalizer, normalizers.NFC) else None
+
+    def to_str(self) -> str:
+        return self.backend.to_str()
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [enc.ids for enc in self.backend.encode_batch_fast(texts, add_special_tokens=True)]
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, as ``backend.encode(text).ids``."""
+        if self._nfc is None:
+            return self._encode(texts)
+        unchanged = [t.isascii() or _MAY_CHANGE_UNDER_NFC.search(t) is None for t in texts]
+        plain = [t for t, u in zip(texts, unchanged) if u]
+        if not plain:
+            return self._encode(texts)
+        self.backend.normalizer = None
+        try:
+            plain_ids = iter(self._encode(plain))
+        finally:
+            self.backend.normalizer = self._nfc
+        if len(plain) == len(texts):
+            return list(plain_ids)
+        other_ids = iter(self._encode([t for t, u in zip(texts, unchanged) if not u]))
+        return [next(plain_ids) if u else next(other_ids) for u in unchanged]
+
+
+def speculative_spec(path: str) -> BackendSpec | None:
+    """The folder's tokenizer.json, which workers may start on before the HF tokenizer is loaded; None when
+    there is none (the HF tokenizer is loaded first and its backend sent)."""
+    json_path = os.path.join(path, "tokenizer.json")
+    return BackendSpec(json_path=json_path) if os.path.isfile(json_path) else None
+
+
+# Settings of a serialized backend that do not change ids: the decoder, and ByteLevel's offset trimming.
+_NOT_ENCODING = ("decoder", "truncation", "padding")
+
+
+def _encoding_parts(backend_json: str) -> Any:
+    """A serialized backend without the settings that only shape offsets or decoding."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "trim_offsets"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    data = json.loads(backend_json)
+    return strip({k: v for k, v in data.items() if k not in _NOT_ENCODING})

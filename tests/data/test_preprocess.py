@@ -275,7 +275,12 @@ def test_n_subs_equals_single_pass(tmp_path, bpe_tokenizer):
 
 
 def test_normalizer_in_tokenizer_is_applied(tmp_path, nfc_tokenizer):
-    texts = ["cafe\u0301 (decomposed)", "café (composed)", "A\u030angstro\u0308m"]
+    """NFC is skipped only for texts it leaves unchanged (ASCII, characters below U+0300): texts that it
+    changes (a combining accent, Hangul jamo) in the same batch still get the normalized ids."""
+    from tokenizers import Tokenizer
+
+    texts = ["cafe\u0301 (decomposed)", "café (composed)", "A\u030angstro\u0308m", "plain ascii", "naïve ā",
+             "\u1100\u1161 jamo", "", "The quick brown fox"]
     src = write_jsonl([{"text": t} for t in texts], str(tmp_path / "in"))
     assert (
         run("--input", src, "--tokenizer-name-or-path", nfc_tokenizer, "--output-prefix", tmp_path / "o") == 0
@@ -284,6 +289,43 @@ def test_normalizer_in_tokenizer_is_applied(tmp_path, nfc_tokenizer):
     docs = read_documents(str(tmp_path / "o_text_document"))
     assert docs == expected_documents(hf, texts, False)
     assert docs[0][:4] == hf("café").input_ids[:4]
+    # Teeth: without the normalizer the changed texts would get other ids.
+    bare = Tokenizer.from_file(os.path.join(nfc_tokenizer, "tokenizer.json"))
+    bare.normalizer = None
+    for i in (0, 2, 5):
+        assert bare.encode(texts[i]).ids != docs[i], texts[i]
+
+
+def test_workers_start_on_tokenizer_json_and_rerun_when_the_hf_tokenizer_differs(tmp_path, bpe_tokenizer,
+                                                                                   capsys):
+    """Workers tokenize with the folder's tokenizer.json while transformers loads; when tokenizer_config.json
+    changes the encoding (here: an added token), the input is tokenized again with the HF tokenizer's."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    texts = [r["text"] for r in ROWS]
+    src = write_jsonl(ROWS, str(tmp_path / "in"))
+    assert run("--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", tmp_path / "a",
+               "--workers", 2, "--append-eod") == 0
+    assert "tokenizing again" not in capsys.readouterr().err  # the folder's tokenizer.json was kept
+    folder = tmp_path / "tok_added"
+    shutil.copytree(bpe_tokenizer, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.setdefault("added_tokens_decoder", {})["400"] = {
+        "content": "quick brown", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "special": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert run("--input", src, "--tokenizer-name-or-path", folder, "--output-prefix", tmp_path / "b",
+               "--workers", 2, "--append-eod") == 0
+    assert "tokenizing again with the HF tokenizer's own backend" in capsys.readouterr().err
+    hf = AutoTokenizer.from_pretrained(folder)
+    docs = read_documents(str(tmp_path / "b_text_document"))
+    assert docs == expected_documents(hf, texts, True)
+    assert 400 in docs[-1]
+    # Teeth: tokenizer.json alone splits the added token.
+    assert 400 not in Tokenizer.from_file(str(folder / "tokenizer.json")).encode(texts[-1]).ids
 
 
 @pytest.mark.slow
