@@ -22,7 +22,7 @@ Three launches:
 
 Checked: the first step's lm loss equals peft's (relative 1e-5); the logged load-balancing loss equals the
 hand computation and is the same padded to 48 or 96 (relative 1e-5); the adapter's step equals -(peft's
-gradient of lm loss + coeff * aux loss) (relative 1e-4 of the largest entry: the difference of two fp32
+gradient of lm loss + coeff * aux loss) (relative 1e-5 of the largest entry: the difference of two fp32
 adapters); the exported adapter loads in peft and gives the logits of peft's own stepped adapter. Teeth:
 the adapter scaling alpha / r doubled, a dropped target (o_proj), padding counted in the aux loss and the aux
 loss's gradient left out each move the compared value by far more than its tolerance. Adapters on the experts
@@ -54,7 +54,7 @@ LENGTHS = [(6, 20), (10, 14), (4, 30), (12, 18)]  # (prompt, answer) tokens: eve
 PAD = VOCAB - 1  # NullTokenizer's EOD, the pad id of SFT batches (the samples use ids 3..VOCAB-2)
 COEFF = 0.1  # --moe-aux-loss-coeff: large enough that its gradient shows in the adapter's
 REL = 1e-5
-GRAD_REL = 1e-4
+GRAD_REL = 1e-5  # measured 6e-7
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA = ["--lora-target-modules", "linear_qkv", "linear_proj", "--lora-r", "4", "--lora-alpha", "8"]
 _AUX = re.compile(r"iteration\s+1/.*? load_balancing_loss: (\S+) \|")
