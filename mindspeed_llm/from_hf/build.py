@@ -157,6 +157,7 @@ def _ensure_weights(
         info={"convert_ckpt.py": argv},
         shared_note=note,
         speaks=speaks,
+        wait_minutes=args.cache_wait_minutes,
     )
 
 
@@ -203,6 +204,7 @@ def _ensure_data(
         info={"preprocess_data.py": argv},
         shared_note=note,
         speaks=speaks,
+        wait_minutes=args.cache_wait_minutes,
     )
 
 

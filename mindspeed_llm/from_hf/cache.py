@@ -152,20 +152,29 @@ def ensure(
     info: dict | None = None,
     shared_note: str = "",
     speaks: bool = True,
+    wait_minutes: float | None = None,
 ) -> bool:
     """Make ``final`` a complete cache of ``key``: reuse it, build it (``builder``) or wait for it.
 
     ``build(folder)`` writes the cache into ``folder`` (which does not exist yet). Returns True when this
     process built it. ``fix`` ends the line of a cache location that cannot be written. ``speaks``: this
     process says what it reuses or waits for (one process per node: the others would repeat its lines).
+    ``wait_minutes``: how long a process that does not build waits for the cache (--cache-wait-minutes)
+    before it stops with one line (None: as long as it takes).
     """
     if is_complete(final, key):
         if speaks or builder:
             log(f"> {what}: reusing {final} (built {read_marker(final).get('built')}; its sources unchanged)")
         return False
     if not builder:
-        noted = time.monotonic()
+        noted = started = time.monotonic()
         while not is_complete(final, key):
+            if wait_minutes is not None and time.monotonic() - started > wait_minutes * 60:
+                raise FromHfError(
+                    f"{what}: waited {wait_minutes:g} min for {final}{shared_note} and it is not complete: "
+                    "the building rank failed or is still building (see its output); raise "
+                    "--cache-wait-minutes for a longer build"
+                )
             if speaks and time.monotonic() - noted > _WAIT_NOTE_S:
                 log(f"> {what}: waiting for {final}{shared_note}")
                 noted = time.monotonic()

@@ -43,6 +43,7 @@ RAW_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
 CACHE_SUFFIX = ".mindspeed_cache"  # data caches: <prefix base>.mindspeed_cache-<settings hash>/
 MARKER = ".mindspeed_llm_cache.json"  # inside a published cache: what made it (its key)
 CACHE_VERSION = 1
+DEFAULT_CACHE_WAIT_MINUTES = 60.0
 
 # HF architectures -> the --model-type-hf value inferred when the flag is absent (models/families.py's rows).
 _ARCHITECTURE_TYPES = ARCHITECTURE_MODEL_TYPE_HF
@@ -117,6 +118,13 @@ def add_from_hf_flags(parser: argparse.ArgumentParser) -> None:
         "--save-lora-to-hf",
         action="store_true",
         help="LoRA runs: the HF copies are peft adapter folders (default: weights merged into the base)",
+    )
+    g.add_argument(
+        "--cache-wait-minutes",
+        type=float,
+        default=DEFAULT_CACHE_WAIT_MINUTES,
+        help="how long the ranks that do not build a start-up cache wait for it before stopping with an "
+        f"error (default {DEFAULT_CACHE_WAIT_MINUTES:g}: a builder that died must not leave them waiting)",
     )
     g = parser.add_argument_group(PREPROCESS_TITLE)
     g.add_argument(
@@ -411,6 +419,8 @@ def plan_from_args(args: argparse.Namespace) -> FromHfPlan:
             "--enable-mg2hf-convert reads every rank's save files in one process: it needs --save on "
             "storage all nodes share; drop --no-shared-storage or the HF copies"
         )
+    if not args.cache_wait_minutes > 0:
+        raise FromHfError(f"--cache-wait-minutes {args.cache_wait_minutes:g}: must be positive")
     raw, data_path = _raw_sources(args)
     unused = () if raw else tuple(_given_preprocess_flags(args))
     return FromHfPlan(

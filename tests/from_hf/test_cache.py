@@ -228,3 +228,20 @@ def test_an_unwritable_cache_location_is_one_line_and_nothing_is_left(setup, cap
     assert not glob.glob(str(raw.parent / "*staging*")) and not [
         d for d in glob.glob(str(raw.parent / "rows.mindspeed_cache-*")) if not d.endswith(".lock")
     ]
+
+
+def test_a_rank_waiting_for_a_builder_that_never_publishes_stops_with_one_line(setup, monkeypatch, capsys):
+    # Global rank 1 of a launch waits for rank 0's caches; here rank 0 never builds them (it died).
+    hf, raw = setup
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    started = time.monotonic()
+    with pytest.raises(ArgumentError) as info:
+        prepare(flags(hf, raw, "--cache-wait-minutes", "0.01"), capsys)
+    message = str(info.value)
+    assert time.monotonic() - started < 30 and "\n" not in message
+    assert message.startswith(f"HF -> Megatron checkpoint: waited 0.01 min for {hf}/megatron_cache_tp1pp1ep1")
+    assert "--cache-wait-minutes" in message and "--no-shared-storage" in message
+    assert not (hf / "megatron_cache_tp1pp1ep1").exists()  # it waited: nothing built, nothing written
+    with pytest.raises(ArgumentError, match="--cache-wait-minutes 0: must be positive"):
+        prepare(flags(hf, raw, "--cache-wait-minutes", "0"), capsys)
