@@ -11,7 +11,6 @@ never a folder mistaken for complete; the next build removes it. Builders take a
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import hashlib
@@ -23,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from mindspeed_llm.from_hf.config import CACHE_VERSION, MARKER, FromHfError
+from mindspeed_llm.io_errors import describe_os_error
 
 _WAIT_NOTE_S = 30.0
 
@@ -74,12 +74,22 @@ def _staging_base(final: str, source: str | None) -> str:
 
 
 def _cannot_write(where: str, exc: OSError, fix: str) -> FromHfError:
-    reason = (
-        "no space left on the device"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else (exc.strerror or str(exc))
+    return FromHfError(
+        f"cannot write the cache {where} ({describe_os_error(exc)}); nothing was left half-written: {fix}"
     )
-    return FromHfError(f"cannot write the cache {where} ({reason}); nothing was left half-written: {fix}")
+
+
+def _check_writable(final: str, base: str, fix: str) -> None:
+    """The folders the cache and its staging go to take a new file (before minutes of building)."""
+    for folder in dict.fromkeys((os.path.dirname(os.path.abspath(final)), os.path.dirname(base))):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = os.path.join(folder, f".mindspeed_llm_write_probe-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("probe")
+            os.remove(probe)
+        except OSError as exc:
+            raise _cannot_write(final, exc, fix) from None
 
 
 @contextlib.contextmanager
@@ -181,6 +191,7 @@ def ensure(
             time.sleep(0.1)
         return False
     base = _staging_base(final, source)
+    _check_writable(final, base, fix)
     with _locked(f"{base}.lock", what, fix):
         if is_complete(final, key):
             log(f"> {what}: reusing {final} (built by another launch meanwhile)")
