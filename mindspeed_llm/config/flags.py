@@ -35,6 +35,14 @@ KERNEL_ONLY_FLAGS = (
     "no_async_tensor_model_parallel_allreduce", "no_create_attention_mask_in_dataloader",
     "moe_permutation_async_comm",
 )
+# MindSpeed-LLM's options that need MindSpeed's Ascend libraries, which no device here has: accepted, and the
+# run goes on without them (the same values, as the text says), announced once (:func:`fallback_option_note`).
+ASCEND_OPTIONS = {
+    "reuse_fp32_param": "the fp32 main parameters are kept beside the bf16 ones instead of sharing their "
+    "memory: the same values, more memory",
+    "use_ascend_coc": "tensor-parallel communication is not overlapped with the matrix products: the same "
+    "values",
+}
 FEATURE_KERNEL_FLAGS = ("use_flash_attn", "use_fused_rmsnorm", "use_fused_rotary_pos_emb", "use_fused_swiglu")
 
 # megatron-core's TransformerConfig.cp_comm_type of each --context-parallel-algo ('a2a+p2p': hierarchical CP).
@@ -160,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="megatron-core's fused (torch.compile'd) vocab-parallel cross entropy")
     g.add_argument("--calculate-per-token-loss", action="store_true",
                    help="scale gradients by the global batch's token count instead of per micro-batch means")
+    g.add_argument("--spec", nargs="*", default=None, metavar="MODULE NAME",
+                   help="the layer spec, as Megatron-LM / MindSpeed-LLM name it: local, or MindSpeed-LLM's "
+                        "mindspeed_llm.tasks.models.spec.qwen3_spec layer_spec (Qwen3) or qwen2_moe_spec "
+                        "(Qwen2-MoE); the family's megatron-core local layer is built, which these name")
 
     add_moe_flags(p)
 
@@ -180,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-async-tensor-model-parallel-allreduce", action="store_true")
     g.add_argument("--use-fused-ring-attention-update", action="store_true")
     g.add_argument("--use-cp-send-recv-overlap", action="store_true")
+    g.add_argument("--use-ascend-coc", action="store_true",
+                   help="MindSpeed's Ascend communication-over-computation for TP layers: not available "
+                        "here, the run goes on without it (announced)")
 
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -219,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("precision")
     g.add_argument("--bf16", action="store_true")
+    g.add_argument("--reuse-fp32-param", action="store_true",
+                   help="MindSpeed's bf16/fp32 parameter memory sharing (needs --bf16 and "
+                        "--use-distributed-optimizer): not available here, the run goes on without it "
+                        "(announced)")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true")
     g.add_argument("--loss-scale", type=float, default=None)
@@ -456,6 +475,16 @@ def kernel_noop_flags(args: argparse.Namespace, device: str) -> list[str]:
     ):
         names.append(f"distributed_backend={args.distributed_backend} (the {device} backend is used)")
     return ["--" + n.replace("_", "-") for n in names]
+
+
+def fallback_option_note(args: argparse.Namespace, device: str) -> str | None:
+    """The one line naming MindSpeed's Ascend options given on this launch and what runs instead (or None)."""
+    given = [n for n in ASCEND_OPTIONS if getattr(args, n, False)]
+    if not given:
+        return None
+    parts = "; ".join(f"--{n.replace('_', '-')} ({ASCEND_OPTIONS[n]})" for n in given)
+    return f"NOTE: MindSpeed's Ascend options are not available on {device} (no MindSpeed kernels); " \
+        f"running without them: {parts}"
 
 
 # ---- inference.py ------------------------------------------------------------------------------------------

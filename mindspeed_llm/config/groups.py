@@ -98,6 +98,7 @@ class ModelGroup:
     cross_entropy_loss_fusion: bool = setting(megatron="cross_entropy_loss_fusion")
     calculate_per_token_loss: bool = setting(megatron="calculate_per_token_loss")
     transformer_impl: str = setting()
+    spec: tuple | None = setting()  # --spec: checked against the family (models/names.LAYER_SPECS)
 
     def rope_scaling(self, recorded: Mapping | None) -> dict | None:
         """RoPE scaling of the run: the checkpoint's ``recorded`` one exactly, completed or contradicted by
@@ -243,6 +244,7 @@ class KernelsGroup:
     no_async_tensor_model_parallel_allreduce: bool = setting()
     use_fused_ring_attention_update: bool = setting()
     use_cp_send_recv_overlap: bool = setting()
+    use_ascend_coc: bool = setting()  # MindSpeed (Ascend): not available, announced (flags)
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,7 @@ class PrecisionGroup:
 
     bf16: bool = setting(megatron="bf16")
     fp16: bool = setting()
+    reuse_fp32_param: bool = setting()  # MindSpeed (Ascend): not available, announced (flags)
     accumulate_allreduce_grads_in_fp32: bool = setting()
     loss_scale: float | None = setting()
     initial_loss_scale: float = setting()

@@ -118,7 +118,9 @@ def check_paths(args: argparse.Namespace) -> None:
         from mindspeed_llm.dpo.config import DpoError, check_pairwise_prefix
 
         try:
-            check_pairwise_prefix(split_data_path(args.data_path)[0][0])
+            prefix = split_data_path(args.data_path)[0][0]
+            if not is_cache_prefix(prefix):  # a raw file, preprocessed at start-up (mindspeed_llm.from_hf)
+                check_pairwise_prefix(prefix)
         except DpoError as exc:
             raise ArgumentError(str(exc)) from None
         instruction = True  # the prefix is not one indexed dataset

@@ -38,6 +38,7 @@ from mindspeed_llm.dpo.config import STAGES as DPO_STAGES
 from mindspeed_llm.dpo.config import check_dpo_flags
 from mindspeed_llm.from_hf.config import FromHfError, check_from_hf_flags
 from mindspeed_llm.lora.config import check_lora_flags
+from mindspeed_llm.models.names import LAYER_SPECS
 
 
 def apply_defaults(args: argparse.Namespace, defaults: Mapping[str, Any] | None) -> argparse.Namespace:
@@ -160,6 +161,13 @@ def check_args(args: argparse.Namespace, world_size: int, *, training: bool = Tr
     except ValueError as exc:  # the LoRA module's own error type: one line like every refused launch
         raise ArgumentError(str(exc)) from None
     _take_from_hf_caches(args)
+    _check_spec(args)
+    if args.reuse_fp32_param and not (args.bf16 and args.use_distributed_optimizer):
+        raise ArgumentError(
+            "--reuse-fp32-param shares the bf16 parameters' memory with the distributed optimizer's "
+            "fp32 copies: it needs --bf16 and --use-distributed-optimizer (MindSpeed-LLM's rule): add "
+            "them or drop it"
+        )
     try:
         check_dpo_flags(args)
     except ValueError as exc:  # the DPO module's own error type
@@ -446,6 +454,25 @@ def _take_from_hf_caches(args: argparse.Namespace) -> None:
     args.enable_mg2hf_convert = plan.mg2hf
     if plan.data_path is not None:
         args.data_path = list(plan.data_path)
+
+
+def _check_spec(args: argparse.Namespace) -> None:
+    """--spec names the layer of a family we build (models/names.LAYER_SPECS), and of this launch's family."""
+    if args.spec is None:
+        return
+    spec = tuple(args.spec)
+    if spec not in LAYER_SPECS:
+        known = " | ".join(" ".join(k) for k in LAYER_SPECS)
+        raise ArgumentError(
+            f"--spec {' '.join(spec) or '(empty)'} is not a layer spec built here: the model is its family's "
+            f"megatron-core local layer; use one of {known}, or drop --spec"
+        )
+    families = LAYER_SPECS[spec]
+    if families and args.model_type_hf and args.model_type_hf not in families:
+        raise ArgumentError(
+            f"--spec {' '.join(spec)} is the layer of {' / '.join(families)}, not of --model-type-hf "
+            f"{args.model_type_hf}: drop --spec (each family builds its own layer)"
+        )
 
 
 def _check_instruction_flags(args: argparse.Namespace) -> None:

@@ -133,8 +133,18 @@ def _run_converter(argv: list[str], progress: bool) -> str:
     opts = options_from_args(build_parser().parse_args(argv if progress else [*argv, "--no-progress"]))
     try:
         return convert(opts)
-    except (CheckpointError, OutputWriteError, LoraError, UnsupportedModelError) as exc:
+    except OutputWriteError as exc:
+        raise _write_error(exc) from None
+    except (CheckpointError, LoraError, UnsupportedModelError) as exc:
         raise FromHfError(str(exc)) from None
+
+
+def _write_error(exc: Exception) -> Exception:
+    """A tool's failed write: the OSError behind it (``cache.ensure`` names the cache and the fix), else its
+    line."""
+    from mindspeed_llm.io_errors import os_error_of
+
+    return os_error_of(exc) or FromHfError(str(exc))
 
 
 def _ensure_weights(
@@ -157,6 +167,7 @@ def _ensure_weights(
         info={"convert_ckpt.py": argv},
         shared_note=note,
         speaks=speaks,
+        wait_minutes=args.cache_wait_minutes,
     )
 
 
@@ -190,7 +201,7 @@ def _ensure_data(
         except PreprocessError as exc:
             raise FromHfError(f"--data-path {source.path}: {exc}") from None
         except OutputWriteError as exc:
-            raise FromHfError(str(exc)) from None
+            raise _write_error(exc) from None
 
     fix = "give --output-prefix PREFIX on writable storage with room for the preprocessed data"
     cache.ensure(
@@ -203,6 +214,7 @@ def _ensure_data(
         info={"preprocess_data.py": argv},
         shared_note=note,
         speaks=speaks,
+        wait_minutes=args.cache_wait_minutes,
     )
 
 

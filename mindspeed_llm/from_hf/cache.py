@@ -11,7 +11,6 @@ never a folder mistaken for complete; the next build removes it. Builders take a
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import hashlib
@@ -23,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from mindspeed_llm.from_hf.config import CACHE_VERSION, MARKER, FromHfError
+from mindspeed_llm.io_errors import describe_os_error
 
 _WAIT_NOTE_S = 30.0
 
@@ -74,12 +74,22 @@ def _staging_base(final: str, source: str | None) -> str:
 
 
 def _cannot_write(where: str, exc: OSError, fix: str) -> FromHfError:
-    reason = (
-        "no space left on the device"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else (exc.strerror or str(exc))
+    return FromHfError(
+        f"cannot write the cache {where} ({describe_os_error(exc)}); nothing was left half-written: {fix}"
     )
-    return FromHfError(f"cannot write the cache {where} ({reason}); nothing was left half-written: {fix}")
+
+
+def _check_writable(final: str, base: str, fix: str) -> None:
+    """The folders the cache and its staging go to take a new file (before minutes of building)."""
+    for folder in dict.fromkeys((os.path.dirname(os.path.abspath(final)), os.path.dirname(base))):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            probe = os.path.join(folder, f".mindspeed_llm_write_probe-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("probe")
+            os.remove(probe)
+        except OSError as exc:
+            raise _cannot_write(final, exc, fix) from None
 
 
 @contextlib.contextmanager
@@ -152,26 +162,36 @@ def ensure(
     info: dict | None = None,
     shared_note: str = "",
     speaks: bool = True,
+    wait_minutes: float | None = None,
 ) -> bool:
     """Make ``final`` a complete cache of ``key``: reuse it, build it (``builder``) or wait for it.
 
     ``build(folder)`` writes the cache into ``folder`` (which does not exist yet). Returns True when this
     process built it. ``fix`` ends the line of a cache location that cannot be written. ``speaks``: this
     process says what it reuses or waits for (one process per node: the others would repeat its lines).
+    ``wait_minutes``: how long a process that does not build waits for the cache (--cache-wait-minutes)
+    before it stops with one line (None: as long as it takes).
     """
     if is_complete(final, key):
         if speaks or builder:
             log(f"> {what}: reusing {final} (built {read_marker(final).get('built')}; its sources unchanged)")
         return False
     if not builder:
-        noted = time.monotonic()
+        noted = started = time.monotonic()
         while not is_complete(final, key):
+            if wait_minutes is not None and time.monotonic() - started > wait_minutes * 60:
+                raise FromHfError(
+                    f"{what}: waited {wait_minutes:g} min for {final}{shared_note} and it is not complete: "
+                    "the building rank failed or is still building (see its output); raise "
+                    "--cache-wait-minutes for a longer build"
+                )
             if speaks and time.monotonic() - noted > _WAIT_NOTE_S:
                 log(f"> {what}: waiting for {final}{shared_note}")
                 noted = time.monotonic()
             time.sleep(0.1)
         return False
     base = _staging_base(final, source)
+    _check_writable(final, base, fix)
     with _locked(f"{base}.lock", what, fix):
         if is_complete(final, key):
             log(f"> {what}: reusing {final} (built by another launch meanwhile)")

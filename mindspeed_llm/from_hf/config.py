@@ -30,8 +30,10 @@ from mindspeed_llm.data.handlers import (
     DEFAULT_KEYS,
     HANDLERS,
     INSTRUCTION_HANDLER_NAMES,
+    PAIRWISE_HANDLER_NAMES,
     is_instruction_handler,
 )
+from mindspeed_llm.dpo.config import STAGES as PAIRWISE_STAGES
 from mindspeed_llm.models.names import ARCHITECTURE_MODEL_TYPE_HF, MODEL_TYPE_HF_CHOICES
 
 
@@ -43,6 +45,7 @@ RAW_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".arrow")
 CACHE_SUFFIX = ".mindspeed_cache"  # data caches: <prefix base>.mindspeed_cache-<settings hash>/
 MARKER = ".mindspeed_llm_cache.json"  # inside a published cache: what made it (its key)
 CACHE_VERSION = 1
+DEFAULT_CACHE_WAIT_MINUTES = 60.0
 
 # HF architectures -> the --model-type-hf value inferred when the flag is absent (models/families.py's rows).
 _ARCHITECTURE_TYPES = ARCHITECTURE_MODEL_TYPE_HF
@@ -117,6 +120,13 @@ def add_from_hf_flags(parser: argparse.ArgumentParser) -> None:
         "--save-lora-to-hf",
         action="store_true",
         help="LoRA runs: the HF copies are peft adapter folders (default: weights merged into the base)",
+    )
+    g.add_argument(
+        "--cache-wait-minutes",
+        type=float,
+        default=DEFAULT_CACHE_WAIT_MINUTES,
+        help="how long the ranks that do not build a start-up cache wait for it before stopping with an "
+        f"error (default {DEFAULT_CACHE_WAIT_MINUTES:g}: a builder that died must not leave them waiting)",
     )
     g = parser.add_argument_group(PREPROCESS_TITLE)
     g.add_argument(
@@ -411,6 +421,8 @@ def plan_from_args(args: argparse.Namespace) -> FromHfPlan:
             "--enable-mg2hf-convert reads every rank's save files in one process: it needs --save on "
             "storage all nodes share; drop --no-shared-storage or the HF copies"
         )
+    if not args.cache_wait_minutes > 0:
+        raise FromHfError(f"--cache-wait-minutes {args.cache_wait_minutes:g}: must be positive")
     raw, data_path = _raw_sources(args)
     unused = () if raw else tuple(_given_preprocess_flags(args))
     return FromHfPlan(
@@ -425,7 +437,12 @@ def plan_from_args(args: argparse.Namespace) -> FromHfPlan:
 
 
 def _instruction(args: argparse.Namespace) -> bool:
-    return bool(args.stage == "sft" or args.is_instruction_dataset)
+    """The launch trains on a PREFIX of instruction data (--stage sft) or pairwise data (--stage dpo|...)."""
+    return bool(args.stage == "sft" or args.is_instruction_dataset or _pairwise(args))
+
+
+def _pairwise(args: argparse.Namespace) -> bool:
+    return bool(args.stage in PAIRWISE_STAGES or getattr(args, "is_pairwise_dataset", False))
 
 
 def _raw_sources(args: argparse.Namespace) -> tuple[tuple[RawSource, ...], tuple[str, ...] | None]:
@@ -466,11 +483,25 @@ def _raw_sources(args: argparse.Namespace) -> tuple[tuple[RawSource, ...], tuple
 
 def _check_preprocess_flags(args: argparse.Namespace, instruction: bool) -> None:
     handler = args.handler_name
+    if instruction and _pairwise(args):
+        stage = args.stage or "dpo"
+        if handler not in PAIRWISE_HANDLER_NAMES:
+            raise FromHfError(
+                f"--stage {stage} with a raw --data-path needs a pairwise handler: --handler-name "
+                f"{' or '.join(PAIRWISE_HANDLER_NAMES)}" + (f" (not {handler})" if handler else "")
+            )
+        if args.pack or args.neat_pack:
+            raise FromHfError(f"--pack: pairwise data is not packed (--stage {stage}); drop it")
     if instruction:
         if handler is None or not is_instruction_handler(handler):
             raise FromHfError(
                 f"--stage sft with a raw --data-path needs an instruction handler: --handler-name "
                 f"{' or '.join(INSTRUCTION_HANDLER_NAMES)}" + (f" (not {handler})" if handler else "")
+            )
+        if handler in PAIRWISE_HANDLER_NAMES and not _pairwise(args):
+            raise FromHfError(
+                f"--handler-name {handler} writes preference pairs: train them with posttrain_gpt.py "
+                "--stage dpo, or use AlpacaStyleInstructionHandler for --stage sft"
             )
         if args.prompt_type is None:
             raise FromHfError(f"--handler-name {handler} needs --prompt-type (the chat template), e.g. qwen3")

@@ -17,3 +17,15 @@ ARCHITECTURE_MODEL_TYPE_HF = {
     "MixtralForCausalLM": "mixtral",
     "Phi3ForCausalLM": "phi3",
 }
+
+
+# ``--spec MODULE NAME`` values the training command line accepts: the layer specs MindSpeed-LLM's scripts
+# name, and Megatron-LM's ``local``, each with the --model-type-hf families whose layer it describes (None:
+# any). Every family is built from megatron-core's local layer (models/builder.layer_spec: RMSNorm, q/k norms
+# with --qk-layernorm, megatron's MoE layer with experts), which is the layer each of these names.
+MINDSPEED_SPEC = "mindspeed_llm.tasks.models.spec"
+LAYER_SPECS: dict[tuple[str, ...], tuple[str, ...] | None] = {
+    ("local",): None,
+    (f"{MINDSPEED_SPEC}.qwen3_spec", "layer_spec"): ("qwen3", "qwen3-moe"),
+    (f"{MINDSPEED_SPEC}.qwen2_moe_spec", "layer_spec"): ("qwen2-moe",),
+}

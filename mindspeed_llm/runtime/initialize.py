@@ -14,7 +14,13 @@ import sys
 import numpy as np
 import torch
 
-from mindspeed_llm.config.flags import ArgumentError, given_flags, kernel_noop_flags, parse_args
+from mindspeed_llm.config.flags import (
+    ArgumentError,
+    fallback_option_note,
+    given_flags,
+    kernel_noop_flags,
+    parse_args,
+)
 from mindspeed_llm.config.groups import RunConfig
 from mindspeed_llm.config.namespace import build_namespace
 from mindspeed_llm.config.plan import parallel_layout
@@ -143,6 +149,9 @@ def initialize_megatron(argv: list[str] | None = None, extra_args_provider=None,
         if cpu_malloc.keep_freed_memory():
             logger.info("> host memory: freed blocks stay in the heap for reuse (glibc mmap/trim thresholds "
                         "raised; %s=default keeps glibc's defaults)", cpu_malloc.ENV)
+    fallback = fallback_option_note(args, device)
+    if fallback:
+        logger.info("%s", fallback)
     noops = kernel_noop_flags(args, device)
     if noops:
         logger.info("NOTE: no-op on %s (kernel/backend choices that mean nothing here): %s", device,

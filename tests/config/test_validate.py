@@ -3,10 +3,12 @@ on."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from mindspeed_llm.config.flags import ArgumentError, kernel_noop_flags, parse_args
+from mindspeed_llm.config.flags import ArgumentError, fallback_option_note, kernel_noop_flags, parse_args
 from mindspeed_llm.config.groups import RunConfig, transformer_config
 from mindspeed_llm.config.plan import parallel_layout
 from mindspeed_llm.config.validate import validate_args
@@ -67,6 +69,13 @@ def test_data_parallel_size_and_micro_batches_are_derived():
         ("--overlap-param-gather --overlap-grad-reduce", 1, ["--use-distributed-optimizer"]),
         ("--reset-attention-mask", 1, ["--reset-attention-mask", "posttrain_gpt.py --stage sft"]),
         ("--max-position-embeddings 16", 1, ["--seq-length 32", "--max-position-embeddings 16"]),
+        (
+            "--spec mindspeed_llm.tasks.models.spec.deepseek_spec layer_spec",
+            1,
+            ["--spec mindspeed_llm.tasks.models.spec.deepseek_spec layer_spec", "local |", "qwen3_spec"],
+        ),
+        ("--spec", 1, ["--spec (empty)"]),
+        ("--reuse-fp32-param --bf16", 1, ["--reuse-fp32-param", "--use-distributed-optimizer"]),
         (
             "--override-opt_param-scheduler --use-checkpoint-opt_param-scheduler",
             1,
@@ -224,6 +233,29 @@ def test_kernel_only_flags_are_reported_as_no_ops():
     noops = kernel_noop_flags(args, "cpu")
     assert "--no-gradient-accumulation-fusion" in noops and "--no-masked-softmax-fusion" in noops
     assert any("initial-loss-scale" in n for n in noops) and any("distributed-backend" in n for n in noops)
+
+
+def test_mindspeed_spec_and_ascend_options_are_accepted_with_their_meaning(tmp_path):
+    qwen3 = "--spec mindspeed_llm.tasks.models.spec.qwen3_spec layer_spec"
+    assert args_for(qwen3).spec == ["mindspeed_llm.tasks.models.spec.qwen3_spec", "layer_spec"]
+    assert args_for("--spec local").spec == ["local"]
+    # The spec names a family's layer: an HF folder of another family is refused (the one of Qwen3 is not).
+    for arch, model_type in (("LlamaForCausalLM", "llama"), ("Qwen3ForCausalLM", "qwen3")):
+        hf = tmp_path / model_type
+        hf.mkdir()
+        (hf / "config.json").write_text(json.dumps({"architectures": [arch]}))
+        (hf / "model.safetensors").write_bytes(b"")
+        if model_type == "qwen3":
+            assert args_for(f"{qwen3} --load {hf}").model_type_hf == "qwen3"
+            continue
+        with pytest.raises(ArgumentError) as err:
+            args_for(f"{qwen3} --load {hf}")
+        assert "layer of qwen3 / qwen3-moe, not of --model-type-hf llama" in str(err.value)
+    # MindSpeed's Ascend options: accepted, and the fallback said in one line naming each.
+    args = args_for("--reuse-fp32-param --use-ascend-coc --bf16 --use-distributed-optimizer")
+    note = fallback_option_note(args, "cpu")
+    assert "\n" not in note and "--reuse-fp32-param (" in note and "--use-ascend-coc (" in note
+    assert fallback_option_note(args_for("--bf16"), "cpu") is None
 
 
 def test_transformer_config_follows_the_flags():

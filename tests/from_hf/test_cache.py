@@ -228,3 +228,100 @@ def test_an_unwritable_cache_location_is_one_line_and_nothing_is_left(setup, cap
     assert not glob.glob(str(raw.parent / "*staging*")) and not [
         d for d in glob.glob(str(raw.parent / "rows.mindspeed_cache-*")) if not d.endswith(".lock")
     ]
+
+
+def test_a_rank_waiting_for_a_builder_that_never_publishes_stops_with_one_line(setup, monkeypatch, capsys):
+    # Global rank 1 of a launch waits for rank 0's caches; here rank 0 never builds them (it died).
+    hf, raw = setup
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    started = time.monotonic()
+    with pytest.raises(ArgumentError) as info:
+        prepare(flags(hf, raw, "--cache-wait-minutes", "0.01"), capsys)
+    message = str(info.value)
+    assert time.monotonic() - started < 30 and "\n" not in message
+    assert message.startswith(f"HF -> Megatron checkpoint: waited 0.01 min for {hf}/megatron_cache_tp1pp1ep1")
+    assert "--cache-wait-minutes" in message and "--no-shared-storage" in message
+    assert not (hf / "megatron_cache_tp1pp1ep1").exists()  # it waited: nothing built, nothing written
+    with pytest.raises(ArgumentError, match="--cache-wait-minutes 0: must be positive"):
+        prepare(flags(hf, raw, "--cache-wait-minutes", "0"), capsys)
+
+
+_REFUSALS = """
+import sys, json
+import mindspeed_llm
+mindspeed_llm.apply_base_patches()
+from mindspeed_llm.config.flags import ArgumentError, parse_args
+from mindspeed_llm.from_hf.build import prepare_caches
+for argv in json.loads(sys.argv[1]):
+    try:
+        prepare_caches(parse_args(argv))
+        print("BUILT")
+    except ArgumentError as exc:
+        print("ERROR: " + str(exc))
+"""
+
+
+def _unprivileged_with_file_limit(limit: int):
+    """A child that cannot write into a read-only folder even as root (the capabilities that bypass file
+    modes leave its bounding set before exec) and whose writes stop at ``limit`` bytes (a full disk)."""
+
+    def child():
+        import ctypes
+        import resource
+
+        if os.geteuid() == 0:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+                if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return child
+
+
+def test_a_read_only_or_full_cache_location_is_one_line_and_nothing_is_half_written(setup, tmp_path, capsys):
+    hf, raw = setup
+    size = os.path.getsize(hf / "model.safetensors")
+    read_only_hf = tmp_path / "ro_hf"  # the HF folder in read-only storage: the default cache goes inside
+    import shutil
+
+    shutil.copytree(hf, read_only_hf)
+    read_only_data = tmp_path / "ro_data"
+    read_only_data.mkdir()
+    shutil.copy(raw, read_only_data / "rows.jsonl")
+    for folder in (read_only_hf, read_only_data):
+        folder.chmod(0o555)
+    prepare(flags(hf, raw), capsys)  # the model's cache in hf/, reused by the read-only data's launch
+    full = tmp_path / "full"  # writable, but no more than size // 4 bytes fit in a file
+    cases = [
+        flags(read_only_hf, raw),
+        flags(hf, read_only_data / "rows.jsonl"),
+        flags(hf, raw, "--mg-save-dir", str(full / "mg")),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _REFUSALS, json.dumps(cases)],
+        env=_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=_unprivileged_with_file_limit(max(size // 4, 8192)),
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("ERROR: ", "BUILT"))]
+    assert len(lines) == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    read_only_model, read_only_rows, disk_full = lines
+    model_cache = read_only_hf / "megatron_cache_tp1pp1ep1"
+    assert read_only_model.startswith(f"ERROR: cannot write the cache {model_cache}")
+    assert "permission denied" in read_only_model and "--mg-save-dir" in read_only_model
+    assert read_only_rows.startswith(f"ERROR: cannot write the cache {read_only_data}/rows.mindspeed_cache-")
+    assert "--output-prefix" in read_only_rows
+    assert disk_full.startswith(f"ERROR: cannot write the cache {full / 'mg'} (File too large; the file-size")
+    assert "nothing was left half-written: give --mg-save-dir" in disk_full
+    # Nothing half-written: no cache folder, no staging, no probe left in any of them.
+    assert sorted([*os.listdir(read_only_hf), "megatron_cache_tp1pp1ep1"]) == sorted(os.listdir(hf))
+    assert os.listdir(read_only_data) == ["rows.jsonl"]
+    assert not glob.glob(str(tmp_path / "**" / "*staging*"), recursive=True)
+    assert not glob.glob(str(tmp_path / "**" / "*probe*"), recursive=True)
+    assert not (full / "mg").exists()

@@ -82,14 +82,14 @@ class StartedTorchrun:
     raises with the output on failure."""
 
     def __init__(self, script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
-                 env: dict | None = None):
+                 env: dict | None = None, cwd: Path | str = REPO_ROOT):
         import tempfile
 
         self._script, self._args, self._timeout, self._result = script, args, timeout, None
         self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         port = free_port()
         cmd = [sys.executable, "-u", str(script), *map(str, args)]
-        self._procs = [subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, cwd=REPO_ROOT,
+        self._procs = [subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, cwd=cwd,
                                         env=_rank_env(rank, nproc, port, env)) for rank in range(nproc)]
 
     def _stop(self) -> None:
