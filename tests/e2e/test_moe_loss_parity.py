@@ -2,13 +2,14 @@
 
 Qwen3-MoE (softmax router, top-k renormalised: norm_topk_prob, q/k norms) at TP1, TP2, PP2, EP2 (alltoall
 dispatcher) and TP2 x EP2 (allgather, the default); Mixtral at EP2 with the allgather dispatcher; Qwen2-MoE
-(top-k not renormalised, a shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document of SEQ tokens:
-megatron-core's GPTDataset cuts samples of SEQ + 1 tokens every SEQ tokens from the document repeated epoch
-after epoch, so every sample, on every data-parallel rank (the EP runs have two), is the document followed by
-its first token, and transformers' loss on that is the reference (relative 2e-5; the aux loss is not added in:
---moe-aux-loss-coeff 0). (A document of SEQ + 1 tokens would give the second sample its last token followed by
-its first SEQ: a different loss, averaged in at data parallel 2.) Teeth: a dropped expert or an ignored
-norm_topk_prob moves transformers' own loss on this document by far more than the tolerance.
+(top-k not renormalised, a shared expert behind a sigmoid gate, qkv bias) at TP2. The dataset is one document
+of SEQ tokens: megatron-core's GPTDataset cuts samples of SEQ + 1 tokens every SEQ tokens from the document
+repeated epoch after epoch, so every sample, on every data-parallel rank (the EP runs have two), is the
+document followed by its first token, and transformers' loss on that is the reference (relative 2e-5; the aux
+loss is not added in: --moe-aux-loss-coeff 0). (A document of SEQ + 1 tokens would give the second sample its
+last token followed by its first SEQ: a different loss, averaged in at data parallel 2.) Teeth: a dropped
+expert or an ignored norm_topk_prob moves transformers' own loss on this document by far more than the
+tolerance.
 """
 
 from __future__ import annotations
