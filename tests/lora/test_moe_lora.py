@@ -261,6 +261,35 @@ def test_resume_through_lora_load_at_ep2_is_bitwise(runs):
 
 
 @pytest.mark.slow
+def test_distributed_optimizer_adapter_saves_resume_at_ep2(runs, tmp_path):
+    """Adam with --use-distributed-optimizer and --lora-ckpt-filter at EP2: the experts are frozen, so only
+    the dense optimizer's data-parallel rank 0 holds distrib_optim.pt (EP rank 1's folder has none: the save
+    once failed looking for it there), and a resume from iteration 1 repeats step 2 and its adapter bit for
+    bit."""
+    def launch(save, *extra, finetune=True):
+        flags = _launch_flags(runs["hf"], str(runs["root"] / "data" / "sft"), runs["ckpt"], SEQ, iters=2,
+                              finetune=finetune)
+        flags[flags.index("sgd")] = "adam"
+        return StartedTorchrun(POSTTRAIN, *flags, "--use-distributed-optimizer", "--save", str(save),
+                               "--save-interval", "1", "--lora-ckpt-filter", *extra, nproc=2,
+                               timeout=400).result().stdout
+
+    save, at_1, resumed = tmp_path / "save", tmp_path / "at_1", tmp_path / "resumed"
+    unbroken = launch(save)
+    assert sorted(p.parent.name for p in save.glob("iter_0000001/*/distrib_optim.pt")) == ["mp_rank_00_000"]
+    shutil.copytree(save / "iter_0000001", at_1 / "iter_0000001")
+    layout.write_tracker(at_1, 1)
+    again = launch(resumed, "--lora-load", str(at_1), finetune=False)
+    assert loss_strings(again) == {2: loss_strings(unbroken)[2]}, again[-3000:]
+    for ep_rank in range(2):
+        want = layout.load_rank_state(save, 2, 0, 0, 1, ep_rank=ep_rank, ep_size=2)["model"]
+        got = layout.load_rank_state(resumed, 2, 0, 0, 1, ep_rank=ep_rank, ep_size=2)["model"]
+        assert got.keys() == want.keys() and all(torch.equal(got[k], v) for k, v in want.items()), ep_rank
+    assert (resumed / "iter_0000002" / "mp_rank_00_000" / "distrib_optim.pt").read_bytes() == (
+        save / "iter_0000002" / "mp_rank_00_000" / "distrib_optim.pt").read_bytes()
+
+
+@pytest.mark.slow
 def test_merged_export_equals_peft_merge_and_unload(runs, tmp_path):
     """The converted checkpoint (base + the imported adapter) merged back to HF: peft's merge_and_unload(),
     tensor for tensor (the experts unchanged)."""

@@ -25,6 +25,18 @@ def inner_torch_optimizers(optimizer) -> list:
     return [opt.optimizer for opt in getattr(optimizer, "chained_optimizers", [optimizer])]
 
 
+def holds_parameter_state(optimizer) -> bool:
+    """Whether megatron-core's ``save_parameter_state`` writes (and ``load_parameter_state`` reads) the
+    ``distrib_optim.pt`` file on this rank: data-parallel rank 0 of any of its distributed optimizers' groups.
+
+    Each expert-parallel rank's folder holds one, except where the experts have no optimizer (LoRA freezes
+    them): then only the dense optimizer's data-parallel rank 0 holds the whole state.
+    """
+    return any(opt.data_parallel_group.rank() == 0
+               for opt in getattr(optimizer, "chained_optimizers", [optimizer])
+               if hasattr(opt, "get_parameter_state_dp_zero"))
+
+
 def untie_adam_steps(optimizer) -> None:
     """Give each parameter its own ``step`` tensor after megatron's distributed-optimizer load.
 
@@ -47,7 +59,8 @@ def load_distributed_optimizer_state(optimizer, path: str) -> None:
     would increment once per parameter), so it is set aside meanwhile and put back as copies. fp32 main
     params are views of the model's leaf parameters, so the copies run under ``no_grad``.
     """
-    check_zip_file(path)
+    if holds_parameter_state(optimizer):
+        check_zip_file(path)
     steps = [
         (state, state.pop("step"))
         for opt in inner_torch_optimizers(optimizer)

@@ -31,7 +31,11 @@ from mindspeed_llm.lora.config import LoraConfig
 from mindspeed_llm.runtime.checkpoint import layout
 from mindspeed_llm.runtime.checkpoint.errors import CheckpointError
 from mindspeed_llm.runtime.checkpoint.locate import last_complete_checkpoint
-from mindspeed_llm.runtime.checkpoint.optimizer_state import load_distributed_optimizer_state, load_scheduler
+from mindspeed_llm.runtime.checkpoint.optimizer_state import (
+    holds_parameter_state,
+    load_distributed_optimizer_state,
+    load_scheduler,
+)
 from mindspeed_llm.runtime.checkpoint.record import CheckpointRecord, file_header, read_header
 from mindspeed_llm.runtime.checkpoint.weights import chunk_key, chunk_state, load_weights, model_state
 from mindspeed_llm.runtime.errors import SaveError, fail_together
@@ -103,10 +107,9 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
             if args.use_distributed_optimizer and not args.no_save_optim:
                 target = os.path.join(folder, DISTRIB_OPTIM_FILENAME)
                 _write(folder, lambda: _makedirs(folder, created), args)
-                if writer:
-                    temporaries.append(target + ".tmp")
                 # Collective over the DP group (the state is gathered first); DP rank 0 writes.
-                if writer:
+                if holds_parameter_state(optimizer):
+                    temporaries.append(target + ".tmp")
                     _write(target + ".tmp", lambda: optimizer.save_parameter_state(target + ".tmp"), args)
                     renames.append((target + ".tmp", target))
                 else:
@@ -308,7 +311,7 @@ def _load_rank_checkpoint(model: list, optimizer, scheduler, args: argparse.Name
             ) from None
         if args.use_distributed_optimizer:
             optim_path = os.path.join(os.path.dirname(path), DISTRIB_OPTIM_FILENAME)
-            if not os.path.isfile(optim_path):
+            if holds_parameter_state(optimizer) and not os.path.isfile(optim_path):
                 raise CheckpointError(f"{optim_path} not found: the checkpoint was saved without "
                                       "--use-distributed-optimizer; add --no-load-optim to load its weights")
             load_distributed_optimizer_state(optimizer, optim_path)
