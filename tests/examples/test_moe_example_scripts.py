@@ -139,3 +139,15 @@ def test_moe_scripts_match_the_model_and_each_other(model: str, tmp_path: Path, 
         assert run.moe_grouped_gemm == train.moe_grouped_gemm and run.padded_vocab_size == padded
         assert Path(run.load) == Path(train.save)
         assert Path(run.tokenizer_name_or_path) == Path(train.tokenizer_name_or_path)
+
+
+def test_qwen3_moe_lora_script_adapts_attention_at_the_full_tune_layout(tmp_path: Path) -> None:
+    """The LoRA tune script: the full SFT script's model, layout and data, adapters on the attention layers
+    only (expert targets are refused on MoE models), adapter-only saves."""
+    folder = f"{EX}/qwen3_moe"
+    full, _ = _launch(f"{folder}/tune_qwen3_30b_a3b_4K_full_ptd.sh", "posttrain_gpt.py", tmp_path, _train)
+    lora, world = _launch(f"{folder}/tune_qwen3_30b_a3b_4K_lora_ptd.sh", "posttrain_gpt.py", tmp_path, _train)
+    _assert_model(lora, ModelConfig.from_hf_config(_hf_config("qwen3-30b-a3b.json")))
+    assert world == 16 and _layout(lora) == _layout(full) and lora.data_path == full.data_path
+    assert sorted(lora.lora_target_modules) == ["linear_proj", "linear_qkv"] and lora.lora_ckpt_filter
+    assert (lora.lora_r, lora.lora_alpha) == (16, 32) and Path(lora.save) != Path(full.save)
