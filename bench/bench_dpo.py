@@ -10,7 +10,9 @@ emulated on CPUs without AVX512-BF16), micro-batch --mbs pairs, --gbs pairs per 
 frozen copy of the starting weights run in the step, sigmoid loss, AdamW with torch's fused kernel (ours:
 megatron's optimizer with the project's fused-Adam patch; TRL: ``optim="adamw_torch_fused"``), no clipping,
 each micro-batch padded to its longest sequence (ours --no-pad-to-seq-lengths; TRL's collator). TRL runs with
-its defaults otherwise (eager Trainer loop, SDPA attention). Step times: ours from the log, TRL's from
+its defaults otherwise (eager Trainer loop, SDPA attention), fp32 weights (with --dtype bf16 the Trainer's
+autocast: the like-for-like of --bf16), once with glibc's malloc defaults and once keeping freed blocks as
+our side does (bench/peer.py); the ratio is against the faster. Step times: ours from the log, TRL's from
 a TrainerCallback (step begin -> end); the median after --warmup steps.
 
 Also measured: the same run with LoRA (r 8 on every linear layer; one model copy: the reference is the base
@@ -35,6 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.peer import describe, ours_describe, peer_env  # noqa: E402
 
 _ELAPSED = re.compile(r"iteration\s+(\d+)/.*?elapsed time per iteration \(ms\): ([0-9.]+)")
 
@@ -200,9 +204,10 @@ def trl_worker(args) -> None:
         }
         for p in pairs
     ]
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(work / "hf", dtype=dtype, attn_implementation="sdpa")
-    ref = AutoModelForCausalLM.from_pretrained(work / "hf", dtype=dtype, attn_implementation="sdpa")
+    # fp32 weights; with --dtype bf16 the Trainer's bf16=True autocasts the compute to bf16 on the CPU: the
+    # like-for-like of --bf16 (bench/peer.py), not a model cast to bf16.
+    model = AutoModelForCausalLM.from_pretrained(work / "hf", dtype=torch.float32, attn_implementation="sdpa")
+    ref = AutoModelForCausalLM.from_pretrained(work / "hf", dtype=torch.float32, attn_implementation="sdpa")
     tok = AutoTokenizer.from_pretrained(work / "tok")
     tok.pad_token = tok.eos_token
     times: list[float] = []
@@ -301,7 +306,10 @@ def main() -> None:
         prep = prepare(args, work)
         ours, ours_rss = run_ours(args, prep, env)
         lora, lora_rss = run_ours(args, prep, env, lora=True)
-        trl, trl_rss = run_trl(args, work, env)
+        # TRL with glibc's malloc defaults and with freed blocks kept (bench/peer.py): the faster counts.
+        trl_runs = {kept: run_trl(args, work, peer_env(env, args.threads, kept)) for kept in (False, True)}
+    malloc = min(trl_runs, key=lambda m: statistics.median(trl_runs[m][0]))
+    trl, trl_rss = trl_runs[malloc]
     o, t, lo = statistics.median(ours), statistics.median(trl), statistics.median(lora)
     print(
         f"# DPO step, {platform.processor() or platform.machine()}, {args.threads} threads, {args.dtype}, "
@@ -309,21 +317,26 @@ def main() -> None:
         f"(micro-batch {args.mbs}), prompt {args.prompt[0]}-{args.prompt[1]} answers {args.answer[0]}-"
         f"{args.answer[1]} tokens; median of {len(ours)} / {len(trl)} steps after {args.warmup} warm-up"
     )
+    print(f"# {ours_describe(args.dtype, args.threads)}")
+    print(f"# {describe(args.dtype, args.threads)}")
     print("| side | step (s) | pairs/s | max RSS (MB) |")
     print("|---|---|---|---|")
     print(
         f"| posttrain_gpt.py --stage dpo (megatron-core, fused AdamW) | {o:.3f} | {args.gbs / o:.2f} | "
         f"{ours_rss:.0f} |"
     )
-    print(
-        f"| TRL DPOTrainer (transformers SDPA, adamw_torch_fused) | {t:.3f} | {args.gbs / t:.2f} | "
-        f"{trl_rss:.0f} |"
-    )
+    for kept, (times, rss) in trl_runs.items():
+        step = statistics.median(times)
+        print(
+            f"| TRL DPOTrainer (transformers SDPA, adamw_torch_fused, malloc "
+            f"{'kept' if kept else 'glibc defaults'}) | {step:.3f} | {args.gbs / step:.2f} | {rss:.0f} |"
+        )
     print(
         f"| posttrain_gpt.py --stage dpo, LoRA r 8 (reference: adapters off) | {lo:.3f} | "
         f"{args.gbs / lo:.2f} | {lora_rss:.0f} |"
     )
-    print(f"ours / TRL step time: {o / t:.2f}")
+    print(f"ours / TRL step time: {o / t:.2f} (TRL's faster allocator setting: "
+          f"{'kept' if malloc else 'glibc defaults'})")
 
 
 if __name__ == "__main__":
