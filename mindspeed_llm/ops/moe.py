@@ -9,9 +9,11 @@ with ``trans_b``), row block ``i`` of ``a`` is multiplied by ``b[i]``. That pack
 is not installed here; :func:`grouped_gemm` is the same contract on every device:
 
 - CUDA: the ``grouped_gemm`` package when installed, else one product per expert;
-- CPU (and NPU): one product per expert (autograd through ``torch.mm``). ``torch._grouped_mm`` exists on the
-  CPU in torch 2.13 but has no backward there and needs 16-byte aligned strides, so it is not used. bf16 on a
-  CPU without bf16 matrix instructions multiplies in fp32 and rounds once (:mod:`.bf16_matmul`'s reasoning).
+- CPU: ``torch._grouped_mm`` (one call for every expert, forward and backward) where its 16-byte stride
+  rule holds (fp32 and bf16, both matrix sizes a multiple of 16 bytes); it gives the per-expert products bit
+  for bit (tests/ops/test_moe.py) at about 1.4x their speed. Other shapes, and NPU: one product per expert
+  (autograd through ``torch.mm``). bf16 on a CPU without bf16 matrix instructions multiplies in fp32 and
+  rounds once (:mod:`.bf16_matmul`'s reasoning).
 
 :func:`grouped_mlp_forward` is ``GroupedMLP.forward`` on this kernel, without megatron's bf16-only assertion
 (the fp32 parity runs need fp32) and with the activation in eager torch (megatron's is ``torch.compile``d,
@@ -36,6 +38,18 @@ def _cuda_grouped_gemm():
     return grouped_gemm.ops.gmm
 
 
+def _grouped_mm_fits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` takes ``a`` and ``b`` on the CPU: fp32 or bf16, and every dimension and
+    non-unit stride a multiple of 16 bytes (its rule; the backward's products need the same of both sizes)."""
+    if a.device.type != "cpu" or not hasattr(torch, "_grouped_mm") or a.dtype != b.dtype or (
+            a.dtype not in (torch.float32, torch.bfloat16)):
+        return False
+    align = 16 // a.element_size()
+    sizes = (a.shape[-1], *b.shape[-2:])
+    strides = (*a.stride(), *b.stride())
+    return all(n % align == 0 for n in sizes) and all(s % align == 0 for s in strides if s != 1)
+
+
 def grouped_gemm(a: torch.Tensor, b: torch.Tensor, batch_sizes: torch.Tensor | list[int],
                  trans_b: bool = False) -> torch.Tensor:
     """``grouped_gemm.ops.gmm``: row block ``i`` of ``a`` (``batch_sizes[i]`` rows) times ``b[i]`` (or its
@@ -51,8 +65,12 @@ def grouped_gemm(a: torch.Tensor, b: torch.Tensor, batch_sizes: torch.Tensor | l
     out_dtype = a.dtype
     if upcast:
         a, b = a.float(), b.float()
-    outs = [x @ (w.t() if trans_b else w) for x, w in zip(torch.split(a, sizes), b.unbind(0))]
-    out = torch.cat(outs) if outs else a.new_empty(0, b.shape[1] if trans_b else b.shape[2])
+    if _grouped_mm_fits(a, b):
+        offsets = torch.tensor(sizes, dtype=torch.int64).cumsum(0).to(torch.int32)
+        out = torch._grouped_mm(a, b.transpose(-2, -1) if trans_b else b, offs=offsets)
+    else:
+        outs = [x @ (w.t() if trans_b else w) for x, w in zip(torch.split(a, sizes), b.unbind(0))]
+        out = torch.cat(outs) if outs else a.new_empty(0, b.shape[1] if trans_b else b.shape[2])
     return out.to(out_dtype) if upcast else out
 
 

@@ -115,18 +115,24 @@ def test_a_dropped_expert_moves_the_output():
     assert (reference(x, weights) - reference(x, weights, drop_expert=1)).abs().max() > 1000 * TOL
 
 
-def test_grouped_gemm_equals_per_expert_products():
-    from mindspeed_llm.ops.moe import grouped_gemm
+@pytest.mark.parametrize("k, n", [(6, 5), (8, 12)])  # (8, 12): 16-byte sizes, torch._grouped_mm's path
+def test_grouped_gemm_equals_per_expert_products(k, n):
+    """Output and both gradients bit for bit equal to the experts' own products (an empty expert included);
+    the transposed weights' layout and bf16 within their rounding."""
+    from mindspeed_llm.ops.moe import _grouped_mm_fits, grouped_gemm
 
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(10, 6, generator=g, requires_grad=True)
-    b = torch.randn(3, 6, 5, generator=g, requires_grad=True)
+    a = torch.randn(10, k, generator=g, requires_grad=True)
+    b = torch.randn(3, k, n, generator=g, requires_grad=True)
+    assert _grouped_mm_fits(a, b) == (k % 4 == 0 and n % 4 == 0)
     sizes = torch.tensor([4, 0, 6])
     out = grouped_gemm(a, b, sizes)
     expected = torch.cat([a[:4] @ b[0], a[4:] @ b[2]])
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    out.sum().backward()
-    assert b.grad[1].abs().sum() == 0 and b.grad[0].abs().sum() > 0
+    grad = torch.randn(out.shape, generator=g)
+    got, want = torch.autograd.grad(out, (a, b), grad), torch.autograd.grad(expected, (a, b), grad)
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+    assert got[1][1].abs().sum() == 0 and got[1][0].abs().sum() > 0
     bt = b.detach().transpose(1, 2).contiguous()
     torch.testing.assert_close(grouped_gemm(a.detach(), bt, sizes, trans_b=True), expected.detach())
     bf = grouped_gemm(a.detach().bfloat16(), b.detach().bfloat16(), [4, 0, 6])
