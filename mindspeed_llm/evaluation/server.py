@@ -92,14 +92,16 @@ class ModelServer:
         tokens = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
         for row, seq in enumerate(sequences):
             tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        logits = self.generator.forward_logits(tokens)
+        first = min(start for start, _ in spans)  # no row needs the logits of an earlier position
+        logits = self.generator.forward_logits(tokens, first)
         width = max(end - start for start, end in spans)
         vocab = self.generator.vocab_size
         out = None
         if self.last_stage and self._last_of_rank0:
             out = torch.zeros(len(sequences), width, vocab, dtype=torch.float32, device=logits.device)
             for row, (start, end) in enumerate(spans):
-                out[row, : end - start] = torch.log_softmax(logits[row, start:end].float(), dim=-1)
+                out[row, : end - start] = torch.log_softmax(logits[row, start - first:end - first].float(),
+                                                            dim=-1)
         if self.rank != 0 and self._last_of_rank0:
             torch.distributed.send(out, dst=0)
             return None

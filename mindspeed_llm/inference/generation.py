@@ -22,6 +22,7 @@ window the cache is dropped and the whole text computed again with the long fact
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,22 @@ def choose_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: tor
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+@contextlib.contextmanager
+def _output_layer_from(model: torch.nn.Module, first: int):
+    """While inside: ``model``'s output layer projects the hidden states of positions ``first`` .. only
+    (megatron's hidden states are [seq, batch, hidden]); a stage without the output layer is unchanged."""
+    layer = getattr(model, "output_layer", None) if getattr(model, "post_process", False) else None
+    if not first or layer is None:
+        yield
+        return
+    original = layer.forward
+    layer.forward = lambda hidden_states, *args, **kwargs: original(hidden_states[first:], *args, **kwargs)
+    try:
+        yield
+    finally:
+        del layer.forward  # the class's forward again
+
+
 class Generator:
     """Generates continuations of token-id prompts with one rank's model chunk (any TP/PP)."""
 
@@ -107,10 +124,11 @@ class Generator:
         return GPTInferenceWrapper(self.model, config, context), context
 
     @torch.inference_mode()
-    def forward_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """Logits [batch, seq, vocab] (the real vocabulary) of every position of ``tokens`` [batch, seq], one
-        causal forward without a cache: on the last pipeline stage; None on the others. Every rank calls
-        it."""
+    def forward_logits(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor | None:
+        """Logits [batch, seq - first, vocab] (the real vocabulary) of positions ``first`` .. of ``tokens``
+        [batch, seq], one causal forward without a cache: on the last pipeline stage; None on the others.
+        Every rank calls it. The output layer projects only those positions (a log-likelihood request needs
+        its continuation's rows, not the context's)."""
         from megatron.core import parallel_state as ps
 
         batch, length = tokens.shape
@@ -118,7 +136,8 @@ class Generator:
         context.materialize_only_last_token_logits = False  # every position's logits, not the last one's
         wrapper.prep_model_for_inference()
         inputs = wrapper.prep_inference_input(tokens.to(torch.cuda.current_device()))
-        logits = wrapper.run_one_forward_step(wrapper.get_batch_for_context_window(inputs, 0, length))
+        with _output_layer_from(self.model, first):
+            logits = wrapper.run_one_forward_step(wrapper.get_batch_for_context_window(inputs, 0, length))
         return logits[..., : self.vocab_size] if ps.is_pipeline_last_stage(ignore_virtual=True) else None
 
     @torch.inference_mode()
