@@ -47,26 +47,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPE = dict(layers=4, hidden=512, heads=8, groups=2, head_dim=128, experts=32, topk=4, moe_ffn=256,
              dense_ffn=1024, vocab=16000)
 AUX_COEFF = 0.001
-# The values mindspeed_llm.patches.cpu_malloc sets with mallopt in pretrain_gpt.py, as glibc's environment.
-KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
-              "MALLOC_TOP_PAD_": str(64 << 20)}
+sys.path.insert(0, str(REPO))
+
+from bench.bench_pretrain import make_data  # noqa: E402
+from bench.peer import MALLOC_ENV  # noqa: E402 - glibc's environment for what patches/cpu_malloc.py sets
+
 _ELAPSED = re.compile(r"iteration\s+(\d+)/.*?elapsed time per iteration \(ms\): ([0-9.]+)")
-
-
-def make_data(prefix: Path, tokens: int, vocab: int = SHAPE["vocab"]) -> None:
-    """An indexed dataset of random documents of 200-2000 tokens below ``vocab``."""
-    import numpy as np
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=np.uint16)
-    done = 0
-    while done < tokens:
-        n = int(rng.integers(200, 2000))
-        builder.add_document(torch.from_numpy(rng.integers(0, vocab - 1, n).astype(np.int64)), [n])
-        done += n
-    builder.finalize(f"{prefix}.idx")
 
 
 def _free_port() -> int:
@@ -108,7 +94,7 @@ def pretrain_flags(args, prefix: Path, nproc: int, ep: int, dispatcher: str) -> 
 def run_pretrain(args, workdir: Path, nproc: int, ep: int, dispatcher: str = "alltoall") -> dict:
     prefix = workdir / "bench_text_document"
     if not Path(f"{prefix}.bin").exists():
-        make_data(prefix, (args.iters + 4) * args.gbs * (args.seq + 1) * 2)
+        make_data(prefix, (args.iters + 4) * args.gbs * (args.seq + 1) * 2, SHAPE["vocab"])
     threads = max(1, args.threads // nproc)
     flags = pretrain_flags(args, prefix, nproc, ep, dispatcher)
     if nproc == 1:
@@ -170,7 +156,7 @@ def run_hf(args, experts_impl: str) -> dict:
     cmd = [sys.executable, __file__, "--hf-worker", "--experts-impl", experts_impl,
            "--threads", str(args.threads), "--iters", str(args.iters), "--warmup", str(args.warmup),
            "--gbs", str(args.gbs), "--seq", str(args.seq)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **KEEP_FREED}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **MALLOC_ENV}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode:
         raise RuntimeError(f"transformers ({experts_impl}) failed:\n{out.stderr[-3000:]}")
