@@ -166,21 +166,29 @@ def _rates(args, seconds: list[float]) -> dict:
     return {"tokens_per_s": tokens / median, "best_tokens_per_s": tokens / ordered[0]}
 
 
+def peer_model(seq: int):
+    """The peer: transformers' ``Qwen2ForCausalLM`` (SDPA) of :data:`SHAPE`, fp32, seeded, training mode."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    s = SHAPE
+    cfg = Qwen2Config(hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
+                      num_attention_heads=s["heads"], num_key_value_heads=s["groups"], vocab_size=s["vocab"],
+                      max_position_embeddings=seq, tie_word_embeddings=False, rope_theta=1e6,
+                      rms_norm_eps=1e-6, attention_dropout=0.0)
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM._from_config(cfg, attn_implementation="sdpa").float().train()
+
+
 def hf_worker(args) -> dict:
     """The baseline loop (runs in its own process: ``--hf-worker``)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from bench.peer import peer_adamw, peer_autocast
 
     torch.set_num_threads(args.threads)
     s = SHAPE
-    cfg = Qwen2Config(hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
-                      num_attention_heads=s["heads"], num_key_value_heads=s["groups"], vocab_size=s["vocab"],
-                      max_position_embeddings=args.seq, tie_word_embeddings=False, rope_theta=1e6,
-                      rms_norm_eps=1e-6, attention_dropout=0.0)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM._from_config(cfg, attn_implementation="sdpa").float().train()
+    model = peer_model(args.seq)
     opt = peer_adamw(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     gen = torch.Generator().manual_seed(0)
     times = []

@@ -95,18 +95,11 @@ def run_ours(args) -> None:
 
 def run_hf(args) -> None:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from bench.bench_pretrain import SHAPE
+    from bench.bench_pretrain import SHAPE, peer_model
     from bench.peer import peer_adamw, peer_autocast
 
-    s = SHAPE
-    cfg = Qwen2Config(hidden_size=s["hidden"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
-                      num_attention_heads=s["heads"], num_key_value_heads=s["groups"], vocab_size=s["vocab"],
-                      max_position_embeddings=args.seq, tie_word_embeddings=False, rope_theta=1e6,
-                      rms_norm_eps=1e-6, attention_dropout=0.0)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM._from_config(cfg, attn_implementation="sdpa").float().train()
+    model = peer_model(args.seq)
     if args.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -126,7 +119,7 @@ def run_hf(args) -> None:
     step = profiled(step, args.warmup, args.top)
     gen = torch.Generator().manual_seed(0)
     for _ in range(args.warmup + 1):
-        step(torch.randint(0, s["vocab"], (args.mbs, args.seq), generator=gen))
+        step(torch.randint(0, SHAPE["vocab"], (args.mbs, args.seq), generator=gen))
 
 
 def main() -> None:

@@ -9,13 +9,11 @@ that node finds it).
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
 from tests.e2e.pretrain_helpers import PRETRAIN, losses, make_indexed_dataset, train_flags
-from tests.helpers.launch import free_port, torchrun_command
-from tests.helpers.paths import REPO_ROOT
+from tests.helpers.launch import run_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -48,42 +46,10 @@ MODEL = [
 
 
 def test_two_nodes_on_loopback_each_build_their_own_index(tmp_path):
-    port = free_port()
-    procs, data = [], []
-    for node in (0, 1):
-        prefix = make_indexed_dataset(tmp_path / f"node{node}" / "dataset" / "corpus_text_document", seed=5)
-        data.append(prefix)
-        cmd = torchrun_command(
-            PRETRAIN,
-            *MODEL,
-            *train_flags(prefix, iters=4, gbs=4, mbs=2),
-            "--no-shared-storage",
-            "--save",
-            "ckpt",
-            nproc=1,
-            port=port,
-            nnodes=2,
-            node_rank=node,
-        )
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                cwd=tmp_path / f"node{node}",
-            )
-        )
-    outs = []
-    for proc in procs:
-        try:
-            outs.append(proc.communicate(timeout=240)[0])
-        finally:
-            proc.kill()
-    for node, (proc, out) in enumerate(zip(procs, outs)):
-        assert proc.returncode == 0, f"node {node} failed:\n{out[-5000:]}"
+    data = [make_indexed_dataset(tmp_path / f"node{node}" / "dataset" / "corpus_text_document", seed=5)
+            for node in (0, 1)]
+    outs = run_nodes(PRETRAIN, [[*MODEL, *train_flags(prefix, iters=4, gbs=4, mbs=2), "--no-shared-storage",
+                                 "--save", "ckpt"] for prefix in data], tmp_path)
     assert "initialized world of 2" in outs[0] and "DP=2" in outs[0]
     assert sorted(losses(outs[1])) == [1, 2, 3, 4]  # the last rank (node 1) prints the progress
     for node in (0, 1):  # --save ckpt is node-local: each node's first process writes the tracker there

@@ -9,16 +9,13 @@ node 1 would wait for a cache that never appears on its storage.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import subprocess
 
 import pytest
 
 from tests.e2e.pretrain_helpers import PRETRAIN, loss_strings, model_flags
-from tests.helpers.launch import free_port, torchrun_command
-from tests.helpers.paths import REPO_ROOT
+from tests.helpers.launch import run_nodes
 
 pytestmark = pytest.mark.slow
 
@@ -44,28 +41,8 @@ def test_each_node_builds_its_own_caches_without_shared_storage(tmp_path):
         *"--handler-name GeneralPretrainHandler --no-load-optim --no-load-rng".split(),
         "--no-shared-storage",
     ]
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    procs = [
-        subprocess.Popen(
-            torchrun_command(PRETRAIN, *flags, nproc=1, port=port, nnodes=2, node_rank=node),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=tmp_path / f"node{node}",
-        )
-        for node in (0, 1)
-    ]
-    outs = []
-    for proc in procs:
-        try:
-            outs.append(proc.communicate(timeout=240)[0])
-        finally:
-            proc.kill()
-    for node, (proc, out) in enumerate(zip(procs, outs)):
-        errors = [line for line in out.splitlines() if "rror" in line]
-        assert proc.returncode == 0, f"node {node} failed:\n" + "\n".join(errors)
+    outs = run_nodes(PRETRAIN, [flags, flags], tmp_path)
+    for node, out in enumerate(outs):
         # Each node built both caches on its own storage (relative to its folder), none waited for the other.
         assert "HF -> Megatron checkpoint: building ./model_from_hf/hf/megatron_cache_tp1pp1ep1" in out, out
         assert "preprocessed rows.jsonl: building" in out and "waiting" not in out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.e2e.test_moe_loss_parity import moe_model_flags
+from tests.e2e.test_moe_loss_parity import _hf_model, moe_model_flags
 from tests.helpers.tiny import save_word_tokenizer
 from tests.helpers.tiny_moe import make_moe_hf_model
 from tests.inference.helpers import hf_continuation, run_inference
@@ -62,16 +62,6 @@ def launches(tiny) -> dict:
                  *[a for p in PROMPTS for a in ("--prompt", p)]]
         found[name] = run_inference(flags, nproc=nproc, timeout=300)
     return found
-
-
-def _hf_model(folder, **config_changes):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(folder)
-    for key, value in config_changes.items():
-        setattr(config, key, value)
-    return AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32,
-                                                attn_implementation="eager").eval()
 
 
 def _greedy(tiny, model) -> list[str]:
