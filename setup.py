@@ -23,6 +23,9 @@ setup(
         "transformers>=4.45",
         "safetensors",
         "tokenizers",
+        # preprocess_data.py's fast engine for byte-level BPE tokenizers (--tokenizer-engine auto); without
+        # it the HF tokenizers backend encodes, with one line saying so.
+        "tiktoken>=0.14",
         "numpy",
         "pyarrow",
         "tqdm",

@@ -15,8 +15,10 @@ Every round runs, in an order that rotates from round to round, each a separate 
 
 * ``mlm_w2``: Megatron-LM's own ``tools/preprocess_data.py --workers 2`` (a copy with ``import mindspeed_llm``
   as its first line, in an overlay folder beside the installed megatron-core, run with PYTHONSAFEPATH=1);
-* ``ours_w2``: our ``preprocess_data.py --workers 2``;
-* ``ours_w1_1core``: our ``preprocess_data.py --workers 1`` held to one core (``taskset -c 0``).
+* ``ours_w2``: our ``preprocess_data.py --workers 2`` (``--tokenizer-engine auto``: tiktoken where it is
+  exact, see docs/data.md; the engine each run used is read from its log and printed);
+* ``ours_w1_1core``: our ``preprocess_data.py --workers 1`` held to one core (``taskset -c 0``);
+* ``ours_w2_hf``: our ``preprocess_data.py --workers 2 --tokenizer-engine hf`` (HF tokenizers alone).
 
 and checks that all outputs (.bin and .idx) are byte-identical. Prints the load average before each run,
 the median wall time and CPU time (the process tree's) per setting, and the ratios. Run it under the lock
@@ -24,7 +26,10 @@ on a shared machine (``flock /tmp/cpu.lock python bench/...``): the figures are 
 
 ``--profile-mb M`` first prints where one process's CPU seconds go on the corpus's first M MiB, stage by
 stage (start-up, reading and parsing, the tokenizer's own Rust code with and without the NFC step, the
-id lists to numpy): the tokenizer's cost per MiB is the floor under both tools' CPU time.
+id lists to numpy, the fast engine's start-up and its cost per MiB).
+
+Ours needs tiktoken for its fast engine (``pip install tiktoken``, which ``make install`` does); a copy
+outside the environment may be put on PYTHONPATH, which the runs keep.
 """
 
 from __future__ import annotations
@@ -160,11 +165,23 @@ backend = encoder.backend
 [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
 lap("tokenizers encode_batch_fast, every text through NFC (as Megatron-LM's tool)", mib)
 ids = encoder.ids(texts)
-lap("ours: the same, NFC skipped where it changes nothing", mib)
+lap("ours with --tokenizer-engine hf: the same, NFC skipped where it changes nothing", mib)
 flat, lengths = flatten_ids(ids)
 lap("id lists -> flat numpy array + lengths", mib)
 tok.finish(flat, lengths)
 lap("EOD appended, cast to int32", mib)
+import dataclasses
+from mindspeed_llm.data import bpe_engine
+spec = dataclasses.replace(tok.backend_spec(), engine="auto")
+fast = spec.build()
+lap(f"a worker's backend and fast engine ({fast.engine}; the probe texts checked)", 0)
+if fast.fast is not None:
+    fast.flat_ids(texts)
+    lap(f"ours: the fast engine (tiktoken, HF for 1 document in {bpe_engine.SAMPLE_EVERY}), flat ids", mib)
+    tables = bpe_engine.read_tables(json.loads(spec.json()))
+    lap("the main process: the engine's tables from tokenizer.json", 0)
+    assert bpe_engine.rank_condition_failure(tables) is None
+    lap("the main process: the rank condition on every merge (once per run)", 0)
 for t in texts[:2000]:
     tok.hf(t).input_ids
 lap("Megatron-LM's per-document tokenizer(text).input_ids, first 2000 documents", 0)
@@ -175,6 +192,16 @@ def profile(corpus: Path, tokenizer: Path, mib: float, env: dict) -> None:
     """Print the CPU seconds per stage of tokenizing the corpus's first ``mib`` MiB in one process."""
     cmd = [sys.executable, "-c", PROFILE, str(corpus), str(tokenizer), str(mib)]
     subprocess.run(cmd, env=env, check=True)
+
+
+def engine_used(log: Path, name: str) -> str:
+    """The tokenizer engine a run's log names (Megatron-LM's tool: HF tokenizers, per document)."""
+    if name.startswith("mlm"):
+        return "HF tokenizers, tokenizer(text) per document"
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("tokenizer engine: "):
+            return line[len("tokenizer engine: "):].split(" (")[0].split(",")[0]
+    return "HF tokenizers (--tokenizer-engine hf)"
 
 
 def digest(prefix: str) -> str:
@@ -207,7 +234,9 @@ def main() -> None:
     make_tokenizer(tokenizer)
     overlay = work / "overlay"
     tool = make_overlay(opts.megatron_lm.resolve(), overlay)
-    env = {**os.environ, "PYTHONPATH": f"{overlay}{os.pathsep}{REPO}", "PYTHONSAFEPATH": "1"}
+    # Entries already on PYTHONPATH stay (after ours): a tiktoken installed outside the environment.
+    path = os.pathsep.join(p for p in (str(overlay), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONSAFEPATH": "1"}
     env.pop("TOKENIZERS_PARALLELISM", None)
     env.pop("RAYON_NUM_THREADS", None)
     common = ["--input", str(corpus), "--append-eod", "--json-keys", "text", "--log-interval", "100000000"]
@@ -218,10 +247,12 @@ def main() -> None:
                    "--tokenizer-model", str(tokenizer), "--workers", "2"],
         "ours_w2": [*ours, "--workers", "2"],
         "ours_w1_1core": ["taskset", "-c", "0", *ours, "--workers", "1"],
+        "ours_w2_hf": [*ours, "--workers", "2", "--tokenizer-engine", "hf"],
     }
     names = list(settings)
     if opts.profile_mb:
-        profile(corpus, tokenizer, opts.profile_mb, {**env, "PYTHONPATH": str(REPO)})
+        profile(corpus, tokenizer, opts.profile_mb,
+                {**env, "PYTHONPATH": os.pathsep.join(path.split(os.pathsep)[1:])})
     with open(corpus, "rb") as f:
         docs = sum(1 for _ in f)
     print(f"corpus {corpus} ({corpus.stat().st_size / 2**20:.1f} MiB, {docs} documents of code, docs and "
@@ -231,6 +262,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {n: [] for n in names}
     cpus: dict[str, list[float]] = {n: [] for n in names}
     digests: dict[str, set[str]] = {n: set() for n in names}
+    engines: dict[str, set[str]] = {n: set() for n in names}
     for r in range(opts.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
@@ -243,21 +275,25 @@ def main() -> None:
             walls[name].append(wall)
             cpus[name].append(cpu)
             digests[name].add(digest(str(out / "corpus_text_document")))
+            engines[name].add(engine_used(work / f"{name}.log", name))
             print(f"round {r + 1} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU "
                   f"(load average before: {load:.2f})", flush=True)
     same = len(set().union(*digests.values())) == 1
     med = {n: statistics.median(walls[n]) for n in names}
-    print("\n| setting | command | median wall s | median CPU s |")
-    print("|---|---|---|---|")
+    print("\n| setting | command | tokenizer engine | median wall s | median CPU s |")
+    print("|---|---|---|---|---|")
     described = {
         "mlm_w2": "Megatron-LM tools/preprocess_data.py --workers 2 (+ import mindspeed_llm)",
         "ours_w2": "preprocess_data.py --workers 2",
         "ours_w1_1core": "taskset -c 0 preprocess_data.py --workers 1",
+        "ours_w2_hf": "preprocess_data.py --workers 2 --tokenizer-engine hf",
     }
     for n in names:
-        print(f"| {n} | {described[n]} | {med[n]:.2f} | {statistics.median(cpus[n]):.2f} |")
+        print(f"| {n} | {described[n]} | {', '.join(sorted(engines[n]))} | {med[n]:.2f} | "
+              f"{statistics.median(cpus[n]):.2f} |")
     print(f"\nMegatron-LM --workers 2 / ours --workers 2: {med['mlm_w2'] / med['ours_w2']:.2f}x; "
-          f"ours --workers 1 on one core / ours --workers 2: {med['ours_w1_1core'] / med['ours_w2']:.2f}x")
+          f"ours --workers 1 on one core / ours --workers 2: {med['ours_w1_1core'] / med['ours_w2']:.2f}x; "
+          f"ours --tokenizer-engine hf / ours (both --workers 2): {med['ours_w2_hf'] / med['ours_w2']:.2f}x")
     found = ", ".join(sorted(set().union(*digests.values())))
     print(f"outputs byte-identical (.bin + .idx, every run): {same} (sha256 prefixes: {found})")
     if not same:

@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from mindspeed_llm.data.bpe_engine import ENGINES
 from mindspeed_llm.data.chat_templates import PROMPT_TYPES
 from mindspeed_llm.data.errors import PreprocessError
 from mindspeed_llm.data.handlers import (
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--tokenizer-name-or-path", help="local HF model/tokenizer folder")
     group.add_argument(
         "--append-eod", action="store_true", help="append the tokenizer's EOS to every document"
+    )
+    group.add_argument(
+        "--tokenizer-engine", default="auto", choices=ENGINES,
+        help="text handlers: auto encodes byte-level BPE tokenizers (GPT-2, Qwen2, Llama 3 style) with "
+        "tiktoken where it gives exactly HF's ids (checked; else HF tokenizers); hf: always HF tokenizers",
     )
     group = parser.add_argument_group("output data")
     group.add_argument(

@@ -109,19 +109,22 @@ def limit_tokenizer_threads(threads: int) -> None:
 
 def ordered_results(
     pool, tasks: Iterable, max_pending: int, fn: Callable,
-    before_first_wait: Callable[[], object] | None = None,
+    before_first_wait: Callable[[], object] | None = None, first_pending: int | None = None,
 ) -> Iterator:
     """pool.apply_async(fn) over tasks, results in task order, at most max_pending in flight.
 
     ``before_first_wait``: called once, when the first tasks are handed out and before waiting for a result
-    (work for the main process that can overlap with the workers')."""
+    (work for the main process that can overlap with the workers'); ``first_pending`` (at least
+    ``max_pending``): how many tasks to hand out before it, so that the workers have work for its duration."""
     pending: deque = deque()
+    limit = max(max_pending, first_pending or 0) if before_first_wait is not None else max_pending
     for task, meta in tasks:
         pending.append((pool.apply_async(fn, (task,)), meta))
-        if len(pending) >= max_pending:
-            if before_first_wait is not None:
-                before_first_wait()
-                before_first_wait = None
+        if len(pending) >= limit and before_first_wait is not None:
+            before_first_wait()
+            before_first_wait = None
+            limit = max_pending
+        while len(pending) >= limit:
             result, meta = pending.popleft()
             yield result.get(), meta
     if before_first_wait is not None:

@@ -1,13 +1,15 @@
 """The preprocessing pipeline: read -> handler -> tokenize (worker processes) -> write, in order.
 
 The main process reads the input in batches and writes the output; ``--workers`` processes
-tokenize. At most ``2 * workers + 2`` batches are in flight, so memory does not grow with the
-input, and results are written in input order whatever the number of workers.
+tokenize. At most ``2 * workers + 2`` tasks are in flight (``FIRST_PENDING`` at the start), so memory does
+not grow with the input, and results are written in input order whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from mindspeed_llm.data.bpe_engine import SAMPLE_EVERY
 from mindspeed_llm.data.errors import OutputWriteError, PreprocessError
 from mindspeed_llm.data.handlers import PAIRWISE_HANDLER_NAMES, build_handler, is_instruction_handler
 from mindspeed_llm.data.indexed_writer import (
@@ -55,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
 TASK_CHARS = 1 << 20  # characters of text per tokenizer task (the last ones finish close together)
+# Tasks handed out before the main process loads the HF tokenizer (about 5 CPU s): work for the workers
+# meanwhile (a fast engine tokenizes a task in about 0.15 s).
+FIRST_PENDING = 32
 _MAX_SKIPPED_SHOWN = 10
 
 # A worker's encoding: a ``tokenizers`` backend, or (BackendSpec.hf_path) the HF tokenizer's own call.
@@ -72,7 +78,7 @@ def _init_worker(spec: BackendSpec, threads: int) -> None:
     _worker_spec, _worker_reported, _worker_failed = spec, False, None
     _worker_hf = _worker_backend = None
     try:
-        _worker_backend = spec.build()
+        _worker_backend = spec.build(threads)
         if spec.hf_path is not None:
             _worker_hf = DocumentTokenizer(spec.hf_path)
             _worker_hf._backend_built = True  # its own call, as the main process chose
@@ -80,26 +86,28 @@ def _init_worker(spec: BackendSpec, threads: int) -> None:
         _worker_failed = f"{type(exc).__name__}: {exc}"
 
 
-def _encode_task(task: dict[str, list[str]]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str | None]:
+def _encode_task(task: dict[str, list[str]]) -> tuple:
     """Each key's ids as (flat ids, lengths) without EOD; with a speculative spec, the worker's first result
-    also carries its backend serialized, for the main process to check."""
+    also carries its backend serialized, for the main process to check; and (engine, why, mismatch): the
+    engine that encoded, why not the fast one, and a sampled document's difference from the HF backend."""
     global _worker_reported
     if _worker_failed is not None:
         if _worker_spec.speculative:
-            return None, None  # the main process runs the input again with the HF tokenizer's backend
+            return None, None, None  # the main process runs the input again with the HF tokenizer's backend
         raise RuntimeError(f"the tokenizer worker could not build its tokenizer ({_worker_failed})")
     out = {}
     for key, texts in task.items():
         if _worker_backend is not None:
-            ids = _worker_backend.ids(texts)
+            out[key] = _worker_backend.flat_ids(texts)
         else:
-            ids = _worker_hf._ids_lists(texts)
-        out[key] = flatten_ids(ids)
+            out[key] = flatten_ids(_worker_hf._ids_lists(texts))
     backend = None
     if _worker_spec.speculative and not _worker_reported:
         _worker_reported = True
         backend = _worker_backend.to_str()
-    return out, backend
+    if _worker_backend is None:
+        return out, backend, ("hf", "the HF tokenizer's own call", None)
+    return out, backend, (_worker_backend.engine, _worker_backend.engine_note, _worker_backend.mismatch)
 
 
 class _Restart(Exception):
@@ -170,11 +178,40 @@ def encode_source(
     spec = None if tokenizer.loaded else speculative_spec(tokenizer.path)
     if spec is None:
         spec = tokenizer.get().backend_spec()
+    spec = _with_engine(spec, args.tokenizer_engine)
     while True:
         try:
             return _encode_with(source, args, tokenizer, spec, prefixes, show_progress, require_tokens, cpus)
         except _Restart as restart:
             spec = restart.spec
+
+
+def _with_engine(spec: BackendSpec, engine: str) -> BackendSpec:
+    return spec if spec.hf_path is not None else dataclasses.replace(spec, engine=engine)
+
+
+class _EngineCheck:
+    """The main process's part of the fast engine's checks: the rank condition on the merges (once per run,
+    while the workers start; see :func:`mindspeed_llm.data.bpe_engine.rank_condition_failure`)."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.failure: str | None = None
+        self.done = False
+
+    def run(self) -> None:
+        if self.done or self.spec.engine != "auto" or self.spec.hf_path is not None:
+            return
+        self.done = True
+        from mindspeed_llm.data import bpe_engine
+
+        if not bpe_engine.tiktoken_available():
+            return
+        try:
+            tables = bpe_engine.read_tables(json.loads(self.spec.json()))
+        except (bpe_engine.Ineligible, ValueError, OSError):
+            return  # the workers find the same and encode with the HF backend
+        self.failure = bpe_engine.rank_condition_failure(tables)
 
 
 def _first_documents(flat: np.ndarray, lengths: np.ndarray, count: int) -> list[list[int]]:
@@ -183,21 +220,39 @@ def _first_documents(flat: np.ndarray, lengths: np.ndarray, count: int) -> list[
 
 
 def _check_first_result(
-    tokenizer: DocumentTokenizer, spec: BackendSpec, ids: dict | None, backend: str | None, texts: dict
+    tokenizer: DocumentTokenizer, spec: BackendSpec, ids: dict | None, backend: str | None, texts: dict,
+    engine: tuple | None, engine_check: _EngineCheck, show: bool,
 ) -> None:
     """Raise _Restart unless the workers' ids are the HF tokenizer's (see encode_source)."""
     if spec.speculative and (ids is None or backend is None
                              or not tokenizer.same_encoding(backend, spec.encode_special_tokens)):
         _log(f"{spec.json_path} alone does not encode as the HF tokenizer loaded from the folder does (its "
              "tokenizer_config.json changes it): tokenizing again with the HF tokenizer's own backend")
-        raise _Restart(tokenizer.backend_spec())
+        raise _Restart(_with_engine(tokenizer.backend_spec(), spec.engine))
+    name, why, _ = engine
+    if name == "tiktoken":
+        engine_check.run()
+        if engine_check.failure is not None:
+            _log(f"tokenizer engine: HF tokenizers, not tiktoken: {engine_check.failure}, so tiktoken's BPE "
+                 "could give other ids; tokenizing again")
+            raise _Restart(dataclasses.replace(spec, engine="hf"))
     if spec.hf_path is None:
         for key, values in texts.items():
             flat, lengths = ids[key]
             sample = values[:8]
-            if not tokenizer.check_ids(sample, _first_documents(flat, lengths, len(sample))):
-                logger.warning("tokenizer backend differs from tokenizer(text); using tokenizer(text)")
-                raise _Restart(BackendSpec(hf_path=tokenizer.path))
+            if tokenizer.check_ids(sample, _first_documents(flat, lengths, len(sample))):
+                continue
+            if name == "tiktoken":
+                _log("tokenizer engine: HF tokenizers, not tiktoken: the first documents' ids differ from "
+                     "tokenizer(text); tokenizing again")
+                raise _Restart(dataclasses.replace(spec, engine="hf"))
+            logger.warning("tokenizer backend differs from tokenizer(text); using tokenizer(text)")
+            raise _Restart(BackendSpec(hf_path=tokenizer.path))
+    if show and name == "tiktoken":
+        _log(f"tokenizer engine: tiktoken (HF's ids exactly; one document in {SAMPLE_EVERY} is checked "
+             "against HF tokenizers; --tokenizer-engine hf to use those alone)")
+    elif show and spec.engine == "auto":
+        _log(f"tokenizer engine: HF tokenizers ({why})")
 
 
 def _encode_with(
@@ -257,14 +312,26 @@ def _encode_with(
                     first = False
 
         tokenizer = None
-        for (ids, backend), (input_bytes, first_texts) in ordered_results(
-            pool, tasks(), 2 * plan.processes + 2, _encode_task, before_first_wait=loader.get
+        engine_check = _EngineCheck(spec)
+
+        def before_first_wait() -> None:
+            loader.get()
+            engine_check.run()
+
+        for (ids, backend, engine), (input_bytes, first_texts) in ordered_results(
+            pool, tasks(), 2 * plan.processes + 2, _encode_task, before_first_wait=before_first_wait,
+            first_pending=FIRST_PENDING,
         ):
             if tokenizer is None:
                 tokenizer = loader.get()
-                _check_first_result(tokenizer, spec, ids, backend, first_texts)
+                _check_first_result(tokenizer, spec, ids, backend, first_texts, engine, engine_check,
+                                    show_progress)
                 for key, prefix in prefixes.items():
                     writers[key] = IndexedDatasetWriter(prefix, tokenizer.dtype)
+            if engine[2] is not None:
+                _log(f"tokenizer engine: {engine[2]}; tokenizing the whole input again with HF tokenizers "
+                     "(nothing was written)")
+                raise _Restart(dataclasses.replace(spec, engine="hf"))
             documents = tokens = 0
             for key, (flat, lengths) in ids.items():
                 flat, lengths = tokenizer.finish(flat, lengths)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -35,10 +36,9 @@ PAD = 151643  # <|endoftext|>, Qwen2.5's pad token
 
 
 @pytest.fixture(scope="session")
-def qwen_chat_tokenizer(tmp_path_factory) -> str:
-    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen25_tokenizer
-
-    folder = write_qwen25_tokenizer(tmp_path_factory.mktemp("qwen25_chat"))
+def qwen_chat_tokenizer(tmp_path_factory, qwen25_tokenizer) -> str:
+    folder = tmp_path_factory.mktemp("qwen25_chat")
+    shutil.copytree(qwen25_tokenizer, folder, dirs_exist_ok=True)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["chat_template"] = QWEN25_CHAT_TEMPLATE
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
