@@ -35,9 +35,9 @@ HOSTILE = [
 SPECIAL = {i for i, t in enumerate(HOSTILE) if "<|" in t or "<s>" in t}
 
 
-def _encoder(path: str):
+def _encoder(path: str, threads: int = 1):
     """A worker's encoder for a tokenizer folder's tokenizer.json, with the engine asked for."""
-    return dataclasses.replace(speculative_spec(path), engine="auto").build()
+    return dataclasses.replace(speculative_spec(path), engine="auto").build(threads)
 
 
 def _raw(fast, text: str) -> list[int]:
@@ -82,6 +82,16 @@ def test_ids_equal_hf_on_hostile_texts(tokenizer_folder):
     if encoder.fast.normalizer is not None:
         assert raw(HOSTILE[0]) != hf(HOSTILE[0], add_special_tokens=False).input_ids
     assert raw(HOSTILE[8]) != hf(HOSTILE[8], add_special_tokens=False).input_ids
+
+
+def test_threads_give_the_same_ids(nfc_tokenizer):
+    """A worker with cores to spare (``--workers 1`` on two) encodes a batch's documents in that many
+    threads: the same ids, in order."""
+    hf = AutoTokenizer.from_pretrained(nfc_tokenizer)
+    encoder = _encoder(nfc_tokenizer, threads=2)
+    assert encoder.fast.threads == 2
+    texts = HOSTILE * 4
+    assert _split(*encoder.flat_ids(texts)) == [hf(t).input_ids for t in texts]
 
 
 def _byte_level_tokenizer(folder, merges: list[tuple[str, str]], pattern: str | None = None) -> str:
