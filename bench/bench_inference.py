@@ -11,13 +11,15 @@ interleaved, --repeats rounds, and reported as medians, as the median and range 
 (the runs of a round ran back to back), and as best against best. Greedy, no stop token. megatron runs
 with the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm
 --use-fused-rotary-pos-emb --use-fused-swiglu``: SDPA with native GQA on the CPU) and inference.py's
-patches (``mindspeed_llm.patches.inference``: rotated keys in the static KV cache, no autograd
-functions around the forward math) and the generator's weight layout (``lay_out_weights_for_decode``:
-linear weights stored transposed); a fourth case runs the KV cache with the weights laid out as training
-keeps them (contiguous), to show what the layout gives. transformers with its default attention (SDPA),
-run twice: ``generate(cache_implementation="static")`` (a preallocated cache, what a transformers user who
-cares about decode speed asks for) and its default dynamic cache; the summary line compares with the
-faster of the two. Both sides share this process, so the same threads and allocator settings.
+patches (``mindspeed_llm.patches.inference``: rotated keys in a static KV cache laid out [batch,
+groups, positions, head dim], no autograd functions around the forward math) and the generator's weight
+layout (``lay_out_weights_for_decode``: linear weights stored transposed); a fourth case runs the KV
+cache with the weights laid out as training keeps them (contiguous), to show what the layout gives.
+transformers with its default attention (SDPA), run twice: ``generate(cache_implementation="static")`` (a
+preallocated cache, what a transformers user who cares about decode speed asks for) and its default
+dynamic cache; the summary line compares with the faster of the two. Both sides share this process, so
+the same threads and allocator settings; the output prints both sides' settings. ``--profile``: where
+a decode step's time goes (torch.profiler from the first generated token on), ours and ``generate``'s.
 
     OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
 """
@@ -227,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
           f"on both sides (one process), batch {args.batch}, context {args.context}, "
           f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
+    import transformers
+
+    threads = torch.get_num_threads()
+    print(f"our settings: inference.py's Generator (megatron-core static inference context, the KV cache "
+          f"stored [batch, groups, positions, head dim], linear weights laid out for decoding), "
+          f"--use-flash-attn --use-fused-rmsnorm --use-fused-rotary-pos-emb --use-fused-swiglu, fp32, "
+          f"{threads} thread(s)")
+    print(f"peer settings: transformers {transformers.__version__} generate(cache_implementation=\"static\") "
+          f"and with its default dynamic cache, attention {hf.config._attn_implementation}, fp32, "
+          f"{threads} thread(s); the same process, so the same allocator settings")
     print(
         f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} "
         f"{'KV cache is (CPU)':>30}"
