@@ -11,13 +11,15 @@ interleaved, --repeats rounds, and reported as medians, as the median and range 
 (the runs of a round ran back to back), and as best against best. Greedy, no stop token. megatron runs
 with the kernels the generate scripts ask for (``--use-flash-attn --use-fused-rmsnorm
 --use-fused-rotary-pos-emb --use-fused-swiglu``: SDPA with native GQA on the CPU) and inference.py's
-patches (``mindspeed_llm.patches.inference``: rotated keys in the static KV cache, no autograd
-functions around the forward math) and the generator's weight layout (``lay_out_weights_for_decode``:
-linear weights stored transposed); a fourth case runs the KV cache with the weights laid out as training
-keeps them (contiguous), to show what the layout gives. transformers with its default attention (SDPA),
-run twice: ``generate(cache_implementation="static")`` (a preallocated cache, what a transformers user who
-cares about decode speed asks for) and its default dynamic cache; the summary line compares with the
-faster of the two. Both sides share this process, so the same threads and allocator settings.
+patches (``mindspeed_llm.patches.inference``: rotated keys in a static KV cache laid out [batch,
+groups, positions, head dim], no autograd functions around the forward math) and the generator's weight
+layout (``lay_out_weights_for_decode``: linear weights stored transposed); a fourth case runs the KV
+cache with the weights laid out as training keeps them (contiguous), to show what the layout gives.
+transformers with its default attention (SDPA), run twice: ``generate(cache_implementation="static")`` (a
+preallocated cache, what a transformers user who cares about decode speed asks for) and its default
+dynamic cache; the summary line compares with the faster of the two. Both sides share this process, so
+the same threads and allocator settings; the output prints both sides' settings. ``--profile``: where
+a decode step's time goes (torch.profiler from the first generated token on), ours and ``generate``'s.
 
     OMP_NUM_THREADS=1 python bench/bench_inference.py [--context 512] [--new-tokens 16] [--batch 4]
 """
@@ -110,6 +112,20 @@ class StepClock:
         pass
 
 
+class ProfiledClock(StepClock):
+    """A step clock that starts ``profiler`` at the first generated token: the profile holds the decode
+    steps only, not the prefill."""
+
+    def __init__(self, profiler) -> None:
+        super().__init__()
+        self.profiler = profiler
+
+    def __call__(self, *_) -> None:
+        if self.first is None:
+            self.profiler.start()
+        super().__call__()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
-                        help="instead: torch.profiler over one run of ours and of generate (static cache)")
+                        help="instead: torch.profiler over the decode steps of one run of ours and of "
+                             "generate (static cache)")
     args = parser.parse_args(argv)
 
     from mindspeed_llm.inference.generation import Generator, SamplingParams
@@ -178,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         for name in ("megatron, KV cache", "generate, static cache"):
             cases[name](StepClock())  # warm-up
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                cases[name](StepClock())
-            print(f"{name}:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25,
-                                                           max_name_column_width=56))
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            clock = ProfiledClock(prof)
+            cases[name](clock)
+            prof.stop()
+            print(f"{name}, the decode steps after the first token ({args.new_tokens} steps, "
+                  f"{1000 * (clock.last[0] - clock.first[0]):.1f} ms under the profiler):\n"
+                  + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30,
+                                              max_name_column_width=56))
         return 0
     rates: dict[str, list[float]] = {name: [] for name in cases}  # wall tokens/s
     cpu_ms: dict[str, list[float]] = {name: [] for name in cases}  # CPU ms per decode step (whole batch)
@@ -208,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
           f"on both sides (one process), batch {args.batch}, context {args.context}, "
           f"{args.new_tokens} new tokens, {args.repeats} interleaved rounds; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
+    import transformers
+
+    threads = torch.get_num_threads()
+    print(f"our settings: inference.py's Generator (megatron-core static inference context, the KV cache "
+          f"stored [batch, groups, positions, head dim], linear weights laid out for decoding), "
+          f"--use-flash-attn --use-fused-rmsnorm --use-fused-rotary-pos-emb --use-fused-swiglu, fp32, "
+          f"{threads} thread(s)")
+    print(f"peer settings: transformers {transformers.__version__} generate(cache_implementation=\"static\") "
+          f"and with its default dynamic cache, attention {hf.config._attn_implementation}, fp32, "
+          f"{threads} thread(s); the same process, so the same allocator settings")
     print(
         f"{'':27} {'wall tokens/s':>22} {'KV cache is (wall)':>30} {'CPU ms/step':>18} "
         f"{'KV cache is (CPU)':>30}"

@@ -202,3 +202,57 @@ def test_decode_layout_of_tied_embeddings_greedy_equals_transformers(tmp_path, p
         prompts = _prompts(model_config.vocab_size)
         ours = generator.generate(prompts, max_new_tokens=NEW_TOKENS, sampling=SamplingParams())
     assert ours == _hf_greedy(hf, prompts).sequences[:, PROMPT_LEN:].tolist()
+
+
+@pytest.mark.parametrize("core_attention", ["megatron", "flash"])
+def test_cache_over_prompts_of_different_lengths_filled_to_its_end(models, patched, core_attention) -> None:
+    """Prompts of different lengths (the longer ones take their own tokens through one-position steps) with
+    the generation ending at the cache's last position (``max_length``): each row's tokens equal
+    transformers' greedy ``generate`` of that prompt alone, and each row's cached keys and values equal
+    transformers' cache, position by position. The cache is laid out [batch, groups, positions, head dim]
+    in memory. Run with megatron's core attention and with ``--use-flash-attn``'s (SDPA)."""
+    from mindspeed_llm.inference.generation import Generator, SamplingParams
+    from mindspeed_llm.ops.attention import FlashDotProductAttention
+
+    hf, mg, model_config = models
+    lengths, new = (3, 13, 8), 5
+    total = max(lengths) + new
+    torch.manual_seed(5)
+    prompts = [torch.randint(3, model_config.vocab_size, (n,)).tolist() for n in lengths]
+    originals = [layer.self_attention.core_attention for layer in mg.decoder.layers]
+    if core_attention == "flash":
+        for layer, ca in zip(mg.decoder.layers, originals):
+            layer.self_attention.core_attention = FlashDotProductAttention(
+                ca.config, ca.layer_number, ca.attn_mask_type, ca.attention_type)
+    generator = Generator(mg, vocab_size=model_config.vocab_size, pad_id=0)
+    contexts = []
+    wrapper = generator._wrapper
+    generator._wrapper = lambda *a: contexts.append(wrapper(*a)) or contexts[-1]
+    try:
+        ours = generator.generate(prompts, max_new_tokens=new, sampling=SamplingParams(), max_length=total)
+        with pytest.raises(ValueError, match="exceeds the model's"):
+            generator.generate(prompts, max_new_tokens=new, sampling=SamplingParams(), max_length=total - 1)
+    finally:
+        for layer, ca in zip(mg.decoder.layers, originals):
+            layer.self_attention.core_attention = ca
+    memory = contexts[0][1].key_value_memory_dict
+    assert sorted(memory) == list(range(1, hf.config.num_hidden_layers + 1))
+    for keys, values in memory.values():
+        assert keys.shape[:2] == values.shape[:2] == (total, len(prompts))
+        assert keys.permute(1, 2, 0, 3).is_contiguous() and values.permute(1, 2, 0, 3).is_contiguous()
+
+    for row, prompt in enumerate(prompts):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                              min_new_tokens=new, eos_token_id=None, pad_token_id=0,
+                              return_dict_in_generate=True)
+        assert ours[row] == out.sequences[0, len(prompt):].tolist(), f"row {row}"
+        cached = len(prompt) + new - 1  # the last chosen token is never fed back
+        for layer in range(hf.config.num_hidden_layers):
+            ref = out.past_key_values.layers[layer]
+            for got, want in zip(memory[layer + 1], (ref.keys[0, :, :cached], ref.values[0, :, :cached])):
+                got = got[:cached, row].permute(1, 0, 2)  # [groups, positions, head dim]
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+                # teeth: the same cache read one position off is far outside the tolerance
+                assert (got[:, 1:] - want[:, :-1]).abs().max() > 1e-2
