@@ -31,7 +31,6 @@ LONGEST_FIRST = (  # by a worker's wall time in a two-worker run (docs/performan
     "tests/evaluation/test_evaluation_e2e.py",
     "tests/e2e/test_context_parallel.py",
     "tests/data/test_instruction.py",
-    "tests/e2e/test_pretrain_torch_dist.py",
     "tests/from_hf/test_one_command.py",
     "tests/e2e/test_context_parallel_packed.py",
     "tests/e2e/test_long_context_rope.py",

@@ -4,11 +4,12 @@ Two tiny random models made by transformers, both pretrained (in their configs) 
 extended to 128:
 
 - a Qwen3 with YaRN (factor 4, original window 32): the first lr-0 fp32 step of pretrain_gpt.py on one
-  96-token document equals transformers' loss on it (relative 2e-6) at TP1, TP2, PP2 (launched with
+  96-token document equals transformers' loss on it (relative 2e-6) at TP2, PP2 (launched with
   MindSpeed-LLM's flags, completed from the checkpoint), ring CP2 and Ulysses CP2; a launch whose
   ``--rope-scaling-factor`` contradicts the checkpoint is refused with one line; posttrain_gpt.py's SFT
   loss on instruction samples of up to 64 tokens equals transformers' (as tests/e2e/test_sft.py computes
-  it); inference.py's greedy tokens equal transformers' ``generate`` up to position 64;
+  it: YaRN at TP1, beyond the window); inference.py's greedy tokens equal transformers' ``generate`` up to
+  position 64;
 - a Phi-3 (fused ``qkv_proj`` / ``gate_up_proj``) with LongRoPE: the same on a 32-token document (short
   factors: within the window) and a 64-token one (long factors: beyond it); inference.py's greedy tokens
   equal ``generate``'s for a prompt inside the window whose generation crosses it (short factors, then the
@@ -61,7 +62,8 @@ LONG_FACTOR = [1.0 + 1.5 * i for i in range(8)]
 PROMPT = " ".join(f"w{i}" for i in range(5, 29))  # 24 tokens; with 40 new ones generation reaches 64
 NEW_TOKENS = 40
 BEYOND_PROMPT = " ".join(f"w{i}" for i in range(30, 70))  # 40 tokens: beyond the window from the start
-YARN_LAYOUTS = {"tp1": (1, 1, None), "tp2": (2, 1, None), "pp2": (1, 2, None),
+# TP1 trains through YaRN in the SFT launch (test_yarn_sft_first_step_loss_equals_transformers).
+YARN_LAYOUTS = {"tp2": (2, 1, None), "pp2": (1, 2, None),
                 "ring_cp2": (1, 1, "megatron_cp_algo"), "ulysses_cp2": (1, 1, "ulysses_cp_algo")}
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from megatron.core.optimizer import clip_grads
 
@@ -93,8 +94,11 @@ def _run(code: str, env_extra: dict | None = None,
                           env=env)
 
 
-def test_import_without_torch_npu_and_apex() -> None:
-    proc = _run("""
+# The checks below that need a fresh interpreter with the plain environment share one (a process each would
+# import torch, megatron-core and the package four times): each section runs in its own try block, in this
+# order (the first checks what importing the package loads, before any other section loads more).
+_PLAIN_SECTIONS = {
+    "import": """
         import importlib.util, sys
         import mindspeed_llm
         assert importlib.util.find_spec("torch_npu") is None and importlib.util.find_spec("apex") is None
@@ -105,9 +109,88 @@ def test_import_without_torch_npu_and_apex() -> None:
         assert "torch._dynamo" not in sys.modules, "megatron-core's import loaded TorchDynamo"
         assert torch.compile.__module__ == "torch" and megatron.core.jit.jit_fuser is not torch.compile
         print(mindspeed_llm.DEVICE)
-    """)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "cpu"
+    """,
+    "nccl": """
+        import mindspeed_llm, torch
+        torch.distributed.init_process_group("nccl", init_method="file://{tmp}/pg_nccl", rank=0, world_size=1)
+        group = torch.distributed.new_group([0], backend="nccl")
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+        print(torch.distributed.get_backend(), torch.distributed.get_backend(group))
+        torch.distributed.destroy_process_group()
+    """,
+    # Regression: wrapping torch's factories before torch cached its list of them made transformers'
+    # meta-device model construction leak uninitialised memory into RoPE's inv_freq.
+    "transformers": """
+        import mindspeed_llm, torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)
+        Qwen2ForCausalLM(config).save_pretrained("{tmp}/m")
+        model = Qwen2ForCausalLM.from_pretrained("{tmp}/m")
+        expected = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+        torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected)
+        print("ok")
+    """,
+    # Regression: one function object under several torch.cuda names made torch._dynamo refuse its map of
+    # torch objects ("Duplicate torch object _noop") when megatron's jit-fused SwiGLU first ran.
+    "fused": """
+        import mindspeed_llm, torch
+        import torch.nn.functional as F
+        torch.distributed.init_process_group("nccl", init_method="file://{tmp}/pg_fused", rank=0,
+                                             world_size=1)
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+        parallel_state.initialize_model_parallel(1, 1)
+        model_parallel_cuda_manual_seed(1)
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+        from megatron.core.transformer.transformer_config import TransformerConfig
+        config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4,
+                                   gated_linear_unit=True, activation_func=F.silu,
+                                   bias_activation_fusion=True, add_bias_linear=False,
+                                   normalization="RMSNorm")
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        model = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=64, max_sequence_length=16)
+        print(model(torch.randint(0, 64, (1, 8)), torch.arange(8)[None], None).shape)
+        torch.distributed.destroy_process_group()
+    """,
+}
+_MARK = "=== section "
+
+
+@pytest.fixture(scope="module")
+def plain_child(tmp_path_factory) -> dict[str, str]:
+    """{section: what it printed, or "FAILED" and its traceback}: _PLAIN_SECTIONS run in one fresh
+    interpreter with the plain environment."""
+    tmp = tmp_path_factory.mktemp("plain_child")
+    driver = ["import sys, textwrap, traceback", "sections = {}"]
+    for name, code in _PLAIN_SECTIONS.items():
+        driver.append(f"sections[{name!r}] = {textwrap.dedent(code).replace('{tmp}', str(tmp))!r}")
+    driver += [
+        "for name, code in sections.items():",
+        f"    print({_MARK!r} + name, flush=True)",
+        "    try:",
+        "        exec(compile(code, f'<section {name}>', 'exec'), {'__name__': '__main__'})",
+        "    except BaseException:",
+        "        print('FAILED'); traceback.print_exc(file=sys.stdout)",
+        "    sys.stdout.flush()",
+    ]
+    proc = _run("\n".join(driver))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parts = proc.stdout.split(_MARK)[1:]
+    found = {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
+    assert list(found) == list(_PLAIN_SECTIONS), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return found
+
+
+def _section(plain_child: dict[str, str], name: str) -> str:
+    out = plain_child[name]
+    assert not out.startswith("FAILED"), out[-3000:]
+    return out
+
+
+def test_import_without_torch_npu_and_apex(plain_child) -> None:
+    assert _section(plain_child, "import").strip() == "cpu"
 
 
 def test_deferred_torch_compile_compiles_on_the_first_call() -> None:
@@ -159,17 +242,8 @@ def test_device_override_is_validated() -> None:
     assert proc.returncode != 0 and "MINDSPEED_LLM_DEVICE='tpu'" in proc.stderr
 
 
-def test_nccl_process_group_becomes_gloo(tmp_path) -> None:
-    proc = _run(f"""
-        import mindspeed_llm, torch
-        torch.distributed.init_process_group("nccl", init_method="file://{tmp_path}/pg", rank=0, world_size=1)
-        group = torch.distributed.new_group([0], backend="nccl")
-        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
-        print(torch.distributed.get_backend(), torch.distributed.get_backend(group))
-        torch.distributed.destroy_process_group()
-    """)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["gloo", "gloo"]
+def test_nccl_process_group_becomes_gloo(plain_child) -> None:
+    assert _section(plain_child, "nccl").split() == ["gloo", "gloo"]
 
 
 def _write_torch_npu_stand_in(root) -> None:
@@ -210,44 +284,9 @@ def test_forcing_npu_without_torch_npu_is_a_clear_error() -> None:
     assert proc.returncode != 0 and "torch_npu cannot be imported (not installed)" in proc.stderr
 
 
-def test_transformers_builds_models_correctly_after_import(tmp_path) -> None:
-    # Regression: wrapping torch's factories before torch cached its list of them made transformers'
-    # meta-device model construction leak uninitialised memory into RoPE's inv_freq.
-    proc = _run(f"""
-        import mindspeed_llm, torch
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-        config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)
-        Qwen2ForCausalLM(config).save_pretrained("{tmp_path}/m")
-        model = Qwen2ForCausalLM.from_pretrained("{tmp_path}/m")
-        expected = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
-        torch.testing.assert_close(model.model.rotary_emb.inv_freq, expected)
-        print("ok")
-    """)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_transformers_builds_models_correctly_after_import(plain_child) -> None:
+    assert _section(plain_child, "transformers").strip() == "ok"
 
 
-def test_megatron_fused_kernels_compile_after_process_group_init(tmp_path) -> None:
-    # Regression: one function object under several torch.cuda names made torch._dynamo refuse its map
-    # of torch objects ("Duplicate torch object _noop") when megatron's jit-fused SwiGLU first ran.
-    proc = _run(f"""
-        import mindspeed_llm, torch
-        import torch.nn.functional as F
-        torch.distributed.init_process_group("nccl", init_method="file://{tmp_path}/pg", rank=0, world_size=1)
-        from megatron.core import parallel_state
-        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-        parallel_state.initialize_model_parallel(1, 1)
-        model_parallel_cuda_manual_seed(1)
-        from megatron.core.models.gpt import GPTModel
-        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-        from megatron.core.transformer.transformer_config import TransformerConfig
-        config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4,
-                                   gated_linear_unit=True, activation_func=F.silu,
-                                   bias_activation_fusion=True, add_bias_linear=False,
-                                   normalization="RMSNorm")
-        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-        model = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=64, max_sequence_length=16)
-        print(model(torch.randint(0, 64, (1, 8)), torch.arange(8)[None], None).shape)
-        torch.distributed.destroy_process_group()
-    """)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_megatron_fused_kernels_compile_after_process_group_init(plain_child) -> None:
+    assert "torch.Size(" in _section(plain_child, "fused")  # the model ran

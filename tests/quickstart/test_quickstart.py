@@ -180,15 +180,17 @@ SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|
 @pytest.fixture(scope="module")
 def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data
-    and step count) on SHORT_QA, then inference.py's chat (step 10's flags) asked every question.
+    and step count; steps 7 and 9 as their scripts' commands run in this process) on SHORT_QA, then
+    inference.py's chat (step 10's flags) asked every question.
 
-    In one process (TP1 PP1, the pretrained checkpoint re-laid by convert_ckpt.py mg -> mg): 150 steps at the
-    quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10 at
-    PP2."""
+    In one process (TP1 PP1, the pretrained checkpoint re-laid by convert_ckpt.py's main mg -> mg): 150 steps
+    at the quick start's PP2 cost twice the CPU for the same weights; the quick start's own run covers step 10
+    at PP2."""
+    from mindspeed_llm.convert.cli import main as convert_main
+    from mindspeed_llm.data.cli import main as preprocess_main
     from tests.conftest import torchrun
     from tests.examples.test_model_example_scripts import _recorded_argv
     from tests.inference.helpers import parse_outputs
-    from tests.tool_process import run_tool
 
     out, run = quickstarts["qwen25"]
     assert run.result().returncode == 0, (
@@ -202,57 +204,56 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     env = {**os.environ, "QS_OUT": str(out), "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "LOG_DIR": str(root / "logs")}
     pretrained = root / "pretrained_pp1"
-    relaid = run_tool(
-        "convert_ckpt.py",
+    # convert_ckpt.py's main in this process (the re-lay is the test's, not a quick-start step: no launch)
+    relaid = convert_main([
         "--load-model-type",
         "mg",
         "--save-model-type",
         "mg",
         "--load-dir",
-        out / "ckpt" / "qwen2.5_tiny_pretrain",
+        str(out / "ckpt" / "qwen2.5_tiny_pretrain"),
         "--save-dir",
-        pretrained,
+        str(pretrained),
         "--target-tensor-parallel-size",
         "1",
         "--target-pipeline-parallel-size",
         "1",
         "--no-progress",
-    )
-    assert relaid.returncode == 0, relaid.stderr[-4000:]
+    ])
+    assert relaid == 0
     one_process = {"NPUS_PER_NODE": "1", "TP": "1", "PP": "1"}
-    steps = (
-        (
-            "data_convert_qwen25_instruction.sh",
-            {"INPUT": str(rows), "OUTPUT_PREFIX": str(root / "data" / "qa")},
-        ),
-        (
-            "tune_qwen25_tiny_ptd.sh",
-            {
-                "DATA_PATH": str(root / "data" / "qa"),
-                "CKPT_LOAD_DIR": str(pretrained),
-                "CKPT_SAVE_DIR": str(root / "sft"),
-                "SEQ_LEN": "64",
-                "LOG_INTERVAL": "1",
-                "MASTER_PORT": str(free_port()),
-                **one_process,
-                **SHORT_QA_TUNE,
-            },
-        ),
-        (
-            "ckpt_convert_qwen25_mcore2hf.sh",
-            {"LOAD_DIR": str(root / "sft"), "SAVE_DIR": str(root / "sft_hf")},
-        ),
-    )
-    for script, settings in steps:
-        proc = subprocess.run(
-            ["bash", f"examples/quickstart/{script}"],
-            cwd=REPO_ROOT,
-            env={**env, **settings},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{script}: " + proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    def in_process(script: str, main, settings: dict[str, str]) -> None:
+        """The script's own python command (recorded) run by the tool's main in this process: the journey
+        above runs the script itself, here it is one launch less."""
+        os.environ.update({"QS_OUT": str(out), **settings})
+        try:
+            argv = _recorded_argv(f"examples/quickstart/{script}", "python", root)
+        finally:
+            for name in ("QS_OUT", *settings):
+                os.environ.pop(name)
+        assert main(argv[1:]) == 0, (script, argv)
+
+    # Step 7 on the short answers.
+    in_process("data_convert_qwen25_instruction.sh", preprocess_main,
+               {"INPUT": str(rows), "OUTPUT_PREFIX": str(root / "data" / "qa")})
+    # Step 8: its script, under torchrun.
+    settings = {
+        "DATA_PATH": str(root / "data" / "qa"),
+        "CKPT_LOAD_DIR": str(pretrained),
+        "CKPT_SAVE_DIR": str(root / "sft"),
+        "SEQ_LEN": "64",
+        "LOG_INTERVAL": "1",
+        "MASTER_PORT": str(free_port()),
+        **one_process,
+        **SHORT_QA_TUNE,
+    }
+    proc = subprocess.run(["bash", "examples/quickstart/tune_qwen25_tiny_ptd.sh"], cwd=REPO_ROOT,
+                          env={**env, **settings}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, "tune_qwen25_tiny_ptd.sh: " + proc.stdout[-4000:] + proc.stderr[-4000:]
+    # Step 9: the fine-tuned checkpoint to HF, for transformers.
+    in_process("ckpt_convert_qwen25_mcore2hf.sh", convert_main,
+               {"LOAD_DIR": str(root / "sft"), "SAVE_DIR": str(root / "sft_hf")})
     settings = {"QS_OUT": str(out), "CHECKPOINT": str(root / "sft"), "MAX_NEW_TOKENS": str(SHORT_QA_TOKENS),
                 **one_process}
     os.environ.update(settings)
