@@ -39,6 +39,7 @@ elif mode == "term":
 
 @pytest.fixture(scope="module")
 def script(tmp_path_factory):
+    preloaded.close_servers()  # earlier files' servers count towards MAX_SERVERS
     path = tmp_path_factory.mktemp("preloaded") / "probe.py"
     path.write_text(SCRIPT)
     return path

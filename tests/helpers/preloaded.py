@@ -101,13 +101,14 @@ class _Server:
 _servers: dict[tuple, _Server] = {}
 
 
-def _close_servers() -> None:
+def close_servers() -> None:
+    """Stop this test process's servers (their launches have ended); the next launch starts one again."""
     for server in _servers.values():
         server.close()
     _servers.clear()
 
 
-atexit.register(_close_servers)
+atexit.register(close_servers)
 
 
 class ForkedProcess:
