@@ -6,7 +6,9 @@ test stays torch-free):
   workers torchrun would start, without its agent; raises with the output on failure) and
   ``StartedTorchrun`` (the same, started now, ``.result()`` later); ``torchrun_command(script, *args, nproc=,
   port=, nnodes=, node_rank=, torchrun_args=)`` (torchrun's own command, for tests of torchrun itself);
-  ``Started(cmd, env=, cwd=, timeout=)`` (one process started now, ``.result()`` later).
+  ``Started(cmd, env=, cwd=, timeout=)`` (one process started now, ``.result()`` later). Their ``python
+  [-u] SCRIPT.py`` processes are forked from a preloaded interpreter (torch imported once per test process:
+  :mod:`tests.helpers.preloaded`; ``MINDSPEED_LLM_TEST_FRESH_PROCESSES=1`` starts fresh ones).
 - :mod:`tests.helpers.numerics`: ``rel_err(actual, expected)`` (Frobenius, float64) and ``DTYPE_TOL``
   (the per-dtype bound of the kernel tests: float32 1e-5, bfloat16 1e-2).
 - :mod:`tests.helpers.tiny`: ``tiny_hf_config(kind, ...)``, ``make_tiny_hf_model(folder, kind, ...)`` (a

@@ -55,6 +55,25 @@ def _rank_env(rank: int, nproc: int, port: int, env: dict | None) -> dict:
             "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
+def _output_files():
+    """The stdout and stderr of a launch: temporary files (removed when closed), named so that a process
+    forked by a preloaded server (:mod:`tests.helpers.preloaded`) can open them."""
+    import tempfile
+
+    return tempfile.NamedTemporaryFile("w+"), tempfile.NamedTemporaryFile("w+")
+
+
+def _popen(cmd: list[str], *, env: dict, cwd, stdout, stderr, preexec_fn=None):
+    """``cmd`` started now: forked from a preloaded interpreter when it is ``python [-u] SCRIPT.py ...``
+    (:mod:`tests.helpers.preloaded`: torch is imported once, not by every process), else a new process."""
+    from tests.helpers import preloaded
+
+    proc = None if preexec_fn is not None else preloaded.start(cmd, env=env, cwd=cwd, stdout=stdout,
+                                                                 stderr=stderr)
+    return proc or subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, cwd=cwd, env=env,
+                                    preexec_fn=preexec_fn)
+
+
 def _check_torchrun(proc: subprocess.CompletedProcess, script, args) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         raise AssertionError(f"torchrun {script} {args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
@@ -77,20 +96,19 @@ class StartedTorchrun:
     torch.distributed on gloo, rank 0 hosting the rendezvous store at MASTER_PORT), without torchrun's
     agent: the agent is one more interpreter that imports torch per launch (~1.5 CPU s of the ~100
     launches' start-up, docs/performance_journal.md). Like torchrun, the ranks run ``python -u`` and share
-    one stdout and one stderr, and when one fails the others are stopped. Tests of torchrun itself (rank
-    output, signals, multi-node) build its command (:func:`torchrun_command`). ``result()`` waits and
-    raises with the output on failure."""
+    one stdout and one stderr, and when one fails the others are stopped. The ranks are forked from a
+    preloaded interpreter (:mod:`tests.helpers.preloaded`). Tests of torchrun itself (rank output, signals,
+    multi-node) build its command (:func:`torchrun_command`). ``result()`` waits and raises with the output
+    on failure."""
 
     def __init__(self, script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
                  env: dict | None = None, cwd: Path | str = REPO_ROOT):
-        import tempfile
-
         self._script, self._args, self._timeout, self._result = script, args, timeout, None
-        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self._out, self._err = _output_files()
         port = free_port()
         cmd = [sys.executable, "-u", str(script), *map(str, args)]
-        self._procs = [subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, cwd=cwd,
-                                        env=_rank_env(rank, nproc, port, env)) for rank in range(nproc)]
+        self._procs = [_popen(cmd, stdout=self._out, stderr=self._err, cwd=cwd,
+                              env=_rank_env(rank, nproc, port, env)) for rank in range(nproc)]
 
     def _stop(self) -> None:
         """Terminate the ranks still running (SIGKILL after 15 s) and reap them all."""
@@ -142,15 +160,13 @@ def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 300,
 class Started:
     """A process started now and waited for later: independent single-process runs of a test module overlap
     on the machine's two cores (serially, one core would sit idle). Output goes to files, not pipes, so a
-    child never blocks on a full pipe while nobody reads it."""
+    child never blocks on a full pipe while nobody reads it. ``python SCRIPT.py ...`` without
+    ``preexec_fn`` is forked from a preloaded interpreter (:mod:`tests.helpers.preloaded`)."""
 
     def __init__(self, cmd: list[str], *, env: dict, cwd: Path | str = REPO_ROOT, timeout: int = 300,
                  preexec_fn=None):
-        import tempfile
-
-        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self._proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._err, text=True, env=env, cwd=cwd,
-                                      preexec_fn=preexec_fn)
+        self._out, self._err = _output_files()
+        self._proc = _popen(cmd, stdout=self._out, stderr=self._err, env=env, cwd=cwd, preexec_fn=preexec_fn)
         self._timeout, self._result = timeout, None
 
     def result(self) -> subprocess.CompletedProcess:
