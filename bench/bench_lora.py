@@ -113,12 +113,10 @@ def make_data(prefix: Path, tokens: int) -> None:
     random_documents(prefix, tokens, vocab=SHAPE["vocab"])
 
 
-def run_ours(args, prefix: Path) -> list[float]:
-    """pretrain_gpt.py with LoRA: seconds per timed iteration."""
+def ours_flags(args, prefix: Path) -> list[str]:
+    """pretrain_gpt.py's command line (after the script) for the bench model with LoRA."""
     s = SHAPE
     cmd = [
-        sys.executable,
-        str(REPO / "pretrain_gpt.py"),
         "--num-layers",
         s["layers"],
         "--hidden-size",
@@ -198,10 +196,14 @@ def run_ours(args, prefix: Path) -> list[float]:
     ]
     if args.dtype == "bf16":
         cmd.append("--bf16")
+    return [str(c) for c in cmd + getattr(args, "extra", "").split()]
+
+
+def run_ours(args, prefix: Path) -> list[float]:
+    """pretrain_gpt.py with LoRA: seconds per timed iteration."""
+    cmd = [sys.executable, str(REPO / "pretrain_gpt.py"), *ours_flags(args, prefix)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, env=env, cwd=REPO, check=False
-    )
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if out.returncode:
         raise RuntimeError(f"pretrain_gpt.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return [float(m.group(2)) / 1000 for m in _ELAPSED.finditer(out.stdout) if int(m.group(1)) > args.warmup]
@@ -313,6 +315,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="step-time runs (memory: fp32)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of the step-time runs")
+    p.add_argument("--extra", default="", help="more pretrain_gpt.py flags for our side")
     p.add_argument("--skip-time", action="store_true", help="only the memory table")
     p.add_argument("--skip-memory", action="store_true", help="only the step times")
     p.add_argument("--peft-worker", action="store_true", help=argparse.SUPPRESS)
