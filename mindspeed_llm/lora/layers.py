@@ -16,11 +16,6 @@ uses). The reductions that rule needs (see docs/lora.md):
 With ``--sequence-parallel`` the all-reduces become megatron's all-gather / reduce-scatter along the
 sequence, and the whole factor (column A, row B) is marked ``sequence_parallel`` so that
 ``finalize_model_grads`` sums its gradient over TP, as it does for the norms.
-
-Without tensor parallelism, a float32 forward in training mode with no adapter dropout runs the base
-product and the adapter as one autograd function (``lora/kernel.py``: the adapter added into the base
-output by BLAS, no scaled copies of the output or of its gradient), in place of megatron's frozen-weight
-linear.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ import math
 import torch
 
 from mindspeed_llm.lora.config import LoraConfig, check_moe_targets
-from mindspeed_llm.lora.kernel import lora_linear
 from mindspeed_llm.lora.keys import is_lora_key
 from mindspeed_llm.lora.tp import factor_splits, is_column_parallel, partition_dim, shard_adapter
 
@@ -60,29 +54,12 @@ class _LoraMixin:
 
     lora_scaling: float
     lora_dropout_p: float
-    lora_single_rank: bool
 
-    def _add_adapter(self, a: torch.Tensor, b: torch.Tensor, cfg: LoraConfig, single_rank: bool) -> None:
+    def _add_adapter(self, a: torch.Tensor, b: torch.Tensor, cfg: LoraConfig) -> None:
         self.lora_A = _Factor(a)
         self.lora_B = _Factor(b)
         self.lora_scaling = cfg.scaling
         self.lora_dropout_p = cfg.dropout
-        self.lora_single_rank = single_rank
-
-    def _fused_adapter(self) -> bool:
-        """Whether this forward runs base and adapter as one kernel (``lora/kernel.py``): one TP rank,
-        training mode (with or without gradients, so that a recomputed forward is the same kernel), no
-        adapter dropout, a frozen float32 base."""
-        return (self.lora_single_rank and self.training and not self.lora_dropout_p
-                and not self.weight.requires_grad and self.weight.dtype == torch.float32
-                and self.lora_A.weight.dtype == torch.float32)
-
-    def _forward_impl(self, input, weight, *args, **kwargs):
-        """megatron's linear of the base layer; with :meth:`_fused_adapter`, base and adapter together."""
-        if self._fused_adapter():
-            return lora_linear(input, weight, kwargs.get("bias"), self.lora_A.weight, self.lora_B.weight,
-                               self.lora_scaling)
-        return super()._forward_impl(input, weight, *args, **kwargs)
 
     def _dropout(self, x: torch.Tensor, split_input: bool) -> torch.Tensor:
         """peft's dropout on the adapter's input; a split input draws its mask from the TP rank's own RNG."""
@@ -109,8 +86,6 @@ class LoraColumnParallelLinear:
         """The base layer's output plus ``B_i(A(x)) * scaling`` on this rank's output rows."""
         output, output_bias = super().forward(input_, weight=weight,
                                               runtime_gather_output=runtime_gather_output)
-        if self._fused_adapter():  # the adapter is in the output already (_forward_impl)
-            return output, output_bias
         m = _tp_mappings()
         h = torch.nn.functional.linear(self._dropout(input_, split_input=self.sequence_parallel),
                                        self.lora_A.weight)
@@ -131,8 +106,6 @@ class LoraRowParallelLinear:
     def forward(self, input_):
         """The base layer's output plus ``B(sum_i A_i(x_i)) * scaling``."""
         output, output_bias = super().forward(input_)
-        if self._fused_adapter():  # the adapter is in the output already (_forward_impl)
-            return output, output_bias
         m = _tp_mappings()
         x = input_
         if not self.input_is_parallel:
@@ -181,8 +154,8 @@ def adapt_linear(module: torch.nn.Module, name: str, layer_number: int, cfg: Lor
     column = is_column_parallel(name)
     module.__class__ = _adapted_class(type(module), column)
     like_base = {"device": module.weight.device, "dtype": module.weight.dtype}
+    module._add_adapter(a.to(**like_base), b.to(**like_base), cfg)
     sp = bool(getattr(module, "sequence_parallel", False))
-    module._add_adapter(a.to(**like_base), b.to(**like_base), cfg, single_rank=tp == 1 and not sp)
     a_split, b_split = factor_splits(name)
     _mark(module.lora_A.weight, partition_dim(a_split), sp)
     _mark(module.lora_B.weight, partition_dim(b_split), sp)
