@@ -1,11 +1,13 @@
 """Where a training step's time goes: torch.profiler over one step of pretrain_gpt.py or of the peer loop.
 
-The bench model and flags of bench/bench_pretrain.py (or its LoRA variant, ``--lora``). One process;
+The bench model and flags of bench/bench_pretrain.py (or its LoRA variant, ``--lora``; or, with
+``--lora-bench``, bench/bench_lora.py's 100M tied model, micro-batch 1, against peft). One process;
 after ``--warmup`` steps one step runs under ``torch.profiler`` (CPU activities) and the ops' self CPU
 times are summed into categories (matmuls, attention, the loss over the vocabulary, norms, RoPE,
 SwiGLU/activation, the optimizer, copies and dtype conversions, the rest), then the top ops are listed.
 
     python bench/profile_step.py --side ours|hf [--dtype fp32|bf16] [--mbs 2] [--seq 512] [--lora]
+                                 [--lora-bench] [--extra "more pretrain_gpt.py flags"]
 """
 
 from __future__ import annotations
@@ -81,9 +83,15 @@ def run_ours(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "bench_text_document"
         bench_pretrain.make_data(prefix, (args.warmup + 4) * args.mbs * args.seq * 2)
-        ns = argparse.Namespace(seq=args.seq, mbs=args.mbs, iters=args.warmup + 2, extra=args.extra)
-        flags = bench_pretrain.pretrain_flags(ns, args.dtype, prefix)
-        if args.lora:
+        ns = argparse.Namespace(seq=args.seq, mbs=args.mbs, iters=args.warmup + 2, extra=args.extra,
+                                dtype=args.dtype)
+        if args.lora_bench:
+            from bench import bench_lora
+
+            flags = bench_lora.ours_flags(ns, prefix)
+        else:
+            flags = bench_pretrain.pretrain_flags(ns, args.dtype, prefix)
+        if args.lora and not args.lora_bench:
             flags += ["--lora-r", "16", "--lora-alpha", "32", "--lora-target-modules", "linear_qkv",
                       "linear_proj", "linear_fc1", "linear_fc2"]
         sys.argv = [str(REPO / "pretrain_gpt.py"), *flags]
@@ -99,8 +107,16 @@ def run_hf(args) -> None:
     from bench.bench_pretrain import SHAPE, peer_model
     from bench.peer import peer_adamw, peer_autocast
 
-    model = peer_model(args.seq)
-    if args.lora:
+    if args.lora_bench:
+        from transformers import Qwen2ForCausalLM
+
+        from bench.bench_lora import hf_config
+
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM._from_config(hf_config(), attn_implementation="sdpa").float().train()
+    else:
+        model = peer_model(args.seq)
+    if args.lora or args.lora_bench:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=[
@@ -131,6 +147,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--lora", action="store_true", help="LoRA r=16 on every decoder linear (peft for hf)")
+    p.add_argument("--lora-bench", action="store_true",
+                   help="bench/bench_lora.py's model and LoRA flags (use with --mbs 1)")
     p.add_argument("--extra", default="", help="more pretrain_gpt.py flags")
     args = p.parse_args()
     (run_ours if args.side == "ours" else run_hf)(args)

@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-cpu-initialization", action="store_true")
     g.add_argument("--cross-entropy-loss-fusion", action="store_true",
                    help="megatron-core's fused (torch.compile'd) vocab-parallel cross entropy")
+    g.add_argument("--loss-compute-mode", choices=["default", "chunk"], default="default",
+                   help="chunk: the output layer and the cross entropy together, --loss-chunk-size tokens "
+                        "at a time, without keeping the [tokens, vocabulary] logits (MindSpeed-LLM's flag; "
+                        "equal to default up to float32 rounding, docs/training.md)")
+    g.add_argument("--loss-chunk-size", type=int, default=1024,
+                   help="tokens per block of --loss-compute-mode chunk (1024)")
     g.add_argument("--calculate-per-token-loss", action="store_true",
                    help="scale gradients by the global batch's token count instead of per micro-batch means")
     g.add_argument("--spec", nargs="*", default=None, metavar="MODULE NAME",

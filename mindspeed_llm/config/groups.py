@@ -245,6 +245,8 @@ class KernelsGroup:
     use_fused_ring_attention_update: bool = setting()
     use_cp_send_recv_overlap: bool = setting()
     use_ascend_coc: bool = setting()  # MindSpeed (Ascend): not available, announced (flags)
+    loss_compute_mode: str = setting()  # "chunk": the output layer + loss in blocks (patches/features.py)
+    loss_chunk_size: int = setting()
 
 
 @dataclass(frozen=True)

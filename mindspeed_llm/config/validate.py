@@ -182,6 +182,12 @@ def check_args(args: argparse.Namespace, world_size: int, *, training: bool = Tr
             f"--dataloader-type {args.dataloader_type} is not supported: pretraining reads "
             "consecutive global batches in the dataset's (already shuffled) order; use single"
         )
+    if args.loss_chunk_size < 1:
+        raise ArgumentError(f"--loss-chunk-size must be a positive number of tokens, got "
+                            f"{args.loss_chunk_size}")
+    if args.loss_compute_mode == "chunk" and args.cross_entropy_loss_fusion:
+        raise ArgumentError("--loss-compute-mode chunk and --cross-entropy-loss-fusion are two fusions of "
+                            "the same loss: keep one")
     if args.manual_gc_interval < 0:
         raise ArgumentError(f"--manual-gc-interval must be >= 0, got {args.manual_gc_interval}")
     if args.exit_duration_in_mins is not None and args.exit_duration_in_mins <= 0:

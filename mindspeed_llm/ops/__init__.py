@@ -10,6 +10,8 @@ NPU path chosen from the tensor's device (:mod:`mindspeed_llm.ops.backend`):
 - :mod:`~mindspeed_llm.ops.swiglu`: SwiGLU (``npu_swiglu`` on Ascend);
 - :mod:`~mindspeed_llm.ops.cross_entropy`, :mod:`~mindspeed_llm.ops.fused_adam`,
   :mod:`~mindspeed_llm.ops.multi_tensor`: megatron's no-Apex fallbacks, faster;
+- :mod:`~mindspeed_llm.ops.linear_cross_entropy`: the output layer fused into the cross entropy over blocks
+  of tokens (``--loss-compute-mode chunk``);
 - :mod:`~mindspeed_llm.ops.npu`: the lazy ``torch_npu`` import.
 
 Packed samples are a layer above the attention kernels, which take documents only as plain tensors:

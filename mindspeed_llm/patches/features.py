@@ -53,6 +53,13 @@ Feature patches (group ``features``), enabled from the training flags by
   True: build the config with :func:`transformer_config_overrides` (as Megatron-LM does by default
   for ``--swiglu``), or the flag changes nothing.
 
+- ``--loss-compute-mode chunk``: wraps ``GPTModel._postprocess`` so that a training or evaluation forward
+  with labels runs the output layer and the cross entropy together over blocks of ``--loss-chunk-size``
+  tokens (:func:`~mindspeed_llm.ops.linear_cross_entropy.linear_cross_entropy`), with the output layer's
+  own TP entry (copy to the region, or the sequence-parallel gather) and weight (tied or not). Everything
+  else (no labels: logits; multi-token prediction; inference; a bias on the output layer) is megatron's.
+  Off by default: it equals the unfused loss up to float32 rounding, not bit for bit.
+
 Why flash attention is a flag and not a base patch: ``--use-flash-attn`` is the switch Megatron-LM
 and MindSpeed users know, and a base patch would make it a flag that does nothing. It also changes
 numerics that a user may compare against megatron (its dropout draws a different mask; rows with
@@ -270,6 +277,54 @@ def _fused_rms_kernel(backend: str | None) -> staticmethod:
     return staticmethod(fused_rms_norm)
 
 
+GPT_POSTPROCESS = "megatron.core.models.gpt.gpt_model.GPTModel._postprocess"
+_POSTPROCESS_SIGNATURE = (
+    "(self, hidden_states, input_ids, position_ids, labels, rotary_pos_emb, rotary_pos_cos, "
+    "rotary_pos_sin, mtp_in_postprocess=None, loss_mask=None, decoder_input=None, attention_mask=None, "
+    "inference_params=None, packed_seq_params=None, sequence_len_offset=None, runtime_gather_output=None, "
+    "extra_block_kwargs=None, inference_context=None)")
+
+
+def _chunked_loss_postprocess(chunk: int) -> Callable[[Callable], Callable]:
+    """``GPTModel._postprocess`` that computes a labelled forward's loss with the output layer fused in."""
+
+    def wrap(original: Callable) -> Callable:
+        import torch
+        from megatron.core.config_logger import has_config_logger_enabled
+        from megatron.core.tensor_parallel import mappings
+
+        from mindspeed_llm.ops.bf16_matmul import native_bf16_matmul
+        from mindspeed_llm.ops.linear_cross_entropy import linear_cross_entropy
+
+        @functools.wraps(original)
+        def _postprocess(self, *args, **kwargs):
+            labels = kwargs.get("labels")
+            layer = getattr(self, "output_layer", None)
+            if (args or labels is None or not self.post_process or kwargs.get("mtp_in_postprocess")
+                    or self.config.mtp_num_layers is not None or kwargs.get("inference_context") is not None
+                    or has_config_logger_enabled(self.config) or self.config.cross_entropy_loss_fusion
+                    or self.config.defer_embedding_wgrad_compute or getattr(layer, "bias", None) is not None):
+                return original(self, *args, **kwargs)
+            hidden = kwargs["hidden_states"]
+            weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights \
+                else layer.weight
+            group = layer.tp_group
+            world = group.size() if group is not None else 1
+            if layer.sequence_parallel:  # the output layer's own entry: gather forward, reduce-scatter back
+                hidden = mappings.gather_from_sequence_parallel_region(hidden, group=group)
+            elif world > 1:  # copy forward, all-reduce of the hidden states' gradient back
+                hidden = mappings.copy_to_tensor_model_parallel_region(hidden, group=group)
+            if hidden.dtype == torch.bfloat16 and hidden.device.type == "cpu" and not native_bf16_matmul():
+                hidden, weight = hidden.float(), weight.float()  # ops/bf16_matmul.py: products in fp32
+            loss = linear_cross_entropy(hidden, weight, labels.transpose(0, 1), chunk, group,
+                                        group.rank() if world > 1 else 0, world)
+            return loss.transpose(0, 1).contiguous()  # [s, b] -> [b, s], as compute_language_model_loss
+
+        return _postprocess
+
+    return wrap
+
+
 def _backend_for(device: str | None) -> str | None:
     if device is None:
         return None  # each call dispatches on its tensors' device
@@ -294,11 +349,14 @@ def register_feature_patches(
     use_fused_swiglu: bool = False,
     device: str | None = None,
     context_parallel: bool = False,
+    loss_chunk_size: int | None = None,
 ) -> list:
     """Register (not apply) the feature patches for the given flags in ``reg``; return them.
 
     ``device`` ('cpu', 'cuda', 'npu') pins the kernels to that device's implementation; None lets
     each call follow its tensors' device. ``context_parallel`` wins over ``use_flash_attn``.
+    ``loss_chunk_size`` (``--loss-compute-mode chunk``'s ``--loss-chunk-size``; None: off) fuses the output
+    layer into the loss.
     """
     backend = _backend_for(device)
     r = functools.partial(reg.register, group=FEATURE_GROUP)
@@ -327,6 +385,12 @@ def register_feature_patches(
         chosen.append(r(BIAS_SWIGLU, wrapper=_swiglu_wrapper(backend), signature=_BIAS_SWIGLU_SIGNATURE,
                         description="--use-fused-swiglu: the device's fused SwiGLU "
                                     "(needs config.bias_activation_fusion)"))
+    if loss_chunk_size is not None:
+        importlib.import_module("megatron.core.models.gpt.gpt_model")
+        chosen.append(r(GPT_POSTPROCESS, wrapper=_chunked_loss_postprocess(loss_chunk_size),
+                        signature=_POSTPROCESS_SIGNATURE,
+                        description=f"--loss-compute-mode chunk: output layer + cross entropy over blocks "
+                                    f"of {loss_chunk_size} tokens, no [tokens, vocabulary] logits kept"))
     return chosen
 
 
@@ -338,6 +402,7 @@ def enable_feature_patches(
     device: str | None = None,
     reg: PatchRegistry = registry,
     context_parallel: bool = False,
+    loss_chunk_size: int | None = None,
 ) -> list[str]:
     """Apply the feature patches for the given flags (replacing any enabled before); return their targets.
 
@@ -345,11 +410,12 @@ def enable_feature_patches(
     each call follow its tensors' device. ``context_parallel`` (``--context-parallel-size`` > 1)
     makes the core attention ring/Ulysses attention, whatever ``use_flash_attn`` says (megatron's
     local attention asserts with CP; the CP module runs the flash-style kernels itself).
+    ``loss_chunk_size``: ``--loss-compute-mode chunk`` with this ``--loss-chunk-size`` (None: off).
     """
     _backend_for(device)  # a wrong device is refused before the enabled patches are dropped
     disable_feature_patches(reg)
     chosen = register_feature_patches(reg, use_flash_attn, use_fused_rmsnorm, use_fused_rotary_pos_emb,
-                                      use_fused_swiglu, device, context_parallel)
+                                      use_fused_swiglu, device, context_parallel, loss_chunk_size)
     reg.apply(FEATURE_GROUP)
     return [patch.target for patch in chosen]
 
@@ -377,7 +443,9 @@ def enable_feature_patches_from_args(args: Namespace, device: str | None = None,
             f"--use-fused-rotary-pos-emb needs rotary embeddings, got --position-embedding-type {position}"
         )
     context_parallel = int(getattr(args, "context_parallel_size", 1) or 1) > 1
-    return enable_feature_patches(**flags, device=device, reg=reg, context_parallel=context_parallel)
+    chunked = getattr(args, "loss_compute_mode", "default") == "chunk"
+    return enable_feature_patches(**flags, device=device, reg=reg, context_parallel=context_parallel,
+                                  loss_chunk_size=args.loss_chunk_size if chunked else None)
 
 
 def transformer_config_overrides(use_fused_swiglu: bool = False, **_: Any) -> dict[str, Any]:

@@ -344,6 +344,9 @@ def test_train_samples_sets_the_iterations_as_megatron_does():
         ("--mock-data", ["one data source"]),
         ("--train-data-path t_text_document", ["one data source"]),
         ("--manual-gc-interval -1", ["--manual-gc-interval"]),
+        ("--loss-compute-mode chunk --loss-chunk-size 0", ["--loss-chunk-size", "positive"]),
+        ("--loss-compute-mode chunk --cross-entropy-loss-fusion",
+         ["--loss-compute-mode chunk", "--cross-entropy-loss-fusion", "keep one"]),
     ],
 )
 def test_megatron_flags_refused_with_a_line(extra, words):

@@ -1,4 +1,7 @@
-"""torchrun worker for test_cross_entropy: TP=2, each rank computes the loss on its half of the vocabulary."""
+"""torchrun worker for test_cross_entropy: TP=2, each rank computes the loss on its half of the vocabulary:
+the blocked cross entropy of given logits, and the output layer fused into the loss
+(test_linear_cross_entropy) on its half of the output weight, the hidden states entering the TP region as
+megatron's output layer's do."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import sys
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
 
 from mindspeed_llm.ops.cross_entropy import chunked_vocab_parallel_cross_entropy
+from mindspeed_llm.ops.linear_cross_entropy import linear_cross_entropy
 
 
 def main(folder: Path) -> None:
@@ -23,7 +27,17 @@ def main(folder: Path) -> None:
     shard = inputs["logits"][..., rank * half:(rank + 1) * half].clone().requires_grad_()
     loss = chunked_vocab_parallel_cross_entropy(shard, inputs["target"])
     loss.backward(inputs["grad_out"].float())
-    torch.save({"loss": loss.detach(), "grad": shard.grad}, folder / f"rank{rank}.pt")
+    out = {"loss": loss.detach(), "grad": shard.grad}
+    linear = inputs["linear"]
+    rows = linear["weight"].shape[0] // 2
+    weight = linear["weight"][rank * rows:(rank + 1) * rows].clone().requires_grad_()
+    hidden = linear["hidden"].clone().requires_grad_()
+    group = parallel_state.get_tensor_model_parallel_group()
+    entered = tensor_parallel.copy_to_tensor_model_parallel_region(hidden, group=group)
+    fused = linear_cross_entropy(entered, weight, linear["target"], linear["chunk"], group, rank, 2)
+    ((fused * linear["mask"]).sum() / linear["mask"].sum()).backward()
+    out["linear"] = {"loss": fused.detach(), "hidden_grad": hidden.grad, "weight_grad": weight.grad}
+    torch.save(out, folder / f"rank{rank}.pt")
     parallel_state.destroy_model_parallel()
     torch.distributed.destroy_process_group()
 

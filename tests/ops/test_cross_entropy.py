@@ -95,16 +95,49 @@ def test_cpu_base_patch_routes_megatron_loss_through_it():
         )
 
 
+@pytest.fixture(scope="module")
+def tp2_run(tmp_path_factory):
+    """One TP2 launch: the blocked loss of given logits, and the fused output layer + loss
+    (test_linear_cross_entropy's inputs, blocks of 4 tokens)."""
+    from tests.ops.test_linear_cross_entropy import linear_inputs
+
+    folder = tmp_path_factory.mktemp("cross_entropy_tp2")
+    logits, target, grad_out = _inputs(torch.float32)
+    hidden, weight, linear_target, mask = linear_inputs()
+    linear = {"hidden": hidden, "weight": weight, "target": linear_target, "mask": mask, "chunk": 4}
+    torch.save({"logits": logits, "target": target, "grad_out": grad_out, "linear": linear},
+               folder / "inputs.pt")
+    torchrun(Path(__file__).with_name("cross_entropy_worker.py"), str(folder), nproc=2)
+    return folder
+
+
 @pytest.mark.slow
-def test_tensor_parallel_two_ranks_match_float64(tmp_path):
+def test_tensor_parallel_two_ranks_match_float64(tp2_run):
     """Each of two ranks holds half of the vocabulary; losses and gradient slices equal float64's."""
     logits, target, grad_out = _inputs(torch.float32)
     want_loss, want_grad = _float64_reference(logits, target, grad_out)
-    torch.save({"logits": logits, "target": target, "grad_out": grad_out}, tmp_path / "inputs.pt")
-    torchrun(Path(__file__).with_name("cross_entropy_worker.py"), str(tmp_path), nproc=2)
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = torch.load(tp2_run / f"rank{rank}.pt")
         torch.testing.assert_close(got["loss"].double(), want_loss, rtol=1e-6, atol=1e-5)
         half = V // 2
         torch.testing.assert_close(got["grad"].double(), want_grad[..., rank * half:(rank + 1) * half],
                                    rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_fused_output_layer_loss_at_two_ranks_equals_megatron_at_one(tp2_run):
+    """The output layer fused into the loss with the (padded) vocabulary split over two ranks: every rank's
+    loss, the all-reduced hidden-state gradient and each rank's weight rows' gradient equal megatron-core's
+    unfused loss on the whole vocabulary (test_linear_cross_entropy's reference)."""
+    from tests.helpers.numerics import rel_err
+    from tests.ops.test_linear_cross_entropy import TOL, _megatron, linear_inputs
+
+    hidden, weight, target, mask = linear_inputs()
+    want_loss, want_gh, want_gw = _megatron(hidden, weight, target, mask)
+    rows = weight.shape[0] // 2
+    valid = target >= 0
+    for rank in range(2):
+        got = torch.load(tp2_run / f"rank{rank}.pt")["linear"]
+        assert rel_err(got["loss"][valid], want_loss[valid].double()) <= TOL
+        assert rel_err(got["hidden_grad"], want_gh.double()) <= TOL
+        assert rel_err(got["weight_grad"], want_gw[rank * rows:(rank + 1) * rows].double()) <= TOL
