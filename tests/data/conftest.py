@@ -104,14 +104,6 @@ def nfc_tokenizer(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def qwen25_tokenizer(tmp_path_factory) -> str:
-    """Qwen2.5's tokenizer rebuilt offline (151,665 entries, NFC, added tokens); about 4 s to build."""
-    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen25_tokenizer
-
-    return str(write_qwen25_tokenizer(tmp_path_factory.mktemp("qwen25")))
-
-
-@pytest.fixture(scope="session")
 def large_vocab_tokenizer(tmp_path_factory) -> str:
     return build_large_vocab_tokenizer(tmp_path_factory.mktemp("large_tok"))
 
