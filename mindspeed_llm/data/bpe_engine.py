@@ -62,7 +62,7 @@ class Ineligible(Exception):
     """The tokenizer is not one this engine encodes exactly; the message says why."""
 
 
-def _byte_chars() -> dict[int, str]:
+def byte_chars() -> dict[int, str]:
     """Byte-level BPE's alphabet: each byte's character in the vocabulary (the printable bytes themselves,
     the others shifted to U+0100 and beyond in byte order)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
@@ -75,7 +75,7 @@ def _byte_chars() -> dict[int, str]:
     return chars
 
 
-_BYTE_CHARS = _byte_chars()
+_BYTE_CHARS = byte_chars()
 _TO_LATIN1 = str.maketrans({ch: chr(b) for b, ch in _BYTE_CHARS.items()})
 
 

@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from mindspeed_llm.data.bpe_engine import byte_chars
+
 # Qwen2's pre-tokenisation pattern (the same as the first Qwen's).
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -60,19 +62,6 @@ def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     return ranks
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (used by HF byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
 def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
     """The two pieces that BPE (ranks below ``rank`` only) leaves for ``token``."""
     parts = [bytes([b]) for b in token]
@@ -94,7 +83,7 @@ def build_tokenizer_json(
     ranks: dict[bytes, int], added_tokens: list[tuple[str, bool]] = QWEN25_ADDED_TOKENS
 ) -> dict:
     """A ``tokenizer.json`` (tokenizers library format) equivalent to the ranked BPE plus the added tokens."""
-    byte_map = _bytes_to_unicode()
+    byte_map = byte_chars()
 
     def to_str(b: bytes) -> str:
         return "".join(byte_map[x] for x in b)
