@@ -237,6 +237,17 @@ def _serve(status_dir: str) -> dict | None:
     return None
 
 
+def _pythonpath(cwd: str) -> list[str]:
+    """PYTHONPATH's entries as an interpreter started in ``cwd`` puts them on ``sys.path``: absolute, an
+    empty or relative entry read from ``cwd``."""
+    raw = os.environ.get("PYTHONPATH", "")
+    return [os.path.abspath(os.path.join(cwd, entry)) for entry in raw.split(os.pathsep)] if raw else []
+
+
+def _first_seen(paths: list[str]) -> list[str]:
+    return list(dict.fromkeys(paths))  # the interpreter's start drops later duplicates the same way
+
+
 def _become(request: dict, base_path: list[str]) -> None:
     """In the forked child: what ``python [-u] SCRIPT ARGS`` in ``cwd`` with ``env`` would have (the server
     ran with the same -u: ``sys.stdin/stdout/stderr`` keep their buffering and, their buffers empty, now
@@ -256,7 +267,8 @@ def _become(request: dict, base_path: list[str]) -> None:
     tempfile.tempdir = None  # chosen again from this environment
     script = request["script"]
     sys.argv = [script, *request["args"]]
-    sys.path[:] = [os.path.dirname(os.path.abspath(script)), *base_path]
+    # PYTHONPATH is the server's too, but its empty or relative entries were read from the server's folder
+    sys.path[:] = [os.path.dirname(os.path.abspath(script)), *_first_seen(_pythonpath(os.getcwd()) + base_path)]
     random.seed()  # (os.register_at_fork does it too) fresh seeds, as a new interpreter has
     if "numpy.random" in sys.modules:
         sys.modules["numpy.random"].seed()
@@ -269,7 +281,10 @@ def _main() -> None:
 
     status_dir, modules = sys.argv[1], sys.argv[2:]
     sys.path.pop(0)  # this file's folder: a child's script puts its own there
+    from_pythonpath = _first_seen(_pythonpath(os.getcwd()))
     base_path = list(sys.path)  # PYTHONPATH's entries, then the interpreter's
+    if base_path[:len(from_pythonpath)] == from_pythonpath:
+        base_path = base_path[len(from_pythonpath):]  # each child reads PYTHONPATH from its own folder
     for name in modules:
         importlib.import_module(name)
     gc.collect()
