@@ -289,11 +289,13 @@ def _main() -> None:
         importlib.import_module(name)
     gc.collect()
     gc.freeze()  # the children's collections skip the preloaded objects (and leave their pages shared)
+    # a fresh interpreter keeps an ignored SIGINT ignored (a background job of a script starts so)
+    inherited_sigint = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the test process's to handle
     request = _serve(status_dir)
     if request is None:
         return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, inherited_sigint)
     _become(request, base_path)
     del status_dir, modules, base_path
     runpy.run_path(request["script"], run_name="__main__")
