@@ -268,7 +268,8 @@ def _become(request: dict, base_path: list[str]) -> None:
     script = request["script"]
     sys.argv = [script, *request["args"]]
     # PYTHONPATH is the server's too, but its empty or relative entries were read from the server's folder
-    sys.path[:] = [os.path.dirname(os.path.abspath(script)), *_first_seen(_pythonpath(os.getcwd()) + base_path)]
+    from_pythonpath = _pythonpath(os.getcwd())
+    sys.path[:] = [os.path.dirname(os.path.abspath(script)), *_first_seen(from_pythonpath + base_path)]
     random.seed()  # (os.register_at_fork does it too) fresh seeds, as a new interpreter has
     if "numpy.random" in sys.modules:
         sys.modules["numpy.random"].seed()
