@@ -8,8 +8,8 @@ forks each process, which then runs its script as ``python [-u] SCRIPT ARGS`` wo
 ``sys.argv``, ``sys.path`` (script folder, then the interpreter's), the given environment, working folder
 and output files, stdin from /dev/null, fresh ``random`` / numpy seeds, default signal dispositions, and a
 normal interpreter exit (exit handlers, a traceback and exit status 1 on an uncaught exception, -2 on
-Ctrl-C). Nothing of mindspeed_llm, megatron-core or transformers is preloaded: the script's own import
-order and patches are unchanged.
+Ctrl-C). Nothing of mindspeed_llm or megatron-core is preloaded (torch's and third parties' modules that
+megatron-core imports are, and transformers): the script's own import order and patches are unchanged.
 
 What a preloaded server cannot give a launch is settled at its start: the variables read while torch is
 imported (TORCH*, OMP_*, MALLOC_*, LD_*, PYTHON*, locale, ...). The servers are keyed by those: a launch
@@ -33,12 +33,18 @@ import threading
 import time
 
 FRESH_ENV = "MINDSPEED_LLM_TEST_FRESH_PROCESSES"
-PRELOAD = ("torch", "torch.distributed.tensor", "torch._dynamo")
+# torch, then what megatron-core's import pulls in from torch and third parties (none of it ours or
+# megatron-core's, none of it read at import from what the tests vary), and transformers (its HF_* and
+# TRANSFORMERS_* settings are import-time, keyed below)
+PRELOAD = ("torch", "torch.distributed.tensor", "torch._dynamo", "torch.distributed._tensor",
+           "torch.utils.cpp_extension", "torch.utils.tensorboard", "yaml", "psutil", "tabulate",
+           "transformers")
 MAX_SERVERS = 4  # per test process: more distinct import environments run as fresh processes
 # Environment variables that act before or while the preloaded modules are imported (the interpreter's start,
-# glibc, OpenMP, torch): a launch is forked only from a server started with the same values.
+# glibc, OpenMP, torch, transformers): a launch is forked only from a server started with the same values.
 _AT_IMPORT = re.compile(r"^(PYTHON|TORCH|PYTORCH|OMP_|GOMP|KMP_|MKL|OPENBLAS|LD_|MALLOC_|GLIBC|LC_|LANG|"
-                        r"LANGUAGE$|CUDA|NVIDIA|TMPDIR$|TEMP$|TMP$|HOME$)")
+                        r"LANGUAGE$|CUDA|NVIDIA|ROCM|HIP_|TMPDIR$|TEMP$|TMP$|HOME$|XDG_|HF_|HUGGINGFACE|"
+                        r"TRANSFORMERS|TOKENIZERS|USE_TORCH$|USE_TF$|USE_JAX$|USE_FLAX$|SAFETENSORS)")
 
 
 def _import_env(env: dict) -> tuple:
