@@ -3,12 +3,10 @@ throw-away test file in a separate pytest process)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 
-from tests.conftest import REPO_ROOT
+from tests.helpers.launch import run_python
 from tests.skip_policy import requires_cuda
 
 _CASES = '''
@@ -67,12 +65,14 @@ def test_never_collected():
 
 
 def _run(tmp_path, files: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m pytest -p tests.skip_policy`` on ``files`` in ``tmp_path``: pytest's main in a process of
+    its own, forked from an interpreter with torch imported (tests.helpers.launch.run_python; its folder is
+    first on ``sys.path``, as ``-m`` puts the working folder there)."""
     for name, text in files.items():
         (tmp_path / name).write_text(textwrap.dedent(text))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.skip_policy", "-v",
-                           "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    return run_python("import sys\nimport pytest\nsys.exit(pytest.main(sys.argv[1:]))\n", tmp_path,
+                      "-p", "tests.skip_policy", "-v", "-p", "no:cacheprovider", "--rootdir", tmp_path,
+                      tmp_path, name="run_pytest.py")
 
 
 def _outcomes(stdout: str) -> dict[str, str]:
