@@ -1,13 +1,14 @@
 """tests/skip_policy.py: a skip for absent hardware passes; any other skip fails the run (checked on a
-throw-away test file in a separate pytest process)."""
+throw-away test file in a separate pytest session, run in this process by pytest's pytester)."""
 
 from __future__ import annotations
 
 import subprocess
 import textwrap
 
-from tests.helpers.launch import run_python
 from tests.skip_policy import requires_cuda
+
+pytest_plugins = ["pytester"]
 
 _CASES = '''
 import pytest
@@ -64,15 +65,16 @@ def test_never_collected():
 '''
 
 
-def _run(tmp_path, files: dict[str, str]) -> subprocess.CompletedProcess:
-    """``python -m pytest -p tests.skip_policy`` on ``files`` in ``tmp_path``: pytest's main in a process of
-    its own, forked from an interpreter with torch imported (tests.helpers.launch.run_python; its folder is
-    first on ``sys.path``, as ``-m`` puts the working folder there)."""
+def _run(pytester, files: dict[str, str]) -> subprocess.CompletedProcess:
+    """``pytest -p tests.skip_policy -v`` on ``files``: a separate pytest session (its own configuration and
+    plugin manager, the skip policy loaded as ``-p`` loads it) run in this process by pytest's own pytester;
+    its exit status and output."""
     for name, text in files.items():
-        (tmp_path / name).write_text(textwrap.dedent(text))
-    return run_python("import sys\nimport pytest\nsys.exit(pytest.main(sys.argv[1:]))\n", tmp_path,
-                      "-p", "tests.skip_policy", "-v", "-p", "no:cacheprovider", "--rootdir", tmp_path,
-                      tmp_path, name="run_pytest.py")
+        (pytester.path / name).write_text(textwrap.dedent(text))
+    result = pytester.runpytest_inprocess("-p", "tests.skip_policy", "-v", "-p", "no:cacheprovider",
+                                          "--rootdir", str(pytester.path), str(pytester.path))
+    return subprocess.CompletedProcess(["pytest"], int(result.ret), "\n".join(result.outlines),
+                                       "\n".join(result.errlines))
 
 
 def _outcomes(stdout: str) -> dict[str, str]:
@@ -90,8 +92,8 @@ def _outcomes(stdout: str) -> dict[str, str]:
     return out
 
 
-def test_only_hardware_skips_pass(tmp_path):
-    proc = _run(tmp_path, {"test_cases.py": _CASES})
+def test_only_hardware_skips_pass(pytester):
+    proc = _run(pytester, {"test_cases.py": _CASES})
     got = _outcomes(proc.stdout)
     cuda = "PASSED" if requires_cuda.args == (False,) else "SKIPPED"
     assert got == {
@@ -103,7 +105,7 @@ def test_only_hardware_skips_pass(tmp_path):
     assert "skip not allowed: 'Skipped: fixtures/hf_configs is missing'" in proc.stdout
 
 
-def test_a_module_skipped_at_import_fails(tmp_path):
-    proc = _run(tmp_path, {"test_module_skip.py": _MODULE_SKIP})
+def test_a_module_skipped_at_import_fails(pytester):
+    proc = _run(pytester, {"test_module_skip.py": _MODULE_SKIP})
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "skip not allowed" in proc.stdout and "no_such_module_either" in proc.stdout
