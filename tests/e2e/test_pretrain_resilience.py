@@ -73,7 +73,9 @@ MODEL = [
     "--make-vocab-size-divisible-by",
     "1",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
+# What torchrun's workers get (tests.helpers.launch): the one-process runs, started as ``python -u``, are
+# forked from the same preloaded interpreter as the torchrun launches.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 _LR_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? learning rate: ([0-9.E+-]+) \|")
 
 
@@ -84,7 +86,7 @@ def _flags(data: str, iters: int = 4) -> list[str]:
 def _start(*flags: str) -> Started:
     """pretrain_gpt.py as one process (no torchrun), started now: independent runs overlap on the two
     cores."""
-    return Started([sys.executable, str(PRETRAIN), *flags], env=ENV, timeout=240)
+    return Started([sys.executable, "-u", str(PRETRAIN), *flags], env=ENV, timeout=240)
 
 
 def _run(*flags: str) -> subprocess.CompletedProcess:
@@ -176,7 +178,7 @@ def test_full_disk_during_a_save_removes_the_temporary_and_keeps_the_last_checkp
     save = _copy(base, tmp_path)
     size = os.path.getsize(layout.checkpoint_file_for(save, 4, 0, 0, 1))
     # a file-size limit (tests/e2e/scripts/with_file_size_limit.py): a write past it fails with EFBIG
-    proc = Started([sys.executable, str(WITH_FILE_SIZE_LIMIT), str(size // 3), str(PRETRAIN),
+    proc = Started([sys.executable, "-u", str(WITH_FILE_SIZE_LIMIT), str(size // 3), str(PRETRAIN),
                     *_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
                     "--override-opt_param-scheduler"], env=ENV, timeout=240).result()
     assert proc.returncode == 1
