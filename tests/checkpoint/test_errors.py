@@ -510,7 +510,7 @@ def _tool(script, *args) -> StartedLikePopen:
     ...`` runs the tool under a file-size limit (a write past it fails with EFBIG, as on a full disk)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
            "TOKENIZERS_PARALLELISM": "false"}
-    return StartedLikePopen([sys.executable, str(script), *map(str, args)], env=env, cwd=REPO_ROOT)
+    return StartedLikePopen([sys.executable, "-u", str(script), *map(str, args)], env=env, cwd=REPO_ROOT)
 
 
 @pytest.mark.slow
