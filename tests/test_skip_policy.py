@@ -1,15 +1,14 @@
 """tests/skip_policy.py: a skip for absent hardware passes; any other skip fails the run (checked on a
-throw-away test file in a separate pytest process)."""
+throw-away test file in a separate pytest session, run in this process by pytest's pytester)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 
-from tests.conftest import REPO_ROOT
 from tests.skip_policy import requires_cuda
+
+pytest_plugins = ["pytester"]
 
 _CASES = '''
 import pytest
@@ -66,13 +65,16 @@ def test_never_collected():
 '''
 
 
-def _run(tmp_path, files: dict[str, str]) -> subprocess.CompletedProcess:
+def _run(pytester, files: dict[str, str]) -> subprocess.CompletedProcess:
+    """``pytest -p tests.skip_policy -v`` on ``files``: a separate pytest session (its own configuration and
+    plugin manager, the skip policy loaded as ``-p`` loads it) run in this process by pytest's own pytester;
+    its exit status and output."""
     for name, text in files.items():
-        (tmp_path / name).write_text(textwrap.dedent(text))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.skip_policy", "-v",
-                           "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        (pytester.path / name).write_text(textwrap.dedent(text))
+    result = pytester.runpytest_inprocess("-p", "tests.skip_policy", "-v", "-p", "no:cacheprovider",
+                                          "--rootdir", str(pytester.path), str(pytester.path))
+    return subprocess.CompletedProcess(["pytest"], int(result.ret), "\n".join(result.outlines),
+                                       "\n".join(result.errlines))
 
 
 def _outcomes(stdout: str) -> dict[str, str]:
@@ -90,8 +92,8 @@ def _outcomes(stdout: str) -> dict[str, str]:
     return out
 
 
-def test_only_hardware_skips_pass(tmp_path):
-    proc = _run(tmp_path, {"test_cases.py": _CASES})
+def test_only_hardware_skips_pass(pytester):
+    proc = _run(pytester, {"test_cases.py": _CASES})
     got = _outcomes(proc.stdout)
     cuda = "PASSED" if requires_cuda.args == (False,) else "SKIPPED"
     assert got == {
@@ -103,7 +105,7 @@ def test_only_hardware_skips_pass(tmp_path):
     assert "skip not allowed: 'Skipped: fixtures/hf_configs is missing'" in proc.stdout
 
 
-def test_a_module_skipped_at_import_fails(tmp_path):
-    proc = _run(tmp_path, {"test_module_skip.py": _MODULE_SKIP})
+def test_a_module_skipped_at_import_fails(pytester):
+    proc = _run(pytester, {"test_module_skip.py": _MODULE_SKIP})
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "skip not allowed" in proc.stdout and "no_such_module_either" in proc.stdout

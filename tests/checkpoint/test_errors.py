@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import struct
+import sys
 
 import pytest
 import torch
@@ -13,13 +14,14 @@ from safetensors.torch import load_file, save_file
 from mindspeed_llm.convert.cli import main
 from mindspeed_llm.runtime.checkpoint import load_rank_state
 from tests.checkpoint.tiny_models import make_tiny_hf_model
+from tests.e2e.pretrain_helpers import WITH_FILE_SIZE_LIMIT
+from tests.helpers.launch import StartedLikePopen
+from tests.helpers.paths import REPO_ROOT
 from tests.tool_process import (
     error_line,
     leftovers,
     read_only_dir,
-    run_tool,
     signal_when,
-    start_tool,
     tree_digest,
 )
 
@@ -499,6 +501,18 @@ def test_rank_file_of_another_model(capsys, tmp_path, models):
 
 
 # ---- real processes: full disk (file-size limit) and signals -----------------------------------------------
+CONVERT = REPO_ROOT / "convert_ckpt.py"
+
+
+def _tool(script, *args) -> StartedLikePopen:
+    """``python SCRIPT ARGS`` from the repository root, as tests/tool_process.py starts a tool, but forked
+    from an interpreter with torch imported (tests.helpers.launch); ``python WITH_FILE_SIZE_LIMIT BYTES TOOL
+    ...`` runs the tool under a file-size limit (a write past it fails with EFBIG, as on a full disk)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+           "TOKENIZERS_PARALLELISM": "false"}
+    return StartedLikePopen([sys.executable, "-u", str(script), *map(str, args)], env=env, cwd=REPO_ROOT)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", ["hf2mg", "mg2hf"])
 def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):
@@ -510,7 +524,7 @@ def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):
         main([*argv, "--no-progress"]) == 0
     )  # the earlier output (in this process: only the next run is limited)
     before, src_before = tree_digest(out), tree_digest(src)
-    proc = run_tool("convert_ckpt.py", *argv, "--overwrite", "--no-progress", fsize=64 * 1024)
+    proc = _tool(WITH_FILE_SIZE_LIMIT, 64 * 1024, CONVERT, *argv, "--overwrite", "--no-progress").result()
     line = error_line(proc.stderr)
     assert proc.returncode == 1, proc.stderr
     assert (
@@ -523,10 +537,18 @@ def test_full_disk_keeps_the_earlier_output(tmp_path, models, direction):
 
 @pytest.fixture(scope="module")
 def larger_hf(tmp_path_factory):
-    """Large enough (~40 MB) that writing its checkpoint takes many single steps."""
-    folder = str(tmp_path_factory.mktemp("larger") / "hf")
+    """Large enough (~40 MB) that writing its checkpoint takes many single steps, and its conversion at TP2
+    PP2 (the earlier output each signal test copies: the next run on that --save-dir is signalled)."""
+    root = tmp_path_factory.mktemp("larger")
+    folder = str(root / "hf")
     make_tiny_hf_model(folder, "llama", hidden_size=256, intermediate_size=512, num_layers=8, vocab_size=8192)
-    return folder
+    assert main(_larger_argv(folder, root / "out")) == 0
+    return {"hf": folder, "out": root / "out"}
+
+
+def _larger_argv(hf, out):
+    return [*_hf2mg(hf, out, "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"),
+            "--no-progress"]
 
 
 @pytest.mark.slow
@@ -537,12 +559,9 @@ def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(
     tmp_path, larger_hf, sig, code, word
 ):
     out = tmp_path / "out"
-    argv = [
-        *_hf2mg(larger_hf, out, "--target-tensor-parallel-size", "2", "--target-pipeline-parallel-size", "2"),
-        "--no-progress",
-    ]
-    assert main(argv) == 0  # the earlier output (in this process: only the next run is signalled)
-    before, src_before = tree_digest(out), tree_digest(larger_hf)
+    argv = _larger_argv(larger_hf["hf"], out)
+    shutil.copytree(larger_hf["out"], out)  # the earlier output (converted in this process)
+    before, src_before = tree_digest(out), tree_digest(larger_hf["hf"])
 
     def writing() -> (
         bool
@@ -555,16 +574,16 @@ def test_signal_while_writing_removes_temporaries_and_keeps_the_earlier_output(
         # With all 4 written only the commit is left: a signal then could land after it (the run exits 0).
         return any(done) and not all(done)
 
-    rc, err = signal_when(lambda: start_tool("convert_ckpt.py", *argv, "--overwrite"), writing, sig,
+    rc, err = signal_when(lambda: _tool(CONVERT, *argv, "--overwrite"), writing, sig,
                           attempts=3)  # a run that slips through the short window writes the same checkpoint
     assert rc == code, err
-    assert tree_digest(out) == before and tree_digest(larger_hf) == src_before
+    assert tree_digest(out) == before and tree_digest(larger_hf["hf"]) == src_before
     if word:
         line = error_line(err)
         assert word in line and f"{out} unchanged" in line, err
     else:  # kill -9: the staging folder stays until the next run on that --save-dir removes it
         assert [p for p in os.listdir(tmp_path) if p.startswith(".out.tmp-")]
-        assert run_tool("convert_ckpt.py", *argv, "--overwrite").returncode == 0
+        assert _tool(CONVERT, *argv, "--overwrite").result().returncode == 0
     assert leftovers(tmp_path) == []
 
 

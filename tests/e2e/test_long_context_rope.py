@@ -154,8 +154,10 @@ def setup(tmp_path_factory):
                                  cp=2 if algo else 1, algo=algo, extra=extra)
     contradicting = _first_step_flags(qwen, qwen_ckpts[1, 1], yarn_data, YARN_SEQ,
                                       extra=["--rope-scaling-type", "yarn", "--rope-scaling-factor", "8"])
-    runs["contradiction"] = Started([sys.executable, str(PRETRAIN), *contradicting],
-                                    env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=400)
+    # (python -u with OMP_NUM_THREADS=1, as the torchrun launches: forked from their preloaded interpreter)
+    runs["contradiction"] = Started([sys.executable, "-u", str(PRETRAIN), *contradicting],
+                                    env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+                                    timeout=400)
     for side, seq in PHI_SEQS.items():
         extra = (["--rope-scaling-type", "longrope", "--rope-scaling-original-max-position-embeddings",
                   str(ORIGINAL)] if side == "long" else [])

@@ -12,10 +12,8 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 
-import psutil
 import pytest
 import torch
 
@@ -33,7 +31,7 @@ from tests.e2e.pretrain_helpers import (
     start_pretrain,
     train_flags,
 )
-from tests.helpers.launch import Started, torchrun_command
+from tests.helpers.launch import Started, StartedTorchrun, exit_statuses, signal_launch, wait_for_output
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny import tiny_checkpoints
 
@@ -81,6 +79,7 @@ def singles(tiny) -> dict:
         "contradicting": Started(
             [
                 sys.executable,
+                "-u",  # as torchrun's workers: forked from the same preloaded interpreter
                 str(PRETRAIN),
                 *tiny["flags"],
                 *CONTRADICTING,
@@ -109,7 +108,8 @@ def singles(tiny) -> dict:
             nproc=1,
         ),
         "missing_load": Started(
-            [sys.executable, str(PRETRAIN), *tiny["flags"], "--load", str(missing)], env=env, timeout=120
+            [sys.executable, "-u", str(PRETRAIN), *tiny["flags"], "--load", str(missing)], env=env,
+            timeout=120,
         ),
     }
     return {"missing": missing, **started}  # each test waits for its own run
@@ -212,17 +212,12 @@ def test_dp2_distributed_optimizer_matches_and_resumes_exactly_from_megatron_lay
     assert loss_strings(resumed) == {it: s for it, s in loss_strings(unbroken).items() if it > 3}
 
     # The distributed optimizer's state reshards only over DP: TP2 refuses it with one line, before training.
-    cmd = torchrun_command(
-        PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load", tiny["root"] / "dp2_at3", nproc=2
-    )
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO_ROOT,
-                          env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    proc = StartedTorchrun(PRETRAIN, *flags, "--tensor-model-parallel-size", "2", "--load",
+                           tiny["root"] / "dp2_at3", nproc=2).result(check=False)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors and "--no-load-optim" in errors[0] and "TP=1 PP=1" in errors[0], proc.stderr[-3000:]
-    assert (
-        "]: Traceback" not in proc.stderr
-    )  # no worker traceback (torchrun's own report of the exit follows)
+    assert "Traceback" not in proc.stderr  # no worker traceback
 
 
 DROPOUT = [
@@ -325,29 +320,17 @@ def test_sigkill_during_save_leaves_previous_checkpoint_loadable(tiny, tmp_path)
     loads and resumes."""
     save = tmp_path / "ckpt"
     flags = [*tiny["flags"], "--load", str(save), "--save", str(save), "--save-interval", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = torchrun_command(PAUSED_IN_SAVE, "4", *flags, nproc=1)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=REPO_ROOT, start_new_session=True)
-    lines = []
+    run = StartedTorchrun(PAUSED_IN_SAVE, "4", *flags, nproc=1)  # torchrun's one worker
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "paused in checkpoint save at iteration 4" in line:
-                break
-        else:
-            pytest.fail("the run ended without pausing in the save:\n" + "".join(lines[-40:]))
-        # torchrun starts its workers in their own sessions: kill the agent and every descendant.
-        tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-        for process in tree:
-            process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(tree, timeout=60)
+        wait_for_output(run, "paused in checkpoint save at iteration 4")
+        signal_launch(run, signal.SIGKILL)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    killed = loss_strings("".join(lines))
-    assert "no checkpoint in" in "".join(lines)  # first start with --load == --save: fresh, and says so
+        codes = exit_statuses(run, timeout=60)
+    assert codes == [-signal.SIGKILL]
+    done = run.result(check=False)
+    lines = done.stdout + done.stderr
+    killed = loss_strings(lines)
+    assert "no checkpoint in" in lines  # first start with --load == --save: fresh, and says so
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert list((save / "iter_0000004").rglob("*.tmp")), "the kill should land after the new files were begun"
 

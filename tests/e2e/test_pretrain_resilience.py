@@ -3,7 +3,10 @@ damaged checkpoints and data, schedule changes and signals. Each run must end wi
 one ``error:`` line naming the culprit, no traceback, and the last complete checkpoint loadable with no
 temporary files beside it.
 
-One process without torchrun (a world of one) for most cases; the signal tests use real torchrun launches.
+One process without torchrun (a world of one) for most cases, forked from a preloaded interpreter
+(tests.helpers.launch; the file-size limit through tests/e2e/scripts/with_file_size_limit.py). The SIGTERM
+tests signal the two workers torchrun would start (forked, as a scheduler signals every task); Ctrl-C goes to
+a real torchrun agent, which forwards it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -26,8 +28,22 @@ import torch
 
 from mindspeed_llm.runtime.checkpoint import layout
 from mindspeed_llm.runtime.checkpoint.record import RECORD_KEY
-from tests.e2e.pretrain_helpers import PAUSED_IN_SAVE, PRETRAIN, make_indexed_dataset, train_flags
-from tests.helpers.launch import Started, torchrun_command
+from tests.e2e.pretrain_helpers import (
+    PAUSED_IN_SAVE,
+    PRETRAIN,
+    WITH_FILE_SIZE_LIMIT,
+    make_indexed_dataset,
+    train_flags,
+)
+from tests.helpers.launch import (
+    Started,
+    StartedTorchrun,
+    exit_statuses,
+    launch_pids,
+    signal_launch,
+    torchrun_command,
+    wait_for_output,
+)
 from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -57,7 +73,9 @@ MODEL = [
     "--make-vocab-size-divisible-by",
     "1",
 ]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PYTHONWARNINGS": "ignore"}
+# What torchrun's workers get (tests.helpers.launch): the one-process runs, started as ``python -u``, are
+# forked from the same preloaded interpreter as the torchrun launches.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 _LR_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? learning rate: ([0-9.E+-]+) \|")
 
 
@@ -68,13 +86,13 @@ def _flags(data: str, iters: int = 4) -> list[str]:
 def _start(*flags: str) -> Started:
     """pretrain_gpt.py as one process (no torchrun), started now: independent runs overlap on the two
     cores."""
-    return Started([sys.executable, str(PRETRAIN), *flags], env=ENV, timeout=240)
+    return Started([sys.executable, "-u", str(PRETRAIN), *flags], env=ENV, timeout=240)
 
 
-def _run(*flags: str, preexec_fn=None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """pretrain_gpt.py as one process (no torchrun): its exit code, stdout and stderr."""
-    return subprocess.run([sys.executable, str(PRETRAIN), *flags], capture_output=True, text=True, env=ENV,
-                          cwd=REPO_ROOT, timeout=timeout, preexec_fn=preexec_fn)
+def _run(*flags: str) -> subprocess.CompletedProcess:
+    """pretrain_gpt.py as one process (no torchrun, forked as :func:`_start`): its exit code, stdout and
+    stderr."""
+    return _start(*flags).result()
 
 
 def _one_error_line(output: str, *words: str) -> str:
@@ -156,18 +174,13 @@ def test_nan_weight_in_a_checkpoint_is_refused_on_load_and_never_saved(base, tmp
 
 
 # ---- disks and folders -------------------------------------------------------------------------------------
-def _file_size_limit(limit: int):
-    def limit_writes():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return limit_writes
-
-
 def test_full_disk_during_a_save_removes_the_temporary_and_keeps_the_last_checkpoint(base, tmp_path):
     save = _copy(base, tmp_path)
     size = os.path.getsize(layout.checkpoint_file_for(save, 4, 0, 0, 1))
-    proc = _run(*_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
-                "--override-opt_param-scheduler", preexec_fn=_file_size_limit(size // 3))
+    # a file-size limit (tests/e2e/scripts/with_file_size_limit.py): a write past it fails with EFBIG
+    proc = Started([sys.executable, "-u", str(WITH_FILE_SIZE_LIMIT), str(size // 3), str(PRETRAIN),
+                    *_flags(base["data"], iters=6), "--load", str(save), "--save", str(save),
+                    "--override-opt_param-scheduler"], env=ENV, timeout=240).result()
     assert proc.returncode == 1
     assert "iteration        6/" in proc.stdout  # the failure is the save, after training
     _one_error_line(proc.stderr, f"could not write {save}/iter_0000006/mp_rank_00/model_optim_rng.pt.tmp",
@@ -207,26 +220,19 @@ def test_second_run_on_a_locked_save_is_refused_and_ctrl_c_leaves_no_debris(base
         "1",
         "--override-opt_param-scheduler",
     ]
-    first = subprocess.Popen([sys.executable, str(PRETRAIN), *flags], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO_ROOT)
+    first = _start(*flags)
     try:
-        for line in first.stdout:
-            if "successfully saved checkpoint from iteration       6" in line:
-                break
-        else:
-            pytest.fail("the first run ended early: " + first.stderr.read()[-3000:])
+        wait_for_output(first, "successfully saved checkpoint from iteration       6")
         second = _run(*flags)
         assert second.returncode == 1
         _one_error_line(second.stderr, f"--save {save} is in use by another training run",
-                        f"PID {first.pid}")
-        first.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        out, err = first.communicate(timeout=120)
+                        f"PID {launch_pids(first)[0]}")
+        signal_launch(first, signal.SIGINT)  # what Ctrl-C sends
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert first.returncode == 130
-    _one_error_line(err, "interrupted by SIGINT (Ctrl-C) during iteration", "no temporary files left")
+        exit_statuses(first)  # (killed after 120 s)
+    proc = first.result()
+    assert proc.returncode == 130
+    _one_error_line(proc.stderr, "interrupted by SIGINT (Ctrl-C) during iteration", "no temporary files left")
     last = layout.read_tracker(save)
     assert last >= 6
     _assert_last_complete(save, last)
@@ -390,13 +396,10 @@ def test_bad_training_data_is_one_line_naming_the_file(bad_data_runs, case):
 
 
 # ---- signals to torchrun workers ---------------------------------------------------------------------------
-def _torchrun(flags: list[str], log_dir: Path, pause_in_save_at: int | None = None) -> subprocess.Popen:
-    """A real torchrun launch of 2 processes whose workers write their output under ``log_dir``.
-
-    ``pause_in_save_at``: the save of that iteration is held before it publishes (tests/e2e/scripts).
-    """
-    script = [PRETRAIN] if pause_in_save_at is None else [PAUSED_IN_SAVE, str(pause_in_save_at)]
-    cmd = torchrun_command(*script, *flags, nproc=2,
+def _torchrun(flags: list[str], log_dir: Path) -> subprocess.Popen:
+    """A real torchrun launch of one worker, which writes its output under ``log_dir`` (what its agent does
+    with Ctrl-C is the test; two ranks meeting a signal: the SIGTERM tests)."""
+    cmd = torchrun_command(PRETRAIN, *flags, nproc=1,
                            torchrun_args=("--log-dir", str(log_dir), "--redirects", "3", "--tee", "3"))
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             cwd=REPO_ROOT, start_new_session=True)
@@ -408,13 +411,6 @@ def _wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
         if text in line:
             return
     pytest.fail(f"the run ended before {text!r}:\n" + "".join(lines[-40:]))
-
-
-def _workers(proc: subprocess.Popen) -> list[psutil.Process]:
-    """The training processes under the torchrun agent (torchrun starts them in their own sessions)."""
-    scripts = (PRETRAIN.name, PAUSED_IN_SAVE.name)
-    return [p for p in psutil.Process(proc.pid).children(recursive=True)
-            if any(name in " ".join(p.cmdline()) for name in scripts)]
 
 
 def _finish(proc: subprocess.Popen, lines: list[str], timeout: int = 120) -> str:
@@ -432,22 +428,30 @@ def _worker_output(log_dir: Path) -> str:
     return "".join(p.read_text() for p in sorted(log_dir.rglob("*.log")))
 
 
+def _workers_of_torchrun(script: list, flags: list[str]) -> StartedTorchrun:
+    """The 2 workers torchrun would start (forked from a preloaded interpreter, one stdout and one stderr),
+    started now: a scheduler's SIGTERM goes to every task, not through torchrun's agent."""
+    return StartedTorchrun(*script, *flags, nproc=2, timeout=240)
+
+
 def test_sigterm_with_exit_signal_handler_saves_and_exits_zero(base, tmp_path):
     save = tmp_path / "ckpt"
     flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--exit-signal-handler"]
-    proc, lines = _torchrun(flags, tmp_path / "logs"), []
-    _wait_for(proc, "iteration        3/", lines)
-    for worker in _workers(proc):
-        worker.send_signal(signal.SIGTERM)  # as a scheduler (SLURM) signals every task
-    out = _finish(proc, lines)
-    assert proc.returncode == 0, out[-3000:]
+    run = _workers_of_torchrun([PRETRAIN], flags)
+    try:
+        wait_for_output(run, "iteration        3/")
+        signal_launch(run, signal.SIGTERM)  # as a scheduler (SLURM) signals every task
+    finally:
+        codes = exit_statuses(run)
+    proc = run.result(check=False)
+    assert codes == [0, 0], proc.stdout[-3000:] + proc.stderr[-3000:]
     found = re.search(
         r"exiting program after receiving SIGTERM at iteration (\d+) \(--exit-signal-handler\): "
         r"checkpoint saved",
-        out,
+        proc.stdout + proc.stderr,
     )
-    assert found, out[-3000:]
-    assert "Traceback" not in _worker_output(tmp_path / "logs")
+    assert found, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
     _assert_last_complete(save, int(found.group(1)))
 
 
@@ -456,16 +460,16 @@ def test_sigterm_during_a_save_removes_its_temporaries_and_exits_143(base, tmp_p
     workers."""
     save = tmp_path / "ckpt"
     flags = [*_flags(base["data"], iters=100000), "--save", str(save), "--save-interval", "1"]
-    proc, lines = _torchrun(flags, tmp_path / "logs", pause_in_save_at=3), []
-    _wait_for(proc, "paused in checkpoint save at iteration 3", lines)
-    assert list((save / "iter_0000003").rglob("*.tmp"))
-    workers = _workers(proc)
-    for worker in workers:
-        worker.send_signal(signal.SIGTERM)
-    out = _finish(proc, lines)
-    assert proc.returncode != 0
-    assert re.search(r"exitcode\s*:\s*143", out), out[-3000:]
-    _one_error_line(_worker_output(tmp_path / "logs"), "interrupted by SIGTERM during iteration 3",
+    run = _workers_of_torchrun([PAUSED_IN_SAVE, "3"], flags)
+    try:
+        wait_for_output(run, "paused in checkpoint save at iteration 3")
+        assert list((save / "iter_0000003").rglob("*.tmp"))
+        signal_launch(run, signal.SIGTERM)
+    finally:
+        codes = exit_statuses(run)
+    proc = run.result(check=False)
+    assert codes == [143, 143], (codes, proc.stdout[-3000:] + proc.stderr[-3000:])
+    _one_error_line(proc.stdout + proc.stderr, "interrupted by SIGTERM during iteration 3",
                     f"kept: iteration 2 in {save}")
     _assert_last_complete(save, 2)
     assert not (save / "iter_0000003").exists()

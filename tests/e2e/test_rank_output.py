@@ -1,5 +1,8 @@
 """What pretrain_gpt.py prints under torchrun with 2 processes: rank-independent lines once, each error once,
-as one whole line, with the rank only when the ranks disagree."""
+as one whole line, with the rank only when the ranks disagree. The flag error runs under torchrun's own
+command (its agent's report follows ours); the others run the two workers torchrun would start, forked from a
+preloaded interpreter (tests.helpers.launch.StartedTorchrun: the ranks share one stdout and one stderr, as
+under torchrun)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.pretrain_helpers import PRETRAIN, make_indexed_dataset, train_flags
-from tests.helpers.launch import torchrun_command
+from tests.helpers.launch import StartedTorchrun, torchrun_command
 from tests.helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -28,6 +31,12 @@ def _torchrun(*flags: str, nproc: int = 2, timeout: int = 240) -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
 
 
+def _workers(*flags: str) -> subprocess.CompletedProcess:
+    """pretrain_gpt.py as torchrun's 2 workers (forked, no agent); the finished launch, whatever its
+    status."""
+    return StartedTorchrun(PRETRAIN, *flags, nproc=2, timeout=240).result(check=False)
+
+
 def _error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if "error: " in line and "torch.distributed" not in line]
 
@@ -38,7 +47,7 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("rank_output")
     data = make_indexed_dataset(root / "data" / "corpus_text_document")
     flags = [*MODEL, *train_flags(data, iters=2, gbs=2), "--tensor-model-parallel-size", "2"]
-    proc = _torchrun(
+    proc = _workers(
         *flags, "--use-flash-attn", "--no-gradient-accumulation-fusion", "--save", str(root / "ckpt")
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -65,7 +74,7 @@ def test_rank_independent_lines_print_once(trained):
 
 def test_error_every_rank_finds_prints_once_without_rank(trained):
     flags = [f if f != "64" else "128" for f in trained["flags"]]  # --hidden-size 128 against a 64 checkpoint
-    proc = _torchrun(*flags, "--load", str(trained["ckpt"]))
+    proc = _workers(*flags, "--load", str(trained["ckpt"]))
     assert proc.returncode != 0
     lines = _error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--hidden-size" in lines[0], proc.stderr[
@@ -77,7 +86,7 @@ def test_error_of_one_rank_prints_once_with_its_rank(trained):
     ckpt: Path = trained["ckpt"]
     rank1 = next(ckpt.glob("iter_*/mp_rank_01/model_optim_rng.pt"))
     rank1.unlink()
-    proc = _torchrun(*trained["flags"], "--load", str(ckpt))
+    proc = _workers(*trained["flags"], "--load", str(ckpt))
     assert proc.returncode != 0
     lines = _error_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"[rank 1] error: {rank1} not found"), proc.stderr[-3000:]

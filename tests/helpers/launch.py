@@ -221,3 +221,118 @@ def run_nodes(script: str | Path, node_args: list[list[str]], folder: Path, time
         errors = [line for line in out.splitlines() if "rror" in line]
         assert proc.returncode == 0, f"node {node} failed:\n" + ("\n".join(errors) or out[-5000:])
     return outs
+
+
+def run_python(code: str, folder: Path | str, *args, env: dict | None = None, name: str = "snippet.py",
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -c code ARGS`` without a fresh interpreter: ``code`` is written to ``folder/name`` and run as
+    ``python -u folder/name ARGS`` in ``folder``, forked from a preloaded interpreter (:class:`Started`; torch
+    is imported already, nothing of mindspeed_llm, megatron-core or transformers). ``folder`` is first on the
+    child's ``sys.path``, as a ``PYTHONPATH`` entry would be (a package there, such as a stand-in, is found).
+    ``env``: added to this process's environment (with ``OMP_NUM_THREADS=1`` and the repository on
+    ``PYTHONPATH``, as the launches have). Returns the finished process whatever its status. A check that
+    needs an interpreter without torch preloaded (what an import loads) runs ``python -c`` itself."""
+    script = Path(folder) / name
+    script.write_text(code)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return Started([sys.executable, "-u", str(script), *map(str, args)], env=full_env, cwd=folder,
+                   timeout=timeout).result()
+
+
+def _launch_processes(launch: Started | StartedTorchrun) -> list:
+    return list(launch._procs) if isinstance(launch, StartedTorchrun) else [launch._proc]
+
+
+def output_so_far(launch: Started | StartedTorchrun) -> str:
+    """What a launch still running has written to its stdout so far (the ranks' shared stdout)."""
+    with open(launch._out.name) as f:
+        return f.read()
+
+
+def wait_for_output(launch: Started | StartedTorchrun, text: str, timeout: float = 240) -> str:
+    """Wait until ``text`` is in the stdout of a launch still running (polled every 20 ms, as a reader of a
+    pipe would see it); returns the stdout so far. Raises with the output when every process ended first or
+    after ``timeout`` seconds (the launch is then stopped)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        out = output_so_far(launch)
+        if text in out:
+            return out
+        procs = _launch_processes(launch)
+        if all(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            codes = [p.poll() for p in procs]
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            with open(launch._err.name) as f:
+                err = f.read()
+            raise AssertionError(f"{text!r} never came (exit statuses {codes}):\n{out[-3000:]}\n"
+                                 f"{err[-3000:]}")
+        time.sleep(0.02)
+
+
+def launch_pids(launch: Started | StartedTorchrun) -> list[int]:
+    """The process ids of a launch (its ranks, in rank order)."""
+    return [p.pid for p in _launch_processes(launch)]
+
+
+def signal_launch(launch: Started | StartedTorchrun, sig: int) -> None:
+    """Send ``sig`` to every process of a launch still running (as a scheduler signals every task)."""
+    for p in _launch_processes(launch):
+        p.send_signal(sig)
+
+
+def exit_statuses(launch: Started | StartedTorchrun, timeout: float = 120) -> list[int]:
+    """Each process's exit status (Popen's convention: -N for a signal), once all have ended; none is left
+    running after ``timeout`` seconds (SIGKILL)."""
+    import time
+
+    procs, deadline = _launch_processes(launch), time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return [p.returncode for p in procs]
+
+
+class StartedLikePopen(Started):
+    """:class:`Started` (forked when it is ``python SCRIPT.py ...``) with what helpers written for
+    ``subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True)`` use of it: ``pid``, ``returncode``,
+    ``poll()``, ``wait()``, ``send_signal()``, ``kill()``, ``communicate(timeout=)`` and ``stdout`` /
+    ``stderr`` to ``read()`` once it has ended (tests/tool_process.py's signal stepping)."""
+
+    pid = property(lambda self: self._proc.pid)
+    returncode = property(lambda self: self._proc.returncode)
+    stdout = property(lambda self: _TextNow(self, 0))
+    stderr = property(lambda self: _TextNow(self, 1))
+
+    def poll(self):
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._proc.wait(timeout=timeout)
+
+    def send_signal(self, sig: int) -> None:
+        self._proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self._proc.wait(timeout=timeout)
+        done = self.result()
+        return done.stdout, done.stderr
+
+
+class _TextNow:
+    """``read()``: stdout (0) or stderr (1) of a :class:`StartedLikePopen` (waits for its end)."""
+
+    def __init__(self, started: StartedLikePopen, which: int):
+        self._started, self._which = started, which
+
+    def read(self) -> str:
+        return self._started.communicate()[self._which]

@@ -9,6 +9,7 @@ import torch
 from megatron.core.optimizer import clip_grads
 
 import mindspeed_llm  # noqa: F401
+from tests.helpers.launch import run_python
 
 
 def test_factories_and_moves_land_on_cpu() -> None:
@@ -83,15 +84,16 @@ def test_streams_events_and_memory_stats_answer() -> None:
     torch.cuda.nvtx.range_pop()
 
 
-def _run(code: str, env_extra: dict | None = None,
-         pythonpath: str | None = None) -> subprocess.CompletedProcess:
-    import os
+def _run(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh interpreter (nothing imported yet)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
 
-    env = {**os.environ, **(env_extra or {})}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env)
+
+def _run_forked(code: str, folder, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``code`` as a script in ``folder`` (first on ``sys.path``: a stand-in package there is found), forked
+    from an interpreter with torch imported (tests.helpers.launch.run_python): what mindspeed_llm's import
+    does is unchanged, as nothing of it is preloaded."""
+    return run_python(textwrap.dedent(code), folder, env=env_extra)
 
 
 # The checks below that need a fresh interpreter with the plain environment share one (a process each would
@@ -220,7 +222,7 @@ def test_import_with_an_unusable_torch_npu(tmp_path) -> None:
     fake.mkdir()
     (fake / "__init__.py").write_text(
         'raise ImportError("libhccl.so: cannot open shared object file (stand-in)")\n')
-    proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
+    proc = _run_forked("import mindspeed_llm; print(mindspeed_llm.DEVICE)", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cpu"
     # Said, not swallowed: one warning naming the error.
@@ -228,17 +230,17 @@ def test_import_with_an_unusable_torch_npu(tmp_path) -> None:
             "cannot open shared object file (stand-in)): running without an NPU") in proc.stderr
     (fake / "__init__.py").write_text(
         'raise RuntimeError("Failed to load the backend extension (stand-in)")\n')
-    proc = _run("import mindspeed_llm; print(mindspeed_llm.DEVICE)", pythonpath=str(tmp_path))
+    proc = _run_forked("import mindspeed_llm; print(mindspeed_llm.DEVICE)", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "does not import (RuntimeError: Failed to load the backend extension (stand-in))" in proc.stderr
-    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"}, pythonpath=str(tmp_path))
+    proc = _run_forked("import mindspeed_llm", tmp_path, env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
     assert proc.returncode != 0
     assert ("MINDSPEED_LLM_DEVICE=npu but torch_npu cannot be imported (RuntimeError: Failed to load the "
             "backend extension (stand-in)): install torch_npu and Ascend CANN") in proc.stderr
 
 
-def test_device_override_is_validated() -> None:
-    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "tpu"})
+def test_device_override_is_validated(tmp_path) -> None:
+    proc = _run_forked("import mindspeed_llm", tmp_path, env_extra={"MINDSPEED_LLM_DEVICE": "tpu"})
     assert proc.returncode != 0 and "MINDSPEED_LLM_DEVICE='tpu'" in proc.stderr
 
 
@@ -267,20 +269,20 @@ def _write_torch_npu_stand_in(root) -> None:
 
 def test_npu_detection_imports_torch_npus_redirect_and_uses_hccl(tmp_path) -> None:
     _write_torch_npu_stand_in(tmp_path)
-    proc = _run("""
+    proc = _run_forked("""
         import torch, torch_npu, mindspeed_llm
         from mindspeed_llm.patches.device import distributed_backend
         print(mindspeed_llm.DEVICE, distributed_backend(), torch_npu.transfer_imported)
         print(torch.cuda.current_device.__module__)  # the CPU layer is not applied on NPU
-    """, pythonpath=str(tmp_path))
+    """, tmp_path)
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.splitlines()
     assert first.split() == ["npu", "hccl", "True"]
     assert second == "torch.cuda"
 
 
-def test_forcing_npu_without_torch_npu_is_a_clear_error() -> None:
-    proc = _run("import mindspeed_llm", env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
+def test_forcing_npu_without_torch_npu_is_a_clear_error(tmp_path) -> None:
+    proc = _run_forked("import mindspeed_llm", tmp_path, env_extra={"MINDSPEED_LLM_DEVICE": "npu"})
     assert proc.returncode != 0 and "torch_npu cannot be imported (not installed)" in proc.stderr
 
 

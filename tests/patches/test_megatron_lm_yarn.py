@@ -4,18 +4,16 @@ parser take it (with MindSpeed-LLM's ``--rope-scaling-original-max-position-embe
 its ``TransformerConfig`` the fields megatron-core's own ``YarnRotaryEmbedding`` reads; megatron-core's
 ``GPTModel(position_embedding_type="yarn")`` then gives transformers' logits for a YaRN Qwen3 beyond its
 original window (fp32, 1e-5). Run on the stand-in ``megatron.training`` (tests/patches/megatron_lm_standin)
-in a process of its own; the teeth: the same model with plain RoPE is far off."""
+in a process of its own (forked from one with torch imported: tests.helpers.launch.run_python); the teeth:
+the same model with plain RoPE is far off."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.helpers.launch import run_python
 from tests.helpers.tiny import convert_hf_to_mg, make_tiny_hf_model
 
 STANDIN = Path(__file__).parent / "megatron_lm_standin"
@@ -69,11 +67,10 @@ def test_megatron_lm_yarn_gpt_model_equals_transformers(tmp_path):
     torch.save(ids, tmp_path / "ids.pt")
     with torch.no_grad():
         want = hf(ids).logits
-    env = {**os.environ, "PYTHONPATH": f"{STANDIN}{os.pathsep}{REPO_ROOT}", "MINDSPEED_LLM_DEVICE": "cpu",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", CODE, str(mg), str(tmp_path / "ids.pt"),
-                           str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp_path)
+    # The stand-in comes first on the path after the script's folder, as PYTHONPATH=STANDIN:REPO_ROOT puts it.
+    code = f"import sys\nsys.path.insert(1, {str(STANDIN)!r})\n{CODE}"
+    proc = run_python(code, tmp_path, mg, tmp_path / "ids.pt", tmp_path / "out.pt",
+                      env={"MINDSPEED_LLM_DEVICE": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
     torch.testing.assert_close(got["yarn"][..., :128], want, rtol=0, atol=1e-5)

@@ -8,7 +8,6 @@ megatron-core's dataset builder writes its cache are scoped patches; the import 
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 import textwrap
 
@@ -21,6 +20,7 @@ from mindspeed_llm.patches.device import JIT_DEFERRAL_GROUP, register_jit_deferr
 from mindspeed_llm.patches.registry import ImportHook, PatchRegistry, registry
 from mindspeed_llm.patches.single_process import GROUP as SINGLE_PROCESS_GROUP
 from mindspeed_llm.patches.single_process import as_single_process
+from tests.helpers.launch import run_python
 
 
 def test_torch_compile_deferral_is_scoped_listed_and_reverted() -> None:
@@ -63,7 +63,7 @@ def test_single_process_scope_inside_a_process_group(tmp_path) -> None:
         print(inside, torch.distributed.is_initialized())
         torch.distributed.destroy_process_group()
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_python(code, tmp_path, timeout=120)  # a process of its own, forked with torch imported
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False", "True"]
 
@@ -116,7 +116,7 @@ def test_import_hook_then_runs_after_the_module_and_at_once_if_imported(tmp_path
 def test_a_broken_patch_module_is_not_skipped(tmp_path) -> None:
     """An ImportError of our own op-patch module stops the import (it was swallowed: no base op patches)."""
     code = "import sys\nsys.modules['mindspeed_llm.patches.features'] = None\nimport mindspeed_llm\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = run_python(code, tmp_path, timeout=120)  # a process of its own, forked with torch imported
     assert proc.returncode != 0
     assert "ModuleNotFoundError: import of mindspeed_llm.patches.features halted" in proc.stderr
 
