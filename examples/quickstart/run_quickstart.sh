@@ -40,7 +40,7 @@ step "5/10: pretrain_gpt.py with torchrun, 2 processes ($LAYOUT, bf16)"
 rm -rf "$QS_OUT/ckpt/${CKPT}_tiny_pretrain"
 MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')} \
     bash examples/quickstart/pretrain_${NAME}_tiny_ptd.sh
-python -m mindspeed_llm.quickstart.summary --log "$QS_OUT/logs/train_mcore_${NAME}_tiny.log"
+python mindspeed_llm/quickstart/summary.py --log "$QS_OUT/logs/train_mcore_${NAME}_tiny.log"  # a plain file: no torch import
 
 step "6/10: convert the trained checkpoint back to HF; held-out loss before/after training and a generation"
 bash examples/quickstart/ckpt_convert_${NAME}_mcore2hf.sh

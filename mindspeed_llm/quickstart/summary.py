@@ -1,6 +1,9 @@
 """Summarise a pretrain_gpt.py log: the loss per logged interval, the steps run, and one final-loss figure.
 
-    python -m mindspeed_llm.quickstart.summary --log quickstart_output/logs/train_mcore_qwen25_tiny.log
+    python mindspeed_llm/quickstart/summary.py --log quickstart_output/logs/train_mcore_qwen25_tiny.log
+
+A plain file (the standard library only): run so, it reads a log in a few milliseconds; ``python -m
+mindspeed_llm.quickstart.summary`` works too but imports the package first (torch and megatron-core with it).
 """
 
 from __future__ import annotations
@@ -81,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import mindspeed_llm
-
-    mindspeed_llm.freeze_heap_at_exit()  # `python -m` imported the package, torch and megatron-core with it
+    if "mindspeed_llm" in sys.modules:  # `python -m` imported the package, torch and megatron-core with it
+        sys.modules["mindspeed_llm"].freeze_heap_at_exit()
     sys.exit(main())

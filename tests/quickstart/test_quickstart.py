@@ -16,15 +16,32 @@ from tests.conftest import REPO_ROOT, Started, free_port
 CHAT_TOKENS = 12  # the chat step's --max-new-tokens in the test
 
 
-def _start_quickstart(out, **settings: str) -> Started:
-    """run_quickstart.sh into ``out`` with ``settings`` (offline, its own MASTER_PORT), started now."""
-    env = {**os.environ, "QS_OUT": str(out), "LOG_INTERVAL": "1", "SEQ_LEN": "64", "GBS": "2",
-           "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), **settings}
+@pytest.fixture(scope="module")
+def fork_shim(tmp_path_factory):
+    """``python`` and ``torchrun`` for the quick start's scripts, forked from an interpreter that imported
+    torch once (tests/helpers/fork_shim.py): each step's fresh interpreter cost 4-6 CPU s of start-up, about
+    30 per journey. Real torchrun and fresh interpreters stay covered: the Qwen2.5 pretraining step below
+    (FORK_SHIM_REAL_TORCHRUN), tests/e2e/test_rank_output.py, tests/examples/test_doc_commands.py."""
+    from tests.helpers.fork_shim import ShimServer
+
+    # the at-import variables the scripts' processes will have (run_quickstart.sh exports OMP_NUM_THREADS)
+    server = ShimServer(tmp_path_factory.mktemp("fork_shim"),
+                        {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+                         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    yield server
+    server.close()
+
+
+def _start_quickstart(shim, out, **settings: str) -> Started:
+    """run_quickstart.sh into ``out`` with ``settings`` (offline, its own MASTER_PORT), started now, its
+    ``python`` and ``torchrun`` the fork shim's."""
+    env = shim.env(QS_OUT=str(out), LOG_INTERVAL="1", SEQ_LEN="64", GBS="2", MASTER_PORT=str(free_port()),
+                   HF_HUB_OFFLINE="1", **settings)
     return Started(["bash", "examples/quickstart/run_quickstart.sh"], env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def quickstarts(tmp_path_factory) -> dict:
+def quickstarts(fork_shim, tmp_path_factory) -> dict:
     """{model: (output folder, the run)}: the Qwen2.5, Qwen3 and Qwen3-MoE journeys, started together (their
     one-process steps, conversions, preprocessing, generation, leave a core idle when they run one after the
     other)."""
@@ -32,7 +49,9 @@ def quickstarts(tmp_path_factory) -> dict:
     for model, settings in (
         (
             "qwen25",
-            {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3", "MAX_NEW_TOKENS": str(CHAT_TOKENS)},
+            # step 5 on the real torchrun (its agent, fresh ranks): where a user's quick start starts training
+            {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3", "MAX_NEW_TOKENS": str(CHAT_TOKENS),
+             "FORK_SHIM_REAL_TORCHRUN": "pretrain_gpt.py"},
         ),
         # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
         ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"}),
@@ -41,7 +60,7 @@ def quickstarts(tmp_path_factory) -> dict:
         ("qwen3-moe", {"QS_MODEL": "qwen3-moe", "QS_MAX_ROWS": "100", "TRAIN_ITERS": "6", "QS_SFT": "0"}),
     ):
         out = tmp_path_factory.mktemp(f"quickstart_{model}") / "qs"
-        runs[model] = (out, _start_quickstart(out, **settings))
+        runs[model] = (out, _start_quickstart(fork_shim, out, **settings))
     return runs
 
 
@@ -178,7 +197,7 @@ SHORT_QA_TOKENS = 8  # --max-new-tokens: more than any trained answer and its <|
 
 
 @pytest.fixture(scope="module")
-def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
+def short_answer_chat(quickstarts, fork_shim, tmp_path_factory) -> dict:
     """The Qwen2.5 quick start's pretrained checkpoint fine-tuned by its own scripts (steps 7-9, other data
     and step count; steps 7 and 9 as their scripts' commands run in this process) on SHORT_QA, then
     inference.py's chat (step 10's flags) asked every question.
@@ -188,7 +207,6 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     at PP2."""
     from mindspeed_llm.convert.cli import main as convert_main
     from mindspeed_llm.data.cli import main as preprocess_main
-    from tests.conftest import torchrun
     from tests.examples.test_model_example_scripts import _recorded_argv
     from tests.inference.helpers import parse_outputs
 
@@ -249,7 +267,7 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
         **SHORT_QA_TUNE,
     }
     proc = subprocess.run(["bash", "examples/quickstart/tune_qwen25_tiny_ptd.sh"], cwd=REPO_ROOT,
-                          env={**env, **settings}, capture_output=True, text=True, timeout=600)
+                          env=fork_shim.env(**env, **settings), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, "tune_qwen25_tiny_ptd.sh: " + proc.stdout[-4000:] + proc.stderr[-4000:]
     # Step 9: the fine-tuned checkpoint to HF, for transformers.
     in_process("ckpt_convert_qwen25_mcore2hf.sh", convert_main,
@@ -265,8 +283,13 @@ def short_answer_chat(quickstarts, tmp_path_factory) -> dict:
     flags = argv[argv.index("inference.py") + 1:]
     del flags[flags.index("--prompt"): flags.index("--prompt") + 2]  # the script's one question: ours instead
     # Each question alone, as trained (single-turn rows): no earlier exchange in what the model sees.
-    chat = torchrun(REPO_ROOT / "inference.py", *flags, "--history-turns", "0",
-                    *[a for q, _ in SHORT_QA for a in ("--prompt", q)], nproc=1, timeout=600)
+    # torchrun as the scripts run it (the shim's: one rank forked from the same server as the steps above)
+    chat = subprocess.run([fork_shim.torchrun, "--nproc_per_node", "1", "--master_port", str(free_port()),
+                           "inference.py", *flags, "--history-turns", "0",
+                           *[a for q, _ in SHORT_QA for a in ("--prompt", q)]],
+                          cwd=REPO_ROOT, env=fork_shim.env(**env), capture_output=True, text=True,
+                          timeout=600)
+    assert chat.returncode == 0, "inference.py: " + chat.stdout[-4000:] + chat.stderr[-4000:]
     return {"flags": flags, "answers": parse_outputs(chat.stdout), "hf": root / "sft_hf",
             "losses": losses_from_log((root / "logs" / "tune_mcore_qwen25_tiny.log").read_text())}
 

