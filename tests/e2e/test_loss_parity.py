@@ -131,9 +131,11 @@ def test_first_step_loss_equals_transformers(setup, name, layout):
 
 
 def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
-    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; the q/k norms train and stay equal
-    on both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2 repeats 3..4
-    exactly."""
+    """Four steps at lr 3e-3: TP2 (sequence parallel) and PP2 follow TP1; so does TP2 with the output layer
+    and the loss fused over blocks of tokens (``--loss-compute-mode chunk``, blocks of 48, 48 and 32 of the
+    128 tokens that sequence parallelism gathers; the untied output weight trains); the q/k norms train and
+    stay equal on both TP ranks (megatron-core all-reduces their gradients over TP); resuming TP2 at 2
+    repeats 3..4 exactly."""
     m = setup["models"]["qwen3_untied"]
     flags = [*model_flags(m["hf"]), *train_flags(setup["data"], iters=4, gbs=2, seq=SEQ, lr=3e-3)]
 
@@ -145,6 +147,8 @@ def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
     # TP1 and PP2 start in the background while TP2 runs (independent launches share the two cores).
     tp1_run = run("tp1", "--load", str(m["ckpts"]["tp1"]), "--finetune", launch=start_pretrain)
     pp2_run = run("pp2", "--load", str(m["ckpts"]["pp2"]), "--finetune", launch=start_pretrain)
+    chunk_run = run("tp2", "--sequence-parallel", "--loss-compute-mode", "chunk", "--loss-chunk-size", "48",
+                    "--load", str(m["ckpts"]["tp2"]), "--finetune", launch=start_pretrain)
     save = tmp_path / "tp2_save"
     tp2_out = run(
         "tp2",
@@ -159,7 +163,11 @@ def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
     )
     one = losses(tp1_run.result().stdout)
     assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]
-    for name, got in (("tp2", losses(tp2_out)), ("pp2", losses(pp2_run.result().stdout))):
+    chunk_out = chunk_run.result().stdout
+    # the start-up line of feature patches: the fused path did run, and only in that launch
+    assert "GPTModel._postprocess" in chunk_out and "GPTModel._postprocess" not in tp2_out
+    for name, got in (("tp2", losses(tp2_out)), ("pp2", losses(pp2_run.result().stdout)),
+                      ("tp2 chunk", losses(chunk_out))):
         assert sorted(got) == [1, 2, 3, 4]
         for it in got:
             assert abs(got[it] - one[it]) / one[it] <= REL, (name, it, got[it], one[it])
