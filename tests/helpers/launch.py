@@ -221,3 +221,100 @@ def run_nodes(script: str | Path, node_args: list[list[str]], folder: Path, time
         errors = [line for line in out.splitlines() if "rror" in line]
         assert proc.returncode == 0, f"node {node} failed:\n" + ("\n".join(errors) or out[-5000:])
     return outs
+
+
+class StartedScript(Started):
+    """``python SCRIPT.py ARGS`` started now (forked from a preloaded interpreter, as :class:`Started`), with
+    what the tests of signals and of processes left behind use of ``subprocess.Popen``: ``pid``, ``poll()``,
+    ``returncode``, ``send_signal()``, ``kill()``, ``communicate(timeout=)`` -> (stdout, stderr), and
+    ``stderr`` (a file holding what it has written so far)."""
+
+    def __init__(self, script: str | Path, *args, env: dict | None = None, cwd: Path | str = REPO_ROOT,
+                 timeout: int = 300):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+               "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        super().__init__([sys.executable, str(script), *map(str, args)], env=env, cwd=cwd, timeout=timeout)
+        self.pid = self._proc.pid
+
+    @property
+    def stderr(self):
+        self._err.seek(0)
+        return self._err
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def send_signal(self, sig: int) -> None:
+        self._proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Wait (at most ``timeout`` seconds, else ``subprocess.TimeoutExpired``) and return its output."""
+        self._proc.wait(timeout=timeout)
+        done = self.result()
+        return done.stdout, done.stderr
+
+
+def run_node_workers(script: str | Path, node_args: list[list[str]], folder: Path,
+                     timeout: int = 240) -> list[str]:
+    """:func:`run_nodes`' job without torchrun's agents: node ``i``'s one worker, with the environment
+    torchrun gives it (RANK = GROUP_RANK = ``i``, LOCAL_RANK 0, LOCAL_WORLD_SIZE 1, WORLD_SIZE the number
+    of nodes), runs ``script`` with ``node_args[i]`` in ``folder/node{i}`` (its own storage), forked from a
+    preloaded interpreter. When one node fails the others are stopped. Returns each node's output (stdout,
+    then stderr); raises with a node's error lines when it failed."""
+    import time
+
+    port, nodes = free_port(), len(node_args)
+    envs = [{**_rank_env(i, nodes, port, None), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+             "GROUP_RANK": str(i), "GROUP_WORLD_SIZE": str(nodes)} for i in range(nodes)]
+    workers = [StartedScript(script, *args, cwd=folder / f"node{i}", timeout=timeout, env=envs[i])
+               for i, args in enumerate(node_args)]
+    deadline = time.monotonic() + timeout
+    try:
+        while any(w.poll() is None for w in workers):
+            if any(w.poll() not in (None, 0) for w in workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    outs = [out + err for out, err in (w.communicate(timeout=30) for w in workers)]
+    for node, (worker, out) in enumerate(zip(workers, outs)):
+        errors = [line for line in out.splitlines() if "rror" in line]
+        assert worker.returncode == 0, f"node {node} failed ({worker.returncode}):\n" + (
+            "\n".join(errors) or out[-5000:])
+    return outs
+
+
+_FILE_SIZE_LIMIT = '''"""Run SCRIPT ARGS as ``python SCRIPT ARGS`` would, with a file-size limit of LIMIT
+bytes (a write past it fails with EFBIG, as on a full disk). Usage: python THIS.py LIMIT SCRIPT ARGS..."""
+import os
+import resource
+import runpy
+import signal
+import sys
+
+limit, script = int(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the signal ending the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(os.path.abspath(script))
+runpy.run_path(script, run_name="__main__")
+'''
+
+
+def with_file_size_limit(folder: Path, script: str | Path, limit: int) -> list[str]:
+    """``[WRAPPER.py, limit, script]``: with :class:`StartedScript`, ``script`` runs (forked, as any
+    ``python SCRIPT.py``) with a file-size limit of ``limit`` bytes set before it starts (what
+    ``tests.tool_process.run_tool``'s ``fsize`` does in a fresh interpreter). The wrapper is written into
+    ``folder``. Its output files count against the limit too: for a tool that prints a few lines."""
+    wrapper = Path(folder) / "file_size_limit.py"
+    wrapper.write_text(_FILE_SIZE_LIMIT)
+    return [str(wrapper), str(limit), str(script)]
