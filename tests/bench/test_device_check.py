@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
+import json
 import sys
 
 import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
+from tests.helpers.launch import StartedTorchrun
 
 SCRIPT = REPO_ROOT / "bench" / "device_check.py"
 
@@ -27,25 +27,50 @@ def _load():
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="hardware: this machine has CUDA, so the check would run"
 )
-def test_without_cuda_it_fails_with_one_line():
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert proc.stderr.startswith("error: device_check needs a CUDA GPU") and "--dry-run" in proc.stderr
+def test_without_cuda_it_fails_with_one_line(monkeypatch, capsys):
+    """main() as the script calls it (``sys.exit(main())``), in this process: exit status 2 and one line on
+    stderr."""
+    monkeypatch.setenv("MINDSPEED_LLM_DEVICE", "cpu")  # main() sets it: restored after the test
+    assert _load().main([]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip().count("\n") == 0, out.err
+    assert out.err.startswith("error: device_check needs a CUDA GPU") and "--dry-run" in out.err
 
 
-def test_dry_run_ops_and_logits_pass_on_the_cpu(tmp_path):
-    """The op rows (each path vs its torch reference, fp32 and bf16), fused Adam, the ring kernel, logits vs
-    transformers."""
-    import mindspeed_llm
-
+@pytest.mark.slow
+def test_full_dry_run_prints_a_table_of_passes(tmp_path, monkeypatch, capsys):
+    """All four checks (ops, logits, train + save + resume, throughput) at tiny sizes on the CPU: the op rows
+    (each path vs its torch reference, fp32 and bf16), fused Adam, the ring kernel, logits vs transformers.
+    main() runs in this process; its pretrain_gpt.py runs are real processes (see ``launch``)."""
+    monkeypatch.setenv("MINDSPEED_LLM_DEVICE", "cpu")  # main() sets it: restored after the test
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the torchrun children, as a launch from the tests has
     dc = _load()
-    mindspeed_llm.apply_base_patches()
-    dc.init_one_rank("cpu")
-    rows = dc.check_ops("cpu", tiny=True) + dc.check_ring_kernel("cpu", tiny=True) + \
-        [dc._logits_parity("cpu", tmp_path, tiny=True)]
-    names = [r.check for r in rows]
+    own_torchrun = dc.torchrun
+
+    def launch(args: list[str], log, timeout: int) -> str:
+        """The throughput run through the script's own torchrun command; the two resume runs as the workers
+        torchrun would start, forked from a preloaded interpreter (no agent, no fresh imports)."""
+        if not log.name.startswith("resume_"):
+            return own_torchrun(args, log, timeout)
+        started = StartedTorchrun(REPO_ROOT / "pretrain_gpt.py", *args, nproc=1, timeout=timeout)
+        proc = started.result(check=False)
+        log.write_text(proc.stdout + "\n" + proc.stderr)
+        assert proc.returncode == 0, f"pretrain_gpt.py failed ({proc.returncode}) [log: {log}]"
+        return proc.stdout
+
+    monkeypatch.setattr(dc, "torchrun", launch)
+    rows_json = tmp_path / "rows.json"
+    code = dc.main(["--dry-run", "--workdir", str(tmp_path / "work"), "--json", str(rows_json)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout[-3000:]
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert (
+        len(table) == 1 + 11 + 4 + 1 + 1 + 1
+    )  # header + op rows + ring kernel rows + logits + resume + throughput
+    assert all("| PASS |" in line for line in table[1:])
+    assert "| train 6 its + save + resume | PASS | iterations 4-6 equal" in stdout
+    rows = json.loads(rows_json.read_text())
+    names = [r["check"] for r in rows]
     for op in ("attention", "rope", "rmsnorm", "swiglu", "cross entropy"):
         assert f"op {op} float32" in names and f"op {op} bfloat16" in names
     assert "op fused adam fp32" in names and "logits vs transformers fp32" in names
@@ -53,20 +78,4 @@ def test_dry_run_ops_and_logits_pass_on_the_cpu(tmp_path):
     # blockwise.
     assert {f"ring kernel cpu_flash {block} {dtype}" for block in ("causal", "chunk x 2 chunks")
             for dtype in ("float32", "bfloat16")} <= set(names)
-    failed = [r for r in rows if not r.ok]
-    assert not failed, failed
-
-
-@pytest.mark.slow
-def test_full_dry_run_prints_a_table_of_passes(tmp_path):
-    """All four checks (ops, logits, train + save + resume, throughput) at tiny sizes on the CPU."""
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert (
-        len(table) == 1 + 11 + 4 + 1 + 1 + 1
-    )  # header + op rows + ring kernel rows + logits + resume + throughput
-    assert all("| PASS |" in line for line in table[1:])
-    assert "| train 6 its + save + resume | PASS | iterations 4-6 equal" in proc.stdout
+    assert all(r["ok"] for r in rows), rows

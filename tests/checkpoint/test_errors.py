@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import struct
-import sys
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from safetensors.torch import load_file, save_file
 from mindspeed_llm.convert.cli import main
 from mindspeed_llm.runtime.checkpoint import load_rank_state
 from tests.checkpoint.tiny_models import make_tiny_hf_model
-from tests.e2e.pretrain_helpers import WITH_FILE_SIZE_LIMIT
-from tests.helpers.launch import StartedLikePopen
+from tests.helpers.launch import WITH_FILE_SIZE_LIMIT, StartedScript
 from tests.helpers.paths import REPO_ROOT
 from tests.tool_process import (
     error_line,
@@ -504,13 +502,11 @@ def test_rank_file_of_another_model(capsys, tmp_path, models):
 CONVERT = REPO_ROOT / "convert_ckpt.py"
 
 
-def _tool(script, *args) -> StartedLikePopen:
+def _tool(script, *args) -> StartedScript:
     """``python SCRIPT ARGS`` from the repository root, as tests/tool_process.py starts a tool, but forked
     from an interpreter with torch imported (tests.helpers.launch); ``python WITH_FILE_SIZE_LIMIT BYTES TOOL
     ...`` runs the tool under a file-size limit (a write past it fails with EFBIG, as on a full disk)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
-           "TOKENIZERS_PARALLELISM": "false"}
-    return StartedLikePopen([sys.executable, "-u", str(script), *map(str, args)], env=env, cwd=REPO_ROOT)
+    return StartedScript(script, *args)
 
 
 @pytest.mark.slow

@@ -24,15 +24,17 @@ from tests.data.helpers import (
     write_jsonl,
     write_parquet,
 )
+from tests.helpers.launch import StartedScript, with_file_size_limit
+from tests.helpers.paths import REPO_ROOT
 from tests.tool_process import (
     error_line,
     leftovers,
     read_only_dir,
-    run_tool,
     signal_when,
-    start_tool,
     tree_digest,
 )
+
+PREPROCESS = REPO_ROOT / "preprocess_data.py"
 
 
 def _error(capsys) -> str:
@@ -380,9 +382,9 @@ def test_full_disk_keeps_the_earlier_output(tmp_path, bpe_tokenizer):
         "--workers",
         2,
     ]
-    assert run_tool("preprocess_data.py", *argv).returncode == 0
+    assert StartedScript(PREPROCESS, *argv).result().returncode == 0
     before, src_before = tree_digest(out), tree_digest(tmp_path / "in.jsonl")
-    proc = run_tool("preprocess_data.py", *argv, fsize=64 * 1024)
+    proc = StartedScript(*with_file_size_limit(PREPROCESS, 64 * 1024), *argv).result()
     line = error_line(proc.stderr)
     assert proc.returncode == 1 and f"writing {out / 'o_text_document.bin'} failed (File too large" in line, (
         line
@@ -433,8 +435,21 @@ def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
         run("--input", earlier, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o") == 0
     )
     before = tree_digest(out)
-    rc, err = signal_when(lambda: start_tool("preprocess_data.py", *argv), _writing(out), sig)
+    started, processes = [], []  # the tool; its processes (workers, parts) when the signal goes
+
+    def start() -> StartedScript:
+        started.append(StartedScript(PREPROCESS, *argv))
+        return started[-1]
+
+    def writing() -> bool:
+        if not _writing(out)():
+            return False
+        processes.extend(psutil.Process(started[-1].pid).children(recursive=True))
+        return True
+
+    rc, err = signal_when(start, writing, sig)
     assert rc == code, err
+    assert processes  # its tokenizer workers were running
     if word:
         line = error_line(err)
         assert word in line and "temporary files removed" in line
@@ -443,10 +458,19 @@ def test_signal_while_writing(tmp_path, bpe_tokenizer, sig, code, word, n_subs):
         assert leftovers(out)
     assert tree_digest(out) == {k: v for k, v in tree_digest(out).items() if ".tmp" in k} | before
     if sig == signal.SIGKILL:
-        assert run_tool("preprocess_data.py", *argv).returncode == 0
+        assert StartedScript(PREPROCESS, *argv).result().returncode == 0
         assert leftovers(tmp_path) == []
     time.sleep(0.2)  # pool workers end after their parent
+    assert not [p for p in processes if _alive(p)]
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(src) in " ".join(p.info["cmdline"] or [])]
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (a zombie waiting for its new parent to reap it has ended)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_output_that_is_the_input_is_refused(tmp_path, bpe_tokenizer, capsys):

@@ -45,6 +45,13 @@ def qwen_chat_tokenizer(tmp_path_factory, qwen25_tokenizer) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def qwen_chat_reference(qwen_chat_tokenizer):
+    """transformers' tokenizer of ``qwen_chat_tokenizer``, loaded once (about 1.5 CPU s a load): the
+    reference side only; the tool under test loads the folder itself on every run."""
+    return AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+
+
 def _chat_ids(tok, messages, generation=False) -> list[int]:
     return list(
         tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation)["input_ids"]
@@ -99,12 +106,13 @@ def _alpaca_messages(row) -> list[dict]:
 
 
 @pytest.mark.parametrize("prompt_type", ["qwen", "chat_template"])
-def test_alpaca_rows_equal_apply_chat_template(tmp_path, qwen_chat_tokenizer, prompt_type):
+def test_alpaca_rows_equal_apply_chat_template(tmp_path, qwen_chat_tokenizer, qwen_chat_reference,
+                                               prompt_type):
     src = write_parquet(ALPACA_ROWS, str(tmp_path / "alpaca"))
     prefix = tmp_path / "out" / "alpaca"
     assert run("--input", src, "--tokenizer-name-or-path", qwen_chat_tokenizer, "--output-prefix", prefix,
                "--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", prompt_type) == 0
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     got = read_sft(prefix)
     assert len(got["input_ids"]) == len(ALPACA_ROWS)
     for k, row in enumerate(ALPACA_ROWS):
@@ -125,7 +133,8 @@ SHAREGPT_TURNS = [
 
 @pytest.mark.parametrize("form", ["sharegpt", "openai"])
 @pytest.mark.parametrize("prompt_type", ["qwen", "chat_template"])
-def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_tokenizer, form, prompt_type):
+def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_tokenizer, qwen_chat_reference,
+                                                        form, prompt_type):
     if form == "sharegpt":
         names = {"user": "human", "assistant": "gpt"}
         row = {
@@ -139,7 +148,7 @@ def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_toke
     prefix = tmp_path / "chat_out"
     assert run("--input", src, "--tokenizer-name-or-path", qwen_chat_tokenizer, "--output-prefix", prefix,
                "--handler-name", "SharegptStyleInstructionHandler", "--prompt-type", prompt_type) == 0
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     messages = [{"role": "system", "content": "Be kind."}] + [
         {"role": r, "content": c} for r, c in SHAREGPT_TURNS
     ]
@@ -150,14 +159,14 @@ def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_toke
     assert learned == "".join(c + "<|im_end|>\n" for r, c in SHAREGPT_TURNS if r == "assistant")
 
 
-def test_history_column_and_map_keys(tmp_path, qwen_chat_tokenizer):
+def test_history_column_and_map_keys(tmp_path, qwen_chat_tokenizer, qwen_chat_reference):
     rows = [{"q": "And 3+3?", "ctx": "", "a": "6", "hist": [["What is 1+1?", "2"], ["And 2+2?", "4"]]}]
     src = write_parquet(rows, str(tmp_path / "hist"))
     prefix = tmp_path / "hist_out"
     assert run("--input", src, "--tokenizer-name-or-path", qwen_chat_tokenizer, "--output-prefix", prefix,
                "--handler-name", "AlpacaStyleInstructionHandler", "--prompt-type", "qwen",
                "--map-keys", '{"prompt": "q", "query": "ctx", "response": "a", "history": "hist"}') == 0
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     messages = [{"role": "user", "content": "What is 1+1?"}, {"role": "assistant", "content": "2"},
                 {"role": "user", "content": "And 2+2?"}, {"role": "assistant", "content": "4"},
                 {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}]
@@ -198,14 +207,21 @@ def _split_whole_samples(ids, labels, samples) -> list[tuple]:
     return found
 
 
-@pytest.mark.parametrize("neat", [False, True])
-def test_pack_holds_whole_samples(tmp_path, qwen_chat_tokenizer, capsys, neat):
-    seq = 128
-    src = write_jsonl(_varied_rows(), str(tmp_path / "rows"))
+@pytest.fixture(scope="module")
+def varied_unpacked(tmp_path_factory, qwen_chat_tokenizer) -> tuple[list, dict]:
+    """The packing tests' tool arguments (40 rows of varied lengths) and every sample, unpacked."""
+    folder = tmp_path_factory.mktemp("varied")
+    src = write_jsonl(_varied_rows(), str(folder / "rows"))
     common = ["--input", src, "--tokenizer-name-or-path", qwen_chat_tokenizer, "--handler-name",
               "AlpacaStyleInstructionHandler", "--prompt-type", "qwen"]
-    assert run(*common, "--output-prefix", tmp_path / "plain") == 0  # every sample, unpacked
-    unpacked = read_sft(tmp_path / "plain")
+    assert run(*common, "--output-prefix", folder / "plain") == 0
+    return common, read_sft(folder / "plain")
+
+
+@pytest.mark.parametrize("neat", [False, True])
+def test_pack_holds_whole_samples(tmp_path, varied_unpacked, capsys, neat):
+    seq = 128
+    common, unpacked = varied_unpacked
     capsys.readouterr()
     argv = [*common, "--output-prefix", tmp_path / "packed", "--pack", "--seq-length", seq] + (
         ["--neat-pack"] if neat else []
@@ -359,7 +375,9 @@ def test_bad_conversation_names_the_row_or_is_skipped(tmp_path, bpe_tokenizer, c
 @pytest.mark.parametrize("pack", [False, True])
 def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tokenizer, pack):
     """A 64 KiB file-size limit in the child: the first write past it fails with EFBIG as on a full disk."""
-    from tests.tool_process import error_line, leftovers, run_tool, tree_digest
+    from tests.helpers.launch import StartedScript, with_file_size_limit
+    from tests.helpers.paths import REPO_ROOT
+    from tests.tool_process import error_line, leftovers, tree_digest
 
     rows = [
         {"instruction": f"question {i} " + "word " * 20, "input": "", "output": "answer " * 30}
@@ -371,7 +389,8 @@ def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tok
             "--workers", 2] + (["--pack", "--seq-length", 512] if pack else [])
     assert _sft(write_jsonl(ALPACA_ROWS, str(tmp_path / "small")), bpe_tokenizer, out / "o", *ALPACA) == 0
     before = tree_digest(out)
-    proc = run_tool("preprocess_data.py", *argv, fsize=64 * 1024)
+    limited = with_file_size_limit(REPO_ROOT / "preprocess_data.py", 64 * 1024)
+    proc = StartedScript(*limited, *argv).result()
     line = error_line(proc.stderr)
     assert proc.returncode == 1 and "failed (File too large" in line and "temporary files removed" in line, (
         line
@@ -380,7 +399,7 @@ def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tok
     assert leftovers(tmp_path) == []
 
 
-def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer):
+def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer, qwen_chat_reference):
     """examples/mcore/qwen25/data_convert_qwen25_instruction.sh as a user runs it (quick start's parquet)."""
     import shutil
     import subprocess
@@ -399,7 +418,7 @@ def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = read_sft(tmp_path / "finetune_dataset" / "alpaca")
     assert len(got["input_ids"]) == 20
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     import pyarrow.parquet as pq
 
     row = pq.read_table(tmp_path / "dataset" / "train-00000-of-00001-a09b74b3ef9c3b56.parquet").to_pylist()[0]
@@ -413,7 +432,9 @@ def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer
 )
 def test_signal_while_writing_packed_data(tmp_path, bpe_tokenizer, sig, code, word):
     """A real signal once --pack's scratch file holds samples: one line, earlier output kept, nothing left."""
-    from tests.tool_process import error_line, leftovers, signal_when, start_tool, tree_digest
+    from tests.helpers.launch import StartedScript
+    from tests.helpers.paths import REPO_ROOT
+    from tests.tool_process import error_line, leftovers, signal_when, tree_digest
 
     rows = [{"instruction": f"question {i} " + "word " * 20, "input": "", "output": "answer " * 30}
             for i in range(20000)]
@@ -427,7 +448,7 @@ def test_signal_while_writing_packed_data(tmp_path, bpe_tokenizer, sig, code, wo
 
     argv = ["--input", src, "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", out / "o", *ALPACA,
             "--workers", 2, "--pack", "--seq-length", 512]
-    rc, err = signal_when(lambda: start_tool("preprocess_data.py", *argv), writing, sig)
+    rc, err = signal_when(lambda: StartedScript(REPO_ROOT / "preprocess_data.py", *argv), writing, sig)
     assert rc == code, err
     line = error_line(err)
     assert word in line and "temporary files removed" in line

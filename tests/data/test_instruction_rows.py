@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-from transformers import AutoTokenizer
 
 from tests.data.helpers import listing, write_jsonl
 from tests.data.test_instruction import (  # noqa: F401 - the session fixture
@@ -16,6 +15,7 @@ from tests.data.test_instruction import (  # noqa: F401 - the session fixture
     _one_error,
     _sft,
     expected_sample,
+    qwen_chat_reference,
     qwen_chat_tokenizer,
     read_sft,
 )
@@ -33,7 +33,8 @@ def _messages(row: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("case", ["system_first_in_row_2", "system_only_in_row_1", "history_first_in_row_2"])
-def test_optional_columns_are_read_per_row(tmp_path, qwen_chat_tokenizer, capsys, case):  # noqa: F811
+def test_optional_columns_are_read_per_row(tmp_path, qwen_chat_tokenizer, qwen_chat_reference,  # noqa: F811
+                                           capsys, case):
     plain = {"instruction": "What is 2+2?", "input": "", "output": "4"}
     extra = {"system_first_in_row_2": {"system": "Answer briefly."},
              "system_only_in_row_1": {"system": "Answer briefly."},
@@ -41,7 +42,7 @@ def test_optional_columns_are_read_per_row(tmp_path, qwen_chat_tokenizer, capsys
     rows = [plain, {**plain, **extra}] if case != "system_only_in_row_1" else [{**plain, **extra}, plain]
     src = write_jsonl(rows, str(tmp_path / "in"))
     assert _sft(src, qwen_chat_tokenizer, tmp_path / "o", *ALPACA) == 0, capsys.readouterr().err
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     expected = [expected_sample(tok, _messages(r)) for r in rows]
     got = read_sft(tmp_path / "o")
     assert got["input_ids"] == [ids for ids, _ in expected]

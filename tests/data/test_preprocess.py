@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from tests.conftest import REPO_ROOT
 from tests.data.conftest import ROWS
 from tests.data.helpers import (
     FORMAT_WRITERS,
@@ -20,6 +19,7 @@ from tests.data.helpers import (
     write_jsonl,
     write_parquet,
 )
+from tests.helpers.launch import StartedScript
 
 TEXTS = [r["text"] for r in ROWS]
 
@@ -75,15 +75,13 @@ def test_pool_started_beside_another_python_thread_uses_the_fork_server(tmp_path
     """A fork copies the locks other threads hold at that instant (a pool forked inside a pytest-xdist worker
     once hung): with another Python thread running, the workers come from the fork server, load the tokenizer
     by path and write the same documents; a lone main thread still forks."""
-    import subprocess
-    import sys
     import threading
 
     from mindspeed_llm.data.pool import mp_context
 
-    alone = subprocess.run([sys.executable, "-c", "import mindspeed_llm.data.pool as p; "
-                            "print(p.mp_context().get_start_method())"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    script = tmp_path / "start_method.py"  # ``python SCRIPT.py``: forked from a preloaded interpreter
+    script.write_text("import mindspeed_llm.data.pool as p\nprint(p.mp_context().get_start_method())\n")
+    alone = StartedScript(script).result()
     assert alone.stdout.strip() == "fork", (
         alone.stderr
     )  # (this pytest process may run a leftover tqdm monitor)
@@ -332,7 +330,6 @@ def test_workers_start_on_tokenizer_json_and_rerun_when_the_hf_tokenizer_differs
 def test_entry_script_as_the_seed_runs_it(tmp_path, bpe_tokenizer):
     """The seed's command line, as a subprocess: output names, exit status 0; a bad input gives exit 2."""
     import os
-    import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -341,7 +338,7 @@ def test_entry_script_as_the_seed_runs_it(tmp_path, bpe_tokenizer):
     cmd = [sys.executable, os.path.join(root, "preprocess_data.py"), "--input", src,
            "--tokenizer-name-or-path", bpe_tokenizer, "--output-prefix", "./dataset/alpaca",
            "--tokenizer-type", "PretrainedFromHF", "--workers", "4", "--log-interval", "1000"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = StartedScript(*cmd[1:], cwd=tmp_path).result()
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(tmp_path / "dataset"))[:2] == [
         "alpaca_text_document.bin",
@@ -351,9 +348,7 @@ def test_entry_script_as_the_seed_runs_it(tmp_path, bpe_tokenizer):
     assert read_documents(str(tmp_path / "dataset" / "alpaca_text_document")) == expected_documents(
         hf, TEXTS, False
     )
-    bad = subprocess.run(
-        cmd[:3] + ["missing.parquet"] + cmd[4:], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    bad = StartedScript(*cmd[1:3], "missing.parquet", *cmd[4:], cwd=tmp_path).result()
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --input missing.parquet")
 
@@ -371,15 +366,14 @@ def test_log_interval_prints_rates(tmp_path, bpe_tokenizer, capsys, monkeypatch)
 
 
 @pytest.mark.slow
-def test_qwen25_tokenizer_on_alpaca_parquet(tmp_path):
+def test_qwen25_tokenizer_on_alpaca_parquet(tmp_path, qwen25_tokenizer):
     """The seed's case: Qwen2.5's tokenizer (151,665 entries, NFC, added tokens) on an alpaca-style
     parquet."""
     import pyarrow.parquet as pq
 
     from mindspeed_llm.quickstart.assets import write_alpaca_parquet
-    from mindspeed_llm.quickstart.qwen_tokenizer import write_qwen25_tokenizer
 
-    tok = write_qwen25_tokenizer(tmp_path / "qwen25")
+    tok = qwen25_tokenizer
     src = tmp_path / "train-00000-of-00001-a09b74b3ef9c3b56.parquet"
     write_alpaca_parquet(src, max_rows=300)
     assert run("--input", src, "--tokenizer-name-or-path", tok, "--output-prefix", tmp_path / "alpaca",

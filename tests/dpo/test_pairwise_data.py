@@ -11,10 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
-from transformers import AutoTokenizer
 
 from tests.data.helpers import run, write_jsonl
-from tests.data.test_instruction import expected_sample, qwen_chat_tokenizer  # noqa: F401 (a fixture)
+from tests.data.test_instruction import (  # noqa: F401 (the fixtures)
+    expected_sample,
+    qwen_chat_reference,
+    qwen_chat_tokenizer,
+)
 
 KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 ORCA_ROWS = [
@@ -38,7 +41,7 @@ def read_pairs(prefix) -> dict[str, list[list[int]]]:
     return out
 
 
-def test_orca_rows_equal_apply_chat_template(tmp_path, qwen_chat_tokenizer):  # noqa: F811
+def test_orca_rows_equal_apply_chat_template(tmp_path, qwen_chat_tokenizer, qwen_chat_reference):  # noqa: F811
     src = write_jsonl(ORCA_ROWS, str(tmp_path / "orca.jsonl"))
     prefix = tmp_path / "out" / "orca"
     assert (
@@ -58,7 +61,7 @@ def test_orca_rows_equal_apply_chat_template(tmp_path, qwen_chat_tokenizer):  # 
         )
         == 0
     )
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     got = read_pairs(prefix)
     for k, row in enumerate(ORCA_ROWS):
         system = [{"role": "system", "content": row["system"]}] if row["system"] else []
@@ -74,7 +77,7 @@ def test_orca_rows_equal_apply_chat_template(tmp_path, qwen_chat_tokenizer):  # 
             assert tok.decode([t for t in labels if t != -100]) == row[side] + "<|im_end|>\n"
 
 
-def test_sharegpt_history_is_prompt_only(tmp_path, qwen_chat_tokenizer):  # noqa: F811
+def test_sharegpt_history_is_prompt_only(tmp_path, qwen_chat_tokenizer, qwen_chat_reference):  # noqa: F811
     """Earlier answers belong to the prompt (-100): only the compared answer is learned."""
     rows = [
         {
@@ -104,7 +107,7 @@ def test_sharegpt_history_is_prompt_only(tmp_path, qwen_chat_tokenizer):  # noqa
         )
         == 0
     )
-    tok = AutoTokenizer.from_pretrained(qwen_chat_tokenizer)
+    tok = qwen_chat_reference
     got = read_pairs(prefix)
     history = [
         {"role": "user", "content": "Hi"},

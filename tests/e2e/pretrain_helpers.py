@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.helpers.launch import StartedTorchrun, torchrun
+from tests.helpers.launch import WITH_FILE_SIZE_LIMIT, StartedTorchrun, torchrun  # noqa: F401 (re-exported)
 from tests.helpers.paths import REPO_ROOT
 from tests.helpers.tiny import convert_hf_to_mg, make_hf_model  # noqa: F401 (re-exported to the e2e tests)
 
@@ -19,9 +19,6 @@ PRETRAIN = REPO_ROOT / "pretrain_gpt.py"
 # pretrain_gpt.py whose save of iteration N (its first argument) is held before publishing (tests kill it
 # there).
 PAUSED_IN_SAVE = REPO_ROOT / "tests" / "e2e" / "scripts" / "pretrain_paused_in_save.py"
-# ``python WITH_FILE_SIZE_LIMIT BYTES SCRIPT.py ARGS``: SCRIPT under a file-size limit (a full disk), started
-# as a forked launch (a preexec_fn would need a fresh interpreter).
-WITH_FILE_SIZE_LIMIT = REPO_ROOT / "tests" / "e2e" / "scripts" / "with_file_size_limit.py"
 VOCAB = 128  # rows of the tiny HF models (tests/helpers/tiny.py)
 EOD = 2  # their tokenizer's </s>
 _LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*? lm loss: ([0-9.E+-]+) \|")

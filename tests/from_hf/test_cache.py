@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mindspeed_llm.config.flags import ArgumentError, parse_args
-from tests.helpers.launch import Started
+from tests.helpers.launch import StartedScript
 from tests.helpers.paths import REPO_ROOT
 
 BASE = (
@@ -79,13 +79,20 @@ def prepare(argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
-def _script(argv: list[str]) -> list[str]:
-    code = (
-        "import sys; import mindspeed_llm; mindspeed_llm.apply_base_patches(); "
-        "from mindspeed_llm.config.flags import parse_args; "
-        "from mindspeed_llm.from_hf.build import prepare_caches; prepare_caches(parse_args(sys.argv[1:]))"
-    )
-    return [sys.executable, "-c", code, *argv]
+_PREPARE = (
+    "import sys\nimport mindspeed_llm\nmindspeed_llm.apply_base_patches()\n"
+    "from mindspeed_llm.config.flags import parse_args\n"
+    "from mindspeed_llm.from_hf.build import prepare_caches\n"
+    "prepare_caches(parse_args(sys.argv[1:]))\n"
+)
+
+
+def _script(folder) -> str:
+    """A launch's start-up (prepare_caches on its flags) as a script file: ``python SCRIPT.py FLAGS`` is
+    forked from a preloaded interpreter (tests.helpers.launch), where ``python -c`` starts a fresh one."""
+    path = folder / "prepare_caches.py"
+    path.write_text(_PREPARE)
+    return str(path)
 
 
 def _env() -> dict:
@@ -177,22 +184,21 @@ def test_two_launches_at_once_build_one_cache_and_sigkill_leaves_nothing_complet
     hf, raw = setup
     argv = flags(hf, raw)
     # SIGKILL in the middle of the data build: its staging folder is left, never taken for the cache.
-    victim = subprocess.Popen(
-        _script(argv), env=_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    script = _script(tmp_path)
+    victim = StartedScript(script, *argv)
     pattern = str(raw.parent / "rows.mindspeed_cache-*.staging-*")
     deadline = time.monotonic() + 120
     while not glob.glob(pattern) and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    victim.communicate(timeout=60)
     assert glob.glob(pattern), "the build was not caught halfway"
     from mindspeed_llm.from_hf.cache import is_complete, read_marker
 
     assert not [d for d in glob.glob(str(raw.parent / "rows.mindspeed_cache-*")) if read_marker(d)]
 
     # Two launches at once: one builds, the other waits for it and reuses it; the killed build's leftovers go.
-    first, second = (Started(_script(argv), env=_env(), timeout=240) for _ in range(2))
+    first, second = (StartedScript(script, *argv, timeout=240) for _ in range(2))
     outs = [p.result() for p in (first, second)]
     assert all(p.returncode == 0 for p in outs), [p.stderr[-2000:] for p in outs]
     text = "".join(p.stdout for p in outs)

@@ -1,8 +1,9 @@
-"""--no-shared-storage: two "nodes" on loopback (two torchrun invocations, --nnodes 2, node ranks 0 and 1),
-each with its own storage (its own working folder holding the HF folder and the raw data), run the same
-command; each node's first process converts and preprocesses into its own folder, and they train together.
-Each node's first process also builds megatron-core's dataset index in its own dataset-cache folder and
-writes the checkpoint tracker into its own --save folder (so a resume on that node finds it).
+"""--no-shared-storage: two "nodes" on loopback (node ranks 0 and 1 of --nnodes 2: each node's one worker with
+the environment torchrun gives it, tests.helpers.launch.run_node_workers), each with its own storage (its own
+working folder holding the HF folder and the raw data), run the same command; each node's first process
+converts and preprocesses into its own folder, and they train together. Each node's first process also
+builds megatron-core's dataset index in its own dataset-cache folder and writes the checkpoint tracker into
+its own --save folder (so a resume on that node finds it).
 
 Without --no-shared-storage only global rank 0 builds (MindSpeed-LLM's rule: one node or shared storage), and
 node 1 would wait for a cache that never appears on its storage (and find no index, no tracker).
@@ -17,7 +18,7 @@ import shutil
 import pytest
 
 from tests.e2e.pretrain_helpers import PRETRAIN, loss_strings, model_flags
-from tests.helpers.launch import run_nodes
+from tests.helpers.launch import run_node_workers
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def test_each_node_builds_its_own_caches_without_shared_storage(tmp_path):
         "--save",
         "ckpt",
     ]
-    outs = run_nodes(PRETRAIN, [flags, flags], tmp_path)
+    outs = run_node_workers(PRETRAIN, [flags, flags], tmp_path)
     for node, out in enumerate(outs):
         # Each node built both caches on its own storage (relative to its folder), none waited for the other.
         assert "HF -> Megatron checkpoint: building ./model_from_hf/hf/megatron_cache_tp1pp1ep1" in out, out

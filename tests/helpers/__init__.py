@@ -9,6 +9,14 @@ test stays torch-free):
   ``Started(cmd, env=, cwd=, timeout=)`` (one process started now, ``.result()`` later). Their ``python
   [-u] SCRIPT.py`` processes are forked from a preloaded interpreter (torch imported once per test process:
   :mod:`tests.helpers.preloaded`; ``MINDSPEED_LLM_TEST_FRESH_PROCESSES=1`` starts fresh ones).
+  ``StartedScript(script, *args, env=, cwd=)`` (a forked ``python -u SCRIPT.py`` with the parts of
+  ``Popen``'s API the signal tests and tests/tool_process.py use); ``run_python(code, folder)`` (``python
+  -c`` as a forked script); ``with_file_size_limit(script, limit)`` (a full disk for a forked tool);
+  ``output_so_far`` / ``wait_for_output`` / ``launch_pids`` / ``signal_launch`` / ``exit_statuses`` (a
+  launch signalled mid-run); ``run_nodes`` (a ``--nnodes`` job through torchrun's own command) and
+  ``run_node_workers`` (the same job's workers without torchrun's agents).
+- :mod:`tests.helpers.fork_shim`: ``python`` / ``torchrun`` executables put first on PATH for the bash
+  scripts a test runs (the quick start), forked from a preloaded interpreter.
 - :mod:`tests.helpers.numerics`: ``rel_err(actual, expected)`` (Frobenius, float64) and ``DTYPE_TOL``
   (the per-dtype bound of the kernel tests: float32 1e-5, bfloat16 1e-2).
 - :mod:`tests.helpers.tiny`: ``tiny_hf_config(kind, ...)``, ``make_tiny_hf_model(folder, kind, ...)`` (a

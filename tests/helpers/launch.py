@@ -299,18 +299,27 @@ def exit_statuses(launch: Started | StartedTorchrun, timeout: float = 120) -> li
     return [p.returncode for p in procs]
 
 
-class StartedLikePopen(Started):
-    """:class:`Started` (forked when it is ``python SCRIPT.py ...``) with what helpers written for
-    ``subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True)`` use of it: ``pid``, ``returncode``,
-    ``poll()``, ``wait()``, ``send_signal()``, ``kill()``, ``communicate(timeout=)`` and ``stdout`` /
-    ``stderr`` to ``read()`` once it has ended (tests/tool_process.py's signal stepping)."""
+class StartedScript(Started):
+    """``python -u SCRIPT.py ARGS`` started now in ``cwd`` (forked from a preloaded interpreter, as
+    :class:`Started`; ``-u`` and ``OMP_NUM_THREADS=1`` as the torchrun launches, so one server serves both),
+    with what helpers written for ``subprocess.Popen(..., stdout=PIPE, stderr=PIPE, text=True)`` use of it
+    (tests/tool_process.py's signal stepping, the tests of processes left behind): ``pid``, ``returncode``,
+    ``poll()``, ``wait()``, ``send_signal()``, ``kill()``, ``communicate(timeout=)`` -> (stdout, stderr), and
+    ``stdout`` / ``stderr`` whose ``read()`` returns the whole output once the process has ended."""
+
+    def __init__(self, script: str | Path, *args, env: dict | None = None, cwd: Path | str = REPO_ROOT,
+                 timeout: int = 300):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT),
+               "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        super().__init__([sys.executable, "-u", str(script), *map(str, args)], env=env, cwd=cwd,
+                         timeout=timeout)
 
     pid = property(lambda self: self._proc.pid)
     returncode = property(lambda self: self._proc.returncode)
-    stdout = property(lambda self: _TextNow(self, 0))
-    stderr = property(lambda self: _TextNow(self, 1))
+    stdout = property(lambda self: _OutputAtEnd(self, 0))
+    stderr = property(lambda self: _OutputAtEnd(self, 1))
 
-    def poll(self):
+    def poll(self) -> int | None:
         return self._proc.poll()
 
     def wait(self, timeout: float | None = None) -> int:
@@ -323,16 +332,62 @@ class StartedLikePopen(Started):
         self._proc.kill()
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Wait (at most ``timeout`` seconds, else ``subprocess.TimeoutExpired``) and return its output."""
         self._proc.wait(timeout=timeout)
         done = self.result()
         return done.stdout, done.stderr
 
 
-class _TextNow:
-    """``read()``: stdout (0) or stderr (1) of a :class:`StartedLikePopen` (waits for its end)."""
+class _OutputAtEnd:
+    """``read()``: stdout (0) or stderr (1) of a :class:`StartedScript` (waits for its end)."""
 
-    def __init__(self, started: StartedLikePopen, which: int):
+    def __init__(self, started: StartedScript, which: int):
         self._started, self._which = started, which
 
     def read(self) -> str:
         return self._started.communicate()[self._which]
+
+
+def run_node_workers(script: str | Path, node_args: list[list[str]], folder: Path,
+                     timeout: int = 240) -> list[str]:
+    """:func:`run_nodes`' job without torchrun's agents: node ``i``'s one worker, with the environment
+    torchrun gives it (RANK = GROUP_RANK = ``i``, LOCAL_RANK 0, LOCAL_WORLD_SIZE 1, WORLD_SIZE the number
+    of nodes), runs ``script`` with ``node_args[i]`` in ``folder/node{i}`` (its own storage), forked from a
+    preloaded interpreter. When one node fails the others are stopped. Returns each node's output (stdout,
+    then stderr); raises with a node's error lines when it failed."""
+    import time
+
+    port, nodes = free_port(), len(node_args)
+    envs = [{**_rank_env(i, nodes, port, None), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+             "GROUP_RANK": str(i), "GROUP_WORLD_SIZE": str(nodes)} for i in range(nodes)]
+    workers = [StartedScript(script, *args, cwd=folder / f"node{i}", timeout=timeout, env=envs[i])
+               for i, args in enumerate(node_args)]
+    deadline = time.monotonic() + timeout
+    try:
+        while any(w.poll() is None for w in workers):
+            if any(w.poll() not in (None, 0) for w in workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    outs = [out + err for out, err in (w.communicate(timeout=30) for w in workers)]
+    for node, (worker, out) in enumerate(zip(workers, outs)):
+        errors = [line for line in out.splitlines() if "rror" in line]
+        assert worker.returncode == 0, f"node {node} failed ({worker.returncode}):\n" + (
+            "\n".join(errors) or out[-5000:])
+    return outs
+
+
+# ``python -u WITH_FILE_SIZE_LIMIT BYTES SCRIPT.py ARGS``: SCRIPT under a file-size limit (a full disk),
+# startable as a script, so forked (a preexec_fn setting the limit would need a fresh interpreter)
+WITH_FILE_SIZE_LIMIT = REPO_ROOT / "tests" / "e2e" / "scripts" / "with_file_size_limit.py"
+
+
+def with_file_size_limit(script: str | Path, limit: int) -> list[str]:
+    """``[WITH_FILE_SIZE_LIMIT, limit, script]``: with :class:`StartedScript`, ``script`` runs (forked, as
+    any ``python SCRIPT.py``) with a file-size limit of ``limit`` bytes set before it starts (what
+    ``tests.tool_process.run_tool``'s ``fsize`` does in a fresh interpreter). Its output files count against
+    the limit too: for a tool that prints a few lines."""
+    return [str(WITH_FILE_SIZE_LIMIT), str(limit), str(script)]

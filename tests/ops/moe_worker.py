@@ -63,7 +63,7 @@ def load(layer: MoELayer, weights: dict, tp_rank: int, tp: int, ep_rank: int, gr
 
 
 def run_case(folder: Path, tp: int, ep: int, dispatcher: str, grouped: bool, pad: int) -> None:
-    ps.initialize_model_parallel(tensor_model_parallel_size=tp, expert_model_parallel_size=ep)
+    """One case on the model-parallel groups of its (TP, EP) (initialized by the caller)."""
     model_parallel_cuda_manual_seed(1)
     config = TransformerConfig(
         num_layers=1, hidden_size=HIDDEN, num_attention_heads=2, ffn_hidden_size=FFN,
@@ -99,7 +99,6 @@ def run_case(folder: Path, tp: int, ep: int, dispatcher: str, grouped: bool, pad
     rank = torch.distributed.get_rank()
     torch.save({"tp": tp, "tp_rank": tp_rank, "dp_rank": dp_rank, "out": out.detach(), "grad": x.grad,
                 "aux": aux[0]}, folder / f"{name}.rank{rank}.pt")
-    ps.destroy_model_parallel()
 
 
 CASES = [  # (tp, ep, dispatcher, grouped, pad)
@@ -112,9 +111,19 @@ CASES = [  # (tp, ep, dispatcher, grouped, pad)
 def main(folder: Path) -> None:
     torch.distributed.init_process_group("gloo")
     world = torch.distributed.get_world_size()
-    for tp, ep, dispatcher, grouped, pad in CASES:
-        if tp * ep <= world:
-            run_case(folder, tp, ep, dispatcher, grouped, pad)
+    # The cases of one (TP, EP) share its groups: creating megatron's groups on gloo is much of a case's
+    # time, and a case's result does not depend on the cases run before it on the same groups.
+    layout = None
+    for tp, ep, dispatcher, grouped, pad in sorted(CASES, key=lambda c: c[:2]):
+        if tp * ep > world:
+            continue
+        if (tp, ep) != layout:
+            if layout is not None:
+                ps.destroy_model_parallel()
+            layout = (tp, ep)
+            ps.initialize_model_parallel(tensor_model_parallel_size=tp, expert_model_parallel_size=ep)
+        run_case(folder, tp, ep, dispatcher, grouped, pad)
+    ps.destroy_model_parallel()
     torch.distributed.destroy_process_group()
 
 
