@@ -227,8 +227,9 @@ def run_python(code: str, folder: Path | str, *args, env: dict | None = None, na
                timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -c code ARGS`` without a fresh interpreter: ``code`` is written to ``folder/name`` and run as
     ``python -u folder/name ARGS`` in ``folder``, forked from a preloaded interpreter (:class:`Started`; torch
-    is imported already, nothing of mindspeed_llm, megatron-core or transformers). ``folder`` is first on the
-    child's ``sys.path``, as a ``PYTHONPATH`` entry would be (a package there, such as a stand-in, is found).
+    and transformers are imported already, nothing of mindspeed_llm or megatron-core). ``folder`` is first on
+    the child's ``sys.path``, as a ``PYTHONPATH`` entry would be (a package there, such as a stand-in, is
+    found).
     ``env``: added to this process's environment (with ``OMP_NUM_THREADS=1`` and the repository on
     ``PYTHONPATH``, as the launches have). Returns the finished process whatever its status. A check that
     needs an interpreter without torch preloaded (what an import loads) runs ``python -c`` itself."""
