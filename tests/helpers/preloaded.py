@@ -44,7 +44,7 @@ MAX_SERVERS = 4  # per test process: more distinct import environments run as fr
 # glibc, OpenMP, torch, transformers): a launch is forked only from a server started with the same values.
 _AT_IMPORT = re.compile(r"^(PYTHON|TORCH|PYTORCH|OMP_|GOMP|KMP_|MKL|OPENBLAS|LD_|MALLOC_|GLIBC|LC_|LANG|"
                         r"LANGUAGE$|CUDA|NVIDIA|ROCM|HIP_|TMPDIR$|TEMP$|TMP$|HOME$|XDG_|HF_|HUGGINGFACE|"
-                        r"TRANSFORMERS|TOKENIZERS|USE_TORCH$|USE_TF$|USE_JAX$|USE_FLAX$|SAFETENSORS)")
+                        r"TRANSFORMERS|USE_TORCH$|USE_TF$|USE_JAX$|USE_FLAX$|SAFETENSORS)")
 
 
 def _import_env(env: dict) -> tuple:

@@ -24,9 +24,11 @@ def fork_shim(tmp_path_factory):
     (FORK_SHIM_REAL_TORCHRUN), tests/e2e/test_rank_output.py, tests/examples/test_doc_commands.py."""
     from tests.helpers.fork_shim import ShimServer
 
-    # the at-import variables the scripts' processes will have (run_quickstart.sh exports OMP_NUM_THREADS)
+    # the at-import variables the scripts' processes will have (what run_quickstart.sh exports: a launch whose
+    # differ runs a fresh interpreter)
     server = ShimServer(tmp_path_factory.mktemp("fork_shim"),
-                        {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+                        {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1",
+                         "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     yield server
     server.close()
