@@ -1,6 +1,9 @@
 """The launch helpers' preloaded processes (tests/helpers/preloaded.py) against fresh interpreters: the same
 script, command line, environment and working folder give the same view of the process (argv, sys.path,
-environment, cwd, __main__, stdin, signals, buffering) and the same exit statuses, output and tracebacks."""
+environment, cwd, __main__, stdin, signals, buffering) and the same exit statuses, output and tracebacks.
+The fork shim's ``python`` and ``torchrun`` (tests/helpers/fork_shim.py) fork from their server, report the
+child's status as a shell sees it, fall back to the real interpreter, and stop a failed launch's other
+ranks."""
 
 from __future__ import annotations
 
@@ -106,3 +109,66 @@ def test_a_launch_with_another_import_environment_gets_its_own_server(script, tm
         assert proc.returncode == 0
     keys = [dict(key[0]).get("OMP_NUM_THREADS") for key in preloaded._servers]
     assert {"1", "2"} <= set(keys)
+
+
+# ---- the fork shim (tests/helpers/fork_shim.py): `python` and `torchrun` on PATH for a test's scripts ----
+
+_SHIM_PROBE = r'''
+import os, sys
+mode = sys.argv[1]
+if mode == "parent":
+    print(os.getppid(), sys.argv[2:], __name__)
+elif mode == "rank":  # rank 1 fails, rank 0 would wait for a minute
+    if os.environ["RANK"] == "1":
+        sys.exit(3)
+    import time
+    time.sleep(60)
+'''
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    from tests.helpers.fork_shim import ShimServer
+    from tests.helpers.paths import REPO_ROOT
+
+    server = ShimServer(tmp_path_factory.mktemp("fork_shim"),
+                        {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    yield server
+    server.close()
+
+
+def _bash(shim, tmp_path, line: str, **env: str):
+    import subprocess
+
+    (tmp_path / "probe.py").write_text(_SHIM_PROBE)
+    return subprocess.run(["bash", "-c", line], cwd=tmp_path, env=shim.env(**env), capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_fork_shim_forks_python_scripts_modules_and_code_from_its_server(shim, tmp_path):
+    forked = _bash(shim, tmp_path, "python -u probe.py parent a b")
+    assert forked.returncode == 0, forked.stderr
+    ppid, rest = forked.stdout.split(" ", 1)
+    assert int(ppid) == shim.proc.pid and rest.strip() == "['a', 'b'] __main__"
+    assert _bash(shim, tmp_path, "echo '{\"a\": 1}' | python -m json.tool --compact").stdout == '{"a":1}\n'
+    code = _bash(shim, tmp_path, "python -c 'import sys; print(sys.argv[1:]); sys.exit(3)' x; echo rc=$?")
+    assert code.stdout == "['x']\nrc=3\n"
+    raised = _bash(shim, tmp_path, "python -c 'raise ValueError(\"boom\")'")
+    assert raised.returncode == 1 and raised.stderr.rstrip().endswith("ValueError: boom")
+    killed = _bash(shim, tmp_path, "python -c 'import os, signal; os.kill(os.getpid(), signal.SIGTERM)'; "
+                                   "echo rc=$?")
+    assert killed.stdout == "rc=143\n"
+    # another at-import environment: the real interpreter, exec'd in the shim's place (its parent is bash)
+    fresh = _bash(shim, tmp_path, "python -u probe.py parent; echo bash=$$", OMP_NUM_THREADS="2")
+    lines = fresh.stdout.split("\n")
+    assert int(lines[0].split()[0]) == int(lines[1].split("=")[1]) != shim.proc.pid
+
+
+def test_fork_shim_torchrun_stops_the_other_ranks_when_one_fails(shim, tmp_path):
+    import time
+
+    started = time.monotonic()
+    proc = _bash(shim, tmp_path, "torchrun --nproc_per_node 2 --master_port 29599 probe.py rank; echo rc=$?")
+    assert proc.stdout == "rc=1\n", proc.stderr
+    assert "rank 1 (probe.py) failed with exit status 3" in proc.stderr
+    assert time.monotonic() - started < 30  # rank 0 was stopped, not waited for (it sleeps 60 s)
