@@ -13,8 +13,8 @@ test stays torch-free):
   ``Popen``'s API the signal tests and tests/tool_process.py use); ``run_python(code, folder)`` (``python
   -c`` as a forked script); ``with_file_size_limit(script, limit)`` (a full disk for a forked tool);
   ``output_so_far`` / ``wait_for_output`` / ``launch_pids`` / ``signal_launch`` / ``exit_statuses`` (a
-  launch signalled mid-run); ``run_nodes`` (a ``--nnodes`` job through torchrun's own command) and
-  ``run_node_workers`` (the same job's workers without torchrun's agents).
+  launch signalled mid-run); ``run_node_workers`` (a ``--nnodes`` job's workers with torchrun's
+  environment, without its agents).
 - :mod:`tests.helpers.fork_shim`: ``python`` / ``torchrun`` executables put first on PATH for the bash
   scripts a test runs (the quick start), forked from a preloaded interpreter.
 - :mod:`tests.helpers.numerics`: ``rel_err(actual, expected)`` (Frobenius, float64) and ``DTYPE_TOL``

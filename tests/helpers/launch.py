@@ -198,31 +198,6 @@ def torchrun_command(script: str | Path, *args: str, nproc: int = 1, port: int |
             *torchrun_args, str(script), *map(str, args)]
 
 
-def run_nodes(script: str | Path, node_args: list[list[str]], folder: Path, timeout: int = 240) -> list[str]:
-    """One job of ``len(node_args)`` nodes on loopback, through torchrun's own command, one process each:
-    node ``i`` runs ``script`` with ``node_args[i]`` in ``folder/node{i}`` (its own storage). Waits for every
-    node; returns each node's combined output, and raises with a node's error lines when it failed."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    procs = [
-        subprocess.Popen(torchrun_command(script, *args, nproc=1, port=port, nnodes=len(node_args),
-                                          node_rank=i),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                         cwd=folder / f"node{i}")
-        for i, args in enumerate(node_args)
-    ]
-    outs = []
-    for proc in procs:
-        try:
-            outs.append(proc.communicate(timeout=timeout)[0])
-        finally:
-            proc.kill()
-    for node, (proc, out) in enumerate(zip(procs, outs)):
-        errors = [line for line in out.splitlines() if "rror" in line]
-        assert proc.returncode == 0, f"node {node} failed:\n" + ("\n".join(errors) or out[-5000:])
-    return outs
-
-
 def run_python(code: str, folder: Path | str, *args, env: dict | None = None, name: str = "snippet.py",
                timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -c code ARGS`` without a fresh interpreter: ``code`` is written to ``folder/name`` and run as
@@ -351,7 +326,7 @@ class _OutputAtEnd:
 
 def run_node_workers(script: str | Path, node_args: list[list[str]], folder: Path,
                      timeout: int = 240) -> list[str]:
-    """:func:`run_nodes`' job without torchrun's agents: node ``i``'s one worker, with the environment
+    """A ``--nnodes`` job on loopback without torchrun's agents: node ``i``'s one worker, with the environment
     torchrun gives it (RANK = GROUP_RANK = ``i``, LOCAL_RANK 0, LOCAL_WORLD_SIZE 1, WORLD_SIZE the number
     of nodes), runs ``script`` with ``node_args[i]`` in ``folder/node{i}`` (its own storage), forked from a
     preloaded interpreter. When one node fails the others are stopped. Returns each node's output (stdout,
