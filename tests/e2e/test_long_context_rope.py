@@ -27,6 +27,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,9 +122,13 @@ def _make_phi3(folder) -> None:
 
 
 def _first_step_flags(hf, ckpt, data, seq, *, tp=1, pp=1, cp=1, algo=None, extra=()) -> list[str]:
+    # Each launch its own dataset index cache: the launches on one data file start together, and
+    # megatron-core's cache is built for one job at a time (another job reading it while it is written read
+    # a truncated shuffle index: EOFError)
+    cache = tempfile.mkdtemp(prefix="index_cache-", dir=Path(ckpt).parent)
     flags = [*model_flags(hf), *train_flags(data, iters=1, gbs=1, seq=seq, lr=0.0), "--lr-warmup-iters", "0",
              "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
-             "--load", str(ckpt), "--finetune", *extra]
+             "--load", str(ckpt), "--finetune", "--data-cache-path", cache, *extra]
     if cp > 1:
         flags += ["--context-parallel-size", str(cp), "--context-parallel-algo", algo]
     return flags
