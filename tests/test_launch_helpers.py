@@ -151,6 +151,9 @@ def test_fork_shim_forks_python_scripts_modules_and_code_from_its_server(shim, t
     ppid, rest = forked.stdout.split(" ", 1)
     assert int(ppid) == shim.proc.pid and rest.strip() == "['a', 'b'] __main__"
     assert _bash(shim, tmp_path, "echo '{\"a\": 1}' | python -m json.tool --compact").stdout == '{"a":1}\n'
+    draw = "python -c 'import numpy; print(numpy.random.random())'"
+    draws = _bash(shim, tmp_path, f"{draw}; {draw}")
+    assert len(set(draws.stdout.split())) == 2, "numpy's global generator is seeded afresh in every process"
     code = _bash(shim, tmp_path, "python -c 'import sys; print(sys.argv[1:]); sys.exit(3)' x; echo rc=$?")
     assert code.stdout == "['x']\nrc=3\n"
     raised = _bash(shim, tmp_path, "python -c 'raise ValueError(\"boom\")'")

@@ -276,7 +276,9 @@ def _become(request: dict, fds: list[int], base_path: list[str]) -> None:
     first = {"script": os.path.dirname(os.path.abspath(target)), "module": os.getcwd(), "code": ""}[kind]
     sys.path[:] = [first, *_first_seen(_pythonpath(os.getcwd()) + base_path)]
     sys.argv = [{"script": target, "module": target, "code": "-c"}[kind], *request["args"]]
-    random.seed()
+    random.seed()  # fresh seeds, as a new interpreter has (numpy is preloaded: its global generator too)
+    if "numpy.random" in sys.modules:
+        sys.modules["numpy.random"].seed()
     signal.signal(signal.SIGINT, signal.SIG_IGN if request["sigint_ignored"] else signal.default_int_handler)
     sys.modules["__main__"] = types.ModuleType("__main__")
 
