@@ -157,6 +157,15 @@ def train_flags(
     ]
 
 
+def own_index_cache(folder) -> list[str]:
+    """``--data-cache-path`` of a new folder under ``folder``, for launches on one data file that run
+    together: megatron-core's dataset index cache is built for one job at a time (a job reading it while
+    another writes it read a truncated shuffle index: EOFError)."""
+    import tempfile
+
+    return ["--data-cache-path", tempfile.mkdtemp(prefix="index_cache-", dir=folder)]
+
+
 def run_pretrain(*flags: str, nproc: int = 1, env: dict | None = None, timeout: int = 240) -> str:
     """pretrain_gpt.py under torchrun; its stdout (raises with the output on failure)."""
     return torchrun(PRETRAIN, *flags, nproc=nproc, env=env, timeout=timeout).stdout

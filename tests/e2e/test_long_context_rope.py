@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ from tests.e2e.pretrain_helpers import (
     losses,
     make_hf_model,
     model_flags,
+    own_index_cache,
     start_pretrain,
     train_flags,
     write_instruction_data,
@@ -122,13 +122,9 @@ def _make_phi3(folder) -> None:
 
 
 def _first_step_flags(hf, ckpt, data, seq, *, tp=1, pp=1, cp=1, algo=None, extra=()) -> list[str]:
-    # Each launch its own dataset index cache: the launches on one data file start together, and
-    # megatron-core's cache is built for one job at a time (another job reading it while it is written read
-    # a truncated shuffle index: EOFError)
-    cache = tempfile.mkdtemp(prefix="index_cache-", dir=Path(ckpt).parent)
     flags = [*model_flags(hf), *train_flags(data, iters=1, gbs=1, seq=seq, lr=0.0), "--lr-warmup-iters", "0",
              "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
-             "--load", str(ckpt), "--finetune", "--data-cache-path", cache, *extra]
+             "--load", str(ckpt), "--finetune", *own_index_cache(Path(ckpt).parent), *extra]
     if cp > 1:
         flags += ["--context-parallel-size", str(cp), "--context-parallel-algo", algo]
     return flags

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from tests.e2e.pretrain_helpers import (
     losses,
     make_hf_model,
     model_flags,
+    own_index_cache,
     run_pretrain,
     start_pretrain,
     train_flags,
@@ -90,13 +90,6 @@ def setup(tmp_path_factory):
     return setup
 
 
-def _own_index_cache(folder) -> list[str]:
-    """``--data-cache-path`` of a folder of its own: launches on the one data file run together, and
-    megatron-core's dataset index cache is built for one job at a time (a job reading it while another
-    writes it reads a truncated index)."""
-    return ["--data-cache-path", tempfile.mkdtemp(prefix="index_cache-", dir=folder)]
-
-
 def _first_step_flags(setup, name: str, layout: str) -> list[str]:
     """One step at lr 0 of ``name``'s checkpoint converted for ``layout``."""
     m = setup["models"][name]
@@ -104,7 +97,7 @@ def _first_step_flags(setup, name: str, layout: str) -> list[str]:
     flags = [
         *model_flags(m["hf"]),
         *train_flags(setup["data"], iters=1, gbs=1, seq=SEQ, lr=0.0),
-        *_own_index_cache(os.path.dirname(setup["data"])),
+        *own_index_cache(os.path.dirname(setup["data"])),
         "--lr-warmup-iters",
         "0",
     ]
@@ -152,7 +145,7 @@ def test_qwen3_trains_alike_at_tp1_tp2_pp2_and_resumes_exactly(setup, tmp_path):
     def run(layout, *extra, launch=run_pretrain):
         tp, pp = LAYOUTS[layout]
         return launch(*flags, "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size",
-                      str(pp), *_own_index_cache(tmp_path), *extra, nproc=tp * pp)
+                      str(pp), *own_index_cache(tmp_path), *extra, nproc=tp * pp)
 
     # TP1 and PP2 start in the background while TP2 runs (independent launches share the two cores).
     tp1_run = run("tp1", "--load", str(m["ckpts"]["tp1"]), "--finetune", launch=start_pretrain)
