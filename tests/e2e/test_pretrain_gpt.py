@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,24 +141,35 @@ def test_tensorboard_scalars_match_the_log(tiny, baseline):
     assert all(e.value == 4 for e in events.Scalars("batch-size"))
 
 
+def _older_checkpoint(tiny) -> Path:
+    """A copy of the TP2 conversion as convert_ckpt.py wrote it before the checkpoint record existed (no
+    record in the files: the args header only)."""
+    from mindspeed_llm.runtime.checkpoint import layout
+    from mindspeed_llm.runtime.checkpoint.record import RECORD_KEY
+
+    older = shutil.copytree(tiny["ckpts"][2, 1], tiny["root"] / "older")
+    for tp_rank in range(2):
+        path = layout.checkpoint_file_for(older, 1, tp_rank, 0, 1)
+        state = torch.load(path, weights_only=False)
+        del state[RECORD_KEY], state["num_floating_point_operations_so_far"]
+        state["args"] = _header_written_before_the_record(tiny["hf"], 2)
+        torch.save(state, path)
+    return older
+
+
 @pytest.fixture(scope="module")
 def tp2_saves(tiny) -> dict:
-    """Six iterations from the TP2 conversion, saved at 3 and 6: once in torch_dist, once in the torch
-    format."""
-    flags = [
-        *tiny["flags"],
-        "--tensor-model-parallel-size",
-        "2",
-        "--load",
-        str(tiny["ckpts"][2, 1]),
-        "--finetune",
-        "--save-interval",
-        "3",
-    ]
+    """Six iterations at TP2, saved at 3 and 6: once in torch_dist from the converter's TP2 output, once in
+    the torch format from the same weights in a file written before the checkpoint record (the args header
+    only: :func:`_older_checkpoint`), so that one launch also shows such a file trains as the converter's
+    output does."""
+    flags = [*tiny["flags"], "--tensor-model-parallel-size", "2", "--finetune", "--save-interval", "3"]
     dist_save, torch_save = tiny["root"] / "tp2_dist", tiny["root"] / "tp2_torch"
-    unbroken = run_pretrain(*flags, "--save", str(dist_save), "--ckpt-format", "torch_dist", nproc=2)
-    legacy = run_pretrain(*flags, "--save", str(torch_save), nproc=2)
-    return {"dist": dist_save, "torch": torch_save, "unbroken": unbroken, "legacy": legacy}
+    older = _older_checkpoint(tiny)
+    unbroken = run_pretrain(*flags, "--load", str(tiny["ckpts"][2, 1]), "--save", str(dist_save),
+                            "--ckpt-format", "torch_dist", nproc=2)
+    legacy = run_pretrain(*flags, "--load", str(older), "--save", str(torch_save), nproc=2)
+    return {"dist": dist_save, "torch": torch_save, "unbroken": unbroken, "legacy": legacy, "older": older}
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
@@ -420,7 +432,8 @@ def test_tp2_checkpoint_loads_at_tp1_and_converts_like_the_torch_format(tiny, tp
     """TP2 torch_dist saves: resume at TP1 (resharded on load) and mg->hf / mg->mg equal the legacy
     format's."""
     dist_save, torch_save, unbroken = tp2_saves["dist"], tp2_saves["torch"], tp2_saves["unbroken"]
-    assert loss_strings(unbroken) == loss_strings(tp2_saves["legacy"])  # the format does not change training
+    # the format does not change training (nor does the older file the legacy run started from)
+    assert loss_strings(unbroken) == loss_strings(tp2_saves["legacy"])
 
     at3 = _only_iteration(dist_save, 3, tiny["root"] / "tp2_dist_at3")
     resumed = run_pretrain(*tiny["flags"], "--load", str(at3), nproc=1)
@@ -523,38 +536,18 @@ def _header_written_before_the_record(hf, tp: int) -> argparse.Namespace:
     )
 
 
-def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_saves, tmp_path):
+def test_trainer_converter_and_older_checkpoints_read_to_one_record(tiny, tp2_saves):
     """The record of the converter's TP2 output, of a file written before the record (args only: it still
     trains), and of the trainer's saves in both formats: the same model and layout; the trainer's progress is
     its own."""
-    from mindspeed_llm.runtime.checkpoint import layout, read_record
-    from mindspeed_llm.runtime.checkpoint.record import RECORD_KEY
+    from mindspeed_llm.runtime.checkpoint import read_record
 
     converted = read_record(str(tiny["ckpts"][2, 1]))
-    older = shutil.copytree(tiny["ckpts"][2, 1], tmp_path / "older")
-    for tp_rank in range(2):
-        path = layout.checkpoint_file_for(older, 1, tp_rank, 0, 1)
-        state = torch.load(path, weights_only=False)
-        del state[RECORD_KEY], state["num_floating_point_operations_so_far"]
-        state["args"] = _header_written_before_the_record(tiny["hf"], 2)
-        torch.save(state, path)
-    assert read_record(str(older)) == converted
-    # ... and trains from it as from the converter's output: the same first loss
-    older_run = run_pretrain(
-        *tiny["flags"],
-        "--tensor-model-parallel-size",
-        "2",
-        "--load",
-        str(older),
-        "--finetune",
-        "--train-iters",
-        "1",
-        # one iteration leaves no room for the flags' warm-up; the first loss does not depend on it
-        "--lr-warmup-iters",
-        "0",
-        nproc=2,
-    )
-    assert loss_strings(older_run) == {1: loss_strings(tp2_saves["unbroken"])[1]}
+    assert read_record(str(tp2_saves["older"])) == converted
+    # ... and trains from it as from the converter's output: tp2_saves' torch-format run started from it, its
+    # six losses are the torch_dist run's (from the converter's output) bit for bit
+    older_run = loss_strings(tp2_saves["legacy"])
+    assert sorted(older_run) == [1, 2, 3, 4, 5, 6] and older_run == loss_strings(tp2_saves["unbroken"])
 
     trained = {fmt: read_record(str(tp2_saves[fmt])) for fmt in ("torch", "dist")}
     assert trained["torch"] == trained["dist"]  # the format holds the same record

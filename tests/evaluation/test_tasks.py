@@ -262,3 +262,28 @@ def test_bad_launches_are_refused_with_one_line(tmp_path: Path) -> None:
     )
     assert "nothing to evaluate" in _refusal(*load)
     assert "--load is required" in _refusal("--task", "mmlu", "--task-data-path", str(tmp_path))
+
+
+def test_lm_eval_tasks_of_the_include_path_skip_the_registry_and_unknown_ones_are_one_line(tmp_path) -> None:
+    """--lm-eval-tasks all in --lm-eval-include-path: only that folder is indexed (lm-eval's registry is not:
+    15 CPU s); a name that is not there indexes the registry too, where ``arc_easy`` is found and an unknown
+    name is refused by name (no model is needed: the refusal comes before it loads)."""
+    from mindspeed_llm.evaluation.config import EvaluationConfig
+    from mindspeed_llm.evaluation.harness import task_manager
+    from tests.evaluation.fixtures import write_lm_eval_tasks
+
+    folder = write_lm_eval_tasks(tmp_path / "tasks", tmp_path / "cache")
+
+    def config(*names: str) -> EvaluationConfig:
+        return EvaluationConfig(tasks=(), data_paths=(), batch_size=1, max_new_tokens=None, num_fewshot=None,
+                                limit=None, output_path=None, lm_eval_tasks=names,
+                                lm_eval_include_path=str(folder), log_samples=False,
+                                allow_code_execution=False, code_timeout=1.0, use_kv_cache=True,
+                                prompt_type=None)
+
+    local = task_manager(config("tiny_mc", "tiny_gen"))
+    assert local.all_tasks == ["tiny_gen", "tiny_mc", "tiny_ppl"]  # the folder's three, no registry task
+    with pytest.raises(TaskDataError) as info:
+        task_manager(config("tiny_mc", "arc_easy", "no_such_task"))
+    assert str(info.value).startswith(f"--lm-eval-tasks no_such_task: not a task of lm-eval's registry or in "
+                                      f"{folder} ")
