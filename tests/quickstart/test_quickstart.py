@@ -20,8 +20,11 @@ CHAT_TOKENS = 12  # the chat step's --max-new-tokens in the test
 def fork_shim(tmp_path_factory):
     """``python`` and ``torchrun`` for the quick start's scripts, forked from an interpreter that imported
     torch once (tests/helpers/fork_shim.py): each step's fresh interpreter cost 4-6 CPU s of start-up, about
-    30 per journey. Real torchrun and fresh interpreters stay covered: the Qwen2.5 pretraining step below
-    (FORK_SHIM_REAL_TORCHRUN), tests/e2e/test_rank_output.py, tests/examples/test_doc_commands.py."""
+    30 per journey (the Qwen2.5 pretraining step too: the real torchrun's agent and 2 fresh ranks took 40 s
+    of wall, the three journeys running together, before training began). Real torchrun and fresh
+    interpreters stay covered: tests/e2e/test_pretrain_resilience.py (test_ctrl_c_to_torchrun_...: a real
+    torchrun training pretrain_gpt.py), tests/e2e/test_rank_output.py, tests/examples/test_doc_commands.py
+    (the drop-in launch: real torchrun, 2 ranks)."""
     from tests.helpers.fork_shim import ShimServer
 
     # the at-import variables the scripts' processes will have (what run_quickstart.sh exports: a launch whose
@@ -49,12 +52,8 @@ def quickstarts(fork_shim, tmp_path_factory) -> dict:
     other)."""
     runs = {}
     for model, settings in (
-        (
-            "qwen25",
-            # step 5 on the real torchrun (its agent, fresh ranks): where a user's quick start starts training
-            {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3", "MAX_NEW_TOKENS": str(CHAT_TOKENS),
-             "FORK_SHIM_REAL_TORCHRUN": "pretrain_gpt.py"},
-        ),
+        ("qwen25",
+         {"QS_MAX_ROWS": "300", "TRAIN_ITERS": "6", "SFT_ITERS": "3", "MAX_NEW_TOKENS": str(CHAT_TOKENS)}),
         # the SFT leg runs in the Qwen2.5 journey; the Qwen3 scripts: the dry test below
         ("qwen3", {"QS_MODEL": "qwen3", "QS_MAX_ROWS": "200", "TRAIN_ITERS": "4", "QS_SFT": "0"}),
         # the MoE leg at its smallest: steps 1-6 (EP2 training, 5 steps: the loss leaves chance level by the
