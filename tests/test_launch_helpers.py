@@ -48,10 +48,16 @@ def script(tmp_path_factory):
     return path
 
 
+def _import_env(script) -> dict:
+    """The at-import variables of this file's launches: one preloaded server serves them all (each server
+    imports torch, about 5 CPU s); a test that needs another server sets another value."""
+    return {"PYTHONPATH": f"{script.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "OMP_NUM_THREADS": "1"}
+
+
 def _run(script, *args, fresh: bool, cwd, env=None):
-    env = {**os.environ, "PYTHONPATH": f"{script.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "PROBE": "x",
-           **(env or {}), preloaded.FRESH_ENV: "1" if fresh else "0"}
+    env = {**os.environ, **_import_env(script), "PROBE": "x", **(env or {}),
+           preloaded.FRESH_ENV: "1" if fresh else "0"}
     started = Started([sys.executable, "-u", str(script), *map(str, args)], env=env, cwd=cwd, timeout=120)
     assert isinstance(started._proc, preloaded.ForkedProcess) != fresh
     return started.result()
@@ -94,7 +100,7 @@ def test_ranks_of_a_launch_are_forked_and_stopped_together(script, tmp_path, mon
     monkeypatch.setenv(preloaded.FRESH_ENV, "0")
     slow = tmp_path / "rank.py"
     slow.write_text("import os, sys, time\nif os.environ['RANK'] == '0':\n    sys.exit(5)\ntime.sleep(300)\n")
-    launch = StartedTorchrun(slow, nproc=2, timeout=120)
+    launch = StartedTorchrun(slow, nproc=2, timeout=120, env=_import_env(script))
     assert all(isinstance(p, preloaded.ForkedProcess) for p in launch._procs)
     result = launch.result(check=False)
     assert result.returncode == 5
@@ -104,7 +110,7 @@ def test_ranks_of_a_launch_are_forked_and_stopped_together(script, tmp_path, mon
 def test_a_launch_with_another_import_environment_gets_its_own_server(script, tmp_path):
     """Variables read while torch is imported (here OMP_NUM_THREADS) pick the server: a launch never inherits
     another's."""
-    for threads in ("1", "2"):
+    for threads in ("1", "2"):  # 1: the server of the tests above; 2: a new one
         proc = _run(script, "exit", 0, fresh=False, cwd=tmp_path, env={"OMP_NUM_THREADS": threads})
         assert proc.returncode == 0
     keys = [dict(key[0]).get("OMP_NUM_THREADS") for key in preloaded._servers]

@@ -131,8 +131,9 @@ SHAREGPT_TURNS = [
 ]
 
 
-@pytest.mark.parametrize("form", ["sharegpt", "openai"])
-@pytest.mark.parametrize("prompt_type", ["qwen", "chat_template"])
+# Each form with one prompt type: the form decides the messages, the prompt type renders them (both prompt
+# types render the alpaca rows, system column included); the full matrix cost two more tool runs.
+@pytest.mark.parametrize("form, prompt_type", [("sharegpt", "qwen"), ("openai", "chat_template")])
 def test_multi_turn_sharegpt_equals_apply_chat_template(tmp_path, qwen_chat_tokenizer, qwen_chat_reference,
                                                         form, prompt_type):
     if form == "sharegpt":
@@ -400,21 +401,35 @@ def test_full_disk_leaves_nothing_and_keeps_the_earlier_output(tmp_path, bpe_tok
 
 
 def test_example_script_runs_on_the_alpaca_parquet(tmp_path, qwen_chat_tokenizer, qwen_chat_reference):
-    """examples/mcore/qwen25/data_convert_qwen25_instruction.sh as a user runs it (quick start's parquet)."""
+    """examples/mcore/qwen25/data_convert_qwen25_instruction.sh as a user runs it (quick start's parquet):
+    bash runs the script, whose ``python`` line is recorded and run from the user's folder as ``python -u
+    ./preprocess_data.py ...`` forked from a preloaded interpreter (tests/helpers/launch.py: a fresh one
+    cost about 4 CPU s of imports; the entry script in a fresh interpreter:
+    tests/test_package_structure.py)."""
     import shutil
     import subprocess
 
     from mindspeed_llm.quickstart.assets import write_alpaca_parquet
     from tests.conftest import REPO_ROOT
+    from tests.helpers.launch import StartedScript
 
     script = "examples/mcore/qwen25/data_convert_qwen25_instruction.sh"
     write_alpaca_parquet(tmp_path / "dataset" / "train-00000-of-00001-a09b74b3ef9c3b56.parquet", max_rows=20)
     shutil.copytree(qwen_chat_tokenizer, tmp_path / "model_from_hf" / "qwen2.5-7b-hf")
     (tmp_path / "preprocess_data.py").symlink_to(REPO_ROOT / "preprocess_data.py")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    recorder = tmp_path / "bin" / "python"
+    recorder.parent.mkdir()
+    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    recorder.chmod(0o755)
+    env = {**os.environ, "PATH": f"{recorder.parent}{os.pathsep}{os.environ['PATH']}",
+           "ARGS_OUT": str(tmp_path / "python.args")}
     proc = subprocess.run(
-        ["bash", str(REPO_ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        ["bash", str(REPO_ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = (tmp_path / "python.args").read_text().splitlines()
+    assert argv[0] == "./preprocess_data.py", argv
+    proc = StartedScript(*argv, cwd=tmp_path, timeout=600).result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = read_sft(tmp_path / "finetune_dataset" / "alpaca")
     assert len(got["input_ids"]) == 20
