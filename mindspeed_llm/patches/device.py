@@ -151,9 +151,7 @@ def megatron_jit_compiles_on_first_call() -> Iterator[None]:
     if "megatron.core.jit" in sys.modules:  # imported before us: its jit_fuser is torch's
         yield
         return
-    if not registry.patches(JIT_DEFERRAL_GROUP):
-        register_jit_deferral(registry)
-    with registry.scoped(JIT_DEFERRAL_GROUP):
+    with registry.scoped_registered(JIT_DEFERRAL_GROUP, register_jit_deferral):
         yield
 
 

@@ -489,6 +489,13 @@ class PatchRegistry:
             for patch in reversed(pending):
                 patch.revert()
 
+    def scoped_registered(self, group: str, register: Callable[[PatchRegistry], None]
+                          ) -> contextlib.AbstractContextManager:
+        """:meth:`scoped` of ``group``, registered first by ``register(self)`` when it has no patches yet."""
+        if not self.patches(group):
+            register(self)
+        return self.scoped(group)
+
     def revert(self, group: str | None = None) -> None:
         """Undo patches in reverse order of registration, restoring the originals exactly."""
         for patch in reversed(self.patches(group)):

@@ -32,6 +32,4 @@ def register_single_process_patch(reg: PatchRegistry) -> None:
 
 def as_single_process(reg: PatchRegistry = registry) -> contextlib.AbstractContextManager:
     """A ``with`` block in which ``torch.distributed.is_initialized()`` answers False (reverted after)."""
-    if not reg.patches(GROUP):
-        register_single_process_patch(reg)
-    return reg.scoped(GROUP)
+    return reg.scoped_registered(GROUP, register_single_process_patch)

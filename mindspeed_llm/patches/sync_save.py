@@ -35,6 +35,4 @@ def register_sync_save_patch(reg: PatchRegistry) -> None:
 
 def in_process_write_results(reg: PatchRegistry = registry) -> contextlib.AbstractContextManager:
     """A ``with`` block around a synchronous ``dist_checkpointing.save``: no Manager process is started."""
-    if not reg.patches(GROUP):
-        register_sync_save_patch(reg)
-    return reg.scoped(GROUP)
+    return reg.scoped_registered(GROUP, register_sync_save_patch)
