@@ -272,6 +272,8 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
     from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
     from megatron.core.dist_checkpointing.utils import _clean_metadata_for_serialization
 
+    from mindspeed_llm.patches.sync_save import in_process_write_results
+
     t0 = time.time()
     final = layout.iteration_dir(args.save, state.iteration)
     staging = final + ".tmp"
@@ -286,7 +288,7 @@ def save(state: TrainState, record: CheckpointRecord, base_args: argparse.Namesp
     sharded = _state_dict(model, None if args.no_save_optim else optimizer, scheduler, rng, metadata,
                           is_loading=False, extra=file_header(record, base_args))
     try:
-        with quiet_megatron(), quiet_writer_failure():
+        with quiet_megatron(), quiet_writer_failure(), in_process_write_results():
             dist_checkpointing.save(sharded, staging, get_default_save_sharded_strategy(FORMAT),
                                     content_metadata=_clean_metadata_for_serialization(metadata))
     except BaseException as exc:
